@@ -1,0 +1,28 @@
+"""killswitch: a cluster-wide kill switch and aggregate order-volume monitor.
+
+Python trading processes use the in-process gate::
+
+    from killswitch import SidecarThread
+    with SidecarThread.from_url("redis://...", node="smars", host="or-01") as sidecar:
+        if sidecar.gate.allow(order_id, symbol, side, qty):
+            send(order)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["Gate", "SidecarThread", "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    # Lazy, so `python -m killswitch --help` does not import redis and aiohttp.
+    if name == "Gate":
+        from killswitch.gate import Gate
+
+        return Gate
+    if name == "SidecarThread":
+        from killswitch.sidecar import SidecarThread
+
+        return SidecarThread
+    raise AttributeError(name)

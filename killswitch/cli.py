@@ -1,0 +1,339 @@
+"""The `killswitch` command: parses, configures logging, calls a plain function, exits.
+
+Exit codes (part of the public interface): 0 done and proven; 1 could not do it (e.g. Redis
+unreachable); 2 usage or configuration error; 3 kill recorded but not every roster host
+confirmed in time; 4 refused by a safety check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from killswitch import __version__
+from killswitch.config import (
+    DEFAULT_REDIS,
+    ConfigError,
+    Resolver,
+    default_state_dir,
+    host_name,
+    load_config_file,
+    node_name,
+    parse_listen,
+    positive_float,
+    positive_int,
+    str_list,
+)
+from killswitch.control import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Outcome
+from killswitch.names import InvalidName, check_roster
+
+EPILOG = """\
+exit codes: 0 done and proven; 1 could not do it (e.g. Redis unreachable); 2 usage or
+configuration error; 3 kill recorded but not every roster host confirmed in time;
+4 refused by a safety check.
+settings: flag, then environment (KILLSWITCH_REDIS_URL, KILLSWITCH_NODE, KILLSWITCH_<FLAG>),
+then the TOML config file (--config / KILLSWITCH_CONFIG), then defaults."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's exit code 2 is ours too
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common: Any = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("common options")
+    g.add_argument(
+        "--redis",
+        metavar="URL",
+        help=f"Redis URL (env KILLSWITCH_REDIS_URL; default {DEFAULT_REDIS}); redis+sentinel://h1:p1,h2:p2/service also works",
+    )
+    g.add_argument("--node", metavar="NAME", help="logical node (env KILLSWITCH_NODE)")
+    g.add_argument("--config", metavar="PATH", help="TOML config file (env KILLSWITCH_CONFIG)")
+    g.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        help="log format (default: console on a terminal, else json)",
+    )
+    json_opt = argparse.ArgumentParser(add_help=False)
+    json_opt.add_argument(
+        "--json", action="store_true", default=None, help="print one JSON object on stdout"
+    )
+
+    p = _Parser(
+        prog="killswitch",
+        description="Cluster-wide kill switch and aggregate order-volume monitor for trading fleets.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"killswitch {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def cmd(name: str, help_: str, parents: Sequence[Any] = ()) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help_, description=help_, parents=[common, *parents], epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+
+    s = cmd(
+        "sidecar",
+        "Serve the gate for one host: count orders, sync with Redis, enforce the node state.",
+    )
+    s.add_argument("--host", help="this host's name on the node's roster")
+    s.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDR",
+        help="unix:/path or tcp:127.0.0.1:PORT (repeatable)",
+    )
+    s.add_argument(
+        "--metrics-port", type=int, metavar="P", help="serve Prometheus /metrics on this port"
+    )
+    s.add_argument(
+        "--flush-interval",
+        type=float,
+        metavar="S",
+        help="seconds between Redis round trips (default 0.1)",
+    )
+    s.add_argument(
+        "--stale-after",
+        type=float,
+        metavar="S",
+        help="block all orders when no round trip succeeded for this long (default 1.0)",
+    )
+    s.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help=f"where the highest seen epoch is kept across restarts (default {default_state_dir()})",
+    )
+
+    a = cmd(
+        "aggregator",
+        "Sum orders across the node's hosts, trip the node-wide kill, watch confirmations.",
+    )
+    a.add_argument("--hosts", metavar="H1,H2,...", help="the node's roster")
+    a.add_argument(
+        "--max-orders",
+        type=int,
+        metavar="N",
+        help="kill when more than N orders were sent across the node within --window",
+    )
+    a.add_argument(
+        "--window", type=float, metavar="S", help="sliding window in seconds (default 10)"
+    )
+    a.add_argument(
+        "--metrics-port", type=int, metavar="P", help="serve Prometheus /metrics on this port"
+    )
+    a.add_argument(
+        "--tick", type=float, metavar="S", help="seconds between evaluations (default 0.1)"
+    )
+    a.add_argument(
+        "--confirm-timeout",
+        type=float,
+        metavar="S",
+        help="name unconfirmed hosts after this long (default 5)",
+    )
+
+    for verb in ("arm", "resume"):
+        r = cmd(
+            verb,
+            "Arm an UNARMED or KILLED node with a new epoch (two distinct approvers; checks first).",
+            [json_opt],
+        )
+        r.add_argument(
+            "--approver",
+            action="append",
+            metavar="NAME",
+            help="an approver (give two distinct ones)",
+        )
+        r.add_argument("--reason", metavar="TEXT", help="why (audited)")
+        r.add_argument(
+            "--timeout",
+            type=float,
+            metavar="S",
+            help="seconds to wait for every roster host to confirm (default 5)",
+        )
+
+    k = cmd(
+        "kill", "Kill the node and wait until every roster host confirmed it blocks.", [json_opt]
+    )
+    k.add_argument("--reason", metavar="TEXT", help="why (audited; required)")
+    k.add_argument("--operator", metavar="NAME", help="who (audited; default $USER)")
+    k.add_argument(
+        "--timeout", type=float, metavar="S", help="seconds to wait for confirmations (default 5)"
+    )
+
+    cmd("status", "The node's state now: epoch, roster, who confirmed, who is stale.", [json_opt])
+
+    au = cmd("audit", "Who changed what, when and why, oldest first.", [json_opt])
+    au.add_argument(
+        "--limit", type=int, metavar="N", help="only the newest N entries (still oldest first)"
+    )
+
+    cmd("demo", "The Knight Capital replay on an embedded Redis it starts itself.", [json_opt])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as e:
+        print(f"killswitch {args.command}: configuration error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except InvalidName as e:
+        print(f"killswitch {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from killswitch import logs
+
+    flags = vars(args)
+    config = load_config_file(args.config or os.environ.get("KILLSWITCH_CONFIG"))
+    r = Resolver(flags, config=config, section=args.command)
+    logs.configure(fmt=r.get("log-format", None, str))
+    redis_url = Resolver({"redis_url": args.redis}, config=config, section=args.command).get(
+        "redis-url", config.get("redis", DEFAULT_REDIS), str
+    )
+    cmd = args.command
+    if cmd == "demo":
+        from killswitch.demo import run_demo
+
+        return run_demo(as_json=bool(args.json))
+    node = r.require("node", node_name)
+    if cmd == "sidecar":
+        return _sidecar(r, node, redis_url)
+    if cmd == "aggregator":
+        return _aggregator(r, node, redis_url)
+    return _operator(cmd, r, node, redis_url, bool(r.get("json", False, bool)))
+
+
+def _sidecar(r: Resolver, node: str, redis_url: str) -> int:
+    from killswitch.sidecar import SidecarSettings, run_sidecar
+
+    listen = tuple(parse_listen(x) for x in r.require("listen", str_list))
+    settings = SidecarSettings(
+        node=node,
+        host=r.require("host", host_name),
+        redis_url=redis_url,
+        listen=listen,
+        metrics_port=r.get("metrics-port", None, int),
+        flush_interval=r.get("flush-interval", 0.1, positive_float),
+        stale_after=r.get("stale-after", 1.0, positive_float),
+        state_dir=r.get("state-dir", default_state_dir(), str),
+    )
+    if settings.flush_interval >= settings.stale_after:
+        raise ConfigError(
+            "flush-interval must be shorter than stale-after, or every gate goes stale"
+        )
+    if settings.state_dir:
+        Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
+    asyncio.run(run_sidecar(settings))
+    return EXIT_OK
+
+
+def _aggregator(r: Resolver, node: str, redis_url: str) -> int:
+    from killswitch.aggregator import AggregatorSettings, run_aggregator
+    from killswitch.monitor import MonitorConfig
+
+    try:
+        hosts = check_roster(r.require("hosts", str_list))
+    except InvalidName as e:
+        raise ConfigError(f"hosts: {e}") from None
+    monitor = MonitorConfig(
+        max_orders=r.get("max-orders", None, positive_int),
+        window_s=r.get("window", 10.0, positive_float),
+    )
+    settings = AggregatorSettings(
+        node=node,
+        redis_url=redis_url,
+        hosts=hosts,
+        monitor=monitor,
+        metrics_port=r.get("metrics-port", None, int),
+        tick=r.get("tick", 0.1, positive_float),
+        confirm_timeout=r.get("confirm-timeout", 5.0, positive_float),
+    )
+    asyncio.run(run_aggregator(settings))
+    return EXIT_OK
+
+
+def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -> int:
+    from killswitch import control, render
+
+    action: Callable[[Any], Awaitable[Outcome]]
+    if cmd == "kill":
+        reason = r.require("reason", str, " (say why: it is audited)")
+        operator = r.get("operator", os.environ.get("USER") or "unknown", str)
+        timeout = r.get("timeout", 5.0, positive_float)
+
+        def action(s: Any) -> Awaitable[Outcome]:
+            return control.kill(s, reason=reason, operator=operator, timeout=timeout)
+
+    elif cmd in ("arm", "resume"):
+        approvers: list[str] = r.get("approver", [], str_list)
+        reason = r.get("reason", "", str)
+        timeout = r.get("timeout", 5.0, positive_float)
+
+        def action(s: Any) -> Awaitable[Outcome]:
+            return control.arm(s, approvers=approvers, reason=reason, timeout=timeout)
+
+    elif cmd == "status":
+        action = control.status
+    elif cmd == "audit":
+        limit = r.get("limit", None, positive_int)
+
+        def action(s: Any) -> Awaitable[Outcome]:
+            return control.audit(s, limit)
+
+    else:  # pragma: no cover - argparse restricts the verbs
+        raise ConfigError(f"unknown command {cmd}")
+    outcome = asyncio.run(_with_store(redis_url, node, action))
+    if outcome.code == EXIT_FAILED and not outcome.report:
+        print(outcome.message, file=sys.stderr)
+        return outcome.code
+    if as_json:
+        print(json.dumps(outcome.report, sort_keys=False))
+        if outcome.message and outcome.code != EXIT_OK:
+            print(outcome.message, file=sys.stderr)
+    else:
+        print(render.human(cmd, outcome))
+    return outcome.code
+
+
+async def _with_store(
+    redis_url: str, node: str, action: Callable[[Any], Awaitable[Outcome]]
+) -> Outcome:
+    from redis.exceptions import RedisError
+
+    from killswitch.redisconn import connect
+    from killswitch.store import Store
+
+    redis = connect(redis_url, socket_timeout=3.0, client_name=f"ks-cli-{node}")
+    try:
+        return await action(Store(redis, node))
+    except (RedisError, OSError) as e:
+        return Outcome(
+            EXIT_FAILED,
+            {},
+            f"killswitch: cannot reach Redis at {redis_url}: {type(e).__name__}: {e}\n"
+            "Nothing was changed. What to do instead:\n"
+            "  - every sidecar that cannot reach Redis blocks all orders by itself within its\n"
+            "    --stale-after (default 1s), so a fleet cut off from Redis is already blocked;\n"
+            "  - if the fleet can still reach Redis but you cannot, run this from a host that\n"
+            "    can (or fix --redis / KILLSWITCH_REDIS_URL);\n"
+            "  - to stop trading without Redis, stop each order router or its sidecar process.",
+        )
+    finally:
+        await redis.aclose()

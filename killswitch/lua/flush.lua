@@ -1,0 +1,48 @@
+-- One sidecar round trip: report counts, optionally confirm an applied state, read the node state.
+-- This single call is the host's lease: the gate stays open only while these succeed.
+-- KEYS: 1 node state, 2 host report, 3 host flow stream, 4 host confirm
+-- ARGV: 1 boot id, 2 allowed (cumulative since boot), 3 blocked (cumulative),
+--       4 acked allowed, 5 acked blocked (cumulative values of this boot's last acknowledged flush),
+--       6 max_epoch, 7 view, 8 gate, 9 orders_per_s, 10 stale_after_ms, 11 regression,
+--       12 flow retention ms, 13 confirm epoch (0: none), 14 confirm ver, 15 confirms channel,
+--       16 host, 17 version, 18 pid
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local boot = ARGV[1]
+local allowed = tonumber(ARGV[2])
+local blocked = tonumber(ARGV[3])
+
+-- Counts are cumulative, so a flush whose reply was lost and is sent again adds nothing twice.
+-- If the report vanished (Redis lost its data) fall back to what this boot last saw acknowledged.
+local prev = redis.call('HMGET', KEYS[2], 'boot', 'allowed', 'blocked')
+local prev_allowed, prev_blocked
+if prev[1] == boot then
+  prev_allowed = tonumber(prev[2]) or 0
+  prev_blocked = tonumber(prev[3]) or 0
+else
+  prev_allowed = tonumber(ARGV[4])
+  prev_blocked = tonumber(ARGV[5])
+end
+local d_allowed = allowed - prev_allowed
+local d_blocked = blocked - prev_blocked
+if d_allowed < 0 then d_allowed = 0 end
+if d_blocked < 0 then d_blocked = 0 end
+if d_allowed > 0 or d_blocked > 0 then
+  redis.call('XADD', KEYS[3], 'MINID', '~', tostring(now - tonumber(ARGV[12])), '*',
+    'a', d_allowed, 'b', d_blocked)
+end
+
+redis.call('HSET', KEYS[2],
+  'boot', boot, 'allowed', allowed, 'blocked', blocked, 'ts_ms', now,
+  'max_epoch', ARGV[6], 'view', ARGV[7], 'gate', ARGV[8], 'orders_per_s', ARGV[9],
+  'stale_after_ms', ARGV[10], 'regression', ARGV[11], 'version', ARGV[17], 'pid', ARGV[18])
+
+local confirm_epoch = tonumber(ARGV[13])
+if confirm_epoch > 0 then
+  redis.call('HSET', KEYS[4], 'host', ARGV[16], 'epoch', confirm_epoch, 'ver', ARGV[14],
+    'view', ARGV[7], 'applied_ms', now, 'blocked', blocked)
+  redis.call('PUBLISH', ARGV[15], ARGV[16] .. ' ' .. confirm_epoch .. ' ' .. ARGV[14])
+end
+
+local s = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'ver', 'reason')
+return {s[1] or '', s[2] or '0', s[3] or '0', s[4] or '', tostring(now)}

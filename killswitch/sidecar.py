@@ -1,0 +1,427 @@
+"""The per-host sidecar: serves the gate, syncs with Redis, confirms every state it applies.
+
+A thin asyncio shell around `Gate` (the order path) and `state.observe` (the epoch rules).
+One Redis round trip per flush interval both reports counts and reads the node state; that
+round trip is the lease, so Redis cost never grows with order volume and the gate closes by
+itself when round trips stop succeeding. Pub/sub only wakes the sync loop early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from redis.asyncio import Redis
+
+from killswitch import __version__
+from killswitch.config import ListenAddr
+from killswitch.gate import Gate
+from killswitch.gateserver import GateServer
+from killswitch.localstate import LocalState
+from killswitch.metrics import MetricsServer, build_info
+from killswitch.redisconn import connect
+from killswitch.state import HostView, NodeState, boot_view, observe
+from killswitch.store import FlushReport, Store
+
+log = structlog.get_logger("killswitch.sidecar")
+
+
+@dataclass(frozen=True)
+class SidecarSettings:
+    node: str
+    host: str
+    redis_url: str
+    listen: tuple[ListenAddr, ...] = ()
+    metrics_port: int | None = None
+    flush_interval: float = 0.1
+    stale_after: float = 1.0
+    state_dir: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Sidecar:
+    """`start()`, idempotent `stop()`, blocking `run()`; collaborators are passed in."""
+
+    def __init__(
+        self,
+        settings: SidecarSettings,
+        redis: Redis,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        logger: Any = None,
+    ) -> None:
+        self.s = settings
+        self.redis = redis
+        self.store = Store(redis, settings.node)
+        self.clock = clock
+        self.log = (logger or log).bind(node=settings.node, host=settings.host)
+        self.local = (
+            LocalState(settings.state_dir, settings.node, settings.host)
+            if settings.state_dir
+            else None
+        )
+        max_epoch, max_state, problem = self.local.load() if self.local else (0, None, "")
+        view = boot_view(max_epoch, max_state)
+        self._local_problem = problem
+        self.gate = Gate(settings.node, settings.host, view=view, clock=clock, log=self.log)
+        self.boot = uuid.uuid4().hex[:12]
+        self.acked = (0, 0)
+        self.confirmed: tuple[int, int] = (0, 0)
+        self.last_ok: float | None = None
+        self.failures = 0
+        self.regressions = 0
+        self._rate: deque[tuple[float, int]] = deque(maxlen=64)
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server = GateServer(self.gate, settings.listen, logger=self.log)
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._rtt = Histogram(
+            "killswitch_redis_roundtrip_seconds",
+            "Duration of the sidecar's Redis round trip (report counts + read node state).",
+            ["node", "host"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=self.registry,
+        ).labels(settings.node, settings.host)
+        self.registry.register(_SidecarCollector(self))
+        build_info(self.registry, "sidecar")
+        self._metrics = (
+            MetricsServer(self.registry, settings.metrics_port)
+            if settings.metrics_port is not None
+            else None
+        )
+        self._started = False
+        self._last_fail_log = -1e9
+        if problem:
+            self.log.error("LOCAL_STATE_UNREADABLE", reason=problem)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        await self._server.start()
+        if self._metrics:
+            await self._metrics.start()
+        self._tasks = [
+            asyncio.create_task(self._sync_loop(), name="sync"),
+            asyncio.create_task(self._listen_loop(), name="pubsub"),
+        ]
+        self.log.info(
+            "sidecar_started",
+            listen=[str(a) for a in self.s.listen],
+            epoch=self.gate.view.max_epoch,
+            flush_interval=self.s.flush_interval,
+            stale_after=self.s.stale_after,
+        )
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        self._stop.set()
+        self.gate.close()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+        await self._server.stop()
+        if self._metrics:
+            await self._metrics.stop()
+        self.log.info("sidecar_stopped")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        await self.start()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.stop()
+
+    # -- sync ------------------------------------------------------------------------------
+
+    async def _sync_loop(self) -> None:
+        while not self._stop.is_set():
+            started = self.clock()
+            await self.sync_once()
+            wait = self.s.flush_interval - (self.clock() - started)
+            if wait > 0 and not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+            self._wake.clear()
+
+    async def sync_once(self) -> bool:
+        """One round trip; returns whether it succeeded. The gate's lease starts at send time."""
+        sent = self.clock()
+        allowed, blocked = self.gate.allowed, self.gate.blocked
+        view = self.gate.view
+        want_confirm = (
+            view.state in (NodeState.ARMED, NodeState.KILLED)
+            and (
+                view.epoch,
+                view.ver,
+            )
+            != self.confirmed
+        )
+        report = FlushReport(
+            boot=self.boot,
+            allowed=allowed,
+            blocked=blocked,
+            acked_allowed=self.acked[0],
+            acked_blocked=self.acked[1],
+            max_epoch=view.max_epoch,
+            view=self.gate.status()[0].value,
+            gate="open" if self.gate.is_open else "closed",
+            orders_per_s=self._orders_per_s(sent, allowed + blocked),
+            stale_after_ms=int(self.s.stale_after * 1000),
+            regression=view.regression or self._local_problem,
+            confirm_epoch=view.epoch if want_confirm else 0,
+            confirm_ver=view.ver if want_confirm else 0,
+        )
+        try:
+            async with asyncio.timeout(self.s.stale_after):
+                read, _now_ms = await self.store.flush(self.s.host, report, __version__)
+        except Exception as e:  # any failure: the lease simply runs out
+            self.failures += 1
+            if sent - self._last_fail_log > 1.0:
+                self._last_fail_log = sent
+                self.log.warning(
+                    "sync_failed", error=f"{type(e).__name__}: {e}", failures=self.failures
+                )
+            return False
+        self._rtt.observe(self.clock() - sent)
+        self.last_ok = sent
+        self.acked = (allowed, blocked)
+        if want_confirm:
+            self.confirmed = (view.epoch, view.ver)
+            self.log.info(
+                "CONFIRMED", epoch=view.epoch, ver=view.ver, state=view.state.value, blocked=blocked
+            )
+        self._apply(observe(view, read), sent)
+        return True
+
+    def _apply(self, new: HostView, sent: float) -> None:
+        old = self.gate.view
+        if self._local_problem:
+            new = HostView(
+                max_epoch=new.max_epoch,
+                max_state=new.max_state,
+                state=NodeState.STALE,
+                epoch=new.epoch,
+                regression=self._local_problem,
+            )
+        if new.regression and new.regression != old.regression:
+            self.regressions += 1
+            self.log.error("EPOCH_REGRESSION", epoch=new.max_epoch, reason=new.regression)
+        if (new.max_epoch, new.max_state) != (old.max_epoch, old.max_state) and self.local:
+            self.local.save(new.max_epoch, new.max_state)
+        self.gate.apply(new, sent + self.s.stale_after)
+        if (new.state, new.epoch, new.ver) != (old.state, old.epoch, old.ver):
+            self.log.info(
+                "NODE_STATE", state=new.state.value, epoch=new.epoch, ver=new.ver,
+                reason=new.regression or None,
+            )  # fmt: skip
+            if new.state in (NodeState.ARMED, NodeState.KILLED):
+                self._wake.set()  # confirm on the very next round trip, not a flush later
+
+    def _orders_per_s(self, now: float, total: int) -> float:
+        self._rate.append((now, total))
+        while len(self._rate) > 2 and now - self._rate[0][0] > 1.0:
+            self._rate.popleft()
+        t0, c0 = self._rate[0]
+        return (total - c0) / (now - t0) if now > t0 else 0.0
+
+    async def _listen_loop(self) -> None:
+        """Kill notices over pub/sub wake the sync loop; losing them only costs latency."""
+        channel = self.store.keys.events
+        while not self._stop.is_set():
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                while not self._stop.is_set():
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None:
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def sync_age(self) -> float | None:
+        return None if self.last_ok is None else self.clock() - self.last_ok
+
+
+class _SidecarCollector:
+    """Reads the gate's plain counters at scrape time: nothing is added to the order path."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.sc = sidecar
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        sc, n, h = self.sc, self.sc.s.node, self.sc.s.host
+        orders = CounterMetricFamily(
+            "killswitch_orders",
+            "Orders this host's gate decided on, by decision (allowed or blocked).",
+            labels=["node", "host", "decision"],
+        )
+        orders.add_metric([n, h, "allowed"], sc.gate.allowed)
+        orders.add_metric([n, h, "blocked"], sc.gate.blocked)
+        yield orders
+        yield _gauge(
+            "killswitch_gate_open",
+            "1 while this host's gate lets orders through.",
+            n,
+            h,
+            float(sc.gate.is_open),
+        )
+        yield _gauge(
+            "killswitch_host_epoch",
+            "Highest node epoch this host has seen.",
+            n,
+            h,
+            sc.gate.view.max_epoch,
+        )
+        age = sc.sync_age()
+        yield _gauge(
+            "killswitch_sync_age_seconds",
+            "Seconds since this host's last successful Redis round trip (+Inf before the first).",
+            n, h, float("inf") if age is None else age,
+        )  # fmt: skip
+        state = GaugeMetricFamily(
+            "killswitch_host_state",
+            "1 for the node state this host enforces now (STALE: it cannot prove the node armed).",
+            labels=["node", "host", "state"],
+        )
+        now_state = sc.gate.status()[0]
+        for st in NodeState:
+            state.add_metric([n, h, st.value], float(st is now_state))
+        yield state
+        fails = CounterMetricFamily(
+            "killswitch_sync_failures",
+            "Failed Redis round trips of this host.",
+            labels=["node", "host"],
+        )
+        fails.add_metric([n, h], sc.failures)
+        yield fails
+        regr = CounterMetricFamily(
+            "killswitch_epoch_regressions",
+            "Times this host read a node state older than one it had seen (data loss or rollback).",
+            labels=["node", "host"],
+        )
+        regr.add_metric([n, h], sc.regressions)
+        yield regr
+
+
+def _gauge(name: str, doc: str, node: str, host: str, value: float) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, doc, labels=["node", "host"])
+    g.add_metric([node, host], value)
+    return g
+
+
+class SidecarThread:
+    """Runs a `Sidecar` in a background thread for a Python trading process.
+
+    The trading thread calls `sidecar.gate.allow(...)`: a local check, no network round trip.
+    """
+
+    def __init__(
+        self, settings: SidecarSettings, *, registry: CollectorRegistry | None = None
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"killswitch-{settings.host}", daemon=True
+        )
+        self.sidecar: Sidecar | None = None
+        self._error: BaseException | None = None
+
+    @classmethod
+    def from_url(cls, redis_url: str, *, node: str, host: str, **kw: Any) -> SidecarThread:
+        state_dir = kw.pop("state_dir", "")
+        return cls(
+            SidecarSettings(node=node, host=host, redis_url=redis_url, state_dir=state_dir, **kw)
+        )
+
+    @property
+    def gate(self) -> Gate:
+        assert self.sidecar is not None, "start() the SidecarThread first"
+        return self.sidecar.gate
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._main())
+        self._loop.close()
+
+    async def _main(self) -> None:
+        try:
+            redis = connect(self.settings.redis_url, socket_timeout=self.settings.stale_after)
+            self.sidecar = Sidecar(self.settings, redis, registry=self.registry)
+            await self.sidecar.start()
+        except BaseException as e:
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            await self.sidecar._stop.wait()
+        finally:
+            await self.sidecar.stop()
+            await redis.aclose()
+
+    def start(self) -> SidecarThread:
+        self._thread.start()
+        self._ready.wait()
+        if self._error:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self.sidecar is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self.sidecar._stop.set)
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> SidecarThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def run_sidecar(settings: SidecarSettings) -> None:
+    """Entry point of `killswitch sidecar`."""
+    redis = connect(
+        settings.redis_url,
+        socket_timeout=settings.stale_after,
+        client_name=f"ks-sidecar-{settings.node}-{settings.host}-{os.getpid()}",
+    )
+    try:
+        await Sidecar(settings, redis).run()
+    finally:
+        await redis.aclose()

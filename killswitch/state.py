@@ -1,0 +1,139 @@
+"""Node states and the epoch rules a host applies to what it reads from Redis.
+
+Pure: no Redis, no clock, no logging. The one rule this module exists to enforce is that a
+host never goes back to an older epoch: a node state that is missing or older than the
+highest epoch the host has seen is a regression, and a regression blocks orders.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+
+
+class NodeState(enum.StrEnum):
+    UNARMED = "UNARMED"  # never armed: orders blocked
+    ARMED = "ARMED"  # orders allowed
+    KILLED = "KILLED"  # orders blocked
+    STALE = "STALE"  # this host cannot prove the node's state: orders blocked
+
+
+class BlockReason(enum.StrEnum):
+    """The one-word reasons of the gate protocol's BLOCK reply."""
+
+    KILLED = "killed"
+    UNARMED = "unarmed"
+    STALE = "stale"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRead:
+    """One authoritative read of the node state hash (None state: the key does not exist)."""
+
+    state: NodeState | None
+    epoch: int = 0
+    ver: int = 0
+    reason: str = ""
+
+    @classmethod
+    def from_hash(cls, h: dict[str, str]) -> NodeRead:
+        raw = h.get("state")
+        if not raw:
+            return cls(None)
+        try:
+            state = NodeState(raw)
+        except ValueError:
+            state = None  # garbage in the state key is no proof of anything
+        if state not in (NodeState.ARMED, NodeState.KILLED):
+            return cls(None, _int(h.get("epoch")), _int(h.get("ver")), f"unreadable state {raw!r}")
+        return cls(state, _int(h.get("epoch")), _int(h.get("ver")), h.get("reason", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class HostView:
+    """What one host believes about its node.
+
+    `max_epoch` and `max_state` are the highest epoch seen and the state seen at it; they
+    survive restarts (local state file) and only ever move forward. `state` is what the gate
+    enforces now; `regression` says why the host refuses the current read, if it does.
+    """
+
+    max_epoch: int = 0
+    max_state: NodeState | None = None
+    state: NodeState = NodeState.STALE
+    epoch: int = 0
+    ver: int = 0
+    regression: str = ""
+
+    @property
+    def gate_open(self) -> bool:
+        return self.state is NodeState.ARMED
+
+    @property
+    def block_reason(self) -> BlockReason:
+        if self.state is NodeState.KILLED:
+            return BlockReason.KILLED
+        if self.state is NodeState.UNARMED:
+            return BlockReason.UNARMED
+        return BlockReason.STALE
+
+
+def boot_view(max_epoch: int = 0, max_state: NodeState | None = None) -> HostView:
+    """A host starting up: closed (STALE) until its first authoritative read."""
+    return HostView(max_epoch=max_epoch, max_state=max_state, epoch=max_epoch)
+
+
+def observe(view: HostView, read: NodeRead) -> HostView:
+    """Apply one authoritative read to a host's view; never moves `max_epoch` backwards."""
+    if read.state is None:
+        if view.max_epoch == 0 and not read.reason:
+            return replace(view, state=NodeState.UNARMED, epoch=0, ver=0, regression="")
+        why = read.reason or "node state missing from Redis"
+        return replace(
+            view,
+            state=NodeState.STALE,
+            regression=f"{why}; this host has seen epoch {view.max_epoch}",
+        )
+    if read.epoch < view.max_epoch:
+        return replace(
+            view,
+            state=NodeState.STALE,
+            regression=f"epoch went back from {view.max_epoch} to {read.epoch}",
+        )
+    if read.epoch <= 0:
+        return replace(view, state=NodeState.STALE, regression=f"invalid epoch {read.epoch}")
+    if (
+        read.epoch == view.max_epoch
+        and view.max_state is not None
+        and read.state is not view.max_state
+    ):
+        # Every arm and every kill of an armed node takes a new epoch, so one epoch can
+        # never be both ARMED and KILLED: this is an overwrite with older data.
+        return replace(
+            view,
+            state=NodeState.STALE,
+            regression=(
+                f"epoch {read.epoch} was {view.max_state.value} here, Redis now says "
+                f"{read.state.value}"
+            ),
+        )
+    return HostView(
+        max_epoch=read.epoch,
+        max_state=read.state,
+        state=read.state,
+        epoch=read.epoch,
+        ver=read.ver,
+        regression="",
+    )
+
+
+def next_epoch(current: int, floor: int) -> int:
+    """The epoch a new arm or kill takes: above the stored epoch and above any a host reports."""
+    return max(current, floor) + 1
+
+
+def _int(v: str | None) -> int:
+    try:
+        return int(v or 0)
+    except ValueError:
+        return 0

@@ -1,0 +1,209 @@
+"""The Redis side of killswitch: scripts and reads, one method per round trip.
+
+A thin shell: it formats no key itself (see `keys`), decides nothing (see `state`,
+`roster`), and every state change goes through a Lua script so it is atomic and audited.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from killswitch.keys import NODES_KEY, NodeKeys
+from killswitch.state import NodeRead
+
+FLOW_RETENTION_MS = 15 * 60 * 1000  # long enough for any window and a restarted aggregator
+
+
+def _script(name: str) -> str:
+    return resources.files("killswitch").joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class FlushReport:
+    """What a sidecar reports in its round trip (cumulative counts since its boot)."""
+
+    boot: str
+    allowed: int
+    blocked: int
+    acked_allowed: int
+    acked_blocked: int
+    max_epoch: int
+    view: str
+    gate: str
+    orders_per_s: float
+    stale_after_ms: int
+    regression: str
+    confirm_epoch: int = 0
+    confirm_ver: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeResult:
+    """The outcome of a kill or arm script."""
+
+    changed: bool
+    epoch: int
+    ver: int
+    ts_ms: int
+    prev_state: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSnapshot:
+    """Everything an operator command needs about a node, read in one round trip."""
+
+    now_ms: int
+    state: dict[str, str]
+    roster: tuple[str, ...]
+    reports: dict[str, dict[str, str]]
+    confirms: dict[str, dict[str, str]]
+    aggregator: dict[str, str]
+
+
+class Store:
+    """Redis operations of one node. The client is passed in (decode_responses=True)."""
+
+    def __init__(self, redis: Redis, node: str) -> None:
+        self.redis = redis
+        self.node = node
+        self.keys = NodeKeys(node)
+        self._flush: AsyncScript = redis.register_script(_script("flush"))
+        self._kill: AsyncScript = redis.register_script(_script("kill"))
+        self._arm: AsyncScript = redis.register_script(_script("arm"))
+        self._roster: AsyncScript = redis.register_script(_script("roster"))
+
+    async def flush(self, host: str, r: FlushReport, version: str) -> tuple[NodeRead, int]:
+        """The sidecar's one round trip: report, maybe confirm, read the node state."""
+        hk = self.keys.host(host)
+        res = await self._flush(
+            keys=[self.keys.state, hk.report, hk.flow, hk.confirm],
+            args=[
+                r.boot, r.allowed, r.blocked, r.acked_allowed, r.acked_blocked, r.max_epoch,
+                r.view, r.gate, f"{r.orders_per_s:.3f}", r.stale_after_ms, r.regression,
+                FLOW_RETENTION_MS, r.confirm_epoch, r.confirm_ver, self.keys.confirms, host,
+                version, os.getpid(),
+            ],
+        )  # fmt: skip
+        state, epoch, ver, reason, now = (str(x) for x in res)
+        read = NodeRead.from_hash({"state": state, "epoch": epoch, "ver": ver, "reason": reason})
+        return read, int(now)
+
+    async def kill(
+        self,
+        *,
+        actor: str,
+        reason: str,
+        cause: str,
+        floor: int,
+        action: str = "kill",
+        only_if_armed: bool = False,
+    ) -> ChangeResult:
+        res = await self._kill(
+            keys=[self.keys.state, self.keys.audit],
+            args=[actor, reason, cause, floor, self.keys.events, action, int(only_if_armed)],
+        )
+        return _change(res)
+
+    async def arm(
+        self, *, actor: str, reason: str, approvers: Sequence[str], floor: int
+    ) -> ChangeResult:
+        res = await self._arm(
+            keys=[self.keys.state, self.keys.audit],
+            args=[actor, reason, ",".join(approvers), floor, self.keys.events],
+        )
+        return _change(res)
+
+    async def set_roster(self, hosts: Sequence[str], actor: str) -> bool:
+        changed = await self._roster(
+            keys=[self.keys.roster, self.keys.audit], args=[actor, *sorted(hosts)]
+        )
+        await self.redis.sadd(NODES_KEY, self.node)
+        return bool(changed)
+
+    async def roster(self) -> tuple[str, ...]:
+        members: set[str] = await self.redis.smembers(self.keys.roster)  # type: ignore[assignment]
+        return tuple(sorted(members))
+
+    async def snapshot(self, roster: Sequence[str] | None = None) -> NodeSnapshot:
+        """State, roster, every roster host's report and confirmation, and server time."""
+        if roster is None:
+            roster = await self.roster()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.state)
+        pipe.hgetall(self.keys.aggregator)
+        for h in roster:
+            hk = self.keys.host(h)
+            pipe.hgetall(hk.report)
+            pipe.hgetall(hk.confirm)
+        pipe.time()
+        res: list[Any] = await pipe.execute()
+        secs, micros = res[-1]
+        reports = {h: res[2 + 2 * i] for i, h in enumerate(roster)}
+        confirms = {h: res[3 + 2 * i] for i, h in enumerate(roster)}
+        return NodeSnapshot(
+            now_ms=int(secs) * 1000 + int(micros) // 1000,
+            state=res[0],
+            roster=tuple(roster),
+            reports=reports,
+            confirms=confirms,
+            aggregator=res[1],
+        )
+
+    async def read_flows(
+        self, after: dict[str, str], roster: Sequence[str]
+    ) -> tuple[dict[str, list[tuple[str, dict[str, str]]]], NodeSnapshot]:
+        """New flow entries of every roster host since the IDs in `after`, plus a snapshot."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.state)
+        pipe.hgetall(self.keys.aggregator)
+        for h in roster:
+            hk = self.keys.host(h)
+            pipe.hgetall(hk.report)
+            pipe.hgetall(hk.confirm)
+            pipe.xrange(hk.flow, min=f"({after[h]}" if after.get(h) else "-", max="+")
+        pipe.time()
+        res: list[Any] = await pipe.execute()
+        secs, micros = res[-1]
+        reports, confirms, flows = {}, {}, {}
+        for i, h in enumerate(roster):
+            reports[h] = res[2 + 3 * i]
+            confirms[h] = res[3 + 3 * i]
+            flows[h] = res[4 + 3 * i]
+        snap = NodeSnapshot(
+            now_ms=int(secs) * 1000 + int(micros) // 1000,
+            state=res[0],
+            roster=tuple(roster),
+            reports=reports,
+            confirms=confirms,
+            aggregator=res[1],
+        )
+        return flows, snap
+
+    async def audit(self, limit: int | None = None) -> list[tuple[str, dict[str, str]]]:
+        """Audit entries oldest first; with `limit`, the newest `limit` of them."""
+        if limit is None:
+            entries: Any = await self.redis.xrange(self.keys.audit)
+            return list(entries)
+        newest: Any = await self.redis.xrevrange(self.keys.audit, count=limit)
+        return list(reversed(newest))
+
+    async def publish_aggregator_view(self, view: dict[str, str]) -> None:
+        mapping: dict[Any, Any] = dict(view)
+        await self.redis.hset(self.keys.aggregator, mapping=mapping)
+
+
+def _change(res: Sequence[Any]) -> ChangeResult:
+    return ChangeResult(
+        changed=bool(int(res[0])),
+        epoch=int(res[1]),
+        ver=int(res[2]),
+        ts_ms=int(res[3]),
+        prev_state=str(res[4]),
+    )
