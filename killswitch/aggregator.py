@@ -203,6 +203,19 @@ class Aggregator:
         if evaluation.trip is not None and self.state.state is NodeState.ARMED:
             await self._trip(evaluation.trip.cause, evaluation.trip.detail)
         self._watch_confirmations(snap.state, now)
+        await self.store.publish_aggregator_view(self.view(now))
+
+    def view(self, now_ms: int) -> dict[str, str]:
+        """What `status` shows of the aggregator (and what tests wait on): its last tick."""
+        cfg = self.s.monitor
+        return {
+            "instance": self.s.instance,
+            "tick_ms": str(now_ms),
+            "window_s": f"{cfg.window_s:g}",
+            "node_orders": str(self.window.total),
+            "max_orders": "" if cfg.max_orders is None else str(cfg.max_orders),
+            "trips": str(self.trips),
+        }
 
     async def _trip(self, cause: str, detail: str) -> None:
         assert self.quorum is not None

@@ -20,6 +20,7 @@ from killswitch.gate import Gate
 from killswitch.protocol import MAX_LINE, handle_line
 
 MAX_CONNECTIONS = 4096
+BACKLOG = 1024  # order routers reconnecting at once after a restart must not get EAGAIN
 
 
 class GateProtocol(asyncio.Protocol):
@@ -98,11 +99,14 @@ class GateServer:
             if addr.kind == "unix":
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(addr.path)  # a stale socket file from a previous run
-                srv = await loop.create_unix_server(lambda: GateProtocol(self), addr.path)
+                srv = await loop.create_unix_server(
+                    lambda: GateProtocol(self), addr.path, backlog=BACKLOG
+                )
             else:
                 srv = await loop.create_server(
-                    lambda: GateProtocol(self), addr.host, addr.port, reuse_address=True
-                )
+                    lambda: GateProtocol(self), addr.host, addr.port, reuse_address=True,
+                    backlog=BACKLOG,
+                )  # fmt: skip
             self._servers.append(srv)
 
     def bound_ports(self) -> list[int]:
