@@ -1,0 +1,174 @@
+"""compose.yaml: valid against the Compose spec and wired the way the docs say, without Docker.
+
+`compose_commands()` lists every `killswitch ...` command the stack runs, so a CLI test can
+parse each one with the real argument parser.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jsonschema
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = REPO_ROOT / "compose.yaml"
+SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.json"
+HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
+
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, $VAR and the $$ escape, as Compose reads them.
+_INTERPOLATION = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
+
+
+class ComposeCommand(NamedTuple):
+    service: str
+    argv: list[str]  # argv[0] == "killswitch"; argv[1:] is what the CLI parser sees
+
+
+def interpolate(value: str, env: Mapping[str, str]) -> str:
+    """Compose-style variable interpolation of one string."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1) or match.group(4)
+        op, default = match.group(2), match.group(3) or ""
+        current = env.get(name)
+        if op in (":-", ":?") and not current:
+            current = None
+        if current is None:
+            if op in (":?", "?"):
+                raise KeyError(f"compose.yaml requires ${name}: {default}")
+            return default if op else ""
+        return current
+
+    return _INTERPOLATION.sub(one, value)
+
+
+def load_compose() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return doc
+
+
+def argv_of(command: str | list[str]) -> list[str]:
+    return command.split() if isinstance(command, str) else [str(a) for a in command]
+
+
+def compose_commands(env: Mapping[str, str] | None = None) -> list[ComposeCommand]:
+    """Every service command that runs `killswitch ...`, interpolated with `env` (default: none set)."""
+    env = {} if env is None else env
+    found = []
+    for name, service in load_compose()["services"].items():
+        if "command" not in service:
+            continue
+        argv = [interpolate(a, env) for a in argv_of(service["command"])]
+        if argv and argv[0] == "killswitch":
+            found.append(ComposeCommand(name, argv))
+    return found
+
+
+def option(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+class TestComposeFile:
+    def test_validates_against_the_compose_spec(self) -> None:
+        """compose.yaml is valid against the Compose Specification JSON schema."""
+        schema = json.loads(SCHEMA.read_text())
+        jsonschema.Draft7Validator.check_schema(schema)
+        errors = sorted(
+            jsonschema.Draft7Validator(schema).iter_errors(load_compose()), key=lambda e: e.path
+        )
+        assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+    def test_killswitch_services_build_from_the_dockerfile(self) -> None:
+        """Every service running `killswitch` builds the image from the repo's Dockerfile."""
+        services = load_compose()["services"]
+        assert (REPO_ROOT / "Dockerfile").is_file()
+        for cmd in compose_commands():
+            assert services[cmd.service]["build"] == ".", cmd.service
+
+    def test_redis_keeps_an_append_only_file(self) -> None:
+        """Redis runs with `appendonly yes` so a restart keeps the kill state."""
+        argv = argv_of(load_compose()["services"]["redis"]["command"])
+        assert option(argv, "--appendonly") == "yes"
+
+    def test_eight_routers_each_behind_its_own_sidecar(self) -> None:
+        """or-01..or-08 each have a sidecar of node smars and a loadgen aimed at that sidecar."""
+        commands = {c.service: c.argv for c in compose_commands()}
+        for host in HOSTS:
+            sidecar = commands[f"sidecar-{host}"]
+            assert sidecar[1] == "sidecar"
+            assert option(sidecar, "--node") == "smars"
+            assert option(sidecar, "--host") == host
+            port = option(sidecar, "--listen").rsplit(":", 1)[1]
+            router = commands[f"router-{host}"]
+            assert router[1] == "loadgen"
+            assert option(router, "--listen") == f"tcp:sidecar-{host}:{port}"
+            assert float(option(router, "--rate")) > 0
+
+    def test_aggregator_roster_matches_the_sidecars(self) -> None:
+        """The aggregator's --hosts roster is exactly the hosts that have sidecars."""
+        commands = {c.service: c.argv for c in compose_commands()}
+        aggregator = commands["aggregator"]
+        assert option(aggregator, "--node") == "smars"
+        assert option(aggregator, "--hosts").split(",") == HOSTS
+        assert int(option(aggregator, "--max-orders")) > 0
+
+    def test_prometheus_scrapes_every_metrics_port(self) -> None:
+        """deploy/prometheus/prometheus.yml scrapes each killswitch service on its --metrics-port."""
+        config = yaml.safe_load((REPO_ROOT / "deploy/prometheus/prometheus.yml").read_text())
+        scraped = {
+            target
+            for job in config["scrape_configs"]
+            for static in job.get("static_configs", [])
+            for target in static["targets"]
+        }
+        expected = {
+            f"{c.service}:{option(c.argv, '--metrics-port')}"
+            for c in compose_commands()
+            if "--metrics-port" in c.argv
+        }
+        assert len(expected) == 9
+        assert expected <= scraped
+
+    def test_observability_mounts_exist(self) -> None:
+        """Prometheus and Grafana mount repo directories that exist and hold their config."""
+        services = load_compose()["services"]
+        mounts = {
+            name: {
+                v.split(":")[1]: REPO_ROOT / v.split(":")[0]
+                for v in services[name]["volumes"]
+                if v.startswith("./")
+            }
+            for name in ("prometheus", "grafana")
+        }
+        assert (mounts["prometheus"]["/etc/prometheus"] / "prometheus.yml").is_file()
+        assert (mounts["prometheus"]["/etc/prometheus"] / "alerts.yml").is_file()
+        provisioning = mounts["grafana"]["/etc/grafana/provisioning"]
+        assert (provisioning / "datasources" / "prometheus.yml").is_file()
+        provider = yaml.safe_load((provisioning / "dashboards" / "killswitch.yml").read_text())
+        dashboards_in = provider["providers"][0]["options"]["path"]
+        assert (mounts["grafana"][dashboards_in] / "node-overview.json").is_file()
+        assert (mounts["grafana"][dashboards_in] / "fleet-overview.json").is_file()
+
+
+class TestComposeCommands:
+    def test_lists_every_killswitch_command(self) -> None:
+        """One aggregator, eight sidecars and eight routers: seventeen killswitch commands."""
+        verbs = [c.argv[1] for c in compose_commands()]
+        assert verbs.count("aggregator") == 1
+        assert verbs.count("sidecar") == 8
+        assert verbs.count("loadgen") == 8
+
+    def test_interpolates_like_compose(self) -> None:
+        """`${OR08_RATE:-20}` is 20 by default and the environment's value when set."""
+        default = {c.service: c.argv for c in compose_commands()}
+        assert option(default["router-or-08"], "--rate") == "20"
+        haunted = {c.service: c.argv for c in compose_commands({"OR08_RATE": "200"})}
+        assert option(haunted["router-or-08"], "--rate") == "200"
+        assert interpolate("$$HOME ${A-x} ${B:-y} $C", {"A": "", "C": "c"}) == "$HOME  y c"
