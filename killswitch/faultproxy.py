@@ -285,7 +285,7 @@ class FaultProxy:
         if seconds < 0:
             raise ValueError(f"delay must be >= 0 seconds, got {seconds}")
         self.delay_s = seconds
-        if self.mode is Mode.REFUSE:
+        if self._started and self.mode is Mode.REFUSE:
             self._listen()
         self._set_mode(Mode.PASS)
 
@@ -435,18 +435,21 @@ class ThreadedFaultProxy:
         def main() -> None:
             asyncio.set_event_loop(loop)
 
-            async def boot() -> None:
+            async def boot() -> bool:
                 try:
                     proxy = await FaultProxy(*self._args).start()
-                except BaseException as exc:
+                except Exception as exc:  # handed to start() in the caller's thread
                     ready.set_exception(exc)
-                    raise
+                    return False
                 ready.set_result(proxy)
+                return True
 
-            loop.run_until_complete(boot())
-            loop.run_forever()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+            try:
+                if loop.run_until_complete(boot()):
+                    loop.run_forever()
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
 
         self._loop = loop
         self._thread = threading.Thread(target=main, name="faultproxy", daemon=True)
@@ -510,7 +513,8 @@ class ThreadedFaultProxy:
     def _teardown(self, timeout: float) -> None:
         loop, thread = self._loop, self._thread
         self._proxy = self._loop = self._thread = None
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(loop.stop)
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed itself
+                loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
             thread.join(timeout)

@@ -73,11 +73,11 @@ def _parse_host_port(item: str, url: str) -> tuple[str, int]:
             raise ValueError(f"expected ':port' after {item[: len(host) + 2]!r} in {url!r}")
         port_text = rest[1:] if rest else ""
     else:
+        if item.count(":") > 1:
+            raise ValueError(f"IPv6 sentinel address {item!r} must be in brackets in {url!r}")
         host, _, port_text = item.partition(":")
         if not host:
             raise ValueError(f"sentinel address {item!r} has no host in {url!r}")
-        if ":" in port_text:
-            raise ValueError(f"IPv6 sentinel address {item!r} must be in brackets in {url!r}")
     if not port_text:
         return host, DEFAULT_SENTINEL_PORT
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -17,15 +17,9 @@ from killswitch.embedded import EmbeddedRedis
 from killswitch.faultproxy import FaultProxy, Mode, ThreadedFaultProxy
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[EmbeddedRedis]:
-    with EmbeddedRedis() as srv:
-        yield srv
-
-
 @pytest.fixture
-async def proxy(server: EmbeddedRedis) -> AsyncIterator[FaultProxy]:
-    p = await FaultProxy("127.0.0.1", server.port).start()
+async def proxy(redis_server: EmbeddedRedis) -> AsyncIterator[FaultProxy]:
+    p = await FaultProxy("127.0.0.1", redis_server.port).start()
     try:
         yield p
     finally:
@@ -69,9 +63,9 @@ class TestPass:
         assert stats.bytes_to_client > 0
         assert stats.bytes_dropped == 0
 
-    async def test_stop_is_idempotent(self, server: EmbeddedRedis) -> None:
+    async def test_stop_is_idempotent(self, redis_server: EmbeddedRedis) -> None:
         """Stopping twice is harmless and a stopped proxy refuses connections."""
-        p = await FaultProxy("127.0.0.1", server.port).start()
+        p = await FaultProxy("127.0.0.1", redis_server.port).start()
         port = p.port
         await p.stop()
         await p.stop()
@@ -107,11 +101,11 @@ class TestBlackhole:
             await client.aclose()
         assert proxy.stats().connections_accepted == 1
 
-    async def test_deaf_subscriber(self, proxy: FaultProxy, server: EmbeddedRedis) -> None:
+    async def test_deaf_subscriber(self, proxy: FaultProxy, redis_server: EmbeddedRedis) -> None:
         """A subscriber behind a blackhole hears nothing, get_message never raises, and the
         messages it missed are silently lost."""
         sub_client = client_for(proxy.port)
-        direct = client_for(server.port)
+        direct = client_for(redis_server.port)
         pubsub: PubSub = sub_client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe("deaf")
@@ -214,9 +208,9 @@ class TestDelayAndStall:
 
 
 class TestThreaded:
-    def test_threaded_proxy_from_blocking_code(self, server: EmbeddedRedis) -> None:
+    def test_threaded_proxy_from_blocking_code(self, redis_server: EmbeddedRedis) -> None:
         """The threaded proxy keeps serving while sync code blocks, and obeys mode calls."""
-        with ThreadedFaultProxy("127.0.0.1", server.port) as p:
+        with ThreadedFaultProxy("127.0.0.1", redis_server.port) as p:
             client = redis.Redis(port=p.port, socket_timeout=0.3, retry=None)
             try:
                 assert client.ping() is True
