@@ -179,6 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     cmd("demo", "The Knight Capital replay on an embedded Redis it starts itself.", [json_opt])
+
+    lg = cmd(
+        "loadgen", "A simulated order router: sends ORDER lines to a sidecar's gate at a rate."
+    )
+    lg.add_argument(
+        "--listen", metavar="ADDR", help="the sidecar's gate address (unix:/path or tcp:HOST:PORT)"
+    )
+    lg.add_argument("--rate", type=float, metavar="R", help="orders per second (default 100)")
+    lg.add_argument(
+        "--duration",
+        type=float,
+        metavar="S",
+        help="stop after S seconds (default: run until stopped)",
+    )
+    lg.add_argument("--name", metavar="NAME", help="prefix of order ids (default router)")
     return p
 
 
@@ -212,6 +227,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from killswitch.demo import run_demo
 
         return run_demo(as_json=bool(args.json))
+    if cmd == "loadgen":
+        return _loadgen(r)
     node = r.require("node", node_name)
     if cmd == "sidecar":
         return _sidecar(r, node, redis_url)
@@ -241,6 +258,23 @@ def _sidecar(r: Resolver, node: str, redis_url: str) -> int:
     if settings.state_dir:
         Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
     asyncio.run(run_sidecar(settings))
+    return EXIT_OK
+
+
+def _loadgen(r: Resolver) -> int:
+    from killswitch.loadgen import run_loadgen
+
+    address = str(parse_listen(r.require("listen", str)))
+    stats = asyncio.run(
+        run_loadgen(
+            address,
+            r.get("rate", 100.0, positive_float),
+            r.get("duration", None, positive_float),
+            r.get("name", "router", str),
+        )
+    )
+    print(json.dumps({"sent": stats.sent, "allowed": stats.allowed, "blocked": stats.blocked,
+                      "errors": stats.errors}))  # fmt: skip
     return EXIT_OK
 
 

@@ -195,10 +195,13 @@ class Sidecar:
             regression=view.regression or self._local_problem,
             confirm_epoch=view.epoch if want_confirm else 0,
             confirm_ver=view.ver if want_confirm else 0,
+            closed=not self.gate.is_open,
         )
         try:
             async with asyncio.timeout(self.s.stale_after):
-                read, _now_ms = await self.store.flush(self.s.host, report, __version__)
+                read, _now_ms, closed_confirm = await self.store.flush(
+                    self.s.host, report, __version__
+                )
         except Exception as e:  # any failure: the lease simply runs out
             self.failures += 1
             if sent - self._last_fail_log > 1.0:
@@ -211,12 +214,16 @@ class Sidecar:
         self.last_ok = sent
         self.acked = (allowed, blocked)
         if want_confirm:
-            self.confirmed = (view.epoch, view.ver)
-            self.log.info(
-                "CONFIRMED", epoch=view.epoch, ver=view.ver, state=view.state.value, blocked=blocked
-            )
-        self._apply(observe(view, read), sent)
+            self._confirmed(view.epoch, view.ver, view.state.value, blocked)
+        new = observe(view, read)
+        if closed_confirm and new.state is NodeState.KILLED:
+            self._confirmed(new.epoch, new.ver, new.state.value, blocked)
+        self._apply(new, sent)
         return True
+
+    def _confirmed(self, epoch: int, ver: int, state: str, blocked: int) -> None:
+        self.confirmed = (epoch, ver)
+        self.log.info("CONFIRMED", epoch=epoch, ver=ver, state=state, blocked=blocked)
 
     def _apply(self, new: HostView, sent: float) -> None:
         old = self.gate.view
@@ -259,6 +266,9 @@ class Sidecar:
                 while not self._stop.is_set():
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if msg is not None:
+                        if str(msg.get("data", "")).startswith("KILLED"):
+                            # Closing is always safe; the round trip decides what happens next.
+                            self.gate.close()
                         self._wake.set()
             except asyncio.CancelledError:
                 raise

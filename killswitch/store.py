@@ -42,6 +42,7 @@ class FlushReport:
     regression: str
     confirm_epoch: int = 0
     confirm_ver: int = 0
+    closed: bool = False  # the gate was closed before this call: a KILLED read is confirmed in it
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +80,12 @@ class Store:
         self._arm: AsyncScript = redis.register_script(_script("arm"))
         self._roster: AsyncScript = redis.register_script(_script("roster"))
 
-    async def flush(self, host: str, r: FlushReport, version: str) -> tuple[NodeRead, int]:
-        """The sidecar's one round trip: report, maybe confirm, read the node state."""
+    async def flush(self, host: str, r: FlushReport, version: str) -> tuple[NodeRead, int, bool]:
+        """The sidecar's one round trip: report, maybe confirm, read the node state.
+
+        Returns the read, Redis server time, and whether the script confirmed the KILLED
+        state it read (only when `r.closed`).
+        """
         hk = self.keys.host(host)
         res = await self._flush(
             keys=[self.keys.state, hk.report, hk.flow, hk.confirm],
@@ -88,12 +93,12 @@ class Store:
                 r.boot, r.allowed, r.blocked, r.acked_allowed, r.acked_blocked, r.max_epoch,
                 r.view, r.gate, f"{r.orders_per_s:.3f}", r.stale_after_ms, r.regression,
                 FLOW_RETENTION_MS, r.confirm_epoch, r.confirm_ver, self.keys.confirms, host,
-                version, os.getpid(),
+                version, os.getpid(), int(r.closed),
             ],
         )  # fmt: skip
-        state, epoch, ver, reason, now = (str(x) for x in res)
+        state, epoch, ver, reason, now, closed_confirm = (str(x) for x in res)
         read = NodeRead.from_hash({"state": state, "epoch": epoch, "ver": ver, "reason": reason})
-        return read, int(now)
+        return read, int(now), closed_confirm == "1"
 
     async def kill(
         self,

@@ -5,7 +5,9 @@
 --       4 acked allowed, 5 acked blocked (cumulative values of this boot's last acknowledged flush),
 --       6 max_epoch, 7 view, 8 gate, 9 orders_per_s, 10 stale_after_ms, 11 regression,
 --       12 flow retention ms, 13 confirm epoch (0: none), 14 confirm ver, 15 confirms channel,
---       16 host, 17 version, 18 pid
+--       16 host, 17 version, 18 pid, 19 gate closed before this call ("1"/"0")
+-- A host whose gate was already closed when it sent this call provably blocks from before the
+-- read below, so a KILLED state read here is confirmed in this same call (one round trip).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local boot = ARGV[1]
@@ -37,12 +39,19 @@ redis.call('HSET', KEYS[2],
   'max_epoch', ARGV[6], 'view', ARGV[7], 'gate', ARGV[8], 'orders_per_s', ARGV[9],
   'stale_after_ms', ARGV[10], 'regression', ARGV[11], 'version', ARGV[17], 'pid', ARGV[18])
 
-local confirm_epoch = tonumber(ARGV[13])
-if confirm_epoch > 0 then
-  redis.call('HSET', KEYS[4], 'host', ARGV[16], 'epoch', confirm_epoch, 'ver', ARGV[14],
-    'view', ARGV[7], 'applied_ms', now, 'blocked', blocked)
-  redis.call('PUBLISH', ARGV[15], ARGV[16] .. ' ' .. confirm_epoch .. ' ' .. ARGV[14])
-end
-
 local s = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'ver', 'reason')
-return {s[1] or '', s[2] or '0', s[3] or '0', s[4] or '', tostring(now)}
+local confirm_epoch, confirm_ver, view = tonumber(ARGV[13]), ARGV[14], ARGV[7]
+local closed_confirm = '0'
+if ARGV[19] == '1' and s[1] == 'KILLED' then
+  confirm_epoch, confirm_ver, view, closed_confirm = tonumber(s[2]), s[3], 'KILLED', '1'
+  if confirm_epoch > tonumber(ARGV[6]) then
+    -- the host applies this read on reply; report what it will enforce, not what it had
+    redis.call('HSET', KEYS[2], 'max_epoch', confirm_epoch, 'view', 'KILLED', 'gate', 'closed')
+  end
+end
+if confirm_epoch > 0 then
+  redis.call('HSET', KEYS[4], 'host', ARGV[16], 'epoch', confirm_epoch, 'ver', confirm_ver,
+    'view', view, 'applied_ms', now, 'blocked', blocked)
+  redis.call('PUBLISH', ARGV[15], ARGV[16] .. ' ' .. confirm_epoch .. ' ' .. confirm_ver)
+end
+return {s[1] or '', s[2] or '0', s[3] or '0', s[4] or '', tostring(now), closed_confirm}

@@ -1,0 +1,48 @@
+"""Kill to eight-of-eight confirmed, over many kills, on loopback with eight sidecar processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from redis.asyncio import Redis
+
+from bench.common import start_fleet, summary
+from killswitch import control
+from killswitch.embedded import EmbeddedRedis
+from killswitch.store import Store
+
+HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
+KILLS = 200
+
+
+async def _cycle(url: str, node: str) -> tuple[list[float], list[float]]:
+    redis = Redis.from_url(url, decode_responses=True)
+    store = Store(redis, node)
+    server_side, client_side = [], []
+    try:
+        for i in range(KILLS):
+            arm = await control.arm(store, approvers=["a", "b"], reason="bench", timeout=5)
+            assert arm.code == 0, arm.report
+            t0 = time.perf_counter()
+            out = await control.kill(store, reason=f"bench {i}", operator="bench", timeout=5)
+            client_side.append(time.perf_counter() - t0)
+            assert out.code == 0, out.report
+            server_side.append(out.report["elapsed_s"])
+    finally:
+        await redis.aclose()
+    return server_side, client_side
+
+
+def run() -> dict[str, object]:
+    with EmbeddedRedis() as server:
+        f = start_fleet(server.url, "bench-kill", HOSTS)
+        try:
+            server_side, client_side = asyncio.run(_cycle(server.url, "bench-kill"))
+        finally:
+            f.stop()
+    return {
+        "kills": KILLS,
+        "recorded_to_last_confirm_ms": summary(server_side, 1000),
+        "kill_command_wall_ms": summary(client_side, 1000),
+    }

@@ -1,0 +1,143 @@
+"""A simulated order router: sends real ORDER lines to a sidecar's gate at a chosen rate.
+
+Used by `killswitch loadgen` (the compose stack), the demo and the benchmarks. It is a
+client of the public gate protocol only, exactly like an order router in another language;
+it never reaches into the sidecar. Orders are sent in small pipelined batches so that one
+Python process can hold tens of thousands of orders per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RouterStats:
+    sent: int = 0
+    allowed: int = 0
+    blocked: int = 0
+    errors: int = 0
+    first_block_at: float | None = None  # monotonic time of the first BLOCK reply
+    last_allow_at: float | None = None
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+async def open_gate(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if address.startswith("unix:"):
+        return await asyncio.open_unix_connection(address[5:])
+    host, _, port = address.removeprefix("tcp:").rpartition(":")
+    return await asyncio.open_connection(host.strip("[]"), int(port))
+
+
+class OrderRouter:
+    """Sends orders at `rate()` per second (re-read every batch) until stopped."""
+
+    def __init__(
+        self,
+        address: str,
+        rate: Callable[[], float],
+        *,
+        name: str = "router",
+        batch_interval: float = 0.01,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.address = address
+        self.rate = rate
+        self.name = name
+        self.batch_interval = batch_interval
+        self.clock = clock
+        self.stats = RouterStats()
+        self._stop = asyncio.Event()
+        self._ids = itertools.count(1)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> RouterStats:
+        reader, writer = await open_gate(self.address)
+        pending = 0
+        owed = 0.0
+        last = self.clock()
+        try:
+            while not self._stop.is_set():
+                now = self.clock()
+                owed += max(self.rate(), 0.0) * (now - last)
+                last = now
+                n = int(owed)
+                if n:
+                    owed -= n
+                    lines = [
+                        f"ORDER {self.name}-{next(self._ids)} KCG BUY 100\n".encode()
+                        for _ in range(n)
+                    ]
+                    writer.write(b"".join(lines))
+                    pending += n
+                    self.stats.sent += n
+                    await writer.drain()
+                while pending:
+                    try:
+                        line = await asyncio.wait_for(reader.readline(), 5.0)
+                    except TimeoutError:
+                        break
+                    if not line:
+                        return self.stats
+                    pending -= 1
+                    self._count(line)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.batch_interval)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        return self.stats
+
+    def _count(self, line: bytes) -> None:
+        s = self.stats
+        if line.startswith(b"ALLOW"):
+            s.allowed += 1
+            s.last_allow_at = self.clock()
+        elif line.startswith(b"BLOCK"):
+            s.blocked += 1
+            if s.first_block_at is None:
+                s.first_block_at = self.clock()
+            reason = line.rsplit(b" ", 1)[-1].strip().decode()
+            s.reasons[reason] = s.reasons.get(reason, 0) + 1
+        else:
+            s.errors += 1
+
+
+async def run_loadgen(address: str, rate: float, duration: float | None, name: str) -> RouterStats:
+    """Entry point of `killswitch loadgen`: reconnects until stopped (the sidecar may restart)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    total = RouterStats()
+    end = None if duration is None else time.monotonic() + duration
+    while not stop.is_set() and (end is None or time.monotonic() < end):
+        router = OrderRouter(address, lambda: rate, name=name)
+
+        async def stopper(r: OrderRouter = router) -> None:
+            timeout = None if end is None else max(end - time.monotonic(), 0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout)
+            r.stop()
+
+        watcher = asyncio.create_task(stopper())
+        try:
+            stats = await router.run()
+        except OSError:
+            stats = router.stats
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+        finally:
+            watcher.cancel()
+        for k in ("sent", "allowed", "blocked", "errors"):
+            setattr(total, k, getattr(total, k) + getattr(stats, k))
+    return total
