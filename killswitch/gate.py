@@ -30,6 +30,7 @@ class Gate:
         "_allow",
         "_clock",
         "_deadline",
+        "_held",
         "_log",
         "_open",
         "_reason",
@@ -57,6 +58,7 @@ class Gate:
         self._log = log if log is not None else structlog.get_logger("killswitch.gate")
         self._open = False
         self._deadline = 0.0
+        self._held = 0  # epoch of a kill notice not yet confirmed by a read (0: none)
         self.view = view or boot_view()
         self._reason = self.view.block_reason.value
         self._allow: Decision = (True, self.view.epoch, "")
@@ -84,7 +86,7 @@ class Gate:
         self.blocked += 1
         # An open gate whose lease ran out is stale: no round trip proved the node armed.
         reason = BlockReason.STALE.value if self._open else self._reason
-        epoch = self.view.epoch
+        epoch = self._held or self.view.epoch
         self._log.warning(
             "BLOCK_ORDER",
             node=self.node,
@@ -102,6 +104,7 @@ class Gate:
 
     def apply(self, view: HostView, lease_deadline: float) -> None:
         """Enforce `view` until `lease_deadline` (monotonic seconds)."""
+        self._held = 0
         if not view.gate_open:
             self._open = False  # close first: a concurrent check() must never see it open
             self.view = view
@@ -114,11 +117,25 @@ class Gate:
         self._open = True
 
     def close(self) -> None:
-        """Close until the next authoritative read (on shutdown or on a kill notice)."""
+        """Close until the next authoritative read (on shutdown)."""
         self._open = False
+
+    def hold(self, epoch: int) -> None:
+        """A kill notice for `epoch` arrived: block now, as killed, until the next read applies.
+
+        Closing is always safe, so a notice is trusted this far and no further: it never
+        moves the highest epoch seen, and the next authoritative read replaces it.
+        """
+        if epoch < self.view.max_epoch:
+            return  # an old notice (or a forged one) is not even worth a hold
+        self._open = False
+        self._held = epoch
+        self._reason = BlockReason.KILLED.value
 
     def status(self) -> tuple[NodeState, int]:
         """What PING reports: the enforced state (STALE once the lease ran out) and epoch."""
+        if self._held:
+            return NodeState.KILLED, self._held
         if self._open and self._clock() >= self._deadline:
             return NodeState.STALE, self.view.epoch
         if self._open:

@@ -196,6 +196,8 @@ class Sidecar:
             confirm_epoch=view.epoch if want_confirm else 0,
             confirm_ver=view.ver if want_confirm else 0,
             closed=not self.gate.is_open,
+            confirmed_epoch=self.confirmed[0],
+            confirmed_ver=self.confirmed[1],
         )
         try:
             async with asyncio.timeout(self.s.stale_after):
@@ -266,9 +268,7 @@ class Sidecar:
                 while not self._stop.is_set():
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if msg is not None:
-                        if str(msg.get("data", "")).startswith("KILLED"):
-                            # Closing is always safe; the round trip decides what happens next.
-                            self.gate.close()
+                        self._notice(str(msg.get("data", "")))
                         self._wake.set()
             except asyncio.CancelledError:
                 raise
@@ -278,6 +278,12 @@ class Sidecar:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _notice(self, data: str) -> None:
+        """`KILLED <epoch> <ver>` closes the gate at once; the next round trip decides the rest."""
+        parts = data.split()
+        if len(parts) == 3 and parts[0] == "KILLED" and parts[1].isdigit():
+            self.gate.hold(int(parts[1]))
 
     def sync_age(self) -> float | None:
         return None if self.last_ok is None else self.clock() - self.last_ok

@@ -43,6 +43,8 @@ class FlushReport:
     confirm_epoch: int = 0
     confirm_ver: int = 0
     closed: bool = False  # the gate was closed before this call: a KILLED read is confirmed in it
+    confirmed_epoch: int = 0  # what this host last confirmed: not confirmed again
+    confirmed_ver: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +95,7 @@ class Store:
                 r.boot, r.allowed, r.blocked, r.acked_allowed, r.acked_blocked, r.max_epoch,
                 r.view, r.gate, f"{r.orders_per_s:.3f}", r.stale_after_ms, r.regression,
                 FLOW_RETENTION_MS, r.confirm_epoch, r.confirm_ver, self.keys.confirms, host,
-                version, os.getpid(), int(r.closed),
+                version, os.getpid(), int(r.closed), r.confirmed_epoch, r.confirmed_ver,
             ],
         )  # fmt: skip
         state, epoch, ver, reason, now, closed_confirm = (str(x) for x in res)
