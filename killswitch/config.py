@@ -5,6 +5,7 @@ Errors name the bad field and where it came from. Nothing here touches Redis or 
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -45,7 +46,7 @@ def parse_listen(value: str) -> ListenAddr:
     if value.startswith("tcp:"):
         host, sep, port = value[4:].rpartition(":")
         host = host.strip("[]")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
             raise ConfigError(f"listen: {value!r} is not tcp:HOST:PORT, e.g. tcp:127.0.0.1:7000")
         return ListenAddr("tcp", host=host, port=int(port))
     raise ConfigError(f"listen: {value!r} must start with unix: or tcp:")
@@ -61,6 +62,10 @@ def load_config_file(path: str | None) -> dict[str, Any]:
         raise ConfigError(f"config: file {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config: {path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config: {path} is not valid UTF-8 TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {path}: {e}") from None
 
 
 class Resolver:
@@ -88,7 +93,7 @@ class Resolver:
         sources: list[tuple[str, Any]] = [
             (f"--{name}", self.flags.get(key)),
             (ENV_PREFIX + key.upper(), self.env.get(ENV_PREFIX + key.upper())),
-            (f"config [{key}]", self.section.get(key, self.config.get(key))),
+            (f"config [{key}]", self._from_config(key, name)),
         ]
         for where, raw in sources:
             if raw is None or raw == "":
@@ -98,6 +103,14 @@ class Resolver:
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"{name}: bad value {raw!r} from {where}: {e}") from None
         return default
+
+    def _from_config(self, key: str, name: str) -> Any:
+        # Accept both `stale_after` and `stale-after` (the flag's spelling) in the file.
+        for table in (self.section, self.config):
+            for k in (key, name):
+                if k in table and not isinstance(table[k], dict):
+                    return table[k]
+        return None
 
     def require(self, name: str, conv: Callable[[Any], T], hint: str = "") -> T:
         missing = object()
@@ -124,8 +137,8 @@ def host_name(v: Any) -> str:
 
 def positive_float(v: Any) -> float:
     f = float(v)
-    if not f > 0:
-        raise ValueError("must be a positive number")
+    if not (f > 0 and math.isfinite(f)):
+        raise ValueError("must be a positive, finite number")
     return f
 
 

@@ -62,7 +62,7 @@ class GateProtocol(asyncio.Protocol):
                 replies.append(handle_line(line, self.gate))
             start = nl + 1
         rest = buf[start:]
-        if len(rest) > MAX_LINE:
+        if len(rest) > MAX_LINE + 1:  # room for the '\r' of a CRLF line whose '\n' is late
             if not self.discarding:
                 replies.append(b"ERR line too long\n")
                 self.discarding = True

@@ -15,7 +15,9 @@ class SlidingWindow:
 
     An entry at time t counts for a window ending at `now` when `now - width_ms < t <= now`.
     Entries may arrive slightly out of order across hosts (each host flushes on its own
-    schedule); eviction only ever looks at the oldest entries, so that is harmless.
+    schedule); eviction looks at the oldest entries first, so an older entry queued behind a
+    newer one leaves the window up to one flush interval late. That overcounts briefly: it
+    errs towards killing, never towards missing a trip.
     """
 
     __slots__ = ("_by_host", "_entries", "_total", "width_ms")
