@@ -3,8 +3,10 @@ watches every roster host confirm it.
 
 A thin asyncio shell: each tick is one pipelined Redis read (new flow entries of every
 roster host, their reports and confirmations, the node state, server time); the sliding
-window and the trip rules are pure (`window`, `monitor`). Windows run on Redis server
-time, never on this machine's wall clock.
+window and the trip rules are pure (`window`, `anomaly`), and how their decisions are shown
+is pure too (`ruleview`). Windows run on Redis server time, never on this machine's wall
+clock, and are evaluated on a grid of `tick` (multiples of 100 ms by default) so that
+`killswitch backtest` replays recorded flow at the very same instants.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from redis.asyncio import Redis
 
+from killswitch import ruleview
+from killswitch.anomaly import CAUSES, Evaluation, Monitor, MonitorConfig
+from killswitch.baseline import Baseline, BaselineStateError
 from killswitch.metrics import MetricsServer, build_info
-from killswitch.monitor import Monitor, MonitorConfig
 from killswitch.redisconn import connect
 from killswitch.roster import Quorum, epoch_floor, quorum
 from killswitch.state import NodeRead, NodeState
@@ -43,6 +47,7 @@ class AggregatorSettings:
     metrics_port: int | None = None
     tick: float = 0.1
     confirm_timeout: float = 5.0
+    baseline_save_interval: float = 5.0  # seconds between baseline writes (and one on stop)
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}")
 
 
@@ -74,8 +79,15 @@ class Aggregator:
         self.store = Store(redis, settings.node)
         self.clock = clock
         self.log = (logger or log).bind(node=settings.node)
-        self.window = SlidingWindow(int(settings.monitor.window_s * 1000))
-        self.monitor = Monitor(settings.monitor)
+        self.window = SlidingWindow(settings.monitor.window_ms)
+        self.monitor = Monitor(settings.monitor, roster=settings.hosts)
+        self.evaluation: Evaluation | None = None
+        self.events = ruleview.EventLog(settings.monitor.window_ms)
+        self.tick_ms = max(round(settings.tick * 1000), 1)
+        self._pending: list[tuple[int, str, int]] = []  # read, but newer than the tick grid
+        self._last_eval_ms = -1
+        self._last_read: tuple[int, float] | None = None  # (server ms, local clock) of a read
+        self._last_save = 0.0
         self.after: dict[str, str] = {}
         self.armed_ms = -1
         self.state = NodeRead(None)
@@ -93,8 +105,16 @@ class Aggregator:
             ["node", "cause"],
             registry=self.registry,
         )
-        for cause in ("max_orders", "operator"):
+        self._shadow_total = Counter(
+            "killswitch_shadow_trips",
+            "Trips a rule in shadow mode would have made (it did not kill), by cause.",
+            ["node", "cause"],
+            registry=self.registry,
+        )
+        for cause in (*CAUSES, "operator"):
             self._trips_total.labels(n, cause)
+        for cause in CAUSES:
+            self._shadow_total.labels(n, cause)
         self._confirm_hist = Histogram(
             "killswitch_kill_confirm_seconds",
             "Seconds from a kill being recorded to the last roster host confirming it.",
@@ -118,10 +138,14 @@ class Aggregator:
         if self._metrics:
             await self._metrics.start()
         await self._ensure_roster(force=True)
+        await self._restore_baseline()
         self._task = asyncio.create_task(self._loop(), name="aggregator")
+        cfg = self.s.monitor
         self.log.info(
             "aggregator_started", roster=list(self.s.hosts), instance=self.s.instance,
-            max_orders=self.s.monitor.max_orders, window_s=self.s.monitor.window_s,
+            max_orders=cfg.max_orders, window_s=cfg.window_ms / 1000,
+            enforcing=[c for c in cfg.causes if not cfg.is_shadow(c)],
+            shadow=[c for c in cfg.causes if cfg.is_shadow(c)],
         )  # fmt: skip
 
     async def stop(self) -> None:
@@ -132,6 +156,7 @@ class Aggregator:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await self._save_baseline()
         if self._metrics:
             await self._metrics.stop()
         self.log.info("aggregator_stopped")
@@ -161,10 +186,46 @@ class Aggregator:
                 if not failing:
                     self.log.error("tick_failed", error=f"{type(e).__name__}: {e}")
                 failing = True
-            wait = self.s.tick - (self.clock() - started)
+            wait = self._until_next_tick(started)
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), wait)
+
+    def _until_next_tick(self, started: float) -> float:
+        """Seconds to sleep so the next read lands just after the next grid point of server
+        time; without a server time yet, one tick after `started`."""
+        if self._last_read is None:
+            return self.s.tick - (self.clock() - started)
+        server_ms, at = self._last_read
+        est = server_ms + (self.clock() - at) * 1000.0
+        grid = (est // self.tick_ms + 1) * self.tick_ms
+        return (grid - est) / 1000.0 + 0.002
+
+    async def _restore_baseline(self) -> None:
+        params = self.s.monitor.baseline_params()
+        try:
+            stored = await self.store.load_baseline()
+            if not stored:
+                self.log.info("baseline_cold", reason="no stored baseline")
+                return
+            baseline = Baseline.from_dict(stored, params)
+        except BaselineStateError as e:
+            self.log.error("baseline_unreadable", reason=str(e), action="starting cold")
+            return
+        self.monitor = Monitor(self.s.monitor, baseline, roster=self.s.hosts)
+        now = baseline.last_ms or 0
+        self.log.info(
+            "baseline_restored", learned_s=baseline.learned_ms / 1000,
+            expected=baseline.expected(now), warm=baseline.learned_ms >= self.s.monitor.warmup_ms,
+        )  # fmt: skip
+
+    async def _save_baseline(self) -> None:
+        if self.monitor.baseline.last_ms is None:
+            return  # never observed anything: keep whatever is stored
+        try:
+            await self.store.save_baseline(self.monitor.baseline.to_dict())
+        except Exception as e:  # a failed save costs a re-learn, never the kill loop
+            self.log.warning("baseline_save_failed", error=f"{type(e).__name__}: {e}")
 
     async def _ensure_roster(self, force: bool = False) -> None:
         # Re-asserted every few seconds: a Redis that lost its data gets the roster back.
@@ -182,42 +243,67 @@ class Aggregator:
         now = snap.now_ms
         self.state = NodeRead.from_hash(snap.state)
         armed_ms = int(snap.state.get("armed_ms") or 0)
+        self._last_read = (now, self.clock())
         if armed_ms != self.armed_ms:
             # Orders sent before the current arm never count against it.
             self.armed_ms = armed_ms
             self.window.clear()
+            self._pending = [p for p in self._pending if p[0] >= armed_ms]
             self.monitor.reset(now)
         for host, entries in flows.items():
             for entry_id, fields in entries:
                 self.after[host] = entry_id
                 ts = int(entry_id.split("-", 1)[0])
                 if ts >= armed_ms:
-                    self.window.add(ts, host, int(fields.get("a", 0)))
-        self.window.advance(now)
+                    self._pending.append((ts, host, int(fields.get("a", 0))))
         self.quorum = quorum(
             self.s.hosts, self.state.epoch, self.state.ver, snap.reports, snap.confirms, now
         )
-        evaluation = self.monitor.observe(now, self.window.total, self.window.by_host)
-        for warning in evaluation.warnings:
-            self.log.warning("LIMIT_WARNING", **warning)
-        if evaluation.trip is not None and self.state.state is NodeState.ARMED:
-            await self._trip(evaluation.trip.cause, evaluation.trip.detail)
+        # Evaluate at the last grid point strictly before server time: every flow entry up to
+        # it has been read (an entry written after our read has a later ID), so the window
+        # holds exactly what a backtest of the exported flow holds at the same instant.
+        at = (now - 1) // self.tick_ms * self.tick_ms
+        if at > self._last_eval_ms:
+            self._last_eval_ms = at
+            await self._evaluate(at)
         self._watch_confirmations(snap.state, now)
+        if self.clock() - self._last_save >= self.s.baseline_save_interval:
+            self._last_save = self.clock()
+            await self._save_baseline()
         await self.store.publish_aggregator_view(self.view(now))
+
+    async def _evaluate(self, at: int) -> None:
+        ready = [p for p in self._pending if p[0] <= at]
+        if ready:
+            self._pending = [p for p in self._pending if p[0] > at]
+            for ts, host, count in ready:
+                self.window.add(ts, host, count)
+        self.window.advance(at)
+        armed = self.state.state is NodeState.ARMED
+        ev = self.evaluation = self.monitor.observe(
+            at, self.window.total, self.window.by_host, armed=armed
+        )
+        for level, event, fields in self.events.events(ev):
+            getattr(self.log, level)(event, **fields)
+        for t in ev.shadow_trips:
+            self._shadow_total.labels(self.s.node, t.cause).inc()
+        if ev.trip is not None and armed:
+            others = [t.cause for t in ev.trips[1:]]
+            await self._trip(ev.trip.cause, ev.trip.detail, at, others)
 
     def view(self, now_ms: int) -> dict[str, str]:
         """What `status` shows of the aggregator (and what tests wait on): its last tick."""
-        cfg = self.s.monitor
         return {
             "instance": self.s.instance,
             "tick_ms": str(now_ms),
-            "window_s": f"{cfg.window_s:g}",
+            "eval_ms": str(self._last_eval_ms),
             "node_orders": str(self.window.total),
-            "max_orders": "" if cfg.max_orders is None else str(cfg.max_orders),
             "trips": str(self.trips),
+            "learned_s": f"{self.monitor.baseline.learned_ms / 1000:g}",
+            **ruleview.view_fields(self.s.monitor, self.evaluation),
         }
 
-    async def _trip(self, cause: str, detail: str) -> None:
+    async def _trip(self, cause: str, detail: str, at_ms: int, also: list[str]) -> None:
         assert self.quorum is not None
         res = await self.store.kill(
             actor=f"aggregator:{self.s.instance}",
@@ -308,11 +394,27 @@ class _AggregatorCollector:
             "1 while the roster host reports to Redis within its stale-after.",
             labels=["node", "host"],
         )
+        confirmed = GaugeMetricFamily(
+            "killswitch_host_confirmed",
+            "1 when the roster host confirmed the node's current epoch; 0 names a missing host.",
+            labels=["node", "host"],
+        )
+        report_age = GaugeMetricFamily(
+            "killswitch_host_report_age_seconds",
+            "Seconds since the roster host's last report reached Redis, as the aggregator saw it "
+            "at its last tick (+Inf: never). Unlike sync age, it is exported for dead sidecars.",
+            labels=["node", "host"],
+        )
         for h in a.s.hosts:
             per_host.add_metric([n, h, win], a.window.by_host.get(h, 0))
             alive.add_metric([n, h], float(bool(q and q.hosts[h].alive)))
+            confirmed.add_metric([n, h], float(bool(q and h in q.confirmed)))
+            age = q.hosts[h].age_s if q else None
+            report_age.add_metric([n, h], float("inf") if age is None else age)
         yield per_host
         yield alive
+        yield confirmed
+        yield report_age
         yield from a.monitor.metrics(n, win)
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -145,6 +145,7 @@ class Fleet:
     sidecars: dict[str, Proc] = field(default_factory=dict)
     aggregator: Proc | None = None
     extra_sidecar_args: Sequence[str] = ()
+    metrics_ports: Mapping[str, int] = field(default_factory=dict)  # host -> --metrics-port
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -168,6 +169,7 @@ class Fleet:
             "--flush-interval", str(self.flush_interval),
             "--stale-after", str(self.stale_after),
             "--state-dir", str(self.workdir / "state"),
+            *(("--metrics-port", str(self.metrics_ports[host])) if host in self.metrics_ports else ()),
             *self.extra_sidecar_args,
         ]  # fmt: skip
 
