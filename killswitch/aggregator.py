@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from redis.asyncio import Redis
 
-from killswitch import ruleview
+from killswitch import durability, leader, ruleview
 from killswitch.anomaly import CAUSES, Evaluation, Monitor, MonitorConfig
 from killswitch.baseline import Baseline, BaselineStateError
 from killswitch.metrics import MetricsServer, build_info
@@ -48,7 +50,20 @@ class AggregatorSettings:
     tick: float = 0.1
     confirm_timeout: float = 5.0
     baseline_save_interval: float = 5.0  # seconds between baseline writes (and one on stop)
-    instance: str = field(default_factory=lambda: f"{socket.gethostname()}")
+    instance: str = field(default_factory=lambda: default_instance())  # noqa: PLW0108 (defined below)
+    lease_ttl: float = 2.0  # leader lease on Redis server time, renewed every tick
+    require_durable: bool = False  # refuse to start unless Redis runs with appendonly
+
+
+def default_instance() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+DURABILITY_CHECK_S = 30.0  # also re-checked at once when the roster turns out to be gone
+
+
+class NotDurable(RuntimeError):
+    """`require_durable` is set and Redis does not (or will not say that it does) persist."""
 
 
 @dataclass
@@ -94,7 +109,13 @@ class Aggregator:
         self.quorum: Quorum | None = None
         self.watch: _KillWatch | None = None
         self.trips = 0
+        self.last_trip: tuple[int, str] | None = None  # (evaluation ms, cause) of our last trip
         self._last_roster_check = -1e9
+        self.lead = leader.Leadership(
+            leader.make_token(settings.instance, uuid.uuid4().hex[:8]), settings.lease_ttl
+        )
+        self.durable: durability.Durability | None = None
+        self._durability_at = -1e9
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -137,6 +158,13 @@ class Aggregator:
             return
         if self._metrics:
             await self._metrics.start()
+        await self._check_durability()
+        if self.s.require_durable and not (self.durable and self.durable.enabled):
+            why = self.durable.detail if self.durable else "not checked"
+            raise NotDurable(
+                f"Redis is not durable ({why}): a restart would forget kills. Run it with "
+                "appendonly yes (appendfsync always or everysec), or drop --require-durable."
+            )
         await self._ensure_roster(force=True)
         await self._restore_baseline()
         self._task = asyncio.create_task(self._loop(), name="aggregator")
@@ -156,6 +184,10 @@ class Aggregator:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if self.lead.is_leader(self.clock()):
+            # Hand over at once instead of making the standbys wait out the lease.
+            with contextlib.suppress(Exception):
+                await self.store.lease(self.lead.token, 0)
         await self._save_baseline()
         if self._metrics:
             await self._metrics.stop()
@@ -237,9 +269,41 @@ class Aggregator:
 
     # -- one tick --------------------------------------------------------------------------
 
+    def is_leader(self) -> bool:
+        return self.lead.is_leader(self.clock())
+
+    async def _renew_lease(self) -> None:
+        sent = self.clock()
+        held, holder, ttl_ms = await self.store.lease(self.lead.token, int(self.s.lease_ttl * 1000))
+        reply = leader.LeaseReply(held, holder, ttl_ms)
+        self.lead, change = leader.on_reply(self.lead, sent, reply)
+        if change:
+            self.log.warning(change, instance=self.s.instance,
+                             holder=leader.instance_of(holder))  # fmt: skip
+
+    async def _check_durability(self) -> None:
+        self._durability_at = self.clock()
+        d = self.durable = await durability.check(self.redis)
+        if d.enabled is not True:
+            level = "error" if self.s.require_durable else "warning"
+            getattr(self.log, level)(
+                "REDIS_NOT_DURABLE", reason=d.detail,
+                risk="a Redis restart forgets kills and the roster: hosts stay blocked "
+                "(epoch fencing) until two approvers arm again",
+            )  # fmt: skip
+
     async def tick_once(self) -> None:
+        await self._renew_lease()
+        if self.clock() - self._durability_at >= DURABILITY_CHECK_S:
+            await self._check_durability()
         await self._ensure_roster()
         flows, snap = await self.store.read_flows(self.after, self.s.hosts)
+        if not snap.roster_stored:
+            # Redis lost its data (restart without persistence, or a failover that lost
+            # writes): put the roster back now, so `arm` can prove the fleet again.
+            self.log.error("ROSTER_MISSING", reason="the node's roster is gone from Redis")
+            await self._ensure_roster(force=True)
+            await self._check_durability()
         now = snap.now_ms
         self.state = NodeRead.from_hash(snap.state)
         armed_ms = int(snap.state.get("armed_ms") or 0)
@@ -270,7 +334,18 @@ class Aggregator:
         if self.clock() - self._last_save >= self.s.baseline_save_interval:
             self._last_save = self.clock()
             await self._save_baseline()
-        await self.store.publish_aggregator_view(self.view(now))
+        if self.is_leader():
+            await self.store.publish_aggregator_view({**self.view(now), **self._ha_view()})
+
+    def _ha_view(self) -> dict[str, str]:
+        d = self.durable
+        durable = "" if d is None or d.enabled is None else str(int(d.enabled))
+        return {
+            "leader": self.s.instance,
+            "lease_ttl_s": f"{self.s.lease_ttl:g}",
+            "redis_durable": durable,
+            "redis_durable_detail": d.detail if d else "",
+        }
 
     async def _evaluate(self, at: int) -> None:
         ready = [p for p in self._pending if p[0] <= at]
@@ -299,12 +374,16 @@ class Aggregator:
             "eval_ms": str(self._last_eval_ms),
             "node_orders": str(self.window.total),
             "trips": str(self.trips),
+            "last_trip_at_ms": str(self.last_trip[0]) if self.last_trip else "",
+            "last_trip_cause": self.last_trip[1] if self.last_trip else "",
             "learned_s": f"{self.monitor.baseline.learned_ms / 1000:g}",
             **ruleview.view_fields(self.s.monitor, self.evaluation),
         }
 
     async def _trip(self, cause: str, detail: str, at_ms: int, also: list[str]) -> None:
         assert self.quorum is not None
+        if not self.is_leader():
+            return  # a standby keeps its windows warm but never acts
         res = await self.store.kill(
             actor=f"aggregator:{self.s.instance}",
             reason=detail,
@@ -312,16 +391,26 @@ class Aggregator:
             floor=epoch_floor(self.quorum.hosts),
             action="trip",
             only_if_armed=True,
+            fence=self.lead.token,
         )
+        if res.refused == "fenced":
+            # Paused past its lease while another instance took over: that one acts.
+            self.lead = leader.on_fenced(self.lead)
+            self.log.warning("TRIP_FENCED", cause=cause, instance=self.s.instance)
         if res.changed:
             self.trips += 1
+            self.last_trip = (at_ms, cause)
             self._trips_total.labels(self.s.node, cause).inc()
-            self.log.error("TRIP", cause=cause, reason=detail, epoch=res.epoch)
+            self.log.error(
+                "TRIP", cause=cause, reason=detail, epoch=res.epoch, at_ms=at_ms, also=also
+            )
             self.state = NodeRead(NodeState.KILLED, res.epoch, res.ver, detail)
 
     def _watch_confirmations(self, state: dict[str, str], now: int) -> None:
         if self.state.state is not NodeState.KILLED or self.quorum is None:
             return
+        if not self.is_leader():
+            return  # one aggregator counts and alarms, not every standby
         w = self.watch
         if w is None or (w.epoch, w.ver) != (self.state.epoch, self.state.ver):
             killed_ms = int(state.get("killed_ms") or now)
@@ -355,7 +444,7 @@ class _AggregatorCollector:
 
     def collect(self) -> Iterator[Metric]:
         a, n = self.agg, self.agg.s.node
-        win = f"{a.s.monitor.window_s:g}s"
+        win = ruleview.window_label(a.s.monitor)
 
         def node_gauge(name: str, doc: str, value: float, **extra: str) -> GaugeMetricFamily:
             labels = ["node", *extra]
@@ -415,7 +504,22 @@ class _AggregatorCollector:
         yield alive
         yield confirmed
         yield report_age
-        yield from a.monitor.metrics(n, win)
+        lead = GaugeMetricFamily(
+            "killswitch_aggregator_leader",
+            "1 on the aggregator instance that holds the node's leader lease (acts), 0 on standbys.",
+            labels=["node", "instance"],
+        )
+        lead.add_metric([n, a.s.instance], float(a.is_leader()))
+        yield lead
+        if a.durable is not None and a.durable.enabled is not None:
+            yield node_gauge(
+                "killswitch_redis_persistence_enabled",
+                "1 if the node's Redis runs with appendonly (a restart keeps kills), else 0.",
+                float(a.durable.enabled),
+            )
+        yield from ruleview.rule_metrics(
+            n, a.s.monitor, a.evaluation, a.s.hosts, a.window.by_host, a.window.total
+        )
 
 
 async def run_aggregator(settings: AggregatorSettings) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from killswitch import __version__
+from killswitch import __version__, rulecli
 from killswitch.config import (
     DEFAULT_REDIS,
     ConfigError,
@@ -120,15 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Sum orders across the node's hosts, trip the node-wide kill, watch confirmations.",
     )
     a.add_argument("--hosts", metavar="H1,H2,...", help="the node's roster")
-    a.add_argument(
-        "--max-orders",
-        type=int,
-        metavar="N",
-        help="kill when more than N orders were sent across the node within --window",
-    )
-    a.add_argument(
-        "--window", type=float, metavar="S", help="sliding window in seconds (default 10)"
-    )
+    rulecli.add_rule_flags(a)
     a.add_argument(
         "--metrics-port", type=int, metavar="P", help="serve Prometheus /metrics on this port"
     )
@@ -140,6 +132,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="S",
         help="name unconfirmed hosts after this long (default 5)",
+    )
+    a.add_argument(
+        "--instance",
+        metavar="NAME",
+        help="this aggregator's name in the leader lease and metrics (default hostname-pid)",
+    )
+    a.add_argument(
+        "--lease-ttl",
+        type=float,
+        metavar="S",
+        help="leader lease: a standby takes over this long after the leader stops (default 2)",
+    )
+    a.add_argument(
+        "--require-durable",
+        action="store_true",
+        default=None,
+        help="refuse to start (exit 2) unless Redis runs with appendonly (use in production)",
     )
 
     for verb in ("arm", "resume"):
@@ -178,7 +187,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=int, metavar="N", help="only the newest N entries (still oldest first)"
     )
 
-    cmd("demo", "The Knight Capital replay on an embedded Redis it starts itself.", [json_opt])
+    cmd(
+        "demo",
+        "The Knight Capital replay, live: an embedded Redis, eight sidecars, the aggregator and "
+        "simulated order routers; prints what a per-host limit, a Prometheus alert and "
+        "killswitch did.",
+        [json_opt],
+    )
+
+    bt = cmd(
+        "backtest",
+        "Replay recorded per-host counts (timestamp,host,count CSV) through the trip rules in "
+        "virtual time; report every trip they would have made. Takes the aggregator's rule flags.",
+        [json_opt],
+    )
+    rulecli.add_backtest_flags(bt)
+
+    ex = cmd(
+        "export",
+        "Print the node's recorded flow (Redis keeps 15 minutes) as timestamp,host,count CSV "
+        "for `killswitch backtest`.",
+    )
+    rulecli.add_export_flags(ex)
 
     lg = cmd(
         "loadgen", "A simulated order router: sends ORDER lines to a sidecar's gate at a rate."
@@ -229,7 +259,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_demo(as_json=bool(args.json))
     if cmd == "loadgen":
         return _loadgen(r)
+    if cmd == "backtest":
+        code, text = rulecli.backtest_command(r, bool(r.get("json", False, bool)))
+        print(text)
+        return code
     node = r.require("node", node_name)
+    if cmd == "export":
+        return _export(r, node, redis_url)
     if cmd == "sidecar":
         return _sidecar(r, node, redis_url)
     if cmd == "aggregator":
@@ -279,17 +315,18 @@ def _loadgen(r: Resolver) -> int:
 
 
 def _aggregator(r: Resolver, node: str, redis_url: str) -> int:
-    from killswitch.aggregator import AggregatorSettings, run_aggregator
-    from killswitch.monitor import MonitorConfig
+    from killswitch.aggregator import (
+        AggregatorSettings,
+        NotDurable,
+        default_instance,
+        run_aggregator,
+    )
 
     try:
         hosts = check_roster(r.require("hosts", str_list))
     except InvalidName as e:
         raise ConfigError(f"hosts: {e}") from None
-    monitor = MonitorConfig(
-        max_orders=r.get("max-orders", None, positive_int),
-        window_s=r.get("window", 10.0, positive_float),
-    )
+    monitor = rulecli.rule_config(r)
     settings = AggregatorSettings(
         node=node,
         redis_url=redis_url,
@@ -298,8 +335,40 @@ def _aggregator(r: Resolver, node: str, redis_url: str) -> int:
         metrics_port=r.get("metrics-port", None, int),
         tick=r.get("tick", 0.1, positive_float),
         confirm_timeout=r.get("confirm-timeout", 5.0, positive_float),
+        lease_ttl=r.get("lease-ttl", 2.0, positive_float),
+        require_durable=r.get("require-durable", False, _truthy),
+        instance=r.get("instance", "", str) or default_instance(),
     )
-    asyncio.run(run_aggregator(settings))
+    try:
+        asyncio.run(run_aggregator(settings))
+    except NotDurable as e:
+        print(f"killswitch aggregator: refused: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _truthy(v: Any) -> bool:
+    """A yes/no setting: a flag's True, or 1/true/yes/on from the environment or TOML."""
+    if isinstance(v, bool):
+        return v
+    word = str(v).strip().lower()
+    if word not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
+    return word in ("1", "true", "yes", "on")
+
+
+def _export(r: Resolver, node: str, redis_url: str) -> int:
+    from redis.exceptions import RedisError
+
+    hosts = r.get("hosts", None, str_list)
+    try:
+        flows = asyncio.run(
+            rulecli.export_flows(redis_url, node, check_roster(hosts) if hosts else None)
+        )
+    except (RedisError, OSError) as e:
+        print(f"killswitch export: cannot reach Redis at {redis_url}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.write(rulecli.counts_csv(flows, attempted=bool(r.get("attempted", False, bool))))
     return EXIT_OK
 
 

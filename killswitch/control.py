@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from killswitch.leader import instance_of
 from killswitch.roster import Quorum, epoch_floor, not_ready_for_arm, quorum
+from killswitch.ruleview import decode_view
 from killswitch.state import NodeState
 from killswitch.store import NodeSnapshot, Store
 
@@ -53,9 +55,14 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
         "changed_at": _iso(int(st.get("ts_ms") or 0)),
         "stale_hosts": stale,
         "server_time": _iso(snap.now_ms),
+        # The aggregator instance holding the leader lease ("" none: nothing trips by itself).
+        "leader": instance_of(snap.leader),
+        # As the acting aggregator last checked it; None: not known (no aggregator, or CONFIG
+        # and INFO both refused).
+        "redis_durable": _durable(snap.aggregator.get("redis_durable", "")),
     }
     if snap.aggregator:
-        report["aggregator"] = dict(snap.aggregator)
+        report["aggregator"] = decode_view(snap.aggregator)
     return report
 
 
@@ -221,6 +228,10 @@ async def _wait_for_quorum(
             return snap, q
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), min(POLL_S, left))
+
+
+def _durable(flag: str) -> bool | None:
+    return None if flag == "" else flag == "1"
 
 
 def _iso(ms: int) -> str:

@@ -56,6 +56,7 @@ class ChangeResult:
     ver: int
     ts_ms: int
     prev_state: str
+    refused: str = ""  # why nothing changed: "not_armed", "fenced" (lease lost) or ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,8 @@ class NodeSnapshot:
     reports: dict[str, dict[str, str]]
     confirms: dict[str, dict[str, str]]
     aggregator: dict[str, str]
+    leader: str = ""  # lease token of the acting aggregator ("" none)
+    roster_stored: bool = True  # False: the roster key is gone (Redis lost its data)
 
 
 class Store:
@@ -81,6 +84,7 @@ class Store:
         self._kill: AsyncScript = redis.register_script(_script("kill"))
         self._arm: AsyncScript = redis.register_script(_script("arm"))
         self._roster: AsyncScript = redis.register_script(_script("roster"))
+        self._lease: AsyncScript = redis.register_script(_script("lease"))
 
     async def flush(self, host: str, r: FlushReport, version: str) -> tuple[NodeRead, int, bool]:
         """The sidecar's one round trip: report, maybe confirm, read the node state.
@@ -111,12 +115,24 @@ class Store:
         floor: int,
         action: str = "kill",
         only_if_armed: bool = False,
+        fence: str = "",
     ) -> ChangeResult:
+        """`fence`: a leader lease token the caller must still hold, checked in the script."""
         res = await self._kill(
-            keys=[self.keys.state, self.keys.audit],
-            args=[actor, reason, cause, floor, self.keys.events, action, int(only_if_armed)],
-        )
+            keys=[self.keys.state, self.keys.audit, self.keys.leader],
+            args=[
+                actor, reason, cause, floor, self.keys.events, action, int(only_if_armed), fence,
+            ],
+        )  # fmt: skip
         return _change(res)
+
+    async def lease(self, token: str, ttl_ms: int) -> tuple[bool, str, int]:
+        """Acquire or renew the aggregator leader lease (ttl 0: release it if held).
+
+        Returns (held by `token` now, holder token, ms left).
+        """
+        res = await self._lease(keys=[self.keys.leader], args=[token, ttl_ms])
+        return bool(int(res[0])), str(res[1]), int(res[2])
 
     async def arm(
         self, *, actor: str, reason: str, approvers: Sequence[str], floor: int
@@ -150,8 +166,9 @@ class Store:
             pipe.hgetall(hk.report)
             pipe.hgetall(hk.confirm)
         pipe.time()
+        pipe.get(self.keys.leader)
         res: list[Any] = await pipe.execute()
-        secs, micros = res[-1]
+        secs, micros = res[-2]
         reports = {h: res[2 + 2 * i] for i, h in enumerate(roster)}
         confirms = {h: res[3 + 2 * i] for i, h in enumerate(roster)}
         return NodeSnapshot(
@@ -161,6 +178,7 @@ class Store:
             reports=reports,
             confirms=confirms,
             aggregator=res[1],
+            leader=res[-1] or "",
         )
 
     async def read_flows(
@@ -176,8 +194,9 @@ class Store:
             pipe.hgetall(hk.confirm)
             pipe.xrange(hk.flow, min=f"({after[h]}" if after.get(h) else "-", max="+")
         pipe.time()
+        pipe.exists(self.keys.roster)
         res: list[Any] = await pipe.execute()
-        secs, micros = res[-1]
+        secs, micros = res[-2]
         reports, confirms, flows = {}, {}, {}
         for i, h in enumerate(roster):
             reports[h] = res[2 + 3 * i]
@@ -190,6 +209,7 @@ class Store:
             reports=reports,
             confirms=confirms,
             aggregator=res[1],
+            roster_stored=bool(res[-1]),
         )
         return flows, snap
 
@@ -205,6 +225,31 @@ class Store:
         mapping: dict[Any, Any] = dict(view)
         await self.redis.hset(self.keys.aggregator, mapping=mapping)
 
+    async def load_baseline(self) -> dict[str, str]:
+        """The stored learned baseline (`Baseline.to_dict()` layout); empty when none."""
+        data: Any = await self.redis.hgetall(self.keys.baseline)
+        return dict(data)
+
+    async def save_baseline(self, data: dict[str, str]) -> None:
+        """Replace the stored baseline in one MULTI: `from_dict` trusts every field it finds,
+        so a stale profile bucket must never survive next to a newer layout."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.keys.baseline)
+        if data:
+            mapping: dict[Any, Any] = dict(data)
+            pipe.hset(self.keys.baseline, mapping=mapping)
+        await pipe.execute()
+
+    async def flow_entries(
+        self, roster: Sequence[str]
+    ) -> dict[str, list[tuple[str, dict[str, str]]]]:
+        """Every retained flow entry of each roster host (IDs are Redis server time)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for h in roster:
+            pipe.xrange(self.keys.host(h).flow)
+        res: list[Any] = await pipe.execute()
+        return {h: list(entries) for h, entries in zip(roster, res, strict=True)}
+
 
 def _change(res: Sequence[Any]) -> ChangeResult:
     return ChangeResult(
@@ -213,4 +258,5 @@ def _change(res: Sequence[Any]) -> ChangeResult:
         ver=int(res[2]),
         ts_ms=int(res[3]),
         prev_state=str(res[4]),
+        refused=str(res[5]) if len(res) > 5 else "",
     )

@@ -1,0 +1,197 @@
+"""How the anomaly rules' decisions are shown: the published view, metrics and log events.
+
+Pure formatting of `anomaly.Evaluation`s into flat view fields (the aggregator's view hash,
+read back by `status`), Prometheus metric families and `(level, event, fields)` triples.
+It must never decide a trip (that is `anomaly`), log, or touch Redis.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from killswitch.anomaly import Evaluation, MonitorConfig
+
+JSON_FIELDS = ("rules", "haunted")  # view fields that hold JSON; `decode_view` parses them
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000.0, UTC).isoformat(timespec="milliseconds")
+
+
+def window_label(config: MonitorConfig) -> str:
+    """The `window` label of the node metrics, e.g. "10s" (stable: dashboards select on it)."""
+    return f"{config.window_ms / 1000:g}s"
+
+
+def view_fields(config: MonitorConfig, ev: Evaluation | None) -> dict[str, str]:
+    """The rule part of the aggregator's view hash: flat strings, JSON for the lists."""
+    shadow = [c for c in config.causes if config.is_shadow(c)]
+    fields = {
+        "window_s": f"{config.window_ms / 1000:g}",
+        "max_orders": "" if config.max_orders is None else str(config.max_orders),
+        "enforcing": ",".join(c for c in config.causes if not config.is_shadow(c)),
+        "shadow": ",".join(shadow),
+        "expected": "",
+        "warm": "0",
+        "rules": "[]",
+        "haunted": "[]",
+    }
+    if ev is None:
+        return fields
+    fields["expected"] = "" if ev.expected is None else f"{ev.expected:.1f}"
+    fields["warm"] = "1" if ev.warm else "0"
+    fields["rules"] = json.dumps(
+        [
+            {
+                "rule": r.cause,
+                "shadow": r.shadow,
+                "active": r.active,
+                "value": round(r.value, 4),
+                "limit": None if r.limit is None else round(r.limit, 4),
+                "level": r.level,
+                "breach_windows": r.breach_windows,
+            }
+            for r in ev.rules
+        ],
+        separators=(",", ":"),
+    )
+    fields["haunted"] = json.dumps(
+        [
+            {
+                "host": h.host,
+                "orders": h.orders,
+                "share": round(h.share, 4),
+                "peer_ratio": round(h.peer_ratio, 2),
+            }
+            for h in ev.haunted
+        ],
+        separators=(",", ":"),
+    )
+    return fields
+
+
+def decode_view(view: Mapping[str, str]) -> dict[str, Any]:
+    """The view hash as `status --json` shows it: JSON fields parsed, the rest as stored."""
+    out: dict[str, Any] = dict(view)
+    for key in JSON_FIELDS:
+        if key in out:
+            try:
+                out[key] = json.loads(out[key])
+            except ValueError:
+                out[key] = []
+    return out
+
+
+class EventLog:
+    """Turns evaluations into log events, once per crossing.
+
+    `LIMIT_WARNING` when a rule rises to 50, 75 or 90 % of its limit (`limit_warning_cleared`
+    when it falls back), `HAUNTED_HOST` when a host becomes haunted (again only after it was
+    not haunted for a whole window, so a host hovering at the ratio is reported once), and
+    `SHADOW_TRIP` for every trip a shadowed rule would have made.
+    """
+
+    def __init__(self, window_ms: int) -> None:
+        self.window_ms = window_ms
+        self._haunted_seen: dict[str, int] = {}  # host -> last evaluation it was haunted at
+
+    def events(self, ev: Evaluation) -> list[tuple[str, str, dict[str, Any]]]:
+        out: list[tuple[str, str, dict[str, Any]]] = []
+        for w in ev.warnings:
+            fields: dict[str, Any] = {
+                "rule": w.cause, "level": w.new, "previous": w.old,
+                "value": round(w.value, 4), "limit": round(w.limit, 4),
+            }  # fmt: skip
+            if w.new > w.old:
+                out.append(("warning", "LIMIT_WARNING", fields))
+            else:
+                out.append(("info", "limit_warning_cleared", fields))
+        for h in ev.haunted:
+            last = self._haunted_seen.get(h.host)
+            if last is None or ev.now_ms - last > self.window_ms:
+                out.append(
+                    (
+                        "warning",
+                        "HAUNTED_HOST",
+                        {
+                            "host": h.host,
+                            "share": round(h.share, 4),
+                            "peer_ratio": round(h.peer_ratio, 2),
+                            "orders": h.orders,
+                        },
+                    )
+                )
+            self._haunted_seen[h.host] = ev.now_ms
+        for t in ev.shadow_trips:
+            out.append(
+                (
+                    "warning",
+                    "SHADOW_TRIP",
+                    {
+                        "cause": t.cause,
+                        "at_ms": t.at_ms,
+                        "host": t.host,
+                        "reason": f"would have tripped at {iso(t.at_ms)}: {t.detail}",
+                    },
+                )
+            )
+        return out
+
+
+def rule_metrics(
+    node: str,
+    config: MonitorConfig,
+    ev: Evaluation | None,
+    roster: Sequence[str],
+    by_host: Mapping[str, int],
+    total: int,
+) -> Iterator[Metric]:
+    """The rule gauges of one node at its last evaluation."""
+    win = window_label(config)
+    base = GaugeMetricFamily(
+        "killswitch_node_baseline_orders",
+        "The learned baseline: orders per window normal for the node now (absent until learned).",
+        labels=["node", "window"],
+    )
+    limit = GaugeMetricFamily(
+        "killswitch_node_baseline_limit_orders",
+        "Orders per window above which the baseline rule is in breach "
+        "(multiplier x baseline, never below --min-orders).",
+        labels=["node", "window"],
+    )
+    if ev is not None and ev.expected is not None:
+        base.add_metric([node, win], ev.expected)
+    rule = ev.rule("baseline") if ev is not None else None
+    if rule is not None and rule.limit is not None:
+        limit.add_metric([node, win], rule.limit)
+    yield base
+    yield limit
+    share = GaugeMetricFamily(
+        "killswitch_host_share_ratio",
+        "Each roster host's share (0..1) of the node's orders within the window.",
+        labels=["node", "host"],
+    )
+    for h in roster:
+        share.add_metric([node, h], by_host.get(h, 0) / total if total > 0 else 0.0)
+    yield share
+    level = GaugeMetricFamily(
+        "killswitch_node_warning_level",
+        "Warning level of each active rule: 0, 50, 75 or 90 (% of its limit reached).",
+        labels=["node", "rule"],
+    )
+    shadow = GaugeMetricFamily(
+        "killswitch_rule_shadow",
+        "1 for a rule in shadow mode: evaluated and reported, never enforcing.",
+        labels=["node", "rule"],
+    )
+    for cause in config.causes:
+        r = ev.rule(cause) if ev is not None else None
+        level.add_metric([node, cause], r.level if r is not None else 0)
+        shadow.add_metric([node, cause], float(config.is_shadow(cause)))
+    yield level
+    yield shadow
