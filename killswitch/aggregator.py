@@ -184,11 +184,11 @@ class Aggregator:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await self._save_baseline()  # while still the leader: the next one starts warm
         if self.lead.is_leader(self.clock()):
             # Hand over at once instead of making the standbys wait out the lease.
             with contextlib.suppress(Exception):
                 await self.store.lease(self.lead.token, 0)
-        await self._save_baseline()
         if self._metrics:
             await self._metrics.stop()
         self.log.info("aggregator_stopped")
@@ -252,8 +252,8 @@ class Aggregator:
         )  # fmt: skip
 
     async def _save_baseline(self) -> None:
-        if self.monitor.baseline.last_ms is None:
-            return  # never observed anything: keep whatever is stored
+        if self.monitor.baseline.last_ms is None or not self.is_leader():
+            return  # never observed anything (or a standby): keep whatever is stored
         try:
             await self.store.save_baseline(self.monitor.baseline.to_dict())
         except Exception as e:  # a failed save costs a re-learn, never the kill loop
@@ -331,7 +331,7 @@ class Aggregator:
             self._last_eval_ms = at
             await self._evaluate(at)
         self._watch_confirmations(snap.state, now)
-        if self.clock() - self._last_save >= self.s.baseline_save_interval:
+        if self.is_leader() and self.clock() - self._last_save >= self.s.baseline_save_interval:
             self._last_save = self.clock()
             await self._save_baseline()
         if self.is_leader():
