@@ -99,8 +99,12 @@ def stack(redis_server: EmbeddedRedis) -> Iterator[Stack]:
         prom.start()  # boots while the processes do
         for h in HOSTS:
             fleet.wait_serving(h)
-        wait_until(lambda: all(s["alive"] for s in fleet.cli_json("status")[1]["hosts"].values()),
-                   20, 0.05, "all hosts reporting")  # fmt: skip
+
+        def reporting() -> bool:
+            status = fleet.cli_json("status")[1]
+            return status["roster"] == HOSTS and all(h["alive"] for h in status["hosts"].values())
+
+        wait_until(reporting, 20, 0.05, "roster stored and every host reporting")
         fleet.arm()
         for i, h in enumerate(HOSTS, 1):
             assert all(r.startswith("ALLOW") for r in _orders(fleet, h, 5 * i, "a"))
