@@ -12,9 +12,9 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from killswitch import __version__, rulecli
 from killswitch.config import (
@@ -32,6 +32,11 @@ from killswitch.config import (
 )
 from killswitch.control import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Outcome
 from killswitch.names import InvalidName, check_roster
+
+if TYPE_CHECKING:  # the services import redis/aiohttp: only loaded when one runs
+    from killswitch.aggregator import AggregatorSettings
+    from killswitch.loadgen import LoadgenSettings
+    from killswitch.sidecar import SidecarSettings
 
 EPILOG = """\
 exit codes: 0 done and proven; 1 could not do it (e.g. Redis unreachable); 2 usage or
@@ -182,6 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd("status", "The node's state now: epoch, roster, who confirmed, who is stale.", [json_opt])
 
+    w = cmd(
+        "watch",
+        "A live terminal view of the node: state, epoch, volume vs limit, every host's rate and "
+        "confirmation, stale hosts highlighted. Read-only; q or Ctrl-C quits (exit 0).",
+    )
+    w.add_argument(
+        "--interval", type=float, metavar="S", help="seconds between redraws (default 0.5)"
+    )
+    w.add_argument(
+        "--once", action="store_true", default=None, help="print one frame and exit (scripts)"
+    )
+
     au = cmd("audit", "Who changed what, when and why, oldest first.", [json_opt])
     au.add_argument(
         "--limit", type=int, metavar="N", help="only the newest N entries (still oldest first)"
@@ -245,13 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from killswitch import logs
 
-    flags = vars(args)
-    config = load_config_file(args.config or os.environ.get("KILLSWITCH_CONFIG"))
-    r = Resolver(flags, config=config, section=args.command)
+    r, redis_url = _resolve(args, os.environ)
     logs.configure(fmt=r.get("log-format", None, str))
-    redis_url = Resolver({"redis_url": args.redis}, config=config, section=args.command).get(
-        "redis-url", config.get("redis", DEFAULT_REDIS), str
-    )
     cmd = args.command
     if cmd == "demo":
         from killswitch.demo import run_demo
@@ -270,11 +282,49 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _sidecar(r, node, redis_url)
     if cmd == "aggregator":
         return _aggregator(r, node, redis_url)
+    if cmd == "watch":
+        return _watch(r, node, redis_url)
     return _operator(cmd, r, node, redis_url, bool(r.get("json", False, bool)))
 
 
+def _resolve(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Resolver, str]:
+    """The command's settings resolver (flag, env, config file) and its Redis URL."""
+    config = load_config_file(args.config or env.get("KILLSWITCH_CONFIG"))
+    r = Resolver(vars(args), env=env, config=config, section=args.command)
+    redis_url = Resolver(
+        {"redis_url": args.redis}, env=env, config=config, section=args.command
+    ).get("redis-url", config.get("redis", DEFAULT_REDIS), str)
+    return r, redis_url
+
+
+def settings_from_args(
+    args: argparse.Namespace, env: Mapping[str, str] | None = None
+) -> SidecarSettings | AggregatorSettings | LoadgenSettings:
+    """What `sidecar`, `aggregator` or `loadgen` would run with: resolved and validated
+    exactly as the command does (ConfigError / InvalidName on a bad value), nothing started."""
+    r, redis_url = _resolve(args, os.environ if env is None else env)
+    if args.command == "loadgen":
+        return loadgen_settings(r)
+    node = r.require("node", node_name)
+    if args.command == "sidecar":
+        return sidecar_settings(r, node, redis_url)
+    if args.command == "aggregator":
+        return aggregator_settings(r, node, redis_url)
+    raise ConfigError(f"{args.command} is not a service command")
+
+
 def _sidecar(r: Resolver, node: str, redis_url: str) -> int:
-    from killswitch.sidecar import SidecarSettings, run_sidecar
+    from killswitch.sidecar import run_sidecar
+
+    settings = sidecar_settings(r, node, redis_url)
+    if settings.state_dir:
+        Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
+    asyncio.run(run_sidecar(settings))
+    return EXIT_OK
+
+
+def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
+    from killswitch.sidecar import SidecarSettings
 
     listen = tuple(parse_listen(x) for x in r.require("listen", str_list))
     settings = SidecarSettings(
@@ -291,43 +341,51 @@ def _sidecar(r: Resolver, node: str, redis_url: str) -> int:
         raise ConfigError(
             "flush-interval must be shorter than stale-after, or every gate goes stale"
         )
-    if settings.state_dir:
-        Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
-    asyncio.run(run_sidecar(settings))
-    return EXIT_OK
+    return settings
+
+
+def loadgen_settings(r: Resolver) -> LoadgenSettings:
+    from killswitch.loadgen import LoadgenSettings
+
+    return LoadgenSettings(
+        address=str(parse_listen(r.require("listen", str))),
+        rate=r.get("rate", 100.0, positive_float),
+        duration=r.get("duration", None, positive_float),
+        name=r.get("name", "router", str),
+    )
 
 
 def _loadgen(r: Resolver) -> int:
     from killswitch.loadgen import run_loadgen
 
-    address = str(parse_listen(r.require("listen", str)))
-    stats = asyncio.run(
-        run_loadgen(
-            address,
-            r.get("rate", 100.0, positive_float),
-            r.get("duration", None, positive_float),
-            r.get("name", "router", str),
-        )
-    )
+    s = loadgen_settings(r)
+    stats = asyncio.run(run_loadgen(s.address, s.rate, s.duration, s.name))
     print(json.dumps({"sent": stats.sent, "allowed": stats.allowed, "blocked": stats.blocked,
                       "errors": stats.errors}))  # fmt: skip
     return EXIT_OK
 
 
 def _aggregator(r: Resolver, node: str, redis_url: str) -> int:
-    from killswitch.aggregator import (
-        AggregatorSettings,
-        NotDurable,
-        default_instance,
-        run_aggregator,
-    )
+    from killswitch.aggregator import NotDurable, run_aggregator
+
+    settings = aggregator_settings(r, node, redis_url)
+    try:
+        asyncio.run(run_aggregator(settings))
+    except NotDurable as e:
+        print(f"killswitch aggregator: refused: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSettings:
+    from killswitch.aggregator import AggregatorSettings, default_instance
 
     try:
         hosts = check_roster(r.require("hosts", str_list))
     except InvalidName as e:
         raise ConfigError(f"hosts: {e}") from None
     monitor = rulecli.rule_config(r)
-    settings = AggregatorSettings(
+    return AggregatorSettings(
         node=node,
         redis_url=redis_url,
         hosts=hosts,
@@ -339,12 +397,14 @@ def _aggregator(r: Resolver, node: str, redis_url: str) -> int:
         require_durable=r.get("require-durable", False, _truthy),
         instance=r.get("instance", "", str) or default_instance(),
     )
-    try:
-        asyncio.run(run_aggregator(settings))
-    except NotDurable as e:
-        print(f"killswitch aggregator: refused: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    return EXIT_OK
+
+
+def _watch(r: Resolver, node: str, redis_url: str) -> int:
+    from killswitch.watch import watch
+
+    interval = r.get("interval", 0.5, positive_float)
+    once = bool(r.get("once", False, _truthy))
+    return asyncio.run(watch(redis_url, node, interval=interval, once=once))
 
 
 def _truthy(v: Any) -> bool:

@@ -17,6 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True)
+class LoadgenSettings:
+    """What `killswitch loadgen` runs with (resolved and validated by the CLI)."""
+
+    address: str  # the sidecar's gate: unix:/path or tcp:HOST:PORT
+    rate: float = 100.0  # orders per second
+    duration: float | None = None  # seconds; None: until stopped
+    name: str = "router"  # prefix of order ids
+
+
 @dataclass
 class RouterStats:
     sent: int = 0
