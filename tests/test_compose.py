@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jsonschema
+import pytest
 import yaml
+
+from killswitch.aggregator import AggregatorSettings
+from killswitch.cli import build_parser, settings_from_args
+from killswitch.config import ConfigError
+from killswitch.loadgen import LoadgenSettings
+from killswitch.sidecar import SidecarSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = REPO_ROOT / "compose.yaml"
@@ -172,3 +179,66 @@ class TestComposeCommands:
         haunted = {c.service: c.argv for c in compose_commands({"OR08_RATE": "200"})}
         assert option(haunted["router-or-08"], "--rate") == "200"
         assert interpolate("$$HOME ${A-x} ${B:-y} $C", {"A": "", "C": "c"}) == "$HOME  y c"
+
+
+def service_env(service: str) -> dict[str, str]:
+    """The environment compose gives a service (its `environment`, merged from x-killswitch)."""
+    env = load_compose()["services"][service].get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+class TestComposeCommandsInTheCli:
+    """Each stack command is parsed and resolved by the real CLI, as the container would run it."""
+
+    def test_every_command_parses_and_resolves(self) -> None:
+        """The CLI's parser and settings resolution accept every compose command, as intended."""
+        parser = build_parser()
+        for cmd in compose_commands():
+            args = parser.parse_args(cmd.argv[1:])
+            settings = settings_from_args(args, service_env(cmd.service))
+            if cmd.argv[1] == "sidecar":
+                assert isinstance(settings, SidecarSettings), cmd
+                assert (settings.node, settings.metrics_port) == ("smars", 9100)
+                assert [str(a) for a in settings.listen] == ["tcp:0.0.0.0:7000"]
+                assert settings.redis_url == "redis://redis:6379/0"
+            elif cmd.argv[1] == "aggregator":
+                assert isinstance(settings, AggregatorSettings), cmd
+                assert settings.hosts == tuple(HOSTS) and settings.metrics_port == 9101
+                assert settings.monitor.max_orders == 2400
+            else:
+                assert isinstance(settings, LoadgenSettings), cmd
+                assert settings.address == f"tcp:sidecar-{cmd.service.removeprefix('router-')}:7000"
+                assert settings.rate == 20
+
+    @pytest.mark.parametrize(
+        ("service", "flag", "value", "message"),
+        [
+            ("aggregator", "--window", "0", "window"),
+            ("aggregator", "--hosts", "or-01,OR_02", "hosts"),
+            ("sidecar-or-01", "--listen", "0.0.0.0:7000", "listen"),
+            ("sidecar-or-01", "--stale-after", "0.05", "stale-after"),
+            ("router-or-01", "--rate", "-5", "rate"),
+        ],
+    )
+    def test_a_bad_value_in_a_command_is_refused(
+        self, service: str, flag: str, value: str, message: str
+    ) -> None:
+        """Changing one compose flag to a bad value fails resolution with an error naming it."""
+        (argv,) = [c.argv for c in compose_commands() if c.service == service]
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+        args = build_parser().parse_args(argv[1:])
+        with pytest.raises(ConfigError, match=message):
+            settings_from_args(args, service_env(service))
+
+    def test_an_unknown_flag_is_a_usage_error(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A flag the CLI does not have exits 2, as `killswitch` would in the container."""
+        argv = [*compose_commands()[0].argv, "--no-such-flag"]
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args(argv[1:])
+        assert exc.value.code == 2
+        assert "--no-such-flag" in capsys.readouterr().err
