@@ -15,6 +15,9 @@ Modes (switch at any time; each applies to live connections as well as new ones)
 - ``delay(s)``: deliver each chunk ``s`` seconds after it was read, both ways, in order.
 - ``refuse()``: close the listening socket (new connects get ``ECONNREFUSED``) and reset
   every live connection: a dead Redis host. ``heal()`` listens again on the same port.
+- ``heal_new()``: heal for new connections only; every connection that is open now stays a
+  blackhole for good, with no RST and no FIN (a NAT or firewall that lost its state: old
+  flows are dead, new ones work). This is how a subscriber goes deaf without noticing.
 
 `FaultProxy` lives on the caller's event loop; `ThreadedFaultProxy` runs one on its own loop
 in a daemon thread with plain blocking methods, for tests that block while subprocesses
@@ -91,6 +94,7 @@ class _Link:
         self.client_r, self.client_w = client
         self.up_r, self.up_w = upstream
         self.closed = False
+        self.dead = False  # set by heal_new(): silent for good, whatever the mode
         self.tasks: list[asyncio.Task[None]] = []
 
     async def run(self) -> None:
@@ -117,7 +121,7 @@ class _Link:
                 chunk = await reader.read(CHUNK)
                 if not chunk:
                     break
-                if self.proxy.mode is Mode.BLACKHOLE:
+                if self.proxy.mode is Mode.BLACKHOLE or self.dead:
                     self.proxy._dropped += len(chunk)
                     continue
                 await queue.put((time.monotonic() + self.proxy.delay_s, chunk))
@@ -143,7 +147,7 @@ class _Link:
             wait = deliver_at - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            if await proxy._while(Mode.STALL) is Mode.BLACKHOLE:
+            if await proxy._while(Mode.STALL) is Mode.BLACKHOLE or self.dead:
                 proxy._dropped += len(chunk)
                 continue
             try:
@@ -158,6 +162,8 @@ class _Link:
         # One side hung up. In a blackhole the other side must not hear of it (that would be
         # a FIN, and a partition sends none), so keep the link open until the mode changes.
         await proxy._while(Mode.BLACKHOLE)
+        if self.dead:
+            await asyncio.get_running_loop().create_future()  # until aborted or stopped
         self.close()
 
     def abort(self, *, rst: bool) -> None:
@@ -264,6 +270,12 @@ class FaultProxy:
     def blackhole(self) -> None:
         """Silently drop every byte both ways; connections stay open (no RST, no FIN)."""
         self._set_mode(Mode.BLACKHOLE)
+
+    def heal_new(self) -> None:
+        """Heal for new connections; the connections open now stay silent for good."""
+        for link in self._links:
+            link.dead = True
+        self.heal()
 
     def stall(self) -> None:
         """Hold every byte both ways until the mode changes, then deliver it in order."""
@@ -474,6 +486,9 @@ class ThreadedFaultProxy:
 
     def blackhole(self) -> None:
         self._call(lambda p: p.blackhole())
+
+    def heal_new(self) -> None:
+        self._call(lambda p: p.heal_new())
 
     def stall(self) -> None:
         self._call(lambda p: p.stall())

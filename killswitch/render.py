@@ -36,6 +36,14 @@ def human(cmd: str, outcome: Outcome) -> str:
         lines.append(outcome.message or f"MISSING: {', '.join(rep.get('missing', []))}")
     if rep.get("stale_hosts"):
         lines.append(f"STALE (blocked, cannot prove state): {', '.join(rep['stale_hosts'])}")
+    if rep.get("redis_durable") is False:
+        lines.append(
+            "REDIS NOT DURABLE (appendonly off): a Redis restart forgets kills and the roster; "
+            "hosts then stay blocked until two approvers arm again"
+        )
+    if cmd == "status":
+        lead = rep.get("leader") or "NONE: no aggregator holds the lease, nothing trips by itself"
+        lines.append(f"aggregator leader: {lead}")
     if rep.get("changed_at"):
         lines.append(f"last change {rep['changed_at']} by {rep.get('actor') or '?'}")
     lines.append("")

@@ -76,6 +76,8 @@ class Sidecar:
         max_epoch, max_state, problem = self.local.load() if self.local else (0, None, "")
         view = boot_view(max_epoch, max_state)
         self._local_problem = problem
+        self._problem_epoch: int | None = None  # first epoch read while the file was unreadable
+        self._fail_streak = 0
         self.gate = Gate(settings.node, settings.host, view=view, clock=clock, log=self.log)
         self.boot = uuid.uuid4().hex[:12]
         self.acked = (0, 0)
@@ -206,6 +208,7 @@ class Sidecar:
                 )
         except Exception as e:  # any failure: the lease simply runs out
             self.failures += 1
+            self._fail_streak += 1
             if sent - self._last_fail_log > 1.0:
                 self._last_fail_log = sent
                 self.log.warning(
@@ -213,6 +216,9 @@ class Sidecar:
                 )
             return False
         self._rtt.observe(self.clock() - sent)
+        if self._fail_streak:
+            self.log.info("sync_recovered", failed_round_trips=self._fail_streak)
+            self._fail_streak = 0
         self.last_ok = sent
         self.acked = (allowed, blocked)
         if want_confirm:
@@ -229,6 +235,18 @@ class Sidecar:
 
     def _apply(self, new: HostView, sent: float) -> None:
         old = self.gate.view
+        if self._local_problem:
+            # Without the file this host cannot tell an old ARMED from a new one. An arm made
+            # after it started (above the first epoch it read) was made on purpose, by two
+            # approvers who saw this host report the problem: trust that one.
+            if self._problem_epoch is None:
+                self._problem_epoch = new.epoch
+            elif new.state is NodeState.ARMED and new.epoch > self._problem_epoch:
+                self.log.warning(
+                    "LOCAL_STATE_REPLACED", epoch=new.epoch, reason=self._local_problem,
+                    first_epoch_read=self._problem_epoch,
+                )  # fmt: skip
+                self._local_problem = ""
         if self._local_problem:
             new = HostView(
                 max_epoch=new.max_epoch,
