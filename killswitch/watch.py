@@ -96,8 +96,9 @@ def _volume(rep: Mapping[str, Any], agg: Mapping[str, Any]) -> RenderableType:
         style = "bold red" if pct >= 90 else "yellow" if pct >= 75 else "green"
         line.append(f" / limit {limit} ")
         line.append(f"({pct:.0f}%)", style=style)
-        bar = ProgressBar(total=limit, completed=min(orders, limit), width=60,
-                          complete_style=style, finished_style="bold red")  # fmt: skip
+        bar = Table.grid()  # a grid ends the bar's line (a bare ProgressBar does not)
+        bar.add_row(ProgressBar(total=limit, completed=min(orders, limit), width=60,
+                                complete_style=style, finished_style="bold red"))  # fmt: skip
     else:
         line.append(" (no static limit)", style="dim")
     baseline = _float(agg.get("expected"))
