@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -151,3 +151,32 @@ async def run_loadgen(address: str, rate: float, duration: float | None, name: s
         for k in ("sent", "allowed", "blocked", "errors"):
             setattr(total, k, getattr(total, k) + getattr(stats, k))
     return total
+
+
+async def drive(
+    addresses: Mapping[str, str],
+    rate: Callable[[str, float], float],
+    duration: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, RouterStats]:
+    """One `OrderRouter` per host for `duration` seconds; `rate(host, t)` is the host's
+    orders per second at `t` seconds after the start (a scenario: steps, ramps, floods)."""
+    t0 = clock()
+
+    def rate_of(host: str) -> Callable[[], float]:
+        return lambda: rate(host, clock() - t0)
+
+    routers = {
+        host: OrderRouter(address, rate_of(host), name=host, clock=clock)
+        for host, address in addresses.items()
+    }
+    tasks = [asyncio.create_task(r.run(), name=f"router-{h}") for h, r in routers.items()]
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(*tasks)), duration)
+    finally:
+        for r in routers.values():
+            r.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return {h: r.stats for h, r in routers.items()}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from killswitch import ruleview
 from killswitch.control import EXIT_OK, EXIT_REFUSED, EXIT_UNCONFIRMED, Outcome
 
 
@@ -46,8 +47,12 @@ def human(cmd: str, outcome: Outcome) -> str:
         lines.append(f"aggregator leader: {lead}")
     if rep.get("changed_at"):
         lines.append(f"last change {rep['changed_at']} by {rep.get('actor') or '?'}")
+    if cmd == "status":
+        lines.extend(ruleview.shadow_banner(rep.get("aggregator", {})))
     lines.append("")
     lines.extend(_hosts(rep))
+    if cmd == "status":
+        lines.extend(ruleview.rule_lines(rep.get("aggregator", {})))
     if outcome.code == EXIT_OK and outcome.message:
         lines.append(outcome.message)
     return "\n".join(lines)

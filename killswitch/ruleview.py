@@ -195,3 +195,56 @@ def rule_metrics(
         shadow.add_metric([node, cause], float(config.is_shadow(cause)))
     yield level
     yield shadow
+
+
+def shadow_banner(view: Mapping[str, Any]) -> list[str]:
+    """The loud line `status` prints when any rule only pretends to protect the node."""
+    shadow = [c for c in str(view.get("shadow") or "").split(",") if c]
+    if not shadow:
+        return []
+    return [
+        f"!!! SHADOW MODE: rule(s) {', '.join(shadow)} are evaluated but NOT ENFORCING: "
+        "they will NOT kill this node (they only log 'would have tripped') !!!"
+    ]
+
+
+def rule_lines(view: Mapping[str, Any]) -> list[str]:
+    """The aggregator's rules as `status` shows them: limit, level, baseline, haunted hosts."""
+    if not view:
+        return ["aggregator: no view published (is an aggregator running for this node?)"]
+    win = view.get("window_s", "?")
+    expected = view.get("expected") or ""
+    learned = view.get("learned_s", "0")
+    warm = "warm" if view.get("warm") == "1" else f"warming up ({learned}s learned)"
+    base = f"{float(expected):.0f} orders/{win}s" if expected else "not learned yet"
+    out = [
+        "",
+        f"rules (window {win}s): node {view.get('node_orders', '?')} orders in window; "
+        f"baseline {base}, {warm}",
+    ]
+    rules = view.get("rules") or []
+    if isinstance(rules, str):
+        rules = decode_view({"rules": rules})["rules"]
+    for r in rules:
+        limit = r.get("limit")
+        if r.get("rule") == "host_share":
+            value = f"top host {r.get('value', 0):.0%}"
+            lim = "-" if limit is None else f"{limit:.0%}"
+        else:
+            value = f"{r.get('value', 0):.0f}"
+            lim = "-" if limit is None else f"{limit:.0f}"
+        mode = "SHADOW (not enforcing)" if r.get("shadow") else "enforcing"
+        active = "" if r.get("active") else "  (inactive: warming up or below --min-orders)"
+        out.append(
+            f"  {r.get('rule', '?'):<11} {mode:<22} value {value:<14} limit {lim:<8} "
+            f"level {r.get('level', 0)}%{active}"
+        )
+    haunted = view.get("haunted") or []
+    if isinstance(haunted, str):
+        haunted = decode_view({"haunted": haunted})["haunted"]
+    for h in haunted:
+        out.append(
+            f"  HAUNTED HOST {h['host']}: {h['share']:.0%} of the node's window, "
+            f"{h['peer_ratio']:.1f}x its peers' median"
+        )
+    return out
