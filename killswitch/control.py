@@ -26,6 +26,7 @@ EXIT_USAGE = 2
 EXIT_UNCONFIRMED = 3
 EXIT_REFUSED = 4
 
+REPLICA_WAIT_S = 1.0  # at most this long for a replica to acknowledge a kill (WAIT)
 POLL_S = 0.05  # fallback poll while waiting; confirmations normally wake us via pub/sub
 
 
@@ -81,10 +82,13 @@ async def kill(
         before = await store.snapshot()
         floor = epoch_floor(_quorum(before).hosts)
         res = await store.kill(actor=operator, reason=reason, cause=cause, floor=floor)
+        replicated = asyncio.create_task(_replicas_acked(store, min(timeout, REPLICA_WAIT_S)))
         snap, q = await _wait_for_quorum(store, before.roster, wake, timeout)
+        acked = await replicated
     report = node_report(snap, q)
     report["node"] = store.node
     report["ver"] = res.ver
+    report["replicas_acked"] = acked
     if q.complete:
         report["elapsed_s"] = round(max(q.last_confirm_ms - res.ts_ms, 0) / 1000.0, 4)
         return Outcome(EXIT_OK, report)
@@ -159,6 +163,22 @@ async def audit(store: Store, limit: int | None) -> Outcome:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+async def _replicas_acked(store: Store, timeout: float) -> int | None:
+    """How many replicas hold the kill (`WAIT 1`), run while confirmations come in.
+
+    Replication is asynchronous and WAIT does not make it safe: a failover may still lose
+    the kill. Hosts that confirmed it stay blocked anyway (they remember its epoch); this
+    number tells the operator how exposed the rest are. None: could not ask.
+    """
+    try:
+        info: dict[str, Any] = await store.redis.info("replication")
+        if int(info.get("connected_slaves", 0)) == 0:
+            return 0  # WAIT would only sit out its timeout
+        return int(await store.redis.wait(1, max(int(timeout * 1000), 1)))
+    except Exception:
+        return None
 
 
 def _quorum(snap: NodeSnapshot) -> Quorum:
