@@ -11,7 +11,8 @@ An expression passes when
 - the whole expression returns series carrying the labels it groups by (node, host). Alert
   rules are conditions that are usually false, so they are evaluated with their comparison
   filters turned into `bool` comparisons (`x > 4` becomes `x > bool 4`) so that they return
-  a 0/1 series for every node or host they watch.
+  a 0/1 series for every node or host they watch. A rule `a unless b` that is empty because
+  b covers a (every node has a leader) is judged by its left side a.
 """
 
 from __future__ import annotations
@@ -86,6 +87,15 @@ def boolify(expr: str) -> str:
     return "".join(out)
 
 
+def _left_of(expr: str, operators: tuple[str, ...]) -> str:
+    """`expr` up to its first top-level (unparenthesised) binary operator among `operators`."""
+    masked = _mask(expr)
+    for m in re.finditer(rf"\b(?:{'|'.join(operators)})\b", masked):
+        if masked.count("(", 0, m.start()) == masked.count(")", 0, m.start()):
+            return expr[: m.start()]  # `a and b`, `a unless b`: only a's labels remain
+    return expr
+
+
 def _close(masked: str, open_at: int) -> int:
     """Index just after the parenthesis that closes the one at `open_at`."""
     depth = 0
@@ -103,11 +113,7 @@ def grouping(expr: str) -> set[str]:
     top-level `and` / `unless` (its labels do not reach the result); an expression with no
     aggregation, or one aggregated `without` labels, promises nothing here.
     """
-    masked = _mask(expr)
-    for m in re.finditer(r"\b(?:and|unless)\b", masked):
-        if masked.count("(", 0, m.start()) == masked.count(")", 0, m.start()):
-            masked = masked[: m.start()]  # `a and b`, `a unless b`: only a's labels remain
-            break
+    masked = _mask(expr)[: len(_left_of(expr, ("and", "unless")))]
     best: tuple[int, re.Match[str]] | None = None
     for m in _AGGREGATION.finditer(masked):
         depth = masked.count("(", 0, m.start()) - masked.count(")", 0, m.start())
@@ -147,9 +153,13 @@ def check_expr(
     expected = grouping(expr)
     if any(s.metric == "ALERTS" for s in selectors(expr)):
         expected.discard("host")  # only per-host alerts have a host label
+    left = _left_of(expr, ("unless",))
+    if not result and rule and left != expr:
+        # `a unless b` is rightly empty while b covers every series of a (a leader exists for
+        # every node): then a must return the series the alert would carry.
+        evaluated = boolify(left)
+        result = query(evaluated)
     if not result:
-        if rule and " unless " in f" {_mask(expr)} ":
-            return problems  # `a unless b` is empty while b covers a: the selectors say enough
         return [*problems, f"returns no series: {evaluated}"]
     problems.extend(_label_problems(result, expected, node, hosts, f"result of {evaluated}"))
     return problems

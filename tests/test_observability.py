@@ -92,8 +92,10 @@ def stack(redis_server: EmbeddedRedis) -> Iterator[Stack]:
     try:
         for h in HOSTS:
             fleet.start_sidecar(h, wait=False)
+        # Every rule on (host_share in shadow mode) so each rule's series are exported.
         fleet.start_aggregator(
             "--max-orders", "1000", "--window", "10", "--tick", "0.05",
+            "--max-host-share", "0.95", "--shadow", "host_share",
             "--metrics-port", str(agg_port),
         )  # fmt: skip
         prom.start()  # boots while the processes do
@@ -290,3 +292,17 @@ class TestExpressionText:
         assert re.search(r"returns no series", " ".join(check_expr(
             query, "killswitch_nope", node="n", hosts=[], per_host=set()
         )))  # fmt: skip
+
+    def test_an_empty_unless_rule_is_judged_by_its_left_side(self) -> None:
+        """`a unless b` may be empty (b covers a); then its left side must return labelled series."""
+
+        def query(expr: str) -> list[dict[str, object]]:
+            if "unless" in expr or "killswitch_a" not in expr:
+                return []
+            return [{"metric": {"node": "n"}, "value": [0, "1"]}]
+
+        expr = "group by (node) (killswitch_a) unless on (node) killswitch_a"
+        assert check_expr(query, expr, node="n", hosts=[], per_host=set(), rule=True) == []
+        lost = expr.replace("group by (node) (killswitch_a)", "group by (node) (killswitch_b)")
+        problems = check_expr(query, lost, node="n", hosts=[], per_host=set(), rule=True)
+        assert any("killswitch_b" in p for p in problems), problems
