@@ -158,10 +158,12 @@ async def drive(
     rate: Callable[[str, float], float],
     duration: float,
     *,
+    stop_when: Callable[[], bool] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, RouterStats]:
-    """One `OrderRouter` per host for `duration` seconds; `rate(host, t)` is the host's
-    orders per second at `t` seconds after the start (a scenario: steps, ramps, floods)."""
+    """One `OrderRouter` per host for `duration` seconds (or until `stop_when()`, polled
+    every 50 ms); `rate(host, t)` is the host's orders per second `t` seconds after the
+    start (a scenario: steps, ramps, floods)."""
     t0 = clock()
 
     def rate_of(host: str) -> Callable[[], float]:
@@ -173,8 +175,10 @@ async def drive(
     }
     tasks = [asyncio.create_task(r.run(), name=f"router-{h}") for h, r in routers.items()]
     try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(asyncio.gather(*tasks)), duration)
+        while clock() - t0 < duration and not (stop_when and stop_when()):
+            if all(t.done() for t in tasks):
+                break
+            await asyncio.sleep(min(0.05, max(duration - (clock() - t0), 0)))
     finally:
         for r in routers.values():
             r.stop()

@@ -103,8 +103,9 @@ class EventLog:
     def events(self, ev: Evaluation) -> list[tuple[str, str, dict[str, Any]]]:
         out: list[tuple[str, str, dict[str, Any]]] = []
         for w in ev.warnings:
+            # `percent`, not `level`: structlog's `level` key is the log level.
             fields: dict[str, Any] = {
-                "rule": w.cause, "level": w.new, "previous": w.old,
+                "rule": w.cause, "percent": w.new, "previous_percent": w.old,
                 "value": round(w.value, 4), "limit": round(w.limit, 4),
             }  # fmt: skip
             if w.new > w.old:
