@@ -1,0 +1,193 @@
+"""`killswitch demo` end to end, and the pure pieces it and `backtest` are built from:
+the what-if monitors, the rule flags, the rule view and the backtest command.
+
+The demo test runs the real command (its own redis-server, eight sidecars, the aggregator);
+everything else here needs no server.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from killswitch.anomaly import BASELINE, HOST_SHARE, Monitor, MonitorConfig
+from killswitch.backtest import FlowEvent
+from killswitch.config import ConfigError, Resolver
+from killswitch.demo import Scenario
+from killswitch.rulecli import counts_csv, rule_config
+from killswitch.ruleview import EventLog, decode_view, rule_lines, shadow_banner, view_fields
+from killswitch.whatif import orders_after, per_host_limit, prometheus_alert
+
+T0 = 1_343_827_800_000  # 2012-08-01 13:30:00 UTC
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "killswitch", *args],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )  # fmt: skip
+
+
+class TestDemo:
+    @pytest.mark.slow
+    def test_demo_json_killswitch_trips_fast_and_per_host_limit_never(self) -> None:
+        """`demo --json` exits 0 with one JSON table: killswitch trips within seconds of the
+        onset with every host confirming, the per-host limit never trips, and nothing is left
+        running."""
+        res = run("demo", "--json")
+        assert res.returncode == 0, res.stderr[-3000:]
+        doc = json.loads(res.stdout)
+        by = {m["monitor"]: m for m in doc["monitors"]}
+        assert set(by) == {"per_host_limit", "prometheus_alert", "killswitch"}
+        ks = by["killswitch"]
+        assert ks["tripped"] and ks["cause"] in (BASELINE, HOST_SHARE)
+        assert 0 < ks["acted_after_s"] <= 3.0
+        assert ks["confirmed"] == 8 and ks["all_confirmed_after_s"] is not None
+        assert by["per_host_limit"]["tripped"] is False
+        assert by["per_host_limit"]["orders_after_onset"] == doc["orders_attempted_after_onset"]
+        assert ks["orders_after_onset"] < by["per_host_limit"]["orders_after_onset"] / 10
+        alert = by["prometheus_alert"]
+        assert alert["acted_after_s"] is None or alert["acted_after_s"] > ks["acted_after_s"]
+        assert doc["knight"]["minutes"] == 45 and doc["knight"]["parent_orders"] == 212
+        assert doc["final_state"] == "KILLED"
+        routers = doc["routers"]
+        assert all(r["blocked"] > 0 for r in routers.values())  # every host was stopped
+        # Nothing left behind: no sidecar or redis-server of the demo still runs.
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+        assert "ks-demo-" not in ps.stdout
+
+
+class TestScenario:
+    def test_legacy_host_stays_under_its_own_cap_and_open_is_3x(self) -> None:
+        """The haunted host never exceeds the per-host cap; the open peaks at 3x pre-open."""
+        s = Scenario()
+        rates = [s.rate("or-08", t / 10) for t in range(int(s.end * 10))]
+        assert max(rates) * 1.1 < 100  # one extra flush in a window still fits the cap
+        assert max(s.rate("or-01", t / 10) for t in range(int(s.legacy_at * 10))) == 3 * s.pre
+
+
+def steady(host: str, per_100ms: int, start: int, end: int) -> list[FlowEvent]:
+    return [FlowEvent(t, host, per_100ms) for t in range(start, end, 100)]
+
+
+class TestWhatIf:
+    def test_per_host_limit_stops_only_the_host_over_its_cap(self) -> None:
+        """A host over its own cap is stopped at the first tick over it; its peers go on."""
+        ev = steady("a", 5, T0, T0 + 5000) + steady("b", 20, T0 + 2000, T0 + 5000)
+        v = per_host_limit(ev, cap=100, window_ms=1000, onset_ms=T0 + 2000)
+        assert v.acted_ms == T0 + 2500  # b: 6 flushes of 20 = 120 > 100 in (1500, 2500]
+        assert v.orders_after_onset == 5 * 30 + 20 * 6
+        assert "stopped b" in v.detail
+
+    def test_per_host_limit_never_trips_under_the_cap(self) -> None:
+        """Everything after the onset counts when no host ever exceeds its cap."""
+        ev = steady("a", 9, T0, T0 + 3000) + steady("b", 9, T0, T0 + 3000)
+        v = per_host_limit(ev, cap=100, window_ms=1000, onset_ms=T0 + 1000)
+        assert v.acted_ms is None and v.orders_after_onset == orders_after(ev, T0 + 1000)
+
+    def test_alert_needs_its_for_duration(self) -> None:
+        """The alert fires `for` after the first evaluation over the threshold, not before."""
+        ev = steady("a", 1, T0, T0 + 10_000) + steady("a", 100, T0 + 10_000, T0 + 30_000)
+        v = prometheus_alert(ev, 500.0, T0 + 10_000, scrape_ms=1000, range_ms=2000, for_ms=3000)
+        assert v.acted_ms == T0 + 11_000 + 3000
+        assert v.orders_after_onset == 100 * 41  # flushes at +10.0 s .. +14.0 s, inclusive
+        quiet = prometheus_alert(ev, 5000.0, T0, scrape_ms=1000, range_ms=2000, for_ms=0)
+        assert quiet.acted_ms is None and "never fired" in quiet.detail
+
+
+class TestRuleFlags:
+    @pytest.mark.parametrize(
+        ("flags", "env", "field"),
+        [
+            ({"max_host_share": 1.5}, {}, "max-host-share"),
+            ({"shadow": "baseline,bogus"}, {}, "shadow"),
+            ({"warmup": -1}, {}, "warmup"),
+            ({"baseline_multiplier": "1"}, {}, "baseline-multiplier"),
+            ({}, {"KILLSWITCH_BREACH_WINDOWS": "0"}, "breach-windows"),
+            ({}, {"KILLSWITCH_HAUNTED_RATIO": "0.5"}, "haunted-ratio"),
+            ({"half_life": 0}, {}, "half-life"),
+            ({"min_orders": -3}, {}, "min-orders"),
+        ],
+    )
+    def test_bad_values_name_the_field(
+        self, flags: dict[str, Any], env: dict[str, str], field: str
+    ) -> None:
+        """A bad rule setting, from a flag or the environment, is refused naming its flag."""
+        with pytest.raises(ConfigError, match=f"^{field}: "):
+            rule_config(Resolver(flags, env=env))
+
+    def test_precedence_and_conversions(self) -> None:
+        """Flag over environment over config file; seconds become ms; 'all' and 'off' work."""
+        r = Resolver(
+            {"window": 2.0, "warmup": None},
+            env={"KILLSWITCH_WARMUP": "7", "KILLSWITCH_WINDOW": "9"},
+            config={"aggregator": {"warmup": 99, "shadow": "all", "baseline_multiplier": "off"}},
+            section="aggregator",
+        )
+        c = rule_config(r)
+        assert (c.window_ms, c.warmup_ms, c.shadow, c.baseline_multiplier) == (
+            2000, 7000, True, None,
+        )  # fmt: skip
+
+
+class TestRuleView:
+    def test_view_round_trips_and_status_lines_are_loud_about_shadow(self) -> None:
+        """The published view decodes to rules and haunted hosts; shadow gets a loud banner."""
+        cfg = MonitorConfig(window_ms=1000, warmup_ms=0, min_orders=10, shadow=True)
+        m = Monitor(cfg, roster=["a", "b", "c"])
+        for i in range(20):
+            m.observe(T0 + i * 100, 30, {"a": 10, "b": 10, "c": 10})
+        ev = m.observe(T0 + 2000, 500, {"a": 480, "b": 10, "c": 10})
+        view = decode_view({"node_orders": "500", **view_fields(cfg, ev)})
+        assert view["shadow"] == "baseline"
+        assert [r["rule"] for r in view["rules"]] == ["baseline"]
+        assert view["haunted"][0]["host"] == "a"
+        text = "\n".join(shadow_banner(view) + rule_lines(view))
+        assert "SHADOW MODE" in text and "NOT ENFORCING" in text and "HAUNTED HOST a" in text
+
+    def test_events_once_per_crossing(self) -> None:
+        """HAUNTED_HOST is logged when a host becomes haunted, not on every tick it stays so."""
+        cfg = MonitorConfig(window_ms=1000, warmup_ms=0, min_orders=10)
+        m, log = Monitor(cfg), EventLog(cfg.window_ms)
+        names = []
+        for i in range(30):
+            ev = m.observe(T0 + i * 100, 500, {"a": 480, "b": 10, "c": 10})
+            names += [e for _, e, _ in log.events(ev)]
+        assert names.count("HAUNTED_HOST") == 1
+
+
+class TestBacktestCommand:
+    def test_backtest_reports_trips_as_text_and_json(self, tmp_path: Path) -> None:
+        """`backtest --counts` prints every trip; `--json` gives the same as one object."""
+        flows = {
+            "or-01": [(f"{t}-0", {"a": "1", "b": "0"}) for t in range(T0, T0 + 10_000, 100)],
+            "or-02": [(f"{t}-0", {"a": "1", "b": "0"}) for t in range(T0, T0 + 6000, 100)]
+            + [(f"{t}-0", {"a": "90", "b": "5"}) for t in range(T0 + 6000, T0 + 10_000, 100)],
+        }
+        csv = tmp_path / "counts.csv"
+        csv.write_text(counts_csv(flows, attempted=False))
+        flags = ["--window", "1", "--warmup", "2", "--half-life", "4.5", "--min-orders", "20"]
+        text = run("backtest", "--counts", str(csv), *flags)
+        assert text.returncode == 0, text.stderr
+        assert "TRIP" in text.stdout and "baseline" in text.stdout
+        res = run("backtest", "--counts", str(csv), "--json", *flags)
+        doc = json.loads(res.stdout)
+        assert [t["cause"] for t in doc["trips"]] == ["baseline"]
+        assert T0 + 6000 < doc["trips"][0]["at_ms"] <= T0 + 8000
+        bad = run("backtest", "--counts", str(csv), "--max-host-share", "2")
+        assert bad.returncode == 2 and "max-host-share" in bad.stderr
+        missing = run("backtest", "--counts", str(tmp_path / "nope.csv"))
+        assert missing.returncode == 2 and "counts" in missing.stderr
+
+    def test_help_lists_the_shared_rule_flags(self) -> None:
+        """`aggregator --help` and `backtest --help` document the same trip-rule flags."""
+        for verb in ("aggregator", "backtest"):
+            out = run(verb, "--help").stdout
+            for flag in ("--baseline-multiplier", "--breach-windows", "--min-orders",
+                         "--warmup", "--max-host-share", "--haunted-ratio", "--shadow"):  # fmt: skip
+                assert flag in out, (verb, flag)
