@@ -66,6 +66,17 @@ class NotDurable(RuntimeError):
     """`require_durable` is set and Redis does not (or will not say that it does) persist."""
 
 
+@dataclass(frozen=True)
+class _Unacted:
+    """A trip the rules decided while this instance was a standby."""
+
+    cause: str
+    detail: str
+    at_ms: int
+    also: list[str]
+    armed_ms: int
+
+
 @dataclass
 class _KillWatch:
     """Confirmation tracking of one kill (epoch, ver) until the roster confirmed it."""
@@ -111,6 +122,7 @@ class Aggregator:
         self.trips = 0
         self.last_trip: tuple[int, str] | None = None  # (evaluation ms, cause) of our last trip
         self._last_roster_check = -1e9
+        self._unacted: _Unacted | None = None
         self.lead = leader.Leadership(
             leader.make_token(settings.instance, uuid.uuid4().hex[:8]), settings.lease_ttl
         )
@@ -330,6 +342,7 @@ class Aggregator:
         if at > self._last_eval_ms:
             self._last_eval_ms = at
             await self._evaluate(at)
+        await self._act_on_unacted(now)
         self._watch_confirmations(snap.state, now)
         if self.is_leader() and self.clock() - self._last_save >= self.s.baseline_save_interval:
             self._last_save = self.clock()
@@ -383,7 +396,11 @@ class Aggregator:
     async def _trip(self, cause: str, detail: str, at_ms: int, also: list[str]) -> None:
         assert self.quorum is not None
         if not self.is_leader():
-            return  # a standby keeps its windows warm but never acts
+            # A standby keeps its windows warm but never acts. The rules latch a trip once
+            # per breach, so the decision is kept: if the leader died or froze without
+            # acting, this instance acts on it when it takes over (`_act_on_unacted`).
+            self._unacted = _Unacted(cause, detail, at_ms, list(also), self.armed_ms)
+            return
         res = await self.store.kill(
             actor=f"aggregator:{self.s.instance}",
             reason=detail,
@@ -405,6 +422,21 @@ class Aggregator:
                 "TRIP", cause=cause, reason=detail, epoch=res.epoch, at_ms=at_ms, also=also
             )
             self.state = NodeRead(NodeState.KILLED, res.epoch, res.ver, detail)
+
+    async def _act_on_unacted(self, now_ms: int) -> None:
+        """A trip decided while standby, acted on after a takeover if it is still current.
+
+        Current: the node is still ARMED by the same arm and the decision is less than one
+        window old (an older one may no longer hold; a live leader would have acted on it).
+        """
+        u = self._unacted
+        if u is None or not self.is_leader():
+            return
+        self._unacted = None
+        fresh = now_ms - u.at_ms <= self.s.monitor.window_ms and u.armed_ms == self.armed_ms
+        if fresh and self.state.state is NodeState.ARMED:
+            self.log.warning("TRIP_TAKEN_OVER", cause=u.cause, at_ms=u.at_ms)
+            await self._trip(u.cause, u.detail, u.at_ms, u.also)
 
     def _watch_confirmations(self, state: dict[str, str], now: int) -> None:
         if self.state.state is not NodeState.KILLED or self.quorum is None:

@@ -31,6 +31,7 @@ class Leadership:
     ttl_s: float
     held_until: float = 0.0  # monotonic deadline of this instance's belief that it leads
     holder: str = ""  # token of the holder as last read ("" unknown or none)
+    acquired: bool = False  # the last reply said this instance held the lease
 
     @property
     def instance(self) -> str:
@@ -52,11 +53,14 @@ def instance_of(token: str) -> str:
 def on_reply(lead: Leadership, sent: float, reply: LeaseReply) -> tuple[Leadership, str]:
     """Apply a lease reply to a renewal sent at monotonic `sent`; returns the new belief and
     the transition to log: "LEADER_ACQUIRED", "LEADER_LOST" or ""."""
-    was = lead.held_until > sent
+    # Transitions follow the replies, not the local belief: a leader frozen past its lease
+    # wakes up with its belief run out, and still has to say that it lost the lease.
+    was = lead.acquired
     if reply.held and reply.holder == lead.token:
-        new = replace(lead, held_until=sent + lead.ttl_s * SAFETY, holder=lead.token)
-        return new, "" if was else "LEADER_ACQUIRED"
-    new = replace(lead, held_until=0.0, holder=reply.holder)
+        renewed = lead.held_until > sent
+        new = replace(lead, held_until=sent + lead.ttl_s * SAFETY, holder=lead.token, acquired=True)
+        return new, "" if (was and renewed) else "LEADER_ACQUIRED"
+    new = replace(lead, held_until=0.0, holder=reply.holder, acquired=False)
     return new, "LEADER_LOST" if was else ""
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,62 +23,12 @@ from killswitch.faultproxy import ThreadedFaultProxy
 from killswitch.keys import NodeKeys
 from killswitch.localstate import LocalState
 from killswitch.store import Store
-from killswitch.testing import Fleet, GateClient, wait_until
+from killswitch.testing import Fleet, GateClient, Hammer, no_allow_after_first_block, wait_until
 
 HOSTS = ["or-01", "or-02", "or-03"]
 STALE_AFTER, FLUSH = 0.5, 0.1
 
 pytestmark = pytest.mark.slow
-
-
-class Hammer:
-    """One thread per host sending orders back to back; keeps (send time, reply) pairs."""
-
-    def __init__(self, fleet: Fleet, hosts: list[str]) -> None:
-        self.fleet = fleet
-        self.replies: dict[str, list[tuple[float, str]]] = {h: [] for h in hosts}
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(h,)) for h in hosts]
-
-    def _run(self, host: str) -> None:
-        i = 0
-        while not self._stop.is_set():
-            try:
-                with self.fleet.client(host) as c:
-                    while not self._stop.is_set():
-                        sent = time.monotonic()
-                        self.replies[host].append((sent, c.order(f"{host}-{i}")))
-                        i += 1
-            except OSError:  # a restarted sidecar: connect again
-                time.sleep(0.01)
-
-    def __enter__(self) -> Hammer:
-        for t in self._threads:
-            t.start()
-        wait_until(lambda: all(self.replies.values()), 10, what="every host answering")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-
-    def sent_after(self, host: str, t: float) -> list[str]:
-        return [r for sent, r in list(self.replies[host]) if sent >= t]
-
-    def wait_for_more(self, t: float) -> None:
-        """Until every host has at least one reply to a request sent after `t`."""
-        wait_until(lambda: all(self.sent_after(h, t) for h in self.replies), 10)
-
-
-def no_allow_after_first_block(replies: list[tuple[float, str]], reason: str) -> None:
-    """From the first `BLOCK ... <reason>` on, the host never answered ALLOW."""
-    seq = [r for _, r in replies]
-    first = next((i for i, r in enumerate(seq) if r.startswith("BLOCK") and r.endswith(reason)))
-    later = seq[first:]
-    assert all(r.startswith("BLOCK") for r in later), [r for r in later if r.startswith("ALLOW")][
-        :3
-    ]
 
 
 def status(f: Fleet, url: str) -> dict[str, object]:
