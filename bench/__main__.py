@@ -6,7 +6,7 @@ import importlib
 import json
 import sys
 
-ALL = ["gate_check", "protocol_throughput", "redis_cost", "kill_confirm", "anomaly"]
+ALL = ["gate_check", "protocol_throughput", "redis_cost", "kill_confirm", "anomaly", "faults"]
 
 
 def main(argv: list[str]) -> int:
