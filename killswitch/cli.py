@@ -462,7 +462,11 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
 
     else:  # pragma: no cover - argparse restricts the verbs
         raise ConfigError(f"unknown command {cmd}")
-    outcome = asyncio.run(_with_store(redis_url, node, action))
+    # An operator command never hangs: its own wait plus a margin for Redis round trips.
+    budget = (
+        r.get("timeout", 5.0, positive_float) + 15.0 if cmd in ("kill", "arm", "resume") else 15.0
+    )
+    outcome = asyncio.run(_with_store(redis_url, node, action, budget))
     if outcome.code == EXIT_FAILED and not outcome.report:
         print(outcome.message, file=sys.stderr)
         return outcome.code
@@ -476,7 +480,7 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
 
 
 async def _with_store(
-    redis_url: str, node: str, action: Callable[[Any], Awaitable[Outcome]]
+    redis_url: str, node: str, action: Callable[[Any], Awaitable[Outcome]], budget: float
 ) -> Outcome:
     from redis.exceptions import RedisError
 
@@ -485,13 +489,24 @@ async def _with_store(
 
     redis = connect(redis_url, socket_timeout=3.0, client_name=f"ks-cli-{node}")
     try:
-        return await action(Store(redis, node))
+        async with asyncio.timeout(budget):
+            return await action(Store(redis, node))
+    except TimeoutError:
+        return Outcome(
+            EXIT_FAILED,
+            {},
+            f"killswitch: gave up after {budget:g}s talking to Redis at {redis_url}.\n"
+            "A kill may or may not have been recorded: run `killswitch status` to see.\n"
+            "Every sidecar that cannot reach Redis blocks all orders by itself within its\n"
+            "--stale-after; to stop trading without Redis, stop each order router or sidecar.",
+        )
     except (RedisError, OSError) as e:
         return Outcome(
             EXIT_FAILED,
             {},
             f"killswitch: cannot reach Redis at {redis_url}: {type(e).__name__}: {e}\n"
-            "Nothing was changed. What to do instead:\n"
+            "The command did not complete (run `killswitch status` once Redis answers).\n"
+            "What to do instead:\n"
             "  - every sidecar that cannot reach Redis blocks all orders by itself within its\n"
             "    --stale-after (default 1s), so a fleet cut off from Redis is already blocked;\n"
             "  - if the fleet can still reach Redis but you cannot, run this from a host that\n"
