@@ -22,7 +22,7 @@ def __getattr__(name: str) -> object:
 
         return Gate
     if name == "SidecarThread":
-        from killswitch.sidecar import SidecarThread
+        from killswitch.inprocess import SidecarThread
 
         return SidecarThread
     raise AttributeError(name)

@@ -12,17 +12,15 @@ import asyncio
 import contextlib
 import os
 import signal
-import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from redis.asyncio import Redis
 
 from killswitch import __version__
@@ -32,6 +30,7 @@ from killswitch.gateserver import GateServer
 from killswitch.localstate import LocalState
 from killswitch.metrics import MetricsServer, build_info
 from killswitch.redisconn import connect
+from killswitch.sidecarmetrics import SidecarCollector
 from killswitch.state import HostView, NodeState, boot_view, observe
 from killswitch.store import FlushReport, Store
 
@@ -98,7 +97,7 @@ class Sidecar:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=self.registry,
         ).labels(settings.node, settings.host)
-        self.registry.register(_SidecarCollector(self))
+        self.registry.register(SidecarCollector(self))
         build_info(self.registry, "sidecar")
         self._metrics = (
             MetricsServer(self.registry, settings.metrics_port)
@@ -305,147 +304,6 @@ class Sidecar:
 
     def sync_age(self) -> float | None:
         return None if self.last_ok is None else self.clock() - self.last_ok
-
-
-class _SidecarCollector:
-    """Reads the gate's plain counters at scrape time: nothing is added to the order path."""
-
-    def __init__(self, sidecar: Sidecar) -> None:
-        self.sc = sidecar
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        sc, n, h = self.sc, self.sc.s.node, self.sc.s.host
-        orders = CounterMetricFamily(
-            "killswitch_orders",
-            "Orders this host's gate decided on, by decision (allowed or blocked).",
-            labels=["node", "host", "decision"],
-        )
-        orders.add_metric([n, h, "allowed"], sc.gate.allowed)
-        orders.add_metric([n, h, "blocked"], sc.gate.blocked)
-        yield orders
-        yield _gauge(
-            "killswitch_gate_open",
-            "1 while this host's gate lets orders through.",
-            n,
-            h,
-            float(sc.gate.is_open),
-        )
-        yield _gauge(
-            "killswitch_host_epoch",
-            "Highest node epoch this host has seen.",
-            n,
-            h,
-            sc.gate.view.max_epoch,
-        )
-        age = sc.sync_age()
-        yield _gauge(
-            "killswitch_sync_age_seconds",
-            "Seconds since this host's last successful Redis round trip (+Inf before the first).",
-            n, h, float("inf") if age is None else age,
-        )  # fmt: skip
-        state = GaugeMetricFamily(
-            "killswitch_host_state",
-            "1 for the node state this host enforces now (STALE: it cannot prove the node armed).",
-            labels=["node", "host", "state"],
-        )
-        now_state = sc.gate.status()[0]
-        for st in NodeState:
-            state.add_metric([n, h, st.value], float(st is now_state))
-        yield state
-        fails = CounterMetricFamily(
-            "killswitch_sync_failures",
-            "Failed Redis round trips of this host.",
-            labels=["node", "host"],
-        )
-        fails.add_metric([n, h], sc.failures)
-        yield fails
-        regr = CounterMetricFamily(
-            "killswitch_epoch_regressions",
-            "Times this host read a node state older than one it had seen (data loss or rollback).",
-            labels=["node", "host"],
-        )
-        regr.add_metric([n, h], sc.regressions)
-        yield regr
-
-
-def _gauge(name: str, doc: str, node: str, host: str, value: float) -> GaugeMetricFamily:
-    g = GaugeMetricFamily(name, doc, labels=["node", "host"])
-    g.add_metric([node, host], value)
-    return g
-
-
-class SidecarThread:
-    """Runs a `Sidecar` in a background thread for a Python trading process.
-
-    The trading thread calls `sidecar.gate.allow(...)`: a local check, no network round trip.
-    """
-
-    def __init__(
-        self, settings: SidecarSettings, *, registry: CollectorRegistry | None = None
-    ) -> None:
-        self.settings = settings
-        self.registry = registry
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"killswitch-{settings.host}", daemon=True
-        )
-        self.sidecar: Sidecar | None = None
-        self._error: BaseException | None = None
-
-    @classmethod
-    def from_url(cls, redis_url: str, *, node: str, host: str, **kw: Any) -> SidecarThread:
-        state_dir = kw.pop("state_dir", "")
-        return cls(
-            SidecarSettings(node=node, host=host, redis_url=redis_url, state_dir=state_dir, **kw)
-        )
-
-    @property
-    def gate(self) -> Gate:
-        assert self.sidecar is not None, "start() the SidecarThread first"
-        return self.sidecar.gate
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._main())
-        self._loop.close()
-
-    async def _main(self) -> None:
-        try:
-            redis = connect(self.settings.redis_url, socket_timeout=self.settings.stale_after)
-            self.sidecar = Sidecar(self.settings, redis, registry=self.registry)
-            await self.sidecar.start()
-        except BaseException as e:
-            self._error = e
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            await self.sidecar._stop.wait()
-        finally:
-            await self.sidecar.stop()
-            await redis.aclose()
-
-    def start(self) -> SidecarThread:
-        self._thread.start()
-        self._ready.wait()
-        if self._error:
-            raise self._error
-        return self
-
-    def stop(self) -> None:
-        if self.sidecar is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self.sidecar._stop.set)
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> SidecarThread:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 async def run_sidecar(settings: SidecarSettings) -> None:

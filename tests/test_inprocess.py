@@ -8,7 +8,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from killswitch import control
-from killswitch.sidecar import SidecarSettings, SidecarThread
+from killswitch.inprocess import SidecarSettings, SidecarThread
 from killswitch.store import Store
 
 
