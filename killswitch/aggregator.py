@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import time
 import uuid
@@ -33,6 +32,7 @@ from killswitch.baseline import Baseline, BaselineStateError
 from killswitch.metrics import MetricsServer, build_info
 from killswitch.redisconn import connect
 from killswitch.roster import Quorum, epoch_floor, quorum
+from killswitch.service import run_until_signalled
 from killswitch.state import NodeRead, NodeState
 from killswitch.store import Store
 from killswitch.window import SlidingWindow
@@ -206,14 +206,7 @@ class Aggregator:
         self.log.info("aggregator_stopped")
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
-        await self.start()
-        try:
-            await self._stop.wait()
-        finally:
-            await self.stop()
+        await run_until_signalled(self.start, self.stop, self._stop)
 
     async def _loop(self) -> None:
         failing = False

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import time
 import uuid
 from collections import deque
@@ -30,6 +29,7 @@ from killswitch.gateserver import GateServer
 from killswitch.localstate import LocalState
 from killswitch.metrics import MetricsServer, build_info
 from killswitch.redisconn import connect
+from killswitch.service import run_until_signalled
 from killswitch.sidecarmetrics import SidecarCollector
 from killswitch.state import HostView, NodeState, boot_view, observe
 from killswitch.store import FlushReport, Store
@@ -148,14 +148,7 @@ class Sidecar:
         self.log.info("sidecar_stopped")
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
-        await self.start()
-        try:
-            await self._stop.wait()
-        finally:
-            await self.stop()
+        await run_until_signalled(self.start, self.stop, self._stop)
 
     # -- sync ------------------------------------------------------------------------------
 

@@ -158,33 +158,20 @@ class Store:
         """State, roster, every roster host's report and confirmation, and server time."""
         if roster is None:
             roster = await self.roster()
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(self.keys.state)
-        pipe.hgetall(self.keys.aggregator)
-        for h in roster:
-            hk = self.keys.host(h)
-            pipe.hgetall(hk.report)
-            pipe.hgetall(hk.confirm)
-        pipe.time()
-        pipe.get(self.keys.leader)
-        res: list[Any] = await pipe.execute()
-        secs, micros = res[-2]
-        reports = {h: res[2 + 2 * i] for i, h in enumerate(roster)}
-        confirms = {h: res[3 + 2 * i] for i, h in enumerate(roster)}
-        return NodeSnapshot(
-            now_ms=int(secs) * 1000 + int(micros) // 1000,
-            state=res[0],
-            roster=tuple(roster),
-            reports=reports,
-            confirms=confirms,
-            aggregator=res[1],
-            leader=res[-1] or "",
-        )
+        snap, _ = await self._read(roster, None)
+        return snap
 
     async def read_flows(
         self, after: dict[str, str], roster: Sequence[str]
     ) -> tuple[dict[str, list[tuple[str, dict[str, str]]]], NodeSnapshot]:
         """New flow entries of every roster host since the IDs in `after`, plus a snapshot."""
+        snap, flows = await self._read(roster, after)
+        return flows, snap
+
+    async def _read(
+        self, roster: Sequence[str], after: dict[str, str] | None
+    ) -> tuple[NodeSnapshot, dict[str, list[tuple[str, dict[str, str]]]]]:
+        """One pipelined round trip; with `after`, also each host's new flow entries."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.keys.state)
         pipe.hgetall(self.keys.aggregator)
@@ -192,16 +179,20 @@ class Store:
             hk = self.keys.host(h)
             pipe.hgetall(hk.report)
             pipe.hgetall(hk.confirm)
-            pipe.xrange(hk.flow, min=f"({after[h]}" if after.get(h) else "-", max="+")
-        pipe.time()
+            if after is not None:
+                pipe.xrange(hk.flow, min=f"({after[h]}" if after.get(h) else "-", max="+")
+        pipe.get(self.keys.leader)
         pipe.exists(self.keys.roster)
+        pipe.time()
         res: list[Any] = await pipe.execute()
-        secs, micros = res[-2]
+        secs, micros = res[-1]
+        per = 2 if after is None else 3
         reports, confirms, flows = {}, {}, {}
         for i, h in enumerate(roster):
-            reports[h] = res[2 + 3 * i]
-            confirms[h] = res[3 + 3 * i]
-            flows[h] = res[4 + 3 * i]
+            reports[h] = res[2 + per * i]
+            confirms[h] = res[3 + per * i]
+            if after is not None:
+                flows[h] = res[4 + per * i]
         snap = NodeSnapshot(
             now_ms=int(secs) * 1000 + int(micros) // 1000,
             state=res[0],
@@ -209,9 +200,10 @@ class Store:
             reports=reports,
             confirms=confirms,
             aggregator=res[1],
-            roster_stored=bool(res[-1]),
+            leader=res[-3] or "",
+            roster_stored=bool(res[-2]),
         )
-        return flows, snap
+        return snap, flows
 
     async def audit(self, limit: int | None = None) -> list[tuple[str, dict[str, str]]]:
         """Audit entries oldest first; with `limit`, the newest `limit` of them."""
