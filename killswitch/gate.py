@@ -120,17 +120,23 @@ class Gate:
         """Close until the next authoritative read (on shutdown)."""
         self._open = False
 
-    def hold(self, epoch: int) -> None:
+    def hold(self, epoch: int) -> bool:
         """A kill notice for `epoch` arrived: block now, as killed, until the next read applies.
 
-        Closing is always safe, so a notice is trusted this far and no further: it never
-        moves the highest epoch seen, and the next authoritative read replaces it.
+        Closing is always safe, so a notice is trusted this far: it blocks, and the next
+        authoritative read replaces it. Returns False for a notice older than what was seen.
         """
         if epoch < self.view.max_epoch:
-            return  # an old notice (or a forged one) is not even worth a hold
+            return False  # an old notice (or a forged one) is not even worth a hold
         self._open = False
         self._held = epoch
         self._reason = BlockReason.KILLED.value
+        return True
+
+    @property
+    def held(self) -> int:
+        """The epoch of a kill notice the gate is holding for (0: none)."""
+        return self._held
 
     def status(self) -> tuple[NodeState, int]:
         """What PING reports: the enforced state (STALE once the lease ran out) and epoch."""

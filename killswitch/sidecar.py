@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -77,6 +77,8 @@ class Sidecar:
         self._local_problem = problem
         self._problem_epoch: int | None = None  # first epoch read while the file was unreadable
         self._fail_streak = 0
+        self._recorded: tuple[int, NodeState | None] = (max_epoch, max_state)
+        self._held_recorded = 0  # epoch of a kill notice already recorded locally (0: none)
         self.gate = Gate(settings.node, settings.host, view=view, clock=clock, log=self.log)
         self.boot = uuid.uuid4().hex[:12]
         self.acked = (0, 0)
@@ -189,7 +191,7 @@ class Sidecar:
             regression=view.regression or self._local_problem,
             confirm_epoch=view.epoch if want_confirm else 0,
             confirm_ver=view.ver if want_confirm else 0,
-            closed=not self.gate.is_open,
+            held_epoch=self.gate.held if self.gate.held == self._held_recorded else 0,
             confirmed_epoch=self.confirmed[0],
             confirmed_ver=self.confirmed[1],
         )
@@ -250,8 +252,8 @@ class Sidecar:
         if new.regression and new.regression != old.regression:
             self.regressions += 1
             self.log.error("EPOCH_REGRESSION", epoch=new.max_epoch, reason=new.regression)
-        if (new.max_epoch, new.max_state) != (old.max_epoch, old.max_state) and self.local:
-            self.local.save(new.max_epoch, new.max_state)
+        if (new.max_epoch, new.max_state) != (old.max_epoch, old.max_state):
+            self._record(new.max_epoch, new.max_state)
         self.gate.apply(new, sent + self.s.stale_after)
         if (new.state, new.epoch, new.ver) != (old.state, old.epoch, old.ver):
             self.log.info(
@@ -290,10 +292,28 @@ class Sidecar:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _notice(self, data: str) -> None:
-        """`KILLED <epoch> <ver>` closes the gate at once; the next round trip decides the rest."""
+        """`KILLED <epoch> <ver>` closes the gate at once; the next round trip decides the rest.
+
+        The notice's epoch is recorded locally (as KILLED) before that round trip, so the
+        one-call confirmation it allows is never ahead of what this host remembers. A forged
+        notice can only block this host, and an arm above its epoch clears it.
+        """
         parts = data.split()
-        if len(parts) == 3 and parts[0] == "KILLED" and parts[1].isdigit():
-            self.gate.hold(int(parts[1]))
+        if len(parts) == 3 and parts[0] == "KILLED" and parts[1].isascii() and parts[1].isdigit():
+            epoch = int(parts[1])
+            if self.gate.hold(epoch):
+                view = self.gate.view
+                if (epoch, NodeState.KILLED) != (view.max_epoch, view.max_state):
+                    # Memory and file agree: a restart behaves like this process would.
+                    self.gate.view = replace(view, max_epoch=epoch, max_state=NodeState.KILLED)
+                self._record(epoch, NodeState.KILLED)
+                self._held_recorded = epoch
+
+    def _record(self, epoch: int, state: NodeState | None) -> None:
+        """Write the highest epoch seen to the local state file, only when it changes."""
+        if self.local is not None and (epoch, state) != self._recorded:
+            self.local.save(epoch, state)
+        self._recorded = (epoch, state)
 
     def sync_age(self) -> float | None:
         return None if self.last_ok is None else self.clock() - self.last_ok

@@ -42,7 +42,9 @@ class FlushReport:
     regression: str
     confirm_epoch: int = 0
     confirm_ver: int = 0
-    closed: bool = False  # the gate was closed before this call: a KILLED read is confirmed in it
+    # The gate was closed by a kill notice for this epoch and the host has already recorded
+    # (epoch, KILLED) locally: a KILLED read at exactly this epoch is confirmed in this call.
+    held_epoch: int = 0
     confirmed_epoch: int = 0  # what this host last confirmed: not confirmed again
     confirmed_ver: int = 0
 
@@ -90,7 +92,7 @@ class Store:
         """The sidecar's one round trip: report, maybe confirm, read the node state.
 
         Returns the read, Redis server time, and whether the script confirmed the KILLED
-        state it read (only when `r.closed`).
+        state it read (only at `r.held_epoch`).
         """
         hk = self.keys.host(host)
         res = await self._flush(
@@ -99,7 +101,7 @@ class Store:
                 r.boot, r.allowed, r.blocked, r.acked_allowed, r.acked_blocked, r.max_epoch,
                 r.view, r.gate, f"{r.orders_per_s:.3f}", r.stale_after_ms, r.regression,
                 FLOW_RETENTION_MS, r.confirm_epoch, r.confirm_ver, self.keys.confirms, host,
-                version, os.getpid(), int(r.closed), r.confirmed_epoch, r.confirmed_ver,
+                version, os.getpid(), r.held_epoch, r.confirmed_epoch, r.confirmed_ver,
             ],
         )  # fmt: skip
         state, epoch, ver, reason, now, closed_confirm = (str(x) for x in res)

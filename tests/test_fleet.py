@@ -17,6 +17,8 @@ import redis as redis_sync
 
 from killswitch.embedded import EmbeddedRedis
 from killswitch.keys import NodeKeys
+from killswitch.localstate import LocalState
+from killswitch.state import NodeState
 from killswitch.testing import Fleet, GateClient, wait_until
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
@@ -69,6 +71,9 @@ class TestArmAndKill:
         for h in HOSTS:
             assert rep["hosts"][h]["gate"] == "closed"
             assert rep["hosts"][h]["epoch"] == rep["epoch"]
+            # Confirmed means remembered: a restart now could not forget this kill.
+            local = LocalState(eight.workdir / "state", eight.node, h).load()
+            assert local[:2] == (rep["epoch"], NodeState.KILLED), h
         for i, h in enumerate(HOSTS):
             assert eight.order(h, f"k{i}") == f"BLOCK k{i} {rep['epoch']} killed"
         code, status = eight.cli_json("status")

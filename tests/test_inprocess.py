@@ -9,6 +9,8 @@ from redis.asyncio import Redis
 
 from killswitch import control
 from killswitch.inprocess import SidecarSettings, SidecarThread
+from killswitch.localstate import LocalState
+from killswitch.state import NodeState
 from killswitch.store import Store
 
 
@@ -43,6 +45,11 @@ class TestSidecarThread:
             killed = await control.kill(store, reason="t", operator="op", timeout=5)
             assert killed.code == 0, killed.report
             assert killed.report["confirmed"] == ["py-01"]
+            # Confirmed means remembered: the local state file already holds the kill.
+            assert LocalState(tmp_path, node, "py-01").load()[:2] == (
+                killed.report["epoch"],
+                NodeState.KILLED,
+            )
             assert sc.gate.allow("o3", "AAPL", "BUY", 1) is False
             assert sc.gate.check("o4")[1:] == (killed.report["epoch"], "killed")
             assert (sc.gate.allowed, sc.gate.blocked) == (1, 3)

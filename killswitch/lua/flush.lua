@@ -5,10 +5,11 @@
 --       4 acked allowed, 5 acked blocked (cumulative values of this boot's last acknowledged flush),
 --       6 max_epoch, 7 view, 8 gate, 9 orders_per_s, 10 stale_after_ms, 11 regression,
 --       12 flow retention ms, 13 confirm epoch (0: none), 14 confirm ver, 15 confirms channel,
---       16 host, 17 version, 18 pid, 19 gate closed before this call ("1"/"0"),
+--       16 host, 17 version, 18 pid, 19 held epoch (0: none),
 --       20, 21 epoch and ver this host already confirmed (never confirmed twice)
--- A host whose gate was already closed when it sent this call provably blocks from before the
--- read below, so a KILLED state read here is confirmed in this same call (one round trip).
+-- A held epoch means: a kill notice for it closed this host's gate before this call, and the
+-- host recorded (epoch, KILLED) in its local state first. A KILLED read at exactly that epoch
+-- is then confirmed in this same call: the host provably blocks and remembers it.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local boot = ARGV[1]
@@ -43,7 +44,8 @@ redis.call('HSET', KEYS[2],
 local s = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'ver', 'reason')
 local confirm_epoch, confirm_ver, view = tonumber(ARGV[13]), ARGV[14], ARGV[7]
 local closed_confirm = '0'
-if ARGV[19] == '1' and s[1] == 'KILLED' and (s[2] ~= ARGV[20] or s[3] ~= ARGV[21]) then
+if ARGV[19] ~= '0' and s[1] == 'KILLED' and s[2] == ARGV[19]
+   and (s[2] ~= ARGV[20] or s[3] ~= ARGV[21]) then
   confirm_epoch, confirm_ver, view, closed_confirm = tonumber(s[2]), s[3], 'KILLED', '1'
   if confirm_epoch > tonumber(ARGV[6]) then
     -- the host applies this read on reply; report what it will enforce, not what it had
