@@ -17,6 +17,10 @@ default of 2, the breach must survive one full window width: a single spike leav
 window before it can trip, while a sustained flood trips one window after the window sum
 crosses the line, i.e. within two windows of its onset when it is at least `multiplier` x
 the baseline.
+
+Operator feedback: a re-arm after a kill by the `baseline` rule alone teaches the baseline
+the window that tripped (`Baseline.accept`), at the first armed evaluation after `reset()`.
+A re-arm after a `max_orders` or `host_share` trip teaches nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from statistics import median
 
-from killswitch.baseline import Baseline, BaselineParams
+from killswitch.baseline import Baseline, BaselineParams, BaselineTrip
 
 MAX_ORDERS = "max_orders"
 BASELINE = "baseline"
@@ -162,6 +166,8 @@ class Evaluation:
     warnings: tuple[LevelChange, ...] = ()
     rules: tuple[RuleStatus, ...] = ()
     haunted: tuple[HauntedHost, ...] = ()
+    # The baseline trip a re-arm accepted as normal at this evaluation (see Monitor.reset).
+    accepted: BaselineTrip | None = None
 
     @property
     def trip(self) -> Trip | None:
@@ -216,6 +222,7 @@ def haunted_hosts(
 @dataclass(slots=True)
 class _Streak:
     count: int = 0  # windows in breach so far
+    start_ms: int = 0  # the breach's first evaluation
     last_ms: int = 0  # when `count` last went up
     latched: bool = False  # tripped during this breach; reports again only after it clears
 
@@ -225,7 +232,7 @@ class _Streak:
             self.count, self.latched = 0, False
             return False
         if self.count == 0:
-            self.count, self.last_ms = 1, now_ms
+            self.count, self.start_ms, self.last_ms = 1, now_ms, now_ms
         elif now_ms - self.last_ms >= window_ms:
             self.count, self.last_ms = self.count + 1, now_ms
         if self.count >= needed and not self.latched:
@@ -257,7 +264,8 @@ class Monitor:
     `observe()` is called once per aggregator tick with the window ending at `now_ms`.
     Pass `armed=False` while the node is killed or unarmed: nothing trips and nothing is
     learned (a killed node's silence is not its normal). Call `reset()` on re-arm.
-    `roster` hosts missing from `host_totals` count as having sent 0.
+    The last `baseline` trip is kept in `baseline.trip` (persisted with it) until a re-arm
+    answers it. `roster` hosts missing from `host_totals` count as having sent 0.
     """
 
     def __init__(
@@ -274,17 +282,24 @@ class Monitor:
         self.roster = tuple(sorted(roster))
         self._streaks = {c: _Streak() for c in self.config.causes}
         self._levels = dict.fromkeys(self.config.causes, 0)
+        self._rearmed = False  # reset() was called; the next armed evaluation answers it
+        self._other_trip = False  # a rule other than baseline tripped since the last reset
 
     def reset(self, now_ms: int) -> None:
         """The node was re-armed: breach counts and warning levels start over.
 
-        The baseline keeps what it learned. `now_ms` is for symmetry with `observe()`; the
-        streaks need no clock to start over.
+        The baseline keeps what it learned, and the first armed `observe()` after this
+        accepts the last `baseline` trip as normal (`Baseline.accept`) if that trip killed
+        the node (it was observed with `armed=False` since) and no other rule tripped with
+        it. Not here: an aggregator calls `reset()` on its first tick whatever the state, and
+        nothing is learned while the node is killed. `now_ms` is for symmetry.
         """
         del now_ms
         for cause in self._streaks:
             self._streaks[cause] = _Streak()
             self._levels[cause] = 0
+        self._rearmed = True
+        self._other_trip = False
 
     def observe(
         self,
@@ -299,6 +314,12 @@ class Monitor:
         for host in self.roster:
             hosts.setdefault(host, 0)
         dt = self.baseline.advance(now_ms)
+        accepted = None
+        if not armed:
+            self.baseline.mark_killed()
+        elif self._rearmed:
+            self._rearmed = False
+            accepted = self.baseline.accept(now_ms)
         # Judge this window against what was learned before it, then maybe learn it.
         expected = self.baseline.expected(now_ms)
         warm = expected is not None and self.baseline.learned_ms >= cfg.warmup_ms
@@ -333,6 +354,8 @@ class Monitor:
             if new != old:
                 warnings.append(LevelChange(r.cause, now_ms, old, new, r.value, r.limit or 0.0))
             rules.append(RuleStatus(r.cause, shadow, r.active, r.value, r.limit, new, streak.count))
+        if trips:
+            self._remember(trips)
         return Evaluation(
             now_ms=now_ms,
             node_total=node_total,
@@ -343,7 +366,19 @@ class Monitor:
             warnings=tuple(warnings),
             rules=tuple(rules),
             haunted=haunted_hosts(hosts, node_total, cfg.haunted_ratio, cfg.min_orders),
+            accepted=accepted,
         )
+
+    def _remember(self, trips: list[Trip]) -> None:
+        """Keep a kill by the baseline rule alone for the re-arm to answer; forget it if any
+        other rule trips before the re-arm (a static cap or a haunted host is not a level
+        anyone should accept as normal)."""
+        if self._other_trip or any(t.cause != BASELINE for t in trips):
+            self._other_trip = True
+            self.baseline.trip = None
+            return
+        streak = self._streaks[BASELINE]
+        self.baseline.trip = BaselineTrip(streak.start_ms, trips[0].at_ms, trips[0].value)
 
     # Details are only formatted for a breach: a trip needs one, a quiet tick does not.
 

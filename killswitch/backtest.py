@@ -141,7 +141,9 @@ def replay(
     `reset()`, as if two approvers had re-armed it. A flood that is still going then trips
     again, so the record shows how long it lasted. 0 re-arms at the next tick; None stops
     at the first enforcing trip. The recorded traffic is replayed as recorded either way:
-    what the node would have sent while killed is unknowable.
+    what the node would have sent while killed is unknowable. The re-arm is what teaches
+    the baseline a `baseline` trip's level (see `Monitor.reset`), as live: only when the
+    node was observed killed first, so `0` (no killed tick) and None teach nothing.
 
     `baseline` starts from a stored baseline (`Baseline.to_dict()`), e.g. yesterday's.
     """

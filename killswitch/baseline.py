@@ -11,13 +11,18 @@ Two estimates, both exponentially weighted means (EWMA) of the node's window sum
   what each part of the day looked like on earlier days, so tomorrow's open is expected.
 
 `expected()` is the larger of the two (see `Baseline.expected` for why not a blend).
+
+One exception to "learns only what it is told is normal": the last baseline trip is kept
+(`Baseline.trip`), and when the node is re-armed after it, `accept()` learns the window
+that tripped. Re-arming takes two approvers who looked at the trip: it is the operator
+saying that level is normal for this node at this time of day.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 DAY_MS = 86_400_000
 FORMAT = "1"  # bump when the layout of to_dict() changes; from_dict() refuses others
@@ -85,6 +90,20 @@ class Bucket:
     learned_ms: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class BaselineTrip:
+    """A baseline trip a re-arm may answer: the breach that tripped, and whether it killed.
+
+    Kept with the baseline (and stored with it) so a re-arm after an aggregator restart is
+    still an answer to the trip the previous one made.
+    """
+
+    start_ms: int  # the breach's first evaluation: from here on nothing was learned
+    at_ms: int  # the trip
+    value: float  # orders in the tripping window: the level a re-arm accepts
+    killed: bool = False  # the node was observed killed after the trip
+
+
 @dataclass(slots=True)
 class Baseline:
     """What the node's window volume normally is; learns only what it is told is normal.
@@ -98,6 +117,7 @@ class Baseline:
     profile: dict[int, Bucket] = field(default_factory=dict)
     learned_ms: int = 0  # total time learned; warm-up is measured against this
     last_ms: int | None = None  # server time of the last advance()
+    trip: BaselineTrip | None = None  # the last baseline trip, until a re-arm answers it
 
     def bucket_of(self, now_ms: int) -> int:
         return (now_ms % DAY_MS) // self.params.bucket_ms
@@ -126,6 +146,52 @@ class Baseline:
         bucket.ewma.update(sample, dt_ms, p.profile_half_life_ms)
         bucket.learned_ms += dt_ms
         self.learned_ms += dt_ms
+
+    def bucket_span(self, at_ms: int) -> tuple[int, int]:
+        """The [start, end) in ms of the profile bucket holding `at_ms` (the day's last
+        bucket is short when the bucket size does not divide the day)."""
+        day = at_ms - at_ms % DAY_MS
+        start = day + self.bucket_of(at_ms) * self.params.bucket_ms
+        return start, min(start + self.params.bucket_ms, day + DAY_MS)
+
+    def mark_killed(self) -> None:
+        """The node is observed killed: a later re-arm answers the last trip."""
+        if self.trip is not None and not self.trip.killed:
+            self.trip = replace(self.trip, killed=True)
+
+    def accept(self, now_ms: int) -> BaselineTrip | None:
+        """The node was re-armed at `now_ms`: learn the last trip's window as normal.
+
+        Only a trip that killed the node is answered by a re-arm; the record is consumed
+        either way. What is learned, and no more:
+
+        - the global EWMA becomes at least the tripping window's value, so the same level
+          right after the re-arm is not a breach (more than multiplier x it still is);
+        - each profile bucket the breach touched (from its first evaluation to the trip,
+          usually one bucket) learns that value for the time in it from the breach's start
+          to the re-arm: the time nothing was learned because of the breach and the kill.
+          Tomorrow's same time of day expects it as if the breach had been normal, and a
+          re-arm hours later teaches no bucket past the one the trip was in.
+
+        Returns the trip that was accepted, or None.
+        """
+        trip, self.trip = self.trip, None
+        if trip is None or not trip.killed or now_ms < trip.at_ms:
+            return None
+        p = self.params
+        g = self.global_
+        if g.weight > 0.0:
+            g.acc = max(g.acc, trip.value * g.weight)
+        else:
+            g.acc, g.weight = trip.value, 1.0
+        t = trip.start_ms
+        while t <= trip.at_ms and t < now_ms:
+            end = min(self.bucket_span(t)[1], now_ms)
+            bucket = self.profile.setdefault(self.bucket_of(t), Bucket())
+            bucket.ewma.update(trip.value, end - t, p.profile_half_life_ms)
+            bucket.learned_ms += end - t
+            t = end
+        return trip
 
     def profile_expected(self, now_ms: int) -> float | None:
         bucket = self.profile.get(self.bucket_of(now_ms))
@@ -161,6 +227,11 @@ class Baseline:
             "last_ms": "" if self.last_ms is None else str(self.last_ms),
             "global": f"{self.global_.acc!r} {self.global_.weight!r}",
         }
+        if self.trip is not None:
+            # Not a `p` key: those are buckets, and earlier versions refuse a `p` they cannot
+            # parse. Without this field (an older store) there is no trip to answer.
+            t = self.trip
+            out["trip"] = f"{t.start_ms} {t.at_ms} {t.value!r} {int(t.killed)}"
         for index in sorted(self.profile):
             b = self.profile[index]
             out[f"p{index}"] = f"{b.ewma.acc!r} {b.ewma.weight!r} {b.learned_ms}"
@@ -190,6 +261,7 @@ class Baseline:
             global_=Ewma(acc * scale, weight),
             learned_ms=_int(d, "learned_ms"),
             last_ms=_int(d, "last_ms") if last else None,
+            trip=_trip(d, scale),
         )
         if _int(d, "bucket_ms") != params.bucket_ms:
             return baseline
@@ -202,6 +274,19 @@ class Baseline:
                 raise BaselineStateError(f"{key}: no such bucket for bucket_ms={params.bucket_ms}")
             baseline.profile[index] = Bucket(Ewma(b_acc * scale, b_weight), int(b_learned))
         return baseline
+
+
+def _trip(d: Mapping[str, str], scale: float) -> BaselineTrip | None:
+    if "trip" not in d:
+        return None
+    parts = d["trip"].split()
+    try:
+        start, at, value, killed = int(parts[0]), int(parts[1]), float(parts[2]), int(parts[3])
+    except (ValueError, IndexError):
+        killed, value = -1, 0.0
+    if len(parts) != 4 or killed not in (0, 1) or not (math.isfinite(value) and value >= 0.0):
+        raise BaselineStateError(f"trip: expected 'start_ms at_ms value 0|1', got {parts}")
+    return BaselineTrip(start, at, value * scale, bool(killed))
 
 
 def _text(value: str | bytes) -> str:

@@ -93,7 +93,8 @@ class EventLog:
     `LIMIT_WARNING` when a rule rises to 50, 75 or 90 % of its limit (`limit_warning_cleared`
     when it falls back), `HAUNTED_HOST` when a host becomes haunted (again only after it was
     not haunted for a whole window, so a host hovering at the ratio is reported once), and
-    `SHADOW_TRIP` for every trip a shadowed rule would have made.
+    `SHADOW_TRIP` for every trip a shadowed rule would have made, and `BASELINE_ACCEPTED`
+    when a re-arm after a baseline trip taught the baseline the level that tripped.
     """
 
     def __init__(self, window_ms: int) -> None:
@@ -138,6 +139,20 @@ class EventLog:
                         "at_ms": t.at_ms,
                         "host": t.host,
                         "reason": f"would have tripped at {iso(t.at_ms)}: {t.detail}",
+                    },
+                )
+            )
+        if (a := ev.accepted) is not None:
+            out.append(
+                (
+                    "warning",
+                    "BASELINE_ACCEPTED",
+                    {
+                        "value": round(a.value, 4),
+                        "trip_at_ms": a.at_ms,
+                        "reason": f"re-armed after the baseline trip at {iso(a.at_ms)}: "
+                        f"{a.value:.0f} orders per window is now normal for this node at this "
+                        f"time of day (more than multiplier x it still trips)",
                     },
                 )
             )

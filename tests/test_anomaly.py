@@ -291,6 +291,197 @@ class TestBaselineRule:
         assert m.baseline.profile_expected(tomorrow - 10 * 60_000) == pytest.approx(300, rel=0.05)
 
 
+# --- operator feedback: a re-arm after a baseline trip ------------------------------------
+PRE_OPEN = 1000  # orders per window before the open
+DAY_MS = 86_400_000
+
+
+def step_open(factor: float, day: int = 0) -> Callable[[int], int]:
+    """A pre-open of 1000 orders per window that steps to `factor` x at 09:30 of `day`."""
+    return step(PRE_OPEN, round(PRE_OPEN * factor), at(9, 30) + day * DAY_MS)
+
+
+def with_rearms(
+    monitor: Monitor,
+    start_ms: int,
+    end_ms: int,
+    total: Callable[[int], int],
+    hosts: Callable[[int, int], Mapping[str, int]] | None = None,
+    rearm_after_ms: int = 60_000,
+) -> list[Evaluation]:
+    """Like `drive`, but a trip kills the node and two approvers re-arm it a minute later."""
+    out = []
+    killed_until: int | None = None
+    for now in range(start_ms, end_ms, TICK):
+        if killed_until is not None and now >= killed_until:
+            monitor.reset(now)
+            killed_until = None
+        n = total(now)
+        ev = monitor.observe(now, n, hosts(now, n) if hosts else {}, armed=killed_until is None)
+        out.append(ev)
+        if ev.trips:
+            killed_until = now + rearm_after_ms
+    return out
+
+
+def until_trip(
+    monitor: Monitor,
+    start_ms: int,
+    total: Callable[[int], int],
+    hosts: Callable[[int, int], Mapping[str, int]] | None = None,
+) -> Evaluation:
+    """Observe from `start_ms` until an evaluation trips (the node is killed then); return it."""
+    now = start_ms
+    while not (
+        ev := monitor.observe(now, total(now), hosts(now, total(now)) if hosts else {})
+    ).trips:
+        now += TICK
+    return ev
+
+
+def accepted(evals: Sequence[Evaluation]) -> list[float]:
+    return [e.accepted.value for e in evals if e.accepted is not None]
+
+
+def one_haunted(now: int, n: int) -> dict[str, int]:
+    """Eight hosts share the pre-open evenly; whatever is above it comes from or-01."""
+    hosts = dict.fromkeys(HOSTS, min(n, PRE_OPEN) // len(HOSTS))
+    hosts["or-01"] += n - sum(hosts.values())
+    return hosts
+
+
+def learned_state(m: Monitor) -> dict[str, str]:
+    """The baseline's stored form without the clock, which moves on every observation."""
+    return {k: v for k, v in m.baseline.to_dict().items() if k != "last_ms"}
+
+
+class TestOperatorFeedback:
+    @pytest.mark.parametrize("factor", [8.0, 10.0, 20.0, 50.0])
+    def test_rearm_at_the_same_level_does_not_retrip(self, factor: float) -> None:
+        """A step open trips once; re-armed a minute later into the same level, it stays up."""
+        m = Monitor(MonitorConfig())
+        evals = with_rearms(m, at(9, 0), at(9, 45), step_open(factor))
+        [(when, cause)] = trips(evals)
+        assert cause == BASELINE
+        assert at(9, 30) < when <= at(9, 30) + 2 * WINDOW
+        assert accepted(evals) == [factor * PRE_OPEN]
+        rearmed = next(e for e in evals if e.accepted is not None)
+        assert rearmed.now_ms == when + 60_000  # the first armed evaluation after the re-arm
+        assert rearmed.expected == factor * PRE_OPEN
+
+    def test_next_days_open_is_expected(self) -> None:
+        """After one accepted step open, the next days' opens at the same time do not trip."""
+        m = Monitor(MonitorConfig())
+        per_day = []
+        for day in range(3):
+            start = at(9, 0) + day * DAY_MS
+            per_day.append(trips(with_rearms(m, start, start + 40 * 60_000, step_open(10, day))))
+        assert [len(t) for t in per_day] == [1, 0, 0]
+        # The profile learned the whole 09:30 bucket on day one, as on a day without a trip.
+        bucket = m.baseline.profile[m.baseline.bucket_of(at(9, 30))]
+        assert bucket.learned_ms >= 3 * 300_000
+
+    @pytest.mark.parametrize(
+        ("k", "trips_again"), [(1.0, False), (4.9, False), (5.5, True), (40.0, True)]
+    )
+    def test_flood_above_multiplier_x_accepted_trips(self, k: float, trips_again: bool) -> None:
+        """A flood going on through the kill at k x the accepted level trips iff k > multiplier."""
+        m = Monitor(MonitorConfig())
+        first = with_rearms(m, at(9, 0), at(9, 30, 30), step_open(10))
+        [(when, _)] = trips(first)
+        level = round(10 * PRE_OPEN * k)
+        killed = drive(m, at(9, 30, 30), when + 60_000, lambda now: level, armed=False)
+        m.reset(when + 60_000)
+        after = drive(m, when + 60_000, when + 90_000, lambda now: level)
+        assert trips(killed) == []
+        assert after[0].accepted is not None and after[0].expected == 10 * PRE_OPEN
+        assert trips(after) == ([(when + 60_000 + WINDOW, BASELINE)] if trips_again else [])
+
+    @pytest.mark.parametrize("factor", [10.0, 40.0])
+    def test_later_step_above_accepted_level_trips(self, factor: float) -> None:
+        """Minutes after an accepted open, a step well above it trips within two windows."""
+        m = Monitor(MonitorConfig())
+        onset = at(9, 40)
+        opened = step_open(10)
+        flood = step(10 * PRE_OPEN, round(10 * PRE_OPEN * factor), onset)
+        evals = with_rearms(m, at(9, 0), at(9, 41), lambda t: opened(t) if t < onset else flood(t))
+        assert len(accepted(evals)) == 1
+        [_, (when, cause)] = trips(evals)
+        assert cause == BASELINE and onset < when <= onset + 2 * WINDOW
+
+    @pytest.mark.parametrize(
+        ("config", "hosts", "cause"),
+        [
+            (MonitorConfig(max_orders=5000), None, MAX_ORDERS),
+            (MonitorConfig(max_host_share=0.5), one_haunted, HOST_SHARE),
+        ],
+    )
+    def test_rearm_after_other_rule_teaches_nothing(
+        self,
+        config: MonitorConfig,
+        hosts: Callable[[int, int], Mapping[str, int]] | None,
+        cause: str,
+    ) -> None:
+        """A re-arm after a max_orders or host_share kill leaves the baseline as it was."""
+        m = Monitor(config, roster=HOSTS)
+        first = until_trip(m, at(9, 0), step_open(10), hosts)
+        when = first.now_ms
+        assert [t.cause for t in first.trips] == [cause]
+        drive(m, when + TICK, when + 60_000, step_open(10), hosts, armed=False)
+        before = learned_state(m)
+        m.reset(when + 60_000)
+        after = drive(m, when + 60_000, when + 60_000 + TICK, step_open(10), hosts)
+        assert after[0].accepted is None
+        assert learned_state(m) == before
+        assert m.baseline.trip is None
+
+    def test_shadow_baseline_trip_is_not_kept(self) -> None:
+        """A baseline rule in shadow mode kills nothing, so no re-arm can accept its level."""
+        m = Monitor(MonitorConfig(shadow=frozenset({BASELINE})))
+        evals = with_rearms(m, at(9, 0), at(9, 32), step_open(10))
+        assert trips(evals) == [] and len(trips(evals, shadow=True)) == 1
+        assert m.baseline.trip is None and accepted(evals) == []
+
+    def test_nothing_learned_while_killed(self) -> None:
+        """A reset while the node is still killed (an aggregator restart) learns nothing."""
+        m = Monitor(MonitorConfig())
+        [(_, cause)] = trips(drive(m, at(9, 0), at(9, 30, 30), step_open(10)))
+        assert cause == BASELINE
+        drive(m, at(9, 30, 30), at(9, 31), lambda now: 0, armed=False)
+        before = learned_state(m)
+        m.reset(at(9, 31))
+        killed = drive(m, at(9, 31), at(9, 33), lambda now: 0, armed=False)
+        assert learned_state(m) == before and accepted(killed) == []
+        m.reset(at(9, 33))
+        assert m.observe(at(9, 33), 0, {}).accepted is not None
+
+    def test_trip_that_never_killed_is_not_accepted(self) -> None:
+        """A reset with no killed evaluation since the trip (the kill never landed) learns nothing."""
+        m = Monitor(MonitorConfig())
+        [(when, _)] = trips(drive(m, at(9, 0), at(9, 30, 30), step_open(10)))
+        m.reset(when + TICK)
+        ev = m.observe(when + TICK, 10 * PRE_OPEN, {})
+        assert ev.accepted is None and m.baseline.trip is None
+        assert ev.rule(BASELINE).breach_windows == 1  # type: ignore[union-attr]
+
+    def test_restart_between_kill_and_rearm(self) -> None:
+        """Stored during the kill and restored, a monitor accepts the trip on re-arm like one that never stopped."""
+        config = MonitorConfig()
+        a = Monitor(config)
+        [(when, _)] = trips(drive(a, at(9, 0), at(9, 30, 30), step_open(10)))
+        drive(a, at(9, 30, 30), at(9, 30, 40), step_open(10), armed=False)
+        b = Monitor(config, Baseline.from_dict(a.baseline.to_dict(), config.baseline_params()))
+        assert b.baseline == a.baseline and b.baseline.trip is not None
+        b.reset(at(9, 30, 40))  # a new aggregator's first tick, the node still killed
+        for m in (a, b):
+            drive(m, at(9, 30, 40), when + 60_000, step_open(10), armed=False)
+            m.reset(when + 60_000)
+        ea = drive(a, when + 60_000, at(9, 35), step_open(10))
+        eb = drive(b, when + 60_000, at(9, 35), step_open(10))
+        assert ea == eb
+        assert accepted(ea) == [10 * PRE_OPEN]
+
+
 class TestHostShare:
     @pytest.mark.parametrize(
         ("hosts", "trip"),

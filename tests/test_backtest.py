@@ -111,6 +111,22 @@ class TestReplay:
         assert trip.cause == BASELINE
         assert today + 10_000 < trip.at_ms <= today + 30_000
 
+    def test_step_open_is_learned_from_the_rearm(self) -> None:
+        """A step open trips on day one only; without the re-arm day two trips again."""
+
+        def day(n: int) -> list[FlowEvent]:
+            start = T0 + n * 86_400_000
+            return flood(start - 1_800_000, start, 10) + flood(start, start + 600_000, 100)
+
+        config = MonitorConfig()
+        first = replay(day(0), config)
+        assert [t.cause for t in first.trips] == [BASELINE]
+        assert replay(day(1), config, baseline=first.baseline).trips == ()
+        never_rearmed = replay(day(0), config, rearm_after_ms=None)
+        assert [t.cause for t in never_rearmed.trips] == [BASELINE]
+        again = replay(day(1), config, rearm_after_ms=None, baseline=never_rearmed.baseline)
+        assert [t.cause for t in again.trips] == [BASELINE]
+
     def test_csv_to_trips(self) -> None:
         """A recorded CSV replays end to end."""
         rows = "\n".join(f"{(T0 + i * 100) / 1000},or-0{1 + i % 2},120" for i in range(60))

@@ -160,6 +160,25 @@ class TestRuleView:
             names += [e for _, e, _ in log.events(ev)]
         assert names.count("HAUNTED_HOST") == 1
 
+    def test_accepted_baseline_is_logged_on_rearm(self) -> None:
+        """BASELINE_ACCEPTED is logged once, at the first armed tick after a re-arm that taught the baseline."""
+        cfg = MonitorConfig(window_ms=1000, warmup_ms=0, min_orders=10, half_life_ms=4500)
+        m, log = Monitor(cfg), EventLog(cfg.window_ms)
+        events, killed_at = [], None
+        for i in range(80):
+            now = T0 + i * 100
+            if killed_at is not None and i == killed_at + 10:
+                m.reset(now)  # two approvers re-arm it a second later
+                killed_at = None
+            ev = m.observe(now, 30 if i < 30 else 600, {}, armed=killed_at is None)
+            events += [(i, name, fields) for _, name, fields in log.events(ev)]
+            if ev.trips:
+                assert killed_at is None and i == 40  # the breach must hold one window
+                killed_at = i
+        [(i, _, fields)] = [e for e in events if e[1] == "BASELINE_ACCEPTED"]
+        assert i == 50 and fields["value"] == 600 and fields["trip_at_ms"] == T0 + 4000
+        assert "600 orders per window is now normal" in fields["reason"]
+
 
 class TestBacktestCommand:
     def test_backtest_reports_trips_as_text_and_json(self, tmp_path: Path) -> None:
