@@ -39,6 +39,8 @@ from killswitch.window import SlidingWindow
 
 log = structlog.get_logger("killswitch.aggregator")
 
+MAX_CATCHUP = 20  # grid points a late tick evaluates at most (2 s at the default tick)
+
 
 @dataclass(frozen=True)
 class AggregatorSettings:
@@ -332,9 +334,12 @@ class Aggregator:
         # it has been read (an entry written after our read has a later ID), so the window
         # holds exactly what a backtest of the exported flow holds at the same instant.
         at = (now - 1) // self.tick_ms * self.tick_ms
-        if at > self._last_eval_ms:
-            self._last_eval_ms = at
-            await self._evaluate(at)
+        # A late tick (a loaded machine) evaluates every grid point it missed, as a backtest
+        # does, so live and replayed decisions agree; bounded so a long stall cannot stack up.
+        first = at if self._last_eval_ms < 0 else self._last_eval_ms + self.tick_ms
+        for grid in range(max(first, at - MAX_CATCHUP * self.tick_ms), at + 1, self.tick_ms):
+            self._last_eval_ms = grid
+            await self._evaluate(grid)
         await self._act_on_unacted(now)
         self._watch_confirmations(snap.state, now)
         if self.is_leader() and self.clock() - self._last_save >= self.s.baseline_save_interval:
@@ -354,7 +359,7 @@ class Aggregator:
         }
 
     async def _evaluate(self, at: int) -> None:
-        ready = [p for p in self._pending if p[0] <= at]
+        ready = sorted(p for p in self._pending if p[0] <= at)
         if ready:
             self._pending = [p for p in self._pending if p[0] > at]
             for ts, host, count in ready:

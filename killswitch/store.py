@@ -175,6 +175,9 @@ class Store:
     ) -> tuple[NodeSnapshot, dict[str, list[tuple[str, dict[str, str]]]]]:
         """One pipelined round trip; with `after`, also each host's new flow entries."""
         pipe = self.redis.pipeline(transaction=False)
+        # TIME first: a flow entry stamped at or before it was written (atomically, by a
+        # script) before this read began, so the reads below see every one of them.
+        pipe.time()
         pipe.hgetall(self.keys.state)
         pipe.hgetall(self.keys.aggregator)
         for h in roster:
@@ -185,25 +188,24 @@ class Store:
                 pipe.xrange(hk.flow, min=f"({after[h]}" if after.get(h) else "-", max="+")
         pipe.get(self.keys.leader)
         pipe.exists(self.keys.roster)
-        pipe.time()
         res: list[Any] = await pipe.execute()
-        secs, micros = res[-1]
+        secs, micros = res[0]
         per = 2 if after is None else 3
         reports, confirms, flows = {}, {}, {}
         for i, h in enumerate(roster):
-            reports[h] = res[2 + per * i]
-            confirms[h] = res[3 + per * i]
+            reports[h] = res[3 + per * i]
+            confirms[h] = res[4 + per * i]
             if after is not None:
-                flows[h] = res[4 + per * i]
+                flows[h] = res[5 + per * i]
         snap = NodeSnapshot(
             now_ms=int(secs) * 1000 + int(micros) // 1000,
-            state=res[0],
+            state=res[1],
             roster=tuple(roster),
             reports=reports,
             confirms=confirms,
-            aggregator=res[1],
-            leader=res[-3] or "",
-            roster_stored=bool(res[-2]),
+            aggregator=res[2],
+            leader=res[-2] or "",
+            roster_stored=bool(res[-1]),
         )
         return snap, flows
 

@@ -6,6 +6,7 @@ clock or Redis. The aggregator feeds it flow entries; the backtest feeds it a CS
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from collections.abc import Mapping
 
@@ -14,10 +15,8 @@ class SlidingWindow:
     """Orders per host within the last `width_ms` milliseconds, ending at the newest `now`.
 
     An entry at time t counts for a window ending at `now` when `now - width_ms < t <= now`.
-    Entries may arrive slightly out of order across hosts (each host flushes on its own
-    schedule); eviction looks at the oldest entries first, so an older entry queued behind a
-    newer one leaves the window up to one flush interval late. That overcounts briefly: it
-    errs towards killing, never towards missing a trip.
+    Entries may arrive out of order across hosts (each host flushes on its own schedule);
+    they are kept sorted by time, so the window is exact whatever the arrival order.
     """
 
     __slots__ = ("_by_host", "_entries", "_total", "width_ms")
@@ -33,7 +32,11 @@ class SlidingWindow:
     def add(self, ts_ms: int, host: str, count: int) -> None:
         if count <= 0:
             return
-        self._entries.append((ts_ms, host, count))
+        entry = (ts_ms, host, count)
+        if self._entries and ts_ms < self._entries[-1][0]:
+            bisect.insort(self._entries, entry)  # rare: a late entry; the deque stays sorted
+        else:
+            self._entries.append(entry)
         self._by_host[host] = self._by_host.get(host, 0) + count
         self._total += count
 

@@ -144,3 +144,30 @@ class TestSlidingWindowProperties:
         assert w.total == total
         assert dict(w.by_host) == by_host
         assert all(v > 0 for v in w.by_host.values())
+
+
+class TestArrivalOrder:
+    @given(
+        st.lists(
+            st.tuples(st.integers(0, 5_000), st.sampled_from(["a", "b", "c"]), st.integers(1, 50)),
+            max_size=60,
+        ),
+        st.randoms(use_true_random=False),
+        st.integers(0, 6_000),
+    )
+    def test_window_is_exact_whatever_the_arrival_order(
+        self, entries: list[tuple[int, str, int]], rnd: object, now: int
+    ) -> None:
+        """Entries added in any order give the same totals as a brute-force sum of the window."""
+        shuffled = list(entries)
+        rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+        w = SlidingWindow(1_000)
+        for ts, host, count in shuffled:
+            w.add(ts, host, count)
+        w.advance(now)
+        inside = [(ts, h, c) for ts, h, c in entries if ts > now - 1_000]
+        assert w.total == sum(c for _, _, c in inside)
+        expect: dict[str, int] = {}
+        for _, h, c in inside:
+            expect[h] = expect.get(h, 0) + c
+        assert dict(w.by_host) == expect
