@@ -45,6 +45,9 @@ async def open_gate(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamW
     return await asyncio.open_connection(host.strip("[]"), int(port))
 
 
+MAX_CATCHUP_S = 0.05
+
+
 class OrderRouter:
     """Sends orders at `rate()` per second (re-read every batch) until stopped."""
 
@@ -77,7 +80,10 @@ class OrderRouter:
         try:
             while not self._stop.is_set():
                 now = self.clock()
-                owed += max(self.rate(), 0.0) * (now - last)
+                rate = max(self.rate(), 0.0)
+                # After a stall (a busy machine) send what is due now, not a burst making up
+                # for the stall: a real router does not, and a burst would break the rate.
+                owed = min(owed + rate * (now - last), max(1.0, rate * MAX_CATCHUP_S))
                 last = now
                 n = int(owed)
                 if n:
