@@ -42,6 +42,44 @@ class Selector:
     text: str  # the selector as written, e.g. killswitch_host_state{state="STALE"}
 
 
+# Every metric name the killswitch processes promise (CONTRACT.md plus the observability
+# work), and whether it has one series per roster host. Dashboards and rules may use only
+# these (and Prometheus' own `up` and `ALERTS`); a per-host one must cover every host.
+METRICS: dict[str, bool] = {
+    "killswitch_orders_total": True,
+    "killswitch_gate_open": True,
+    "killswitch_host_epoch": True,
+    "killswitch_sync_age_seconds": True,
+    "killswitch_host_state": True,
+    "killswitch_redis_roundtrip_seconds_bucket": True,
+    "killswitch_sync_failures_total": True,
+    "killswitch_epoch_regressions_total": True,
+    "killswitch_build_info": False,
+    "killswitch_node_orders": False,
+    "killswitch_node_limit_orders": False,
+    "killswitch_node_baseline_orders": False,
+    "killswitch_node_host_orders": True,
+    "killswitch_host_share_ratio": True,
+    "killswitch_node_warning_level": False,
+    "killswitch_node_killed": False,
+    "killswitch_node_epoch": False,
+    "killswitch_roster_hosts": False,
+    "killswitch_confirmed_hosts": False,
+    "killswitch_host_alive": True,
+    "killswitch_trips_total": False,
+    "killswitch_shadow_trips_total": False,
+    "killswitch_kill_confirm_seconds_bucket": False,
+    "killswitch_kill_confirm_seconds_sum": False,
+    "killswitch_kill_confirm_seconds_count": False,
+    "killswitch_redis_persistence_enabled": False,
+    "killswitch_aggregator_leader": False,
+    "killswitch_host_confirmed": True,
+    "killswitch_host_report_age_seconds": True,
+}
+KNOWN_METRICS = frozenset(METRICS)
+PER_HOST_METRICS = frozenset(n for n, per_host in METRICS.items() if per_host)
+
+
 def _mask(expr: str) -> str:
     """`expr` with the insides of label matchers and string literals blanked (same length)."""
     out: list[str] = []

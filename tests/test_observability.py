@@ -21,30 +21,13 @@ from pathlib import Path
 import pytest
 
 from killswitch.embedded import EmbeddedRedis, free_port
-from killswitch.promcheck import boolify, check_expr, grouping, selectors
+from killswitch.promcheck import PER_HOST_METRICS, boolify, check_expr, grouping, selectors
 from killswitch.promharness import PrometheusHarness, extract_exprs
 from killswitch.testing import Fleet, wait_until
 
 HOSTS = ["or-01", "or-02", "or-03", "or-04"]
 
-# Metrics with one series (set) per host: a panel or rule over them must cover every host.
-PER_HOST = frozenset(
-    {
-        "killswitch_orders_total",
-        "killswitch_gate_open",
-        "killswitch_host_epoch",
-        "killswitch_sync_age_seconds",
-        "killswitch_host_state",
-        "killswitch_redis_roundtrip_seconds_bucket",
-        "killswitch_sync_failures_total",
-        "killswitch_epoch_regressions_total",
-        "killswitch_node_host_orders",
-        "killswitch_host_alive",
-        "killswitch_host_confirmed",
-        "killswitch_host_report_age_seconds",
-        "killswitch_host_share_ratio",
-    }
-)
+PER_HOST = PER_HOST_METRICS
 # Every label a killswitch series may carry: each has a bounded set of values (hosts come
 # from the roster, the rest from fixed enums or the process's own configuration).
 BOUNDED_LABELS = {

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from killswitch import promcheck
 from killswitch.promharness import (
     ALERT_RULES,
     DEFAULT_VARIABLES,
@@ -32,37 +33,7 @@ from killswitch.promharness import (
 PROM_DIR = REPO_ROOT / "deploy" / "prometheus"
 DASHBOARD_FILES = sorted((REPO_ROOT / "dashboards").glob("*.json"))
 
-# The metric names the killswitch processes promise (CONTRACT.md plus the observability
-# brief). Dashboards and rules may use only these, Prometheus' own `up` and `ALERTS`.
-KNOWN_METRICS = {
-    "killswitch_orders_total",
-    "killswitch_gate_open",
-    "killswitch_host_epoch",
-    "killswitch_sync_age_seconds",
-    "killswitch_host_state",
-    "killswitch_redis_roundtrip_seconds_bucket",
-    "killswitch_sync_failures_total",
-    "killswitch_epoch_regressions_total",
-    "killswitch_build_info",
-    "killswitch_node_orders",
-    "killswitch_node_limit_orders",
-    "killswitch_node_baseline_orders",
-    "killswitch_node_host_orders",
-    "killswitch_host_share_ratio",
-    "killswitch_node_warning_level",
-    "killswitch_node_killed",
-    "killswitch_node_epoch",
-    "killswitch_roster_hosts",
-    "killswitch_confirmed_hosts",
-    "killswitch_host_alive",
-    "killswitch_trips_total",
-    "killswitch_shadow_trips_total",
-    "killswitch_kill_confirm_seconds_bucket",
-    "killswitch_kill_confirm_seconds_sum",
-    "killswitch_kill_confirm_seconds_count",
-    "killswitch_redis_persistence_enabled",
-    "killswitch_aggregator_leader",
-}
+KNOWN_METRICS = promcheck.KNOWN_METRICS
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
