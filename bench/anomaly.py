@@ -32,7 +32,7 @@ from killswitch.demo import RULES, aggregator_flags
 from killswitch.embedded import EmbeddedRedis
 from killswitch.loadgen import drive
 from killswitch.store import Store
-from killswitch.testing import Fleet, wait_until
+from killswitch.testing import Fleet
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
 CYCLES = 5
@@ -85,7 +85,7 @@ def live() -> dict[str, Any]:
         try:
             fleet.start()
             fleet.start_aggregator(*aggregator_flags(RULES))
-            wait_until(lambda: fleet.cli_json("status")[1]["roster"] == HOSTS, 30, 0.05)
+            fleet.wait_ready(30)
             for name, rate in (("demo_legacy_host_8.5x", 85.0), ("knight_flood_100x", 1000.0)):
                 runs = asyncio.run(_cycles(fleet, rate))
                 results[name] = {

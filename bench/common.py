@@ -6,15 +6,14 @@ import asyncio
 import statistics
 from collections.abc import Sequence
 
-from killswitch.testing import Fleet, wait_until
+from killswitch.testing import Fleet
 
 
 def start_fleet(redis_url: str, node: str, hosts: Sequence[str], *agg_args: str) -> Fleet:
     f = Fleet(redis_url, node, hosts)
     f.start()
     f.start_aggregator("--tick", "0.05", *agg_args)
-    wait_until(lambda: f.cli_json("status")[1]["roster"] == list(hosts), 30, 0.05)
-    wait_until(lambda: all(s["alive"] for s in f.cli_json("status")[1]["hosts"].values()), 30)
+    f.wait_ready(30)
     return f
 
 

@@ -26,11 +26,6 @@ HOSTS = ["or-01", "or-02", "or-03"]
 ROUNDS = 5
 
 
-def _alive(f: Fleet, url: str) -> bool:
-    hosts = f.cli_json("status", "--redis", url)[1]["hosts"]
-    return len(hosts) == len(f.hosts) and all(s["alive"] for s in hosts.values())
-
-
 def _arm(f: Fleet, url: str) -> int:
     code, rep = f.cli_json("arm", "--redis", url, "--approver", "a", "--approver", "b")
     assert code == 0, rep
@@ -60,7 +55,7 @@ def _proxied(server: EmbeddedRedis, node: str) -> tuple[Fleet, ThreadedFaultProx
     f = Fleet(proxy.url, node, HOSTS)
     f.start()
     f.start_aggregator("--redis", server.url, "--tick", "0.05")
-    wait_until(lambda: _alive(f, server.url), 30, 0.05)
+    wait_until(lambda: f.ready(server.url), 30, 0.05)
     return f, proxy
 
 
@@ -115,7 +110,7 @@ def restart_then_kill(server: EmbeddedRedis) -> dict[str, Any]:
     try:
         f.start()
         f.start_aggregator("--tick", "0.05")
-        wait_until(lambda: _alive(f, server.url), 30, 0.05)
+        wait_until(lambda: f.ready(server.url), 30, 0.05)
         for _ in range(ROUNDS):
             _arm(f, server.url)
             with Hammer(f, HOSTS) as h:
@@ -128,7 +123,7 @@ def restart_then_kill(server: EmbeddedRedis) -> dict[str, Any]:
                 dt, allowed = _first_block(h, host, t_kill, "killed")
                 times.append(dt)
                 after += allowed
-            wait_until(lambda: _alive(f, server.url), 30, 0.05)
+            wait_until(lambda: f.ready(server.url), 30, 0.05)
     finally:
         f.stop()
     return {"kill_to_blocked_ms": summary(times, 1000), "allowed_after_first_block": after}
@@ -141,7 +136,7 @@ def empty_restart() -> dict[str, Any]:
     try:
         f.start()
         f.start_aggregator("--tick", "0.05")
-        wait_until(lambda: _alive(f, server.url), 30, 0.05)
+        wait_until(lambda: f.ready(server.url), 30, 0.05)
         for _ in range(ROUNDS):
             _arm(f, server.url)
             asyncio.run(_kill(server.url, f.node))
@@ -180,7 +175,7 @@ def leader_freeze(server: EmbeddedRedis) -> dict[str, Any]:
             procs.append(p)
             wait_until(lambda p=p: p.events("aggregator_started"), 30)  # type: ignore[misc]
         for _ in range(ROUNDS):
-            wait_until(lambda: _alive(f, server.url), 30, 0.05)
+            wait_until(lambda: f.ready(server.url), 30, 0.05)
             _arm(f, server.url)
             lead = f.cli_json("status")[1]["leader"]
             frozen = next(p for p in procs if p.name == lead)

@@ -214,6 +214,18 @@ class Fleet:
         self.aggregator = proc
         return proc
 
+    def ready(self, redis_url: str | None = None) -> bool:
+        """True once the roster is stored and every roster host reports alive (`status`)."""
+        args = ("status",) if redis_url is None else ("status", "--redis", redis_url)
+        rep = self.cli_json(*args)[1]
+        hosts = rep["hosts"]
+        return rep["roster"] == sorted(self.hosts) and all(h["alive"] for h in hosts.values())
+
+    def wait_ready(self, timeout: float = 30.0, redis_url: str | None = None) -> None:
+        wait_until(
+            lambda: self.ready(redis_url), timeout, 0.05, "roster stored and every host reporting"
+        )
+
     def client(self, host: str) -> GateClient:
         return GateClient(self.address(host))
 

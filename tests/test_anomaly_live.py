@@ -97,12 +97,7 @@ def server_ms(f: Fleet) -> int:
 
 def start(f: Fleet, *flags: str) -> None:
     f.start_aggregator(*RULES, *flags)
-
-    def ready() -> bool:
-        rep = status(f)
-        return rep["roster"] == HOSTS and all(h["alive"] for h in rep["hosts"].values())
-
-    wait_until(ready, 30, 0.05, "roster stored and all eight hosts reporting")
+    f.wait_ready(30)
 
 
 def run_traffic(

@@ -37,12 +37,6 @@ def status(f: Fleet, url: str) -> dict[str, object]:
     return rep
 
 
-def all_alive(f: Fleet, url: str) -> bool:
-    hosts = status(f, url)["hosts"]
-    assert isinstance(hosts, dict)
-    return len(hosts) == len(f.hosts) and all(s["alive"] for s in hosts.values())
-
-
 def arm(f: Fleet, url: str) -> int:
     code, rep = f.cli_json("arm", "--redis", url, "--approver", "alice", "--approver", "bob")
     assert code == 0, rep
@@ -66,7 +60,7 @@ def proxied_fleet(
     try:
         f.start()
         f.start_aggregator("--redis", server.url, "--tick", "0.05")
-        wait_until(lambda: all_alive(f, server.url), 20, 0.05, "roster stored, all alive")
+        wait_until(lambda: f.ready(server.url), 20, 0.05, "roster stored, all alive")
         yield f, proxy
     finally:
         f.stop()
@@ -165,7 +159,7 @@ class TestRedisRestart:
         try:
             f.start()
             f.start_aggregator("--tick", "0.05")
-            wait_until(lambda: all_alive(f, server.url), 20, 0.05)
+            wait_until(lambda: f.ready(server.url), 20, 0.05)
             epoch = arm(f, server.url)
             with Hammer(f, HOSTS) as hammer:
                 server.kill()
@@ -196,7 +190,7 @@ class TestRedisRestart:
         try:
             f.start()
             f.start_aggregator("--tick", "0.05")
-            wait_until(lambda: all_alive(f, server.url), 20, 0.05)
+            wait_until(lambda: f.ready(server.url), 20, 0.05)
             arm(f, server.url)
             rep = kill(f, server.url)
             killed = int(rep["epoch"])  # type: ignore[call-overload]
@@ -254,7 +248,7 @@ class TestRollback:
         try:
             f.start()
             f.start_aggregator("--tick", "0.05")
-            wait_until(lambda: all_alive(f, redis_url), 20, 0.05)
+            wait_until(lambda: f.ready(redis_url), 20, 0.05)
             armed = arm(f, redis_url)
             killed = int(kill(f, redis_url)["epoch"])  # type: ignore[call-overload]
             key = NodeKeys(node).state
@@ -309,7 +303,7 @@ class TestSidecarRestart:
         try:
             f.start()
             f.start_aggregator("--tick", "0.05")
-            wait_until(lambda: all_alive(f, redis_url), 20, 0.05)
+            wait_until(lambda: f.ready(redis_url), 20, 0.05)
             armed = arm(f, redis_url)
             f.sidecars["or-01"].stop()
             LocalState(f.workdir / "state", node, "or-01").path.write_bytes(b"\xff{garbage")

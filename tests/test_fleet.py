@@ -31,9 +31,7 @@ def eight(redis_url: str, node: str) -> Iterator[Fleet]:
     try:
         f.start()
         f.start_aggregator("--tick", "0.05")
-        wait_until(lambda: f.cli_json("status")[1]["roster"] == HOSTS, 20, 0.05, "roster stored")
-        wait_until(lambda: all(s["alive"] for s in f.cli_json("status")[1]["hosts"].values()),
-                   20, 0.05, "all hosts reporting")  # fmt: skip
+        f.wait_ready(20)
         yield f
     finally:
         f.stop()
@@ -133,10 +131,7 @@ class TestAggregateTrip:
         """400 orders across 8 hosts under a cap of 400 stay ARMED; the 401st kills the node."""
         with Fleet(redis_url, node, HOSTS) as f:
             f.start_aggregator("--max-orders", "400", "--window", "30", "--tick", "0.05")
-            wait_until(lambda: f.cli_json("status")[1]["roster"] == HOSTS, 20, 0.05)
-            wait_until(
-                lambda: all(s["alive"] for s in f.cli_json("status")[1]["hosts"].values()), 20
-            )
+            f.wait_ready(20)
             epoch = f.arm()["epoch"]
             clients = {h: f.client(h) for h in HOSTS}
             try:
@@ -187,10 +182,7 @@ class TestRedisLoss:
         try:
             f.start()
             f.start_aggregator("--tick", "0.05")
-            wait_until(lambda: f.cli_json("status")[1]["roster"] == HOSTS, 20, 0.05)
-            wait_until(
-                lambda: all(s["alive"] for s in f.cli_json("status")[1]["hosts"].values()), 20
-            )
+            f.wait_ready(20)
             epoch = f.arm()["epoch"]
             replies: dict[str, list[str]] = {h: [] for h in HOSTS}
             stop = threading.Event()

@@ -27,11 +27,6 @@ HOSTS = ["or-01", "or-02", "or-03"]
 pytestmark = pytest.mark.slow
 
 
-def all_alive(f: Fleet, url: str) -> bool:
-    hosts = f.cli_json("status", "--redis", url)[1]["hosts"]
-    return len(hosts) == len(f.hosts) and all(s["alive"] for s in hosts.values())
-
-
 def metric(port: int, name: str, **labels: str) -> float | None:
     """One sample from a process's /metrics, or None when it is not exported."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
@@ -54,7 +49,7 @@ class TestSentinelFailover:
             try:
                 f.start()
                 f.start_aggregator("--tick", "0.05")
-                wait_until(lambda: all_alive(f, cluster.url), 20, 0.05, "all alive via Sentinel")
+                wait_until(lambda: f.ready(cluster.url), 20, 0.05, "all alive via Sentinel")
                 armed = f.arm()["epoch"]
                 replica = redis_sync.Redis(port=cluster.replica_ports[0], decode_responses=True)
                 primary = redis_sync.Redis(port=cluster.primary_port, decode_responses=True)
@@ -132,7 +127,7 @@ class TestLeaderAggregator:
             wait_until(lambda: f.cli_json("status")[1]["leader"] == "agg-a", 20, 0.05)
             start("agg-b")
             wait_until(lambda: metric(ports["agg-b"], "killswitch_aggregator_leader") == 0.0, 20)
-            wait_until(lambda: all(s["alive"] for s in f.cli_json("status")[1]["hosts"].values()))
+            f.wait_ready(20)
             epoch = f.arm()["epoch"]
             with f.client("or-01") as c:
                 c.send(*[f"ORDER a{i} AAPL BUY 1" for i in range(20)])
@@ -207,7 +202,7 @@ def jump_fleet(tmp_path: Path, node: str) -> Iterator[tuple[JumpFleet, EmbeddedR
     try:
         f.start()
         f.start_aggregator("--max-orders", "20", "--window", "60", "--tick", "0.05")
-        wait_until(lambda: all_alive(f, server.url), 20, 0.05)
+        wait_until(lambda: f.ready(server.url), 20, 0.05)
         yield f, server
     finally:
         f.stop()

@@ -23,7 +23,7 @@ import pytest
 from killswitch.embedded import EmbeddedRedis, free_port
 from killswitch.promcheck import PER_HOST_METRICS, boolify, check_expr, grouping, selectors
 from killswitch.promharness import PrometheusHarness, extract_exprs
-from killswitch.testing import Fleet, wait_until
+from killswitch.testing import Fleet
 
 HOSTS = ["or-01", "or-02", "or-03", "or-04"]
 
@@ -85,11 +85,7 @@ def stack(redis_server: EmbeddedRedis) -> Iterator[Stack]:
         for h in HOSTS:
             fleet.wait_serving(h)
 
-        def reporting() -> bool:
-            status = fleet.cli_json("status")[1]
-            return status["roster"] == HOSTS and all(h["alive"] for h in status["hosts"].values())
-
-        wait_until(reporting, 20, 0.05, "roster stored and every host reporting")
+        fleet.wait_ready(20)
         fleet.arm()
         for i, h in enumerate(HOSTS, 1):
             assert all(r.startswith("ALLOW") for r in _orders(fleet, h, 5 * i, "a"))

@@ -125,11 +125,7 @@ def eight(redis_server: Any) -> Iterator[Fleet]:
         f.start()
         f.start_aggregator("--tick", "0.05", "--max-orders", "5000")
 
-        def reporting() -> bool:
-            status = f.cli_json("status")[1]
-            return status["roster"] == HOSTS and all(h["alive"] for h in status["hosts"].values())
-
-        wait_until(reporting, 20, 0.05, "roster stored and every host reporting")
+        f.wait_ready(20)
         f.arm()
         yield f
     finally:
