@@ -145,6 +145,20 @@ def live_trip(f: Fleet) -> tuple[int, str]:
     return int(view["last_trip_at_ms"]), view["last_trip_cause"]
 
 
+def baseline_trip_within_bound(f: Fleet, traffic: Rate) -> int:
+    """Drive `traffic` until the node is killed; the trip is `baseline`, within the bound."""
+    stop = killed(f)
+    try:
+        t0, _ = run_traffic(f, traffic, ONSET + 6, stop_when=stop)
+    finally:
+        stop.close()  # type: ignore[attr-defined]
+    onset_ms = t0 + round(ONSET * 1000)
+    at_ms, cause = live_trip(f)
+    assert cause == "baseline"
+    assert onset_ms < at_ms <= onset_ms + BOUND_MS, (at_ms - onset_ms, BOUND_MS)
+    return at_ms
+
+
 class TestHauntedHost:
     """Item 1 and 5: a normal open never trips; a haunted host trips fast; the backtest agrees."""
 
@@ -156,15 +170,7 @@ class TestHauntedHost:
         port = free_port()
         start(fleet8, "--warmup", "2", "--metrics-port", str(port))
         fleet8.arm()
-        stop = killed(fleet8)
-        try:
-            t0, _ = run_traffic(fleet8, haunted(ONSET), ONSET + 6, stop_when=stop)
-        finally:
-            stop.close()  # type: ignore[attr-defined]
-        onset_ms = t0 + round(ONSET * 1000)
-        at_ms, cause = live_trip(fleet8)
-        assert cause == "baseline"
-        assert onset_ms < at_ms <= onset_ms + BOUND_MS, (at_ms - onset_ms, BOUND_MS)
+        at_ms = baseline_trip_within_bound(fleet8, haunted(ONSET))
         wait_until(lambda: status(fleet8)["confirmed"] == HOSTS, 10, 0.05, "all eight confirm")
         trips = [e for e in fleet8.cli_json("audit")[1]["entries"] if e["action"] == "trip"]
         assert [t["cause"] for t in trips] == ["baseline"]  # the open tripped nothing
@@ -208,15 +214,7 @@ class TestSpreadExcess:
         trips `baseline` within two windows of onset."""
         start(fleet8, "--warmup", "2", "--max-host-share", "0.5")
         fleet8.arm()
-        stop = killed(fleet8)
-        try:
-            t0, _ = run_traffic(fleet8, spread(ONSET), ONSET + 6, stop_when=stop)
-        finally:
-            stop.close()  # type: ignore[attr-defined]
-        onset_ms = t0 + round(ONSET * 1000)
-        at_ms, cause = live_trip(fleet8)
-        assert cause == "baseline"
-        assert onset_ms < at_ms <= onset_ms + BOUND_MS, (at_ms - onset_ms, BOUND_MS)
+        baseline_trip_within_bound(fleet8, spread(ONSET))
         agg = fleet8.aggregator
         assert agg is not None
         assert agg.events("HAUNTED_HOST") == []
