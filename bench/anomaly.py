@@ -25,13 +25,13 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bench.common import summary
-from killswitch import control
-from killswitch.anomaly import MonitorConfig
-from killswitch.backtest import FlowEvent, replay
-from killswitch.demo import RULES, aggregator_flags
-from killswitch.embedded import EmbeddedRedis
-from killswitch.loadgen import drive
-from killswitch.store import Store
+from killswitch.core.anomaly import MonitorConfig
+from killswitch.core.backtest import FlowEvent, replay
+from killswitch.ops import control
+from killswitch.sim.demo import RULES, aggregator_flags
+from killswitch.sim.embedded import EmbeddedRedis
+from killswitch.sim.loadgen import drive
+from killswitch.store.store import Store
 from killswitch.testing import Fleet
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]

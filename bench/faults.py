@@ -16,11 +16,11 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bench.common import summary
-from killswitch import control
-from killswitch.embedded import EmbeddedRedis
-from killswitch.faultproxy import ThreadedFaultProxy
-from killswitch.store import Store
+from killswitch.ops import control
+from killswitch.sim.embedded import EmbeddedRedis
+from killswitch.store.store import Store
 from killswitch.testing import Fleet, Hammer, Proc, wait_until
+from killswitch.testing.faultthread import ThreadedFaultProxy
 
 HOSTS = ["or-01", "or-02", "or-03"]
 ROUNDS = 5

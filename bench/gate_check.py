@@ -7,9 +7,9 @@ import time
 
 from redis.asyncio import Redis
 
-from killswitch.embedded import EmbeddedRedis
-from killswitch.gate import Gate
-from killswitch.state import HostView, NodeState
+from killswitch.core.gate import Gate
+from killswitch.core.state import HostView, NodeState
+from killswitch.sim.embedded import EmbeddedRedis
 
 N = 2_000_000
 

@@ -8,9 +8,9 @@ import time
 from redis.asyncio import Redis
 
 from bench.common import start_fleet, summary
-from killswitch import control
-from killswitch.embedded import EmbeddedRedis
-from killswitch.store import Store
+from killswitch.ops import control
+from killswitch.sim.embedded import EmbeddedRedis
+from killswitch.store.store import Store
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
 KILLS = 200

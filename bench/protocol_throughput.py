@@ -6,8 +6,8 @@ import asyncio
 import time
 
 from bench.common import start_fleet
-from killswitch.embedded import EmbeddedRedis
-from killswitch.loadgen import open_gate
+from killswitch.sim.embedded import EmbeddedRedis
+from killswitch.sim.loadgen import open_gate
 
 BATCH = 1000
 SECONDS = 3.0

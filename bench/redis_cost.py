@@ -8,8 +8,8 @@ import time
 import redis as redis_sync
 
 from bench.common import start_fleet
-from killswitch.embedded import EmbeddedRedis
-from killswitch.loadgen import OrderRouter
+from killswitch.sim.embedded import EmbeddedRedis
+from killswitch.sim.loadgen import OrderRouter
 
 SECONDS = 5.0
 RATE = 10_000.0

@@ -10,7 +10,7 @@ Python trading processes use the in-process gate::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from killswitch.core.version import __version__
 
 __all__ = ["Gate", "SidecarThread", "__version__"]
 
@@ -18,11 +18,11 @@ __all__ = ["Gate", "SidecarThread", "__version__"]
 def __getattr__(name: str) -> object:
     # Lazy, so `python -m killswitch --help` does not import redis and aiohttp.
     if name == "Gate":
-        from killswitch.gate import Gate
+        from killswitch.core.gate import Gate
 
         return Gate
     if name == "SidecarThread":
-        from killswitch.inprocess import SidecarThread
+        from killswitch.sidecar.inprocess import SidecarThread
 
         return SidecarThread
     raise AttributeError(name)

@@ -1,4 +1,4 @@
-from killswitch.cli import main
+from killswitch.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
-from killswitch.embedded import EmbeddedRedis
+from killswitch.sim.embedded import EmbeddedRedis
 
 os.environ.setdefault("KILLSWITCH_LOG_FORMAT", "json")
 _node_ids = itertools.count(1)

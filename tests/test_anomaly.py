@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from killswitch.anomaly import (
+from killswitch.core.anomaly import (
     BASELINE,
     HOST_SHARE,
     MAX_ORDERS,
@@ -25,8 +25,8 @@ from killswitch.anomaly import (
     haunted_hosts,
     next_level,
 )
-from killswitch.backtest import FlowEvent, replay
-from killswitch.baseline import Baseline
+from killswitch.core.backtest import FlowEvent, replay
+from killswitch.core.baseline import Baseline
 
 DAY0 = 1_343_779_200_000  # 2012-08-01 00:00 UTC, the Knight day
 TICK = 100

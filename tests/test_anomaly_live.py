@@ -27,11 +27,11 @@ import redis as redis_sync
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis as AsyncRedis
 
-from killswitch import control
-from killswitch.embedded import free_port
-from killswitch.keys import NodeKeys
-from killswitch.loadgen import RouterStats, drive
-from killswitch.store import Store
+from killswitch.ops import control
+from killswitch.sim.embedded import free_port
+from killswitch.sim.loadgen import RouterStats, drive
+from killswitch.store.keys import NodeKeys
+from killswitch.store.store import Store
 from killswitch.testing import Fleet, wait_until
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from killswitch.anomaly import BASELINE, MAX_ORDERS, MonitorConfig
-from killswitch.backtest import CsvError, FlowEvent, backtest, read_counts_csv, replay
+from killswitch.core.anomaly import BASELINE, MAX_ORDERS, MonitorConfig
+from killswitch.core.backtest import CsvError, FlowEvent, backtest, read_counts_csv, replay
 
 T0 = 1_343_827_800_000  # 2012-08-01 13:30:00 UTC, 09:30 in New York
 

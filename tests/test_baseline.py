@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from killswitch.baseline import (
+from killswitch.core.baseline import (
     DAY_MS,
     Baseline,
     BaselineParams,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from killswitch.embedded import free_port
+from killswitch.sim.embedded import free_port
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

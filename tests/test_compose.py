@@ -16,11 +16,11 @@ import jsonschema
 import pytest
 import yaml
 
-from killswitch.aggregator import AggregatorSettings
-from killswitch.cli import build_parser, settings_from_args
-from killswitch.config import ConfigError
-from killswitch.loadgen import LoadgenSettings
-from killswitch.sidecar import SidecarSettings
+from killswitch.aggregator.settings import AggregatorSettings
+from killswitch.cli.main import build_parser, settings_from_args
+from killswitch.runtime.config import ConfigError
+from killswitch.sidecar.settings import SidecarSettings
+from killswitch.sim.loadgen import LoadgenSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = REPO_ROOT / "compose.yaml"

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from killswitch.anomaly import BASELINE, HOST_SHARE, Monitor, MonitorConfig
-from killswitch.backtest import FlowEvent
-from killswitch.config import ConfigError, Resolver
-from killswitch.demo import Scenario
-from killswitch.rulecli import counts_csv, rule_config
-from killswitch.ruleview import EventLog, decode_view, rule_lines, shadow_banner, view_fields
-from killswitch.whatif import orders_after, per_host_limit, prometheus_alert
+from killswitch.cli.rulecli import counts_csv, rule_config
+from killswitch.core.anomaly import BASELINE, HOST_SHARE, Monitor, MonitorConfig
+from killswitch.core.backtest import FlowEvent
+from killswitch.core.ruleview import EventLog, decode_view, rule_lines, shadow_banner, view_fields
+from killswitch.core.whatif import orders_after, per_host_limit, prometheus_alert
+from killswitch.runtime.config import ConfigError, Resolver
+from killswitch.sim.demo import Scenario
 
 T0 = 1_343_827_800_000  # 2012-08-01 13:30:00 UTC
 

@@ -13,8 +13,9 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from killswitch.embedded import EmbeddedRedis
-from killswitch.faultproxy import FaultProxy, Mode, ThreadedFaultProxy
+from killswitch.sim.embedded import EmbeddedRedis
+from killswitch.testing.faultproxy import FaultProxy, Mode
+from killswitch.testing.faultthread import ThreadedFaultProxy
 
 
 @pytest.fixture

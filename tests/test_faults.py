@@ -17,13 +17,13 @@ import pytest
 import redis as redis_sync
 from redis.asyncio import Redis
 
-from killswitch import control
-from killswitch.embedded import EmbeddedRedis, free_port
-from killswitch.faultproxy import ThreadedFaultProxy
-from killswitch.keys import NodeKeys
-from killswitch.localstate import LocalState
-from killswitch.store import Store
+from killswitch.ops import control
+from killswitch.sim.embedded import EmbeddedRedis, free_port
+from killswitch.store.keys import NodeKeys
+from killswitch.store.localstate import LocalState
+from killswitch.store.store import Store
 from killswitch.testing import Fleet, GateClient, Hammer, no_allow_after_first_block, wait_until
+from killswitch.testing.faultthread import ThreadedFaultProxy
 
 HOSTS = ["or-01", "or-02", "or-03"]
 STALE_AFTER, FLUSH = 0.5, 0.1

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 import pytest
 import redis as redis_sync
 
-from killswitch.embedded import EmbeddedRedis
-from killswitch.keys import NodeKeys
-from killswitch.localstate import LocalState
-from killswitch.state import NodeState
+from killswitch.core.state import NodeState
+from killswitch.sim.embedded import EmbeddedRedis
+from killswitch.store.keys import NodeKeys
+from killswitch.store.localstate import LocalState
 from killswitch.testing import Fleet, GateClient, wait_until
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]

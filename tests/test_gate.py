@@ -8,8 +8,8 @@ import threading
 import pytest
 from structlog.testing import CapturingLogger
 
-from killswitch.gate import Gate
-from killswitch.state import HostView, NodeState, boot_view
+from killswitch.core.gate import Gate
+from killswitch.core.state import HostView, NodeState, boot_view
 
 T0 = 500.0
 

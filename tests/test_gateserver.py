@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from structlog.testing import CapturingLogger
 
-from killswitch.config import ListenAddr
-from killswitch.gate import Gate
-from killswitch.gateserver import GateProtocol, GateServer
-from killswitch.protocol import MAX_LINE
-from killswitch.state import HostView, NodeState
+from killswitch.core.gate import Gate
+from killswitch.core.protocol import MAX_LINE
+from killswitch.core.state import HostView, NodeState
+from killswitch.runtime.config import ListenAddr
+from killswitch.sidecar.gateserver import GateProtocol, GateServer
 
 T0 = 1000.0
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]

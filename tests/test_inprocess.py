@@ -7,11 +7,11 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from killswitch import control
-from killswitch.inprocess import SidecarSettings, SidecarThread
-from killswitch.localstate import LocalState
-from killswitch.state import NodeState
-from killswitch.store import Store
+from killswitch.core.state import NodeState
+from killswitch.ops import control
+from killswitch.sidecar.inprocess import SidecarSettings, SidecarThread
+from killswitch.store.localstate import LocalState
+from killswitch.store.store import Store
 
 
 async def _until(cond: object, timeout: float = 10.0) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from killswitch import durability
-from killswitch.leader import (
+from killswitch.core.leader import (
     SAFETY,
     Leadership,
     LeaseReply,
@@ -14,6 +13,7 @@ from killswitch.leader import (
     on_fenced,
     on_reply,
 )
+from killswitch.store import durability
 
 ME = make_token("agg-a", "n1")
 OTHER = make_token("agg-b", "n2")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from killswitch.localstate import LocalState
-from killswitch.state import NodeState
+from killswitch.core.state import NodeState
+from killswitch.store.localstate import LocalState
 
 
 class TestLocalState:

@@ -1,4 +1,4 @@
-"""Name validation (`killswitch.names`) and settings resolution (`killswitch.config`): pure."""
+"""Name validation (`killswitch.core.names`) and settings resolution (`killswitch.runtime.config`): pure."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from killswitch.config import (
+from killswitch.core.names import InvalidName, check_name, check_roster
+from killswitch.runtime.config import (
     DEFAULT_REDIS,
     ConfigError,
     ListenAddr,
@@ -22,7 +23,6 @@ from killswitch.config import (
     positive_int,
     str_list,
 )
-from killswitch.names import InvalidName, check_name, check_roster
 
 
 class TestNames:

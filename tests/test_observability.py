@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from killswitch.embedded import EmbeddedRedis, free_port
-from killswitch.promcheck import PER_HOST_METRICS, boolify, check_expr, grouping, selectors
-from killswitch.promharness import PrometheusHarness, extract_exprs
+from killswitch.sim.embedded import EmbeddedRedis, free_port
 from killswitch.testing import Fleet
+from killswitch.testing.promcheck import PER_HOST_METRICS, boolify, check_expr, grouping, selectors
+from killswitch.testing.promharness import PrometheusHarness, extract_exprs
 
 HOSTS = ["or-01", "or-02", "or-03", "or-04"]
 

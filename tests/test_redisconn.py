@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import redis.exceptions
 
-from killswitch.embedded import EmbeddedRedis
-from killswitch.faultproxy import FaultProxy
-from killswitch.redisconn import SentinelURL, connect, parse_sentinel_url
-from killswitch.sentinel_harness import SentinelCluster
+from killswitch.sim.embedded import EmbeddedRedis
+from killswitch.store.redisconn import SentinelURL, connect, parse_sentinel_url
+from killswitch.testing.faultproxy import FaultProxy
+from killswitch.testing.sentinel import SentinelCluster
 
 
 class TestParseSentinelURL:

@@ -9,8 +9,8 @@ import pytest
 import redis.asyncio
 from redis.asyncio.sentinel import Sentinel
 
-from killswitch.redisconn import parse_sentinel_url
-from killswitch.sentinel_harness import SentinelCluster
+from killswitch.store.redisconn import parse_sentinel_url
+from killswitch.testing.sentinel import SentinelCluster
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,8 @@ import pytest
 import redis as redis_sync
 from rich.console import Console
 
+from killswitch.cli.watch import render_error, render_status
 from killswitch.testing import Fleet, wait_until
-from killswitch.watch import render_error, render_status
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
 

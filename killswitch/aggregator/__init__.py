@@ -1,0 +1,2 @@
+"""The node aggregator: sums the node's volume, runs the rules, trips the kill and checks
+every confirmation."""

@@ -1,0 +1,215 @@
+"""The aggregator's Prometheus metrics, built from its last tick at scrape time.
+
+Names are part of the public contract (dashboards and alert rules use them): add, never
+rename. Nothing here talks to Redis; it reads what the aggregator already holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from killswitch.aggregator.settings import AggregatorSettings
+from killswitch.core import ruleview
+from killswitch.core.anomaly import Evaluation, MonitorConfig
+from killswitch.core.roster import Quorum
+from killswitch.core.state import NodeRead, NodeState
+from killswitch.core.window import SlidingWindow
+from killswitch.store.durability import Durability
+
+
+class Instruments:
+    """The aggregator's counters and histogram, registered once on the registry passed in."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        node: str,
+        trip_causes: Sequence[str],
+        shadow_causes: Sequence[str],
+    ) -> None:
+        self.trips = Counter(
+            "killswitch_trips",
+            "Node kills by cause: a rule of the aggregator, or an operator.",
+            ["node", "cause"],
+            registry=registry,
+        )
+        self.shadow_trips = Counter(
+            "killswitch_shadow_trips",
+            "Trips a rule in shadow mode would have made (it did not kill), by cause.",
+            ["node", "cause"],
+            registry=registry,
+        )
+        for cause in trip_causes:
+            self.trips.labels(node, cause)
+        for cause in shadow_causes:
+            self.shadow_trips.labels(node, cause)
+        self.confirm_seconds = Histogram(
+            "killswitch_kill_confirm_seconds",
+            "Seconds from a kill being recorded to the last roster host confirming it.",
+            ["node"],
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=registry,
+        ).labels(node)
+
+
+class Aggregator(Protocol):
+    """What the collector reads of an aggregator (structural: the service is not imported)."""
+
+    @property
+    def s(self) -> AggregatorSettings: ...
+    @property
+    def window(self) -> SlidingWindow: ...
+    @property
+    def state(self) -> NodeRead: ...
+    @property
+    def quorum(self) -> Quorum | None: ...
+    @property
+    def evaluation(self) -> Evaluation | None: ...
+    @property
+    def durable(self) -> Durability | None: ...
+    def is_leader(self) -> bool: ...
+
+
+class AggregatorCollector:
+    def __init__(self, agg: Aggregator) -> None:
+        self.agg = agg
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        a, n = self.agg, self.agg.s.node
+        win = ruleview.window_label(a.s.monitor)
+
+        def node_gauge(name: str, doc: str, value: float, **extra: str) -> GaugeMetricFamily:
+            labels = ["node", *extra]
+            g = GaugeMetricFamily(name, doc, labels=labels)
+            g.add_metric([n, *extra.values()], value)
+            return g
+
+        yield node_gauge(
+            "killswitch_node_orders",
+            "Orders sent across all hosts of the node within the sliding window.",
+            a.window.total, window=win,
+        )  # fmt: skip
+        if a.s.monitor.max_orders is not None:
+            yield node_gauge(
+                "killswitch_node_limit_orders",
+                "The node's static cap: more orders than this within the window kills the node.",
+                a.s.monitor.max_orders, window=win,
+            )  # fmt: skip
+        yield node_gauge("killswitch_node_killed", "1 while the node is KILLED.",
+                         float(a.state.state is NodeState.KILLED))  # fmt: skip
+        yield node_gauge("killswitch_node_epoch", "The node's current epoch.", a.state.epoch)
+        yield node_gauge("killswitch_roster_hosts", "Hosts on the node's roster.", len(a.s.hosts))
+        q = a.quorum
+        yield node_gauge(
+            "killswitch_confirmed_hosts",
+            "Roster hosts that confirmed the node's current epoch.",
+            len(q.confirmed) if q else 0,
+        )
+        per_host = GaugeMetricFamily(
+            "killswitch_node_host_orders",
+            "Each roster host's orders within the node's sliding window (aggregator view).",
+            labels=["node", "host", "window"],
+        )
+        alive = GaugeMetricFamily(
+            "killswitch_host_alive",
+            "1 while the roster host reports to Redis within its stale-after.",
+            labels=["node", "host"],
+        )
+        confirmed = GaugeMetricFamily(
+            "killswitch_host_confirmed",
+            "1 when the roster host confirmed the node's current epoch; 0 names a missing host.",
+            labels=["node", "host"],
+        )
+        report_age = GaugeMetricFamily(
+            "killswitch_host_report_age_seconds",
+            "Seconds since the roster host's last report reached Redis, as the aggregator saw it "
+            "at its last tick (+Inf: never). Unlike sync age, it is exported for dead sidecars.",
+            labels=["node", "host"],
+        )
+        for h in a.s.hosts:
+            per_host.add_metric([n, h, win], a.window.by_host.get(h, 0))
+            alive.add_metric([n, h], float(bool(q and q.hosts[h].alive)))
+            confirmed.add_metric([n, h], float(bool(q and h in q.confirmed)))
+            age = q.hosts[h].age_s if q else None
+            report_age.add_metric([n, h], float("inf") if age is None else age)
+        yield per_host
+        yield alive
+        yield confirmed
+        yield report_age
+        lead = GaugeMetricFamily(
+            "killswitch_aggregator_leader",
+            "1 on the aggregator instance that holds the node's leader lease (acts), 0 on standbys.",
+            labels=["node", "instance"],
+        )
+        lead.add_metric([n, a.s.instance], float(a.is_leader()))
+        yield lead
+        if a.durable is not None and a.durable.enabled is not None:
+            yield node_gauge(
+                "killswitch_redis_persistence_enabled",
+                "1 if the node's Redis runs with appendonly (a restart keeps kills), else 0.",
+                float(a.durable.enabled),
+            )
+        yield from rule_metrics(
+            n, a.s.monitor, a.evaluation, a.s.hosts, a.window.by_host, a.window.total
+        )
+
+
+def rule_metrics(
+    node: str,
+    config: MonitorConfig,
+    ev: Evaluation | None,
+    roster: Sequence[str],
+    by_host: Mapping[str, int],
+    total: int,
+) -> Iterator[Metric]:
+    """The rule gauges of one node at its last evaluation."""
+    win = ruleview.window_label(config)
+    base = GaugeMetricFamily(
+        "killswitch_node_baseline_orders",
+        "The learned baseline: orders per window normal for the node now (absent until learned).",
+        labels=["node", "window"],
+    )
+    limit = GaugeMetricFamily(
+        "killswitch_node_baseline_limit_orders",
+        "Orders per window above which the baseline rule is in breach "
+        "(multiplier x baseline, never below --min-orders).",
+        labels=["node", "window"],
+    )
+    if ev is not None and ev.expected is not None:
+        base.add_metric([node, win], ev.expected)
+    rule = ev.rule("baseline") if ev is not None else None
+    if rule is not None and rule.limit is not None:
+        limit.add_metric([node, win], rule.limit)
+    yield base
+    yield limit
+    share = GaugeMetricFamily(
+        "killswitch_host_share_ratio",
+        "Each roster host's share (0..1) of the node's orders within the window.",
+        labels=["node", "host"],
+    )
+    for h in roster:
+        share.add_metric([node, h], by_host.get(h, 0) / total if total > 0 else 0.0)
+    yield share
+    level = GaugeMetricFamily(
+        "killswitch_node_warning_level",
+        "Warning level of each active rule: 0, 50, 75 or 90 (% of its limit reached).",
+        labels=["node", "rule"],
+    )
+    shadow = GaugeMetricFamily(
+        "killswitch_rule_shadow",
+        "1 for a rule in shadow mode: evaluated and reported, never enforcing.",
+        labels=["node", "rule"],
+    )
+    for cause in config.causes:
+        r = ev.rule(cause) if ev is not None else None
+        level.add_metric([node, cause], r.level if r is not None else 0)
+        shadow.add_metric([node, cause], float(config.is_shadow(cause)))
+    yield level
+    yield shadow

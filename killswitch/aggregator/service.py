@@ -1,0 +1,406 @@
+"""The aggregator: sums orders across every host of a node, trips the node-wide kill, and
+watches every roster host confirm it.
+
+A thin asyncio shell: each tick is one pipelined Redis read (new flow entries of every
+roster host, their reports and confirmations, the node state, server time); the sliding
+window and the trip rules are pure (`window`, `anomaly`), and how their decisions are shown
+is pure too (`ruleview`). Windows run on Redis server time, never on this machine's wall
+clock, and are evaluated on a grid of `tick` (multiples of 100 ms by default) so that
+`killswitch backtest` replays recorded flow at the very same instants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from killswitch.aggregator.confirmations import ConfirmationWatch
+from killswitch.aggregator.metrics import AggregatorCollector, Instruments
+from killswitch.aggregator.settings import AggregatorSettings
+from killswitch.core import leader, ruleview
+from killswitch.core.anomaly import CAUSES, Evaluation, Monitor
+from killswitch.core.baseline import Baseline, BaselineStateError
+from killswitch.core.roster import Quorum, epoch_floor, quorum
+from killswitch.core.state import NodeRead, NodeState
+from killswitch.core.window import SlidingWindow
+from killswitch.runtime.metrics import MetricsServer, build_info
+from killswitch.runtime.service import run_until_signalled
+from killswitch.store import durability
+from killswitch.store.redisconn import connect
+from killswitch.store.store import Store
+
+log = structlog.get_logger("killswitch.aggregator.service")
+
+MAX_CATCHUP = 20  # grid points a late tick evaluates at most (2 s at the default tick)
+
+
+DURABILITY_CHECK_S = 30.0  # also re-checked at once when the roster turns out to be gone
+
+
+class NotDurable(RuntimeError):
+    """`require_durable` is set and Redis does not (or will not say that it does) persist."""
+
+
+@dataclass(frozen=True)
+class _Unacted:
+    """A trip the rules decided while this instance was a standby."""
+
+    cause: str
+    detail: str
+    at_ms: int
+    also: list[str]
+    armed_ms: int
+
+
+class Aggregator:
+    """`start()`, idempotent `stop()`, blocking `run()`; collaborators are passed in."""
+
+    def __init__(
+        self,
+        settings: AggregatorSettings,
+        redis: Redis,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        logger: Any = None,
+    ) -> None:
+        self.s = settings
+        self.redis = redis
+        self.store = Store(redis, settings.node)
+        self.clock = clock
+        self.log = (logger or log).bind(node=settings.node)
+        self.window = SlidingWindow(settings.monitor.window_ms)
+        self.monitor = Monitor(settings.monitor, roster=settings.hosts)
+        self.evaluation: Evaluation | None = None
+        self.events = ruleview.EventLog(settings.monitor.window_ms)
+        self.tick_ms = max(round(settings.tick * 1000), 1)
+        self._pending: list[tuple[int, str, int]] = []  # read, but newer than the tick grid
+        self._last_eval_ms = -1
+        self._last_read: tuple[int, float] | None = None  # (server ms, local clock) of a read
+        self._last_save = 0.0
+        self.after: dict[str, str] = {}
+        self.armed_ms = -1
+        self.state = NodeRead(None)
+        self.quorum: Quorum | None = None
+        self.trips = 0
+        self.last_trip: tuple[int, str] | None = None  # (evaluation ms, cause) of our last trip
+        self._last_roster_check = -1e9
+        self._unacted: _Unacted | None = None
+        self.lead = leader.Leadership(
+            leader.make_token(settings.instance, uuid.uuid4().hex[:8]), settings.lease_ttl
+        )
+        self.durable: durability.Durability | None = None
+        self._durability_at = -1e9
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.registry = registry if registry is not None else CollectorRegistry()
+        n = settings.node
+        self.instruments = Instruments(self.registry, n, (*CAUSES, "operator"), CAUSES)
+        self._trips_total = self.instruments.trips
+        self._shadow_total = self.instruments.shadow_trips
+        self.confirmations = ConfirmationWatch(
+            settings.confirm_timeout,
+            self.log,
+            operator_kill=self._trips_total.labels(n, "operator").inc,
+            confirmed=self.instruments.confirm_seconds.observe,
+        )
+        self.registry.register(AggregatorCollector(self))
+        build_info(self.registry, "aggregator")
+        self._metrics = (
+            MetricsServer(self.registry, settings.metrics_port)
+            if settings.metrics_port is not None
+            else None
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        if self._metrics:
+            await self._metrics.start()
+        await self._check_durability()
+        if self.s.require_durable and not (self.durable and self.durable.enabled):
+            why = self.durable.detail if self.durable else "not checked"
+            raise NotDurable(
+                f"Redis is not durable ({why}): a restart would forget kills. Run it with "
+                "appendonly yes (appendfsync always or everysec), or drop --require-durable."
+            )
+        await self._ensure_roster(force=True)
+        await self._restore_baseline()
+        self._task = asyncio.create_task(self._loop(), name="aggregator")
+        cfg = self.s.monitor
+        self.log.info(
+            "aggregator_started", roster=list(self.s.hosts), instance=self.s.instance,
+            max_orders=cfg.max_orders, window_s=cfg.window_ms / 1000,
+            enforcing=[c for c in cfg.causes if not cfg.is_shadow(c)],
+            shadow=[c for c in cfg.causes if cfg.is_shadow(c)],
+        )  # fmt: skip
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stop.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await self._save_baseline()  # while still the leader: the next one starts warm
+        if self.lead.is_leader(self.clock()):
+            # Hand over at once instead of making the standbys wait out the lease.
+            with contextlib.suppress(Exception):
+                await self.store.lease(self.lead.token, 0)
+        if self._metrics:
+            await self._metrics.stop()
+        self.log.info("aggregator_stopped")
+
+    async def run(self) -> None:
+        await run_until_signalled(self.start, self.stop, self._stop)
+
+    async def _loop(self) -> None:
+        failing = False
+        while not self._stop.is_set():
+            started = self.clock()
+            try:
+                await self.tick_once()
+                if failing:
+                    self.log.info("redis_reachable_again")
+                failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if not failing:
+                    self.log.error("tick_failed", error=f"{type(e).__name__}: {e}")
+                failing = True
+            wait = self._until_next_tick(started)
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), wait)
+
+    def _until_next_tick(self, started: float) -> float:
+        """Seconds to sleep so the next read lands just after the next grid point of server
+        time; without a server time yet, one tick after `started`."""
+        if self._last_read is None:
+            return self.s.tick - (self.clock() - started)
+        server_ms, at = self._last_read
+        est = server_ms + (self.clock() - at) * 1000.0
+        grid = (est // self.tick_ms + 1) * self.tick_ms
+        return (grid - est) / 1000.0 + 0.002
+
+    async def _restore_baseline(self) -> None:
+        params = self.s.monitor.baseline_params()
+        try:
+            stored = await self.store.load_baseline()
+            if not stored:
+                self.log.info("baseline_cold", reason="no stored baseline")
+                return
+            baseline = Baseline.from_dict(stored, params)
+        except BaselineStateError as e:
+            self.log.error("baseline_unreadable", reason=str(e), action="starting cold")
+            return
+        self.monitor = Monitor(self.s.monitor, baseline, roster=self.s.hosts)
+        now = baseline.last_ms or 0
+        self.log.info(
+            "baseline_restored", learned_s=baseline.learned_ms / 1000,
+            expected=baseline.expected(now), warm=baseline.learned_ms >= self.s.monitor.warmup_ms,
+        )  # fmt: skip
+
+    async def _save_baseline(self) -> None:
+        if self.monitor.baseline.last_ms is None or not self.is_leader():
+            return  # never observed anything (or a standby): keep whatever is stored
+        try:
+            await self.store.save_baseline(self.monitor.baseline.to_dict())
+        except Exception as e:  # a failed save costs a re-learn, never the kill loop
+            self.log.warning("baseline_save_failed", error=f"{type(e).__name__}: {e}")
+
+    async def _ensure_roster(self, force: bool = False) -> None:
+        # Re-asserted every few seconds: a Redis that lost its data gets the roster back.
+        now = self.clock()
+        if force or now - self._last_roster_check > 5.0:
+            self._last_roster_check = now
+            if await self.store.set_roster(self.s.hosts, f"aggregator:{self.s.instance}"):
+                self.log.info("roster_stored", roster=list(self.s.hosts))
+
+    # -- one tick --------------------------------------------------------------------------
+
+    def is_leader(self) -> bool:
+        return self.lead.is_leader(self.clock())
+
+    async def _renew_lease(self) -> None:
+        sent = self.clock()
+        held, holder, ttl_ms = await self.store.lease(self.lead.token, int(self.s.lease_ttl * 1000))
+        reply = leader.LeaseReply(held, holder, ttl_ms)
+        self.lead, change = leader.on_reply(self.lead, sent, reply)
+        if change:
+            self.log.warning(change, instance=self.s.instance,
+                             holder=leader.instance_of(holder))  # fmt: skip
+
+    async def _check_durability(self) -> None:
+        self._durability_at = self.clock()
+        d = self.durable = await durability.check(self.redis)
+        if d.enabled is not True:
+            level = "error" if self.s.require_durable else "warning"
+            getattr(self.log, level)(
+                "REDIS_NOT_DURABLE", reason=d.detail,
+                risk="a Redis restart forgets kills and the roster: hosts stay blocked "
+                "(epoch fencing) until two approvers arm again",
+            )  # fmt: skip
+
+    async def tick_once(self) -> None:
+        await self._renew_lease()
+        if self.clock() - self._durability_at >= DURABILITY_CHECK_S:
+            await self._check_durability()
+        await self._ensure_roster()
+        flows, snap = await self.store.read_flows(self.after, self.s.hosts)
+        if not snap.roster_stored:
+            # Redis lost its data (restart without persistence, or a failover that lost
+            # writes): put the roster back now, so `arm` can prove the fleet again.
+            self.log.error("ROSTER_MISSING", reason="the node's roster is gone from Redis")
+            await self._ensure_roster(force=True)
+            await self._check_durability()
+        now = snap.now_ms
+        self.state = NodeRead.from_hash(snap.state)
+        armed_ms = int(snap.state.get("armed_ms") or 0)
+        self._last_read = (now, self.clock())
+        if armed_ms != self.armed_ms:
+            # Orders sent before the current arm never count against it.
+            self.armed_ms = armed_ms
+            self.window.clear()
+            self._pending = [p for p in self._pending if p[0] >= armed_ms]
+            self.monitor.reset(now)
+        for host, entries in flows.items():
+            for entry_id, fields in entries:
+                self.after[host] = entry_id
+                ts = int(entry_id.split("-", 1)[0])
+                if ts >= armed_ms:
+                    self._pending.append((ts, host, int(fields.get("a", 0))))
+        self.quorum = quorum(
+            self.s.hosts, self.state.epoch, self.state.ver, snap.reports, snap.confirms, now
+        )
+        # Evaluate at the last grid point strictly before server time: every flow entry up to
+        # it has been read (an entry written after our read has a later ID), so the window
+        # holds exactly what a backtest of the exported flow holds at the same instant.
+        at = (now - 1) // self.tick_ms * self.tick_ms
+        # A late tick (a loaded machine) evaluates every grid point it missed, as a backtest
+        # does, so live and replayed decisions agree; bounded so a long stall cannot stack up.
+        first = at if self._last_eval_ms < 0 else self._last_eval_ms + self.tick_ms
+        for grid in range(max(first, at - MAX_CATCHUP * self.tick_ms), at + 1, self.tick_ms):
+            self._last_eval_ms = grid
+            await self._evaluate(grid)
+        await self._act_on_unacted(now)
+        if self.state.state is NodeState.KILLED and self.quorum is not None and self.is_leader():
+            # one aggregator counts and alarms, not every standby
+            self.confirmations.observe(self.state, snap.state, self.quorum, now)
+        if self.is_leader() and self.clock() - self._last_save >= self.s.baseline_save_interval:
+            self._last_save = self.clock()
+            await self._save_baseline()
+        if self.is_leader():
+            await self.store.publish_aggregator_view({**self.view(now), **self._ha_view()})
+
+    def _ha_view(self) -> dict[str, str]:
+        d = self.durable
+        durable = "" if d is None or d.enabled is None else str(int(d.enabled))
+        return {
+            "leader": self.s.instance,
+            "lease_ttl_s": f"{self.s.lease_ttl:g}",
+            "redis_durable": durable,
+            "redis_durable_detail": d.detail if d else "",
+        }
+
+    async def _evaluate(self, at: int) -> None:
+        ready = sorted(p for p in self._pending if p[0] <= at)
+        if ready:
+            self._pending = [p for p in self._pending if p[0] > at]
+            for ts, host, count in ready:
+                self.window.add(ts, host, count)
+        self.window.advance(at)
+        armed = self.state.state is NodeState.ARMED
+        ev = self.evaluation = self.monitor.observe(
+            at, self.window.total, self.window.by_host, armed=armed
+        )
+        for level, event, fields in self.events.events(ev):
+            getattr(self.log, level)(event, **fields)
+        for t in ev.shadow_trips:
+            self._shadow_total.labels(self.s.node, t.cause).inc()
+        if ev.trip is not None and armed:
+            others = [t.cause for t in ev.trips[1:]]
+            await self._trip(ev.trip.cause, ev.trip.detail, at, others)
+
+    def view(self, now_ms: int) -> dict[str, str]:
+        """What `status` shows of the aggregator (and what tests wait on): its last tick."""
+        return {
+            "instance": self.s.instance,
+            "tick_ms": str(now_ms),
+            "eval_ms": str(self._last_eval_ms),
+            "node_orders": str(self.window.total),
+            "trips": str(self.trips),
+            "last_trip_at_ms": str(self.last_trip[0]) if self.last_trip else "",
+            "last_trip_cause": self.last_trip[1] if self.last_trip else "",
+            "learned_s": f"{self.monitor.baseline.learned_ms / 1000:g}",
+            **ruleview.view_fields(self.s.monitor, self.evaluation),
+        }
+
+    async def _trip(self, cause: str, detail: str, at_ms: int, also: list[str]) -> None:
+        assert self.quorum is not None
+        if not self.is_leader():
+            # A standby keeps its windows warm but never acts. The rules latch a trip once
+            # per breach, so the decision is kept: if the leader died or froze without
+            # acting, this instance acts on it when it takes over (`_act_on_unacted`).
+            self._unacted = _Unacted(cause, detail, at_ms, list(also), self.armed_ms)
+            return
+        res = await self.store.kill(
+            actor=f"aggregator:{self.s.instance}",
+            reason=detail,
+            cause=cause,
+            floor=epoch_floor(self.quorum.hosts),
+            action="trip",
+            only_if_armed=True,
+            fence=self.lead.token,
+        )
+        if res.refused == "fenced":
+            # Paused past its lease while another instance took over: that one acts.
+            self.lead = leader.on_fenced(self.lead)
+            self.log.warning("TRIP_FENCED", cause=cause, instance=self.s.instance)
+        if res.changed:
+            self.trips += 1
+            self.last_trip = (at_ms, cause)
+            self._trips_total.labels(self.s.node, cause).inc()
+            self.log.error(
+                "TRIP", cause=cause, reason=detail, epoch=res.epoch, at_ms=at_ms, also=also
+            )
+            self.state = NodeRead(NodeState.KILLED, res.epoch, res.ver, detail)
+
+    async def _act_on_unacted(self, now_ms: int) -> None:
+        """A trip decided while standby, acted on after a takeover if it is still current.
+
+        Current: the node is still ARMED by the same arm and the decision is less than one
+        window old (an older one may no longer hold; a live leader would have acted on it).
+        """
+        u = self._unacted
+        if u is None or not self.is_leader():
+            return
+        self._unacted = None
+        fresh = now_ms - u.at_ms <= self.s.monitor.window_ms and u.armed_ms == self.armed_ms
+        if fresh and self.state.state is NodeState.ARMED:
+            self.log.warning("TRIP_TAKEN_OVER", cause=u.cause, at_ms=u.at_ms)
+            await self._trip(u.cause, u.detail, u.at_ms, u.also)
+
+
+async def run_aggregator(settings: AggregatorSettings) -> None:
+    """Entry point of `killswitch aggregator`."""
+    redis = connect(
+        settings.redis_url, socket_timeout=2.0, client_name=f"ks-aggregator-{settings.node}"
+    )
+    try:
+        await Aggregator(settings, redis).run()
+    finally:
+        await redis.aclose()

@@ -1,0 +1,319 @@
+"""The `killswitch` command: parses, configures logging, calls a plain function, exits.
+
+The flags live in `cliparser`; this module resolves them into settings (flag, environment,
+config file, default) and calls the plain function behind each verb.
+
+Exit codes (part of the public interface): 0 done and proven; 1 could not do it (e.g. Redis
+unreachable); 2 usage or configuration error; 3 kill recorded but not every roster host
+confirmed in time; 4 refused by a safety check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from killswitch.cli import rulecli
+from killswitch.cli.parser import build_parser
+from killswitch.core.names import InvalidName, check_roster
+from killswitch.ops.control import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Outcome
+from killswitch.runtime.config import (
+    DEFAULT_REDIS,
+    ConfigError,
+    Resolver,
+    default_state_dir,
+    host_name,
+    load_config_file,
+    node_name,
+    parse_listen,
+    positive_float,
+    positive_int,
+    str_list,
+)
+
+__all__ = ["build_parser", "main", "settings_from_args"]
+
+if TYPE_CHECKING:  # the services import redis/aiohttp: only loaded when one runs
+    from killswitch.aggregator.settings import AggregatorSettings
+    from killswitch.sidecar.settings import SidecarSettings
+    from killswitch.sim.loadgen import LoadgenSettings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as e:
+        print(f"killswitch {args.command}: configuration error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except InvalidName as e:
+        print(f"killswitch {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from killswitch.runtime import logs
+
+    r, redis_url = _resolve(args, os.environ)
+    logs.configure(fmt=r.get("log-format", None, str))
+    cmd = args.command
+    if cmd == "demo":
+        from killswitch.sim.demo import run_demo
+
+        return run_demo(as_json=bool(args.json))
+    if cmd == "loadgen":
+        return _loadgen(r)
+    if cmd == "backtest":
+        code, text = rulecli.backtest_command(r, bool(r.get("json", False, bool)))
+        print(text)
+        return code
+    node = r.require("node", node_name)
+    if cmd == "export":
+        return _export(r, node, redis_url)
+    if cmd == "sidecar":
+        return _sidecar(r, node, redis_url)
+    if cmd == "aggregator":
+        return _aggregator(r, node, redis_url)
+    if cmd == "watch":
+        return _watch(r, node, redis_url)
+    return _operator(cmd, r, node, redis_url, bool(r.get("json", False, bool)))
+
+
+def _resolve(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Resolver, str]:
+    """The command's settings resolver (flag, env, config file) and its Redis URL."""
+    config = load_config_file(args.config or env.get("KILLSWITCH_CONFIG"))
+    r = Resolver(vars(args), env=env, config=config, section=args.command)
+    redis_url = Resolver(
+        {"redis_url": args.redis}, env=env, config=config, section=args.command
+    ).get("redis-url", config.get("redis", DEFAULT_REDIS), str)
+    return r, redis_url
+
+
+def settings_from_args(
+    args: argparse.Namespace, env: Mapping[str, str] | None = None
+) -> SidecarSettings | AggregatorSettings | LoadgenSettings:
+    """What `sidecar`, `aggregator` or `loadgen` would run with: resolved and validated
+    exactly as the command does (ConfigError / InvalidName on a bad value), nothing started."""
+    r, redis_url = _resolve(args, os.environ if env is None else env)
+    if args.command == "loadgen":
+        return loadgen_settings(r)
+    node = r.require("node", node_name)
+    if args.command == "sidecar":
+        return sidecar_settings(r, node, redis_url)
+    if args.command == "aggregator":
+        return aggregator_settings(r, node, redis_url)
+    raise ConfigError(f"{args.command} is not a service command")
+
+
+def _sidecar(r: Resolver, node: str, redis_url: str) -> int:
+    from killswitch.sidecar.service import run_sidecar
+
+    settings = sidecar_settings(r, node, redis_url)
+    if settings.state_dir:
+        Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
+    asyncio.run(run_sidecar(settings))
+    return EXIT_OK
+
+
+def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
+    from killswitch.sidecar.settings import SidecarSettings
+
+    listen = tuple(parse_listen(x) for x in r.require("listen", str_list))
+    settings = SidecarSettings(
+        node=node,
+        host=r.require("host", host_name),
+        redis_url=redis_url,
+        listen=listen,
+        metrics_port=r.get("metrics-port", None, int),
+        flush_interval=r.get("flush-interval", 0.1, positive_float),
+        stale_after=r.get("stale-after", 1.0, positive_float),
+        state_dir=r.get("state-dir", default_state_dir(), str),
+    )
+    if settings.flush_interval >= settings.stale_after:
+        raise ConfigError(
+            "flush-interval must be shorter than stale-after, or every gate goes stale"
+        )
+    return settings
+
+
+def loadgen_settings(r: Resolver) -> LoadgenSettings:
+    from killswitch.sim.loadgen import LoadgenSettings
+
+    return LoadgenSettings(
+        address=str(parse_listen(r.require("listen", str))),
+        rate=r.get("rate", 100.0, positive_float),
+        duration=r.get("duration", None, positive_float),
+        name=r.get("name", "router", str),
+    )
+
+
+def _loadgen(r: Resolver) -> int:
+    from killswitch.sim.loadgen import run_loadgen
+
+    s = loadgen_settings(r)
+    stats = asyncio.run(run_loadgen(s.address, s.rate, s.duration, s.name))
+    print(json.dumps({"sent": stats.sent, "allowed": stats.allowed, "blocked": stats.blocked,
+                      "errors": stats.errors}))  # fmt: skip
+    return EXIT_OK
+
+
+def _aggregator(r: Resolver, node: str, redis_url: str) -> int:
+    from killswitch.aggregator.service import NotDurable, run_aggregator
+
+    settings = aggregator_settings(r, node, redis_url)
+    try:
+        asyncio.run(run_aggregator(settings))
+    except NotDurable as e:
+        print(f"killswitch aggregator: refused: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSettings:
+    from killswitch.aggregator.settings import AggregatorSettings, default_instance
+
+    try:
+        hosts = check_roster(r.require("hosts", str_list))
+    except InvalidName as e:
+        raise ConfigError(f"hosts: {e}") from None
+    monitor = rulecli.rule_config(r)
+    return AggregatorSettings(
+        node=node,
+        redis_url=redis_url,
+        hosts=hosts,
+        monitor=monitor,
+        metrics_port=r.get("metrics-port", None, int),
+        tick=r.get("tick", 0.1, positive_float),
+        confirm_timeout=r.get("confirm-timeout", 5.0, positive_float),
+        lease_ttl=r.get("lease-ttl", 2.0, positive_float),
+        require_durable=r.get("require-durable", False, _truthy),
+        instance=r.get("instance", "", str) or default_instance(),
+    )
+
+
+def _watch(r: Resolver, node: str, redis_url: str) -> int:
+    from killswitch.cli.watch import watch
+
+    interval = r.get("interval", 0.5, positive_float)
+    once = bool(r.get("once", False, _truthy))
+    return asyncio.run(watch(redis_url, node, interval=interval, once=once))
+
+
+def _truthy(v: Any) -> bool:
+    """A yes/no setting: a flag's True, or 1/true/yes/on from the environment or TOML."""
+    if isinstance(v, bool):
+        return v
+    word = str(v).strip().lower()
+    if word not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
+    return word in ("1", "true", "yes", "on")
+
+
+def _export(r: Resolver, node: str, redis_url: str) -> int:
+    from redis.exceptions import RedisError
+
+    hosts = r.get("hosts", None, str_list)
+    try:
+        flows = asyncio.run(
+            rulecli.export_flows(redis_url, node, check_roster(hosts) if hosts else None)
+        )
+    except (RedisError, OSError) as e:
+        print(f"killswitch export: cannot reach Redis at {redis_url}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.write(rulecli.counts_csv(flows, attempted=bool(r.get("attempted", False, bool))))
+    return EXIT_OK
+
+
+def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -> int:
+    from killswitch.cli import render
+    from killswitch.ops import control
+
+    action: Callable[[Any], Awaitable[Outcome]]
+    if cmd == "kill":
+        reason = r.require("reason", str, " (say why: it is audited)")
+        operator = r.get("operator", os.environ.get("USER") or "unknown", str)
+        timeout = r.get("timeout", 5.0, positive_float)
+
+        def action(s: Any) -> Awaitable[Outcome]:
+            return control.kill(s, reason=reason, operator=operator, timeout=timeout)
+
+    elif cmd in ("arm", "resume"):
+        approvers: list[str] = r.get("approver", [], str_list)
+        reason = r.get("reason", "", str)
+        timeout = r.get("timeout", 5.0, positive_float)
+
+        def action(s: Any) -> Awaitable[Outcome]:
+            return control.arm(s, approvers=approvers, reason=reason, timeout=timeout)
+
+    elif cmd == "status":
+        action = control.status
+    elif cmd == "audit":
+        limit = r.get("limit", None, positive_int)
+
+        def action(s: Any) -> Awaitable[Outcome]:
+            return control.audit(s, limit)
+
+    else:  # pragma: no cover - argparse restricts the verbs
+        raise ConfigError(f"unknown command {cmd}")
+    # An operator command never hangs: its own wait plus a margin for Redis round trips.
+    budget = (
+        r.get("timeout", 5.0, positive_float) + 15.0 if cmd in ("kill", "arm", "resume") else 15.0
+    )
+    outcome = asyncio.run(_with_store(redis_url, node, action, budget))
+    if outcome.code == EXIT_FAILED and not outcome.report:
+        print(outcome.message, file=sys.stderr)
+        return outcome.code
+    if as_json:
+        print(json.dumps(outcome.report, sort_keys=False))
+        if outcome.message and outcome.code != EXIT_OK:
+            print(outcome.message, file=sys.stderr)
+    else:
+        print(render.human(cmd, outcome))
+    return outcome.code
+
+
+async def _with_store(
+    redis_url: str, node: str, action: Callable[[Any], Awaitable[Outcome]], budget: float
+) -> Outcome:
+    from redis.exceptions import RedisError
+
+    from killswitch.store.redisconn import connect
+    from killswitch.store.store import Store
+
+    redis = connect(redis_url, socket_timeout=3.0, client_name=f"ks-cli-{node}")
+    try:
+        async with asyncio.timeout(budget):
+            return await action(Store(redis, node))
+    except TimeoutError:
+        return Outcome(
+            EXIT_FAILED,
+            {},
+            f"killswitch: gave up after {budget:g}s talking to Redis at {redis_url}.\n"
+            "A kill may or may not have been recorded: run `killswitch status` to see.\n"
+            "Every sidecar that cannot reach Redis blocks all orders by itself within its\n"
+            "--stale-after; to stop trading without Redis, stop each order router or sidecar.",
+        )
+    except (RedisError, OSError) as e:
+        return Outcome(
+            EXIT_FAILED,
+            {},
+            f"killswitch: cannot reach Redis at {redis_url}: {type(e).__name__}: {e}\n"
+            "The command did not complete (run `killswitch status` once Redis answers).\n"
+            "What to do instead:\n"
+            "  - every sidecar that cannot reach Redis blocks all orders by itself within its\n"
+            "    --stale-after (default 1s), so a fleet cut off from Redis is already blocked;\n"
+            "  - if the fleet can still reach Redis but you cannot, run this from a host that\n"
+            "    can (or fix --redis / KILLSWITCH_REDIS_URL);\n"
+            "  - to stop trading without Redis, stop each order router or its sidecar process.",
+        )
+    finally:
+        await redis.aclose()

@@ -1,0 +1,222 @@
+"""The `killswitch` command line: every verb and flag, and nothing else.
+
+Flags default to None ("not given") so that `config.Resolver` can apply the precedence
+flag, environment, config file, default. Exit code 2 for usage errors is argparse's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from killswitch.cli import rulecli
+from killswitch.core.version import __version__
+from killswitch.ops.control import EXIT_USAGE
+from killswitch.runtime.config import DEFAULT_REDIS, default_state_dir
+
+EPILOG = """\
+exit codes: 0 done and proven; 1 could not do it (e.g. Redis unreachable); 2 usage or
+configuration error; 3 kill recorded but not every roster host confirmed in time;
+4 refused by a safety check.
+settings: flag, then environment (KILLSWITCH_REDIS_URL, KILLSWITCH_NODE, KILLSWITCH_<FLAG>),
+then the TOML config file (--config / KILLSWITCH_CONFIG), then defaults."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's exit code 2 is ours too
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common: Any = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("common options")
+    g.add_argument(
+        "--redis",
+        metavar="URL",
+        help=f"Redis URL (env KILLSWITCH_REDIS_URL; default {DEFAULT_REDIS}); redis+sentinel://h1:p1,h2:p2/service also works",
+    )
+    g.add_argument("--node", metavar="NAME", help="logical node (env KILLSWITCH_NODE)")
+    g.add_argument("--config", metavar="PATH", help="TOML config file (env KILLSWITCH_CONFIG)")
+    g.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        help="log format (default: console on a terminal, else json)",
+    )
+    json_opt = argparse.ArgumentParser(add_help=False)
+    json_opt.add_argument(
+        "--json", action="store_true", default=None, help="print one JSON object on stdout"
+    )
+
+    p = _Parser(
+        prog="killswitch",
+        description="Cluster-wide kill switch and aggregate order-volume monitor for trading fleets.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"killswitch {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def cmd(name: str, help_: str, parents: Sequence[Any] = ()) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help_, description=help_, parents=[common, *parents], epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+
+    s = cmd(
+        "sidecar",
+        "Serve the gate for one host: count orders, sync with Redis, enforce the node state.",
+    )
+    s.add_argument("--host", help="this host's name on the node's roster")
+    s.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDR",
+        help="unix:/path or tcp:127.0.0.1:PORT (repeatable)",
+    )
+    s.add_argument(
+        "--metrics-port", type=int, metavar="P", help="serve Prometheus /metrics on this port"
+    )
+    s.add_argument(
+        "--flush-interval",
+        type=float,
+        metavar="S",
+        help="seconds between Redis round trips (default 0.1)",
+    )
+    s.add_argument(
+        "--stale-after",
+        type=float,
+        metavar="S",
+        help="block all orders when no round trip succeeded for this long (default 1.0)",
+    )
+    s.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help=f"where the highest seen epoch is kept across restarts (default {default_state_dir()})",
+    )
+
+    a = cmd(
+        "aggregator",
+        "Sum orders across the node's hosts, trip the node-wide kill, watch confirmations.",
+    )
+    a.add_argument("--hosts", metavar="H1,H2,...", help="the node's roster")
+    rulecli.add_rule_flags(a)
+    a.add_argument(
+        "--metrics-port", type=int, metavar="P", help="serve Prometheus /metrics on this port"
+    )
+    a.add_argument(
+        "--tick", type=float, metavar="S", help="seconds between evaluations (default 0.1)"
+    )
+    a.add_argument(
+        "--confirm-timeout",
+        type=float,
+        metavar="S",
+        help="name unconfirmed hosts after this long (default 5)",
+    )
+    a.add_argument(
+        "--instance",
+        metavar="NAME",
+        help="this aggregator's name in the leader lease and metrics (default hostname-pid)",
+    )
+    a.add_argument(
+        "--lease-ttl",
+        type=float,
+        metavar="S",
+        help="leader lease: a standby takes over this long after the leader stops (default 2)",
+    )
+    a.add_argument(
+        "--require-durable",
+        action="store_true",
+        default=None,
+        help="refuse to start (exit 2) unless Redis runs with appendonly (use in production)",
+    )
+
+    for verb in ("arm", "resume"):
+        r = cmd(
+            verb,
+            "Arm an UNARMED or KILLED node with a new epoch (two distinct approvers; checks first).",
+            [json_opt],
+        )
+        r.add_argument(
+            "--approver",
+            action="append",
+            metavar="NAME",
+            help="an approver (give two distinct ones)",
+        )
+        r.add_argument("--reason", metavar="TEXT", help="why (audited)")
+        r.add_argument(
+            "--timeout",
+            type=float,
+            metavar="S",
+            help="seconds to wait for every roster host to confirm (default 5)",
+        )
+
+    k = cmd(
+        "kill", "Kill the node and wait until every roster host confirmed it blocks.", [json_opt]
+    )
+    k.add_argument("--reason", metavar="TEXT", help="why (audited; required)")
+    k.add_argument("--operator", metavar="NAME", help="who (audited; default $USER)")
+    k.add_argument(
+        "--timeout", type=float, metavar="S", help="seconds to wait for confirmations (default 5)"
+    )
+
+    cmd("status", "The node's state now: epoch, roster, who confirmed, who is stale.", [json_opt])
+
+    w = cmd(
+        "watch",
+        "A live terminal view of the node: state, epoch, volume vs limit, every host's rate and "
+        "confirmation, stale hosts highlighted. Read-only; q or Ctrl-C quits (exit 0).",
+    )
+    w.add_argument(
+        "--interval", type=float, metavar="S", help="seconds between redraws (default 0.5)"
+    )
+    w.add_argument(
+        "--once", action="store_true", default=None, help="print one frame and exit (scripts)"
+    )
+
+    au = cmd("audit", "Who changed what, when and why, oldest first.", [json_opt])
+    au.add_argument(
+        "--limit", type=int, metavar="N", help="only the newest N entries (still oldest first)"
+    )
+
+    cmd(
+        "demo",
+        "The Knight Capital replay, live: an embedded Redis, eight sidecars, the aggregator and "
+        "simulated order routers; prints what a per-host limit, a Prometheus alert and "
+        "killswitch did.",
+        [json_opt],
+    )
+
+    bt = cmd(
+        "backtest",
+        "Replay recorded per-host counts (timestamp,host,count CSV) through the trip rules in "
+        "virtual time; report every trip they would have made. Takes the aggregator's rule flags.",
+        [json_opt],
+    )
+    rulecli.add_backtest_flags(bt)
+
+    ex = cmd(
+        "export",
+        "Print the node's recorded flow (Redis keeps 15 minutes) as timestamp,host,count CSV "
+        "for `killswitch backtest`.",
+    )
+    rulecli.add_export_flags(ex)
+
+    lg = cmd(
+        "loadgen", "A simulated order router: sends ORDER lines to a sidecar's gate at a rate."
+    )
+    lg.add_argument(
+        "--listen", metavar="ADDR", help="the sidecar's gate address (unix:/path or tcp:HOST:PORT)"
+    )
+    lg.add_argument("--rate", type=float, metavar="R", help="orders per second (default 100)")
+    lg.add_argument(
+        "--duration",
+        type=float,
+        metavar="S",
+        help="stop after S seconds (default: run until stopped)",
+    )
+    lg.add_argument("--name", metavar="NAME", help="prefix of order ids (default router)")
+    return p

@@ -1,0 +1,93 @@
+"""Human-readable output of operator commands: readable at a glance, the bad news first.
+
+Formatting only: it takes an `Outcome` and returns text, never talks to Redis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from killswitch.core import ruleview
+from killswitch.ops.control import EXIT_OK, EXIT_REFUSED, EXIT_UNCONFIRMED, Outcome
+
+
+def human(cmd: str, outcome: Outcome) -> str:
+    rep = outcome.report
+    if cmd == "audit":
+        return _audit(rep)
+    lines: list[str] = []
+    if outcome.code == EXIT_REFUSED:
+        lines.append(outcome.message)
+        if "hosts" in rep:
+            lines.append("")
+            lines.extend(_hosts(rep))
+        return "\n".join(lines)
+    head = f"node {rep.get('node')}: {rep.get('state')}  epoch {rep.get('epoch')}"
+    if rep.get("reason"):
+        head += f"  reason: {rep['reason']}"
+    lines.append(head)
+    roster = rep.get("roster", [])
+    confirmed = rep.get("confirmed", [])
+    summary = f"confirmed {len(confirmed)}/{len(roster)} roster hosts"
+    if "elapsed_s" in rep:
+        summary += f" in {rep['elapsed_s'] * 1000:.1f} ms"
+    lines.append(summary)
+    if outcome.code == EXIT_UNCONFIRMED or (cmd == "status" and rep.get("missing")):
+        lines.append("")
+        lines.append(outcome.message or f"MISSING: {', '.join(rep.get('missing', []))}")
+    if rep.get("stale_hosts"):
+        lines.append(f"STALE (blocked, cannot prove state): {', '.join(rep['stale_hosts'])}")
+    if rep.get("redis_durable") is False:
+        lines.append(
+            "REDIS NOT DURABLE (appendonly off): a Redis restart forgets kills and the roster; "
+            "hosts then stay blocked until two approvers arm again"
+        )
+    if cmd == "status":
+        lead = rep.get("leader") or "NONE: no aggregator holds the lease, nothing trips by itself"
+        lines.append(f"aggregator leader: {lead}")
+    if rep.get("changed_at"):
+        lines.append(f"last change {rep['changed_at']} by {rep.get('actor') or '?'}")
+    if cmd == "status":
+        lines.extend(ruleview.shadow_banner(rep.get("aggregator", {})))
+    lines.append("")
+    lines.extend(_hosts(rep))
+    if cmd == "status":
+        lines.extend(ruleview.rule_lines(rep.get("aggregator", {})))
+    if outcome.code == EXIT_OK and outcome.message:
+        lines.append(outcome.message)
+    return "\n".join(lines)
+
+
+def _hosts(rep: dict[str, Any]) -> list[str]:
+    out = [
+        f"  {'host':<16} {'alive':<6} {'age':>7} {'gate':<7} {'view':<8} {'epoch':>6} {'ord/s':>9} {'confirmed':<9}"
+    ]
+    confirmed = set(rep.get("confirmed", []))
+    for h, s in rep.get("hosts", {}).items():
+        age = "-" if s.get("age_s") is None else f"{s['age_s']:.2f}s"
+        mark = "yes" if h in confirmed else "NO"
+        line = (
+            f"  {h:<16} {('yes' if s.get('alive') else 'NO'):<6} {age:>7} {s.get('gate', '?'):<7} "
+            f"{s.get('view') or '?':<8} {s.get('epoch', 0):>6} {s.get('orders_per_s', 0):>9.1f} {mark:<9}"
+        )
+        if s.get("regression"):
+            line += f"  ! {s['regression']}"
+        out.append(line)
+    return out
+
+
+def _audit(rep: dict[str, Any]) -> str:
+    rows = rep.get("entries", [])
+    if not rows:
+        return f"node {rep.get('node')}: no audit entries"
+    out = []
+    for r in rows:
+        extra = ""
+        if "epoch" in r:
+            extra += f" epoch={r['epoch']}"
+        if r.get("cause"):
+            extra += f" cause={r['cause']}"
+        if r.get("approvers"):
+            extra += f" approvers={','.join(r['approvers'])}"
+        out.append(f"{r['time']}  {r['action']:<7} {r['actor']:<28}{extra}  {r['reason']}")
+    return "\n".join(out)

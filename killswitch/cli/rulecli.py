@@ -1,0 +1,300 @@
+"""The trip-rule flags shared by `killswitch aggregator` and `killswitch backtest`, and the
+bodies of the `backtest` and `export` commands.
+
+One definition of every rule flag, so the backtest a user tunes with and the aggregator they
+deploy read the same settings the same way (flag, environment, config file, default) and
+refuse the same bad values, naming the field. It parses and formats; the decisions are in
+`anomaly` and `backtest`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from killswitch.core.anomaly import CAUSES, MonitorConfig
+from killswitch.runtime.config import ConfigError, Resolver, positive_float, positive_int
+
+# MonitorConfig field -> the flag that sets it (validation errors name the flag).
+FLAG_OF = {
+    "max_orders": "max-orders",
+    "window_ms": "window",
+    "baseline_multiplier": "baseline-multiplier",
+    "breach_windows": "breach-windows",
+    "min_orders": "min-orders",
+    "warmup_ms": "warmup",
+    "max_host_share": "max-host-share",
+    "haunted_ratio": "haunted-ratio",
+    "shadow": "shadow",
+    "half_life_ms": "half-life",
+    "profile_bucket_ms": "profile-bucket",
+    "profile_half_life_ms": "profile-half-life",
+}
+
+
+def add_rule_flags(parser: argparse.ArgumentParser) -> None:
+    """The trip rules' flags (see docs/ANOMALY.md for what each rule does)."""
+    d = MonitorConfig()
+    g = parser.add_argument_group(
+        "trip rules",
+        "The node is killed when any enforcing rule trips. Counts are orders across the node "
+        "within one --window; see docs/ANOMALY.md.",
+    )
+    g.add_argument(
+        "--max-orders", type=int, metavar="N",
+        help="static cap: kill when more than N orders were sent across the node within --window (default off)",
+    )  # fmt: skip
+    g.add_argument(
+        "--window", type=float, metavar="S", help="sliding window in seconds (default 10)"
+    )
+    g.add_argument(
+        "--baseline-multiplier", metavar="X",
+        help=f"kill when the window holds more than X times the learned baseline (default {d.baseline_multiplier:g}; 'off' disables the rule)",
+    )  # fmt: skip
+    g.add_argument(
+        "--breach-windows", type=int, metavar="N",
+        help=f"consecutive windows a baseline or host-share breach must last (default {d.breach_windows})",
+    )  # fmt: skip
+    g.add_argument(
+        "--min-orders", type=int, metavar="N",
+        help=f"the baseline and host-share rules never trip a window below N orders (default {d.min_orders})",
+    )  # fmt: skip
+    g.add_argument(
+        "--warmup", type=float, metavar="S",
+        help=f"seconds of learning before the baseline rule may trip (default {d.warmup_ms / 1000:g})",
+    )  # fmt: skip
+    g.add_argument(
+        "--max-host-share", type=float, metavar="F",
+        help="kill when one host sends more than this fraction of the window, e.g. 0.5 (default off)",
+    )  # fmt: skip
+    g.add_argument(
+        "--haunted-ratio", type=float, metavar="X",
+        help=f"report a host as haunted at X times its peers' median (default {d.haunted_ratio:g})",
+    )  # fmt: skip
+    g.add_argument(
+        "--shadow", metavar="RULES",
+        help=f"rules that only report ('would have tripped at ...'), never kill: a comma list of {','.join(CAUSES)}, or 'all'",
+    )  # fmt: skip
+    g.add_argument(
+        "--half-life", type=float, metavar="S",
+        help=f"half-life of the baseline's moving average in seconds (default {d.half_life_ms / 1000:g})",
+    )  # fmt: skip
+    g.add_argument(
+        "--profile-bucket", type=float, metavar="S",
+        help=f"width of a time-of-day profile bucket in seconds (default {d.profile_bucket_ms / 1000:g})",
+    )  # fmt: skip
+    g.add_argument(
+        "--profile-half-life", type=float, metavar="S",
+        help=f"half-life of a profile bucket, in time spent in it (default {d.profile_half_life_ms / 1000:g})",
+    )  # fmt: skip
+
+
+def _ms(v: Any) -> int:
+    return max(round(positive_float(v) * 1000), 1)
+
+
+def _seconds_ms(v: Any) -> int:
+    f = float(v)
+    if not f >= 0:
+        raise ValueError("must be zero or more seconds")
+    return round(f * 1000)
+
+
+def _multiplier(v: Any) -> float | None:
+    if isinstance(v, str) and v.strip().lower() in ("off", "none"):
+        return None
+    return float(v)
+
+
+def _count(v: Any) -> int:
+    if isinstance(v, float) and not v.is_integer():
+        raise ValueError("must be a whole number")
+    i = int(v)
+    if i < 0:
+        raise ValueError("must not be negative")
+    return i
+
+
+def _fraction(v: Any) -> float:
+    f = float(v)
+    if not 0.0 < f < 1.0:
+        raise ValueError("must be a fraction between 0 and 1, e.g. 0.5")
+    return f
+
+
+def _shadow(v: Any) -> frozenset[str] | bool:
+    names = [p.strip() for p in (v if isinstance(v, list) else str(v).split(",")) if p.strip()]
+    if names == ["all"]:
+        return True
+    unknown = sorted(set(names) - set(CAUSES))
+    if unknown:
+        raise ValueError(f"unknown rules {unknown}; known: {', '.join(CAUSES)} or 'all'")
+    return frozenset(names)
+
+
+def rule_config(r: Resolver) -> MonitorConfig:
+    """Resolve the rule flags into a validated `MonitorConfig`; ConfigError names the field."""
+    d = MonitorConfig()
+    values: dict[str, Any] = {
+        "max_orders": r.get("max-orders", None, positive_int),
+        "window_ms": r.get("window", d.window_ms, _ms),
+        "baseline_multiplier": r.get("baseline-multiplier", d.baseline_multiplier, _multiplier),
+        "breach_windows": r.get("breach-windows", d.breach_windows, positive_int),
+        "min_orders": r.get("min-orders", d.min_orders, _count),
+        "warmup_ms": r.get("warmup", d.warmup_ms, _seconds_ms),
+        "max_host_share": r.get("max-host-share", None, _fraction),
+        "haunted_ratio": r.get("haunted-ratio", d.haunted_ratio, float),
+        "shadow": r.get("shadow", d.shadow, _shadow),
+        "half_life_ms": r.get("half-life", d.half_life_ms, _ms),
+        "profile_bucket_ms": r.get("profile-bucket", d.profile_bucket_ms, _ms),
+        "profile_half_life_ms": r.get("profile-half-life", d.profile_half_life_ms, _ms),
+    }
+    try:
+        return MonitorConfig(**values)
+    except ValueError as e:
+        field, _, why = str(e).partition(": ")
+        flag = FLAG_OF.get(field)
+        if flag is None:  # a BaselineParams message ("half_life_ms must be positive ...")
+            flag = next((f for k, f in FLAG_OF.items() if str(e).startswith(k)), "config")
+        raise ConfigError(f"{flag}: {why or e}") from None
+
+
+def config_json(config: MonitorConfig) -> dict[str, Any]:
+    out = asdict(config)
+    out["shadow"] = (
+        list(CAUSES)
+        if config.shadow is True
+        else sorted(config.shadow)
+        if not isinstance(config.shadow, bool)
+        else []
+    )
+    return out
+
+
+# -- backtest ------------------------------------------------------------------------------
+
+
+def add_backtest_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--counts", metavar="FILE.csv",
+        help="recorded per-host counts: timestamp,host,count rows (see `killswitch export`)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tick", type=float, metavar="S",
+        help="seconds between evaluations, as the aggregator's --tick (default 0.1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rearm-after", metavar="S",
+        help="after a trip, re-arm this many seconds later as approvers would (default 60; "
+        "'never' stops at the first trip)",
+    )  # fmt: skip
+    add_rule_flags(parser)
+
+
+def _rearm(v: Any) -> int | None:
+    if isinstance(v, str) and v.strip().lower() in ("never", "none", "off"):
+        return None
+    return _seconds_ms(v)
+
+
+def backtest_command(r: Resolver, as_json: bool) -> tuple[int, str]:
+    """`killswitch backtest`: (exit code, text to print)."""
+    from killswitch.core.backtest import REARM_AFTER_MS, CsvError, read_counts_csv, replay
+    from killswitch.core.ruleview import iso
+
+    path = r.require("counts", str)
+    config = rule_config(r)
+    tick_ms = r.get("tick", 100, _ms)
+    default_rearm: int | None = REARM_AFTER_MS
+    rearm = r.get("rearm-after", default_rearm, _rearm)
+    try:
+        text = Path(path).read_text("utf-8")
+    except OSError as e:
+        raise ConfigError(f"counts: cannot read {path}: {e.strerror or e}") from None
+    try:
+        events = read_counts_csv(text)
+    except CsvError as e:
+        raise ConfigError(f"counts: {path} {e}") from None
+    result = replay(events, config, tick_ms=tick_ms, rearm_after_ms=rearm)
+    trips = [
+        {
+            "at_ms": t.at_ms,
+            "time": iso(t.at_ms),
+            "cause": t.cause,
+            "shadow": t.shadow,
+            "host": t.host,
+            "node_total": t.node_total,
+            "limit": t.limit,
+            "detail": t.detail,
+        }
+        for t in result.trips
+    ]
+    if as_json:
+        doc = {
+            "counts": path,
+            "rows": len(events),
+            "ticks": result.ticks,
+            "tick_ms": tick_ms,
+            "first_ms": events[0].ts_ms if events else None,
+            "last_ms": events[-1].ts_ms if events else None,
+            "config": config_json(config),
+            "trips": trips,
+        }
+        return 0, json.dumps(doc)
+    lines = [
+        f"backtest of {path}: {len(events)} rows, {result.ticks} evaluations every "
+        f"{tick_ms} ms, {sum(not t['shadow'] for t in trips)} trips, "
+        f"{sum(bool(t['shadow']) for t in trips)} shadow trips"
+    ]
+    for t in trips:
+        kind = "SHADOW (would have tripped)" if t["shadow"] else "TRIP"
+        lines.append(f"  {t['time']}  {kind:<27} {t['cause']:<10}  {t['detail']}")
+    return 0, "\n".join(lines)
+
+
+# -- export --------------------------------------------------------------------------------
+
+
+def add_export_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--hosts", metavar="H1,H2,...", help="hosts to export (default: the node's roster)"
+    )
+    parser.add_argument(
+        "--attempted", action="store_true", default=None,
+        help="count blocked orders too (what the routers tried to send), not only allowed ones",
+    )  # fmt: skip
+
+
+def counts_csv(
+    flows: dict[str, list[tuple[str, dict[str, str]]]], *, attempted: bool, since_ms: int = 0
+) -> str:
+    """Flow entries as `timestamp,host,count` rows, oldest first; timestamps are the entries'
+    Redis server time in epoch seconds with millisecond precision."""
+    rows: list[tuple[int, str, int]] = []
+    for host, entries in flows.items():
+        for entry_id, f in entries:
+            ts = int(entry_id.split("-", 1)[0])
+            count = int(f.get("a", 0)) + (int(f.get("b", 0)) if attempted else 0)
+            if ts >= since_ms and count > 0:
+                rows.append((ts, host, count))
+    rows.sort()
+    return "".join(["timestamp,host,count\n", *(f"{ts / 1000:.3f},{h},{c}\n" for ts, h, c in rows)])
+
+
+async def export_flows(
+    redis_url: str, node: str, hosts: Sequence[str] | None
+) -> dict[str, list[tuple[str, dict[str, str]]]]:
+    from killswitch.store.redisconn import connect
+    from killswitch.store.store import Store
+
+    redis = connect(redis_url, socket_timeout=5.0, client_name=f"ks-export-{node}")
+    try:
+        store = Store(redis, node)
+        roster = list(hosts) if hosts else list(await store.roster())
+        return await store.flow_entries(roster)
+    finally:
+        await redis.aclose()

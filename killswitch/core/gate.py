@@ -1,0 +1,156 @@
+"""The in-process gate: the one check every order makes before it may be sent.
+
+This is the order path. It must never touch the network, a file or a lock it can wait
+on: `check()` reads two fields and a monotonic clock. The sidecar's sync loop (another
+task, maybe another thread) moves the gate with `apply()` after each Redis round trip;
+the gate closes by itself when that lease runs out, without waiting for any error.
+
+Thread use: one trading thread may call `check()`/`allow()` while the sync loop runs in
+another thread. Counters are plain ints incremented under the GIL; with several trading
+threads on one gate, give each thread its own sidecar or serialise the calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from killswitch.core.state import BlockReason, HostView, NodeState, boot_view
+
+Decision = tuple[bool, int, str]  # (allowed, epoch, block reason or "")
+
+
+class Gate:
+    """Allow or block one order, locally, against the last proven node state."""
+
+    __slots__ = (
+        "_allow",
+        "_clock",
+        "_deadline",
+        "_held",
+        "_log",
+        "_open",
+        "_reason",
+        "allowed",
+        "blocked",
+        "host",
+        "node",
+        "view",
+    )
+
+    def __init__(
+        self,
+        node: str,
+        host: str,
+        *,
+        view: HostView | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        log: Any = None,
+    ) -> None:
+        self.node = node
+        self.host = host
+        self.allowed = 0
+        self.blocked = 0
+        self._clock = clock
+        self._log = log if log is not None else structlog.get_logger("killswitch.core.gate")
+        self._open = False
+        self._deadline = 0.0
+        self._held = 0  # epoch of a kill notice not yet confirmed by a read (0: none)
+        self.view = view or boot_view()
+        self._reason = self.view.block_reason.value
+        self._allow: Decision = (True, self.view.epoch, "")
+
+    # -- the order path -------------------------------------------------------------------
+
+    def allow(self, order_id: str = "-", symbol: str = "", side: str = "", qty: int = 0) -> bool:
+        """True if this order may be sent now; a refused order is counted and logged."""
+        if self._open and self._clock() < self._deadline:
+            self.allowed += 1
+            return True
+        self._refuse(order_id, symbol, side, qty)
+        return False
+
+    def check(
+        self, order_id: str = "-", symbol: str = "", side: str = "", qty: int = 0
+    ) -> Decision:
+        """Like `allow()`, with the epoch and the block reason for the gate protocol reply."""
+        if self._open and self._clock() < self._deadline:
+            self.allowed += 1
+            return self._allow
+        return self._refuse(order_id, symbol, side, qty)
+
+    def _refuse(self, order_id: str, symbol: str, side: str, qty: int) -> Decision:
+        self.blocked += 1
+        # An open gate whose lease ran out is stale: no round trip proved the node armed.
+        reason = BlockReason.STALE.value if self._open else self._reason
+        epoch = self._held or self.view.epoch
+        self._log.warning(
+            "BLOCK_ORDER",
+            node=self.node,
+            host=self.host,
+            epoch=epoch,
+            reason=reason,
+            order_id=order_id,
+            symbol=symbol,
+            side=side,
+            qty=qty,
+        )
+        return (False, epoch, reason)
+
+    # -- the sync side --------------------------------------------------------------------
+
+    def apply(self, view: HostView, lease_deadline: float) -> None:
+        """Enforce `view` until `lease_deadline` (monotonic seconds)."""
+        self._held = 0
+        if not view.gate_open:
+            self._open = False  # close first: a concurrent check() must never see it open
+            self.view = view
+            self._reason = view.block_reason.value
+            return
+        self._deadline = lease_deadline
+        self.view = view
+        self._allow = (True, view.epoch, "")
+        self._reason = view.block_reason.value
+        self._open = True
+
+    def close(self) -> None:
+        """Close until the next authoritative read (on shutdown)."""
+        self._open = False
+
+    def hold(self, epoch: int) -> bool:
+        """A kill notice for `epoch` arrived: block now, as killed, until the next read applies.
+
+        Closing is always safe, so a notice is trusted this far: it blocks, and the next
+        authoritative read replaces it. Returns False for a notice older than what was seen.
+        """
+        if epoch < self.view.max_epoch:
+            return False  # an old notice (or a forged one) is not even worth a hold
+        self._open = False
+        self._held = epoch
+        self._reason = BlockReason.KILLED.value
+        return True
+
+    @property
+    def held(self) -> int:
+        """The epoch of a kill notice the gate is holding for (0: none)."""
+        return self._held
+
+    def status(self) -> tuple[NodeState, int]:
+        """What PING reports: the enforced state (STALE once the lease ran out) and epoch."""
+        if self._held:
+            return NodeState.KILLED, self._held
+        if self._open and self._clock() >= self._deadline:
+            return NodeState.STALE, self.view.epoch
+        if self._open:
+            return NodeState.ARMED, self.view.epoch
+        return self.view.state, self.view.epoch
+
+    @property
+    def is_open(self) -> bool:
+        return self._open and self._clock() < self._deadline
+
+    def lease_left(self) -> float:
+        return max(0.0, self._deadline - self._clock()) if self._open else 0.0

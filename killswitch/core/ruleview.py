@@ -1,0 +1,210 @@
+"""How the anomaly rules' decisions are shown: the published view, metrics and log events.
+
+Pure formatting of `anomaly.Evaluation`s into flat view fields (the aggregator's view hash,
+read back by `status`), Prometheus metric families and `(level, event, fields)` triples.
+It must never decide a trip (that is `anomaly`), log, or touch Redis.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from killswitch.core.anomaly import Evaluation, MonitorConfig
+
+JSON_FIELDS = ("rules", "haunted")  # view fields that hold JSON; `decode_view` parses them
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000.0, UTC).isoformat(timespec="milliseconds")
+
+
+def window_label(config: MonitorConfig) -> str:
+    """The `window` label of the node metrics, e.g. "10s" (stable: dashboards select on it)."""
+    return f"{config.window_ms / 1000:g}s"
+
+
+def view_fields(config: MonitorConfig, ev: Evaluation | None) -> dict[str, str]:
+    """The rule part of the aggregator's view hash: flat strings, JSON for the lists."""
+    shadow = [c for c in config.causes if config.is_shadow(c)]
+    fields = {
+        "window_s": f"{config.window_ms / 1000:g}",
+        "max_orders": "" if config.max_orders is None else str(config.max_orders),
+        "enforcing": ",".join(c for c in config.causes if not config.is_shadow(c)),
+        "shadow": ",".join(shadow),
+        "expected": "",
+        "warm": "0",
+        "rules": "[]",
+        "haunted": "[]",
+    }
+    if ev is None:
+        return fields
+    fields["expected"] = "" if ev.expected is None else f"{ev.expected:.1f}"
+    fields["warm"] = "1" if ev.warm else "0"
+    fields["rules"] = json.dumps(
+        [
+            {
+                "rule": r.cause,
+                "shadow": r.shadow,
+                "active": r.active,
+                "value": round(r.value, 4),
+                "limit": None if r.limit is None else round(r.limit, 4),
+                "level": r.level,
+                "breach_windows": r.breach_windows,
+            }
+            for r in ev.rules
+        ],
+        separators=(",", ":"),
+    )
+    fields["haunted"] = json.dumps(
+        [
+            {
+                "host": h.host,
+                "orders": h.orders,
+                "share": round(h.share, 4),
+                "peer_ratio": round(h.peer_ratio, 2),
+            }
+            for h in ev.haunted
+        ],
+        separators=(",", ":"),
+    )
+    return fields
+
+
+def decode_view(view: Mapping[str, str]) -> dict[str, Any]:
+    """The view hash as `status --json` shows it: JSON fields parsed, the rest as stored."""
+    out: dict[str, Any] = dict(view)
+    for key in JSON_FIELDS:
+        if key in out:
+            try:
+                out[key] = json.loads(out[key])
+            except ValueError:
+                out[key] = []
+    return out
+
+
+class EventLog:
+    """Turns evaluations into log events, once per crossing.
+
+    `LIMIT_WARNING` when a rule rises to 50, 75 or 90 % of its limit (`limit_warning_cleared`
+    when it falls back), `HAUNTED_HOST` when a host becomes haunted (again only after it was
+    not haunted for a whole window, so a host hovering at the ratio is reported once), and
+    `SHADOW_TRIP` for every trip a shadowed rule would have made, and `BASELINE_ACCEPTED`
+    when a re-arm after a baseline trip taught the baseline the level that tripped.
+    """
+
+    def __init__(self, window_ms: int) -> None:
+        self.window_ms = window_ms
+        self._haunted_seen: dict[str, int] = {}  # host -> last evaluation it was haunted at
+
+    def events(self, ev: Evaluation) -> list[tuple[str, str, dict[str, Any]]]:
+        out: list[tuple[str, str, dict[str, Any]]] = []
+        for w in ev.warnings:
+            # `percent`, not `level`: structlog's `level` key is the log level.
+            fields: dict[str, Any] = {
+                "rule": w.cause, "percent": w.new, "previous_percent": w.old,
+                "value": round(w.value, 4), "limit": round(w.limit, 4),
+            }  # fmt: skip
+            if w.new > w.old:
+                out.append(("warning", "LIMIT_WARNING", fields))
+            else:
+                out.append(("info", "limit_warning_cleared", fields))
+        for h in ev.haunted:
+            last = self._haunted_seen.get(h.host)
+            if last is None or ev.now_ms - last > self.window_ms:
+                out.append(
+                    (
+                        "warning",
+                        "HAUNTED_HOST",
+                        {
+                            "host": h.host,
+                            "share": round(h.share, 4),
+                            "peer_ratio": round(h.peer_ratio, 2),
+                            "orders": h.orders,
+                        },
+                    )
+                )
+            self._haunted_seen[h.host] = ev.now_ms
+        for t in ev.shadow_trips:
+            out.append(
+                (
+                    "warning",
+                    "SHADOW_TRIP",
+                    {
+                        "cause": t.cause,
+                        "at_ms": t.at_ms,
+                        "host": t.host,
+                        "reason": f"would have tripped at {iso(t.at_ms)}: {t.detail}",
+                    },
+                )
+            )
+        if (a := ev.accepted) is not None:
+            out.append(
+                (
+                    "warning",
+                    "BASELINE_ACCEPTED",
+                    {
+                        "value": round(a.value, 4),
+                        "trip_at_ms": a.at_ms,
+                        "reason": f"re-armed after the baseline trip at {iso(a.at_ms)}: "
+                        f"{a.value:.0f} orders per window is now normal for this node at this "
+                        f"time of day (more than multiplier x it still trips)",
+                    },
+                )
+            )
+        return out
+
+
+def shadow_banner(view: Mapping[str, Any]) -> list[str]:
+    """The loud line `status` prints when any rule only pretends to protect the node."""
+    shadow = [c for c in str(view.get("shadow") or "").split(",") if c]
+    if not shadow:
+        return []
+    return [
+        f"!!! SHADOW MODE: rule(s) {', '.join(shadow)} are evaluated but NOT ENFORCING: "
+        "they will NOT kill this node (they only log 'would have tripped') !!!"
+    ]
+
+
+def rule_lines(view: Mapping[str, Any]) -> list[str]:
+    """The aggregator's rules as `status` shows them: limit, level, baseline, haunted hosts."""
+    if not view:
+        return ["aggregator: no view published (is an aggregator running for this node?)"]
+    win = view.get("window_s", "?")
+    expected = view.get("expected") or ""
+    learned = view.get("learned_s", "0")
+    warm = "warm" if view.get("warm") == "1" else f"warming up ({learned}s learned)"
+    base = f"{float(expected):.0f} orders/{win}s" if expected else "not learned yet"
+    out = [
+        "",
+        f"rules (window {win}s): node {view.get('node_orders', '?')} orders in window; "
+        f"baseline {base}, {warm}",
+    ]
+    rules = view.get("rules") or []
+    if isinstance(rules, str):
+        rules = decode_view({"rules": rules})["rules"]
+    for r in rules:
+        limit = r.get("limit")
+        if r.get("rule") == "host_share":
+            value = f"top host {r.get('value', 0):.0%}"
+            lim = "-" if limit is None else f"{limit:.0%}"
+        else:
+            value = f"{r.get('value', 0):.0f}"
+            lim = "-" if limit is None else f"{limit:.0f}"
+        mode = "SHADOW (not enforcing)" if r.get("shadow") else "enforcing"
+        active = "" if r.get("active") else "  (inactive: warming up or below --min-orders)"
+        out.append(
+            f"  {r.get('rule', '?'):<11} {mode:<22} value {value:<14} limit {lim:<8} "
+            f"level {r.get('level', 0)}%{active}"
+        )
+    haunted = view.get("haunted") or []
+    if isinstance(haunted, str):
+        haunted = decode_view({"haunted": haunted})["haunted"]
+    for h in haunted:
+        out.append(
+            f"  HAUNTED HOST {h['host']}: {h['share']:.0%} of the node's window, "
+            f"{h['peer_ratio']:.1f}x its peers' median"
+        )
+    return out

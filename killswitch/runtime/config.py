@@ -1,0 +1,162 @@
+"""Typed settings, resolved once at start-up: flag, then environment, then config file, then default.
+
+Errors name the bad field and where it came from. Nothing here touches Redis or sockets.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from killswitch.core.names import InvalidName, check_name
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+ENV_PREFIX = "KILLSWITCH_"
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddr:
+    kind: str  # "unix" | "tcp"
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
+
+
+def parse_listen(value: str) -> ListenAddr:
+    """`unix:/path` or `tcp:HOST:PORT` (HOST may be an IPv6 literal in brackets)."""
+    if value.startswith("unix:"):
+        path = value[5:]
+        if not path:
+            raise ConfigError("listen: unix: needs a socket path, e.g. unix:/run/ks/gate.sock")
+        return ListenAddr("unix", path=path)
+    if value.startswith("tcp:"):
+        host, sep, port = value[4:].rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+            raise ConfigError(f"listen: {value!r} is not tcp:HOST:PORT, e.g. tcp:127.0.0.1:7000")
+        return ListenAddr("tcp", host=host, port=int(port))
+    raise ConfigError(f"listen: {value!r} must start with unix: or tcp:")
+
+
+def load_config_file(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        with Path(path).open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config: file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config: {path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config: {path} is not valid UTF-8 TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {path}: {e}") from None
+
+
+class Resolver:
+    """Looks a setting up in flags, then `KILLSWITCH_<NAME>`, then the config file, then default.
+
+    The config file may hold a setting at top level or in a `[<command>]` table; the table
+    wins. Flag values of None mean "not given".
+    """
+
+    def __init__(
+        self,
+        flags: Mapping[str, Any],
+        env: Mapping[str, str] | None = None,
+        config: Mapping[str, Any] | None = None,
+        section: str = "",
+    ) -> None:
+        self.flags = flags
+        self.env = os.environ if env is None else env
+        self.config = dict(config or {})
+        sect = self.config.get(section, {}) if section else {}
+        self.section = sect if isinstance(sect, dict) else {}
+
+    def get(self, name: str, default: T, conv: Callable[[Any], T]) -> T:
+        key = name.replace("-", "_")
+        sources: list[tuple[str, Any]] = [
+            (f"--{name}", self.flags.get(key)),
+            (ENV_PREFIX + key.upper(), self.env.get(ENV_PREFIX + key.upper())),
+            (f"config [{key}]", self._from_config(key, name)),
+        ]
+        for where, raw in sources:
+            if raw is None or raw == "":
+                continue
+            try:
+                return conv(raw)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"{name}: bad value {raw!r} from {where}: {e}") from None
+        return default
+
+    def _from_config(self, key: str, name: str) -> Any:
+        # Accept both `stale_after` and `stale-after` (the flag's spelling) in the file.
+        for table in (self.section, self.config):
+            for k in (key, name):
+                if k in table and not isinstance(table[k], dict):
+                    return table[k]
+        return None
+
+    def require(self, name: str, conv: Callable[[Any], T], hint: str = "") -> T:
+        missing = object()
+        value = self.get(name, missing, conv)
+        if value is missing:
+            env = ENV_PREFIX + name.replace("-", "_").upper()
+            raise ConfigError(f"{name}: required; give --{name} or set {env}{hint}")
+        return value  # type: ignore[return-value]
+
+
+def node_name(v: Any) -> str:
+    try:
+        return check_name("node", str(v))
+    except InvalidName as e:
+        raise ValueError(str(e)) from None
+
+
+def host_name(v: Any) -> str:
+    try:
+        return check_name("host", str(v))
+    except InvalidName as e:
+        raise ValueError(str(e)) from None
+
+
+def positive_float(v: Any) -> float:
+    f = float(v)
+    if not (f > 0 and math.isfinite(f)):
+        raise ValueError("must be a positive, finite number")
+    return f
+
+
+def positive_int(v: Any) -> int:
+    if isinstance(v, float) and not v.is_integer():
+        raise ValueError("must be a whole number")
+    i = int(v)
+    if i <= 0:
+        raise ValueError("must be a positive whole number")
+    return i
+
+
+def str_list(v: Any) -> list[str]:
+    if isinstance(v, list):
+        return [str(x) for x in v]
+    return [p.strip() for p in str(v).split(",") if p.strip()]
+
+
+def default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "killswitch")

@@ -1,0 +1,91 @@
+"""The in-process gate for Python trading processes: a `Sidecar` run in a background thread.
+
+The trading thread calls `gate.allow(...)`, a local check with no network round trip; the
+sidecar's sync loop runs on its own event loop in a daemon thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from killswitch.core.gate import Gate
+from killswitch.sidecar.service import Sidecar
+from killswitch.sidecar.settings import SidecarSettings
+from killswitch.store.redisconn import connect
+
+__all__ = ["SidecarSettings", "SidecarThread"]
+
+
+class SidecarThread:
+    """Runs a `Sidecar` in a background thread for a Python trading process.
+
+    The trading thread calls `sidecar.gate.allow(...)`: a local check, no network round trip.
+    """
+
+    def __init__(
+        self, settings: SidecarSettings, *, registry: CollectorRegistry | None = None
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"killswitch-{settings.host}", daemon=True
+        )
+        self.sidecar: Sidecar | None = None
+        self._error: BaseException | None = None
+
+    @classmethod
+    def from_url(cls, redis_url: str, *, node: str, host: str, **kw: Any) -> SidecarThread:
+        state_dir = kw.pop("state_dir", "")
+        return cls(
+            SidecarSettings(node=node, host=host, redis_url=redis_url, state_dir=state_dir, **kw)
+        )
+
+    @property
+    def gate(self) -> Gate:
+        assert self.sidecar is not None, "start() the SidecarThread first"
+        return self.sidecar.gate
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._main())
+        self._loop.close()
+
+    async def _main(self) -> None:
+        try:
+            redis = connect(self.settings.redis_url, socket_timeout=self.settings.stale_after)
+            self.sidecar = Sidecar(self.settings, redis, registry=self.registry)
+            await self.sidecar.start()
+        except BaseException as e:
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            await self.sidecar._stop.wait()
+        finally:
+            await self.sidecar.stop()
+            await redis.aclose()
+
+    def start(self) -> SidecarThread:
+        self._thread.start()
+        self._ready.wait()
+        if self._error:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self.sidecar is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self.sidecar._stop.set)
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> SidecarThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,100 @@
+"""The sidecar's Prometheus metrics, read from its plain fields at scrape time.
+
+Nothing here runs on the order path: the gate keeps plain integer counters and this
+collector turns them into metric families only when Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from killswitch.core.gate import Gate
+from killswitch.core.state import NodeState
+from killswitch.sidecar.settings import SidecarSettings
+
+
+class Sidecar(Protocol):
+    """What the collector reads of a sidecar (structural, so the service need not be imported)."""
+
+    @property
+    def s(self) -> SidecarSettings: ...
+    @property
+    def gate(self) -> Gate: ...
+    @property
+    def failures(self) -> int: ...
+    @property
+    def regressions(self) -> int: ...
+    def sync_age(self) -> float | None: ...
+
+
+class SidecarCollector:
+    """Reads the gate's plain counters at scrape time: nothing is added to the order path."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.sc = sidecar
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        sc, n, h = self.sc, self.sc.s.node, self.sc.s.host
+        orders = CounterMetricFamily(
+            "killswitch_orders",
+            "Orders this host's gate decided on, by decision (allowed or blocked).",
+            labels=["node", "host", "decision"],
+        )
+        orders.add_metric([n, h, "allowed"], sc.gate.allowed)
+        orders.add_metric([n, h, "blocked"], sc.gate.blocked)
+        yield orders
+        yield _gauge(
+            "killswitch_gate_open",
+            "1 while this host's gate lets orders through.",
+            n,
+            h,
+            float(sc.gate.is_open),
+        )
+        yield _gauge(
+            "killswitch_host_epoch",
+            "Highest node epoch this host has seen.",
+            n,
+            h,
+            sc.gate.view.max_epoch,
+        )
+        age = sc.sync_age()
+        yield _gauge(
+            "killswitch_sync_age_seconds",
+            "Seconds since this host's last successful Redis round trip (+Inf before the first).",
+            n, h, float("inf") if age is None else age,
+        )  # fmt: skip
+        state = GaugeMetricFamily(
+            "killswitch_host_state",
+            "1 for the node state this host enforces now (STALE: it cannot prove the node armed).",
+            labels=["node", "host", "state"],
+        )
+        now_state = sc.gate.status()[0]
+        for st in NodeState:
+            state.add_metric([n, h, st.value], float(st is now_state))
+        yield state
+        fails = CounterMetricFamily(
+            "killswitch_sync_failures",
+            "Failed Redis round trips of this host.",
+            labels=["node", "host"],
+        )
+        fails.add_metric([n, h], sc.failures)
+        yield fails
+        regr = CounterMetricFamily(
+            "killswitch_epoch_regressions",
+            "Times this host read a node state older than one it had seen (data loss or rollback).",
+            labels=["node", "host"],
+        )
+        regr.add_metric([n, h], sc.regressions)
+        yield regr
+
+
+def _gauge(name: str, doc: str, node: str, host: str, value: float) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, doc, labels=["node", "host"])
+    g.add_metric([node, host], value)
+    return g

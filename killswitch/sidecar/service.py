@@ -1,0 +1,319 @@
+"""The per-host sidecar: serves the gate, syncs with Redis, confirms every state it applies.
+
+A thin asyncio shell around `Gate` (the order path) and `state.observe` (the epoch rules).
+One Redis round trip per flush interval both reports counts and reads the node state; that
+round trip is the lease, so Redis cost never grows with order volume and the gate closes by
+itself when round trips stop succeeding. Pub/sub only wakes the sync loop early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Histogram
+from redis.asyncio import Redis
+
+from killswitch.core.gate import Gate
+from killswitch.core.state import HostView, NodeState, boot_view, observe
+from killswitch.core.version import __version__
+from killswitch.runtime.metrics import MetricsServer, build_info
+from killswitch.runtime.service import run_until_signalled
+from killswitch.sidecar.gateserver import GateServer
+from killswitch.sidecar.metrics import SidecarCollector
+from killswitch.sidecar.settings import SidecarSettings
+from killswitch.store.localstate import LocalState
+from killswitch.store.redisconn import connect
+from killswitch.store.store import FlushReport, Store
+
+log = structlog.get_logger("killswitch.sidecar.service")
+
+
+class Sidecar:
+    """`start()`, idempotent `stop()`, blocking `run()`; collaborators are passed in."""
+
+    def __init__(
+        self,
+        settings: SidecarSettings,
+        redis: Redis,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        logger: Any = None,
+    ) -> None:
+        self.s = settings
+        self.redis = redis
+        self.store = Store(redis, settings.node)
+        self.clock = clock
+        self.log = (logger or log).bind(node=settings.node, host=settings.host)
+        self.local = (
+            LocalState(settings.state_dir, settings.node, settings.host)
+            if settings.state_dir
+            else None
+        )
+        max_epoch, max_state, problem = self.local.load() if self.local else (0, None, "")
+        view = boot_view(max_epoch, max_state)
+        self._local_problem = problem
+        self._problem_epoch: int | None = None  # first epoch read while the file was unreadable
+        self._fail_streak = 0
+        self._recorded: tuple[int, NodeState | None] = (max_epoch, max_state)
+        self._held_recorded = 0  # epoch of a kill notice already recorded locally (0: none)
+        self.gate = Gate(settings.node, settings.host, view=view, clock=clock, log=self.log)
+        self.boot = uuid.uuid4().hex[:12]
+        self.acked = (0, 0)
+        self.confirmed: tuple[int, int] = (0, 0)
+        self.last_ok: float | None = None
+        self.failures = 0
+        self.regressions = 0
+        self._rate: deque[tuple[float, int]] = deque(maxlen=64)
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server = GateServer(self.gate, settings.listen, logger=self.log)
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._rtt = Histogram(
+            "killswitch_redis_roundtrip_seconds",
+            "Duration of the sidecar's Redis round trip (report counts + read node state).",
+            ["node", "host"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=self.registry,
+        ).labels(settings.node, settings.host)
+        self.registry.register(SidecarCollector(self))
+        build_info(self.registry, "sidecar")
+        self._metrics = (
+            MetricsServer(self.registry, settings.metrics_port)
+            if settings.metrics_port is not None
+            else None
+        )
+        self._started = False
+        self._last_fail_log = -1e9
+        if problem:
+            self.log.error("LOCAL_STATE_UNREADABLE", reason=problem)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        await self._server.start()
+        if self._metrics:
+            await self._metrics.start()
+        self._tasks = [
+            asyncio.create_task(self._sync_loop(), name="sync"),
+            asyncio.create_task(self._listen_loop(), name="pubsub"),
+        ]
+        self.log.info(
+            "sidecar_started",
+            listen=[str(a) for a in self.s.listen],
+            epoch=self.gate.view.max_epoch,
+            flush_interval=self.s.flush_interval,
+            stale_after=self.s.stale_after,
+        )
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        self._stop.set()
+        self.gate.close()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+        await self._server.stop()
+        if self._metrics:
+            await self._metrics.stop()
+        self.log.info("sidecar_stopped")
+
+    async def run(self) -> None:
+        await run_until_signalled(self.start, self.stop, self._stop)
+
+    # -- sync ------------------------------------------------------------------------------
+
+    async def _sync_loop(self) -> None:
+        while not self._stop.is_set():
+            started = self.clock()
+            await self.sync_once()
+            wait = self.s.flush_interval - (self.clock() - started)
+            if wait > 0 and not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+            self._wake.clear()
+
+    async def sync_once(self) -> bool:
+        """One round trip; returns whether it succeeded. The gate's lease starts at send time."""
+        sent = self.clock()
+        allowed, blocked = self.gate.allowed, self.gate.blocked
+        view = self.gate.view
+        want_confirm = (
+            view.state in (NodeState.ARMED, NodeState.KILLED)
+            and (
+                view.epoch,
+                view.ver,
+            )
+            != self.confirmed
+        )
+        report = FlushReport(
+            boot=self.boot,
+            allowed=allowed,
+            blocked=blocked,
+            acked_allowed=self.acked[0],
+            acked_blocked=self.acked[1],
+            max_epoch=view.max_epoch,
+            view=self.gate.status()[0].value,
+            gate="open" if self.gate.is_open else "closed",
+            orders_per_s=self._orders_per_s(sent, allowed + blocked),
+            stale_after_ms=int(self.s.stale_after * 1000),
+            regression=view.regression or self._local_problem,
+            confirm_epoch=view.epoch if want_confirm else 0,
+            confirm_ver=view.ver if want_confirm else 0,
+            held_epoch=self.gate.held if self.gate.held == self._held_recorded else 0,
+            confirmed_epoch=self.confirmed[0],
+            confirmed_ver=self.confirmed[1],
+        )
+        try:
+            async with asyncio.timeout(self.s.stale_after):
+                read, _now_ms, closed_confirm = await self.store.flush(
+                    self.s.host, report, __version__
+                )
+        except Exception as e:  # any failure: the lease simply runs out
+            self.failures += 1
+            self._fail_streak += 1
+            if sent - self._last_fail_log > 1.0:
+                self._last_fail_log = sent
+                self.log.warning(
+                    "sync_failed", error=f"{type(e).__name__}: {e}", failures=self.failures
+                )
+            return False
+        self._rtt.observe(self.clock() - sent)
+        if self._fail_streak:
+            self.log.info("sync_recovered", failed_round_trips=self._fail_streak)
+            self._fail_streak = 0
+        self.last_ok = sent
+        self.acked = (allowed, blocked)
+        if want_confirm:
+            self._confirmed(view.epoch, view.ver, view.state.value, blocked)
+        new = observe(view, read)
+        if closed_confirm and new.state is NodeState.KILLED:
+            self._confirmed(new.epoch, new.ver, new.state.value, blocked)
+        self._apply(new, sent)
+        return True
+
+    def _confirmed(self, epoch: int, ver: int, state: str, blocked: int) -> None:
+        self.confirmed = (epoch, ver)
+        self.log.info("CONFIRMED", epoch=epoch, ver=ver, state=state, blocked=blocked)
+
+    def _apply(self, new: HostView, sent: float) -> None:
+        old = self.gate.view
+        if self._local_problem:
+            # Without the file this host cannot tell an old ARMED from a new one. An arm made
+            # after it started (above the first epoch it read) was made on purpose, by two
+            # approvers who saw this host report the problem: trust that one.
+            if self._problem_epoch is None:
+                self._problem_epoch = new.epoch
+            elif new.state is NodeState.ARMED and new.epoch > self._problem_epoch:
+                self.log.warning(
+                    "LOCAL_STATE_REPLACED", epoch=new.epoch, reason=self._local_problem,
+                    first_epoch_read=self._problem_epoch,
+                )  # fmt: skip
+                self._local_problem = ""
+        if self._local_problem:
+            new = HostView(
+                max_epoch=new.max_epoch,
+                max_state=new.max_state,
+                state=NodeState.STALE,
+                epoch=new.epoch,
+                regression=self._local_problem,
+            )
+        if new.regression and new.regression != old.regression:
+            self.regressions += 1
+            self.log.error("EPOCH_REGRESSION", epoch=new.max_epoch, reason=new.regression)
+        if (new.max_epoch, new.max_state) != (old.max_epoch, old.max_state):
+            self._record(new.max_epoch, new.max_state)
+        self.gate.apply(new, sent + self.s.stale_after)
+        if (new.state, new.epoch, new.ver) != (old.state, old.epoch, old.ver):
+            self.log.info(
+                "NODE_STATE", state=new.state.value, epoch=new.epoch, ver=new.ver,
+                reason=new.regression or None,
+            )  # fmt: skip
+            if new.state in (NodeState.ARMED, NodeState.KILLED):
+                self._wake.set()  # confirm on the very next round trip, not a flush later
+
+    def _orders_per_s(self, now: float, total: int) -> float:
+        self._rate.append((now, total))
+        while len(self._rate) > 2 and now - self._rate[0][0] > 1.0:
+            self._rate.popleft()
+        t0, c0 = self._rate[0]
+        return (total - c0) / (now - t0) if now > t0 else 0.0
+
+    async def _listen_loop(self) -> None:
+        """Kill notices over pub/sub wake the sync loop; losing them only costs latency."""
+        channel = self.store.keys.events
+        while not self._stop.is_set():
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                while not self._stop.is_set():
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None:
+                        self._notice(str(msg.get("data", "")))
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _notice(self, data: str) -> None:
+        """`KILLED <epoch> <ver>` closes the gate at once; the next round trip decides the rest.
+
+        The notice's epoch is recorded locally (as KILLED) before that round trip, so the
+        one-call confirmation it allows is never ahead of what this host remembers. A forged
+        notice can only block this host, and an arm above its epoch clears it.
+        """
+        parts = data.split()
+        if len(parts) == 3 and parts[0] == "KILLED" and parts[1].isascii() and parts[1].isdigit():
+            epoch = int(parts[1])
+            if self.gate.hold(epoch):
+                view = self.gate.view
+                if (epoch, NodeState.KILLED) != (view.max_epoch, view.max_state):
+                    # Memory and file agree: a restart behaves like this process would.
+                    self.gate.view = replace(view, max_epoch=epoch, max_state=NodeState.KILLED)
+                self._record(epoch, NodeState.KILLED)
+                self._held_recorded = epoch
+
+    def _record(self, epoch: int, state: NodeState | None) -> None:
+        """Write the highest epoch seen to the local state file, only when it changes."""
+        if self.local is not None and (epoch, state) != self._recorded:
+            self.local.save(epoch, state)
+        self._recorded = (epoch, state)
+
+    def sync_age(self) -> float | None:
+        return None if self.last_ok is None else self.clock() - self.last_ok
+
+
+async def run_sidecar(settings: SidecarSettings) -> None:
+    """Entry point of `killswitch sidecar`."""
+    redis = connect(
+        settings.redis_url,
+        socket_timeout=settings.stale_after,
+        client_name=f"ks-sidecar-{settings.node}-{settings.host}-{os.getpid()}",
+    )
+    try:
+        await Sidecar(settings, redis).run()
+    finally:
+        await redis.aclose()

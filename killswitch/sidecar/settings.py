@@ -1,0 +1,21 @@
+"""The sidecar's typed settings, resolved once by the CLI (or built by a Python caller)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from killswitch.runtime.config import ListenAddr
+
+
+@dataclass(frozen=True)
+class SidecarSettings:
+    node: str
+    host: str
+    redis_url: str
+    listen: tuple[ListenAddr, ...] = ()
+    metrics_port: int | None = None
+    flush_interval: float = 0.1
+    stale_after: float = 1.0
+    state_dir: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,290 @@
+"""Helpers to run a real fleet (sidecar and aggregator processes) for tests and the demo.
+
+Everything here starts real processes (`python -m killswitch ...`) against a real Redis;
+nothing stands in for Redis. Waits are conditions with deadlines, never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+
+def wait_until(
+    cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, what: str = ""
+) -> Any:
+    """Poll `cond` until it returns something truthy; raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            value = cond()
+            if value:
+                return value
+        except Exception as e:  # the condition may fail while things start up
+            last_exc = e
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what or cond}: {last_exc}")
+        time.sleep(interval)
+
+
+class GateClient:
+    """A blocking gate-protocol client on a unix or TCP socket."""
+
+    def __init__(self, address: str, timeout: float = 5.0) -> None:
+        if address.startswith("unix:"):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            try:
+                self.sock.connect(address[5:])
+            except OSError:
+                self.sock.close()
+                raise
+        else:
+            host, _, port = address.removeprefix("tcp:").rpartition(":")
+            self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.file: IO[bytes] = self.sock.makefile("rb")
+
+    def send(self, *lines: str | bytes) -> None:
+        data = b"".join((x.encode() if isinstance(x, str) else x) + b"\n" for x in lines)
+        self.sock.sendall(data)
+
+    def reply(self) -> str:
+        line = self.file.readline()
+        if not line:
+            raise ConnectionError("gate closed the connection")
+        return line.decode().rstrip("\n")
+
+    def request(self, line: str | bytes) -> str:
+        self.send(line)
+        return self.reply()
+
+    def order(self, oid: str = "1", symbol: str = "AAPL", side: str = "BUY", qty: int = 100) -> str:
+        return self.request(f"ORDER {oid} {symbol} {side} {qty}")
+
+    def ping(self) -> str:
+        return self.request("PING")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+            self.sock.close()
+
+    def __enter__(self) -> GateClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class Proc:
+    name: str
+    args: list[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    def start(self, env: dict[str, str]) -> None:
+        self._log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.args, stdout=self._log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+        )
+
+    def send(self, sig: int) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
+        p, self.popen = self.popen, None
+        if p is not None and p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGCONT)  # a frozen process cannot act on SIGTERM
+            p.send_signal(sig)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """JSON log events this process wrote (optionally only those named `name`)."""
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                ev = json.loads(line)
+                if isinstance(ev, dict) and (name is None or ev.get("event") == name):
+                    out.append(ev)
+        return out
+
+
+@dataclass
+class Fleet:
+    """Eight (or any number of) sidecar processes of one node, plus optionally its aggregator."""
+
+    redis_url: str
+    node: str
+    hosts: Sequence[str]
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ks-fleet-")))
+    flush_interval: float = 0.1
+    stale_after: float = 1.0
+    sidecars: dict[str, Proc] = field(default_factory=dict)
+    aggregator: Proc | None = None
+    extra_sidecar_args: Sequence[str] = ()
+    metrics_ports: Mapping[str, int] = field(default_factory=dict)  # host -> --metrics-port
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            KILLSWITCH_REDIS_URL=self.redis_url,
+            KILLSWITCH_NODE=self.node,
+            KILLSWITCH_LOG_FORMAT="json",
+            PYTHONUNBUFFERED="1",
+        )
+        env.pop("KILLSWITCH_CONFIG", None)
+        return env
+
+    def address(self, host: str) -> str:
+        return f"unix:{self.workdir / (host + '.sock')}"
+
+    def sidecar_args(self, host: str) -> list[str]:
+        return [
+            sys.executable, "-m", "killswitch", "sidecar",
+            "--host", host,
+            "--listen", self.address(host),
+            "--flush-interval", str(self.flush_interval),
+            "--stale-after", str(self.stale_after),
+            "--state-dir", str(self.workdir / "state"),
+            *(("--metrics-port", str(self.metrics_ports[host])) if host in self.metrics_ports else ()),
+            *self.extra_sidecar_args,
+        ]  # fmt: skip
+
+    def start_sidecar(self, host: str, wait: bool = True) -> Proc:
+        proc = Proc(host, self.sidecar_args(host), self.workdir / f"{host}.log")
+        proc.start(self.env())
+        self.sidecars[host] = proc
+        if wait:
+            self.wait_serving(host)
+        return proc
+
+    def wait_serving(self, host: str, timeout: float = 20.0) -> None:
+        def ok() -> bool:
+            with GateClient(self.address(host), timeout=1.0) as c:
+                return c.ping().startswith("PONG")
+
+        wait_until(ok, timeout, 0.02, f"sidecar {host} serving")
+
+    def start(self) -> Fleet:
+        for h in self.hosts:
+            self.start_sidecar(h, wait=False)
+        for h in self.hosts:
+            self.wait_serving(h)
+        return self
+
+    def start_aggregator(self, *args: str) -> Proc:
+        proc = Proc(
+            "aggregator",
+            [
+                sys.executable,
+                "-m",
+                "killswitch",
+                "aggregator",
+                "--hosts",
+                ",".join(self.hosts),
+                *args,
+            ],
+            self.workdir / "aggregator.log",
+        )
+        proc.start(self.env())
+        self.aggregator = proc
+        return proc
+
+    def ready(self, redis_url: str | None = None) -> bool:
+        """True once the roster is stored and every roster host reports alive (`status`)."""
+        args = ("status",) if redis_url is None else ("status", "--redis", redis_url)
+        rep = self.cli_json(*args)[1]
+        hosts = rep["hosts"]
+        return rep["roster"] == sorted(self.hosts) and all(h["alive"] for h in hosts.values())
+
+    def wait_ready(self, timeout: float = 30.0, redis_url: str | None = None) -> None:
+        wait_until(
+            lambda: self.ready(redis_url), timeout, 0.05, "roster stored and every host reporting"
+        )
+
+    def client(self, host: str) -> GateClient:
+        return GateClient(self.address(host))
+
+    def ping(self, host: str) -> str:
+        with self.client(host) as c:
+            return c.ping()
+
+    def order(self, host: str, oid: str = "1") -> str:
+        with self.client(host) as c:
+            return c.order(oid)
+
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "killswitch", *args],
+            capture_output=True, text=True, env=self.env(), timeout=timeout, check=False,
+        )  # fmt: skip
+
+    def cli_json(self, *args: str) -> tuple[int, dict[str, Any]]:
+        res = self.cli(*args, "--json")
+        try:
+            return res.returncode, json.loads(res.stdout)
+        except ValueError:
+            raise AssertionError(
+                f"not JSON (exit {res.returncode}): {res.stdout!r} {res.stderr!r}"
+            ) from None
+
+    def arm(self) -> dict[str, Any]:
+        code, rep = self.cli_json(
+            "arm", "--approver", "alice", "--approver", "bob", "--reason", "test arm"
+        )
+        if code != 0:
+            raise AssertionError(f"arm failed ({code}): {rep}")
+        return rep
+
+    def wait_all(self, prefix: str, timeout: float = 10.0) -> None:
+        """Wait until every host's PING reply starts with `prefix` (e.g. 'PONG ARMED')."""
+        for h in self.hosts:
+
+            def ready(h: str = h) -> bool:
+                return self.ping(h).startswith(prefix)
+
+            wait_until(ready, timeout, 0.02, f"{h}: {prefix}")
+
+    def stop(self) -> None:
+        for proc in self.sidecars.values():
+            proc.stop()
+        if self.aggregator is not None:
+            self.aggregator.stop()
+
+    def __enter__(self) -> Fleet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def fleet(redis_url: str, node: str, hosts: Sequence[str], **kw: Any) -> Iterator[Fleet]:
+    f = Fleet(redis_url, node, hosts, **kw)
+    try:
+        yield f.start()
+    finally:
+        f.stop()

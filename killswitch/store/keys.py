@@ -1,0 +1,99 @@
+"""Every Redis key and channel name killswitch uses is built here, and only here.
+
+All keys of node N carry the hash tag `{N}` so one Lua script can touch them all on Redis
+Cluster. A host's own keys sit under `ks:{N}:h:<host>:` so a Redis ACL can confine each
+sidecar to its own keys plus read access to the node state:
+
+    ACL SETUSER sidecar-or-01 on >pw ~ks:{smars}:h:or-01:* %R~ks:{smars}:state &ks:{smars}:*
+        +evalsha +eval +script|load +subscribe +ping +time ...
+
+Callers pass names already checked by `killswitch.core.names`; this module never validates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "ks"
+NODES_KEY = f"{PREFIX}:nodes"  # set of node names an aggregator has stored (fleet views)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeKeys:
+    """Key names of one node."""
+
+    node: str
+
+    @property
+    def base(self) -> str:
+        return f"{PREFIX}:{{{self.node}}}"
+
+    @property
+    def state(self) -> str:
+        """Hash: state, epoch, ver, reason, actor, cause, ts_ms, armed_ms, approvers."""
+        return f"{self.base}:state"
+
+    @property
+    def roster(self) -> str:
+        """Set of host names the node is expected to have."""
+        return f"{self.base}:roster"
+
+    @property
+    def audit(self) -> str:
+        """Append-only stream of arm, kill, trip and roster changes."""
+        return f"{self.base}:audit"
+
+    @property
+    def events(self) -> str:
+        """Pub/sub channel: kills and arms (an accelerator only, never relied on)."""
+        return f"{self.base}:events"
+
+    @property
+    def confirms(self) -> str:
+        """Pub/sub channel: host confirmations (wakes a waiting `kill`)."""
+        return f"{self.base}:confirms"
+
+    @property
+    def baseline(self) -> str:
+        """Hash: the aggregator's learned baseline, so it survives a restart."""
+        return f"{self.base}:agg:baseline"
+
+    @property
+    def leader(self) -> str:
+        """String: the aggregator instance holding the leader lease."""
+        return f"{self.base}:agg:leader"
+
+    @property
+    def aggregator(self) -> str:
+        """Hash: the acting aggregator's published view (limits, rule levels, shadow)."""
+        return f"{self.base}:agg:view"
+
+    def host(self, host: str) -> HostKeys:
+        return HostKeys(self.node, host)
+
+
+@dataclass(frozen=True, slots=True)
+class HostKeys:
+    """Key names one sidecar writes; all under one per-host prefix."""
+
+    node: str
+    host: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{PREFIX}:{{{self.node}}}:h:{self.host}:"
+
+    @property
+    def report(self) -> str:
+        """Hash: the host's last report (counts, view, epoch, server time of the report)."""
+        return f"{self.prefix}report"
+
+    @property
+    def flow(self) -> str:
+        """Stream of order-count deltas, one entry per flush with orders; IDs are server time."""
+        return f"{self.prefix}flow"
+
+    @property
+    def confirm(self) -> str:
+        """Hash: the host's positive confirmation of the last node state it applied."""
+        return f"{self.prefix}confirm"

@@ -1,0 +1,258 @@
+"""The Redis side of killswitch: scripts and reads, one method per round trip.
+
+A thin shell: it formats no key itself (see `keys`), decides nothing (see `state`,
+`roster`), and every state change goes through a Lua script so it is atomic and audited.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from killswitch.core.state import NodeRead
+from killswitch.store.keys import NODES_KEY, NodeKeys
+
+FLOW_RETENTION_MS = 15 * 60 * 1000  # long enough for any window and a restarted aggregator
+
+
+def _script(name: str) -> str:
+    return resources.files("killswitch.store").joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class FlushReport:
+    """What a sidecar reports in its round trip (cumulative counts since its boot)."""
+
+    boot: str
+    allowed: int
+    blocked: int
+    acked_allowed: int
+    acked_blocked: int
+    max_epoch: int
+    view: str
+    gate: str
+    orders_per_s: float
+    stale_after_ms: int
+    regression: str
+    confirm_epoch: int = 0
+    confirm_ver: int = 0
+    # The gate was closed by a kill notice for this epoch and the host has already recorded
+    # (epoch, KILLED) locally: a KILLED read at exactly this epoch is confirmed in this call.
+    held_epoch: int = 0
+    confirmed_epoch: int = 0  # what this host last confirmed: not confirmed again
+    confirmed_ver: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeResult:
+    """The outcome of a kill or arm script."""
+
+    changed: bool
+    epoch: int
+    ver: int
+    ts_ms: int
+    prev_state: str
+    refused: str = ""  # why nothing changed: "not_armed", "fenced" (lease lost) or ""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSnapshot:
+    """Everything an operator command needs about a node, read in one round trip."""
+
+    now_ms: int
+    state: dict[str, str]
+    roster: tuple[str, ...]
+    reports: dict[str, dict[str, str]]
+    confirms: dict[str, dict[str, str]]
+    aggregator: dict[str, str]
+    leader: str = ""  # lease token of the acting aggregator ("" none)
+    roster_stored: bool = True  # False: the roster key is gone (Redis lost its data)
+
+
+class Store:
+    """Redis operations of one node. The client is passed in (decode_responses=True)."""
+
+    def __init__(self, redis: Redis, node: str) -> None:
+        self.redis = redis
+        self.node = node
+        self.keys = NodeKeys(node)
+        self._flush: AsyncScript = redis.register_script(_script("flush"))
+        self._kill: AsyncScript = redis.register_script(_script("kill"))
+        self._arm: AsyncScript = redis.register_script(_script("arm"))
+        self._roster: AsyncScript = redis.register_script(_script("roster"))
+        self._lease: AsyncScript = redis.register_script(_script("lease"))
+
+    async def flush(self, host: str, r: FlushReport, version: str) -> tuple[NodeRead, int, bool]:
+        """The sidecar's one round trip: report, maybe confirm, read the node state.
+
+        Returns the read, Redis server time, and whether the script confirmed the KILLED
+        state it read (only at `r.held_epoch`).
+        """
+        hk = self.keys.host(host)
+        res = await self._flush(
+            keys=[self.keys.state, hk.report, hk.flow, hk.confirm],
+            args=[
+                r.boot, r.allowed, r.blocked, r.acked_allowed, r.acked_blocked, r.max_epoch,
+                r.view, r.gate, f"{r.orders_per_s:.3f}", r.stale_after_ms, r.regression,
+                FLOW_RETENTION_MS, r.confirm_epoch, r.confirm_ver, self.keys.confirms, host,
+                version, os.getpid(), r.held_epoch, r.confirmed_epoch, r.confirmed_ver,
+            ],
+        )  # fmt: skip
+        state, epoch, ver, reason, now, closed_confirm = (str(x) for x in res)
+        read = NodeRead.from_hash({"state": state, "epoch": epoch, "ver": ver, "reason": reason})
+        return read, int(now), closed_confirm == "1"
+
+    async def kill(
+        self,
+        *,
+        actor: str,
+        reason: str,
+        cause: str,
+        floor: int,
+        action: str = "kill",
+        only_if_armed: bool = False,
+        fence: str = "",
+    ) -> ChangeResult:
+        """`fence`: a leader lease token the caller must still hold, checked in the script."""
+        res = await self._kill(
+            keys=[self.keys.state, self.keys.audit, self.keys.leader],
+            args=[
+                actor, reason, cause, floor, self.keys.events, action, int(only_if_armed), fence,
+            ],
+        )  # fmt: skip
+        return _change(res)
+
+    async def lease(self, token: str, ttl_ms: int) -> tuple[bool, str, int]:
+        """Acquire or renew the aggregator leader lease (ttl 0: release it if held).
+
+        Returns (held by `token` now, holder token, ms left).
+        """
+        res = await self._lease(keys=[self.keys.leader], args=[token, ttl_ms])
+        return bool(int(res[0])), str(res[1]), int(res[2])
+
+    async def arm(
+        self, *, actor: str, reason: str, approvers: Sequence[str], floor: int
+    ) -> ChangeResult:
+        res = await self._arm(
+            keys=[self.keys.state, self.keys.audit],
+            args=[actor, reason, ",".join(approvers), floor, self.keys.events],
+        )
+        return _change(res)
+
+    async def set_roster(self, hosts: Sequence[str], actor: str) -> bool:
+        changed = await self._roster(
+            keys=[self.keys.roster, self.keys.audit], args=[actor, *sorted(hosts)]
+        )
+        await self.redis.sadd(NODES_KEY, self.node)
+        return bool(changed)
+
+    async def roster(self) -> tuple[str, ...]:
+        members: set[str] = await self.redis.smembers(self.keys.roster)  # type: ignore[assignment]
+        return tuple(sorted(members))
+
+    async def snapshot(self, roster: Sequence[str] | None = None) -> NodeSnapshot:
+        """State, roster, every roster host's report and confirmation, and server time."""
+        if roster is None:
+            roster = await self.roster()
+        snap, _ = await self._read(roster, None)
+        return snap
+
+    async def read_flows(
+        self, after: dict[str, str], roster: Sequence[str]
+    ) -> tuple[dict[str, list[tuple[str, dict[str, str]]]], NodeSnapshot]:
+        """New flow entries of every roster host since the IDs in `after`, plus a snapshot."""
+        snap, flows = await self._read(roster, after)
+        return flows, snap
+
+    async def _read(
+        self, roster: Sequence[str], after: dict[str, str] | None
+    ) -> tuple[NodeSnapshot, dict[str, list[tuple[str, dict[str, str]]]]]:
+        """One pipelined round trip; with `after`, also each host's new flow entries."""
+        pipe = self.redis.pipeline(transaction=False)
+        # TIME first: a flow entry stamped at or before it was written (atomically, by a
+        # script) before this read began, so the reads below see every one of them.
+        pipe.time()
+        pipe.hgetall(self.keys.state)
+        pipe.hgetall(self.keys.aggregator)
+        for h in roster:
+            hk = self.keys.host(h)
+            pipe.hgetall(hk.report)
+            pipe.hgetall(hk.confirm)
+            if after is not None:
+                pipe.xrange(hk.flow, min=f"({after[h]}" if after.get(h) else "-", max="+")
+        pipe.get(self.keys.leader)
+        pipe.exists(self.keys.roster)
+        res: list[Any] = await pipe.execute()
+        secs, micros = res[0]
+        per = 2 if after is None else 3
+        reports, confirms, flows = {}, {}, {}
+        for i, h in enumerate(roster):
+            reports[h] = res[3 + per * i]
+            confirms[h] = res[4 + per * i]
+            if after is not None:
+                flows[h] = res[5 + per * i]
+        snap = NodeSnapshot(
+            now_ms=int(secs) * 1000 + int(micros) // 1000,
+            state=res[1],
+            roster=tuple(roster),
+            reports=reports,
+            confirms=confirms,
+            aggregator=res[2],
+            leader=res[-2] or "",
+            roster_stored=bool(res[-1]),
+        )
+        return snap, flows
+
+    async def audit(self, limit: int | None = None) -> list[tuple[str, dict[str, str]]]:
+        """Audit entries oldest first; with `limit`, the newest `limit` of them."""
+        if limit is None:
+            entries: Any = await self.redis.xrange(self.keys.audit)
+            return list(entries)
+        newest: Any = await self.redis.xrevrange(self.keys.audit, count=limit)
+        return list(reversed(newest))
+
+    async def publish_aggregator_view(self, view: dict[str, str]) -> None:
+        mapping: dict[Any, Any] = dict(view)
+        await self.redis.hset(self.keys.aggregator, mapping=mapping)
+
+    async def load_baseline(self) -> dict[str, str]:
+        """The stored learned baseline (`Baseline.to_dict()` layout); empty when none."""
+        data: Any = await self.redis.hgetall(self.keys.baseline)
+        return dict(data)
+
+    async def save_baseline(self, data: dict[str, str]) -> None:
+        """Replace the stored baseline in one MULTI: `from_dict` trusts every field it finds,
+        so a stale profile bucket must never survive next to a newer layout."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.keys.baseline)
+        if data:
+            mapping: dict[Any, Any] = dict(data)
+            pipe.hset(self.keys.baseline, mapping=mapping)
+        await pipe.execute()
+
+    async def flow_entries(
+        self, roster: Sequence[str]
+    ) -> dict[str, list[tuple[str, dict[str, str]]]]:
+        """Every retained flow entry of each roster host (IDs are Redis server time)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for h in roster:
+            pipe.xrange(self.keys.host(h).flow)
+        res: list[Any] = await pipe.execute()
+        return {h: list(entries) for h, entries in zip(roster, res, strict=True)}
+
+
+def _change(res: Sequence[Any]) -> ChangeResult:
+    return ChangeResult(
+        changed=bool(int(res[0])),
+        epoch=int(res[1]),
+        ver=int(res[2]),
+        ts_ms=int(res[3]),
+        prev_state=str(res[4]),
+        refused=str(res[5]) if len(res) > 5 else "",
+    )
