@@ -40,14 +40,13 @@ def eight(redis_url: str, node: str) -> Iterator[Fleet]:
 class TestArmAndKill:
     """Arming needs two people; a kill is done only when all eight hosts confirmed it."""
 
-    def test_unarmed_blocks_and_arm_needs_two_distinct_approvers(self, eight: Fleet) -> None:
-        """Before any arm every order is BLOCK unarmed; one approver or the same one twice is refused."""
+    def test_unarmed_blocks_and_self_asserted_approvers_are_gone(self, eight: Fleet) -> None:
+        """Before any arm every order is BLOCK unarmed; `--approver` is refused (exit 2); two keys arm."""
         for i, h in enumerate(HOSTS):
             assert eight.order(h, f"u{i}") == f"BLOCK u{i} 0 unarmed"
-        one = eight.cli("arm", "--approver", "alice", "--reason", "open")
-        assert one.returncode == 4, one
-        same = eight.cli("arm", "--approver", "alice", "--approver", "ALICE ", "--reason", "open")
-        assert same.returncode == 4, same
+        old = eight.cli("arm", "--approver", "alice", "--approver", "bob", "--reason", "open")
+        assert old.returncode == 2, old
+        assert "--key" in old.stderr and "Traceback" not in old.stderr
         assert eight.cli_json("status")[1]["state"] == "UNARMED"
         rep = eight.arm()
         assert rep["state"] == "ARMED"
@@ -87,6 +86,7 @@ class TestArmAndKill:
         actions = [(e["action"], e["actor"], e["reason"]) for e in audit["entries"]]
         assert actions[0][0] == "roster"
         assert actions[1:] == [
+            ("arm_request", "alice", "test arm"),
             ("arm", "alice+bob", "test arm"),
             ("kill", "sre-1", "runaway orders"),
             ("kill", "sre-2", "belt and braces"),
@@ -116,7 +116,7 @@ class TestArmAndKill:
         """Arming is refused (exit 4) and names the host while one roster host is not reporting."""
         eight.sidecars["or-03"].stop()
         wait_until(lambda: not eight.cli_json("status")[1]["hosts"]["or-03"]["alive"], 10, 0.05)
-        res = eight.cli("arm", "--approver", "alice", "--approver", "bob")
+        res = eight.cli("arm", "--key", eight.ops.key("alice"))
         assert res.returncode == 4
         assert "or-03" in res.stdout
         assert eight.cli_json("status")[1]["state"] == "UNARMED"

@@ -71,6 +71,14 @@ class Aggregator(Protocol):
     def evaluation(self) -> Evaluation | None: ...
     @property
     def durable(self) -> Durability | None: ...
+    @property
+    def roster(self) -> tuple[str, ...]: ...
+    @property
+    def unlisted(self) -> tuple[str, ...]: ...
+    @property
+    def roster_mismatch(self) -> bool: ...
+    @property
+    def arm_refusal(self) -> str: ...
     def is_leader(self) -> bool: ...
 
 
@@ -105,7 +113,22 @@ class AggregatorCollector:
         yield node_gauge("killswitch_node_killed", "1 while the node is KILLED.",
                          float(a.state.state is NodeState.KILLED))  # fmt: skip
         yield node_gauge("killswitch_node_epoch", "The node's current epoch.", a.state.epoch)
-        yield node_gauge("killswitch_roster_hosts", "Hosts on the node's roster.", len(a.s.hosts))
+        yield node_gauge("killswitch_roster_hosts", "Hosts on the node's roster.", len(a.roster))
+        yield node_gauge(
+            "killswitch_roster_mismatch",
+            "1 while this aggregator's --hosts differ from the signed roster (nothing is changed).",
+            float(a.roster_mismatch),
+        )
+        yield node_gauge(
+            "killswitch_unlisted_hosts",
+            "Hosts that report but are not on the roster (blocked as unlisted, orders counted).",
+            len(a.unlisted),
+        )
+        yield node_gauge(
+            "killswitch_arm_unproven",
+            "1 while the node is ARMED in Redis without two valid operator signatures.",
+            float(bool(a.arm_refusal)),
+        )
         q = a.quorum
         yield node_gauge(
             "killswitch_confirmed_hosts",
@@ -133,7 +156,7 @@ class AggregatorCollector:
             "at its last tick (+Inf: never). Unlike sync age, it is exported for dead sidecars.",
             labels=["node", "host"],
         )
-        for h in a.s.hosts:
+        for h in a.roster:
             per_host.add_metric([n, h, win], a.window.by_host.get(h, 0))
             alive.add_metric([n, h], float(bool(q and q.hosts[h].alive)))
             confirmed.add_metric([n, h], float(bool(q and h in q.confirmed)))
@@ -157,7 +180,7 @@ class AggregatorCollector:
                 float(a.durable.enabled),
             )
         yield from rule_metrics(
-            n, a.s.monitor, a.evaluation, a.s.hosts, a.window.by_host, a.window.total
+            n, a.s.monitor, a.evaluation, a.roster, a.window.by_host, a.window.total
         )
 
 

@@ -28,11 +28,14 @@ from killswitch.aggregator.metrics import AggregatorCollector, Instruments
 from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.core import leader, ruleview
 from killswitch.core.anomaly import CAUSES, Evaluation, Monitor
+from killswitch.core.armproof import Verdict, node_refusal, verify_proof
 from killswitch.core.baseline import Baseline, BaselineStateError
 from killswitch.core.roster import Quorum, epoch_floor, quorum
+from killswitch.core.sshsig import Operators
 from killswitch.core.state import NodeRead, NodeState
 from killswitch.core.window import SlidingWindow
 from killswitch.runtime.metrics import MetricsServer, build_info
+from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled
 from killswitch.store import durability
 from killswitch.store.redisconn import connect
@@ -44,6 +47,7 @@ MAX_CATCHUP = 20  # grid points a late tick evaluates at most (2 s at the defaul
 
 
 DURABILITY_CHECK_S = 30.0  # also re-checked at once when the roster turns out to be gone
+MISMATCH_LOG_S = 30.0  # a --hosts that differ from the signed roster is said again this often
 
 
 class NotDurable(RuntimeError):
@@ -90,6 +94,20 @@ class Aggregator:
         self.after: dict[str, str] = {}
         self.armed_ms = -1
         self.state = NodeRead(None)
+        # The roster this instance proves against: the last signed arm's, else its --hosts
+        # (a proposal, stored until the first signed arm).
+        self.roster: tuple[str, ...] = tuple(settings.hosts)
+        self.signed_roster: tuple[str, ...] = ()
+        self.roster_mismatch = False
+        self._mismatch_logged = -1e9
+        self.unlisted: tuple[str, ...] = ()
+        self.operators: Operators | None = (
+            load_operators(settings.operators) if settings.operators else None
+        )
+        self._proof_text: str | None = None
+        self._verdict: Verdict = verify_proof(self.operators, "")
+        self.arm_refusal = ""  # why an ARMED state is not treated as armed ("" proven)
+        self._last_arm_refusal = ""
         self.quorum: Quorum | None = None
         self.trips = 0
         self.last_trip: tuple[int, str] | None = None  # (evaluation ms, cause) of our last trip
@@ -135,12 +153,19 @@ class Aggregator:
                 f"Redis is not durable ({why}): a restart would forget kills. Run it with "
                 "appendonly yes (appendfsync always or everysec), or drop --require-durable."
             )
+        if self.operators is None:
+            self.log.error(
+                "NO_OPERATORS",
+                reason="no --operators file: no arm can be verified, so this aggregator never "
+                "treats the node as armed and never trips it. Give --operators PATH",
+            )
         await self._ensure_roster(force=True)
         await self._restore_baseline()
         self._task = asyncio.create_task(self._loop(), name="aggregator")
         cfg = self.s.monitor
         self.log.info(
-            "aggregator_started", roster=list(self.s.hosts), instance=self.s.instance,
+            "aggregator_started", roster=list(self.roster), instance=self.s.instance,
+            signed_roster=bool(self.signed_roster),
             max_orders=cfg.max_orders, window_s=cfg.window_ms / 1000,
             enforcing=[c for c in cfg.causes if not cfg.is_shadow(c)],
             shadow=[c for c in cfg.causes if cfg.is_shadow(c)],
@@ -207,7 +232,7 @@ class Aggregator:
         except BaselineStateError as e:
             self.log.error("baseline_unreadable", reason=str(e), action="starting cold")
             return
-        self.monitor = Monitor(self.s.monitor, baseline, roster=self.s.hosts)
+        self.monitor = Monitor(self.s.monitor, baseline, roster=self.roster)
         now = baseline.last_ms or 0
         self.log.info(
             "baseline_restored", learned_s=baseline.learned_ms / 1000,
@@ -223,17 +248,52 @@ class Aggregator:
             self.log.warning("baseline_save_failed", error=f"{type(e).__name__}: {e}")
 
     async def _ensure_roster(self, force: bool = False) -> None:
-        # Re-asserted every few seconds: a Redis that lost its data gets the roster back.
+        # Re-asserted every few seconds: a Redis that lost its data gets the roster back, and
+        # a stored roster edited by hand gets the signed one back.
         now = self.clock()
         if force or now - self._last_roster_check > 5.0:
             self._last_roster_check = now
-            if await self.store.set_roster(self.s.hosts, f"aggregator:{self.s.instance}"):
-                self.log.info("roster_stored", roster=list(self.s.hosts))
+            self._learn_proof(await self.store.proof())
+            signed = bool(self.signed_roster)
+            actor = f"aggregator:{self.s.instance}" + (" (signed roster)" if signed else "")
+            if await self.store.set_roster(self.roster, actor):
+                self.log.info("roster_stored", roster=list(self.roster), signed=signed)
+
+    def _learn_proof(self, text: str) -> None:
+        """Verify a new stored proof (once per change); the last valid one fixes the roster."""
+        if text == self._proof_text:
+            return
+        self._proof_text = text
+        self._verdict = verify_proof(self.operators, text)
+        req = self._verdict.request
+        if self._verdict.ok and req is not None and req.node == self.s.node:
+            self.signed_roster = req.roster
+            self.roster = req.roster
+            self.monitor.roster = tuple(sorted(req.roster))
+        self.roster_mismatch = bool(self.signed_roster) and set(self.s.hosts) != set(
+            self.signed_roster
+        )
+        if self.roster_mismatch:
+            self._mismatch_logged = -1e9  # say it at once for a new signed roster
+
+    def _say_mismatch(self) -> None:
+        if self.roster_mismatch and self.clock() - self._mismatch_logged >= MISMATCH_LOG_S:
+            self._mismatch_logged = self.clock()
+            self.log.error(
+                "ROSTER_MISMATCH",
+                hosts=list(self.s.hosts),
+                signed_roster=list(self.signed_roster),
+                action="nothing changed: only a signed arm (--roster) changes the roster",
+            )
 
     # -- one tick --------------------------------------------------------------------------
 
     def is_leader(self) -> bool:
         return self.lead.is_leader(self.clock())
+
+    def is_armed(self) -> bool:
+        """ARMED in Redis and proven by two operators' signatures: only then can rules trip."""
+        return self.state.state is NodeState.ARMED and not self.arm_refusal
 
     async def _renew_lease(self) -> None:
         sent = self.clock()
@@ -260,7 +320,7 @@ class Aggregator:
         if self.clock() - self._durability_at >= DURABILITY_CHECK_S:
             await self._check_durability()
         await self._ensure_roster()
-        flows, snap = await self.store.read_flows(self.after, self.s.hosts)
+        flows, snap = await self.store.read_flows(self.after, self.roster, self.unlisted)
         if not snap.roster_stored:
             # Redis lost its data (restart without persistence, or a failover that lost
             # writes): put the roster back now, so `arm` can prove the fleet again.
@@ -268,7 +328,20 @@ class Aggregator:
             await self._ensure_roster(force=True)
             await self._check_durability()
         now = snap.now_ms
+        self._learn_proof(snap.state.get("proof", ""))
+        self._say_mismatch()
+        if snap.unlisted != self.unlisted:
+            self.log.warning("UNLISTED_HOSTS", hosts=list(snap.unlisted), roster=list(self.roster))
+        self.unlisted = snap.unlisted
         self.state = NodeRead.from_hash(snap.state)
+        self.arm_refusal = ""
+        if self.state.state is NodeState.ARMED:
+            refusal, detail = node_refusal(self._verdict, self.s.node, self.state.epoch)
+            if refusal and refusal != self._last_arm_refusal:
+                self.log.error("ARM_NOT_PROVEN", epoch=self.state.epoch, reason=refusal,
+                               detail=detail)  # fmt: skip
+            self.arm_refusal = refusal
+        self._last_arm_refusal = self.arm_refusal
         armed_ms = int(snap.state.get("armed_ms") or 0)
         self._last_read = (now, self.clock())
         if armed_ms != self.armed_ms:
@@ -284,7 +357,7 @@ class Aggregator:
                 if ts >= armed_ms:
                     self._pending.append((ts, host, int(fields.get("a", 0))))
         self.quorum = quorum(
-            self.s.hosts, self.state.epoch, self.state.ver, snap.reports, snap.confirms, now
+            self.roster, self.state.epoch, self.state.ver, snap.reports, snap.confirms, now
         )
         # Evaluate at the last grid point strictly before server time: every flow entry up to
         # it has been read (an entry written after our read has a later ID), so the window
@@ -323,7 +396,7 @@ class Aggregator:
             for ts, host, count in ready:
                 self.window.add(ts, host, count)
         self.window.advance(at)
-        armed = self.state.state is NodeState.ARMED
+        armed = self.is_armed()
         ev = self.evaluation = self.monitor.observe(
             at, self.window.total, self.window.by_host, armed=armed
         )
@@ -346,6 +419,8 @@ class Aggregator:
             "last_trip_at_ms": str(self.last_trip[0]) if self.last_trip else "",
             "last_trip_cause": self.last_trip[1] if self.last_trip else "",
             "learned_s": f"{self.monitor.baseline.learned_ms / 1000:g}",
+            "roster_mismatch": ",".join(self.s.hosts) if self.roster_mismatch else "",
+            "arm_refusal": self.arm_refusal,
             **ruleview.view_fields(self.s.monitor, self.evaluation),
         }
 
@@ -390,7 +465,7 @@ class Aggregator:
             return
         self._unacted = None
         fresh = now_ms - u.at_ms <= self.s.monitor.window_ms and u.armed_ms == self.armed_ms
-        if fresh and self.state.state is NodeState.ARMED:
+        if fresh and self.is_armed():
             self.log.warning("TRIP_TAKEN_OVER", cause=u.cause, at_ms=u.at_ms)
             await self._trip(u.cause, u.detail, u.at_ms, u.also)
 

@@ -22,6 +22,7 @@ class AggregatorSettings:
     instance: str = field(default_factory=lambda: default_instance())  # noqa: PLW0108 (defined below)
     lease_ttl: float = 2.0  # leader lease on Redis server time, renewed every tick
     require_durable: bool = False  # refuse to start unless Redis runs with appendonly
+    operators: str = ""  # the operators' allowed-signers file ("": never treats a node as armed)
 
 
 def default_instance() -> str:

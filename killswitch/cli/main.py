@@ -5,7 +5,7 @@ config file, default) and calls the plain function behind each verb.
 
 Exit codes (part of the public interface): 0 done and proven; 1 could not do it (e.g. Redis
 unreachable); 2 usage or configuration error; 3 kill recorded but not every roster host
-confirmed in time; 4 refused by a safety check.
+confirmed in time; 4 refused by a safety check; 5 recorded and pending a second operator.
 """
 
 from __future__ import annotations
@@ -137,12 +137,23 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         flush_interval=r.get("flush-interval", 0.1, positive_float),
         stale_after=r.get("stale-after", 1.0, positive_float),
         state_dir=r.get("state-dir", default_state_dir(), str),
+        operators=_operators_path(r),
     )
     if settings.flush_interval >= settings.stale_after:
         raise ConfigError(
             "flush-interval must be shorter than stale-after, or every gate goes stale"
         )
     return settings
+
+
+def _operators_path(r: Resolver) -> str:
+    """The --operators path, checked now so a bad file is a configuration error (exit 2)."""
+    from killswitch.runtime.operators import load_operators
+
+    path = r.get("operators", "", str)
+    if path:
+        load_operators(path)
+    return path
 
 
 def loadgen_settings(r: Resolver) -> LoadgenSettings:
@@ -197,6 +208,7 @@ def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSet
         lease_ttl=r.get("lease-ttl", 2.0, positive_float),
         require_durable=r.get("require-durable", False, _truthy),
         instance=r.get("instance", "", str) or default_instance(),
+        operators=_operators_path(r),
     )
 
 
@@ -247,12 +259,30 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
             return control.kill(s, reason=reason, operator=operator, timeout=timeout)
 
     elif cmd in ("arm", "resume"):
-        approvers: list[str] = r.get("approver", [], str_list)
-        reason = r.get("reason", "", str)
+        from killswitch.ops import arming
+        from killswitch.runtime.operators import load_operators
+
+        if r.get("approver", None, str_list):
+            raise ConfigError(
+                "approver: --approver is gone: approvals are signatures now. Each operator runs "
+                "`killswitch arm --key PATH-TO-THEIR-SSH-KEY` (with --operators naming the "
+                "operators file); the second distinct operator's call arms the node"
+            )
+        key = r.require("key", str, " (your SSH key: arming is signed)")
+        operators = load_operators(
+            r.require("operators", str, " (the operators' allowed-signers file)")
+        )
+        roster_arg = r.get("roster", None, str_list)
+        roster = check_roster(roster_arg) if roster_arg else None
+        reason_arg: str | None = r.get("reason", None, str)
+        expires = r.get("expires", arming.DEFAULT_EXPIRES_S, positive_float)
         timeout = r.get("timeout", 5.0, positive_float)
 
         def action(s: Any) -> Awaitable[Outcome]:
-            return control.arm(s, approvers=approvers, reason=reason, timeout=timeout)
+            return arming.arm(
+                s, key=key, operators=operators, roster=roster, reason=reason_arg,
+                expires_s=expires, timeout=timeout,
+            )  # fmt: skip
 
     elif cmd == "status":
         action = control.status
@@ -266,7 +296,9 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
         raise ConfigError(f"unknown command {cmd}")
     # An operator command never hangs: its own wait plus a margin for Redis round trips.
     budget = (
-        r.get("timeout", 5.0, positive_float) + 15.0 if cmd in ("kill", "arm", "resume") else 15.0
+        r.get("timeout", 5.0, positive_float) + (135.0 if cmd != "kill" else 15.0)
+        if cmd in ("kill", "arm", "resume")
+        else 15.0
     )
     outcome = asyncio.run(_with_store(redis_url, node, action, budget))
     if outcome.code == EXIT_FAILED and not outcome.report:

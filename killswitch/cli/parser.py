@@ -19,7 +19,8 @@ from killswitch.runtime.config import DEFAULT_REDIS, default_state_dir
 EPILOG = """\
 exit codes: 0 done and proven; 1 could not do it (e.g. Redis unreachable); 2 usage or
 configuration error; 3 kill recorded but not every roster host confirmed in time;
-4 refused by a safety check.
+4 refused by a safety check (e.g. a key not in the operators file); 5 recorded and pending:
+it waits for a second, distinct operator.
 settings: flag, then environment (KILLSWITCH_REDIS_URL, KILLSWITCH_NODE, KILLSWITCH_<FLAG>),
 then the TOML config file (--config / KILLSWITCH_CONFIG), then defaults."""
 
@@ -40,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--node", metavar="NAME", help="logical node (env KILLSWITCH_NODE)")
     g.add_argument("--config", metavar="PATH", help="TOML config file (env KILLSWITCH_CONFIG)")
+    g.add_argument(
+        "--operators",
+        metavar="PATH",
+        help="the operators' public keys, an OpenSSH allowed-signers file: one line "
+        '`<principal> namespaces="killswitch" <key-type> <base64>` per key (env '
+        "KILLSWITCH_OPERATORS). Sidecars and aggregators open/treat as armed only arms "
+        "signed by two of them; without it a sidecar never opens",
+    )
     g.add_argument(
         "--log-format",
         choices=("json", "console"),
@@ -137,22 +146,38 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in ("arm", "resume"):
         r = cmd(
             verb,
-            "Arm an UNARMED or KILLED node with a new epoch (two distinct approvers; checks first).",
+            "Arm an UNARMED or KILLED node with a new epoch: two operators each run this with "
+            "their own key. The first call records a signed request and exits 5; a second, "
+            "distinct operator of the operators file completes it (exit 0). Refused (4) while a "
+            "roster host is not reporting, or for a key not in the operators file.",
             [json_opt],
         )
         r.add_argument(
-            "--approver",
-            action="append",
-            metavar="NAME",
-            help="an approver (give two distinct ones)",
+            "--key",
+            metavar="PATH",
+            help="your SSH private key, or its .pub when the private key is in ssh-agent "
+            "(env KILLSWITCH_KEY); signed by `ssh-keygen -Y sign -n killswitch`",
         )
-        r.add_argument("--reason", metavar="TEXT", help="why (audited)")
+        r.add_argument(
+            "--roster",
+            metavar="H1,H2,...",
+            help="the roster both operators sign (default: the pending request's, else the "
+            "stored roster, i.e. the last signed one or the aggregator's proposal)",
+        )
+        r.add_argument("--reason", metavar="TEXT", help="why (signed and audited)")
+        r.add_argument(
+            "--expires",
+            type=float,
+            metavar="S",
+            help="a new request expires after this many seconds (default 600)",
+        )
         r.add_argument(
             "--timeout",
             type=float,
             metavar="S",
             help="seconds to wait for every roster host to confirm (default 5)",
         )
+        r.add_argument("--approver", action="append", help=argparse.SUPPRESS)
 
     k = cmd(
         "kill", "Kill the node and wait until every roster host confirmed it blocks.", [json_opt]

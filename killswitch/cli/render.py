@@ -8,7 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 from killswitch.core import ruleview
-from killswitch.ops.control import EXIT_OK, EXIT_REFUSED, EXIT_UNCONFIRMED, Outcome
+from killswitch.ops.control import (
+    EXIT_OK,
+    EXIT_PENDING,
+    EXIT_REFUSED,
+    EXIT_UNCONFIRMED,
+    EXIT_USAGE,
+    Outcome,
+)
 
 
 def human(cmd: str, outcome: Outcome) -> str:
@@ -16,7 +23,7 @@ def human(cmd: str, outcome: Outcome) -> str:
     if cmd == "audit":
         return _audit(rep)
     lines: list[str] = []
-    if outcome.code == EXIT_REFUSED:
+    if outcome.code in (EXIT_REFUSED, EXIT_USAGE, EXIT_PENDING):
         lines.append(outcome.message)
         if "hosts" in rep:
             lines.append("")
@@ -35,12 +42,30 @@ def human(cmd: str, outcome: Outcome) -> str:
     if outcome.code == EXIT_UNCONFIRMED or (cmd == "status" and rep.get("missing")):
         lines.append("")
         lines.append(outcome.message or f"MISSING: {', '.join(rep.get('missing', []))}")
+    if rep.get("unlisted"):
+        lines.append(
+            "NOT ON THE ROSTER (blocked as unlisted, orders counted): "
+            + ", ".join(sorted(rep["unlisted"]))
+        )
+    if rep.get("roster_mismatch"):
+        lines.append(
+            "ROSTER MISMATCH: the aggregator's --hosts ("
+            + ",".join(rep["roster_mismatch"])
+            + ") differ from the signed roster; nothing was changed (a signed arm --roster changes it)"
+        )
+    if rep.get("pending_arm"):
+        p = rep["pending_arm"]
+        lines.append(
+            f"PENDING ARM by {p.get('by')}: epoch {p.get('epoch')}, roster "
+            f"{','.join(p.get('roster', []))}, until {p.get('expires_at')}; a second, distinct "
+            "operator completes it with `killswitch arm --key THEIR-KEY`"
+        )
     if rep.get("stale_hosts"):
         lines.append(f"STALE (blocked, cannot prove state): {', '.join(rep['stale_hosts'])}")
     if rep.get("redis_durable") is False:
         lines.append(
             "REDIS NOT DURABLE (appendonly off): a Redis restart forgets kills and the roster; "
-            "hosts then stay blocked until two approvers arm again"
+            "hosts then stay blocked until two operators arm again"
         )
     if cmd == "status":
         lead = rep.get("leader") or "NONE: no aggregator holds the lease, nothing trips by itself"
@@ -72,6 +97,8 @@ def _hosts(rep: dict[str, Any]) -> list[str]:
         )
         if s.get("regression"):
             line += f"  ! {s['regression']}"
+        if s.get("proof"):
+            line += f"  ! arm not accepted: {s['proof']}"
         out.append(line)
     return out
 

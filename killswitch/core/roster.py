@@ -30,6 +30,7 @@ class HostStatus:
     confirmed_ver: int
     confirmed_ms: int
     regression: str
+    proof: str = ""  # why the host refuses the current arm ("" none): unsigned, unlisted, ...
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -43,6 +44,7 @@ class HostStatus:
             "blocked": self.blocked,
             "confirmed_epoch": self.confirmed_epoch,
             "regression": self.regression,
+            "proof": self.proof,
         }
 
 
@@ -84,6 +86,7 @@ def host_status(
         confirmed_ver=_int(confirm.get("ver")),
         confirmed_ms=_int(confirm.get("applied_ms")),
         regression=report.get("regression", "") if alive else "",
+        proof=report.get("proof", "") if alive else "",
     )
 
 

@@ -22,8 +22,9 @@ class BlockReason(enum.StrEnum):
     """The one-word reasons of the gate protocol's BLOCK reply."""
 
     KILLED = "killed"
-    UNARMED = "unarmed"
+    UNARMED = "unarmed"  # never armed, or armed without a valid two-operator proof
     STALE = "stale"
+    UNLISTED = "unlisted"  # the node is armed, but its signed roster does not list this host
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +56,8 @@ class HostView:
 
     `max_epoch` and `max_state` are the highest epoch seen and the state seen at it; they
     survive restarts (local state file) and only ever move forward. `state` is what the gate
-    enforces now; `regression` says why the host refuses the current read, if it does.
+    enforces now; `regression` says why the host refuses the current read, if it does;
+    `refusal` why it does not accept an ARMED read as proven (enforced as UNARMED).
     """
 
     max_epoch: int = 0
@@ -64,6 +66,7 @@ class HostView:
     epoch: int = 0
     ver: int = 0
     regression: str = ""
+    refusal: str = ""
 
     @property
     def gate_open(self) -> bool:
@@ -74,7 +77,7 @@ class HostView:
         if self.state is NodeState.KILLED:
             return BlockReason.KILLED
         if self.state is NodeState.UNARMED:
-            return BlockReason.UNARMED
+            return BlockReason.UNLISTED if self.refusal == "unlisted" else BlockReason.UNARMED
         return BlockReason.STALE
 
 
@@ -87,21 +90,25 @@ def observe(view: HostView, read: NodeRead) -> HostView:
     """Apply one authoritative read to a host's view; never moves `max_epoch` backwards."""
     if read.state is None:
         if view.max_epoch == 0 and not read.reason:
-            return replace(view, state=NodeState.UNARMED, epoch=0, ver=0, regression="")
+            return replace(view, state=NodeState.UNARMED, epoch=0, ver=0, regression="", refusal="")
         why = read.reason or "node state missing from Redis"
         return replace(
             view,
             state=NodeState.STALE,
             regression=f"{why}; this host has seen epoch {view.max_epoch}",
+            refusal="",
         )
     if read.epoch < view.max_epoch:
         return replace(
             view,
             state=NodeState.STALE,
             regression=f"epoch went back from {view.max_epoch} to {read.epoch}",
+            refusal="",
         )
     if read.epoch <= 0:
-        return replace(view, state=NodeState.STALE, regression=f"invalid epoch {read.epoch}")
+        return replace(
+            view, state=NodeState.STALE, regression=f"invalid epoch {read.epoch}", refusal=""
+        )
     if (
         read.epoch == view.max_epoch
         and view.max_state is not None
@@ -116,6 +123,7 @@ def observe(view: HostView, read: NodeRead) -> HostView:
                 f"epoch {read.epoch} was {view.max_state.value} here, Redis now says "
                 f"{read.state.value}"
             ),
+            refusal="",
         )
     return HostView(
         max_epoch=read.epoch,
@@ -125,6 +133,17 @@ def observe(view: HostView, read: NodeRead) -> HostView:
         ver=read.ver,
         regression="",
     )
+
+
+def unproven(view: HostView, refusal: str) -> HostView:
+    """An ARMED view whose arm this host cannot prove: enforced as UNARMED (or `unlisted`).
+
+    The epoch is still remembered (an unproven state can only ever block), so a later signed
+    arm must go above it like above any other epoch this host has seen.
+    """
+    if view.state is not NodeState.ARMED or not refusal:
+        return view
+    return replace(view, state=NodeState.UNARMED, refusal=refusal)
 
 
 def next_epoch(current: int, floor: int) -> int:

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from killswitch.core.armproof import ArmRequest, ProofError, roster_of
 from killswitch.core.leader import instance_of
-from killswitch.core.roster import Quorum, epoch_floor, not_ready_for_arm, quorum
+from killswitch.core.roster import Quorum, epoch_floor, host_status, quorum
 from killswitch.core.ruleview import decode_view
 from killswitch.core.state import NodeState
 from killswitch.store.store import NodeSnapshot, Store
@@ -25,6 +26,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNCONFIRMED = 3
 EXIT_REFUSED = 4
+EXIT_PENDING = 5
 
 REPLICA_WAIT_S = 1.0  # at most this long for a replica to acknowledge a kill (WAIT)
 POLL_S = 0.05  # fallback poll while waiting; confirmations normally wake us via pub/sub
@@ -53,9 +55,9 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
         "hosts": {h: s.to_json() for h, s in q.hosts.items()},
         "actor": st.get("actor", ""),
         "cause": st.get("cause", ""),
-        "changed_at": _iso(int(st.get("ts_ms") or 0)),
+        "changed_at": iso_time(int(st.get("ts_ms") or 0)),
         "stale_hosts": stale,
-        "server_time": _iso(snap.now_ms),
+        "server_time": iso_time(snap.now_ms),
         # The aggregator instance holding the leader lease ("" none: nothing trips by itself).
         "leader": instance_of(snap.leader),
         # As the acting aggregator last checked it; None: not known (no aggregator, or CONFIG
@@ -64,12 +66,41 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
     }
     if snap.aggregator:
         report["aggregator"] = decode_view(snap.aggregator)
+    # The roster of the last signed arm (unverified here: gates and the aggregator verify).
+    signed = roster_of(st.get("proof", ""))
+    report["signed_roster"] = list(signed)
+    report["roster_signed"] = bool(signed) and set(signed) <= set(q.roster)
+    proposed = snap.aggregator.get("roster_mismatch", "")
+    if proposed:
+        report["roster_mismatch"] = proposed.split(",")
+    report["unlisted"] = {
+        h: host_status(h, snap.reports.get(h, {}), snap.confirms.get(h, {}), snap.now_ms).to_json()
+        for h in snap.unlisted
+    }
+    if snap.pending:
+        report["pending_arm"] = pending_json(snap.pending)
     return report
+
+
+def pending_json(pending: dict[str, str]) -> dict[str, Any]:
+    """A pending arm request as status shows it (what the first operator signed)."""
+    try:
+        req = ArmRequest.decode(pending.get("msg", "").encode("ascii", "replace"))
+    except ProofError as e:
+        return {"by": pending.get("principal", ""), "error": str(e)}
+    return {
+        "by": pending.get("principal", ""),
+        "lifts_epoch": req.lifts_epoch,
+        "epoch": req.epoch,
+        "roster": list(req.roster),
+        "reason": req.reason,
+        "expires_at": iso_time(req.expires_ms),
+    }
 
 
 async def status(store: Store) -> Outcome:
     snap = await store.snapshot()
-    q = _quorum(snap)
+    q = quorum_of(snap)
     report = node_report(snap, q)
     report["node"] = store.node
     return Outcome(EXIT_OK, report)
@@ -78,21 +109,32 @@ async def status(store: Store) -> Outcome:
 async def kill(
     store: Store, *, reason: str, operator: str, timeout: float, cause: str = "operator"
 ) -> Outcome:
-    async with _confirm_listener(store) as wake:
+    async with confirm_listener(store) as wake:
         before = await store.snapshot()
-        floor = epoch_floor(_quorum(before).hosts)
+        # Containment is proven against the stored roster and the last signed one: a roster
+        # narrowed in Redis by hand cannot make a kill look complete.
+        roster = tuple(sorted({*before.roster, *roster_of(before.state.get("proof", ""))}))
+        floor = max(epoch_floor(quorum_of(before).hosts), _unlisted_floor(before))
         res = await store.kill(actor=operator, reason=reason, cause=cause, floor=floor)
         replicated = asyncio.create_task(_replicas_acked(store, min(timeout, REPLICA_WAIT_S)))
-        snap, q = await _wait_for_quorum(store, before.roster, wake, timeout)
+        snap, q = await wait_for_quorum(store, roster, wake, timeout)
         acked = await replicated
     report = node_report(snap, q)
     report["node"] = store.node
     report["ver"] = res.ver
     report["replicas_acked"] = acked
-    if q.complete:
+    open_unlisted = sorted(h for h, s in report["unlisted"].items() if s["gate"] == "open")
+    if q.complete and not open_unlisted:
         report["elapsed_s"] = round(max(q.last_confirm_ms - res.ts_ms, 0) / 1000.0, 4)
-        return Outcome(EXIT_OK, report)
+        return Outcome(EXIT_OK, report, _unlisted_note(report))
     report["elapsed_s"] = round(max(snap.now_ms - res.ts_ms, 0) / 1000.0, 4)
+    if q.complete:
+        return Outcome(
+            EXIT_UNCONFIRMED,
+            report,
+            "NOT CONTAINED: every roster host confirmed, but hosts NOT on the roster report an "
+            f"open gate: {', '.join(open_unlisted)}",
+        )
     if not q.roster:
         return Outcome(
             EXIT_UNCONFIRMED,
@@ -100,48 +142,7 @@ async def kill(
             "kill recorded, but the node has no roster: nothing can prove containment. "
             "Start the aggregator with --hosts.",
         )
-    return Outcome(EXIT_UNCONFIRMED, report, _missing_message(q, timeout))
-
-
-async def arm(store: Store, *, approvers: Sequence[str], reason: str, timeout: float) -> Outcome:
-    distinct = sorted({a.strip().lower() for a in approvers if a.strip()})
-    if len(distinct) < 2:
-        return Outcome(
-            EXIT_REFUSED,
-            {"node": store.node, "refused": "two distinct approvers required"},
-            "refused: arming needs two distinct approvers (--approver A --approver B)",
-        )
-    before = await store.snapshot()
-    q0 = _quorum(before)
-    if not before.roster:
-        return Outcome(
-            EXIT_REFUSED,
-            {"node": store.node, "refused": "no roster"},
-            "refused: the node has no roster in Redis; start its aggregator with --hosts first",
-        )
-    problems = not_ready_for_arm(q0.hosts)
-    if problems:
-        report = node_report(before, q0)
-        report["node"] = store.node
-        report["refused"] = problems
-        lines = "\n".join(f"  {h}: {why}" for h, why in sorted(problems.items()))
-        return Outcome(
-            EXIT_REFUSED,
-            report,
-            f"refused: every roster host must be alive and reporting before arming:\n{lines}",
-        )
-    async with _confirm_listener(store) as wake:
-        res = await store.arm(
-            actor="+".join(distinct), reason=reason, approvers=distinct, floor=epoch_floor(q0.hosts)
-        )
-        snap, q = await _wait_for_quorum(store, before.roster, wake, timeout)
-    report = node_report(snap, q)
-    report["node"] = store.node
-    report["changed"] = res.changed
-    if q.complete:
-        report["elapsed_s"] = round(max(q.last_confirm_ms - res.ts_ms, 0) / 1000.0, 4)
-        return Outcome(EXIT_OK, report, "" if res.changed else "node was already ARMED")
-    return Outcome(EXIT_UNCONFIRMED, report, _missing_message(q, timeout))
+    return Outcome(EXIT_UNCONFIRMED, report, missing_message(q, timeout))
 
 
 async def audit(store: Store, limit: int | None) -> Outcome:
@@ -149,7 +150,7 @@ async def audit(store: Store, limit: int | None) -> Outcome:
     rows = []
     for entry_id, f in entries:
         ts = int(f.get("ts_ms") or entry_id.split("-", 1)[0])
-        row: dict[str, Any] = {"id": entry_id, "time": _iso(ts), "action": f.get("action", "")}
+        row: dict[str, Any] = {"id": entry_id, "time": iso_time(ts), "action": f.get("action", "")}
         row["actor"] = f.get("actor", "")
         row["reason"] = f.get("reason", "")
         for k in ("epoch", "prev_epoch"):
@@ -163,6 +164,28 @@ async def audit(store: Store, limit: int | None) -> Outcome:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _unlisted_floor(snap: NodeSnapshot) -> int:
+    """The highest epoch an off-roster host reports (a new epoch goes above it too)."""
+    return max((_int(snap.reports.get(h, {}).get("max_epoch")) for h in snap.unlisted), default=0)
+
+
+def _unlisted_note(report: dict[str, Any]) -> str:
+    hosts = report.get("unlisted") or {}
+    if not hosts:
+        return ""
+    return (
+        f"note: {len(hosts)} host(s) report but are not on the roster (blocked as unlisted, "
+        f"their orders counted): {', '.join(sorted(hosts))}"
+    )
+
+
+def _int(v: str | None) -> int:
+    try:
+        return int(v or 0)
+    except ValueError:
+        return 0
 
 
 async def _replicas_acked(store: Store, timeout: float) -> int | None:
@@ -181,7 +204,7 @@ async def _replicas_acked(store: Store, timeout: float) -> int | None:
         return None
 
 
-def _quorum(snap: NodeSnapshot) -> Quorum:
+def quorum_of(snap: NodeSnapshot) -> Quorum:
     st = snap.state
     return quorum(
         snap.roster, int(st.get("epoch") or 0), int(st.get("ver") or 0),
@@ -189,7 +212,7 @@ def _quorum(snap: NodeSnapshot) -> Quorum:
     )  # fmt: skip
 
 
-def _missing_message(q: Quorum, timeout: float) -> str:
+def missing_message(q: Quorum, timeout: float) -> str:
     lines = []
     for h in q.missing:
         s = q.hosts[h]
@@ -207,7 +230,7 @@ def _missing_message(q: Quorum, timeout: float) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _confirm_listener(store: Store):  # type: ignore[no-untyped-def]
+async def confirm_listener(store: Store):  # type: ignore[no-untyped-def]
     """An event set whenever a host publishes a confirmation (subscribed before acting)."""
     wake = asyncio.Event()
     pubsub = store.redis.pubsub()
@@ -235,14 +258,14 @@ async def _confirm_listener(store: Store):  # type: ignore[no-untyped-def]
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
-async def _wait_for_quorum(
+async def wait_for_quorum(
     store: Store, roster: Sequence[str], wake: asyncio.Event, timeout: float
 ) -> tuple[NodeSnapshot, Quorum]:
     deadline = time.monotonic() + timeout
     while True:
         wake.clear()
         snap = await store.snapshot(roster)
-        q = _quorum(snap)
+        q = quorum_of(snap)
         left = deadline - time.monotonic()
         if q.complete or left <= 0 or not roster:
             return snap, q
@@ -254,7 +277,7 @@ def _durable(flag: str) -> bool | None:
     return None if flag == "" else flag == "1"
 
 
-def _iso(ms: int) -> str:
+def iso_time(ms: int) -> str:
     if not ms:
         return ""
     return datetime.fromtimestamp(ms / 1000.0, UTC).isoformat(timespec="milliseconds")

@@ -22,10 +22,13 @@ import structlog
 from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio import Redis
 
+from killswitch.core.armproof import Verdict, gate_refusal, verify_proof
 from killswitch.core.gate import Gate
-from killswitch.core.state import HostView, NodeState, boot_view, observe
+from killswitch.core.sshsig import Operators
+from killswitch.core.state import HostView, NodeState, boot_view, observe, unproven
 from killswitch.core.version import __version__
 from killswitch.runtime.metrics import MetricsServer, build_info
+from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.metrics import SidecarCollector
@@ -67,6 +70,16 @@ class Sidecar:
         self._recorded: tuple[int, NodeState | None] = (max_epoch, max_state)
         self._held_recorded = 0  # epoch of a kill notice already recorded locally (0: none)
         self.gate = Gate(settings.node, settings.host, view=view, clock=clock, log=self.log)
+        # Without an operators file this gate can never open: it cannot verify any arm.
+        self.operators: Operators | None = (
+            load_operators(settings.operators) if settings.operators else None
+        )
+        self._proof_digest = ""  # sha1 (as Redis computes it) of the proof held below
+        self._proof_text = ""
+        self._verdict: Verdict | None = None  # verified once per new proof, never per order
+        self.verifications = 0
+        self.refused_arms = 0
+        self._last_refusal: tuple[int, str] = (0, "")
         self.boot = uuid.uuid4().hex[:12]
         self.acked = (0, 0)
         self.confirmed: tuple[int, int] = (0, 0)
@@ -111,6 +124,13 @@ class Sidecar:
             asyncio.create_task(self._sync_loop(), name="sync"),
             asyncio.create_task(self._listen_loop(), name="pubsub"),
         ]
+        if self.operators is None:
+            self.log.error(
+                "NO_OPERATORS",
+                reason="no --operators file: this gate cannot verify any arm and will never "
+                "open (every order gets BLOCK unarmed). Give --operators PATH "
+                "(KILLSWITCH_OPERATORS), the operators' allowed-signers file",
+            )
         self.log.info(
             "sidecar_started",
             listen=[str(a) for a in self.s.listen],
@@ -181,12 +201,12 @@ class Sidecar:
             held_epoch=self.gate.held if self.gate.held == self._held_recorded else 0,
             confirmed_epoch=self.confirmed[0],
             confirmed_ver=self.confirmed[1],
+            proof_digest=self._proof_digest,
+            proof_refusal=view.refusal,
         )
         try:
             async with asyncio.timeout(self.s.stale_after):
-                read, _now_ms, closed_confirm = await self.store.flush(
-                    self.s.host, report, __version__
-                )
+                reply = await self.store.flush(self.s.host, report, __version__)
         except Exception as e:  # any failure: the lease simply runs out
             self.failures += 1
             self._fail_streak += 1
@@ -204,11 +224,35 @@ class Sidecar:
         self.acked = (allowed, blocked)
         if want_confirm:
             self._confirmed(view.epoch, view.ver, view.state.value, blocked)
-        new = observe(view, read)
-        if closed_confirm and new.state is NodeState.KILLED:
+        if reply.proof is not None:
+            self._proof_digest, self._proof_text, self._verdict = (
+                reply.proof_digest,
+                reply.proof,
+                None,
+            )
+        new = self._prove(observe(view, reply.read))
+        if reply.closed_confirm and new.state is NodeState.KILLED:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
         self._apply(new, sent)
         return True
+
+    def _prove(self, new: HostView) -> HostView:
+        """An ARMED read opens the gate only with two operators' signatures over this node,
+        this epoch and a roster listing this host; anything else is enforced as UNARMED."""
+        if new.state is not NodeState.ARMED:
+            return new
+        if self._verdict is None:
+            self._verdict = verify_proof(self.operators, self._proof_text)
+            self.verifications += 1
+        refusal, detail = gate_refusal(self._verdict, self.s.node, self.s.host, new.epoch)
+        if refusal and self._last_refusal != (new.epoch, refusal):
+            self._last_refusal = (new.epoch, refusal)
+            self.refused_arms += 1
+            self.log.error("ARM_NOT_PROVEN", epoch=new.epoch, reason=refusal, detail=detail)
+        elif not refusal and self._last_refusal != (new.epoch, ""):
+            self._last_refusal = (new.epoch, "")
+            self.log.info("ARM_VERIFIED", epoch=new.epoch, operators=list(self._verdict.principals))
+        return unproven(new, refusal)
 
     def _confirmed(self, epoch: int, ver: int, state: str, blocked: int) -> None:
         self.confirmed = (epoch, ver)

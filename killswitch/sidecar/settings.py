@@ -18,4 +18,5 @@ class SidecarSettings:
     flush_interval: float = 0.1
     stale_after: float = 1.0
     state_dir: str = ""
+    operators: str = ""  # the operators' allowed-signers file ("": this gate never opens)
     extra: dict[str, Any] = field(default_factory=dict)

@@ -36,6 +36,7 @@ from killswitch.ops import control
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.fleet import Fleet, wait_until
 from killswitch.sim.loadgen import RouterStats, drive
+from killswitch.sim.operators import two_person_arm
 from killswitch.store.keys import NodeKeys
 from killswitch.store.store import Store
 
@@ -181,7 +182,7 @@ async def _run(fleet: Fleet, s: Scenario, progress: _Progress) -> dict[str, Any]
     redis = Redis.from_url(fleet.redis_url, decode_responses=True)
     store = Store(redis, NODE)
     try:
-        arm = await control.arm(store, approvers=["alice", "bob"], reason="demo open", timeout=10)
+        arm = await two_person_arm(store, fleet.ops, reason="demo open", timeout=10)
         if arm.code != 0:
             raise RuntimeError(f"arm failed: {arm.message}")
         secs, micros = await redis.time()

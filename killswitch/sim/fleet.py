@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from killswitch.sim.operators import OperatorKeys, make_operators
+
 
 def wait_until(
     cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, what: str = ""
@@ -146,6 +148,17 @@ class Fleet:
     aggregator: Proc | None = None
     extra_sidecar_args: Sequence[str] = ()
     metrics_ports: Mapping[str, int] = field(default_factory=dict)  # host -> --metrics-port
+    # Two throwaway operators (alice, bob): every process gets their allowed-signers file.
+    operators: OperatorKeys | None = None
+
+    def __post_init__(self) -> None:
+        if self.operators is None:
+            self.operators = make_operators(self.workdir / "operators")
+
+    @property
+    def ops(self) -> OperatorKeys:
+        assert self.operators is not None
+        return self.operators
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -153,9 +166,11 @@ class Fleet:
             KILLSWITCH_REDIS_URL=self.redis_url,
             KILLSWITCH_NODE=self.node,
             KILLSWITCH_LOG_FORMAT="json",
+            KILLSWITCH_OPERATORS=str(self.ops.file),
             PYTHONUNBUFFERED="1",
         )
-        env.pop("KILLSWITCH_CONFIG", None)
+        for k in ("KILLSWITCH_CONFIG", "KILLSWITCH_KEY", "KILLSWITCH_APPROVER"):
+            env.pop(k, None)
         return env
 
     def address(self, host: str) -> str:
@@ -251,10 +266,12 @@ class Fleet:
                 f"not JSON (exit {res.returncode}): {res.stdout!r} {res.stderr!r}"
             ) from None
 
-    def arm(self) -> dict[str, Any]:
-        code, rep = self.cli_json(
-            "arm", "--approver", "alice", "--approver", "bob", "--reason", "test arm"
-        )
+    def arm(self, *args: str, reason: str = "test arm") -> dict[str, Any]:
+        """The two-person arm: alice's signed request (exit 5), then bob's (exit 0)."""
+        code, rep = self.cli_json("arm", "--key", self.ops.key("alice"), "--reason", reason, *args)
+        if code != 5:
+            raise AssertionError(f"arm request failed ({code}): {rep}")
+        code, rep = self.cli_json("arm", "--key", self.ops.key("bob"), *args)
         if code != 0:
             raise AssertionError(f"arm failed ({code}): {rep}")
         return rep

@@ -30,7 +30,10 @@ class NodeKeys:
 
     @property
     def state(self) -> str:
-        """Hash: state, epoch, ver, reason, actor, cause, ts_ms, armed_ms, approvers."""
+        """Hash: state, epoch, ver, reason, actor, cause, ts_ms, armed_ms, approvers, proof.
+
+        `proof` is the last signed arm (message and signatures); a kill leaves it in place.
+        """
         return f"{self.base}:state"
 
     @property
@@ -42,6 +45,16 @@ class NodeKeys:
     def audit(self) -> str:
         """Append-only stream of arm, kill, trip and roster changes."""
         return f"{self.base}:audit"
+
+    @property
+    def pending_arm(self) -> str:
+        """Hash: a signed arm request waiting for a second operator (expires with its TTL)."""
+        return f"{self.base}:arm:pending"
+
+    @property
+    def hosts(self) -> str:
+        """Set of every host that has reported, on the roster or not (finds `unlisted` hosts)."""
+        return f"{self.base}:hosts"
 
     @property
     def events(self) -> str:

@@ -47,6 +47,19 @@ class FlushReport:
     held_epoch: int = 0
     confirmed_epoch: int = 0  # what this host last confirmed: not confirmed again
     confirmed_ver: int = 0
+    proof_digest: str = ""  # sha1 of the arm proof this host holds (Redis returns a new one)
+    proof_refusal: str = ""  # why this host refuses the current arm ("" none)
+
+
+@dataclass(frozen=True, slots=True)
+class FlushReply:
+    """What the sidecar's round trip returns."""
+
+    read: NodeRead
+    now_ms: int
+    closed_confirm: bool  # the script confirmed the KILLED state it read (at `held_epoch`)
+    proof_digest: str  # sha1 of the stored arm proof ("da39..." for none)
+    proof: str | None  # the proof itself when its digest differs from the one sent, else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +86,11 @@ class NodeSnapshot:
     aggregator: dict[str, str]
     leader: str = ""  # lease token of the acting aggregator ("" none)
     roster_stored: bool = True  # False: the roster key is gone (Redis lost its data)
+    unlisted: tuple[str, ...] = ()  # hosts that report but are not on the roster
+    pending: dict[str, str] | None = None  # a signed arm request waiting for a second operator
+
+
+MAX_UNLISTED = 64  # off-roster hosts read per round trip: junk in the seen-set cannot grow it
 
 
 class Store:
@@ -87,26 +105,30 @@ class Store:
         self._arm: AsyncScript = redis.register_script(_script("arm"))
         self._roster: AsyncScript = redis.register_script(_script("roster"))
         self._lease: AsyncScript = redis.register_script(_script("lease"))
+        self._arm_request: AsyncScript = redis.register_script(_script("arm_request"))
 
-    async def flush(self, host: str, r: FlushReport, version: str) -> tuple[NodeRead, int, bool]:
-        """The sidecar's one round trip: report, maybe confirm, read the node state.
-
-        Returns the read, Redis server time, and whether the script confirmed the KILLED
-        state it read (only at `r.held_epoch`).
-        """
+    async def flush(self, host: str, r: FlushReport, version: str) -> FlushReply:
+        """The sidecar's one round trip: report, maybe confirm, read the node state."""
         hk = self.keys.host(host)
         res = await self._flush(
-            keys=[self.keys.state, hk.report, hk.flow, hk.confirm],
+            keys=[self.keys.state, hk.report, hk.flow, hk.confirm, self.keys.hosts],
             args=[
                 r.boot, r.allowed, r.blocked, r.acked_allowed, r.acked_blocked, r.max_epoch,
                 r.view, r.gate, f"{r.orders_per_s:.3f}", r.stale_after_ms, r.regression,
                 FLOW_RETENTION_MS, r.confirm_epoch, r.confirm_ver, self.keys.confirms, host,
                 version, os.getpid(), r.held_epoch, r.confirmed_epoch, r.confirmed_ver,
+                r.proof_digest, r.proof_refusal,
             ],
         )  # fmt: skip
-        state, epoch, ver, reason, now, closed_confirm = (str(x) for x in res)
+        state, epoch, ver, reason, now, closed_confirm, digest, proof = (str(x) for x in res)
         read = NodeRead.from_hash({"state": state, "epoch": epoch, "ver": ver, "reason": reason})
-        return read, int(now), closed_confirm == "1"
+        return FlushReply(
+            read,
+            int(now),
+            closed_confirm == "1",
+            digest,
+            None if digest == r.proof_digest else proof,
+        )
 
     async def kill(
         self,
@@ -137,13 +159,46 @@ class Store:
         return bool(int(res[0])), str(res[1]), int(res[2])
 
     async def arm(
-        self, *, actor: str, reason: str, approvers: Sequence[str], floor: int
+        self,
+        *,
+        actor: str,
+        reason: str,
+        approvers: Sequence[str],
+        epoch: int,
+        lifts: tuple[int, int],
+        expires_ms: int,
+        proof: str,
+        roster: Sequence[str],
     ) -> ChangeResult:
+        """Complete a signed arm (refused "moved" or "expired" when no longer current)."""
         res = await self._arm(
-            keys=[self.keys.state, self.keys.audit],
-            args=[actor, reason, ",".join(approvers), floor, self.keys.events],
-        )
+            keys=[self.keys.state, self.keys.audit, self.keys.roster, self.keys.pending_arm],
+            args=[
+                actor, reason, ",".join(approvers), epoch, self.keys.events, lifts[0], lifts[1],
+                expires_ms, proof, *sorted(roster),
+            ],
+        )  # fmt: skip
         return _change(res)
+
+    async def arm_request(
+        self,
+        *,
+        lifts: tuple[int, int],
+        message: bytes,
+        signature: str,
+        principal: str,
+        expires_ms: int,
+        reason: str,
+    ) -> str:
+        """Record a first signature as the pending request; returns the refusal ("" recorded)."""
+        res = await self._arm_request(
+            keys=[self.keys.state, self.keys.pending_arm, self.keys.audit],
+            args=[
+                lifts[0], lifts[1], message.decode("ascii"), signature, principal, expires_ms,
+                reason,
+            ],
+        )  # fmt: skip
+        return str(res[2])
 
     async def set_roster(self, hosts: Sequence[str], actor: str) -> bool:
         changed = await self._roster(
@@ -152,35 +207,49 @@ class Store:
         await self.redis.sadd(NODES_KEY, self.node)
         return bool(changed)
 
+    async def proof(self) -> str:
+        """The stored proof of the last signed arm ("" none)."""
+        value: Any = await self.redis.hget(self.keys.state, "proof")
+        return str(value or "")
+
     async def roster(self) -> tuple[str, ...]:
         members: set[str] = await self.redis.smembers(self.keys.roster)  # type: ignore[assignment]
         return tuple(sorted(members))
 
     async def snapshot(self, roster: Sequence[str] | None = None) -> NodeSnapshot:
-        """State, roster, every roster host's report and confirmation, and server time."""
+        """State, roster, every roster host's report and confirmation, and server time; also
+        the reports of hosts that report but are not on the roster, and a pending request."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.smembers(self.keys.roster)
+        pipe.smembers(self.keys.hosts)
+        stored, seen = await pipe.execute()
         if roster is None:
-            roster = await self.roster()
-        snap, _ = await self._read(roster, None)
+            roster = tuple(sorted(stored))
+        extra = sorted(set(seen) - set(roster))[:MAX_UNLISTED]
+        snap, _ = await self._read(roster, None, extra)
         return snap
 
     async def read_flows(
-        self, after: dict[str, str], roster: Sequence[str]
+        self, after: dict[str, str], roster: Sequence[str], extra: Sequence[str] = ()
     ) -> tuple[dict[str, list[tuple[str, dict[str, str]]]], NodeSnapshot]:
-        """New flow entries of every roster host since the IDs in `after`, plus a snapshot."""
-        snap, flows = await self._read(roster, after)
+        """New flow entries of every roster host (and of the `extra` off-roster hosts) since
+        the IDs in `after`, plus a snapshot."""
+        snap, flows = await self._read(roster, after, extra)
         return flows, snap
 
     async def _read(
-        self, roster: Sequence[str], after: dict[str, str] | None
+        self, roster: Sequence[str], after: dict[str, str] | None, extra: Sequence[str] = ()
     ) -> tuple[NodeSnapshot, dict[str, list[tuple[str, dict[str, str]]]]]:
         """One pipelined round trip; with `after`, also each host's new flow entries."""
+        extra = [h for h in extra if h not in roster][:MAX_UNLISTED]
+        hosts = [*roster, *extra]
         pipe = self.redis.pipeline(transaction=False)
         # TIME first: a flow entry stamped at or before it was written (atomically, by a
         # script) before this read began, so the reads below see every one of them.
         pipe.time()
         pipe.hgetall(self.keys.state)
         pipe.hgetall(self.keys.aggregator)
-        for h in roster:
+        for h in hosts:
             hk = self.keys.host(h)
             pipe.hgetall(hk.report)
             pipe.hgetall(hk.confirm)
@@ -188,11 +257,13 @@ class Store:
                 pipe.xrange(hk.flow, min=f"({after[h]}" if after.get(h) else "-", max="+")
         pipe.get(self.keys.leader)
         pipe.exists(self.keys.roster)
+        pipe.smembers(self.keys.hosts)
+        pipe.hgetall(self.keys.pending_arm)
         res: list[Any] = await pipe.execute()
         secs, micros = res[0]
         per = 2 if after is None else 3
         reports, confirms, flows = {}, {}, {}
-        for i, h in enumerate(roster):
+        for i, h in enumerate(hosts):
             reports[h] = res[3 + per * i]
             confirms[h] = res[4 + per * i]
             if after is not None:
@@ -204,8 +275,10 @@ class Store:
             reports=reports,
             confirms=confirms,
             aggregator=res[2],
-            leader=res[-2] or "",
-            roster_stored=bool(res[-1]),
+            leader=res[-4] or "",
+            roster_stored=bool(res[-3]),
+            unlisted=tuple(sorted(set(res[-2]) - set(roster))),
+            pending=res[-1] or None,
         )
         return snap, flows
 

@@ -1,12 +1,16 @@
 -- One sidecar round trip: report counts, optionally confirm an applied state, read the node state.
 -- This single call is the host's lease: the gate stays open only while these succeed.
--- KEYS: 1 node state, 2 host report, 3 host flow stream, 4 host confirm
+-- KEYS: 1 node state, 2 host report, 3 host flow stream, 4 host confirm, 5 node's seen-hosts set
 -- ARGV: 1 boot id, 2 allowed (cumulative since boot), 3 blocked (cumulative),
 --       4 acked allowed, 5 acked blocked (cumulative values of this boot's last acknowledged flush),
 --       6 max_epoch, 7 view, 8 gate, 9 orders_per_s, 10 stale_after_ms, 11 regression,
 --       12 flow retention ms, 13 confirm epoch (0: none), 14 confirm ver, 15 confirms channel,
 --       16 host, 17 version, 18 pid, 19 held epoch (0: none),
---       20, 21 epoch and ver this host already confirmed (never confirmed twice)
+--       20, 21 epoch and ver this host already confirmed (never confirmed twice),
+--       22 digest (sha1) of the arm proof this host already holds, 23 why the host refuses
+--       the current arm ("" none: unsigned, bad_signature, unlisted, ...)
+-- The proof (the last signed arm) is returned only when its digest differs from ARGV[22]:
+-- the host verifies it once per change, never per order and never per round trip.
 -- A held epoch means: a kill notice for it closed this host's gate before this call, and the
 -- host recorded (epoch, KILLED) in its local state first. A KILLED read at exactly that epoch
 -- is then confirmed in this same call: the host provably blocks and remembers it.
@@ -19,6 +23,9 @@ local blocked = tonumber(ARGV[3])
 -- Counts are cumulative, so a flush whose reply was lost and is sent again adds nothing twice.
 -- If the report vanished (Redis lost its data) fall back to what this boot last saw acknowledged.
 local prev = redis.call('HMGET', KEYS[2], 'boot', 'allowed', 'blocked')
+if prev[1] ~= boot then
+  redis.call('SADD', KEYS[5], ARGV[16])  -- once per boot: how the aggregator finds off-roster hosts
+end
 local prev_allowed, prev_blocked
 if prev[1] == boot then
   prev_allowed = tonumber(prev[2]) or 0
@@ -39,9 +46,12 @@ end
 redis.call('HSET', KEYS[2],
   'boot', boot, 'allowed', allowed, 'blocked', blocked, 'ts_ms', now,
   'max_epoch', ARGV[6], 'view', ARGV[7], 'gate', ARGV[8], 'orders_per_s', ARGV[9],
-  'stale_after_ms', ARGV[10], 'regression', ARGV[11], 'version', ARGV[17], 'pid', ARGV[18])
+  'stale_after_ms', ARGV[10], 'regression', ARGV[11], 'version', ARGV[17], 'pid', ARGV[18], 'proof', ARGV[23])
 
-local s = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'ver', 'reason')
+local s = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'ver', 'reason', 'proof')
+local proof = s[5] or ''
+local digest = redis.sha1hex(proof)
+if digest == ARGV[22] then proof = '' end
 local confirm_epoch, confirm_ver, view = tonumber(ARGV[13]), ARGV[14], ARGV[7]
 local closed_confirm = '0'
 if ARGV[19] ~= '0' and s[1] == 'KILLED' and s[2] == ARGV[19]
@@ -57,4 +67,5 @@ if confirm_epoch > 0 then
     'view', view, 'applied_ms', now, 'blocked', blocked)
   redis.call('PUBLISH', ARGV[15], ARGV[16] .. ' ' .. confirm_epoch .. ' ' .. confirm_ver)
 end
-return {s[1] or '', s[2] or '0', s[3] or '0', s[4] or '', tostring(now), closed_confirm}
+return {s[1] or '', s[2] or '0', s[3] or '0', s[4] or '', tostring(now), closed_confirm,
+  digest, proof}

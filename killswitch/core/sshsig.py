@@ -1,0 +1,370 @@
+"""OpenSSH signatures (PROTOCOL.sshsig) and allowed-signers files, verified in pure Python.
+
+Bytes in, a principal or a refusal out: no file, no subprocess, no clock. Signing stays with
+OpenSSH (`ssh-keygen -Y sign`), so agents and hardware keys work; this module only checks.
+It must never accept a signature `ssh-keygen -Y verify` would reject for the same file.
+
+Allowed-signers rules (documented in the README): a line whose `namespaces=` does not list
+`killswitch` is ignored (the same file may serve git); `cert-authority`, `valid-after`,
+`valid-before` and wildcard principals are refused with the line named (certificates and
+validity windows are not supported, and silently dropping a bound would widen trust); one
+key may belong to one principal only (else one person could count as two operators).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+NAMESPACE = "killswitch"
+MAGIC = b"SSHSIG"
+ARMOR_BEGIN = "-----BEGIN SSH SIGNATURE-----"
+ARMOR_END = "-----END SSH SIGNATURE-----"
+MAX_SIG_BYTES = 16384  # an RSA-16384 signature is ~2.1 kB: anything far larger is junk
+
+_CURVES: dict[str, tuple[ec.EllipticCurve, hashes.HashAlgorithm]] = {
+    "nistp256": (ec.SECP256R1(), hashes.SHA256()),
+    "nistp384": (ec.SECP384R1(), hashes.SHA384()),
+    "nistp521": (ec.SECP521R1(), hashes.SHA512()),
+}
+KEY_TYPES = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+_SK_USER_PRESENT = 0x01
+_PRINCIPAL = re.compile(r"[^\s,*?!]+")
+
+
+class SignatureError(ValueError):
+    """The signature does not prove anything; the message says why (one line)."""
+
+
+class SignersError(ValueError):
+    """The allowed-signers text cannot be used; the message names the line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Operators:
+    """The allowed signers for the `killswitch` namespace: public key blob -> principal."""
+
+    keys: Mapping[bytes, str]
+
+    @property
+    def principals(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.keys.values())))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+# -- allowed-signers files -------------------------------------------------------------------
+
+
+def parse_allowed_signers(text: str, namespace: str = NAMESPACE) -> Operators:
+    """Parse an OpenSSH allowed-signers file (see the module docstring for the rules)."""
+    keys: dict[bytes, str] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            principals, options, blob = _signer_line(line)
+        except SignersError as e:
+            raise SignersError(f"line {n}: {e}") from None
+        nss = options.get("namespaces")
+        if nss is not None and namespace not in [x.strip() for x in nss.split(",")]:
+            continue  # a key for another namespace (e.g. git commits): not an operator here
+        for bad in ("cert-authority", "valid-after", "valid-before"):
+            if bad in options:
+                raise SignersError(f"line {n}: option {bad} is not supported; list plain keys")
+        other = set(options) - {"namespaces"}
+        if other:
+            raise SignersError(f"line {n}: unknown option(s) {', '.join(sorted(other))}")
+        principal = principals[0]
+        if len(principals) > 1:
+            raise SignersError(f"line {n}: one principal per key line (got {len(principals)})")
+        if blob in keys and keys[blob] != principal:
+            raise SignersError(
+                f"line {n}: this key already belongs to {keys[blob]!r}; one key, one operator"
+            )
+        keys[blob] = principal
+    return Operators(keys)
+
+
+def _signer_line(line: str) -> tuple[list[str], dict[str, str], bytes]:
+    fields = list(_split_fields(line))
+    if len(fields) < 3:
+        raise SignersError("expected: <principal> [options] <key-type> <base64-key>")
+    principals = fields[0].split(",")
+    for p in principals:
+        if not _PRINCIPAL.fullmatch(p):
+            raise SignersError(f"principal {p!r} is not supported (no wildcards or negation)")
+    if fields[1] in KEY_TYPES or fields[1].startswith(("ssh-", "ecdsa-", "sk-")):
+        opt_text, ktype, b64 = "", fields[1], fields[2]
+    else:
+        if len(fields) < 4:
+            raise SignersError("expected: <principal> [options] <key-type> <base64-key>")
+        opt_text, ktype, b64 = fields[1], fields[2], fields[3]
+    if ktype not in KEY_TYPES:
+        raise SignersError(f"key type {ktype!r} is not supported")
+    try:
+        blob = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise SignersError("the key is not valid base64") from None
+    try:
+        _public_key(blob)
+        if _read_string(blob, 0)[0] != ktype.encode():
+            raise SignatureError("the key's type does not match the line")
+    except SignatureError as e:
+        raise SignersError(f"bad key: {e}") from None
+    return principals, _options(opt_text), blob
+
+
+def _split_fields(line: str) -> Iterator[str]:
+    """Whitespace-separated fields; double quotes protect spaces (namespaces="a b")."""
+    buf, quoted = [], False
+    for ch in line:
+        if ch == '"':
+            quoted = not quoted
+            buf.append(ch)
+        elif ch.isspace() and not quoted:
+            if buf:
+                yield "".join(buf)
+                buf = []
+        else:
+            buf.append(ch)
+    if quoted:
+        raise SignersError("unterminated quote")
+    if buf:
+        yield "".join(buf)
+
+
+def _options(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if not text:
+        return out
+    for part in re.findall(r'(?:[^,"]|"[^"]*")+', text):
+        name, eq, value = part.partition("=")
+        out[name.strip().lower()] = value.strip().strip('"') if eq else ""
+    return out
+
+
+# -- signatures ------------------------------------------------------------------------------
+
+
+def verify(
+    operators: Operators, message: bytes, signature: str | bytes, namespace: str = NAMESPACE
+) -> str:
+    """The principal whose key made this OpenSSH signature of `message` in `namespace`.
+
+    Raises SignatureError for anything else: not a signature, another namespace, a key not
+    in `operators`, a signature that does not match the message.
+    """
+    blob = _dearmor(signature)
+    if len(blob) < 10 or blob[:6] != MAGIC:
+        raise SignatureError("not an SSH signature (no SSHSIG preamble)")
+    off = 6
+    version, off = _read_u32(blob, off)
+    if version != 1:
+        raise SignatureError(f"unsupported SSHSIG version {version}")
+    pub, off = _read_string(blob, off)
+    ns, off = _read_string(blob, off)
+    reserved, off = _read_string(blob, off)
+    halg, off = _read_string(blob, off)
+    sig, off = _read_string(blob, off)
+    if off != len(blob):
+        raise SignatureError("trailing bytes after the signature")
+    if ns != namespace.encode():
+        raise SignatureError(
+            f"signed for namespace {ns.decode(errors='replace')!r}, not {namespace!r}"
+        )
+    if halg == b"sha256":
+        digest = hashlib.sha256(message).digest()
+    elif halg == b"sha512":
+        digest = hashlib.sha512(message).digest()
+    else:
+        raise SignatureError(f"unsupported hash {halg.decode(errors='replace')!r}")
+    principal = operators.keys.get(pub)
+    if principal is None:
+        raise SignatureError("signed by a key that is not in the operators file")
+    signed = MAGIC + _string(ns) + _string(reserved) + _string(halg) + _string(digest)
+    _check(pub, signed, sig)
+    return principal
+
+
+def key_of(signature: str | bytes) -> bytes:
+    """The public key blob inside a signature (no check of anything else)."""
+    blob = _dearmor(signature)
+    if blob[:6] != MAGIC:
+        raise SignatureError("not an SSH signature (no SSHSIG preamble)")
+    return _read_string(blob, 10)[0]
+
+
+def _dearmor(signature: str | bytes) -> bytes:
+    text = signature.decode("ascii", "replace") if isinstance(signature, bytes) else signature
+    if len(text) > MAX_SIG_BYTES * 2:
+        raise SignatureError("signature too long")
+    text = text.strip()
+    if not (text.startswith(ARMOR_BEGIN) and text.endswith(ARMOR_END)):
+        raise SignatureError("not an armored SSH signature")
+    body = "".join(text[len(ARMOR_BEGIN) : -len(ARMOR_END)].split())
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise SignatureError("signature is not valid base64") from None
+
+
+def _check(pub: bytes, signed: bytes, sig: bytes) -> None:
+    """Verify the inner SSH signature blob `sig` by key `pub` over `signed`."""
+    key = _public_key(pub)
+    ktype = _read_string(pub, 0)[0].decode()
+    alg, off = _read_string(sig, 0)
+    raw, off = _read_string(sig, off)
+    try:
+        if ktype == "ssh-ed25519":
+            _expect(alg, b"ssh-ed25519", off, sig)
+            assert isinstance(key, Ed25519PublicKey)
+            key.verify(raw, signed)
+        elif ktype.startswith("ecdsa-sha2-"):
+            _expect(alg, ktype.encode(), off, sig)
+            assert isinstance(key, ec.EllipticCurvePublicKey)
+            key.verify(_ecdsa_der(raw), signed, ec.ECDSA(_CURVES[ktype[11:]][1]))
+        elif ktype == "ssh-rsa":
+            if alg not in (b"rsa-sha2-256", b"rsa-sha2-512"):
+                raise SignatureError(f"RSA signature algorithm {alg!r} refused (SHA-1)")
+            _expect(alg, alg, off, sig)
+            assert isinstance(key, rsa.RSAPublicKey)
+            h: hashes.HashAlgorithm = hashes.SHA256() if alg == b"rsa-sha2-256" else hashes.SHA512()
+            key.verify(raw, signed, padding.PKCS1v15(), h)
+        else:  # security keys: the token signs sha256(application) | flags | counter | sha256(data)
+            _expect_prefix(alg, ktype.encode())
+            if len(sig) < off + 5:
+                raise SignatureError("security-key signature without flags and counter")
+            flags, counter = sig[off], sig[off + 1 : off + 5]
+            if off + 5 != len(sig):
+                raise SignatureError("trailing bytes in the security-key signature")
+            if not flags & _SK_USER_PRESENT:
+                raise SignatureError("security-key signature made without user presence")
+            app = _sk_application(pub)
+            data = (
+                hashlib.sha256(app).digest()
+                + bytes([flags])
+                + counter
+                + hashlib.sha256(signed).digest()
+            )
+            if isinstance(key, Ed25519PublicKey):
+                key.verify(raw, data)
+            else:
+                assert isinstance(key, ec.EllipticCurvePublicKey)
+                key.verify(_ecdsa_der(raw), data, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise SignatureError("the signature does not match the message") from None
+
+
+def _expect(alg: bytes, want: bytes, off: int, sig: bytes) -> None:
+    if alg != want:
+        raise SignatureError(f"signature algorithm {alg!r} does not match the key")
+    if off != len(sig):
+        raise SignatureError("trailing bytes in the signature")
+
+
+def _expect_prefix(alg: bytes, want: bytes) -> None:
+    if alg != want:
+        raise SignatureError(f"signature algorithm {alg!r} does not match the key")
+
+
+def _ecdsa_der(raw: bytes) -> bytes:
+    r, off = _read_mpint(raw, 0)
+    s, off = _read_mpint(raw, off)
+    if off != len(raw):
+        raise SignatureError("trailing bytes in the ECDSA signature")
+    return encode_dss_signature(r, s)
+
+
+def _public_key(blob: bytes) -> Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
+    """The key inside an SSH public key blob (raises SignatureError when malformed)."""
+    ktype_b, off = _read_string(blob, 0)
+    ktype = ktype_b.decode(errors="replace")
+    try:
+        if ktype in ("ssh-ed25519", "sk-ssh-ed25519@openssh.com"):
+            pk, off = _read_string(blob, off)
+            if ktype.startswith("sk-"):
+                _, off = _read_string(blob, off)  # application
+            _end(blob, off)
+            return Ed25519PublicKey.from_public_bytes(pk)
+        if ktype.startswith("ecdsa-sha2-") or ktype == "sk-ecdsa-sha2-nistp256@openssh.com":
+            curve_name, off = _read_string(blob, off)
+            q, off = _read_string(blob, off)
+            if ktype.startswith("sk-"):
+                _, off = _read_string(blob, off)
+                want = "nistp256"
+            else:
+                want = ktype[11:]
+            if curve_name.decode(errors="replace") != want or want not in _CURVES:
+                raise SignatureError("ECDSA key names another curve")
+            _end(blob, off)
+            return ec.EllipticCurvePublicKey.from_encoded_point(_CURVES[want][0], q)
+        if ktype == "ssh-rsa":
+            e, off = _read_mpint(blob, off)
+            n, off = _read_mpint(blob, off)
+            _end(blob, off)
+            if n.bit_length() < 2048:
+                raise SignatureError("RSA keys under 2048 bits are refused")
+            return rsa.RSAPublicNumbers(e, n).public_key()
+    except ValueError as e:
+        if isinstance(e, SignatureError):
+            raise
+        raise SignatureError(f"malformed {ktype} key") from None
+    raise SignatureError(f"unsupported key type {ktype!r}")
+
+
+def _sk_application(pub: bytes) -> bytes:
+    ktype, off = _read_string(pub, 0)
+    _, off = _read_string(pub, off)
+    if ktype.startswith(b"sk-ecdsa"):
+        _, off = _read_string(pub, off)
+    return _read_string(pub, off)[0]
+
+
+def _end(blob: bytes, off: int) -> None:
+    if off != len(blob):
+        raise SignatureError("trailing bytes in the key")
+
+
+def _read_u32(b: bytes, off: int) -> tuple[int, int]:
+    if off + 4 > len(b):
+        raise SignatureError("truncated")
+    return int.from_bytes(b[off : off + 4], "big"), off + 4
+
+
+def _read_string(b: bytes, off: int) -> tuple[bytes, int]:
+    n, off = _read_u32(b, off)
+    if off + n > len(b):
+        raise SignatureError("truncated")
+    return b[off : off + n], off + n
+
+
+def _read_mpint(b: bytes, off: int) -> tuple[int, int]:
+    raw, off = _read_string(b, off)
+    if raw and raw[0] & 0x80:
+        raise SignatureError("negative integer")
+    return int.from_bytes(raw, "big"), off
+
+
+def _string(b: bytes) -> bytes:
+    return len(b).to_bytes(4, "big") + b

@@ -1,0 +1,224 @@
+"""The two-person arm: each operator runs `arm` at their own keyboard with their own key.
+
+The first call signs a request and records it, pending (exit 5); a second, distinct operator
+of the operators file signs the very same request and completes the arm (exit 0). What is
+signed (`core.armproof.ArmRequest`) binds the node, the state it lifts, the new epoch, the
+roster, the reason, the scope and an expiry. Nothing here is trusted by the gates: each
+sidecar verifies the two signatures itself before it opens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from killswitch.core.armproof import ArmRequest, Proof, ProofError, node_refusal, verify_proof
+from killswitch.core.roster import epoch_floor, not_ready_for_arm
+from killswitch.core.sshsig import Operators, SignatureError, verify
+from killswitch.core.state import NodeState, next_epoch
+from killswitch.ops.control import (
+    EXIT_OK,
+    EXIT_PENDING,
+    EXIT_REFUSED,
+    EXIT_UNCONFIRMED,
+    EXIT_USAGE,
+    Outcome,
+    confirm_listener,
+    iso_time,
+    missing_message,
+    node_report,
+    pending_json,
+    quorum_of,
+    wait_for_quorum,
+)
+from killswitch.ops.signing import SignError, ssh_sign
+from killswitch.store.store import NodeSnapshot, Store
+
+DEFAULT_EXPIRES_S = 600.0
+
+Signer = Callable[[str, bytes], Awaitable[str]]
+
+
+async def arm(
+    store: Store,
+    *,
+    key: str,
+    operators: Operators,
+    roster: Sequence[str] | None = None,
+    reason: str | None = None,
+    expires_s: float = DEFAULT_EXPIRES_S,
+    timeout: float = 5.0,
+    sign: Signer = ssh_sign,
+) -> Outcome:
+    """Sign an arm of the node: record it pending, or complete a pending one (see module)."""
+    node = store.node
+    snap = await store.snapshot()
+    st = snap.state
+    epoch, ver = _int(st.get("epoch")), _int(st.get("ver"))
+    if st.get("state") == NodeState.ARMED.value:
+        verdict = verify_proof(operators, st.get("proof", ""))
+        if not node_refusal(verdict, node, epoch)[0] and (
+            roster is None or verdict.request is None or set(roster) == set(verdict.request.roster)
+        ):
+            report = _report(snap, node)
+            report["changed"] = False
+            who = " and ".join(verdict.principals)
+            return Outcome(EXIT_OK, report, f"node was already ARMED (signed by {who})")
+    pending, first_sig, first, void = _usable_pending(
+        snap, operators, node, (epoch, ver), _reported_floor(snap)
+    )
+    if pending is not None and not _same_terms(pending, roster, reason):
+        void = f"the pending request by {first} signs other terms; this call replaces it"
+        pending = None
+    wanted = tuple(sorted(set(roster))) if roster else (pending.roster if pending else snap.roster)
+    if not wanted:
+        return _refused(
+            node,
+            "no roster",
+            "refused: the node has no roster in Redis; give --roster H1,H2,... or start its "
+            "aggregator with --hosts (it proposes the roster until the first signed arm)",
+        )
+    if wanted != snap.roster:
+        snap = await store.snapshot(wanted)
+    q0 = quorum_of(snap)
+    problems = not_ready_for_arm(q0.hosts)
+    if problems:
+        report = _report(snap, node)
+        report["refused"] = problems
+        lines = "\n".join(f"  {h}: {why}" for h, why in sorted(problems.items()))
+        return Outcome(
+            EXIT_REFUSED,
+            report,
+            f"refused: every roster host must be alive and reporting before arming:\n{lines}",
+        )
+    floor = max(epoch_floor(q0.hosts), _reported_floor(snap))
+    req = pending or ArmRequest(
+        node=node,
+        lifts_epoch=epoch,
+        lifts_ver=ver,
+        epoch=next_epoch(epoch, floor),
+        roster=wanted,
+        reason=reason or "",
+        expires_ms=snap.now_ms + round(expires_s * 1000),
+    )
+    message = req.encode()
+    try:
+        signature = await sign(key, message)
+    except SignError as e:
+        return Outcome(EXIT_USAGE, {"node": node, "refused": "cannot sign"}, f"arm: {e}")
+    try:
+        me = verify(operators, message, signature)
+    except SignatureError as e:
+        return _refused(
+            node,
+            "signature refused",
+            f"refused: your signature does not verify against the operators file ({e}); "
+            "ask for your public key to be added to it",
+        )
+    if pending is None or first is None:
+        refusal = await store.arm_request(
+            lifts=(epoch, ver), message=message, signature=signature, principal=me,
+            expires_ms=req.expires_ms, reason=req.reason,
+        )  # fmt: skip
+        if refusal:
+            return _refused(node, refusal, f"refused: the node changed while signing ({refusal})")
+        report = _report(snap, node)
+        report["pending_arm"] = pending_json({"msg": message.decode("ascii"), "principal": me})
+        note = f"({void})\n" if void else ""
+        return Outcome(EXIT_PENDING, report, note + _pending_message(node, req, (me,)))
+    if me == first:
+        report = _report(snap, node)
+        report["pending_arm"] = pending_json({"msg": message.decode("ascii"), "principal": me})
+        return Outcome(
+            EXIT_PENDING,
+            report,
+            f"still pending: {me} already signed this request; it needs a second, distinct "
+            "operator.\n" + _pending_message(node, req, (me,)),
+        )
+    proof = Proof(message, (first_sig, signature)).to_text()
+    approvers = sorted({first, me})
+    async with confirm_listener(store) as wake:
+        res = await store.arm(
+            actor="+".join(approvers), reason=req.reason, approvers=approvers, epoch=req.epoch,
+            lifts=(req.lifts_epoch, req.lifts_ver), expires_ms=req.expires_ms, proof=proof,
+            roster=req.roster,
+        )  # fmt: skip
+        if not res.changed:
+            why = {"moved": "the node was killed or armed since", "expired": "it expired"}
+            return _refused(
+                node,
+                res.refused,
+                f"refused: the request is void ({why.get(res.refused, res.refused)}); run arm "
+                "again to start a new one",
+            )
+        snap2, q = await wait_for_quorum(store, req.roster, wake, timeout)
+    report = node_report(snap2, q)
+    report["node"] = node
+    report["changed"] = True
+    report["approvers"] = approvers
+    if q.complete:
+        report["elapsed_s"] = round(max(q.last_confirm_ms - res.ts_ms, 0) / 1000.0, 4)
+        return Outcome(EXIT_OK, report, f"armed at epoch {res.epoch}, signed by {first} and {me}")
+    return Outcome(EXIT_UNCONFIRMED, report, missing_message(q, timeout))
+
+
+def _usable_pending(
+    snap: NodeSnapshot, operators: Operators, node: str, lifts: tuple[int, int], floor: int
+) -> tuple[ArmRequest | None, str, str | None, str]:
+    """The pending request if it can still be completed: (request, first signature, who, why
+    an existing one is void)."""
+    p = snap.pending
+    if not p:
+        return None, "", None, ""
+    who = p.get("principal", "?")
+    try:
+        req = ArmRequest.decode(p.get("msg", "").encode("ascii", "replace"))
+        first = verify(operators, req.encode(), p.get("sig", ""))
+    except (ProofError, SignatureError) as e:
+        return None, "", None, f"the pending request by {who} is void: {e}"
+    if req.node != node or (req.lifts_epoch, req.lifts_ver) != lifts:
+        return None, "", None, f"the pending request by {first} is void: the node moved since"
+    if snap.now_ms > req.expires_ms:
+        return None, "", None, f"the pending request by {first} expired"
+    if req.epoch <= floor:
+        return None, "", None, f"the pending request by {first} is void: hosts saw epoch {floor}"
+    return req, p.get("sig", ""), first, ""
+
+
+def _same_terms(req: ArmRequest, roster: Sequence[str] | None, reason: str | None) -> bool:
+    """Options not given accept the pending request's terms; given ones must match them."""
+    same_roster = not roster or tuple(sorted(set(roster))) == req.roster
+    return same_roster and (reason is None or reason == req.reason)
+
+
+def _pending_message(node: str, req: ArmRequest, signed: Sequence[str]) -> str:
+    return (
+        f"PENDING: arm of node {node} signed by {', '.join(signed)}; it waits for a second, "
+        f"distinct operator until {iso_time(req.expires_ms)}.\n"
+        f"  it arms epoch {req.epoch} (lifting {req.lifts_epoch}), roster "
+        f"{','.join(req.roster)}, reason {req.reason!r}\n"
+        "The second operator runs, at their own keyboard, with their own key:\n"
+        f"  killswitch arm --node {node} --key PATH-TO-THEIR-KEY"
+    )
+
+
+def _reported_floor(snap: NodeSnapshot) -> int:
+    """The highest epoch any reporting host (on the roster or not) has seen."""
+    return max((_int(r.get("max_epoch")) for r in snap.reports.values()), default=0)
+
+
+def _report(snap: NodeSnapshot, node: str) -> dict[str, Any]:
+    report = node_report(snap, quorum_of(snap))
+    report["node"] = node
+    return report
+
+
+def _refused(node: str, what: str, message: str) -> Outcome:
+    return Outcome(EXIT_REFUSED, {"node": node, "refused": what}, message)
+
+
+def _int(v: str | None) -> int:
+    try:
+        return int(v or 0)
+    except ValueError:
+        return 0

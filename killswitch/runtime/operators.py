@@ -1,0 +1,38 @@
+"""Loads the operators' allowed-signers file (`--operators`), once, at start-up.
+
+The parsing and every rule about the file live in `core.sshsig`; this module only reads the
+file and turns every problem into a `ConfigError` that names the file and the line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from killswitch.core.sshsig import Operators, SignersError, parse_allowed_signers
+from killswitch.runtime.config import ConfigError
+
+MAX_FILE_BYTES = 1024 * 1024
+
+
+def load_operators(path: str) -> Operators:
+    """The operators in `path` (ConfigError when it cannot be read or lists nobody)."""
+    try:
+        data = Path(path).read_bytes()[: MAX_FILE_BYTES + 1]
+    except FileNotFoundError:
+        raise ConfigError(f"operators: file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"operators: cannot read {path}: {e}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"operators: {path} is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        ops = parse_allowed_signers(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"operators: {path} is not UTF-8 text") from None
+    except SignersError as e:
+        raise ConfigError(f"operators: {path}: {e}") from None
+    if not ops.keys:
+        raise ConfigError(
+            f"operators: {path} lists no key for the killswitch namespace "
+            '(one line per key: <principal> namespaces="killswitch" <key-type> <base64>)'
+        )
+    return ops

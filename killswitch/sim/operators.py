@@ -1,0 +1,71 @@
+"""Throwaway operator keys for the demo, the benches and the tests, made by ssh-keygen.
+
+Real OpenSSH keys and a real allowed-signers file, so everything that uses them signs and
+verifies exactly as production does. Never for production keys: these have no passphrase.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from killswitch.core.sshsig import parse_allowed_signers
+from killswitch.ops.arming import arm
+from killswitch.ops.control import Outcome
+from killswitch.store.store import Store
+
+DEFAULT_NAMES = ("alice", "bob")
+
+
+@dataclass(frozen=True)
+class OperatorKeys:
+    """Private keys by principal, and the allowed-signers file that lists them."""
+
+    file: Path
+    keys: dict[str, Path]
+
+    def key(self, name: str) -> str:
+        return str(self.keys[name])
+
+
+def make_key(path: Path, comment: str, key_type: str = "ed25519") -> Path:
+    """A new passphrase-less key pair at `path` and `path`.pub."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", key_type, "-N", "", "-C", comment, "-f", str(path)],
+        check=True, capture_output=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    return path
+
+
+def signer_line(principal: str, key: Path) -> str:
+    """The allowed-signers line of `principal` for the key pair at `key`."""
+    kind, b64 = Path(f"{key}.pub").read_text().split()[:2]
+    return f'{principal} namespaces="killswitch" {kind} {b64}\n'
+
+
+def make_operators(directory: Path, names: Sequence[str] = DEFAULT_NAMES) -> OperatorKeys:
+    """One key per name in `directory`, and `directory`/operators listing them all."""
+    directory.mkdir(parents=True, exist_ok=True)
+    keys = {n: make_key(directory / f"{n}.key", n) for n in names}
+    file = directory / "operators"
+    file.write_text("".join(signer_line(n, k) for n, k in keys.items()))
+    return OperatorKeys(file, keys)
+
+
+async def two_person_arm(
+    store: Store,
+    ops: OperatorKeys,
+    *,
+    reason: str = "",
+    timeout: float = 10.0,
+    names: Sequence[str] = DEFAULT_NAMES,
+) -> Outcome:
+    """The first operator's request (pending), then the second's, which arms the node."""
+    operators = parse_allowed_signers(ops.file.read_text())
+    first = await arm(store, key=ops.key(names[0]), operators=operators, reason=reason,
+                      timeout=timeout)  # fmt: skip
+    if first.code != 5:
+        return first
+    return await arm(store, key=ops.key(names[1]), operators=operators, timeout=timeout)
