@@ -27,10 +27,10 @@ from redis.asyncio import Redis
 from bench.common import summary
 from killswitch.core.anomaly import MonitorConfig
 from killswitch.core.backtest import FlowEvent, replay
-from killswitch.ops import control
 from killswitch.sim.demo import RULES, aggregator_flags
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.loadgen import drive
+from killswitch.sim.operators import two_person_arm
 from killswitch.store.store import Store
 from killswitch.testing import Fleet
 
@@ -46,7 +46,7 @@ async def _cycles(fleet: Fleet, legacy_rate: float) -> list[dict[str, int]]:
     out = []
     try:
         for _ in range(CYCLES):
-            arm = await control.arm(store, approvers=["a", "b"], reason="bench", timeout=10)
+            arm = await two_person_arm(store, fleet.ops, reason="bench", timeout=10)
             assert arm.code == 0, arm.message
             secs, micros = await redis.time()
             t0_ms = int(secs) * 1000 + int(micros) // 1000

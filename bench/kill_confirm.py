@@ -10,19 +10,20 @@ from redis.asyncio import Redis
 from bench.common import start_fleet, summary
 from killswitch.ops import control
 from killswitch.sim.embedded import EmbeddedRedis
+from killswitch.sim.operators import OperatorKeys, two_person_arm
 from killswitch.store.store import Store
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
 KILLS = 200
 
 
-async def _cycle(url: str, node: str) -> tuple[list[float], list[float]]:
+async def _cycle(url: str, node: str, ops: OperatorKeys) -> tuple[list[float], list[float]]:
     redis = Redis.from_url(url, decode_responses=True)
     store = Store(redis, node)
     server_side, client_side = [], []
     try:
         for i in range(KILLS):
-            arm = await control.arm(store, approvers=["a", "b"], reason="bench", timeout=5)
+            arm = await two_person_arm(store, ops, reason="bench", timeout=5)
             assert arm.code == 0, arm.report
             t0 = time.perf_counter()
             out = await control.kill(store, reason=f"bench {i}", operator="bench", timeout=5)
@@ -38,7 +39,7 @@ def run() -> dict[str, object]:
     with EmbeddedRedis() as server:
         f = start_fleet(server.url, "bench-kill", HOSTS)
         try:
-            server_side, client_side = asyncio.run(_cycle(server.url, "bench-kill"))
+            server_side, client_side = asyncio.run(_cycle(server.url, "bench-kill", f.ops))
         finally:
             f.stop()
     return {

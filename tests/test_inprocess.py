@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from killswitch.core.state import NodeState
 from killswitch.ops import control
 from killswitch.sidecar.inprocess import SidecarSettings, SidecarThread
+from killswitch.sim.operators import make_operators, two_person_arm
 from killswitch.store.localstate import LocalState
 from killswitch.store.store import Store
 
@@ -31,14 +32,15 @@ class TestSidecarThread:
         """Blocked before arm, allowed after, blocked and confirmed after a kill."""
         store = Store(redis, node)
         await store.set_roster(["py-01"], "test")
+        ops = make_operators(tmp_path / "operators")
         settings = SidecarSettings(
             node=node, host="py-01", redis_url=redis_url, state_dir=str(tmp_path),
-            flush_interval=0.05, stale_after=0.5,
+            flush_interval=0.05, stale_after=0.5, operators=str(ops.file),
         )  # fmt: skip
         with SidecarThread(settings) as sc:
             assert sc.gate.allow("o1", "AAPL", "BUY", 1) is False
             await _until(lambda: sc.gate.view.state.value == "UNARMED")
-            armed = await control.arm(store, approvers=["a", "b"], reason="t", timeout=5)
+            armed = await two_person_arm(store, ops, reason="t", timeout=5)
             assert armed.code == 0, armed.report
             await _until(lambda: sc.gate.is_open)
             assert sc.gate.allow("o2", "AAPL", "BUY", 1) is True

@@ -220,7 +220,9 @@ class TestAllowedSigners:
             parse_allowed_signers(f"\nalice {option} {kind} {b64}\n")
 
     @pytest.mark.parametrize("principal", ["*", "al*ce", "!bob", "alice,bob"])
-    def test_wildcards_and_principal_lists_are_refused(self, tmp_path: Path, principal: str) -> None:
+    def test_wildcards_and_principal_lists_are_refused(
+        self, tmp_path: Path, principal: str
+    ) -> None:
         """One line, one named operator: patterns could make one key count as anyone."""
         k = make_key(tmp_path / "k", "k")
         with pytest.raises(SignersError, match="line 1"):
@@ -316,7 +318,9 @@ class TestProof:
         verdict = verify_proof(ops, self._proof(keys, *signers))
         assert gate_refusal(verdict, node, host, epoch)[0] == want
 
-    def test_unsigned_garbage_and_no_operators(self, three: tuple[Operators, dict[str, Path]]) -> None:
+    def test_unsigned_garbage_and_no_operators(
+        self, three: tuple[Operators, dict[str, Path]]
+    ) -> None:
         """No proof, junk, a tampered message, or no operators file: each refused by name."""
         ops, keys = three
         assert verify_proof(ops, "").refusal == UNSIGNED
