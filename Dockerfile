@@ -8,6 +8,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# ssh-keygen: operators sign arms with OpenSSH (`killswitch arm --key`).
+RUN apt-get update && apt-get install -y --no-install-recommends openssh-client \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /src
 # pyproject.toml names README.md as the package readme, so the build needs it.
 COPY pyproject.toml README.md ./

@@ -147,13 +147,8 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
 
 
 def _operators_path(r: Resolver) -> str:
-    """The --operators path, checked now so a bad file is a configuration error (exit 2)."""
-    from killswitch.runtime.operators import load_operators
-
-    path = r.get("operators", "", str)
-    if path:
-        load_operators(path)
-    return path
+    """The --operators path; the service loads it at start (a bad file: exit 2)."""
+    return r.get("operators", "", str)
 
 
 def loadgen_settings(r: Resolver) -> LoadgenSettings:

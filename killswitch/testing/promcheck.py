@@ -75,6 +75,9 @@ METRICS: dict[str, bool] = {
     "killswitch_aggregator_leader": False,
     "killswitch_host_confirmed": True,
     "killswitch_host_report_age_seconds": True,
+    "killswitch_roster_mismatch": False,
+    "killswitch_unlisted_hosts": False,
+    "killswitch_arm_unproven": False,
 }
 KNOWN_METRICS = frozenset(METRICS)
 PER_HOST_METRICS = frozenset(n for n, per_host in METRICS.items() if per_host)
