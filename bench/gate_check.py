@@ -1,15 +1,22 @@
-"""The in-process gate check, per order, against one Redis round trip per order."""
+"""The in-process gate check, per order, against one Redis round trip per order; and what
+verifying a signed arm costs a host (once per new arm, never per order)."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 from redis.asyncio import Redis
 
+from killswitch.core.armproof import ArmRequest, Proof, gate_refusal, verify_proof
 from killswitch.core.gate import Gate
+from killswitch.core.sshsig import parse_allowed_signers
 from killswitch.core.state import HostView, NodeState
 from killswitch.sim.embedded import EmbeddedRedis
+from killswitch.sim.operators import make_key, signer_line
 
 N = 2_000_000
 
@@ -37,6 +44,27 @@ async def _redis_rtt_us(url: str, n: int = 5000) -> float:
         await r.aclose()
 
 
+def _verify_us(key_type: str, n: int = 300) -> float:
+    """Microseconds to verify one two-signature proof made by `key_type` keys."""
+    with tempfile.TemporaryDirectory() as d:
+        keys = {w: make_key(Path(d) / w, w, key_type) for w in ("alice", "bob")}
+        ops = parse_allowed_signers("".join(signer_line(w, k) for w, k in keys.items()))
+        msg = ArmRequest("bench", 1, 1, 2, ("h1", "h2"), "bench", 2**40).encode()
+        sigs = tuple(
+            subprocess.run(
+                ["ssh-keygen", "-q", "-Y", "sign", "-n", "killswitch", "-f", str(k)],
+                input=msg, capture_output=True, check=True,
+            ).stdout.decode()
+            for k in keys.values()
+        )  # fmt: skip
+        text = Proof(msg, sigs).to_text()
+        assert gate_refusal(verify_proof(ops, text), "bench", "h1", 2) == ("", "")
+        t0 = time.perf_counter()
+        for _ in range(n):
+            verify_proof(ops, text)
+        return (time.perf_counter() - t0) / n * 1e6
+
+
 def run() -> dict[str, float]:
     gate = Gate("bench", "h1")
     gate.apply(HostView(1, NodeState.ARMED, NodeState.ARMED, 1, 1), time.monotonic() + 3600)
@@ -51,4 +79,6 @@ def run() -> dict[str, float]:
     }
     with EmbeddedRedis() as server:
         res["redis_incr_roundtrip_us"] = round(asyncio.run(_redis_rtt_us(server.url)), 1)
+    for key_type in ("ed25519", "ecdsa", "rsa"):
+        res[f"verify_arm_proof_{key_type}_us"] = round(_verify_us(key_type), 1)
     return res

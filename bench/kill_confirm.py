@@ -17,14 +17,19 @@ HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
 KILLS = 200
 
 
-async def _cycle(url: str, node: str, ops: OperatorKeys) -> tuple[list[float], list[float]]:
+async def _cycle(
+    url: str, node: str, ops: OperatorKeys
+) -> tuple[list[float], list[float], list[float], list[float]]:
     redis = Redis.from_url(url, decode_responses=True)
     store = Store(redis, node)
-    server_side, client_side = [], []
+    server_side, client_side, arm_wall, arm_confirm = [], [], [], []
     try:
         for i in range(KILLS):
+            t_arm = time.perf_counter()
             arm = await two_person_arm(store, ops, reason="bench", timeout=5)
+            arm_wall.append(time.perf_counter() - t_arm)
             assert arm.code == 0, arm.report
+            arm_confirm.append(arm.report["elapsed_s"])
             t0 = time.perf_counter()
             out = await control.kill(store, reason=f"bench {i}", operator="bench", timeout=5)
             client_side.append(time.perf_counter() - t0)
@@ -32,18 +37,24 @@ async def _cycle(url: str, node: str, ops: OperatorKeys) -> tuple[list[float], l
             server_side.append(out.report["elapsed_s"])
     finally:
         await redis.aclose()
-    return server_side, client_side
+    return server_side, client_side, arm_wall, arm_confirm
 
 
 def run() -> dict[str, object]:
     with EmbeddedRedis() as server:
         f = start_fleet(server.url, "bench-kill", HOSTS)
         try:
-            server_side, client_side = asyncio.run(_cycle(server.url, "bench-kill", f.ops))
+            server_side, client_side, arm_wall, arm_confirm = asyncio.run(
+                _cycle(server.url, "bench-kill", f.ops)
+            )
         finally:
             f.stop()
     return {
         "kills": KILLS,
         "recorded_to_last_confirm_ms": summary(server_side, 1000),
         "kill_command_wall_ms": summary(client_side, 1000),
+        # Both operators' calls back to back (two ssh-keygen signatures, every host verifying
+        # the proof before it confirms): what signing and verification cost an arm.
+        "two_person_arm_wall_ms": summary(arm_wall, 1000),
+        "arm_recorded_to_last_confirm_ms": summary(arm_confirm, 1000),
     }

@@ -125,6 +125,22 @@ class TestTwoPersonArm:
         no_order_allowed(two, HOSTS, "killed")
 
 
+class TestSignedKill:
+    """A kill needs no signature; with --key it is recorded as the key's principal."""
+
+    def test_kill_with_key_records_the_principal_and_never_fails_for_it(self, two: Fleet) -> None:
+        """alice's key: actor alice; a key outside the file: a warning, the kill still done (0)."""
+        two.arm()
+        code, rep = two.cli_json("kill", "--reason", "signed", "--key", two.ops.key("alice"))
+        assert code == 0 and rep["signed_by"] == "alice" and rep["actor"] == "alice"
+        outsider = str(make_key(two.workdir / "eve", "eve"))
+        res = two.cli("kill", "--reason", "x", "--key", outsider, "--operator", "eve", "--json")
+        assert res.returncode == 0 and "unsigned" in res.stderr
+        assert json.loads(res.stdout)["signed_by"] == ""
+        actors = [e["actor"] for e in two.cli_json("audit")[1]["entries"] if e["action"] == "kill"]
+        assert actors == ["alice", "eve"]
+
+
 class TestNothingElseOpens:
     """What anyone with Redis access can write opens no gate."""
 

@@ -249,9 +249,20 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
         reason = r.require("reason", str, " (say why: it is audited)")
         operator = r.get("operator", os.environ.get("USER") or "unknown", str)
         timeout = r.get("timeout", 5.0, positive_float)
+        kill_key = r.get("key", "", str)
+        ops_path = r.get("operators", "", str) if kill_key else ""
 
-        def action(s: Any) -> Awaitable[Outcome]:
-            return control.kill(s, reason=reason, operator=operator, timeout=timeout)
+        async def action(s: Any) -> Outcome:
+            from killswitch.ops import arming
+
+            who, note = operator, ""
+            if kill_key:
+                who, note = await arming.kill_actor(s.node, kill_key, ops_path, operator, reason)
+            out = await control.kill(s, reason=reason, operator=who, timeout=timeout)
+            out.report["signed_by"] = who if kill_key and not note else ""
+            if note:
+                out.message = f"{note}\n{out.message}".rstrip()
+            return out
 
     elif cmd in ("arm", "resume"):
         from killswitch.ops import arming
@@ -301,7 +312,7 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
         return outcome.code
     if as_json:
         print(json.dumps(outcome.report, sort_keys=False))
-        if outcome.message and outcome.code != EXIT_OK:
+        if outcome.message:  # stdout stays one JSON object; what a human must read goes here
             print(outcome.message, file=sys.stderr)
     else:
         print(render.human(cmd, outcome))

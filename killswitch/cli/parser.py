@@ -185,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--reason", metavar="TEXT", help="why (audited; required)")
     k.add_argument("--operator", metavar="NAME", help="who (audited; default $USER)")
     k.add_argument(
+        "--key",
+        metavar="PATH",
+        help="optional: your SSH key (or its .pub with ssh-agent); the kill is then recorded as "
+        "by the principal whose signature verifies against --operators. A kill never needs "
+        "it and never waits more than 2 s for it (unsigned if signing fails)",
+    )
+    k.add_argument(
         "--timeout", type=float, metavar="S", help="seconds to wait for confirmations (default 5)"
     )
 

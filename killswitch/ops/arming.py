@@ -9,6 +9,8 @@ sidecar verifies the two signatures itself before it opens.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -160,6 +162,33 @@ async def arm(
         report["elapsed_s"] = round(max(q.last_confirm_ms - res.ts_ms, 0) / 1000.0, 4)
         return Outcome(EXIT_OK, report, f"armed at epoch {res.epoch}, signed by {first} and {me}")
     return Outcome(EXIT_UNCONFIRMED, report, missing_message(q, timeout))
+
+
+KILL_SIGN_BUDGET_S = 2.0  # a kill never waits longer than this for a signature
+
+
+async def kill_actor(
+    node: str, key: str, operators_path: str, fallback: str, reason: str
+) -> tuple[str, str]:
+    """Who a `kill --key` is recorded as: the principal whose signature of this kill verifies,
+    else `fallback` and a note saying why (closing needs no proof, so nothing here can stop or
+    hold up a kill for long)."""
+    from killswitch.core.sshsig import parse_allowed_signers
+
+    message = json.dumps(
+        {"v": "killswitch-kill-1", "node": node, "reason": reason, "operator": fallback},
+        sort_keys=True, separators=(",", ":"),
+    ).encode()  # fmt: skip
+    try:
+        if not operators_path:
+            raise SignError("no --operators file to check the signature against")
+        with open(operators_path, encoding="utf-8") as f:  # noqa: ASYNC230 (small, local, once)
+            ops = parse_allowed_signers(f.read())
+        async with asyncio.timeout(KILL_SIGN_BUDGET_S):
+            sig = await ssh_sign(key, message)
+        return verify(ops, message, sig), ""
+    except (SignError, SignatureError, OSError, ValueError, TimeoutError) as e:
+        return fallback, f"warning: kill recorded unsigned, as {fallback!r}: {e}"
 
 
 def _usable_pending(

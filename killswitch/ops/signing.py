@@ -39,6 +39,9 @@ async def ssh_sign(key: str, message: bytes, namespace: str = NAMESPACE) -> str:
         proc.kill()
         await proc.wait()
         raise SignError(f"ssh-keygen did not sign within {SIGN_TIMEOUT_S:g}s") from None
+    except asyncio.CancelledError:
+        proc.kill()  # a caller's own deadline: leave no ssh-keygen waiting for a touch
+        raise
     if proc.returncode != 0:
         why = err.decode(errors="replace").strip().splitlines()
         raise SignError(f"ssh-keygen could not sign with {key}: {why[-1] if why else 'failed'}")
