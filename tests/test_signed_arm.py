@@ -280,3 +280,35 @@ class TestFailClosed:
         assert res.returncode == 2
         assert "operators" in res.stderr and "line 1" in res.stderr
         assert "Traceback" not in res.stderr
+
+
+class TestArmUsage:
+    """Arming without what a signature needs is a usage error (2) before Redis is touched."""
+
+    @pytest.mark.parametrize(
+        ("argv", "env", "says"),
+        [
+            (["arm", "--key", "k"], {}, "operators"),
+            (["arm"], {"KILLSWITCH_OPERATORS": "ops"}, "key"),
+            (["arm", "--key", "k", "--operators", "/nonexistent/ops"], {}, "does not exist"),
+            (["arm", "--approver", "alice"], {}, "--key"),
+            (["resume", "--key", "k"], {"KILLSWITCH_APPROVER": "a,b"}, "approvals are signatures"),
+        ],
+    )
+    def test_missing_or_old_style_settings_exit_2(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+        argv: list[str],
+        env: dict[str, str],
+        says: str,
+    ) -> None:
+        """No key, no operators file, or the removed --approver: exit 2 with a one-line reason."""
+        from killswitch.cli.main import main
+
+        for k in ("KILLSWITCH_OPERATORS", "KILLSWITCH_KEY", "KILLSWITCH_APPROVER"):
+            monkeypatch.delenv(k, raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        assert main([*argv, "--node", "n1", "--redis", "redis://127.0.0.1:1/0"]) == 2
+        assert says in capsys.readouterr().err
