@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from killswitch.aggregator.settings import AggregatorSettings
+from killswitch.aggregator.trust import Trust
 from killswitch.core import ruleview
 from killswitch.core.anomaly import Evaluation, MonitorConfig
 from killswitch.core.roster import Quorum
@@ -72,13 +73,9 @@ class Aggregator(Protocol):
     @property
     def durable(self) -> Durability | None: ...
     @property
-    def roster(self) -> tuple[str, ...]: ...
+    def trust(self) -> Trust: ...
     @property
     def unlisted(self) -> tuple[str, ...]: ...
-    @property
-    def roster_mismatch(self) -> bool: ...
-    @property
-    def arm_refusal(self) -> str: ...
     def is_leader(self) -> bool: ...
 
 
@@ -113,11 +110,13 @@ class AggregatorCollector:
         yield node_gauge("killswitch_node_killed", "1 while the node is KILLED.",
                          float(a.state.state is NodeState.KILLED))  # fmt: skip
         yield node_gauge("killswitch_node_epoch", "The node's current epoch.", a.state.epoch)
-        yield node_gauge("killswitch_roster_hosts", "Hosts on the node's roster.", len(a.roster))
+        yield node_gauge(
+            "killswitch_roster_hosts", "Hosts on the node's roster.", len(a.trust.roster)
+        )
         yield node_gauge(
             "killswitch_roster_mismatch",
             "1 while this aggregator's --hosts differ from the signed roster (nothing is changed).",
-            float(a.roster_mismatch),
+            float(a.trust.mismatch),
         )
         yield node_gauge(
             "killswitch_unlisted_hosts",
@@ -127,7 +126,7 @@ class AggregatorCollector:
         yield node_gauge(
             "killswitch_arm_unproven",
             "1 while the node is ARMED in Redis without two valid operator signatures.",
-            float(bool(a.arm_refusal)),
+            float(bool(a.trust.refusal)),
         )
         q = a.quorum
         yield node_gauge(
@@ -156,7 +155,7 @@ class AggregatorCollector:
             "at its last tick (+Inf: never). Unlike sync age, it is exported for dead sidecars.",
             labels=["node", "host"],
         )
-        for h in a.roster:
+        for h in a.trust.roster:
             per_host.add_metric([n, h, win], a.window.by_host.get(h, 0))
             alive.add_metric([n, h], float(bool(q and q.hosts[h].alive)))
             confirmed.add_metric([n, h], float(bool(q and h in q.confirmed)))
@@ -180,7 +179,7 @@ class AggregatorCollector:
                 float(a.durable.enabled),
             )
         yield from rule_metrics(
-            n, a.s.monitor, a.evaluation, a.roster, a.window.by_host, a.window.total
+            n, a.s.monitor, a.evaluation, a.trust.roster, a.window.by_host, a.window.total
         )
 
 

@@ -26,12 +26,11 @@ from redis.asyncio import Redis
 from killswitch.aggregator.confirmations import ConfirmationWatch
 from killswitch.aggregator.metrics import AggregatorCollector, Instruments
 from killswitch.aggregator.settings import AggregatorSettings
+from killswitch.aggregator.trust import Trust
 from killswitch.core import leader, ruleview
 from killswitch.core.anomaly import CAUSES, Evaluation, Monitor
-from killswitch.core.armproof import Verdict, node_refusal, verify_proof
 from killswitch.core.baseline import Baseline, BaselineStateError
 from killswitch.core.roster import Quorum, epoch_floor, quorum
-from killswitch.core.sshsig import Operators
 from killswitch.core.state import NodeRead, NodeState
 from killswitch.core.window import SlidingWindow
 from killswitch.runtime.metrics import MetricsServer, build_info
@@ -47,7 +46,6 @@ MAX_CATCHUP = 20  # grid points a late tick evaluates at most (2 s at the defaul
 
 
 DURABILITY_CHECK_S = 30.0  # also re-checked at once when the roster turns out to be gone
-MISMATCH_LOG_S = 30.0  # a --hosts that differ from the signed roster is said again this often
 
 
 class NotDurable(RuntimeError):
@@ -94,20 +92,11 @@ class Aggregator:
         self.after: dict[str, str] = {}
         self.armed_ms = -1
         self.state = NodeRead(None)
-        # The roster this instance proves against: the last signed arm's, else its --hosts
-        # (a proposal, stored until the first signed arm).
-        self.roster: tuple[str, ...] = tuple(settings.hosts)
-        self.signed_roster: tuple[str, ...] = ()
-        self.roster_mismatch = False
-        self._mismatch_logged = -1e9
+        # The roster this instance proves against is the last signed arm's, else its --hosts
+        # (a proposal, stored until the first signed arm); arms count only when proven.
+        operators = load_operators(settings.operators) if settings.operators else None
+        self.trust = Trust(settings.node, settings.hosts, operators, self.log, clock)
         self.unlisted: tuple[str, ...] = ()
-        self.operators: Operators | None = (
-            load_operators(settings.operators) if settings.operators else None
-        )
-        self._proof_text: str | None = None
-        self._verdict: Verdict = verify_proof(self.operators, "")
-        self.arm_refusal = ""  # why an ARMED state is not treated as armed ("" proven)
-        self._last_arm_refusal = ""
         self.quorum: Quorum | None = None
         self.trips = 0
         self.last_trip: tuple[int, str] | None = None  # (evaluation ms, cause) of our last trip
@@ -153,7 +142,7 @@ class Aggregator:
                 f"Redis is not durable ({why}): a restart would forget kills. Run it with "
                 "appendonly yes (appendfsync always or everysec), or drop --require-durable."
             )
-        if self.operators is None:
+        if self.trust.operators is None:
             self.log.error(
                 "NO_OPERATORS",
                 reason="no --operators file: no arm can be verified, so this aggregator never "
@@ -164,8 +153,8 @@ class Aggregator:
         self._task = asyncio.create_task(self._loop(), name="aggregator")
         cfg = self.s.monitor
         self.log.info(
-            "aggregator_started", roster=list(self.roster), instance=self.s.instance,
-            signed_roster=bool(self.signed_roster),
+            "aggregator_started", roster=list(self.trust.roster), instance=self.s.instance,
+            signed_roster=bool(self.trust.signed_roster),
             max_orders=cfg.max_orders, window_s=cfg.window_ms / 1000,
             enforcing=[c for c in cfg.causes if not cfg.is_shadow(c)],
             shadow=[c for c in cfg.causes if cfg.is_shadow(c)],
@@ -232,7 +221,7 @@ class Aggregator:
         except BaselineStateError as e:
             self.log.error("baseline_unreadable", reason=str(e), action="starting cold")
             return
-        self.monitor = Monitor(self.s.monitor, baseline, roster=self.roster)
+        self.monitor = Monitor(self.s.monitor, baseline, roster=self.trust.roster)
         now = baseline.last_ms or 0
         self.log.info(
             "baseline_restored", learned_s=baseline.learned_ms / 1000,
@@ -254,37 +243,14 @@ class Aggregator:
         if force or now - self._last_roster_check > 5.0:
             self._last_roster_check = now
             self._learn_proof(await self.store.proof())
-            signed = bool(self.signed_roster)
+            signed = bool(self.trust.signed_roster)
             actor = f"aggregator:{self.s.instance}" + (" (signed roster)" if signed else "")
-            if await self.store.set_roster(self.roster, actor):
-                self.log.info("roster_stored", roster=list(self.roster), signed=signed)
+            if await self.store.set_roster(self.trust.roster, actor):
+                self.log.info("roster_stored", roster=list(self.trust.roster), signed=signed)
 
     def _learn_proof(self, text: str) -> None:
-        """Verify a new stored proof (once per change); the last valid one fixes the roster."""
-        if text == self._proof_text:
-            return
-        self._proof_text = text
-        self._verdict = verify_proof(self.operators, text)
-        req = self._verdict.request
-        if self._verdict.ok and req is not None and req.node == self.s.node:
-            self.signed_roster = req.roster
-            self.roster = req.roster
-            self.monitor.roster = tuple(sorted(req.roster))
-        self.roster_mismatch = bool(self.signed_roster) and set(self.s.hosts) != set(
-            self.signed_roster
-        )
-        if self.roster_mismatch:
-            self._mismatch_logged = -1e9  # say it at once for a new signed roster
-
-    def _say_mismatch(self) -> None:
-        if self.roster_mismatch and self.clock() - self._mismatch_logged >= MISMATCH_LOG_S:
-            self._mismatch_logged = self.clock()
-            self.log.error(
-                "ROSTER_MISMATCH",
-                hosts=list(self.s.hosts),
-                signed_roster=list(self.signed_roster),
-                action="nothing changed: only a signed arm (--roster) changes the roster",
-            )
+        if self.trust.learn(text):
+            self.monitor.roster = tuple(sorted(self.trust.roster))
 
     # -- one tick --------------------------------------------------------------------------
 
@@ -293,7 +259,7 @@ class Aggregator:
 
     def is_armed(self) -> bool:
         """ARMED in Redis and proven by two operators' signatures: only then can rules trip."""
-        return self.state.state is NodeState.ARMED and not self.arm_refusal
+        return self.state.state is NodeState.ARMED and not self.trust.refusal
 
     async def _renew_lease(self) -> None:
         sent = self.clock()
@@ -320,7 +286,7 @@ class Aggregator:
         if self.clock() - self._durability_at >= DURABILITY_CHECK_S:
             await self._check_durability()
         await self._ensure_roster()
-        flows, snap = await self.store.read_flows(self.after, self.roster, self.unlisted)
+        flows, snap = await self.store.read_flows(self.after, self.trust.roster, self.unlisted)
         if not snap.roster_stored:
             # Redis lost its data (restart without persistence, or a failover that lost
             # writes): put the roster back now, so `arm` can prove the fleet again.
@@ -329,19 +295,14 @@ class Aggregator:
             await self._check_durability()
         now = snap.now_ms
         self._learn_proof(snap.state.get("proof", ""))
-        self._say_mismatch()
+        self.trust.say_mismatch()
         if snap.unlisted != self.unlisted:
-            self.log.warning("UNLISTED_HOSTS", hosts=list(snap.unlisted), roster=list(self.roster))
+            self.log.warning(
+                "UNLISTED_HOSTS", hosts=list(snap.unlisted), roster=list(self.trust.roster)
+            )
         self.unlisted = snap.unlisted
         self.state = NodeRead.from_hash(snap.state)
-        self.arm_refusal = ""
-        if self.state.state is NodeState.ARMED:
-            refusal, detail = node_refusal(self._verdict, self.s.node, self.state.epoch)
-            if refusal and refusal != self._last_arm_refusal:
-                self.log.error("ARM_NOT_PROVEN", epoch=self.state.epoch, reason=refusal,
-                               detail=detail)  # fmt: skip
-            self.arm_refusal = refusal
-        self._last_arm_refusal = self.arm_refusal
+        self.trust.judge(self.state.state is NodeState.ARMED, self.state.epoch)
         armed_ms = int(snap.state.get("armed_ms") or 0)
         self._last_read = (now, self.clock())
         if armed_ms != self.armed_ms:
@@ -357,7 +318,7 @@ class Aggregator:
                 if ts >= armed_ms:
                     self._pending.append((ts, host, int(fields.get("a", 0))))
         self.quorum = quorum(
-            self.roster, self.state.epoch, self.state.ver, snap.reports, snap.confirms, now
+            self.trust.roster, self.state.epoch, self.state.ver, snap.reports, snap.confirms, now
         )
         # Evaluate at the last grid point strictly before server time: every flow entry up to
         # it has been read (an entry written after our read has a later ID), so the window
@@ -419,8 +380,8 @@ class Aggregator:
             "last_trip_at_ms": str(self.last_trip[0]) if self.last_trip else "",
             "last_trip_cause": self.last_trip[1] if self.last_trip else "",
             "learned_s": f"{self.monitor.baseline.learned_ms / 1000:g}",
-            "roster_mismatch": ",".join(self.s.hosts) if self.roster_mismatch else "",
-            "arm_refusal": self.arm_refusal,
+            "roster_mismatch": ",".join(self.s.hosts) if self.trust.mismatch else "",
+            "arm_refusal": self.trust.refusal,
             **ruleview.view_fields(self.s.monitor, self.evaluation),
         }
 
