@@ -25,8 +25,12 @@ async def _cycle(
     server_side, client_side, arm_wall, arm_confirm = [], [], [], []
     try:
         for i in range(KILLS):
-            t_arm = time.perf_counter()
-            arm = await two_person_arm(store, ops, reason="bench", timeout=5)
+            for _ in range(5):  # a host briefly not reporting (loaded machine) refuses an arm
+                t_arm = time.perf_counter()
+                arm = await two_person_arm(store, ops, reason="bench", timeout=5)
+                if arm.code == 0:
+                    break
+                await asyncio.sleep(1.0)
             arm_wall.append(time.perf_counter() - t_arm)
             assert arm.code == 0, arm.report
             arm_confirm.append(arm.report["elapsed_s"])

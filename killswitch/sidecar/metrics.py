@@ -27,6 +27,8 @@ class Sidecar(Protocol):
     def failures(self) -> int: ...
     @property
     def regressions(self) -> int: ...
+    @property
+    def refused_arms(self) -> int: ...
     def sync_age(self) -> float | None: ...
 
 
@@ -92,6 +94,19 @@ class SidecarCollector:
         )
         regr.add_metric([n, h], sc.regressions)
         yield regr
+        yield _gauge(
+            "killswitch_gate_arm_unproven",
+            "1 while Redis says ARMED but this host refuses it (no valid two-operator proof for "
+            "this node, epoch and host): the gate stays closed.",
+            n, h, float(bool(sc.gate.view.refusal)),
+        )  # fmt: skip
+        refused = CounterMetricFamily(
+            "killswitch_arm_refusals",
+            "ARMED states this host refused to open for (once per epoch and reason).",
+            labels=["node", "host"],
+        )
+        refused.add_metric([n, h], sc.refused_arms)
+        yield refused
 
 
 def _gauge(name: str, doc: str, node: str, host: str, value: float) -> GaugeMetricFamily:

@@ -78,6 +78,8 @@ METRICS: dict[str, bool] = {
     "killswitch_roster_mismatch": False,
     "killswitch_unlisted_hosts": False,
     "killswitch_arm_unproven": False,
+    "killswitch_gate_arm_unproven": True,
+    "killswitch_arm_refusals_total": True,
 }
 KNOWN_METRICS = frozenset(METRICS)
 PER_HOST_METRICS = frozenset(n for n, per_host in METRICS.items() if per_host)
