@@ -278,7 +278,7 @@ class Aggregator:
             getattr(self.log, level)(
                 "REDIS_NOT_DURABLE", reason=d.detail,
                 risk="a Redis restart forgets kills and the roster: hosts stay blocked "
-                "(epoch fencing) until two approvers arm again",
+                "(epoch fencing) until two operators arm again",
             )  # fmt: skip
 
     async def tick_once(self) -> None:

@@ -189,7 +189,7 @@ def add_backtest_flags(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--rearm-after", metavar="S",
-        help="after a trip, re-arm this many seconds later as approvers would (default 60; "
+        help="after a trip, re-arm this many seconds later as operators would (default 60; "
         "'never' stops at the first trip)",
     )  # fmt: skip
     add_rule_flags(parser)

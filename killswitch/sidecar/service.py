@@ -263,7 +263,7 @@ class Sidecar:
         if self._local_problem:
             # Without the file this host cannot tell an old ARMED from a new one. An arm made
             # after it started (above the first epoch it read) was made on purpose, by two
-            # approvers who saw this host report the problem: trust that one.
+            # operators who saw this host report the problem: trust that one.
             if self._problem_epoch is None:
                 self._problem_epoch = new.epoch
             elif new.state is NodeState.ARMED and new.epoch > self._problem_epoch:

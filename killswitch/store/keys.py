@@ -2,7 +2,8 @@
 
 All keys of node N carry the hash tag `{N}` so one Lua script can touch them all on Redis
 Cluster. A host's own keys sit under `ks:{N}:h:<host>:` so a Redis ACL can confine each
-sidecar to its own keys plus read access to the node state:
+sidecar to its own keys plus read access to the node state (and, once per boot, SADD of its
+name to the node's `hosts` set, so off-roster hosts are found):
 
     ACL SETUSER sidecar-or-01 on >pw ~ks:{smars}:h:or-01:* %R~ks:{smars}:state &ks:{smars}:*
         +evalsha +eval +script|load +subscribe +ping +time ...
