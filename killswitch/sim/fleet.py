@@ -196,7 +196,7 @@ class Fleet:
             self.wait_serving(host)
         return proc
 
-    def wait_serving(self, host: str, timeout: float = 20.0) -> None:
+    def wait_serving(self, host: str, timeout: float = 60.0) -> None:
         def ok() -> bool:
             with GateClient(self.address(host), timeout=1.0) as c:
                 return c.ping().startswith("PONG")
