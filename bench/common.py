@@ -13,7 +13,7 @@ def start_fleet(redis_url: str, node: str, hosts: Sequence[str], *agg_args: str)
     f = Fleet(redis_url, node, hosts)
     f.start()
     f.start_aggregator("--tick", "0.05", *agg_args)
-    f.wait_ready(30)
+    f.wait_ready(120)  # a deadline, not a wait: a loaded machine starts processes slowly
     return f
 
 
