@@ -144,6 +144,7 @@ def pick_engine() -> Engine:
     )
     env = dict(os.environ)
     env.setdefault("CONTAINERS_CONF", str(HERE / "containers.conf"))
+    env.setdefault("CONTAINERS_REGISTRIES_CONF", str(HERE / "registries.conf"))
     return Engine("podman", [compose], env)
 
 
@@ -188,22 +189,16 @@ def build_offline(eng: Engine) -> dict[str, str]:
         images[var] = name
     # Debian's Python 3.11.2 needs async-timeout for redis-py, which pip on a newer host
     # Python leaves out: ask for it by name.
+    # The wheels live only for this build: left in the context, they would be what a later
+    # `docker compose build` installs, however the source has changed since.
     shutil.rmtree(WHEELS, ignore_errors=True)
     WHEELS.mkdir(parents=True)
-    run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--wheel-dir",
-            str(WHEELS),
-            str(REPO),
-            "async-timeout",
-        ]
-    )
-    images["KILLSWITCH_IMAGE"] = build_killswitch(eng, OFFLINE_BASE)
+    try:
+        pip_wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(WHEELS)]
+        run([*pip_wheel, str(REPO), "async-timeout"])
+        images["KILLSWITCH_IMAGE"] = build_killswitch(eng, OFFLINE_BASE)
+    finally:
+        shutil.rmtree(WHEELS, ignore_errors=True)
     return images
 
 
@@ -219,7 +214,6 @@ def build_killswitch(eng: Engine, base: str | None) -> str:
 def build(eng: Engine) -> dict[str, str]:
     if registry_reachable():
         say("a registry is reachable: upstream images (redis, prom/prometheus, python:3.11-slim)")
-        shutil.rmtree(WHEELS, ignore_errors=True)  # the Dockerfile installs from PyPI then
         return {"KILLSWITCH_IMAGE": build_killswitch(eng, None)}
     say("no registry reachable: building the images from Debian packages")
     return build_offline(eng)
