@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from killswitch.core.roster import Quorum, epoch_floor, quorum
 from killswitch.core.state import NodeRead, NodeState
 from killswitch.core.window import SlidingWindow
 from killswitch.runtime.metrics import MetricsServer, build_info
-from killswitch.runtime.service import run_until_signalled
+from killswitch.runtime.service import run_until_signalled, until_reachable
 from killswitch.store import durability
 from killswitch.store.redisconn import connect
 from killswitch.store.store import Store
@@ -128,15 +129,9 @@ class Aggregator:
             return
         if self._metrics:
             await self._metrics.start()
-        await self._check_durability()
-        if self.s.require_durable and not (self.durable and self.durable.enabled):
-            why = self.durable.detail if self.durable else "not checked"
-            raise NotDurable(
-                f"Redis is not durable ({why}): a restart would forget kills. Run it with "
-                "appendonly yes (appendfsync always or everysec), or drop --require-durable."
-            )
-        await self._ensure_roster(force=True)
-        await self._restore_baseline()
+        warn = functools.partial(self.log.warning, "redis_unreachable_at_start")
+        if not await until_reachable(self._first_reads, self._stop, lambda e: warn(error=e)):
+            return
         self._task = asyncio.create_task(self._loop(), name="aggregator")
         cfg = self.s.monitor
         self.log.info(
@@ -146,9 +141,23 @@ class Aggregator:
             shadow=[c for c in cfg.causes if cfg.is_shadow(c)],
         )  # fmt: skip
 
+    async def _first_reads(self) -> None:
+        await self._check_durability()
+        if self.s.require_durable and not (self.durable and self.durable.enabled):
+            why = self.durable.detail if self.durable else "not checked"
+            raise NotDurable(
+                f"Redis is not durable ({why}): a restart would forget kills. Run it with "
+                "appendonly yes (appendfsync always or everysec), or drop --require-durable."
+            )
+        await self._ensure_roster(force=True)
+        await self._restore_baseline()
+
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is None:
+        if task is None:  # never started, or stopped while start() still waited for Redis
+            self._stop.set()
+            if self._metrics:
+                await self._metrics.stop()
             return
         self._stop.set()
         task.cancel()
