@@ -3,13 +3,20 @@ eight-host node, side by side with a bare interpreter start in the same run.
 
 Each round runs, in turn, `python -c pass`, `python -m killswitch status` and (after an arm,
 which is not timed) `python -m killswitch kill`, so the three share whatever else the machine
-is doing. It also takes one `python -X importtime` breakdown of the kill command.
+is doing. Besides wall time it records each process's own CPU time (user + system), which
+other work on the machine disturbs far less. It also takes one `python -X importtime`
+breakdown of the kill command.
+
+`KS_BENCH_COMPARE=DIR` (another checkout, e.g. `git worktree add ../ks-main main`) also runs
+that tree's `status` and `kill` in every round, against the same fleet: a before/after in one
+run, under the same load.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -25,21 +32,61 @@ ROUNDS = int(os.environ.get("KS_BENCH_ROUNDS", "30"))
 _IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( +)(\S+)")
 
 
-def _timed(args: Sequence[str], env: dict[str, str], expect: int = 0) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    res = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
-    elapsed = time.perf_counter() - t0
-    if res.returncode != expect:
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _timed(
+    args: Sequence[str], env: dict[str, str], cwd: str | None = None
+) -> tuple[float, float, str]:
+    """Wall seconds, the process's CPU seconds, and its stdout."""
+    c0, t0 = _cpu(), time.perf_counter()
+    res = subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd, check=False)
+    elapsed, cpu = time.perf_counter() - t0, _cpu() - c0
+    if res.returncode != 0:
         raise AssertionError(f"{args[2:]} exited {res.returncode}: {res.stdout} {res.stderr}")
-    return elapsed, res.stdout
+    return elapsed, cpu, res.stdout
 
 
-def import_breakdown(f: Fleet, top: int = 12) -> dict[str, object]:
+class _Series:
+    """Wall and CPU times of one command over the rounds."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def add(self, wall: float, cpu: float) -> None:
+        self.wall.append(wall)
+        self.cpu.append(cpu)
+
+    def report(self, bare: _Series | None = None) -> dict[str, object]:
+        out: dict[str, object] = {
+            "wall_ms": summary(self.wall, 1000),
+            "cpu_ms": summary(self.cpu, 1000),
+        }
+        if bare is not None:
+            p50 = statistics.median
+            out["wall_over_bare_p50"] = round(p50(self.wall) / p50(bare.wall), 2)
+            out["cpu_over_bare_p50"] = round(p50(self.cpu) / p50(bare.cpu), 2)
+        return out
+
+
+def _kill(cli: list[str], env: dict[str, str], cwd: str | None, i: int) -> tuple[float, float]:
+    wall, cpu, out = _timed([*cli, "kill", "--reason", f"cold {i}"], env, cwd)
+    if f"confirmed {len(HOSTS)}/{len(HOSTS)}" not in out:
+        raise AssertionError(f"kill did not report every host confirmed: {out}")
+    return wall, cpu
+
+
+def import_breakdown(
+    f: Fleet, env: dict[str, str], cwd: str | None = None, top: int = 12
+) -> dict[str, object]:
     """Top-level imports of one `kill` by cumulative microseconds (`python -X importtime`)."""
     f.arm()
     res = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "killswitch", "kill", "--reason", "importtime"],
-        capture_output=True, text=True, env=f.env(), check=False,
+        capture_output=True, text=True, env=env, cwd=cwd, check=False,
     )  # fmt: skip
     if res.returncode != 0:
         raise AssertionError(f"kill exited {res.returncode}: {res.stdout} {res.stderr}")
@@ -65,29 +112,35 @@ def import_breakdown(f: Fleet, top: int = 12) -> dict[str, object]:
 def run() -> dict[str, object]:
     py = sys.executable
     cli = [py, "-m", "killswitch"]
-    bare, status, kill = [], [], []
+    other = os.environ.get("KS_BENCH_COMPARE")
+    bare, status, kill, o_status, o_kill = (_Series() for _ in range(5))
     with EmbeddedRedis() as server:
         f = start_fleet(server.url, "bench-cold", HOSTS)
         try:
             env = f.env()
+            o_env = dict(env, PYTHONPATH=other) if other else env
             for i in range(ROUNDS):
                 f.arm()
-                bare.append(_timed([py, "-c", "pass"], env)[0])
-                status.append(_timed([*cli, "status"], env)[0])
-                t, out = _timed([*cli, "kill", "--reason", f"cold {i}"], env)
-                if f"confirmed {len(HOSTS)}/{len(HOSTS)}" not in out:
-                    raise AssertionError(f"kill did not report every host confirmed: {out}")
-                kill.append(t)
-            breakdown = import_breakdown(f)
+                bare.add(*_timed([py, "-c", "pass"], env)[:2])
+                status.add(*_timed([*cli, "status"], env)[:2])
+                kill.add(*_kill(cli, env, None, i))
+                if other:
+                    f.arm()
+                    o_status.add(*_timed([*cli, "status"], o_env, other)[:2])
+                    o_kill.add(*_kill(cli, o_env, other, i))
+            breakdown = import_breakdown(f, env)
+            o_breakdown = import_breakdown(f, o_env, other) if other else {}
         finally:
             f.stop()
-    p50 = statistics.median
-    return {
+    out: dict[str, object] = {
         "rounds": ROUNDS,
-        "python_c_pass_ms": summary(bare, 1000),
-        "status_ms": summary(status, 1000),
-        "kill_to_8_of_8_ms": summary(kill, 1000),
-        "kill_over_bare_p50": round(p50(kill) / p50(bare), 2),
-        "status_over_bare_p50": round(p50(status) / p50(bare), 2),
+        "python_c_pass": bare.report(),
+        "status": status.report(bare),
+        "kill_to_8_of_8": kill.report(bare),
         "kill_importtime": breakdown,
     }
+    if other:
+        out["compare_status"] = o_status.report(bare)
+        out["compare_kill_to_8_of_8"] = o_kill.report(bare)
+        out["compare_kill_importtime"] = o_breakdown
+    return out
