@@ -146,7 +146,26 @@ class TestSameAsRedisPy:
         try:
             with pytest.raises(ReplyError, match="unknown command"):
                 drive(client.execute_command("NO-SUCH-COMMAND"))
-            assert drive(client.execute_command("PING")) == "PONG"
+            assert drive(client.execute_command("PING")) is True
+        finally:
+            drive(client.aclose())
+
+    def test_generic_commands_and_transactions(self, redis_url: str, node: str) -> None:
+        """Commands by redis-py's method names, MULTI pipelines and raise_on_error=False work."""
+        client = LeanRedis(lean.parse(redis_url) or LeanURL(), client_name="ks-lean-test")
+        key = f"ks:lean:{node}"
+        try:
+            drive(client.sadd(key, "a", "b"))
+            assert drive(client.smembers(key)) == {"a", "b"}
+            assert drive(client.sscan(key, 0, count=10))[1] in (["a", "b"], ["b", "a"])
+            assert drive(client.client_getname()) == "ks-lean-test"
+            pipe = client.pipeline(transaction=True)
+            pipe.hset(f"{key}:h", "f", "v").hgetall(f"{key}:h").pttl(f"{key}:h")
+            assert drive(pipe.execute()) == [1, {"f": "v"}, -1]
+            pipe = client.pipeline()
+            pipe.get(key).exists(key)
+            replies = drive(pipe.execute(raise_on_error=False))
+            assert isinstance(replies[0], ReplyError) and replies[1] == 1
         finally:
             drive(client.aclose())
 

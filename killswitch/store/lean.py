@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -266,8 +266,9 @@ def _info(text: str) -> dict[str, Any]:
     return out
 
 
-_SHAPE = {"HGETALL": _pairs, "XRANGE": _entries, "XREVRANGE": _entries, "SMEMBERS": set,
-          "TIME": lambda r: (int(r[0]), int(r[1])), "INFO": _info}  # fmt: skip
+_SHAPE: dict[str, Callable[[Any], Any]] = {"HGETALL": _pairs, "XRANGE": _entries, "XREVRANGE": _entries, "SMEMBERS": set,
+          "TIME": lambda r: (int(r[0]), int(r[1])), "INFO": _info,
+          "SSCAN": lambda r: (int(r[0]), list(r[1])), "PING": lambda r: r == "PONG"}  # fmt: skip
 
 
 def _shaped(cmd: Sequence[Arg], reply: Any) -> Any:

@@ -30,7 +30,40 @@ def drive(coro: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("the action awaited an event loop; the lean transport cannot drive it")
 
 
-class LeanRedis:
+class _Commands:
+    """redis-py's method names for the commands `Store` sends; any other simple command works
+    through `__getattr__` (positional arguments, then keyword ones as `NAME value`)."""
+
+    def _cmd(self, *args: Arg) -> Any:
+        raise NotImplementedError
+
+    def xrange(self, key: str, min: str = "-", max: str = "+", count: int | None = None) -> Any:
+        return self._cmd("XRANGE", key, min, max, *_opt("COUNT", count))
+
+    def xrevrange(self, key: str, max: str = "+", min: str = "-", count: int | None = None) -> Any:
+        return self._cmd("XREVRANGE", key, max, min, *_opt("COUNT", count))
+
+    def sscan(
+        self, key: str, cursor: int = 0, match: str | None = None, count: int | None = None
+    ) -> Any:
+        return self._cmd("SSCAN", key, cursor, *_opt("MATCH", match), *_opt("COUNT", count))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or not name.islower():
+            raise AttributeError(name)
+
+        def command(*args: Arg, **kw: Arg | None) -> Any:
+            opts = [x for k, v in kw.items() if v is not None for x in (k.upper(), v)]
+            return self._cmd(*name.upper().split("_"), *args, *opts)  # client_setname: 2 words
+
+        return command
+
+
+def _opt(name: str, value: Arg | None) -> tuple[Arg, ...]:
+    return () if value is None else (name, value)
+
+
+class LeanRedis(_Commands):
     """Connects on the first command; one connection for commands, one more to subscribe."""
 
     def __init__(
@@ -71,37 +104,14 @@ class LeanRedis:
             raise reply
         return reply
 
+    def _cmd(self, *args: Arg) -> Any:
+        return self.execute_command(*args)
+
     def register_script(self, text: str) -> LeanScript:
         return LeanScript(self, text)
 
     def pipeline(self, transaction: bool = False) -> LeanPipeline:
-        if transaction:
-            raise NotImplementedError("the lean transport sends no MULTI")
-        return LeanPipeline(self)
-
-    async def get(self, key: str) -> Any:
-        return await self.execute_command("GET", key)
-
-    async def hgetall(self, key: str) -> Any:
-        return await self.execute_command("HGETALL", key)
-
-    async def smembers(self, key: str) -> Any:
-        return await self.execute_command("SMEMBERS", key)
-
-    async def xrange(self, key: str, min: str = "-", max: str = "+") -> Any:
-        return await self.execute_command("XRANGE", key, min, max)
-
-    async def xrevrange(
-        self, key: str, max: str = "+", min: str = "-", count: int | None = None
-    ) -> Any:
-        extra: tuple[Arg, ...] = () if count is None else ("COUNT", count)
-        return await self.execute_command("XREVRANGE", key, max, min, *extra)
-
-    async def info(self, section: str) -> Any:
-        return await self.execute_command("INFO", section)
-
-    async def wait(self, replicas: int, timeout_ms: int) -> Any:
-        return await self.execute_command("WAIT", replicas, timeout_ms)
+        return LeanPipeline(self, transaction)
 
     def subscriber(self, channel: str) -> LeanWake:
         """A second connection subscribed to `channel` (closed with the client)."""
@@ -120,38 +130,37 @@ class LeanRedis:
         self._subs.clear()
 
 
-class LeanPipeline:
-    """Commands queued and sent in one write, replies read in order (no MULTI)."""
+class LeanPipeline(_Commands):
+    """Commands queued and sent in one write, replies read in order (in MULTI/EXEC when
+    `transaction`)."""
 
-    def __init__(self, client: LeanRedis) -> None:
+    def __init__(self, client: LeanRedis, transaction: bool) -> None:
         self.client = client
+        self.transaction = transaction
         self.commands: list[tuple[Arg, ...]] = []
 
     def execute_command(self, *args: Arg) -> LeanPipeline:
         self.commands.append(args)
         return self
 
-    def time(self) -> LeanPipeline:
-        return self.execute_command("TIME")
+    def _cmd(self, *args: Arg) -> Any:
+        return self.execute_command(*args)
 
-    def get(self, key: str) -> LeanPipeline:
-        return self.execute_command("GET", key)
-
-    def exists(self, key: str) -> LeanPipeline:
-        return self.execute_command("EXISTS", key)
-
-    def hgetall(self, key: str) -> LeanPipeline:
-        return self.execute_command("HGETALL", key)
-
-    def xrange(self, key: str, min: str = "-", max: str = "+") -> LeanPipeline:
-        return self.execute_command("XRANGE", key, min, max)
-
-    async def execute(self) -> list[Any]:
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
         commands, self.commands = self.commands, []
-        replies = self.client._run(commands)
-        for r in replies:
-            if isinstance(r, ReplyError):
-                raise r
+        if self.transaction:
+            sent = [("MULTI",), *commands, ("EXEC",)]
+            raw = self.client._run(sent)
+            done = raw[-1]
+            if isinstance(done, ReplyError):  # EXECABORT: name the command that failed
+                raise next((r for r in raw[1:-1] if isinstance(r, ReplyError)), done)
+            replies = [_shaped(c, r) for c, r in zip(commands, done, strict=True)]
+        else:
+            replies = self.client._run(commands)
+        if raise_on_error:
+            for r in replies:
+                if isinstance(r, ReplyError):
+                    raise r
         return replies
 
 
