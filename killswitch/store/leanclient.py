@@ -7,7 +7,6 @@ is `Store` over it, with the two places where `Store` needs concurrency done in 
 
 from __future__ import annotations
 
-import hashlib
 import select
 import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
@@ -174,6 +173,8 @@ class LeanScript:
 
     async def __call__(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
         if not self.sha:
+            import hashlib  # only verbs that run a script pay for it (`status` runs none)
+
             self.sha = hashlib.sha1(self.text.encode("utf-8"), usedforsecurity=False).hexdigest()
         tail = (len(keys), *keys, *args)
         try:
