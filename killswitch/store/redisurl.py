@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import unquote
 
 SENTINEL_SCHEME = "redis+sentinel"
 PLAIN_SCHEMES = ("redis", "rediss", "unix")
@@ -106,10 +106,3 @@ def redact(url: str) -> str:
     user, colon, _pw = userinfo.partition(":")
     shown = f"{user}:***" if colon else "***"
     return f"{scheme}://{shown}@{hosts}{slash}{path}"
-
-
-def split_plain(url: str) -> SplitResult:
-    """`urlsplit` of a redis://, rediss:// or unix:// URL (ValueError on a bad port)."""
-    parts = urlsplit(url)
-    _ = parts.port  # raises ValueError naming a bad port
-    return parts
