@@ -11,15 +11,14 @@ confirmed in time; 4 refused by a safety check.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from killswitch.cli import rulecli
 from killswitch.cli.parser import build_parser
 from killswitch.core.names import InvalidName, check_roster
 from killswitch.ops.control import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Outcome
@@ -43,10 +42,17 @@ if TYPE_CHECKING:  # the services import redis/aiohttp: only loaded when one run
     from killswitch.aggregator.settings import AggregatorSettings
     from killswitch.sidecar.settings import SidecarSettings
     from killswitch.sim.loadgen import LoadgenSettings
+    from killswitch.store.lean import LeanURL
+
+# Verbs that must start fast: they log nothing (structlog and rich cost more than the kill
+# itself) and, for the URL forms `store.lean` reads, talk to Redis without redis-py or asyncio.
+FAST_VERBS = ("kill", "status")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verb = argv[0] if argv and not argv[0].startswith("-") else None
+    parser = build_parser(verb)
     args = parser.parse_args(argv)
     try:
         return _dispatch(args)
@@ -61,11 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from killswitch.runtime import logs
-
     r, redis_url = _resolve(args, os.environ)
-    logs.configure(fmt=r.get("log-format", None, str))
+    log_format = r.get("log-format", None, str)
     cmd = args.command
+    if cmd not in FAST_VERBS:
+        from killswitch.runtime import logs
+
+        logs.configure(fmt=log_format)
     if cmd == "demo":
         from killswitch.sim.demo import run_demo
 
@@ -73,6 +81,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "loadgen":
         return _loadgen(r)
     if cmd == "backtest":
+        from killswitch.cli import rulecli
+
         code, text = rulecli.backtest_command(r, bool(r.get("json", False, bool)))
         print(text)
         return code
@@ -115,6 +125,8 @@ def settings_from_args(
 
 
 def _sidecar(r: Resolver, node: str, redis_url: str) -> int:
+    import asyncio
+
     from killswitch.sidecar.service import run_sidecar
 
     settings = sidecar_settings(r, node, redis_url)
@@ -157,6 +169,8 @@ def loadgen_settings(r: Resolver) -> LoadgenSettings:
 
 
 def _loadgen(r: Resolver) -> int:
+    import asyncio
+
     from killswitch.sim.loadgen import run_loadgen
 
     s = loadgen_settings(r)
@@ -167,6 +181,8 @@ def _loadgen(r: Resolver) -> int:
 
 
 def _aggregator(r: Resolver, node: str, redis_url: str) -> int:
+    import asyncio
+
     from killswitch.aggregator.service import NotDurable, run_aggregator
 
     settings = aggregator_settings(r, node, redis_url)
@@ -180,6 +196,7 @@ def _aggregator(r: Resolver, node: str, redis_url: str) -> int:
 
 def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSettings:
     from killswitch.aggregator.settings import AggregatorSettings, default_instance
+    from killswitch.cli import rulecli
 
     try:
         hosts = check_roster(r.require("hosts", str_list))
@@ -201,6 +218,8 @@ def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSet
 
 
 def _watch(r: Resolver, node: str, redis_url: str) -> int:
+    import asyncio
+
     from killswitch.cli.watch import watch
 
     interval = r.get("interval", 0.5, positive_float)
@@ -219,7 +238,11 @@ def _truthy(v: Any) -> bool:
 
 
 def _export(r: Resolver, node: str, redis_url: str) -> int:
+    import asyncio
+
     from redis.exceptions import RedisError
+
+    from killswitch.cli import rulecli
 
     hosts = r.get("hosts", None, str_list)
     try:
@@ -268,7 +291,13 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
     budget = (
         r.get("timeout", 5.0, positive_float) + 15.0 if cmd in ("kill", "arm", "resume") else 15.0
     )
-    outcome = asyncio.run(_with_store(redis_url, node, action, budget))
+    lean = _lean_url(redis_url) if cmd in FAST_VERBS else None
+    if lean is not None:
+        outcome = _with_lean_store(lean, redis_url, node, action, budget)
+    else:
+        import asyncio
+
+        outcome = asyncio.run(_with_store(redis_url, node, action, budget))
     if outcome.code == EXIT_FAILED and not outcome.report:
         print(outcome.message, file=sys.stderr)
         return outcome.code
@@ -281,9 +310,46 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
     return outcome.code
 
 
+def _lean_url(redis_url: str) -> LeanURL | None:
+    """The URL as the lean transport reads it; None: a form left to redis-py."""
+    from killswitch.store import lean
+
+    try:
+        return lean.parse(redis_url)
+    except ValueError:
+        return None  # redis-py's path reports it, as it always has
+
+
+def _with_lean_store(
+    url: LeanURL,
+    redis_url: str,
+    node: str,
+    action: Callable[[Any], Awaitable[Outcome]],
+    budget: float,
+) -> Outcome:
+    """`action` over `store.lean` (no event loop): same scripts, keys and outcome."""
+    from hiredis import HiredisError
+
+    from killswitch.store.lean import BudgetSpent, ReplyError
+    from killswitch.store.leanclient import LeanRedis, LeanStore, drive
+
+    client = LeanRedis(url, socket_timeout=3.0, client_name=f"ks-cli-{node}",
+                       deadline=time.monotonic() + budget)  # fmt: skip
+    try:
+        return drive(cast(Coroutine[Any, Any, Outcome], action(LeanStore(client, node))))
+    except BudgetSpent:
+        return _gave_up(redis_url, budget)
+    except (ReplyError, HiredisError, OSError) as e:
+        return _unreachable(redis_url, e)
+    finally:
+        drive(client.aclose())
+
+
 async def _with_store(
     redis_url: str, node: str, action: Callable[[Any], Awaitable[Outcome]], budget: float
 ) -> Outcome:
+    import asyncio
+
     from redis.exceptions import RedisError
 
     from killswitch.store.redisconn import connect
@@ -294,26 +360,38 @@ async def _with_store(
         async with asyncio.timeout(budget):
             return await action(Store(redis, node))
     except TimeoutError:
-        return Outcome(
-            EXIT_FAILED,
-            {},
-            f"killswitch: gave up after {budget:g}s talking to Redis at {redis_url}.\n"
-            "A kill may or may not have been recorded: run `killswitch status` to see.\n"
-            "Every sidecar that cannot reach Redis blocks all orders by itself within its\n"
-            "--stale-after; to stop trading without Redis, stop each order router or sidecar.",
-        )
+        return _gave_up(redis_url, budget)
     except (RedisError, OSError) as e:
-        return Outcome(
-            EXIT_FAILED,
-            {},
-            f"killswitch: cannot reach Redis at {redis_url}: {type(e).__name__}: {e}\n"
-            "The command did not complete (run `killswitch status` once Redis answers).\n"
-            "What to do instead:\n"
-            "  - every sidecar that cannot reach Redis blocks all orders by itself within its\n"
-            "    --stale-after (default 1s), so a fleet cut off from Redis is already blocked;\n"
-            "  - if the fleet can still reach Redis but you cannot, run this from a host that\n"
-            "    can (or fix --redis / KILLSWITCH_REDIS_URL);\n"
-            "  - to stop trading without Redis, stop each order router or its sidecar process.",
-        )
+        return _unreachable(redis_url, e)
     finally:
         await redis.aclose()
+
+
+def _gave_up(redis_url: str, budget: float) -> Outcome:
+    from killswitch.store.redisurl import redact
+
+    return Outcome(
+        EXIT_FAILED,
+        {},
+        f"killswitch: gave up after {budget:g}s talking to Redis at {redact(redis_url)}.\n"
+        "A kill may or may not have been recorded: run `killswitch status` to see.\n"
+        "Every sidecar that cannot reach Redis blocks all orders by itself within its\n"
+        "--stale-after; to stop trading without Redis, stop each order router or sidecar.",
+    )
+
+
+def _unreachable(redis_url: str, e: BaseException) -> Outcome:
+    from killswitch.store.redisurl import redact
+
+    return Outcome(
+        EXIT_FAILED,
+        {},
+        f"killswitch: cannot reach Redis at {redact(redis_url)}: {type(e).__name__}: {e}\n"
+        "The command did not complete (run `killswitch status` once Redis answers).\n"
+        "What to do instead:\n"
+        "  - every sidecar that cannot reach Redis blocks all orders by itself within its\n"
+        "    --stale-after (default 1s), so a fleet cut off from Redis is already blocked;\n"
+        "  - if the fleet can still reach Redis but you cannot, run this from a host that\n"
+        "    can (or fix --redis / KILLSWITCH_REDIS_URL);\n"
+        "  - to stop trading without Redis, stop each order router or its sidecar process.",
+    )

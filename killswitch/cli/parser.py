@@ -11,7 +11,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from killswitch.cli import rulecli
 from killswitch.core.version import __version__
 from killswitch.ops.control import EXIT_USAGE
 from killswitch.runtime.config import DEFAULT_REDIS, default_state_dir
@@ -30,7 +29,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every verb and flag; with `only` (the verb being run), the other verbs' rule flags are
+    left off, so a verb that has none (`kill`) does not import the trip rules to parse."""
+
+    def wants(name: str) -> bool:
+        return only is None or only == name
+
     common: Any = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("common options")
     g.add_argument(
@@ -103,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Sum orders across the node's hosts, trip the node-wide kill, watch confirmations.",
     )
     a.add_argument("--hosts", metavar="H1,H2,...", help="the node's roster")
-    rulecli.add_rule_flags(a)
+    if wants("aggregator"):
+        from killswitch.cli import rulecli
+
+        rulecli.add_rule_flags(a)
     a.add_argument(
         "--metrics-port", type=int, metavar="P", help="serve Prometheus /metrics on this port"
     )
@@ -196,14 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
         "virtual time; report every trip they would have made. Takes the aggregator's rule flags.",
         [json_opt],
     )
-    rulecli.add_backtest_flags(bt)
+    if wants("backtest"):
+        from killswitch.cli import rulecli
+
+        rulecli.add_backtest_flags(bt)
 
     ex = cmd(
         "export",
         "Print the node's recorded flow (Redis keeps 15 minutes) as timestamp,host,count CSV "
         "for `killswitch backtest`.",
     )
-    rulecli.add_export_flags(ex)
+    if wants("export"):
+        from killswitch.cli import rulecli
+
+        rulecli.add_export_flags(ex)
 
     lg = cmd(
         "loadgen", "A simulated order router: sends ORDER lines to a sidecar's gate at a rate."

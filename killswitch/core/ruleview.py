@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from killswitch.core.anomaly import Evaluation, MonitorConfig
+if TYPE_CHECKING:  # annotations only: `status` shows the view without loading the rules
+    from killswitch.core.anomaly import Evaluation, MonitorConfig
 
 JSON_FIELDS = ("rules", "haunted")  # view fields that hold JSON; `decode_view` parses them
 

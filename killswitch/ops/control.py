@@ -6,8 +6,6 @@ done when every roster host confirmed it, never when the message was published.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ from killswitch.core.leader import instance_of
 from killswitch.core.roster import Quorum, epoch_floor, not_ready_for_arm, quorum
 from killswitch.core.ruleview import decode_view
 from killswitch.core.state import NodeState
-from killswitch.store.store import NodeSnapshot, Store
+from killswitch.store.store import NodeSnapshot, Store, Wake
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -78,11 +76,11 @@ async def status(store: Store) -> Outcome:
 async def kill(
     store: Store, *, reason: str, operator: str, timeout: float, cause: str = "operator"
 ) -> Outcome:
-    async with _confirm_listener(store) as wake:
+    async with store.confirmations() as wake:
         before = await store.snapshot()
         floor = epoch_floor(_quorum(before).hosts)
         res = await store.kill(actor=operator, reason=reason, cause=cause, floor=floor)
-        replicated = asyncio.create_task(_replicas_acked(store, min(timeout, REPLICA_WAIT_S)))
+        replicated = store.concurrently(_replicas_acked(store, min(timeout, REPLICA_WAIT_S)))
         snap, q = await _wait_for_quorum(store, before.roster, wake, timeout)
         acked = await replicated
     report = node_report(snap, q)
@@ -130,7 +128,7 @@ async def arm(store: Store, *, approvers: Sequence[str], reason: str, timeout: f
             report,
             f"refused: every roster host must be alive and reporting before arming:\n{lines}",
         )
-    async with _confirm_listener(store) as wake:
+    async with store.confirmations() as wake:
         res = await store.arm(
             actor="+".join(distinct), reason=reason, approvers=distinct, floor=epoch_floor(q0.hosts)
         )
@@ -206,37 +204,8 @@ def _missing_message(q: Quorum, timeout: float) -> str:
     )
 
 
-@contextlib.asynccontextmanager
-async def _confirm_listener(store: Store):  # type: ignore[no-untyped-def]
-    """An event set whenever a host publishes a confirmation (subscribed before acting)."""
-    wake = asyncio.Event()
-    pubsub = store.redis.pubsub()
-    task: asyncio.Task[None] | None = None
-    try:
-        await pubsub.subscribe(store.keys.confirms)
-
-        async def pump() -> None:
-            while True:
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if msg is not None:
-                    wake.set()
-
-        task = asyncio.create_task(pump())
-    except Exception:
-        pass  # without pub/sub we still poll; it only costs latency
-    try:
-        yield wake
-    finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        with contextlib.suppress(Exception):
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-
 async def _wait_for_quorum(
-    store: Store, roster: Sequence[str], wake: asyncio.Event, timeout: float
+    store: Store, roster: Sequence[str], wake: Wake, timeout: float
 ) -> tuple[NodeSnapshot, Quorum]:
     deadline = time.monotonic() + timeout
     while True:
@@ -246,8 +215,7 @@ async def _wait_for_quorum(
         left = deadline - time.monotonic()
         if q.complete or left <= 0 or not roster:
             return snap, q
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), min(POLL_S, left))
+        await wake.wait(min(POLL_S, left))
 
 
 def _durable(flag: str) -> bool | None:

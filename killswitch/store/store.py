@@ -6,23 +6,31 @@ A thin shell: it formats no key itself (see `keys`), decides nothing (see `state
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
 from dataclasses import dataclass
-from importlib import resources
-from typing import Any
-
-from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from killswitch.core.state import NodeRead
 from killswitch.store.keys import NODES_KEY, NodeKeys
+
+if TYPE_CHECKING:  # only annotations: `Store` also runs over the operator commands' lean client
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+T = TypeVar("T")
 
 FLOW_RETENTION_MS = 15 * 60 * 1000  # long enough for any window and a restarted aggregator
 
 
 def _script(name: str) -> str:
-    return resources.files("killswitch.store").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    # A plain path, not importlib.resources (which costs a cold `kill` more than the read).
+    with open(os.path.join(_LUA_DIR, f"{name}.lua"), encoding="utf-8") as f:
+        return f.read()
+
+
+_LUA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +83,31 @@ class NodeSnapshot:
     roster_stored: bool = True  # False: the roster key is gone (Redis lost its data)
 
 
+class Wake(Protocol):
+    """Set whenever a host publishes a confirmation (see `Store.confirmations`)."""
+
+    def clear(self) -> None: ...
+
+    async def wait(self, timeout: float) -> None:
+        """Return when woken since the last `clear()`, or after `timeout` seconds."""
+
+
+class _EventWake:
+    def __init__(self) -> None:
+        import asyncio
+
+        self.event = asyncio.Event()
+
+    def clear(self) -> None:
+        self.event.clear()
+
+    async def wait(self, timeout: float) -> None:
+        import asyncio
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.event.wait(), timeout)
+
+
 class Store:
     """Redis operations of one node. The client is passed in (decode_responses=True)."""
 
@@ -87,6 +120,42 @@ class Store:
         self._arm: AsyncScript = redis.register_script(_script("arm"))
         self._roster: AsyncScript = redis.register_script(_script("roster"))
         self._lease: AsyncScript = redis.register_script(_script("lease"))
+
+    @contextlib.asynccontextmanager
+    async def confirmations(self) -> AsyncIterator[Wake]:
+        """A `Wake` set whenever a host publishes a confirmation (subscribed on entry)."""
+        import asyncio
+
+        wake = _EventWake()
+        pubsub = self.redis.pubsub()
+        task: asyncio.Task[None] | None = None
+        try:
+            await pubsub.subscribe(self.keys.confirms)
+
+            async def pump() -> None:
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None:
+                        wake.event.set()
+
+            task = asyncio.create_task(pump())
+        except Exception:
+            pass  # without pub/sub we still poll; it only costs latency
+        try:
+            yield wake
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def concurrently(self, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
+        """Start `coro` alongside the caller (a task); await the result to join it."""
+        import asyncio
+
+        return asyncio.ensure_future(coro)
 
     async def flush(self, host: str, r: FlushReport, version: str) -> tuple[NodeRead, int, bool]:
         """The sidecar's one round trip: report, maybe confirm, read the node state.
