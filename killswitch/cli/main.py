@@ -76,6 +76,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         code, text = rulecli.backtest_command(r, bool(r.get("json", False, bool)))
         print(text)
         return code
+    if cmd in ("kill", "status", "watch") and r.get("fleet", False, bool):
+        from killswitch.cli import fleetcli
+
+        if cmd == "watch":
+            return fleetcli.watch(r, redis_url)
+        return fleetcli.run(cmd, r, redis_url, bool(r.get("json", False, bool)))
     node = r.require("node", node_name)
     if cmd == "export":
         return _export(r, node, redis_url)

@@ -162,8 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument(
         "--timeout", type=float, metavar="S", help="seconds to wait for confirmations (default 5)"
     )
+    fleet_help = "every node of the fleet (every node registered in this Redis), not one --node"
+    k.add_argument(
+        "--fleet",
+        action="store_true",
+        default=None,
+        help=f"kill {fleet_help}; proven when every roster host of every node confirmed "
+        "(exit 3 names the node/host pairs that did not)",
+    )
 
-    cmd("status", "The node's state now: epoch, roster, who confirmed, who is stale.", [json_opt])
+    st = cmd(
+        "status", "The node's state now: epoch, roster, who confirmed, who is stale.", [json_opt]
+    )
+    st.add_argument(
+        "--fleet", action="store_true", default=None, help=f"one line per node: {fleet_help}"
+    )
 
     w = cmd(
         "watch",
@@ -175,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument(
         "--once", action="store_true", default=None, help="print one frame and exit (scripts)"
+    )
+    w.add_argument(
+        "--fleet", action="store_true", default=None, help=f"one line per node: {fleet_help}"
     )
 
     au = cmd("audit", "Who changed what, when and why, oldest first.", [json_opt])

@@ -9,6 +9,10 @@ Accepted URLs:
   of ``service_name``. The user and password are for the primary, not the Sentinels. The
   client re-asks the Sentinels on every new connection, so after a failover the same client
   object reaches the new primary once its broken connection is dropped.
+- ``redis+cluster://[[user]:password@]host:port[,host:port...]/``: Redis Cluster, through
+  redis-py's asyncio cluster client (start-up nodes; it learns the slot map itself and
+  follows MOVED/ASK). Every key of one node carries the hash tag ``{node}``, so one node's
+  scripts and pipelines stay within one slot. ``rediss+cluster://`` is the same over TLS.
 
 Every client this module makes has a finite timeout and no hidden retries: killswitch must
 never block forever on Redis, and every caller owns its own retry loop (redis-py 8's default
@@ -23,22 +27,27 @@ from typing import Any, cast
 from urllib.parse import unquote
 
 import redis.asyncio
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 __all__ = [
+    "CLUSTER_SCHEMES",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_HEALTH_CHECK_INTERVAL",
     "DEFAULT_SENTINEL_PORT",
     "DEFAULT_SOCKET_TIMEOUT",
     "SENTINEL_SCHEME",
+    "ClusterURL",
     "SentinelURL",
     "connect",
+    "parse_cluster_url",
     "parse_sentinel_url",
 ]
 
 SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 PLAIN_SCHEMES = ("redis", "rediss", "unix")
 DEFAULT_SENTINEL_PORT = 26379
 # `socket_timeout=None` means this, never "wait forever".
@@ -62,7 +71,50 @@ class SentinelURL:
     password: str | None = None
 
 
-def _parse_host_port(item: str, url: str) -> tuple[str, int]:
+@dataclass(frozen=True)
+class ClusterURL:
+    """A parsed ``redis+cluster://`` URL."""
+
+    nodes: tuple[tuple[str, int], ...]
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+
+def _split_userinfo(netloc: str) -> tuple[str | None, str | None, str]:
+    username: str | None = None
+    password: str | None = None
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, sep, pw = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) if sep else None
+        if not sep and user:
+            # `redis://secret@host` means a password in redis-py; keep that reading.
+            username, password = None, unquote(user)
+    return username, password, netloc
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """Parse ``redis+cluster://[[user]:pass@]h:p[,h:p...]/``; ValueError names what is wrong."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a redis+cluster:// URL: {url!r}")
+    if "?" in rest or "#" in rest:
+        raise ValueError(f"query strings and fragments are not supported in {url!r}")
+    netloc, _, path = rest.partition("/")
+    if path not in ("", "0"):
+        raise ValueError(f"Redis Cluster has only database 0; remove {path!r} from {url!r}")
+    username, password, netloc = _split_userinfo(netloc)
+    if not netloc:
+        raise ValueError(f"no cluster node addresses in {url!r}")
+    nodes = tuple(_parse_host_port(item, url, default_port=6379) for item in netloc.split(","))
+    return ClusterURL(nodes, scheme == "rediss+cluster", username, password)
+
+
+def _parse_host_port(
+    item: str, url: str, default_port: int = DEFAULT_SENTINEL_PORT
+) -> tuple[str, int]:
     if not item:
         raise ValueError(f"empty sentinel address in {url!r} (stray comma?)")
     if item.startswith("["):
@@ -79,9 +131,9 @@ def _parse_host_port(item: str, url: str) -> tuple[str, int]:
         if not host:
             raise ValueError(f"sentinel address {item!r} has no host in {url!r}")
     if not port_text:
-        return host, DEFAULT_SENTINEL_PORT
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"bad sentinel port {port_text!r} in {url!r} (want 1-65535)")
+        return host, default_port
+    if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"bad port {port_text!r} in {url!r} (want 1-65535)")
     return host, int(port_text)
 
 
@@ -97,16 +149,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     if "?" in rest or "#" in rest:
         raise ValueError(f"query strings and fragments are not supported in {url!r}")
     netloc, _, path = rest.partition("/")
-    username: str | None = None
-    password: str | None = None
-    if "@" in netloc:
-        userinfo, _, netloc = netloc.rpartition("@")
-        user, sep, pw = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(pw) if sep else None
-        if not sep and user:
-            # `redis://secret@host` means a password in redis-py; keep that reading.
-            username, password = None, unquote(user)
+    username, password, netloc = _split_userinfo(netloc)
     if not netloc:
         raise ValueError(f"no sentinel addresses in {url!r}")
     sentinels = tuple(_parse_host_port(item, url) for item in netloc.split(","))
@@ -172,10 +215,12 @@ def connect(
     if scheme in PLAIN_SCHEMES:
         options.update(kw)
         return redis.asyncio.Redis.from_url(url, **options)
+    if scheme in CLUSTER_SCHEMES:
+        return _cluster(parse_cluster_url(url), options, kw)
     if scheme != SENTINEL_SCHEME:
         raise ValueError(
             f"unsupported Redis URL scheme {scheme!r} in {url!r} "
-            f"(want one of {', '.join((*PLAIN_SCHEMES, SENTINEL_SCHEME))})"
+            f"(want one of {', '.join((*PLAIN_SCHEMES, SENTINEL_SCHEME, *CLUSTER_SCHEMES))})"
         )
     parsed = parse_sentinel_url(url)
     sentinel_kwargs = kw.pop("sentinel_kwargs", None)
@@ -197,6 +242,28 @@ def connect(
         db=parsed.db,
         username=parsed.username,
         password=parsed.password,
+        **options,
+    )
+    return cast(redis.asyncio.Redis, client)
+
+
+def _cluster(
+    parsed: ClusterURL, options: dict[str, Any], kw: dict[str, Any]
+) -> redis.asyncio.Redis:
+    """A `RedisCluster` typed as the `Redis` every caller takes.
+
+    The commands killswitch sends (EVALSHA with one node's keys, pipelines of one node's
+    keys, TIME, PUBLISH/SUBSCRIBE) exist on both with the same signatures; the cluster client
+    routes each by its key's slot. `health_check_interval` is a per-connection option the
+    cluster client does not take; its own retries are off for the same reason as above.
+    """
+    options.pop("health_check_interval", None)
+    options.update(kw)
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(h, p) for h, p in parsed.nodes],
+        username=parsed.username,
+        password=parsed.password,
+        ssl=parsed.tls,
         **options,
     )
     return cast(redis.asyncio.Redis, client)
