@@ -202,6 +202,7 @@ def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSet
         confirm_timeout=r.get("confirm-timeout", 5.0, positive_float),
         lease_ttl=r.get("lease-ttl", 2.0, positive_float),
         require_durable=r.get("require-durable", False, _truthy),
+        fleet_max_orders=r.get("fleet-max-orders", None, positive_int),
         instance=r.get("instance", "", str) or default_instance(),
     )
 

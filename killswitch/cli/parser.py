@@ -128,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="leader lease: a standby takes over this long after the leader stops (default 2)",
     )
     a.add_argument(
+        "--fleet-max-orders",
+        type=int,
+        metavar="N",
+        help="firm-wide cap: kill every node of the fleet (cause fleet_cap) when more than N "
+        "orders were sent across all nodes within --window (one aggregator of the fleet, the "
+        "fleet lease holder, sums and acts)",
+    )
+    a.add_argument(
         "--require-durable",
         action="store_true",
         default=None,
