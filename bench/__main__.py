@@ -6,7 +6,15 @@ import importlib
 import json
 import sys
 
-ALL = ["gate_check", "protocol_throughput", "redis_cost", "kill_confirm", "anomaly", "faults"]
+ALL = [
+    "gate_check",
+    "protocol_throughput",
+    "redis_cost",
+    "kill_confirm",
+    "anomaly",
+    "faults",
+    "scale",
+]
 
 
 def main(argv: list[str]) -> int:
