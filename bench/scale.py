@@ -131,7 +131,9 @@ class Node:
         except TimeoutError:
             res = self.fleet.cli("status", "--json")
             dead = [w.args for w in self.workers if w.poll() is not None]
-            raise RuntimeError(f"node not ready: {res.stdout[:2000]} {res.stderr} dead: {dead}")
+            raise RuntimeError(
+                f"not ready: {res.stdout[:2000]} {res.stderr} dead: {dead}"
+            ) from None
         return self
 
     def stop(self) -> None:
