@@ -131,6 +131,7 @@ class Node:
         except TimeoutError:
             res = self.fleet.cli("status", "--json")
             dead = [w.args for w in self.workers if w.poll() is not None]
+            self.stop()
             raise RuntimeError(
                 f"not ready: {res.stdout[:2000]} {res.stderr} dead: {dead}"
             ) from None
@@ -144,6 +145,7 @@ class Node:
                 w.wait(20)
             except subprocess.TimeoutExpired:
                 w.kill()
+                w.wait()
         self.fleet.stop()
 
 

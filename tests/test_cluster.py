@@ -214,6 +214,34 @@ class TestFleetVerbsOnOneRedis:
             a.stop()
             b.stop()
 
+    def test_status_and_watch_fleet_show_one_line_per_node(
+        self, own_redis: EmbeddedRedis, node: str
+    ) -> None:
+        """`status --fleet` and `watch --fleet --once` print each node with its state, the
+        node with a missing host first."""
+        a = Fleet(own_redis.url, f"{node}a", HOSTS)
+        b = Fleet(own_redis.url, f"{node}b", HOSTS)
+        try:
+            for f in (a, b):
+                f.start()
+                f.start_aggregator("--tick", "0.05")
+            for f in (a, b):
+                f.wait_ready(30)
+            a.arm()
+            b.sidecars["or-01"].stop()
+            code, _ = b.cli_json("kill", "--reason", "r", "--timeout", "0.5")
+            assert code == 3
+            for args in (("status", "--fleet"), ("watch", "--fleet", "--once")):
+                res = a.cli(*args)
+                assert res.returncode == 0, res
+                lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
+                assert lines[0].startswith(b.node) and "KILLED" in lines[0], lines
+                assert "MISSING: or-01" in lines[0]
+                assert lines[1].startswith(a.node) and "ARMED" in lines[1], lines
+        finally:
+            a.stop()
+            b.stop()
+
     def test_junk_in_the_registry_is_reported_not_fatal(self, redis_url: str, node: str) -> None:
         """An invalid node name in the registry is listed as such; `status --fleet` still exits 0."""
         client = redis_sync.Redis.from_url(redis_url, decode_responses=True)
