@@ -14,6 +14,7 @@ ALL = [
     "cold_start",
     "anomaly",
     "faults",
+    "scale",
 ]
 
 

@@ -12,6 +12,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from killswitch.aggregator.fleetrule import FleetRule
 from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.core import ruleview
 from killswitch.core.anomaly import Evaluation, MonitorConfig
@@ -71,6 +72,8 @@ class Aggregator(Protocol):
     def evaluation(self) -> Evaluation | None: ...
     @property
     def durable(self) -> Durability | None: ...
+    @property
+    def fleet(self) -> FleetRule | None: ...
     def is_leader(self) -> bool: ...
 
 
@@ -156,6 +159,8 @@ class AggregatorCollector:
                 "1 if the node's Redis runs with appendonly (a restart keeps kills), else 0.",
                 float(a.durable.enabled),
             )
+        if a.fleet is not None:
+            yield from fleet_metrics(a.fleet, win, a.s.instance)
         yield from rule_metrics(
             n, a.s.monitor, a.evaluation, a.s.hosts, a.window.by_host, a.window.total
         )
@@ -213,3 +218,38 @@ def rule_metrics(
         shadow.add_metric([node, cause], float(config.is_shadow(cause)))
     yield level
     yield shadow
+
+
+def fleet_metrics(fleet: FleetRule, win: str, instance: str) -> Iterator[Metric]:
+    """The fleet rule's gauges (only on aggregators started with --fleet-max-orders)."""
+    lead = GaugeMetricFamily(
+        "killswitch_fleet_leader",
+        "1 on the aggregator instance holding the fleet leader lease (runs the fleet rule).",
+        labels=["instance"],
+    )
+    lead.add_metric([instance], float(fleet.is_leader()))
+    yield lead
+    limit = GaugeMetricFamily(
+        "killswitch_fleet_limit_orders",
+        "The fleet cap: more orders than this across every node within the window kills them all.",
+        labels=["window"],
+    )
+    limit.add_metric([win], fleet.cap)
+    yield limit
+    d = fleet.decision
+    if d is None:
+        return  # a standby: only the leader's sum is exported, so it is never double-counted
+    total = GaugeMetricFamily(
+        "killswitch_fleet_orders",
+        "Orders across every node of the fleet within the window (fleet leader's sum).",
+        labels=["window"],
+    )
+    total.add_metric([win], d.total)
+    yield total
+    stale = GaugeMetricFamily(
+        "killswitch_fleet_nodes_not_summed",
+        "Nodes the fleet rule could not sum (no fresh aggregator view, or another window).",
+        labels=[],
+    )
+    stale.add_metric([], len(d.stale) + len(d.other_window))
+    yield stale

@@ -24,6 +24,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from killswitch.aggregator import fleetrule
 from killswitch.aggregator.confirmations import ConfirmationWatch
 from killswitch.aggregator.metrics import AggregatorCollector, Instruments
 from killswitch.aggregator.settings import AggregatorSettings
@@ -105,7 +106,9 @@ class Aggregator:
         self._task: asyncio.Task[None] | None = None
         self.registry = registry if registry is not None else CollectorRegistry()
         n = settings.node
-        self.instruments = Instruments(self.registry, n, (*CAUSES, "operator"), CAUSES)
+        self.instruments = Instruments(
+            self.registry, n, (*CAUSES, "operator", fleetrule.CAUSE), CAUSES
+        )
         self._trips_total = self.instruments.trips
         self._shadow_total = self.instruments.shadow_trips
         self.confirmations = ConfirmationWatch(
@@ -113,6 +116,21 @@ class Aggregator:
             self.log,
             operator_kill=self._trips_total.labels(n, "operator").inc,
             confirmed=self.instruments.confirm_seconds.observe,
+        )
+        self.fleet = (
+            None
+            if settings.fleet_max_orders is None
+            else fleetrule.FleetRule(
+                redis,
+                cap=settings.fleet_max_orders,
+                window_ms=settings.monitor.window_ms,
+                instance=settings.instance,
+                lease_ttl=settings.lease_ttl,
+                max_age_ms=max(2000, 5 * self.tick_ms),
+                log=self.log,
+                on_trip=lambda node: self._trips_total.labels(node, fleetrule.CAUSE).inc(),
+                clock=clock,
+            )
         )
         self.registry.register(AggregatorCollector(self))
         build_info(self.registry, "aggregator")
@@ -164,6 +182,9 @@ class Aggregator:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await self._save_baseline()  # while still the leader: the next one starts warm
+        if self.fleet is not None:
+            with contextlib.suppress(Exception):
+                await self.fleet.release()
         if self.lead.is_leader(self.clock()):
             # Hand over at once instead of making the standbys wait out the lease.
             with contextlib.suppress(Exception):
@@ -306,6 +327,8 @@ class Aggregator:
             self._last_eval_ms = grid
             await self._evaluate(grid)
         await self._act_on_unacted(now)
+        if self.fleet is not None:
+            await self.fleet.tick(now)
         if self.state.state is NodeState.KILLED and self.quorum is not None and self.is_leader():
             # one aggregator counts and alarms, not every standby
             self.confirmations.observe(self.state, snap.state, self.quorum, now)

@@ -22,6 +22,8 @@ class AggregatorSettings:
     instance: str = field(default_factory=lambda: default_instance())  # noqa: PLW0108 (defined below)
     lease_ttl: float = 2.0  # leader lease on Redis server time, renewed every tick
     require_durable: bool = False  # refuse to start unless Redis runs with appendonly
+    # Firm-wide cap: orders across every node of the fleet within the window (None: off).
+    fleet_max_orders: int | None = None
 
 
 def default_instance() -> str:

@@ -86,6 +86,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         code, text = rulecli.backtest_command(r, bool(r.get("json", False, bool)))
         print(text)
         return code
+    if cmd in ("kill", "status", "watch") and r.get("fleet", False, bool):
+        from killswitch.cli import fleetcli
+
+        if cmd == "watch":
+            return fleetcli.watch(r, redis_url)
+        return fleetcli.run(cmd, r, redis_url, bool(r.get("json", False, bool)))
     node = r.require("node", node_name)
     if cmd == "export":
         return _export(r, node, redis_url)
@@ -213,6 +219,7 @@ def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSet
         confirm_timeout=r.get("confirm-timeout", 5.0, positive_float),
         lease_ttl=r.get("lease-ttl", 2.0, positive_float),
         require_durable=r.get("require-durable", False, _truthy),
+        fleet_max_orders=r.get("fleet-max-orders", None, positive_int),
         instance=r.get("instance", "", str) or default_instance(),
     )
 

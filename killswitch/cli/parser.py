@@ -136,6 +136,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         help="leader lease: a standby takes over this long after the leader stops (default 2)",
     )
     a.add_argument(
+        "--fleet-max-orders",
+        type=int,
+        metavar="N",
+        help="firm-wide cap: kill every node of the fleet (cause fleet_cap) when more than N "
+        "orders were sent across all nodes within --window (one aggregator of the fleet, the "
+        "fleet lease holder, sums and acts)",
+    )
+    a.add_argument(
         "--require-durable",
         action="store_true",
         default=None,
@@ -170,8 +178,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     k.add_argument(
         "--timeout", type=float, metavar="S", help="seconds to wait for confirmations (default 5)"
     )
+    fleet_help = "every node of the fleet (every node registered in this Redis), not one --node"
+    k.add_argument(
+        "--fleet",
+        action="store_true",
+        default=None,
+        help=f"kill {fleet_help}; proven when every roster host of every node confirmed "
+        "(exit 3 names the node/host pairs that did not)",
+    )
 
-    cmd("status", "The node's state now: epoch, roster, who confirmed, who is stale.", [json_opt])
+    st = cmd(
+        "status", "The node's state now: epoch, roster, who confirmed, who is stale.", [json_opt]
+    )
+    st.add_argument(
+        "--fleet", action="store_true", default=None, help=f"one line per node: {fleet_help}"
+    )
 
     w = cmd(
         "watch",
@@ -183,6 +204,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     w.add_argument(
         "--once", action="store_true", default=None, help="print one frame and exit (scripts)"
+    )
+    w.add_argument(
+        "--fleet", action="store_true", default=None, help=f"one line per node: {fleet_help}"
     )
 
     au = cmd("audit", "Who changed what, when and why, oldest first.", [json_opt])

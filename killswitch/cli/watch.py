@@ -15,7 +15,7 @@ import signal
 import sys
 import termios
 import tty
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -244,26 +244,38 @@ async def watch(
         return True, render_status(outcome.report)
 
     try:
-        if once:
-            ok, view = await frame()
-            (console if ok else Console(stderr=True)).print(view)
-            return 0 if ok else 1
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            with _keys_quit(loop, stop), Live(console=console, auto_refresh=False) as live:
-                while not stop.is_set():
-                    live.update((await frame())[1], refresh=True)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), interval)
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-        return 0
+        return await run_view(frame, interval=interval, once=once, console=console)
     finally:
         await redis.aclose()
+
+
+async def run_view(
+    frame: Callable[[], Awaitable[tuple[bool, RenderableType]]],
+    *,
+    interval: float,
+    once: bool,
+    console: Console,
+) -> int:
+    """Redraw `frame()` every `interval` until q, Ctrl-C or SIGTERM (exit 0); with `once`,
+    print one frame (exit 1 when it could not be read)."""
+    if once:
+        ok, view = await frame()
+        (console if ok else Console(stderr=True)).print(view)
+        return 0 if ok else 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        with _keys_quit(loop, stop), Live(console=console, auto_refresh=False) as live:
+            while not stop.is_set():
+                live.update((await frame())[1], refresh=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return 0
 
 
 @contextlib.contextmanager

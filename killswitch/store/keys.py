@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 PREFIX = "ks"
 NODES_KEY = f"{PREFIX}:nodes"  # set of node names an aggregator has stored (fleet views)
+# String: the aggregator instance holding the fleet leader lease (runs the fleet volume rule).
+FLEET_LEADER_KEY = f"{PREFIX}:fleet:leader"
 
 
 @dataclass(frozen=True, slots=True)

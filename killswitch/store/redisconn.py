@@ -9,6 +9,10 @@ Accepted URLs:
   of ``service_name``. The user and password are for the primary, not the Sentinels. The
   client re-asks the Sentinels on every new connection, so after a failover the same client
   object reaches the new primary once its broken connection is dropped.
+- ``redis+cluster://[[user]:password@]host:port[,host:port...]/``: Redis Cluster, through
+  redis-py's asyncio cluster client (start-up nodes; it learns the slot map itself and
+  follows MOVED/ASK). Every key of one node carries the hash tag ``{node}``, so one node's
+  scripts and pipelines stay within one slot. ``rediss+cluster://`` is the same over TLS.
 
 Every client this module makes has a finite timeout and no hidden retries: killswitch must
 never block forever on Redis, and every caller owns its own retry loop (redis-py 8's default
@@ -20,26 +24,33 @@ from __future__ import annotations
 from typing import Any, cast
 
 import redis.asyncio
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from killswitch.store.redisurl import (
+    CLUSTER_SCHEMES,
     DEFAULT_SENTINEL_PORT,
     PLAIN_SCHEMES,
     SENTINEL_SCHEME,
+    ClusterURL,
     SentinelURL,
+    parse_cluster_url,
     parse_sentinel_url,
 )
 
 __all__ = [
+    "CLUSTER_SCHEMES",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_HEALTH_CHECK_INTERVAL",
     "DEFAULT_SENTINEL_PORT",
     "DEFAULT_SOCKET_TIMEOUT",
     "SENTINEL_SCHEME",
+    "ClusterURL",
     "SentinelURL",
     "connect",
+    "parse_cluster_url",
     "parse_sentinel_url",
 ]
 
@@ -95,10 +106,12 @@ def connect(
     if scheme in PLAIN_SCHEMES:
         options.update(kw)
         return redis.asyncio.Redis.from_url(url, **options)
+    if scheme in CLUSTER_SCHEMES:
+        return _cluster(parse_cluster_url(url), options, kw)
     if scheme != SENTINEL_SCHEME:
         raise ValueError(
             f"unsupported Redis URL scheme {scheme!r} in {url!r} "
-            f"(want one of {', '.join((*PLAIN_SCHEMES, SENTINEL_SCHEME))})"
+            f"(want one of {', '.join((*PLAIN_SCHEMES, SENTINEL_SCHEME, *CLUSTER_SCHEMES))})"
         )
     parsed = parse_sentinel_url(url)
     sentinel_kwargs = kw.pop("sentinel_kwargs", None)
@@ -120,6 +133,28 @@ def connect(
         db=parsed.db,
         username=parsed.username,
         password=parsed.password,
+        **options,
+    )
+    return cast(redis.asyncio.Redis, client)
+
+
+def _cluster(
+    parsed: ClusterURL, options: dict[str, Any], kw: dict[str, Any]
+) -> redis.asyncio.Redis:
+    """A `RedisCluster` typed as the `Redis` every caller takes.
+
+    The commands killswitch sends (EVALSHA with one node's keys, pipelines of one node's
+    keys, TIME, PUBLISH/SUBSCRIBE) exist on both with the same signatures; the cluster client
+    routes each by its key's slot. `health_check_interval` is a per-connection option the
+    cluster client does not take; its own retries are off for the same reason as above.
+    """
+    options.pop("health_check_interval", None)
+    options.update(kw)
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(h, p) for h, p in parsed.nodes],
+        username=parsed.username,
+        password=parsed.password,
+        ssl=parsed.tls,
         **options,
     )
     return cast(redis.asyncio.Redis, client)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 PLAIN_SCHEMES = ("redis", "rediss", "unix")
 DEFAULT_SENTINEL_PORT = 26379
 
@@ -28,9 +29,52 @@ class SentinelURL:
     password: str | None = None
 
 
-def _parse_host_port(item: str, url: str) -> tuple[str, int]:
+@dataclass(frozen=True)
+class ClusterURL:
+    """A parsed ``redis+cluster://`` URL."""
+
+    nodes: tuple[tuple[str, int], ...]
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+
+def _split_userinfo(netloc: str) -> tuple[str | None, str | None, str]:
+    username: str | None = None
+    password: str | None = None
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, sep, pw = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) if sep else None
+        if not sep and user:
+            # `redis://secret@host` means a password in redis-py; keep that reading.
+            username, password = None, unquote(user)
+    return username, password, netloc
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """Parse ``redis+cluster://[[user]:pass@]h:p[,h:p...]/``; ValueError names what is wrong."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a redis+cluster:// URL: {url!r}")
+    if "?" in rest or "#" in rest:
+        raise ValueError(f"query strings and fragments are not supported in {url!r}")
+    netloc, _, path = rest.partition("/")
+    if path not in ("", "0"):
+        raise ValueError(f"Redis Cluster has only database 0; remove {path!r} from {url!r}")
+    username, password, netloc = _split_userinfo(netloc)
+    if not netloc:
+        raise ValueError(f"no cluster node addresses in {url!r}")
+    nodes = tuple(_parse_host_port(item, url, 6379, "cluster") for item in netloc.split(","))
+    return ClusterURL(nodes, scheme == "rediss+cluster", username, password)
+
+
+def _parse_host_port(
+    item: str, url: str, default_port: int = DEFAULT_SENTINEL_PORT, kind: str = "sentinel"
+) -> tuple[str, int]:
     if not item:
-        raise ValueError(f"empty sentinel address in {url!r} (stray comma?)")
+        raise ValueError(f"empty {kind} address in {url!r} (stray comma?)")
     if item.startswith("["):
         host, sep, rest = item[1:].partition("]")
         if not sep or not host:
@@ -40,14 +84,14 @@ def _parse_host_port(item: str, url: str) -> tuple[str, int]:
         port_text = rest[1:] if rest else ""
     else:
         if item.count(":") > 1:
-            raise ValueError(f"IPv6 sentinel address {item!r} must be in brackets in {url!r}")
+            raise ValueError(f"IPv6 {kind} address {item!r} must be in brackets in {url!r}")
         host, _, port_text = item.partition(":")
         if not host:
-            raise ValueError(f"sentinel address {item!r} has no host in {url!r}")
+            raise ValueError(f"{kind} address {item!r} has no host in {url!r}")
     if not port_text:
-        return host, DEFAULT_SENTINEL_PORT
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"bad sentinel port {port_text!r} in {url!r} (want 1-65535)")
+        return host, default_port
+    if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"bad {kind} port {port_text!r} in {url!r} (want 1-65535)")
     return host, int(port_text)
 
 
@@ -63,16 +107,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     if "?" in rest or "#" in rest:
         raise ValueError(f"query strings and fragments are not supported in {url!r}")
     netloc, _, path = rest.partition("/")
-    username: str | None = None
-    password: str | None = None
-    if "@" in netloc:
-        userinfo, _, netloc = netloc.rpartition("@")
-        user, sep, pw = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(pw) if sep else None
-        if not sep and user:
-            # `redis://secret@host` means a password in redis-py; keep that reading.
-            username, password = None, unquote(user)
+    username, password, netloc = _split_userinfo(netloc)
     if not netloc:
         raise ValueError(f"no sentinel addresses in {url!r}")
     sentinels = tuple(_parse_host_port(item, url) for item in netloc.split(","))

@@ -22,6 +22,22 @@ if TYPE_CHECKING:  # only annotations: `Store` also runs over the operator comma
 T = TypeVar("T")
 
 FLOW_RETENTION_MS = 15 * 60 * 1000  # long enough for any window and a restarted aggregator
+MAX_FLEET_NODES = 10_000  # the fleet registry is read whole: bound what junk can cost
+
+
+async def fleet_nodes(redis: Redis) -> list[str]:
+    """The node names in the fleet registry, sorted (at most MAX_FLEET_NODES).
+
+    The registry is one small set read only by fleet verbs and the fleet rule, rarely
+    enough that on Redis Cluster its one slot is never hot. Names are not validated here.
+    """
+    names: list[str] = []
+    cursor: Any = 0
+    while True:
+        cursor, batch = await redis.sscan(NODES_KEY, cursor, count=1000)
+        names.extend(str(n) for n in batch)
+        if int(cursor) == 0 or len(names) >= MAX_FLEET_NODES:
+            return sorted(set(names))[:MAX_FLEET_NODES]
 
 
 def _script(name: str) -> str:
@@ -120,6 +136,7 @@ class Store:
         self._arm: AsyncScript = redis.register_script(_script("arm"))
         self._roster: AsyncScript = redis.register_script(_script("roster"))
         self._lease: AsyncScript = redis.register_script(_script("lease"))
+        self._read_node: AsyncScript = redis.register_script(_script("read"))
 
     @contextlib.asynccontextmanager
     async def confirmations(self) -> AsyncIterator[Wake]:
@@ -242,39 +259,36 @@ class Store:
     async def _read(
         self, roster: Sequence[str], after: dict[str, str] | None
     ) -> tuple[NodeSnapshot, dict[str, list[tuple[str, dict[str, str]]]]]:
-        """One pipelined round trip; with `after`, also each host's new flow entries."""
-        pipe = self.redis.pipeline(transaction=False)
-        # TIME first: a flow entry stamped at or before it was written (atomically, by a
-        # script) before this read began, so the reads below see every one of them.
-        pipe.time()
-        pipe.hgetall(self.keys.state)
-        pipe.hgetall(self.keys.aggregator)
+        """One atomic script call (`read.lua`); with `after`, also each host's new flows.
+
+        Server time is read first inside the script: a flow entry stamped at or before it was
+        written (atomically, by a script) before this read, so the reads see every one of them.
+        """
+        keys = [self.keys.state, self.keys.aggregator, self.keys.leader, self.keys.roster]
+        args: list[str] = ["0" if after is None else "1"]
         for h in roster:
             hk = self.keys.host(h)
-            pipe.hgetall(hk.report)
-            pipe.hgetall(hk.confirm)
+            keys += [hk.report, hk.confirm, hk.flow]
             if after is not None:
-                pipe.xrange(hk.flow, min=f"({after[h]}" if after.get(h) else "-", max="+")
-        pipe.get(self.keys.leader)
-        pipe.exists(self.keys.roster)
-        res: list[Any] = await pipe.execute()
+                args.append(after.get(h, ""))
+        res: list[Any] = await self._read_node(keys=keys, args=args)
         secs, micros = res[0]
         per = 2 if after is None else 3
         reports, confirms, flows = {}, {}, {}
         for i, h in enumerate(roster):
-            reports[h] = res[3 + per * i]
-            confirms[h] = res[4 + per * i]
+            reports[h] = _pairs(res[5 + per * i])
+            confirms[h] = _pairs(res[6 + per * i])
             if after is not None:
-                flows[h] = res[5 + per * i]
+                flows[h] = [(str(eid), _pairs(fields)) for eid, fields in res[7 + per * i]]
         snap = NodeSnapshot(
             now_ms=int(secs) * 1000 + int(micros) // 1000,
-            state=res[1],
+            state=_pairs(res[1]),
             roster=tuple(roster),
             reports=reports,
             confirms=confirms,
-            aggregator=res[2],
-            leader=res[-2] or "",
-            roster_stored=bool(res[-1]),
+            aggregator=_pairs(res[2]),
+            leader=str(res[3] or ""),
+            roster_stored=bool(int(res[4])),
         )
         return snap, flows
 
@@ -314,6 +328,11 @@ class Store:
             pipe.xrange(self.keys.host(h).flow)
         res: list[Any] = await pipe.execute()
         return {h: list(entries) for h, entries in zip(roster, res, strict=True)}
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, str]:
+    """A flat [field, value, ...] reply (HGETALL inside a script) as a dict."""
+    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
 
 
 def _change(res: Sequence[Any]) -> ChangeResult:

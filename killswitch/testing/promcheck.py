@@ -32,7 +32,17 @@ _AGGREGATION = re.compile(
     r"(?:(by|without)\s*\(([^)]*)\)\s*)?\("
 )
 _TRAILING_BY = re.compile(r"\s*(by|without)\s*\(([^)]*)\)")
-FLEET_WIDE = frozenset({"killswitch_build_info", "up", "ALERTS"})
+FLEET_WIDE = frozenset(
+    {
+        "killswitch_build_info",
+        "up",
+        "ALERTS",
+        "killswitch_fleet_orders",
+        "killswitch_fleet_limit_orders",
+        "killswitch_fleet_leader",
+        "killswitch_fleet_nodes_not_summed",
+    }
+)
 CHECKED_LABELS = ("node", "host")
 
 
@@ -75,6 +85,10 @@ METRICS: dict[str, bool] = {
     "killswitch_aggregator_leader": False,
     "killswitch_host_confirmed": True,
     "killswitch_host_report_age_seconds": True,
+    "killswitch_fleet_orders": False,
+    "killswitch_fleet_limit_orders": False,
+    "killswitch_fleet_leader": False,
+    "killswitch_fleet_nodes_not_summed": False,
 }
 KNOWN_METRICS = frozenset(METRICS)
 PER_HOST_METRICS = frozenset(n for n, per_host in METRICS.items() if per_host)
