@@ -97,10 +97,13 @@ def watch(r: Resolver, redis_url: str) -> int:
                 outcome = await fleet.status_fleet(redis)
             except (RedisError, OSError) as e:
                 return False, Text(f"fleet status unknown: {type(e).__name__}: {e}", "bold red")
-            return True, Text("\n".join(fleet.fleet_lines(outcome.report)))
+            lines = "\n".join(fleet.fleet_lines(outcome.report))
+            return True, Text(lines)
 
         try:
-            return await run_view(frame, interval=interval, once=once, console=Console())
+            # soft wrap: one node stays one line when the output is a pipe or a log
+            console = Console(soft_wrap=True)
+            return await run_view(frame, interval=interval, once=once, console=console)
         finally:
             await redis.aclose()
 
