@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from importlib import resources
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from killswitch.store import store as store_module
 from killswitch.store.keys import NodeKeys
 
 HOST = "or-01"
@@ -23,7 +23,8 @@ END = "end-of-test-marker"
 
 
 def source(name: str) -> str:
-    return resources.files("killswitch.store").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    """The script as `Store` loads it (looked up at call time, so a Lua mutant applies here too)."""
+    return store_module._script(name)
 
 
 async def run(redis: Redis, name: str, keys: Sequence[str], args: Sequence[Any]) -> list[str]:
@@ -501,8 +502,16 @@ class TestFlushLuaConfirm:
             (("KILLED", 5, 4), 6, (0, 0)),
             (("KILLED", 6, 4), 6, (6, 4)),
             (None, 6, (0, 0)),
+            (("KILLED", 0, 1), 0, (0, 0)),
         ],
-        ids=["read-armed", "read-newer-epoch", "read-older-epoch", "already-confirmed", "no-state"],
+        ids=[
+            "read-armed",
+            "read-newer-epoch",
+            "read-older-epoch",
+            "already-confirmed",
+            "no-state",
+            "no-hold-killed-at-epoch-zero",
+        ],
     )
     async def test_notice_confirmation_refused(
         self,
