@@ -562,3 +562,55 @@ class TestScriptsAreAtomic:
         assert {r[1] for r in results} == {"5"}
         assert sorted(int(r[2]) for r in results) == list(range(1, 21))
         assert len(await audit(redis, k)) == 20
+
+
+# -- read.lua ---------------------------------------------------------------------------------
+
+
+async def read(redis: Redis, k: NodeKeys, hosts: Sequence[str], after: Sequence[str] | None) -> Any:
+    keys = [k.state, k.aggregator, k.leader, k.roster]
+    for h in hosts:
+        hk = k.host(h)
+        keys += [hk.report, hk.confirm, hk.flow]
+    args = ["1" if after is not None else "0", *(after or [])]
+    return await redis.eval(store_module._script("read"), len(keys), *keys, *args)  # type: ignore[misc]
+
+
+class TestReadLua:
+    """read.lua: one atomic read of a node, server time first, flows only when asked."""
+
+    async def test_read_of_an_empty_node(self, redis: Redis, k: NodeKeys) -> None:
+        """Nothing stored: empty hashes, no leader, no roster, and the server time first."""
+        before = await server_ms(redis)
+        res = await read(redis, k, [], None)
+        secs, micros = res[0]
+        assert int(secs) * 1000 + int(micros) // 1000 >= before
+        assert res[1:] == [[], [], "", 0]
+
+    async def test_read_without_flows(self, redis: Redis, k: NodeKeys) -> None:
+        """Per host its report and confirmation, in roster order, and no flow entries."""
+        await redis.hset(k.state, mapping={"state": "ARMED", "epoch": 2})
+        await redis.hset(k.aggregator, mapping={"limit": "5"})
+        await redis.set(k.leader, "agg-a")
+        await redis.sadd(k.roster, "or-01", "or-02")
+        await redis.hset(k.host("or-02").report, mapping={"view": "ARMED"})
+        await redis.hset(k.host("or-01").confirm, mapping={"epoch": "2"})
+        await redis.xadd(k.host("or-01").flow, {"a": 1, "b": 0})
+        res = await read(redis, k, ["or-01", "or-02"], None)
+        assert res[1:] == [
+            ["state", "ARMED", "epoch", "2"], ["limit", "5"], "agg-a", 1,
+            [], ["epoch", "2"], ["view", "ARMED"], [],
+        ]  # fmt: skip
+
+    async def test_read_with_flows_from_the_start(self, redis: Redis, k: NodeKeys) -> None:
+        """With flows and no last ID, every retained flow entry of the host is returned."""
+        ids = [await redis.xadd(k.host(HOST).flow, {"a": i, "b": 0}) for i in (1, 2)]
+        res = await read(redis, k, [HOST], [""])
+        assert [entry[0] for entry in res[7]] == ids
+
+    async def test_read_with_flows_after_an_id(self, redis: Redis, k: NodeKeys) -> None:
+        """With a last ID seen, only the entries after it (exclusive) are returned."""
+        ids = [await redis.xadd(k.host(HOST).flow, {"a": i, "b": 0}) for i in (1, 2, 3)]
+        res = await read(redis, k, [HOST], [ids[0]])
+        assert [entry[0] for entry in res[7]] == ids[1:]
+        assert res[7][0][1] == ["a", "2", "b", "0"]

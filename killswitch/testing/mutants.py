@@ -77,6 +77,10 @@ LUA_MUTANTS: tuple[LuaMutant, ...] = (
     LuaMutant("lease_renew_by_anyone", "lease", "if cur == ARGV[1] then\n  redis.call('PEXPIRE'", "if cur then\n  redis.call('PEXPIRE'"),
     LuaMutant("lease_steal", "lease", "if not cur then", "if true then"),
     LuaMutant("lease_no_expiry", "lease", "redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)", "redis.call('SET', KEYS[1], ARGV[1])"),
+    # read.lua
+    LuaMutant("read_flows_inclusive", "read", "from = '(' .. after", "from = after"),
+    LuaMutant("read_flows_never", "read", "local with_flows = ARGV[1] == '1'", "local with_flows = false"),
+    LuaMutant("read_flows_from_start", "read", "if after ~= nil and after ~= '' then", "if false then"),
     # roster.lua
     LuaMutant("roster_always_changes", "roster", "if same then return 0 end", ""),
     LuaMutant("roster_ignores_names", "roster", "if current[i] ~= wanted[i] then same = false break end", ""),
