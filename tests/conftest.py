@@ -11,11 +11,23 @@ import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 from redis.asyncio import Redis
 
 from killswitch.sim.embedded import EmbeddedRedis
 
 os.environ.setdefault("KILLSWITCH_LOG_FORMAT", "json")
+
+if "MUTANT_UNDER_TEST" in os.environ:
+    # mutmut (`./dev mutants`) runs the selected tests many times in one process, so each
+    # property test meets new executors; fixed examples make a mutant's verdict reproducible.
+    settings.register_profile(
+        "mutants",
+        suppress_health_check=[HealthCheck.differing_executors],
+        derandomize=True,
+        database=None,
+    )
+    settings.load_profile("mutants")
 _node_ids = itertools.count(1)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from killswitch.core.state import BlockReason, HostView, NodeState, boot_view
+from killswitch.core.state import MAX_EPOCH, BlockReason, HostView, NodeState, boot_view
 
 Decision = tuple[bool, int, str]  # (allowed, epoch, block reason or "")
 
@@ -124,9 +124,11 @@ class Gate:
         """A kill notice for `epoch` arrived: block now, as killed, until the next read applies.
 
         Closing is always safe, so a notice is trusted this far: it blocks, and the next
-        authoritative read replaces it. Returns False for a notice older than what was seen.
+        authoritative read replaces it. Returns False for a notice older than what was seen,
+        and for an absurd epoch no script could write exactly: remembered, it would block this
+        host for good, since no arm could then take an epoch above it.
         """
-        if epoch < self.view.max_epoch:
+        if epoch < self.view.max_epoch or epoch > MAX_EPOCH:
             return False  # an old notice (or a forged one) is not even worth a hold
         self._open = False
         self._held = epoch

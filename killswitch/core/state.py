@@ -10,6 +10,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
+# Lua numbers are doubles: above 2**53 an epoch read, raised and written back by a script is no
+# longer exact, so nothing may claim an epoch beyond it (a notice that does is absurd).
+MAX_EPOCH = 2**53 - 1
+
 
 class NodeState(enum.StrEnum):
     UNARMED = "UNARMED"  # never armed: orders blocked

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio import Redis
 
 from killswitch.core.gate import Gate
-from killswitch.core.state import HostView, NodeState, boot_view, observe
+from killswitch.core.state import MAX_EPOCH, HostView, NodeState, boot_view, observe
 from killswitch.core.version import __version__
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.service import run_until_signalled
@@ -286,7 +286,14 @@ class Sidecar:
         notice can only block this host, and an arm above its epoch clears it.
         """
         parts = data.split()
-        if len(parts) == 3 and parts[0] == "KILLED" and parts[1].isascii() and parts[1].isdigit():
+        # Length first: int() of thousands of digits raises, and would drop the subscription.
+        if (
+            len(parts) == 3
+            and parts[0] == "KILLED"
+            and len(parts[1]) <= len(str(MAX_EPOCH))
+            and parts[1].isascii()
+            and parts[1].isdigit()
+        ):
             epoch = int(parts[1])
             if self.gate.hold(epoch):
                 view = self.gate.view

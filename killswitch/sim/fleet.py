@@ -181,7 +181,9 @@ class Fleet:
             self.wait_serving(host)
         return proc
 
-    def wait_serving(self, host: str, timeout: float = 20.0) -> None:
+    def wait_serving(self, host: str, timeout: float = 60.0) -> None:
+        # Generous: a process start is no claim, and on a loaded 2-core machine (coverage in
+        # every process, other suites beside it) a Python start alone has taken over 10 s.
         def ok() -> bool:
             with GateClient(self.address(host), timeout=1.0) as c:
                 return c.ping().startswith("PONG")
