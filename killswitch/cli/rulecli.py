@@ -252,6 +252,11 @@ def add_backtest_flags(parser: argparse.ArgumentParser) -> None:
         help="seconds between evaluations, as the aggregator's --tick (default 0.1)",
     )  # fmt: skip
     parser.add_argument(
+        "--baseline", metavar="FILE.json",
+        help="start from a stored baseline: a JSON object in the layout of the node's baseline "
+        "hash (e.g. yesterday's), instead of learning from nothing",
+    )  # fmt: skip
+    parser.add_argument(
         "--rearm-after", metavar="S",
         help="after a trip, re-arm this many seconds later as approvers would (default 60; "
         "'never' stops at the first trip)",
@@ -263,6 +268,28 @@ def _rearm(v: Any) -> int | None:
     if isinstance(v, str) and v.strip().lower() in ("never", "none", "off"):
         return None
     return _seconds_ms(v)
+
+
+def _baseline_file(path: str | None, config: MonitorConfig) -> dict[str, str] | None:
+    """The `--baseline` file, checked the way the aggregator checks a stored baseline."""
+    from killswitch.core.baseline import Baseline, BaselineStateError
+
+    if path is None:
+        return None
+    try:
+        doc = json.loads(Path(path).read_text("utf-8"))
+    except OSError as e:
+        raise ConfigError(f"baseline: cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ConfigError(f"baseline: {path} is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"baseline: {path} must hold one JSON object (the baseline hash)")
+    data = {str(k): str(v) for k, v in doc.items()}
+    try:
+        Baseline.from_dict(data, config.baseline_params())
+    except BaselineStateError as e:
+        raise ConfigError(f"baseline: {path}: {e}") from None
+    return data
 
 
 def backtest_command(r: Resolver, as_json: bool) -> tuple[int, str]:
@@ -283,7 +310,8 @@ def backtest_command(r: Resolver, as_json: bool) -> tuple[int, str]:
         events = read_counts_csv(text)
     except CsvError as e:
         raise ConfigError(f"counts: {path} {e}") from None
-    result = replay(events, config, tick_ms=tick_ms, rearm_after_ms=rearm)
+    baseline = _baseline_file(r.get("baseline", None, str), config)
+    result = replay(events, config, tick_ms=tick_ms, rearm_after_ms=rearm, baseline=baseline)
     trips = [
         {
             "at_ms": t.at_ms,
