@@ -21,7 +21,8 @@ from killswitch.core.backtest import FlowEvent
 from killswitch.core.ruleview import EventLog, decode_view, rule_lines, shadow_banner, view_fields
 from killswitch.core.whatif import orders_after, per_host_limit, prometheus_alert
 from killswitch.runtime.config import ConfigError, Resolver
-from killswitch.sim.demo import Scenario
+from killswitch.sim.demo import COMPRESSED, REALTIME, Scenario
+from killswitch.sim.demoreport import render_table
 
 T0 = 1_343_827_800_000  # 2012-08-01 13:30:00 UTC
 
@@ -69,6 +70,54 @@ class TestScenario:
         rates = [s.rate("or-08", t / 10) for t in range(int(s.end * 10))]
         assert max(rates) * 1.1 < 100  # one extra flush in a window still fits the cap
         assert max(s.rate("or-01", t / 10) for t in range(int(s.legacy_at * 10))) == 3 * s.pre
+
+    def test_realtime_is_the_same_day_four_times_as_long_at_production_windows(self) -> None:
+        """`--realtime` runs the same rates on a 4x timeline (about two minutes) with 10 s
+        windows and the fast rules on; the default run is the compressed one."""
+        s, r = COMPRESSED.scenario, REALTIME.scenario
+        assert 100 <= r.end <= 150
+        assert [r.rate("or-08", 4 * t / 10) for t in range(290)] == [
+            s.rate("or-08", t / 10) for t in range(290)
+        ]
+        assert (COMPRESSED.rules.window_ms, REALTIME.rules.window_ms) == (1000, 10_000)
+        assert "baseline_fast" in REALTIME.rules.causes
+        assert "baseline_fast" not in COMPRESSED.rules.causes
+        assert (COMPRESSED.compression, REALTIME.compression) == (10.0, 1.0)
+
+
+def _doc(compression: float) -> dict[str, Any]:
+    monitor = {"acted_after_s": 1.5, "orders_after_onset": 10, "detail": "d", "tripped": True}
+    return {
+        "scenario": {
+            "compression": compression, "window_s": 1.0 if compression > 1 else 10.0,
+            "fast_window_s": None if compression > 1 else 1.0, "hosts": ["a", "b"],
+            "haunted": "b", "onset_s": 10, "rollback_s": 17, "baseline_seed": "seed",
+            "per_host_cap": 100,
+        },
+        "monitors": [
+            {**monitor, "monitor": "per_host_limit"},
+            {**monitor, "monitor": "prometheus_alert"},
+            {**monitor, "monitor": "killswitch", "cause": "host_share", "confirmed": 8,
+             "kill_to_all_confirmed_ms": 3},
+        ],
+        "knight": {"minutes": 45, "orders": "over 4,000,000", "parent_orders": 212,
+                   "shares": 397_000_000, "loss_usd": "over $440 million"},
+        "orders_attempted_after_onset": 100,
+    }  # fmt: skip
+
+
+class TestDemoReport:
+    def test_compressed_table_says_so_and_what_it_means_in_real_time(self) -> None:
+        """The default table names the compression and scales its figures to production."""
+        text = render_table(_doc(10.0))
+        assert "TIME-COMPRESSED 10x" in text
+        assert "stand for production's 10 s" in text and "about 15 s" in text
+        assert "--realtime" in text
+
+    def test_realtime_table_says_real_time(self) -> None:
+        """The --realtime table says its figures are real time and claims no compression."""
+        text = render_table(_doc(1.0))
+        assert "REAL TIME" in text and "COMPRESSED" not in text
 
 
 def steady(host: str, per_100ms: int, start: int, end: int) -> list[FlowEvent]:
