@@ -7,14 +7,49 @@ plainly whether the run was time-compressed and what its figures mean in real ti
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from killswitch.core import whatif
+from killswitch.core.anomaly import MonitorConfig
 from killswitch.core.backtest import FlowEvent
 from killswitch.sim.loadgen import RouterStats
 
-if TYPE_CHECKING:
-    from killswitch.sim.demo import Mode
+
+class Timeline(Protocol):
+    """What the table needs of the demo's `Scenario`."""
+
+    @property
+    def pre(self) -> float: ...
+    @property
+    def open_peak(self) -> float: ...
+    @property
+    def legacy_rate(self) -> float: ...
+    @property
+    def legacy_at(self) -> float: ...
+    @property
+    def rollback_at(self) -> float: ...
+    @property
+    def end(self) -> float: ...
+
+
+class Mode(Protocol):
+    """What the table needs of the demo's `Mode` (kept apart: the demo imports this module)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def rules(self) -> MonitorConfig: ...
+    @property
+    def per_host_cap(self) -> int: ...
+    @property
+    def alert(self) -> dict[str, float]: ...
+    @property
+    def scenario(self) -> Timeline: ...
+    @property
+    def seed_s(self) -> float: ...
+    @property
+    def compression(self) -> float: ...
+
 
 HOSTS = tuple(f"or-{i:02d}" for i in range(1, 9))
 HAUNTED = "or-08"
