@@ -161,6 +161,14 @@ class TestRuleFlags:
             ({}, {"KILLSWITCH_HAUNTED_RATIO": "0.5"}, "haunted-ratio"),
             ({"half_life": 0}, {}, "half-life"),
             ({"min_orders": -3}, {}, "min-orders"),
+            ({"fast_multiplier": "0.5"}, {}, "fast-multiplier"),
+            ({"fast_window": 0}, {}, "fast-window"),
+            ({}, {"KILLSWITCH_FAST_BREACH": "-1"}, "fast-breach"),
+            ({"fast_min_orders": -1}, {}, "fast-min-orders"),
+            ({"fast_host_share": "maybe"}, {}, "fast-host-share"),
+            ({"max_rate": "fast"}, {}, "max-rate"),
+            ({}, {"KILLSWITCH_MAX_RATE": "-5"}, "max-rate"),
+            ({"shadow": "baseline_fast,nope"}, {}, "shadow"),
         ],
     )
     def test_bad_values_name_the_field(
@@ -183,8 +191,46 @@ class TestRuleFlags:
             2000, 7000, True, None,
         )  # fmt: skip
 
+    @pytest.mark.parametrize(
+        ("flags", "want"),
+        [
+            ({}, (8.0, 1000, 100, None, True, True)),
+            (
+                {
+                    "fast_multiplier": "off",
+                    "fast_window": 0.5,
+                    "fast_breach": 0,
+                    "max_rate": "off",
+                    "fast_host_share": "off",
+                },
+                (None, 500, 0, None, False, False),
+            ),
+            ({"max_rate": "1200", "fast_multiplier": "12"}, (12.0, 1000, 100, 1200.0, False, True)),
+        ],
+    )
+    def test_fast_rule_flags(self, flags: dict[str, Any], want: tuple[Any, ...]) -> None:
+        """The fast rules' flags resolve to the config: off, numbers, auto and on/off."""
+        c = rule_config(Resolver(flags, env={}))
+        got = (c.fast_multiplier, c.fast_window_ms, c.fast_breach_ms, c.max_rate,
+               c.max_rate_auto, c.fast_host_share)  # fmt: skip
+        assert got == want
+
 
 class TestRuleView:
+    def test_fast_rules_in_view_and_status_lines(self) -> None:
+        """The view names the fast window and each rule's window; status shows both lines."""
+        cfg = MonitorConfig(max_orders=5000, max_host_share=0.5)
+        m = Monitor(cfg, roster=["a", "b"])
+        ev = m.observe(T0, 800, {"a": 400, "b": 400}, fast_total=90, fast_hosts={"a": 45, "b": 45})
+        view = decode_view({"node_orders": "800", "fast_orders": "90", **view_fields(cfg, ev)})
+        assert (view["fast_window_s"], view["max_rate"]) == ("1", "1500")
+        windows = {r["rule"]: r["window_s"] for r in view["rules"]}
+        assert windows == {"max_orders": 10, "baseline": 10, "host_share": 10, "max_rate": 1,
+                           "baseline_fast": 1, "host_share_fast": 1}  # fmt: skip
+        text = "\n".join(rule_lines(view))
+        assert "fast window 1s: node 90 orders" in text
+        assert "host_share_fast   1s" in text and "top host 50%" in text
+
     def test_view_round_trips_and_status_lines_are_loud_about_shadow(self) -> None:
         """The published view decodes to rules and haunted hosts; shadow gets a loud banner."""
         cfg = MonitorConfig(window_ms=1000, warmup_ms=0, min_orders=10, shadow=True)
@@ -257,5 +303,7 @@ class TestBacktestCommand:
         for verb in ("aggregator", "backtest"):
             out = run(verb, "--help").stdout
             for flag in ("--baseline-multiplier", "--breach-windows", "--min-orders",
-                         "--warmup", "--max-host-share", "--haunted-ratio", "--shadow"):  # fmt: skip
+                         "--warmup", "--max-host-share", "--haunted-ratio", "--shadow",
+                         "--max-rate", "--fast-window", "--fast-multiplier", "--fast-breach",
+                         "--fast-min-orders", "--fast-host-share"):  # fmt: skip
                 assert flag in out, (verb, flag)
