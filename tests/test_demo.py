@@ -298,6 +298,34 @@ class TestBacktestCommand:
         missing = run("backtest", "--counts", str(tmp_path / "nope.csv"))
         assert missing.returncode == 2 and "counts" in missing.stderr
 
+    def test_backtest_from_a_stored_baseline(self, tmp_path: Path) -> None:
+        """`--baseline FILE.json` starts the replay warm (a flood trips with no warm-up); a
+        missing, non-JSON or malformed file exits 2 naming `baseline`, with no traceback."""
+        from killswitch.testing.baselines import learned_baseline
+
+        cfg = MonitorConfig()
+        flows = {
+            h: [(f"{t}-0", {"a": "1" if t < T0 + 20_000 else "20"}) for t in range(T0, T0 + 25_000, 100)]
+            for h in ("or-01", "or-02")
+        }  # fmt: skip
+        csv = tmp_path / "counts.csv"
+        csv.write_text(counts_csv(flows, attempted=False))
+        base = tmp_path / "base.json"
+        base.write_text(json.dumps(learned_baseline(cfg, 20.0, T0).to_dict()))
+        cold = json.loads(run("backtest", "--counts", str(csv), "--json").stdout)
+        assert cold["trips"] == []  # still warming up
+        warm = run("backtest", "--counts", str(csv), "--baseline", str(base), "--json")
+        assert warm.returncode == 0, warm.stderr
+        [trip] = [t for t in json.loads(warm.stdout)["trips"] if t["cause"] == "baseline_fast"][:1]
+        assert T0 + 20_000 < trip["at_ms"] <= T0 + 21_100
+        (tmp_path / "bad.json").write_text("{not json")
+        (tmp_path / "list.json").write_text("[1, 2]")
+        (tmp_path / "fmt.json").write_text('{"format": "v0"}')
+        for name in ("nope.json", "bad.json", "list.json", "fmt.json"):
+            res = run("backtest", "--counts", str(csv), "--baseline", str(tmp_path / name))
+            assert res.returncode == 2 and "baseline" in res.stderr, (name, res.stderr)
+            assert "Traceback" not in res.stderr
+
     def test_help_lists_the_shared_rule_flags(self) -> None:
         """`aggregator --help` and `backtest --help` document the same trip-rule flags."""
         for verb in ("aggregator", "backtest"):
