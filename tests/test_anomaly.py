@@ -99,15 +99,17 @@ class TestConfig:
         [
             (MonitorConfig(), (BASELINE, BASELINE_FAST)),
             (
-                MonitorConfig(max_orders=500, max_host_share=0.5),
+                MonitorConfig(max_orders=500, max_host_share=0.5, max_rate_auto=True),
                 (MAX_ORDERS, BASELINE, HOST_SHARE, MAX_RATE, BASELINE_FAST, HOST_SHARE_FAST),
             ),
             (
-                MonitorConfig(max_orders=500, baseline_multiplier=None, fast_multiplier=None),
+                MonitorConfig(
+                    max_orders=500, baseline_multiplier=None, fast_multiplier=None, max_rate=90
+                ),
                 (MAX_ORDERS, MAX_RATE),
             ),
             (
-                MonitorConfig(max_orders=500, max_host_share=0.5, max_rate_auto=False),
+                MonitorConfig(max_orders=500, max_host_share=0.5),
                 (MAX_ORDERS, BASELINE, HOST_SHARE, BASELINE_FAST, HOST_SHARE_FAST),
             ),
             # No fast window shorter than the window: the fast rules add nothing and are off.
@@ -169,7 +171,7 @@ class TestLevels:
 
     def test_rule_status_reports_limits(self) -> None:
         """Each rule reports its value, limit and level for the metrics."""
-        m = Monitor(MonitorConfig(max_orders=1000, max_host_share=0.5))
+        m = Monitor(MonitorConfig(max_orders=1000, max_host_share=0.5, max_rate_auto=True))
         ev = m.observe(DAY0, 800, {"or-01": 500, "or-02": 300})
         cap, base, share, *fast = ev.rules
         assert [r.cause for r in fast] == [MAX_RATE, BASELINE_FAST, HOST_SHARE_FAST]

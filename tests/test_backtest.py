@@ -61,10 +61,8 @@ def flood(start: int, end: int, per_tick: int, host: str = "or-01") -> list[Flow
     return [FlowEvent(t, host, per_tick) for t in range(start, end, 100)]
 
 
-# The window cap alone (no derived rate cap), so its crossing point is what is measured.
-CAP = MonitorConfig(
-    max_orders=5000, baseline_multiplier=None, fast_multiplier=None, max_rate_auto=False
-)
+# The window cap alone, so its crossing point is what is measured.
+CAP = MonitorConfig(max_orders=5000, baseline_multiplier=None, fast_multiplier=None)
 OLD_RULES = MonitorConfig(fast_multiplier=None)  # the slow rules only
 
 

@@ -194,7 +194,8 @@ class TestRuleFlags:
     @pytest.mark.parametrize(
         ("flags", "want"),
         [
-            ({}, (8.0, 1000, 100, None, True, True)),
+            ({}, (8.0, 1000, 100, None, False, True)),
+            ({"max_rate": "auto"}, (8.0, 1000, 100, None, True, True)),
             (
                 {
                     "fast_multiplier": "off",
@@ -219,7 +220,7 @@ class TestRuleFlags:
 class TestRuleView:
     def test_fast_rules_in_view_and_status_lines(self) -> None:
         """The view names the fast window and each rule's window; status shows both lines."""
-        cfg = MonitorConfig(max_orders=5000, max_host_share=0.5)
+        cfg = MonitorConfig(max_orders=5000, max_host_share=0.5, max_rate_auto=True)
         m = Monitor(cfg, roster=["a", "b"])
         ev = m.observe(T0, 800, {"a": 400, "b": 400}, fast_total=90, fast_hosts={"a": 45, "b": 45})
         view = decode_view({"node_orders": "800", "fast_orders": "90", **view_fields(cfg, ev)})

@@ -110,12 +110,13 @@ class TestConditions:
     @pytest.mark.parametrize(
         ("config", "cap"),
         [
-            (MonitorConfig(max_orders=5000), 1500.0),  # 3 x 500/s
-            (MonitorConfig(max_orders=5000, window_ms=5000), 3000.0),
+            (MonitorConfig(max_orders=5000), None),  # off unless asked for
+            (MonitorConfig(max_orders=5000, max_rate_auto=True), 1500.0),  # 3 x 500/s
+            (MonitorConfig(max_orders=5000, window_ms=5000, max_rate_auto=True), 3000.0),
             (MonitorConfig(max_orders=5000, max_rate=700), 700.0),
-            (MonitorConfig(max_orders=5000, max_rate_auto=False), None),
-            (MonitorConfig(), None),  # no window cap: nothing to derive from
-            (MonitorConfig(max_orders=5000, window_ms=1000), None),  # the cap already is one
+            (MonitorConfig(max_rate=700), 700.0),
+            (MonitorConfig(max_rate_auto=True), None),  # no window cap: nothing to derive from
+            (MonitorConfig(max_orders=5000, window_ms=1000, max_rate_auto=True), None),
         ],
     )
     def test_rate_cap(self, config: MonitorConfig, cap: float | None) -> None:
@@ -161,7 +162,7 @@ class TestMonitor:
 
     def test_rearm_after_a_rate_cap_teaches_nothing(self) -> None:
         """A max_rate kill is a cap, not a level anyone accepts as normal."""
-        m = warm_monitor(MonitorConfig(max_orders=5000))
+        m = warm_monitor(MonitorConfig(max_orders=5000, max_rate_auto=True))
         t = DAY0 + 1000
         ev = m.observe(t, 800, even(800), fast_total=2000, fast_hosts=even(2000))
         assert ev.trip is not None and ev.trip.cause == MAX_RATE  # at once, before any hold
@@ -211,7 +212,7 @@ def trips(evals: list[Evaluation], shadow: bool = False) -> list[tuple[int, str]
 
 
 PROPS = settings(max_examples=60, deadline=None)
-ALL_ON = MonitorConfig(max_orders=20_000, max_host_share=0.5)
+ALL_ON = MonitorConfig(max_orders=20_000, max_host_share=0.5, max_rate=1500)
 
 
 class TestProperties:

@@ -88,7 +88,7 @@ def add_rule_flags(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     g.add_argument(
         "--max-rate", metavar="N",
-        help=f"rate cap: kill when more than N orders per second were sent across the node within --fast-window; 'auto' (default) derives it from --max-orders ({RATE_HEADROOM:g}x its average rate), 'off' disables it",
+        help=f"rate cap: kill when more than N orders per second were sent across the node within --fast-window (default off); 'auto' derives it from --max-orders ({RATE_HEADROOM:g}x its average rate)",
     )  # fmt: skip
     g.add_argument(
         "--fast-window", type=float, metavar="S",

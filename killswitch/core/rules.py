@@ -12,7 +12,8 @@ window to confirm it (multi-window, multi-burn-rate alerting):
 
 - `max_orders`: more than `max_orders` orders in the window trips at once.
 - `max_rate`: more than `max_rate` orders per second in the fast window trips at once.
-  Derived from `max_orders` (`RATE_HEADROOM` x its average rate) unless set or turned off.
+  Off unless set, or derived from `max_orders` (`RATE_HEADROOM` x its average rate) when
+  `max_rate_auto` is on.
 - `baseline`: the window exceeds `baseline_multiplier` x the learned baseline (and
   `min_orders`) for `breach_windows` consecutive windows, after `warmup_ms` of learning.
 - `baseline_fast`: the fast window exceeds `fast_multiplier` x the baseline's rate (and
@@ -81,7 +82,10 @@ class MonitorConfig:
     fast_min_orders: int = 50
     fast_host_share: bool = True  # host_share_fast beside host_share
     max_rate: float | None = None  # orders/s in the fast window; None: derived or off
-    max_rate_auto: bool = True  # derive max_rate from max_orders when it is not set
+    # Derive max_rate from max_orders when it is not set. Off by default, like max_orders: a
+    # rate cap is stricter than the window cap for every burst, so only the operator can
+    # say a node never legitimately sends a third of its window's cap in one second.
+    max_rate_auto: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
