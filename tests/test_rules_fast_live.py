@@ -42,11 +42,7 @@ def fleet8(redis_url: str, node: str) -> Iterator[Fleet]:
     """Eight sidecar processes (no aggregator yet: each test seeds a baseline first)."""
     f = Fleet(redis_url, node, HOSTS)
     try:
-        for h in HOSTS:
-            f.start_sidecar(h, wait=False)
-        for h in HOSTS:
-            f.wait_serving(h, 60)  # eight interpreters starting at once on two shared cores
-        yield f
+        yield f.start()
     finally:
         f.stop()
 
