@@ -218,6 +218,13 @@ class TestRuleFlags:
 
 
 class TestRuleView:
+    def test_share_rules_spelled_out_for_status_match_the_rules(self) -> None:
+        """`status` formats the share rules as percentages without importing the rules."""
+        from killswitch.core.rules import SHARE_CAUSES
+        from killswitch.core.ruleview import SHARE_RULES
+
+        assert SHARE_RULES == SHARE_CAUSES
+
     def test_fast_rules_in_view_and_status_lines(self) -> None:
         """The view names the fast window and each rule's window; status shows both lines."""
         cfg = MonitorConfig(max_orders=5000, max_host_share=0.5, max_rate_auto=True)
