@@ -13,6 +13,7 @@ ALL = [
     "kill_confirm",
     "cold_start",
     "anomaly",
+    "rules_latency",
     "faults",
     "scale",
 ]

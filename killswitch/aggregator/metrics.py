@@ -212,12 +212,38 @@ def rule_metrics(
         "1 for a rule in shadow mode: evaluated and reported, never enforcing.",
         labels=["node", "rule"],
     )
+    value = GaugeMetricFamily(
+        "killswitch_rule_value",
+        "What each rule judges at its last evaluation: orders in the rule's window (the top "
+        "host's share for the host-share rules).",
+        labels=["node", "rule", "window"],
+    )
+    rule_limit = GaugeMetricFamily(
+        "killswitch_rule_limit",
+        "The value above which each rule is in breach (absent until the baseline is learned).",
+        labels=["node", "rule", "window"],
+    )
     for cause in config.causes:
         r = ev.rule(cause) if ev is not None else None
         level.add_metric([node, cause], r.level if r is not None else 0)
         shadow.add_metric([node, cause], float(config.is_shadow(cause)))
+        if r is not None:
+            label = f"{r.window_ms / 1000:g}s"
+            value.add_metric([node, cause, label], r.value)
+            if r.limit is not None:
+                rule_limit.add_metric([node, cause, label], r.limit)
     yield level
     yield shadow
+    yield value
+    yield rule_limit
+    if ev is not None and ev.fast_total is not None:
+        fast = GaugeMetricFamily(
+            "killswitch_node_fast_orders",
+            "Orders sent across the node within the fast window the fast rules judge.",
+            labels=["node", "window"],
+        )
+        fast.add_metric([node, f"{config.fast_window_ms / 1000:g}s"], ev.fast_total)
+        yield fast
 
 
 def fleet_metrics(fleet: FleetRule, win: str, instance: str) -> Iterator[Metric]:

@@ -33,7 +33,7 @@ from killswitch.core.anomaly import CAUSES, Evaluation, Monitor
 from killswitch.core.baseline import Baseline, BaselineStateError
 from killswitch.core.roster import Quorum, epoch_floor, quorum
 from killswitch.core.state import NodeRead, NodeState
-from killswitch.core.window import SlidingWindow
+from killswitch.core.window import NodeWindows
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.service import run_until_signalled, until_reachable
 from killswitch.store import durability
@@ -80,7 +80,8 @@ class Aggregator:
         self.store = Store(redis, settings.node)
         self.clock = clock
         self.log = (logger or log).bind(node=settings.node)
-        self.window = SlidingWindow(settings.monitor.window_ms)
+        self.windows = NodeWindows(settings.monitor.window_ms, settings.monitor.fast_in_use)
+        self.window = self.windows.slow
         self.monitor = Monitor(settings.monitor, roster=settings.hosts)
         self.evaluation: Evaluation | None = None
         self.events = ruleview.EventLog(settings.monitor.window_ms)
@@ -304,7 +305,7 @@ class Aggregator:
         if armed_ms != self.armed_ms:
             # Orders sent before the current arm never count against it.
             self.armed_ms = armed_ms
-            self.window.clear()
+            self.windows.clear()
             self._pending = [p for p in self._pending if p[0] >= armed_ms]
             self.monitor.reset(now)
         for host, entries in flows.items():
@@ -353,12 +354,14 @@ class Aggregator:
         if ready:
             self._pending = [p for p in self._pending if p[0] > at]
             for ts, host, count in ready:
-                self.window.add(ts, host, count)
-        self.window.advance(at)
+                self.windows.add(ts, host, count)
+        self.windows.advance(at)
         armed = self.state.state is NodeState.ARMED
+        w = self.windows
         ev = self.evaluation = self.monitor.observe(
-            at, self.window.total, self.window.by_host, armed=armed
-        )
+            at, w.slow.total, w.slow.by_host, armed=armed,
+            fast_total=w.fast_total, fast_hosts=w.fast_by_host,
+        )  # fmt: skip
         for level, event, fields in self.events.events(ev):
             getattr(self.log, level)(event, **fields)
         for t in ev.shadow_trips:
@@ -374,6 +377,7 @@ class Aggregator:
             "tick_ms": str(now_ms),
             "eval_ms": str(self._last_eval_ms),
             "node_orders": str(self.window.total),
+            "fast_orders": "" if self.windows.fast is None else str(self.windows.fast.total),
             "trips": str(self.trips),
             "last_trip_at_ms": str(self.last_trip[0]) if self.last_trip else "",
             "last_trip_cause": self.last_trip[1] if self.last_trip else "",

@@ -77,7 +77,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "demo":
         from killswitch.sim.demo import run_demo
 
-        return run_demo(as_json=bool(args.json))
+        return run_demo(as_json=bool(args.json), realtime=bool(args.realtime))
     if cmd == "loadgen":
         return _loadgen(r)
     if cmd == "backtest":

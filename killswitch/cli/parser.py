@@ -214,13 +214,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "--limit", type=int, metavar="N", help="only the newest N entries (still oldest first)"
     )
 
-    cmd(
+    dm = cmd(
         "demo",
         "The Knight Capital replay, live: an embedded Redis, eight sidecars, the aggregator and "
         "simulated order routers; prints what a per-host limit, a Prometheus alert and "
-        "killswitch did.",
+        "killswitch did. Time-compressed by default (~35 s; 1 s windows stand for 10 s, so its "
+        "times are a tenth of production's for the window rules).",
         [json_opt],
     )
+    dm.add_argument(
+        "--realtime", action="store_true", default=None,
+        help="no time compression: production windows (10 s) and rules, fast rules on, about "
+        "two minutes; its figures are real-time figures",
+    )  # fmt: skip
 
     bt = cmd(
         "backtest",

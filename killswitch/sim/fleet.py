@@ -190,11 +190,13 @@ class Fleet:
 
         wait_until(ok, timeout, 0.02, f"sidecar {host} serving")
 
-    def start(self) -> Fleet:
+    def start(self, timeout: float = 60.0) -> Fleet:
+        # Generous: eight interpreters importing at once on two shared cores can take a while,
+        # and a slow start is not what any test measures.
         for h in self.hosts:
             self.start_sidecar(h, wait=False)
         for h in self.hosts:
-            self.wait_serving(h)
+            self.wait_serving(h, timeout)
         return self
 
     def start_aggregator(self, *args: str) -> Proc:
