@@ -18,9 +18,11 @@ from typing import Any
 
 import structlog
 
+from killswitch.core.limits import LimitChecker, Limits
 from killswitch.core.state import MAX_EPOCH, BlockReason, HostView, NodeState, boot_view
 
 Decision = tuple[bool, int, str]  # (allowed, epoch, block reason or "")
+LIMIT = "limit"  # the block reason of an order over a local pre-trade limit
 
 
 class Gate:
@@ -31,11 +33,14 @@ class Gate:
         "_clock",
         "_deadline",
         "_held",
+        "_limits",
         "_log",
         "_open",
         "_reason",
         "allowed",
         "blocked",
+        "blocked_by",
+        "cancels",
         "host",
         "node",
         "view",
@@ -49,11 +54,14 @@ class Gate:
         view: HostView | None = None,
         clock: Callable[[], float] = time.monotonic,
         log: Any = None,
+        limits: Limits | None = None,
     ) -> None:
         self.node = node
         self.host = host
         self.allowed = 0
         self.blocked = 0
+        self.blocked_by: dict[str, int] = {}  # block reason -> count (sums to `blocked`)
+        self.cancels = 0
         self._clock = clock
         self._log = log if log is not None else structlog.get_logger("killswitch.core.gate")
         self._open = False
@@ -62,30 +70,60 @@ class Gate:
         self.view = view or boot_view()
         self._reason = self.view.block_reason.value
         self._allow: Decision = (True, self.view.epoch, "")
+        self._limits = LimitChecker(limits, clock()) if limits is not None else None
 
     # -- the order path -------------------------------------------------------------------
 
-    def allow(self, order_id: str = "-", symbol: str = "", side: str = "", qty: int = 0) -> bool:
+    def allow(
+        self,
+        order_id: str = "-",
+        symbol: str = "",
+        side: str = "",
+        qty: int = 0,
+        price: float = 0.0,
+    ) -> bool:
         """True if this order may be sent now; a refused order is counted and logged."""
-        if self._open and self._clock() < self._deadline:
+        # The same decision as check(), inlined: this is the hot path of in-process callers.
+        if self._open and self._limits is None and self._clock() < self._deadline:
             self.allowed += 1
             return True
-        self._refuse(order_id, symbol, side, qty)
-        return False
+        return self.check(order_id, symbol, side, qty, price)[0]
 
     def check(
-        self, order_id: str = "-", symbol: str = "", side: str = "", qty: int = 0
+        self,
+        order_id: str = "-",
+        symbol: str = "",
+        side: str = "",
+        qty: int = 0,
+        price: float = 0.0,
     ) -> Decision:
         """Like `allow()`, with the epoch and the block reason for the gate protocol reply."""
-        if self._open and self._clock() < self._deadline:
-            self.allowed += 1
-            return self._allow
-        return self._refuse(order_id, symbol, side, qty)
+        if self._open:
+            now = self._clock()
+            if now < self._deadline:
+                if self._limits is None:
+                    self.allowed += 1
+                    return self._allow
+                if not self._limits.check(symbol, qty, price, now):
+                    self.allowed += 1
+                    return self._allow
+                return self._refuse(order_id, symbol, side, qty, LIMIT)
+        return self._refuse(order_id, symbol, side, qty, "")
 
-    def _refuse(self, order_id: str, symbol: str, side: str, qty: int) -> Decision:
+    def cancel(self, order_id: str = "-", ref: str = "") -> int:
+        """A cancel reduces risk: always allowed, in every state, and counted apart.
+
+        Returns the epoch for the reply.
+        """
+        self.cancels += 1
+        return self._held or self.view.epoch
+
+    def _refuse(self, order_id: str, symbol: str, side: str, qty: int, reason: str) -> Decision:
         self.blocked += 1
-        # An open gate whose lease ran out is stale: no round trip proved the node armed.
-        reason = BlockReason.STALE.value if self._open else self._reason
+        if not reason:
+            # An open gate whose lease ran out is stale: no round trip proved the node armed.
+            reason = BlockReason.STALE.value if self._open else self._reason
+        self.blocked_by[reason] = self.blocked_by.get(reason, 0) + 1
         epoch = self._held or self.view.epoch
         self._log.warning(
             "BLOCK_ORDER",
@@ -99,6 +137,11 @@ class Gate:
             qty=qty,
         )
         return (False, epoch, reason)
+
+    @property
+    def limits(self) -> LimitChecker | None:
+        """The local pre-trade limits this gate enforces (None: none)."""
+        return self._limits
 
     # -- the sync side --------------------------------------------------------------------
 
