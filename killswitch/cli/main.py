@@ -143,9 +143,12 @@ def _sidecar(r: Resolver, node: str, redis_url: str) -> int:
 
 
 def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
+    from killswitch.runtime.limitsfile import load_limits
     from killswitch.sidecar.settings import SidecarSettings
 
     listen = tuple(parse_listen(x) for x in r.require("listen", str_list))
+    limits_path = r.get("limits", "", str)
+    limits, limits_digest = load_limits(limits_path) if limits_path else (None, "")
     settings = SidecarSettings(
         node=node,
         host=r.require("host", host_name),
@@ -155,6 +158,9 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         flush_interval=r.get("flush-interval", 0.1, positive_float),
         stale_after=r.get("stale-after", 1.0, positive_float),
         state_dir=r.get("state-dir", default_state_dir(), str),
+        limits=limits,
+        limits_digest=limits_digest,
+        on_kill=r.get("on-kill", "", str),
     )
     if settings.flush_interval >= settings.stale_after:
         raise ConfigError(

@@ -102,6 +102,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         metavar="DIR",
         help=f"where the highest seen epoch is kept across restarts (default {default_state_dir()})",
     )
+    s.add_argument(
+        "--limits",
+        metavar="PATH",
+        help="local pre-trade limits (TOML: max_qty, max_notional, max_orders_per_s, "
+        '[symbols."SYM"] overrides); an order over one gets BLOCK ... limit',
+    )
+    s.add_argument(
+        "--on-kill",
+        metavar="CMD",
+        help="shell command run once per kill epoch (e.g. a venue mass-cancel); its exit "
+        "status is reported in status --json",
+    )
 
     a = cmd(
         "aggregator",

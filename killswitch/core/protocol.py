@@ -11,6 +11,7 @@ import re
 from decimal import Decimal, InvalidOperation
 
 from killswitch.core.gate import Gate
+from killswitch.core.state import NodeState
 
 MAX_LINE = 1024  # bytes, newline excluded; a longer line is refused with ERR
 MAX_QTY = 10**12
@@ -52,6 +53,21 @@ def handle_line(line: bytes, gate: Gate) -> bytes:
         state, epoch = gate.status()
         return f"PONG {state.value} {epoch}\n".encode()
     return f"ERR unknown command {_clip(verb)}; expected ORDER, CANCEL, PING, SUBSCRIBE or FLAT\n".encode()
+
+
+def state_line(state: NodeState, epoch: int) -> bytes:
+    """The line pushed to subscribers: `STATE <state> <epoch> <reason>`, reason one word."""
+    reason = "armed" if state is NodeState.ARMED else state.value.lower()
+    return f"STATE {state.value} {epoch} {reason}\n".encode()
+
+
+def parse_flat(parts: list[str]) -> int | str:
+    """The epoch of a `FLAT <epoch>` request, or the ERR message for a malformed one."""
+    if len(parts) != 2 or not parts[1].isascii() or not parts[1].isdigit():
+        return "usage: FLAT <epoch>"
+    if not 0 < int(parts[1]) < 2**63:
+        return "bad epoch: a positive whole number"
+    return int(parts[1])
 
 
 def _check_order(parts: list[str]) -> str:

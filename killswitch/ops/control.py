@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from killswitch.core.leader import instance_of
-from killswitch.core.roster import Quorum, epoch_floor, not_ready_for_arm, quorum
+from killswitch.core.roster import Quorum, epoch_floor, flat_hosts, not_ready_for_arm, quorum
 from killswitch.core.ruleview import decode_view
 from killswitch.core.state import NodeState
 from killswitch.store.store import NodeSnapshot, Store, Wake
@@ -48,6 +48,7 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
         "roster": list(q.roster),
         "confirmed": list(q.confirmed),
         "missing": list(q.missing),
+        "flat": flat_hosts(q.roster, state, int(st.get("epoch") or 0), q.hosts),
         "hosts": {h: s.to_json() for h, s in q.hosts.items()},
         "actor": st.get("actor", ""),
         "cause": st.get("cause", ""),

@@ -71,6 +71,12 @@ class FlushReport:
     held_epoch: int = 0
     confirmed_epoch: int = 0  # what this host last confirmed: not confirmed again
     confirmed_ver: int = 0
+    cancels: int = 0  # cumulative CANCELs allowed since boot
+    limited: int = 0  # cumulative orders refused by a local limit (included in `blocked`)
+    acked_cancels: int = 0
+    acked_limited: int = 0
+    # More report fields (name -> value), written as they are: limits digest, flat, on-kill.
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +194,8 @@ class Store:
                 r.view, r.gate, f"{r.orders_per_s:.3f}", r.stale_after_ms, r.regression,
                 FLOW_RETENTION_MS, r.confirm_epoch, r.confirm_ver, self.keys.confirms, host,
                 version, os.getpid(), r.held_epoch, r.confirmed_epoch, r.confirmed_ver,
+                r.cancels, r.limited, r.acked_cancels, r.acked_limited,
+                *(x for kv in r.extra for x in kv),
             ],
         )  # fmt: skip
         state, epoch, ver, reason, now, closed_confirm = (str(x) for x in res)

@@ -64,6 +64,8 @@ METRICS: dict[str, bool] = {
     "killswitch_redis_roundtrip_seconds_bucket": True,
     "killswitch_sync_failures_total": True,
     "killswitch_epoch_regressions_total": True,
+    "killswitch_cancels_total": True,
+    "killswitch_blocked_orders_total": True,
     "killswitch_build_info": False,
     "killswitch_node_orders": False,
     "killswitch_node_limit_orders": False,
