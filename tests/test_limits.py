@@ -45,6 +45,7 @@ class TestParse:
         assert lim.default == Limit(1000, 50000.0, 200.0)
         assert lim.symbols["AAPL"] == Limit(10, 50000.0, 200.0)
         assert lim.symbols["ES"] == Limit(1000, 50000.0, 5.0)
+        assert lim.own_rate == {"ES"}
 
     def test_empty_file_limits_nothing(self) -> None:
         """An empty file is valid and sets no limit."""
@@ -121,11 +122,12 @@ class TestBucket:
 
 class TestChecker:
     def test_symbol_rate_has_its_own_bucket(self) -> None:
-        """ES draws from its own 5/s bucket; other symbols share the host's 200/s."""
+        """ES draws from its own 5/s bucket; AAPL (override without a rate) and MSFT share 200/s."""
         c = LimitChecker(parse_limits(tomllib.loads(SAMPLE)), now=0.0)
         assert sum(not c.check("ES", 1, 1.0, 0.0) for _ in range(20)) == 5
-        assert sum(not c.check("MSFT", 1, 1.0, 0.0) for _ in range(300)) == 200
-        assert c.refused["max_orders_per_s"] == 15 + 100
+        assert sum(not c.check("AAPL", 1, 1.0, 0.0) for _ in range(100)) == 100
+        assert sum(not c.check("MSFT", 1, 1.0, 0.0) for _ in range(300)) == 100
+        assert c.refused["max_orders_per_s"] == 15 + 200
 
     def test_static_refusal_spends_no_token(self) -> None:
         """Oversized orders do not use up the rate, so they cannot starve good orders."""

@@ -40,26 +40,30 @@ class Limit:
 class TokenBucket:
     """`rate` orders per second sustained, bursts up to `rate` (one second's worth).
 
+    Kept as GCRA (the "virtual scheduling" form of a token bucket): one float, the
+    theoretical arrival time `tat` of the next order, so a check is a max, a compare and
+    an add. An order is within the rate while `tat - now <= tau`, where
+    tau = (capacity - 1) / rate is how far ahead of schedule a full bucket may run.
     `now` is monotonic seconds from the caller; a clock that goes backwards adds nothing.
     """
 
-    __slots__ = ("capacity", "rate", "stamp", "tokens")
+    __slots__ = ("capacity", "interval", "rate", "tat", "tau")
 
     def __init__(self, rate: float, now: float) -> None:
         self.rate = rate
         self.capacity = max(rate, 1.0)
-        self.tokens = self.capacity
-        self.stamp = now
+        self.interval = 1.0 / rate
+        # The 1e-6 of an interval absorbs float error summed over a burst of adds.
+        self.tau = (self.capacity - 1.0 + 1e-6) * self.interval
+        self.tat = now
 
     def take(self, now: float) -> bool:
         """Spend one token if there is one; False (nothing spent) if the rate is exceeded."""
-        if now > self.stamp:
-            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+        tat = self.tat if self.tat > now else now
+        if tat - now > self.tau:
+            return False
+        self.tat = tat + self.interval
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,8 @@ class Limits:
 
     default: Limit = field(default_factory=Limit)
     symbols: Mapping[str, Limit] = field(default_factory=dict)
+    # Symbols whose table sets max_orders_per_s itself: they get a bucket of their own.
+    own_rate: frozenset[str] = frozenset()
 
     def for_symbol(self, symbol: str) -> Limit:
         return self.symbols.get(symbol, self.default)
@@ -79,36 +85,54 @@ class LimitChecker:
     Symbols whose table sets its own `max_orders_per_s` get a bucket of their own; every
     other order draws from the host's bucket. An order refused by a static limit spends no
     token, so a stream of oversized orders cannot starve the good ones.
+
+    `check()` is on the order path: it is written flat (no nested calls, limits
+    precomputed as plain floats with infinity for "none") because every call costs.
     """
 
-    __slots__ = ("_buckets", "_host_bucket", "limits", "refused")
+    __slots__ = ("_default", "_rules", "limits", "refused")
 
     def __init__(self, limits: Limits, now: float) -> None:
         self.limits = limits
         rate = limits.default.max_orders_per_s
-        self._host_bucket = TokenBucket(rate, now) if rate is not None else None
-        self._buckets: dict[str, TokenBucket | None] = {}
+        host_bucket = TokenBucket(rate, now) if rate is not None else None
+        self._default = _rule(limits.default, host_bucket)
+        self._rules: dict[str, tuple[float, float, TokenBucket | None]] = {}
         for sym, lim in limits.symbols.items():
-            if lim.max_orders_per_s is None:
-                self._buckets[sym] = self._host_bucket
+            if sym in limits.own_rate and lim.max_orders_per_s is not None:
+                bucket = TokenBucket(lim.max_orders_per_s, now)
             else:
-                self._buckets[sym] = TokenBucket(lim.max_orders_per_s, now)
+                bucket = host_bucket
+            self._rules[sym] = _rule(lim, bucket)
         self.refused: dict[str, int] = dict.fromkeys(FIELDS, 0)
 
     def check(self, symbol: str, qty: int, price: float, now: float) -> str:
         """ "" when the order is within every limit, else the name of the limit it breaks."""
-        lim = self.limits.symbols.get(symbol)
-        if lim is None:
-            lim = self.limits.default
-            bucket = self._host_bucket
-        else:
-            bucket = self._buckets[symbol]
-        why = lim.over(qty, price)
-        if not why and bucket is not None and not bucket.take(now):
-            why = "max_orders_per_s"
-        if why:
-            self.refused[why] += 1
-        return why
+        max_qty, max_notional, b = self._rules.get(symbol, self._default)
+        if qty > max_qty:
+            self.refused["max_qty"] += 1
+            return "max_qty"
+        if max_notional < _INF and (price <= 0.0 or qty * price > max_notional):
+            self.refused["max_notional"] += 1
+            return "max_notional"
+        if b is not None:  # TokenBucket.take(), inlined
+            tat = b.tat if b.tat > now else now
+            if tat - now > b.tau:
+                self.refused["max_orders_per_s"] += 1
+                return "max_orders_per_s"
+            b.tat = tat + b.interval
+        return ""
+
+
+_INF = float("inf")
+
+
+def _rule(lim: Limit, bucket: TokenBucket | None) -> tuple[float, float, TokenBucket | None]:
+    return (
+        _INF if lim.max_qty is None else lim.max_qty,
+        _INF if lim.max_notional is None else lim.max_notional,
+        bucket,
+    )
 
 
 def parse_limits(data: Mapping[str, Any]) -> Limits:
@@ -131,7 +155,8 @@ def parse_limits(data: Mapping[str, Any]) -> Limits:
                 f"{where}: unknown limit {sorted(bad)[0]!r}; expected one of {FIELDS}"
             )
         symbols[str(sym)] = _limit(table, where + ".", default)
-    return Limits(default, symbols)
+    own = frozenset(str(k) for k, t in raw_symbols.items() if "max_orders_per_s" in t)
+    return Limits(default, symbols, own)
 
 
 def _limit(table: Mapping[str, Any], where: str, base: Limit) -> Limit:
