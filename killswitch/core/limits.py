@@ -99,6 +99,7 @@ class LimitChecker:
         self._default = _rule(limits.default, host_bucket)
         self._rules: dict[str, tuple[float, float, TokenBucket | None]] = {}
         for sym, lim in limits.symbols.items():
+            bucket: TokenBucket | None
             if sym in limits.own_rate and lim.max_orders_per_s is not None:
                 bucket = TokenBucket(lim.max_orders_per_s, now)
             else:
