@@ -136,3 +136,43 @@ class TestLimits:
         assert res.returncode == 2, res
         assert 'symbols."ES".max_qty' in res.stderr and "Traceback" not in res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
+
+
+class TestLimitBurst:
+    """A burst of `limit` refusals across the node is itself a reason to kill it."""
+
+    def test_refusals_on_two_hosts_kill_the_node(
+        self, redis_url: str, node: str, tmp_path: Path
+    ) -> None:
+        """With --max-limit-refusals 100, 300 orders at once on each of two 50/s hosts kill
+        the node with cause limit_burst; the same on one host alone does not."""
+        limits = tmp_path / "limits.toml"
+        limits.write_text("max_orders_per_s = 50\n")
+        f = Fleet(redis_url, node, HOSTS, extra_sidecar_args=("--limits", str(limits)))
+        try:
+            f.start()
+            f.start_aggregator(
+                "--tick", "0.05", "--max-limit-refusals", "100", "--limit-window", "30"
+            )
+            f.wait_ready(20)
+            epoch = f.arm()["epoch"]
+            with f.client("or-01") as c:
+                c.send(*(f"ORDER a{i} MSFT BUY 1 1" for i in range(300)))
+                assert sum(c.reply().endswith(" limit") for _ in range(300)) >= 200
+
+            def reported() -> bool:
+                hosts = f.cli_json("status")[1]["hosts"]
+                return bool(hosts["or-01"]["limited"] >= 200)
+
+            wait_until(reported, 10, 0.05, "or-01's refusals reported")
+            assert f.cli_json("status")[1]["state"] == "ARMED"  # one host: its gate holds
+            with f.client("or-02") as c:
+                c.send(*(f"ORDER b{i} MSFT BUY 1 1" for i in range(300)))
+                assert sum(c.reply().endswith(" limit") for _ in range(300)) >= 200
+            rep = wait_until(
+                lambda: (r := f.cli_json("status")[1])["state"] == "KILLED" and r,
+                10, 0.05, "node killed by the limit-burst rule",
+            )  # fmt: skip
+            assert rep["cause"] == "limit_burst" and rep["epoch"] > epoch
+        finally:
+            f.stop()

@@ -31,6 +31,7 @@ from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.core import leader, ruleview
 from killswitch.core.anomaly import CAUSES, Evaluation, Monitor
 from killswitch.core.baseline import Baseline, BaselineStateError
+from killswitch.core.limitburst import LIMIT_BURST, LimitBurst
 from killswitch.core.roster import Quorum, epoch_floor, quorum
 from killswitch.core.state import NodeRead, NodeState
 from killswitch.core.window import NodeWindows
@@ -87,6 +88,8 @@ class Aggregator:
         self.events = ruleview.EventLog(settings.monitor.window_ms)
         self.tick_ms = max(round(settings.tick * 1000), 1)
         self._pending: list[tuple[int, str, int]] = []  # read, but newer than the tick grid
+        lb = settings.limit_burst
+        self.limit_burst = LimitBurst(lb) if lb is not None else None
         self._last_eval_ms = -1
         self._last_read: tuple[int, float] | None = None  # (server ms, local clock) of a read
         self._last_save = 0.0
@@ -107,9 +110,8 @@ class Aggregator:
         self._task: asyncio.Task[None] | None = None
         self.registry = registry if registry is not None else CollectorRegistry()
         n = settings.node
-        self.instruments = Instruments(
-            self.registry, n, (*CAUSES, "operator", fleetrule.CAUSE), CAUSES
-        )
+        causes = (*CAUSES, LIMIT_BURST, "operator", fleetrule.CAUSE)
+        self.instruments = Instruments(self.registry, n, causes, CAUSES)
         self._trips_total = self.instruments.trips
         self._shadow_total = self.instruments.shadow_trips
         self.confirmations = ConfirmationWatch(
@@ -308,12 +310,16 @@ class Aggregator:
             self.windows.clear()
             self._pending = [p for p in self._pending if p[0] >= armed_ms]
             self.monitor.reset(now)
+            if self.limit_burst is not None:
+                self.limit_burst.reset(armed_ms)
         for host, entries in flows.items():
             for entry_id, fields in entries:
                 self.after[host] = entry_id
                 ts = int(entry_id.split("-", 1)[0])
                 if ts >= armed_ms:
                     self._pending.append((ts, host, int(fields.get("a", 0))))
+                    if "l" in fields and self.limit_burst is not None:
+                        self.limit_burst.add(ts, host, int(fields["l"]))
         self.quorum = quorum(
             self.s.hosts, self.state.epoch, self.state.ver, snap.reports, snap.confirms, now
         )
@@ -369,6 +375,9 @@ class Aggregator:
         if ev.trip is not None and armed:
             others = [t.cause for t in ev.trips[1:]]
             await self._trip(ev.trip.cause, ev.trip.detail, at, others)
+        burst = self.limit_burst.observe(at) if self.limit_burst is not None else None
+        if burst is not None and armed:
+            await self._trip(LIMIT_BURST, burst.detail, at, [])
 
     def view(self, now_ms: int) -> dict[str, str]:
         """What `status` shows of the aggregator (and what tests wait on): its last tick."""

@@ -209,12 +209,23 @@ def _aggregator(r: Resolver, node: str, redis_url: str) -> int:
 def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSettings:
     from killswitch.aggregator.settings import AggregatorSettings, default_instance
     from killswitch.cli import rulecli
+    from killswitch.core.limitburst import LimitBurstConfig
 
     try:
         hosts = check_roster(r.require("hosts", str_list))
     except InvalidName as e:
         raise ConfigError(f"hosts: {e}") from None
     monitor = rulecli.rule_config(r)
+    max_refusals = r.get("max-limit-refusals", None, positive_int)
+    limit_burst = (
+        LimitBurstConfig(
+            max_refusals,
+            int(r.get("limit-window", 1.0, positive_float) * 1000),
+            r.get("limit-min-hosts", 2, positive_int),
+        )
+        if max_refusals is not None
+        else None
+    )
     return AggregatorSettings(
         node=node,
         redis_url=redis_url,
@@ -227,6 +238,7 @@ def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSet
         require_durable=r.get("require-durable", False, _truthy),
         fleet_max_orders=r.get("fleet-max-orders", None, positive_int),
         instance=r.get("instance", "", str) or default_instance(),
+        limit_burst=limit_burst,
     )
 
 

@@ -124,6 +124,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         from killswitch.cli import rulecli
 
         rulecli.add_rule_flags(a)
+    lb = a.add_argument_group(
+        "limit-burst rule",
+        "Kill the node when the hosts' local --limits refuse more than N orders within "
+        "--limit-window on at least --limit-min-hosts hosts (default off).",
+    )
+    lb.add_argument("--max-limit-refusals", type=int, metavar="N", help="the rule's N")
+    lb.add_argument("--limit-window", type=float, metavar="S", help="window (default 1.0)")
+    lb.add_argument("--limit-min-hosts", type=int, metavar="N", help="hosts (default 2)")
     a.add_argument(
         "--metrics-port", type=int, metavar="P", help="serve Prometheus /metrics on this port"
     )
