@@ -176,3 +176,80 @@ class TestLimitBurst:
             assert rep["cause"] == "limit_burst" and rep["epoch"] > epoch
         finally:
             f.stop()
+
+
+HOSTS3 = ["or-01", "or-02", "or-03"]
+
+
+@pytest.fixture
+def fleet3(redis_url: str, node: str) -> Iterator[Fleet]:
+    """Three sidecars and an aggregator, armed."""
+    f = Fleet(redis_url, node, HOSTS3)
+    try:
+        f.start()
+        f.start_aggregator("--tick", "0.05")
+        f.wait_ready(20)
+        f.arm()
+        yield f
+    finally:
+        f.stop()
+
+
+def order(f: Fleet, host: str, oid: str, symbol: str = "MSFT") -> str:
+    with f.client(host) as c:
+        return c.request(f"ORDER {oid} {symbol} BUY 1 1")
+
+
+class TestScopedKills:
+    """Must show 2: scoped kills block exactly their scope, with proof, lifted only by a
+    scoped arm."""
+
+    def test_kill_host(self, fleet3: Fleet) -> None:
+        """kill --host blocks that host only, proven by it; a plain arm does not lift it,
+        one approver is refused, two approvers with --host lift it."""
+        epoch = fleet3.cli_json("status")[1]["epoch"]
+        code, rep = fleet3.cli_json("kill", "--host", "or-02", "--reason", "haunted")
+        assert code == 0, rep
+        assert rep["confirmed"] == ["or-02"] and rep["missing"] == []
+        assert rep["state"] == "ARMED" and rep["epoch"] == epoch
+        assert [(s["kind"], s["value"]) for s in rep["scopes"]] == [("host", "or-02")]
+        assert order(fleet3, "or-02", "x") == f"BLOCK x {epoch} killed"
+        assert fleet3.ping("or-02") == f"PONG KILLED {epoch}"
+        for h in ("or-01", "or-03"):
+            assert order(fleet3, h, "y") == f"ALLOW y {epoch}"
+        plain = fleet3.cli_json("arm", "--approver", "alice", "--approver", "bob")
+        assert plain[0] == 0 and plain[1]["changed"] is False
+        assert order(fleet3, "or-02", "z") == f"BLOCK z {epoch} killed"
+        one = fleet3.cli("arm", "--host", "or-02", "--approver", "alice")
+        assert one.returncode == 4, one
+        code, lifted = fleet3.cli_json(
+            "arm", "--host", "or-02", "--approver", "alice", "--approver", "bob"
+        )
+        assert code == 0, lifted
+        assert lifted["confirmed"] == ["or-02"] and lifted["scopes"] == []
+        assert order(fleet3, "or-02", "w") == f"ALLOW w {epoch}"
+        actions = [e["action"] for e in fleet3.cli_json("audit")[1]["entries"]]
+        assert "kill_host" in actions and "arm_host" in actions
+
+    def test_kill_symbol(self, fleet3: Fleet) -> None:
+        """kill --symbol blocks that symbol on every host, proven by every roster host; other
+        symbols trade; arm --symbol lifts it."""
+        epoch = fleet3.cli_json("status")[1]["epoch"]
+        code, rep = fleet3.cli_json("kill", "--symbol", "AAPL", "--reason", "bad feed")
+        assert code == 0, rep
+        assert rep["confirmed"] == HOSTS3 and rep["missing"] == []
+        for h in HOSTS3:
+            assert order(fleet3, h, "a", "AAPL") == f"BLOCK a {epoch} killed"
+            assert order(fleet3, h, "m", "MSFT") == f"ALLOW m {epoch}"
+        code, lifted = fleet3.cli_json(
+            "arm", "--symbol", "AAPL", "--approver", "alice", "--approver", "bob"
+        )
+        assert code == 0 and lifted["confirmed"] == HOSTS3, lifted
+        for h in HOSTS3:
+            assert order(fleet3, h, "b", "AAPL") == f"ALLOW b {epoch}"
+
+    def test_unknown_host_is_refused(self, fleet3: Fleet) -> None:
+        """kill --host of a host that is not on the roster is a usage error and changes nothing."""
+        res = fleet3.cli("kill", "--host", "or-99", "--reason", "typo")
+        assert res.returncode == 2 and "not on the node's roster" in res.stderr, res
+        assert fleet3.cli_json("status")[1]["scopes"] == []

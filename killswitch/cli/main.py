@@ -252,6 +252,16 @@ def _watch(r: Resolver, node: str, redis_url: str) -> int:
     return asyncio.run(watch(redis_url, node, interval=interval, once=once))
 
 
+def _scope(r: Resolver) -> tuple[str, str] | None:
+    """The scope flag of kill/arm, read from the flags only: a scope is never a default."""
+    host, symbol = r.flags.get("scope_host"), r.flags.get("scope_symbol")
+    if host:
+        return ("host", host_name(host))
+    if symbol:
+        return ("symbol", symbol)
+    return None
+
+
 def _truthy(v: Any) -> bool:
     """A yes/no setting: a flag's True, or 1/true/yes/on from the environment or TOML."""
     if isinstance(v, bool):
@@ -284,14 +294,21 @@ def _export(r: Resolver, node: str, redis_url: str) -> int:
 def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -> int:
     from killswitch.cli import render
     from killswitch.ops import control
+    from killswitch.ops.scope import arm_scope, kill_scope
 
     action: Callable[[Any], Awaitable[Outcome]]
+    scope = _scope(r)
     if cmd == "kill":
         reason = r.require("reason", str, " (say why: it is audited)")
         operator = r.get("operator", os.environ.get("USER") or "unknown", str)
         timeout = r.get("timeout", 5.0, positive_float)
 
         def action(s: Any) -> Awaitable[Outcome]:
+            if scope is not None:
+                return kill_scope(
+                    s, kind=scope[0], value=scope[1], reason=reason, operator=operator,
+                    timeout=timeout,
+                )  # fmt: skip
             return control.kill(s, reason=reason, operator=operator, timeout=timeout)
 
     elif cmd in ("arm", "resume"):
@@ -300,6 +317,11 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
         timeout = r.get("timeout", 5.0, positive_float)
 
         def action(s: Any) -> Awaitable[Outcome]:
+            if scope is not None:
+                return arm_scope(
+                    s, kind=scope[0], value=scope[1], approvers=approvers, reason=reason,
+                    timeout=timeout,
+                )  # fmt: skip
             return control.arm(s, approvers=approvers, reason=reason, timeout=timeout)
 
     elif cmd == "status":
@@ -325,6 +347,9 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
         outcome = asyncio.run(_with_store(redis_url, node, action, budget))
     if outcome.code == EXIT_FAILED and not outcome.report:
         print(outcome.message, file=sys.stderr)
+        return outcome.code
+    if outcome.code == EXIT_USAGE:
+        print(f"killswitch {cmd}: {outcome.message}", file=sys.stderr)
         return outcome.code
     if as_json:
         print(json.dumps(outcome.report, sort_keys=False))

@@ -183,6 +183,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             help="an approver (give two distinct ones)",
         )
         r.add_argument("--reason", metavar="TEXT", help="why (audited)")
+        _scope_flags(r, "lift the scoped kill of")
         r.add_argument(
             "--timeout",
             type=float,
@@ -195,6 +196,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     k.add_argument("--reason", metavar="TEXT", help="why (audited; required)")
     k.add_argument("--operator", metavar="NAME", help="who (audited; default $USER)")
+    _scope_flags(k, "kill only")
     k.add_argument(
         "--timeout", type=float, metavar="S", help="seconds to wait for confirmations (default 5)"
     )
@@ -284,3 +286,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     lg.add_argument("--name", metavar="NAME", help="prefix of order ids (default router)")
     return p
+
+
+def _scope_flags(p: argparse.ArgumentParser, verb: str) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--host", dest="scope_host", metavar="H",
+        help=f"{verb} one host (proof from that host; the rest of the node is untouched)",
+    )  # fmt: skip
+    g.add_argument(
+        "--symbol", dest="scope_symbol", metavar="S",
+        help=f"{verb} one symbol on every host (proof from every roster host)",
+    )  # fmt: skip

@@ -33,16 +33,20 @@ class Gate:
         "_clock",
         "_deadline",
         "_held",
+        "_isolated",
         "_limits",
         "_log",
         "_open",
+        "_plain",
         "_reason",
+        "_symbols",
         "allowed",
         "blocked",
         "blocked_by",
         "cancels",
         "host",
         "node",
+        "scope_ver",
         "view",
     )
 
@@ -71,6 +75,10 @@ class Gate:
         self._reason = self.view.block_reason.value
         self._allow: Decision = (True, self.view.epoch, "")
         self._limits = LimitChecker(limits, clock()) if limits is not None else None
+        self._isolated = False  # a scoped kill of this host (`kill --host`)
+        self._symbols: frozenset[str] = frozenset()  # symbols killed on every host
+        self.scope_ver = 0  # the version of the scoped kills this gate enforces
+        self._plain = limits is None  # nothing but the node state to check: the fast path
 
     # -- the order path -------------------------------------------------------------------
 
@@ -84,7 +92,7 @@ class Gate:
     ) -> bool:
         """True if this order may be sent now; a refused order is counted and logged."""
         # The same decision as check(), inlined: this is the hot path of in-process callers.
-        if self._open and self._limits is None and self._clock() < self._deadline:
+        if self._open and self._plain and self._clock() < self._deadline:
             self.allowed += 1
             return True
         return self.check(order_id, symbol, side, qty, price)[0]
@@ -101,13 +109,15 @@ class Gate:
         if self._open:
             now = self._clock()
             if now < self._deadline:
-                if self._limits is None:
+                if self._plain:
                     self.allowed += 1
                     return self._allow
-                if not self._limits.check(symbol, qty, price, now):
-                    self.allowed += 1
-                    return self._allow
-                return self._refuse(order_id, symbol, side, qty, LIMIT)
+                if self._isolated or symbol in self._symbols:
+                    return self._refuse(order_id, symbol, side, qty, BlockReason.KILLED.value)
+                if self._limits is not None and self._limits.check(symbol, qty, price, now):
+                    return self._refuse(order_id, symbol, side, qty, LIMIT)
+                self.allowed += 1
+                return self._allow
         return self._refuse(order_id, symbol, side, qty, "")
 
     def cancel(self, order_id: str = "-", ref: str = "") -> int:
@@ -159,6 +169,21 @@ class Gate:
         self._reason = view.block_reason.value
         self._open = True
 
+    def set_scope(self, isolated: bool, symbols: frozenset[str], ver: int) -> None:
+        """Enforce scoped kills: this host killed on its own, and/or symbols killed node-wide."""
+        self._isolated = isolated
+        self._symbols = symbols
+        self.scope_ver = ver
+        self._plain = self._limits is None and not isolated and not symbols
+
+    @property
+    def isolated(self) -> bool:
+        return self._isolated
+
+    @property
+    def killed_symbols(self) -> frozenset[str]:
+        return self._symbols
+
     def close(self) -> None:
         """Close until the next authoritative read (on shutdown)."""
         self._open = False
@@ -190,12 +215,12 @@ class Gate:
         if self._open and self._clock() >= self._deadline:
             return NodeState.STALE, self.view.epoch
         if self._open:
-            return NodeState.ARMED, self.view.epoch
+            return (NodeState.KILLED if self._isolated else NodeState.ARMED), self.view.epoch
         return self.view.state, self.view.epoch
 
     @property
     def is_open(self) -> bool:
-        return self._open and self._clock() < self._deadline
+        return self._open and not self._isolated and self._clock() < self._deadline
 
     def lease_left(self) -> float:
         return max(0.0, self._deadline - self._clock()) if self._open else 0.0

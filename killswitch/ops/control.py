@@ -15,6 +15,7 @@ from typing import Any
 from killswitch.core.leader import instance_of
 from killswitch.core.roster import Quorum, epoch_floor, flat_hosts, not_ready_for_arm, quorum
 from killswitch.core.ruleview import decode_view
+from killswitch.core.scope import parse_scopes
 from killswitch.core.state import NodeState
 from killswitch.store.store import NodeSnapshot, Store, Wake
 
@@ -49,6 +50,8 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
         "confirmed": list(q.confirmed),
         "missing": list(q.missing),
         "flat": flat_hosts(q.roster, state, int(st.get("epoch") or 0), q.hosts),
+        # Scoped kills in force (kill --host / --symbol), whatever the node's state.
+        "scopes": [s.to_json() for s in parse_scopes(snap.scopes).active],
         "hosts": {h: s.to_json() for h, s in q.hosts.items()},
         "actor": st.get("actor", ""),
         "cause": st.get("cause", ""),

@@ -132,6 +132,7 @@ class StateNotifier:
             ("on_kill_epoch", str(self.on_kill_epoch)),
             ("on_kill_status", self.on_kill_status),
             ("limits_digest", self.sc.s.limits_digest),
+            ("scope_ver", str(self.sc.gate.scope_ver)),
         )
 
     async def close(self) -> None:

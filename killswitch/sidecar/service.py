@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio import Redis
 
 from killswitch.core.gate import LIMIT, Gate
+from killswitch.core.scope import Scopes, newer, parse_scopes
 from killswitch.core.state import MAX_EPOCH, HostView, NodeState, boot_view, observe
 from killswitch.core.version import __version__
 from killswitch.runtime.metrics import MetricsServer, build_info
@@ -86,6 +87,8 @@ class Sidecar:
             self.gate, settings.listen, logger=self.log, on_flat=self._wake.set
         )
         self.notify = StateNotifier(self, self._server)
+        self.scopes = Scopes()
+        self._scope_regressed = False
         self.registry = registry if registry is not None else CollectorRegistry()
         self._rtt = Histogram(
             "killswitch_redis_roundtrip_seconds",
@@ -199,7 +202,7 @@ class Sidecar:
         )
         try:
             async with asyncio.timeout(self.s.stale_after):
-                read, _now_ms, closed_confirm = await self.store.flush(
+                read, _now_ms, closed_confirm, scopes = await self.store.flush(
                     self.s.host, report, __version__
                 )
         except Exception as e:  # any failure: the lease simply runs out
@@ -223,6 +226,7 @@ class Sidecar:
         new = observe(view, read)
         if closed_confirm and new.state is NodeState.KILLED:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
+        self._apply_scopes(parse_scopes(scopes))  # before the state: never open, then close
         self._apply(new, sent)
         return True
 
@@ -266,6 +270,23 @@ class Sidecar:
             )  # fmt: skip
             if new.state in (NodeState.ARMED, NodeState.KILLED):
                 self._wake.set()  # confirm on the very next round trip, not a flush later
+
+    def _apply_scopes(self, read: Scopes) -> None:
+        """Enforce the scoped kills read; a version below one applied is never a lift."""
+        if read.ver == self.scopes.ver:
+            return
+        if newer(self.scopes, read) is self.scopes:
+            if not self._scope_regressed:
+                self.log.error("SCOPE_REGRESSION", seen=self.scopes.ver, read=read.ver)
+            self._scope_regressed = True
+            return
+        self._scope_regressed = False
+        isolated, symbols = read.for_host(self.s.host)
+        self.gate.set_scope(isolated, symbols, read.ver)
+        self.log.info("SCOPE", scope_ver=read.ver, host_killed=isolated, symbols=sorted(symbols))
+        self.scopes = read
+        self.notify.changed()
+        self._wake.set()  # report the applied version on the very next round trip
 
     def _orders_per_s(self, now: float, total: int) -> float:
         self._rate.append((now, total))

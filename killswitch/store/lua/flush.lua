@@ -1,6 +1,7 @@
 -- One sidecar round trip: report counts, optionally confirm an applied state, read the node state.
 -- This single call is the host's lease: the gate stays open only while these succeed.
--- KEYS: 1 node state, 2 host report, 3 host flow stream, 4 host confirm
+-- KEYS: 1 node state, 2 host report, 3 host flow stream, 4 host confirm, 5 scopes hash
+--       (returned after the node state: scoped kills are read on the same lease)
 -- ARGV: 1 boot id, 2 allowed (cumulative since boot), 3 blocked (cumulative),
 --       4 acked allowed, 5 acked blocked (cumulative values of this boot's last acknowledged flush),
 --       6 max_epoch, 7 view, 8 gate, 9 orders_per_s, 10 stale_after_ms, 11 regression,
@@ -72,4 +73,6 @@ if confirm_epoch > 0 then
     'view', view, 'applied_ms', now, 'blocked', blocked)
   redis.call('PUBLISH', ARGV[15], ARGV[16] .. ' ' .. confirm_epoch .. ' ' .. confirm_ver)
 end
-return {s[1] or '', s[2] or '0', s[3] or '0', s[4] or '', tostring(now), closed_confirm}
+local out = {s[1] or '', s[2] or '0', s[3] or '0', s[4] or '', tostring(now), closed_confirm}
+for _, x in ipairs(redis.call('HGETALL', KEYS[5])) do table.insert(out, x) end
+return out
