@@ -29,7 +29,7 @@ from killswitch.aggregator.confirmations import ConfirmationWatch
 from killswitch.aggregator.metrics import AggregatorCollector, Instruments
 from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.core import leader, ruleview
-from killswitch.core.anomaly import CAUSES, Evaluation, Monitor
+from killswitch.core.anomaly import CAUSES, HOST_SHARE, Evaluation, Monitor
 from killswitch.core.baseline import Baseline, BaselineStateError
 from killswitch.core.limitburst import LIMIT_BURST, LimitBurst
 from killswitch.core.roster import Quorum, epoch_floor, quorum
@@ -42,6 +42,8 @@ from killswitch.store.redisconn import connect
 from killswitch.store.store import Store
 
 log = structlog.get_logger("killswitch.aggregator.service")
+
+ISOLATE = "host_share_isolate"  # trips_total cause of a haunted host killed on its own
 
 MAX_CATCHUP = 20  # grid points a late tick evaluates at most (2 s at the default tick)
 
@@ -110,7 +112,8 @@ class Aggregator:
         self._task: asyncio.Task[None] | None = None
         self.registry = registry if registry is not None else CollectorRegistry()
         n = settings.node
-        causes = (*CAUSES, LIMIT_BURST, "operator", fleetrule.CAUSE)
+        causes = (*CAUSES, LIMIT_BURST, ISOLATE, "operator", fleetrule.CAUSE)
+        self.isolations = 0
         self.instruments = Instruments(self.registry, n, causes, CAUSES)
         self._trips_total = self.instruments.trips
         self._shadow_total = self.instruments.shadow_trips
@@ -372,9 +375,15 @@ class Aggregator:
             getattr(self.log, level)(event, **fields)
         for t in ev.shadow_trips:
             self._shadow_total.labels(self.s.node, t.cause).inc()
-        if ev.trip is not None and armed:
-            others = [t.cause for t in ev.trips[1:]]
-            await self._trip(ev.trip.cause, ev.trip.detail, at, others)
+        trips = list(ev.trips)
+        if self.s.on_haunted == "isolate" and armed:
+            # The haunted host alone is killed (a scoped kill); the other rules still kill
+            # the node.
+            for t in [t for t in trips if t.cause == HOST_SHARE and t.host]:
+                await self._isolate(t.host or "", t.detail, at)
+            trips = [t for t in trips if t.cause != HOST_SHARE]
+        if trips and armed:
+            await self._trip(trips[0].cause, trips[0].detail, at, [t.cause for t in trips[1:]])
         burst = self.limit_burst.observe(at) if self.limit_burst is not None else None
         if burst is not None and armed:
             await self._trip(LIMIT_BURST, burst.detail, at, [])
@@ -423,6 +432,17 @@ class Aggregator:
                 "TRIP", cause=cause, reason=detail, epoch=res.epoch, at_ms=at_ms, also=also
             )
             self.state = NodeRead(NodeState.KILLED, res.epoch, res.ver, detail)
+
+    async def _isolate(self, host: str, detail: str, at_ms: int) -> None:
+        if not self.is_leader():
+            return  # a standby never acts; isolation is not taken over (the rule trips again)
+        _, ver, _ = await self.store.scope(
+            op="kill", kind="host", value=host, actor=f"aggregator:{self.s.instance}",
+            reason=detail,
+        )  # fmt: skip
+        self.isolations += 1
+        self._trips_total.labels(self.s.node, ISOLATE).inc()
+        self.log.error("ISOLATE", host=host, reason=detail, scope_ver=ver, at_ms=at_ms)
 
     async def _act_on_unacted(self, now_ms: int) -> None:
         """A trip decided while standby, acted on after a takeover if it is still current.

@@ -26,6 +26,7 @@ class AggregatorSettings:
     # Firm-wide cap: orders across every node of the fleet within the window (None: off).
     fleet_max_orders: int | None = None
     limit_burst: LimitBurstConfig | None = None  # kill on local-limit refusals across hosts
+    on_haunted: str = "kill"  # host_share trip: "kill" the node or "isolate" the host
 
 
 def default_instance() -> str:

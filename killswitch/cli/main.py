@@ -239,6 +239,7 @@ def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSet
         fleet_max_orders=r.get("fleet-max-orders", None, positive_int),
         instance=r.get("instance", "", str) or default_instance(),
         limit_burst=limit_burst,
+        on_haunted=r.get("on-haunted", "kill", _on_haunted),
     )
 
 
@@ -250,6 +251,12 @@ def _watch(r: Resolver, node: str, redis_url: str) -> int:
     interval = r.get("interval", 0.5, positive_float)
     once = bool(r.get("once", False, _truthy))
     return asyncio.run(watch(redis_url, node, interval=interval, once=once))
+
+
+def _on_haunted(v: Any) -> str:
+    if v not in ("kill", "isolate"):
+        raise ValueError("isolate or kill")
+    return str(v)
 
 
 def _scope(r: Resolver) -> tuple[str, str] | None:

@@ -133,6 +133,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     lb.add_argument("--limit-window", type=float, metavar="S", help="window (default 1.0)")
     lb.add_argument("--limit-min-hosts", type=int, metavar="N", help="hosts (default 2)")
     a.add_argument(
+        "--on-haunted",
+        choices=("kill", "isolate"),
+        help="when the host-share rule trips: kill the node (default) or kill only the haunted "
+        "host (a scoped kill, lifted by arm --host)",
+    )
+    a.add_argument(
         "--metrics-port", type=int, metavar="P", help="serve Prometheus /metrics on this port"
     )
     a.add_argument(
