@@ -37,7 +37,7 @@ def fleet2(redis_url: str, node: str, tmp_path: Path) -> Iterator[Fleet]:
     )
     try:
         f.start()
-        f.start_aggregator("--tick", "0.05")
+        f.start_aggregator("--tick", "0.05", "--confirm-timeout", "1")
         f.wait_ready(20)
         yield f
     finally:
@@ -77,6 +77,11 @@ class TestKilledNode:
             return got if got == ["or-01"] else []
 
         wait_until(flat, 10, 0.05, "or-01 listed flat")
+        # or-02's subscriber never answers: after the bound the aggregator names it.
+        wait_until(
+            lambda: fleet2.cli_json("status")[1].get("not_flat") == ["or-02"],
+            10, 0.05, "or-02 named blocked but not flat",
+        )  # fmt: skip
         status = fleet2.cli_json("status")[1]
         assert status["hosts"]["or-01"]["cancels"] == 1
         for h in HOSTS:

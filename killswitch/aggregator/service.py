@@ -400,6 +400,7 @@ class Aggregator:
             "last_trip_at_ms": str(self.last_trip[0]) if self.last_trip else "",
             "last_trip_cause": self.last_trip[1] if self.last_trip else "",
             "learned_s": f"{self.monitor.baseline.learned_ms / 1000:g}",
+            "not_flat": ",".join(self.confirmations.not_flat),
             **ruleview.view_fields(self.s.monitor, self.evaluation),
         }
 

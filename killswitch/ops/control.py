@@ -66,6 +66,8 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
     }
     if snap.aggregator:
         report["aggregator"] = decode_view(snap.aggregator)
+        # Blocked hosts whose subscribed trading processes did not report flat in time.
+        report["not_flat"] = [h for h in snap.aggregator.get("not_flat", "").split(",") if h]
     return report
 
 
