@@ -156,10 +156,10 @@ async def audit(store: Store, limit: int | None) -> Outcome:
         row: dict[str, Any] = {"id": entry_id, "time": _iso(ts), "action": f.get("action", "")}
         row["actor"] = f.get("actor", "")
         row["reason"] = f.get("reason", "")
-        for k in ("epoch", "prev_epoch"):
+        for k in ("epoch", "prev_epoch", "scope_ver"):
             if f.get(k):
                 row[k] = int(f[k])
-        for k in ("cause", "approvers", "prev_state"):
+        for k in ("cause", "approvers", "prev_state", "scope"):
             if f.get(k):
                 row[k] = f[k].split(",") if k == "approvers" else f[k]
         rows.append(row)
