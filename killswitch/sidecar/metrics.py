@@ -69,6 +69,16 @@ class SidecarCollector:
             by_reason.add_metric([n, h, reason], count)
         yield by_reason
         yield _gauge(
+            "killswitch_host_scoped_kill",
+            "1 while this host is killed on its own (kill --host), the rest of the node trading.",
+            n, h, float(sc.gate.isolated),
+        )  # fmt: skip
+        yield _gauge(
+            "killswitch_killed_symbols",
+            "Symbols blocked on this host by scoped kills (kill --symbol).",
+            n, h, float(len(sc.gate.killed_symbols)),
+        )  # fmt: skip
+        yield _gauge(
             "killswitch_gate_open",
             "1 while this host's gate lets orders through.",
             n,

@@ -66,6 +66,8 @@ METRICS: dict[str, bool] = {
     "killswitch_epoch_regressions_total": True,
     "killswitch_cancels_total": True,
     "killswitch_blocked_orders_total": True,
+    "killswitch_host_scoped_kill": True,
+    "killswitch_killed_symbols": True,
     "killswitch_build_info": False,
     "killswitch_node_orders": False,
     "killswitch_node_limit_orders": False,
