@@ -55,11 +55,6 @@ def handle_line(line: bytes, gate: Gate) -> bytes:
     return f"ERR unknown command {_clip(verb)}; expected ORDER, CANCEL, PING, SUBSCRIBE or FLAT\n".encode()
 
 
-def valid_token(s: str) -> bool:
-    """An id, order-ref or symbol as the protocol accepts it: 1-64 printable ASCII, no spaces."""
-    return _TOKEN.fullmatch(s) is not None
-
-
 def state_line(state: NodeState, epoch: int) -> bytes:
     """The line pushed to subscribers: `STATE <state> <epoch> <reason>`, reason one word."""
     reason = "armed" if state is NodeState.ARMED else state.value.lower()

@@ -10,10 +10,12 @@ lifts a scope because the hash went backwards: a lower `_ver` than it has seen i
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 KINDS = ("host", "symbol")
+_SYMBOL = re.compile(r"[\x21-\x7e]{1,64}")  # as the gate protocol accepts a symbol
 VER = "_ver"
 
 
@@ -78,6 +80,10 @@ def parse_scopes(h: Mapping[str, str]) -> Scopes:
         frozenset(s.value for s in active if s.kind == "host"),
         frozenset(s.value for s in active if s.kind == "symbol"),
     )
+
+
+def valid_symbol(s: str) -> bool:
+    return _SYMBOL.fullmatch(s) is not None
 
 
 def newer(seen: Scopes, read: Scopes) -> Scopes:

@@ -8,13 +8,11 @@ arming the node, and is proven the same way.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
-from killswitch.core.protocol import valid_token
 from killswitch.core.roster import not_ready_for_arm
-from killswitch.core.scope import proven
+from killswitch.core.scope import proven, valid_symbol
 from killswitch.ops.control import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -32,7 +30,7 @@ def check_scope(kind: str, value: str, roster: tuple[str, ...]) -> str:
     """Why this scope cannot be used ("" when it can)."""
     if kind == "host" and value not in roster:
         return f"host {value!r} is not on the node's roster ({', '.join(roster) or 'empty'})"
-    if kind == "symbol" and not valid_token(value):
+    if kind == "symbol" and not valid_symbol(value):
         return f"bad symbol {value!r}: 1-64 printable ASCII characters"
     return ""
 
@@ -89,12 +87,14 @@ async def _prove(
     store: Store, kind: str, value: str, ver: int, ts_ms: int, timeout: float, what: str
 ) -> Outcome:
     deadline = time.monotonic() + timeout
-    while True:
-        snap = await store.snapshot()
-        done, missing = proven(kind, value, ver, snap.roster, _applied(snap))
-        if not missing or time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(POLL_S)
+    async with store.confirmations() as wake:  # hosts publish nothing for scopes: a poll
+        while True:
+            snap = await store.snapshot()
+            done, missing = proven(kind, value, ver, snap.roster, _applied(snap))
+            left = deadline - time.monotonic()
+            if not missing or left <= 0:
+                break
+            await wake.wait(min(POLL_S, left))
     report = node_report(snap, _quorum(snap))
     report["node"] = store.node
     report.update(
