@@ -301,7 +301,6 @@ def _export(r: Resolver, node: str, redis_url: str) -> int:
 def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -> int:
     from killswitch.cli import render
     from killswitch.ops import control
-    from killswitch.ops.scope import arm_scope, kill_scope
 
     action: Callable[[Any], Awaitable[Outcome]]
     scope = _scope(r)
@@ -312,6 +311,8 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
 
         def action(s: Any) -> Awaitable[Outcome]:
             if scope is not None:
+                from killswitch.ops.scope import kill_scope
+
                 return kill_scope(
                     s, kind=scope[0], value=scope[1], reason=reason, operator=operator,
                     timeout=timeout,
@@ -325,6 +326,8 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
 
         def action(s: Any) -> Awaitable[Outcome]:
             if scope is not None:
+                from killswitch.ops.scope import arm_scope
+
                 return arm_scope(
                     s, kind=scope[0], value=scope[1], approvers=approvers, reason=reason,
                     timeout=timeout,
