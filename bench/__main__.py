@@ -8,6 +8,7 @@ import sys
 
 ALL = [
     "gate_check",
+    "subscribe_latency",
     "protocol_throughput",
     "redis_cost",
     "kill_confirm",

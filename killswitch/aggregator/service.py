@@ -29,8 +29,9 @@ from killswitch.aggregator.confirmations import ConfirmationWatch
 from killswitch.aggregator.metrics import AggregatorCollector, Instruments
 from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.core import leader, ruleview
-from killswitch.core.anomaly import CAUSES, Evaluation, Monitor
+from killswitch.core.anomaly import CAUSES, HOST_SHARE, Evaluation, Monitor
 from killswitch.core.baseline import Baseline, BaselineStateError
+from killswitch.core.limitburst import LIMIT_BURST, LimitBurst
 from killswitch.core.roster import Quorum, epoch_floor, quorum
 from killswitch.core.state import NodeRead, NodeState
 from killswitch.core.window import NodeWindows
@@ -41,6 +42,8 @@ from killswitch.store.redisconn import connect
 from killswitch.store.store import Store
 
 log = structlog.get_logger("killswitch.aggregator.service")
+
+ISOLATE = "host_share_isolate"  # trips_total cause of a haunted host killed on its own
 
 MAX_CATCHUP = 20  # grid points a late tick evaluates at most (2 s at the default tick)
 
@@ -87,6 +90,8 @@ class Aggregator:
         self.events = ruleview.EventLog(settings.monitor.window_ms)
         self.tick_ms = max(round(settings.tick * 1000), 1)
         self._pending: list[tuple[int, str, int]] = []  # read, but newer than the tick grid
+        lb = settings.limit_burst
+        self.limit_burst = LimitBurst(lb) if lb is not None else None
         self._last_eval_ms = -1
         self._last_read: tuple[int, float] | None = None  # (server ms, local clock) of a read
         self._last_save = 0.0
@@ -107,9 +112,9 @@ class Aggregator:
         self._task: asyncio.Task[None] | None = None
         self.registry = registry if registry is not None else CollectorRegistry()
         n = settings.node
-        self.instruments = Instruments(
-            self.registry, n, (*CAUSES, "operator", fleetrule.CAUSE), CAUSES
-        )
+        causes = (*CAUSES, LIMIT_BURST, ISOLATE, "operator", fleetrule.CAUSE)
+        self.isolations = 0
+        self.instruments = Instruments(self.registry, n, causes, CAUSES)
         self._trips_total = self.instruments.trips
         self._shadow_total = self.instruments.shadow_trips
         self.confirmations = ConfirmationWatch(
@@ -308,12 +313,16 @@ class Aggregator:
             self.windows.clear()
             self._pending = [p for p in self._pending if p[0] >= armed_ms]
             self.monitor.reset(now)
+            if self.limit_burst is not None:
+                self.limit_burst.reset(armed_ms)
         for host, entries in flows.items():
             for entry_id, fields in entries:
                 self.after[host] = entry_id
                 ts = int(entry_id.split("-", 1)[0])
                 if ts >= armed_ms:
                     self._pending.append((ts, host, int(fields.get("a", 0))))
+                    if "l" in fields and self.limit_burst is not None:
+                        self.limit_burst.add(ts, host, int(fields["l"]))
         self.quorum = quorum(
             self.s.hosts, self.state.epoch, self.state.ver, snap.reports, snap.confirms, now
         )
@@ -366,9 +375,18 @@ class Aggregator:
             getattr(self.log, level)(event, **fields)
         for t in ev.shadow_trips:
             self._shadow_total.labels(self.s.node, t.cause).inc()
-        if ev.trip is not None and armed:
-            others = [t.cause for t in ev.trips[1:]]
-            await self._trip(ev.trip.cause, ev.trip.detail, at, others)
+        trips = list(ev.trips)
+        if self.s.on_haunted == "isolate" and armed:
+            # The haunted host alone is killed (a scoped kill); the other rules still kill
+            # the node.
+            for t in [t for t in trips if t.cause == HOST_SHARE and t.host]:
+                await self._isolate(t.host or "", t.detail, at)
+            trips = [t for t in trips if t.cause != HOST_SHARE]
+        if trips and armed:
+            await self._trip(trips[0].cause, trips[0].detail, at, [t.cause for t in trips[1:]])
+        burst = self.limit_burst.observe(at) if self.limit_burst is not None else None
+        if burst is not None and armed:
+            await self._trip(LIMIT_BURST, burst.detail, at, [])
 
     def view(self, now_ms: int) -> dict[str, str]:
         """What `status` shows of the aggregator (and what tests wait on): its last tick."""
@@ -382,6 +400,7 @@ class Aggregator:
             "last_trip_at_ms": str(self.last_trip[0]) if self.last_trip else "",
             "last_trip_cause": self.last_trip[1] if self.last_trip else "",
             "learned_s": f"{self.monitor.baseline.learned_ms / 1000:g}",
+            "not_flat": ",".join(self.confirmations.not_flat),
             **ruleview.view_fields(self.s.monitor, self.evaluation),
         }
 
@@ -414,6 +433,17 @@ class Aggregator:
                 "TRIP", cause=cause, reason=detail, epoch=res.epoch, at_ms=at_ms, also=also
             )
             self.state = NodeRead(NodeState.KILLED, res.epoch, res.ver, detail)
+
+    async def _isolate(self, host: str, detail: str, at_ms: int) -> None:
+        if not self.is_leader():
+            return  # a standby never acts; isolation is not taken over (the rule trips again)
+        _, ver, _ = await self.store.scope(
+            op="kill", kind="host", value=host, actor=f"aggregator:{self.s.instance}",
+            reason=detail,
+        )  # fmt: skip
+        self.isolations += 1
+        self._trips_total.labels(self.s.node, ISOLATE).inc()
+        self.log.error("ISOLATE", host=host, reason=detail, scope_ver=ver, at_ms=at_ms)
 
     async def _act_on_unacted(self, now_ms: int) -> None:
         """A trip decided while standby, acted on after a takeover if it is still current.

@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 
 from killswitch.core.anomaly import MonitorConfig
+from killswitch.core.limitburst import LimitBurstConfig
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class AggregatorSettings:
     require_durable: bool = False  # refuse to start unless Redis runs with appendonly
     # Firm-wide cap: orders across every node of the fleet within the window (None: off).
     fleet_max_orders: int | None = None
+    limit_burst: LimitBurstConfig | None = None  # kill on local-limit refusals across hosts
+    on_haunted: str = "kill"  # host_share trip: "kill" the node or "isolate" the host
 
 
 def default_instance() -> str:

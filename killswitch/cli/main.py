@@ -143,9 +143,12 @@ def _sidecar(r: Resolver, node: str, redis_url: str) -> int:
 
 
 def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
+    from killswitch.runtime.limitsfile import load_limits
     from killswitch.sidecar.settings import SidecarSettings
 
     listen = tuple(parse_listen(x) for x in r.require("listen", str_list))
+    limits_path = r.get("limits", "", str)
+    limits, limits_digest = load_limits(limits_path) if limits_path else (None, "")
     settings = SidecarSettings(
         node=node,
         host=r.require("host", host_name),
@@ -155,6 +158,9 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         flush_interval=r.get("flush-interval", 0.1, positive_float),
         stale_after=r.get("stale-after", 1.0, positive_float),
         state_dir=r.get("state-dir", default_state_dir(), str),
+        limits=limits,
+        limits_digest=limits_digest,
+        on_kill=r.get("on-kill", "", str),
     )
     if settings.flush_interval >= settings.stale_after:
         raise ConfigError(
@@ -203,12 +209,23 @@ def _aggregator(r: Resolver, node: str, redis_url: str) -> int:
 def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSettings:
     from killswitch.aggregator.settings import AggregatorSettings, default_instance
     from killswitch.cli import rulecli
+    from killswitch.core.limitburst import LimitBurstConfig
 
     try:
         hosts = check_roster(r.require("hosts", str_list))
     except InvalidName as e:
         raise ConfigError(f"hosts: {e}") from None
     monitor = rulecli.rule_config(r)
+    max_refusals = r.get("max-limit-refusals", None, positive_int)
+    limit_burst = (
+        LimitBurstConfig(
+            max_refusals,
+            int(r.get("limit-window", 1.0, positive_float) * 1000),
+            r.get("limit-min-hosts", 2, positive_int),
+        )
+        if max_refusals is not None
+        else None
+    )
     return AggregatorSettings(
         node=node,
         redis_url=redis_url,
@@ -221,6 +238,8 @@ def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSet
         require_durable=r.get("require-durable", False, _truthy),
         fleet_max_orders=r.get("fleet-max-orders", None, positive_int),
         instance=r.get("instance", "", str) or default_instance(),
+        limit_burst=limit_burst,
+        on_haunted=r.get("on-haunted", "kill", _on_haunted),
     )
 
 
@@ -232,6 +251,22 @@ def _watch(r: Resolver, node: str, redis_url: str) -> int:
     interval = r.get("interval", 0.5, positive_float)
     once = bool(r.get("once", False, _truthy))
     return asyncio.run(watch(redis_url, node, interval=interval, once=once))
+
+
+def _on_haunted(v: Any) -> str:
+    if v not in ("kill", "isolate"):
+        raise ValueError("isolate or kill")
+    return str(v)
+
+
+def _scope(r: Resolver) -> tuple[str, str] | None:
+    """The scope flag of kill/arm, read from the flags only: a scope is never a default."""
+    host, symbol = r.flags.get("scope_host"), r.flags.get("scope_symbol")
+    if host:
+        return ("host", host_name(host))
+    if symbol:
+        return ("symbol", symbol)
+    return None
 
 
 def _truthy(v: Any) -> bool:
@@ -268,12 +303,20 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
     from killswitch.ops import control
 
     action: Callable[[Any], Awaitable[Outcome]]
+    scope = _scope(r)
     if cmd == "kill":
         reason = r.require("reason", str, " (say why: it is audited)")
         operator = r.get("operator", os.environ.get("USER") or "unknown", str)
         timeout = r.get("timeout", 5.0, positive_float)
 
         def action(s: Any) -> Awaitable[Outcome]:
+            if scope is not None:
+                from killswitch.ops.scope import kill_scope
+
+                return kill_scope(
+                    s, kind=scope[0], value=scope[1], reason=reason, operator=operator,
+                    timeout=timeout,
+                )  # fmt: skip
             return control.kill(s, reason=reason, operator=operator, timeout=timeout)
 
     elif cmd in ("arm", "resume"):
@@ -282,6 +325,13 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
         timeout = r.get("timeout", 5.0, positive_float)
 
         def action(s: Any) -> Awaitable[Outcome]:
+            if scope is not None:
+                from killswitch.ops.scope import arm_scope
+
+                return arm_scope(
+                    s, kind=scope[0], value=scope[1], approvers=approvers, reason=reason,
+                    timeout=timeout,
+                )  # fmt: skip
             return control.arm(s, approvers=approvers, reason=reason, timeout=timeout)
 
     elif cmd == "status":
@@ -307,6 +357,9 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
         outcome = asyncio.run(_with_store(redis_url, node, action, budget))
     if outcome.code == EXIT_FAILED and not outcome.report:
         print(outcome.message, file=sys.stderr)
+        return outcome.code
+    if outcome.code == EXIT_USAGE:
+        print(f"killswitch {cmd}: {outcome.message}", file=sys.stderr)
         return outcome.code
     if as_json:
         print(json.dumps(outcome.report, sort_keys=False))

@@ -23,6 +23,9 @@ def human(cmd: str, outcome: Outcome) -> str:
             lines.extend(_hosts(rep))
         return "\n".join(lines)
     head = f"node {rep.get('node')}: {rep.get('state')}  epoch {rep.get('epoch')}"
+    if "scope" in rep:
+        sc = rep["scope"]
+        head += f"  scoped {cmd}: {sc['kind']} {sc['value']} (scope version {sc['ver']})"
     if rep.get("reason"):
         head += f"  reason: {rep['reason']}"
     lines.append(head)
@@ -35,6 +38,11 @@ def human(cmd: str, outcome: Outcome) -> str:
     if outcome.code == EXIT_UNCONFIRMED or (cmd == "status" and rep.get("missing")):
         lines.append("")
         lines.append(outcome.message or f"MISSING: {', '.join(rep.get('missing', []))}")
+    if rep.get("scopes"):
+        active = ", ".join(f"{s['kind']} {s['value']} ({s['reason']})" for s in rep["scopes"])
+        lines.append(f"SCOPED KILLS: {active}")
+    if rep.get("flat"):
+        lines.append(f"flat (trading processes cancelled resting orders): {', '.join(rep['flat'])}")
     if rep.get("stale_hosts"):
         lines.append(f"STALE (blocked, cannot prove state): {', '.join(rep['stale_hosts'])}")
     if rep.get("redis_durable") is False:

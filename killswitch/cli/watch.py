@@ -141,6 +141,12 @@ def _confirmations(rep: Mapping[str, Any]) -> RenderableType:
     stale: Sequence[str] = rep.get("stale_hosts") or []
     if stale:
         line.append(f"   STALE (blocking): {', '.join(stale)}", style=STALE_ROW)
+    scopes: Sequence[Mapping[str, Any]] = rep.get("scopes") or []
+    if scopes:
+        active = ", ".join(f"{s.get('kind')} {s.get('value')}" for s in scopes)
+        line.append(f"   SCOPED KILLS: {active}", style="bold red")
+    if rep.get("state") == "KILLED" and rep.get("flat") is not None:
+        line.append(f"   flat {len(rep['flat'])}/{len(roster)}", style="dim")
     return line
 
 

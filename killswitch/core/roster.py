@@ -30,6 +30,13 @@ class HostStatus:
     confirmed_ver: int
     confirmed_ms: int
     regression: str
+    cancels: int = 0
+    limited: int = 0  # orders refused by a local pre-trade limit (part of `blocked`)
+    subscribers: int = 0  # trading processes subscribed to its gate's state
+    flat_epoch: int = 0  # the highest kill epoch its trading processes proved flat
+    on_kill_epoch: int = 0
+    on_kill_status: str = ""
+    limits_digest: str = ""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -43,6 +50,12 @@ class HostStatus:
             "blocked": self.blocked,
             "confirmed_epoch": self.confirmed_epoch,
             "regression": self.regression,
+            "cancels": self.cancels,
+            "limited": self.limited,
+            "subscribers": self.subscribers,
+            "flat_epoch": self.flat_epoch,
+            "on_kill": {"epoch": self.on_kill_epoch, "status": self.on_kill_status},
+            "limits_digest": self.limits_digest,
         }
 
 
@@ -84,6 +97,13 @@ def host_status(
         confirmed_ver=_int(confirm.get("ver")),
         confirmed_ms=_int(confirm.get("applied_ms")),
         regression=report.get("regression", "") if alive else "",
+        cancels=_int(report.get("cancels")),
+        limited=_int(report.get("limited")),
+        subscribers=_int(report.get("subscribers")),
+        flat_epoch=_int(report.get("flat_epoch")),
+        on_kill_epoch=_int(report.get("on_kill_epoch")),
+        on_kill_status=report.get("on_kill_status", ""),
+        limits_digest=report.get("limits_digest", ""),
     )
 
 
@@ -105,6 +125,15 @@ def quorum(
     missing = tuple(h for h in roster if h not in confirmed)
     last = max((hosts[h].confirmed_ms for h in confirmed), default=0)
     return Quorum(tuple(roster), confirmed, missing, last, hosts)
+
+
+def flat_hosts(
+    roster: Sequence[str], state: str, epoch: int, hosts: Mapping[str, HostStatus]
+) -> list[str]:
+    """Roster hosts whose trading processes proved flat for the current kill (KILLED only)."""
+    if state != "KILLED" or epoch <= 0:
+        return []
+    return [h for h in roster if h in hosts and hosts[h].flat_epoch == epoch]
 
 
 def not_ready_for_arm(statuses: Mapping[str, HostStatus]) -> dict[str, str]:

@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from killswitch.core.leader import instance_of
-from killswitch.core.roster import Quorum, epoch_floor, not_ready_for_arm, quorum
+from killswitch.core.roster import Quorum, epoch_floor, flat_hosts, not_ready_for_arm, quorum
 from killswitch.core.ruleview import decode_view
+from killswitch.core.scope import parse_scopes
 from killswitch.core.state import NodeState
 from killswitch.store.store import NodeSnapshot, Store, Wake
 
@@ -48,6 +49,9 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
         "roster": list(q.roster),
         "confirmed": list(q.confirmed),
         "missing": list(q.missing),
+        "flat": flat_hosts(q.roster, state, int(st.get("epoch") or 0), q.hosts),
+        # Scoped kills in force (kill --host / --symbol), whatever the node's state.
+        "scopes": [s.to_json() for s in parse_scopes(snap.scopes).active],
         "hosts": {h: s.to_json() for h, s in q.hosts.items()},
         "actor": st.get("actor", ""),
         "cause": st.get("cause", ""),
@@ -62,6 +66,8 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
     }
     if snap.aggregator:
         report["aggregator"] = decode_view(snap.aggregator)
+        # Blocked hosts whose subscribed trading processes did not report flat in time.
+        report["not_flat"] = [h for h in snap.aggregator.get("not_flat", "").split(",") if h]
     return report
 
 
@@ -150,10 +156,10 @@ async def audit(store: Store, limit: int | None) -> Outcome:
         row: dict[str, Any] = {"id": entry_id, "time": _iso(ts), "action": f.get("action", "")}
         row["actor"] = f.get("actor", "")
         row["reason"] = f.get("reason", "")
-        for k in ("epoch", "prev_epoch"):
+        for k in ("epoch", "prev_epoch", "scope_ver"):
             if f.get(k):
                 row[k] = int(f[k])
-        for k in ("cause", "approvers", "prev_state"):
+        for k in ("cause", "approvers", "prev_state", "scope"):
             if f.get(k):
                 row[k] = f[k].split(",") if k == "approvers" else f[k]
         rows.append(row)

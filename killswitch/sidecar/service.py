@@ -22,13 +22,15 @@ import structlog
 from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio import Redis
 
-from killswitch.core.gate import Gate
+from killswitch.core.gate import LIMIT, Gate
+from killswitch.core.scope import Scopes, newer, parse_scopes
 from killswitch.core.state import MAX_EPOCH, HostView, NodeState, boot_view, observe
 from killswitch.core.version import __version__
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.service import run_until_signalled
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.metrics import SidecarCollector
+from killswitch.sidecar.notify import StateNotifier
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.store.localstate import LocalState
 from killswitch.store.redisconn import connect
@@ -66,9 +68,13 @@ class Sidecar:
         self._fail_streak = 0
         self._recorded: tuple[int, NodeState | None] = (max_epoch, max_state)
         self._held_recorded = 0  # epoch of a kill notice already recorded locally (0: none)
-        self.gate = Gate(settings.node, settings.host, view=view, clock=clock, log=self.log)
+        self.gate = Gate(
+            settings.node, settings.host, view=view, clock=clock, log=self.log,
+            limits=settings.limits,
+        )  # fmt: skip
         self.boot = uuid.uuid4().hex[:12]
         self.acked = (0, 0)
+        self.acked_more = (0, 0)  # cancels and limit refusals of the last acknowledged flush
         self.confirmed: tuple[int, int] = (0, 0)
         self.last_ok: float | None = None
         self.failures = 0
@@ -77,7 +83,12 @@ class Sidecar:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._server = GateServer(self.gate, settings.listen, logger=self.log)
+        self._server = GateServer(
+            self.gate, settings.listen, logger=self.log, on_flat=self._wake.set
+        )
+        self.notify = StateNotifier(self, self._server)
+        self.scopes = Scopes()
+        self._scope_regressed = False
         self.registry = registry if registry is not None else CollectorRegistry()
         self._rtt = Histogram(
             "killswitch_redis_roundtrip_seconds",
@@ -125,6 +136,7 @@ class Sidecar:
         self._started = False
         self._stop.set()
         self.gate.close()
+        await self.notify.close()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -155,6 +167,7 @@ class Sidecar:
         """One round trip; returns whether it succeeded. The gate's lease starts at send time."""
         sent = self.clock()
         allowed, blocked = self.gate.allowed, self.gate.blocked
+        cancels, limited = self.gate.cancels, self.gate.blocked_by.get(LIMIT, 0)
         view = self.gate.view
         want_confirm = (
             view.state in (NodeState.ARMED, NodeState.KILLED)
@@ -181,10 +194,15 @@ class Sidecar:
             held_epoch=self.gate.held if self.gate.held == self._held_recorded else 0,
             confirmed_epoch=self.confirmed[0],
             confirmed_ver=self.confirmed[1],
+            cancels=cancels,
+            limited=limited,
+            acked_cancels=self.acked_more[0],
+            acked_limited=self.acked_more[1],
+            extra=self.notify.report_fields(),
         )
         try:
             async with asyncio.timeout(self.s.stale_after):
-                read, _now_ms, closed_confirm = await self.store.flush(
+                read, _now_ms, closed_confirm, scopes = await self.store.flush(
                     self.s.host, report, __version__
                 )
         except Exception as e:  # any failure: the lease simply runs out
@@ -202,11 +220,13 @@ class Sidecar:
             self._fail_streak = 0
         self.last_ok = sent
         self.acked = (allowed, blocked)
+        self.acked_more = (cancels, limited)
         if want_confirm:
             self._confirmed(view.epoch, view.ver, view.state.value, blocked)
         new = observe(view, read)
         if closed_confirm and new.state is NodeState.KILLED:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
+        self._apply_scopes(parse_scopes(scopes))  # before the state: never open, then close
         self._apply(new, sent)
         return True
 
@@ -242,6 +262,7 @@ class Sidecar:
         if (new.max_epoch, new.max_state) != (old.max_epoch, old.max_state):
             self._record(new.max_epoch, new.max_state)
         self.gate.apply(new, sent + self.s.stale_after)
+        self.notify.changed()
         if (new.state, new.epoch, new.ver) != (old.state, old.epoch, old.ver):
             self.log.info(
                 "NODE_STATE", state=new.state.value, epoch=new.epoch, ver=new.ver,
@@ -249,6 +270,23 @@ class Sidecar:
             )  # fmt: skip
             if new.state in (NodeState.ARMED, NodeState.KILLED):
                 self._wake.set()  # confirm on the very next round trip, not a flush later
+
+    def _apply_scopes(self, read: Scopes) -> None:
+        """Enforce the scoped kills read; a version below one applied is never a lift."""
+        if read.ver == self.scopes.ver:
+            return
+        if newer(self.scopes, read) is self.scopes:
+            if not self._scope_regressed:
+                self.log.error("SCOPE_REGRESSION", seen=self.scopes.ver, read=read.ver)
+            self._scope_regressed = True
+            return
+        self._scope_regressed = False
+        isolated, symbols = read.for_host(self.s.host)
+        self.gate.set_scope(isolated, symbols, read.ver)
+        self.log.info("SCOPE", scope_ver=read.ver, host_killed=isolated, symbols=sorted(symbols))
+        self.scopes = read
+        self.notify.changed()
+        self._wake.set()  # report the applied version on the very next round trip
 
     def _orders_per_s(self, now: float, total: int) -> float:
         self._rate.append((now, total))
@@ -302,6 +340,7 @@ class Sidecar:
                     self.gate.view = replace(view, max_epoch=epoch, max_state=NodeState.KILLED)
                 self._record(epoch, NodeState.KILLED)
                 self._held_recorded = epoch
+                self.notify.changed()
 
     def _record(self, epoch: int, state: NodeState | None) -> None:
         """Write the highest epoch seen to the local state file, only when it changes."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from killswitch.core.limits import Limits
 from killswitch.runtime.config import ListenAddr
 
 
@@ -18,4 +19,7 @@ class SidecarSettings:
     flush_interval: float = 0.1
     stale_after: float = 1.0
     state_dir: str = ""
+    limits: Limits | None = None  # local pre-trade limits (`--limits`); None: none
+    limits_digest: str = ""  # sha256 of the limits file, reported with the host's release
+    on_kill: str = ""  # shell command run once per kill epoch (`--on-kill`)
     extra: dict[str, Any] = field(default_factory=dict)

@@ -56,6 +56,11 @@ class NodeKeys:
         return f"{self.base}:confirms"
 
     @property
+    def scopes(self) -> str:
+        """Hash: active scoped kills (`host:<H>`, `symbol:<S>`) and their version `_ver`."""
+        return f"{self.base}:scopes"
+
+    @property
     def baseline(self) -> str:
         """Hash: the aggregator's learned baseline, so it survives a restart."""
         return f"{self.base}:agg:baseline"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from killswitch.core.state import NodeRead
@@ -71,6 +71,12 @@ class FlushReport:
     held_epoch: int = 0
     confirmed_epoch: int = 0  # what this host last confirmed: not confirmed again
     confirmed_ver: int = 0
+    cancels: int = 0  # cumulative CANCELs allowed since boot
+    limited: int = 0  # cumulative orders refused by a local limit (included in `blocked`)
+    acked_cancels: int = 0
+    acked_limited: int = 0
+    # More report fields (name -> value), written as they are: limits digest, flat, on-kill.
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +103,7 @@ class NodeSnapshot:
     aggregator: dict[str, str]
     leader: str = ""  # lease token of the acting aggregator ("" none)
     roster_stored: bool = True  # False: the roster key is gone (Redis lost its data)
+    scopes: dict[str, str] = field(default_factory=dict)  # the scopes hash (core.scope)
 
 
 class Wake(Protocol):
@@ -137,6 +144,7 @@ class Store:
         self._roster: AsyncScript = redis.register_script(_script("roster"))
         self._lease: AsyncScript = redis.register_script(_script("lease"))
         self._read_node: AsyncScript = redis.register_script(_script("read"))
+        self._scope: AsyncScript = redis.register_script(_script("scope"))
 
     @contextlib.asynccontextmanager
     async def confirmations(self) -> AsyncIterator[Wake]:
@@ -174,25 +182,47 @@ class Store:
 
         return asyncio.ensure_future(coro)
 
-    async def flush(self, host: str, r: FlushReport, version: str) -> tuple[NodeRead, int, bool]:
+    async def flush(
+        self, host: str, r: FlushReport, version: str
+    ) -> tuple[NodeRead, int, bool, dict[str, str]]:
         """The sidecar's one round trip: report, maybe confirm, read the node state.
 
-        Returns the read, Redis server time, and whether the script confirmed the KILLED
-        state it read (only at `r.held_epoch`).
+        Returns the read, Redis server time, whether the script confirmed the KILLED
+        state it read (only at `r.held_epoch`), and the scopes hash.
         """
         hk = self.keys.host(host)
         res = await self._flush(
-            keys=[self.keys.state, hk.report, hk.flow, hk.confirm],
+            keys=[self.keys.state, hk.report, hk.flow, hk.confirm, self.keys.scopes],
             args=[
                 r.boot, r.allowed, r.blocked, r.acked_allowed, r.acked_blocked, r.max_epoch,
                 r.view, r.gate, f"{r.orders_per_s:.3f}", r.stale_after_ms, r.regression,
                 FLOW_RETENTION_MS, r.confirm_epoch, r.confirm_ver, self.keys.confirms, host,
                 version, os.getpid(), r.held_epoch, r.confirmed_epoch, r.confirmed_ver,
+                r.cancels, r.limited, r.acked_cancels, r.acked_limited,
+                *(x for kv in r.extra for x in kv),
             ],
         )  # fmt: skip
-        state, epoch, ver, reason, now, closed_confirm = (str(x) for x in res)
+        state, epoch, ver, reason, now, closed_confirm = (str(x) for x in res[:6])
         read = NodeRead.from_hash({"state": state, "epoch": epoch, "ver": ver, "reason": reason})
-        return read, int(now), closed_confirm == "1"
+        flat = [str(x) for x in res[6:]]
+        return read, int(now), closed_confirm == "1", dict(zip(flat[::2], flat[1::2], strict=True))
+
+    async def scope(
+        self,
+        *,
+        op: str,
+        kind: str,
+        value: str,
+        actor: str,
+        reason: str,
+        approvers: Sequence[str] = (),
+    ) -> tuple[bool, int, int]:
+        """A scoped kill (`op` "kill") or its lift ("arm"): (changed, scope version, now ms)."""
+        res = await self._scope(
+            keys=[self.keys.scopes, self.keys.audit, self.keys.state],
+            args=[op, kind, value, actor, reason, ",".join(approvers), self.keys.events],
+        )
+        return bool(int(res[0])), int(res[1]), int(res[2])
 
     async def kill(
         self,
@@ -264,7 +294,10 @@ class Store:
         Server time is read first inside the script: a flow entry stamped at or before it was
         written (atomically, by a script) before this read, so the reads see every one of them.
         """
-        keys = [self.keys.state, self.keys.aggregator, self.keys.leader, self.keys.roster]
+        keys = [
+            self.keys.state, self.keys.aggregator, self.keys.leader, self.keys.roster,
+            self.keys.scopes,
+        ]  # fmt: skip
         args: list[str] = ["0" if after is None else "1"]
         for h in roster:
             hk = self.keys.host(h)
@@ -289,6 +322,7 @@ class Store:
             aggregator=_pairs(res[2]),
             leader=str(res[3] or ""),
             roster_stored=bool(int(res[4])),
+            scopes=_pairs(res[-1]),
         )
         return snap, flows
 
