@@ -17,6 +17,7 @@ ALL = [
     "rules_latency",
     "faults",
     "scale",
+    "audit_cost",
 ]
 
 

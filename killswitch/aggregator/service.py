@@ -25,7 +25,9 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from killswitch.aggregator import fleetrule
+from killswitch.aggregator.auditlog import AuditMirror
 from killswitch.aggregator.confirmations import ConfirmationWatch
+from killswitch.aggregator.inputs import InputGuard
 from killswitch.aggregator.metrics import AggregatorCollector, Instruments
 from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.core import leader, ruleview
@@ -100,6 +102,7 @@ class Aggregator:
         self.state = NodeRead(None)
         self.quorum: Quorum | None = None
         self.trips = 0
+        self.inputs = InputGuard(self.log)
         self.last_trip: tuple[int, str] | None = None  # (evaluation ms, cause) of our last trip
         self._last_roster_check = -1e9
         self._unacted: _Unacted | None = None
@@ -107,9 +110,13 @@ class Aggregator:
             leader.make_token(settings.instance, uuid.uuid4().hex[:8]), settings.lease_ttl
         )
         self.durable: durability.Durability | None = None
+        self.audit_mirror = (
+            AuditMirror(self.store, settings.audit_log, self.log) if settings.audit_log else None
+        )
         self._durability_at = -1e9
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._mirror_task: asyncio.Task[None] | None = None
         self.registry = registry if registry is not None else CollectorRegistry()
         n = settings.node
         causes = (*CAUSES, LIMIT_BURST, ISOLATE, "operator", fleetrule.CAUSE)
@@ -157,6 +164,11 @@ class Aggregator:
         if not await until_reachable(self._first_reads, self._stop, lambda e: warn(error=e)):
             return
         self._task = asyncio.create_task(self._loop(), name="aggregator")
+        if self.audit_mirror is not None:
+            # its own task: a slow disk (fsync) must never delay a tick or a lease renewal
+            self._mirror_task = asyncio.create_task(
+                self.audit_mirror.run(self._stop), name="audit-mirror"
+            )
         cfg = self.s.monitor
         self.log.info(
             "aggregator_started", roster=list(self.s.hosts), instance=self.s.instance,
@@ -185,6 +197,11 @@ class Aggregator:
             return
         self._stop.set()
         task.cancel()
+        if self._mirror_task is not None:
+            self._mirror_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._mirror_task
+            self._mirror_task = None
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await self._save_baseline()  # while still the leader: the next one starts warm
@@ -273,7 +290,11 @@ class Aggregator:
 
     async def _renew_lease(self) -> None:
         sent = self.clock()
-        held, holder, ttl_ms = await self.store.lease(self.lead.token, int(self.s.lease_ttl * 1000))
+        held, holder, ttl_ms, repaired = await self.store.lease(
+            self.lead.token, int(self.s.lease_ttl * 1000)
+        )
+        if repaired:
+            self.inputs.lease_repaired(repaired)
         reply = leader.LeaseReply(held, holder, ttl_ms)
         self.lead, change = leader.on_reply(self.lead, sent, reply)
         if change:
@@ -305,7 +326,7 @@ class Aggregator:
             await self._check_durability()
         now = snap.now_ms
         self.state = NodeRead.from_hash(snap.state)
-        armed_ms = int(snap.state.get("armed_ms") or 0)
+        armed_ms = self.inputs.armed_ms(snap.state.get("armed_ms"), now, self.armed_ms)
         self._last_read = (now, self.clock())
         if armed_ms != self.armed_ms:
             # Orders sent before the current arm never count against it.
@@ -320,12 +341,13 @@ class Aggregator:
                 self.after[host] = entry_id
                 ts = int(entry_id.split("-", 1)[0])
                 if ts >= armed_ms:
-                    self._pending.append((ts, host, int(fields.get("a", 0))))
+                    self._pending.append((ts, host, self.inputs.flow_count(fields.get("a"), host)))
                     if "l" in fields and self.limit_burst is not None:
-                        self.limit_burst.add(ts, host, int(fields["l"]))
+                        self.limit_burst.add(ts, host, self.inputs.flow_count(fields["l"], host))
         self.quorum = quorum(
-            self.s.hosts, self.state.epoch, self.state.ver, snap.reports, snap.confirms, now
-        )
+            self.s.hosts, self.state.epoch, self.state.ver, snap.reports, snap.confirms, now,
+            self.state.state.value if self.state.state else "",
+        )  # fmt: skip
         # Evaluate at the last grid point strictly before server time: every flow entry up to
         # it has been read (an entry written after our read has a later ID), so the window
         # holds exactly what a backtest of the exported flow holds at the same instant.
@@ -397,6 +419,7 @@ class Aggregator:
             "node_orders": str(self.window.total),
             "fast_orders": "" if self.windows.fast is None else str(self.windows.fast.total),
             "trips": str(self.trips),
+            "junk_inputs": str(self.inputs.count),
             "last_trip_at_ms": str(self.last_trip[0]) if self.last_trip else "",
             "last_trip_cause": self.last_trip[1] if self.last_trip else "",
             "learned_s": f"{self.monitor.baseline.learned_ms / 1000:g}",
@@ -416,7 +439,7 @@ class Aggregator:
             actor=f"aggregator:{self.s.instance}",
             reason=detail,
             cause=cause,
-            floor=epoch_floor(self.quorum.hosts),
+            floor=epoch_floor(self.quorum.hosts, self.state.epoch),
             action="trip",
             only_if_armed=True,
             fence=self.lead.token,

@@ -27,6 +27,7 @@ class AggregatorSettings:
     fleet_max_orders: int | None = None
     limit_burst: LimitBurstConfig | None = None  # kill on local-limit refusals across hosts
     on_haunted: str = "kill"  # host_share trip: "kill" the node or "isolate" the host
+    audit_log: str = ""  # local JSONL copy of the audit chain ("": none)
 
 
 def default_instance() -> str:

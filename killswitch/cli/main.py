@@ -240,6 +240,7 @@ def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSet
         instance=r.get("instance", "", str) or default_instance(),
         limit_burst=limit_burst,
         on_haunted=r.get("on-haunted", "kill", _on_haunted),
+        audit_log=r.get("audit-log", str(Path(default_state_dir()) / f"audit-{node}.jsonl"), str),
     )
 
 
@@ -292,7 +293,9 @@ def _export(r: Resolver, node: str, redis_url: str) -> int:
             rulecli.export_flows(redis_url, node, check_roster(hosts) if hosts else None)
         )
     except (RedisError, OSError) as e:
-        print(f"killswitch export: cannot reach Redis at {redis_url}: {e}", file=sys.stderr)
+        from killswitch.store.redisurl import redact
+
+        print(f"killswitch export: cannot reach Redis at {redact(redis_url)}: {e}", file=sys.stderr)
         return EXIT_FAILED
     sys.stdout.write(rulecli.counts_csv(flows, attempted=bool(r.get("attempted", False, bool))))
     return EXIT_OK
@@ -337,10 +340,19 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
     elif cmd == "status":
         action = control.status
     elif cmd == "audit":
-        limit = r.get("limit", None, positive_int)
+        from killswitch.ops import audit
 
-        def action(s: Any) -> Awaitable[Outcome]:
-            return control.audit(s, limit)
+        limit = r.get("limit", None, positive_int)
+        audit_file = r.get("file", None, str)
+        if r.get("verify", False, _truthy):
+
+            def action(s: Any) -> Awaitable[Outcome]:
+                return audit.verify(s, audit_file)
+
+        else:
+
+            def action(s: Any) -> Awaitable[Outcome]:
+                return audit.audit(s, limit)
 
     else:  # pragma: no cover - argparse restricts the verbs
         raise ConfigError(f"unknown command {cmd}")
@@ -415,7 +427,10 @@ async def _with_store(
     from killswitch.store.redisconn import connect
     from killswitch.store.store import Store
 
-    redis = connect(redis_url, socket_timeout=3.0, client_name=f"ks-cli-{node}")
+    try:
+        redis = connect(redis_url, socket_timeout=3.0, client_name=f"ks-cli-{node}")
+    except ValueError as e:
+        return Outcome(EXIT_FAILED, {}, f"killswitch: bad Redis URL: {e}")
     try:
         async with asyncio.timeout(budget):
             return await action(Store(redis, node))

@@ -175,6 +175,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         default=None,
         help="refuse to start (exit 2) unless Redis runs with appendonly (use in production)",
     )
+    a.add_argument(
+        "--audit-log",
+        metavar="PATH",
+        help="append the node's audit chain to this JSONL file, so the trail survives a wiped "
+        f"Redis ('' for none; default {default_state_dir()}/audit-NODE.jsonl)",
+    )
 
     for verb in ("arm", "resume"):
         r = cmd(
@@ -237,9 +243,27 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "--fleet", action="store_true", default=None, help=f"one line per node: {fleet_help}"
     )
 
-    au = cmd("audit", "Who changed what, when and why, oldest first.", [json_opt])
+    au = cmd(
+        "audit",
+        "Who changed what, when and why, oldest first, refused attempts included. Entries are "
+        "hash-chained; operator text is shown escaped (control characters visible).",
+        [json_opt],
+    )
     au.add_argument(
         "--limit", type=int, metavar="N", help="only the newest N entries (still oldest first)"
+    )
+    au.add_argument(
+        "--verify",
+        action="store_true",
+        default=None,
+        help="check the hash chain: exit 0 when whole, 4 naming the first entry altered, "
+        "removed or inserted (or a cut-off tail)",
+    )
+    au.add_argument(
+        "--file",
+        metavar="PATH",
+        help="with --verify: also verify an aggregator's local copy (--audit-log) and that "
+        "Redis still holds every entry of it",
     )
 
     dm = cmd(

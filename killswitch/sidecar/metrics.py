@@ -30,6 +30,8 @@ class Sidecar(Protocol):
     def failures(self) -> int: ...
     @property
     def regressions(self) -> int: ...
+    @property
+    def junk_inputs(self) -> int: ...
     def sync_age(self) -> float | None: ...
 
 
@@ -121,6 +123,13 @@ class SidecarCollector:
         )
         regr.add_metric([n, h], sc.regressions)
         yield regr
+        junk = CounterMetricFamily(
+            "killswitch_junk_inputs",
+            "Values read from Redis or pub/sub that are not what killswitch writes (ignored).",
+            labels=["node", "host"],
+        )
+        junk.add_metric([n, h], sc.junk_inputs)
+        yield junk
 
 
 def _gauge(name: str, doc: str, node: str, host: str, value: float) -> GaugeMetricFamily:

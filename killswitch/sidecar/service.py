@@ -22,9 +22,10 @@ import structlog
 from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio import Redis
 
+from killswitch.core.bounds import parse_uint, plausible_epoch
 from killswitch.core.gate import LIMIT, Gate
 from killswitch.core.scope import Scopes, newer, parse_scopes
-from killswitch.core.state import MAX_EPOCH, HostView, NodeState, boot_view, observe
+from killswitch.core.state import HostView, NodeState, boot_view, observe
 from killswitch.core.version import __version__
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.service import run_until_signalled
@@ -79,6 +80,7 @@ class Sidecar:
         self.last_ok: float | None = None
         self.failures = 0
         self.regressions = 0
+        self.junk_inputs = 0  # notices that are not a bounded `KILLED <epoch> <ver>`
         self._rate: deque[tuple[float, int]] = deque(maxlen=64)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -323,24 +325,26 @@ class Sidecar:
         one-call confirmation it allows is never ahead of what this host remembers. A forged
         notice can only block this host, and an arm above its epoch clears it.
         """
-        parts = data.split()
-        # Length first: int() of thousands of digits raises, and would drop the subscription.
-        if (
-            len(parts) == 3
-            and parts[0] == "KILLED"
-            and len(parts[1]) <= len(str(MAX_EPOCH))
-            and parts[1].isascii()
-            and parts[1].isdigit()
-        ):
-            epoch = int(parts[1])
-            if self.gate.hold(epoch):
-                view = self.gate.view
-                if (epoch, NodeState.KILLED) != (view.max_epoch, view.max_state):
-                    # Memory and file agree: a restart behaves like this process would.
-                    self.gate.view = replace(view, max_epoch=epoch, max_state=NodeState.KILLED)
-                self._record(epoch, NodeState.KILLED)
-                self._held_recorded = epoch
-                self.notify.changed()
+        parts = data.split(" ")
+        if len(parts) == 2 and parts[0] == "SCOPE" and parse_uint(parts[1]) is not None:
+            return  # a scoped kill changed: the sync loop (woken) reads the scopes
+        epoch = parse_uint(parts[1]) if len(parts) == 3 else None
+        if len(parts) != 3 or parts[0] not in ("KILLED", "ARMED") or parse_uint(parts[2]) is None:
+            epoch = None
+        if epoch is None or not plausible_epoch(epoch, self.gate.view.max_epoch):
+            # 10^29, -1, 7.5, junk words: never recorded, never arithmetic; counted and logged
+            self.junk_inputs += 1
+            self.log.warning("JUNK_INPUT", source="events", value=data[:80],
+                             seen_epoch=self.gate.view.max_epoch)  # fmt: skip
+            return
+        if parts[0] == "KILLED" and self.gate.hold(epoch):
+            view = self.gate.view
+            if (epoch, NodeState.KILLED) != (view.max_epoch, view.max_state):
+                # Memory and file agree: a restart behaves like this process would.
+                self.gate.view = replace(view, max_epoch=epoch, max_state=NodeState.KILLED)
+            self._record(epoch, NodeState.KILLED)
+            self._held_recorded = epoch
+            self.notify.changed()
 
     def _record(self, epoch: int, state: NodeState | None) -> None:
         """Write the highest epoch seen to the local state file, only when it changes."""

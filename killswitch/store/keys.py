@@ -2,10 +2,7 @@
 
 All keys of node N carry the hash tag `{N}` so one Lua script can touch them all on Redis
 Cluster. A host's own keys sit under `ks:{N}:h:<host>:` so a Redis ACL can confine each
-sidecar to its own keys plus read access to the node state:
-
-    ACL SETUSER sidecar-or-01 on >pw ~ks:{smars}:h:or-01:* %R~ks:{smars}:state &ks:{smars}:*
-        +evalsha +eval +script|load +subscribe +ping +time ...
+sidecar to its own keys plus read access to the node state (`store/acl.py` builds the users).
 
 Callers pass names already checked by `killswitch.core.names`; this module never validates.
 """
@@ -44,6 +41,11 @@ class NodeKeys:
     def audit(self) -> str:
         """Append-only stream of arm, kill, trip and roster changes."""
         return f"{self.base}:audit"
+
+    @property
+    def audit_head(self) -> str:
+        """Hash: seq, hash and id of the audit chain's last entry, so a cut tail shows."""
+        return f"{self.base}:audit:head"
 
     @property
     def events(self) -> str:
