@@ -6,7 +6,19 @@ import importlib
 import json
 import sys
 
-ALL = ["gate_check", "protocol_throughput", "redis_cost", "kill_confirm", "anomaly", "faults"]
+ALL = [
+    "gate_check",
+    "subscribe_latency",
+    "protocol_throughput",
+    "redis_cost",
+    "kill_confirm",
+    "cold_start",
+    "anomaly",
+    "rules_latency",
+    "faults",
+    "scale",
+    "audit_cost",
+]
 
 
 def main(argv: list[str]) -> int:

@@ -9,8 +9,8 @@ recorded, -> the eighth host's confirmation.
 
 Simulated days: eight hosts, 08:00-16:00 with a U-shaped intraday profile (an open burst,
 a quiet midday, a rising close), Poisson counts per host per second, a few 2x news bursts
-a day, each host's share jittered. Default rules at real scale (10 s windows) plus
---max-host-share 0.5; each day starts from the previous day's baseline, and a trip is
+a day, each host's share jittered. Default rules at real scale (10 s windows, the fast
+rules on) plus --max-host-share 0.5; each day starts from the previous day's baseline, and a trip is
 re-armed a minute later (which teaches a baseline trip's level, as live).
 """
 
@@ -154,8 +154,9 @@ def simulated_days(ramp_s: float) -> dict[str, Any]:
         "days": DAYS,
         "open": f"10x the pre-open, reached over {ramp_s:g} s" if ramp_s else "10x in one step",
         "config": "defaults (10 s window, multiplier 5, 2 breach windows, min 100, "
-        "5 min warm-up) + max_host_share 0.5; re-armed 60 s after a trip (a re-arm after "
-        "a baseline trip teaches the baseline that level)",
+        "5 min warm-up; the fast rules: 1 s window, multiplier 8, 100 ms hold, min 50) + "
+        "max_host_share 0.5 (and host_share_fast); re-armed 60 s after a trip (a re-arm after "
+        "a baseline or baseline_fast trip teaches the baseline that level)",
         "false_trips_per_day": trips,
         "days_with_a_false_trip": sum(1 for n in trips if n),
         "first_trips": [t for d in per_day for t in d][:3],

@@ -11,9 +11,13 @@ from killswitch.testing import Fleet
 
 def start_fleet(redis_url: str, node: str, hosts: Sequence[str], *agg_args: str) -> Fleet:
     f = Fleet(redis_url, node, hosts)
-    f.start()
-    f.start_aggregator("--tick", "0.05", *agg_args)
-    f.wait_ready(120)  # a deadline, not a wait: a loaded machine starts processes slowly
+    try:
+        f.start()
+        f.start_aggregator("--tick", "0.05", *agg_args)
+        f.wait_ready(120)  # a deadline, not a wait: a loaded machine starts processes slowly
+    except BaseException:
+        f.stop()  # never leave sidecars running after a failed start
+        raise
     return f
 
 

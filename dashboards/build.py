@@ -645,6 +645,35 @@ def fleet_overview() -> dashboard.Dashboard:
         .span(12)
     )
     b.with_panel(
+        bargauge.Panel()
+        .title("Fleet volume vs fleet cap")
+        .description(
+            "Orders across every node within the window as a fraction of --fleet-max-orders, "
+            "as the fleet leader summed them. At 100% every armed node is killed (cause "
+            "fleet_cap). Nodes not summed (no fresh aggregator view) make this a lower bound."
+        )
+        .datasource(DS)
+        .targets(
+            [
+                q(
+                    "max by (window) (killswitch_fleet_orders)"
+                    " / max by (window) (killswitch_fleet_limit_orders)",
+                    "fleet ({{window}})",
+                ),
+                q("max(killswitch_fleet_nodes_not_summed)", "nodes not summed", "B"),
+            ]
+        )
+        .unit("percentunit")
+        .min(0)
+        .max(1)
+        .thresholds(steps((None, GREEN), (0.5, YELLOW), (0.75, ORANGE), (0.9, RED)))
+        .display_mode(cm.BarGaugeDisplayMode.GRADIENT)
+        .orientation(cm.VizOrientation.HORIZONTAL)
+        .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .height(6)
+        .span(12)
+    )
+    b.with_panel(
         stat(
             "Epoch",
             "Each node's epoch: it grows by one with every kill and every arm.",

@@ -11,11 +11,24 @@ import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 from redis.asyncio import Redis
 
 from killswitch.sim.embedded import EmbeddedRedis
+from killswitch.sim.operators import OperatorKeys, make_operators
 
 os.environ.setdefault("KILLSWITCH_LOG_FORMAT", "json")
+
+if "MUTANT_UNDER_TEST" in os.environ:
+    # mutmut (`./dev mutants`) runs the selected tests many times in one process, so each
+    # property test meets new executors; fixed examples make a mutant's verdict reproducible.
+    settings.register_profile(
+        "mutants",
+        suppress_health_check=[HealthCheck.differing_executors],
+        derandomize=True,
+        database=None,
+    )
+    settings.load_profile("mutants")
 _node_ids = itertools.count(1)
 
 
@@ -59,3 +72,9 @@ def own_redis() -> Iterator[EmbeddedRedis]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def operator_keys(tmp_path_factory: pytest.TempPathFactory) -> OperatorKeys:
+    """Two throwaway operators (alice, bob) and their allowed-signers file, made once."""
+    return make_operators(tmp_path_factory.mktemp("operators"))

@@ -17,8 +17,11 @@ from hypothesis import strategies as st
 
 from killswitch.core.anomaly import (
     BASELINE,
+    BASELINE_FAST,
     HOST_SHARE,
+    HOST_SHARE_FAST,
     MAX_ORDERS,
+    MAX_RATE,
     Evaluation,
     Monitor,
     MonitorConfig,
@@ -94,9 +97,27 @@ class TestConfig:
     @pytest.mark.parametrize(
         ("config", "causes"),
         [
-            (MonitorConfig(), (BASELINE,)),
-            (MonitorConfig(max_orders=500, max_host_share=0.5), (MAX_ORDERS, BASELINE, HOST_SHARE)),
-            (MonitorConfig(max_orders=500, baseline_multiplier=None), (MAX_ORDERS,)),
+            (MonitorConfig(), (BASELINE, BASELINE_FAST)),
+            (
+                MonitorConfig(max_orders=500, max_host_share=0.5, max_rate_auto=True),
+                (MAX_ORDERS, BASELINE, HOST_SHARE, MAX_RATE, BASELINE_FAST, HOST_SHARE_FAST),
+            ),
+            (
+                MonitorConfig(
+                    max_orders=500, baseline_multiplier=None, fast_multiplier=None, max_rate=90
+                ),
+                (MAX_ORDERS, MAX_RATE),
+            ),
+            (
+                MonitorConfig(max_orders=500, max_host_share=0.5),
+                (MAX_ORDERS, BASELINE, HOST_SHARE, BASELINE_FAST, HOST_SHARE_FAST),
+            ),
+            # No fast window shorter than the window: the fast rules add nothing and are off.
+            (
+                MonitorConfig(window_ms=1000, max_orders=500, max_host_share=0.5),
+                (MAX_ORDERS, BASELINE, HOST_SHARE),
+            ),
+            (MonitorConfig(window_ms=1000, max_rate=300), (BASELINE, MAX_RATE)),
         ],
     )
     def test_rules_on(self, config: MonitorConfig, causes: tuple[str, ...]) -> None:
@@ -150,9 +171,11 @@ class TestLevels:
 
     def test_rule_status_reports_limits(self) -> None:
         """Each rule reports its value, limit and level for the metrics."""
-        m = Monitor(MonitorConfig(max_orders=1000, max_host_share=0.5))
+        m = Monitor(MonitorConfig(max_orders=1000, max_host_share=0.5, max_rate_auto=True))
         ev = m.observe(DAY0, 800, {"or-01": 500, "or-02": 300})
-        cap, base, share = ev.rules
+        cap, base, share, *fast = ev.rules
+        assert [r.cause for r in fast] == [MAX_RATE, BASELINE_FAST, HOST_SHARE_FAST]
+        assert not any(r.active for r in fast)  # no fast window passed: inactive, not breached
         assert (cap.cause, cap.value, cap.limit, cap.level) == (MAX_ORDERS, 800.0, 1000.0, 75)
         assert (base.cause, base.active, base.limit) == (BASELINE, False, None)
         assert (share.cause, share.value, share.limit, share.level) == (HOST_SHARE, 0.625, 0.5, 90)
@@ -603,19 +626,37 @@ class TestSession:
     def test_haunted_open_trips_within_two_windows(
         self, extra: Callable[[str, int], float]
     ) -> None:
-        """The same session plus one host's 20x flood (alone or spread over 8) trips fast."""
-        result = replay(session(extra), MonitorConfig(), rearm_after_ms=None)
+        """Without the fast rules, one host's 20x flood (alone or spread over 8) at the open
+        trips the slow baseline rule within two windows."""
+        config = MonitorConfig(fast_multiplier=None)
+        result = replay(session(extra), config, rearm_after_ms=None)
         [trip] = result.trips
         assert trip.cause == BASELINE
         assert OPEN < trip.at_ms <= OPEN + 2 * WINDOW
 
+    @pytest.mark.parametrize("extra", [haunted_or03, haunted_spread])
+    def test_haunted_open_trips_the_fast_rule_within_a_second(
+        self, extra: Callable[[str, int], float]
+    ) -> None:
+        """With the default rules the same 20x flood trips `baseline_fast` within one fast
+        window (plus its one-tick hold) of onset, during a 10x open ramp."""
+        result = replay(session(extra), MonitorConfig(), rearm_after_ms=None)
+        [trip] = result.trips
+        assert trip.cause == BASELINE_FAST
+        assert OPEN < trip.at_ms <= OPEN + 1000 + TICK, trip.at_ms - OPEN
+
     def test_haunted_host_also_trips_host_share(self) -> None:
-        """With host share on, the haunted host is named as well."""
-        result = replay(session(haunted_or03), MonitorConfig(max_host_share=0.5))
+        """With host share on, the haunted host is named as well: by the slow rule within two
+        windows without the fast rules, by `host_share_fast` within a second with them."""
+        slow_only = MonitorConfig(max_host_share=0.5, fast_multiplier=None, fast_host_share=False)
+        result = replay(session(haunted_or03), slow_only)
         shares = [t for t in result.trips if t.cause == HOST_SHARE]
         assert shares
         assert shares[0].host == "or-03"
         assert shares[0].at_ms <= OPEN + 2 * WINDOW
+        first = replay(session(haunted_or03), MonitorConfig(max_host_share=0.5)).trips[0]
+        assert (first.cause, first.host) == (HOST_SHARE_FAST, "or-03")
+        assert OPEN < first.at_ms <= OPEN + 1000 + TICK
 
 
 # --- properties ----------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from killswitch.core.anomaly import BASELINE, MAX_ORDERS, MonitorConfig
+from killswitch.core.anomaly import BASELINE, BASELINE_FAST, MAX_ORDERS, MAX_RATE, MonitorConfig
 from killswitch.core.backtest import CsvError, FlowEvent, backtest, read_counts_csv, replay
 
 T0 = 1_343_827_800_000  # 2012-08-01 13:30:00 UTC, 09:30 in New York
@@ -59,7 +61,9 @@ def flood(start: int, end: int, per_tick: int, host: str = "or-01") -> list[Flow
     return [FlowEvent(t, host, per_tick) for t in range(start, end, 100)]
 
 
-CAP = MonitorConfig(max_orders=5000, baseline_multiplier=None)
+# The window cap alone, so its crossing point is what is measured.
+CAP = MonitorConfig(max_orders=5000, baseline_multiplier=None, fast_multiplier=None)
+OLD_RULES = MonitorConfig(fast_multiplier=None)  # the slow rules only
 
 
 class TestReplay:
@@ -86,7 +90,7 @@ class TestReplay:
 
     def test_shadow_trips_do_not_kill(self) -> None:
         """Shadow trips are recorded as such and never stop the replay."""
-        config = MonitorConfig(max_orders=5000, baseline_multiplier=None, shadow=True)
+        config = replace(CAP, shadow=True)
         trips = backtest(flood(T0, T0 + 4000, 200), config, rearm_after_ms=None)
         assert [(t.at_ms - T0, t.shadow) for t in trips] == [(2500, True)]
 
@@ -97,9 +101,19 @@ class TestReplay:
         assert replay(events, CAP, tick_ms=250).ticks == 4
         assert replay([], CAP).ticks == 0
 
-    def test_stored_baseline_starts_warm(self) -> None:
+    def test_rate_cap_trips_before_the_window_cap(self) -> None:
+        """The derived rate cap (3 x 5000 per 10 s = 1500/s) trips a 2000/s flood when its
+        1 s window crosses 1500, 1.8 s before the window cap would."""
+        config = replace(CAP, max_rate_auto=True)
+        trips = backtest(flood(T0, T0 + 4000, 200), config, rearm_after_ms=None)
+        assert [(t.at_ms - T0, t.cause) for t in trips] == [(700, MAX_RATE)]
+        assert trips[0].detail == "node sent 1600 orders in 1s, over its rate cap of 1500/s"
+
+    @pytest.mark.parametrize(
+        ("config", "cause"), [(OLD_RULES, BASELINE), (MonitorConfig(), BASELINE_FAST)]
+    )
+    def test_stored_baseline_starts_warm(self, config: MonitorConfig, cause: str) -> None:
         """Yesterday's learned baseline lets today's replay trip without a fresh warm-up."""
-        config = MonitorConfig()
         yesterday = replay(flood(T0, T0 + 400_000, 10), config)
         assert yesterday.trips == ()
         today = T0 + 86_400_000
@@ -108,24 +122,27 @@ class TestReplay:
         )
         assert backtest(events, config, rearm_after_ms=None) == []  # cold: still warming up
         [trip] = backtest(events, config, rearm_after_ms=None, baseline=yesterday.baseline)
-        assert trip.cause == BASELINE
+        assert trip.cause == cause
         assert today + 10_000 < trip.at_ms <= today + 30_000
 
-    def test_step_open_is_learned_from_the_rearm(self) -> None:
-        """A step open trips on day one only; without the re-arm day two trips again."""
+    @pytest.mark.parametrize(
+        ("config", "cause"), [(OLD_RULES, BASELINE), (MonitorConfig(), BASELINE_FAST)]
+    )
+    def test_step_open_is_learned_from_the_rearm(self, config: MonitorConfig, cause: str) -> None:
+        """A step open trips on day one only; without the re-arm day two trips again (a
+        fast trip's rate teaches the baseline as a slow trip's window does)."""
 
         def day(n: int) -> list[FlowEvent]:
             start = T0 + n * 86_400_000
             return flood(start - 1_800_000, start, 10) + flood(start, start + 600_000, 100)
 
-        config = MonitorConfig()
         first = replay(day(0), config)
-        assert [t.cause for t in first.trips] == [BASELINE]
+        assert [t.cause for t in first.trips] == [cause]
         assert replay(day(1), config, baseline=first.baseline).trips == ()
         never_rearmed = replay(day(0), config, rearm_after_ms=None)
-        assert [t.cause for t in never_rearmed.trips] == [BASELINE]
+        assert [t.cause for t in never_rearmed.trips] == [cause]
         again = replay(day(1), config, rearm_after_ms=None, baseline=never_rearmed.baseline)
-        assert [t.cause for t in again.trips] == [BASELINE]
+        assert [t.cause for t in again.trips] == [cause]
 
     def test_csv_to_trips(self) -> None:
         """A recorded CSV replays end to end."""

@@ -99,6 +99,64 @@ class TestComposeFile:
         for cmd in compose_commands():
             assert services[cmd.service]["build"] == ".", cmd.service
 
+    @pytest.mark.parametrize(
+        ("service", "variable", "default"),
+        [
+            ("redis", "REDIS_IMAGE", "redis:7.2-alpine"),
+            ("aggregator", "KILLSWITCH_IMAGE", "killswitch:dev"),
+            ("prometheus", "PROMETHEUS_IMAGE", "prom/prometheus:v2.42.0"),
+            ("grafana", "GRAFANA_IMAGE", "grafana/grafana-oss:10.4.2"),
+        ],
+    )
+    def test_images_are_overridable(self, service: str, variable: str, default: str) -> None:
+        """Each image name is `${VAR:-upstream}`: upstream by default, a local build when set."""
+        image = load_compose()["services"][service]["image"]
+        assert interpolate(image, {}) == default
+        assert interpolate(image, {variable: "localhost/own:1"}) == "localhost/own:1"
+
+    def test_dockerfile_base_is_overridable(self) -> None:
+        """The Dockerfile's base image is `ARG BASE` (python:3.11-slim unless a build sets it)."""
+        lines = [x.strip() for x in (REPO_ROOT / "Dockerfile").read_text().splitlines()]
+        code = [x for x in lines if x and not x.startswith("#")]
+        assert code[0] == "ARG BASE=python:3.11-slim"
+        assert code[1] == "FROM ${BASE}"
+
+    def test_no_service_runs_as_root(self) -> None:
+        """Every service names a non-root user, or uses the killswitch image whose USER is one."""
+        users = [
+            x.split()[1]
+            for x in (REPO_ROOT / "Dockerfile").read_text().splitlines()
+            if x.startswith("USER ")
+        ]
+        assert users and users[-1].split(":")[0] not in ("root", "0")
+        killswitch_image = {c.service for c in compose_commands()}
+        for name, service in load_compose()["services"].items():
+            if name in killswitch_image:
+                assert "user" not in service, name
+            else:
+                assert str(service["user"]).split(":")[0] not in ("root", "0"), name
+
+    def test_every_sidecar_keeps_its_state_in_a_volume_of_its_own(self) -> None:
+        """Each sidecar's --state-dir is a mount of a named volume no other service mounts."""
+        doc = load_compose()
+        seen: set[str] = set()
+        for cmd in compose_commands():
+            if cmd.argv[1] != "sidecar":
+                continue
+            state_dir = option(cmd.argv, "--state-dir")
+            mounts = dict(
+                reversed(v.split(":")[:2]) for v in doc["services"][cmd.service]["volumes"]
+            )
+            volume = mounts[state_dir]
+            assert volume in doc["volumes"] and volume not in seen, cmd.service
+            seen.add(volume)
+        assert len(seen) == len(HOSTS)
+
+    def test_redis_accepts_its_peers(self) -> None:
+        """Redis runs with protected mode off: its clients are other containers, not loopback."""
+        argv = argv_of(load_compose()["services"]["redis"]["command"])
+        assert option(argv, "--protected-mode") == "no"
+
     def test_redis_keeps_an_append_only_file(self) -> None:
         """Redis runs with `appendonly yes` so a restart keeps the kill state."""
         argv = argv_of(load_compose()["services"]["redis"]["command"])
@@ -189,6 +247,35 @@ def service_env(service: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in env.items()}
 
 
+class TestComposeIsolation:
+    """Routers reach only their sidecar; Redis loads the shipped ACL file; every credential
+    is a user of that file."""
+
+    def test_routers_never_share_a_network_with_redis(self) -> None:
+        """Each router is on one network, shared only with its own sidecar; Redis is not."""
+        services = load_compose()["services"]
+        redis_nets = set(services["redis"]["networks"])
+        for host in HOSTS:
+            (net,) = services[f"router-{host}"]["networks"]
+            members = {name for name, s in services.items() if net in s.get("networks", [])}
+            assert members == {f"router-{host}", f"sidecar-{host}"}, net
+            assert net not in redis_nets
+        assert "KILLSWITCH_REDIS_URL" not in service_env("router-or-01")
+
+    def test_redis_loads_the_shipped_acl_and_credentials_match(self) -> None:
+        """Redis runs with --aclfile from deploy/redis, and each service's user is in it."""
+        services = load_compose()["services"]
+        argv = argv_of(services["redis"]["command"])
+        assert option(argv, "--aclfile") == "/etc/redis/users.acl"
+        assert "./deploy/redis/users.acl:/etc/redis/users.acl:ro" in services["redis"]["volumes"]
+        users = {line.split()[1] for line in (REPO_ROOT / "deploy/redis/users.acl").read_text()
+                 .splitlines() if line.startswith("user ")}  # fmt: skip
+        for cmd in compose_commands():
+            if cmd.argv[1] in ("sidecar", "aggregator"):
+                user = option(cmd.argv, "--redis").split("//")[1].split(":")[0]
+                assert user in users, cmd.service
+
+
 class TestComposeCommandsInTheCli:
     """Each stack command is parsed and resolved by the real CLI, as the container would run it."""
 
@@ -202,7 +289,10 @@ class TestComposeCommandsInTheCli:
                 assert isinstance(settings, SidecarSettings), cmd
                 assert (settings.node, settings.metrics_port) == ("smars", 9100)
                 assert [str(a) for a in settings.listen] == ["tcp:0.0.0.0:7000"]
-                assert settings.redis_url == "redis://redis:6379/0"
+                assert settings.state_dir == "/var/lib/killswitch"
+                host = cmd.service.removeprefix("sidecar-")
+                user = f"ks-sidecar-smars-{host}"
+                assert settings.redis_url == f"redis://{user}:demo-{user}@redis:6379/0"
             elif cmd.argv[1] == "aggregator":
                 assert isinstance(settings, AggregatorSettings), cmd
                 assert settings.hosts == tuple(HOSTS) and settings.metrics_port == 9101

@@ -21,7 +21,8 @@ from killswitch.core.backtest import FlowEvent
 from killswitch.core.ruleview import EventLog, decode_view, rule_lines, shadow_banner, view_fields
 from killswitch.core.whatif import orders_after, per_host_limit, prometheus_alert
 from killswitch.runtime.config import ConfigError, Resolver
-from killswitch.sim.demo import Scenario
+from killswitch.sim.demo import COMPRESSED, REALTIME, Scenario
+from killswitch.sim.demoreport import render_table
 
 T0 = 1_343_827_800_000  # 2012-08-01 13:30:00 UTC
 
@@ -70,6 +71,54 @@ class TestScenario:
         assert max(rates) * 1.1 < 100  # one extra flush in a window still fits the cap
         assert max(s.rate("or-01", t / 10) for t in range(int(s.legacy_at * 10))) == 3 * s.pre
 
+    def test_realtime_is_the_same_day_four_times_as_long_at_production_windows(self) -> None:
+        """`--realtime` runs the same rates on a 4x timeline (about two minutes) with 10 s
+        windows and the fast rules on; the default run is the compressed one."""
+        s, r = COMPRESSED.scenario, REALTIME.scenario
+        assert 100 <= r.end <= 150
+        assert [r.rate("or-08", 4 * t / 10) for t in range(290)] == [
+            s.rate("or-08", t / 10) for t in range(290)
+        ]
+        assert (COMPRESSED.rules.window_ms, REALTIME.rules.window_ms) == (1000, 10_000)
+        assert "baseline_fast" in REALTIME.rules.causes
+        assert "baseline_fast" not in COMPRESSED.rules.causes
+        assert (COMPRESSED.compression, REALTIME.compression) == (10.0, 1.0)
+
+
+def _doc(compression: float) -> dict[str, Any]:
+    monitor = {"acted_after_s": 1.5, "orders_after_onset": 10, "detail": "d", "tripped": True}
+    return {
+        "scenario": {
+            "compression": compression, "window_s": 1.0 if compression > 1 else 10.0,
+            "fast_window_s": None if compression > 1 else 1.0, "hosts": ["a", "b"],
+            "haunted": "b", "onset_s": 10, "rollback_s": 17, "baseline_seed": "seed",
+            "per_host_cap": 100,
+        },
+        "monitors": [
+            {**monitor, "monitor": "per_host_limit"},
+            {**monitor, "monitor": "prometheus_alert"},
+            {**monitor, "monitor": "killswitch", "cause": "host_share", "confirmed": 8,
+             "kill_to_all_confirmed_ms": 3},
+        ],
+        "knight": {"minutes": 45, "orders": "over 4,000,000", "parent_orders": 212,
+                   "shares": 397_000_000, "loss_usd": "over $440 million"},
+        "orders_attempted_after_onset": 100,
+    }  # fmt: skip
+
+
+class TestDemoReport:
+    def test_compressed_table_says_so_and_what_it_means_in_real_time(self) -> None:
+        """The default table names the compression and scales its figures to production."""
+        text = render_table(_doc(10.0))
+        assert "TIME-COMPRESSED 10x" in text
+        assert "stand for production's 10 s" in text and "about 15 s" in text
+        assert "--realtime" in text
+
+    def test_realtime_table_says_real_time(self) -> None:
+        """The --realtime table says its figures are real time and claims no compression."""
+        text = render_table(_doc(1.0))
+        assert "REAL TIME" in text and "COMPRESSED" not in text
+
 
 def steady(host: str, per_100ms: int, start: int, end: int) -> list[FlowEvent]:
     return [FlowEvent(t, host, per_100ms) for t in range(start, end, 100)]
@@ -112,6 +161,14 @@ class TestRuleFlags:
             ({}, {"KILLSWITCH_HAUNTED_RATIO": "0.5"}, "haunted-ratio"),
             ({"half_life": 0}, {}, "half-life"),
             ({"min_orders": -3}, {}, "min-orders"),
+            ({"fast_multiplier": "0.5"}, {}, "fast-multiplier"),
+            ({"fast_window": 0}, {}, "fast-window"),
+            ({}, {"KILLSWITCH_FAST_BREACH": "-1"}, "fast-breach"),
+            ({"fast_min_orders": -1}, {}, "fast-min-orders"),
+            ({"fast_host_share": "maybe"}, {}, "fast-host-share"),
+            ({"max_rate": "fast"}, {}, "max-rate"),
+            ({}, {"KILLSWITCH_MAX_RATE": "-5"}, "max-rate"),
+            ({"shadow": "baseline_fast,nope"}, {}, "shadow"),
         ],
     )
     def test_bad_values_name_the_field(
@@ -134,8 +191,54 @@ class TestRuleFlags:
             2000, 7000, True, None,
         )  # fmt: skip
 
+    @pytest.mark.parametrize(
+        ("flags", "want"),
+        [
+            ({}, (8.0, 1000, 100, None, False, True)),
+            ({"max_rate": "auto"}, (8.0, 1000, 100, None, True, True)),
+            (
+                {
+                    "fast_multiplier": "off",
+                    "fast_window": 0.5,
+                    "fast_breach": 0,
+                    "max_rate": "off",
+                    "fast_host_share": "off",
+                },
+                (None, 500, 0, None, False, False),
+            ),
+            ({"max_rate": "1200", "fast_multiplier": "12"}, (12.0, 1000, 100, 1200.0, False, True)),
+        ],
+    )
+    def test_fast_rule_flags(self, flags: dict[str, Any], want: tuple[Any, ...]) -> None:
+        """The fast rules' flags resolve to the config: off, numbers, auto and on/off."""
+        c = rule_config(Resolver(flags, env={}))
+        got = (c.fast_multiplier, c.fast_window_ms, c.fast_breach_ms, c.max_rate,
+               c.max_rate_auto, c.fast_host_share)  # fmt: skip
+        assert got == want
+
 
 class TestRuleView:
+    def test_share_rules_spelled_out_for_status_match_the_rules(self) -> None:
+        """`status` formats the share rules as percentages without importing the rules."""
+        from killswitch.core.rules import SHARE_CAUSES
+        from killswitch.core.ruleview import SHARE_RULES
+
+        assert SHARE_RULES == SHARE_CAUSES
+
+    def test_fast_rules_in_view_and_status_lines(self) -> None:
+        """The view names the fast window and each rule's window; status shows both lines."""
+        cfg = MonitorConfig(max_orders=5000, max_host_share=0.5, max_rate_auto=True)
+        m = Monitor(cfg, roster=["a", "b"])
+        ev = m.observe(T0, 800, {"a": 400, "b": 400}, fast_total=90, fast_hosts={"a": 45, "b": 45})
+        view = decode_view({"node_orders": "800", "fast_orders": "90", **view_fields(cfg, ev)})
+        assert (view["fast_window_s"], view["max_rate"]) == ("1", "1500")
+        windows = {r["rule"]: r["window_s"] for r in view["rules"]}
+        assert windows == {"max_orders": 10, "baseline": 10, "host_share": 10, "max_rate": 1,
+                           "baseline_fast": 1, "host_share_fast": 1}  # fmt: skip
+        text = "\n".join(rule_lines(view))
+        assert "fast window 1s: node 90 orders" in text
+        assert "host_share_fast   1s" in text and "top host 50%" in text
+
     def test_view_round_trips_and_status_lines_are_loud_about_shadow(self) -> None:
         """The published view decodes to rules and haunted hosts; shadow gets a loud banner."""
         cfg = MonitorConfig(window_ms=1000, warmup_ms=0, min_orders=10, shadow=True)
@@ -203,10 +306,40 @@ class TestBacktestCommand:
         missing = run("backtest", "--counts", str(tmp_path / "nope.csv"))
         assert missing.returncode == 2 and "counts" in missing.stderr
 
+    def test_backtest_from_a_stored_baseline(self, tmp_path: Path) -> None:
+        """`--baseline FILE.json` starts the replay warm (a flood trips with no warm-up); a
+        missing, non-JSON or malformed file exits 2 naming `baseline`, with no traceback."""
+        from killswitch.testing.baselines import learned_baseline
+
+        cfg = MonitorConfig()
+        flows = {
+            h: [(f"{t}-0", {"a": "1" if t < T0 + 20_000 else "20"}) for t in range(T0, T0 + 25_000, 100)]
+            for h in ("or-01", "or-02")
+        }  # fmt: skip
+        csv = tmp_path / "counts.csv"
+        csv.write_text(counts_csv(flows, attempted=False))
+        base = tmp_path / "base.json"
+        base.write_text(json.dumps(learned_baseline(cfg, 20.0, T0).to_dict()))
+        cold = json.loads(run("backtest", "--counts", str(csv), "--json").stdout)
+        assert cold["trips"] == []  # still warming up
+        warm = run("backtest", "--counts", str(csv), "--baseline", str(base), "--json")
+        assert warm.returncode == 0, warm.stderr
+        [trip] = [t for t in json.loads(warm.stdout)["trips"] if t["cause"] == "baseline_fast"][:1]
+        assert T0 + 20_000 < trip["at_ms"] <= T0 + 21_100
+        (tmp_path / "bad.json").write_text("{not json")
+        (tmp_path / "list.json").write_text("[1, 2]")
+        (tmp_path / "fmt.json").write_text('{"format": "v0"}')
+        for name in ("nope.json", "bad.json", "list.json", "fmt.json"):
+            res = run("backtest", "--counts", str(csv), "--baseline", str(tmp_path / name))
+            assert res.returncode == 2 and "baseline" in res.stderr, (name, res.stderr)
+            assert "Traceback" not in res.stderr
+
     def test_help_lists_the_shared_rule_flags(self) -> None:
         """`aggregator --help` and `backtest --help` document the same trip-rule flags."""
         for verb in ("aggregator", "backtest"):
             out = run(verb, "--help").stdout
             for flag in ("--baseline-multiplier", "--breach-windows", "--min-orders",
-                         "--warmup", "--max-host-share", "--haunted-ratio", "--shadow"):  # fmt: skip
+                         "--warmup", "--max-host-share", "--haunted-ratio", "--shadow",
+                         "--max-rate", "--fast-window", "--fast-multiplier", "--fast-breach",
+                         "--fast-min-orders", "--fast-host-share"):  # fmt: skip
                 assert flag in out, (verb, flag)

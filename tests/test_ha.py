@@ -162,17 +162,52 @@ class TestLeaderAggregator:
 
 
 SITECUSTOMIZE = '''
-"""Test-only: SIGUSR1 moves this process's wall clock an hour ahead, SIGUSR2 an hour back."""
-import json, os, signal, sys, time
+"""Test-only: SIGUSR1 moves this process's wall clock an hour ahead, SIGUSR2 an hour back.
+
+Every wall-clock reader Python offers moves: time.time/time_ns, clock_gettime(CLOCK_REALTIME),
+localtime/gmtime/ctime/strftime without an explicit time, and datetime's now/utcnow/today
+(datetime.datetime is replaced by a subclass before any killswitch module imports it).
+The monotonic clock does not move: it is the one leases are meant to run on.
+"""
+import datetime as _dt, json, os, signal, sys, time
 
 if os.environ.get("KS_TEST_CLOCK_JUMPS") == "1":
-    _real, _real_ns, _offset = time.time, time.time_ns, [0.0]
-    time.time = lambda: _real() + _offset[0]
-    time.time_ns = lambda: _real_ns() + int(_offset[0] * 1e9)
+    _offset = [0.0]
+    _time, _time_ns = time.time, time.time_ns
+    _cg, _cg_ns = time.clock_gettime, time.clock_gettime_ns
+    _lt, _gm, _ct, _sf = time.localtime, time.gmtime, time.ctime, time.strftime
+    time.time = lambda: _time() + _offset[0]
+    time.time_ns = lambda: _time_ns() + int(_offset[0] * 1e9)
+    time.clock_gettime = lambda c: _cg(c) + (_offset[0] if c == time.CLOCK_REALTIME else 0.0)
+    time.clock_gettime_ns = lambda c: _cg_ns(c) + (
+        int(_offset[0] * 1e9) if c == time.CLOCK_REALTIME else 0
+    )
+    time.localtime = lambda t=None: _lt(time.time() if t is None else t)
+    time.gmtime = lambda t=None: _gm(time.time() if t is None else t)
+    time.ctime = lambda t=None: _ct(time.time() if t is None else t)
+    time.strftime = lambda f, t=None: _sf(f, time.localtime() if t is None else t)
+
+    class _JumpingDatetime(_dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls.fromtimestamp(time.time(), tz)
+
+        @classmethod
+        def utcnow(cls):
+            return cls.now(_dt.timezone.utc).replace(tzinfo=None)
+
+        @classmethod
+        def today(cls):
+            return cls.now()
+
+    _dt.datetime = _JumpingDatetime
 
     def _jump(signum, frame):
         _offset[0] += 3600.0 if signum == signal.SIGUSR1 else -3600.0
-        sys.stdout.write(json.dumps({"event": "test_clock_jumped", "offset_s": _offset[0]}) + "\\n")
+        seen = {"time": time.time() - _time(), "datetime": _dt.datetime.now().timestamp() - _time(),
+                "realtime": _cg(time.CLOCK_REALTIME) - time.clock_gettime(time.CLOCK_REALTIME)}
+        sys.stdout.write(json.dumps({"event": "test_clock_jumped", "offset_s": _offset[0],
+                                     "seen_s": seen}) + "\\n")
         sys.stdout.flush()
 
     signal.signal(signal.SIGUSR1, _jump)
@@ -223,7 +258,11 @@ class TestClockJump:
         for p in (sidecar, agg):
             p.send(signal.SIGUSR1)
         for p in (sidecar, agg):
-            wait_until(lambda p=p: p.events("test_clock_jumped"), 10)  # type: ignore[misc]
+            [jumped] = wait_until(lambda p=p: p.events("test_clock_jumped"), 10)  # type: ignore[misc]
+            # Every wall-clock reader of that process moved by the hour, not just time.time.
+            seen = jumped["seen_s"]
+            assert abs(seen["time"] - 3600) < 1 and abs(seen["datetime"] - 3600) < 1, seen
+            assert abs(seen["realtime"] + 3600) < 1, seen
         with f.client("or-01") as c:
             c.send(*[f"ORDER j{i} AAPL BUY 1" for i in range(20)])
             assert [c.reply() for _ in range(20)] == [f"ALLOW j{i} {epoch}" for i in range(20)]

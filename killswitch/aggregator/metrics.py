@@ -10,8 +10,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from killswitch.aggregator.fleetrule import FleetRule
+from killswitch.aggregator.inputs import InputGuard
 from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.aggregator.trust import Trust
 from killswitch.core import ruleview
@@ -76,6 +78,10 @@ class Aggregator(Protocol):
     def trust(self) -> Trust: ...
     @property
     def unlisted(self) -> tuple[str, ...]: ...
+    @property
+    def fleet(self) -> FleetRule | None: ...
+    @property
+    def inputs(self) -> InputGuard: ...
     def is_leader(self) -> bool: ...
 
 
@@ -96,6 +102,14 @@ class AggregatorCollector:
             g.add_metric([n, *extra.values()], value)
             return g
 
+        junk = CounterMetricFamily(
+            "killswitch_junk_inputs",
+            "Values read from Redis that are not what killswitch writes (ignored; repaired "
+            "when they would silence trips).",
+            labels=["node"],
+        )
+        junk.add_metric([n], a.inputs.count)
+        yield junk
         yield node_gauge(
             "killswitch_node_orders",
             "Orders sent across all hosts of the node within the sliding window.",
@@ -178,6 +192,8 @@ class AggregatorCollector:
                 "1 if the node's Redis runs with appendonly (a restart keeps kills), else 0.",
                 float(a.durable.enabled),
             )
+        if a.fleet is not None:
+            yield from fleet_metrics(a.fleet, win, a.s.instance)
         yield from rule_metrics(
             n, a.s.monitor, a.evaluation, a.trust.roster, a.window.by_host, a.window.total
         )
@@ -229,9 +245,70 @@ def rule_metrics(
         "1 for a rule in shadow mode: evaluated and reported, never enforcing.",
         labels=["node", "rule"],
     )
+    value = GaugeMetricFamily(
+        "killswitch_rule_value",
+        "What each rule judges at its last evaluation: orders in the rule's window (the top "
+        "host's share for the host-share rules).",
+        labels=["node", "rule", "window"],
+    )
+    rule_limit = GaugeMetricFamily(
+        "killswitch_rule_limit",
+        "The value above which each rule is in breach (absent until the baseline is learned).",
+        labels=["node", "rule", "window"],
+    )
     for cause in config.causes:
         r = ev.rule(cause) if ev is not None else None
         level.add_metric([node, cause], r.level if r is not None else 0)
         shadow.add_metric([node, cause], float(config.is_shadow(cause)))
+        if r is not None:
+            label = f"{r.window_ms / 1000:g}s"
+            value.add_metric([node, cause, label], r.value)
+            if r.limit is not None:
+                rule_limit.add_metric([node, cause, label], r.limit)
     yield level
     yield shadow
+    yield value
+    yield rule_limit
+    if ev is not None and ev.fast_total is not None:
+        fast = GaugeMetricFamily(
+            "killswitch_node_fast_orders",
+            "Orders sent across the node within the fast window the fast rules judge.",
+            labels=["node", "window"],
+        )
+        fast.add_metric([node, f"{config.fast_window_ms / 1000:g}s"], ev.fast_total)
+        yield fast
+
+
+def fleet_metrics(fleet: FleetRule, win: str, instance: str) -> Iterator[Metric]:
+    """The fleet rule's gauges (only on aggregators started with --fleet-max-orders)."""
+    lead = GaugeMetricFamily(
+        "killswitch_fleet_leader",
+        "1 on the aggregator instance holding the fleet leader lease (runs the fleet rule).",
+        labels=["instance"],
+    )
+    lead.add_metric([instance], float(fleet.is_leader()))
+    yield lead
+    limit = GaugeMetricFamily(
+        "killswitch_fleet_limit_orders",
+        "The fleet cap: more orders than this across every node within the window kills them all.",
+        labels=["window"],
+    )
+    limit.add_metric([win], fleet.cap)
+    yield limit
+    d = fleet.decision
+    if d is None:
+        return  # a standby: only the leader's sum is exported, so it is never double-counted
+    total = GaugeMetricFamily(
+        "killswitch_fleet_orders",
+        "Orders across every node of the fleet within the window (fleet leader's sum).",
+        labels=["window"],
+    )
+    total.add_metric([win], d.total)
+    yield total
+    stale = GaugeMetricFamily(
+        "killswitch_fleet_nodes_not_summed",
+        "Nodes the fleet rule could not sum (no fresh aggregator view, or another window).",
+        labels=[],
+    )
+    stale.add_metric([], len(d.stale) + len(d.other_window))
+    yield stale

@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 
 from killswitch.core.anomaly import MonitorConfig
+from killswitch.core.limitburst import LimitBurstConfig
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,11 @@ class AggregatorSettings:
     lease_ttl: float = 2.0  # leader lease on Redis server time, renewed every tick
     require_durable: bool = False  # refuse to start unless Redis runs with appendonly
     operators: str = ""  # the operators' allowed-signers file ("": never treats a node as armed)
+    # Firm-wide cap: orders across every node of the fleet within the window (None: off).
+    fleet_max_orders: int | None = None
+    limit_burst: LimitBurstConfig | None = None  # kill on local-limit refusals across hosts
+    on_haunted: str = "kill"  # host_share trip: "kill" the node or "isolate" the host
+    audit_log: str = ""  # local JSONL copy of the audit chain ("": none)
 
 
 def default_instance() -> str:

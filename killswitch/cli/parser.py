@@ -11,7 +11,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from killswitch.cli import rulecli
 from killswitch.core.version import __version__
 from killswitch.ops.control import EXIT_USAGE
 from killswitch.runtime.config import DEFAULT_REDIS, default_state_dir
@@ -31,7 +30,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every verb and flag; with `only` (the verb being run), the other verbs' rule flags are
+    left off, so a verb that has none (`kill`) does not import the trip rules to parse."""
+
+    def wants(name: str) -> bool:
+        return only is None or only == name
+
     common: Any = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("common options")
     g.add_argument(
@@ -106,13 +111,42 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help=f"where the highest seen epoch is kept across restarts (default {default_state_dir()})",
     )
+    s.add_argument(
+        "--limits",
+        metavar="PATH",
+        help="local pre-trade limits (TOML: max_qty, max_notional, max_orders_per_s, "
+        '[symbols."SYM"] overrides); an order over one gets BLOCK ... limit',
+    )
+    s.add_argument(
+        "--on-kill",
+        metavar="CMD",
+        help="shell command run once per kill epoch (e.g. a venue mass-cancel); its exit "
+        "status is reported in status --json",
+    )
 
     a = cmd(
         "aggregator",
         "Sum orders across the node's hosts, trip the node-wide kill, watch confirmations.",
     )
     a.add_argument("--hosts", metavar="H1,H2,...", help="the node's roster")
-    rulecli.add_rule_flags(a)
+    if wants("aggregator"):
+        from killswitch.cli import rulecli
+
+        rulecli.add_rule_flags(a)
+    lb = a.add_argument_group(
+        "limit-burst rule",
+        "Kill the node when the hosts' local --limits refuse more than N orders within "
+        "--limit-window on at least --limit-min-hosts hosts (default off).",
+    )
+    lb.add_argument("--max-limit-refusals", type=int, metavar="N", help="the rule's N")
+    lb.add_argument("--limit-window", type=float, metavar="S", help="window (default 1.0)")
+    lb.add_argument("--limit-min-hosts", type=int, metavar="N", help="hosts (default 2)")
+    a.add_argument(
+        "--on-haunted",
+        choices=("kill", "isolate"),
+        help="when the host-share rule trips: kill the node (default) or kill only the haunted "
+        "host (a scoped kill, lifted by arm --host)",
+    )
     a.add_argument(
         "--metrics-port", type=int, metavar="P", help="serve Prometheus /metrics on this port"
     )
@@ -137,10 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="leader lease: a standby takes over this long after the leader stops (default 2)",
     )
     a.add_argument(
+        "--fleet-max-orders",
+        type=int,
+        metavar="N",
+        help="firm-wide cap: kill every node of the fleet (cause fleet_cap) when more than N "
+        "orders were sent across all nodes within --window (one aggregator of the fleet, the "
+        "fleet lease holder, sums and acts)",
+    )
+    a.add_argument(
         "--require-durable",
         action="store_true",
         default=None,
         help="refuse to start (exit 2) unless Redis runs with appendonly (use in production)",
+    )
+    a.add_argument(
+        "--audit-log",
+        metavar="PATH",
+        help="append the node's audit chain to this JSONL file, so the trail survives a wiped "
+        f"Redis ('' for none; default {default_state_dir()}/audit-NODE.jsonl)",
     )
 
     for verb in ("arm", "resume"):
@@ -171,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="S",
             help="a new request expires after this many seconds (default 600)",
         )
+        _scope_flags(r, "lift the scoped kill of (signed by two operators like a node arm)")
         r.add_argument(
             "--timeout",
             type=float,
@@ -184,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k.add_argument("--reason", metavar="TEXT", help="why (audited; required)")
     k.add_argument("--operator", metavar="NAME", help="who (audited; default $USER)")
+    _scope_flags(k, "kill only")
     k.add_argument(
         "--key",
         metavar="PATH",
@@ -194,8 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument(
         "--timeout", type=float, metavar="S", help="seconds to wait for confirmations (default 5)"
     )
+    fleet_help = "every node of the fleet (every node registered in this Redis), not one --node"
+    k.add_argument(
+        "--fleet",
+        action="store_true",
+        default=None,
+        help=f"kill {fleet_help}; proven when every roster host of every node confirmed "
+        "(exit 3 names the node/host pairs that did not)",
+    )
 
-    cmd("status", "The node's state now: epoch, roster, who confirmed, who is stale.", [json_opt])
+    st = cmd(
+        "status", "The node's state now: epoch, roster, who confirmed, who is stale.", [json_opt]
+    )
+    st.add_argument(
+        "--fleet", action="store_true", default=None, help=f"one line per node: {fleet_help}"
+    )
 
     w = cmd(
         "watch",
@@ -208,19 +271,46 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--once", action="store_true", default=None, help="print one frame and exit (scripts)"
     )
+    w.add_argument(
+        "--fleet", action="store_true", default=None, help=f"one line per node: {fleet_help}"
+    )
 
-    au = cmd("audit", "Who changed what, when and why, oldest first.", [json_opt])
+    au = cmd(
+        "audit",
+        "Who changed what, when and why, oldest first, refused attempts included. Entries are "
+        "hash-chained; operator text is shown escaped (control characters visible).",
+        [json_opt],
+    )
     au.add_argument(
         "--limit", type=int, metavar="N", help="only the newest N entries (still oldest first)"
     )
+    au.add_argument(
+        "--verify",
+        action="store_true",
+        default=None,
+        help="check the hash chain: exit 0 when whole, 4 naming the first entry altered, "
+        "removed or inserted (or a cut-off tail)",
+    )
+    au.add_argument(
+        "--file",
+        metavar="PATH",
+        help="with --verify: also verify an aggregator's local copy (--audit-log) and that "
+        "Redis still holds every entry of it",
+    )
 
-    cmd(
+    dm = cmd(
         "demo",
         "The Knight Capital replay, live: an embedded Redis, eight sidecars, the aggregator and "
         "simulated order routers; prints what a per-host limit, a Prometheus alert and "
-        "killswitch did.",
+        "killswitch did. Time-compressed by default (~35 s; 1 s windows stand for 10 s, so its "
+        "times are a tenth of production's for the window rules).",
         [json_opt],
     )
+    dm.add_argument(
+        "--realtime", action="store_true", default=None,
+        help="no time compression: production windows (10 s) and rules, fast rules on, about "
+        "two minutes; its figures are real-time figures",
+    )  # fmt: skip
 
     bt = cmd(
         "backtest",
@@ -228,14 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
         "virtual time; report every trip they would have made. Takes the aggregator's rule flags.",
         [json_opt],
     )
-    rulecli.add_backtest_flags(bt)
+    if wants("backtest"):
+        from killswitch.cli import rulecli
+
+        rulecli.add_backtest_flags(bt)
 
     ex = cmd(
         "export",
         "Print the node's recorded flow (Redis keeps 15 minutes) as timestamp,host,count CSV "
         "for `killswitch backtest`.",
     )
-    rulecli.add_export_flags(ex)
+    if wants("export"):
+        from killswitch.cli import rulecli
+
+        rulecli.add_export_flags(ex)
 
     lg = cmd(
         "loadgen", "A simulated order router: sends ORDER lines to a sidecar's gate at a rate."
@@ -252,3 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lg.add_argument("--name", metavar="NAME", help="prefix of order ids (default router)")
     return p
+
+
+def _scope_flags(p: argparse.ArgumentParser, verb: str) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--host", dest="scope_host", metavar="H",
+        help=f"{verb} one host (proof from that host; the rest of the node is untouched)",
+    )  # fmt: skip
+    g.add_argument(
+        "--symbol", dest="scope_symbol", metavar="S",
+        help=f"{verb} one symbol on every host (proof from every roster host)",
+    )  # fmt: skip

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from killswitch.core.anomaly import CAUSES, MonitorConfig
+from killswitch.core.rules import RATE_HEADROOM
 from killswitch.runtime.config import ConfigError, Resolver, positive_float, positive_int
 
 # MonitorConfig field -> the flag that sets it (validation errors name the flag).
@@ -33,6 +34,12 @@ FLAG_OF = {
     "half_life_ms": "half-life",
     "profile_bucket_ms": "profile-bucket",
     "profile_half_life_ms": "profile-half-life",
+    "fast_window_ms": "fast-window",
+    "fast_multiplier": "fast-multiplier",
+    "fast_breach_ms": "fast-breach",
+    "fast_min_orders": "fast-min-orders",
+    "fast_host_share": "fast-host-share",
+    "max_rate": "max-rate",
 }
 
 
@@ -80,6 +87,30 @@ def add_rule_flags(parser: argparse.ArgumentParser) -> None:
         help=f"rules that only report ('would have tripped at ...'), never kill: a comma list of {','.join(CAUSES)}, or 'all'",
     )  # fmt: skip
     g.add_argument(
+        "--max-rate", metavar="N",
+        help=f"rate cap: kill when more than N orders per second were sent across the node within --fast-window (default off); 'auto' derives it from --max-orders ({RATE_HEADROOM:g}x its average rate)",
+    )  # fmt: skip
+    g.add_argument(
+        "--fast-window", type=float, metavar="S",
+        help=f"the fast window of the fast rules (baseline_fast, host_share_fast, max_rate), in seconds; they are off unless it is shorter than --window (default {d.fast_window_ms / 1000:g})",
+    )  # fmt: skip
+    g.add_argument(
+        "--fast-multiplier", metavar="X",
+        help=f"baseline_fast: kill when the fast window holds more than X times the baseline's rate (default {d.fast_multiplier:g}; 'off' disables the rule)",
+    )  # fmt: skip
+    g.add_argument(
+        "--fast-breach", type=float, metavar="S",
+        help=f"seconds a fast breach must hold, to filter one tick's noise (default {d.fast_breach_ms / 1000:g}; 0 trips at the first breaching tick)",
+    )  # fmt: skip
+    g.add_argument(
+        "--fast-min-orders", type=int, metavar="N",
+        help=f"the fast baseline and host-share rules never trip a fast window below N orders (default {d.fast_min_orders})",
+    )  # fmt: skip
+    g.add_argument(
+        "--fast-host-share", metavar="on|off",
+        help="host_share_fast: the --max-host-share limit on the fast window too (default on, with --max-host-share)",
+    )  # fmt: skip
+    g.add_argument(
         "--half-life", type=float, metavar="S",
         help=f"half-life of the baseline's moving average in seconds (default {d.half_life_ms / 1000:g})",
     )  # fmt: skip
@@ -108,6 +139,29 @@ def _multiplier(v: Any) -> float | None:
     if isinstance(v, str) and v.strip().lower() in ("off", "none"):
         return None
     return float(v)
+
+
+def _rate(v: Any) -> tuple[float | None, bool]:
+    """`--max-rate`: (max_rate, max_rate_auto)."""
+    if isinstance(v, str) and v.strip().lower() == "auto":
+        return None, True
+    if isinstance(v, str) and v.strip().lower() in ("off", "none"):
+        return None, False
+    f = float(v)
+    if not f > 0:
+        raise ValueError("must be a positive number of orders per second, 'auto' or 'off'")
+    return f, False
+
+
+def _switch(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    word = str(v).strip().lower()
+    if word in ("on", "true", "yes", "1"):
+        return True
+    if word in ("off", "false", "no", "0"):
+        return False
+    raise ValueError("must be 'on' or 'off'")
 
 
 def _count(v: Any) -> int:
@@ -152,7 +206,15 @@ def rule_config(r: Resolver) -> MonitorConfig:
         "half_life_ms": r.get("half-life", d.half_life_ms, _ms),
         "profile_bucket_ms": r.get("profile-bucket", d.profile_bucket_ms, _ms),
         "profile_half_life_ms": r.get("profile-half-life", d.profile_half_life_ms, _ms),
+        "fast_window_ms": r.get("fast-window", d.fast_window_ms, _ms),
+        "fast_multiplier": r.get("fast-multiplier", d.fast_multiplier, _multiplier),
+        "fast_breach_ms": r.get("fast-breach", d.fast_breach_ms, _seconds_ms),
+        "fast_min_orders": r.get("fast-min-orders", d.fast_min_orders, _count),
+        "fast_host_share": r.get("fast-host-share", d.fast_host_share, _switch),
     }
+    values["max_rate"], values["max_rate_auto"] = r.get(
+        "max-rate", (d.max_rate, d.max_rate_auto), _rate
+    )
     try:
         return MonitorConfig(**values)
     except ValueError as e:
@@ -165,6 +227,8 @@ def rule_config(r: Resolver) -> MonitorConfig:
 
 def config_json(config: MonitorConfig) -> dict[str, Any]:
     out = asdict(config)
+    out["rate_cap"] = config.rate_cap
+    out["causes"] = list(config.causes)
     out["shadow"] = (
         list(CAUSES)
         if config.shadow is True
@@ -188,6 +252,11 @@ def add_backtest_flags(parser: argparse.ArgumentParser) -> None:
         help="seconds between evaluations, as the aggregator's --tick (default 0.1)",
     )  # fmt: skip
     parser.add_argument(
+        "--baseline", metavar="FILE.json",
+        help="start from a stored baseline: a JSON object in the layout of the node's baseline "
+        "hash (e.g. yesterday's), instead of learning from nothing",
+    )  # fmt: skip
+    parser.add_argument(
         "--rearm-after", metavar="S",
         help="after a trip, re-arm this many seconds later as operators would (default 60; "
         "'never' stops at the first trip)",
@@ -199,6 +268,28 @@ def _rearm(v: Any) -> int | None:
     if isinstance(v, str) and v.strip().lower() in ("never", "none", "off"):
         return None
     return _seconds_ms(v)
+
+
+def _baseline_file(path: str | None, config: MonitorConfig) -> dict[str, str] | None:
+    """The `--baseline` file, checked the way the aggregator checks a stored baseline."""
+    from killswitch.core.baseline import Baseline, BaselineStateError
+
+    if path is None:
+        return None
+    try:
+        doc = json.loads(Path(path).read_text("utf-8"))
+    except OSError as e:
+        raise ConfigError(f"baseline: cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ConfigError(f"baseline: {path} is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"baseline: {path} must hold one JSON object (the baseline hash)")
+    data = {str(k): str(v) for k, v in doc.items()}
+    try:
+        Baseline.from_dict(data, config.baseline_params())
+    except BaselineStateError as e:
+        raise ConfigError(f"baseline: {path}: {e}") from None
+    return data
 
 
 def backtest_command(r: Resolver, as_json: bool) -> tuple[int, str]:
@@ -219,7 +310,8 @@ def backtest_command(r: Resolver, as_json: bool) -> tuple[int, str]:
         events = read_counts_csv(text)
     except CsvError as e:
         raise ConfigError(f"counts: {path} {e}") from None
-    result = replay(events, config, tick_ms=tick_ms, rearm_after_ms=rearm)
+    baseline = _baseline_file(r.get("baseline", None, str), config)
+    result = replay(events, config, tick_ms=tick_ms, rearm_after_ms=rearm, baseline=baseline)
     trips = [
         {
             "at_ms": t.at_ms,
@@ -252,7 +344,7 @@ def backtest_command(r: Resolver, as_json: bool) -> tuple[int, str]:
     ]
     for t in trips:
         kind = "SHADOW (would have tripped)" if t["shadow"] else "TRIP"
-        lines.append(f"  {t['time']}  {kind:<27} {t['cause']:<10}  {t['detail']}")
+        lines.append(f"  {t['time']}  {kind:<27} {t['cause']:<15}  {t['detail']}")
     return 0, "\n".join(lines)
 
 

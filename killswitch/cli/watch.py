@@ -15,7 +15,7 @@ import signal
 import sys
 import termios
 import tty
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -27,8 +27,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from killswitch.core.text import escape
 from killswitch.ops import control
 from killswitch.store.redisconn import connect
+from killswitch.store.redisurl import redact
 from killswitch.store.store import Store
 
 STATE_STYLE = {
@@ -72,10 +74,10 @@ def _headline(rep: Mapping[str, Any]) -> RenderableType:
         ("epoch ", "dim"), (str(rep.get("epoch", 0)), "bold"),
     )  # fmt: skip
     if rep.get("reason"):
-        line.append(f"  reason: {rep['reason']}")
+        line.append(f"  reason: {escape(rep['reason'])}")
     detail = Text(style="dim")
     if rep.get("changed_at"):
-        detail.append(f"last change {rep['changed_at']} by {rep.get('actor') or '?'}")
+        detail.append(f"last change {rep['changed_at']} by {escape(rep.get('actor') or '?')}")
         if rep.get("cause"):
             detail.append(f" ({rep['cause']})")
     if rep.get("server_time"):
@@ -141,6 +143,18 @@ def _confirmations(rep: Mapping[str, Any]) -> RenderableType:
     stale: Sequence[str] = rep.get("stale_hosts") or []
     if stale:
         line.append(f"   STALE (blocking): {', '.join(stale)}", style=STALE_ROW)
+    scopes: Sequence[Mapping[str, Any]] = rep.get("scopes") or []
+    if scopes:
+        active = ", ".join(f"{s.get('kind')} {s.get('value')}" for s in scopes)
+        line.append(f"   SCOPED KILLS: {active}", style="bold red")
+    if rep.get("state") == "KILLED" and rep.get("flat") is not None:
+        line.append(f"   flat {len(rep['flat'])}/{len(roster)}", style="dim")
+    contradicted = rep.get("contradicted") or {}
+    if isinstance(contradicted, dict) and contradicted:
+        line.append(f"   CONTRADICTED (not counted): {', '.join(contradicted)}", style="bold red")
+    junk = rep.get("junk") or []
+    if junk:
+        line.append(f"   JUNK IN REDIS: {escape('; '.join(map(str, junk)))}", style="bold red")
     return line
 
 
@@ -159,7 +173,7 @@ def _hosts(rep: Mapping[str, Any], agg: Mapping[str, Any]) -> RenderableType:
         age = s.get("age_s")
         note = []
         if s.get("regression"):
-            note.append(f"! {s['regression']}")
+            note.append(f"! {escape(s['regression'])}")
         if host in haunted:
             note.append(f"HAUNTED x{_float(haunted[host].get('peer_ratio')) or 0:.1f} peers")
         view = s.get("view") or ("STALE" if host in stale else "?")
@@ -184,7 +198,7 @@ def _hosts(rep: Mapping[str, Any], agg: Mapping[str, Any]) -> RenderableType:
 def _int(v: Any) -> int:
     try:
         return int(float(v))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 0
 
 
@@ -239,31 +253,43 @@ async def watch(
             outcome = await control.status(store)
         except (RedisError, OSError) as e:
             return False, render_error(
-                node, f"cannot reach Redis at {redis_url}: {type(e).__name__}: {e}"
+                node, f"cannot reach Redis at {redact(redis_url)}: {type(e).__name__}: {e}"
             )
         return True, render_status(outcome.report)
 
     try:
-        if once:
-            ok, view = await frame()
-            (console if ok else Console(stderr=True)).print(view)
-            return 0 if ok else 1
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            with _keys_quit(loop, stop), Live(console=console, auto_refresh=False) as live:
-                while not stop.is_set():
-                    live.update((await frame())[1], refresh=True)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), interval)
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-        return 0
+        return await run_view(frame, interval=interval, once=once, console=console)
     finally:
         await redis.aclose()
+
+
+async def run_view(
+    frame: Callable[[], Awaitable[tuple[bool, RenderableType]]],
+    *,
+    interval: float,
+    once: bool,
+    console: Console,
+) -> int:
+    """Redraw `frame()` every `interval` until q, Ctrl-C or SIGTERM (exit 0); with `once`,
+    print one frame (exit 1 when it could not be read)."""
+    if once:
+        ok, view = await frame()
+        (console if ok else Console(stderr=True)).print(view)
+        return 0 if ok else 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        with _keys_quit(loop, stop), Live(console=console, auto_refresh=False) as live:
+            while not stop.is_set():
+                live.update((await frame())[1], refresh=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return 0
 
 
 @contextlib.contextmanager

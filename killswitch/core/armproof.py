@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from killswitch.core.names import InvalidName, check_name
-from killswitch.core.sshsig import Operators, SignatureError, verify
+
+if TYPE_CHECKING:  # the verifier loads `cryptography`: `kill` and `status` only read proofs
+    from killswitch.core.sshsig import Operators
 
 VERSION = "killswitch-arm-1"
 SCOPE_NODE = "node"
@@ -48,11 +51,16 @@ class ArmRequest:
     roster: tuple[str, ...]
     reason: str
     expires_ms: int  # Redis server time after which the request cannot be completed
-    scope: str = SCOPE_NODE
+    scope: str = SCOPE_NODE  # or "host:<H>" / "symbol:<S>": the lift of that scoped kill
+    # A scoped lift: the scopes version it lifts (a later scoped kill voids the request). A
+    # scoped lift keeps the node's epoch: `epoch` equals `lifts_epoch` and opens no gate.
+    scope_ver: int = 0
 
     def encode(self) -> bytes:
+        scoped = {} if self.scope == SCOPE_NODE else {"scope_ver": self.scope_ver}
         return json.dumps(
             {
+                **scoped,
                 "v": VERSION,
                 "node": self.node,
                 "lifts_epoch": self.lifts_epoch,
@@ -94,13 +102,16 @@ class ArmRequest:
             reason=_str(d, "reason"),
             expires_ms=_int(d, "expires_ms"),
             scope=_str(d, "scope"),
+            scope_ver=_int(d, "scope_ver") if "scope_ver" in d else 0,
         )
         if req.encode() != data:
             raise ProofError("the signed message is not in canonical form")
         if req.epoch > MAX_EPOCH:
             raise ProofError("the signed epoch is out of range")
-        if req.epoch <= req.lifts_epoch:
+        if req.scope == SCOPE_NODE and req.epoch <= req.lifts_epoch:
             raise ProofError("the signed epoch does not lift the node's epoch")
+        if req.scope != SCOPE_NODE and req.epoch != req.lifts_epoch:
+            raise ProofError("a scoped lift must keep the node's epoch")
         return req
 
 
@@ -151,6 +162,8 @@ class Verdict:
 
 def verify_proof(operators: Operators | None, text: str) -> Verdict:
     """Verify a stored proof's signatures (the costly part: done once per new proof)."""
+    from killswitch.core.sshsig import SignatureError, verify  # noqa: PLC0415  see above
+
     if operators is None:
         return Verdict(None, refusal=NO_OPERATORS, detail="no operators file loaded")
     if not text:

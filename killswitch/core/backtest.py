@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from killswitch.core.anomaly import Monitor, MonitorConfig
 from killswitch.core.baseline import Baseline
 from killswitch.core.names import InvalidName, check_name
-from killswitch.core.window import SlidingWindow
+from killswitch.core.window import NodeWindows
 
 HEADER = ("timestamp", "host", "count")
 # A kill is re-armed by two approvers after someone looked at it: a minute is quick. Re-arming
@@ -158,7 +158,7 @@ def replay(
     if not ordered:
         return Replay((), 0, monitor.baseline.to_dict())
 
-    window = SlidingWindow(config.window_ms)
+    window = NodeWindows(config.window_ms, config.fast_in_use)
     hosts = dict.fromkeys(sorted(roster), 0)
     trips: list[TripRecord] = []
     killed_until: int | None = None
@@ -175,8 +175,16 @@ def replay(
         if killed_until is not None and now >= killed_until:
             monitor.reset(now)
             killed_until = None
-        totals = {h: window.by_host.get(h, 0) for h in hosts}
-        ev = monitor.observe(now, window.total, totals, armed=killed_until is None)
+        slow, fast = window.slow, window.fast
+        totals = {h: slow.by_host.get(h, 0) for h in hosts}
+        ev = monitor.observe(
+            now,
+            slow.total,
+            totals,
+            armed=killed_until is None,
+            fast_total=None if fast is None else fast.total,
+            fast_hosts=None if fast is None else {h: fast.by_host.get(h, 0) for h in hosts},
+        )
         ticks += 1
         for t in (*ev.trips, *ev.shadow_trips):
             trips.append(

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from killswitch.core.anomaly import Evaluation, MonitorConfig
+if TYPE_CHECKING:  # annotations only: `status` shows the view without loading the rules
+    from killswitch.core.anomaly import Evaluation, MonitorConfig
 
 JSON_FIELDS = ("rules", "haunted")  # view fields that hold JSON; `decode_view` parses them
+# `rules.SHARE_CAUSES`, spelled out so `status` need not import the rules (a test keeps them equal).
+SHARE_RULES = ("host_share", "host_share_fast")
 
 
 def iso(ms: int) -> str:
@@ -32,6 +35,8 @@ def view_fields(config: MonitorConfig, ev: Evaluation | None) -> dict[str, str]:
     fields = {
         "window_s": f"{config.window_ms / 1000:g}",
         "max_orders": "" if config.max_orders is None else str(config.max_orders),
+        "fast_window_s": "" if config.fast_in_use is None else f"{config.fast_window_ms / 1000:g}",
+        "max_rate": "" if config.rate_cap is None else f"{config.rate_cap:g}",
         "enforcing": ",".join(c for c in config.causes if not config.is_shadow(c)),
         "shadow": ",".join(shadow),
         "expected": "",
@@ -53,6 +58,7 @@ def view_fields(config: MonitorConfig, ev: Evaluation | None) -> dict[str, str]:
                 "limit": None if r.limit is None else round(r.limit, 4),
                 "level": r.level,
                 "breach_windows": r.breach_windows,
+                "window_s": r.window_ms / 1000,
             }
             for r in ev.rules
         ],
@@ -79,9 +85,11 @@ def decode_view(view: Mapping[str, str]) -> dict[str, Any]:
     for key in JSON_FIELDS:
         if key in out:
             try:
-                out[key] = json.loads(out[key])
+                value = json.loads(out[key])
             except ValueError:
-                out[key] = []
+                value = []
+            # junk written into the view hash reads as no rules, never as a crash later
+            out[key] = [x for x in value if isinstance(x, dict)] if isinstance(value, list) else []
     return out
 
 
@@ -182,12 +190,17 @@ def rule_lines(view: Mapping[str, Any]) -> list[str]:
         f"rules (window {win}s): node {view.get('node_orders', '?')} orders in window; "
         f"baseline {base}, {warm}",
     ]
+    if view.get("fast_window_s"):
+        out.append(
+            f"fast window {view['fast_window_s']}s: node {view.get('fast_orders', '?')} orders "
+            "in it (the fast rules trip a big flood within about a second)"
+        )
     rules = view.get("rules") or []
     if isinstance(rules, str):
         rules = decode_view({"rules": rules})["rules"]
     for r in rules:
         limit = r.get("limit")
-        if r.get("rule") == "host_share":
+        if r.get("rule") in SHARE_RULES:
             value = f"top host {r.get('value', 0):.0%}"
             lim = "-" if limit is None else f"{limit:.0%}"
         else:
@@ -195,9 +208,10 @@ def rule_lines(view: Mapping[str, Any]) -> list[str]:
             lim = "-" if limit is None else f"{limit:.0f}"
         mode = "SHADOW (not enforcing)" if r.get("shadow") else "enforcing"
         active = "" if r.get("active") else "  (inactive: warming up or below --min-orders)"
+        win_s = f"{r['window_s']:g}s" if isinstance(r.get("window_s"), (int, float)) else ""
         out.append(
-            f"  {r.get('rule', '?'):<11} {mode:<22} value {value:<14} limit {lim:<8} "
-            f"level {r.get('level', 0)}%{active}"
+            f"  {r.get('rule', '?'):<15} {win_s:>4} {mode:<22} value {value:<14} "
+            f"limit {lim:<8} level {r.get('level', 0)}%{active}"
         )
     haunted = view.get("haunted") or []
     if isinstance(haunted, str):

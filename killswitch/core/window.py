@@ -65,3 +65,40 @@ class SlidingWindow:
     @property
     def by_host(self) -> Mapping[str, int]:
         return self._by_host
+
+
+class NodeWindows:
+    """The node's window and, when the rules use one, the fast window beside it.
+
+    Both are fed the same entries and end at the same instant, so the fast rules judge the
+    newest `fast_ms` of exactly the flow the slow rules judge.
+    """
+
+    __slots__ = ("fast", "slow")
+
+    def __init__(self, width_ms: int, fast_ms: int | None = None) -> None:
+        self.slow = SlidingWindow(width_ms)
+        self.fast = SlidingWindow(fast_ms) if fast_ms is not None else None
+
+    def add(self, ts_ms: int, host: str, count: int) -> None:
+        self.slow.add(ts_ms, host, count)
+        if self.fast is not None:
+            self.fast.add(ts_ms, host, count)
+
+    def advance(self, now_ms: int) -> None:
+        self.slow.advance(now_ms)
+        if self.fast is not None:
+            self.fast.advance(now_ms)
+
+    def clear(self) -> None:
+        self.slow.clear()
+        if self.fast is not None:
+            self.fast.clear()
+
+    @property
+    def fast_total(self) -> int | None:
+        return None if self.fast is None else self.fast.total
+
+    @property
+    def fast_by_host(self) -> Mapping[str, int] | None:
+        return None if self.fast is None else self.fast.by_host

@@ -9,12 +9,19 @@ sidecar verifies the two signatures itself before it opens.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from killswitch.core.armproof import ArmRequest, Proof, ProofError, node_refusal, verify_proof
+from killswitch.core.armproof import (
+    SCOPE_NODE,
+    ArmRequest,
+    Proof,
+    ProofError,
+    node_refusal,
+    verify_proof,
+)
+from killswitch.core.bounds import uint_or
 from killswitch.core.roster import epoch_floor, not_ready_for_arm
 from killswitch.core.sshsig import Operators, SignatureError, verify
 from killswitch.core.state import NodeState, next_epoch
@@ -25,7 +32,7 @@ from killswitch.ops.control import (
     EXIT_UNCONFIRMED,
     EXIT_USAGE,
     Outcome,
-    confirm_listener,
+    audit_refusal,
     iso_time,
     missing_message,
     node_report,
@@ -34,7 +41,7 @@ from killswitch.ops.control import (
     wait_for_quorum,
 )
 from killswitch.ops.signing import SignError, ssh_sign
-from killswitch.store.store import NodeSnapshot, Store
+from killswitch.store.store import NodeSnapshot, Store, epoch_ceiling
 
 DEFAULT_EXPIRES_S = 600.0
 
@@ -56,7 +63,11 @@ async def arm(
     node = store.node
     snap = await store.snapshot()
     st = snap.state
-    epoch, ver = _int(st.get("epoch")), _int(st.get("ver"))
+    stored, ver = uint_or(st.get("epoch")), uint_or(st.get("ver"))
+    # A stored epoch implausibly above every host's is junk (written by hand): it counts as
+    # 0, as in kill.lua, so the arm takes an epoch the hosts accept. The scripts agree.
+    ceiling = epoch_ceiling(_reported_floor(snap))
+    epoch = 0 if ceiling and stored > ceiling else stored
     if st.get("state") == NodeState.ARMED.value:
         verdict = verify_proof(operators, st.get("proof", ""))
         if not node_refusal(verdict, node, epoch)[0] and (
@@ -66,7 +77,7 @@ async def arm(
             report["changed"] = False
             who = " and ".join(verdict.principals)
             return Outcome(EXIT_OK, report, f"node was already ARMED (signed by {who})")
-    pending, first_sig, first, void = _usable_pending(
+    pending, first_sig, first, void = usable_pending(
         snap, operators, node, (epoch, ver), _reported_floor(snap)
     )
     if pending is not None and not _same_terms(pending, roster, reason):
@@ -74,8 +85,8 @@ async def arm(
         pending = None
     wanted = tuple(sorted(set(roster))) if roster else (pending.roster if pending else snap.roster)
     if not wanted:
-        return _refused(
-            node,
+        return await _refused(
+            store,
             "no roster",
             "refused: the node has no roster in Redis; give --roster H1,H2,... or start its "
             "aggregator with --hosts (it proposes the roster until the first signed arm)",
@@ -85,6 +96,8 @@ async def arm(
     q0 = quorum_of(snap)
     problems = not_ready_for_arm(q0.hosts)
     if problems:
+        why = "; ".join(f"{h}: {w}" for h, w in sorted(problems.items()))
+        await audit_refusal(store, "arm", "", reason or "", f"hosts not ready: {why}")
         report = _report(snap, node)
         report["refused"] = problems
         lines = "\n".join(f"  {h}: {why}" for h, why in sorted(problems.items()))
@@ -93,7 +106,7 @@ async def arm(
             report,
             f"refused: every roster host must be alive and reporting before arming:\n{lines}",
         )
-    floor = max(epoch_floor(q0.hosts), _reported_floor(snap))
+    floor = max(epoch_floor(q0.hosts, epoch), _reported_floor(snap))
     req = pending or ArmRequest(
         node=node,
         lifts_epoch=epoch,
@@ -111,8 +124,8 @@ async def arm(
     try:
         me = verify(operators, message, signature)
     except SignatureError as e:
-        return _refused(
-            node,
+        return await _refused(
+            store,
             "signature refused",
             f"refused: your signature does not verify against the operators file ({e}); "
             "ask for your public key to be added to it",
@@ -120,10 +133,10 @@ async def arm(
     if pending is None or first is None:
         refusal = await store.arm_request(
             lifts=(epoch, ver), message=message, signature=signature, principal=me,
-            expires_ms=req.expires_ms, reason=req.reason,
+            expires_ms=req.expires_ms, reason=req.reason, ceiling=ceiling,
         )  # fmt: skip
-        if refusal:
-            return _refused(node, refusal, f"refused: the node changed while signing ({refusal})")
+        if refusal:  # audited by the script
+            return _void(node, refusal, f"refused: the node changed while signing ({refusal})")
         report = _report(snap, node)
         report["pending_arm"] = pending_json({"msg": message.decode("ascii"), "principal": me})
         note = f"({void})\n" if void else ""
@@ -139,18 +152,18 @@ async def arm(
         )
     proof = Proof(message, (first_sig, signature)).to_text()
     approvers = sorted({first, me})
-    async with confirm_listener(store) as wake:
+    async with store.confirmations() as wake:
         res = await store.arm(
             actor="+".join(approvers), reason=req.reason, approvers=approvers, epoch=req.epoch,
             lifts=(req.lifts_epoch, req.lifts_ver), expires_ms=req.expires_ms, proof=proof,
-            roster=req.roster,
+            roster=req.roster, ceiling=ceiling,
         )  # fmt: skip
-        if not res.changed:
-            why = {"moved": "the node was killed or armed since", "expired": "it expired"}
-            return _refused(
+        if not res.changed:  # audited by the script
+            words = {"moved": "the node was killed or armed since", "expired": "it expired"}
+            return _void(
                 node,
                 res.refused,
-                f"refused: the request is void ({why.get(res.refused, res.refused)}); run arm "
+                f"refused: the request is void ({words.get(res.refused, res.refused)}); run arm "
                 "again to start a new one",
             )
         snap2, q = await wait_for_quorum(store, req.roster, wake, timeout)
@@ -173,6 +186,8 @@ async def kill_actor(
     """Who a `kill --key` is recorded as: the principal whose signature of this kill verifies,
     else `fallback` and a note saying why (closing needs no proof, so nothing here can stop or
     hold up a kill for long)."""
+    import asyncio
+
     from killswitch.core.sshsig import parse_allowed_signers
 
     message = json.dumps(
@@ -191,7 +206,7 @@ async def kill_actor(
         return fallback, f"warning: kill recorded unsigned, as {fallback!r}: {e}"
 
 
-def _usable_pending(
+def usable_pending(
     snap: NodeSnapshot, operators: Operators, node: str, lifts: tuple[int, int], floor: int
 ) -> tuple[ArmRequest | None, str, str | None, str]:
     """The pending request if it can still be completed: (request, first signature, who, why
@@ -217,7 +232,7 @@ def _usable_pending(
 def _same_terms(req: ArmRequest, roster: Sequence[str] | None, reason: str | None) -> bool:
     """Options not given accept the pending request's terms; given ones must match them."""
     same_roster = not roster or tuple(sorted(set(roster))) == req.roster
-    return same_roster and (reason is None or reason == req.reason)
+    return req.scope == SCOPE_NODE and same_roster and (reason is None or reason == req.reason)
 
 
 def _pending_message(node: str, req: ArmRequest, signed: Sequence[str]) -> str:
@@ -233,7 +248,7 @@ def _pending_message(node: str, req: ArmRequest, signed: Sequence[str]) -> str:
 
 def _reported_floor(snap: NodeSnapshot) -> int:
     """The highest epoch any reporting host (on the roster or not) has seen."""
-    return max((_int(r.get("max_epoch")) for r in snap.reports.values()), default=0)
+    return max((uint_or(r.get("max_epoch")) for r in snap.reports.values()), default=0)
 
 
 def _report(snap: NodeSnapshot, node: str) -> dict[str, Any]:
@@ -242,12 +257,11 @@ def _report(snap: NodeSnapshot, node: str) -> dict[str, Any]:
     return report
 
 
-def _refused(node: str, what: str, message: str) -> Outcome:
+async def _refused(store: Store, what: str, message: str) -> Outcome:
+    """A refusal decided here (not in a script) is audited too: who is not known yet."""
+    await audit_refusal(store, "arm", "", "", what)
+    return _void(store.node, what, message)
+
+
+def _void(node: str, what: str, message: str) -> Outcome:
     return Outcome(EXIT_REFUSED, {"node": node, "refused": what}, message)
-
-
-def _int(v: str | None) -> int:
-    try:
-        return int(v or 0)
-    except ValueError:
-        return 0

@@ -6,8 +6,6 @@ done when every roster host confirmed it, never when the message was published.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,11 +13,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from killswitch.core.armproof import ArmRequest, ProofError, roster_of
+from killswitch.core.bounds import MAX_EPOCH_JUMP, parse_uint, uint_or
 from killswitch.core.leader import instance_of
-from killswitch.core.roster import Quorum, epoch_floor, host_status, quorum
+from killswitch.core.roster import (
+    Quorum,
+    epoch_floor,
+    flat_hosts,
+    host_status,
+    implausible_reports,
+    quorum,
+)
 from killswitch.core.ruleview import decode_view
+from killswitch.core.scope import parse_scopes
 from killswitch.core.state import NodeState
-from killswitch.store.store import NodeSnapshot, Store
+from killswitch.store.store import NodeSnapshot, Store, Wake
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -43,19 +50,26 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
     """The CONTRACT's JSON shape for `kill`, `arm` and `status`, plus extras."""
     st = snap.state
     state = st.get("state") or NodeState.UNARMED.value
+    if state not in (NodeState.ARMED.value, NodeState.KILLED.value, NodeState.UNARMED.value):
+        state = "UNREADABLE"  # junk written by hand: every host blocks on it; `junk` names it
     stale = [h for h, s in q.hosts.items() if not s.alive or s.view == NodeState.STALE.value]
     report: dict[str, Any] = {
         "node": (snap.roster and st.get("node")) or "",
         "state": state,
-        "epoch": int(st.get("epoch") or 0),
+        "epoch": uint_or(st.get("epoch")),
         "reason": st.get("reason", ""),
         "roster": list(q.roster),
         "confirmed": list(q.confirmed),
         "missing": list(q.missing),
+        "flat": flat_hosts(q.roster, state, uint_or(st.get("epoch")), q.hosts),
+        # Scoped kills in force (kill --host / --symbol), whatever the node's state.
+        "scopes": [s.to_json() for s in parse_scopes(snap.scopes).active],
+        # confirmations the host's own report contradicts: not counted (host -> why)
+        "contradicted": dict(q.contradicted),
         "hosts": {h: s.to_json() for h, s in q.hosts.items()},
         "actor": st.get("actor", ""),
         "cause": st.get("cause", ""),
-        "changed_at": iso_time(int(st.get("ts_ms") or 0)),
+        "changed_at": iso_time(uint_or(st.get("ts_ms"))),
         "stale_hosts": stale,
         "server_time": iso_time(snap.now_ms),
         # The aggregator instance holding the leader lease ("" none: nothing trips by itself).
@@ -66,6 +80,8 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
     }
     if snap.aggregator:
         report["aggregator"] = decode_view(snap.aggregator)
+        # Blocked hosts whose subscribed trading processes did not report flat in time.
+        report["not_flat"] = [h for h in snap.aggregator.get("not_flat", "").split(",") if h]
     # The roster of the last signed arm (unverified here: gates and the aggregator verify).
     signed = roster_of(st.get("proof", ""))
     report["signed_roster"] = list(signed)
@@ -79,7 +95,32 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
     }
     if snap.pending:
         report["pending_arm"] = pending_json(snap.pending)
+    junk = _junk(snap, q)
+    if junk:
+        report["junk"] = junk
     return report
+
+
+def _junk(snap: NodeSnapshot, q: Quorum) -> list[str]:
+    """Values in Redis that are not what killswitch writes: named, never used."""
+    out = []
+    for name in ("epoch", "ver", "ts_ms", "armed_ms", "killed_ms"):
+        if snap.state.get(name) not in (None, "") and parse_uint(snap.state[name]) is None:
+            out.append(f"state.{name}={snap.state[name][:40]!r}")
+    if snap.state.get("state") not in (None, "", "ARMED", "KILLED"):
+        out.append(f"state.state={snap.state['state'][:40]!r}")
+    for h, s in q.hosts.items():
+        out.extend(f"{h}.{field}" for field in s.junk)
+    stored = uint_or(snap.state.get("epoch"))
+    out.extend(f"{h}.max_epoch implausible" for h in implausible_reports(q.hosts, stored))
+    floor = epoch_floor(q.hosts)
+    if floor and stored > floor + MAX_EPOCH_JUMP:
+        out.append(f"state.epoch {stored} implausibly above every host's ({floor})")
+    if snap.wrong_types:
+        out.append(f"{snap.wrong_types} keys of the wrong type (read as empty)")
+    if snap.leader and snap.leader_ttl_ms == -1:
+        out.append("leader lease without TTL (the aggregator removes it)")
+    return out
 
 
 def pending_json(pending: dict[str, str]) -> dict[str, Any]:
@@ -87,9 +128,10 @@ def pending_json(pending: dict[str, str]) -> dict[str, Any]:
     try:
         req = ArmRequest.decode(pending.get("msg", "").encode("ascii", "replace"))
     except ProofError as e:
-        return {"by": pending.get("principal", ""), "error": str(e)}
+        return {"by": pending.get("principal", "")[:64], "error": str(e)}
     return {
-        "by": pending.get("principal", ""),
+        "by": pending.get("principal", "")[:64],
+        "scope": req.scope,
         "lifts_epoch": req.lifts_epoch,
         "epoch": req.epoch,
         "roster": list(req.roster),
@@ -109,14 +151,17 @@ async def status(store: Store) -> Outcome:
 async def kill(
     store: Store, *, reason: str, operator: str, timeout: float, cause: str = "operator"
 ) -> Outcome:
-    async with confirm_listener(store) as wake:
+    async with store.confirmations() as wake:
         before = await store.snapshot()
         # Containment is proven against the stored roster and the last signed one: a roster
         # narrowed in Redis by hand cannot make a kill look complete.
         roster = tuple(sorted({*before.roster, *roster_of(before.state.get("proof", ""))}))
-        floor = max(epoch_floor(quorum_of(before).hosts), _unlisted_floor(before))
+        floor = max(
+            epoch_floor(quorum_of(before).hosts, uint_or(before.state.get("epoch"))),
+            _unlisted_floor(before),
+        )
         res = await store.kill(actor=operator, reason=reason, cause=cause, floor=floor)
-        replicated = asyncio.create_task(_replicas_acked(store, min(timeout, REPLICA_WAIT_S)))
+        replicated = store.concurrently(_replicas_acked(store, min(timeout, REPLICA_WAIT_S)))
         snap, q = await wait_for_quorum(store, roster, wake, timeout)
         acked = await replicated
     report = node_report(snap, q)
@@ -145,30 +190,19 @@ async def kill(
     return Outcome(EXIT_UNCONFIRMED, report, missing_message(q, timeout))
 
 
-async def audit(store: Store, limit: int | None) -> Outcome:
-    entries = await store.audit(limit)
-    rows = []
-    for entry_id, f in entries:
-        ts = int(f.get("ts_ms") or entry_id.split("-", 1)[0])
-        row: dict[str, Any] = {"id": entry_id, "time": iso_time(ts), "action": f.get("action", "")}
-        row["actor"] = f.get("actor", "")
-        row["reason"] = f.get("reason", "")
-        for k in ("epoch", "prev_epoch"):
-            if f.get(k):
-                row[k] = int(f[k])
-        for k in ("cause", "approvers", "prev_state"):
-            if f.get(k):
-                row[k] = f[k].split(",") if k == "approvers" else f[k]
-        rows.append(row)
-    return Outcome(EXIT_OK, {"node": store.node, "entries": rows})
-
-
 # -- helpers ---------------------------------------------------------------------------------
+
+
+async def audit_refusal(store: Store, attempt: str, actor: str, reason: str, why: str) -> None:
+    """A refused attempt goes into the audit chain too (who, what, why refused)."""
+    await store.audit_event("refused", attempt=attempt, actor=actor, reason=reason, refused=why)
 
 
 def _unlisted_floor(snap: NodeSnapshot) -> int:
     """The highest epoch an off-roster host reports (a new epoch goes above it too)."""
-    return max((_int(snap.reports.get(h, {}).get("max_epoch")) for h in snap.unlisted), default=0)
+    return max(
+        (uint_or(snap.reports.get(h, {}).get("max_epoch")) for h in snap.unlisted), default=0
+    )
 
 
 def _unlisted_note(report: dict[str, Any]) -> str:
@@ -179,13 +213,6 @@ def _unlisted_note(report: dict[str, Any]) -> str:
         f"note: {len(hosts)} host(s) report but are not on the roster (blocked as unlisted, "
         f"their orders counted): {', '.join(sorted(hosts))}"
     )
-
-
-def _int(v: str | None) -> int:
-    try:
-        return int(v or 0)
-    except ValueError:
-        return 0
 
 
 async def _replicas_acked(store: Store, timeout: float) -> int | None:
@@ -207,8 +234,8 @@ async def _replicas_acked(store: Store, timeout: float) -> int | None:
 def quorum_of(snap: NodeSnapshot) -> Quorum:
     st = snap.state
     return quorum(
-        snap.roster, int(st.get("epoch") or 0), int(st.get("ver") or 0),
-        snap.reports, snap.confirms, snap.now_ms,
+        snap.roster, uint_or(st.get("epoch")), uint_or(st.get("ver")),
+        snap.reports, snap.confirms, snap.now_ms, st.get("state") or "",
     )  # fmt: skip
 
 
@@ -216,7 +243,9 @@ def missing_message(q: Quorum, timeout: float) -> str:
     lines = []
     for h in q.missing:
         s = q.hosts[h]
-        if s.age_s is None:
+        if h in q.contradicted:
+            why = f"CONTRADICTED: a confirmation is stored, but {q.contradicted[h]}"
+        elif s.age_s is None:
             why = "has never reported"
         elif not s.alive:
             why = f"silent for {s.age_s:.1f}s"
@@ -229,37 +258,8 @@ def missing_message(q: Quorum, timeout: float) -> str:
     )
 
 
-@contextlib.asynccontextmanager
-async def confirm_listener(store: Store):  # type: ignore[no-untyped-def]
-    """An event set whenever a host publishes a confirmation (subscribed before acting)."""
-    wake = asyncio.Event()
-    pubsub = store.redis.pubsub()
-    task: asyncio.Task[None] | None = None
-    try:
-        await pubsub.subscribe(store.keys.confirms)
-
-        async def pump() -> None:
-            while True:
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if msg is not None:
-                    wake.set()
-
-        task = asyncio.create_task(pump())
-    except Exception:
-        pass  # without pub/sub we still poll; it only costs latency
-    try:
-        yield wake
-    finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        with contextlib.suppress(Exception):
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-
 async def wait_for_quorum(
-    store: Store, roster: Sequence[str], wake: asyncio.Event, timeout: float
+    store: Store, roster: Sequence[str], wake: Wake, timeout: float
 ) -> tuple[NodeSnapshot, Quorum]:
     deadline = time.monotonic() + timeout
     while True:
@@ -269,8 +269,7 @@ async def wait_for_quorum(
         left = deadline - time.monotonic()
         if q.complete or left <= 0 or not roster:
             return snap, q
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), min(POLL_S, left))
+        await wake.wait(min(POLL_S, left))
 
 
 def _durable(flag: str) -> bool | None:

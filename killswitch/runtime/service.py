@@ -7,8 +7,11 @@ SIGTERM and SIGINT only set an event; the service then drains through its own id
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable
+
+from redis.exceptions import RedisError
 
 
 async def run_until_signalled(
@@ -24,3 +27,29 @@ async def run_until_signalled(
         await stopping.wait()
     finally:
         await stop()
+
+
+async def until_reachable(
+    step: Callable[[], Awaitable[None]],
+    stopping: asyncio.Event,
+    warn: Callable[[str], None],
+    retry_s: float = 1.0,
+) -> bool:
+    """Runs `step` until it gets through to Redis; False if `stopping` is set first.
+
+    A service in a container stack may start before Redis does (podman does not gate start
+    order on health), so an unreachable Redis at start is a wait, not a crash. Anything other
+    than a connection failure still propagates.
+    """
+    failures = 0
+    while not stopping.is_set():
+        try:
+            await step()
+            return True
+        except (RedisError, OSError) as e:
+            if failures == 0:
+                warn(f"{type(e).__name__}: {e}")
+            failures += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), retry_s)
+    return False

@@ -22,16 +22,18 @@ import structlog
 from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio import Redis
 
-from killswitch.core.armproof import Verdict, gate_refusal, verify_proof
-from killswitch.core.gate import Gate
-from killswitch.core.sshsig import Operators
-from killswitch.core.state import HostView, NodeState, boot_view, observe, unproven
+from killswitch.core.bounds import parse_uint, plausible_epoch
+from killswitch.core.gate import LIMIT, Gate
+from killswitch.core.scope import Scopes, newer, parse_scopes
+from killswitch.core.state import HostView, NodeState, boot_view, observe
 from killswitch.core.version import __version__
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled
+from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.metrics import SidecarCollector
+from killswitch.sidecar.notify import StateNotifier
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.store.localstate import LocalState
 from killswitch.store.redisconn import connect
@@ -69,28 +71,35 @@ class Sidecar:
         self._fail_streak = 0
         self._recorded: tuple[int, NodeState | None] = (max_epoch, max_state)
         self._held_recorded = 0  # epoch of a kill notice already recorded locally (0: none)
-        self.gate = Gate(settings.node, settings.host, view=view, clock=clock, log=self.log)
+        self.gate = Gate(
+            settings.node, settings.host, view=view, clock=clock, log=self.log,
+            limits=settings.limits,
+        )  # fmt: skip
         # Without an operators file this gate can never open: it cannot verify any arm.
-        self.operators: Operators | None = (
-            load_operators(settings.operators) if settings.operators else None
+        self.arms = ArmCheck(
+            load_operators(settings.operators) if settings.operators else None,
+            settings.node,
+            settings.host,
+            self.log,
         )
-        self._proof_digest = ""  # sha1 (as Redis computes it) of the proof held below
-        self._proof_text = ""
-        self._verdict: Verdict | None = None  # verified once per new proof, never per order
-        self.verifications = 0
-        self.refused_arms = 0
-        self._last_refusal: tuple[int, str] = (0, "")
         self.boot = uuid.uuid4().hex[:12]
         self.acked = (0, 0)
+        self.acked_more = (0, 0)  # cancels and limit refusals of the last acknowledged flush
         self.confirmed: tuple[int, int] = (0, 0)
         self.last_ok: float | None = None
         self.failures = 0
         self.regressions = 0
+        self.junk_inputs = 0  # notices that are not a bounded `KILLED <epoch> <ver>`
         self._rate: deque[tuple[float, int]] = deque(maxlen=64)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._server = GateServer(self.gate, settings.listen, logger=self.log)
+        self._server = GateServer(
+            self.gate, settings.listen, logger=self.log, on_flat=self._wake.set
+        )
+        self.notify = StateNotifier(self, self._server)
+        self.scopes = Scopes()
+        self._scope_regressed = False
         self.registry = registry if registry is not None else CollectorRegistry()
         self._rtt = Histogram(
             "killswitch_redis_roundtrip_seconds",
@@ -124,7 +133,7 @@ class Sidecar:
             asyncio.create_task(self._sync_loop(), name="sync"),
             asyncio.create_task(self._listen_loop(), name="pubsub"),
         ]
-        if self.operators is None:
+        if self.arms.operators is None:
             self.log.error(
                 "NO_OPERATORS",
                 reason="no --operators file: this gate cannot verify any arm and will never "
@@ -145,6 +154,7 @@ class Sidecar:
         self._started = False
         self._stop.set()
         self.gate.close()
+        await self.notify.close()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -175,6 +185,7 @@ class Sidecar:
         """One round trip; returns whether it succeeded. The gate's lease starts at send time."""
         sent = self.clock()
         allowed, blocked = self.gate.allowed, self.gate.blocked
+        cancels, limited = self.gate.cancels, self.gate.blocked_by.get(LIMIT, 0)
         view = self.gate.view
         want_confirm = (
             view.state in (NodeState.ARMED, NodeState.KILLED)
@@ -201,7 +212,12 @@ class Sidecar:
             held_epoch=self.gate.held if self.gate.held == self._held_recorded else 0,
             confirmed_epoch=self.confirmed[0],
             confirmed_ver=self.confirmed[1],
-            proof_digest=self._proof_digest,
+            cancels=cancels,
+            limited=limited,
+            acked_cancels=self.acked_more[0],
+            acked_limited=self.acked_more[1],
+            extra=self.notify.report_fields(),
+            proof_digest=self.arms.digest,
             proof_refusal=view.refusal,
         )
         try:
@@ -222,37 +238,25 @@ class Sidecar:
             self._fail_streak = 0
         self.last_ok = sent
         self.acked = (allowed, blocked)
+        self.acked_more = (cancels, limited)
         if want_confirm:
             self._confirmed(view.epoch, view.ver, view.state.value, blocked)
         if reply.proof is not None:
-            self._proof_digest, self._proof_text, self._verdict = (
-                reply.proof_digest,
-                reply.proof,
-                None,
-            )
-        new = self._prove(observe(view, reply.read))
+            self.arms.hold(reply.proof_digest, reply.proof)
+        new = self.arms.prove(observe(view, reply.read))
         if reply.closed_confirm and new.state is NodeState.KILLED:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
+        self._apply_scopes(parse_scopes(reply.scopes))  # before the state: never open, then close
         self._apply(new, sent)
         return True
 
-    def _prove(self, new: HostView) -> HostView:
-        """An ARMED read opens the gate only with two operators' signatures over this node,
-        this epoch and a roster listing this host; anything else is enforced as UNARMED."""
-        if new.state is not NodeState.ARMED:
-            return new
-        if self._verdict is None:
-            self._verdict = verify_proof(self.operators, self._proof_text)
-            self.verifications += 1
-        refusal, detail = gate_refusal(self._verdict, self.s.node, self.s.host, new.epoch)
-        if refusal and self._last_refusal != (new.epoch, refusal):
-            self._last_refusal = (new.epoch, refusal)
-            self.refused_arms += 1
-            self.log.error("ARM_NOT_PROVEN", epoch=new.epoch, reason=refusal, detail=detail)
-        elif not refusal and self._last_refusal != (new.epoch, ""):
-            self._last_refusal = (new.epoch, "")
-            self.log.info("ARM_VERIFIED", epoch=new.epoch, operators=list(self._verdict.principals))
-        return unproven(new, refusal)
+    @property
+    def refused_arms(self) -> int:
+        return self.arms.refused
+
+    @property
+    def verifications(self) -> int:
+        return self.arms.verifications
 
     def _confirmed(self, epoch: int, ver: int, state: str, blocked: int) -> None:
         self.confirmed = (epoch, ver)
@@ -286,6 +290,7 @@ class Sidecar:
         if (new.max_epoch, new.max_state) != (old.max_epoch, old.max_state):
             self._record(new.max_epoch, new.max_state)
         self.gate.apply(new, sent + self.s.stale_after)
+        self.notify.changed()
         if (new.state, new.epoch, new.ver) != (old.state, old.epoch, old.ver):
             self.log.info(
                 "NODE_STATE", state=new.state.value, epoch=new.epoch, ver=new.ver,
@@ -293,6 +298,23 @@ class Sidecar:
             )  # fmt: skip
             if new.state in (NodeState.ARMED, NodeState.KILLED):
                 self._wake.set()  # confirm on the very next round trip, not a flush later
+
+    def _apply_scopes(self, read: Scopes) -> None:
+        """Enforce the scoped kills read; a version below one applied is never a lift."""
+        if read.ver == self.scopes.ver:
+            return
+        if newer(self.scopes, read) is self.scopes:
+            if not self._scope_regressed:
+                self.log.error("SCOPE_REGRESSION", seen=self.scopes.ver, read=read.ver)
+            self._scope_regressed = True
+            return
+        self._scope_regressed = False
+        isolated, symbols = read.for_host(self.s.host)
+        self.gate.set_scope(isolated, symbols, read.ver)
+        self.log.info("SCOPE", scope_ver=read.ver, host_killed=isolated, symbols=sorted(symbols))
+        self.scopes = read
+        self.notify.changed()
+        self._wake.set()  # report the applied version on the very next round trip
 
     def _orders_per_s(self, now: float, total: int) -> float:
         self._rate.append((now, total))
@@ -329,16 +351,26 @@ class Sidecar:
         one-call confirmation it allows is never ahead of what this host remembers. A forged
         notice can only block this host, and an arm above its epoch clears it.
         """
-        parts = data.split()
-        if len(parts) == 3 and parts[0] == "KILLED" and parts[1].isascii() and parts[1].isdigit():
-            epoch = int(parts[1])
-            if self.gate.hold(epoch):
-                view = self.gate.view
-                if (epoch, NodeState.KILLED) != (view.max_epoch, view.max_state):
-                    # Memory and file agree: a restart behaves like this process would.
-                    self.gate.view = replace(view, max_epoch=epoch, max_state=NodeState.KILLED)
-                self._record(epoch, NodeState.KILLED)
-                self._held_recorded = epoch
+        parts = data.split(" ")
+        if len(parts) == 2 and parts[0] == "SCOPE" and parse_uint(parts[1]) is not None:
+            return  # a scoped kill changed: the sync loop (woken) reads the scopes
+        epoch = parse_uint(parts[1]) if len(parts) == 3 else None
+        if len(parts) != 3 or parts[0] not in ("KILLED", "ARMED") or parse_uint(parts[2]) is None:
+            epoch = None
+        if epoch is None or not plausible_epoch(epoch, self.gate.view.max_epoch):
+            # 10^29, -1, 7.5, junk words: never recorded, never arithmetic; counted and logged
+            self.junk_inputs += 1
+            self.log.warning("JUNK_INPUT", source="events", value=data[:80],
+                             seen_epoch=self.gate.view.max_epoch)  # fmt: skip
+            return
+        if parts[0] == "KILLED" and self.gate.hold(epoch):
+            view = self.gate.view
+            if (epoch, NodeState.KILLED) != (view.max_epoch, view.max_state):
+                # Memory and file agree: a restart behaves like this process would.
+                self.gate.view = replace(view, max_epoch=epoch, max_state=NodeState.KILLED)
+            self._record(epoch, NodeState.KILLED)
+            self._held_recorded = epoch
+            self.notify.changed()
 
     def _record(self, epoch: int, state: NodeState | None) -> None:
         """Write the highest epoch seen to the local state file, only when it changes."""

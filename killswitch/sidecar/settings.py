@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from killswitch.core.limits import Limits
 from killswitch.runtime.config import ListenAddr
 
 
@@ -19,4 +20,7 @@ class SidecarSettings:
     stale_after: float = 1.0
     state_dir: str = ""
     operators: str = ""  # the operators' allowed-signers file ("": this gate never opens)
+    limits: Limits | None = None  # local pre-trade limits (`--limits`); None: none
+    limits_digest: str = ""  # sha256 of the limits file, reported with the host's release
+    on_kill: str = ""  # shell command run once per kill epoch (`--on-kill`)
     extra: dict[str, Any] = field(default_factory=dict)

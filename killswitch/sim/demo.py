@@ -19,7 +19,7 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -29,27 +29,19 @@ from redis.asyncio import Redis
 from rich.live import Live
 from rich.table import Table
 
-from killswitch.core import whatif
 from killswitch.core.anomaly import MonitorConfig
 from killswitch.core.backtest import FlowEvent, replay
+from killswitch.ops import audit as ops_audit
 from killswitch.ops import control
+from killswitch.sim.demoreport import HAUNTED, HOSTS, render_table, results
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.fleet import Fleet, wait_until
-from killswitch.sim.loadgen import RouterStats, drive
+from killswitch.sim.loadgen import drive
 from killswitch.sim.operators import two_person_arm
 from killswitch.store.keys import NodeKeys
 from killswitch.store.store import Store
 
 NODE = "smars"
-HOSTS = tuple(f"or-{i:02d}" for i in range(1, 9))
-HAUNTED = "or-08"
-KNIGHT = {
-    "orders": "over 4,000,000",
-    "minutes": 45,
-    "parent_orders": 212,
-    "shares": 397_000_000,
-    "loss_usd": "over $440 million",
-}
 
 
 @dataclass(frozen=True)
@@ -63,12 +55,20 @@ class Scenario:
     legacy_rate: float = 85.0  # 8.5x its peers, under its own per-host cap of 100/window
     rollback_at: float = 17.0  # the "fix": all eight on the legacy path
     end: float = 29.0
+    stretch: float = 1.0  # every duration of the open burst, times this
+
+    def scaled(self, k: float) -> Scenario:
+        """The same day with every time and duration k x as long (the rates unchanged)."""
+        return replace(
+            self, open_at=self.open_at * k, legacy_at=self.legacy_at * k,
+            rollback_at=self.rollback_at * k, end=self.end * k, stretch=self.stretch * k,
+        )  # fmt: skip
 
     def rate(self, host: str, t: float) -> float:
         legacy = t >= self.rollback_at or (host == HAUNTED and t >= self.legacy_at)
         if legacy:
             return self.legacy_rate
-        s = t - self.open_at
+        s = (t - self.open_at) / self.stretch
         if s < 0:
             return self.pre
         burst = self.open_peak - self.pre
@@ -96,6 +96,37 @@ ALERT = {"threshold_per_s": 360.0, "scrape_ms": 1500, "range_ms": 3000, "for_ms"
 # rate over 30 s, `for: 1m`, firing at 1.5x the node's busiest normal rate (the open).
 
 
+# Production windows and rules, nothing compressed: a 10 s window with the default 45 s
+# half-life and the fast rules on, the per-host cap at the same 100 orders/s per host, the
+# alert as the compressed one stands for (scraped every 15 s, rate over 30 s, `for: 1m`).
+REALTIME_RULES = replace(RULES, window_ms=10_000, min_orders=500, warmup_ms=300_000,
+                         half_life_ms=45_000)  # fmt: skip
+REALTIME_ALERT = {"threshold_per_s": 360.0, "scrape_ms": 15_000, "range_ms": 30_000,
+                  "for_ms": 60_000}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How the demo runs: its rules, what it compares them with, and its clock."""
+
+    name: str
+    rules: MonitorConfig
+    per_host_cap: int  # orders per host per window, for the per-host limit it compares with
+    alert: dict[str, float]
+    scenario: Scenario
+    seed_s: float  # seconds of normal pre-open flow the seeded baseline learned
+    compression: float  # production time per demo time: 10 for 1 s windows standing for 10 s
+
+
+COMPRESSED = Mode("compressed", RULES, PER_HOST_CAP, ALERT, Scenario(), 60.0, 10.0)
+# 4x the compressed scenario's timeline (about two minutes): long enough for 10 s windows
+# to see the open come and go before the onset.
+REALTIME = Mode(
+    "realtime", REALTIME_RULES, PER_HOST_CAP * 10, REALTIME_ALERT, Scenario().scaled(4.0),
+    360.0, 1.0,
+)  # fmt: skip
+
+
 def aggregator_flags(c: MonitorConfig) -> list[str]:
     return [
         "--window", f"{c.window_ms / 1000:g}", "--tick", "0.1",
@@ -106,10 +137,13 @@ def aggregator_flags(c: MonitorConfig) -> list[str]:
     ]  # fmt: skip
 
 
-def seed_baseline(c: MonitorConfig, s: Scenario, end_ms: int) -> dict[str, str]:
-    """A baseline learned from a replay of 60 s of normal pre-open flow ending now."""
+def seed_baseline(
+    c: MonitorConfig, s: Scenario, end_ms: int, seconds: float = 60.0
+) -> dict[str, str]:
+    """A baseline learned from a replay of `seconds` of normal pre-open flow ending now."""
     per_tick = round(s.pre / 10)
-    events = [FlowEvent(t, h, per_tick) for t in range(end_ms - 60_000, end_ms, 100) for h in HOSTS]
+    start = end_ms - round(seconds * 1000)
+    events = [FlowEvent(t, h, per_tick) for t in range(start, end_ms, 100) for h in HOSTS]
     return replay(events, c).baseline
 
 
@@ -178,7 +212,8 @@ def _phase(s: Scenario, t: float) -> str:
     return "pre-open (normal)"
 
 
-async def _run(fleet: Fleet, s: Scenario, progress: _Progress) -> dict[str, Any]:
+async def _run(fleet: Fleet, mode: Mode, progress: _Progress) -> dict[str, Any]:
+    s = mode.scenario
     redis = Redis.from_url(fleet.redis_url, decode_responses=True)
     store = Store(redis, NODE)
     try:
@@ -203,143 +238,24 @@ async def _run(fleet: Fleet, s: Scenario, progress: _Progress) -> dict[str, Any]
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         final = (await control.status(store)).report
-        audit = (await control.audit(store, None)).report["entries"]
+        audit = (await ops_audit.audit(store, None)).report["entries"]
         flows = await store.flow_entries(list(HOSTS))
         confirms: dict[str, dict[str, str]] = {}
         for h in HOSTS:
             confirms[h] = dict(await redis.hgetall(store.keys.host(h).confirm))  # type: ignore[arg-type]
         final["killed_ms"] = await redis.hget(store.keys.state, "killed_ms")
-        return _results(s, t0_ms, stats, final, audit, flows, confirms, arm.report["epoch"])
+        return results(mode, t0_ms, stats, final, audit, flows, confirms, arm.report["epoch"])
     finally:
         await redis.aclose()
 
 
-def _results(
-    s: Scenario,
-    t0_ms: int,
-    stats: dict[str, RouterStats],
-    final: dict[str, Any],
-    audit: list[dict[str, Any]],
-    flows: dict[str, list[tuple[str, dict[str, str]]]],
-    confirms: dict[str, dict[str, str]],
-    armed_epoch: int,
-) -> dict[str, Any]:
-    onset = t0_ms + round(s.legacy_at * 1000)
-    rollback = t0_ms + round(s.rollback_at * 1000)
-    attempted, allowed = [], []
-    for host, entries in flows.items():
-        for entry_id, f in entries:
-            ts = int(entry_id.split("-", 1)[0])
-            a, b = int(f.get("a", 0)), int(f.get("b", 0))
-            attempted.append(FlowEvent(ts, host, a + b))
-            allowed.append(FlowEvent(ts, host, a))
-    per_host = whatif.per_host_limit(attempted, PER_HOST_CAP, RULES.window_ms, onset)
-    alert = whatif.prometheus_alert(attempted, onset_ms=onset, **ALERT)  # type: ignore[arg-type]
-    trip = next((e for e in audit if e["action"] == "trip"), None)
-    agg = final.get("aggregator", {})
-    trip_ms = int(agg["last_trip_at_ms"]) if agg.get("last_trip_at_ms") else None
-    epoch = int(trip["epoch"]) if trip else None
-    applied = [
-        int(c["applied_ms"]) for c in confirms.values() if epoch and int(c.get("epoch", 0)) == epoch
-    ]
-    killed_ms = int(final.get("killed_ms") or 0) or (trip_ms or 0)
-    all_confirmed = max(applied) if len(applied) == len(HOSTS) else None
-    ks = {
-        "monitor": "killswitch",
-        "acted_after_s": None if trip_ms is None else round((trip_ms - onset) / 1000, 3),
-        "orders_after_onset": whatif.orders_after(allowed, onset),
-        "tripped": trip is not None,
-        "cause": trip.get("cause") if trip else None,
-        "detail": trip["reason"] if trip else "did not trip",
-        "confirmed": len(applied),
-        "all_confirmed_after_s": None
-        if all_confirmed is None
-        else round((all_confirmed - onset) / 1000, 3),
-        "kill_to_all_confirmed_ms": None
-        if all_confirmed is None or not killed_ms
-        else max(all_confirmed - killed_ms, 0),
-    }
-    monitors = [
-        {
-            "monitor": v.monitor,
-            "acted_after_s": v.after_onset_s(onset),
-            "orders_after_onset": v.orders_after_onset,
-            "tripped": v.acted_ms is not None,
-            "detail": v.detail,
-        }
-        for v in (per_host, alert)
-    ]
-    return {
-        "scenario": {
-            "hosts": list(HOSTS),
-            "haunted": HAUNTED,
-            "window_s": RULES.window_ms / 1000,
-            "pre_open_per_host_per_s": s.pre,
-            "open_peak_per_host_per_s": s.open_peak,
-            "legacy_per_host_per_s": s.legacy_rate,
-            "onset_s": s.legacy_at,
-            "rollback_s": s.rollback_at,
-            "duration_s": s.end,
-            "onset_ms": onset,
-            "rollback_ms": rollback,
-            "per_host_cap": PER_HOST_CAP,
-            "alert": ALERT,
-            "baseline_seed": "replay of 60 s of normal pre-open flow (killswitch.core.backtest.replay), "
-            "stored in the node's baseline hash before the aggregator started",
-        },
-        "monitors": [*monitors, ks],
-        "orders_attempted_after_onset": whatif.orders_after(attempted, onset),
-        "routers": {
-            h: {"sent": st.sent, "allowed": st.allowed, "blocked": st.blocked}
-            for h, st in stats.items()
-        },
-        "final_state": final.get("state"),
-        "armed_epoch": armed_epoch,
-        "knight": KNIGHT,
-    }
-
-
-def render_table(doc: dict[str, Any]) -> str:
-    sc = doc["scenario"]
-    names = {
-        "per_host_limit": f"per-host limit ({sc['per_host_cap']}/host/window)",
-        "prometheus_alert": "Prometheus alert (node rate)",
-        "killswitch": "killswitch (node-wide)",
-    }
-    lines = [
-        "",
-        f"Knight Capital replay, time-compressed ({sc['window_s']:g} s windows, {len(sc['hosts'])} hosts). "
-        f"Onset: {sc['haunted']} on the legacy path at +{sc['onset_s']:g} s; "
-        f"rollback (all eight on it) at +{sc['rollback_s']:g} s.",
-        f"The baseline was seeded from a {sc['baseline_seed']}.",
-        "",
-        f"{'monitor':<36} {'acted after onset':>18} {'orders after onset':>19}  what happened",
-    ]
-    for m in doc["monitors"]:
-        after = "never" if m["acted_after_s"] is None else f"+{m['acted_after_s']:.2f} s"
-        lines.append(
-            f"{names[m['monitor']]:<36} {after:>18} {m['orders_after_onset']:>19,}  {m['detail']}"
-        )
-    ks = doc["monitors"][-1]
-    if ks["tripped"]:
-        lines.append(
-            f"{'':<36} {'':>18} {'':>19}  cause {ks['cause']}; {ks['confirmed']}/8 hosts confirmed, "
-            f"the last {ks['kill_to_all_confirmed_ms']} ms after the kill"
-        )
-    k = doc["knight"]
-    lines.append(
-        f"{'Knight Capital, 1 August 2012':<36} {str(k['minutes']) + ' min':>18} {k['orders']:>19}  "
-        f"{k['parent_orders']} parent orders, {k['shares']:,} shares, {k['loss_usd']} lost"
-    )
-    lines.append(
-        f"(orders the routers tried to send after the onset: {doc['orders_attempted_after_onset']:,}; "
-        f"the per-host limit and the alert are evaluated on those, killswitch on what it let through)"
-    )
-    return "\n".join(lines)
-
-
-def run_demo(as_json: bool = False, scenario: Scenario | None = None) -> int:
-    s = scenario or Scenario()
+def run_demo(
+    as_json: bool = False, scenario: Scenario | None = None, realtime: bool = False
+) -> int:
+    mode = REALTIME if realtime else COMPRESSED
+    if scenario is not None:
+        mode = replace(mode, scenario=scenario)
+    s, rules = mode.scenario, mode.rules
     progress_out = sys.stderr if as_json else sys.stdout
 
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -352,15 +268,21 @@ def run_demo(as_json: bool = False, scenario: Scenario | None = None) -> int:
     progress: _Progress | None = None
     try:
         (workdir / "redis").mkdir()
-        print("killswitch demo: starting redis-server, 8 sidecars and the aggregator ...",
+        what = (
+            f"in real time with production windows (about {s.end:.0f} s)"
+            if mode.compression == 1
+            else f"time-compressed {mode.compression:g}x: 1 s windows stand for 10 s"
+        )
+        print(f"killswitch demo ({what}): starting redis-server, 8 sidecars and the aggregator ...",
               file=progress_out, flush=True)  # fmt: skip
         server.start()
         fleet.start()
-        sync_seed(server.url, seed_baseline(RULES, s, _server_ms(server.url)))
-        fleet.start_aggregator(*aggregator_flags(RULES))
+        seed = seed_baseline(rules, s, _server_ms(server.url), mode.seed_s)
+        sync_seed(server.url, seed)
+        fleet.start_aggregator(*aggregator_flags(rules))
         wait_until(lambda: _all_alive(server.url), 30, 0.05, "roster stored and all 8 reporting")
         progress = _Progress(progress_out, rich_view=not as_json and sys.stdout.isatty())
-        doc = asyncio.run(_run(fleet, s, progress))
+        doc = asyncio.run(_run(fleet, mode, progress))
     finally:
         if progress is not None:
             progress.close()

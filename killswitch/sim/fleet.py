@@ -148,6 +148,7 @@ class Fleet:
     aggregator: Proc | None = None
     extra_sidecar_args: Sequence[str] = ()
     metrics_ports: Mapping[str, int] = field(default_factory=dict)  # host -> --metrics-port
+    _audit_logs: set[int] = field(default_factory=set)
     # Two throwaway operators (alice, bob): every process gets their allowed-signers file.
     operators: OperatorKeys | None = None
 
@@ -197,17 +198,21 @@ class Fleet:
         return proc
 
     def wait_serving(self, host: str, timeout: float = 60.0) -> None:
+        # Generous: a process start is no claim, and on a loaded 2-core machine (coverage in
+        # every process, other suites beside it) a Python start alone has taken over 10 s.
         def ok() -> bool:
             with GateClient(self.address(host), timeout=1.0) as c:
                 return c.ping().startswith("PONG")
 
         wait_until(ok, timeout, 0.02, f"sidecar {host} serving")
 
-    def start(self) -> Fleet:
+    def start(self, timeout: float = 60.0) -> Fleet:
+        # Generous: eight interpreters importing at once on two shared cores can take a while,
+        # and a slow start is not what any test measures.
         for h in self.hosts:
             self.start_sidecar(h, wait=False)
         for h in self.hosts:
-            self.wait_serving(h)
+            self.wait_serving(h, timeout)
         return self
 
     def start_aggregator(self, *args: str) -> Proc:
@@ -220,6 +225,8 @@ class Fleet:
                 "aggregator",
                 "--hosts",
                 ",".join(self.hosts),
+                # each instance its own copy of the audit chain, inside the fleet's directory
+                *(() if "--audit-log" in args else ("--audit-log", str(self._audit_log()))),
                 *args,
             ],
             self.workdir / "aggregator.log",
@@ -227,6 +234,13 @@ class Fleet:
         proc.start(self.env())
         self.aggregator = proc
         return proc
+
+    def _audit_log(self) -> Path:
+        n = 1
+        while (self.workdir / f"audit-{n}.jsonl").exists() or n in self._audit_logs:
+            n += 1
+        self._audit_logs.add(n)
+        return self.workdir / f"audit-{n}.jsonl"
 
     def ready(self, redis_url: str | None = None) -> bool:
         """True once the roster is stored and every roster host reports alive (`status`)."""

@@ -10,11 +10,15 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from killswitch.core.armproof import ArmRequest, Proof
+from killswitch.core.bounds import uint_or
 from killswitch.core.sshsig import parse_allowed_signers
 from killswitch.ops.arming import arm
 from killswitch.ops.control import Outcome
-from killswitch.store.store import Store
+from killswitch.ops.signing import ssh_sign
+from killswitch.store.store import ChangeResult, Store
 
 DEFAULT_NAMES = ("alice", "bob")
 
@@ -69,3 +73,29 @@ async def two_person_arm(
     if first.code != 5:
         return first
     return await arm(store, key=ops.key(names[1]), operators=operators, timeout=timeout)
+
+
+async def signed_store_arm(
+    store: Store,
+    ops: OperatorKeys,
+    *,
+    reason: str = "",
+    floor: int = 0,
+    roster: Sequence[str] = (),
+    names: Sequence[str] = DEFAULT_NAMES,
+) -> ChangeResult:
+    """Arm through the store alone with a real two-operator proof (no hosts need to report):
+    for tests of the scripts and the gates below the operator commands."""
+    st: Any = await store.redis.hgetall(store.keys.state)
+    epoch, ver = uint_or(st.get("epoch")), uint_or(st.get("ver"))
+    req = ArmRequest(
+        node=store.node, lifts_epoch=epoch, lifts_ver=ver, epoch=max(epoch, floor) + 1,
+        roster=tuple(sorted(roster)), reason=reason, expires_ms=2**50,
+    )  # fmt: skip
+    message = req.encode()
+    sigs = tuple([await ssh_sign(ops.key(n), message) for n in names])
+    return await store.arm(
+        actor="+".join(names), reason=reason, approvers=list(names), epoch=req.epoch,
+        lifts=(epoch, ver), expires_ms=req.expires_ms, proof=Proof(message, sigs).to_text(),
+        roster=req.roster,
+    )  # fmt: skip

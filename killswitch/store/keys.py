@@ -2,11 +2,9 @@
 
 All keys of node N carry the hash tag `{N}` so one Lua script can touch them all on Redis
 Cluster. A host's own keys sit under `ks:{N}:h:<host>:` so a Redis ACL can confine each
-sidecar to its own keys plus read access to the node state (and, once per boot, SADD of its
-name to the node's `hosts` set, so off-roster hosts are found):
-
-    ACL SETUSER sidecar-or-01 on >pw ~ks:{smars}:h:or-01:* %R~ks:{smars}:state &ks:{smars}:*
-        +evalsha +eval +script|load +subscribe +ping +time ...
+sidecar to its own keys plus read access to the node state (`store/acl.py` builds the users;
+once per boot a sidecar also SADDs its name to the node's `hosts` set, so off-roster hosts
+are found).
 
 Callers pass names already checked by `killswitch.core.names`; this module never validates.
 """
@@ -17,6 +15,8 @@ from dataclasses import dataclass
 
 PREFIX = "ks"
 NODES_KEY = f"{PREFIX}:nodes"  # set of node names an aggregator has stored (fleet views)
+# String: the aggregator instance holding the fleet leader lease (runs the fleet volume rule).
+FLEET_LEADER_KEY = f"{PREFIX}:fleet:leader"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,11 @@ class NodeKeys:
         return f"{self.base}:hosts"
 
     @property
+    def audit_head(self) -> str:
+        """Hash: seq, hash and id of the audit chain's last entry, so a cut tail shows."""
+        return f"{self.base}:audit:head"
+
+    @property
     def events(self) -> str:
         """Pub/sub channel: kills and arms (an accelerator only, never relied on)."""
         return f"{self.base}:events"
@@ -66,6 +71,11 @@ class NodeKeys:
     def confirms(self) -> str:
         """Pub/sub channel: host confirmations (wakes a waiting `kill`)."""
         return f"{self.base}:confirms"
+
+    @property
+    def scopes(self) -> str:
+        """Hash: active scoped kills (`host:<H>`, `symbol:<S>`) and their version `_ver`."""
+        return f"{self.base}:scopes"
 
     @property
     def baseline(self) -> str:

@@ -9,6 +9,10 @@ Accepted URLs:
   of ``service_name``. The user and password are for the primary, not the Sentinels. The
   client re-asks the Sentinels on every new connection, so after a failover the same client
   object reaches the new primary once its broken connection is dropped.
+- ``redis+cluster://[[user]:password@]host:port[,host:port...]/``: Redis Cluster, through
+  redis-py's asyncio cluster client (start-up nodes; it learns the slot map itself and
+  follows MOVED/ASK). Every key of one node carries the hash tag ``{node}``, so one node's
+  scripts and pipelines stay within one slot. ``rediss+cluster://`` is the same over TLS.
 
 Every client this module makes has a finite timeout and no hidden retries: killswitch must
 never block forever on Redis, and every caller owns its own retry loop (redis-py 8's default
@@ -17,115 +21,45 @@ of 10 retries with back-off turns a 0.3 s socket timeout into about 7 s of silen
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import unquote
 
 import redis.asyncio
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
+from killswitch.store.redisurl import (
+    CLUSTER_SCHEMES,
+    DEFAULT_SENTINEL_PORT,
+    PLAIN_SCHEMES,
+    SENTINEL_SCHEME,
+    ClusterURL,
+    SentinelURL,
+    parse_cluster_url,
+    parse_sentinel_url,
+)
+
 __all__ = [
+    "CLUSTER_SCHEMES",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_HEALTH_CHECK_INTERVAL",
     "DEFAULT_SENTINEL_PORT",
     "DEFAULT_SOCKET_TIMEOUT",
     "SENTINEL_SCHEME",
+    "ClusterURL",
     "SentinelURL",
     "connect",
+    "parse_cluster_url",
     "parse_sentinel_url",
 ]
 
-SENTINEL_SCHEME = "redis+sentinel"
-PLAIN_SCHEMES = ("redis", "rediss", "unix")
-DEFAULT_SENTINEL_PORT = 26379
 # `socket_timeout=None` means this, never "wait forever".
 DEFAULT_SOCKET_TIMEOUT = 2.0
 DEFAULT_CONNECT_TIMEOUT = 1.0
 # A connection idle this long is PINGed before its next command, so a dead one is found
 # before a command is written into it.
 DEFAULT_HEALTH_CHECK_INTERVAL = 1.0
-
-_SERVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-@dataclass(frozen=True)
-class SentinelURL:
-    """A parsed ``redis+sentinel://`` URL."""
-
-    sentinels: tuple[tuple[str, int], ...]
-    service_name: str
-    db: int = 0
-    username: str | None = None
-    password: str | None = None
-
-
-def _parse_host_port(item: str, url: str) -> tuple[str, int]:
-    if not item:
-        raise ValueError(f"empty sentinel address in {url!r} (stray comma?)")
-    if item.startswith("["):
-        host, sep, rest = item[1:].partition("]")
-        if not sep or not host:
-            raise ValueError(f"unterminated IPv6 address {item!r} in {url!r}")
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"expected ':port' after {item[: len(host) + 2]!r} in {url!r}")
-        port_text = rest[1:] if rest else ""
-    else:
-        if item.count(":") > 1:
-            raise ValueError(f"IPv6 sentinel address {item!r} must be in brackets in {url!r}")
-        host, _, port_text = item.partition(":")
-        if not host:
-            raise ValueError(f"sentinel address {item!r} has no host in {url!r}")
-    if not port_text:
-        return host, DEFAULT_SENTINEL_PORT
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"bad sentinel port {port_text!r} in {url!r} (want 1-65535)")
-    return host, int(port_text)
-
-
-def parse_sentinel_url(url: str) -> SentinelURL:
-    """Parse ``redis+sentinel://[[user]:pass@]h[:p][,h[:p]...]/service[/db]``.
-
-    Raises ValueError naming what is wrong.
-    """
-    prefix = f"{SENTINEL_SCHEME}://"
-    if not url.startswith(prefix):
-        raise ValueError(f"not a {SENTINEL_SCHEME}:// URL: {url!r}")
-    rest = url[len(prefix) :]
-    if "?" in rest or "#" in rest:
-        raise ValueError(f"query strings and fragments are not supported in {url!r}")
-    netloc, _, path = rest.partition("/")
-    username: str | None = None
-    password: str | None = None
-    if "@" in netloc:
-        userinfo, _, netloc = netloc.rpartition("@")
-        user, sep, pw = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(pw) if sep else None
-        if not sep and user:
-            # `redis://secret@host` means a password in redis-py; keep that reading.
-            username, password = None, unquote(user)
-    if not netloc:
-        raise ValueError(f"no sentinel addresses in {url!r}")
-    sentinels = tuple(_parse_host_port(item, url) for item in netloc.split(","))
-    parts = path.split("/") if path else []
-    if parts and parts[-1] == "":
-        parts.pop()  # tolerate one trailing slash
-    if not parts:
-        raise ValueError(f"no service name in {url!r} (want .../<service_name>[/db])")
-    if len(parts) > 2:
-        raise ValueError(f"too many path segments in {url!r} (want /<service_name>[/db])")
-    service = unquote(parts[0])
-    if not _SERVICE_RE.fullmatch(service):
-        raise ValueError(f"bad service name {service!r} in {url!r}")
-    db = 0
-    if len(parts) == 2:
-        if not parts[1].isdigit():
-            raise ValueError(f"bad db {parts[1]!r} in {url!r} (want a non-negative integer)")
-        db = int(parts[1])
-    return SentinelURL(sentinels, service, db, username, password)
 
 
 class _SentinelManagedRedis(redis.asyncio.Redis):
@@ -172,10 +106,12 @@ def connect(
     if scheme in PLAIN_SCHEMES:
         options.update(kw)
         return redis.asyncio.Redis.from_url(url, **options)
+    if scheme in CLUSTER_SCHEMES:
+        return _cluster(parse_cluster_url(url), options, kw)
     if scheme != SENTINEL_SCHEME:
         raise ValueError(
             f"unsupported Redis URL scheme {scheme!r} in {url!r} "
-            f"(want one of {', '.join((*PLAIN_SCHEMES, SENTINEL_SCHEME))})"
+            f"(want one of {', '.join((*PLAIN_SCHEMES, SENTINEL_SCHEME, *CLUSTER_SCHEMES))})"
         )
     parsed = parse_sentinel_url(url)
     sentinel_kwargs = kw.pop("sentinel_kwargs", None)
@@ -197,6 +133,28 @@ def connect(
         db=parsed.db,
         username=parsed.username,
         password=parsed.password,
+        **options,
+    )
+    return cast(redis.asyncio.Redis, client)
+
+
+def _cluster(
+    parsed: ClusterURL, options: dict[str, Any], kw: dict[str, Any]
+) -> redis.asyncio.Redis:
+    """A `RedisCluster` typed as the `Redis` every caller takes.
+
+    The commands killswitch sends (EVALSHA with one node's keys, pipelines of one node's
+    keys, TIME, PUBLISH/SUBSCRIBE) exist on both with the same signatures; the cluster client
+    routes each by its key's slot. `health_check_interval` is a per-connection option the
+    cluster client does not take; its own retries are off for the same reason as above.
+    """
+    options.pop("health_check_interval", None)
+    options.update(kw)
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(h, p) for h, p in parsed.nodes],
+        username=parsed.username,
+        password=parsed.password,
+        ssl=parsed.tls,
         **options,
     )
     return cast(redis.asyncio.Redis, client)

@@ -32,7 +32,17 @@ _AGGREGATION = re.compile(
     r"(?:(by|without)\s*\(([^)]*)\)\s*)?\("
 )
 _TRAILING_BY = re.compile(r"\s*(by|without)\s*\(([^)]*)\)")
-FLEET_WIDE = frozenset({"killswitch_build_info", "up", "ALERTS"})
+FLEET_WIDE = frozenset(
+    {
+        "killswitch_build_info",
+        "up",
+        "ALERTS",
+        "killswitch_fleet_orders",
+        "killswitch_fleet_limit_orders",
+        "killswitch_fleet_leader",
+        "killswitch_fleet_nodes_not_summed",
+    }
+)
 CHECKED_LABELS = ("node", "host")
 
 
@@ -54,6 +64,10 @@ METRICS: dict[str, bool] = {
     "killswitch_redis_roundtrip_seconds_bucket": True,
     "killswitch_sync_failures_total": True,
     "killswitch_epoch_regressions_total": True,
+    "killswitch_cancels_total": True,
+    "killswitch_blocked_orders_total": True,
+    "killswitch_host_scoped_kill": True,
+    "killswitch_killed_symbols": True,
     "killswitch_build_info": False,
     "killswitch_node_orders": False,
     "killswitch_node_limit_orders": False,
@@ -61,6 +75,9 @@ METRICS: dict[str, bool] = {
     "killswitch_node_host_orders": True,
     "killswitch_host_share_ratio": True,
     "killswitch_node_warning_level": False,
+    "killswitch_node_fast_orders": False,
+    "killswitch_rule_value": False,
+    "killswitch_rule_limit": False,
     "killswitch_node_killed": False,
     "killswitch_node_epoch": False,
     "killswitch_roster_hosts": False,
@@ -80,6 +97,10 @@ METRICS: dict[str, bool] = {
     "killswitch_arm_unproven": False,
     "killswitch_gate_arm_unproven": True,
     "killswitch_arm_refusals_total": True,
+    "killswitch_fleet_orders": False,
+    "killswitch_fleet_limit_orders": False,
+    "killswitch_fleet_leader": False,
+    "killswitch_fleet_nodes_not_summed": False,
 }
 KNOWN_METRICS = frozenset(METRICS)
 PER_HOST_METRICS = frozenset(n for n, per_host in METRICS.items() if per_host)

@@ -1,0 +1,279 @@
+"""How killswitch grows with hosts per node and nodes per fleet, on a real Redis.
+
+N simulated hosts run the real sidecar code (`killswitch.sidecar.service.Sidecar`: the same
+sync loop, flush script, kill-notice handler and local state file as the `sidecar` command),
+many per worker process, with no gate socket (nothing trades: this measures the fixed cost
+of being a host and the kill path). One real aggregator process watches the node.
+
+Measured, for N = 8, 100, 1000 hosts on one node of one redis-server, and for 50 nodes x 8
+hosts on a real 3-master Redis Cluster:
+- kill to all-confirmed (Redis server time from the kill being recorded to the last host's
+  confirmation, as `kill --json` reports `elapsed_s`), p50/p99 over repeated arm+kill;
+- Redis CPU per idle host (INFO cpu, used_cpu_sys + used_cpu_user over an idle period,
+  including the aggregator's reads), as a % of one core;
+- aggregator CPU per tick (its /proc utime+stime over the idle period / ticks);
+- memory per host (RSS of the worker processes / hosts), and one real `killswitch sidecar`
+  process's idle CPU and RSS.
+
+Usage: `python -m bench scale` (all) or `python -m bench.scale [--hosts 8,100] [--no-cluster]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import redis as redis_sync
+
+from bench.common import summary
+from killswitch.sim.embedded import EmbeddedRedis
+from killswitch.testing import Fleet, wait_until
+
+HOSTS_PER_WORKER = 250
+IDLE_S = 10.0
+KILLS = 30
+TICK_S = 0.1
+CLK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def host_names(n: int) -> list[str]:
+    return [f"h{i:04d}" for i in range(n)]
+
+
+# -- the worker: many real sidecars in one process ------------------------------------------
+
+
+async def _worker(url: str, node: str, hosts: Sequence[str], state_dir: str) -> None:
+    from killswitch.runtime import logs
+    from killswitch.sidecar.service import Sidecar
+    from killswitch.sidecar.settings import SidecarSettings
+    from killswitch.store.redisconn import connect
+
+    logs.configure(fmt="json")
+    # No connection cap: every sidecar holds one pub/sub connection for good.
+    redis = connect(url, socket_timeout=2.0, client_name=f"ks-bench-{node}")
+    cars = [
+        Sidecar(SidecarSettings(node=node, host=h, redis_url=url, state_dir=state_dir), redis)
+        for h in hosts
+    ]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    for c in cars:
+        await c.start()
+    await stop.wait()
+    for c in cars:
+        await c.stop()
+    await redis.aclose()
+
+
+def _proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK  # utime, stime
+
+
+def _proc_rss(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+def _redis_cpu_s(client: redis_sync.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+class Node:
+    """N simulated hosts of one node in worker processes, plus its real aggregator."""
+
+    def __init__(self, url: str, node: str, hosts: Sequence[str], workdir: Path) -> None:
+        self.url, self.node, self.hosts = url, node, list(hosts)
+        self.workdir = workdir
+        self.fleet = Fleet(url, node, self.hosts, workdir=workdir)
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> Node:
+        for i in range(0, len(self.hosts), HOSTS_PER_WORKER):
+            chunk = self.hosts[i : i + HOSTS_PER_WORKER]
+            self.workers.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.scale",
+                        "worker",
+                        "--redis",
+                        self.url,
+                        "--node",
+                        self.node,
+                        "--hosts",
+                        ",".join(chunk),
+                        "--state-dir",
+                        str(self.workdir / "state"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=self.fleet.env(),
+                )
+            )
+        self.fleet.start_aggregator("--tick", str(TICK_S))
+        try:
+            self.fleet.wait_ready(120)
+        except TimeoutError:
+            res = self.fleet.cli("status", "--json")
+            dead = [w.args for w in self.workers if w.poll() is not None]
+            self.stop()
+            raise RuntimeError(
+                f"not ready: {res.stdout[:2000]} {res.stderr} dead: {dead}"
+            ) from None
+        return self
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.send_signal(signal.SIGTERM)
+        for w in self.workers:
+            try:
+                w.wait(20)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
+        self.fleet.stop()
+
+
+async def _kills(url: str, node: str, kills: int) -> list[float]:
+    from killswitch.ops import control
+    from killswitch.store.redisconn import connect
+    from killswitch.store.store import Store
+
+    redis = connect(url, socket_timeout=5.0)
+    store = Store(redis, node)
+    out = []
+    try:
+        for i in range(kills):
+            arm = await control.arm(store, approvers=["a", "b"], reason="bench", timeout=30)
+            assert arm.code == 0, arm.message
+            k = await control.kill(store, reason=f"bench {i}", operator="bench", timeout=30)
+            assert k.code == 0, k.message
+            out.append(float(k.report["elapsed_s"]))
+    finally:
+        await redis.aclose()
+    return out
+
+
+def measure_node(url: str, n: int, kills: int = KILLS) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="ks-scale-") as d:
+        node = Node(url, f"scale{n}", host_names(n), Path(d)).start()
+        try:
+            client = redis_sync.Redis.from_url(url)
+            agg = node.fleet.aggregator
+            assert agg is not None and agg.popen is not None
+            r0, a0, t0 = _redis_cpu_s(client), _proc_cpu_s(agg.popen.pid), time.monotonic()
+            time.sleep(IDLE_S)
+            r1, a1, t1 = _redis_cpu_s(client), _proc_cpu_s(agg.popen.pid), time.monotonic()
+            rss = sum(_proc_rss(w.pid) for w in node.workers)
+            elapsed = asyncio.run(_kills(url, node.node, kills))
+            client.close()
+        finally:
+            node.stop()
+    span = t1 - t0
+    return {
+        "hosts": n,
+        "kill_to_all_confirmed_ms": summary(elapsed, 1000),
+        "redis_cpu_pct_per_idle_host": round((r1 - r0) / span / n * 100, 4),
+        "redis_cpu_pct_total_idle": round((r1 - r0) / span * 100, 2),
+        "aggregator_cpu_ms_per_tick": round((a1 - a0) / (span / TICK_S) * 1000, 3),
+        "worker_rss_mib_per_host": round(rss / n / 2**20, 3),
+    }
+
+
+def measure_one_sidecar() -> dict[str, Any]:
+    """One real `killswitch sidecar` process, idle and armed-less: its CPU and RSS."""
+    with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as d:
+        f = Fleet(server.url, "scale-one", ["h0000"], workdir=Path(d))
+        f.start()
+        try:
+            proc = f.sidecars["h0000"].popen
+            assert proc is not None
+            wait_until(lambda: _proc_rss(proc.pid) > 0, 5)
+            c0, t0 = _proc_cpu_s(proc.pid), time.monotonic()
+            time.sleep(IDLE_S)
+            c1, t1 = _proc_cpu_s(proc.pid), time.monotonic()
+            return {
+                "sidecar_idle_cpu_pct": round((c1 - c0) / (t1 - t0) * 100, 3),
+                "sidecar_rss_mib": round(_proc_rss(proc.pid) / 2**20, 1),
+            }
+        finally:
+            f.stop()
+
+
+def measure_cluster(nodes: int = 50, hosts: int = 8, kills: int = 10) -> dict[str, Any]:
+    """`nodes` x `hosts` on a 3-master cluster: kill to all-confirmed of one node, and the
+    cluster's total CPU per idle host."""
+    from killswitch.testing.cluster import RedisClusterHarness
+
+    with RedisClusterHarness(3, 0) as cluster, tempfile.TemporaryDirectory() as d:
+        running = []
+        try:
+            for i in range(nodes):
+                w = Path(d) / f"n{i}"
+                w.mkdir()
+                node = Node(cluster.url, f"fleet{i}", [f"n{i}h{j}" for j in range(hosts)], w)
+                running.append(node.start())
+            clients = [redis_sync.Redis(port=p) for p in cluster.ports]
+            c0, t0 = sum(_redis_cpu_s(c) for c in clients), time.monotonic()
+            time.sleep(IDLE_S)
+            c1, t1 = sum(_redis_cpu_s(c) for c in clients), time.monotonic()
+            elapsed = asyncio.run(_kills(cluster.url, running[0].node, kills))
+            for c in clients:
+                c.close()
+        finally:
+            for node in running:
+                node.stop()
+    return {
+        "nodes": nodes,
+        "hosts_per_node": hosts,
+        "kill_to_all_confirmed_ms": summary(elapsed, 1000),
+        "cluster_cpu_pct_per_idle_host": round((c1 - c0) / (t1 - t0) / (nodes * hosts) * 100, 4),
+    }
+
+
+def run(sizes: Sequence[int] = (8, 100, 1000), cluster: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {"one_sidecar": measure_one_sidecar(), "single_redis": []}
+    with EmbeddedRedis() as server:
+        for n in sizes:
+            out["single_redis"].append(measure_node(server.url, n))
+    if cluster:
+        out["cluster_50x8"] = measure_cluster()
+    return out
+
+
+def main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="bench.scale")
+    sub = p.add_subparsers(dest="cmd")
+    w = sub.add_parser("worker")
+    w.add_argument("--redis", required=True)
+    w.add_argument("--node", required=True)
+    w.add_argument("--hosts", required=True)
+    w.add_argument("--state-dir", required=True)
+    p.add_argument("--hosts", default="8,100,1000")
+    p.add_argument("--no-cluster", action="store_true")
+    a = p.parse_args(argv)
+    if a.cmd == "worker":
+        asyncio.run(_worker(a.redis, a.node, a.hosts.split(","), a.state_dir))
+        return 0
+    sizes = [int(x) for x in a.hosts.split(",")]
+    print(json.dumps(run(sizes, not a.no_cluster), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,286 @@
+"""The trip rules' settings and the decisions they produce: pure data, no judgement.
+
+`MonitorConfig` says which rules are on and where their lines are; `Evaluation` is what one
+`Monitor.observe()` decided. Nothing here reads a clock, touches Redis or logs. The rules
+themselves are in `readings` (one rule's condition at one instant) and `anomaly` (the
+`Monitor` that composes them over time).
+
+Rules, each with a stable cause string (it is a metric label and an audit field). The slow
+rules judge the `window_ms` window; the fast ones the `fast_window_ms` window (1 s) beside
+it, so a big flood trips within about a second while a moderate one still needs the slow
+window to confirm it (multi-window, multi-burn-rate alerting):
+
+- `max_orders`: more than `max_orders` orders in the window trips at once.
+- `max_rate`: more than `max_rate` orders per second in the fast window trips at once.
+  Off unless set, or derived from `max_orders` (`RATE_HEADROOM` x its average rate) when
+  `max_rate_auto` is on.
+- `baseline`: the window exceeds `baseline_multiplier` x the learned baseline (and
+  `min_orders`) for `breach_windows` consecutive windows, after `warmup_ms` of learning.
+- `baseline_fast`: the fast window exceeds `fast_multiplier` x the baseline's rate (and
+  `fast_min_orders`) for `fast_breach_ms`, after warm-up.
+- `host_share`: one host sent more than `max_host_share` of the node's window volume, with
+  the node at or above `min_orders`, for `breach_windows` consecutive windows.
+- `host_share_fast`: the same share on the fast window, at or above `fast_min_orders`, for
+  `fast_breach_ms` (on with `max_host_share` unless `fast_host_share` is off).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from statistics import median
+
+from killswitch.core.baseline import BaselineParams, BaselineTrip
+
+MAX_ORDERS = "max_orders"
+BASELINE = "baseline"
+HOST_SHARE = "host_share"
+MAX_RATE = "max_rate"
+BASELINE_FAST = "baseline_fast"
+HOST_SHARE_FAST = "host_share_fast"
+# Also the order rules are evaluated and reported; the slow rules come first so a tick where
+# both windows trip names the cause the node was killed for before this release.
+CAUSES = (MAX_ORDERS, BASELINE, HOST_SHARE, MAX_RATE, BASELINE_FAST, HOST_SHARE_FAST)
+FAST_CAUSES = (MAX_RATE, BASELINE_FAST, HOST_SHARE_FAST)
+SHARE_CAUSES = (HOST_SHARE, HOST_SHARE_FAST)
+BASELINE_CAUSES = (BASELINE, BASELINE_FAST)
+
+# The derived rate cap: this many times the average rate `max_orders` allows. A node may
+# send its whole window's cap in one burst under `max_orders` alone; 3x keeps room for a
+# legitimate burst while catching a flood at the cap's rate seconds before the window fills.
+RATE_HEADROOM = 3.0
+
+LEVELS = (50, 75, 90)  # warning levels, % of a limit reached
+HYSTERESIS = 5  # percentage points below a level before it is left, so a value hovering
+# at 75% is logged once, not every tick
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorConfig:
+    """The trip rules of one node. Durations in ms; counts are orders within one window
+    (`fast_min_orders` within one fast window; `max_rate` per second).
+
+    `shadow` names the causes that only report ("would have tripped"), or True for all.
+    """
+
+    max_orders: int | None = None
+    window_ms: int = 10_000
+    baseline_multiplier: float | None = 5.0  # None: no baseline rule (still learned)
+    breach_windows: int = 2
+    min_orders: int = 100
+    warmup_ms: int = 300_000
+    max_host_share: float | None = None  # off by default: depends on how the node balances
+    haunted_ratio: float = 5.0  # report hosts this many times their peers' median
+    shadow: frozenset[str] | bool = frozenset()
+    half_life_ms: int = 45_000
+    profile_bucket_ms: int = 300_000
+    profile_half_life_ms: int = 900_000
+    # The fast window and its rules; off when the window is not longer than the fast one.
+    fast_window_ms: int = 1_000
+    fast_multiplier: float | None = 8.0  # None: no baseline_fast rule
+    fast_breach_ms: int = 100  # how long a fast breach must hold (one tick's noise)
+    fast_min_orders: int = 50
+    fast_host_share: bool = True  # host_share_fast beside host_share
+    max_rate: float | None = None  # orders/s in the fast window; None: derived or off
+    # Derive max_rate from max_orders when it is not set. Off by default, like max_orders: a
+    # rate cap is stricter than the window cap for every burst, so only the operator can
+    # say a node never legitimately sends a third of its window's cap in one second.
+    max_rate_auto: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"{name}: {why}, got {getattr(self, name)!r}")
+
+        if self.max_orders is not None and self.max_orders < 0:
+            raise bad("max_orders", "must not be negative")
+        if self.baseline_multiplier is not None and not self.baseline_multiplier > 1.0:
+            raise bad("baseline_multiplier", "must be above 1")
+        if self.breach_windows < 1:
+            raise bad("breach_windows", "must be at least 1")
+        if self.min_orders < 0 or self.warmup_ms < 0:
+            raise bad("min_orders" if self.min_orders < 0 else "warmup_ms", "must not be negative")
+        if self.max_host_share is not None and not 0.0 < self.max_host_share < 1.0:
+            raise bad("max_host_share", "must be a fraction between 0 and 1")
+        if not self.haunted_ratio > 1.0:
+            raise bad("haunted_ratio", "must be above 1")
+        if self.fast_window_ms <= 0:
+            raise bad("fast_window_ms", "must be positive")
+        if self.fast_multiplier is not None and not self.fast_multiplier > 1.0:
+            raise bad("fast_multiplier", "must be above 1")
+        if self.fast_breach_ms < 0:
+            raise bad("fast_breach_ms", "must not be negative")
+        if self.fast_min_orders < 0:
+            raise bad("fast_min_orders", "must not be negative")
+        if self.max_rate is not None and not self.max_rate > 0.0:
+            raise bad("max_rate", "must be positive")
+        if not isinstance(self.shadow, bool):
+            unknown = set(self.shadow) - set(CAUSES)
+            if unknown:
+                raise bad("shadow", f"unknown causes {sorted(unknown)}; known: {list(CAUSES)}")
+        self.baseline_params()  # validates the durations, naming the field
+
+    def baseline_params(self) -> BaselineParams:
+        return BaselineParams(
+            window_ms=self.window_ms,
+            half_life_ms=self.half_life_ms,
+            bucket_ms=self.profile_bucket_ms,
+            profile_half_life_ms=self.profile_half_life_ms,
+        )
+
+    def is_shadow(self, cause: str) -> bool:
+        return self.shadow if isinstance(self.shadow, bool) else cause in self.shadow
+
+    @property
+    def fast(self) -> bool:
+        """The fast window is shorter than the window, so the fast rules add something."""
+        return self.fast_window_ms < self.window_ms
+
+    @property
+    def rate_cap(self) -> float | None:
+        """`max_rate` in orders per second: as set, else derived from `max_orders` (only
+        with a fast window shorter than the window: otherwise the cap already is one)."""
+        if self.max_rate is not None:
+            return self.max_rate
+        if self.max_rate_auto and self.max_orders is not None and self.fast:
+            return RATE_HEADROOM * self.max_orders * 1000.0 / self.window_ms
+        return None
+
+    @property
+    def fast_in_use(self) -> int | None:
+        """The fast window's width when an enabled rule judges it, else None."""
+        return self.fast_window_ms if set(self.causes) & set(FAST_CAUSES) else None
+
+    @property
+    def fast_scale(self) -> float:
+        """Fast windows per window: a baseline in orders per window / this = per fast window."""
+        return self.window_ms / self.fast_window_ms
+
+    @property
+    def causes(self) -> tuple[str, ...]:
+        """The rules this config turns on, in evaluation order."""
+        share = self.max_host_share is not None
+        on = {
+            MAX_ORDERS: self.max_orders is not None,
+            BASELINE: self.baseline_multiplier is not None,
+            HOST_SHARE: share,
+            MAX_RATE: self.rate_cap is not None,
+            BASELINE_FAST: self.fast and self.fast_multiplier is not None,
+            HOST_SHARE_FAST: self.fast and share and self.fast_host_share,
+        }
+        return tuple(c for c in CAUSES if on[c])
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    """A rule tripped (or, when `shadow`, would have tripped) at `at_ms`."""
+
+    cause: str
+    at_ms: int
+    detail: str  # one line for humans: "node sent 5231 orders in 10s, 5.2x its baseline of 1004"
+    value: float  # orders in the rule's window, or the host's share for the host-share rules
+    limit: float  # the value the rule allowed
+    shadow: bool = False
+    host: str | None = None  # host-share rules only
+
+
+@dataclass(frozen=True, slots=True)
+class LevelChange:
+    """A rule's warning level changed; the service logs these, once per crossing."""
+
+    cause: str
+    at_ms: int
+    old: int
+    new: int
+    value: float
+    limit: float
+
+
+@dataclass(frozen=True, slots=True)
+class RuleStatus:
+    """One rule's reading at this evaluation, for metrics and the published view."""
+
+    cause: str
+    shadow: bool
+    active: bool  # could trip now (False while warming up, or below its floor)
+    value: float  # orders in the rule's window; the top host's share for the share rules
+    limit: float | None  # trips above this; None until there is a baseline
+    level: int  # 0, 50, 75 or 90
+    breach_windows: int  # consecutive windows in breach so far (fast rules: 1 per hold)
+    window_ms: int = 0  # the window the rule judges
+
+
+@dataclass(frozen=True, slots=True)
+class HauntedHost:
+    """A host sending far more than its peers."""
+
+    host: str
+    orders: int
+    share: float  # of the node's window volume, 0..1
+    peer_ratio: float  # orders / median of the other hosts' orders (median floored at 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Everything one `observe()` decided."""
+
+    now_ms: int
+    node_total: int
+    expected: float | None  # baseline, orders per window; None until learned
+    warm: bool  # the baseline rule is past warm-up
+    trips: tuple[Trip, ...] = ()  # enforcing: the node must be killed
+    shadow_trips: tuple[Trip, ...] = ()  # reported only
+    warnings: tuple[LevelChange, ...] = ()
+    rules: tuple[RuleStatus, ...] = ()
+    haunted: tuple[HauntedHost, ...] = ()
+    # The baseline trip a re-arm accepted as normal at this evaluation (see Monitor.reset).
+    accepted: BaselineTrip | None = None
+    fast_total: int | None = None  # orders in the fast window, when the caller passed it
+
+    @property
+    def trip(self) -> Trip | None:
+        """The first enforcing trip, if any (the kill needs one cause; all are reported)."""
+        return self.trips[0] if self.trips else None
+
+    def rule(self, cause: str) -> RuleStatus | None:
+        return next((r for r in self.rules if r.cause == cause), None)
+
+
+def next_level(percent: float, previous: int) -> int:
+    """The warning level for `percent` of a limit, given the level shown so far.
+
+    Rising takes effect at the level itself; falling only `HYSTERESIS` points below it.
+    """
+    rising = max((lv for lv in LEVELS if percent >= lv), default=0)
+    if rising >= previous:
+        return rising
+    level = previous
+    while level > rising and percent < level - HYSTERESIS:
+        lower = [lv for lv in LEVELS if lv < level]
+        level = lower[-1] if lower else 0
+    return level
+
+
+def haunted_hosts(
+    host_totals: Mapping[str, int], node_total: int, ratio: float, min_orders: int
+) -> tuple[HauntedHost, ...]:
+    """Hosts sending at least `ratio` x the median of their peers, loudest first.
+
+    The median, not the mean, so two haunted hosts do not hide each other. Nothing below
+    `min_orders` on the node: 12 orders against 2 is noise, not a haunting.
+    """
+    if len(host_totals) < 2 or node_total <= 0 or node_total < min_orders:
+        return ()
+    # Removing one value never pulls the median of the rest below this one, so hosts under
+    # `ratio` x it cannot qualify: on a healthy node no host gets the full computation.
+    ordered = sorted(host_totals.values())
+    floor = max(ordered[(len(ordered) - 2) // 2], 1.0)
+    out = []
+    for host, orders in host_totals.items():
+        if orders < ratio * floor:
+            continue
+        peers = [v for h, v in host_totals.items() if h != host]
+        peer_ratio = orders / max(median(peers), 1.0)
+        if peer_ratio >= ratio:
+            out.append(HauntedHost(host, orders, orders / node_total, peer_ratio))
+    out.sort(key=lambda h: (-h.peer_ratio, h.host))
+    return tuple(out)
