@@ -37,6 +37,7 @@ import redis as redis_sync
 
 from bench.common import summary
 from killswitch.sim.embedded import EmbeddedRedis
+from killswitch.sim.operators import OperatorKeys
 from killswitch.testing import Fleet, wait_until
 
 HOSTS_PER_WORKER = 250
@@ -64,7 +65,16 @@ async def _worker(url: str, node: str, hosts: Sequence[str], state_dir: str) -> 
     # No connection cap: every sidecar holds one pub/sub connection for good.
     redis = connect(url, socket_timeout=2.0, client_name=f"ks-bench-{node}")
     cars = [
-        Sidecar(SidecarSettings(node=node, host=h, redis_url=url, state_dir=state_dir), redis)
+        Sidecar(
+            SidecarSettings(
+                node=node,
+                host=h,
+                redis_url=url,
+                state_dir=state_dir,
+                operators=os.environ.get("KILLSWITCH_OPERATORS", ""),
+            ),
+            redis,
+        )
         for h in hosts
     ]
     stop = asyncio.Event()
@@ -149,8 +159,9 @@ class Node:
         self.fleet.stop()
 
 
-async def _kills(url: str, node: str, kills: int) -> list[float]:
+async def _kills(url: str, node: str, kills: int, ops: OperatorKeys) -> list[float]:
     from killswitch.ops import control
+    from killswitch.sim.operators import two_person_arm
     from killswitch.store.redisconn import connect
     from killswitch.store.store import Store
 
@@ -159,7 +170,7 @@ async def _kills(url: str, node: str, kills: int) -> list[float]:
     out = []
     try:
         for i in range(kills):
-            arm = await control.arm(store, approvers=["a", "b"], reason="bench", timeout=30)
+            arm = await two_person_arm(store, ops, reason="bench", timeout=30)
             assert arm.code == 0, arm.message
             k = await control.kill(store, reason=f"bench {i}", operator="bench", timeout=30)
             assert k.code == 0, k.message
@@ -180,7 +191,7 @@ def measure_node(url: str, n: int, kills: int = KILLS) -> dict[str, Any]:
             time.sleep(IDLE_S)
             r1, a1, t1 = _redis_cpu_s(client), _proc_cpu_s(agg.popen.pid), time.monotonic()
             rss = sum(_proc_rss(w.pid) for w in node.workers)
-            elapsed = asyncio.run(_kills(url, node.node, kills))
+            elapsed = asyncio.run(_kills(url, node.node, kills, node.fleet.ops))
             client.close()
         finally:
             node.stop()
@@ -232,7 +243,7 @@ def measure_cluster(nodes: int = 50, hosts: int = 8, kills: int = 10) -> dict[st
             c0, t0 = sum(_redis_cpu_s(c) for c in clients), time.monotonic()
             time.sleep(IDLE_S)
             c1, t1 = sum(_redis_cpu_s(c) for c in clients), time.monotonic()
-            elapsed = asyncio.run(_kills(cluster.url, running[0].node, kills))
+            elapsed = asyncio.run(_kills(cluster.url, running[0].node, kills, running[0].fleet.ops))
             for c in clients:
                 c.close()
         finally:

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from bench.common import start_fleet, summary
 from killswitch.ops import control
 from killswitch.sim.embedded import EmbeddedRedis
+from killswitch.sim.operators import two_person_arm
 from killswitch.store.store import Store
 from killswitch.testing import Fleet
 
@@ -46,7 +47,7 @@ async def _cycle(f: Fleet) -> dict[str, object]:
     before_return = 0
     try:
         for i in range(KILLS):
-            arm = await control.arm(store, approvers=["a", "b"], reason="bench", timeout=5)
+            arm = await two_person_arm(store, f.ops, reason="bench", timeout=5)
             assert arm.code == 0, arm.report
             t0 = time.perf_counter()
             out = await control.kill(store, reason=f"bench {i}", operator="bench", timeout=5)

@@ -222,15 +222,17 @@ class TestScopedKills:
         assert fleet3.ping("or-02") == f"PONG KILLED {epoch}"
         for h in ("or-01", "or-03"):
             assert order(fleet3, h, "y") == f"ALLOW y {epoch}"
-        plain = fleet3.cli_json("arm", "--approver", "alice", "--approver", "bob")
+        plain = fleet3.cli_json("arm", "--key", fleet3.ops.key("alice"))
         assert plain[0] == 0 and plain[1]["changed"] is False
         assert order(fleet3, "or-02", "z") == f"BLOCK z {epoch} killed"
-        one = fleet3.cli("arm", "--host", "or-02", "--approver", "alice")
-        assert one.returncode == 4, one
-        code, lifted = fleet3.cli_json(
-            "arm", "--host", "or-02", "--approver", "alice", "--approver", "bob"
-        )
+        one = fleet3.cli_json("arm", "--host", "or-02", "--key", fleet3.ops.key("alice"))
+        assert one[0] == 5 and one[1]["pending_arm"]["scope"] == "host:or-02", one
+        again = fleet3.cli_json("arm", "--host", "or-02", "--key", fleet3.ops.key("alice"))
+        assert again[0] == 5, again  # the same operator twice is still one signature
+        assert order(fleet3, "or-02", "z2") == f"BLOCK z2 {epoch} killed"
+        code, lifted = fleet3.cli_json("arm", "--host", "or-02", "--key", fleet3.ops.key("bob"))
         assert code == 0, lifted
+        assert lifted["approvers"] == ["alice", "bob"]
         assert lifted["confirmed"] == ["or-02"] and lifted["scopes"] == []
         assert order(fleet3, "or-02", "w") == f"ALLOW w {epoch}"
         actions = [e["action"] for e in fleet3.cli_json("audit")[1]["entries"]]
@@ -246,10 +248,8 @@ class TestScopedKills:
         for h in HOSTS3:
             assert order(fleet3, h, "a", "AAPL") == f"BLOCK a {epoch} killed"
             assert order(fleet3, h, "m", "MSFT") == f"ALLOW m {epoch}"
-        code, lifted = fleet3.cli_json(
-            "arm", "--symbol", "AAPL", "--approver", "alice", "--approver", "bob"
-        )
-        assert code == 0 and lifted["confirmed"] == HOSTS3, lifted
+        lifted = fleet3.arm("--symbol", "AAPL", reason="feed fixed")
+        assert lifted["confirmed"] == HOSTS3, lifted
         for h in HOSTS3:
             assert order(fleet3, h, "b", "AAPL") == f"ALLOW b {epoch}"
 

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from killswitch.core.state import NodeState
 from killswitch.ops import control
 from killswitch.sidecar.inprocess import SidecarSettings, SidecarThread
-from killswitch.sim.operators import make_operators, two_person_arm
+from killswitch.sim.operators import OperatorKeys, make_operators, two_person_arm
 from killswitch.store.localstate import LocalState
 from killswitch.store.store import Store
 
@@ -62,14 +62,14 @@ class TestSidecarThread:
             assert again.gate.allow() is False
 
     async def test_callback_cancel_and_flat(
-        self, redis: Redis, redis_url: str, node: str, tmp_path: Path
+        self, redis: Redis, redis_url: str, node: str, tmp_path: Path, operator_keys: OperatorKeys
     ) -> None:
         """The in-process callback hears the kill, cancels pass, and `flat()` lists the host."""
         store = Store(redis, node)
         await store.set_roster(["py-02"], "test")
         settings = SidecarSettings(
             node=node, host="py-02", redis_url=redis_url, state_dir=str(tmp_path),
-            flush_interval=0.05, stale_after=0.5,
+            flush_interval=0.05, stale_after=0.5, operators=str(operator_keys.file),
         )  # fmt: skip
         seen: list[tuple[str, int, str]] = []
         with SidecarThread(settings) as sc:
@@ -78,7 +78,7 @@ class TestSidecarThread:
                 seen.append((state.value, epoch, reason))
 
             await _until(lambda: sc.gate.view.state.value == "UNARMED")
-            armed = await control.arm(store, approvers=["a", "b"], reason="t", timeout=5)
+            armed = await two_person_arm(store, operator_keys, reason="t", timeout=5)
             assert armed.code == 0, armed.report
             sc.subscribe(on_state)
             await _until(lambda: ("ARMED", armed.report["epoch"], "armed") in seen)

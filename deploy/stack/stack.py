@@ -64,7 +64,9 @@ class Operator:
     def arm(self, reason: str) -> dict[str, Any]:
         """The one place that knows how an operator arms: adapt it when arm changes (signed
         two-person arms: two calls with two operators' keys, the first exiting 5)."""
-        return self.cli("arm", "--approver", "alice", "--approver", "bob", "--reason", reason)
+        first = self.cli("arm", "--key", "/etc/killswitch/alice", "--reason", reason, expect=(5,))
+        assert first["pending_arm"]["by"] == "alice", first
+        return self.cli("arm", "--key", "/etc/killswitch/bob")
 
     def gate(self, host: str, script: str) -> list[str]:
         """Runs `script` (lines for the gate) from host's router container against its sidecar;

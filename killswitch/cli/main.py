@@ -321,12 +321,17 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
         kill_key = r.get("key", "", str)
         ops_path = r.get("operators", "", str) if kill_key else ""
 
-        async def action(s: Any) -> Outcome:
-            who, note = operator, ""
-            if kill_key:
-                from killswitch.ops import arming
+        who, note = operator, ""
+        if kill_key:
+            # Signed here, before the Redis work: the lean transport that runs kill has no
+            # event loop, and signing (a subprocess, at most 2 s) needs one.
+            import asyncio
 
-                who, note = await arming.kill_actor(s.node, kill_key, ops_path, operator, reason)
+            from killswitch.ops import arming
+
+            who, note = asyncio.run(arming.kill_actor(node, kill_key, ops_path, operator, reason))
+
+        async def action(s: Any) -> Outcome:
             if scope is not None:
                 from killswitch.ops.scope import kill_scope
 
