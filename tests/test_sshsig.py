@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from killswitch.core.armproof import (
     WRONG_NODE,
     ArmRequest,
     Proof,
+    ProofError,
     gate_refusal,
     verify_proof,
 )
@@ -345,3 +347,37 @@ def _armor(blob: bytes) -> str:
     b64 = base64.b64encode(blob).decode()
     lines = [b64[i : i + 70] for i in range(0, len(b64), 70)]
     return "-----BEGIN SSH SIGNATURE-----\n" + "\n".join(lines) + "\n-----END SSH SIGNATURE-----\n"
+
+
+class TestScopedRequest:
+    """A scoped lift's request: the scope and the scopes version are signed; no gate opens."""
+
+    def test_round_trip_keeps_scope_and_version(self) -> None:
+        """A scoped request decodes to itself, scope version included."""
+        req = ArmRequest("smars", 6, 9, 6, ("or-01",), "lift", 10**12, "host:or-01", 4)
+        assert ArmRequest.decode(req.encode()) == req
+
+    def test_scoped_request_must_keep_the_epoch(self) -> None:
+        """A scoped request that moves the node's epoch is refused."""
+        req = ArmRequest("smars", 6, 9, 7, ("or-01",), "lift", 10**12, "symbol:KCG", 4)
+        with pytest.raises(ProofError, match="keep the node's epoch"):
+            ArmRequest.decode(req.encode())
+
+    def test_node_request_with_a_scope_version_is_not_canonical(self) -> None:
+        """A node arm carrying a scope version is not what any caller signs."""
+        raw = json.loads(REQ.encode())
+        raw["scope_ver"] = 1
+        data = json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()
+        with pytest.raises(ProofError, match="canonical"):
+            ArmRequest.decode(data)
+
+    def test_scoped_proof_never_opens_a_gate(
+        self, three: tuple[Operators, dict[str, Path]]
+    ) -> None:
+        """Two valid signatures over a scoped lift are refused by a gate as a node arm."""
+        ops, keys = three
+        req = ArmRequest("smars", 6, 9, 6, ("or-01",), "lift", 10**12, "host:or-01", 4)
+        msg = req.encode()
+        proof = Proof(msg, tuple(ssh_sign(keys[w], msg) for w in ("alice", "bob"))).to_text()
+        refusal, _ = gate_refusal(verify_proof(ops, proof), "smars", "or-01", 6)
+        assert refusal == BAD_PROOF
