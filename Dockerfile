@@ -29,8 +29,8 @@ RUN python3 -m venv /opt/killswitch \
         pip install /src; \
     fi \
  && rm -rf /src \
- && mkdir -p /var/lib/killswitch \
- && chown 65534:65534 /var/lib/killswitch
+ && mkdir -p /var/lib/killswitch /etc/killswitch \
+ && chown 65534:65534 /var/lib/killswitch /etc/killswitch
 
 WORKDIR /
 USER 65534:65534

@@ -173,7 +173,12 @@ class TestMasterFailover:
                 assert f.order(h, "s").endswith(" stale")
             cluster.wait_for_failover(master, NodeKeys(name).state, timeout=30)
             f.wait_ready(30)
-            f.arm()
+            code, rep = f.cli_json("arm", "--key", f.ops.key("alice"), "--reason", "failover")
+            if code == 5:  # the failover lost the signed arm: a second operator signs anew
+                code, rep = f.cli_json("arm", "--key", f.ops.key("bob"))
+                assert code == 0, rep
+            else:  # the promoted replica kept the signed arm: nothing to sign again
+                assert code == 0 and rep["changed"] is False, rep
             f.wait_all("PONG ARMED", timeout=15)
             for h in HOSTS:
                 assert f.order(h, "r").startswith("ALLOW r ")

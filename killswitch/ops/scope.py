@@ -2,9 +2,9 @@
 
 A scoped kill leaves the node's state and epoch alone; it is proven by the hosts it
 concerns (a host scope by that host, a symbol scope by every roster host) reporting that
-they enforce the scope version the change created. Lifting takes the same two approvers as
-arming the node: two operators each sign the lift with their own key (the first call
-records it pending, exit 5; a second, distinct operator completes it). The signed request
+they enforce the scope version the change created. Lifting is signed like arming the node:
+two operators each sign it with their own key (the first call records it pending, exit 5; a
+second, distinct operator completes it). The signed request
 names the scope, the node state and the scopes version it lifts, so it cannot be replayed
 after a later scoped kill; it is proven the same way.
 """
