@@ -27,7 +27,8 @@ class TestHostStatusJson:
         assert s.to_json() == {
             "alive": True, "age_s": 0.123, "gate": "open", "epoch": 7, "orders_per_s": 12.35,
             "view": "ARMED", "allowed": 10, "blocked": 2, "confirmed_epoch": 7,
-            "regression": "r",
+            "regression": "r", "cancels": 0, "limited": 0, "subscribers": 0, "flat_epoch": 0,
+            "on_kill": {"epoch": 0, "status": ""}, "limits_digest": "", "proof": "",
         }  # fmt: skip
 
     def test_alive_report_missing_fields_has_defaults(self) -> None:
@@ -44,7 +45,8 @@ class TestHostStatusJson:
     def test_epoch_one_confirms(self) -> None:
         """The first epoch a node ever takes (1) is confirmed like any other."""
         confirms = {"or-01": {"epoch": "1", "ver": "1", "applied_ms": str(NOW)}}
-        q = quorum(["or-01"], 1, 1, {}, confirms, NOW)
+        report = {"ts_ms": str(NOW), "stale_after_ms": "1000", "gate": "closed", "max_epoch": "1"}
+        q = quorum(["or-01"], 1, 1, {"or-01": report}, confirms, NOW)
         assert q.confirmed == ("or-01",)
         assert q.complete
 
