@@ -68,7 +68,9 @@ async def arm(
     # 0, as in kill.lua, so the arm takes an epoch the hosts accept. The scripts agree.
     ceiling = epoch_ceiling(_reported_floor(snap))
     epoch = 0 if ceiling and stored > ceiling else stored
-    if st.get("state") == NodeState.ARMED.value:
+    # Already armed, signed, and no host has seen a later epoch (a rollback: hosts then
+    # enforce the higher epoch and only a new arm above it opens them).
+    if st.get("state") == NodeState.ARMED.value and epoch >= _reported_floor(snap):
         verdict = verify_proof(operators, st.get("proof", ""))
         if not node_refusal(verdict, node, epoch)[0] and (
             roster is None or verdict.request is None or set(roster) == set(verdict.request.roster)
