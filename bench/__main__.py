@@ -16,6 +16,8 @@ ALL = [
     "rules_latency",
     "faults",
     "scale",
+    "blocked_flood",
+    "gate_flood",
 ]
 
 

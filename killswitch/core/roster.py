@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 DEFAULT_ALIVE_MS = 1000
+MAX_ALIVE_MS = 10_000  # the largest --stale-after a sidecar accepts
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +62,25 @@ class Quorum:
         return bool(self.roster) and not self.missing
 
 
+def alive_bound_ms(claimed_ms: int, bound_ms: int) -> int:
+    """How old a host's last report may be for it to count as alive.
+
+    The node's configured bound decides; a host that says it goes stale sooner is held to
+    its own, shorter claim. A longer claim (a misconfigured or lying host) never widens it.
+    """
+    return min(claimed_ms, bound_ms) if claimed_ms > 0 else bound_ms
+
+
 def host_status(
-    host: str, report: Mapping[str, str], confirm: Mapping[str, str], now_ms: int
+    host: str,
+    report: Mapping[str, str],
+    confirm: Mapping[str, str],
+    now_ms: int,
+    bound_ms: int = MAX_ALIVE_MS,
 ) -> HostStatus:
     """Judge one host from its report and confirmation hashes at server time `now_ms`."""
     ts = _int(report.get("ts_ms"))
-    alive_ms = _int(report.get("stale_after_ms")) or DEFAULT_ALIVE_MS
+    alive_ms = alive_bound_ms(_int(report.get("stale_after_ms")) or DEFAULT_ALIVE_MS, bound_ms)
     age_ms = now_ms - ts if ts else None
     alive = age_ms is not None and age_ms <= alive_ms
     gate = report.get("gate", "unknown") if alive else "unknown"
@@ -94,9 +108,15 @@ def quorum(
     reports: Mapping[str, Mapping[str, str]],
     confirms: Mapping[str, Mapping[str, str]],
     now_ms: int,
+    bound_ms: int = MAX_ALIVE_MS,
 ) -> Quorum:
-    """Which roster hosts confirmed (epoch, ver). Hosts not on the roster never count."""
-    hosts = {h: host_status(h, reports.get(h, {}), confirms.get(h, {}), now_ms) for h in roster}
+    """Which roster hosts confirmed (epoch, ver). Hosts not on the roster never count.
+
+    `bound_ms` is the node's liveness bound (see `alive_bound_ms`).
+    """
+    hosts = {
+        h: host_status(h, reports.get(h, {}), confirms.get(h, {}), now_ms, bound_ms) for h in roster
+    }
     confirmed = tuple(
         h
         for h in roster

@@ -22,19 +22,23 @@ import structlog
 from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio import Redis
 
-from killswitch.core.gate import Gate
+from killswitch.core.gate import BlockLogBudget, Gate
 from killswitch.core.state import MAX_EPOCH, HostView, NodeState, boot_view, observe
 from killswitch.core.version import __version__
+from killswitch.runtime import logs
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.service import run_until_signalled
 from killswitch.sidecar.gateserver import GateServer
+from killswitch.sidecar.memory import Memory
 from killswitch.sidecar.metrics import SidecarCollector
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.store.localstate import LocalState
-from killswitch.store.redisconn import connect
+from killswitch.store.redisconn import classify, connect, endpoint, scrub
 from killswitch.store.store import FlushReport, Store
 
 log = structlog.get_logger("killswitch.sidecar.service")
+
+BLOCK_LINES_PER_S = 1000  # per-order BLOCK_ORDER lines a second; beyond, summaries each second
 
 
 class Sidecar:
@@ -60,13 +64,19 @@ class Sidecar:
             else None
         )
         max_epoch, max_state, problem = self.local.load() if self.local else (0, None, "")
+        self.memory = Memory(self.local, (max_epoch, max_state), self.log)
         view = boot_view(max_epoch, max_state)
         self._local_problem = problem
         self._problem_epoch: int | None = None  # first epoch read while the file was unreadable
         self._fail_streak = 0
-        self._recorded: tuple[int, NodeState | None] = (max_epoch, max_state)
         self._held_recorded = 0  # epoch of a kill notice already recorded locally (0: none)
-        self.gate = Gate(settings.node, settings.host, view=view, clock=clock, log=self.log)
+        self.block_budget = BlockLogBudget(BLOCK_LINES_PER_S, clock)
+        self._block_reported: dict[str, int] = {}
+        self._block_summary_at = clock()
+        self.gate = Gate(
+            settings.node, settings.host, view=view, clock=clock, log=self.log,
+            log_budget=self.block_budget,
+        )  # fmt: skip
         self.boot = uuid.uuid4().hex[:12]
         self.acked = (0, 0)
         self.confirmed: tuple[int, int] = (0, 0)
@@ -77,7 +87,13 @@ class Sidecar:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._server = GateServer(self.gate, settings.listen, logger=self.log)
+        self._server = GateServer(
+            self.gate, settings.listen, logger=self.log, max_conns=settings.max_conns,
+            line_timeout=settings.line_timeout, socket_mode=settings.socket_mode,
+            socket_gid=settings.socket_gid,
+        )  # fmt: skip
+        self.loop_errors = 0  # sync iterations that failed for any reason but Redis
+        self._loop_problem = ""  # why the last sync iteration failed ("" once one succeeds)
         self.registry = registry if registry is not None else CollectorRegistry()
         self._rtt = Histogram(
             "killswitch_redis_roundtrip_seconds",
@@ -89,7 +105,9 @@ class Sidecar:
         self.registry.register(SidecarCollector(self))
         build_info(self.registry, "sidecar")
         self._metrics = (
-            MetricsServer(self.registry, settings.metrics_port)
+            MetricsServer(
+                self.registry, settings.metrics_port, settings.metrics_listen, health=self.problem
+            )
             if settings.metrics_port is not None
             else None
         )
@@ -104,9 +122,14 @@ class Sidecar:
         if self._started:
             return
         self._started = True
-        await self._server.start()
-        if self._metrics:
-            await self._metrics.start()
+        try:
+            await self._server.start()
+            if self._metrics:
+                await self._metrics.start()
+        except BaseException:
+            await self._server.stop()  # release what was bound; the caller reports why
+            self._started = False
+            raise
         self._tasks = [
             asyncio.create_task(self._sync_loop(), name="sync"),
             asyncio.create_task(self._listen_loop(), name="pubsub"),
@@ -127,6 +150,7 @@ class Sidecar:
         self.gate.close()
         for t in self._tasks:
             t.cancel()
+        self.report_skipped_blocks()  # the last counts, before the process goes
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
@@ -141,10 +165,36 @@ class Sidecar:
 
     # -- sync ------------------------------------------------------------------------------
 
+    def gate_connections(self) -> tuple[int, int]:
+        """(open now, closed by the server so far) on the gate sockets."""
+        srv = self._server
+        return len(srv.connections), srv.refused + srv.evicted + srv.timed_out
+
+    def summarized_lines(self) -> int:
+        return logs.summarized() + sum(self.block_budget.skipped.values())
+
+    def problem(self) -> str:
+        """Why this sidecar cannot do its job right now ("" when it can); /healthz shows it.
+
+        Redis being unreachable is not one: that is the lease running out, as designed.
+        """
+        return self._loop_problem or self.memory.problem or self._local_problem
+
     async def _sync_loop(self) -> None:
         while not self._stop.is_set():
             started = self.clock()
-            await self.sync_once()
+            try:
+                await self.sync_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a bug or a broken disk must never end the loop silently
+                self._loop_failed(e)
+            else:
+                if self._loop_problem:
+                    self.log.info("SYNC_LOOP_RECOVERED", reason=self._loop_problem)
+                    self._loop_problem = ""
+            if self.clock() - self._block_summary_at >= 1.0:
+                self.report_skipped_blocks()
             wait = self.s.flush_interval - (self.clock() - started)
             if wait > 0 and not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -175,7 +225,7 @@ class Sidecar:
             gate="open" if self.gate.is_open else "closed",
             orders_per_s=self._orders_per_s(sent, allowed + blocked),
             stale_after_ms=int(self.s.stale_after * 1000),
-            regression=view.regression or self._local_problem,
+            regression=view.regression or self.problem(),
             confirm_epoch=view.epoch if want_confirm else 0,
             confirm_ver=view.ver if want_confirm else 0,
             held_epoch=self.gate.held if self.gate.held == self._held_recorded else 0,
@@ -193,8 +243,10 @@ class Sidecar:
             if sent - self._last_fail_log > 1.0:
                 self._last_fail_log = sent
                 self.log.warning(
-                    "sync_failed", error=f"{type(e).__name__}: {e}", failures=self.failures
-                )
+                    "sync_failed", error=scrub(f"{type(e).__name__}: {e}"),
+                    kind=classify(e).kind, redis=endpoint(self.s.redis_url),
+                    failures=self.failures,
+                )  # fmt: skip
             return False
         self._rtt.observe(self.clock() - sent)
         if self._fail_streak:
@@ -209,6 +261,32 @@ class Sidecar:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
         self._apply(new, sent)
         return True
+
+    def report_skipped_blocks(self) -> int:
+        """Log one BLOCK_ORDER summary with the exact count per reason of the blocked orders
+        not logged one by one since the last summary; returns how many it covered."""
+        self._block_summary_at = self.clock()
+        now = dict(self.block_budget.skipped)  # a copy: the order path may add meanwhile
+        diff = {r: n - self._block_reported.get(r, 0) for r, n in sorted(now.items())}
+        diff = {r: n for r, n in diff.items() if n}
+        if not diff:
+            return 0
+        self._block_reported = now
+        total = sum(diff.values())
+        self.log.warning(
+            "BLOCK_ORDER", summary=True, blocked=total, counts=diff,
+            epoch=self.gate.status()[1], note="per-order lines over the log budget",
+        )  # fmt: skip
+        return total
+
+    def _loop_failed(self, e: Exception) -> None:
+        """Close the gate, count, log and remember why; the loop retries on its next turn."""
+        self.gate.close()
+        self.loop_errors += 1
+        reason = f"sync loop failed: {type(e).__name__}: {e}"
+        if reason != self._loop_problem or self.loop_errors % 100 == 1:
+            self.log.error("SYNC_LOOP_ERROR", reason=reason, errors=self.loop_errors)
+        self._loop_problem = reason
 
     def _confirmed(self, epoch: int, ver: int, state: str, blocked: int) -> None:
         self.confirmed = (epoch, ver)
@@ -228,19 +306,19 @@ class Sidecar:
                     first_epoch_read=self._problem_epoch,
                 )  # fmt: skip
                 self._local_problem = ""
-        if self._local_problem:
+        if (new.max_epoch, new.max_state) != (old.max_epoch, old.max_state) or self.memory.problem:
+            self._record(new.max_epoch, new.max_state)
+        if self._local_problem or self.memory.problem:
             new = HostView(
                 max_epoch=new.max_epoch,
                 max_state=new.max_state,
                 state=NodeState.STALE,
                 epoch=new.epoch,
-                regression=self._local_problem,
+                regression=self._local_problem or self.memory.problem,
             )
         if new.regression and new.regression != old.regression:
             self.regressions += 1
             self.log.error("EPOCH_REGRESSION", epoch=new.max_epoch, reason=new.regression)
-        if (new.max_epoch, new.max_state) != (old.max_epoch, old.max_state):
-            self._record(new.max_epoch, new.max_state)
         self.gate.apply(new, sent + self.s.stale_after)
         if (new.state, new.epoch, new.ver) != (old.state, old.epoch, old.ver):
             self.log.info(
@@ -300,14 +378,16 @@ class Sidecar:
                 if (epoch, NodeState.KILLED) != (view.max_epoch, view.max_state):
                     # Memory and file agree: a restart behaves like this process would.
                     self.gate.view = replace(view, max_epoch=epoch, max_state=NodeState.KILLED)
-                self._record(epoch, NodeState.KILLED)
-                self._held_recorded = epoch
+                if self._record(epoch, NodeState.KILLED):
+                    self._held_recorded = epoch
 
-    def _record(self, epoch: int, state: NodeState | None) -> None:
-        """Write the highest epoch seen to the local state file, only when it changes."""
-        if self.local is not None and (epoch, state) != self._recorded:
-            self.local.save(epoch, state)
-        self._recorded = (epoch, state)
+    def _record(self, epoch: int, state: NodeState | None) -> bool:
+        """Write the highest epoch seen locally; a failed write closes the gate (see Memory)."""
+        if self.memory.record(epoch, state):
+            return True
+        self.gate.close()
+        self.loop_errors += 1
+        return False
 
     def sync_age(self) -> float | None:
         return None if self.last_ok is None else self.clock() - self.last_ok
