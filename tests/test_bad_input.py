@@ -236,7 +236,7 @@ class TestRedisErrorsAreTold:
         assert SECRET not in res.stderr and "Traceback" not in res.stderr
 
     def test_wrong_password_is_refused_credentials(self, redis_server: EmbeddedRedis) -> None:
-        """A wrong ACL password is 'refused credentials' (exit 2), not 'cannot reach Redis'."""
+        """A wrong ACL password is 'refused credentials' (exit 1), not 'cannot reach Redis'."""
         import redis as redis_sync
 
         admin = redis_sync.Redis(host="127.0.0.1", port=redis_server.port)
@@ -247,7 +247,7 @@ class TestRedisErrorsAreTold:
             admin.close()
         url = f"redis://{USER}:{SECRET}@127.0.0.1:{redis_server.port}/0"
         res = run("status", "--node", "smars", "--redis", url)
-        assert_one_line_refusal(res, 2, "refused the credentials", f"{USER}:***@")
+        assert_one_line_refusal(res, 1, "refused the credentials", f"{USER}:***@")
         assert "cannot reach" not in res.stderr
 
 

@@ -17,7 +17,7 @@ from killswitch.core.gate import Gate
 from killswitch.core.protocol import MAX_LINE
 from killswitch.core.state import HostView, NodeState
 from killswitch.runtime.config import ListenAddr
-from killswitch.runtime.service import StartupError
+from killswitch.runtime.errors import StartupError
 from killswitch.sidecar.gateserver import GateProtocol, GateServer
 
 T0 = 1000.0

@@ -36,7 +36,7 @@ from killswitch.runtime.config import (
     node_name,
     str_list,
 )
-from killswitch.runtime.service import StartupError
+from killswitch.runtime.errors import StartupError
 from killswitch.runtime.validate import bounded, bounded_int
 
 __all__ = ["build_parser", "main", "settings_from_args"]
@@ -201,8 +201,7 @@ def _aggregator(r: Resolver, node: str, redis_url: str) -> int:
         return _fail("aggregator", f"refused: {e}", EXIT_USAGE)
     except (RedisError, OSError) as e:
         problem = classify(e)
-        code = EXIT_USAGE if problem.kind == "refused credentials" else EXIT_FAILED
-        return _fail("aggregator", f"cannot start: {problem.line(redis_url)}", code)
+        return _fail("aggregator", f"cannot start: {problem.line(redis_url)}", EXIT_FAILED)
     return EXIT_OK
 
 
@@ -346,7 +345,7 @@ def _redis_failure(redis_url: str, e: BaseException) -> Outcome:
     where = endpoint(redis_url)
     if problem.kind == "refused credentials":
         return Outcome(
-            EXIT_USAGE,
+            EXIT_FAILED,
             {},
             f"killswitch: Redis at {where} refused the credentials ({problem.detail}); "
             "fix the user and password in --redis / KILLSWITCH_REDIS_URL or the ACL",

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from killswitch.core.version import __version__
-from killswitch.runtime.service import StartupError
+from killswitch.runtime.errors import StartupError
 
 
 def render(registry: CollectorRegistry) -> tuple[int, dict[str, str], bytes]:

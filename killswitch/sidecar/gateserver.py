@@ -25,7 +25,7 @@ import structlog
 from killswitch.core.gate import Gate
 from killswitch.core.protocol import MAX_LINE, handle_line
 from killswitch.runtime.config import ListenAddr
-from killswitch.runtime.service import StartupError
+from killswitch.runtime.errors import StartupError
 
 MAX_CONNECTIONS = 1024
 LINE_TIMEOUT = 5.0  # seconds a client may hold a partial line
