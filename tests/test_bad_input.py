@@ -168,11 +168,6 @@ class TestAggregatorBadValues:
         """An aggregator rule or timing flag out of range is one line, exit 2, before Redis."""
         assert_one_line_refusal(run(*aggregator(closed_url, *extra)), code, *words)
 
-    def test_redis_unreachable_at_start(self, closed_url: str) -> None:
-        """An aggregator that cannot reach Redis says 'unreachable' for the endpoint, exit 1."""
-        res = run(*aggregator(closed_url))
-        assert_one_line_refusal(res, 1, "unreachable", "alice:***@127.0.0.1")
-
     def test_metrics_port_in_use(self, closed_url: str, busy_port: int) -> None:
         """An aggregator metrics port in use is one line naming the port, exit 1."""
         res = run(*aggregator(closed_url, "--metrics-port", str(busy_port)))
