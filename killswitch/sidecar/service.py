@@ -58,13 +58,13 @@ class Sidecar:
         self.store = Store(redis, settings.node)
         self.clock = clock
         self.log = (logger or log).bind(node=settings.node, host=settings.host)
-        self.local = (
+        local = (
             LocalState(settings.state_dir, settings.node, settings.host)
             if settings.state_dir
             else None
         )
-        max_epoch, max_state, problem = self.local.load() if self.local else (0, None, "")
-        self.memory = Memory(self.local, (max_epoch, max_state), self.log)
+        max_epoch, max_state, problem = local.load() if local else (0, None, "")
+        self.memory = Memory(local, (max_epoch, max_state), self.log)
         view = boot_view(max_epoch, max_state)
         self._local_problem = problem
         self._problem_epoch: int | None = None  # first epoch read while the file was unreadable
@@ -164,6 +164,15 @@ class Sidecar:
         await run_until_signalled(self.start, self.stop, self._stop)
 
     # -- sync ------------------------------------------------------------------------------
+
+    @property
+    def local(self) -> LocalState | None:
+        """The local state file (the Memory writes it; replaceable, e.g. by tests)."""
+        return self.memory.local
+
+    @local.setter
+    def local(self, value: LocalState | None) -> None:
+        self.memory.local = value
 
     def gate_connections(self) -> tuple[int, int]:
         """(open now, closed by the server so far) on the gate sockets."""
