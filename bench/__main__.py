@@ -8,6 +8,7 @@ import sys
 
 ALL = [
     "gate_check",
+    "subscribe_latency",
     "protocol_throughput",
     "redis_cost",
     "kill_confirm",
@@ -18,6 +19,7 @@ ALL = [
     "scale",
     "blocked_flood",
     "gate_flood",
+    "audit_cost",
 ]
 
 

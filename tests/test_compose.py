@@ -247,6 +247,35 @@ def service_env(service: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in env.items()}
 
 
+class TestComposeIsolation:
+    """Routers reach only their sidecar; Redis loads the shipped ACL file; every credential
+    is a user of that file."""
+
+    def test_routers_never_share_a_network_with_redis(self) -> None:
+        """Each router is on one network, shared only with its own sidecar; Redis is not."""
+        services = load_compose()["services"]
+        redis_nets = set(services["redis"]["networks"])
+        for host in HOSTS:
+            (net,) = services[f"router-{host}"]["networks"]
+            members = {name for name, s in services.items() if net in s.get("networks", [])}
+            assert members == {f"router-{host}", f"sidecar-{host}"}, net
+            assert net not in redis_nets
+        assert "KILLSWITCH_REDIS_URL" not in service_env("router-or-01")
+
+    def test_redis_loads_the_shipped_acl_and_credentials_match(self) -> None:
+        """Redis runs with --aclfile from deploy/redis, and each service's user is in it."""
+        services = load_compose()["services"]
+        argv = argv_of(services["redis"]["command"])
+        assert option(argv, "--aclfile") == "/etc/redis/users.acl"
+        assert "./deploy/redis/users.acl:/etc/redis/users.acl:ro" in services["redis"]["volumes"]
+        users = {line.split()[1] for line in (REPO_ROOT / "deploy/redis/users.acl").read_text()
+                 .splitlines() if line.startswith("user ")}  # fmt: skip
+        for cmd in compose_commands():
+            if cmd.argv[1] in ("sidecar", "aggregator"):
+                user = option(cmd.argv, "--redis").split("//")[1].split(":")[0]
+                assert user in users, cmd.service
+
+
 class TestComposeCommandsInTheCli:
     """Each stack command is parsed and resolved by the real CLI, as the container would run it."""
 
@@ -260,8 +289,10 @@ class TestComposeCommandsInTheCli:
                 assert isinstance(settings, SidecarSettings), cmd
                 assert (settings.node, settings.metrics_port) == ("smars", 9100)
                 assert [str(a) for a in settings.listen] == ["tcp:0.0.0.0:7000"]
-                assert settings.redis_url == "redis://redis:6379/0"
                 assert settings.state_dir == "/var/lib/killswitch"
+                host = cmd.service.removeprefix("sidecar-")
+                user = f"ks-sidecar-smars-{host}"
+                assert settings.redis_url == f"redis://{user}:demo-{user}@redis:6379/0"
             elif cmd.argv[1] == "aggregator":
                 assert isinstance(settings, AggregatorSettings), cmd
                 assert settings.hosts == tuple(HOSTS) and settings.metrics_port == 9101

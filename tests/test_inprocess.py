@@ -58,3 +58,43 @@ class TestSidecarThread:
         with again:
             assert again.gate.view.max_epoch == killed.report["epoch"]
             assert again.gate.allow() is False
+
+    async def test_callback_cancel_and_flat(
+        self, redis: Redis, redis_url: str, node: str, tmp_path: Path
+    ) -> None:
+        """The in-process callback hears the kill, cancels pass, and `flat()` lists the host."""
+        store = Store(redis, node)
+        await store.set_roster(["py-02"], "test")
+        settings = SidecarSettings(
+            node=node, host="py-02", redis_url=redis_url, state_dir=str(tmp_path),
+            flush_interval=0.05, stale_after=0.5,
+        )  # fmt: skip
+        seen: list[tuple[str, int, str]] = []
+        with SidecarThread(settings) as sc:
+
+            def on_state(state: NodeState, epoch: int, reason: str) -> None:
+                seen.append((state.value, epoch, reason))
+
+            await _until(lambda: sc.gate.view.state.value == "UNARMED")
+            armed = await control.arm(store, approvers=["a", "b"], reason="t", timeout=5)
+            assert armed.code == 0, armed.report
+            sc.subscribe(on_state)
+            await _until(lambda: ("ARMED", armed.report["epoch"], "armed") in seen)
+            killed = await control.kill(store, reason="t", operator="op", timeout=5)
+            epoch = killed.report["epoch"]
+            await _until(lambda: ("KILLED", epoch, "killed") in seen)
+            assert sc.gate.cancel("c1", "o-1") == epoch
+            assert not sc.gate.allow("o1", "AAPL", "BUY", 1)
+            assert (await control.status(store)).report["flat"] == []
+            assert sc.flat(on_state, epoch - 1) != ""
+            assert sc.flat(on_state, epoch) == ""
+
+            async def flat_listed() -> bool:
+                rep = (await control.status(store)).report
+                return bool(rep["flat"] == ["py-02"] and rep["hosts"]["py-02"]["cancels"] == 1)
+
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while not await flat_listed():
+                assert loop.time() < deadline, "py-02 never listed flat"
+                await asyncio.sleep(0.02)

@@ -184,7 +184,7 @@ MALFORMED = [
     pytest.param(b"", id="empty"),
     pytest.param(b"   \t  ", id="whitespace-only"),
     pytest.param(b"\r", id="bare-cr"),
-    pytest.param(b"CANCEL o-1", id="unknown-verb"),
+    pytest.param(b"HALT o-1", id="unknown-verb"),
     pytest.param(b"order o-1 AAPL BUY 5", id="lowercase-verb"),
     pytest.param(b"PING extra", id="ping-extra"),
     pytest.param(b"PONG", id="pong-is-a-reply-not-a-request"),
@@ -217,7 +217,12 @@ class TestMalformed:
             (b"\xff", b"ERR invalid utf-8\n"),
             (b"x" * 2000, b"ERR line too long\n"),
             (b"PING extra", b"ERR PING takes no arguments\n"),
-            (b"CANCEL o-1", b"ERR unknown command CANCEL; expected ORDER or PING\n"),
+            (
+                b"HALT o-1",
+                b"ERR unknown command HALT; expected ORDER, CANCEL, PING, SUBSCRIBE or FLAT\n",
+            ),
+            (b"CANCEL", b"ERR usage: CANCEL <id> [<order-ref>]\n"),
+            (b"CANCEL a b c", b"ERR usage: CANCEL <id> [<order-ref>]\n"),
         ],
     )
     def test_err_messages(self, rig: Rig, line: bytes, reply: bytes) -> None:

@@ -127,8 +127,8 @@ class TestQuorum:
         self, confirms: dict[str, dict[str, str]], confirmed: tuple[str, ...]
     ) -> None:
         """A roster host is confirmed only when both its epoch and ver match the node's."""
-        reports = {h: report(30) for h in ROSTER}
-        q = quorum(ROSTER, 7, 2, reports, confirms, NOW)
+        reports = {h: report(30) for h in ROSTER}  # gate open at 7: agrees with an arm
+        q = quorum(ROSTER, 7, 2, reports, confirms, NOW, "ARMED")
         assert q.confirmed == confirmed
         assert q.missing == tuple(h for h in ROSTER if h not in confirmed)
         assert q.complete is (confirmed == ROSTER)
@@ -136,7 +136,8 @@ class TestQuorum:
     def test_hosts_off_roster_never_count(self) -> None:
         """Confirmations from hosts outside the roster are ignored, so they cannot fake quorum."""
         confirms = {"intruder": confirm(7, 2), "or-99": confirm(7, 2), "or-01": confirm(7, 2)}
-        q = quorum(("or-01", "or-02"), 7, 2, {}, confirms, NOW)
+        reports = {h: report(30, gate="closed") for h in ("or-01", "intruder", "or-99")}
+        q = quorum(("or-01", "or-02"), 7, 2, reports, confirms, NOW)
         assert q.confirmed == ("or-01",)
         assert q.missing == ("or-02",)
         assert not q.complete
@@ -145,7 +146,8 @@ class TestQuorum:
     def test_missing_in_roster_order(self) -> None:
         """`missing` keeps the roster's order, not the order confirmations arrived in."""
         roster = ("md-09", "or-01", "or-05", "zz-1")
-        q = quorum(roster, 3, 1, {}, {"or-01": confirm(3, 1)}, NOW)
+        reports = {"or-01": report(30, gate="closed", max_epoch=3)}
+        q = quorum(roster, 3, 1, reports, {"or-01": confirm(3, 1)}, NOW)
         assert q.missing == ("md-09", "or-05", "zz-1")
 
     def test_epoch_zero_confirms_nobody(self) -> None:
@@ -165,12 +167,46 @@ class TestQuorum:
             "or-02": confirm(7, 2, NOW - 120),
             "or-03": confirm(6, 2, NOW - 1),  # later, but an old epoch: not counted
         }
-        q = quorum(ROSTER, 7, 2, {}, confirms, NOW)
+        reports = {h: report(30, gate="closed") for h in ROSTER}
+        q = quorum(ROSTER, 7, 2, reports, confirms, NOW)
         assert q.last_confirm_ms == NOW - 120
 
     def test_last_confirm_ms_none_confirmed(self) -> None:
         """With nobody confirmed the latest confirmation time is 0."""
         assert quorum(ROSTER, 7, 2, {}, {"or-01": confirm(6, 1)}, NOW).last_confirm_ms == 0
+
+
+class TestCrossCheck:
+    """A confirmation counts only when the host's own report agrees with it."""
+
+    @pytest.mark.parametrize(
+        ("state", "rep", "why"),
+        [
+            pytest.param("KILLED", {"gate": "closed"}, "", id="kill-closed-agrees"),
+            pytest.param("KILLED", {"gate": "closed", "max_epoch": 9}, "", id="kill-later-epoch"),
+            pytest.param("KILLED", {"gate": "open"}, "gate open", id="kill-but-open"),
+            pytest.param("KILLED", {"gate": "closed", "max_epoch": 6}, "epoch 6", id="kill-old"),
+            pytest.param("KILLED", None, "gate unknown", id="kill-no-report"),
+            pytest.param("ARMED", {"gate": "open"}, "", id="arm-open-agrees"),
+            pytest.param("ARMED", {"gate": "closed"}, "gate closed", id="arm-but-closed"),
+            pytest.param("ARMED", {"gate": "open", "max_epoch": 8}, "epoch 8", id="arm-other"),
+        ],
+    )
+    def test_table(self, state: str, rep: dict[str, object] | None, why: str) -> None:
+        """Confirmed when the report agrees; otherwise contradicted, with the reason."""
+        reports = {} if rep is None else {"or-01": report(30, **rep)}
+        q = quorum(("or-01",), 7, 2, reports, {"or-01": confirm(7, 2)}, NOW, state)
+        if why:
+            assert q.confirmed == () and q.missing == ("or-01",)
+            assert why in q.contradicted["or-01"]
+        else:
+            assert q.confirmed == ("or-01",) and q.contradicted == {}
+
+    def test_frozen_host_with_forged_confirmation(self) -> None:
+        """A silent host whose last report says gate open is not confirmed by a written hash."""
+        reports = {"or-01": report(9_000, gate="open", max_epoch=6)}
+        q = quorum(("or-01",), 7, 2, reports, {"or-01": confirm(7, 2)}, NOW, "KILLED")
+        assert not q.complete and "or-01" in q.contradicted
 
 
 class TestArmReadiness:
@@ -225,7 +261,8 @@ class TestQuorumProperties:
     ) -> None:
         """confirmed and missing are disjoint, cover the roster, and keep its order."""
         confirms = {h: confirm(e, v) for h, (e, v) in confirmed_at.items()}
-        q = quorum(roster, epoch, ver, {}, confirms, NOW)
+        reports = {h: report(30, gate="closed", max_epoch=3) for h in roster}
+        q = quorum(roster, epoch, ver, reports, confirms, NOW)
         assert set(q.confirmed) | set(q.missing) == set(roster)
         assert not set(q.confirmed) & set(q.missing)
         assert list(q.confirmed) == [h for h in roster if h in q.confirmed]

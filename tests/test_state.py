@@ -172,7 +172,17 @@ class TestNodeReadFromHash:
             pytest.param({}, NodeRead(None), id="no-key"),
             pytest.param({"state": ""}, NodeRead(None), id="empty-state"),
             pytest.param(
-                {"state": "ARMED", "epoch": "x", "ver": ""}, NodeRead(ARMED, 0, 0), id="bad-ints"
+                {"state": "ARMED", "epoch": "x", "ver": ""},
+                NodeRead(None, 0, 0, "unreadable epoch/ver 'x'"),
+                id="bad-ints",
+            ),
+            *(
+                pytest.param(
+                    {"state": "ARMED", "epoch": junk, "ver": "1"},
+                    NodeRead(None, 0, 0, f"unreadable epoch/ver {junk!r}"),
+                    id=f"junk-epoch-{junk}",
+                )
+                for junk in ("1" + "0" * 29, "1e29", "-1", "7.5", " 7", "٣", "9007199254740992")
             ),
         ],
     )

@@ -83,6 +83,13 @@ class TestRenderStatus:
         (plain,) = [ln for ln in out.splitlines() if ln.startswith("or-03")]
         assert "STALE" in plain
 
+    def test_scoped_kills_and_flat_are_shown(self) -> None:
+        """Active scoped kills are named; on a killed node the flat count is shown."""
+        scopes = [{"kind": "host", "value": "or-02"}, {"kind": "symbol", "value": "KCG"}]
+        out = text(report(scopes=scopes))
+        assert "SCOPED KILLS: host or-02, symbol KCG" in out
+        assert "flat 1/3" in text(report(state="KILLED", flat=["or-01"]))
+
     def test_without_an_aggregator_view_says_so(self) -> None:
         """No aggregator view means nothing sums the node's volume: the frame says it in words."""
         rep = report()

@@ -25,6 +25,8 @@ class KillWatch:
     killed_ms: int
     done: bool = False
     last_alarm_ms: int = 0
+    flat_done: bool = False
+    last_flat_alarm_ms: int = 0
 
 
 class ConfirmationWatch:
@@ -43,6 +45,7 @@ class ConfirmationWatch:
         self._operator_kill = operator_kill
         self._confirmed = confirmed
         self.watch: KillWatch | None = None
+        self.not_flat: list[str] = []  # blocked, subscribed, not flat after the bound
 
     def observe(self, read: NodeRead, state: Mapping[str, str], q: Quorum, now: int) -> None:
         w = self.watch
@@ -51,6 +54,7 @@ class ConfirmationWatch:
             w = self.watch = KillWatch(read.epoch, read.ver, killed_ms)
             if state.get("cause") == "operator":
                 self._operator_kill()
+        self._flat(w, q, now)
         if w.done:
             return
         if q.complete:
@@ -66,3 +70,26 @@ class ConfirmationWatch:
                 "KILL_UNCONFIRMED", epoch=w.epoch, missing=list(q.missing),
                 confirmed=len(q.confirmed), roster=len(q.roster),
             )  # fmt: skip
+
+    def _flat(self, w: KillWatch, q: Quorum, now: int) -> None:
+        """Hosts that block but whose subscribed trading processes have not proven flat.
+
+        A host with no subscriber has nobody to prove anything and is not named here (its
+        report shows `subscribers` 0); the bound is the same confirm timeout.
+        """
+        if w.flat_done:
+            self.not_flat = []
+            return
+        owing = [
+            h for h in q.confirmed
+            if q.hosts[h].subscribers > 0 and q.hosts[h].flat_epoch != w.epoch
+        ]  # fmt: skip
+        if not owing:
+            w.flat_done = q.complete
+            self.not_flat = []
+            return
+        late = now - w.killed_ms > self.timeout_ms
+        self.not_flat = owing if late else []
+        if late and now - w.last_flat_alarm_ms > ALARM_EVERY_MS:
+            w.last_flat_alarm_ms = now
+            self.log.error("KILL_NOT_FLAT", epoch=w.epoch, hosts=owing)

@@ -18,6 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from killswitch.core import fleetcap, leader
+from killswitch.core.bounds import uint_or
 from killswitch.core.names import InvalidName, check_name
 from killswitch.core.roster import epoch_floor, quorum
 from killswitch.store.fleet import FleetStore
@@ -61,7 +62,11 @@ class FleetRule:
 
     async def renew(self) -> None:
         sent = self.clock()
-        held, holder, ttl_ms = await self.store.lease(self.lead.token, int(self.lead.ttl_s * 1000))
+        held, holder, ttl_ms, repaired = await self.store.lease(
+            self.lead.token, int(self.lead.ttl_s * 1000)
+        )
+        if repaired:
+            self.log.error("LEASE_REPAIRED", reason=repaired, lease="fleet")
         self.lead, change = leader.on_reply(
             self.lead, sent, leader.LeaseReply(held, holder, ttl_ms)
         )
@@ -120,15 +125,16 @@ class FleetRule:
             store = Store(self.redis, n)
             snap = await store.snapshot()
             st = snap.state
+            stored = uint_or(st.get("epoch"))
             q = quorum(
-                snap.roster, int(st.get("epoch") or 0), int(st.get("ver") or 0),
-                snap.reports, snap.confirms, snap.now_ms,
+                snap.roster, stored, uint_or(st.get("ver")),
+                snap.reports, snap.confirms, snap.now_ms, st.get("state") or "",
             )  # fmt: skip
             res = await store.kill(
                 actor=f"aggregator:{self.lead.instance}",
                 reason=detail,
                 cause=CAUSE,
-                floor=epoch_floor(q.hosts),
+                floor=epoch_floor(q.hosts, stored),
                 action="trip",
                 only_if_armed=True,
             )

@@ -10,9 +10,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from killswitch.aggregator.fleetrule import FleetRule
+from killswitch.aggregator.inputs import InputGuard
 from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.core import ruleview
 from killswitch.core.anomaly import Evaluation, MonitorConfig
@@ -74,6 +75,8 @@ class Aggregator(Protocol):
     def durable(self) -> Durability | None: ...
     @property
     def fleet(self) -> FleetRule | None: ...
+    @property
+    def inputs(self) -> InputGuard: ...
     def is_leader(self) -> bool: ...
 
 
@@ -94,6 +97,14 @@ class AggregatorCollector:
             g.add_metric([n, *extra.values()], value)
             return g
 
+        junk = CounterMetricFamily(
+            "killswitch_junk_inputs",
+            "Values read from Redis that are not what killswitch writes (ignored; repaired "
+            "when they would silence trips).",
+            labels=["node"],
+        )
+        junk.add_metric([n], a.inputs.count)
+        yield junk
         yield node_gauge(
             "killswitch_node_orders",
             "Orders sent across all hosts of the node within the sliding window.",

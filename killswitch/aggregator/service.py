@@ -25,12 +25,15 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from killswitch.aggregator import fleetrule
+from killswitch.aggregator.auditlog import AuditMirror
 from killswitch.aggregator.confirmations import ConfirmationWatch
+from killswitch.aggregator.inputs import InputGuard
 from killswitch.aggregator.metrics import AggregatorCollector, Instruments
 from killswitch.aggregator.settings import AggregatorSettings, with_static_cap
 from killswitch.core import leader, ruleview
-from killswitch.core.anomaly import CAUSES, Evaluation, Monitor
+from killswitch.core.anomaly import CAUSES, HOST_SHARE, Evaluation, Monitor
 from killswitch.core.baseline import Baseline, BaselineStateError
+from killswitch.core.limitburst import LIMIT_BURST, LimitBurst
 from killswitch.core.roster import Quorum, epoch_floor, quorum
 from killswitch.core.state import NodeRead, NodeState
 from killswitch.core.window import NodeWindows
@@ -41,6 +44,8 @@ from killswitch.store.redisconn import connect
 from killswitch.store.store import Store
 
 log = structlog.get_logger("killswitch.aggregator.service")
+
+ISOLATE = "host_share_isolate"  # trips_total cause of a haunted host killed on its own
 
 MAX_CATCHUP = 20  # grid points a late tick evaluates at most (2 s at the default tick)
 
@@ -89,6 +94,8 @@ class Aggregator:
         self.events = ruleview.EventLog(settings.monitor.window_ms)
         self.tick_ms = max(round(settings.tick * 1000), 1)
         self._pending: list[tuple[int, str, int]] = []  # read, but newer than the tick grid
+        lb = settings.limit_burst
+        self.limit_burst = LimitBurst(lb) if lb is not None else None
         self._last_eval_ms = -1
         self._last_read: tuple[int, float] | None = None  # (server ms, local clock) of a read
         self._last_save = 0.0
@@ -97,6 +104,7 @@ class Aggregator:
         self.state = NodeRead(None)
         self.quorum: Quorum | None = None
         self.trips = 0
+        self.inputs = InputGuard(self.log)
         self.last_trip: tuple[int, str] | None = None  # (evaluation ms, cause) of our last trip
         self._last_roster_check = -1e9
         self._unacted: _Unacted | None = None
@@ -104,14 +112,18 @@ class Aggregator:
             leader.make_token(settings.instance, uuid.uuid4().hex[:8]), settings.lease_ttl
         )
         self.durable: durability.Durability | None = None
+        self.audit_mirror = (
+            AuditMirror(self.store, settings.audit_log, self.log) if settings.audit_log else None
+        )
         self._durability_at = -1e9
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._mirror_task: asyncio.Task[None] | None = None
         self.registry = registry if registry is not None else CollectorRegistry()
         n = settings.node
-        self.instruments = Instruments(
-            self.registry, n, (*CAUSES, "operator", fleetrule.CAUSE), CAUSES
-        )
+        causes = (*CAUSES, LIMIT_BURST, ISOLATE, "operator", fleetrule.CAUSE)
+        self.isolations = 0
+        self.instruments = Instruments(self.registry, n, causes, CAUSES)
         self._trips_total = self.instruments.trips
         self._shadow_total = self.instruments.shadow_trips
         self.confirmations = ConfirmationWatch(
@@ -154,6 +166,11 @@ class Aggregator:
         if not await until_reachable(self._first_reads, self._stop, lambda e: warn(error=e)):
             return
         self._task = asyncio.create_task(self._loop(), name="aggregator")
+        if self.audit_mirror is not None:
+            # its own task: a slow disk (fsync) must never delay a tick or a lease renewal
+            self._mirror_task = asyncio.create_task(
+                self.audit_mirror.run(self._stop), name="audit-mirror"
+            )
         cfg = self.s.monitor
         self.log.info(
             "aggregator_started", roster=list(self.s.hosts), instance=self.s.instance,
@@ -182,6 +199,11 @@ class Aggregator:
             return
         self._stop.set()
         task.cancel()
+        if self._mirror_task is not None:
+            self._mirror_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._mirror_task
+            self._mirror_task = None
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await self._save_baseline()  # while still the leader: the next one starts warm
@@ -270,7 +292,11 @@ class Aggregator:
 
     async def _renew_lease(self) -> None:
         sent = self.clock()
-        held, holder, ttl_ms = await self.store.lease(self.lead.token, int(self.s.lease_ttl * 1000))
+        held, holder, ttl_ms, repaired = await self.store.lease(
+            self.lead.token, int(self.s.lease_ttl * 1000)
+        )
+        if repaired:
+            self.inputs.lease_repaired(repaired)
         reply = leader.LeaseReply(held, holder, ttl_ms)
         self.lead, change = leader.on_reply(self.lead, sent, reply)
         if change:
@@ -302,7 +328,7 @@ class Aggregator:
             await self._check_durability()
         now = snap.now_ms
         self.state = NodeRead.from_hash(snap.state)
-        armed_ms = int(snap.state.get("armed_ms") or 0)
+        armed_ms = self.inputs.armed_ms(snap.state.get("armed_ms"), now, self.armed_ms)
         self._last_read = (now, self.clock())
         if armed_ms != self.armed_ms:
             # Orders sent before the current arm never count against it.
@@ -310,15 +336,20 @@ class Aggregator:
             self.windows.clear()
             self._pending = [p for p in self._pending if p[0] >= armed_ms]
             self.monitor.reset(now)
+            if self.limit_burst is not None:
+                self.limit_burst.reset(armed_ms)
         for host, entries in flows.items():
             for entry_id, fields in entries:
                 self.after[host] = entry_id
                 ts = int(entry_id.split("-", 1)[0])
                 if ts >= armed_ms:
-                    self._pending.append((ts, host, int(fields.get("a", 0))))
+                    self._pending.append((ts, host, self.inputs.flow_count(fields.get("a"), host)))
+                    if "l" in fields and self.limit_burst is not None:
+                        self.limit_burst.add(ts, host, self.inputs.flow_count(fields["l"], host))
         self.quorum = quorum(
-            self.s.hosts, self.state.epoch, self.state.ver, snap.reports, snap.confirms, now
-        )
+            self.s.hosts, self.state.epoch, self.state.ver, snap.reports, snap.confirms, now,
+            self.state.state.value if self.state.state else "",
+        )  # fmt: skip
         # Evaluate at the last grid point strictly before server time: every flow entry up to
         # it has been read (an entry written after our read has a later ID), so the window
         # holds exactly what a backtest of the exported flow holds at the same instant.
@@ -368,9 +399,18 @@ class Aggregator:
             getattr(self.log, level)(event, **fields)
         for t in ev.shadow_trips:
             self._shadow_total.labels(self.s.node, t.cause).inc()
-        if ev.trip is not None and armed:
-            others = [t.cause for t in ev.trips[1:]]
-            await self._trip(ev.trip.cause, ev.trip.detail, at, others)
+        trips = list(ev.trips)
+        if self.s.on_haunted == "isolate" and armed:
+            # The haunted host alone is killed (a scoped kill); the other rules still kill
+            # the node.
+            for t in [t for t in trips if t.cause == HOST_SHARE and t.host]:
+                await self._isolate(t.host or "", t.detail, at)
+            trips = [t for t in trips if t.cause != HOST_SHARE]
+        if trips and armed:
+            await self._trip(trips[0].cause, trips[0].detail, at, [t.cause for t in trips[1:]])
+        burst = self.limit_burst.observe(at) if self.limit_burst is not None else None
+        if burst is not None and armed:
+            await self._trip(LIMIT_BURST, burst.detail, at, [])
 
     def view(self, now_ms: int) -> dict[str, str]:
         """What `status` shows of the aggregator (and what tests wait on): its last tick."""
@@ -381,9 +421,11 @@ class Aggregator:
             "node_orders": str(self.window.total),
             "fast_orders": "" if self.windows.fast is None else str(self.windows.fast.total),
             "trips": str(self.trips),
+            "junk_inputs": str(self.inputs.count),
             "last_trip_at_ms": str(self.last_trip[0]) if self.last_trip else "",
             "last_trip_cause": self.last_trip[1] if self.last_trip else "",
             "learned_s": f"{self.monitor.baseline.learned_ms / 1000:g}",
+            "not_flat": ",".join(self.confirmations.not_flat),
             **ruleview.view_fields(self.s.monitor, self.evaluation),
         }
 
@@ -399,7 +441,7 @@ class Aggregator:
             actor=f"aggregator:{self.s.instance}",
             reason=detail,
             cause=cause,
-            floor=epoch_floor(self.quorum.hosts),
+            floor=epoch_floor(self.quorum.hosts, self.state.epoch),
             action="trip",
             only_if_armed=True,
             fence=self.lead.token,
@@ -416,6 +458,17 @@ class Aggregator:
                 "TRIP", cause=cause, reason=detail, epoch=res.epoch, at_ms=at_ms, also=also
             )
             self.state = NodeRead(NodeState.KILLED, res.epoch, res.ver, detail)
+
+    async def _isolate(self, host: str, detail: str, at_ms: int) -> None:
+        if not self.is_leader():
+            return  # a standby never acts; isolation is not taken over (the rule trips again)
+        _, ver, _ = await self.store.scope(
+            op="kill", kind="host", value=host, actor=f"aggregator:{self.s.instance}",
+            reason=detail,
+        )  # fmt: skip
+        self.isolations += 1
+        self._trips_total.labels(self.s.node, ISOLATE).inc()
+        self.log.error("ISOLATE", host=host, reason=detail, scope_ver=ver, at_ms=at_ms)
 
     async def _act_on_unacted(self, now_ms: int) -> None:
         """A trip decided while standby, acted on after a takeover if it is still current.

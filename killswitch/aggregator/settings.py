@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field, replace
 
 from killswitch.core.anomaly import CAUSES, MAX_ORDERS, MonitorConfig
+from killswitch.core.limitburst import LimitBurstConfig
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class AggregatorSettings:
     require_durable: bool = False  # refuse to start unless Redis runs with appendonly
     # Firm-wide cap: orders across every node of the fleet within the window (None: off).
     fleet_max_orders: int | None = None
+    limit_burst: LimitBurstConfig | None = None  # kill on local-limit refusals across hosts
+    on_haunted: str = "kill"  # host_share trip: "kill" the node or "isolate" the host
+    audit_log: str = ""  # local JSONL copy of the audit chain ("": none)
 
 
 def default_instance() -> str:

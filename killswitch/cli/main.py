@@ -32,6 +32,7 @@ from killswitch.runtime.config import (
     DEFAULT_REDIS,
     ConfigError,
     Resolver,
+    host_name,
     load_config_file,
     node_name,
     str_list,
@@ -215,6 +216,16 @@ def _watch(r: Resolver, node: str, redis_url: str) -> int:
     return asyncio.run(watch(redis_url, node, interval=interval, once=once))
 
 
+def _scope(r: Resolver) -> tuple[str, str] | None:
+    """The scope flag of kill/arm, read from the flags only: a scope is never a default."""
+    host, symbol = r.flags.get("scope_host"), r.flags.get("scope_symbol")
+    if host:
+        return ("host", host_name(host))
+    if symbol:
+        return ("symbol", symbol)
+    return None
+
+
 def _export(r: Resolver, node: str, redis_url: str) -> int:
     import asyncio
 
@@ -243,12 +254,20 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
     # The node's liveness bound: the same setting as the sidecars' --stale-after, so one
     # config file (or KILLSWITCH_STALE_AFTER) sets both; a host's own claim never widens it.
     alive_ms = round(r.get("stale-after", 1.0, bounded("stale-after")) * 1000)
+    scope = _scope(r)
     if cmd == "kill":
         reason = r.require("reason", str, " (say why: it is audited)")
         operator = r.get("operator", os.environ.get("USER") or "unknown", str)
         timeout = r.get("timeout", 5.0, bounded("timeout"))
 
         def action(s: Any) -> Awaitable[Outcome]:
+            if scope is not None:
+                from killswitch.ops.scope import kill_scope
+
+                return kill_scope(
+                    s, kind=scope[0], value=scope[1], reason=reason, operator=operator,
+                    timeout=timeout,
+                )  # fmt: skip
             return control.kill(
                 s, reason=reason, operator=operator, timeout=timeout, alive_ms=alive_ms
             )
@@ -259,6 +278,13 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
         timeout = r.get("timeout", 5.0, bounded("timeout"))
 
         def action(s: Any) -> Awaitable[Outcome]:
+            if scope is not None:
+                from killswitch.ops.scope import arm_scope
+
+                return arm_scope(
+                    s, kind=scope[0], value=scope[1], approvers=approvers, reason=reason,
+                    timeout=timeout,
+                )  # fmt: skip
             return control.arm(
                 s, approvers=approvers, reason=reason, timeout=timeout, alive_ms=alive_ms
             )
@@ -269,10 +295,19 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
             return control.status(s, alive_ms=alive_ms)
 
     elif cmd == "audit":
-        limit = r.get("limit", None, bounded_int("limit"))
+        from killswitch.ops import audit
 
-        def action(s: Any) -> Awaitable[Outcome]:
-            return control.audit(s, limit)
+        limit = r.get("limit", None, bounded_int("limit"))
+        audit_file = r.get("file", None, str)
+        if r.get("verify", False, truthy):
+
+            def action(s: Any) -> Awaitable[Outcome]:
+                return audit.verify(s, audit_file)
+
+        else:
+
+            def action(s: Any) -> Awaitable[Outcome]:
+                return audit.audit(s, limit)
 
     else:  # pragma: no cover - argparse restricts the verbs
         raise ConfigError(f"unknown command {cmd}")
@@ -291,6 +326,9 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
         outcome = asyncio.run(_with_store(redis_url, node, action, budget))
     if outcome.code in (EXIT_FAILED, EXIT_USAGE) and not outcome.report:
         print(outcome.message, file=sys.stderr)
+        return outcome.code
+    if outcome.code == EXIT_USAGE:
+        print(f"killswitch {cmd}: {outcome.message}", file=sys.stderr)
         return outcome.code
     if as_json:
         print(json.dumps(outcome.report, sort_keys=False))
@@ -381,7 +419,10 @@ async def _with_store(
     from killswitch.store.redisconn import connect
     from killswitch.store.store import Store
 
-    redis = connect(redis_url, socket_timeout=3.0, client_name=f"ks-cli-{node}")
+    try:
+        redis = connect(redis_url, socket_timeout=3.0, client_name=f"ks-cli-{node}")
+    except ValueError as e:
+        return Outcome(EXIT_FAILED, {}, f"killswitch: bad Redis URL: {e}")
     try:
         async with asyncio.timeout(budget):
             return await action(Store(redis, node))

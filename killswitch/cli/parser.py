@@ -130,6 +130,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "--line-timeout", type=float, metavar="S",
         help="close a gate connection holding a partial request line this long (default 5)",
     )  # fmt: skip
+    s.add_argument(
+        "--limits",
+        metavar="PATH",
+        help="local pre-trade limits (TOML: max_qty, max_notional, max_orders_per_s, "
+        '[symbols."SYM"] overrides); an order over one gets BLOCK ... limit',
+    )
+    s.add_argument(
+        "--on-kill",
+        metavar="CMD",
+        help="shell command run once per kill epoch (e.g. a venue mass-cancel); its exit "
+        "status is reported in status --json",
+    )
 
     a = cmd(
         "aggregator",
@@ -140,6 +152,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         from killswitch.cli import rulecli
 
         rulecli.add_rule_flags(a)
+    lb = a.add_argument_group(
+        "limit-burst rule",
+        "Kill the node when the hosts' local --limits refuse more than N orders within "
+        "--limit-window on at least --limit-min-hosts hosts (default off).",
+    )
+    lb.add_argument("--max-limit-refusals", type=int, metavar="N", help="the rule's N")
+    lb.add_argument("--limit-window", type=float, metavar="S", help="window (default 1.0)")
+    lb.add_argument("--limit-min-hosts", type=int, metavar="N", help="hosts (default 2)")
+    a.add_argument(
+        "--on-haunted",
+        choices=("kill", "isolate"),
+        help="when the host-share rule trips: kill the node (default) or kill only the haunted "
+        "host (a scoped kill, lifted by arm --host)",
+    )
     a.add_argument(
         "--metrics-port", type=int, metavar="P", help="serve Prometheus /metrics on this port"
     )
@@ -182,6 +208,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         default=None,
         help="refuse to start (exit 2) unless Redis runs with appendonly (use in production)",
     )
+    a.add_argument(
+        "--audit-log",
+        metavar="PATH",
+        help="append the node's audit chain to this JSONL file, so the trail survives a wiped "
+        "Redis ('' for none; default audit-NODE.jsonl in the sidecar's default --state-dir)",
+    )
 
     for verb in ("arm", "resume"):
         r = cmd(
@@ -196,6 +228,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             help="an approver (give two distinct ones)",
         )
         r.add_argument("--reason", metavar="TEXT", help="why (audited)")
+        _scope_flags(r, "lift the scoped kill of")
         r.add_argument(
             "--timeout",
             type=float,
@@ -210,6 +243,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     k.add_argument("--reason", metavar="TEXT", help="why (audited; required)")
     k.add_argument("--operator", metavar="NAME", help="who (audited; default $USER)")
+    _scope_flags(k, "kill only")
     k.add_argument(
         "--timeout", type=float, metavar="S", help="seconds to wait for confirmations (default 5)"
     )
@@ -246,9 +280,27 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "--fleet", action="store_true", default=None, help=f"one line per node: {fleet_help}"
     )
 
-    au = cmd("audit", "Who changed what, when and why, oldest first.", [json_opt])
+    au = cmd(
+        "audit",
+        "Who changed what, when and why, oldest first, refused attempts included. Entries are "
+        "hash-chained; operator text is shown escaped (control characters visible).",
+        [json_opt],
+    )
     au.add_argument(
         "--limit", type=int, metavar="N", help="only the newest N entries (still oldest first)"
+    )
+    au.add_argument(
+        "--verify",
+        action="store_true",
+        default=None,
+        help="check the hash chain: exit 0 when whole, 4 naming the first entry altered, "
+        "removed or inserted (or a cut-off tail)",
+    )
+    au.add_argument(
+        "--file",
+        metavar="PATH",
+        help="with --verify: also verify an aggregator's local copy (--audit-log) and that "
+        "Redis still holds every entry of it",
     )
 
     dm = cmd(
@@ -301,3 +353,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     lg.add_argument("--name", metavar="NAME", help="prefix of order ids (default router)")
     return p
+
+
+def _scope_flags(p: argparse.ArgumentParser, verb: str) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--host", dest="scope_host", metavar="H",
+        help=f"{verb} one host (proof from that host; the rest of the node is untouched)",
+    )  # fmt: skip
+    g.add_argument(
+        "--symbol", dest="scope_symbol", metavar="S",
+        help=f"{verb} one symbol on every host (proof from every roster host)",
+    )  # fmt: skip

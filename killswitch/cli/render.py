@@ -8,13 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 from killswitch.core import ruleview
+from killswitch.core.text import escape
 from killswitch.ops.control import EXIT_OK, EXIT_REFUSED, EXIT_UNCONFIRMED, Outcome
 
 
 def human(cmd: str, outcome: Outcome) -> str:
     rep = outcome.report
     if cmd == "audit":
-        return _audit(rep)
+        return outcome.message if "redis" in rep else _audit(rep)
     lines: list[str] = []
     if outcome.code == EXIT_REFUSED:
         lines.append(outcome.message)
@@ -23,8 +24,11 @@ def human(cmd: str, outcome: Outcome) -> str:
             lines.extend(_hosts(rep))
         return "\n".join(lines)
     head = f"node {rep.get('node')}: {rep.get('state')}  epoch {rep.get('epoch')}"
+    if "scope" in rep:
+        sc = rep["scope"]
+        head += f"  scoped {cmd}: {sc['kind']} {sc['value']} (scope version {sc['ver']})"
     if rep.get("reason"):
-        head += f"  reason: {rep['reason']}"
+        head += f"  reason: {escape(rep['reason'])}"
     lines.append(head)
     roster = rep.get("roster", [])
     confirmed = rep.get("confirmed", [])
@@ -35,6 +39,15 @@ def human(cmd: str, outcome: Outcome) -> str:
     if outcome.code == EXIT_UNCONFIRMED or (cmd == "status" and rep.get("missing")):
         lines.append("")
         lines.append(outcome.message or f"MISSING: {', '.join(rep.get('missing', []))}")
+    if rep.get("scopes"):
+        active = ", ".join(f"{s['kind']} {s['value']} ({s['reason']})" for s in rep["scopes"])
+        lines.append(f"SCOPED KILLS: {active}")
+    if rep.get("flat"):
+        lines.append(f"flat (trading processes cancelled resting orders): {', '.join(rep['flat'])}")
+    for h, why in rep.get("contradicted", {}).items():
+        lines.append(f"CONTRADICTED {h}: its confirmation is not counted: {escape(why)}")
+    for item in rep.get("junk", []):
+        lines.append(f"JUNK IN REDIS (ignored): {escape(item)}")
     if rep.get("stale_hosts"):
         lines.append(f"STALE (blocked, cannot prove state): {', '.join(rep['stale_hosts'])}")
     if rep.get("redis_durable") is False:
@@ -46,13 +59,16 @@ def human(cmd: str, outcome: Outcome) -> str:
         lead = rep.get("leader") or "NONE: no aggregator holds the lease, nothing trips by itself"
         lines.append(f"aggregator leader: {lead}")
     if rep.get("changed_at"):
-        lines.append(f"last change {rep['changed_at']} by {rep.get('actor') or '?'}")
+        lines.append(f"last change {rep['changed_at']} by {escape(rep.get('actor') or '?')}")
     if cmd == "status":
         lines.extend(ruleview.shadow_banner(rep.get("aggregator", {})))
     lines.append("")
     lines.extend(_hosts(rep))
     if cmd == "status":
-        lines.extend(ruleview.rule_lines(rep.get("aggregator", {})))
+        try:
+            lines.extend(ruleview.rule_lines(rep.get("aggregator", {})))
+        except (TypeError, ValueError, KeyError, AttributeError):
+            lines.append("aggregator view: unreadable (junk in Redis); see status --json")
     if outcome.code == EXIT_OK and outcome.message:
         lines.append(outcome.message)
     return "\n".join(lines)
@@ -71,7 +87,7 @@ def _hosts(rep: dict[str, Any]) -> list[str]:
             f"{s.get('view') or '?':<8} {s.get('epoch', 0):>6} {s.get('orders_per_s', 0):>9.1f} {mark:<9}"
         )
         if s.get("regression"):
-            line += f"  ! {s['regression']}"
+            line += f"  ! {escape(s['regression'])}"
         out.append(line)
     return out
 
@@ -89,5 +105,12 @@ def _audit(rep: dict[str, Any]) -> str:
             extra += f" cause={r['cause']}"
         if r.get("approvers"):
             extra += f" approvers={','.join(r['approvers'])}"
-        out.append(f"{r['time']}  {r['action']:<7} {r['actor']:<28}{extra}  {r['reason']}")
+        if r.get("refused"):
+            extra += f" attempt={r.get('attempt', '?')} REFUSED={r['refused']}"
+        for k, v in r.get("fields", {}).items():
+            extra += f" {k}={v}"
+        seq = f"#{r['seq']} " if "seq" in r else ""
+        out.append(
+            escape(f"{r['time']}  {seq}{r['action']:<7} {r['actor']:<28}{extra}  {r['reason']}")
+        )
     return "\n".join(out)

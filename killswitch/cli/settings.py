@@ -7,6 +7,7 @@ the state directory); nothing here starts a service.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from killswitch.core.names import InvalidName, check_roster
@@ -14,6 +15,7 @@ from killswitch.runtime.config import (
     ConfigError,
     Resolver,
     check_listen_path,
+    default_state_dir,
     file_mode,
     group_id,
     host_name,
@@ -22,7 +24,7 @@ from killswitch.runtime.config import (
     pick_state_dir,
     str_list,
 )
-from killswitch.runtime.validate import bounded, bounded_int
+from killswitch.runtime.validate import bounded, bounded_int, seconds_ms
 
 if TYPE_CHECKING:  # the services import redis/aiohttp: only loaded when one runs
     from killswitch.aggregator.settings import AggregatorSettings
@@ -31,6 +33,7 @@ if TYPE_CHECKING:  # the services import redis/aiohttp: only loaded when one run
 
 
 def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
+    from killswitch.runtime.limitsfile import load_limits
     from killswitch.sidecar.settings import SidecarSettings
 
     listen = tuple(parse_listen(x) for x in r.require("listen", str_list))
@@ -41,6 +44,8 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
     if state_dir is None:
         state_dir, warning = pick_state_dir()
         warnings += [warning] if warning else []
+    limits_path = r.get("limits", "", str)
+    limits, limits_digest = load_limits(limits_path) if limits_path else (None, "")
     settings = SidecarSettings(
         node=node,
         host=r.require("host", host_name),
@@ -55,6 +60,9 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         line_timeout=r.get("line-timeout", 5.0, bounded("line-timeout")),
         socket_mode=r.get("socket-mode", None, file_mode),
         socket_gid=r.get("socket-group", None, group_id),
+        limits=limits,
+        limits_digest=limits_digest,
+        on_kill=r.get("on-kill", "", str),
         extra={"warnings": warnings},
     )
     if settings.flush_interval >= settings.stale_after:
@@ -87,12 +95,23 @@ def loadgen_settings(r: Resolver) -> LoadgenSettings:
 def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSettings:
     from killswitch.aggregator.settings import AggregatorSettings, default_instance
     from killswitch.cli import rulecli  # the rule modules load only for the aggregator
+    from killswitch.core.limitburst import LimitBurstConfig
 
     try:
         hosts = check_roster(r.require("hosts", str_list))
     except InvalidName as e:
         raise ConfigError(f"hosts: {e}") from None
     monitor = rulecli.rule_config(r)
+    max_refusals = r.get("max-limit-refusals", None, bounded_int("max-limit-refusals"))
+    limit_burst = (
+        LimitBurstConfig(
+            max_refusals,
+            seconds_ms("limit-window")(r.get("limit-window", 1.0, bounded("limit-window"))),
+            r.get("limit-min-hosts", 2, bounded_int("limit-min-hosts")),
+        )
+        if max_refusals is not None
+        else None
+    )
     return AggregatorSettings(
         node=node,
         redis_url=redis_url,
@@ -106,7 +125,16 @@ def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSet
         require_durable=r.get("require-durable", False, truthy),
         fleet_max_orders=r.get("fleet-max-orders", None, bounded_int("max-orders")),
         instance=r.get("instance", "", str) or default_instance(),
+        limit_burst=limit_burst,
+        on_haunted=r.get("on-haunted", "kill", on_haunted),
+        audit_log=r.get("audit-log", str(Path(default_state_dir()) / f"audit-{node}.jsonl"), str),
     )
+
+
+def on_haunted(v: Any) -> str:
+    if v not in ("kill", "isolate"):
+        raise ValueError("isolate or kill")
+    return str(v)
 
 
 def truthy(v: Any) -> bool:

@@ -27,6 +27,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from killswitch.core.text import escape
 from killswitch.ops import control
 from killswitch.store.redisconn import classify, connect
 from killswitch.store.store import Store
@@ -72,10 +73,10 @@ def _headline(rep: Mapping[str, Any]) -> RenderableType:
         ("epoch ", "dim"), (str(rep.get("epoch", 0)), "bold"),
     )  # fmt: skip
     if rep.get("reason"):
-        line.append(f"  reason: {rep['reason']}")
+        line.append(f"  reason: {escape(rep['reason'])}")
     detail = Text(style="dim")
     if rep.get("changed_at"):
-        detail.append(f"last change {rep['changed_at']} by {rep.get('actor') or '?'}")
+        detail.append(f"last change {rep['changed_at']} by {escape(rep.get('actor') or '?')}")
         if rep.get("cause"):
             detail.append(f" ({rep['cause']})")
     if rep.get("server_time"):
@@ -141,6 +142,18 @@ def _confirmations(rep: Mapping[str, Any]) -> RenderableType:
     stale: Sequence[str] = rep.get("stale_hosts") or []
     if stale:
         line.append(f"   STALE (blocking): {', '.join(stale)}", style=STALE_ROW)
+    scopes: Sequence[Mapping[str, Any]] = rep.get("scopes") or []
+    if scopes:
+        active = ", ".join(f"{s.get('kind')} {s.get('value')}" for s in scopes)
+        line.append(f"   SCOPED KILLS: {active}", style="bold red")
+    if rep.get("state") == "KILLED" and rep.get("flat") is not None:
+        line.append(f"   flat {len(rep['flat'])}/{len(roster)}", style="dim")
+    contradicted = rep.get("contradicted") or {}
+    if isinstance(contradicted, dict) and contradicted:
+        line.append(f"   CONTRADICTED (not counted): {', '.join(contradicted)}", style="bold red")
+    junk = rep.get("junk") or []
+    if junk:
+        line.append(f"   JUNK IN REDIS: {escape('; '.join(map(str, junk)))}", style="bold red")
     return line
 
 
@@ -159,7 +172,7 @@ def _hosts(rep: Mapping[str, Any], agg: Mapping[str, Any]) -> RenderableType:
         age = s.get("age_s")
         note = []
         if s.get("regression"):
-            note.append(f"! {s['regression']}")
+            note.append(f"! {escape(s['regression'])}")
         if host in haunted:
             note.append(f"HAUNTED x{_float(haunted[host].get('peer_ratio')) or 0:.1f} peers")
         view = s.get("view") or ("STALE" if host in stale else "?")
@@ -184,7 +197,7 @@ def _hosts(rep: Mapping[str, Any], agg: Mapping[str, Any]) -> RenderableType:
 def _int(v: Any) -> int:
     try:
         return int(float(v))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 0
 
 

@@ -18,9 +18,11 @@ from typing import Any
 
 import structlog
 
+from killswitch.core.limits import LimitChecker, Limits
 from killswitch.core.state import MAX_EPOCH, BlockReason, HostView, NodeState, boot_view
 
 Decision = tuple[bool, int, str]  # (allowed, epoch, block reason or "")
+LIMIT = "limit"  # the block reason of an order over a local pre-trade limit
 
 
 class BlockLogBudget:
@@ -63,13 +65,20 @@ class Gate:
         "_clock",
         "_deadline",
         "_held",
+        "_isolated",
+        "_limits",
         "_log",
         "_open",
+        "_plain",
         "_reason",
+        "_symbols",
         "allowed",
         "blocked",
+        "blocked_by",
+        "cancels",
         "host",
         "node",
+        "scope_ver",
         "view",
     )
 
@@ -82,12 +91,15 @@ class Gate:
         clock: Callable[[], float] = time.monotonic,
         log: Any = None,
         log_budget: BlockLogBudget | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.node = node
         self._budget = log_budget
         self.host = host
         self.allowed = 0
         self.blocked = 0
+        self.blocked_by: dict[str, int] = {}  # block reason -> count (sums to `blocked`)
+        self.cancels = 0
         self._clock = clock
         self._log = log if log is not None else structlog.get_logger("killswitch.core.gate")
         self._open = False
@@ -96,30 +108,66 @@ class Gate:
         self.view = view or boot_view()
         self._reason = self.view.block_reason.value
         self._allow: Decision = (True, self.view.epoch, "")
+        self._limits = LimitChecker(limits, clock()) if limits is not None else None
+        self._isolated = False  # a scoped kill of this host (`kill --host`)
+        self._symbols: frozenset[str] = frozenset()  # symbols killed on every host
+        self.scope_ver = 0  # the version of the scoped kills this gate enforces
+        self._plain = limits is None  # nothing but the node state to check: the fast path
 
     # -- the order path -------------------------------------------------------------------
 
-    def allow(self, order_id: str = "-", symbol: str = "", side: str = "", qty: int = 0) -> bool:
+    def allow(
+        self,
+        order_id: str = "-",
+        symbol: str = "",
+        side: str = "",
+        qty: int = 0,
+        price: float = 0.0,
+    ) -> bool:
         """True if this order may be sent now; a refused order is counted and logged."""
-        if self._open and self._clock() < self._deadline:
+        # The same decision as check(), inlined: this is the hot path of in-process callers.
+        if self._open and self._plain and self._clock() < self._deadline:
             self.allowed += 1
             return True
-        self._refuse(order_id, symbol, side, qty)
-        return False
+        return self.check(order_id, symbol, side, qty, price)[0]
 
     def check(
-        self, order_id: str = "-", symbol: str = "", side: str = "", qty: int = 0
+        self,
+        order_id: str = "-",
+        symbol: str = "",
+        side: str = "",
+        qty: int = 0,
+        price: float = 0.0,
     ) -> Decision:
         """Like `allow()`, with the epoch and the block reason for the gate protocol reply."""
-        if self._open and self._clock() < self._deadline:
-            self.allowed += 1
-            return self._allow
-        return self._refuse(order_id, symbol, side, qty)
+        if self._open:
+            now = self._clock()
+            if now < self._deadline:
+                if self._plain:
+                    self.allowed += 1
+                    return self._allow
+                if self._isolated or symbol in self._symbols:
+                    return self._refuse(order_id, symbol, side, qty, BlockReason.KILLED.value)
+                if self._limits is not None and self._limits.check(symbol, qty, price, now):
+                    return self._refuse(order_id, symbol, side, qty, LIMIT)
+                self.allowed += 1
+                return self._allow
+        return self._refuse(order_id, symbol, side, qty, "")
 
-    def _refuse(self, order_id: str, symbol: str, side: str, qty: int) -> Decision:
+    def cancel(self, order_id: str = "-", ref: str = "") -> int:
+        """A cancel reduces risk: always allowed, in every state, and counted apart.
+
+        Returns the epoch for the reply.
+        """
+        self.cancels += 1
+        return self._held or self.view.epoch
+
+    def _refuse(self, order_id: str, symbol: str, side: str, qty: int, reason: str) -> Decision:
         self.blocked += 1
-        # An open gate whose lease ran out is stale: no round trip proved the node armed.
-        reason = BlockReason.STALE.value if self._open else self._reason
+        if not reason:
+            # An open gate whose lease ran out is stale: no round trip proved the node armed.
+            reason = BlockReason.STALE.value if self._open else self._reason
+        self.blocked_by[reason] = self.blocked_by.get(reason, 0) + 1
         epoch = self._held or self.view.epoch
         if self._budget is not None and not self._budget.take():
             self._budget.skip(reason)
@@ -137,6 +185,11 @@ class Gate:
         )
         return (False, epoch, reason)
 
+    @property
+    def limits(self) -> LimitChecker | None:
+        """The local pre-trade limits this gate enforces (None: none)."""
+        return self._limits
+
     # -- the sync side --------------------------------------------------------------------
 
     def apply(self, view: HostView, lease_deadline: float) -> None:
@@ -152,6 +205,21 @@ class Gate:
         self._allow = (True, view.epoch, "")
         self._reason = view.block_reason.value
         self._open = True
+
+    def set_scope(self, isolated: bool, symbols: frozenset[str], ver: int) -> None:
+        """Enforce scoped kills: this host killed on its own, and/or symbols killed node-wide."""
+        self._isolated = isolated
+        self._symbols = symbols
+        self.scope_ver = ver
+        self._plain = self._limits is None and not isolated and not symbols
+
+    @property
+    def isolated(self) -> bool:
+        return self._isolated
+
+    @property
+    def killed_symbols(self) -> frozenset[str]:
+        return self._symbols
 
     def close(self) -> None:
         """Close until the next authoritative read (on shutdown)."""
@@ -184,12 +252,12 @@ class Gate:
         if self._open and self._clock() >= self._deadline:
             return NodeState.STALE, self.view.epoch
         if self._open:
-            return NodeState.ARMED, self.view.epoch
+            return (NodeState.KILLED if self._isolated else NodeState.ARMED), self.view.epoch
         return self.view.state, self.view.epoch
 
     @property
     def is_open(self) -> bool:
-        return self._open and self._clock() < self._deadline
+        return self._open and not self._isolated and self._clock() < self._deadline
 
     def lease_left(self) -> float:
         return max(0.0, self._deadline - self._clock()) if self._open else 0.0

@@ -11,6 +11,7 @@ import re
 from decimal import Decimal, InvalidOperation
 
 from killswitch.core.gate import Gate
+from killswitch.core.state import NodeState
 
 MAX_LINE = 1024  # bytes, newline excluded; a longer line is refused with ERR
 MAX_QTY = 10**12
@@ -33,16 +34,40 @@ def handle_line(line: bytes, gate: Gate) -> bytes:
         err = _check_order(parts)
         if err:
             return f"ERR {err}\n".encode()
-        ok, epoch, reason = gate.check(parts[1], parts[2], parts[3], int(parts[4]))
+        price = float(parts[5]) if len(parts) == 6 else 0.0
+        ok, epoch, reason = gate.check(parts[1], parts[2], parts[3], int(parts[4]), price)
         if ok:
             return f"ALLOW {parts[1]} {epoch}\n".encode()
         return f"BLOCK {parts[1]} {epoch} {reason}\n".encode()
+    if verb == "CANCEL":
+        # A cancel reduces risk: allowed in every state, so a killed router can still flatten.
+        if len(parts) not in (2, 3):
+            return b"ERR usage: CANCEL <id> [<order-ref>]\n"
+        if not all(_TOKEN.fullmatch(p) for p in parts[1:]):
+            return b"ERR bad id or order-ref: 1-64 printable ASCII characters\n"
+        epoch = gate.cancel(parts[1], parts[2] if len(parts) == 3 else "")
+        return f"ALLOW {parts[1]} {epoch}\n".encode()
     if verb == "PING":
         if len(parts) != 1:
             return b"ERR PING takes no arguments\n"
         state, epoch = gate.status()
         return f"PONG {state.value} {epoch}\n".encode()
-    return f"ERR unknown command {_clip(verb)}; expected ORDER or PING\n".encode()
+    return f"ERR unknown command {_clip(verb)}; expected ORDER, CANCEL, PING, SUBSCRIBE or FLAT\n".encode()
+
+
+def state_line(state: NodeState, epoch: int) -> bytes:
+    """The line pushed to subscribers: `STATE <state> <epoch> <reason>`, reason one word."""
+    reason = "armed" if state is NodeState.ARMED else state.value.lower()
+    return f"STATE {state.value} {epoch} {reason}\n".encode()
+
+
+def parse_flat(parts: list[str]) -> int | str:
+    """The epoch of a `FLAT <epoch>` request, or the ERR message for a malformed one."""
+    if len(parts) != 2 or not parts[1].isascii() or not parts[1].isdigit():
+        return "usage: FLAT <epoch>"
+    if not 0 < int(parts[1]) < 2**63:
+        return "bad epoch: a positive whole number"
+    return int(parts[1])
 
 
 def _check_order(parts: list[str]) -> str:

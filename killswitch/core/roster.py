@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from killswitch.core.bounds import parse_float, parse_uint, plausible_epoch, uint_or
+
 DEFAULT_ALIVE_MS = 1000
 MAX_ALIVE_MS = 10_000  # the largest --stale-after a sidecar accepts
 
@@ -31,6 +33,15 @@ class HostStatus:
     confirmed_ver: int
     confirmed_ms: int
     regression: str
+    cancels: int = 0
+    limited: int = 0  # orders refused by a local pre-trade limit (part of `blocked`)
+    subscribers: int = 0  # trading processes subscribed to its gate's state
+    flat_epoch: int = 0  # the highest kill epoch its trading processes proved flat
+    on_kill_epoch: int = 0
+    on_kill_status: str = ""
+    limits_digest: str = ""
+    junk: tuple[str, ...] = ()  # report/confirmation fields that were not bounded integers
+    reported_gate: str = ""  # the gate in the host's last report, alive or not
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -44,6 +55,13 @@ class HostStatus:
             "blocked": self.blocked,
             "confirmed_epoch": self.confirmed_epoch,
             "regression": self.regression,
+            "cancels": self.cancels,
+            "limited": self.limited,
+            "subscribers": self.subscribers,
+            "flat_epoch": self.flat_epoch,
+            "on_kill": {"epoch": self.on_kill_epoch, "status": self.on_kill_status},
+            "limits_digest": self.limits_digest,
+            **({"junk": list(self.junk)} if self.junk else {}),
         }
 
 
@@ -56,6 +74,9 @@ class Quorum:
     missing: tuple[str, ...]
     last_confirm_ms: int = 0  # server time of the latest confirmation among `confirmed`
     hosts: Mapping[str, HostStatus] = field(default_factory=dict)
+    # confirmed (epoch, ver) in its confirmation hash, but the host's own report disagrees:
+    # not counted, and named (a hand-written confirmation, or a host that changed its mind)
+    contradicted: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -79,26 +100,63 @@ def host_status(
     bound_ms: int = MAX_ALIVE_MS,
 ) -> HostStatus:
     """Judge one host from its report and confirmation hashes at server time `now_ms`."""
-    ts = _int(report.get("ts_ms"))
-    alive_ms = alive_bound_ms(_int(report.get("stale_after_ms")) or DEFAULT_ALIVE_MS, bound_ms)
+    junk: list[str] = []
+
+    def num(source: Mapping[str, str], name: str, label: str) -> int:
+        raw = source.get(name)
+        if raw in (None, ""):
+            return 0
+        value = parse_uint(raw)
+        if value is None:
+            junk.append(label)
+            return 0
+        return value
+
+    ts = num(report, "ts_ms", "ts_ms")
+    claimed_ms = num(report, "stale_after_ms", "stale_after_ms") or DEFAULT_ALIVE_MS
+    alive_ms = alive_bound_ms(claimed_ms, bound_ms)
     age_ms = now_ms - ts if ts else None
-    alive = age_ms is not None and age_ms <= alive_ms
+    # a report stamped in the future (written by hand) is not a live host
+    alive = age_ms is not None and -alive_ms <= age_ms <= alive_ms
     gate = report.get("gate", "unknown") if alive else "unknown"
     return HostStatus(
         host=host,
         alive=alive,
         age_s=None if age_ms is None else max(age_ms, 0) / 1000.0,
         gate=gate,
-        epoch=_int(report.get("max_epoch")),
+        epoch=num(report, "max_epoch", "max_epoch"),
         view=report.get("view", "") if alive else "",
-        orders_per_s=_float(report.get("orders_per_s")),
-        allowed=_int(report.get("allowed")),
-        blocked=_int(report.get("blocked")),
-        confirmed_epoch=_int(confirm.get("epoch")),
-        confirmed_ver=_int(confirm.get("ver")),
-        confirmed_ms=_int(confirm.get("applied_ms")),
+        orders_per_s=parse_float(report.get("orders_per_s")),
+        allowed=num(report, "allowed", "allowed"),
+        blocked=num(report, "blocked", "blocked"),
+        confirmed_epoch=num(confirm, "epoch", "confirm.epoch"),
+        confirmed_ver=num(confirm, "ver", "confirm.ver"),
+        confirmed_ms=num(confirm, "applied_ms", "confirm.applied_ms"),
         regression=report.get("regression", "") if alive else "",
+        cancels=_int(report.get("cancels")),
+        limited=_int(report.get("limited")),
+        subscribers=_int(report.get("subscribers")),
+        flat_epoch=_int(report.get("flat_epoch")),
+        on_kill_epoch=_int(report.get("on_kill_epoch")),
+        on_kill_status=report.get("on_kill_status", ""),
+        limits_digest=report.get("limits_digest", ""),
+        junk=tuple(junk),
+        reported_gate=report.get("gate", ""),
     )
+
+
+def contradiction(s: HostStatus, state: str, epoch: int) -> str:
+    """Why the host's own report contradicts its confirmation of `state` at `epoch` ("" when
+    it agrees). A kill is confirmed by a closed gate at that epoch or later; an arm by an open
+    gate at exactly that epoch."""
+    if state == "KILLED":
+        if s.reported_gate != "closed":
+            return f"its report says gate {s.reported_gate or 'unknown'}"
+        if s.epoch < epoch:
+            return f"its report says epoch {s.epoch}, below {epoch}"
+    elif state == "ARMED" and (s.reported_gate != "open" or s.epoch != epoch):
+        return f"its report says gate {s.reported_gate or 'unknown'} at epoch {s.epoch}"
+    return ""
 
 
 def quorum(
@@ -108,23 +166,36 @@ def quorum(
     reports: Mapping[str, Mapping[str, str]],
     confirms: Mapping[str, Mapping[str, str]],
     now_ms: int,
+    state: str = "KILLED",
     bound_ms: int = MAX_ALIVE_MS,
 ) -> Quorum:
-    """Which roster hosts confirmed (epoch, ver). Hosts not on the roster never count.
+    """Which roster hosts confirmed (epoch, ver) of `state`, cross-checked against each host's
+    own report. Hosts not on the roster never count.
 
     `bound_ms` is the node's liveness bound (see `alive_bound_ms`).
     """
     hosts = {
         h: host_status(h, reports.get(h, {}), confirms.get(h, {}), now_ms, bound_ms) for h in roster
     }
-    confirmed = tuple(
+    claimed = [
         h
         for h in roster
         if epoch > 0 and hosts[h].confirmed_epoch == epoch and hosts[h].confirmed_ver == ver
-    )
+    ]
+    contradicted = {h: why for h in claimed if (why := contradiction(hosts[h], state, epoch))}
+    confirmed = tuple(h for h in claimed if h not in contradicted)
     missing = tuple(h for h in roster if h not in confirmed)
     last = max((hosts[h].confirmed_ms for h in confirmed), default=0)
-    return Quorum(tuple(roster), confirmed, missing, last, hosts)
+    return Quorum(tuple(roster), confirmed, missing, last, hosts, contradicted)
+
+
+def flat_hosts(
+    roster: Sequence[str], state: str, epoch: int, hosts: Mapping[str, HostStatus]
+) -> list[str]:
+    """Roster hosts whose trading processes proved flat for the current kill (KILLED only)."""
+    if state != "KILLED" or epoch <= 0:
+        return []
+    return [h for h in roster if h in hosts and hosts[h].flat_epoch == epoch]
 
 
 def not_ready_for_arm(statuses: Mapping[str, HostStatus]) -> dict[str, str]:
@@ -138,20 +209,26 @@ def not_ready_for_arm(statuses: Mapping[str, HostStatus]) -> dict[str, str]:
     return problems
 
 
-def epoch_floor(statuses: Mapping[str, HostStatus]) -> int:
-    """The highest epoch any host reports: a new epoch must be above it (lost-data safety)."""
-    return max((s.epoch for s in statuses.values()), default=0)
+def epoch_floor(statuses: Mapping[str, HostStatus], stored: int = 0) -> int:
+    """The highest epoch any host reports: a new epoch must be above it (lost-data safety).
+
+    With a stored epoch, a report more than MAX_EPOCH_JUMP above it is ignored (see
+    `implausible_reports`): one host's forged report must not fling the node's epoch.
+    """
+    return max(
+        (s.epoch for s in statuses.values() if not stored or plausible_epoch(s.epoch, stored)),
+        default=0,
+    )
+
+
+def implausible_reports(statuses: Mapping[str, HostStatus], stored: int) -> list[str]:
+    """Hosts whose reported epoch is too far above the stored one to be believed."""
+    return sorted(
+        h
+        for h, s in statuses.items()
+        if stored and s.epoch and not plausible_epoch(s.epoch, stored)
+    )
 
 
 def _int(v: str | None) -> int:
-    try:
-        return int(v or 0)
-    except ValueError:
-        return 0
-
-
-def _float(v: str | None) -> float:
-    try:
-        return float(v or 0.0)
-    except ValueError:
-        return 0.0
+    return uint_or(v)

@@ -85,9 +85,11 @@ def decode_view(view: Mapping[str, str]) -> dict[str, Any]:
     for key in JSON_FIELDS:
         if key in out:
             try:
-                out[key] = json.loads(out[key])
+                value = json.loads(out[key])
             except ValueError:
-                out[key] = []
+                value = []
+            # junk written into the view hash reads as no rules, never as a crash later
+            out[key] = [x for x in value if isinstance(x, dict)] if isinstance(value, list) else []
     return out
 
 

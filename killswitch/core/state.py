@@ -10,9 +10,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
+from killswitch.core.bounds import INT_MAX, parse_uint, plausible_epoch
+
 # Lua numbers are doubles: above 2**53 an epoch read, raised and written back by a script is no
 # longer exact, so nothing may claim an epoch beyond it (a notice that does is absurd).
-MAX_EPOCH = 2**53 - 1
+MAX_EPOCH = INT_MAX
 
 
 class NodeState(enum.StrEnum):
@@ -48,9 +50,14 @@ class NodeRead:
             state = NodeState(raw)
         except ValueError:
             state = None  # garbage in the state key is no proof of anything
+        epoch, ver = parse_uint(h.get("epoch")), parse_uint(h.get("ver") or "0")
         if state not in (NodeState.ARMED, NodeState.KILLED):
-            return cls(None, _int(h.get("epoch")), _int(h.get("ver")), f"unreadable state {raw!r}")
-        return cls(state, _int(h.get("epoch")), _int(h.get("ver")), h.get("reason", ""))
+            return cls(None, epoch or 0, ver or 0, f"unreadable state {raw[:40]!r}")
+        if epoch is None or ver is None:
+            # 10^29, 1e3, -1, 7.5: junk written into Redis proves nothing and blocks
+            bad = h.get("epoch") if epoch is None else h.get("ver")
+            return cls(None, 0, 0, f"unreadable epoch/ver {str(bad)[:40]!r}")
+        return cls(state, epoch, ver, h.get("reason", ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +113,14 @@ def observe(view: HostView, read: NodeRead) -> HostView:
         )
     if read.epoch <= 0:
         return replace(view, state=NodeState.STALE, regression=f"invalid epoch {read.epoch}")
+    if not plausible_epoch(read.epoch, view.max_epoch):
+        # Every arm and kill moves the epoch by one: a leap this far is written by hand, and
+        # accepting it would ratchet this host's memory up beyond any honest arm.
+        return replace(
+            view,
+            state=NodeState.STALE,
+            regression=f"implausible epoch {read.epoch} (this host has seen {view.max_epoch})",
+        )
     if (
         read.epoch == view.max_epoch
         and view.max_state is not None
@@ -134,10 +149,3 @@ def observe(view: HostView, read: NodeRead) -> HostView:
 def next_epoch(current: int, floor: int) -> int:
     """The epoch a new arm or kill takes: above the stored epoch and above any a host reports."""
     return max(current, floor) + 1
-
-
-def _int(v: str | None) -> int:
-    try:
-        return int(v or 0)
-    except ValueError:
-        return 0

@@ -128,3 +128,11 @@ def prometheus_alert(
 def orders_after(events: Sequence[FlowEvent], onset_ms: int) -> int:
     """Orders in `events` from `onset_ms` on (e.g. what killswitch actually let through)."""
     return sum(e.count for e in events if e.ts_ms >= onset_ms)
+
+
+def resting_at(events: Sequence[FlowEvent], at_ms: int, rest_ms: int) -> int:
+    """Orders still resting at `at_ms` when each order rests `rest_ms` after it was sent.
+
+    What a monitor that only blocks (or only alerts) leaves working at the venue when it acts.
+    """
+    return sum(e.count for e in events if at_ms - rest_ms < e.ts_ms <= at_ms)

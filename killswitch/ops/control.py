@@ -12,15 +12,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from killswitch.core.bounds import MAX_EPOCH_JUMP, parse_uint, uint_or
 from killswitch.core.leader import instance_of
 from killswitch.core.roster import (
     DEFAULT_ALIVE_MS,
     Quorum,
     epoch_floor,
+    flat_hosts,
+    implausible_reports,
     not_ready_for_arm,
     quorum,
 )
 from killswitch.core.ruleview import decode_view
+from killswitch.core.scope import parse_scopes
 from killswitch.core.state import NodeState
 from killswitch.store.store import NodeSnapshot, Store, Wake
 
@@ -45,19 +49,26 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
     """The CONTRACT's JSON shape for `kill`, `arm` and `status`, plus extras."""
     st = snap.state
     state = st.get("state") or NodeState.UNARMED.value
+    if state not in (NodeState.ARMED.value, NodeState.KILLED.value, NodeState.UNARMED.value):
+        state = "UNREADABLE"  # junk written by hand: every host blocks on it; `junk` names it
     stale = [h for h, s in q.hosts.items() if not s.alive or s.view == NodeState.STALE.value]
     report: dict[str, Any] = {
         "node": (snap.roster and st.get("node")) or "",
         "state": state,
-        "epoch": int(st.get("epoch") or 0),
+        "epoch": uint_or(st.get("epoch")),
         "reason": st.get("reason", ""),
         "roster": list(q.roster),
         "confirmed": list(q.confirmed),
         "missing": list(q.missing),
+        "flat": flat_hosts(q.roster, state, uint_or(st.get("epoch")), q.hosts),
+        # Scoped kills in force (kill --host / --symbol), whatever the node's state.
+        "scopes": [s.to_json() for s in parse_scopes(snap.scopes).active],
+        # confirmations the host's own report contradicts: not counted (host -> why)
+        "contradicted": dict(q.contradicted),
         "hosts": {h: s.to_json() for h, s in q.hosts.items()},
         "actor": st.get("actor", ""),
         "cause": st.get("cause", ""),
-        "changed_at": _iso(int(st.get("ts_ms") or 0)),
+        "changed_at": _iso(uint_or(st.get("ts_ms"))),
         "stale_hosts": stale,
         "server_time": _iso(snap.now_ms),
         # The aggregator instance holding the leader lease ("" none: nothing trips by itself).
@@ -68,7 +79,34 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
     }
     if snap.aggregator:
         report["aggregator"] = decode_view(snap.aggregator)
+        # Blocked hosts whose subscribed trading processes did not report flat in time.
+        report["not_flat"] = [h for h in snap.aggregator.get("not_flat", "").split(",") if h]
+    junk = _junk(snap, q)
+    if junk:
+        report["junk"] = junk
     return report
+
+
+def _junk(snap: NodeSnapshot, q: Quorum) -> list[str]:
+    """Values in Redis that are not what killswitch writes: named, never used."""
+    out = []
+    for name in ("epoch", "ver", "ts_ms", "armed_ms", "killed_ms"):
+        if snap.state.get(name) not in (None, "") and parse_uint(snap.state[name]) is None:
+            out.append(f"state.{name}={snap.state[name][:40]!r}")
+    if snap.state.get("state") not in (None, "", "ARMED", "KILLED"):
+        out.append(f"state.state={snap.state['state'][:40]!r}")
+    for h, s in q.hosts.items():
+        out.extend(f"{h}.{field}" for field in s.junk)
+    stored = uint_or(snap.state.get("epoch"))
+    out.extend(f"{h}.max_epoch implausible" for h in implausible_reports(q.hosts, stored))
+    floor = epoch_floor(q.hosts)
+    if floor and stored > floor + MAX_EPOCH_JUMP:
+        out.append(f"state.epoch {stored} implausibly above every host's ({floor})")
+    if snap.wrong_types:
+        out.append(f"{snap.wrong_types} keys of the wrong type (read as empty)")
+    if snap.leader and snap.leader_ttl_ms == -1:
+        out.append("leader lease without TTL (the aggregator removes it)")
+    return out
 
 
 async def status(store: Store, *, alive_ms: int = DEFAULT_ALIVE_MS) -> Outcome:
@@ -91,7 +129,7 @@ async def kill(
 ) -> Outcome:
     async with store.confirmations() as wake:
         before = await store.snapshot()
-        floor = epoch_floor(_quorum(before, alive_ms).hosts)
+        floor = epoch_floor(_quorum(before, alive_ms).hosts, uint_or(before.state.get("epoch")))
         res = await store.kill(actor=operator, reason=reason, cause=cause, floor=floor)
         replicated = store.concurrently(_replicas_acked(store, min(timeout, REPLICA_WAIT_S)))
         snap, q = await _wait_for_quorum(store, before.roster, wake, timeout, alive_ms)
@@ -125,6 +163,9 @@ async def arm(
     """Arm with a new epoch; refused unless every roster host is alive per `alive_ms`."""
     distinct = sorted({a.strip().lower() for a in approvers if a.strip()})
     if len(distinct) < 2:
+        await _audit_refusal(
+            store, "arm", "+".join(distinct), reason, "two distinct approvers required"
+        )
         return Outcome(
             EXIT_REFUSED,
             {"node": store.node, "refused": "two distinct approvers required"},
@@ -133,6 +174,7 @@ async def arm(
     before = await store.snapshot()
     q0 = _quorum(before, alive_ms)
     if not before.roster:
+        await _audit_refusal(store, "arm", "+".join(distinct), reason, "no roster")
         return Outcome(
             EXIT_REFUSED,
             {"node": store.node, "refused": "no roster"},
@@ -140,6 +182,8 @@ async def arm(
         )
     problems = not_ready_for_arm(q0.hosts)
     if problems:
+        why = "; ".join(f"{h}: {w}" for h, w in sorted(problems.items()))
+        await _audit_refusal(store, "arm", "+".join(distinct), reason, f"hosts not ready: {why}")
         report = node_report(before, q0)
         report["node"] = store.node
         report["refused"] = problems
@@ -151,7 +195,10 @@ async def arm(
         )
     async with store.confirmations() as wake:
         res = await store.arm(
-            actor="+".join(distinct), reason=reason, approvers=distinct, floor=epoch_floor(q0.hosts)
+            actor="+".join(distinct),
+            reason=reason,
+            approvers=distinct,
+            floor=epoch_floor(q0.hosts, uint_or(before.state.get("epoch"))),
         )
         snap, q = await _wait_for_quorum(store, before.roster, wake, timeout, alive_ms)
     report = node_report(snap, q)
@@ -163,25 +210,12 @@ async def arm(
     return Outcome(EXIT_UNCONFIRMED, report, _missing_message(q, timeout))
 
 
-async def audit(store: Store, limit: int | None) -> Outcome:
-    entries = await store.audit(limit)
-    rows = []
-    for entry_id, f in entries:
-        ts = int(f.get("ts_ms") or entry_id.split("-", 1)[0])
-        row: dict[str, Any] = {"id": entry_id, "time": _iso(ts), "action": f.get("action", "")}
-        row["actor"] = f.get("actor", "")
-        row["reason"] = f.get("reason", "")
-        for k in ("epoch", "prev_epoch"):
-            if f.get(k):
-                row[k] = int(f[k])
-        for k in ("cause", "approvers", "prev_state"):
-            if f.get(k):
-                row[k] = f[k].split(",") if k == "approvers" else f[k]
-        rows.append(row)
-    return Outcome(EXIT_OK, {"node": store.node, "entries": rows})
-
-
 # -- helpers ---------------------------------------------------------------------------------
+
+
+async def _audit_refusal(store: Store, attempt: str, actor: str, reason: str, why: str) -> None:
+    """A refused attempt goes into the audit chain too (who, what, why refused)."""
+    await store.audit_event("refused", attempt=attempt, actor=actor, reason=reason, refused=why)
 
 
 async def _replicas_acked(store: Store, timeout: float) -> int | None:
@@ -203,8 +237,8 @@ async def _replicas_acked(store: Store, timeout: float) -> int | None:
 def _quorum(snap: NodeSnapshot, alive_ms: int = DEFAULT_ALIVE_MS) -> Quorum:
     st = snap.state
     return quorum(
-        snap.roster, int(st.get("epoch") or 0), int(st.get("ver") or 0),
-        snap.reports, snap.confirms, snap.now_ms, alive_ms,
+        snap.roster, uint_or(st.get("epoch")), uint_or(st.get("ver")),
+        snap.reports, snap.confirms, snap.now_ms, st.get("state") or "", alive_ms,
     )  # fmt: skip
 
 
@@ -212,7 +246,9 @@ def _missing_message(q: Quorum, timeout: float) -> str:
     lines = []
     for h in q.missing:
         s = q.hosts[h]
-        if s.age_s is None:
+        if h in q.contradicted:
+            why = f"CONTRADICTED: a confirmation is stored, but {q.contradicted[h]}"
+        elif s.age_s is None:
             why = "has never reported"
         elif not s.alive:
             why = f"silent for {s.age_s:.1f}s"

@@ -59,6 +59,9 @@ BOUNDS: dict[str, Bound] = {
     "max-rate": Bound(0.001, 1e9, "orders/s"),
     "max-conns": Bound(1, 100_000, whole=True),
     "line-timeout": Bound(0.1, 600.0, "s"),
+    "max-limit-refusals": Bound(1, 10**9, whole=True),
+    "limit-window": Bound(0.1, 3600.0, "s"),
+    "limit-min-hosts": Bound(1, 10_000, whole=True),
 }
 
 

@@ -17,13 +17,14 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
 
+from killswitch.core.flat import FlatTracker
 from killswitch.core.gate import Gate
-from killswitch.core.protocol import MAX_LINE, handle_line
+from killswitch.core.protocol import MAX_LINE, handle_line, parse_flat, state_line
 from killswitch.runtime.config import ListenAddr
 from killswitch.runtime.errors import StartupError
 
@@ -65,6 +66,7 @@ class GateProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.server.silent.pop(self, None)
+        self.server.subscribers.discard(self)
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
@@ -83,7 +85,10 @@ class GateProtocol(asyncio.Protocol):
                 line = buf[start:nl]
                 if line.endswith(b"\r"):
                     line = line[:-1]
-                replies.append(handle_line(line, self.gate))
+                if line.startswith((b"SUBSCRIBE", b"FLAT")):
+                    replies.append(self.server.session(self, line))
+                else:
+                    replies.append(handle_line(line, self.gate))
             start = nl + 1
         if start and not self.spoke:
             self.spoke = True
@@ -129,6 +134,7 @@ class GateServer:
         line_timeout: float = LINE_TIMEOUT,
         socket_mode: int | None = None,
         socket_gid: int | None = None,
+        on_flat: Callable[[], None] | None = None,
     ) -> None:
         self.gate = gate
         self.listen = tuple(listen)
@@ -145,9 +151,44 @@ class GateServer:
         self.evicted = 0  # silent connections closed to make room
         self.timed_out = 0  # connections closed for a partial line held too long
         self.sweeps = 0  # passes of the partial-line reaper
+        self.subscribers: set[GateProtocol] = set()
+        self.flat = FlatTracker()
+        self._on_flat = on_flat
         self._servers: list[asyncio.Server] = []
         self._owned: list[str] = []  # unix socket paths this server created
         self._reaper: asyncio.Task[None] | None = None
+
+    def session(self, conn: GateProtocol, line: bytes) -> bytes:
+        """SUBSCRIBE and FLAT: the requests that belong to a connection, not to one order."""
+        parts = line.decode("utf-8", "replace").split()
+        if parts == ["SUBSCRIBE"]:
+            self.subscribers.add(conn)
+            self.flat.subscribed(conn)
+            state, epoch = self.gate.status()
+            return state_line(state, epoch)
+        if parts and parts[0] == "FLAT":
+            if conn not in self.subscribers:
+                return b"ERR FLAT needs SUBSCRIBE first on this connection\n"
+            parsed = parse_flat(parts)
+            if isinstance(parsed, str):
+                return f"ERR {parsed}\n".encode()
+            epoch = parsed
+            why = self.flat.flat(conn, epoch)
+            if why:
+                return f"ERR {why}\n".encode()
+            self.log.info("FLAT", epoch=epoch, owed=self.flat.owed, flat=self.flat.flat_epoch)
+            if self._on_flat is not None:
+                self._on_flat()
+            return f"OK FLAT {epoch}\n".encode()
+        return b"ERR usage: SUBSCRIBE, or FLAT <epoch>\n"
+
+    def publish(self, line: bytes) -> None:
+        """Push one STATE line to every subscriber (a slow one is buffered by its transport)."""
+        for conn in list(self.subscribers):
+            if conn.transport is None:
+                self.subscribers.discard(conn)
+            else:
+                conn.transport.write(line)
 
     async def start(self) -> None:
         if self._servers:

@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
 from killswitch.core.gate import Gate
+from killswitch.sidecar.notify import StateCallback
 from killswitch.sidecar.service import Sidecar
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.store.redisconn import connect
 
-__all__ = ["SidecarSettings", "SidecarThread"]
+T = TypeVar("T")
+
+__all__ = ["SidecarSettings", "SidecarThread", "StateCallback"]
+
+
+async def _call(fn: Callable[..., T], *args: Any) -> T:
+    return fn(*args)
 
 
 class SidecarThread:
@@ -50,6 +58,25 @@ class SidecarThread:
     def gate(self) -> Gate:
         assert self.sidecar is not None, "start() the SidecarThread first"
         return self.sidecar.gate
+
+    def subscribe(self, callback: StateCallback) -> None:
+        """`callback(state, epoch, reason)` at once and on every change of what the gate enforces.
+
+        It runs on the sidecar's thread: hand the work to the trading thread and return.
+        """
+        assert self.sidecar is not None, "start() the SidecarThread first"
+        notify = self.sidecar.notify
+        asyncio.run_coroutine_threadsafe(_call(notify.subscribe, callback), self._loop).result(10)
+
+    def flat(self, callback: StateCallback, epoch: int) -> str:
+        """Report that the process behind `callback` cancelled its resting orders after the
+        kill at `epoch`; "" when recorded, else why not."""
+        assert self.sidecar is not None, "start() the SidecarThread first"
+        notify = self.sidecar.notify
+        fut = asyncio.run_coroutine_threadsafe(_call(notify.flat, callback, epoch), self._loop)
+        why: str = fut.result(10)
+        self._loop.call_soon_threadsafe(self.sidecar._wake.set)
+        return why
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)

@@ -11,9 +11,12 @@ from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from killswitch.core.gate import Gate
-from killswitch.core.state import NodeState
+from killswitch.core.gate import LIMIT, Gate
+from killswitch.core.state import BlockReason, NodeState
 from killswitch.sidecar.settings import SidecarSettings
+
+# Always exported, at 0 until used, so rate() and alert rules see the series from the start.
+REASONS = (*(r.value for r in BlockReason), LIMIT)
 
 
 class Sidecar(Protocol):
@@ -29,6 +32,8 @@ class Sidecar(Protocol):
     def regressions(self) -> int: ...
     @property
     def loop_errors(self) -> int: ...
+    @property
+    def junk_inputs(self) -> int: ...
     def sync_age(self) -> float | None: ...
     def problem(self) -> str: ...
     def gate_connections(self) -> tuple[int, int]: ...
@@ -54,6 +59,32 @@ class SidecarCollector:
         orders.add_metric([n, h, "allowed"], sc.gate.allowed)
         orders.add_metric([n, h, "blocked"], sc.gate.blocked)
         yield orders
+        cancels = CounterMetricFamily(
+            "killswitch_cancels",
+            "CANCEL requests this host's gate allowed (cancels pass in every state).",
+            labels=["node", "host"],
+        )
+        cancels.add_metric([n, h], sc.gate.cancels)
+        yield cancels
+        by_reason = CounterMetricFamily(
+            "killswitch_blocked_orders",
+            "Orders this host's gate blocked, by reason (killed, unarmed, stale, limit, ...).",
+            labels=["node", "host", "reason"],
+        )
+        counts = dict.fromkeys(REASONS, 0) | sc.gate.blocked_by
+        for reason, count in sorted(counts.items()):
+            by_reason.add_metric([n, h, reason], count)
+        yield by_reason
+        yield _gauge(
+            "killswitch_host_scoped_kill",
+            "1 while this host is killed on its own (kill --host), the rest of the node trading.",
+            n, h, float(sc.gate.isolated),
+        )  # fmt: skip
+        yield _gauge(
+            "killswitch_killed_symbols",
+            "Symbols blocked on this host by scoped kills (kill --symbol).",
+            n, h, float(len(sc.gate.killed_symbols)),
+        )  # fmt: skip
         yield _gauge(
             "killswitch_gate_open",
             "1 while this host's gate lets orders through.",
@@ -130,6 +161,13 @@ class SidecarCollector:
         )
         regr.add_metric([n, h], sc.regressions)
         yield regr
+        junk = CounterMetricFamily(
+            "killswitch_junk_inputs",
+            "Values read from Redis or pub/sub that are not what killswitch writes (ignored).",
+            labels=["node", "host"],
+        )
+        junk.add_metric([n, h], sc.junk_inputs)
+        yield junk
 
 
 def _gauge(name: str, doc: str, node: str, host: str, value: float) -> GaugeMetricFamily:

@@ -22,8 +22,10 @@ import structlog
 from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio import Redis
 
-from killswitch.core.gate import BlockLogBudget, Gate
-from killswitch.core.state import MAX_EPOCH, HostView, NodeState, boot_view, observe
+from killswitch.core.bounds import parse_uint, plausible_epoch
+from killswitch.core.gate import LIMIT, BlockLogBudget, Gate
+from killswitch.core.scope import Scopes, newer, parse_scopes
+from killswitch.core.state import HostView, NodeState, boot_view, observe
 from killswitch.core.version import __version__
 from killswitch.runtime import logs
 from killswitch.runtime.metrics import MetricsServer, build_info
@@ -31,6 +33,7 @@ from killswitch.runtime.service import run_until_signalled
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.memory import Memory
 from killswitch.sidecar.metrics import SidecarCollector
+from killswitch.sidecar.notify import StateNotifier
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.store.localstate import LocalState
 from killswitch.store.redisconn import classify, connect, endpoint, scrub
@@ -75,14 +78,16 @@ class Sidecar:
         self._block_summary_at = clock()
         self.gate = Gate(
             settings.node, settings.host, view=view, clock=clock, log=self.log,
-            log_budget=self.block_budget,
+            log_budget=self.block_budget, limits=settings.limits,
         )  # fmt: skip
         self.boot = uuid.uuid4().hex[:12]
         self.acked = (0, 0)
+        self.acked_more = (0, 0)  # cancels and limit refusals of the last acknowledged flush
         self.confirmed: tuple[int, int] = (0, 0)
         self.last_ok: float | None = None
         self.failures = 0
         self.regressions = 0
+        self.junk_inputs = 0  # notices that are not a bounded `KILLED <epoch> <ver>`
         self._rate: deque[tuple[float, int]] = deque(maxlen=64)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -90,10 +95,13 @@ class Sidecar:
         self._server = GateServer(
             self.gate, settings.listen, logger=self.log, max_conns=settings.max_conns,
             line_timeout=settings.line_timeout, socket_mode=settings.socket_mode,
-            socket_gid=settings.socket_gid,
+            socket_gid=settings.socket_gid, on_flat=self._wake.set,
         )  # fmt: skip
         self.loop_errors = 0  # sync iterations that failed for any reason but Redis
         self._loop_problem = ""  # why the last sync iteration failed ("" once one succeeds)
+        self.notify = StateNotifier(self, self._server)
+        self.scopes = Scopes()
+        self._scope_regressed = False
         self.registry = registry if registry is not None else CollectorRegistry()
         self._rtt = Histogram(
             "killswitch_redis_roundtrip_seconds",
@@ -148,6 +156,7 @@ class Sidecar:
         self._started = False
         self._stop.set()
         self.gate.close()
+        await self.notify.close()
         for t in self._tasks:
             t.cancel()
         self.report_skipped_blocks()  # the last counts, before the process goes
@@ -214,6 +223,7 @@ class Sidecar:
         """One round trip; returns whether it succeeded. The gate's lease starts at send time."""
         sent = self.clock()
         allowed, blocked = self.gate.allowed, self.gate.blocked
+        cancels, limited = self.gate.cancels, self.gate.blocked_by.get(LIMIT, 0)
         view = self.gate.view
         want_confirm = (
             view.state in (NodeState.ARMED, NodeState.KILLED)
@@ -240,10 +250,15 @@ class Sidecar:
             held_epoch=self.gate.held if self.gate.held == self._held_recorded else 0,
             confirmed_epoch=self.confirmed[0],
             confirmed_ver=self.confirmed[1],
+            cancels=cancels,
+            limited=limited,
+            acked_cancels=self.acked_more[0],
+            acked_limited=self.acked_more[1],
+            extra=self.notify.report_fields(),
         )
         try:
             async with asyncio.timeout(self.s.stale_after):
-                read, _now_ms, closed_confirm = await self.store.flush(
+                read, _now_ms, closed_confirm, scopes = await self.store.flush(
                     self.s.host, report, __version__
                 )
         except Exception as e:  # any failure: the lease simply runs out
@@ -263,11 +278,13 @@ class Sidecar:
             self._fail_streak = 0
         self.last_ok = sent
         self.acked = (allowed, blocked)
+        self.acked_more = (cancels, limited)
         if want_confirm:
             self._confirmed(view.epoch, view.ver, view.state.value, blocked)
         new = observe(view, read)
         if closed_confirm and new.state is NodeState.KILLED:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
+        self._apply_scopes(parse_scopes(scopes))  # before the state: never open, then close
         self._apply(new, sent)
         return True
 
@@ -329,6 +346,7 @@ class Sidecar:
             self.regressions += 1
             self.log.error("EPOCH_REGRESSION", epoch=new.max_epoch, reason=new.regression)
         self.gate.apply(new, sent + self.s.stale_after)
+        self.notify.changed()
         if (new.state, new.epoch, new.ver) != (old.state, old.epoch, old.ver):
             self.log.info(
                 "NODE_STATE", state=new.state.value, epoch=new.epoch, ver=new.ver,
@@ -336,6 +354,23 @@ class Sidecar:
             )  # fmt: skip
             if new.state in (NodeState.ARMED, NodeState.KILLED):
                 self._wake.set()  # confirm on the very next round trip, not a flush later
+
+    def _apply_scopes(self, read: Scopes) -> None:
+        """Enforce the scoped kills read; a version below one applied is never a lift."""
+        if read.ver == self.scopes.ver:
+            return
+        if newer(self.scopes, read) is self.scopes:
+            if not self._scope_regressed:
+                self.log.error("SCOPE_REGRESSION", seen=self.scopes.ver, read=read.ver)
+            self._scope_regressed = True
+            return
+        self._scope_regressed = False
+        isolated, symbols = read.for_host(self.s.host)
+        self.gate.set_scope(isolated, symbols, read.ver)
+        self.log.info("SCOPE", scope_ver=read.ver, host_killed=isolated, symbols=sorted(symbols))
+        self.scopes = read
+        self.notify.changed()
+        self._wake.set()  # report the applied version on the very next round trip
 
     def _orders_per_s(self, now: float, total: int) -> float:
         self._rate.append((now, total))
@@ -372,23 +407,26 @@ class Sidecar:
         one-call confirmation it allows is never ahead of what this host remembers. A forged
         notice can only block this host, and an arm above its epoch clears it.
         """
-        parts = data.split()
-        # Length first: int() of thousands of digits raises, and would drop the subscription.
-        if (
-            len(parts) == 3
-            and parts[0] == "KILLED"
-            and len(parts[1]) <= len(str(MAX_EPOCH))
-            and parts[1].isascii()
-            and parts[1].isdigit()
-        ):
-            epoch = int(parts[1])
-            if self.gate.hold(epoch):
-                view = self.gate.view
-                if (epoch, NodeState.KILLED) != (view.max_epoch, view.max_state):
-                    # Memory and file agree: a restart behaves like this process would.
-                    self.gate.view = replace(view, max_epoch=epoch, max_state=NodeState.KILLED)
-                if self._record(epoch, NodeState.KILLED):
-                    self._held_recorded = epoch
+        parts = data.split(" ")
+        if len(parts) == 2 and parts[0] == "SCOPE" and parse_uint(parts[1]) is not None:
+            return  # a scoped kill changed: the sync loop (woken) reads the scopes
+        epoch = parse_uint(parts[1]) if len(parts) == 3 else None
+        if len(parts) != 3 or parts[0] not in ("KILLED", "ARMED") or parse_uint(parts[2]) is None:
+            epoch = None
+        if epoch is None or not plausible_epoch(epoch, self.gate.view.max_epoch):
+            # 10^29, -1, 7.5, junk words: never recorded, never arithmetic; counted and logged
+            self.junk_inputs += 1
+            self.log.warning("JUNK_INPUT", source="events", value=data[:80],
+                             seen_epoch=self.gate.view.max_epoch)  # fmt: skip
+            return
+        if parts[0] == "KILLED" and self.gate.hold(epoch):
+            view = self.gate.view
+            if (epoch, NodeState.KILLED) != (view.max_epoch, view.max_state):
+                # Memory and file agree: a restart behaves like this process would.
+                self.gate.view = replace(view, max_epoch=epoch, max_state=NodeState.KILLED)
+            if self._record(epoch, NodeState.KILLED):
+                self._held_recorded = epoch
+            self.notify.changed()
 
     def _record(self, epoch: int, state: NodeState | None) -> bool:
         """Write the highest epoch seen locally; a failed write closes the gate (see Memory)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from killswitch.core.limits import Limits
 from killswitch.runtime.config import ListenAddr
 
 
@@ -23,4 +24,7 @@ class SidecarSettings:
     line_timeout: float = 5.0  # seconds a gate client may hold a partial line
     socket_mode: int | None = None  # unix socket permission bits (None: the umask decides)
     socket_gid: int | None = None  # unix socket group (None: the process's group)
+    limits: Limits | None = None  # local pre-trade limits (`--limits`); None: none
+    limits_digest: str = ""  # sha256 of the limits file, reported with the host's release
+    on_kill: str = ""  # shell command run once per kill epoch (`--on-kill`)
     extra: dict[str, Any] = field(default_factory=dict)

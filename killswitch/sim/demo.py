@@ -31,6 +31,7 @@ from rich.table import Table
 
 from killswitch.core.anomaly import MonitorConfig
 from killswitch.core.backtest import FlowEvent, replay
+from killswitch.ops import audit as ops_audit
 from killswitch.ops import control
 from killswitch.sim.demoreport import HAUNTED, HOSTS, render_table, results
 from killswitch.sim.embedded import EmbeddedRedis
@@ -236,7 +237,7 @@ async def _run(fleet: Fleet, mode: Mode, progress: _Progress) -> dict[str, Any]:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         final = (await control.status(store)).report
-        audit = (await control.audit(store, None)).report["entries"]
+        audit = (await ops_audit.audit(store, None)).report["entries"]
         flows = await store.flow_entries(list(HOSTS))
         confirms: dict[str, dict[str, str]] = {}
         for h in HOSTS:

@@ -146,6 +146,7 @@ class Fleet:
     aggregator: Proc | None = None
     extra_sidecar_args: Sequence[str] = ()
     metrics_ports: Mapping[str, int] = field(default_factory=dict)  # host -> --metrics-port
+    _audit_logs: set[int] = field(default_factory=set)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -213,6 +214,8 @@ class Fleet:
                 "aggregator",
                 "--hosts",
                 ",".join(self.hosts),
+                # each instance its own copy of the audit chain, inside the fleet's directory
+                *(() if "--audit-log" in args else ("--audit-log", str(self._audit_log()))),
                 *args,
             ],
             self.workdir / "aggregator.log",
@@ -220,6 +223,13 @@ class Fleet:
         proc.start(self.env())
         self.aggregator = proc
         return proc
+
+    def _audit_log(self) -> Path:
+        n = 1
+        while (self.workdir / f"audit-{n}.jsonl").exists() or n in self._audit_logs:
+            n += 1
+        self._audit_logs.add(n)
+        return self.workdir / f"audit-{n}.jsonl"
 
     def ready(self, redis_url: str | None = None) -> bool:
         """True once the roster is stored and every roster host reports alive (`status`)."""

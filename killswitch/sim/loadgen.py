@@ -9,6 +9,7 @@ Python process can hold tens of thousands of orders per second.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import signal
@@ -36,6 +37,29 @@ class RouterStats:
     first_block_at: float | None = None  # monotonic time of the first BLOCK reply
     last_allow_at: float | None = None
     reasons: dict[str, int] = field(default_factory=dict)
+    # Flatten on kill (`drive(..., rest_s=...)`): allowed orders rest at the venue for rest_s.
+    resting_at_kill: int | None = None  # resting orders when the first STATE KILLED came
+    cancels_sent: int = 0
+    flat_epoch: int = 0  # the kill epoch this router reported FLAT for (and the gate took)
+
+
+class RestingBook:
+    """The router's resting orders: each allowed order rests until it expires (fills)."""
+
+    def __init__(self, rest_s: float) -> None:
+        self.rest_s = rest_s
+        self.expiries: collections.deque[float] = collections.deque()
+
+    def add(self, now: float) -> None:
+        self.expiries.append(now + self.rest_s)
+
+    def live(self, now: float) -> int:
+        while self.expiries and self.expiries[0] <= now:
+            self.expiries.popleft()
+        return len(self.expiries)
+
+    def clear(self) -> None:
+        self.expiries.clear()
 
 
 async def open_gate(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -59,8 +83,10 @@ class OrderRouter:
         name: str = "router",
         batch_interval: float = 0.01,
         clock: Callable[[], float] = time.monotonic,
+        book: RestingBook | None = None,
     ) -> None:
         self.address = address
+        self.book = book
         self.rate = rate
         self.name = name
         self.batch_interval = batch_interval
@@ -118,6 +144,8 @@ class OrderRouter:
         if line.startswith(b"ALLOW"):
             s.allowed += 1
             s.last_allow_at = self.clock()
+            if self.book is not None:
+                self.book.add(s.last_allow_at)
         elif line.startswith(b"BLOCK"):
             s.blocked += 1
             if s.first_block_at is None:
@@ -159,6 +187,33 @@ async def run_loadgen(address: str, rate: float, duration: float | None, name: s
     return total
 
 
+async def flatten_on_kill(
+    address: str, book: RestingBook, stats: RouterStats, clock: Callable[[], float]
+) -> None:
+    """Subscribe to the gate; on `STATE KILLED <e>` cancel every resting order, then `FLAT <e>`.
+
+    What a trading process does with the subscription; runs until cancelled.
+    """
+    reader, writer = await open_gate(address)
+    writer.write(b"SUBSCRIBE\n")
+    try:
+        while line := await reader.readline():
+            parts = line.split()
+            if parts[:2] == [b"STATE", b"KILLED"] and len(parts) >= 3:
+                epoch = int(parts[2])
+                live = book.live(clock())
+                if stats.resting_at_kill is None:
+                    stats.resting_at_kill = live
+                cancels = [f"CANCEL c{i} r{i}\n".encode() for i in range(live)]
+                writer.write(b"".join(cancels) + f"FLAT {epoch}\n".encode())
+                stats.cancels_sent += live
+                book.clear()
+            elif parts[:2] == [b"OK", b"FLAT"] and len(parts) == 3:
+                stats.flat_epoch = int(parts[2])
+    finally:
+        writer.close()
+
+
 async def drive(
     addresses: Mapping[str, str],
     rate: Callable[[str, float], float],
@@ -166,19 +221,26 @@ async def drive(
     *,
     stop_when: Callable[[], bool] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    rest_s: float | None = None,
 ) -> dict[str, RouterStats]:
     """One `OrderRouter` per host for `duration` seconds (or until `stop_when()`, polled
     every 50 ms); `rate(host, t)` is the host's orders per second `t` seconds after the
-    start (a scenario: steps, ramps, floods)."""
+    start (a scenario: steps, ramps, floods). With `rest_s`, allowed orders rest that long
+    and each router also subscribes and flattens on a kill (`flatten_on_kill`)."""
     t0 = clock()
 
     def rate_of(host: str) -> Callable[[], float]:
         return lambda: rate(host, clock() - t0)
 
+    books = {h: RestingBook(rest_s) for h in addresses} if rest_s is not None else {}
     routers = {
-        host: OrderRouter(address, rate_of(host), name=host, clock=clock)
+        host: OrderRouter(address, rate_of(host), name=host, clock=clock, book=books.get(host))
         for host, address in addresses.items()
     }
+    subs = [
+        asyncio.create_task(flatten_on_kill(addresses[h], b, routers[h].stats, clock))
+        for h, b in books.items()
+    ]
     tasks = [asyncio.create_task(r.run(), name=f"router-{h}") for h, r in routers.items()]
     try:
         while clock() - t0 < duration and not (stop_when and stop_when()):
@@ -189,4 +251,7 @@ async def drive(
         for r in routers.values():
             r.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for t in subs:
+            t.cancel()
+        await asyncio.gather(*subs, return_exceptions=True)
     return {h: r.stats for h, r in routers.items()}

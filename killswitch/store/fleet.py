@@ -24,10 +24,11 @@ class FleetStore:
         self.redis = redis
         self._lease: AsyncScript = redis.register_script(_script("lease"))
 
-    async def lease(self, token: str, ttl_ms: int) -> tuple[bool, str, int]:
-        """Acquire or renew the fleet leader lease (ttl 0: release it); see `lease.lua`."""
+    async def lease(self, token: str, ttl_ms: int) -> tuple[bool, str, int, str]:
+        """Acquire or renew the fleet leader lease (ttl 0: release it); see `lease.lua`.
+        The last item says what the script repaired (a lease without TTL), "" if nothing."""
         res: Any = await self._lease(keys=[FLEET_LEADER_KEY], args=[token, ttl_ms])
-        return bool(int(res[0])), str(res[1] or ""), int(res[2])
+        return bool(int(res[0])), str(res[1] or ""), int(res[2]), str(res[3])
 
     async def views(self, nodes: Sequence[str]) -> dict[str, dict[str, str]]:
         """Each node's published aggregator view (empty when it has none)."""

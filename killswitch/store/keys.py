@@ -2,10 +2,7 @@
 
 All keys of node N carry the hash tag `{N}` so one Lua script can touch them all on Redis
 Cluster. A host's own keys sit under `ks:{N}:h:<host>:` so a Redis ACL can confine each
-sidecar to its own keys plus read access to the node state:
-
-    ACL SETUSER sidecar-or-01 on >pw ~ks:{smars}:h:or-01:* %R~ks:{smars}:state &ks:{smars}:*
-        +evalsha +eval +script|load +subscribe +ping +time ...
+sidecar to its own keys plus read access to the node state (`store/acl.py` builds the users).
 
 Callers pass names already checked by `killswitch.core.names`; this module never validates.
 """
@@ -46,6 +43,11 @@ class NodeKeys:
         return f"{self.base}:audit"
 
     @property
+    def audit_head(self) -> str:
+        """Hash: seq, hash and id of the audit chain's last entry, so a cut tail shows."""
+        return f"{self.base}:audit:head"
+
+    @property
     def events(self) -> str:
         """Pub/sub channel: kills and arms (an accelerator only, never relied on)."""
         return f"{self.base}:events"
@@ -54,6 +56,11 @@ class NodeKeys:
     def confirms(self) -> str:
         """Pub/sub channel: host confirmations (wakes a waiting `kill`)."""
         return f"{self.base}:confirms"
+
+    @property
+    def scopes(self) -> str:
+        """Hash: active scoped kills (`host:<H>`, `symbol:<S>`) and their version `_ver`."""
+        return f"{self.base}:scopes"
 
     @property
     def baseline(self) -> str:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from killswitch.core.bounds import MAX_EPOCH_JUMP
+from killswitch.core.names import NAME_RE
 from killswitch.core.state import NodeRead
 from killswitch.store.keys import NODES_KEY, NodeKeys
 
@@ -49,6 +51,15 @@ def _script(name: str) -> str:
 _LUA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua")
 
 
+def audited_script(name: str) -> str:
+    """A state-changing script with `prelude.lua` (ks_uint, ks_str, audit_append) in front.
+
+    Any script that changes a node's state or records a decision is loaded this way and
+    calls `audit_append(audit_key, audit_head_key, {name, value, ...})` in the same call.
+    """
+    return _script("prelude") + "\n" + _script(name)
+
+
 @dataclass(frozen=True, slots=True)
 class FlushReport:
     """What a sidecar reports in its round trip (cumulative counts since its boot)."""
@@ -71,6 +82,12 @@ class FlushReport:
     held_epoch: int = 0
     confirmed_epoch: int = 0  # what this host last confirmed: not confirmed again
     confirmed_ver: int = 0
+    cancels: int = 0  # cumulative CANCELs allowed since boot
+    limited: int = 0  # cumulative orders refused by a local limit (included in `blocked`)
+    acked_cancels: int = 0
+    acked_limited: int = 0
+    # More report fields (name -> value), written as they are: limits digest, flat, on-kill.
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +113,10 @@ class NodeSnapshot:
     confirms: dict[str, dict[str, str]]
     aggregator: dict[str, str]
     leader: str = ""  # lease token of the acting aggregator ("" none)
+    leader_ttl_ms: int = -2  # PTTL of the lease key (-1: no TTL, a hand-written lease)
+    wrong_types: int = 0  # keys of a type killswitch never writes there (read as empty)
     roster_stored: bool = True  # False: the roster key is gone (Redis lost its data)
+    scopes: dict[str, str] = field(default_factory=dict)  # the scopes hash (core.scope)
 
 
 class Wake(Protocol):
@@ -132,11 +152,13 @@ class Store:
         self.node = node
         self.keys = NodeKeys(node)
         self._flush: AsyncScript = redis.register_script(_script("flush"))
-        self._kill: AsyncScript = redis.register_script(_script("kill"))
-        self._arm: AsyncScript = redis.register_script(_script("arm"))
-        self._roster: AsyncScript = redis.register_script(_script("roster"))
+        self._kill: AsyncScript = redis.register_script(audited_script("kill"))
+        self._arm: AsyncScript = redis.register_script(audited_script("arm"))
+        self._roster: AsyncScript = redis.register_script(audited_script("roster"))
+        self._audit_event: AsyncScript = redis.register_script(audited_script("audit_event"))
         self._lease: AsyncScript = redis.register_script(_script("lease"))
         self._read_node: AsyncScript = redis.register_script(_script("read"))
+        self._scope: AsyncScript = redis.register_script(audited_script("scope"))
 
     @contextlib.asynccontextmanager
     async def confirmations(self) -> AsyncIterator[Wake]:
@@ -174,25 +196,48 @@ class Store:
 
         return asyncio.ensure_future(coro)
 
-    async def flush(self, host: str, r: FlushReport, version: str) -> tuple[NodeRead, int, bool]:
+    async def flush(
+        self, host: str, r: FlushReport, version: str
+    ) -> tuple[NodeRead, int, bool, dict[str, str]]:
         """The sidecar's one round trip: report, maybe confirm, read the node state.
 
-        Returns the read, Redis server time, and whether the script confirmed the KILLED
-        state it read (only at `r.held_epoch`).
+        Returns the read, Redis server time, whether the script confirmed the KILLED
+        state it read (only at `r.held_epoch`), and the scopes hash.
         """
         hk = self.keys.host(host)
         res = await self._flush(
-            keys=[self.keys.state, hk.report, hk.flow, hk.confirm],
+            keys=[hk.report, hk.flow, hk.confirm],
             args=[
                 r.boot, r.allowed, r.blocked, r.acked_allowed, r.acked_blocked, r.max_epoch,
                 r.view, r.gate, f"{r.orders_per_s:.3f}", r.stale_after_ms, r.regression,
                 FLOW_RETENTION_MS, r.confirm_epoch, r.confirm_ver, self.keys.confirms, host,
                 version, os.getpid(), r.held_epoch, r.confirmed_epoch, r.confirmed_ver,
+                r.cancels, r.limited, r.acked_cancels, r.acked_limited,
+                self.keys.state, self.keys.scopes,
+                *(x for kv in r.extra for x in kv),
             ],
         )  # fmt: skip
-        state, epoch, ver, reason, now, closed_confirm = (str(x) for x in res)
+        state, epoch, ver, reason, now, closed_confirm = (str(x) for x in res[:6])
         read = NodeRead.from_hash({"state": state, "epoch": epoch, "ver": ver, "reason": reason})
-        return read, int(now), closed_confirm == "1"
+        flat = [str(x) for x in res[6:]]
+        return read, int(now), closed_confirm == "1", dict(zip(flat[::2], flat[1::2], strict=True))
+
+    async def scope(
+        self,
+        *,
+        op: str,
+        kind: str,
+        value: str,
+        actor: str,
+        reason: str,
+        approvers: Sequence[str] = (),
+    ) -> tuple[bool, int, int]:
+        """A scoped kill (`op` "kill") or its lift ("arm"): (changed, scope version, now ms)."""
+        res = await self._scope(
+            keys=[self.keys.scopes, self.keys.audit, self.keys.state, self.keys.audit_head],
+            args=[op, kind, value, actor, reason, ",".join(approvers), self.keys.events],
+        )
+        return bool(int(res[0])), int(res[1]), int(res[2])
 
     async def kill(
         self,
@@ -207,40 +252,50 @@ class Store:
     ) -> ChangeResult:
         """`fence`: a leader lease token the caller must still hold, checked in the script."""
         res = await self._kill(
-            keys=[self.keys.state, self.keys.audit, self.keys.leader],
+            keys=[self.keys.state, self.keys.audit, self.keys.leader, self.keys.audit_head],
             args=[
                 actor, reason, cause, floor, self.keys.events, action, int(only_if_armed), fence,
+                _ceiling(floor),
             ],
         )  # fmt: skip
         return _change(res)
 
-    async def lease(self, token: str, ttl_ms: int) -> tuple[bool, str, int]:
+    async def lease(self, token: str, ttl_ms: int) -> tuple[bool, str, int, str]:
         """Acquire or renew the aggregator leader lease (ttl 0: release it if held).
 
-        Returns (held by `token` now, holder token, ms left).
+        Returns (held by `token` now, holder token, ms left, what was repaired: a lease key
+        without TTL or of another type is deleted by the script, "" when none was).
         """
         res = await self._lease(keys=[self.keys.leader], args=[token, ttl_ms])
-        return bool(int(res[0])), str(res[1]), int(res[2])
+        return bool(int(res[0])), str(res[1]), int(res[2]), str(res[3])
 
     async def arm(
         self, *, actor: str, reason: str, approvers: Sequence[str], floor: int
     ) -> ChangeResult:
         res = await self._arm(
-            keys=[self.keys.state, self.keys.audit],
-            args=[actor, reason, ",".join(approvers), floor, self.keys.events],
+            keys=[self.keys.state, self.keys.audit, self.keys.audit_head],
+            args=[actor, reason, ",".join(approvers), floor, self.keys.events, _ceiling(floor)],
         )
         return _change(res)
 
     async def set_roster(self, hosts: Sequence[str], actor: str) -> bool:
         changed = await self._roster(
-            keys=[self.keys.roster, self.keys.audit], args=[actor, *sorted(hosts)]
+            keys=[self.keys.roster, self.keys.audit, self.keys.audit_head],
+            args=[actor, *sorted(hosts)],
         )
         await self.redis.sadd(NODES_KEY, self.node)
         return bool(changed)
 
     async def roster(self) -> tuple[str, ...]:
-        members: set[str] = await self.redis.smembers(self.keys.roster)  # type: ignore[assignment]
-        return tuple(sorted(members))
+        """The stored roster; a roster key of the wrong type (junk) reads as none."""
+        try:
+            members: set[str] = await self.redis.smembers(self.keys.roster)  # type: ignore[assignment]
+        except Exception as e:  # redis-py's ResponseError or the lean client's ReplyError
+            if not str(e).startswith("WRONGTYPE"):
+                raise
+            return ()
+        # a member that is no host name was written by hand: never a key, never displayed
+        return tuple(sorted(m for m in members if NAME_RE.fullmatch(m)))
 
     async def snapshot(self, roster: Sequence[str] | None = None) -> NodeSnapshot:
         """State, roster, every roster host's report and confirmation, and server time."""
@@ -264,7 +319,10 @@ class Store:
         Server time is read first inside the script: a flow entry stamped at or before it was
         written (atomically, by a script) before this read, so the reads see every one of them.
         """
-        keys = [self.keys.state, self.keys.aggregator, self.keys.leader, self.keys.roster]
+        keys = [
+            self.keys.state, self.keys.aggregator, self.keys.leader, self.keys.roster,
+            self.keys.scopes,
+        ]  # fmt: skip
         args: list[str] = ["0" if after is None else "1"]
         for h in roster:
             hk = self.keys.host(h)
@@ -289,16 +347,52 @@ class Store:
             aggregator=_pairs(res[2]),
             leader=str(res[3] or ""),
             roster_stored=bool(int(res[4])),
+            scopes=_pairs(res[-1]),
+            leader_ttl_ms=int(res[-3]),
+            wrong_types=int(res[-2]),
         )
         return snap, flows
 
     async def audit(self, limit: int | None = None) -> list[tuple[str, dict[str, str]]]:
-        """Audit entries oldest first; with `limit`, the newest `limit` of them."""
-        if limit is None:
-            entries: Any = await self.redis.xrange(self.keys.audit)
-            return list(entries)
-        newest: Any = await self.redis.xrevrange(self.keys.audit, count=limit)
-        return list(reversed(newest))
+        """Audit entries oldest first; with `limit`, the newest `limit` of them. An audit key
+        that is not a stream (junk) reads as no entries; `audit --verify` names it."""
+        try:
+            if limit is None:
+                entries: Any = await self.redis.xrange(self.keys.audit)
+                return list(entries)
+            newest: Any = await self.redis.xrevrange(self.keys.audit, count=limit)
+            return list(reversed(newest))
+        except Exception as e:  # redis-py's ResponseError or the lean client's ReplyError
+            if str(e).startswith("WRONGTYPE"):
+                return []
+            raise
+
+    async def audit_event(self, action: str, **fields: object) -> str:
+        """Append one chained audit entry (e.g. a refused attempt: who, what, why refused).
+
+        For decisions no state-changing script records; those append in their own script.
+        Returns the entry's stream ID.
+        """
+        args: list[str] = ["action", action]
+        for name, value in fields.items():
+            args += [name, str(value)]
+        entry_id = await self._audit_event(keys=[self.keys.audit, self.keys.audit_head], args=args)
+        return str(entry_id)
+
+    async def audit_chain(self) -> tuple[list[tuple[str, dict[str, str]]], dict[str, str]]:
+        """Every audit entry oldest first and the chain head, read in one MULTI (consistent)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xrange(self.keys.audit)
+        pipe.hgetall(self.keys.audit_head)
+        entries, head = await pipe.execute(raise_on_error=False)
+        for value in (entries, head):
+            if isinstance(value, Exception) and not str(value).startswith("WRONGTYPE"):
+                raise value
+        # a key of the wrong type reads as empty: an empty stream under a head fails verify
+        return (
+            [] if isinstance(entries, Exception) else list(entries),
+            {"seq": "wrong type"} if isinstance(head, Exception) else dict(head),
+        )
 
     async def publish_aggregator_view(self, view: dict[str, str]) -> None:
         mapping: dict[Any, Any] = dict(view)
@@ -333,6 +427,12 @@ class Store:
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
     """A flat [field, value, ...] reply (HGETALL inside a script) as a dict."""
     return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+
+def _ceiling(floor: int) -> int:
+    """The highest stored epoch a kill or arm believes, given the hosts' floor (0: no bound,
+    when no host reports one)."""
+    return floor + MAX_EPOCH_JUMP if floor > 0 else 0
 
 
 def _change(res: Sequence[Any]) -> ChangeResult:

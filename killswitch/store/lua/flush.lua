@@ -1,12 +1,19 @@
 -- One sidecar round trip: report counts, optionally confirm an applied state, read the node state.
 -- This single call is the host's lease: the gate stays open only while these succeed.
--- KEYS: 1 node state, 2 host report, 3 host flow stream, 4 host confirm
+-- KEYS: 1 host report, 2 host flow stream, 3 host confirm (the sidecar's own keys only)
 -- ARGV: 1 boot id, 2 allowed (cumulative since boot), 3 blocked (cumulative),
 --       4 acked allowed, 5 acked blocked (cumulative values of this boot's last acknowledged flush),
 --       6 max_epoch, 7 view, 8 gate, 9 orders_per_s, 10 stale_after_ms, 11 regression,
 --       12 flow retention ms, 13 confirm epoch (0: none), 14 confirm ver, 15 confirms channel,
 --       16 host, 17 version, 18 pid, 19 held epoch (0: none),
---       20, 21 epoch and ver this host already confirmed (never confirmed twice)
+--       20, 21 epoch and ver this host already confirmed (never confirmed twice),
+--       22 cancels (cumulative), 23 orders refused by a local limit (cumulative, part of blocked),
+--       24, 25 acked cancels and limit refusals,
+--       26 the node state key, 27 the scopes hash key (returned after the node state: scoped
+--          kills are read on the same lease), both read only and not declared: Redis ACLs
+--          treat every declared EVAL key as written, and a sidecar's credential must not be
+--          able to write them (same hash slot as KEYS, so Redis Cluster routes the script),
+--       28.. extra report fields as name, value pairs
 -- A held epoch means: a kill notice for it closed this host's gate before this call, and the
 -- host recorded (epoch, KILLED) in its local state first. A KILLED read at exactly that epoch
 -- is then confirmed in this same call: the host provably blocks and remembers it.
@@ -18,30 +25,43 @@ local blocked = tonumber(ARGV[3])
 
 -- Counts are cumulative, so a flush whose reply was lost and is sent again adds nothing twice.
 -- If the report vanished (Redis lost its data) fall back to what this boot last saw acknowledged.
-local prev = redis.call('HMGET', KEYS[2], 'boot', 'allowed', 'blocked')
-local prev_allowed, prev_blocked
+local cancels = tonumber(ARGV[22]) or 0
+local limited = tonumber(ARGV[23]) or 0
+local prev = redis.call('HMGET', KEYS[1], 'boot', 'allowed', 'blocked', 'cancels', 'limited')
+local prev_allowed, prev_blocked, prev_cancels, prev_limited
 if prev[1] == boot then
   prev_allowed = tonumber(prev[2]) or 0
   prev_blocked = tonumber(prev[3]) or 0
+  prev_cancels = tonumber(prev[4]) or 0
+  prev_limited = tonumber(prev[5]) or 0
 else
   prev_allowed = tonumber(ARGV[4])
   prev_blocked = tonumber(ARGV[5])
+  prev_cancels = tonumber(ARGV[24]) or 0
+  prev_limited = tonumber(ARGV[25]) or 0
 end
-local d_allowed = allowed - prev_allowed
-local d_blocked = blocked - prev_blocked
-if d_allowed < 0 then d_allowed = 0 end
-if d_blocked < 0 then d_blocked = 0 end
-if d_allowed > 0 or d_blocked > 0 then
-  redis.call('XADD', KEYS[3], 'MINID', '~', tostring(now - tonumber(ARGV[12])), '*',
-    'a', d_allowed, 'b', d_blocked)
+local d_allowed = math.max(allowed - prev_allowed, 0)
+local d_blocked = math.max(blocked - prev_blocked, 0)
+local d_cancels = math.max(cancels - prev_cancels, 0)
+local d_limited = math.max(limited - prev_limited, 0)
+if d_allowed > 0 or d_blocked > 0 or d_cancels > 0 then
+  local entry = {'a', d_allowed, 'b', d_blocked}
+  if d_cancels > 0 then table.insert(entry, 'c'); table.insert(entry, d_cancels) end
+  if d_limited > 0 then table.insert(entry, 'l'); table.insert(entry, d_limited) end
+  redis.call('XADD', KEYS[2], 'MINID', '~', tostring(now - tonumber(ARGV[12])), '*',
+    unpack(entry))
+end
+if #ARGV > 25 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 28))
 end
 
-redis.call('HSET', KEYS[2],
+redis.call('HSET', KEYS[1],
+  'cancels', cancels, 'limited', limited,
   'boot', boot, 'allowed', allowed, 'blocked', blocked, 'ts_ms', now,
   'max_epoch', ARGV[6], 'view', ARGV[7], 'gate', ARGV[8], 'orders_per_s', ARGV[9],
   'stale_after_ms', ARGV[10], 'regression', ARGV[11], 'version', ARGV[17], 'pid', ARGV[18])
 
-local s = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'ver', 'reason')
+local s = redis.call('HMGET', ARGV[26], 'state', 'epoch', 'ver', 'reason')
 local confirm_epoch, confirm_ver, view = tonumber(ARGV[13]), ARGV[14], ARGV[7]
 local closed_confirm = '0'
 if ARGV[19] ~= '0' and s[1] == 'KILLED' and s[2] == ARGV[19]
@@ -49,12 +69,14 @@ if ARGV[19] ~= '0' and s[1] == 'KILLED' and s[2] == ARGV[19]
   confirm_epoch, confirm_ver, view, closed_confirm = tonumber(s[2]), s[3], 'KILLED', '1'
   if confirm_epoch > tonumber(ARGV[6]) then
     -- the host applies this read on reply; report what it will enforce, not what it had
-    redis.call('HSET', KEYS[2], 'max_epoch', confirm_epoch, 'view', 'KILLED', 'gate', 'closed')
+    redis.call('HSET', KEYS[1], 'max_epoch', confirm_epoch, 'view', 'KILLED', 'gate', 'closed')
   end
 end
 if confirm_epoch > 0 then
-  redis.call('HSET', KEYS[4], 'host', ARGV[16], 'epoch', confirm_epoch, 'ver', confirm_ver,
+  redis.call('HSET', KEYS[3], 'host', ARGV[16], 'epoch', confirm_epoch, 'ver', confirm_ver,
     'view', view, 'applied_ms', now, 'blocked', blocked)
   redis.call('PUBLISH', ARGV[15], ARGV[16] .. ' ' .. confirm_epoch .. ' ' .. confirm_ver)
 end
-return {s[1] or '', s[2] or '0', s[3] or '0', s[4] or '', tostring(now), closed_confirm}
+local out = {s[1] or '', s[2] or '0', s[3] or '0', s[4] or '', tostring(now), closed_confirm}
+for _, x in ipairs(redis.call('HGETALL', ARGV[27])) do table.insert(out, x) end
+return out

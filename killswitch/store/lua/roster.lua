@@ -1,6 +1,8 @@
 -- Store the node's roster; audit only when it changes.
--- KEYS: 1 roster set, 2 audit stream
+-- Runs after prelude.lua (audit_append).
+-- KEYS: 1 roster set, 2 audit stream, 3 audit chain head
 -- ARGV: 1 actor, 2.. host names (sorted by the caller)
+ks_own_type(KEYS[1], 'set')
 local current = redis.call('SMEMBERS', KEYS[1])
 table.sort(current)
 local wanted = {}
@@ -16,7 +18,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('DEL', KEYS[1])
 redis.call('SADD', KEYS[1], unpack(wanted))
-redis.call('XADD', KEYS[2], '*', 'action', 'roster', 'actor', ARGV[1],
+audit_append(KEYS[2], KEYS[3], {'action', 'roster', 'actor', ARGV[1],
   'reason', 'roster set to ' .. table.concat(wanted, ','), 'ts_ms', now,
-  'prev', table.concat(current, ','))
+  'prev_roster', table.concat(current, ',')})
 return 1

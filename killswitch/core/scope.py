@@ -1,0 +1,110 @@
+"""Scoped kills: one host, or one symbol on every host, blocked while the node trades on.
+
+Pure: it reads the scopes hash as plain strings and returns what one host must enforce.
+The hash holds `_ver` (grows with every scoped kill and every scoped arm, so a host can
+prove it applied a given change) and one field per active scope, `host:<H>` or
+`symbol:<S>`, whose value is a JSON object (ver, ts_ms, actor, reason). A host never
+lifts a scope because the hash went backwards: a lower `_ver` than it has seen is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+KINDS = ("host", "symbol")
+_SYMBOL = re.compile(r"[\x21-\x7e]{1,64}")  # as the gate protocol accepts a symbol
+VER = "_ver"
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    kind: str  # "host" | "symbol"
+    value: str
+    ver: int = 0
+    ts_ms: int = 0
+    actor: str = ""
+    reason: str = ""
+
+    @property
+    def field(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind, "value": self.value, "ver": self.ver, "ts_ms": self.ts_ms,
+            "actor": self.actor, "reason": self.reason,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Scopes:
+    ver: int = 0
+    active: tuple[Scope, ...] = ()
+    hosts: frozenset[str] = field(default_factory=frozenset)
+    symbols: frozenset[str] = field(default_factory=frozenset)
+
+    def for_host(self, host: str) -> tuple[bool, frozenset[str]]:
+        """What `host` enforces: (the host itself is killed, the symbols blocked on it)."""
+        return host in self.hosts, self.symbols
+
+
+def parse_scopes(h: Mapping[str, str]) -> Scopes:
+    """The scopes hash as read from Redis; unreadable entries still block (closing is safe)."""
+    try:
+        ver = int(h.get(VER) or 0)
+    except ValueError:
+        ver = 0
+    active = []
+    for key, raw in sorted(h.items()):
+        kind, sep, value = key.partition(":")
+        if not sep or kind not in KINDS or not value:
+            continue
+        try:
+            d = json.loads(raw)
+            if not isinstance(d, dict):
+                d = {}
+        except ValueError:
+            d = {}
+        active.append(
+            Scope(
+                kind, value, _int(d.get("ver")), _int(d.get("ts_ms")),
+                str(d.get("actor", "")), str(d.get("reason", "")),
+            )
+        )  # fmt: skip
+    return Scopes(
+        ver,
+        tuple(active),
+        frozenset(s.value for s in active if s.kind == "host"),
+        frozenset(s.value for s in active if s.kind == "symbol"),
+    )
+
+
+def valid_symbol(s: str) -> bool:
+    return _SYMBOL.fullmatch(s) is not None
+
+
+def newer(seen: Scopes, read: Scopes) -> Scopes:
+    """The scopes a host keeps after a read: never an older version than it has applied."""
+    return read if read.ver >= seen.ver else seen
+
+
+def proven(
+    kind: str, value: str, ver: int, roster: tuple[str, ...], applied: Mapping[str, int]
+) -> tuple[list[str], list[str]]:
+    """(hosts that applied scope version `ver`, hosts that must and have not yet).
+
+    A host scope is proven by that host; a symbol scope by every roster host.
+    """
+    need = [value] if kind == "host" else list(roster)
+    done = [h for h in need if applied.get(h, 0) >= ver]
+    return done, [h for h in need if h not in done]
+
+
+def _int(v: object) -> int:
+    try:
+        return int(v)  # type: ignore[call-overload,no-any-return]
+    except (TypeError, ValueError):
+        return 0

@@ -1,0 +1,98 @@
+"""Redis ACL users for one node, built from the key layout in `keys`, so the two never drift.
+
+Roles (see docs/SECURITY.md):
+
+- `ks-sidecar-<node>-<host>`: runs its flush script and writes only its own host's keys
+  (`ks:{N}:h:<host>:*`); reads the node state and scopes (read-only patterns, never declared as a script
+  key, because Redis treats every EVAL key as written); subscribes to kill notices and
+  publishes its confirmations. It cannot write the node state, the roster, the audit chain,
+  the leader lease or another host's keys.
+- `ks-aggregator-<node>`: every key and channel of its node, the fleet's node set and the
+  fleet leader lease (`--fleet-max-orders`).
+- `ks-operator`: every killswitch key and channel (kill, arm, status, audit, watch).
+  There is no read-only role: `status` reads in one script (`read.lua`) for an atomic view,
+  and Redis ACLs require write access to every key a script declares.
+- `default` is off: a connection that does not authenticate can do nothing.
+
+Passwords are stored as SHA-256 (`#<hex>`), never in the clear. Generate a file with
+`python -m killswitch.store.acl NODE HOST1,HOST2,...` (random passwords, printed once as the
+URLs to give each process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sys
+from collections.abc import Mapping, Sequence
+
+from killswitch.store.keys import FLEET_LEADER_KEY, NODES_KEY, PREFIX, NodeKeys
+
+_CONNECTION = "+ping +client|setname +client|id +hello +auth"
+_SCRIPTS = "+evalsha +eval +script|load +script|exists"
+_SIDECAR_CMDS = f"-@all {_CONNECTION} {_SCRIPTS} +time +hmget +hgetall +hset +xadd +publish " \
+    "+subscribe +unsubscribe"  # fmt: skip
+# Everything a service or an operator needs, minus what could wipe or reconfigure the server.
+_SERVICE_CMDS = f"-@all +@read +@write +@scripting +@pubsub +@connection {_CONNECTION} " \
+    "-@dangerous -script|flush +info +config|get +wait +time"  # fmt: skip
+
+
+def sidecar_user(node: str, host: str) -> str:
+    return f"ks-sidecar-{node}-{host}"
+
+
+def aggregator_user(node: str) -> str:
+    return f"ks-aggregator-{node}"
+
+
+OPERATOR_USER = "ks-operator"
+
+
+def users(node: str, hosts: Sequence[str]) -> list[str]:
+    """Every user name of a node's ACL, in file order (after `default`)."""
+    return [*(sidecar_user(node, h) for h in hosts), aggregator_user(node), OPERATOR_USER]
+
+
+def acl_lines(node: str, hosts: Sequence[str], passwords: Mapping[str, str]) -> list[str]:
+    """The lines of a Redis ACL file (`aclfile`) for `node`; `passwords` maps user -> secret."""
+    k = NodeKeys(node)
+
+    def pw(user: str) -> str:
+        return "#" + hashlib.sha256(passwords[user].encode("utf-8")).hexdigest()
+
+    lines = ["user default off resetkeys resetchannels -@all"]
+    for h in hosts:
+        hk = k.host(h)
+        lines.append(
+            f"user {sidecar_user(node, h)} on {pw(sidecar_user(node, h))} resetkeys resetchannels "
+            f"~{hk.prefix}* %R~{k.state} %R~{k.scopes} &{k.events} &{k.confirms} "
+            f"{_SIDECAR_CMDS}"
+        )
+    lines.append(
+        f"user {aggregator_user(node)} on {pw(aggregator_user(node))} resetkeys resetchannels "
+        f"~{k.base}:* ~{NODES_KEY} ~{FLEET_LEADER_KEY} &{k.base}:* {_SERVICE_CMDS}"
+    )
+    lines.append(
+        f"user {OPERATOR_USER} on {pw(OPERATOR_USER)} resetkeys resetchannels "
+        f"~{PREFIX}:* &{PREFIX}:* {_SERVICE_CMDS}"
+    )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m killswitch.store.acl NODE HOST1,HOST2,...`: an ACL file on stdout, random
+    passwords; each user's password goes to stderr once, as `user password` lines."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2:
+        print("usage: python -m killswitch.store.acl NODE HOST1,HOST2,...", file=sys.stderr)
+        return 2
+    node, hosts = args[0], [h for h in args[1].split(",") if h]
+    passwords = {u: secrets.token_urlsafe(24) for u in users(node, hosts)}
+    print("\n".join(acl_lines(node, hosts, passwords)))
+    for user, secret in passwords.items():
+        print(f"{user} {secret}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
