@@ -15,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from killswitch.core.auditchain import parse_head, verify
 from killswitch.store import store as store_module
 from killswitch.store.keys import NodeKeys
 
@@ -22,8 +23,13 @@ HOST = "or-01"
 END = "end-of-test-marker"
 
 
+AUDITED = ("kill", "arm", "roster", "audit_event", "scope")  # loaded after prelude.lua
+
+
 def source(name: str) -> str:
     """The script as `Store` loads it (looked up at call time, so a Lua mutant applies here too)."""
+    if name in AUDITED:
+        return store_module.audited_script(name)
     return store_module._script(name)
 
 
@@ -69,6 +75,17 @@ async def audit(redis: Redis, k: NodeKeys) -> list[dict[str, str]]:
     return [fields for _id, fields in entries]
 
 
+async def chained(redis: Redis, k: NodeKeys) -> list[dict[str, str]]:
+    """The audit entries, after checking they form one intact chain ending at the head."""
+    entries: Any = await redis.xrange(k.audit)
+    head = await redis.hgetall(k.audit_head)
+    verdict = verify(entries, parse_head(head))
+    assert verdict.ok, verdict
+    if entries:
+        assert head["id"] == entries[-1][0]
+    return [fields for _id, fields in entries]
+
+
 async def server_ms(redis: Redis) -> int:
     secs, micros = await redis.time()
     return int(secs) * 1000 + int(micros) // 1000
@@ -85,12 +102,13 @@ async def kill(
     only_if_armed: bool = False,
     fence: str = "",
     action: str = "kill",
+    ceiling: int = 0,
 ) -> list[str]:
     return await run(
         redis,
         "kill",
-        [k.state, k.audit, k.leader],
-        ["alice", "drill", "manual", floor, k.events, action, int(only_if_armed), fence],
+        [k.state, k.audit, k.leader, k.audit_head],
+        ["alice", "drill", "manual", floor, k.events, action, int(only_if_armed), fence, ceiling],
     )
 
 
@@ -100,7 +118,8 @@ class TestKillLua:
     async def test_fenced_when_the_lease_is_held_by_another(
         self, redis: Redis, k: NodeKeys, events: PubSub
     ) -> None:
-        """A caller fencing on a lease token it no longer holds is refused `fenced`; nothing is written."""
+        """A caller fencing on a lease token it no longer holds is refused `fenced`: the state is
+        untouched, nothing is announced, and the refusal is the one (chained) audit entry."""
         await redis.hset(k.state, mapping={"state": "ARMED", "epoch": 4, "ver": 2})
         await redis.set(k.leader, "agg-b:token")
         before = await server_ms(redis)
@@ -110,7 +129,9 @@ class TestKillLua:
         assert int(res[3]) >= before
         assert res[4:] == ["ARMED", "fenced"]
         assert await redis.hgetall(k.state) == {"state": "ARMED", "epoch": "4", "ver": "2"}
-        assert await audit(redis, k) == []
+        (entry,) = await chained(redis, k)
+        assert (entry["action"], entry["attempt"], entry["refused"]) == ("refused", "kill", "fenced")
+        assert (entry["actor"], entry["epoch"], entry["prev_state"]) == ("alice", "4", "ARMED")
         assert await published(redis, events, k) == []
 
     async def test_fenced_when_the_lease_expired(self, redis: Redis, k: NodeKeys) -> None:
@@ -139,7 +160,7 @@ class TestKillLua:
         state = await redis.hgetall(k.state)
         assert (state["state"], state["epoch"], state["ver"]) == ("KILLED", "5", "3")
         assert state["killed_ms"] == state["ts_ms"] == res[3]
-        (entry,) = await audit(redis, k)
+        (entry,) = await chained(redis, k)
         assert entry["action"] == "trip"
         assert (entry["prev_state"], entry["prev_epoch"], entry["epoch"]) == ("ARMED", "4", "5")
         assert await published(redis, events, k) == [(k.events, "KILLED 5 3")]
@@ -184,7 +205,7 @@ class TestKillLua:
         res = await kill(redis, k, floor=12)
         assert res[:3] == ["1", "13", "1"]
         assert res[4:] == ["", ""]
-        (entry,) = await audit(redis, k)
+        (entry,) = await chained(redis, k)
         assert (entry["prev_state"], entry["prev_epoch"], entry["actor"]) == ("", "0", "alice")
         assert (entry["reason"], entry["cause"]) == ("drill", "manual")
         assert await published(redis, events, k) == [(k.events, "KILLED 13 1")]
@@ -206,9 +227,12 @@ class TestKillLua:
 # -- arm.lua ----------------------------------------------------------------------------------
 
 
-async def arm(redis: Redis, k: NodeKeys, floor: int = 0) -> list[str]:
+async def arm(redis: Redis, k: NodeKeys, floor: int = 0, ceiling: int = 0) -> list[str]:
     return await run(
-        redis, "arm", [k.state, k.audit], ["alice", "open", "alice,bob", floor, k.events]
+        redis,
+        "arm",
+        [k.state, k.audit, k.audit_head],
+        ["alice", "open", "alice,bob", floor, k.events, ceiling],
     )
 
 
@@ -251,7 +275,7 @@ class TestArmLua:
         assert (state["state"], state["epoch"], state["ver"]) == ("ARMED", "9", "5")
         assert (state["approvers"], state["cause"], state["actor"]) == ("alice,bob", "", "alice")
         assert state["armed_ms"] == state["ts_ms"] == res[3]
-        (entry,) = await audit(redis, k)
+        (entry,) = await chained(redis, k)
         assert (entry["action"], entry["prev_state"], entry["prev_epoch"]) == ("arm", "KILLED", "8")
         assert await published(redis, events, k) == [(k.events, "ARMED 9 5")]
 
@@ -276,14 +300,14 @@ class TestLeaseLua:
 
     async def test_acquire_a_free_lease(self, redis: Redis, k: NodeKeys) -> None:
         """Nobody holds it: the caller takes it with the given expiry on server time."""
-        assert await lease(redis, k, "a", 5000) == ["1", "a", "5000"]
+        assert await lease(redis, k, "a", 5000) == ["1", "a", "5000", ""]
         assert await redis.get(k.leader) == "a"
         assert 0 < await redis.pttl(k.leader) <= 5000
 
     async def test_renew_a_held_lease(self, redis: Redis, k: NodeKeys) -> None:
         """The holder extends its own lease (compare and extend)."""
         await redis.set(k.leader, "a", px=100)
-        assert await lease(redis, k, "a", 60000) == ["1", "a", "60000"]
+        assert await lease(redis, k, "a", 60000) == ["1", "a", "60000", ""]
         assert await redis.pttl(k.leader) > 1000
 
     async def test_held_by_another(self, redis: Redis, k: NodeKeys) -> None:
@@ -297,13 +321,13 @@ class TestLeaseLua:
     async def test_release_a_held_lease(self, redis: Redis, k: NodeKeys) -> None:
         """ttl 0 from the holder deletes the lease."""
         await redis.set(k.leader, "a", px=60000)
-        assert await lease(redis, k, "a", 0) == ["0", "", "0"]
+        assert await lease(redis, k, "a", 0) == ["0", "", "0", ""]
         assert await redis.exists(k.leader) == 0
 
     async def test_release_by_a_non_holder_changes_nothing(self, redis: Redis, k: NodeKeys) -> None:
         """ttl 0 from anyone but the holder leaves the holder's lease in place."""
         await redis.set(k.leader, "b", px=60000)
-        assert await lease(redis, k, "a", 0) == ["0", "", "0"]
+        assert await lease(redis, k, "a", 0) == ["0", "", "0", ""]
         assert await redis.get(k.leader) == "b"
 
 
@@ -311,7 +335,7 @@ class TestLeaseLua:
 
 
 async def roster(redis: Redis, k: NodeKeys, *hosts: str) -> list[str]:
-    return await run(redis, "roster", [k.roster, k.audit], ["agg", *sorted(hosts)])
+    return await run(redis, "roster", [k.roster, k.audit, k.audit_head], ["agg", *sorted(hosts)])
 
 
 class TestRosterLua:
@@ -321,9 +345,9 @@ class TestRosterLua:
         """No roster yet: the hosts are stored and one audit entry records the change."""
         assert await roster(redis, k, "or-02", "or-01") == ["1"]
         assert await redis.smembers(k.roster) == {"or-01", "or-02"}
-        (entry,) = await audit(redis, k)
+        (entry,) = await chained(redis, k)
         assert (entry["action"], entry["actor"]) == ("roster", "agg")
-        assert (entry["reason"], entry["prev"]) == ("roster set to or-01,or-02", "")
+        assert (entry["reason"], entry["prev_roster"]) == ("roster set to or-01,or-02", "")
 
     async def test_same_roster_is_a_no_op(self, redis: Redis, k: NodeKeys) -> None:
         """The same hosts again: reply 0 and no audit entry."""
@@ -342,9 +366,9 @@ class TestRosterLua:
         await roster(redis, k, "or-01", "or-02")
         assert await roster(redis, k, *hosts) == ["1"]
         assert await redis.smembers(k.roster) == set(hosts)
-        entries = await audit(redis, k)
+        entries = await chained(redis, k)
         assert len(entries) == 2
-        assert entries[1]["prev"] == "or-01,or-02"
+        assert entries[1]["prev_roster"] == "or-01,or-02"
 
 
 # -- flush.lua --------------------------------------------------------------------------------
@@ -362,13 +386,18 @@ def flush_args(
     confirm: tuple[int, int] = (0, 0),
     held: int = 0,
     confirmed: tuple[int, int] = (0, 0),
+    cancels: int = 0,
+    limited: int = 0,
+    acked_extra: tuple[int, int] = (0, 0),
+    extra: Sequence[str] = (),
 ) -> tuple[list[str], list[Any]]:
     hk = k.host(HOST)
-    keys = [k.state, hk.report, hk.flow, hk.confirm]
+    keys = [hk.report, hk.flow, hk.confirm]
     args: list[Any] = [
         boot, allowed, blocked, acked[0], acked[1], max_epoch, view, "open", "1.500", 1000, "",
         900000, confirm[0], confirm[1], k.confirms, HOST, "1.2.3", 4242, held,
-        confirmed[0], confirmed[1],
+        confirmed[0], confirmed[1], cancels, limited, acked_extra[0], acked_extra[1],
+        k.state, k.scopes, *extra,
     ]  # fmt: skip
     return keys, args
 
@@ -423,7 +452,7 @@ class TestFlushLuaCounts:
         assert rep == {
             "boot": "b1", "allowed": "3", "blocked": "1", "max_epoch": "4", "view": "ARMED",
             "gate": "open", "orders_per_s": "1.500", "stale_after_ms": "1000", "regression": "",
-            "version": "1.2.3", "pid": "4242",
+            "version": "1.2.3", "pid": "4242", "cancels": "0", "limited": "0",
         }  # fmt: skip
 
     async def test_reply_without_a_state(self, redis: Redis, k: NodeKeys) -> None:
@@ -561,19 +590,19 @@ class TestScriptsAreAtomic:
         results = await asyncio.gather(*(kill(redis, k) for _ in range(20)))
         assert {r[1] for r in results} == {"5"}
         assert sorted(int(r[2]) for r in results) == list(range(1, 21))
-        assert len(await audit(redis, k)) == 20
+        assert len(await chained(redis, k)) == 20
 
 
 # -- read.lua ---------------------------------------------------------------------------------
 
 
 async def read(redis: Redis, k: NodeKeys, hosts: Sequence[str], after: Sequence[str] | None) -> Any:
-    keys = [k.state, k.aggregator, k.leader, k.roster]
+    keys = [k.state, k.aggregator, k.leader, k.roster, k.scopes]
     for h in hosts:
         hk = k.host(h)
         keys += [hk.report, hk.confirm, hk.flow]
     args = ["1" if after is not None else "0", *(after or [])]
-    return await redis.eval(store_module._script("read"), len(keys), *keys, *args)  # type: ignore[misc]
+    return await redis.eval(source("read"), len(keys), *keys, *args)  # type: ignore[misc]
 
 
 class TestReadLua:
@@ -585,7 +614,7 @@ class TestReadLua:
         res = await read(redis, k, [], None)
         secs, micros = res[0]
         assert int(secs) * 1000 + int(micros) // 1000 >= before
-        assert res[1:] == [[], [], "", 0]
+        assert res[1:] == [[], [], "", 0, -2, 0, []]
 
     async def test_read_without_flows(self, redis: Redis, k: NodeKeys) -> None:
         """Per host its report and confirmation, in roster order, and no flow entries."""
@@ -599,7 +628,7 @@ class TestReadLua:
         res = await read(redis, k, ["or-01", "or-02"], None)
         assert res[1:] == [
             ["state", "ARMED", "epoch", "2"], ["limit", "5"], "agg-a", 1,
-            [], ["epoch", "2"], ["view", "ARMED"], [],
+            [], ["epoch", "2"], ["view", "ARMED"], [], -1, 0, [],
         ]  # fmt: skip
 
     async def test_read_with_flows_from_the_start(self, redis: Redis, k: NodeKeys) -> None:
