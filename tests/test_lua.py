@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from redis.asyncio.client import PubSub
 from killswitch.core.auditchain import parse_head, verify
 from killswitch.store import store as store_module
 from killswitch.store.keys import NodeKeys
+from killswitch.testing.mutants import check_catalogue
 
 HOST = "or-01"
 END = "end-of-test-marker"
@@ -928,3 +930,12 @@ class TestReadLua:
         await redis.set(k.host(HOST).flow, "junk")
         res = await read(redis, k, [HOST], [""])
         assert res[1:] == [[], [], "", 0, [], [], [], -1, 7, []]
+
+
+class TestMutantCatalogue:
+    """The Lua mutant catalogue tracks the scripts these tests cover."""
+
+    def test_every_mutant_text_occurs_once(self) -> None:
+        """Each catalogued mutant's text occurs exactly once in its script (else it tests nothing)."""
+        root = Path(store_module.__file__).resolve().parents[2]
+        assert check_catalogue(root) == []
