@@ -51,7 +51,7 @@ if d_allowed > 0 or d_blocked > 0 or d_cancels > 0 then
   redis.call('XADD', KEYS[2], 'MINID', '~', tostring(now - tonumber(ARGV[12])), '*',
     unpack(entry))
 end
-if #ARGV > 25 then
+if #ARGV > 27 then
   redis.call('HSET', KEYS[1], unpack(ARGV, 28))
 end
 
