@@ -23,13 +23,14 @@ from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio import Redis
 
 from killswitch.core.bounds import parse_uint, plausible_epoch
-from killswitch.core.gate import LIMIT, BlockLogBudget, Gate
+from killswitch.core.gate import LIMIT, Gate
 from killswitch.core.scope import Scopes, newer, parse_scopes
 from killswitch.core.state import HostView, NodeState, boot_view, observe
 from killswitch.core.version import __version__
 from killswitch.runtime import logs
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.service import run_until_signalled
+from killswitch.sidecar.blocklog import BlockSummaries
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.memory import Memory
 from killswitch.sidecar.metrics import SidecarCollector
@@ -40,8 +41,6 @@ from killswitch.store.redisconn import classify, connect, endpoint, scrub
 from killswitch.store.store import FlushReport, Store
 
 log = structlog.get_logger("killswitch.sidecar.service")
-
-BLOCK_LINES_PER_S = 1000  # per-order BLOCK_ORDER lines a second; beyond, summaries each second
 
 
 class Sidecar:
@@ -73,12 +72,10 @@ class Sidecar:
         self._problem_epoch: int | None = None  # first epoch read while the file was unreadable
         self._fail_streak = 0
         self._held_recorded = 0  # epoch of a kill notice already recorded locally (0: none)
-        self.block_budget = BlockLogBudget(BLOCK_LINES_PER_S, clock)
-        self._block_reported: dict[str, int] = {}
-        self._block_summary_at = clock()
+        self.blocks = BlockSummaries(self.log, clock)
         self.gate = Gate(
             settings.node, settings.host, view=view, clock=clock, log=self.log,
-            log_budget=self.block_budget, limits=settings.limits,
+            log_budget=self.blocks.budget, limits=settings.limits,
         )  # fmt: skip
         self.boot = uuid.uuid4().hex[:12]
         self.acked = (0, 0)
@@ -189,7 +186,7 @@ class Sidecar:
         return len(srv.connections), srv.refused + srv.evicted + srv.timed_out
 
     def summarized_lines(self) -> int:
-        return logs.summarized() + sum(self.block_budget.skipped.values())
+        return logs.summarized() + self.blocks.skipped()
 
     def problem(self) -> str:
         """Why this sidecar cannot do its job right now ("" when it can); /healthz shows it.
@@ -211,7 +208,7 @@ class Sidecar:
                 if self._loop_problem:
                     self.log.info("SYNC_LOOP_RECOVERED", reason=self._loop_problem)
                     self._loop_problem = ""
-            if self.clock() - self._block_summary_at >= 1.0:
+            if self.blocks.due():
                 self.report_skipped_blocks()
             wait = self.s.flush_interval - (self.clock() - started)
             if wait > 0 and not self._wake.is_set():
@@ -289,21 +286,8 @@ class Sidecar:
         return True
 
     def report_skipped_blocks(self) -> int:
-        """Log one BLOCK_ORDER summary with the exact count per reason of the blocked orders
-        not logged one by one since the last summary; returns how many it covered."""
-        self._block_summary_at = self.clock()
-        now = dict(self.block_budget.skipped)  # a copy: the order path may add meanwhile
-        diff = {r: n - self._block_reported.get(r, 0) for r, n in sorted(now.items())}
-        diff = {r: n for r, n in diff.items() if n}
-        if not diff:
-            return 0
-        self._block_reported = now
-        total = sum(diff.values())
-        self.log.warning(
-            "BLOCK_ORDER", summary=True, blocked=total, counts=diff,
-            epoch=self.gate.status()[1], note="per-order lines over the log budget",
-        )  # fmt: skip
-        return total
+        """Log the summary of blocked orders counted instead of logged (see BlockSummaries)."""
+        return self.blocks.report(self.gate.status()[1])
 
     def _loop_failed(self, e: Exception) -> None:
         """Close the gate, count, log and remember why; the loop retries on its next turn."""
