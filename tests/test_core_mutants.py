@@ -27,7 +27,8 @@ class TestHostStatusJson:
         assert s.to_json() == {
             "alive": True, "age_s": 0.123, "gate": "open", "epoch": 7, "orders_per_s": 12.35,
             "view": "ARMED", "allowed": 10, "blocked": 2, "confirmed_epoch": 7,
-            "regression": "r",
+            "regression": "r", "cancels": 0, "limited": 0, "subscribers": 0, "flat_epoch": 0,
+            "on_kill": {"epoch": 0, "status": ""}, "limits_digest": "",
         }  # fmt: skip
 
     def test_alive_report_missing_fields_has_defaults(self) -> None:
@@ -42,9 +43,11 @@ class TestHostStatusJson:
         assert {h: s.host for h, s in q.hosts.items()} == {"or-01": "or-01", "or-02": "or-02"}
 
     def test_epoch_one_confirms(self) -> None:
-        """The first epoch a node ever takes (1) is confirmed like any other."""
+        """The first epoch a node ever takes (1) is confirmed like any other (kill confirmed by
+        a host whose own report agrees: gate closed at epoch 1)."""
         confirms = {"or-01": {"epoch": "1", "ver": "1", "applied_ms": str(NOW)}}
-        q = quorum(["or-01"], 1, 1, {}, confirms, NOW)
+        reports = {"or-01": {"ts_ms": str(NOW), "gate": "closed", "max_epoch": "1"}}
+        q = quorum(["or-01"], 1, 1, reports, confirms, NOW)
         assert q.confirmed == ("or-01",)
         assert q.complete
 

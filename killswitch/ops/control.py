@@ -15,6 +15,7 @@ from typing import Any
 from killswitch.core.bounds import MAX_EPOCH_JUMP, parse_uint, uint_or
 from killswitch.core.leader import instance_of
 from killswitch.core.roster import (
+    DEFAULT_ALIVE_MS,
     Quorum,
     epoch_floor,
     flat_hosts,
@@ -108,23 +109,30 @@ def _junk(snap: NodeSnapshot, q: Quorum) -> list[str]:
     return out
 
 
-async def status(store: Store) -> Outcome:
+async def status(store: Store, *, alive_ms: int = DEFAULT_ALIVE_MS) -> Outcome:
+    """The node now; a host counts as alive per `alive_ms`, the node's liveness bound."""
     snap = await store.snapshot()
-    q = _quorum(snap)
+    q = _quorum(snap, alive_ms)
     report = node_report(snap, q)
     report["node"] = store.node
     return Outcome(EXIT_OK, report)
 
 
 async def kill(
-    store: Store, *, reason: str, operator: str, timeout: float, cause: str = "operator"
+    store: Store,
+    *,
+    reason: str,
+    operator: str,
+    timeout: float,
+    cause: str = "operator",
+    alive_ms: int = DEFAULT_ALIVE_MS,
 ) -> Outcome:
     async with store.confirmations() as wake:
         before = await store.snapshot()
-        floor = epoch_floor(_quorum(before).hosts, uint_or(before.state.get("epoch")))
+        floor = epoch_floor(_quorum(before, alive_ms).hosts, uint_or(before.state.get("epoch")))
         res = await store.kill(actor=operator, reason=reason, cause=cause, floor=floor)
         replicated = store.concurrently(_replicas_acked(store, min(timeout, REPLICA_WAIT_S)))
-        snap, q = await _wait_for_quorum(store, before.roster, wake, timeout)
+        snap, q = await _wait_for_quorum(store, before.roster, wake, timeout, alive_ms)
         acked = await replicated
     report = node_report(snap, q)
     report["node"] = store.node
@@ -144,7 +152,15 @@ async def kill(
     return Outcome(EXIT_UNCONFIRMED, report, _missing_message(q, timeout))
 
 
-async def arm(store: Store, *, approvers: Sequence[str], reason: str, timeout: float) -> Outcome:
+async def arm(
+    store: Store,
+    *,
+    approvers: Sequence[str],
+    reason: str,
+    timeout: float,
+    alive_ms: int = DEFAULT_ALIVE_MS,
+) -> Outcome:
+    """Arm with a new epoch; refused unless every roster host is alive per `alive_ms`."""
     distinct = sorted({a.strip().lower() for a in approvers if a.strip()})
     if len(distinct) < 2:
         await _audit_refusal(
@@ -156,7 +172,7 @@ async def arm(store: Store, *, approvers: Sequence[str], reason: str, timeout: f
             "refused: arming needs two distinct approvers (--approver A --approver B)",
         )
     before = await store.snapshot()
-    q0 = _quorum(before)
+    q0 = _quorum(before, alive_ms)
     if not before.roster:
         await _audit_refusal(store, "arm", "+".join(distinct), reason, "no roster")
         return Outcome(
@@ -184,7 +200,7 @@ async def arm(store: Store, *, approvers: Sequence[str], reason: str, timeout: f
             approvers=distinct,
             floor=epoch_floor(q0.hosts, uint_or(before.state.get("epoch"))),
         )
-        snap, q = await _wait_for_quorum(store, before.roster, wake, timeout)
+        snap, q = await _wait_for_quorum(store, before.roster, wake, timeout, alive_ms)
     report = node_report(snap, q)
     report["node"] = store.node
     report["changed"] = res.changed
@@ -218,11 +234,11 @@ async def _replicas_acked(store: Store, timeout: float) -> int | None:
         return None
 
 
-def _quorum(snap: NodeSnapshot) -> Quorum:
+def _quorum(snap: NodeSnapshot, alive_ms: int = DEFAULT_ALIVE_MS) -> Quorum:
     st = snap.state
     return quorum(
         snap.roster, uint_or(st.get("epoch")), uint_or(st.get("ver")),
-        snap.reports, snap.confirms, snap.now_ms, st.get("state") or "",
+        snap.reports, snap.confirms, snap.now_ms, st.get("state") or "", alive_ms,
     )  # fmt: skip
 
 
@@ -246,13 +262,17 @@ def _missing_message(q: Quorum, timeout: float) -> str:
 
 
 async def _wait_for_quorum(
-    store: Store, roster: Sequence[str], wake: Wake, timeout: float
+    store: Store,
+    roster: Sequence[str],
+    wake: Wake,
+    timeout: float,
+    alive_ms: int = DEFAULT_ALIVE_MS,
 ) -> tuple[NodeSnapshot, Quorum]:
     deadline = time.monotonic() + timeout
     while True:
         wake.clear()
         snap = await store.snapshot(roster)
-        q = _quorum(snap)
+        q = _quorum(snap, alive_ms)
         left = deadline - time.monotonic()
         if q.complete or left <= 0 or not roster:
             return snap, q
