@@ -17,6 +17,8 @@ ALL = [
     "rules_latency",
     "faults",
     "scale",
+    "blocked_flood",
+    "gate_flood",
     "audit_cost",
 ]
 

@@ -43,7 +43,8 @@ class TestHostStatusJson:
         assert {h: s.host for h, s in q.hosts.items()} == {"or-01": "or-01", "or-02": "or-02"}
 
     def test_epoch_one_confirms(self) -> None:
-        """The first epoch a node ever takes (1) is confirmed like any other."""
+        """The first epoch a node ever takes (1) is confirmed like any other (kill confirmed by
+        a host whose own report agrees: gate closed at epoch 1)."""
         confirms = {"or-01": {"epoch": "1", "ver": "1", "applied_ms": str(NOW)}}
         report = {"ts_ms": str(NOW), "stale_after_ms": "1000", "gate": "closed", "max_epoch": "1"}
         q = quorum(["or-01"], 1, 1, {"or-01": report}, confirms, NOW)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from killswitch.core.gate import Gate
 from killswitch.core.protocol import MAX_LINE
 from killswitch.core.state import HostView, NodeState
 from killswitch.runtime.config import ListenAddr
+from killswitch.runtime.errors import StartupError
 from killswitch.sidecar.gateserver import GateProtocol, GateServer
 
 T0 = 1000.0
@@ -299,9 +303,12 @@ class TestGateServerLifecycle:
         assert srv.bound_ports() == []
 
     async def test_stale_socket_file_is_replaced(self, gate: Gate, tmp_path: Path) -> None:
-        """A socket file left by a crashed run does not stop the server from binding."""
+        """A socket left by a crashed run (nobody listening) does not stop the server binding."""
         sock = tmp_path / "stale.sock"
-        sock.write_text("left over")
+        dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dead.bind(str(sock))
+        dead.close()  # the file stays, as after a crash
+        assert stat.S_ISSOCK(sock.lstat().st_mode)
         srv = GateServer(gate, [ListenAddr("unix", path=str(sock))], logger=CapturingLogger())
         await srv.start()
         try:
@@ -309,5 +316,167 @@ class TestGateServerLifecycle:
             assert await ask((reader, writer), b"PING") == b"PONG ARMED 3\n"
             writer.close()
             await writer.wait_closed()
+        finally:
+            await srv.stop()
+
+    async def test_regular_file_at_listen_path_is_refused_and_kept(
+        self, gate: Gate, tmp_path: Path
+    ) -> None:
+        """A file that is not a socket is never removed: start() refuses (exit 2) naming it."""
+        path = tmp_path / "important.db"
+        path.write_text("precious")
+        srv = GateServer(gate, [ListenAddr("unix", path=str(path))], logger=CapturingLogger())
+        with pytest.raises(StartupError, match="not a socket") as info:
+            await srv.start()
+        assert info.value.code == 2
+        assert path.read_text() == "precious"
+
+    async def test_live_socket_of_another_server_is_not_taken_over(
+        self, gate: Gate, tmp_path: Path
+    ) -> None:
+        """A second server on a path a live one serves refuses, and the first keeps serving."""
+        sock = tmp_path / "live.sock"
+        first = GateServer(gate, [ListenAddr("unix", path=str(sock))], logger=CapturingLogger())
+        await first.start()
+        try:
+            second = GateServer(
+                gate, [ListenAddr("unix", path=str(sock))], logger=CapturingLogger()
+            )
+            with pytest.raises(StartupError, match="another live process"):
+                await second.start()
+            await second.stop()  # must not remove the first server's socket
+            reader, writer = await asyncio.open_unix_connection(str(sock))
+            assert await ask((reader, writer), b"PING") == b"PONG ARMED 3\n"
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            await first.stop()
+
+    async def test_tcp_port_in_use_is_one_line_startup_error(self, gate: Gate) -> None:
+        """Binding a TCP port another socket holds raises StartupError naming the address."""
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        try:
+            srv = GateServer(
+                gate, [ListenAddr("tcp", host="127.0.0.1", port=port)], logger=CapturingLogger()
+            )
+            with pytest.raises(StartupError, match=f"tcp:127.0.0.1:{port}") as info:
+                await srv.start()
+            assert "\n" not in str(info.value)
+        finally:
+            holder.close()
+
+    @pytest.mark.parametrize(("mode", "umask"), [(0o660, 0o000), (0o600, 0o022), (0o666, 0o077)])
+    async def test_socket_mode_is_exact_whatever_the_umask(
+        self, gate: Gate, tmp_path: Path, mode: int, umask: int
+    ) -> None:
+        """--socket-mode sets the unix socket's permission bits exactly, not via the umask."""
+        sock = tmp_path / "m.sock"
+        old = os.umask(umask)
+        try:
+            srv = GateServer(
+                gate, [ListenAddr("unix", path=str(sock))], logger=CapturingLogger(),
+                socket_mode=mode, socket_gid=os.getgid(),
+            )  # fmt: skip
+            await srv.start()
+        finally:
+            os.umask(old)
+        try:
+            assert stat.S_IMODE(sock.stat().st_mode) == mode
+            assert sock.stat().st_gid == os.getgid()
+        finally:
+            await srv.stop()
+
+
+class TestGateServerLimits:
+    """No client, or crowd of clients, can lock a real client out of the gate."""
+
+    async def test_partial_line_is_closed_after_line_timeout(
+        self, gate: Gate, tmp_path: Path
+    ) -> None:
+        """A client holding a line without its newline gets ERR line timeout and is closed."""
+        sock = tmp_path / "t.sock"
+        srv = GateServer(
+            gate, [ListenAddr("unix", path=str(sock))], logger=CapturingLogger(), line_timeout=0.2
+        )
+        await srv.start()
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(sock))
+            writer.write(b"PING\nORDER 1 AAPL BU")
+            await writer.drain()
+            async with asyncio.timeout(10):
+                assert await reader.readline() == b"PONG ARMED 3\n"
+                assert (await reader.readline()).startswith(b"ERR line timeout")
+                assert await reader.read() == b""
+            assert srv.timed_out == 1 and gate.allowed == 0
+            writer.close()
+        finally:
+            await srv.stop()
+
+    async def test_idle_complete_lines_are_not_timed_out(self, gate: Gate, tmp_path: Path) -> None:
+        """A client that only ever sends whole lines may stay idle past the line timeout."""
+        sock = tmp_path / "i.sock"
+        srv = GateServer(
+            gate, [ListenAddr("unix", path=str(sock))], logger=CapturingLogger(), line_timeout=0.1
+        )
+        await srv.start()
+        try:
+            conn = await asyncio.open_unix_connection(str(sock))
+            assert await ask(conn, b"PING") == b"PONG ARMED 3\n"
+            # Several reaper passes, each well past the line timeout since the last request.
+            sweeps = srv.sweeps
+            await until(lambda: srv.sweeps >= sweeps + 8, 10.0)
+            assert len(srv.connections) == 1
+            assert await ask(conn, b"PING") == b"PONG ARMED 3\n"
+            assert srv.timed_out == 0
+            conn[1].close()
+        finally:
+            await srv.stop()
+
+    async def test_cap_evicts_silent_connections_for_a_real_client(
+        self, gate: Gate, tmp_path: Path
+    ) -> None:
+        """At the cap, the oldest connection that never sent a request makes room."""
+        sock = tmp_path / "c.sock"
+        srv = GateServer(
+            gate, [ListenAddr("unix", path=str(sock))], logger=CapturingLogger(), max_conns=8
+        )
+        await srv.start()
+        try:
+            squatters = [await asyncio.open_unix_connection(str(sock)) for _ in range(8)]
+            await until(lambda: len(srv.connections) == 8)
+            real = await asyncio.open_unix_connection(str(sock))
+            assert await ask(real, b"ORDER r1 AAPL BUY 1") == b"ALLOW r1 3\n"
+            assert srv.evicted == 1 and len(srv.connections) == 8
+            async with asyncio.timeout(5):
+                assert (await squatters[0][0].readline()).startswith(b"ERR closed")
+            for _, w in [*squatters, real]:
+                w.close()
+        finally:
+            await srv.stop()
+
+    async def test_cap_full_of_talking_clients_refuses_newcomer_with_err(
+        self, gate: Gate, tmp_path: Path
+    ) -> None:
+        """When every connection at the cap has spoken, the newcomer gets ERR and is closed."""
+        sock = tmp_path / "f.sock"
+        srv = GateServer(
+            gate, [ListenAddr("unix", path=str(sock))], logger=CapturingLogger(), max_conns=4
+        )
+        await srv.start()
+        try:
+            talkers = [await asyncio.open_unix_connection(str(sock)) for _ in range(4)]
+            for c in talkers:
+                assert await ask(c, b"PING") == b"PONG ARMED 3\n"
+            reader, writer = await asyncio.open_unix_connection(str(sock))
+            async with asyncio.timeout(5):
+                assert (await reader.readline()).startswith(b"ERR too many connections")
+                assert await reader.read() == b""
+            assert srv.refused == 1
+            assert await ask(talkers[0], b"PING") == b"PONG ARMED 3\n"  # the others are fine
+            for _, w in [*talkers, (reader, writer)]:
+                w.close()
         finally:
             await srv.stop()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from killswitch.core.state import NodeState
-from killswitch.store.localstate import LocalState
+from killswitch.store.localstate import LocalState, prepare_dir
 
 
 class TestLocalState:
@@ -41,13 +43,62 @@ class TestLocalState:
         assert ls.load() == (2, NodeState.ARMED, "")
 
     def test_atomic_write_leaves_no_tmp(self, tmp_path: Path) -> None:
-        """After save() only the state file itself is left, even over a leftover temp file."""
+        """After save() only the state file itself is left; a stranger's temp file is not used."""
         ls = LocalState(tmp_path, "smars", "or-01")
-        ls.path.with_suffix(".tmp").write_text("half-written by a crashed run")
+        leftover = ls.path.with_suffix(".tmp")
+        leftover.write_text("half-written by a crashed run")
         ls.save(5, NodeState.KILLED)
         ls.save(6, NodeState.ARMED)
-        assert [p.name for p in tmp_path.iterdir()] == [ls.path.name]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ls.path.name, leftover.name])
+        assert leftover.read_text() == "half-written by a crashed run"
         assert json.loads(ls.path.read_text()) == {"max_epoch": 6, "max_state": "ARMED"}
+
+    def test_file_mode_is_0600_whatever_the_umask(self, tmp_path: Path) -> None:
+        """The state file is readable and writable by its owner only, even under umask 000."""
+        old = os.umask(0)
+        try:
+            LocalState(tmp_path / "d", "smars", "or-01").save(3, NodeState.ARMED)
+        finally:
+            os.umask(old)
+        path = tmp_path / "d" / "smars@or-01.json"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+    def test_save_into_unwritable_place_raises_oserror_and_keeps_old(self, tmp_path: Path) -> None:
+        """A directory in the file's place makes save() raise OSError and leaves no temp file."""
+        ls = LocalState(tmp_path, "smars", "or-01")
+        ls.path.mkdir()
+        with pytest.raises(OSError):
+            ls.save(4, NodeState.KILLED)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [ls.path.name]
+
+    def test_prepare_dir_reports_unusable_directory(self, tmp_path: Path) -> None:
+        """prepare_dir() says why a path under a regular file cannot hold state; '' when fine."""
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        problem = prepare_dir(blocker / "state")
+        assert "cannot use" in problem and str(blocker) in problem
+        assert prepare_dir(tmp_path / "ok") == ""
+        assert list((tmp_path / "ok").iterdir()) == []  # the probe file is gone
+
+    def test_temp_names_are_unique_per_save(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Two writers in one directory never share a temporary file (a fixed name would)."""
+        a = LocalState(tmp_path, "smars", "or-01")
+        b = LocalState(tmp_path, "smars", "or-01")
+        seen: set[str] = set()
+        real_replace = os.replace
+
+        def spy(src: str, dst: str) -> None:
+            seen.add(os.path.basename(src))
+            real_replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", spy)
+        for i in range(5):
+            a.save(i, NodeState.ARMED)
+            b.save(i, NodeState.KILLED)
+        assert len(seen) == 10
 
     def test_files_are_per_node_and_host(self, tmp_path: Path) -> None:
         """Two hosts (or two nodes) sharing a directory keep separate epochs."""

@@ -8,15 +8,19 @@ mutant of a branch condition (`./dev mutants` runs a catalogue of them) fails at
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from killswitch.core.auditchain import parse_head, verify
 from killswitch.store import store as store_module
 from killswitch.store.keys import NodeKeys
+from killswitch.testing.mutants import check_catalogue
 
 HOST = "or-01"
 END = "end-of-test-marker"
@@ -73,6 +77,17 @@ async def audit(redis: Redis, k: NodeKeys) -> list[dict[str, str]]:
     return [fields for _id, fields in entries]
 
 
+async def chained(redis: Redis, k: NodeKeys) -> list[dict[str, str]]:
+    """The audit entries, after checking they form one intact chain ending at the head."""
+    entries: Any = await redis.xrange(k.audit)
+    head: Any = await redis.hgetall(k.audit_head)
+    verdict = verify(entries, parse_head(head))
+    assert verdict.ok, verdict
+    if entries:
+        assert head["id"] == entries[-1][0]
+    return [fields for _id, fields in entries]
+
+
 async def server_ms(redis: Redis) -> int:
     secs, micros = await redis.time()
     return int(secs) * 1000 + int(micros) // 1000
@@ -89,12 +104,13 @@ async def kill(
     only_if_armed: bool = False,
     fence: str = "",
     action: str = "kill",
+    ceiling: int = 0,
 ) -> list[str]:
     return await run(
         redis,
         "kill",
         [k.state, k.audit, k.leader, k.audit_head],
-        ["alice", "drill", "manual", floor, k.events, action, int(only_if_armed), fence, 0],
+        ["alice", "drill", "manual", floor, k.events, action, int(only_if_armed), fence, ceiling],
     )
 
 
@@ -104,8 +120,8 @@ class TestKillLua:
     async def test_fenced_when_the_lease_is_held_by_another(
         self, redis: Redis, k: NodeKeys, events: PubSub
     ) -> None:
-        """A caller fencing on a lease token it no longer holds is refused `fenced`: the state
-        is not written, no notice goes out, and the refusal is audited."""
+        """A caller fencing on a lease token it no longer holds is refused `fenced`: the state is
+        untouched, nothing is announced, and the refusal is the one (chained) audit entry."""
         await redis.hset(k.state, mapping={"state": "ARMED", "epoch": 4, "ver": 2})
         await redis.set(k.leader, "agg-b:token")
         before = await server_ms(redis)
@@ -115,12 +131,13 @@ class TestKillLua:
         assert int(res[3]) >= before
         assert res[4:] == ["ARMED", "fenced"]
         assert await redis.hgetall(k.state) == {"state": "ARMED", "epoch": "4", "ver": "2"}
-        (entry,) = await audit(redis, k)
+        (entry,) = await chained(redis, k)
         assert (entry["action"], entry["attempt"], entry["refused"]) == (
             "refused",
             "kill",
             "fenced",
         )
+        assert (entry["actor"], entry["epoch"], entry["prev_state"]) == ("alice", "4", "ARMED")
         assert await published(redis, events, k) == []
 
     async def test_fenced_when_the_lease_expired(self, redis: Redis, k: NodeKeys) -> None:
@@ -149,7 +166,7 @@ class TestKillLua:
         state = await redis.hgetall(k.state)
         assert (state["state"], state["epoch"], state["ver"]) == ("KILLED", "5", "3")
         assert state["killed_ms"] == state["ts_ms"] == res[3]
-        (entry,) = await audit(redis, k)
+        (entry,) = await chained(redis, k)
         assert entry["action"] == "trip"
         assert (entry["prev_state"], entry["prev_epoch"], entry["epoch"]) == ("ARMED", "4", "5")
         assert await published(redis, events, k) == [(k.events, "KILLED 5 3")]
@@ -168,7 +185,7 @@ class TestKillLua:
         assert res[1] == str(epoch)
         assert res[4:] == [state or "", "not_armed"]
         assert (await redis.hget(k.state, "epoch")) == (str(epoch) if state else None)
-        assert await audit(redis, k) == []
+        assert await chained(redis, k) == []
         assert await published(redis, events, k) == []
 
     async def test_rekill_keeps_the_epoch(self, redis: Redis, k: NodeKeys) -> None:
@@ -194,7 +211,7 @@ class TestKillLua:
         res = await kill(redis, k, floor=12)
         assert res[:3] == ["1", "13", "1"]
         assert res[4:] == ["", ""]
-        (entry,) = await audit(redis, k)
+        (entry,) = await chained(redis, k)
         assert (entry["prev_state"], entry["prev_epoch"], entry["actor"]) == ("", "0", "alice")
         assert (entry["reason"], entry["cause"]) == ("drill", "manual")
         assert await published(redis, events, k) == [(k.events, "KILLED 13 1")]
@@ -211,6 +228,54 @@ class TestKillLua:
         res = await kill(redis, k)
         assert res[:3] == ["1", "5", "10"]
         assert await redis.get(k.leader) is None
+
+
+class TestKillLuaJunk:
+    """kill.lua with junk in the stored state: the kill still happens and the audit names it."""
+
+    async def test_state_of_another_type_is_replaced(self, redis: Redis, k: NodeKeys) -> None:
+        """A node state key that is no hash (written by hand) is deleted and the kill goes on."""
+        await redis.set(k.state, "junk")
+        res = await kill(redis, k, floor=3)
+        assert res[:3] == ["1", "4", "1"]
+        assert await redis.hget(k.state, "state") == "KILLED"
+        (entry,) = await chained(redis, k)
+        assert entry["junk"] == "node state was a string, replaced"
+
+    @pytest.mark.parametrize("stored", ["1e29", "-3", "7.5", "9" * 30], ids=str)
+    async def test_unparsable_epoch_counts_as_zero(
+        self, redis: Redis, k: NodeKeys, stored: str
+    ) -> None:
+        """A stored epoch that is no plain bounded integer counts as 0: the floor decides."""
+        await redis.hset(k.state, mapping={"state": "KILLED", "epoch": stored, "ver": "x"})
+        res = await kill(redis, k, floor=5)
+        assert res[:3] == ["1", "6", "1"]
+        (entry,) = await chained(redis, k)
+        assert entry["junk"] == f"stored epoch {stored[:40]} ignored"
+        assert entry["prev_epoch"] == "0"
+
+    async def test_epoch_above_the_ceiling_is_ignored(self, redis: Redis, k: NodeKeys) -> None:
+        """A stored epoch above the ceiling (implausible jump) is ignored, not kept."""
+        await redis.hset(k.state, mapping={"state": "KILLED", "epoch": 1000, "ver": 2})
+        res = await kill(redis, k, floor=5, ceiling=100)
+        assert res[:3] == ["1", "6", "3"]
+        (entry,) = await chained(redis, k)
+        assert entry["junk"] == "stored epoch 1000 ignored"
+
+    async def test_epoch_at_the_ceiling_is_kept(self, redis: Redis, k: NodeKeys) -> None:
+        """A stored epoch at the ceiling is believed: a re-kill keeps it and no junk is noted."""
+        await redis.hset(k.state, mapping={"state": "KILLED", "epoch": 100, "ver": 2})
+        res = await kill(redis, k, floor=5, ceiling=100)
+        assert res[:3] == ["1", "100", "3"]
+        (entry,) = await chained(redis, k)
+        assert "junk" not in entry
+
+    async def test_leader_of_another_type_fences(self, redis: Redis, k: NodeKeys) -> None:
+        """A leader key of another type never matches a fence token: the trip is refused."""
+        await redis.hset(k.state, mapping={"state": "ARMED", "epoch": 4, "ver": 2})
+        await redis.sadd(k.leader, "agg-a:token")
+        res = await kill(redis, k, fence="agg-a:token", only_if_armed=True)
+        assert (res[0], res[5]) == ("0", "fenced")
 
 
 # -- arm.lua ----------------------------------------------------------------------------------
@@ -255,7 +320,7 @@ class TestArmLua:
         assert state["armed_ms"] == state["ts_ms"] == res[3]
         assert await redis.smembers(k.roster) == {"or-02", HOST}
         assert await redis.exists(k.pending_arm) == 0
-        (entry,) = await audit(redis, k)
+        (entry,) = await chained(redis, k)
         assert (entry["action"], entry["prev_state"], entry["prev_epoch"]) == ("arm", "KILLED", "8")
         assert entry["roster"] == f"or-02,{HOST}"
         assert await published(redis, events, k) == [(k.events, "ARMED 9 5")]
@@ -280,7 +345,7 @@ class TestArmLua:
         res = await arm(redis, k, epoch=epoch, lifts=lifts)
         assert (res[0], res[5]) == ("0", "moved")
         assert (await redis.hgetall(k.state))["state"] == "KILLED"
-        (entry,) = await audit(redis, k)
+        (entry,) = await chained(redis, k)
         assert (entry["action"], entry["attempt"], entry["refused"]) == ("refused", "arm", "moved")
 
     async def test_expired_is_refused_and_audited(self, redis: Redis, k: NodeKeys) -> None:
@@ -288,7 +353,7 @@ class TestArmLua:
         res = await arm(redis, k, epoch=1, expires_ms=1)
         assert (res[0], res[5]) == ("0", "expired")
         assert await redis.exists(k.state) == 0
-        (entry,) = await audit(redis, k)
+        (entry,) = await chained(redis, k)
         assert entry["refused"] == "expired"
 
     async def test_implausible_stored_epoch_counts_as_zero(self, redis: Redis, k: NodeKeys) -> None:
@@ -303,6 +368,13 @@ class TestArmLua:
         res = await arm(redis, k, epoch=1, roster=())
         assert res[0] == "1"
         assert await redis.smembers(k.roster) == {"or-09"}
+
+    async def test_arm_replaces_a_state_of_another_type(self, redis: Redis, k: NodeKeys) -> None:
+        """A node state key that is no hash is deleted and the node armed at the signed epoch."""
+        await redis.rpush(k.state, "junk")
+        res = await arm(redis, k, epoch=1)
+        assert res[:3] == ["1", "1", "1"]
+        assert await redis.hget(k.state, "state") == "ARMED"
 
 
 # -- lease.lua --------------------------------------------------------------------------------
@@ -347,6 +419,20 @@ class TestLeaseLua:
         assert await lease(redis, k, "a", 0) == ["0", "", "0", ""]
         assert await redis.get(k.leader) == "b"
 
+    async def test_lease_without_ttl_is_repaired(self, redis: Redis, k: NodeKeys) -> None:
+        """A lease with no TTL (hand-written) is deleted and the caller takes the lease."""
+        await redis.set(k.leader, "stuck")
+        assert await lease(redis, k, "a", 5000) == [
+            "1", "a", "5000", "lease without TTL held by stuck",
+        ]  # fmt: skip
+        assert 0 < await redis.pttl(k.leader) <= 5000
+
+    async def test_leader_of_another_type_is_repaired(self, redis: Redis, k: NodeKeys) -> None:
+        """A leader key of another type is deleted and the caller takes the lease."""
+        await redis.hset(k.leader, "x", "1")
+        assert await lease(redis, k, "a", 5000) == ["1", "a", "5000", "leader key of type hash"]
+        assert await redis.get(k.leader) == "a"
+
 
 # -- roster.lua -------------------------------------------------------------------------------
 
@@ -362,15 +448,15 @@ class TestRosterLua:
         """No roster yet: the hosts are stored and one audit entry records the change."""
         assert await roster(redis, k, "or-02", "or-01") == ["1"]
         assert await redis.smembers(k.roster) == {"or-01", "or-02"}
-        (entry,) = await audit(redis, k)
+        (entry,) = await chained(redis, k)
         assert (entry["action"], entry["actor"]) == ("roster", "agg")
-        assert (entry["reason"], entry["prev"]) == ("roster set to or-01,or-02", "")
+        assert (entry["reason"], entry["prev_roster"]) == ("roster set to or-01,or-02", "")
 
     async def test_same_roster_is_a_no_op(self, redis: Redis, k: NodeKeys) -> None:
         """The same hosts again: reply 0 and no audit entry."""
         await roster(redis, k, "or-01", "or-02")
         assert await roster(redis, k, "or-02", "or-01") == ["0"]
-        assert len(await audit(redis, k)) == 1
+        assert len(await chained(redis, k)) == 1
 
     @pytest.mark.parametrize(
         "hosts", [("or-01", "or-03"), ("or-01",), ("or-01", "or-02", "or-03")],
@@ -383,9 +469,17 @@ class TestRosterLua:
         await roster(redis, k, "or-01", "or-02")
         assert await roster(redis, k, *hosts) == ["1"]
         assert await redis.smembers(k.roster) == set(hosts)
-        entries = await audit(redis, k)
+        entries = await chained(redis, k)
         assert len(entries) == 2
         assert entries[1]["prev_roster"] == "or-01,or-02"
+
+    async def test_roster_of_another_type_is_replaced(self, redis: Redis, k: NodeKeys) -> None:
+        """A roster key that is no set is deleted and the hosts stored as a set."""
+        await redis.set(k.roster, "junk")
+        assert await roster(redis, k, "or-01") == ["1"]
+        assert await redis.smembers(k.roster) == {"or-01"}
+        (entry,) = await chained(redis, k)
+        assert entry["prev_roster"] == ""
 
 
 # -- flush.lua --------------------------------------------------------------------------------
@@ -405,13 +499,18 @@ def flush_args(
     confirmed: tuple[int, int] = (0, 0),
     proof_digest: str = "",
     refusal: str = "",
+    cancels: int = 0,
+    limited: int = 0,
+    acked_extra: tuple[int, int] = (0, 0),
+    extra: Sequence[str] = (),
 ) -> tuple[list[str], list[Any]]:
     hk = k.host(HOST)
     keys = [hk.report, hk.flow, hk.confirm, k.hosts]
     args: list[Any] = [
         boot, allowed, blocked, acked[0], acked[1], max_epoch, view, "open", "1.500", 1000, "",
         900000, confirm[0], confirm[1], k.confirms, HOST, "1.2.3", 4242, held,
-        confirmed[0], confirmed[1], 0, 0, 0, 0, k.state, k.scopes, proof_digest, refusal,
+        confirmed[0], confirmed[1], cancels, limited, acked_extra[0], acked_extra[1],
+        k.state, k.scopes, proof_digest, refusal, *extra,
     ]  # fmt: skip
     return keys, args
 
@@ -480,6 +579,44 @@ class TestFlushLuaCounts:
         await redis.hset(k.state, mapping={"state": "KILLED", "epoch": 3, "ver": 2, "reason": "r"})
         res = await flush(redis, k, max_epoch=3)
         assert res[:4] == ["KILLED", "3", "2", "r"]
+
+    async def test_cancels_and_limit_refusals_in_the_flow(self, redis: Redis, k: NodeKeys) -> None:
+        """Cancels and limit refusals add `c` and `l` to the flow entry; cancels alone write one."""
+        await flush(redis, k, allowed=2, blocked=3, cancels=4, limited=1)
+        await flush(redis, k, allowed=2, blocked=3, cancels=6, limited=1)
+        assert await flows(redis, k) == [
+            {"a": "2", "b": "3", "c": "4", "l": "1"}, {"a": "0", "b": "0", "c": "2"},
+        ]  # fmt: skip
+        rep = await redis.hmget(k.host(HOST).report, "cancels", "limited")
+        assert rep == ["6", "1"]
+
+    async def test_new_boot_counts_cancels_from_the_acknowledged_values(
+        self, redis: Redis, k: NodeKeys
+    ) -> None:
+        """A new boot counts cancels and limit refusals from what it had acknowledged."""
+        await flush(redis, k, boot="old", cancels=50, limited=50)
+        await flush(redis, k, boot="b1", blocked=3, cancels=9, limited=3, acked_extra=(7, 1))
+        assert (await flows(redis, k))[-1] == {"a": "0", "b": "3", "c": "2", "l": "2"}
+
+    async def test_extra_report_fields(self, redis: Redis, k: NodeKeys) -> None:
+        """Name, value pairs after the fixed arguments are written into the report as they are."""
+        await flush(redis, k, extra=["flat_epoch", "3", "limits_digest", "abc"])
+        rep = await redis.hmget(k.host(HOST).report, "flat_epoch", "limits_digest", "boot")
+        assert rep == ["3", "abc", "b1"]
+
+    async def test_reply_carries_the_scopes(self, redis: Redis, k: NodeKeys) -> None:
+        """The scopes hash follows the node state and the proof in the reply, read on the same
+        lease."""
+        await redis.hset(k.scopes, mapping={"_ver": "2", "host:or-01": "{}"})
+        res = await flush(redis, k)
+        assert len(res) == 12
+        assert dict(zip(res[8::2], res[9::2], strict=True)) == {"_ver": "2", "host:or-01": "{}"}
+
+    async def test_reply_without_scopes_ends_after_the_state(
+        self, redis: Redis, k: NodeKeys
+    ) -> None:
+        """No scopes stored: the reply is the eight fields of the state, confirmation and proof."""
+        assert len(await flush(redis, k)) == 8
 
 
 class TestFlushLuaConfirm:
@@ -595,6 +732,147 @@ class TestFlushLuaConfirm:
         assert (conf["epoch"], conf["ver"], conf["view"]) == ("6", "4", "KILLED")
 
 
+# -- scope.lua --------------------------------------------------------------------------------
+
+
+async def scope(
+    redis: Redis, k: NodeKeys, op: str, kind: str = "host", value: str = HOST, lifts_ver: int = 1
+) -> list[str]:
+    """A scoped kill, or a lift signed against node (0, 0) and scopes version `lifts_ver`."""
+    signed = [0, 0, lifts_ver, 2**50, "P", 0] if op == "arm" else []
+    return await run(
+        redis,
+        "scope",
+        [k.scopes, k.audit, k.state, k.audit_head, k.pending_arm],
+        [op, kind, value, "alice", "drill", "alice,bob" if op == "arm" else "", k.events, *signed],
+    )
+
+
+class TestScopeLua:
+    """scope.lua: a scoped kill, a re-kill of an active scope, a lift, and a lift of nothing."""
+
+    async def test_kill_of_a_scope(self, redis: Redis, k: NodeKeys, events: PubSub) -> None:
+        """A scoped kill stores the scope at a new version, audits it and announces it."""
+        await redis.hset(k.state, mapping={"state": "ARMED", "epoch": 4, "ver": 1})
+        before = await server_ms(redis)
+        res = await scope(redis, k, "kill", "symbol", "XYZ")
+        assert res[:2] == ["1", "1"]
+        assert int(res[2]) >= before
+        stored = json.loads(await redis.hget(k.scopes, "symbol:XYZ") or "{}")
+        assert stored == {"ver": 1, "ts_ms": int(res[2]), "actor": "alice", "reason": "drill"}
+        assert await redis.hget(k.scopes, "_ver") == "1"
+        assert await redis.hgetall(k.state) == {"state": "ARMED", "epoch": "4", "ver": "1"}
+        (entry,) = await chained(redis, k)
+        assert (entry["action"], entry["scope"], entry["scope_ver"]) == (
+            "kill_symbol", "symbol:XYZ", "1",
+        )  # fmt: skip
+        assert (entry["state"], entry["epoch"], entry["approvers"]) == ("ARMED", "4", "")
+        assert await published(redis, events, k) == [(k.events, "SCOPE 1")]
+
+    async def test_kill_of_an_active_scope_bumps_its_version(
+        self, redis: Redis, k: NodeKeys
+    ) -> None:
+        """Killing an active scope again gives it a new version, so every host proves it again."""
+        await scope(redis, k, "kill")
+        res = await scope(redis, k, "kill")
+        assert res[:2] == ["1", "2"]
+        stored = json.loads(await redis.hget(k.scopes, f"host:{HOST}") or "{}")
+        assert stored["ver"] == 2
+        assert len(await chained(redis, k)) == 2
+
+    async def test_lift_of_an_active_scope(self, redis: Redis, k: NodeKeys, events: PubSub) -> None:
+        """Arming an active scope removes it at a new version, audited with its approvers."""
+        await scope(redis, k, "kill")
+        res = await scope(redis, k, "arm")
+        assert res[:2] == ["1", "2"]
+        assert await redis.hgetall(k.scopes) == {"_ver": "2"}
+        entries = await chained(redis, k)
+        assert (entries[1]["action"], entries[1]["approvers"]) == ("arm_host", "alice,bob")
+        assert (entries[1]["state"], entries[1]["epoch"]) == ("", "0")
+        assert await published(redis, events, k) == [(k.events, "SCOPE 1"), (k.events, "SCOPE 2")]
+
+    async def test_lift_of_an_absent_scope_changes_nothing(
+        self, redis: Redis, k: NodeKeys, events: PubSub
+    ) -> None:
+        """Arming a scope that is not active replies 0 with the current version; nothing written."""
+        await scope(redis, k, "kill", "symbol", "XYZ")
+        res = await scope(redis, k, "arm")
+        assert res[:2] == ["0", "1"]
+        assert await redis.hget(k.scopes, "_ver") == "1"
+        assert len(await chained(redis, k)) == 1
+        assert await published(redis, events, k) == [(k.events, "SCOPE 1")]
+
+    async def test_lift_with_no_scopes_at_all(self, redis: Redis, k: NodeKeys) -> None:
+        """With no scopes hash a lift replies version 0 and creates nothing."""
+        res = await scope(redis, k, "arm")
+        assert res[:2] == ["0", "0"]
+        assert await redis.exists(k.scopes, k.audit, k.audit_head) == 0
+
+
+# -- audit_event.lua and prelude.lua's audit chain --------------------------------------------
+
+
+async def audit_event(redis: Redis, k: NodeKeys, *fields: str) -> list[str]:
+    return await run(redis, "audit_event", [k.audit, k.audit_head], fields)
+
+
+class TestAuditChainLua:
+    """audit_event.lua and prelude's audit_append: one chained entry, and junk never stops it."""
+
+    async def test_audit_event_appends_a_chained_entry(self, redis: Redis, k: NodeKeys) -> None:
+        """The caller's fields are kept in order after seq and prev, with ts_ms and hash added."""
+        before = await server_ms(redis)
+        (entry_id,) = await audit_event(redis, k, "action", "refused", "actor", "bob")
+        entries: Any = await redis.xrange(k.audit)
+        assert [e[0] for e in entries] == [entry_id]
+        fields = entries[0][1]
+        assert list(fields)[:6] == ["seq", "prev", "action", "actor", "ts_ms", "hash"]
+        assert (fields["action"], fields["actor"]) == ("refused", "bob")
+        assert int(fields["ts_ms"]) >= before
+        await chained(redis, k)
+
+    async def test_entries_of_every_script_form_one_chain(self, redis: Redis, k: NodeKeys) -> None:
+        """Entries appended by different scripts link to each other in one chain."""
+        await roster(redis, k, HOST)
+        await arm(redis, k, epoch=1)
+        await kill(redis, k)
+        await scope(redis, k, "kill")
+        await audit_event(redis, k, "action", "note")
+        entries = await chained(redis, k)
+        assert [e["seq"] for e in entries] == ["1", "2", "3", "4", "5"]
+        assert [e["action"] for e in entries] == ["roster", "arm", "kill", "kill_host", "note"]
+
+    async def test_audit_keys_of_the_wrong_type_are_repaired(
+        self, redis: Redis, k: NodeKeys
+    ) -> None:
+        """An audit stream or head of another type is deleted; the entry says so and restarts at 1."""
+        await redis.set(k.audit, "junk")
+        await redis.rpush(k.audit_head, "junk")
+        await kill(redis, k)
+        (entry,) = await chained(redis, k)
+        assert entry["seq"] == "1"
+        assert entry["repaired"] == "audit keys of the wrong type deleted: string,list"
+        assert await redis.hget(k.state, "state") == "KILLED"
+
+    @pytest.mark.parametrize("seq", ["x", "-1", "1" * 16], ids=["word", "negative", "too-long"])
+    async def test_junk_head_seq_restarts_the_count(
+        self, redis: Redis, k: NodeKeys, seq: str
+    ) -> None:
+        """A head seq that is no bounded integer counts as 0: the append still happens."""
+        await redis.hset(k.audit_head, mapping={"seq": seq, "hash": "h"})
+        await audit_event(redis, k, "action", "note")
+        (fields,) = await audit(redis, k)
+        assert (fields["seq"], fields["prev"]) == ("1", "h")
+        assert await redis.hget(k.audit_head, "seq") == "1"
+
+    async def test_head_seq_is_continued(self, redis: Redis, k: NodeKeys) -> None:
+        """A plausible head seq is continued: the next entry takes seq + 1 and links to its hash."""
+        await redis.hset(k.audit_head, mapping={"seq": "41", "hash": "h"})
+        await audit_event(redis, k, "action", "note")
+        (fields,) = await audit(redis, k)
+        assert (fields["seq"], fields["prev"]) == ("42", "h")
+
+
 class TestScriptsAreAtomic:
     """The scripts are single round trips: concurrent callers never interleave inside one."""
 
@@ -604,7 +882,7 @@ class TestScriptsAreAtomic:
         results = await asyncio.gather(*(kill(redis, k) for _ in range(20)))
         assert {r[1] for r in results} == {"5"}
         assert sorted(int(r[2]) for r in results) == list(range(1, 21))
-        assert len(await audit(redis, k)) == 20
+        assert len(await chained(redis, k)) == 20
 
 
 # -- read.lua ---------------------------------------------------------------------------------
@@ -616,7 +894,7 @@ async def read(redis: Redis, k: NodeKeys, hosts: Sequence[str], after: Sequence[
         hk = k.host(h)
         keys += [hk.report, hk.confirm, hk.flow]
     args = ["1" if after is not None else "0", *(after or [])]
-    return await redis.eval(store_module._script("read"), len(keys), *keys, *args)  # type: ignore[misc]
+    return await redis.eval(source("read"), len(keys), *keys, *args)  # type: ignore[misc]
 
 
 class TestReadLua:
@@ -704,7 +982,7 @@ class TestSignedArmLua:
         assert (res[0], res[2]) == ("1", "")
         assert (await redis.hgetall(k.pending_arm))["principal"] == "alice"
         assert 0 < await redis.pttl(k.pending_arm) <= 60_000
-        (entry,) = await audit(redis, k)
+        (entry,) = await chained(redis, k)
         assert (entry["action"], entry["actor"]) == ("arm_request", "alice")
 
     async def test_arm_request_of_a_moved_node_is_refused_and_audited(
@@ -718,7 +996,7 @@ class TestSignedArmLua:
         )  # fmt: skip
         assert (res[0], res[2]) == ("0", "moved")
         assert await redis.exists(k.pending_arm) == 0
-        (entry,) = await audit(redis, k)
+        (entry,) = await chained(redis, k)
         assert (entry["attempt"], entry["refused"]) == ("arm_request", "moved")
 
     async def test_scoped_lift_refused_after_a_later_scoped_kill(
@@ -741,4 +1019,37 @@ class TestSignedArmLua:
         )  # fmt: skip
         assert (ok[0], ok[3]) == ("1", "")
         assert not await redis.hexists(k.scopes, f"host:{HOST}")
-        assert (await audit(redis, k))[-1]["proof_sha1"]
+        assert (await chained(redis, k))[-1]["proof_sha1"]
+
+    async def test_read_returns_the_scopes_last(self, redis: Redis, k: NodeKeys) -> None:
+        """The scopes hash comes last, after every host, the leader's PTTL, the wrong-type count,
+        the seen hosts and the pending request."""
+        await redis.set(k.leader, "agg-a", px=60000)
+        await redis.hset(k.scopes, mapping={"_ver": "1", "symbol:XYZ": "{}"})
+        res = await read(redis, k, [HOST], None)
+        assert 0 < res[-5] <= 60000
+        assert res[-4:] == [0, [], [], ["_ver", "1", "symbol:XYZ", "{}"]]
+
+    async def test_keys_of_the_wrong_type_read_as_empty(self, redis: Redis, k: NodeKeys) -> None:
+        """Junk of another type in any read key reads as empty and is counted, never an error."""
+        await redis.set(k.state, "junk")
+        await redis.set(k.aggregator, "junk")
+        await redis.hset(k.leader, "x", "1")
+        await redis.set(k.roster, "junk")
+        await redis.set(k.scopes, "junk")
+        await redis.set(k.hosts, "junk")
+        await redis.set(k.pending_arm, "junk")
+        await redis.set(k.host(HOST).report, "junk")
+        await redis.set(k.host(HOST).confirm, "junk")
+        await redis.set(k.host(HOST).flow, "junk")
+        res = await read(redis, k, [HOST], [""])
+        assert res[1:] == [[], [], "", 0, [], [], [], -1, 9, [], [], []]
+
+
+class TestMutantCatalogue:
+    """The Lua mutant catalogue tracks the scripts these tests cover."""
+
+    def test_every_mutant_text_occurs_once(self) -> None:
+        """Each catalogued mutant's text occurs exactly once in its script (else it tests nothing)."""
+        root = Path(store_module.__file__).resolve().parents[2]
+        assert check_catalogue(root) == []

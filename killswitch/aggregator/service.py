@@ -17,7 +17,7 @@ import functools
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -29,7 +29,7 @@ from killswitch.aggregator.auditlog import AuditMirror
 from killswitch.aggregator.confirmations import ConfirmationWatch
 from killswitch.aggregator.inputs import InputGuard
 from killswitch.aggregator.metrics import AggregatorCollector, Instruments
-from killswitch.aggregator.settings import AggregatorSettings
+from killswitch.aggregator.settings import AggregatorSettings, with_static_cap
 from killswitch.aggregator.trust import Trust
 from killswitch.core import leader, ruleview
 from killswitch.core.anomaly import CAUSES, HOST_SHARE, Evaluation, Monitor
@@ -82,6 +82,8 @@ class Aggregator:
         clock: Callable[[], float] = time.monotonic,
         logger: Any = None,
     ) -> None:
+        # A static cap is always active: derived from the roster when none was given.
+        settings = replace(settings, monitor=with_static_cap(settings.monitor, len(settings.hosts)))
         self.s = settings
         self.redis = redis
         self.store = Store(redis, settings.node)
@@ -155,7 +157,7 @@ class Aggregator:
         self.registry.register(AggregatorCollector(self))
         build_info(self.registry, "aggregator")
         self._metrics = (
-            MetricsServer(self.registry, settings.metrics_port)
+            MetricsServer(self.registry, settings.metrics_port, settings.metrics_listen)
             if settings.metrics_port is not None
             else None
         )

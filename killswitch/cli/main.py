@@ -16,25 +16,29 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from killswitch.cli.parser import build_parser
+from killswitch.cli.settings import (
+    aggregator_settings,
+    check_state_dir,
+    loadgen_settings,
+    sidecar_settings,
+    truthy,
+)
 from killswitch.core.names import InvalidName, check_roster
 from killswitch.ops.control import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Outcome
 from killswitch.runtime.config import (
     DEFAULT_REDIS,
     ConfigError,
     Resolver,
-    default_state_dir,
     host_name,
     load_config_file,
     node_name,
-    parse_listen,
-    positive_float,
-    positive_int,
     str_list,
 )
+from killswitch.runtime.errors import StartupError
+from killswitch.runtime.validate import bounded, bounded_int
 
 __all__ = ["build_parser", "main", "settings_from_args"]
 
@@ -57,13 +61,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ConfigError as e:
-        print(f"killswitch {args.command}: configuration error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args.command, f"configuration error: {e}", EXIT_USAGE)
     except InvalidName as e:
-        print(f"killswitch {args.command}: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args.command, str(e), EXIT_USAGE)
+    except StartupError as e:
+        return _fail(args.command, f"cannot start: {e}", e.code)
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # the contract: never a traceback, one line saying what broke
+        if os.environ.get("KILLSWITCH_DEBUG"):
+            raise
+        return _fail(
+            args.command,
+            f"failed: {type(e).__name__}: {e} (set KILLSWITCH_DEBUG=1 for the traceback)",
+            EXIT_FAILED,
+        )
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    """One line on stderr (control characters shown escaped, passwords hidden), then `code`."""
+    from killswitch.store.redisurl import scrub
+
+    text = scrub(message).encode("unicode_escape", "backslashreplace").decode("ascii")
+    print(f"killswitch {command}: {text}", file=sys.stderr)
+    from killswitch.runtime import logs
+
+    logs.flush()
+    return code
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -106,11 +130,18 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _resolve(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Resolver, str]:
     """The command's settings resolver (flag, env, config file) and its Redis URL."""
+    from killswitch.store.redisurl import check_url
+
     config = load_config_file(args.config or env.get("KILLSWITCH_CONFIG"))
     r = Resolver(vars(args), env=env, config=config, section=args.command)
     redis_url = Resolver(
         {"redis_url": args.redis}, env=env, config=config, section=args.command
     ).get("redis-url", config.get("redis", DEFAULT_REDIS), str)
+    if args.command not in ("demo", "backtest", "loadgen"):
+        try:
+            check_url(redis_url)
+        except ValueError as e:
+            raise ConfigError(f"redis: {e}") from None
     return r, redis_url
 
 
@@ -137,53 +168,11 @@ def _sidecar(r: Resolver, node: str, redis_url: str) -> int:
 
     settings = sidecar_settings(r, node, redis_url)
     if settings.state_dir:
-        Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
+        check_state_dir(settings.state_dir)
+    for warning in settings.extra.get("warnings", ()):
+        print(f"killswitch sidecar: WARNING: {warning}", file=sys.stderr)
     asyncio.run(run_sidecar(settings))
     return EXIT_OK
-
-
-def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
-    from killswitch.runtime.limitsfile import load_limits
-    from killswitch.sidecar.settings import SidecarSettings
-
-    listen = tuple(parse_listen(x) for x in r.require("listen", str_list))
-    limits_path = r.get("limits", "", str)
-    limits, limits_digest = load_limits(limits_path) if limits_path else (None, "")
-    settings = SidecarSettings(
-        node=node,
-        host=r.require("host", host_name),
-        redis_url=redis_url,
-        listen=listen,
-        metrics_port=r.get("metrics-port", None, int),
-        flush_interval=r.get("flush-interval", 0.1, positive_float),
-        stale_after=r.get("stale-after", 1.0, positive_float),
-        state_dir=r.get("state-dir", default_state_dir(), str),
-        operators=_operators_path(r),
-        limits=limits,
-        limits_digest=limits_digest,
-        on_kill=r.get("on-kill", "", str),
-    )
-    if settings.flush_interval >= settings.stale_after:
-        raise ConfigError(
-            "flush-interval must be shorter than stale-after, or every gate goes stale"
-        )
-    return settings
-
-
-def _operators_path(r: Resolver) -> str:
-    """The --operators path; the service loads it at start (a bad file: exit 2)."""
-    return r.get("operators", "", str)
-
-
-def loadgen_settings(r: Resolver) -> LoadgenSettings:
-    from killswitch.sim.loadgen import LoadgenSettings
-
-    return LoadgenSettings(
-        address=str(parse_listen(r.require("listen", str))),
-        rate=r.get("rate", 100.0, positive_float),
-        duration=r.get("duration", None, positive_float),
-        name=r.get("name", "router", str),
-    )
 
 
 def _loadgen(r: Resolver) -> int:
@@ -201,54 +190,20 @@ def _loadgen(r: Resolver) -> int:
 def _aggregator(r: Resolver, node: str, redis_url: str) -> int:
     import asyncio
 
+    from redis.exceptions import RedisError
+
     from killswitch.aggregator.service import NotDurable, run_aggregator
+    from killswitch.store.redisconn import classify
 
     settings = aggregator_settings(r, node, redis_url)
     try:
         asyncio.run(run_aggregator(settings))
     except NotDurable as e:
-        print(f"killswitch aggregator: refused: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail("aggregator", f"refused: {e}", EXIT_USAGE)
+    except (RedisError, OSError) as e:
+        problem = classify(e)
+        return _fail("aggregator", f"cannot start: {problem.line(redis_url)}", EXIT_FAILED)
     return EXIT_OK
-
-
-def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSettings:
-    from killswitch.aggregator.settings import AggregatorSettings, default_instance
-    from killswitch.cli import rulecli
-    from killswitch.core.limitburst import LimitBurstConfig
-
-    try:
-        hosts = check_roster(r.require("hosts", str_list))
-    except InvalidName as e:
-        raise ConfigError(f"hosts: {e}") from None
-    monitor = rulecli.rule_config(r)
-    max_refusals = r.get("max-limit-refusals", None, positive_int)
-    limit_burst = (
-        LimitBurstConfig(
-            max_refusals,
-            int(r.get("limit-window", 1.0, positive_float) * 1000),
-            r.get("limit-min-hosts", 2, positive_int),
-        )
-        if max_refusals is not None
-        else None
-    )
-    return AggregatorSettings(
-        node=node,
-        redis_url=redis_url,
-        hosts=hosts,
-        monitor=monitor,
-        metrics_port=r.get("metrics-port", None, int),
-        tick=r.get("tick", 0.1, positive_float),
-        confirm_timeout=r.get("confirm-timeout", 5.0, positive_float),
-        lease_ttl=r.get("lease-ttl", 2.0, positive_float),
-        require_durable=r.get("require-durable", False, _truthy),
-        fleet_max_orders=r.get("fleet-max-orders", None, positive_int),
-        instance=r.get("instance", "", str) or default_instance(),
-        operators=_operators_path(r),
-        limit_burst=limit_burst,
-        on_haunted=r.get("on-haunted", "kill", _on_haunted),
-        audit_log=r.get("audit-log", str(Path(default_state_dir()) / f"audit-{node}.jsonl"), str),
-    )
 
 
 def _watch(r: Resolver, node: str, redis_url: str) -> int:
@@ -256,15 +211,9 @@ def _watch(r: Resolver, node: str, redis_url: str) -> int:
 
     from killswitch.cli.watch import watch
 
-    interval = r.get("interval", 0.5, positive_float)
-    once = bool(r.get("once", False, _truthy))
+    interval = r.get("interval", 0.5, bounded("interval"))
+    once = bool(r.get("once", False, truthy))
     return asyncio.run(watch(redis_url, node, interval=interval, once=once))
-
-
-def _on_haunted(v: Any) -> str:
-    if v not in ("kill", "isolate"):
-        raise ValueError("isolate or kill")
-    return str(v)
 
 
 def _scope(r: Resolver) -> tuple[str, str] | None:
@@ -275,16 +224,6 @@ def _scope(r: Resolver) -> tuple[str, str] | None:
     if symbol:
         return ("symbol", symbol)
     return None
-
-
-def _truthy(v: Any) -> bool:
-    """A yes/no setting: a flag's True, or 1/true/yes/on from the environment or TOML."""
-    if isinstance(v, bool):
-        return v
-    word = str(v).strip().lower()
-    if word not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
-    return word in ("1", "true", "yes", "on")
 
 
 def _export(r: Resolver, node: str, redis_url: str) -> int:
@@ -300,10 +239,9 @@ def _export(r: Resolver, node: str, redis_url: str) -> int:
             rulecli.export_flows(redis_url, node, check_roster(hosts) if hosts else None)
         )
     except (RedisError, OSError) as e:
-        from killswitch.store.redisurl import redact
+        from killswitch.store.redisconn import classify
 
-        print(f"killswitch export: cannot reach Redis at {redact(redis_url)}: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail("export", classify(e).line(redis_url), EXIT_FAILED)
     sys.stdout.write(rulecli.counts_csv(flows, attempted=bool(r.get("attempted", False, bool))))
     return EXIT_OK
 
@@ -313,11 +251,14 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
     from killswitch.ops import control
 
     action: Callable[[Any], Awaitable[Outcome]]
+    # The node's liveness bound: the same setting as the sidecars' --stale-after, so one
+    # config file (or KILLSWITCH_STALE_AFTER) sets both; a host's own claim never widens it.
+    alive_ms = round(r.get("stale-after", 1.0, bounded("stale-after")) * 1000)
     scope = _scope(r)
     if cmd == "kill":
         reason = r.require("reason", str, " (say why: it is audited)")
         operator = r.get("operator", os.environ.get("USER") or "unknown", str)
-        timeout = r.get("timeout", 5.0, positive_float)
+        timeout = r.get("timeout", 5.0, bounded("timeout"))
         kill_key = r.get("key", "", str)
         ops_path = r.get("operators", "", str) if kill_key else ""
 
@@ -340,7 +281,9 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
                     timeout=timeout,
                 )  # fmt: skip
             else:
-                out = await control.kill(s, reason=reason, operator=who, timeout=timeout)
+                out = await control.kill(
+                    s, reason=reason, operator=who, timeout=timeout, alive_ms=alive_ms
+                )
             out.report["signed_by"] = who if kill_key and not note else ""
             if note:
                 out.message = f"{note}\n{out.message}".rstrip()
@@ -356,6 +299,9 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
                 "`killswitch arm --key PATH-TO-THEIR-SSH-KEY` (with --operators naming the "
                 "operators file); the second distinct operator's call arms the node"
             )
+        # Out-of-range numbers are refused first: no key or file is read for a call that fails.
+        expires = r.get("expires", arming.DEFAULT_EXPIRES_S, bounded("expires"))
+        timeout = r.get("timeout", 5.0, bounded("timeout"))
         key = r.require("key", str, " (your SSH key: arming is signed)")
         operators = load_operators(
             r.require("operators", str, " (the operators' allowed-signers file)")
@@ -363,8 +309,6 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
         roster_arg = r.get("roster", None, str_list)
         roster = check_roster(roster_arg) if roster_arg else None
         reason_arg: str | None = r.get("reason", None, str)
-        expires = r.get("expires", arming.DEFAULT_EXPIRES_S, positive_float)
-        timeout = r.get("timeout", 5.0, positive_float)
 
         def action(s: Any) -> Awaitable[Outcome]:
             if scope is not None:
@@ -376,17 +320,20 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
                 )  # fmt: skip
             return arming.arm(
                 s, key=key, operators=operators, roster=roster, reason=reason_arg,
-                expires_s=expires, timeout=timeout,
+                expires_s=expires, timeout=timeout, alive_ms=alive_ms,
             )  # fmt: skip
 
     elif cmd == "status":
-        action = control.status
+
+        def action(s: Any) -> Awaitable[Outcome]:
+            return control.status(s, alive_ms=alive_ms)
+
     elif cmd == "audit":
         from killswitch.ops import audit
 
-        limit = r.get("limit", None, positive_int)
+        limit = r.get("limit", None, bounded_int("limit"))
         audit_file = r.get("file", None, str)
-        if r.get("verify", False, _truthy):
+        if r.get("verify", False, truthy):
 
             def action(s: Any) -> Awaitable[Outcome]:
                 return audit.verify(s, audit_file)
@@ -400,7 +347,7 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
         raise ConfigError(f"unknown command {cmd}")
     # An operator command never hangs: its own wait plus a margin for Redis round trips.
     budget = (
-        r.get("timeout", 5.0, positive_float) + (135.0 if cmd != "kill" else 15.0)
+        r.get("timeout", 5.0, bounded("timeout")) + (135.0 if cmd != "kill" else 15.0)
         if cmd in ("kill", "arm", "resume")
         else 15.0
     )
@@ -411,7 +358,7 @@ def _operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool) -
         import asyncio
 
         outcome = asyncio.run(_with_store(redis_url, node, action, budget))
-    if outcome.code == EXIT_FAILED and not outcome.report:
+    if outcome.code in (EXIT_FAILED, EXIT_USAGE) and not outcome.report:
         print(outcome.message, file=sys.stderr)
         return outcome.code
     if outcome.code == EXIT_USAGE:
@@ -461,6 +408,41 @@ def _with_lean_store(
         drive(client.aclose())
 
 
+def _redis_failure(redis_url: str, e: BaseException) -> Outcome:
+    """Say which of "unreachable", "refused credentials" or "bad request" it was, and where."""
+    from killswitch.store.redisconn import classify
+    from killswitch.store.redisurl import endpoint
+
+    problem = classify(e)
+    where = endpoint(redis_url)
+    if problem.kind == "refused credentials":
+        return Outcome(
+            EXIT_FAILED,
+            {},
+            f"killswitch: Redis at {where} refused the credentials ({problem.detail}); "
+            "fix the user and password in --redis / KILLSWITCH_REDIS_URL or the ACL",
+        )
+    if problem.kind == "bad request":
+        return Outcome(
+            EXIT_FAILED,
+            {},
+            f"killswitch: Redis at {where} refused the request ({problem.detail}); "
+            "nothing was changed by it",
+        )
+    return Outcome(
+        EXIT_FAILED,
+        {},
+        f"killswitch: cannot reach Redis at {where} (unreachable): {problem.detail}\n"
+        "The command did not complete (run `killswitch status` once Redis answers).\n"
+        "What to do instead:\n"
+        "  - every sidecar that cannot reach Redis blocks all orders by itself within its\n"
+        "    --stale-after (default 1s), so a fleet cut off from Redis is already blocked;\n"
+        "  - if the fleet can still reach Redis but you cannot, run this from a host that\n"
+        "    can (or fix --redis / KILLSWITCH_REDIS_URL);\n"
+        "  - to stop trading without Redis, stop each order router or its sidecar process.",
+    )
+
+
 async def _with_store(
     redis_url: str, node: str, action: Callable[[Any], Awaitable[Outcome]], budget: float
 ) -> Outcome:
@@ -481,7 +463,7 @@ async def _with_store(
     except TimeoutError:
         return _gave_up(redis_url, budget)
     except (RedisError, OSError) as e:
-        return _unreachable(redis_url, e)
+        return _redis_failure(redis_url, e)
     finally:
         await redis.aclose()
 
@@ -500,17 +482,4 @@ def _gave_up(redis_url: str, budget: float) -> Outcome:
 
 
 def _unreachable(redis_url: str, e: BaseException) -> Outcome:
-    from killswitch.store.redisurl import redact
-
-    return Outcome(
-        EXIT_FAILED,
-        {},
-        f"killswitch: cannot reach Redis at {redact(redis_url)}: {type(e).__name__}: {e}\n"
-        "The command did not complete (run `killswitch status` once Redis answers).\n"
-        "What to do instead:\n"
-        "  - every sidecar that cannot reach Redis blocks all orders by itself within its\n"
-        "    --stale-after (default 1s), so a fleet cut off from Redis is already blocked;\n"
-        "  - if the fleet can still reach Redis but you cannot, run this from a host that\n"
-        "    can (or fix --redis / KILLSWITCH_REDIS_URL);\n"
-        "  - to stop trading without Redis, stop each order router or its sidecar process.",
-    )
+    return _redis_failure(redis_url, e)

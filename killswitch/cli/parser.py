@@ -7,13 +7,12 @@ flag, environment, config file, default. Exit code 2 for usage errors is argpars
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from killswitch.core.version import __version__
 from killswitch.ops.control import EXIT_USAGE
-from killswitch.runtime.config import DEFAULT_REDIS, default_state_dir
+from killswitch.runtime.config import DEFAULT_REDIS, STATE_DIR_HELP
 
 EPILOG = """\
 exit codes: 0 done and proven; 1 could not do it (e.g. Redis unreachable); 2 usage or
@@ -26,8 +25,9 @@ then the TOML config file (--config / KILLSWITCH_CONFIG), then defaults."""
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse's exit code 2 is ours too
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        # One line, like every other refusal; the usage is one `--help` away.
+        text = message.encode("unicode_escape", "backslashreplace").decode("ascii")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -59,6 +59,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         choices=("json", "console"),
         help="log format (default: console on a terminal, else json)",
     )
+    bound_opt = argparse.ArgumentParser(add_help=False)
+    bound_opt.add_argument(
+        "--stale-after", type=float, metavar="S",
+        help="the node's liveness bound: a host silent this long is not alive, whatever it "
+        "claims (default 1.0; the sidecars' setting of the same name, so one config sets both)",
+    )  # fmt: skip
     json_opt = argparse.ArgumentParser(add_help=False)
     json_opt.add_argument(
         "--json", action="store_true", default=None, help="print one JSON object on stdout"
@@ -109,8 +115,30 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     s.add_argument(
         "--state-dir",
         metavar="DIR",
-        help=f"where the highest seen epoch is kept across restarts (default {default_state_dir()})",
+        help=f"where the highest seen epoch is kept across restarts (default: {STATE_DIR_HELP})",
     )
+    s.add_argument(
+        "--metrics-listen", metavar="ADDR",
+        help="address /metrics and /healthz bind to (default 127.0.0.1; 0.0.0.0 to be scraped "
+        "from another host or container)",
+    )  # fmt: skip
+    s.add_argument(
+        "--socket-mode", metavar="MODE",
+        help="permission bits of unix gate sockets in octal, e.g. 660 (default: the umask)",
+    )  # fmt: skip
+    s.add_argument(
+        "--socket-group", metavar="GROUP",
+        help="group that owns unix gate sockets (with --socket-mode 660: who may trade)",
+    )  # fmt: skip
+    s.add_argument(
+        "--max-conns", type=int, metavar="N",
+        help="gate connections at once (default 1024); at the cap the oldest connection that "
+        "never sent a request makes room, else the newcomer gets ERR",
+    )  # fmt: skip
+    s.add_argument(
+        "--line-timeout", type=float, metavar="S",
+        help="close a gate connection holding a partial request line this long (default 5)",
+    )  # fmt: skip
     s.add_argument(
         "--limits",
         metavar="PATH",
@@ -151,6 +179,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "--metrics-port", type=int, metavar="P", help="serve Prometheus /metrics on this port"
     )
     a.add_argument(
+        "--metrics-listen", metavar="ADDR",
+        help="address /metrics binds to (default 127.0.0.1; 0.0.0.0 to be scraped from "
+        "another host or container)",
+    )  # fmt: skip
+    a.add_argument(
         "--tick", type=float, metavar="S", help="seconds between evaluations (default 0.1)"
     )
     a.add_argument(
@@ -188,7 +221,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "--audit-log",
         metavar="PATH",
         help="append the node's audit chain to this JSONL file, so the trail survives a wiped "
-        f"Redis ('' for none; default {default_state_dir()}/audit-NODE.jsonl)",
+        "Redis ('' for none; default audit-NODE.jsonl in the sidecar's default --state-dir)",
     )
 
     for verb in ("arm", "resume"):
@@ -198,7 +231,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             "their own key. The first call records a signed request and exits 5; a second, "
             "distinct operator of the operators file completes it (exit 0). Refused (4) while a "
             "roster host is not reporting, or for a key not in the operators file.",
-            [json_opt],
+            [json_opt, bound_opt],
         )
         r.add_argument(
             "--key",
@@ -217,7 +250,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             "--expires",
             type=float,
             metavar="S",
-            help="a new request expires after this many seconds (default 600)",
+            help="a new request expires after this many seconds (default 600; 1..86400)",
         )
         _scope_flags(r, "lift the scoped kill of (signed by two operators like a node arm)")
         r.add_argument(
@@ -229,7 +262,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         r.add_argument("--approver", action="append", help=argparse.SUPPRESS)
 
     k = cmd(
-        "kill", "Kill the node and wait until every roster host confirmed it blocks.", [json_opt]
+        "kill",
+        "Kill the node and wait until every roster host confirmed it blocks.",
+        [json_opt, bound_opt],
     )
     k.add_argument("--reason", metavar="TEXT", help="why (audited; required)")
     k.add_argument("--operator", metavar="NAME", help="who (audited; default $USER)")
@@ -254,7 +289,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
 
     st = cmd(
-        "status", "The node's state now: epoch, roster, who confirmed, who is stale.", [json_opt]
+        "status",
+        "The node's state now: epoch, roster, who confirmed, who is stale.",
+        [json_opt, bound_opt],
     )
     st.add_argument(
         "--fleet", action="store_true", default=None, help=f"one line per node: {fleet_help}"

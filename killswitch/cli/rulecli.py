@@ -18,7 +18,8 @@ from typing import Any
 
 from killswitch.core.anomaly import CAUSES, MonitorConfig
 from killswitch.core.rules import RATE_HEADROOM
-from killswitch.runtime.config import ConfigError, Resolver, positive_float, positive_int
+from killswitch.runtime.config import ConfigError, Resolver
+from killswitch.runtime.validate import bounded, bounded_int, seconds_ms
 
 # MonitorConfig field -> the flag that sets it (validation errors name the flag).
 FLAG_OF = {
@@ -124,21 +125,10 @@ def add_rule_flags(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _ms(v: Any) -> int:
-    return max(round(positive_float(v) * 1000), 1)
-
-
-def _seconds_ms(v: Any) -> int:
-    f = float(v)
-    if not f >= 0:
-        raise ValueError("must be zero or more seconds")
-    return round(f * 1000)
-
-
 def _multiplier(v: Any) -> float | None:
     if isinstance(v, str) and v.strip().lower() in ("off", "none"):
         return None
-    return float(v)
+    return bounded("baseline-multiplier")(v)
 
 
 def _rate(v: Any) -> tuple[float | None, bool]:
@@ -147,10 +137,7 @@ def _rate(v: Any) -> tuple[float | None, bool]:
         return None, True
     if isinstance(v, str) and v.strip().lower() in ("off", "none"):
         return None, False
-    f = float(v)
-    if not f > 0:
-        raise ValueError("must be a positive number of orders per second, 'auto' or 'off'")
-    return f, False
+    return bounded("max-rate")(v), False
 
 
 def _switch(v: Any) -> bool:
@@ -175,7 +162,7 @@ def _count(v: Any) -> int:
 
 def _fraction(v: Any) -> float:
     f = float(v)
-    if not 0.0 < f < 1.0:
+    if not 0.0 < f < 1.0:  # also refuses nan
         raise ValueError("must be a fraction between 0 and 1, e.g. 0.5")
     return f
 
@@ -194,21 +181,25 @@ def rule_config(r: Resolver) -> MonitorConfig:
     """Resolve the rule flags into a validated `MonitorConfig`; ConfigError names the field."""
     d = MonitorConfig()
     values: dict[str, Any] = {
-        "max_orders": r.get("max-orders", None, positive_int),
-        "window_ms": r.get("window", d.window_ms, _ms),
+        "max_orders": r.get("max-orders", None, bounded_int("max-orders")),
+        "window_ms": r.get("window", d.window_ms, seconds_ms("window")),
         "baseline_multiplier": r.get("baseline-multiplier", d.baseline_multiplier, _multiplier),
-        "breach_windows": r.get("breach-windows", d.breach_windows, positive_int),
-        "min_orders": r.get("min-orders", d.min_orders, _count),
-        "warmup_ms": r.get("warmup", d.warmup_ms, _seconds_ms),
+        "breach_windows": r.get("breach-windows", d.breach_windows, bounded_int("breach-windows")),
+        "min_orders": r.get("min-orders", d.min_orders, bounded_int("min-orders")),
+        "warmup_ms": r.get("warmup", d.warmup_ms, seconds_ms("warmup")),
         "max_host_share": r.get("max-host-share", None, _fraction),
-        "haunted_ratio": r.get("haunted-ratio", d.haunted_ratio, float),
+        "haunted_ratio": r.get("haunted-ratio", d.haunted_ratio, bounded("haunted-ratio")),
         "shadow": r.get("shadow", d.shadow, _shadow),
-        "half_life_ms": r.get("half-life", d.half_life_ms, _ms),
-        "profile_bucket_ms": r.get("profile-bucket", d.profile_bucket_ms, _ms),
-        "profile_half_life_ms": r.get("profile-half-life", d.profile_half_life_ms, _ms),
-        "fast_window_ms": r.get("fast-window", d.fast_window_ms, _ms),
+        "half_life_ms": r.get("half-life", d.half_life_ms, seconds_ms("half-life")),
+        "profile_bucket_ms": r.get(
+            "profile-bucket", d.profile_bucket_ms, seconds_ms("profile-bucket")
+        ),
+        "profile_half_life_ms": r.get(
+            "profile-half-life", d.profile_half_life_ms, seconds_ms("profile-half-life")
+        ),
+        "fast_window_ms": r.get("fast-window", d.fast_window_ms, seconds_ms("fast-window")),
         "fast_multiplier": r.get("fast-multiplier", d.fast_multiplier, _multiplier),
-        "fast_breach_ms": r.get("fast-breach", d.fast_breach_ms, _seconds_ms),
+        "fast_breach_ms": r.get("fast-breach", d.fast_breach_ms, seconds_ms("fast-breach")),
         "fast_min_orders": r.get("fast-min-orders", d.fast_min_orders, _count),
         "fast_host_share": r.get("fast-host-share", d.fast_host_share, _switch),
     }
@@ -267,7 +258,7 @@ def add_backtest_flags(parser: argparse.ArgumentParser) -> None:
 def _rearm(v: Any) -> int | None:
     if isinstance(v, str) and v.strip().lower() in ("never", "none", "off"):
         return None
-    return _seconds_ms(v)
+    return seconds_ms("rearm-after")(v)
 
 
 def _baseline_file(path: str | None, config: MonitorConfig) -> dict[str, str] | None:
@@ -299,7 +290,7 @@ def backtest_command(r: Resolver, as_json: bool) -> tuple[int, str]:
 
     path = r.require("counts", str)
     config = rule_config(r)
-    tick_ms = r.get("tick", 100, _ms)
+    tick_ms = r.get("tick", 100, seconds_ms("tick"))
     default_rearm: int | None = REARM_AFTER_MS
     rearm = r.get("rearm-after", default_rearm, _rearm)
     try:

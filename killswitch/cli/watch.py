@@ -29,8 +29,7 @@ from rich.text import Text
 
 from killswitch.core.text import escape
 from killswitch.ops import control
-from killswitch.store.redisconn import connect
-from killswitch.store.redisurl import redact
+from killswitch.store.redisconn import classify, connect
 from killswitch.store.store import Store
 
 STATE_STYLE = {
@@ -252,9 +251,7 @@ async def watch(
         try:
             outcome = await control.status(store)
         except (RedisError, OSError) as e:
-            return False, render_error(
-                node, f"cannot reach Redis at {redact(redis_url)}: {type(e).__name__}: {e}"
-            )
+            return False, render_error(node, f"cannot reach Redis: {classify(e).line(redis_url)}")
         return True, render_status(outcome.report)
 
     try:

@@ -25,11 +25,43 @@ Decision = tuple[bool, int, str]  # (allowed, epoch, block reason or "")
 LIMIT = "limit"  # the block reason of an order over a local pre-trade limit
 
 
+class BlockLogBudget:
+    """At most `per_s` per-order BLOCK_ORDER lines a second; the rest are only counted.
+
+    A runaway router sends the most exactly when the host must react fastest: past the
+    budget a blocked order costs an integer increment instead of a log line. `skipped` only
+    grows (reason -> orders not logged one by one), so a reader in another thread takes
+    differences and never loses a count.
+    """
+
+    __slots__ = ("_clock", "_second", "_used", "per_s", "skipped")
+
+    def __init__(self, per_s: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_s = per_s
+        self.skipped: dict[str, int] = {}
+        self._clock = clock
+        self._second = -1e18
+        self._used = 0
+
+    def take(self) -> bool:
+        now = self._clock()
+        if now - self._second >= 1.0:
+            self._second, self._used = now, 0
+        if self._used < self.per_s:
+            self._used += 1
+            return True
+        return False
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
 class Gate:
     """Allow or block one order, locally, against the last proven node state."""
 
     __slots__ = (
         "_allow",
+        "_budget",
         "_clock",
         "_deadline",
         "_held",
@@ -58,9 +90,11 @@ class Gate:
         view: HostView | None = None,
         clock: Callable[[], float] = time.monotonic,
         log: Any = None,
+        log_budget: BlockLogBudget | None = None,
         limits: Limits | None = None,
     ) -> None:
         self.node = node
+        self._budget = log_budget
         self.host = host
         self.allowed = 0
         self.blocked = 0
@@ -135,6 +169,9 @@ class Gate:
             reason = BlockReason.STALE.value if self._open else self._reason
         self.blocked_by[reason] = self.blocked_by.get(reason, 0) + 1
         epoch = self._held or self.view.epoch
+        if self._budget is not None and not self._budget.take():
+            self._budget.skip(reason)
+            return (False, epoch, reason)
         self._log.warning(
             "BLOCK_ORDER",
             node=self.node,

@@ -14,6 +14,7 @@ from killswitch.core.bounds import parse_float, parse_uint, plausible_epoch, uin
 
 DEFAULT_ALIVE_MS = 1000
 MAX_REFUSAL = 64  # a host's arm refusal is a short name; junk written there stays short
+MAX_ALIVE_MS = 10_000  # the largest --stale-after a sidecar accepts
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +86,21 @@ class Quorum:
         return bool(self.roster) and not self.missing
 
 
+def alive_bound_ms(claimed_ms: int, bound_ms: int) -> int:
+    """How old a host's last report may be for it to count as alive.
+
+    The node's configured bound decides; a host that says it goes stale sooner is held to
+    its own, shorter claim. A longer claim (a misconfigured or lying host) never widens it.
+    """
+    return min(claimed_ms, bound_ms) if claimed_ms > 0 else bound_ms
+
+
 def host_status(
-    host: str, report: Mapping[str, str], confirm: Mapping[str, str], now_ms: int
+    host: str,
+    report: Mapping[str, str],
+    confirm: Mapping[str, str],
+    now_ms: int,
+    bound_ms: int = MAX_ALIVE_MS,
 ) -> HostStatus:
     """Judge one host from its report and confirmation hashes at server time `now_ms`."""
     junk: list[str] = []
@@ -102,7 +116,8 @@ def host_status(
         return value
 
     ts = num(report, "ts_ms", "ts_ms")
-    alive_ms = num(report, "stale_after_ms", "stale_after_ms") or DEFAULT_ALIVE_MS
+    claimed_ms = num(report, "stale_after_ms", "stale_after_ms") or DEFAULT_ALIVE_MS
+    alive_ms = alive_bound_ms(claimed_ms, bound_ms)
     age_ms = now_ms - ts if ts else None
     # a report stamped in the future (written by hand) is not a live host
     alive = age_ms is not None and -alive_ms <= age_ms <= alive_ms
@@ -136,15 +151,16 @@ def host_status(
 
 def contradiction(s: HostStatus, state: str, epoch: int) -> str:
     """Why the host's own report contradicts its confirmation of `state` at `epoch` ("" when
-    it agrees). A kill is confirmed by a closed gate at that epoch or later; an arm by an open
-    gate at exactly that epoch."""
+    it agrees). A kill is confirmed by a closed gate at that epoch or later; an arm by a report
+    at that epoch or later (its gate may be closed by a scoped kill, a limit or a stale
+    lease: closing is always safe, so only a kill's proof needs the gate itself)."""
     if state == "KILLED":
         if s.reported_gate != "closed":
             return f"its report says gate {s.reported_gate or 'unknown'}"
         if s.epoch < epoch:
             return f"its report says epoch {s.epoch}, below {epoch}"
-    elif state == "ARMED" and (s.reported_gate != "open" or s.epoch != epoch):
-        return f"its report says gate {s.reported_gate or 'unknown'} at epoch {s.epoch}"
+    elif state == "ARMED" and s.epoch < epoch:
+        return f"its report says epoch {s.epoch}, below {epoch}"
     return ""
 
 
@@ -156,10 +172,16 @@ def quorum(
     confirms: Mapping[str, Mapping[str, str]],
     now_ms: int,
     state: str = "KILLED",
+    bound_ms: int = MAX_ALIVE_MS,
 ) -> Quorum:
     """Which roster hosts confirmed (epoch, ver) of `state`, cross-checked against each host's
-    own report. Hosts not on the roster never count."""
-    hosts = {h: host_status(h, reports.get(h, {}), confirms.get(h, {}), now_ms) for h in roster}
+    own report. Hosts not on the roster never count.
+
+    `bound_ms` is the node's liveness bound (see `alive_bound_ms`).
+    """
+    hosts = {
+        h: host_status(h, reports.get(h, {}), confirms.get(h, {}), now_ms, bound_ms) for h in roster
+    }
     claimed = [
         h
         for h in roster

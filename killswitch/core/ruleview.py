@@ -198,6 +198,8 @@ def rule_lines(view: Mapping[str, Any]) -> list[str]:
     rules = view.get("rules") or []
     if isinstance(rules, str):
         rules = decode_view({"rules": rules})["rules"]
+    if not any(r.get("active") and not r.get("shadow") for r in rules):
+        out.append("  NO ACTIVE TRIP RULE: nothing would kill this node by itself now")
     for r in rules:
         limit = r.get("limit")
         if r.get("rule") in SHARE_RULES:

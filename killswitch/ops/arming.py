@@ -22,7 +22,7 @@ from killswitch.core.armproof import (
     verify_proof,
 )
 from killswitch.core.bounds import uint_or
-from killswitch.core.roster import epoch_floor, not_ready_for_arm
+from killswitch.core.roster import DEFAULT_ALIVE_MS, epoch_floor, not_ready_for_arm
 from killswitch.core.sshsig import Operators, SignatureError, verify
 from killswitch.core.state import NodeState, next_epoch
 from killswitch.ops.control import (
@@ -58,8 +58,12 @@ async def arm(
     expires_s: float = DEFAULT_EXPIRES_S,
     timeout: float = 5.0,
     sign: Signer = ssh_sign,
+    alive_ms: int = DEFAULT_ALIVE_MS,
 ) -> Outcome:
-    """Sign an arm of the node: record it pending, or complete a pending one (see module)."""
+    """Sign an arm of the node: record it pending, or complete a pending one (see module).
+
+    A roster host counts as alive per `alive_ms`, the node's liveness bound.
+    """
     node = store.node
     snap = await store.snapshot()
     st = snap.state
@@ -75,7 +79,7 @@ async def arm(
         if not node_refusal(verdict, node, epoch)[0] and (
             roster is None or verdict.request is None or set(roster) == set(verdict.request.roster)
         ):
-            report = _report(snap, node)
+            report = _report(snap, node, alive_ms)
             report["changed"] = False
             who = " and ".join(verdict.principals)
             return Outcome(EXIT_OK, report, f"node was already ARMED (signed by {who})")
@@ -95,12 +99,12 @@ async def arm(
         )
     if wanted != snap.roster:
         snap = await store.snapshot(wanted)
-    q0 = quorum_of(snap)
+    q0 = quorum_of(snap, alive_ms)
     problems = not_ready_for_arm(q0.hosts)
     if problems:
         why = "; ".join(f"{h}: {w}" for h, w in sorted(problems.items()))
         await audit_refusal(store, "arm", "", reason or "", f"hosts not ready: {why}")
-        report = _report(snap, node)
+        report = _report(snap, node, alive_ms)
         report["refused"] = problems
         lines = "\n".join(f"  {h}: {why}" for h, why in sorted(problems.items()))
         return Outcome(
@@ -139,12 +143,12 @@ async def arm(
         )  # fmt: skip
         if refusal:  # audited by the script
             return _void(node, refusal, f"refused: the node changed while signing ({refusal})")
-        report = _report(snap, node)
+        report = _report(snap, node, alive_ms)
         report["pending_arm"] = pending_json({"msg": message.decode("ascii"), "principal": me})
         note = f"({void})\n" if void else ""
         return Outcome(EXIT_PENDING, report, note + _pending_message(node, req, (me,)))
     if me == first:
-        report = _report(snap, node)
+        report = _report(snap, node, alive_ms)
         report["pending_arm"] = pending_json({"msg": message.decode("ascii"), "principal": me})
         return Outcome(
             EXIT_PENDING,
@@ -168,7 +172,7 @@ async def arm(
                 f"refused: the request is void ({words.get(res.refused, res.refused)}); run arm "
                 "again to start a new one",
             )
-        snap2, q = await wait_for_quorum(store, req.roster, wake, timeout)
+        snap2, q = await wait_for_quorum(store, req.roster, wake, timeout, alive_ms)
     report = node_report(snap2, q)
     report["node"] = node
     report["changed"] = True
@@ -253,8 +257,8 @@ def _reported_floor(snap: NodeSnapshot) -> int:
     return max((uint_or(r.get("max_epoch")) for r in snap.reports.values()), default=0)
 
 
-def _report(snap: NodeSnapshot, node: str) -> dict[str, Any]:
-    report = node_report(snap, quorum_of(snap))
+def _report(snap: NodeSnapshot, node: str, alive_ms: int) -> dict[str, Any]:
+    report = node_report(snap, quorum_of(snap, alive_ms))
     report["node"] = node
     return report
 

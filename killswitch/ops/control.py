@@ -16,6 +16,7 @@ from killswitch.core.armproof import ArmRequest, ProofError, roster_of
 from killswitch.core.bounds import MAX_EPOCH_JUMP, parse_uint, uint_or
 from killswitch.core.leader import instance_of
 from killswitch.core.roster import (
+    DEFAULT_ALIVE_MS,
     Quorum,
     epoch_floor,
     flat_hosts,
@@ -140,16 +141,23 @@ def pending_json(pending: dict[str, str]) -> dict[str, Any]:
     }
 
 
-async def status(store: Store) -> Outcome:
+async def status(store: Store, *, alive_ms: int = DEFAULT_ALIVE_MS) -> Outcome:
+    """The node now; a host counts as alive per `alive_ms`, the node's liveness bound."""
     snap = await store.snapshot()
-    q = quorum_of(snap)
+    q = quorum_of(snap, alive_ms)
     report = node_report(snap, q)
     report["node"] = store.node
     return Outcome(EXIT_OK, report)
 
 
 async def kill(
-    store: Store, *, reason: str, operator: str, timeout: float, cause: str = "operator"
+    store: Store,
+    *,
+    reason: str,
+    operator: str,
+    timeout: float,
+    cause: str = "operator",
+    alive_ms: int = DEFAULT_ALIVE_MS,
 ) -> Outcome:
     async with store.confirmations() as wake:
         before = await store.snapshot()
@@ -157,12 +165,12 @@ async def kill(
         # narrowed in Redis by hand cannot make a kill look complete.
         roster = tuple(sorted({*before.roster, *roster_of(before.state.get("proof", ""))}))
         floor = max(
-            epoch_floor(quorum_of(before).hosts, uint_or(before.state.get("epoch"))),
+            epoch_floor(quorum_of(before, alive_ms).hosts, uint_or(before.state.get("epoch"))),
             _unlisted_floor(before),
         )
         res = await store.kill(actor=operator, reason=reason, cause=cause, floor=floor)
         replicated = store.concurrently(_replicas_acked(store, min(timeout, REPLICA_WAIT_S)))
-        snap, q = await wait_for_quorum(store, roster, wake, timeout)
+        snap, q = await wait_for_quorum(store, roster, wake, timeout, alive_ms)
         acked = await replicated
     report = node_report(snap, q)
     report["node"] = store.node
@@ -231,11 +239,11 @@ async def _replicas_acked(store: Store, timeout: float) -> int | None:
         return None
 
 
-def quorum_of(snap: NodeSnapshot) -> Quorum:
+def quorum_of(snap: NodeSnapshot, alive_ms: int = DEFAULT_ALIVE_MS) -> Quorum:
     st = snap.state
     return quorum(
         snap.roster, uint_or(st.get("epoch")), uint_or(st.get("ver")),
-        snap.reports, snap.confirms, snap.now_ms, st.get("state") or "",
+        snap.reports, snap.confirms, snap.now_ms, st.get("state") or "", alive_ms,
     )  # fmt: skip
 
 
@@ -259,13 +267,17 @@ def missing_message(q: Quorum, timeout: float) -> str:
 
 
 async def wait_for_quorum(
-    store: Store, roster: Sequence[str], wake: Wake, timeout: float
+    store: Store,
+    roster: Sequence[str],
+    wake: Wake,
+    timeout: float,
+    alive_ms: int = DEFAULT_ALIVE_MS,
 ) -> tuple[NodeSnapshot, Quorum]:
     deadline = time.monotonic() + timeout
     while True:
         wake.clear()
         snap = await store.snapshot(roster)
-        q = quorum_of(snap)
+        q = quorum_of(snap, alive_ms)
         left = deadline - time.monotonic()
         if q.complete or left <= 0 or not roster:
             return snap, q

@@ -5,8 +5,10 @@ Errors name the bad field and where it came from. Nothing here touches Redis or 
 
 from __future__ import annotations
 
+import grp
 import math
 import os
+import tempfile
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -100,7 +102,7 @@ class Resolver:
                 continue
             try:
                 return conv(raw)
-            except (ValueError, TypeError) as e:
+            except (ValueError, TypeError, OverflowError) as e:
                 raise ConfigError(f"{name}: bad value {raw!r} from {where}: {e}") from None
         return default
 
@@ -157,6 +159,101 @@ def str_list(v: Any) -> list[str]:
     return [p.strip() for p in str(v).split(",") if p.strip()]
 
 
+STATE_DIR_HELP = (
+    "$STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/killswitch, else "
+    "~/.local/state/killswitch, else /var/lib/killswitch, whichever is writable first; "
+    "else a directory under the temp dir, with a warning"
+)
+
+
+def _writable(path: Path) -> bool:
+    """True if `path` is a writable directory, or could be created under a writable one."""
+    p = path
+    while not p.exists():
+        if p.parent == p:
+            return False
+        p = p.parent
+    return p.is_dir() and os.access(p, os.W_OK | os.X_OK)
+
+
+SYSTEM_STATE_DIR = "/var/lib/killswitch"
+
+
+def pick_state_dir(
+    env: Mapping[str, str] | None = None, system_dir: str = SYSTEM_STATE_DIR
+) -> tuple[str, str]:
+    """The default state directory and a warning ("" if none) about it.
+
+    Works for a user with no home (the container image runs as `nobody`): the temp-dir
+    fallback keeps the sidecar running, but a reboot forgets the highest epoch seen there,
+    so it warns loudly.
+    """
+    env = os.environ if env is None else env
+    candidates: list[Path] = []
+    if env.get("STATE_DIRECTORY"):
+        candidates.append(Path(env["STATE_DIRECTORY"].split(":")[0]))
+    if env.get("XDG_STATE_HOME"):
+        candidates.append(Path(env["XDG_STATE_HOME"]) / "killswitch")
+    home = env.get("HOME") or ""
+    if home and Path(home).is_dir():
+        candidates.append(Path(home) / ".local" / "state" / "killswitch")
+    candidates.append(Path(system_dir))
+    for c in candidates:
+        if _writable(c):
+            return str(c), ""
+    fallback = Path(tempfile.gettempdir()) / f"killswitch-{os.getuid()}"
+    return str(fallback), (
+        f"no writable state directory ({', '.join(str(c) for c in candidates)}); using "
+        f"{fallback}, which a reboot may wipe: give --state-dir on persistent storage"
+    )
+
+
 def default_state_dir() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return str(Path(base) / "killswitch")
+    return pick_state_dir()[0]
+
+
+# Linux's sockaddr_un.sun_path is 108 bytes including the terminating NUL.
+MAX_UNIX_PATH = 107
+
+
+def check_listen_path(addr: ListenAddr) -> None:
+    """Refuse a unix socket path that cannot work, before anything binds."""
+    if addr.kind != "unix":
+        return
+    raw = os.fsencode(addr.path)
+    if len(raw) > MAX_UNIX_PATH:
+        raise ConfigError(
+            f"listen: unix socket path {addr.path!r} is {len(raw)} bytes; the limit is "
+            f"{MAX_UNIX_PATH} (use a shorter directory)"
+        )
+    parent = Path(addr.path).parent
+    if not parent.is_dir():
+        raise ConfigError(f"listen: directory {str(parent)!r} of {addr} does not exist")
+
+
+def listen_host(v: Any) -> str:
+    """An address to bind an HTTP server on: an IP literal or a host name, no port."""
+    text = str(v).strip().strip("[]")
+    if not text or any(c.isspace() for c in text) or "/" in text or len(text) > 253:
+        raise ValueError("must be an address such as 127.0.0.1, 0.0.0.0 or ::")
+    return text
+
+
+def file_mode(v: Any) -> int:
+    """Permission bits in octal, e.g. 660 or 0o660."""
+    text = str(v).strip().lower().removeprefix("0o")
+    if not text or len(text) > 4 or any(c not in "01234567" for c in text):
+        raise ValueError("must be octal permission bits 0..777, e.g. 660")
+    mode = int(text, 8)
+    if mode > 0o777:
+        raise ValueError("must be octal permission bits 0..777, e.g. 660")
+    return mode
+
+
+def group_id(v: Any) -> int:
+    """A group name or numeric id that exists on this machine."""
+    text = str(v).strip()
+    try:
+        return grp.getgrgid(int(text)).gr_gid if text.isdigit() else grp.getgrnam(text).gr_gid
+    except (KeyError, OverflowError):
+        raise ValueError("no such group on this machine") from None

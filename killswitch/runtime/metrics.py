@@ -7,11 +7,14 @@ contract (dashboards and alert rules use them): add new ones, never rename.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from killswitch.core.version import __version__
+from killswitch.runtime.errors import StartupError
 
 
 def render(registry: CollectorRegistry) -> tuple[int, dict[str, str], bytes]:
@@ -28,13 +31,27 @@ def build_info(registry: CollectorRegistry, component: str) -> None:
     g.labels(component=component, version=__version__).set(1)
 
 
-class MetricsServer:
-    """Serves `/metrics` (and `/healthz`) of one registry on a TCP port."""
+DEFAULT_LISTEN = "127.0.0.1"  # scrape across hosts or containers with --metrics-listen 0.0.0.0
 
-    def __init__(self, registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> None:
+
+class MetricsServer:
+    """Serves `/metrics` and `/healthz` of one registry on a TCP port.
+
+    `health` returns "" while the process works, else the reason it does not: `/healthz`
+    then answers 503 with that reason, so a supervisor or a scraper sees it.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        port: int,
+        host: str = DEFAULT_LISTEN,
+        health: Callable[[], str] | None = None,
+    ) -> None:
         self.registry = registry
         self.port = port
         self.host = host
+        self.health = health
         self._runner: web.AppRunner | None = None
 
     async def _metrics(self, _request: web.Request) -> web.Response:
@@ -42,6 +59,9 @@ class MetricsServer:
         return web.Response(status=status, body=body, headers=headers)
 
     async def _health(self, _request: web.Request) -> web.Response:
+        problem = self.health() if self.health is not None else ""
+        if problem:
+            return web.Response(status=503, text=f"unhealthy: {problem}\n")
         return web.Response(text="ok\n")
 
     async def start(self) -> None:
@@ -53,7 +73,13 @@ class MetricsServer:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            raise StartupError(
+                f"metrics: cannot listen on {self.host}:{self.port}: {e.strerror or e}"
+            ) from None
         self._runner = runner
 
     async def stop(self) -> None:

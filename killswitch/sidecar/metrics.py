@@ -33,8 +33,13 @@ class Sidecar(Protocol):
     @property
     def refused_arms(self) -> int: ...
     @property
+    def loop_errors(self) -> int: ...
+    @property
     def junk_inputs(self) -> int: ...
     def sync_age(self) -> float | None: ...
+    def problem(self) -> str: ...
+    def gate_connections(self) -> tuple[int, int]: ...
+    def summarized_lines(self) -> int: ...
 
 
 class SidecarCollector:
@@ -118,6 +123,39 @@ class SidecarCollector:
         )
         fails.add_metric([n, h], sc.failures)
         yield fails
+        loop = CounterMetricFamily(
+            "killswitch_sync_loop_errors",
+            "Sync iterations that failed for a reason other than Redis (a bug, an unwritable "
+            "state file); the gate is closed and the loop retries.",
+            labels=["node", "host"],
+        )
+        loop.add_metric([n, h], sc.loop_errors)
+        yield loop
+        yield _gauge(
+            "killswitch_healthy",
+            "1 while this sidecar can do its job; 0 with the reason on /healthz.",
+            n, h, float(not sc.problem()),
+        )  # fmt: skip
+        open_conns, refused = sc.gate_connections()
+        yield _gauge(
+            "killswitch_gate_connections", "Gate protocol connections open now.", n, h, open_conns
+        )
+        ref = CounterMetricFamily(
+            "killswitch_gate_connections_refused",
+            "Gate connections closed by the server: refused at the cap, evicted to make room, "
+            "or holding a partial line too long.",
+            labels=["node", "host"],
+        )
+        ref.add_metric([n, h], refused)
+        yield ref
+        summ = CounterMetricFamily(
+            "killswitch_log_lines_summarized",
+            "BLOCK_ORDER log lines replaced by summary events because logging could not keep up "
+            "(every one is counted in a summary).",
+            labels=["node", "host"],
+        )
+        summ.add_metric([n, h], sc.summarized_lines())
+        yield summ
         regr = CounterMetricFamily(
             "killswitch_epoch_regressions",
             "Times this host read a node state older than one it had seen (data loss or rollback).",
@@ -131,13 +169,13 @@ class SidecarCollector:
             "this node, epoch and host): the gate stays closed.",
             n, h, float(bool(sc.gate.view.refusal)),
         )  # fmt: skip
-        refused = CounterMetricFamily(
+        arm_refusals = CounterMetricFamily(
             "killswitch_arm_refusals",
             "ARMED states this host refused to open for (once per epoch and reason).",
             labels=["node", "host"],
         )
-        refused.add_metric([n, h], sc.refused_arms)
-        yield refused
+        arm_refusals.add_metric([n, h], sc.refused_arms)
+        yield arm_refusals
         junk = CounterMetricFamily(
             "killswitch_junk_inputs",
             "Values read from Redis or pub/sub that are not what killswitch writes (ignored).",

@@ -27,16 +27,19 @@ from killswitch.core.gate import LIMIT, Gate
 from killswitch.core.scope import Scopes, newer, parse_scopes
 from killswitch.core.state import HostView, NodeState, boot_view, observe
 from killswitch.core.version import __version__
+from killswitch.runtime import logs
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled
 from killswitch.sidecar.armcheck import ArmCheck
+from killswitch.sidecar.blocklog import BlockSummaries
 from killswitch.sidecar.gateserver import GateServer
+from killswitch.sidecar.memory import Memory
 from killswitch.sidecar.metrics import SidecarCollector
 from killswitch.sidecar.notify import StateNotifier
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.store.localstate import LocalState
-from killswitch.store.redisconn import connect
+from killswitch.store.redisconn import classify, connect, endpoint, scrub
 from killswitch.store.store import FlushReport, Store
 
 log = structlog.get_logger("killswitch.sidecar.service")
@@ -59,21 +62,22 @@ class Sidecar:
         self.store = Store(redis, settings.node)
         self.clock = clock
         self.log = (logger or log).bind(node=settings.node, host=settings.host)
-        self.local = (
+        local = (
             LocalState(settings.state_dir, settings.node, settings.host)
             if settings.state_dir
             else None
         )
-        max_epoch, max_state, problem = self.local.load() if self.local else (0, None, "")
+        max_epoch, max_state, problem = local.load() if local else (0, None, "")
+        self.memory = Memory(local, (max_epoch, max_state), self.log)
         view = boot_view(max_epoch, max_state)
         self._local_problem = problem
         self._problem_epoch: int | None = None  # first epoch read while the file was unreadable
         self._fail_streak = 0
-        self._recorded: tuple[int, NodeState | None] = (max_epoch, max_state)
         self._held_recorded = 0  # epoch of a kill notice already recorded locally (0: none)
+        self.blocks = BlockSummaries(self.log, clock)
         self.gate = Gate(
             settings.node, settings.host, view=view, clock=clock, log=self.log,
-            limits=settings.limits,
+            log_budget=self.blocks.budget, limits=settings.limits,
         )  # fmt: skip
         # Without an operators file this gate can never open: it cannot verify any arm.
         self.arms = ArmCheck(
@@ -95,8 +99,12 @@ class Sidecar:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._server = GateServer(
-            self.gate, settings.listen, logger=self.log, on_flat=self._wake.set
-        )
+            self.gate, settings.listen, logger=self.log, max_conns=settings.max_conns,
+            line_timeout=settings.line_timeout, socket_mode=settings.socket_mode,
+            socket_gid=settings.socket_gid, on_flat=self._wake.set,
+        )  # fmt: skip
+        self.loop_errors = 0  # sync iterations that failed for any reason but Redis
+        self._loop_problem = ""  # why the last sync iteration failed ("" once one succeeds)
         self.notify = StateNotifier(self, self._server)
         self.scopes = Scopes()
         self._scope_regressed = False
@@ -111,7 +119,9 @@ class Sidecar:
         self.registry.register(SidecarCollector(self))
         build_info(self.registry, "sidecar")
         self._metrics = (
-            MetricsServer(self.registry, settings.metrics_port)
+            MetricsServer(
+                self.registry, settings.metrics_port, settings.metrics_listen, health=self.problem
+            )
             if settings.metrics_port is not None
             else None
         )
@@ -126,9 +136,14 @@ class Sidecar:
         if self._started:
             return
         self._started = True
-        await self._server.start()
-        if self._metrics:
-            await self._metrics.start()
+        try:
+            await self._server.start()
+            if self._metrics:
+                await self._metrics.start()
+        except BaseException:
+            await self._server.stop()  # release what was bound; the caller reports why
+            self._started = False
+            raise
         self._tasks = [
             asyncio.create_task(self._sync_loop(), name="sync"),
             asyncio.create_task(self._listen_loop(), name="pubsub"),
@@ -157,6 +172,7 @@ class Sidecar:
         await self.notify.close()
         for t in self._tasks:
             t.cancel()
+        self.report_skipped_blocks()  # the last counts, before the process goes
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
@@ -171,10 +187,45 @@ class Sidecar:
 
     # -- sync ------------------------------------------------------------------------------
 
+    @property
+    def local(self) -> LocalState | None:
+        """The local state file (the Memory writes it; replaceable, e.g. by tests)."""
+        return self.memory.local
+
+    @local.setter
+    def local(self, value: LocalState | None) -> None:
+        self.memory.local = value
+
+    def gate_connections(self) -> tuple[int, int]:
+        """(open now, closed by the server so far) on the gate sockets."""
+        srv = self._server
+        return len(srv.connections), srv.refused + srv.evicted + srv.timed_out
+
+    def summarized_lines(self) -> int:
+        return logs.summarized() + self.blocks.skipped()
+
+    def problem(self) -> str:
+        """Why this sidecar cannot do its job right now ("" when it can); /healthz shows it.
+
+        Redis being unreachable is not one: that is the lease running out, as designed.
+        """
+        return self._loop_problem or self.memory.problem or self._local_problem
+
     async def _sync_loop(self) -> None:
         while not self._stop.is_set():
             started = self.clock()
-            await self.sync_once()
+            try:
+                await self.sync_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a bug or a broken disk must never end the loop silently
+                self._loop_failed(e)
+            else:
+                if self._loop_problem:
+                    self.log.info("SYNC_LOOP_RECOVERED", reason=self._loop_problem)
+                    self._loop_problem = ""
+            if self.blocks.due():
+                self.report_skipped_blocks()
             wait = self.s.flush_interval - (self.clock() - started)
             if wait > 0 and not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -206,7 +257,7 @@ class Sidecar:
             gate="open" if self.gate.is_open else "closed",
             orders_per_s=self._orders_per_s(sent, allowed + blocked),
             stale_after_ms=int(self.s.stale_after * 1000),
-            regression=view.regression or self._local_problem,
+            regression=view.regression or self.problem(),
             confirm_epoch=view.epoch if want_confirm else 0,
             confirm_ver=view.ver if want_confirm else 0,
             held_epoch=self.gate.held if self.gate.held == self._held_recorded else 0,
@@ -229,8 +280,10 @@ class Sidecar:
             if sent - self._last_fail_log > 1.0:
                 self._last_fail_log = sent
                 self.log.warning(
-                    "sync_failed", error=f"{type(e).__name__}: {e}", failures=self.failures
-                )
+                    "sync_failed", error=scrub(f"{type(e).__name__}: {e}"),
+                    kind=classify(e).kind, redis=endpoint(self.s.redis_url),
+                    failures=self.failures,
+                )  # fmt: skip
             return False
         self._rtt.observe(self.clock() - sent)
         if self._fail_streak:
@@ -258,6 +311,19 @@ class Sidecar:
     def verifications(self) -> int:
         return self.arms.verifications
 
+    def report_skipped_blocks(self) -> int:
+        """Log the summary of blocked orders counted instead of logged (see BlockSummaries)."""
+        return self.blocks.report(self.gate.status()[1])
+
+    def _loop_failed(self, e: Exception) -> None:
+        """Close the gate, count, log and remember why; the loop retries on its next turn."""
+        self.gate.close()
+        self.loop_errors += 1
+        reason = f"sync loop failed: {type(e).__name__}: {e}"
+        if reason != self._loop_problem or self.loop_errors % 100 == 1:
+            self.log.error("SYNC_LOOP_ERROR", reason=reason, errors=self.loop_errors)
+        self._loop_problem = reason
+
     def _confirmed(self, epoch: int, ver: int, state: str, blocked: int) -> None:
         self.confirmed = (epoch, ver)
         self.log.info("CONFIRMED", epoch=epoch, ver=ver, state=state, blocked=blocked)
@@ -276,19 +342,19 @@ class Sidecar:
                     first_epoch_read=self._problem_epoch,
                 )  # fmt: skip
                 self._local_problem = ""
-        if self._local_problem:
+        if (new.max_epoch, new.max_state) != (old.max_epoch, old.max_state) or self.memory.problem:
+            self._record(new.max_epoch, new.max_state)
+        if self._local_problem or self.memory.problem:
             new = HostView(
                 max_epoch=new.max_epoch,
                 max_state=new.max_state,
                 state=NodeState.STALE,
                 epoch=new.epoch,
-                regression=self._local_problem,
+                regression=self._local_problem or self.memory.problem,
             )
         if new.regression and new.regression != old.regression:
             self.regressions += 1
             self.log.error("EPOCH_REGRESSION", epoch=new.max_epoch, reason=new.regression)
-        if (new.max_epoch, new.max_state) != (old.max_epoch, old.max_state):
-            self._record(new.max_epoch, new.max_state)
         self.gate.apply(new, sent + self.s.stale_after)
         self.notify.changed()
         if (new.state, new.epoch, new.ver) != (old.state, old.epoch, old.ver):
@@ -368,15 +434,17 @@ class Sidecar:
             if (epoch, NodeState.KILLED) != (view.max_epoch, view.max_state):
                 # Memory and file agree: a restart behaves like this process would.
                 self.gate.view = replace(view, max_epoch=epoch, max_state=NodeState.KILLED)
-            self._record(epoch, NodeState.KILLED)
-            self._held_recorded = epoch
+            if self._record(epoch, NodeState.KILLED):
+                self._held_recorded = epoch
             self.notify.changed()
 
-    def _record(self, epoch: int, state: NodeState | None) -> None:
-        """Write the highest epoch seen to the local state file, only when it changes."""
-        if self.local is not None and (epoch, state) != self._recorded:
-            self.local.save(epoch, state)
-        self._recorded = (epoch, state)
+    def _record(self, epoch: int, state: NodeState | None) -> bool:
+        """Write the highest epoch seen locally; a failed write closes the gate (see Memory)."""
+        if self.memory.record(epoch, state):
+            return True
+        self.gate.close()
+        self.loop_errors += 1
+        return False
 
     def sync_age(self) -> float | None:
         return None if self.last_ok is None else self.clock() - self.last_ok

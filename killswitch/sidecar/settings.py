@@ -20,6 +20,11 @@ class SidecarSettings:
     stale_after: float = 1.0
     state_dir: str = ""
     operators: str = ""  # the operators' allowed-signers file ("": this gate never opens)
+    metrics_listen: str = "127.0.0.1"  # 0.0.0.0 to be scraped from another host or container
+    max_conns: int = 1024  # gate connections at once
+    line_timeout: float = 5.0  # seconds a gate client may hold a partial line
+    socket_mode: int | None = None  # unix socket permission bits (None: the umask decides)
+    socket_gid: int | None = None  # unix socket group (None: the process's group)
     limits: Limits | None = None  # local pre-trade limits (`--limits`); None: none
     limits_digest: str = ""  # sha256 of the limits file, reported with the host's release
     on_kill: str = ""  # shell command run once per kill epoch (`--on-kill`)

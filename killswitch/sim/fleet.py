@@ -216,6 +216,10 @@ class Fleet:
         return self
 
     def start_aggregator(self, *args: str) -> Proc:
+        if not any(a.startswith("--max-orders") for a in args):
+            # Load that tests and the demo drive is not about the static cap: keep the
+            # always-on default (1000/s per host) from tripping under back-to-back loads.
+            args = (*args, "--max-orders", "1000000000")
         proc = Proc(
             "aggregator",
             [

@@ -12,11 +12,31 @@ pairs share a file (with `.` as the separator, `a.b`/`c` and `a`/`b.c` would).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from killswitch.core.state import NodeState
+
+
+def prepare_dir(directory: str | Path) -> str:
+    """Create `directory` (mode 0700) if needed and prove a file can be written and synced
+    there; returns "" when usable, else one line saying why not."""
+    d = Path(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=d)
+        try:
+            os.write(fd, b"ok")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        return f"cannot use {d} for the local state file: {e.strerror or e}"
+    return ""
 
 
 class LocalState:
@@ -43,11 +63,30 @@ class LocalState:
         return epoch, state, ""
 
     def save(self, max_epoch: int, state: NodeState | None) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        """Replace the file atomically and durably; raises OSError when it cannot.
+
+        A unique temporary name (two processes never write the same temp file), mode 0600,
+        fsync of the file before the rename and of the directory after it, so a power cut
+        leaves either the old file or the new one.
+        """
+        directory = self.path.parent
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         payload = json.dumps({"max_epoch": max_epoch, "max_state": state.value if state else None})
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+        try:
+            try:
+                os.fchmod(fd, 0o600)
+                os.write(fd, payload.encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

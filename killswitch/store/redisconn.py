@@ -21,6 +21,7 @@ of 10 retries with back-off turns a 0.3 s socket timeout into about 7 s of silen
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio
@@ -28,6 +29,14 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoPermissionError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from killswitch.store.redisurl import (
     CLUSTER_SCHEMES,
@@ -36,8 +45,11 @@ from killswitch.store.redisurl import (
     SENTINEL_SCHEME,
     ClusterURL,
     SentinelURL,
+    check_url,
+    endpoint,
     parse_cluster_url,
     parse_sentinel_url,
+    scrub,
 )
 
 __all__ = [
@@ -48,10 +60,15 @@ __all__ = [
     "DEFAULT_SOCKET_TIMEOUT",
     "SENTINEL_SCHEME",
     "ClusterURL",
+    "RedisProblem",
     "SentinelURL",
+    "check_url",
+    "classify",
     "connect",
+    "endpoint",
     "parse_cluster_url",
     "parse_sentinel_url",
+    "scrub",
 ]
 
 # `socket_timeout=None` means this, never "wait forever".
@@ -60,6 +77,35 @@ DEFAULT_CONNECT_TIMEOUT = 1.0
 # A connection idle this long is PINGed before its next command, so a dead one is found
 # before a command is written into it.
 DEFAULT_HEALTH_CHECK_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class RedisProblem:
+    """What went wrong talking to Redis, in words an operator can act on."""
+
+    kind: str  # "unreachable" | "refused credentials" | "bad request"
+    detail: str
+
+    def line(self, url: str) -> str:
+        return f"Redis at {endpoint(url)}: {self.kind}: {scrub(self.detail)}"
+
+
+_AUTH_WORDS = ("WRONGPASS", "NOAUTH", "NOPERM", "invalid password", "invalid username")
+
+
+def classify(e: BaseException) -> RedisProblem:
+    """Tell "unreachable" from "refused credentials" from "bad request" for one Redis error."""
+    text = f"{type(e).__name__}: {e}".replace("\n", " ").strip()
+    if isinstance(e, AuthenticationError | AuthorizationError | NoPermissionError) or any(
+        w in str(e) for w in _AUTH_WORDS
+    ):
+        return RedisProblem("refused credentials", text)
+    if isinstance(e, RedisConnectionError | RedisTimeout | OSError | TimeoutError):
+        return RedisProblem("unreachable", text)
+    # The operator verbs' lean transport raises its own ReplyError for an error reply.
+    if isinstance(e, ResponseError) or type(e).__name__ == "ReplyError":
+        return RedisProblem("bad request", text)
+    return RedisProblem("unreachable", text)
 
 
 class _SentinelManagedRedis(redis.asyncio.Redis):
@@ -92,9 +138,8 @@ def connect(
     `sentinel_kwargs=` replaces the options used to talk to the Sentinels themselves.
     Nothing connects until the first command.
     """
-    scheme, sep, _ = url.partition("://")
-    if not sep:
-        raise ValueError(f"Redis URL {url!r} has no scheme (want redis://, rediss://, ...)")
+    check_url(url)
+    scheme = url.partition("://")[0]
     options: dict[str, Any] = {
         "decode_responses": True,
         "socket_timeout": DEFAULT_SOCKET_TIMEOUT if socket_timeout is None else socket_timeout,

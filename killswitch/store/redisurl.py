@@ -141,3 +141,47 @@ def redact(url: str) -> str:
     user, colon, _pw = userinfo.partition(":")
     shown = f"{user}:***" if colon else "***"
     return f"{scheme}://{shown}@{hosts}{slash}{path}"
+
+
+_USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^@/\s]*)@")
+
+
+def scrub(text: str) -> str:
+    """`text` with the password of every URL in it replaced by `***` (the user is kept)."""
+
+    def hide(m: re.Match[str]) -> str:
+        user, sep, _ = m.group("userinfo").partition(":")
+        if not sep:  # `redis://secret@host`: redis-py reads a lone userinfo as the password
+            return f"{m.group('scheme')}***@"
+        return f"{m.group('scheme')}{user}:***@"
+
+    return _USERINFO_RE.sub(hide, text)
+
+
+def endpoint(url: str) -> str:
+    """The URL as it may be shown: scheme, user, hosts and path, never the password."""
+    return scrub(url)
+
+
+def check_url(url: str) -> None:
+    """Raise ValueError (naming the URL without its password) unless `url` is one we accept."""
+    scheme, sep, rest = url.partition("://")
+    shown = endpoint(url)
+    if not sep or not scheme:
+        raise ValueError(f"Redis URL {shown!r} has no scheme (want redis://, rediss://, ...)")
+    if scheme in PLAIN_SCHEMES:
+        if scheme != "unix" and not rest.split("/", 1)[0].rpartition("@")[2]:
+            raise ValueError(f"Redis URL {shown!r} has no host")
+        return
+    if scheme != SENTINEL_SCHEME and scheme not in CLUSTER_SCHEMES:
+        raise ValueError(
+            f"unsupported Redis URL scheme {scheme!r} in {shown!r} "
+            f"(want one of {', '.join((*PLAIN_SCHEMES, SENTINEL_SCHEME, *CLUSTER_SCHEMES))})"
+        )
+    try:
+        if scheme == SENTINEL_SCHEME:
+            parse_sentinel_url(url)
+        else:
+            parse_cluster_url(url)
+    except ValueError as e:
+        raise ValueError(scrub(str(e))) from None

@@ -51,6 +51,10 @@ LUA_MUTANTS: tuple[LuaMutant, ...] = (
     LuaMutant("kill_same_ver", "kill", "local new_ver = ver + 1", "local new_ver = ver"),
     LuaMutant("kill_no_notice", "kill", "redis.call('PUBLISH', ARGV[5], 'KILLED ' .. ks_str(new_epoch) .. ' ' .. ks_str(new_ver))", ""),
     LuaMutant("kill_no_audit", "kill", "audit_append(KEYS[2], KEYS[4], entry)", ""),
+    LuaMutant("kill_refusal_not_audited", "kill", "return refuse('fenced')", "return {0, epoch, ver, ks_str(now), state, 'fenced'}"),
+    LuaMutant("kill_ceiling_off", "kill", "local implausible = ceiling > 0 and epoch > ceiling", "local implausible = false"),
+    LuaMutant("kill_ceiling_inclusive", "kill", "and epoch > ceiling", "and epoch >= ceiling"),
+    LuaMutant("kill_junk_not_noted", "kill", "elseif implausible or (cur[2] and ks_uint(cur[2], nil) == nil) then", "elseif false then"),
     # arm.lua: completes a signed arm only while its request is current
     LuaMutant("arm_ignores_moved_epoch", "arm", "if epoch ~= ks_uint(ARGV[6], -1) or", "if false or"),
     LuaMutant("arm_ignores_moved_ver", "arm", "or ver ~= ks_uint(ARGV[7], -1) or", "or"),
@@ -66,9 +70,13 @@ LUA_MUTANTS: tuple[LuaMutant, ...] = (
     LuaMutant("flush_always_same_boot", "flush", "if prev[1] == boot then", "if true then"),
     LuaMutant("flush_never_same_boot", "flush", "if prev[1] == boot then", "if false then"),
     LuaMutant("flush_negative_delta", "flush", "local d_allowed = math.max(allowed - prev_allowed, 0)", "local d_allowed = allowed - prev_allowed"),
-    LuaMutant("flush_flow_needs_both", "flush", "if d_allowed > 0 or d_blocked > 0 or d_cancels > 0 then", "if d_allowed > 0 and d_blocked > 0 then"),
     LuaMutant("flush_proof_always_sent", "flush", "if digest == ARGV[28] then proof = '' end", ""),
     LuaMutant("flush_proof_never_sent", "flush", "local proof = s[5] or ''", "local proof = ''"),
+    LuaMutant("flush_flow_needs_both", "flush", "if d_allowed > 0 or d_blocked > 0 or", "if d_allowed > 0 and d_blocked > 0 or"),
+    LuaMutant("flush_cancels_alone_no_flow", "flush", "or d_cancels > 0 then", "then"),
+    LuaMutant("flush_new_boot_ignores_acked_cancels", "flush", "prev_cancels = tonumber(ARGV[24]) or 0", "prev_cancels = 0"),
+    LuaMutant("flush_extra_without_extras", "flush", "if #ARGV >= 30 then", "if #ARGV >= 29 then"),
+    LuaMutant("flush_scopes_not_returned", "flush", "for _, x in ipairs(redis.call('HGETALL', ARGV[27])) do", "for _, x in ipairs({}) do"),
     LuaMutant("flush_held_without_hold", "flush", "if ARGV[19] ~= '0' and s[1] == 'KILLED'", "if s[1] == 'KILLED'"),
     LuaMutant("flush_held_any_state", "flush", "ARGV[19] ~= '0' and s[1] == 'KILLED' and", "ARGV[19] ~= '0' and"),
     LuaMutant("flush_held_any_epoch", "flush", "and s[2] == ARGV[19]", ""),
@@ -83,14 +91,29 @@ LUA_MUTANTS: tuple[LuaMutant, ...] = (
     LuaMutant("lease_renew_by_anyone", "lease", "if cur == ARGV[1] then\n  redis.call('PEXPIRE'", "if cur then\n  redis.call('PEXPIRE'"),
     LuaMutant("lease_steal", "lease", "if not cur then", "if true then"),
     LuaMutant("lease_no_expiry", "lease", "redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)", "redis.call('SET', KEYS[1], ARGV[1])"),
+    LuaMutant("lease_keeps_ttl_less_lease", "lease", "elseif kind == 'string' and redis.call('PTTL', KEYS[1]) == -1 then", "elseif false then"),
     # read.lua
     LuaMutant("read_flows_inclusive", "read", "from = '(' .. after", "from = after"),
     LuaMutant("read_flows_never", "read", "local with_flows = ARGV[1] == '1'", "local with_flows = false"),
     LuaMutant("read_flows_from_start", "read", "if after ~= nil and after ~= '' then", "if false then"),
+    LuaMutant("read_wrong_type_fails", "read", "local r = redis.pcall(...)", "local r = redis.call(...)"),
+    LuaMutant("read_scopes_dropped", "read", "local scopes = safe({}, 'HGETALL', KEYS[5])", "local scopes = {}"),
     # roster.lua
     LuaMutant("roster_always_changes", "roster", "if same then return 0 end", ""),
     LuaMutant("roster_ignores_names", "roster", "if current[i] ~= wanted[i] then same = false break end", ""),
     LuaMutant("roster_ignores_count", "roster", "local same = #current == #wanted", "local same = true"),
+    # scope.lua
+    LuaMutant("scope_lift_of_absent_changes", "scope", "if ARGV[1] == 'arm' and not exists then", "if false then"),
+    LuaMutant("scope_lift_keeps_scope", "scope", "redis.call('HDEL', KEYS[1], field)", ""),
+    LuaMutant("scope_no_notice", "scope", "redis.call('PUBLISH', ARGV[7], 'SCOPE ' .. ver)", ""),
+    LuaMutant("scope_no_audit", "scope", "audit_append(KEYS[2], KEYS[4], entry)", ""),
+    # prelude.lua (in front of kill, arm, roster, audit_event, scope): the chain, bounded reads
+    LuaMutant("prelude_chain_unlinked", "prelude", "local entry = {'seq', ks_str(seq + 1), 'prev', prev}", "local entry = {'seq', ks_str(seq + 1), 'prev', ''}"),
+    LuaMutant("prelude_head_not_moved", "prelude", "redis.call('HSET', head, 'seq', ks_str(seq + 1), 'hash', digest, 'id', id)", ""),
+    LuaMutant("prelude_head_seq_unbounded", "prelude", "string.match(h[1], '^%d+$') and #h[1] <= 15", "tonumber(h[1])"),
+    LuaMutant("prelude_junk_type_kept", "prelude", "    redis.call('DEL', key)\n    return found", "    return found"),
+    LuaMutant("prelude_uint_no_pattern", "prelude", "or not string.match(s, '^%d+$') then", "then"),
+    LuaMutant("prelude_repair_not_noted", "prelude", "if bad_stream or bad_head then", "if false then"),
 )  # fmt: skip
 
 # Python mutants that survive on purpose: mutmut name -> why no test can tell them apart.

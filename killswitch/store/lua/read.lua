@@ -1,5 +1,5 @@
 -- One atomic read of a node: server time first, then the state, the aggregator's view, the
--- leader lease, whether a roster is stored, and for each roster host its report, its
+-- leader lease, whether a roster is stored (as a set: junk of another type reads as none), and for each roster host its report, its
 -- confirmation and (when asked) its new flow entries. Read-only; every key is one node's
 -- (one hash slot), so it runs the same on a single Redis and on Redis Cluster.
 -- A key of the wrong type (written by hand) reads as empty instead of failing the whole read,
@@ -23,7 +23,7 @@ end
 local t = redis.call('TIME')
 local leader = safe('', 'GET', KEYS[3])
 local out = {t, safe({}, 'HGETALL', KEYS[1]), safe({}, 'HGETALL', KEYS[2]),
-             leader or '', redis.call('EXISTS', KEYS[4])}
+             leader or '', (redis.call('TYPE', KEYS[4]).ok == 'set') and 1 or 0}
 local with_flows = ARGV[1] == '1'
 local n = (#KEYS - 7) / 3
 for i = 0, n - 1 do
