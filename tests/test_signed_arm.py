@@ -102,7 +102,7 @@ class TestTwoPersonArm:
 
     def test_expired_request_cannot_be_completed(self, two: Fleet, r: redis_sync.Redis) -> None:
         """A request past its expiry is gone: the second operator starts a new one (5)."""
-        code, _, _ = arm_as(two, "alice", "--expires", "0.3")
+        code, _, _ = arm_as(two, "alice", "--expires", "1")
         assert code == 5
         pending = NodeKeys(two.node).pending_arm
         wait_until(lambda: not r.exists(pending), 10, 0.05, "the request expired")
