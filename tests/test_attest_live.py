@@ -81,17 +81,18 @@ def three(redis_url: str, node: str) -> Iterator[Fleet]:
         f.stop()
 
 
-def trips_total(port: int, node: str) -> float | None:
+def metric(port: int, name: str, **labels: str) -> float | None:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            if s.name == "killswitch_trips_total" and s.labels == {
-                "node": node,
-                "cause": "version_split",
-            }:
+            if s.name == name and s.labels == labels:
                 return s.value
     return None
+
+
+def trips_total(port: int, node: str) -> float | None:
+    return metric(port, "killswitch_trips_total", node=node, cause="version_split")
 
 
 class TestVersionSplit:
@@ -148,6 +149,7 @@ class TestVersionSplit:
             assert logged["hosts"] == ["or-08"]
             assert [e["cause"] for e in agg.events("TRIP")] == ["version_split"]
             assert trips_total(port, node) == 1.0
+            assert metric(port, "killswitch_release_split_hosts", node=node) == 1.0
 
             refused, err = arm_refused(f)
             assert refused["refused"] == {"or-08": f"runs release {odd}"}
@@ -158,6 +160,10 @@ class TestVersionSplit:
             install(f, "or-08")  # converges: the fleet's release again
             f.sidecars["or-08"].send(signal.SIGHUP)
             wait_until(lambda: len(status(f)["releases"]) == 1, 20, 0.05, "converged")
+            wait_until(
+                lambda: metric(port, "killswitch_release_split_hosts", node=node) == 0.0,
+                10, 0.05, "split gauge back to 0",
+            )  # fmt: skip
             f.arm(reason="converged")
             f.wait_all("PONG ARMED")
         finally:

@@ -35,7 +35,7 @@ from killswitch.core import leader, ruleview
 from killswitch.core.anomaly import CAUSES, HOST_SHARE, Evaluation, Monitor
 from killswitch.core.baseline import Baseline, BaselineStateError
 from killswitch.core.limitburst import LIMIT_BURST, LimitBurst
-from killswitch.core.release import VERSION_SPLIT, split
+from killswitch.core.release import VERSION_SPLIT, Split, split
 from killswitch.core.roster import Quorum, epoch_floor, quorum, reported_releases
 from killswitch.core.state import NodeRead, NodeState
 from killswitch.core.window import NodeWindows
@@ -109,6 +109,7 @@ class Aggregator:
         self.trust = Trust(settings.node, settings.hosts, operators, self.log, clock)
         self.unlisted: tuple[str, ...] = ()
         self.quorum: Quorum | None = None
+        self.release_split: Split | None = None
         self.trips = 0
         self.inputs = InputGuard(self.log)
         self.last_trip: tuple[int, str] | None = None  # (evaluation ms, cause) of our last trip
@@ -409,7 +410,7 @@ class Aggregator:
     async def _check_releases(self, now_ms: int) -> None:
         """The version vector as a trip rule: an armed roster running two releases is killed."""
         assert self.quorum is not None
-        cut = split(self.trust.roster, reported_releases(self.quorum.hosts))
+        cut = self.release_split = split(self.trust.roster, reported_releases(self.quorum.hosts))
         if cut is None or not self.is_armed():
             return
         if self.is_leader():

@@ -95,6 +95,7 @@ METRICS: dict[str, bool] = {
     "killswitch_roster_mismatch": False,
     "killswitch_unlisted_hosts": False,
     "killswitch_arm_unproven": False,
+    "killswitch_release_split_hosts": False,
     "killswitch_gate_arm_unproven": True,
     "killswitch_arm_refusals_total": True,
     "killswitch_fleet_orders": False,
