@@ -18,6 +18,7 @@ ALL = [
     "faults",
     "scale",
     "audit_cost",
+    "attest_hash",
 ]
 
 

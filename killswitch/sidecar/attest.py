@@ -133,6 +133,7 @@ class AttestLoop:
         self._log = log
         self._changed = changed
         self._force = asyncio.Event()
+        self.scanned = asyncio.Event()  # set after every finished scan (waiters clear it)
 
     def report_fields(self) -> tuple[tuple[str, str], ...]:
         return self.current.report_fields()
@@ -149,6 +150,7 @@ class AttestLoop:
             result = await asyncio.to_thread(self.attestor.scan, force)
             self.scans += 1
             self._publish(result, force)
+            self.scanned.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._force.wait(), self.interval)
             force = self._force.is_set()
