@@ -80,7 +80,7 @@ def attestation_off(fleet: Fleet, node: str, host: str) -> None:
 def table_lines(att: dict[str, Any] | None) -> list[str]:
     if not att:
         return []
-    odd = ", ".join(f"{h} ({r})" for h, r in sorted((att.get("refused") or {}).items()))
+    odd = ", ".join(f"{h} ({r[:25]}...)" for h, r in sorted((att.get("refused") or {}).items()))
     return [
         f"With attestation (--attest on every sidecar): the 09:30 open was refused (exit "
         f"{att['code']}), {odd}; the node never opens.",
