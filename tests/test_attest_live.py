@@ -73,8 +73,9 @@ def start(f: Fleet, *agg: str) -> Fleet:
 @pytest.fixture
 def three(redis_url: str, node: str) -> Iterator[Fleet]:
     f = Fleet(
-        redis_url, node, EIGHT[:3], attest=ATTEST, extra_sidecar_args=("--attest-interval", "0.3")
-    )
+        redis_url, node, EIGHT[:3], attest=ATTEST, extra_sidecar_args=("--attest-interval", "0.3"),
+        metrics_ports={"or-02": free_port()},
+    )  # fmt: skip
     try:
         yield start(f)
     finally:
@@ -202,6 +203,9 @@ class TestAttestProblems:
         assert three.order("or-01").startswith("ALLOW")
         [failed] = three.sidecars["or-02"].events("ATTEST_FAILED")
         assert "cannot read bin" in failed["reason"]
+        port = three.metrics_ports["or-02"]
+        labels = {"node": three.node, "host": "or-02"}
+        assert metric(port, "killswitch_attest_unreadable", **labels) == 1.0
         three.cli("kill", "--reason", "re-arm")
         refused, err = arm_refused(three)
         assert "cannot read bin" in refused["refused"]["or-02"] and "or-02" in err

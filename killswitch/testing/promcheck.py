@@ -102,6 +102,7 @@ METRICS: dict[str, bool] = {
     "killswitch_fleet_limit_orders": False,
     "killswitch_fleet_leader": False,
     "killswitch_fleet_nodes_not_summed": False,
+    "killswitch_attest_unreadable": True,
 }
 KNOWN_METRICS = frozenset(METRICS)
 PER_HOST_METRICS = frozenset(n for n, per_host in METRICS.items() if per_host)
