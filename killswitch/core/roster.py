@@ -14,6 +14,9 @@ from killswitch.core.bounds import parse_float, parse_uint, plausible_epoch, uin
 
 DEFAULT_ALIVE_MS = 1000
 MAX_REFUSAL = 64  # a host's arm refusal is a short name; junk written there stays short
+MAX_RELEASE = 64  # a sha256 in hex
+MAX_ATTEST = 512  # "attest: cannot read PATH: why"
+MAX_FILES, MAX_FILES_TEXT = 256, 64 * 1024  # attested files shown per host
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +140,9 @@ def host_status(
         junk=tuple(junk),
         reported_gate=report.get("gate", ""),
         proof=report.get("proof", "")[:MAX_REFUSAL] if alive else "",
-        release=report.get("release", ""),
-        files=report.get("files", ""),
-        attest=report.get("attest", "") if alive else "",
+        release=report.get("release", "")[:MAX_RELEASE],
+        files="\n".join(report.get("files", "")[:MAX_FILES_TEXT].splitlines()[:MAX_FILES]),
+        attest=report.get("attest", "")[:MAX_ATTEST] if alive else "",
     )
 
 
