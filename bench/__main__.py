@@ -20,6 +20,7 @@ ALL = [
     "blocked_flood",
     "gate_flood",
     "audit_cost",
+    "attest_hash",
 ]
 
 

@@ -38,8 +38,8 @@ class TestDemo:
     @pytest.mark.slow
     def test_demo_json_killswitch_trips_fast_and_per_host_limit_never(self) -> None:
         """`demo --json` exits 0 with one JSON table: killswitch trips within seconds of the
-        onset with every host confirming, the per-host limit never trips, and nothing is left
-        running."""
+        onset with every host confirming, the per-host limit never trips, the attested open is
+        refused naming or-08, and nothing is left running."""
         res = run("demo", "--json")
         assert res.returncode == 0, res.stderr[-3000:]
         doc = json.loads(res.stdout)
@@ -56,6 +56,9 @@ class TestDemo:
         assert alert["acted_after_s"] is None or alert["acted_after_s"] > ks["acted_after_s"]
         assert doc["knight"]["minutes"] == 45 and doc["knight"]["parent_orders"] == 212
         assert doc["final_state"] == "KILLED"
+        att = doc["attestation"]  # the deploy: or-08 kept the old binary, the open is refused
+        assert att["code"] == 4 and list(att["refused"]) == ["or-08"]
+        assert att["split"]["odd"]["or-08"] != att["split"]["majority"]
         routers = doc["routers"]
         assert all(r["blocked"] > 0 for r in routers.values())  # every host was stopped
         # Nothing left behind: no sidecar or redis-server of the demo still runs.

@@ -90,6 +90,19 @@ class TestRenderStatus:
         assert "SCOPED KILLS: host or-02, symbol KCG" in out
         assert "flat 1/3" in text(report(state="KILLED", flat=["or-01"]))
 
+    def test_release_split_is_named_and_the_odd_row_is_red(self) -> None:
+        """A split release names the odd host in the confirmations line and marks its row."""
+        hosts = {h: {**host(), "release": "a" * 64} for h in ("or-01", "or-02")}
+        hosts["or-03"] = {**host(), "release": "b" * 64}
+        rep = report(hosts=hosts, release_split={"majority": "a" * 64, "odd": {"or-03": "b" * 64}})
+        out = text(rep)
+        assert "RELEASE SPLIT: or-03" in out
+        (row,) = [ln for ln in out.splitlines() if ln.startswith("or-03")]
+        assert "bbbbbbbbbbbb" in row and "SPLIT" in row
+        (styled,) = [ln for ln in text(rep, styles=True).splitlines() if "bbbbbbbbbbbb" in ln]
+        assert "\x1b[1;31m" in styled
+        assert "RELEASE SPLIT" not in text(report())
+
     def test_without_an_aggregator_view_says_so(self) -> None:
         """No aggregator view means nothing sums the node's volume: the frame says it in words."""
         rep = report()

@@ -18,6 +18,7 @@ from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.aggregator.trust import Trust
 from killswitch.core import ruleview
 from killswitch.core.anomaly import Evaluation, MonitorConfig
+from killswitch.core.release import Split
 from killswitch.core.roster import Quorum
 from killswitch.core.state import NodeRead, NodeState
 from killswitch.core.window import SlidingWindow
@@ -82,6 +83,8 @@ class Aggregator(Protocol):
     def fleet(self) -> FleetRule | None: ...
     @property
     def inputs(self) -> InputGuard: ...
+    @property
+    def release_split(self) -> Split | None: ...
     def is_leader(self) -> bool: ...
 
 
@@ -136,6 +139,11 @@ class AggregatorCollector:
             "killswitch_unlisted_hosts",
             "Hosts that report but are not on the roster (blocked as unlisted, orders counted).",
             len(a.unlisted),
+        )
+        yield node_gauge(
+            "killswitch_release_split_hosts",
+            "Roster hosts running another release than the rest (version vector split; 0 none).",
+            len(a.release_split.odd) if a.release_split else 0,
         )
         yield node_gauge(
             "killswitch_arm_unproven",

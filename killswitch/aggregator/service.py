@@ -35,7 +35,8 @@ from killswitch.core import leader, ruleview
 from killswitch.core.anomaly import CAUSES, HOST_SHARE, Evaluation, Monitor
 from killswitch.core.baseline import Baseline, BaselineStateError
 from killswitch.core.limitburst import LIMIT_BURST, LimitBurst
-from killswitch.core.roster import Quorum, epoch_floor, quorum
+from killswitch.core.release import VERSION_SPLIT, Split, split
+from killswitch.core.roster import Quorum, epoch_floor, quorum, reported_releases
 from killswitch.core.state import NodeRead, NodeState
 from killswitch.core.window import NodeWindows
 from killswitch.runtime.metrics import MetricsServer, build_info
@@ -110,6 +111,7 @@ class Aggregator:
         self.trust = Trust(settings.node, settings.hosts, operators, self.log, clock)
         self.unlisted: tuple[str, ...] = ()
         self.quorum: Quorum | None = None
+        self.release_split: Split | None = None
         self.trips = 0
         self.inputs = InputGuard(self.log)
         self.last_trip: tuple[int, str] | None = None  # (evaluation ms, cause) of our last trip
@@ -128,7 +130,7 @@ class Aggregator:
         self._mirror_task: asyncio.Task[None] | None = None
         self.registry = registry if registry is not None else CollectorRegistry()
         n = settings.node
-        causes = (*CAUSES, LIMIT_BURST, ISOLATE, "operator", fleetrule.CAUSE)
+        causes = (*CAUSES, LIMIT_BURST, ISOLATE, VERSION_SPLIT, "operator", fleetrule.CAUSE)
         self.isolations = 0
         self.instruments = Instruments(self.registry, n, causes, CAUSES)
         self._trips_total = self.instruments.trips
@@ -397,6 +399,7 @@ class Aggregator:
         await self._act_on_unacted(now)
         if self.fleet is not None:
             await self.fleet.tick(now)
+        await self._check_releases(now)
         if self.state.state is NodeState.KILLED and self.quorum is not None and self.is_leader():
             # one aggregator counts and alarms, not every standby
             self.confirmations.observe(self.state, snap.state, self.quorum, now)
@@ -405,6 +408,19 @@ class Aggregator:
             await self._save_baseline()
         if self.is_leader():
             await self.store.publish_aggregator_view({**self.view(now), **self._ha_view()})
+
+    async def _check_releases(self, now_ms: int) -> None:
+        """The version vector as a trip rule: an armed roster running two releases is killed."""
+        assert self.quorum is not None
+        cut = self.release_split = split(self.trust.roster, reported_releases(self.quorum.hosts))
+        if cut is None or not self.is_armed():
+            return
+        if self.is_leader():
+            self.log.error(
+                "VERSION_SPLIT", hosts=sorted(cut.odd), releases=dict(cut.odd),
+                majority=cut.majority,
+            )  # fmt: skip
+        await self._trip(VERSION_SPLIT, cut.describe(), now_ms, [])
 
     def _ha_view(self) -> dict[str, str]:
         d = self.durable

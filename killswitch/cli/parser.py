@@ -151,6 +151,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         help="shell command run once per kill epoch (e.g. a venue mass-cancel); its exit "
         "status is reported in status --json",
     )
+    s.add_argument(
+        "--attest",
+        action="append",
+        metavar="PATH",
+        help="a file or glob whose bytes are part of this host's release (repeatable): the "
+        "trading binary, its config, its flag files, the --limits file. Hashed (SHA-256) at "
+        "start, on SIGHUP and when a file's size or mtime changes; a file that cannot be read "
+        "blocks this host; a roster running different releases is split",
+    )
+    s.add_argument(
+        "--attest-interval",
+        type=float,
+        metavar="S",
+        help="seconds between checks for changed attested files (default 2)",
+    )
 
     a = cmd(
         "aggregator",

@@ -73,6 +73,7 @@ def human(cmd: str, outcome: Outcome) -> str:
         lines.append(f"CONTRADICTED {h}: its confirmation is not counted: {escape(why)}")
     for item in rep.get("junk", []):
         lines.append(f"JUNK IN REDIS (ignored): {escape(item)}")
+    lines.extend(split_lines(rep))
     if rep.get("stale_hosts"):
         lines.append(f"STALE (blocked, cannot prove state): {', '.join(rep['stale_hosts'])}")
     if rep.get("redis_durable") is False:
@@ -99,18 +100,36 @@ def human(cmd: str, outcome: Outcome) -> str:
     return "\n".join(lines)
 
 
+def split_lines(rep: dict[str, Any]) -> list[str]:
+    """The version vector at a glance: one line when the roster runs more than one release."""
+    cut = rep.get("release_split")
+    if not cut:
+        return []
+    odd = ", ".join(f"{h} runs {r[:12] or 'none'}" for h, r in sorted(cut["odd"].items()))
+    return [
+        f"RELEASE SPLIT (version_split: arm refused, an armed node is killed): {odd}; "
+        f"the rest run {cut['majority'][:12] or 'none'}"
+    ]
+
+
 def _hosts(rep: dict[str, Any]) -> list[str]:
     out = [
-        f"  {'host':<16} {'alive':<6} {'age':>7} {'gate':<7} {'view':<8} {'epoch':>6} {'ord/s':>9} {'confirmed':<9}"
+        f"  {'host':<16} {'alive':<6} {'age':>7} {'gate':<7} {'view':<8} {'epoch':>6} {'ord/s':>9} {'confirmed':<9} {'release':<12}"
     ]
+    odd = (rep.get("release_split") or {}).get("odd", {})
     confirmed = set(rep.get("confirmed", []))
     for h, s in rep.get("hosts", {}).items():
         age = "-" if s.get("age_s") is None else f"{s['age_s']:.2f}s"
         mark = "yes" if h in confirmed else "NO"
         line = (
             f"  {h:<16} {('yes' if s.get('alive') else 'NO'):<6} {age:>7} {s.get('gate', '?'):<7} "
-            f"{s.get('view') or '?':<8} {s.get('epoch', 0):>6} {s.get('orders_per_s', 0):>9.1f} {mark:<9}"
+            f"{s.get('view') or '?':<8} {s.get('epoch', 0):>6} {s.get('orders_per_s', 0):>9.1f} {mark:<9} "
+            f"{(s.get('release') or '-')[:12]:<12}"
         )
+        if h in odd:
+            line += "  ! SPLIT: runs another release"
+        if s.get("attest"):
+            line += f"  ! {escape(s['attest'])}"
         if s.get("regression"):
             line += f"  ! {escape(s['regression'])}"
         if s.get("proof"):

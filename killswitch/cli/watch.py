@@ -154,6 +154,9 @@ def _confirmations(rep: Mapping[str, Any]) -> RenderableType:
     junk = rep.get("junk") or []
     if junk:
         line.append(f"   JUNK IN REDIS: {escape('; '.join(map(str, junk)))}", style="bold red")
+    odd: Mapping[str, str] = (rep.get("release_split") or {}).get("odd") or {}
+    if odd:
+        line.append(f"   RELEASE SPLIT: {', '.join(sorted(odd))}", style="bold red")
     return line
 
 
@@ -162,17 +165,22 @@ def _hosts(rep: Mapping[str, Any], agg: Mapping[str, Any]) -> RenderableType:
     for name, justify in (
         ("host", "left"), ("alive", "left"), ("age", "right"), ("gate", "left"),
         ("view", "left"), ("epoch", "right"), ("orders/s", "right"), ("confirmed", "left"),
-        ("", "left"),
+        ("release", "left"), ("", "left"),
     ):  # fmt: skip
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     confirmed = set(rep.get("confirmed") or [])
     stale = set(rep.get("stale_hosts") or [])
     haunted = {h.get("host"): h for h in _list(agg.get("haunted"))}
+    odd: Mapping[str, str] = (rep.get("release_split") or {}).get("odd") or {}
     for host, s in (rep.get("hosts") or {}).items():
         age = s.get("age_s")
         note = []
         if s.get("regression"):
             note.append(f"! {escape(s['regression'])}")
+        if host in odd:
+            note.append("! SPLIT: runs another release")
+        if s.get("attest"):
+            note.append(f"! {escape(s['attest'])}")
         if host in haunted:
             note.append(f"HAUNTED x{_float(haunted[host].get('peer_ratio')) or 0:.1f} peers")
         view = s.get("view") or ("STALE" if host in stale else "?")
@@ -185,8 +193,11 @@ def _hosts(rep: Mapping[str, Any], agg: Mapping[str, Any]) -> RenderableType:
             str(s.get("epoch", 0)),
             f"{_float(s.get('orders_per_s')) or 0:.1f}",
             "yes" if host in confirmed else "NO",
+            Text(str(s.get("release") or "-")[:12], style="bold red" if host in odd else ""),
             " ".join(note),
-            style=STALE_ROW if host in stale else ("yellow" if host in haunted else None),
+            style=STALE_ROW
+            if host in stale or host in odd
+            else ("yellow" if host in haunted else None),
         )
     return table
 

@@ -15,6 +15,9 @@ from killswitch.core.bounds import parse_float, parse_uint, plausible_epoch, uin
 DEFAULT_ALIVE_MS = 1000
 MAX_REFUSAL = 64  # a host's arm refusal is a short name; junk written there stays short
 MAX_ALIVE_MS = 10_000  # the largest --stale-after a sidecar accepts
+MAX_RELEASE = 64  # a sha256 in hex
+MAX_ATTEST = 512  # "attest: cannot read PATH: why"
+MAX_FILES, MAX_FILES_TEXT = 256, 64 * 1024  # attested files shown per host
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,9 @@ class HostStatus:
     junk: tuple[str, ...] = ()  # report/confirmation fields that were not bounded integers
     reported_gate: str = ""  # the gate in the host's last report, alive or not
     proof: str = ""  # why the host refuses the current arm ("" none): unsigned, unlisted, ...
+    release: str = ""  # the release the host last attested ("" none)
+    files: str = ""  # `path digest` lines of its attested files
+    attest: str = ""  # which attested file it cannot read ("" none)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -65,6 +71,9 @@ class HostStatus:
             "limits_digest": self.limits_digest,
             **({"junk": list(self.junk)} if self.junk else {}),
             "proof": self.proof,
+            "release": self.release,
+            "files": dict(line.rsplit(" ", 1) for line in self.files.splitlines() if " " in line),
+            "attest": self.attest,
         }
 
 
@@ -146,6 +155,9 @@ def host_status(
         junk=tuple(junk),
         reported_gate=report.get("gate", ""),
         proof=report.get("proof", "")[:MAX_REFUSAL] if alive else "",
+        release=report.get("release", "")[:MAX_RELEASE],
+        files="\n".join(report.get("files", "")[:MAX_FILES_TEXT].splitlines()[:MAX_FILES]),
+        attest=report.get("attest", "")[:MAX_ATTEST] if alive else "",
     )
 
 
@@ -211,7 +223,18 @@ def not_ready_for_arm(statuses: Mapping[str, HostStatus]) -> dict[str, str]:
             problems[h] = "has never reported"
         elif not s.alive:
             problems[h] = f"not reporting (last report {s.age_s:.1f}s ago)"
+        elif s.attest:
+            problems[h] = f"cannot prove its release ({s.attest})"
     return problems
+
+
+def reported_releases(statuses: Mapping[str, HostStatus]) -> dict[str, str]:
+    """host -> the release it last reported: the version vector.
+
+    Hosts that never reported, or that cannot read an attested file right now, are left out:
+    they block on their own, and a host whose file vanished must not kill its peers.
+    """
+    return {h: s.release for h, s in statuses.items() if s.age_s is not None and not s.attest}
 
 
 def epoch_floor(statuses: Mapping[str, HostStatus], stored: int = 0) -> int:

@@ -13,6 +13,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from killswitch.core import release
 from killswitch.core.armproof import (
     SCOPE_NODE,
     ArmRequest,
@@ -22,7 +23,12 @@ from killswitch.core.armproof import (
     verify_proof,
 )
 from killswitch.core.bounds import uint_or
-from killswitch.core.roster import DEFAULT_ALIVE_MS, epoch_floor, not_ready_for_arm
+from killswitch.core.roster import (
+    DEFAULT_ALIVE_MS,
+    epoch_floor,
+    not_ready_for_arm,
+    reported_releases,
+)
 from killswitch.core.sshsig import Operators, SignatureError, verify
 from killswitch.core.state import NodeState, next_epoch
 from killswitch.ops.control import (
@@ -111,6 +117,20 @@ async def arm(
             EXIT_REFUSED,
             report,
             f"refused: every roster host must be alive and reporting before arming:\n{lines}",
+        )
+    cut = release.split(wanted, reported_releases(q0.hosts))
+    if cut is not None:
+        odd = ", ".join(f"{h} runs {r}" for h, r in sorted(cut.odd.items()))
+        await audit_refusal(store, "arm", "", reason or "", f"version_split: {odd}")
+        report = _report(snap, node, alive_ms)
+        report["refused"] = {h: f"runs release {r}" for h, r in cut.odd.items()}
+        report["release_split"] = {"majority": cut.majority, "odd": dict(cut.odd)}
+        lines = "\n".join(f"  {h}: runs {r}" for h, r in sorted(cut.odd.items()))
+        return Outcome(
+            EXIT_REFUSED,
+            report,
+            "refused: version_split: the roster runs more than one release (the rest run "
+            f"{cut.majority}):\n{lines}",
         )
     floor = max(epoch_floor(q0.hosts, epoch), _reported_floor(snap))
     req = pending or ArmRequest(

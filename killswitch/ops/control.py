@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from killswitch.core import release
 from killswitch.core.armproof import ArmRequest, ProofError, roster_of
 from killswitch.core.bounds import MAX_EPOCH_JUMP, parse_uint, uint_or
 from killswitch.core.leader import instance_of
@@ -23,6 +24,7 @@ from killswitch.core.roster import (
     host_status,
     implausible_reports,
     quorum,
+    reported_releases,
 )
 from killswitch.core.ruleview import decode_view
 from killswitch.core.scope import parse_scopes
@@ -99,6 +101,12 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
     junk = _junk(snap, q)
     if junk:
         report["junk"] = junk
+    vector = reported_releases(q.hosts)
+    report["releases"] = release.releases(vector)
+    cut = release.split(q.roster, vector)
+    report["release_split"] = (
+        None if cut is None else {"majority": cut.majority, "odd": dict(cut.odd)}
+    )
     return report
 
 

@@ -63,6 +63,7 @@ BOUNDS: dict[str, Bound] = {
     "max-limit-refusals": Bound(1, 10**9, whole=True),
     "limit-window": Bound(0.1, 3600.0, "s"),
     "limit-min-hosts": Bound(1, 10_000, whole=True),
+    "attest-interval": Bound(0.1, 3600.0, "s"),  # checks for a changed size or mtime
 }
 
 

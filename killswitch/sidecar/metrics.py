@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from killswitch.core.gate import LIMIT, Gate
 from killswitch.core.state import BlockReason, NodeState
+from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.settings import SidecarSettings
 
 # Always exported, at 0 until used, so rate() and alert rules see the series from the start.
@@ -36,6 +37,8 @@ class Sidecar(Protocol):
     def loop_errors(self) -> int: ...
     @property
     def junk_inputs(self) -> int: ...
+    @property
+    def attest(self) -> AttestLoop: ...
     def sync_age(self) -> float | None: ...
     def problem(self) -> str: ...
     def gate_connections(self) -> tuple[int, int]: ...
@@ -183,6 +186,12 @@ class SidecarCollector:
         )
         junk.add_metric([n, h], sc.junk_inputs)
         yield junk
+        yield _gauge(
+            "killswitch_attest_unreadable",
+            "1 while this host cannot read an attested file (or has not hashed them yet): it "
+            "blocks; the log event ATTEST_FAILED names the file.",
+            n, h, float(bool(sc.attest.current.problem)),
+        )  # fmt: skip
 
 
 def _gauge(name: str, doc: str, node: str, host: str, value: float) -> GaugeMetricFamily:

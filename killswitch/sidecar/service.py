@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import time
 import uuid
 from collections import deque
@@ -25,13 +26,14 @@ from redis.asyncio import Redis
 from killswitch.core.bounds import parse_uint, plausible_epoch
 from killswitch.core.gate import LIMIT, Gate
 from killswitch.core.scope import Scopes, newer, parse_scopes
-from killswitch.core.state import HostView, NodeState, boot_view, observe
+from killswitch.core.state import HostView, NodeState, boot_view, observe, unproven
 from killswitch.core.version import __version__
 from killswitch.runtime import logs
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled
 from killswitch.sidecar.armcheck import ArmCheck
+from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.blocklog import BlockSummaries
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.memory import Memory
@@ -97,6 +99,12 @@ class Sidecar:
         self._rate: deque[tuple[float, int]] = deque(maxlen=64)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        # The --limits file is part of the release: its digest joins the attested files'.
+        self.attest = AttestLoop(
+            settings.attest, settings.attest_interval, self.log, changed=self._wake.set,
+            fixed={"(limits)": settings.limits_digest} if settings.limits_digest else {},
+        )  # fmt: skip
+        self._attest_refusal = ""
         self._tasks: list[asyncio.Task[None]] = []
         self._server = GateServer(
             self.gate, settings.listen, logger=self.log, max_conns=settings.max_conns,
@@ -147,6 +155,7 @@ class Sidecar:
         self._tasks = [
             asyncio.create_task(self._sync_loop(), name="sync"),
             asyncio.create_task(self._listen_loop(), name="pubsub"),
+            asyncio.create_task(self.attest.run(), name="attest"),
         ]
         if self.arms.operators is None:
             self.log.error(
@@ -183,6 +192,7 @@ class Sidecar:
         self.log.info("sidecar_stopped")
 
     async def run(self) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.attest.rehash)
         await run_until_signalled(self.start, self.stop, self._stop)
 
     # -- sync ------------------------------------------------------------------------------
@@ -267,7 +277,7 @@ class Sidecar:
             limited=limited,
             acked_cancels=self.acked_more[0],
             acked_limited=self.acked_more[1],
-            extra=self.notify.report_fields(),
+            extra=(*self.notify.report_fields(), *self.attest.report_fields()),
             proof_digest=self.arms.digest,
             proof_refusal=view.refusal,
         )
@@ -296,7 +306,7 @@ class Sidecar:
             self._confirmed(view.epoch, view.ver, view.state.value, blocked)
         if reply.proof is not None:
             self.arms.hold(reply.proof_digest, reply.proof)
-        new = self.arms.prove(observe(view, reply.read))
+        new = self._attested(self.arms.prove(observe(view, reply.read)))
         if reply.closed_confirm and new.state is NodeState.KILLED:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
         self._apply_scopes(parse_scopes(reply.scopes))  # before the state: never open, then close
@@ -323,6 +333,14 @@ class Sidecar:
         if reason != self._loop_problem or self.loop_errors % 100 == 1:
             self.log.error("SYNC_LOOP_ERROR", reason=reason, errors=self.loop_errors)
         self._loop_problem = reason
+
+    def _attested(self, new: HostView) -> HostView:
+        """A host that cannot prove its release blocks (`unarmed`, refusal `unattested`)."""
+        problem = self.attest.current.problem
+        if problem and new.state is NodeState.ARMED and self._attest_refusal != problem:
+            self.log.error("ARM_NOT_PROVEN", epoch=new.epoch, reason="unattested", detail=problem)
+        self._attest_refusal = problem
+        return unproven(new, "unattested") if problem else new
 
     def _confirmed(self, epoch: int, ver: int, state: str, blocked: int) -> None:
         self.confirmed = (epoch, ver)

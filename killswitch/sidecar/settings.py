@@ -28,4 +28,6 @@ class SidecarSettings:
     limits: Limits | None = None  # local pre-trade limits (`--limits`); None: none
     limits_digest: str = ""  # sha256 of the limits file, reported with the host's release
     on_kill: str = ""  # shell command run once per kill epoch (`--on-kill`)
+    attest: tuple[str, ...] = ()  # files or globs whose bytes are this host's release
+    attest_interval: float = 2.0  # seconds between checks for changed attested files
     extra: dict[str, Any] = field(default_factory=dict)

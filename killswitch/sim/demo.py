@@ -33,6 +33,7 @@ from killswitch.core.anomaly import MonitorConfig
 from killswitch.core.backtest import FlowEvent, replay
 from killswitch.ops import audit as ops_audit
 from killswitch.ops import control
+from killswitch.sim import deploy
 from killswitch.sim.demoreport import HAUNTED, HOSTS, render_table, results
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.fleet import Fleet, wait_until
@@ -264,7 +265,7 @@ def run_demo(
     previous = signal.signal(signal.SIGTERM, on_term)
     workdir = Path(tempfile.mkdtemp(prefix="ks-demo-"))
     server = EmbeddedRedis(data_dir=workdir / "redis")
-    fleet = Fleet(server.url, NODE, HOSTS, workdir=workdir)
+    fleet = Fleet(server.url, NODE, HOSTS, workdir=workdir, attest=deploy.ATTEST)
     progress: _Progress | None = None
     try:
         (workdir / "redis").mkdir()
@@ -276,13 +277,19 @@ def run_demo(
         print(f"killswitch demo ({what}): starting redis-server, 8 sidecars and the aggregator ...",
               file=progress_out, flush=True)  # fmt: skip
         server.start()
+        deploy.install(fleet, HAUNTED)
         fleet.start()
         seed = seed_baseline(rules, s, _server_ms(server.url), mode.seed_s)
         sync_seed(server.url, seed)
         fleet.start_aggregator(*aggregator_flags(rules))
         wait_until(lambda: _all_alive(server.url), 30, 0.05, "roster stored and all 8 reporting")
+        deploy.wait_releases(fleet, NODE, 2)
+        refused = deploy.refused_open(fleet, NODE)
+        print(f"with attestation, the 09:30 open: {refused['message']}", file=progress_out)
+        deploy.attestation_off(fleet, NODE, HAUNTED)
         progress = _Progress(progress_out, rich_view=not as_json and sys.stdout.isatty())
         doc = asyncio.run(_run(fleet, mode, progress))
+        doc["attestation"] = refused
     finally:
         if progress is not None:
             progress.close()

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from killswitch.core import whatif
 from killswitch.core.anomaly import MonitorConfig
 from killswitch.core.backtest import FlowEvent
+from killswitch.sim import deploy
 from killswitch.sim.loadgen import RouterStats
 
 
@@ -160,6 +161,7 @@ def render_table(doc: dict[str, Any]) -> str:
         "killswitch": "killswitch (node-wide)",
     }
     lines = ["", *_heading(sc), f"The baseline was seeded from a {sc['baseline_seed']}.", ""]
+    lines += deploy.table_lines(doc.get("attestation"))
     lines += [
         f"{'monitor':<36} {'acted after onset':>18} {'orders after onset':>19}  what happened",
     ]

@@ -97,12 +97,14 @@ class Proc:
     log_path: Path
     popen: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
+    cwd: Path | None = None
 
     def start(self, env: dict[str, str]) -> None:
         self._log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
-            self.args, stdout=self._log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
-        )
+            self.args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            stdin=subprocess.DEVNULL, cwd=self.cwd,
+        )  # fmt: skip
 
     def send(self, sig: int) -> None:
         if self.popen is not None and self.popen.poll() is None:
@@ -151,6 +153,15 @@ class Fleet:
     _audit_logs: set[int] = field(default_factory=set)
     # Two throwaway operators (alice, bob): every process gets their allowed-signers file.
     operators: OperatorKeys | None = None
+    # Release files each sidecar attests, relative to its own directory (`release_dir`): the
+    # same relative paths on every host, as the same install path would be in production.
+    attest: Sequence[str] = ()
+
+    def release_dir(self, host: str) -> Path:
+        """The directory a host's sidecar runs in (its relative `--attest` paths start there)."""
+        d = self.workdir / "release" / host
+        d.mkdir(parents=True, exist_ok=True)
+        return d
 
     def __post_init__(self) -> None:
         if self.operators is None:
@@ -187,10 +198,13 @@ class Fleet:
             "--state-dir", str(self.workdir / "state"),
             *(("--metrics-port", str(self.metrics_ports[host])) if host in self.metrics_ports else ()),
             *self.extra_sidecar_args,
+            *(a for path in self.attest for a in ("--attest", path)),
         ]  # fmt: skip
 
     def start_sidecar(self, host: str, wait: bool = True) -> Proc:
         proc = Proc(host, self.sidecar_args(host), self.workdir / f"{host}.log")
+        if self.attest:
+            proc.cwd = self.release_dir(host)
         proc.start(self.env())
         self.sidecars[host] = proc
         if wait:

@@ -100,12 +100,14 @@ METRICS: dict[str, bool] = {
     "killswitch_roster_mismatch": False,
     "killswitch_unlisted_hosts": False,
     "killswitch_arm_unproven": False,
+    "killswitch_release_split_hosts": False,
     "killswitch_gate_arm_unproven": True,
     "killswitch_arm_refusals_total": True,
     "killswitch_fleet_orders": False,
     "killswitch_fleet_limit_orders": False,
     "killswitch_fleet_leader": False,
     "killswitch_fleet_nodes_not_summed": False,
+    "killswitch_attest_unreadable": True,
 }
 KNOWN_METRICS = frozenset(METRICS)
 PER_HOST_METRICS = frozenset(n for n, per_host in METRICS.items() if per_host)
