@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from killswitch.core.auditchain import parse_head, verify
-from killswitch.store import store as store_module
+from killswitch.store import scripts
 from killswitch.store.keys import NodeKeys
 from killswitch.testing.mutants import check_catalogue
 
@@ -32,7 +32,7 @@ AUDITED = {"kill", "arm", "arm_request", "roster", "scope", "audit_event"}
 def source(name: str) -> str:
     """The script as `Store` loads it, with the prelude when it audits (looked up at call
     time, so a Lua mutant applies here too)."""
-    return store_module.audited_script(name) if name in AUDITED else store_module._script(name)
+    return scripts.audited_script(name) if name in AUDITED else scripts.plain_script(name)
 
 
 async def run(redis: Redis, name: str, keys: Sequence[str], args: Sequence[Any]) -> list[str]:
@@ -1051,5 +1051,5 @@ class TestMutantCatalogue:
 
     def test_every_mutant_text_occurs_once(self) -> None:
         """Each catalogued mutant's text occurs exactly once in its script (else it tests nothing)."""
-        root = Path(store_module.__file__).resolve().parents[2]
+        root = Path(scripts.__file__).resolve().parents[2]
         assert check_catalogue(root) == []

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from killswitch.store.keys import FLEET_LEADER_KEY, NodeKeys
-from killswitch.store.store import _script
+from killswitch.store.scripts import plain_script
 
 
 class FleetStore:
@@ -22,7 +22,7 @@ class FleetStore:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._lease: AsyncScript = redis.register_script(_script("lease"))
+        self._lease: AsyncScript = redis.register_script(plain_script("lease"))
 
     async def lease(self, token: str, ttl_ms: int) -> tuple[bool, str, int, str]:
         """Acquire or renew the fleet leader lease (ttl 0: release it); see `lease.lua`.

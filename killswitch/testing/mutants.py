@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from killswitch.store import store
+from killswitch.store import scripts
 
 ENV = "KILLSWITCH_LUA_MUTANT"
 LUA_TESTS = ["tests/test_lua.py", "tests/test_notice.py"]
@@ -160,13 +160,13 @@ def pytest_configure(config: object) -> None:
     if not raw:
         return
     m = LuaMutant(**json.loads(raw))
-    original = store._script
+    original = scripts.plain_script
 
     def mutated(name: str) -> str:
         text = original(name)
         return text.replace(m.old, m.new) if name == m.script else text
 
-    store._script = mutated
+    scripts.plain_script = mutated
 
 
 def check_catalogue(root: Path) -> list[str]:
