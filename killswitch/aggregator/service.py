@@ -7,6 +7,9 @@ window and the trip rules are pure (`window`, `anomaly`), and how their decision
 is pure too (`ruleview`). Windows run on Redis server time, never on this machine's wall
 clock, and are evaluated on a grid of `tick` (multiples of 100 ms by default) so that
 `killswitch backtest` replays recorded flow at the very same instants.
+
+The aggregator's shared state and its upkeep (lease, durability, roster, baseline) are in
+`upkeep`, the trip rules in action in `trips`; this module sets them up and runs the ticks.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import functools
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -30,13 +33,14 @@ from killswitch.aggregator.confirmations import ConfirmationWatch
 from killswitch.aggregator.inputs import InputGuard
 from killswitch.aggregator.metrics import AggregatorCollector, Instruments
 from killswitch.aggregator.settings import AggregatorSettings, with_static_cap
+from killswitch.aggregator.trips import ISOLATE, TripRules
 from killswitch.aggregator.trust import Trust
+from killswitch.aggregator.upkeep import DURABILITY_CHECK_S
 from killswitch.core import leader, ruleview
-from killswitch.core.anomaly import CAUSES, HOST_SHARE, Evaluation, Monitor
-from killswitch.core.baseline import Baseline, BaselineStateError
+from killswitch.core.anomaly import CAUSES, Evaluation, Monitor
 from killswitch.core.limitburst import LIMIT_BURST, LimitBurst
-from killswitch.core.release import VERSION_SPLIT, Split, split
-from killswitch.core.roster import Quorum, epoch_floor, quorum, reported_releases
+from killswitch.core.release import VERSION_SPLIT, Split
+from killswitch.core.roster import Quorum, quorum
 from killswitch.core.state import NodeRead, NodeState
 from killswitch.core.window import NodeWindows
 from killswitch.runtime.metrics import MetricsServer, build_info
@@ -48,30 +52,10 @@ from killswitch.store.store import Store
 
 log = structlog.get_logger("killswitch.aggregator.service")
 
-ISOLATE = "host_share_isolate"  # trips_total cause of a haunted host killed on its own
-
 MAX_CATCHUP = 20  # grid points a late tick evaluates at most (2 s at the default tick)
 
 
-DURABILITY_CHECK_S = 30.0  # also re-checked at once when the roster turns out to be gone
-
-
-class NotDurable(RuntimeError):
-    """`require_durable` is set and Redis does not (or will not say that it does) persist."""
-
-
-@dataclass(frozen=True)
-class _Unacted:
-    """A trip the rules decided while this instance was a standby."""
-
-    cause: str
-    detail: str
-    at_ms: int
-    also: list[str]
-    armed_ms: int
-
-
-class Aggregator:
+class Aggregator(TripRules):
     """`start()`, idempotent `stop()`, blocking `run()`; collaborators are passed in."""
 
     def __init__(
@@ -116,7 +100,7 @@ class Aggregator:
         self.inputs = InputGuard(self.log)
         self.last_trip: tuple[int, str] | None = None  # (evaluation ms, cause) of our last trip
         self._last_roster_check = -1e9
-        self._unacted: _Unacted | None = None
+        self._unacted = None
         self.lead = leader.Leadership(
             leader.make_token(settings.instance, uuid.uuid4().hex[:8]), settings.lease_ttl
         )
@@ -189,23 +173,6 @@ class Aggregator:
             shadow=[c for c in cfg.causes if cfg.is_shadow(c)],
         )  # fmt: skip
 
-    async def _first_reads(self) -> None:
-        await self._check_durability()
-        if self.s.require_durable and not (self.durable and self.durable.enabled):
-            why = self.durable.detail if self.durable else "not checked"
-            raise NotDurable(
-                f"Redis is not durable ({why}): a restart would forget kills. Run it with "
-                "appendonly yes (appendfsync always or everysec), or drop --require-durable."
-            )
-        if self.trust.operators is None:
-            self.log.error(
-                "NO_OPERATORS",
-                reason="no --operators file: no arm can be verified, so this aggregator never "
-                "treats the node as armed and never trips it. Give --operators PATH",
-            )
-        await self._ensure_roster(force=True)
-        await self._restore_baseline()
-
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is None:  # never started, or stopped while start() still waited for Redis
@@ -267,80 +234,7 @@ class Aggregator:
         grid = (est // self.tick_ms + 1) * self.tick_ms
         return (grid - est) / 1000.0 + 0.002
 
-    async def _restore_baseline(self) -> None:
-        params = self.s.monitor.baseline_params()
-        try:
-            stored = await self.store.load_baseline()
-            if not stored:
-                self.log.info("baseline_cold", reason="no stored baseline")
-                return
-            baseline = Baseline.from_dict(stored, params)
-        except BaselineStateError as e:
-            self.log.error("baseline_unreadable", reason=str(e), action="starting cold")
-            return
-        self.monitor = Monitor(self.s.monitor, baseline, roster=self.trust.roster)
-        now = baseline.last_ms or 0
-        self.log.info(
-            "baseline_restored", learned_s=baseline.learned_ms / 1000,
-            expected=baseline.expected(now), warm=baseline.learned_ms >= self.s.monitor.warmup_ms,
-        )  # fmt: skip
-
-    async def _save_baseline(self) -> None:
-        if self.monitor.baseline.last_ms is None or not self.is_leader():
-            return  # never observed anything (or a standby): keep whatever is stored
-        try:
-            await self.store.save_baseline(self.monitor.baseline.to_dict())
-        except Exception as e:  # a failed save costs a re-learn, never the kill loop
-            self.log.warning("baseline_save_failed", error=f"{type(e).__name__}: {e}")
-
-    async def _ensure_roster(self, force: bool = False) -> None:
-        # Re-asserted every few seconds: a Redis that lost its data gets the roster back, and
-        # a stored roster edited by hand gets the signed one back.
-        now = self.clock()
-        if force or now - self._last_roster_check > 5.0:
-            self._last_roster_check = now
-            self._learn_proof(await self.store.proof())
-            signed = bool(self.trust.signed_roster)
-            actor = f"aggregator:{self.s.instance}" + (" (signed roster)" if signed else "")
-            if await self.store.set_roster(self.trust.roster, actor):
-                self.log.info("roster_stored", roster=list(self.trust.roster), signed=signed)
-
-    def _learn_proof(self, text: str) -> None:
-        if self.trust.learn(text):
-            self.monitor.roster = tuple(sorted(self.trust.roster))
-
     # -- one tick --------------------------------------------------------------------------
-
-    def is_leader(self) -> bool:
-        return self.lead.is_leader(self.clock())
-
-    def is_armed(self) -> bool:
-        """ARMED in Redis and proven by two operators' signatures: only then can rules trip."""
-        return self.state.state is NodeState.ARMED and not self.trust.refusal
-
-    async def _renew_lease(self) -> None:
-        sent = self.clock()
-        held, holder, ttl_ms, repaired = await self.store.lease(
-            self.lead.token, int(self.s.lease_ttl * 1000)
-        )
-        if repaired:
-            self.inputs.lease_repaired(repaired)
-        reply = leader.LeaseReply(held, holder, ttl_ms)
-        self.lead, change = leader.on_reply(self.lead, sent, reply)
-        if change:
-            self.log.warning(change, instance=self.s.instance,
-                             holder=leader.instance_of(holder))  # fmt: skip
-
-    async def _check_durability(self) -> None:
-        self._durability_at = self.clock()
-        d = self.durable = await durability.check(self.redis)
-        if d.enabled is not True:
-            level = "error" if self.s.require_durable else "warning"
-            getattr(self.log, level)(
-                "REDIS_NOT_DURABLE", reason=d.detail,
-                risk="a Redis restart forgets kills and the roster: hosts stay blocked "
-                "(epoch fencing) until two operators arm again",
-            )  # fmt: skip
 
     async def tick_once(self) -> None:
         await self._renew_lease()
@@ -409,59 +303,6 @@ class Aggregator:
         if self.is_leader():
             await self.store.publish_aggregator_view({**self.view(now), **self._ha_view()})
 
-    async def _check_releases(self, now_ms: int) -> None:
-        """The version vector as a trip rule: an armed roster running two releases is killed."""
-        assert self.quorum is not None
-        cut = self.release_split = split(self.trust.roster, reported_releases(self.quorum.hosts))
-        if cut is None or not self.is_armed():
-            return
-        if self.is_leader():
-            self.log.error(
-                "VERSION_SPLIT", hosts=sorted(cut.odd), releases=dict(cut.odd),
-                majority=cut.majority,
-            )  # fmt: skip
-        await self._trip(VERSION_SPLIT, cut.describe(), now_ms, [])
-
-    def _ha_view(self) -> dict[str, str]:
-        d = self.durable
-        durable = "" if d is None or d.enabled is None else str(int(d.enabled))
-        return {
-            "leader": self.s.instance,
-            "lease_ttl_s": f"{self.s.lease_ttl:g}",
-            "redis_durable": durable,
-            "redis_durable_detail": d.detail if d else "",
-        }
-
-    async def _evaluate(self, at: int) -> None:
-        ready = sorted(p for p in self._pending if p[0] <= at)
-        if ready:
-            self._pending = [p for p in self._pending if p[0] > at]
-            for ts, host, count in ready:
-                self.windows.add(ts, host, count)
-        self.windows.advance(at)
-        armed = self.is_armed()
-        w = self.windows
-        ev = self.evaluation = self.monitor.observe(
-            at, w.slow.total, w.slow.by_host, armed=armed,
-            fast_total=w.fast_total, fast_hosts=w.fast_by_host,
-        )  # fmt: skip
-        for level, event, fields in self.events.events(ev):
-            getattr(self.log, level)(event, **fields)
-        for t in ev.shadow_trips:
-            self._shadow_total.labels(self.s.node, t.cause).inc()
-        trips = list(ev.trips)
-        if self.s.on_haunted == "isolate" and armed:
-            # The haunted host alone is killed (a scoped kill); the other rules still kill
-            # the node.
-            for t in [t for t in trips if t.cause == HOST_SHARE and t.host]:
-                await self._isolate(t.host or "", t.detail, at)
-            trips = [t for t in trips if t.cause != HOST_SHARE]
-        if trips and armed:
-            await self._trip(trips[0].cause, trips[0].detail, at, [t.cause for t in trips[1:]])
-        burst = self.limit_burst.observe(at) if self.limit_burst is not None else None
-        if burst is not None and armed:
-            await self._trip(LIMIT_BURST, burst.detail, at, [])
-
     def view(self, now_ms: int) -> dict[str, str]:
         """What `status` shows of the aggregator (and what tests wait on): its last tick."""
         return {
@@ -480,62 +321,6 @@ class Aggregator:
             "not_flat": ",".join(self.confirmations.not_flat),
             **ruleview.view_fields(self.s.monitor, self.evaluation),
         }
-
-    async def _trip(self, cause: str, detail: str, at_ms: int, also: list[str]) -> None:
-        assert self.quorum is not None
-        if not self.is_leader():
-            # A standby keeps its windows warm but never acts. The rules latch a trip once
-            # per breach, so the decision is kept: if the leader died or froze without
-            # acting, this instance acts on it when it takes over (`_act_on_unacted`).
-            self._unacted = _Unacted(cause, detail, at_ms, list(also), self.armed_ms)
-            return
-        res = await self.store.kill(
-            actor=f"aggregator:{self.s.instance}",
-            reason=detail,
-            cause=cause,
-            floor=epoch_floor(self.quorum.hosts, self.state.epoch),
-            action="trip",
-            only_if_armed=True,
-            fence=self.lead.token,
-        )
-        if res.refused == "fenced":
-            # Paused past its lease while another instance took over: that one acts.
-            self.lead = leader.on_fenced(self.lead)
-            self.log.warning("TRIP_FENCED", cause=cause, instance=self.s.instance)
-        if res.changed:
-            self.trips += 1
-            self.last_trip = (at_ms, cause)
-            self._trips_total.labels(self.s.node, cause).inc()
-            self.log.error(
-                "TRIP", cause=cause, reason=detail, epoch=res.epoch, at_ms=at_ms, also=also
-            )
-            self.state = NodeRead(NodeState.KILLED, res.epoch, res.ver, detail)
-
-    async def _isolate(self, host: str, detail: str, at_ms: int) -> None:
-        if not self.is_leader():
-            return  # a standby never acts; isolation is not taken over (the rule trips again)
-        _, ver, _, _ = await self.store.scope(
-            op="kill", kind="host", value=host, actor=f"aggregator:{self.s.instance}",
-            reason=detail,
-        )  # fmt: skip
-        self.isolations += 1
-        self._trips_total.labels(self.s.node, ISOLATE).inc()
-        self.log.error("ISOLATE", host=host, reason=detail, scope_ver=ver, at_ms=at_ms)
-
-    async def _act_on_unacted(self, now_ms: int) -> None:
-        """A trip decided while standby, acted on after a takeover if it is still current.
-
-        Current: the node is still ARMED by the same arm and the decision is less than one
-        window old (an older one may no longer hold; a live leader would have acted on it).
-        """
-        u = self._unacted
-        if u is None or not self.is_leader():
-            return
-        self._unacted = None
-        fresh = now_ms - u.at_ms <= self.s.monitor.window_ms and u.armed_ms == self.armed_ms
-        if fresh and self.is_armed():
-            self.log.warning("TRIP_TAKEN_OVER", cause=u.cause, at_ms=u.at_ms)
-            await self._trip(u.cause, u.detail, u.at_ms, u.also)
 
 
 async def run_aggregator(settings: AggregatorSettings) -> None:

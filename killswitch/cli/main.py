@@ -192,7 +192,8 @@ def _aggregator(r: Resolver, node: str, redis_url: str) -> int:
 
     from redis.exceptions import RedisError
 
-    from killswitch.aggregator.service import NotDurable, run_aggregator
+    from killswitch.aggregator.service import run_aggregator
+    from killswitch.aggregator.upkeep import NotDurable
     from killswitch.store.redisconn import classify
 
     settings = aggregator_settings(r, node, redis_url)

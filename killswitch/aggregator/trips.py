@@ -1,0 +1,150 @@
+"""The aggregator's trip rules in action: each grid point's evaluation, the version-split
+rule, and what a trip does (a fenced node-wide kill, or a haunted host isolated on its own);
+a trip decided while standby is kept and acted on after a takeover if still current.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import Counter
+
+from killswitch.aggregator.upkeep import Upkeep
+from killswitch.core import leader, ruleview
+from killswitch.core.anomaly import HOST_SHARE, Evaluation
+from killswitch.core.limitburst import LIMIT_BURST, LimitBurst
+from killswitch.core.release import VERSION_SPLIT, Split, split
+from killswitch.core.roster import Quorum, epoch_floor, reported_releases
+from killswitch.core.state import NodeRead, NodeState
+from killswitch.core.window import NodeWindows
+
+ISOLATE = "host_share_isolate"  # trips_total cause of a haunted host killed on its own
+
+
+@dataclass(frozen=True)
+class _Unacted:
+    """A trip the rules decided while this instance was a standby."""
+
+    cause: str
+    detail: str
+    at_ms: int
+    also: list[str]
+    armed_ms: int
+
+
+class TripRules(Upkeep):
+    """Evaluating the rules and acting on their trips, for `Aggregator` (set up there)."""
+
+    windows: NodeWindows
+    events: ruleview.EventLog
+    evaluation: Evaluation | None
+    limit_burst: LimitBurst | None
+    quorum: Quorum | None
+    release_split: Split | None
+    armed_ms: int
+    trips: int
+    isolations: int
+    last_trip: tuple[int, str] | None
+    _pending: list[tuple[int, str, int]]
+    _unacted: _Unacted | None
+    _trips_total: Counter
+    _shadow_total: Counter
+
+    async def _check_releases(self, now_ms: int) -> None:
+        """The version vector as a trip rule: an armed roster running two releases is killed."""
+        assert self.quorum is not None
+        cut = self.release_split = split(self.trust.roster, reported_releases(self.quorum.hosts))
+        if cut is None or not self.is_armed():
+            return
+        if self.is_leader():
+            self.log.error(
+                "VERSION_SPLIT", hosts=sorted(cut.odd), releases=dict(cut.odd),
+                majority=cut.majority,
+            )  # fmt: skip
+        await self._trip(VERSION_SPLIT, cut.describe(), now_ms, [])
+
+    async def _evaluate(self, at: int) -> None:
+        ready = sorted(p for p in self._pending if p[0] <= at)
+        if ready:
+            self._pending = [p for p in self._pending if p[0] > at]
+            for ts, host, count in ready:
+                self.windows.add(ts, host, count)
+        self.windows.advance(at)
+        armed = self.is_armed()
+        w = self.windows
+        ev = self.evaluation = self.monitor.observe(
+            at, w.slow.total, w.slow.by_host, armed=armed,
+            fast_total=w.fast_total, fast_hosts=w.fast_by_host,
+        )  # fmt: skip
+        for level, event, fields in self.events.events(ev):
+            getattr(self.log, level)(event, **fields)
+        for t in ev.shadow_trips:
+            self._shadow_total.labels(self.s.node, t.cause).inc()
+        trips = list(ev.trips)
+        if self.s.on_haunted == "isolate" and armed:
+            # The haunted host alone is killed (a scoped kill); the other rules still kill
+            # the node.
+            for t in [t for t in trips if t.cause == HOST_SHARE and t.host]:
+                await self._isolate(t.host or "", t.detail, at)
+            trips = [t for t in trips if t.cause != HOST_SHARE]
+        if trips and armed:
+            await self._trip(trips[0].cause, trips[0].detail, at, [t.cause for t in trips[1:]])
+        burst = self.limit_burst.observe(at) if self.limit_burst is not None else None
+        if burst is not None and armed:
+            await self._trip(LIMIT_BURST, burst.detail, at, [])
+
+    async def _trip(self, cause: str, detail: str, at_ms: int, also: list[str]) -> None:
+        assert self.quorum is not None
+        if not self.is_leader():
+            # A standby keeps its windows warm but never acts. The rules latch a trip once
+            # per breach, so the decision is kept: if the leader died or froze without
+            # acting, this instance acts on it when it takes over (`_act_on_unacted`).
+            self._unacted = _Unacted(cause, detail, at_ms, list(also), self.armed_ms)
+            return
+        res = await self.store.kill(
+            actor=f"aggregator:{self.s.instance}",
+            reason=detail,
+            cause=cause,
+            floor=epoch_floor(self.quorum.hosts, self.state.epoch),
+            action="trip",
+            only_if_armed=True,
+            fence=self.lead.token,
+        )
+        if res.refused == "fenced":
+            # Paused past its lease while another instance took over: that one acts.
+            self.lead = leader.on_fenced(self.lead)
+            self.log.warning("TRIP_FENCED", cause=cause, instance=self.s.instance)
+        if res.changed:
+            self.trips += 1
+            self.last_trip = (at_ms, cause)
+            self._trips_total.labels(self.s.node, cause).inc()
+            self.log.error(
+                "TRIP", cause=cause, reason=detail, epoch=res.epoch, at_ms=at_ms, also=also
+            )
+            self.state = NodeRead(NodeState.KILLED, res.epoch, res.ver, detail)
+
+    async def _isolate(self, host: str, detail: str, at_ms: int) -> None:
+        if not self.is_leader():
+            return  # a standby never acts; isolation is not taken over (the rule trips again)
+        _, ver, _, _ = await self.store.scope(
+            op="kill", kind="host", value=host, actor=f"aggregator:{self.s.instance}",
+            reason=detail,
+        )  # fmt: skip
+        self.isolations += 1
+        self._trips_total.labels(self.s.node, ISOLATE).inc()
+        self.log.error("ISOLATE", host=host, reason=detail, scope_ver=ver, at_ms=at_ms)
+
+    async def _act_on_unacted(self, now_ms: int) -> None:
+        """A trip decided while standby, acted on after a takeover if it is still current.
+
+        Current: the node is still ARMED by the same arm and the decision is less than one
+        window old (an older one may no longer hold; a live leader would have acted on it).
+        """
+        u = self._unacted
+        if u is None or not self.is_leader():
+            return
+        self._unacted = None
+        fresh = now_ms - u.at_ms <= self.s.monitor.window_ms and u.armed_ms == self.armed_ms
+        if fresh and self.is_armed():
+            self.log.warning("TRIP_TAKEN_OVER", cause=u.cause, at_ms=u.at_ms)
+            await self._trip(u.cause, u.detail, u.at_ms, u.also)

@@ -1,0 +1,148 @@
+"""What keeps an aggregator fit to act: the leader lease, a check that Redis persists, the
+stored roster (re-asserted, and proven against the last signed arm) and the learned
+baseline (restored at start, saved while leader).
+
+`Upkeep` holds the aggregator's shared state, declared here and set up by `Aggregator`; the
+trip rules (`trips`) and the tick loop (`service`) build on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from killswitch.aggregator.inputs import InputGuard
+from killswitch.aggregator.settings import AggregatorSettings
+from killswitch.aggregator.trust import Trust
+from killswitch.core import leader
+from killswitch.core.anomaly import Monitor
+from killswitch.core.baseline import Baseline, BaselineStateError
+from killswitch.core.state import NodeRead, NodeState
+from killswitch.store import durability
+from killswitch.store.store import Store
+
+DURABILITY_CHECK_S = 30.0  # also re-checked at once when the roster turns out to be gone
+
+
+class NotDurable(RuntimeError):
+    """`require_durable` is set and Redis does not (or will not say that it does) persist."""
+
+
+class Upkeep:
+    """The lease, durability, roster and baseline side of `Aggregator` (set up there)."""
+
+    s: AggregatorSettings
+    redis: Redis
+    store: Store
+    clock: Callable[[], float]
+    log: Any
+    lead: leader.Leadership
+    inputs: InputGuard
+    trust: Trust
+    monitor: Monitor
+    state: NodeRead
+    durable: durability.Durability | None
+    _durability_at: float
+    _last_roster_check: float
+
+    async def _first_reads(self) -> None:
+        await self._check_durability()
+        if self.s.require_durable and not (self.durable and self.durable.enabled):
+            why = self.durable.detail if self.durable else "not checked"
+            raise NotDurable(
+                f"Redis is not durable ({why}): a restart would forget kills. Run it with "
+                "appendonly yes (appendfsync always or everysec), or drop --require-durable."
+            )
+        if self.trust.operators is None:
+            self.log.error(
+                "NO_OPERATORS",
+                reason="no --operators file: no arm can be verified, so this aggregator never "
+                "treats the node as armed and never trips it. Give --operators PATH",
+            )
+        await self._ensure_roster(force=True)
+        await self._restore_baseline()
+
+    async def _restore_baseline(self) -> None:
+        params = self.s.monitor.baseline_params()
+        try:
+            stored = await self.store.load_baseline()
+            if not stored:
+                self.log.info("baseline_cold", reason="no stored baseline")
+                return
+            baseline = Baseline.from_dict(stored, params)
+        except BaselineStateError as e:
+            self.log.error("baseline_unreadable", reason=str(e), action="starting cold")
+            return
+        self.monitor = Monitor(self.s.monitor, baseline, roster=self.trust.roster)
+        now = baseline.last_ms or 0
+        self.log.info(
+            "baseline_restored", learned_s=baseline.learned_ms / 1000,
+            expected=baseline.expected(now), warm=baseline.learned_ms >= self.s.monitor.warmup_ms,
+        )  # fmt: skip
+
+    async def _save_baseline(self) -> None:
+        if self.monitor.baseline.last_ms is None or not self.is_leader():
+            return  # never observed anything (or a standby): keep whatever is stored
+        try:
+            await self.store.save_baseline(self.monitor.baseline.to_dict())
+        except Exception as e:  # a failed save costs a re-learn, never the kill loop
+            self.log.warning("baseline_save_failed", error=f"{type(e).__name__}: {e}")
+
+    async def _ensure_roster(self, force: bool = False) -> None:
+        # Re-asserted every few seconds: a Redis that lost its data gets the roster back, and
+        # a stored roster edited by hand gets the signed one back.
+        now = self.clock()
+        if force or now - self._last_roster_check > 5.0:
+            self._last_roster_check = now
+            self._learn_proof(await self.store.proof())
+            signed = bool(self.trust.signed_roster)
+            actor = f"aggregator:{self.s.instance}" + (" (signed roster)" if signed else "")
+            if await self.store.set_roster(self.trust.roster, actor):
+                self.log.info("roster_stored", roster=list(self.trust.roster), signed=signed)
+
+    def _learn_proof(self, text: str) -> None:
+        if self.trust.learn(text):
+            self.monitor.roster = tuple(sorted(self.trust.roster))
+
+    def is_leader(self) -> bool:
+        return self.lead.is_leader(self.clock())
+
+    def is_armed(self) -> bool:
+        """ARMED in Redis and proven by two operators' signatures: only then can rules trip."""
+        return self.state.state is NodeState.ARMED and not self.trust.refusal
+
+    async def _renew_lease(self) -> None:
+        sent = self.clock()
+        held, holder, ttl_ms, repaired = await self.store.lease(
+            self.lead.token, int(self.s.lease_ttl * 1000)
+        )
+        if repaired:
+            self.inputs.lease_repaired(repaired)
+        reply = leader.LeaseReply(held, holder, ttl_ms)
+        self.lead, change = leader.on_reply(self.lead, sent, reply)
+        if change:
+            self.log.warning(change, instance=self.s.instance,
+                             holder=leader.instance_of(holder))  # fmt: skip
+
+    async def _check_durability(self) -> None:
+        self._durability_at = self.clock()
+        d = self.durable = await durability.check(self.redis)
+        if d.enabled is not True:
+            level = "error" if self.s.require_durable else "warning"
+            getattr(self.log, level)(
+                "REDIS_NOT_DURABLE", reason=d.detail,
+                risk="a Redis restart forgets kills and the roster: hosts stay blocked "
+                "(epoch fencing) until two operators arm again",
+            )  # fmt: skip
+
+    def _ha_view(self) -> dict[str, str]:
+        d = self.durable
+        durable = "" if d is None or d.enabled is None else str(int(d.enabled))
+        return {
+            "leader": self.s.instance,
+            "lease_ttl_s": f"{self.s.lease_ttl:g}",
+            "redis_durable": durable,
+            "redis_durable_detail": d.detail if d else "",
+        }
