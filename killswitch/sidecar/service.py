@@ -4,6 +4,9 @@ A thin asyncio shell around `Gate` (the order path) and `state.observe` (the epo
 One Redis round trip per flush interval both reports counts and reads the node state; that
 round trip is the lease, so Redis cost never grows with order volume and the gate closes by
 itself when round trips stop succeeding. Pub/sub only wakes the sync loop early.
+
+The round trip's read is applied to the gate in `applying`; kill notices are handled in
+`notices`; this module sets the sidecar up and runs its sync loop.
 """
 
 from __future__ import annotations
@@ -16,22 +19,21 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio import Redis
 
-from killswitch.core.bounds import parse_uint, plausible_epoch
 from killswitch.core.gate import LIMIT, Gate
-from killswitch.core.scope import Scopes, newer, parse_scopes
-from killswitch.core.state import HostView, NodeState, boot_view, observe, unproven
+from killswitch.core.scope import Scopes, parse_scopes
+from killswitch.core.state import NodeState, boot_view, observe
 from killswitch.core.version import __version__
 from killswitch.runtime import logs
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled
+from killswitch.sidecar.applying import ReadApplier
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.blocklog import BlockSummaries
@@ -47,7 +49,7 @@ from killswitch.store.store import FlushReport, Store
 log = structlog.get_logger("killswitch.sidecar.service")
 
 
-class Sidecar:
+class Sidecar(ReadApplier):
     """`start()`, idempotent `stop()`, blocking `run()`; collaborators are passed in."""
 
     def __init__(
@@ -334,135 +336,12 @@ class Sidecar:
             self.log.error("SYNC_LOOP_ERROR", reason=reason, errors=self.loop_errors)
         self._loop_problem = reason
 
-    def _attested(self, new: HostView) -> HostView:
-        """A host that cannot prove its release blocks (`unarmed`, refusal `unattested`)."""
-        problem = self.attest.current.problem
-        if problem and new.state is NodeState.ARMED and self._attest_refusal != problem:
-            self.log.error("ARM_NOT_PROVEN", epoch=new.epoch, reason="unattested", detail=problem)
-        self._attest_refusal = problem
-        return unproven(new, "unattested") if problem else new
-
-    def _confirmed(self, epoch: int, ver: int, state: str, blocked: int) -> None:
-        self.confirmed = (epoch, ver)
-        self.log.info("CONFIRMED", epoch=epoch, ver=ver, state=state, blocked=blocked)
-
-    def _apply(self, new: HostView, sent: float) -> None:
-        old = self.gate.view
-        if self._local_problem:
-            # Without the file this host cannot tell an old ARMED from a new one. An arm made
-            # after it started (above the first epoch it read) was made on purpose, by two
-            # operators who saw this host report the problem: trust that one.
-            if self._problem_epoch is None:
-                self._problem_epoch = new.epoch
-            elif new.state is NodeState.ARMED and new.epoch > self._problem_epoch:
-                self.log.warning(
-                    "LOCAL_STATE_REPLACED", epoch=new.epoch, reason=self._local_problem,
-                    first_epoch_read=self._problem_epoch,
-                )  # fmt: skip
-                self._local_problem = ""
-        if (new.max_epoch, new.max_state) != (old.max_epoch, old.max_state) or self.memory.problem:
-            self._record(new.max_epoch, new.max_state)
-        if self._local_problem or self.memory.problem:
-            new = HostView(
-                max_epoch=new.max_epoch,
-                max_state=new.max_state,
-                state=NodeState.STALE,
-                epoch=new.epoch,
-                regression=self._local_problem or self.memory.problem,
-            )
-        if new.regression and new.regression != old.regression:
-            self.regressions += 1
-            self.log.error("EPOCH_REGRESSION", epoch=new.max_epoch, reason=new.regression)
-        self.gate.apply(new, sent + self.s.stale_after)
-        self.notify.changed()
-        if (new.state, new.epoch, new.ver) != (old.state, old.epoch, old.ver):
-            self.log.info(
-                "NODE_STATE", state=new.state.value, epoch=new.epoch, ver=new.ver,
-                reason=new.regression or None,
-            )  # fmt: skip
-            if new.state in (NodeState.ARMED, NodeState.KILLED):
-                self._wake.set()  # confirm on the very next round trip, not a flush later
-
-    def _apply_scopes(self, read: Scopes) -> None:
-        """Enforce the scoped kills read; a version below one applied is never a lift."""
-        if read.ver == self.scopes.ver:
-            return
-        if newer(self.scopes, read) is self.scopes:
-            if not self._scope_regressed:
-                self.log.error("SCOPE_REGRESSION", seen=self.scopes.ver, read=read.ver)
-            self._scope_regressed = True
-            return
-        self._scope_regressed = False
-        isolated, symbols = read.for_host(self.s.host)
-        self.gate.set_scope(isolated, symbols, read.ver)
-        self.log.info("SCOPE", scope_ver=read.ver, host_killed=isolated, symbols=sorted(symbols))
-        self.scopes = read
-        self.notify.changed()
-        self._wake.set()  # report the applied version on the very next round trip
-
     def _orders_per_s(self, now: float, total: int) -> float:
         self._rate.append((now, total))
         while len(self._rate) > 2 and now - self._rate[0][0] > 1.0:
             self._rate.popleft()
         t0, c0 = self._rate[0]
         return (total - c0) / (now - t0) if now > t0 else 0.0
-
-    async def _listen_loop(self) -> None:
-        """Kill notices over pub/sub wake the sync loop; losing them only costs latency."""
-        channel = self.store.keys.events
-        while not self._stop.is_set():
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(channel)
-                while not self._stop.is_set():
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if msg is not None:
-                        self._notice(str(msg.get("data", "")))
-                        self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), 0.5)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    def _notice(self, data: str) -> None:
-        """`KILLED <epoch> <ver>` closes the gate at once; the next round trip decides the rest.
-
-        The notice's epoch is recorded locally (as KILLED) before that round trip, so the
-        one-call confirmation it allows is never ahead of what this host remembers. A forged
-        notice can only block this host, and an arm above its epoch clears it.
-        """
-        parts = data.split(" ")
-        if len(parts) == 2 and parts[0] == "SCOPE" and parse_uint(parts[1]) is not None:
-            return  # a scoped kill changed: the sync loop (woken) reads the scopes
-        epoch = parse_uint(parts[1]) if len(parts) == 3 else None
-        if len(parts) != 3 or parts[0] not in ("KILLED", "ARMED") or parse_uint(parts[2]) is None:
-            epoch = None
-        if epoch is None or not plausible_epoch(epoch, self.gate.view.max_epoch):
-            # 10^29, -1, 7.5, junk words: never recorded, never arithmetic; counted and logged
-            self.junk_inputs += 1
-            self.log.warning("JUNK_INPUT", source="events", value=data[:80],
-                             seen_epoch=self.gate.view.max_epoch)  # fmt: skip
-            return
-        if parts[0] == "KILLED" and self.gate.hold(epoch):
-            view = self.gate.view
-            if (epoch, NodeState.KILLED) != (view.max_epoch, view.max_state):
-                # Memory and file agree: a restart behaves like this process would.
-                self.gate.view = replace(view, max_epoch=epoch, max_state=NodeState.KILLED)
-            if self._record(epoch, NodeState.KILLED):
-                self._held_recorded = epoch
-            self.notify.changed()
-
-    def _record(self, epoch: int, state: NodeState | None) -> bool:
-        """Write the highest epoch seen locally; a failed write closes the gate (see Memory)."""
-        if self.memory.record(epoch, state):
-            return True
-        self.gate.close()
-        self.loop_errors += 1
-        return False
 
     def sync_age(self) -> float | None:
         return None if self.last_ok is None else self.clock() - self.last_ok

@@ -1,0 +1,94 @@
+"""What the sidecar does with each round trip's read: the arm proven (signatures, then the
+release attested), the local record of the highest epoch, the new state applied to the gate,
+the scoped kills applied (never backwards), and each applied state confirmed.
+
+`ReadApplier` declares the sidecar's state it uses, set up by `Sidecar`.
+"""
+
+from __future__ import annotations
+
+from killswitch.core.scope import Scopes, newer
+from killswitch.core.state import HostView, NodeState, unproven
+from killswitch.sidecar.attest import AttestLoop
+from killswitch.sidecar.notices import NoticeListener
+from killswitch.sidecar.settings import SidecarSettings
+
+
+class ReadApplier(NoticeListener):
+    """Applying what a round trip read, for `Sidecar` (set up there)."""
+
+    s: SidecarSettings
+    attest: AttestLoop
+    confirmed: tuple[int, int]
+    regressions: int
+    scopes: Scopes
+    _attest_refusal: str
+    _local_problem: str
+    _problem_epoch: int | None
+    _scope_regressed: bool
+
+    def _attested(self, new: HostView) -> HostView:
+        """A host that cannot prove its release blocks (`unarmed`, refusal `unattested`)."""
+        problem = self.attest.current.problem
+        if problem and new.state is NodeState.ARMED and self._attest_refusal != problem:
+            self.log.error("ARM_NOT_PROVEN", epoch=new.epoch, reason="unattested", detail=problem)
+        self._attest_refusal = problem
+        return unproven(new, "unattested") if problem else new
+
+    def _confirmed(self, epoch: int, ver: int, state: str, blocked: int) -> None:
+        self.confirmed = (epoch, ver)
+        self.log.info("CONFIRMED", epoch=epoch, ver=ver, state=state, blocked=blocked)
+
+    def _apply(self, new: HostView, sent: float) -> None:
+        old = self.gate.view
+        if self._local_problem:
+            # Without the file this host cannot tell an old ARMED from a new one. An arm made
+            # after it started (above the first epoch it read) was made on purpose, by two
+            # operators who saw this host report the problem: trust that one.
+            if self._problem_epoch is None:
+                self._problem_epoch = new.epoch
+            elif new.state is NodeState.ARMED and new.epoch > self._problem_epoch:
+                self.log.warning(
+                    "LOCAL_STATE_REPLACED", epoch=new.epoch, reason=self._local_problem,
+                    first_epoch_read=self._problem_epoch,
+                )  # fmt: skip
+                self._local_problem = ""
+        if (new.max_epoch, new.max_state) != (old.max_epoch, old.max_state) or self.memory.problem:
+            self._record(new.max_epoch, new.max_state)
+        if self._local_problem or self.memory.problem:
+            new = HostView(
+                max_epoch=new.max_epoch,
+                max_state=new.max_state,
+                state=NodeState.STALE,
+                epoch=new.epoch,
+                regression=self._local_problem or self.memory.problem,
+            )
+        if new.regression and new.regression != old.regression:
+            self.regressions += 1
+            self.log.error("EPOCH_REGRESSION", epoch=new.max_epoch, reason=new.regression)
+        self.gate.apply(new, sent + self.s.stale_after)
+        self.notify.changed()
+        if (new.state, new.epoch, new.ver) != (old.state, old.epoch, old.ver):
+            self.log.info(
+                "NODE_STATE", state=new.state.value, epoch=new.epoch, ver=new.ver,
+                reason=new.regression or None,
+            )  # fmt: skip
+            if new.state in (NodeState.ARMED, NodeState.KILLED):
+                self._wake.set()  # confirm on the very next round trip, not a flush later
+
+    def _apply_scopes(self, read: Scopes) -> None:
+        """Enforce the scoped kills read; a version below one applied is never a lift."""
+        if read.ver == self.scopes.ver:
+            return
+        if newer(self.scopes, read) is self.scopes:
+            if not self._scope_regressed:
+                self.log.error("SCOPE_REGRESSION", seen=self.scopes.ver, read=read.ver)
+            self._scope_regressed = True
+            return
+        self._scope_regressed = False
+        isolated, symbols = read.for_host(self.s.host)
+        self.gate.set_scope(isolated, symbols, read.ver)
+        self.log.info("SCOPE", scope_ver=read.ver, host_killed=isolated, symbols=sorted(symbols))
+        self.scopes = read
+        self.notify.changed()
+        self._wake.set()  # report the applied version on the very next round trip

@@ -1,0 +1,95 @@
+"""Kill notices over pub/sub: `KILLED <epoch> <ver>` closes the gate at once and is recorded
+locally before the next round trip; junk is counted, never recorded. Losing a notice only
+costs latency: the sync loop's round trip decides the rest.
+
+`NoticeListener` declares the sidecar's state it uses, set up by `Sidecar`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import replace
+from typing import Any
+
+from redis.asyncio import Redis
+
+from killswitch.core.bounds import parse_uint, plausible_epoch
+from killswitch.core.gate import Gate
+from killswitch.core.state import NodeState
+from killswitch.sidecar.memory import Memory
+from killswitch.sidecar.notify import StateNotifier
+from killswitch.store.store import Store
+
+
+class NoticeListener:
+    """The pub/sub side of `Sidecar` (set up there)."""
+
+    redis: Redis
+    store: Store
+    log: Any
+    gate: Gate
+    memory: Memory
+    notify: StateNotifier
+    junk_inputs: int
+    loop_errors: int
+    _held_recorded: int
+    _wake: asyncio.Event
+    _stop: asyncio.Event
+
+    async def _listen_loop(self) -> None:
+        """Kill notices over pub/sub wake the sync loop; losing them only costs latency."""
+        channel = self.store.keys.events
+        while not self._stop.is_set():
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                while not self._stop.is_set():
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None:
+                        self._notice(str(msg.get("data", "")))
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _notice(self, data: str) -> None:
+        """`KILLED <epoch> <ver>` closes the gate at once; the next round trip decides the rest.
+
+        The notice's epoch is recorded locally (as KILLED) before that round trip, so the
+        one-call confirmation it allows is never ahead of what this host remembers. A forged
+        notice can only block this host, and an arm above its epoch clears it.
+        """
+        parts = data.split(" ")
+        if len(parts) == 2 and parts[0] == "SCOPE" and parse_uint(parts[1]) is not None:
+            return  # a scoped kill changed: the sync loop (woken) reads the scopes
+        epoch = parse_uint(parts[1]) if len(parts) == 3 else None
+        if len(parts) != 3 or parts[0] not in ("KILLED", "ARMED") or parse_uint(parts[2]) is None:
+            epoch = None
+        if epoch is None or not plausible_epoch(epoch, self.gate.view.max_epoch):
+            # 10^29, -1, 7.5, junk words: never recorded, never arithmetic; counted and logged
+            self.junk_inputs += 1
+            self.log.warning("JUNK_INPUT", source="events", value=data[:80],
+                             seen_epoch=self.gate.view.max_epoch)  # fmt: skip
+            return
+        if parts[0] == "KILLED" and self.gate.hold(epoch):
+            view = self.gate.view
+            if (epoch, NodeState.KILLED) != (view.max_epoch, view.max_state):
+                # Memory and file agree: a restart behaves like this process would.
+                self.gate.view = replace(view, max_epoch=epoch, max_state=NodeState.KILLED)
+            if self._record(epoch, NodeState.KILLED):
+                self._held_recorded = epoch
+            self.notify.changed()
+
+    def _record(self, epoch: int, state: NodeState | None) -> bool:
+        """Write the highest epoch seen locally; a failed write closes the gate (see Memory)."""
+        if self.memory.record(epoch, state):
+            return True
+        self.gate.close()
+        self.loop_errors += 1
+        return False
