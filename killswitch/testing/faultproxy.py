@@ -19,40 +19,26 @@ Modes (switch at any time; each applies to live connections as well as new ones)
   blackhole for good, with no RST and no FIN (a NAT or firewall that lost its state: old
   flows are dead, new ones work). This is how a subscriber goes deaf without noticing.
 
-`FaultProxy` lives on the caller's event loop; `ThreadedFaultProxy` (in `faultthread`) runs one on its own loop
-in a daemon thread with plain blocking methods, for tests that block while subprocesses
-talk through it.
+`FaultProxy` lives on the caller's event loop, each connection a `faultlink.Link`;
+`ThreadedFaultProxy` (in `faultthread`) runs one on its own loop in a daemon thread with
+plain blocking methods, for tests that block while subprocesses talk through it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
 import socket
 import struct
-import time
 from dataclasses import dataclass
 from typing import TypeVar
+
+from killswitch.testing.faultlink import Link, Mode, abort_with_rst
 
 __all__ = ["FaultProxy", "Mode", "ProxyStats"]
 
 _T = TypeVar("_T")
 
-CHUNK = 65536
-# Chunks in flight per direction before the reader stops reading (back-pressure).
-QUEUE_CHUNKS = 64
 UPSTREAM_CONNECT_TIMEOUT = 2.0
-
-
-class Mode(enum.Enum):
-    """What the proxy does to bytes and connections right now."""
-
-    PASS = "pass"
-    BLACKHOLE = "blackhole"
-    STALL = "stall"
-    RESET = "reset"
-    REFUSE = "refuse"
 
 
 @dataclass(frozen=True)
@@ -67,126 +53,6 @@ class ProxyStats:
     bytes_to_upstream: int
     bytes_to_client: int
     bytes_dropped: int
-
-
-def _abort_with_rst(writer: asyncio.StreamWriter) -> None:
-    """Abort so the peer sees RST, not FIN: linger 0 makes close() send a reset."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
-class _Link:
-    """One proxied connection: a client socket, its upstream socket, and two pumps."""
-
-    def __init__(
-        self,
-        proxy: FaultProxy,
-        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    ) -> None:
-        self.proxy = proxy
-        self.client_r, self.client_w = client
-        self.up_r, self.up_w = upstream
-        self.closed = False
-        self.dead = False  # set by heal_new(): silent for good, whatever the mode
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def run(self) -> None:
-        q_up: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(QUEUE_CHUNKS)
-        q_down: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(QUEUE_CHUNKS)
-        self.tasks = [
-            asyncio.create_task(self._read(self.client_r, q_up)),
-            asyncio.create_task(self._write(q_up, self.up_w, upstream=True)),
-            asyncio.create_task(self._read(self.up_r, q_down)),
-            asyncio.create_task(self._write(q_down, self.client_w, upstream=False)),
-        ]
-        try:
-            await asyncio.gather(*self.tasks)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            self.close()
-
-    async def _read(
-        self, reader: asyncio.StreamReader, queue: asyncio.Queue[tuple[float, bytes] | None]
-    ) -> None:
-        try:
-            while True:
-                chunk = await reader.read(CHUNK)
-                if not chunk:
-                    break
-                if self.proxy.mode is Mode.BLACKHOLE or self.dead:
-                    self.proxy._dropped += len(chunk)
-                    continue
-                await queue.put((time.monotonic() + self.proxy.delay_s, chunk))
-        except OSError:
-            pass
-        await queue.put(None)
-
-    async def _write(
-        self,
-        queue: asyncio.Queue[tuple[float, bytes] | None],
-        writer: asyncio.StreamWriter,
-        *,
-        upstream: bool,
-    ) -> None:
-        proxy = self.proxy
-        while True:
-            item = await queue.get()
-            # Wait out a stall before deciding: a stall that turns into a blackhole drops.
-            await proxy._while(Mode.STALL)
-            if item is None:
-                break
-            deliver_at, chunk = item
-            wait = deliver_at - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            if await proxy._while(Mode.STALL) is Mode.BLACKHOLE or self.dead:
-                proxy._dropped += len(chunk)
-                continue
-            try:
-                writer.write(chunk)
-                await writer.drain()
-            except OSError:
-                break
-            if upstream:
-                proxy._to_upstream += len(chunk)
-            else:
-                proxy._to_client += len(chunk)
-        # One side hung up. In a blackhole the other side must not hear of it (that would be
-        # a FIN, and a partition sends none), so keep the link open until the mode changes.
-        await proxy._while(Mode.BLACKHOLE)
-        if self.dead:
-            await asyncio.get_running_loop().create_future()  # until aborted or stopped
-        self.close()
-
-    def abort(self, *, rst: bool) -> None:
-        """Close both sockets now, dropping unsent bytes; with `rst`, peers see a reset."""
-        self._finish(rst=rst, graceful=False)
-
-    def close(self) -> None:
-        """Close both sockets after their (already drained) buffers: peers see a FIN."""
-        self._finish(rst=False, graceful=True)
-
-    def _finish(self, *, rst: bool, graceful: bool) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        for w in (self.client_w, self.up_w):
-            if rst:
-                _abort_with_rst(w)
-            elif graceful:
-                w.close()
-            else:
-                w.transport.abort()
-        current = asyncio.current_task()
-        for t in self.tasks:
-            if t is not current:
-                t.cancel()
-        self.proxy._links.discard(self)
 
 
 class FaultProxy:
@@ -211,7 +77,7 @@ class FaultProxy:
         self.delay_s = 0.0
         self._sock: socket.socket | None = None
         self._accepter: asyncio.Task[None] | None = None
-        self._links: set[_Link] = set()
+        self._links: set[Link] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         # Accepted sockets no handler has wrapped yet; stop() closes them.
         self._unowned: set[socket.socket] = set()
@@ -378,11 +244,11 @@ class FaultProxy:
             return
         reader, writer = await asyncio.open_connection(sock=conn)
         self._unowned.discard(conn)
-        link: _Link | None = None
+        link: Link | None = None
         try:
             if self.mode in (Mode.RESET, Mode.REFUSE):
                 self._reset += 1
-                _abort_with_rst(writer)
+                abort_with_rst(writer)
                 return
             try:
                 upstream = await asyncio.wait_for(
@@ -392,9 +258,9 @@ class FaultProxy:
             except (OSError, TimeoutError):
                 # The proxy never hides a dead upstream: the client sees what it would see.
                 self._reset += 1
-                _abort_with_rst(writer)
+                abort_with_rst(writer)
                 return
-            link = _Link(self, (reader, writer), upstream)
+            link = Link(self, (reader, writer), upstream)
             if self.mode in (Mode.RESET, Mode.REFUSE):  # switched while we were connecting
                 self._reset += 1
                 link.abort(rst=True)
