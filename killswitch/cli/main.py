@@ -101,7 +101,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "demo":
         from killswitch.sim.demo import run_demo
 
-        return run_demo(as_json=bool(args.json), realtime=bool(args.realtime))
+        return run_demo(
+            as_json=bool(args.json),
+            realtime=bool(args.realtime),
+            on_haunted=args.on_haunted or "kill",
+        )
     if cmd == "loadgen":
         return _loadgen(r)
     if cmd == "backtest":
