@@ -173,6 +173,11 @@ class TestDemoReport:
         assert "isolated b at +1.25 s (a scoped kill)" in text
         plain = render_table(_doc(10.0))
         assert "isolate" not in plain
+        doc = _doc(10.0, "isolate")
+        doc["monitors"][-1]["tripped"] = False  # isolated, the node never killed
+        text = render_table(doc)
+        assert "the other hosts traded on" in text and "cancelled 260 resting orders" in text
+        assert "reported FLAT" not in text  # the flat proof is a node kill's
 
 
 def steady(host: str, per_100ms: int, start: int, end: int) -> list[FlowEvent]:

@@ -235,9 +235,11 @@ def render_table(doc: dict[str, Any]) -> str:
             f"the last {ks['kill_to_all_confirmed_ms']} ms after the kill"
         )
     if ks["resting_cancelled"] or ks["tripped"]:
+        # `flat` is the proof of a node kill; an isolated host's router cancels all the same.
+        proof = f"; {ks['flat_hosts']}/{len(sc['hosts'])} reported FLAT" if ks["tripped"] else ""
         lines.append(
             f"{pad} routers cancelled {ks['resting_cancelled']:,} resting orders through the "
-            f"gate; {ks['flat_hosts']}/{len(sc['hosts'])} reported FLAT"
+            f"gate{proof}"
         )
     k = doc["knight"]
     lines.append(
