@@ -172,7 +172,7 @@ class _Progress:
             print(
                 f"[{t:5.1f}s] {phase:<34} {rep.get('state', '?'):<7} node {agg.get('node_orders', '?')}"
                 f"/window baseline {agg.get('expected') or '-'}  confirmed "
-                f"{len(rep.get('confirmed', []))}/8  rates {rates}",
+                f"{len(rep.get('confirmed', []))}/8  flat {len(rep.get('flat', []))}/8  rates {rates}",
                 file=self.out, flush=True,
             )  # fmt: skip
 
@@ -192,7 +192,7 @@ def _table(t: float, phase: str, rep: dict[str, Any], agg: dict[str, Any]) -> An
         f"baseline limit {base.get('limit') or '-'}  confirmed {len(rep.get('confirmed', []))}/8"
     )
     table = Table(title=title, title_justify="left")
-    for col in ("host", "orders/s", "gate", "epoch", "confirmed"):
+    for col in ("host", "orders/s", "gate", "epoch", "confirmed", "flat"):
         table.add_column(col)
     haunted = {h["host"] for h in agg.get("haunted", [])}
     for h, s in rep.get("hosts", {}).items():
@@ -200,6 +200,7 @@ def _table(t: float, phase: str, rep: dict[str, Any], agg: dict[str, Any]) -> An
         table.add_row(
             name, f"{s.get('orders_per_s', 0):.0f}", str(s.get("gate")), str(s.get("epoch")),
             "yes" if h in rep.get("confirmed", []) else "-",
+            "yes" if h in rep.get("flat", []) else "-",
         )  # fmt: skip
     return table
 
