@@ -482,6 +482,8 @@ def node_overview() -> dashboard.Dashboard:
         ).unit("s")
     )
 
+    containment_row(b)
+
     b.with_row(dashboard.Row("Sidecar health"))
     b.with_panel(
         ts(
@@ -566,6 +568,123 @@ FLEET_TABLE = (
 )
 
 
+def containment_row(b: dashboard.Dashboard) -> None:
+    """Beyond blocking: cancels, flat proof, the on-kill command, scoped kills, local limits
+    and the release the hosts attest (docs/CONTAINMENT.md)."""
+    b.with_row(dashboard.Row("Containment: cancels, flat, scopes, limits, release"))
+    b.with_panel(
+        stat(
+            "Flat after the kill (flat / subscribed / not flat in time)",
+            "Roster hosts whose trading processes cancelled their resting orders and reported "
+            "FLAT for the current kill, hosts with a subscribed trading process, and hosts that "
+            "block but were not flat within the confirm timeout (KILL_NOT_FLAT): those may "
+            "still have orders working at the venue.",
+            queries(
+                (f"sum(max by (host) (killswitch_host_flat{{{N}}}))", "flat"),
+                (f"sum(max by (host) (killswitch_host_subscribers{{{N}}}) > bool 0)", "subscribed"),
+                (f"max(killswitch_hosts_not_flat{{{N}}})", "not flat"),
+            ),
+        )
+        .span(8)
+        .decimals(0)
+        .color_mode(cm.BigValueColorMode.NONE)
+        .text_mode(cm.BigValueTextMode.VALUE_AND_NAME)
+    )
+    b.with_panel(
+        stat(
+            "On-kill command failed",
+            "Hosts whose --on-kill command (a venue mass-cancel) for the current kill exited "
+            "non-zero, timed out or could not start.",
+            [q(f"sum(max by (host) (killswitch_host_on_kill_failed{{{N}}}))", "failed")],
+        )
+        .span(4)
+        .thresholds(steps((None, GREEN), (1, RED)))
+    )
+    b.with_panel(
+        stat(
+            "Scoped kills (isolated hosts / killed symbols)",
+            "Hosts killed on their own (kill --host, or the aggregator's --on-haunted isolate) "
+            "and the most symbols any host blocks by kill --symbol. The rest of the node trades.",
+            queries(
+                (f"sum(max by (host) (killswitch_host_scoped_kill{{{N}}}))", "isolated hosts"),
+                (f"max(killswitch_killed_symbols{{{N}}})", "killed symbols"),
+            ),
+        )
+        .span(6)
+        .thresholds(steps((None, GREEN), (1, ORANGE)))
+        .text_mode(cm.BigValueTextMode.VALUE_AND_NAME)
+    )
+    b.with_panel(
+        stat(
+            "Release split / attestation unreadable",
+            "Roster hosts running another release than the rest (an armed node that splits is "
+            "killed, cause version_split) and hosts that cannot read an attested file (they "
+            "block).",
+            queries(
+                (f"max(killswitch_release_split_hosts{{{N}}})", "split hosts"),
+                (f"sum(max by (host) (killswitch_attest_unreadable{{{N}}}))", "unreadable"),
+            ),
+        )
+        .span(6)
+        .thresholds(steps((None, GREEN), (1, RED)))
+        .text_mode(cm.BigValueTextMode.VALUE_AND_NAME)
+    )
+    b.with_panel(
+        ts(
+            "Cancels per second by host",
+            "CANCEL requests the gates allowed (cancels pass in every state). A burst right "
+            "after a kill is the trading processes pulling their resting orders.",
+            [
+                q(
+                    f"sum by (host) (rate(killswitch_cancels_total{{{N}}}[$__rate_interval]))",
+                    "{{host}}",
+                )
+            ],
+        ).unit("reqps")
+    )
+    b.with_panel(
+        ts(
+            "Blocked orders per second by reason",
+            "Why the gates block: killed, unarmed, stale, unlisted, or limit (a local pre-trade "
+            "limit refused the order; the node stays armed).",
+            [
+                q(
+                    f"sum by (reason) "
+                    f"(rate(killswitch_blocked_orders_total{{{N}}}[$__rate_interval]))",
+                    "{{reason}}",
+                )
+            ],
+        ).unit("reqps")
+    )
+    b.with_panel(
+        ts(
+            "Limit refusals in the limit-burst window vs its threshold",
+            "Orders refused by local limits across the node within the limit-burst rule's "
+            "window; above the threshold, from enough hosts, the node is killed (cause "
+            "limit_burst). Empty when the aggregator runs without --max-limit-refusals.",
+            queries(
+                (f"max by (window) (killswitch_node_limit_refusals{{{N}}})", "refusals {{window}}"),
+                (f"max by (window) (killswitch_node_limit_refusals_max{{{N}}})", "threshold"),
+            ),
+        ).min(0)
+    )
+    b.with_panel(
+        ts(
+            "Trust: unproven arms and refusals",
+            "1 while Redis says ARMED without two valid operator signatures (the aggregator's "
+            "view), hosts refusing such an arm, and arm refusals per minute by host.",
+            queries(
+                (f"max(killswitch_arm_unproven{{{N}}})", "node unproven"),
+                (f"sum(max by (host) (killswitch_gate_arm_unproven{{{N}}}))", "hosts refusing"),
+                (
+                    f"sum by (host) (increase(killswitch_arm_refusals_total{{{N}}}[1m]))",
+                    "refusals {{host}}",
+                ),
+            ),
+        ).min(0)
+    )
+
+
 def fleet_overview() -> dashboard.Dashboard:
     b = (
         dashboard.Dashboard("killswitch / fleet overview")
@@ -618,6 +737,31 @@ def fleet_overview() -> dashboard.Dashboard:
             "Stale hosts",
             "Hosts per node whose Redis sync is older than 2 s (blocking, cannot confirm kills).",
             [q(FLEET_TABLE[3][0], "{{node}}")],
+        )
+        .thresholds(steps((None, GREEN), (1, ORANGE)))
+        .text_mode(cm.BigValueTextMode.VALUE_AND_NAME)
+        .data_links([node_link])
+        .span(6)
+    )
+    b.with_panel(
+        stat(
+            "Hosts not flat after a kill",
+            "Per node, hosts that block after the kill but whose trading processes did not "
+            "report FLAT (resting orders cancelled) within the confirm timeout. Anything but 0: "
+            "their orders may still be working at the venue; cancel them there.",
+            [q("max by (node) (killswitch_hosts_not_flat)", "{{node}}")],
+        )
+        .thresholds(steps((None, GREEN), (1, RED)))
+        .text_mode(cm.BigValueTextMode.VALUE_AND_NAME)
+        .data_links([node_link])
+        .span(6)
+    )
+    b.with_panel(
+        stat(
+            "Scoped kills (isolated hosts)",
+            "Per node, hosts killed on their own (kill --host or --on-haunted isolate) while "
+            "the rest of the node trades. Lifted by a signed arm --host.",
+            [q("sum by (node) (max by (node, host) (killswitch_host_scoped_kill))", "{{node}}")],
         )
         .thresholds(steps((None, GREEN), (1, ORANGE)))
         .text_mode(cm.BigValueTextMode.VALUE_AND_NAME)

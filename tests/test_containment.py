@@ -7,11 +7,14 @@ Real processes against a real redis-server; waits are conditions with deadlines.
 from __future__ import annotations
 
 import shlex
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from killswitch.sim.embedded import free_port
 from killswitch.testing import Fleet, GateClient, wait_until
 
 HOSTS = ["or-01", "or-02"]
@@ -25,9 +28,32 @@ max_qty = 10
 """
 
 
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One scrape of a /metrics endpoint: (name, sorted labels) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def gauge(port: int, name: str, **labels: str) -> float | None:
+    """The value of one series on `port` (None: not exported)."""
+    return scrape(port).get((name, tuple(sorted(labels.items()))))
+
+
 @pytest.fixture
-def fleet2(redis_url: str, node: str, tmp_path: Path) -> Iterator[Fleet]:
-    """Two sidecars with local limits and an on-kill command that logs its epoch and exits 3."""
+def agg_port() -> int:
+    """The --metrics-port of the aggregator of `fleet2`."""
+    return free_port()
+
+
+@pytest.fixture
+def fleet2(redis_url: str, node: str, tmp_path: Path, agg_port: int) -> Iterator[Fleet]:
+    """Two sidecars with local limits and an on-kill command that logs its epoch and exits 3;
+    the aggregator serves metrics on `agg_port`."""
     limits = tmp_path / "limits.toml"
     limits.write_text(LIMITS)
     ran = tmp_path / "on-kill.log"
@@ -37,7 +63,9 @@ def fleet2(redis_url: str, node: str, tmp_path: Path) -> Iterator[Fleet]:
     )
     try:
         f.start()
-        f.start_aggregator("--tick", "0.05", "--confirm-timeout", "1")
+        f.start_aggregator(
+            "--tick", "0.05", "--confirm-timeout", "1", "--metrics-port", str(agg_port)
+        )  # fmt: skip
         f.wait_ready(20)
         yield f
     finally:
@@ -53,7 +81,9 @@ def subscribe(f: Fleet, host: str) -> GateClient:
 class TestKilledNode:
     """Must show 1: cancels pass, subscribers are told, FLAT is proof, on-kill runs once."""
 
-    def test_cancel_subscribe_flat_on_kill(self, fleet2: Fleet, tmp_path: Path) -> None:
+    def test_cancel_subscribe_flat_on_kill(
+        self, fleet2: Fleet, tmp_path: Path, agg_port: int
+    ) -> None:
         """On a killed node CANCEL is allowed and ORDER blocked; subscribers get STATE KILLED,
         FLAT puts the host in `flat`, and the on-kill command ran once per kill epoch."""
         armed = fleet2.arm()
@@ -90,6 +120,21 @@ class TestKilledNode:
                 == {"epoch": epoch, "status": "exit 3"},
                 10, 0.05, f"{h} on-kill result reported",
             )  # fmt: skip
+        # The same proof as metrics: the dashboards and KillswitchKillNotFlat read these.
+        port, n = agg_port, fleet2.node
+
+        def exported(not_flat: float, failed: float) -> bool:
+            return (
+                gauge(port, "killswitch_hosts_not_flat", node=n) == not_flat
+                and gauge(port, "killswitch_host_on_kill_failed", node=n, host="or-02") == failed
+            )
+
+        wait_until(lambda: exported(1, 1), 10, 0.05, "not-flat and on-kill failure exported")
+        assert gauge(port, "killswitch_host_flat", node=n, host="or-01") == 1
+        assert gauge(port, "killswitch_host_flat", node=n, host="or-02") == 0
+        assert gauge(port, "killswitch_host_subscribers", node=n, host="or-02") == 1
+        assert gauge(port, "killswitch_host_on_kill_failed", node=n, host="or-01") == 1
+        assert gauge(port, "killswitch_node_limit_refusals", node=n, window="1s") is None
         # Killing the killed node again keeps the epoch: the command does not run again.
         code, again = fleet2.cli_json("kill", "--reason", "again", "--operator", "sre")
         assert code == 0 and again["epoch"] == epoch
@@ -98,6 +143,9 @@ class TestKilledNode:
         assert ran == [f"{h} {epoch}" for h in HOSTS]
         for c in subs.values():
             c.close()
+        # A new arm ends the kill: nothing is left counted as not flat or failed.
+        fleet2.arm()
+        wait_until(lambda: exported(0, 0), 10, 0.05, "not-flat and on-kill failure cleared")
 
 
 class TestLimits:
@@ -150,15 +198,18 @@ class TestLimitBurst:
         self, redis_url: str, node: str, tmp_path: Path
     ) -> None:
         """With --max-limit-refusals 100, 300 orders at once on each of two 50/s hosts kill
-        the node with cause limit_burst; the same on one host alone does not."""
+        the node with cause limit_burst; the same on one host alone does not; the refusals in
+        the rule's window and its threshold are exported for the dashboard and alert."""
         limits = tmp_path / "limits.toml"
         limits.write_text("max_orders_per_s = 50\n")
         f = Fleet(redis_url, node, HOSTS, extra_sidecar_args=("--limits", str(limits)))
         try:
             f.start()
+            port = free_port()
             f.start_aggregator(
-                "--tick", "0.05", "--max-limit-refusals", "100", "--limit-window", "30"
-            )
+                "--tick", "0.05", "--max-limit-refusals", "100", "--limit-window", "30",
+                "--metrics-port", str(port),
+            )  # fmt: skip
             f.wait_ready(20)
             epoch = f.arm()["epoch"]
             with f.client("or-01") as c:
@@ -171,6 +222,13 @@ class TestLimitBurst:
 
             wait_until(reported, 10, 0.05, "or-01's refusals reported")
             assert f.cli_json("status")[1]["state"] == "ARMED"  # one host: its gate holds
+
+            def counted() -> bool:
+                got = gauge(port, "killswitch_node_limit_refusals", node=node, window="30s")
+                return (got or 0) >= 200
+
+            wait_until(counted, 10, 0.05, "the rule's window count exported")
+            assert gauge(port, "killswitch_node_limit_refusals_max", node=node, window="30s") == 100
             with f.client("or-02") as c:
                 c.send(*(f"ORDER b{i} MSFT BUY 1 1" for i in range(300)))
                 assert sum(c.reply().endswith(" limit") for _ in range(300)) >= 200

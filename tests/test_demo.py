@@ -39,7 +39,8 @@ class TestDemo:
     def test_demo_json_killswitch_trips_fast_and_per_host_limit_never(self) -> None:
         """`demo --json` exits 0 with one JSON table: killswitch trips within seconds of the
         onset with every host confirming, the per-host limit never trips, the attested open is
-        refused naming or-08, and nothing is left running."""
+        refused naming or-08, the routers cancel their resting orders and report FLAT (none
+        left, while the other monitors leave some working), and nothing is left running."""
         res = run("demo", "--json")
         assert res.returncode == 0, res.stderr[-3000:]
         doc = json.loads(res.stdout)
@@ -61,9 +62,35 @@ class TestDemo:
         assert att["split"]["odd"]["or-08"] != att["split"]["majority"]
         routers = doc["routers"]
         assert all(r["blocked"] > 0 for r in routers.values())  # every host was stopped
+        # Flatten on kill: every router was told, cancelled through the gate and was flat.
+        assert ks["flat_hosts"] == 8 and ks["resting_left"] == 0
+        assert ks["resting_cancelled"] == sum(r["cancels_sent"] for r in routers.values()) > 0
+        assert all(r["flat_epoch"] == ks_epoch(doc) for r in routers.values())
+        assert by["per_host_limit"]["resting_left"] > 0 and ks["isolated"] == []
         # Nothing left behind: no sidecar or redis-server of the demo still runs.
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
         assert "ks-demo-" not in ps.stdout
+
+    @pytest.mark.slow
+    def test_demo_on_haunted_isolate_kills_the_haunted_host_alone_first(self) -> None:
+        """`demo --on-haunted isolate` isolates or-08 alone (a scoped kill) before anything
+        else happens to the node, and its router is told, cancels and is blocked `killed`."""
+        res = run("demo", "--json", "--on-haunted", "isolate")
+        assert res.returncode == 0, res.stderr[-3000:]
+        doc = json.loads(res.stdout)
+        ks = {m["monitor"]: m for m in doc["monitors"]}["killswitch"]
+        assert doc["scenario"]["on_haunted"] == "isolate"
+        assert ks["isolated"] == ["or-08"] and 0 < ks["isolated_after_s"] <= 3.0
+        if ks["tripped"]:  # the rollback may still trip the node rules later
+            assert ks["acted_after_s"] > ks["isolated_after_s"]
+        r8 = doc["routers"]["or-08"]
+        assert r8["resting_at_kill"] is not None and r8["cancels_sent"] >= r8["resting_at_kill"]
+        assert r8["blocked"] > 0
+
+
+def ks_epoch(doc: dict[str, Any]) -> int:
+    """The node's epoch after the demo's one kill: the arm's epoch plus one."""
+    return int(doc["armed_epoch"]) + 1
 
 
 class TestScenario:
@@ -88,20 +115,23 @@ class TestScenario:
         assert (COMPRESSED.compression, REALTIME.compression) == (10.0, 1.0)
 
 
-def _doc(compression: float) -> dict[str, Any]:
-    monitor = {"acted_after_s": 1.5, "orders_after_onset": 10, "detail": "d", "tripped": True}
+def _doc(compression: float, on_haunted: str = "kill") -> dict[str, Any]:
+    monitor = {"acted_after_s": 1.5, "orders_after_onset": 10, "detail": "d", "tripped": True,
+               "resting_left": 1234}  # fmt: skip
     return {
         "scenario": {
             "compression": compression, "window_s": 1.0 if compression > 1 else 10.0,
             "fast_window_s": None if compression > 1 else 1.0, "hosts": ["a", "b"],
             "haunted": "b", "onset_s": 10, "rollback_s": 17, "baseline_seed": "seed",
-            "per_host_cap": 100,
+            "per_host_cap": 100, "rest_s": 2.0, "on_haunted": on_haunted,
         },
         "monitors": [
             {**monitor, "monitor": "per_host_limit"},
             {**monitor, "monitor": "prometheus_alert"},
             {**monitor, "monitor": "killswitch", "cause": "host_share", "confirmed": 8,
-             "kill_to_all_confirmed_ms": 3},
+             "kill_to_all_confirmed_ms": 3, "resting_left": 0, "resting_cancelled": 260,
+             "flat_hosts": 2,
+             "isolated": ["b"] if on_haunted == "isolate" else [], "isolated_after_s": 1.25},
         ],
         "knight": {"minutes": 45, "orders": "over 4,000,000", "parent_orders": 212,
                    "shares": 397_000_000, "loss_usd": "over $440 million"},
@@ -121,6 +151,33 @@ class TestDemoReport:
         """The --realtime table says its figures are real time and claims no compression."""
         text = render_table(_doc(1.0))
         assert "REAL TIME" in text and "COMPRESSED" not in text
+
+    def test_table_shows_resting_orders_left_and_the_flat_proof(self) -> None:
+        """The table has a resting-left column per monitor and says how many resting orders
+        the routers cancelled and how many hosts reported FLAT."""
+        lines = render_table(_doc(10.0)).splitlines()
+        header = next(line for line in lines if line.startswith("monitor"))
+        assert "resting left" in header
+        assert sum("1,234" in line for line in lines) == 2  # the two monitors that only watch
+        ks = next(line for line in lines if line.startswith("killswitch (node-wide)"))
+        assert ks.split()[-2] == "0"  # killswitch's routers left nothing resting
+        assert "cancelled 260 resting orders" in "\n".join(lines) and "2/2 reported FLAT" in (
+            "\n".join(lines)
+        )
+
+    def test_isolate_table_names_the_option_and_the_isolated_host(self) -> None:
+        """With --on-haunted isolate the killswitch row says so and names the isolated host
+        and when; the default run names neither."""
+        text = render_table(_doc(10.0, "isolate"))
+        assert "killswitch (--on-haunted isolate)" in text
+        assert "isolated b at +1.25 s (a scoped kill)" in text
+        plain = render_table(_doc(10.0))
+        assert "isolate" not in plain
+        doc = _doc(10.0, "isolate")
+        doc["monitors"][-1]["tripped"] = False  # isolated, the node never killed
+        text = render_table(doc)
+        assert "the other hosts traded on" in text and "cancelled 260 resting orders" in text
+        assert "reported FLAT" not in text  # the flat proof is a node kill's
 
 
 def steady(host: str, per_100ms: int, start: int, end: int) -> list[FlowEvent]:

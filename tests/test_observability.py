@@ -91,6 +91,7 @@ def stack(redis_server: EmbeddedRedis) -> Iterator[Stack]:
             "--max-orders", "1000", "--window", "10", "--tick", "0.05",
             "--max-host-share", "0.95", "--shadow", "host_share",
             "--metrics-port", str(agg_port), "--fleet-max-orders", "1000000",
+            "--max-limit-refusals", "1000",
         )  # fmt: skip
         prom.start()  # boots while the processes do
         for h in HOSTS:

@@ -34,6 +34,34 @@ PROM_DIR = REPO_ROOT / "deploy" / "prometheus"
 DASHBOARD_FILES = sorted((REPO_ROOT / "dashboards").glob("*.json"))
 
 KNOWN_METRICS = promcheck.KNOWN_METRICS
+# What containment beyond blocking exports (docs/CONTAINMENT.md): each must be on a panel.
+CONTAINMENT_METRICS = frozenset(
+    {
+        "killswitch_cancels_total",
+        "killswitch_blocked_orders_total",
+        "killswitch_host_flat",
+        "killswitch_host_subscribers",
+        "killswitch_hosts_not_flat",
+        "killswitch_host_on_kill_failed",
+        "killswitch_host_scoped_kill",
+        "killswitch_killed_symbols",
+        "killswitch_node_limit_refusals",
+        "killswitch_node_limit_refusals_max",
+        "killswitch_release_split_hosts",
+        "killswitch_attest_unreadable",
+        "killswitch_arm_unproven",
+        "killswitch_gate_arm_unproven",
+        "killswitch_arm_refusals_total",
+    }
+)
+# The containment metrics that signal danger, and the alert that watches each.
+CONTAINMENT_ALERTS = {
+    "KillswitchKillNotFlat": "killswitch_hosts_not_flat",
+    "KillswitchOnKillFailed": "killswitch_host_on_kill_failed",
+    "KillswitchScopedKillActive": "killswitch_host_scoped_kill",
+    "KillswitchLimitBurstNear": "killswitch_node_limit_refusals",
+    "KillswitchReleaseSplit": "killswitch_release_split_hosts",
+}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -143,6 +171,36 @@ class TestExtractExprs:
         with pytest.raises(KeyError, match=r"\$nope"):
             substitute('up{a="$nope"}', DEFAULT_VARIABLES)
         assert substitute("rate(x[${__rate_interval}])", DEFAULT_VARIABLES) == "rate(x[5s])"
+
+    def test_every_containment_metric_is_on_a_panel(self) -> None:
+        """Each metric of containment (cancels, flat proof, on-kill, scoped kills, limit
+        refusals, trust and release) is on a dashboard panel, and every one of them is a
+        metric the services promise."""
+        assert CONTAINMENT_METRICS <= KNOWN_METRICS
+        on_panels = set()
+        for e in extract_exprs():
+            if " panel " in e.origin:
+                on_panels |= set(re.findall(r"\bkillswitch_\w+", e.expr))
+        assert on_panels >= CONTAINMENT_METRICS, sorted(CONTAINMENT_METRICS - on_panels)
+
+    def test_containment_dangers_have_alerts(self) -> None:
+        """Hosts not flat after a kill, a failed on-kill command, an active scoped kill, a
+        limit burst building and a release split each have an alert on their metric."""
+        doc = yaml.safe_load(ALERT_RULES.read_text())
+        exprs = {r["alert"]: r["expr"] for g in doc["groups"] for r in g["rules"]}
+        for alert, metric in CONTAINMENT_ALERTS.items():
+            assert metric in exprs[alert], (alert, metric)
+
+    def test_every_alert_has_a_runbook_section(self) -> None:
+        """Each alert's runbook link points at a section of docs/OBSERVABILITY.md."""
+        doc = yaml.safe_load(ALERT_RULES.read_text())
+        headings = re.findall(r"^#+ (.+)$", (REPO_ROOT / "docs" / "OBSERVABILITY.md").read_text(),
+                              re.MULTILINE)  # fmt: skip
+        anchors = {h.strip().lower() for h in headings}
+        for rule in (r for g in doc["groups"] for r in g["rules"]):
+            path, _, anchor = rule["annotations"]["runbook"].partition("#")
+            assert path == "docs/OBSERVABILITY.md" and anchor == rule["alert"].lower(), rule
+            assert anchor in anchors, f"no section '### {rule['alert']}'"
 
     def test_only_known_metrics_are_used(self) -> None:
         """Dashboards and rules reference only metric names the services promise to export."""

@@ -12,12 +12,14 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from killswitch.aggregator.containmetrics import containment_metrics
 from killswitch.aggregator.fleetrule import FleetRule
 from killswitch.aggregator.inputs import InputGuard
 from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.aggregator.trust import Trust
 from killswitch.core import ruleview
 from killswitch.core.anomaly import Evaluation, MonitorConfig
+from killswitch.core.limitburst import LimitBurst
 from killswitch.core.release import Split
 from killswitch.core.roster import Quorum
 from killswitch.core.state import NodeRead, NodeState
@@ -85,6 +87,9 @@ class Aggregator(Protocol):
     def inputs(self) -> InputGuard: ...
     @property
     def release_split(self) -> Split | None: ...
+    @property
+    def limit_burst(self) -> LimitBurst | None: ...
+    def not_flat(self) -> Sequence[str]: ...
     def is_leader(self) -> bool: ...
 
 
@@ -200,6 +205,7 @@ class AggregatorCollector:
                 "1 if the node's Redis runs with appendonly (a restart keeps kills), else 0.",
                 float(a.durable.enabled),
             )
+        yield from containment_metrics(n, a.trust.roster, a.state, q, a.not_flat(), a.limit_burst)
         if a.fleet is not None:
             yield from fleet_metrics(a.fleet, win, a.s.instance)
         yield from rule_metrics(

@@ -303,6 +303,13 @@ class Aggregator(TripRules):
         if self.is_leader():
             await self.store.publish_aggregator_view({**self.view(now), **self._ha_view()})
 
+    def not_flat(self) -> list[str]:
+        """Roster hosts blocked after the kill whose trading processes are not flat in time.
+
+        Only while the node is KILLED: the watch is fed on killed ticks only, so after an arm
+        its last list would otherwise linger."""
+        return self.confirmations.not_flat if self.state.state is NodeState.KILLED else []
+
     def view(self, now_ms: int) -> dict[str, str]:
         """What `status` shows of the aggregator (and what tests wait on): its last tick."""
         return {
@@ -318,7 +325,7 @@ class Aggregator(TripRules):
             "learned_s": f"{self.monitor.baseline.learned_ms / 1000:g}",
             "roster_mismatch": ",".join(self.s.hosts) if self.trust.mismatch else "",
             "arm_refusal": self.trust.refusal,
-            "not_flat": ",".join(self.confirmations.not_flat),
+            "not_flat": ",".join(self.not_flat()),
             **ruleview.view_fields(self.s.monitor, self.evaluation),
         }
 

@@ -77,7 +77,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "demo":
         from killswitch.sim.demo import run_demo
 
-        return run_demo(as_json=bool(args.json), realtime=bool(args.realtime))
+        return run_demo(
+            as_json=bool(args.json),
+            realtime=bool(args.realtime),
+            on_haunted=args.on_haunted or "kill",
+        )
     if cmd == "loadgen":
         return services.start_loadgen(r)
     if cmd == "backtest":

@@ -214,14 +214,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "demo",
         "The Knight Capital replay, live: an embedded Redis, eight sidecars, the aggregator and "
         "simulated order routers; prints what a per-host limit, a Prometheus alert and "
-        "killswitch did. Time-compressed by default (~35 s; 1 s windows stand for 10 s, so its "
-        "times are a tenth of production's for the window rules).",
+        "killswitch did, and the resting orders each left working. Time-compressed by default "
+        "(~35 s; 1 s windows stand for 10 s, so its times are a tenth of production's for the "
+        "window rules).",
         [json_opt],
     )
     dm.add_argument(
         "--realtime", action="store_true", default=None,
         help="no time compression: production windows (10 s) and rules, fast rules on, about "
         "two minutes; its figures are real-time figures",
+    )  # fmt: skip
+    dm.add_argument(
+        "--on-haunted", choices=("kill", "isolate"), default=None,
+        help="the aggregator's --on-haunted for this replay: kill the node (default) or only "
+        "the haunted host",
     )  # fmt: skip
 
     bt = cmd(

@@ -117,14 +117,15 @@ class Mode:
     scenario: Scenario
     seed_s: float  # seconds of normal pre-open flow the seeded baseline learned
     compression: float  # production time per demo time: 10 for 1 s windows standing for 10 s
+    rest_s: float = 2.0  # how long an allowed order rests at the venue: 20 s in production
 
 
-COMPRESSED = Mode("compressed", RULES, PER_HOST_CAP, ALERT, Scenario(), 60.0, 10.0)
+COMPRESSED = Mode("compressed", RULES, PER_HOST_CAP, ALERT, Scenario(), 60.0, 10.0, 2.0)
 # 4x the compressed scenario's timeline (about two minutes): long enough for 10 s windows
 # to see the open come and go before the onset.
 REALTIME = Mode(
     "realtime", REALTIME_RULES, PER_HOST_CAP * 10, REALTIME_ALERT, Scenario().scaled(4.0),
-    360.0, 1.0,
+    360.0, 1.0, 20.0,
 )  # fmt: skip
 
 
@@ -171,7 +172,7 @@ class _Progress:
             print(
                 f"[{t:5.1f}s] {phase:<34} {rep.get('state', '?'):<7} node {agg.get('node_orders', '?')}"
                 f"/window baseline {agg.get('expected') or '-'}  confirmed "
-                f"{len(rep.get('confirmed', []))}/8  rates {rates}",
+                f"{len(rep.get('confirmed', []))}/8  flat {len(rep.get('flat', []))}/8  rates {rates}",
                 file=self.out, flush=True,
             )  # fmt: skip
 
@@ -191,7 +192,7 @@ def _table(t: float, phase: str, rep: dict[str, Any], agg: dict[str, Any]) -> An
         f"baseline limit {base.get('limit') or '-'}  confirmed {len(rep.get('confirmed', []))}/8"
     )
     table = Table(title=title, title_justify="left")
-    for col in ("host", "orders/s", "gate", "epoch", "confirmed"):
+    for col in ("host", "orders/s", "gate", "epoch", "confirmed", "flat"):
         table.add_column(col)
     haunted = {h["host"] for h in agg.get("haunted", [])}
     for h, s in rep.get("hosts", {}).items():
@@ -199,6 +200,7 @@ def _table(t: float, phase: str, rep: dict[str, Any], agg: dict[str, Any]) -> An
         table.add_row(
             name, f"{s.get('orders_per_s', 0):.0f}", str(s.get("gate")), str(s.get("epoch")),
             "yes" if h in rep.get("confirmed", []) else "-",
+            "yes" if h in rep.get("flat", []) else "-",
         )  # fmt: skip
     return table
 
@@ -213,7 +215,7 @@ def _phase(s: Scenario, t: float) -> str:
     return "pre-open (normal)"
 
 
-async def _run(fleet: Fleet, mode: Mode, progress: _Progress) -> dict[str, Any]:
+async def _run(fleet: Fleet, mode: Mode, progress: _Progress, on_haunted: str) -> dict[str, Any]:
     s = mode.scenario
     redis = Redis.from_url(fleet.redis_url, decode_responses=True)
     store = Store(redis, NODE)
@@ -233,7 +235,10 @@ async def _run(fleet: Fleet, mode: Mode, progress: _Progress) -> dict[str, Any]:
 
         watcher = asyncio.create_task(watch())
         try:
-            stats = await drive({h: fleet.address(h) for h in HOSTS}, s.rate, s.end)
+            # The routers' orders rest at the venue; each router also subscribes to its gate
+            # and, on STATE KILLED, cancels them through the gate and answers FLAT.
+            addresses = {h: fleet.address(h) for h in HOSTS}
+            stats = await drive(addresses, s.rate, s.end, rest_s=mode.rest_s)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -245,13 +250,18 @@ async def _run(fleet: Fleet, mode: Mode, progress: _Progress) -> dict[str, Any]:
         for h in HOSTS:
             confirms[h] = dict(await redis.hgetall(store.keys.host(h).confirm))  # type: ignore[arg-type]
         final["killed_ms"] = await redis.hget(store.keys.state, "killed_ms")
-        return results(mode, t0_ms, stats, final, audit, flows, confirms, arm.report["epoch"])
+        return results(
+            mode, t0_ms, stats, final, audit, flows, confirms, arm.report["epoch"], on_haunted
+        )
     finally:
         await redis.aclose()
 
 
 def run_demo(
-    as_json: bool = False, scenario: Scenario | None = None, realtime: bool = False
+    as_json: bool = False,
+    scenario: Scenario | None = None,
+    realtime: bool = False,
+    on_haunted: str = "kill",
 ) -> int:
     mode = REALTIME if realtime else COMPRESSED
     if scenario is not None:
@@ -281,14 +291,14 @@ def run_demo(
         fleet.start()
         seed = seed_baseline(rules, s, _server_ms(server.url), mode.seed_s)
         sync_seed(server.url, seed)
-        fleet.start_aggregator(*aggregator_flags(rules))
+        fleet.start_aggregator(*aggregator_flags(rules), "--on-haunted", on_haunted)
         wait_until(lambda: _all_alive(server.url), 30, 0.05, "roster stored and all 8 reporting")
         deploy.wait_releases(fleet, NODE, 2)
         refused = deploy.refused_open(fleet, NODE)
         print(f"with attestation, the 09:30 open: {refused['message']}", file=progress_out)
         deploy.attestation_off(fleet, NODE, HAUNTED)
         progress = _Progress(progress_out, rich_view=not as_json and sys.stdout.isatty())
-        doc = asyncio.run(_run(fleet, mode, progress))
+        doc = asyncio.run(_run(fleet, mode, progress, on_haunted))
         doc["attestation"] = refused
     finally:
         if progress is not None:

@@ -50,6 +50,8 @@ class Mode(Protocol):
     def seed_s(self) -> float: ...
     @property
     def compression(self) -> float: ...
+    @property
+    def rest_s(self) -> float: ...
 
 
 HOSTS = tuple(f"or-{i:02d}" for i in range(1, 9))
@@ -72,6 +74,7 @@ def results(
     flows: dict[str, list[tuple[str, dict[str, str]]]],
     confirms: dict[str, dict[str, str]],
     armed_epoch: int,
+    on_haunted: str = "kill",
 ) -> dict[str, Any]:
     s, rules = mode.scenario, mode.rules
     onset = t0_ms + round(s.legacy_at * 1000)
@@ -94,8 +97,24 @@ def results(
     ]
     killed_ms = int(final.get("killed_ms") or 0) or (trip_ms or 0)
     all_confirmed = max(applied) if len(applied) == len(HOSTS) else None
+    end_ms, rest_ms = t0_ms + round(s.end * 1000), round(mode.rest_s * 1000)
     ks = {
         "monitor": "killswitch",
+        # Routers cancel their resting orders on STATE KILLED and answer FLAT: what is left
+        # is what routers that never reported flat still had working at the kill.
+        "resting_left": sum(
+            _unflat_resting(h, st, allowed, killed_ms, rest_ms) for h, st in stats.items()
+        )
+        if trip
+        else whatif.resting_at(allowed, end_ms, rest_ms),
+        "resting_cancelled": sum(st.cancels_sent for st in stats.values()),
+        "flat_hosts": len(final.get("flat", [])),
+        "isolated": sorted(
+            {str(e["scope"]).removeprefix("host:") for e in audit if e["action"] == "kill_host"}
+        ),
+        "isolated_after_s": next(
+            (_after(e["id"], onset) for e in audit if e["action"] == "kill_host"), None
+        ),
         "acted_after_s": None if trip_ms is None else round((trip_ms - onset) / 1000, 3),
         "orders_after_onset": whatif.orders_after(allowed, onset),
         "tripped": trip is not None,
@@ -116,6 +135,9 @@ def results(
             "orders_after_onset": v.orders_after_onset,
             "tripped": v.acted_ms is not None,
             "detail": v.detail,
+            # A monitor that only blocks or alerts leaves working what was sent in the last
+            # rest_s before it acted (before the end if it never did).
+            "resting_left": whatif.resting_at(attempted, v.acted_ms or end_ms, rest_ms),
         }
         for v in (per_host, alert)
     ]
@@ -137,6 +159,8 @@ def results(
             "rollback_ms": rollback,
             "per_host_cap": mode.per_host_cap,
             "alert": mode.alert,
+            "rest_s": mode.rest_s,
+            "on_haunted": on_haunted,
             "baseline_seed": f"replay of {mode.seed_s:g} s of normal pre-open flow "
             "(killswitch.core.backtest.replay), stored in the node's baseline hash before the "
             "aggregator started",
@@ -144,7 +168,14 @@ def results(
         "monitors": [*monitors, ks],
         "orders_attempted_after_onset": whatif.orders_after(attempted, onset),
         "routers": {
-            h: {"sent": st.sent, "allowed": st.allowed, "blocked": st.blocked}
+            h: {
+                "sent": st.sent,
+                "allowed": st.allowed,
+                "blocked": st.blocked,
+                "resting_at_kill": st.resting_at_kill,
+                "cancels_sent": st.cancels_sent,
+                "flat_epoch": st.flat_epoch,
+            }
             for h, st in stats.items()
         },
         "final_state": final.get("state"),
@@ -153,37 +184,76 @@ def results(
     }
 
 
+def _after(entry_id: str, onset_ms: int) -> float:
+    """Seconds from the onset to an audit entry (its stream id is Redis server time)."""
+    return round((int(entry_id.split("-", 1)[0]) - onset_ms) / 1000, 3)
+
+
+def _unflat_resting(
+    host: str, st: RouterStats, allowed: list[FlowEvent], killed_ms: int, rest_ms: int
+) -> int:
+    """Resting orders a router left at the kill: none once it reported FLAT; what it held
+    when told (or, never told, what the gate allowed it in the last rest_ms) otherwise."""
+    if st.flat_epoch:
+        return 0
+    if st.resting_at_kill is not None:
+        return st.resting_at_kill
+    return whatif.resting_at([e for e in allowed if e.host == host], killed_ms, rest_ms)
+
+
 def render_table(doc: dict[str, Any]) -> str:
     sc = doc["scenario"]
     names = {
         "per_host_limit": f"per-host limit ({sc['per_host_cap']}/host/window)",
         "prometheus_alert": "Prometheus alert (node rate)",
-        "killswitch": "killswitch (node-wide)",
+        "killswitch": "killswitch (node-wide)"
+        if sc.get("on_haunted", "kill") == "kill"
+        else "killswitch (--on-haunted isolate)",
     }
     lines = ["", *_heading(sc), f"The baseline was seeded from a {sc['baseline_seed']}.", ""]
     lines += deploy.table_lines(doc.get("attestation"))
     lines += [
-        f"{'monitor':<36} {'acted after onset':>18} {'orders after onset':>19}  what happened",
+        f"{'monitor':<36} {'acted after onset':>18} {'orders after onset':>19}  "
+        f"{'resting left':>12}  what happened",
     ]
+    pad = f"{'':<36} {'':>18} {'':>19}  {'':>12} "
     for m in doc["monitors"]:
         after = "never" if m["acted_after_s"] is None else f"+{m['acted_after_s']:.2f} s"
         lines.append(
-            f"{names[m['monitor']]:<36} {after:>18} {m['orders_after_onset']:>19,}  {m['detail']}"
+            f"{names[m['monitor']]:<36} {after:>18} {m['orders_after_onset']:>19,}  "
+            f"{m['resting_left']:>12,}  {m['detail']}"
         )
     ks = doc["monitors"][-1]
+    if ks["isolated"]:
+        rest = "" if ks["tripped"] else "; the other hosts traded on"
+        at = ks.get("isolated_after_s")
+        when = "" if at is None else f" at +{at:.2f} s"
+        lines.append(f"{pad} isolated {', '.join(ks['isolated'])}{when} (a scoped kill){rest}")
     if ks["tripped"]:
         lines.append(
-            f"{'':<36} {'':>18} {'':>19}  cause {ks['cause']}; {ks['confirmed']}/8 hosts confirmed, "
+            f"{pad} cause {ks['cause']}; {ks['confirmed']}/8 hosts confirmed, "
             f"the last {ks['kill_to_all_confirmed_ms']} ms after the kill"
+        )
+    if ks["resting_cancelled"] or ks["tripped"]:
+        # `flat` is the proof of a node kill; an isolated host's router cancels all the same.
+        proof = f"; {ks['flat_hosts']}/{len(sc['hosts'])} reported FLAT" if ks["tripped"] else ""
+        lines.append(
+            f"{pad} routers cancelled {ks['resting_cancelled']:,} resting orders through the "
+            f"gate{proof}"
         )
     k = doc["knight"]
     lines.append(
         f"{'Knight Capital, 1 August 2012':<36} {str(k['minutes']) + ' min':>18} {k['orders']:>19}  "
+        f"{'':>12}  "
         f"{k['parent_orders']} parent orders, {k['shares']:,} shares, {k['loss_usd']} lost"
     )
     lines.append(
         f"(orders the routers tried to send after the onset: {doc['orders_attempted_after_onset']:,}; "
-        f"the per-host limit and the alert are evaluated on those, killswitch on what it let through)"
+        f"the per-host limit and the alert are evaluated on those, killswitch on what it let through;"
+    )
+    lines.append(
+        f" resting left: orders still working at the venue when the monitor acted, each resting "
+        f"{sc.get('rest_s', 0):g} s; killswitch's routers cancel theirs on the kill)"
     )
     if sc["compression"] > 1:
         k = sc["compression"]

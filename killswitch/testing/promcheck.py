@@ -108,6 +108,12 @@ METRICS: dict[str, bool] = {
     "killswitch_fleet_leader": False,
     "killswitch_fleet_nodes_not_summed": False,
     "killswitch_attest_unreadable": True,
+    "killswitch_host_flat": True,
+    "killswitch_host_subscribers": True,
+    "killswitch_host_on_kill_failed": True,
+    "killswitch_hosts_not_flat": False,
+    "killswitch_node_limit_refusals": False,
+    "killswitch_node_limit_refusals_max": False,
 }
 KNOWN_METRICS = frozenset(METRICS)
 PER_HOST_METRICS = frozenset(n for n, per_host in METRICS.items() if per_host)
