@@ -29,13 +29,14 @@ from killswitch.aggregator.auditlog import AuditMirror
 from killswitch.aggregator.confirmations import ConfirmationWatch
 from killswitch.aggregator.inputs import InputGuard
 from killswitch.aggregator.metrics import AggregatorCollector, Instruments
+from killswitch.aggregator.rollouts import RolloutWatch
 from killswitch.aggregator.settings import AggregatorSettings, with_static_cap
 from killswitch.aggregator.trust import Trust
 from killswitch.core import leader, ruleview
 from killswitch.core.anomaly import CAUSES, HOST_SHARE, Evaluation, Monitor
 from killswitch.core.baseline import Baseline, BaselineStateError
 from killswitch.core.limitburst import LIMIT_BURST, LimitBurst
-from killswitch.core.release import VERSION_SPLIT, Split, split
+from killswitch.core.release import VERSION_SPLIT, Split
 from killswitch.core.roster import Quorum, epoch_floor, quorum, reported_releases
 from killswitch.core.state import NodeRead, NodeState
 from killswitch.core.window import NodeWindows
@@ -44,6 +45,7 @@ from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled, until_reachable
 from killswitch.store import durability
 from killswitch.store.redisconn import connect
+from killswitch.store.rollout import RolloutStore
 from killswitch.store.store import Store
 
 log = structlog.get_logger("killswitch.aggregator.service")
@@ -109,6 +111,8 @@ class Aggregator:
         # (a proposal, stored until the first signed arm); arms count only when proven.
         operators = load_operators(settings.operators) if settings.operators else None
         self.trust = Trust(settings.node, settings.hosts, operators, self.log, clock)
+        self.rollouts = RolloutWatch(RolloutStore(redis, settings.node), settings.node,
+                                     operators, self.log)  # fmt: skip
         self.unlisted: tuple[str, ...] = ()
         self.quorum: Quorum | None = None
         self.release_split: Split | None = None
@@ -410,9 +414,14 @@ class Aggregator:
             await self.store.publish_aggregator_view({**self.view(now), **self._ha_view()})
 
     async def _check_releases(self, now_ms: int) -> None:
-        """The version vector as a trip rule: an armed roster running two releases is killed."""
+        """The version vector as a trip rule: an armed roster running a release it may not run
+        (two releases, or one no signed rollout named) is killed."""
         assert self.quorum is not None
-        cut = self.release_split = split(self.trust.roster, reported_releases(self.quorum.hosts))
+        await self.rollouts.refresh()
+        by_host = reported_releases(self.quorum.hosts)
+        if self.is_leader():
+            await self.rollouts.settle(self.trust.roster, by_host, f"aggregator:{self.s.instance}")
+        cut = self.release_split = self.rollouts.check(self.trust.roster, by_host)
         if cut is None or not self.is_armed():
             return
         if self.is_leader():
@@ -420,7 +429,7 @@ class Aggregator:
                 "VERSION_SPLIT", hosts=sorted(cut.odd), releases=dict(cut.odd),
                 majority=cut.majority,
             )  # fmt: skip
-        await self._trip(VERSION_SPLIT, cut.describe(), now_ms, [])
+        await self._trip(VERSION_SPLIT, self.rollouts.describe(cut), now_ms, [])
 
     def _ha_view(self) -> dict[str, str]:
         d = self.durable
@@ -478,6 +487,7 @@ class Aggregator:
             "roster_mismatch": ",".join(self.s.hosts) if self.trust.mismatch else "",
             "arm_refusal": self.trust.refusal,
             "not_flat": ",".join(self.confirmations.not_flat),
+            **self.rollouts.view(),
             **ruleview.view_fields(self.s.monitor, self.evaluation),
         }
 
