@@ -214,6 +214,7 @@ class TestAbortAndForgery:
             sig = asyncio.run(ssh_sign(f.ops.key("alice"), req.encode()))
             forged = Proof(req.encode(), (sig, sig)).to_text()
             r.hset(keys.rollout, mapping={"seq": "2", "phase": "canary", "begin": forged,
+                                          "from": digest(OLD), "to": digest(NEW),
                                           "hosts": "or-01", "begin_by": "alice,bob"})  # fmt: skip
         rep = wait_until(
             lambda: (s := status(f))["rollout"]["verified"] is False and s, 10, 0.05, "refused"
@@ -223,9 +224,11 @@ class TestAbortAndForgery:
         res = f.cli("arm", "--key", f.ops.key("alice"), "--json")
         assert res.returncode == 4 and "or-01" in res.stderr and "version_split" in res.stderr
 
+        code, _, err = rollout(f, "alice", "--release", digest(ODD), "--hosts", "or-02")
+        assert code == 4 and "does not verify" in err
+        assert two_sign(f, "--abort")["rollout"]["phase"] == "aborted"  # clears the forgery
+
         # a unanimous "rollback" to a release no rollout named: still a split
-        with redis_sync.Redis.from_url(redis_url, decode_responses=True) as r:
-            r.hset(keys.rollout, "phase", "aborted")
         for h in HOSTS:
             deploy(f, h, ODD)
         rep = status(f)

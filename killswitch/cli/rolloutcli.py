@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from killswitch.core.names import check_roster
+from killswitch.core.text import escape
 from killswitch.ops.control import EXIT_OK, Outcome
 from killswitch.runtime.config import ConfigError, Resolver, str_list
 from killswitch.runtime.validate import bounded
@@ -111,18 +112,21 @@ def rollout_lines(rep: Mapping[str, Any], full: bool = False) -> list[str]:
         return [f"node {rep.get('node')}: no rollout"] if full else []
     phase = ro.get("phase", "none")
     out = []
-    if phase in ("canary", "promoted") or full:
-        who = "; ".join(f"{s} by {'+'.join(p)}" for s, p in (ro.get("signed_by") or {}).items())
+    who = "; ".join(f"{s} by {'+'.join(p)}" for s, p in (ro.get("signed_by") or {}).items())
+    change = f"{str(ro.get('from'))[:12]} -> {str(ro.get('to'))[:12]}"
+    if phase in ("canary", "promoted"):
         where = "every host" if phase == "promoted" else ",".join(ro.get("hosts") or [])
-        verified = {True: "", False: "  NOT HONOURED by the aggregator", None: ""}.get(
-            ro.get("verified"), ""
-        )
-        if ro.get("refusal"):
-            verified = f"  NOT HONOURED by the aggregator ({ro['refusal']})"
+        verified = ""
+        if ro.get("verified") is False:
+            verified = f"  NOT HONOURED by the aggregator ({ro.get('refusal') or 'not verified'})"
         out.append(
-            f"ROLLOUT {ro.get('seq')} {phase.upper()}: {str(ro.get('from'))[:12]} -> "
-            f"{str(ro.get('to'))[:12]} on {where or '-'} ({who or 'unsigned'}){verified}"
+            f"ROLLOUT {ro.get('seq')} {phase.upper()}: {change} on {where or '-'} "
+            f"({who or 'unsigned'}){verified}"
         )
+    elif full and phase in ("complete", "aborted"):
+        out.append(f"last rollout {ro.get('seq')} {phase}: {change} ({who})")
+    elif full:
+        out.append(f"node {rep.get('node')}: no rollout in progress")
     if full and ro.get("approved"):
         out.append(f"approved release: {ro['approved'][:12]}")
     pending = ro.get("pending")
@@ -132,4 +136,4 @@ def rollout_lines(rep: Mapping[str, Any], full: bool = False) -> list[str]:
             f"{pending.get('expires_at')}; a second, distinct operator completes it with "
             "`killswitch rollout --key THEIR-KEY`"
         )
-    return out
+    return [escape(line) for line in out]  # every field was read from Redis

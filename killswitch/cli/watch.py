@@ -159,7 +159,7 @@ def _confirmations(rep: Mapping[str, Any]) -> RenderableType:
     if odd:
         line.append(f"   RELEASE SPLIT: {', '.join(sorted(odd))}", style="bold red")
     for text in rollout_lines(rep):
-        line.append(f"   {escape(text)}", style="bold yellow")
+        line.append(f"   {text}", style="bold yellow")
     return line
 
 

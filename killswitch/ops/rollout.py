@@ -28,7 +28,7 @@ from killswitch.ops.control import (
     iso_time,
     quorum_of,
 )
-from killswitch.ops.rolloutview import rollout_json
+from killswitch.ops.rolloutview import rollout_json, unverified
 from killswitch.ops.signing import SignError, ssh_sign
 from killswitch.store.rollout import RolloutRead, RolloutStore
 from killswitch.store.store import Store
@@ -68,12 +68,15 @@ async def rollout(
     rec = read.record
     current, refusal, detail = ro.verify_record(operators, node, rec)
     if rec.get("phase") in ro.ACTIVE and current is None:
-        return await _refused(
-            store, step, reason, f"the stored rollout does not verify ({refusal}: {detail})",
-            "refused: the stored rollout record does not verify against the operators file "
-            f"({refusal}: {detail}); it exempts nothing. Only `rollout --abort` by two "
-            "operators, or a new `rollout --release` once it is gone, changes it",
-        )  # fmt: skip
+        # Exempts nothing; an abort (always safe to sign) is what clears it.
+        current = unverified(rec)
+        if step in (ro.BEGIN, ro.PROMOTE) or current is None:
+            return await _refused(
+                store, step, reason, f"the stored rollout does not verify ({refusal}: {detail})",
+                "refused: the stored rollout record does not verify against the operators file "
+                f"({refusal}: {detail}); it exempts nothing. Abort it with two operators "
+                "(`rollout --abort`) before a new rollout",
+            )  # fmt: skip
     pending, first_sig, first, void = _usable_pending(read, operators, node, snap.now_ms)
     if step == SIGN:
         if pending is None:
