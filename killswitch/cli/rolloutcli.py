@@ -95,7 +95,7 @@ def action(r: Resolver, alive_ms: int) -> Callable[[Any], Awaitable[Outcome]]:
 
 def human(outcome: Outcome) -> str:
     rep = outcome.report
-    lines = [] if outcome.code == EXIT_OK and not outcome.message else [outcome.message]
+    lines = [] if outcome.code == EXIT_OK else [outcome.message]
     lines.extend(rollout_lines(rep, full=True))
     releases: Mapping[str, list[str]] = rep.get("releases") or {}
     for digest, hosts in releases.items():

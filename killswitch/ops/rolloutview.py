@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from killswitch.core import rollout as ro
 from killswitch.core.armproof import ProofError
+from killswitch.core.bounds import uint_or
 from killswitch.core.release import Split
 from killswitch.core.roster import HostStatus, reported_releases
 from killswitch.store.rollout import RolloutRead, RolloutStore
@@ -53,9 +54,11 @@ def rollout_json(read: RolloutRead, aggregator: Mapping[str, str]) -> dict[str, 
 
 def honoured(rec: Mapping[str, str], aggregator: Mapping[str, str]) -> bool | None:
     """Whether the acting aggregator verified this active record (None: not active, or no
-    aggregator has said)."""
+    aggregator has looked at it yet)."""
     if rec.get("phase") not in ro.ACTIVE or "rollout_seq" not in aggregator:
         return None
+    if uint_or(aggregator.get("tick_ms")) <= uint_or(rec.get("ts_ms")):
+        return None  # its last tick read the record before this change
     return (aggregator.get("rollout_seq"), aggregator.get("rollout_phase")) == (
         rec.get("seq"),
         rec.get("phase"),
