@@ -12,16 +12,19 @@ import asyncio
 import hashlib
 import json
 import signal
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis as redis_sync
+from prometheus_client.parser import text_string_to_metric_families
 
 from killswitch.core.armproof import Proof
 from killswitch.core.release import release_digest
 from killswitch.core.rollout import RolloutRequest
 from killswitch.ops.signing import ssh_sign
+from killswitch.sim.embedded import free_port
 from killswitch.sim.operators import make_key
 from killswitch.store.keys import NodeKeys
 from killswitch.testing import Fleet, wait_until
@@ -99,14 +102,29 @@ def audit_actions(f: Fleet) -> list[str]:
     return [e["action"] for e in f.cli_json("audit")[1]["entries"]]
 
 
+def gauge(port: int, name: str, node: str) -> float | None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.name == name and sample.labels == {"node": node}:
+                return float(sample.value)
+    return None
+
+
 @pytest.fixture
-def three(redis_url: str, node: str) -> Iterator[Fleet]:
+def agg_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def three(redis_url: str, node: str, agg_port: int) -> Iterator[Fleet]:
     f = Fleet(redis_url, node, HOSTS, attest=ATTEST)
     try:
         for h in HOSTS:
             install(f, h, OLD)
         f.start()
-        f.start_aggregator("--tick", "0.05")
+        f.start_aggregator("--tick", "0.05", "--metrics-port", str(agg_port))
         f.wait_ready(60)
         wait_until(lambda: list(status(f)["releases"]) == [digest(OLD)], 20, 0.05, "attested")
         f.arm(reason="open")
@@ -119,7 +137,7 @@ def three(redis_url: str, node: str) -> Iterator[Fleet]:
 class TestCanary:
     """Issue 11, must show 2: a signed canary, then promotion and completion."""
 
-    def test_canary_promote_complete(self, three: Fleet) -> None:
+    def test_canary_promote_complete(self, three: Fleet, agg_port: int) -> None:
         """The arm approves the roster's release; a two-person canary lets or-01 run the new
         release while armed; or-02 changing is still a split (killed, version_split); after a
         signed promotion the node re-arms, and once all run it the rollout completes. Every
@@ -149,6 +167,7 @@ class TestCanary:
         assert rep["releases"] == {digest(NEW): ["or-01"], digest(OLD): ["or-02", "or-03"]}
         assert rep["rollout"]["verified"] is True
         assert f.order("or-01").startswith("ALLOW")
+        assert gauge(agg_port, "killswitch_rollout_hosts", f.node) == 1.0
         human = f.cli("status").stdout
         assert "ROLLOUT 1 CANARY" in human and "SPLIT" not in human
 
@@ -162,6 +181,7 @@ class TestCanary:
         assert rep["rollout"]["phase"] == "promoted"
         assert rep["rollout"]["signed_by"]["promote"] == ["alice", "bob"]
         f.arm(reason="promoted")  # or-01, or-02 on the new release, or-03 on the old: allowed
+        assert gauge(agg_port, "killswitch_rollout_hosts", f.node) == 3.0
         f.wait_all("PONG ARMED")
 
         deploy(f, "or-03", NEW)
@@ -178,7 +198,9 @@ class TestCanary:
 class TestAbortAndForgery:
     """Aborting ends the exemption; nothing written by hand, nor an unnamed release, exempts."""
 
-    def test_abort_forged_record_and_rollback(self, three: Fleet, redis_url: str) -> None:
+    def test_abort_forged_record_and_rollback(
+        self, three: Fleet, redis_url: str, agg_port: int
+    ) -> None:
         """After a signed abort, or-01 still on the canary release is a split (killed). A
         record forged into Redis (one operator's signature, or an aborted one written back)
         lets no arm through. A unanimous move to a release nobody approved is a split too."""
@@ -208,6 +230,8 @@ class TestAbortAndForgery:
             wait_until(
                 lambda: status(f)["rollout"]["refusal"] == "replayed", 10, 0.05, "replay seen"
             )
+            res = f.cli("arm", "--key", f.ops.key("alice"), "--json")  # arm follows it
+            assert res.returncode == 4 and "or-01" in res.stderr, (res.stdout, res.stderr)
             # a new rollout whose begin carries alice's signature twice (one operator)
             req = RolloutRequest(f.node, "begin", 2, digest(OLD), digest(NEW), ("or-01",), "",
                                  2**40)  # fmt: skip
@@ -220,6 +244,8 @@ class TestAbortAndForgery:
             lambda: (s := status(f))["rollout"]["verified"] is False and s, 10, 0.05, "refused"
         )
         assert rep["rollout"]["refusal"] == "one_operator"
+        assert gauge(agg_port, "killswitch_rollout_unproven", f.node) == 1.0
+        assert gauge(agg_port, "killswitch_rollout_hosts", f.node) == 0.0
         assert rep["release_split"]["odd"] == {"or-01": digest(NEW)}
         res = f.cli("arm", "--key", f.ops.key("alice"), "--json")
         assert res.returncode == 4 and "or-01" in res.stderr and "version_split" in res.stderr

@@ -118,7 +118,7 @@ async def arm(
             f"refused: every roster host must be alive and reporting before arming:\n{lines}",
         )
     # A signed rollout (verified here) lets its hosts differ; a record written by hand does not.
-    cut, moving = await release_gate(store, operators, wanted, q0.hosts)
+    cut, moving = await release_gate(store, operators, wanted, q0.hosts, snap.aggregator)
     if cut is not None:
         odd = ", ".join(f"{h} runs {r}" for h, r in sorted(cut.odd.items()))
         await audit_refusal(store, "arm", "", reason or "", f"version_split: {odd}")

@@ -120,12 +120,21 @@ def split_json(cut: Split | None, rollout: ro.Rollout | None) -> dict[str, Any] 
 
 
 async def release_gate(
-    store: Store, operators: Operators, roster: Sequence[str], statuses: Mapping[str, HostStatus]
+    store: Store,
+    operators: Operators,
+    roster: Sequence[str],
+    statuses: Mapping[str, HostStatus],
+    aggregator: Mapping[str, str],
 ) -> tuple[Split | None, ro.Rollout | None]:
     """`arm`'s version-vector check: the split, judged with a rollout only if its signatures
-    verify against `operators` (a record written by hand exempts nothing)."""
+    verify against `operators` (a record written by hand exempts nothing), and only if the
+    acting aggregator does not refuse that very record (it remembers rollouts it saw end, so
+    an aborted one written back is refused; its word can only make `arm` stricter)."""
     rec = await RolloutStore(store.redis, store.node).record()
     rollout, _, _ = ro.verify_record(operators, store.node, rec)
+    refused = bool(aggregator.get("rollout_refusal")) and not aggregator.get("rollout_seq")
+    if refused and uint_or(aggregator.get("tick_ms")) > uint_or(rec.get("ts_ms")):
+        rollout = None
     cut = ro.check(roster, reported_releases(statuses), rec.get("approved", ""), rollout)
     return cut, rollout
 
