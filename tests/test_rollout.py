@@ -254,3 +254,20 @@ class TestVerifyRecord:
         good = await signed(operator_keys, request(), "alice", "bob")
         rec = {"seq": "1", "phase": phase, "begin": good}
         assert ro.verify_record(operators_of(operator_keys), NODE, rec) == (None, "", "")
+
+
+class TestFinished:
+    """What the audit trail says about rollouts that ended."""
+
+    def test_highest_aborted_or_complete(self) -> None:
+        """Only abort and complete entries count; refusals and junk numbers do not."""
+        entries = [
+            {"action": "rollout_begin", "rollout": "7"},
+            {"action": "rollout_abort", "rollout": "2"},
+            {"action": "rollout_complete", "rollout": "3"},
+            {"action": "refused", "rollout": "9"},
+            {"action": "rollout_abort", "rollout": "1e9"},
+            {"action": "rollout_abort", "rollout": "9" * 20},
+        ]
+        assert ro.finished(entries) == 3
+        assert ro.finished([]) == 0

@@ -232,6 +232,17 @@ class TestAbortAndForgery:
             )
             res = f.cli("arm", "--key", f.ops.key("alice"), "--json")  # arm follows it
             assert res.returncode == 4 and "or-01" in res.stderr, (res.stdout, res.stderr)
+            # a new aggregator instance learns from the audit trail that rollout 1 ended
+            agg = f.aggregator
+            assert agg is not None
+            before = len(agg.events("ROLLOUT_NOT_PROVEN"))
+            agg.stop()
+            agg = f.start_aggregator("--tick", "0.05", "--metrics-port", str(agg_port))
+            wait_until(
+                lambda: len(agg.events("ROLLOUT_NOT_PROVEN")) > before,
+                30, 0.05, "the new aggregator refuses the replay",
+            )  # fmt: skip
+            assert agg.events("ROLLOUT_NOT_PROVEN")[-1]["reason"] == "replayed"
             # a new rollout whose begin carries alice's signature twice (one operator)
             req = RolloutRequest(f.node, "begin", 2, digest(OLD), digest(NEW), ("or-01",), "",
                                  2**40)  # fmt: skip

@@ -3,12 +3,16 @@
 It reads the record every tick (one HGETALL), verifies its signatures only when it changed,
 judges the version vector with it (`core.rollout.check`), and marks a promoted rollout
 complete once every roster host runs its release. It remembers the highest rollout it has
-seen finished, so an old record written back into Redis (a replay of an aborted canary)
-exempts nothing while it runs.
+seen finished (learned at start from the audit trail: its own local copy, which a Redis
+writer cannot reach, and Redis's), so an old record written back into Redis (a replay of an
+aborted canary) exempts nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,7 +25,16 @@ from killswitch.store.rollout import RolloutStore
 class RolloutWatch:
     """The node's verified rollout and approved release, as of the last `refresh`."""
 
-    def __init__(self, store: RolloutStore, node: str, operators: Operators | None, log: Any):
+    def __init__(
+        self,
+        store: RolloutStore,
+        node: str,
+        operators: Operators | None,
+        log: Any,
+        audit_copy: str = "",
+    ) -> None:
+        self.audit_copy = audit_copy
+        self._history_read = False
         self.store = store
         self.node = node
         self.operators = operators
@@ -37,6 +50,12 @@ class RolloutWatch:
         return self.record.get("approved", "")
 
     async def refresh(self) -> None:
+        if not self._history_read:
+            local = await asyncio.to_thread(_copy, self.audit_copy)
+            self.finished_seq = max(
+                ro.finished(await self.store.audit_fields()), ro.finished(local)
+            )
+            self._history_read = True
         rec = await self.store.record()
         seen = tuple(sorted(rec.items()))
         if seen == self._seen:
@@ -82,6 +101,20 @@ class RolloutWatch:
             "rollout_phase": a.phase if a else "",
             "rollout_refusal": self.refusal,
         }
+
+
+def _copy(path: str) -> list[dict[str, str]]:
+    """The entries of the aggregator's local audit copy (`auditlog`'s JSONL; none if absent)."""
+    out: list[dict[str, str]] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                with contextlib.suppress(ValueError, TypeError):
+                    obj = json.loads(line)
+                    out.append({str(k): str(v) for k, v in obj["fields"]})
+    except (OSError, ValueError):
+        pass
+    return out
 
 
 def active_seq(rec: Mapping[str, str]) -> str:

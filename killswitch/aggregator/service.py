@@ -112,7 +112,7 @@ class Aggregator:
         operators = load_operators(settings.operators) if settings.operators else None
         self.trust = Trust(settings.node, settings.hosts, operators, self.log, clock)
         self.rollouts = RolloutWatch(RolloutStore(redis, settings.node), settings.node,
-                                     operators, self.log)  # fmt: skip
+                                     operators, self.log, settings.audit_log)  # fmt: skip
         self.unlisted: tuple[str, ...] = ()
         self.quorum: Quorum | None = None
         self.release_split: Split | None = None

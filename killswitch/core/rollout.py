@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -264,6 +264,18 @@ def start_release(
     if approved:
         return approved
     return approvable([h for h in roster if h not in hosts], by_host)
+
+
+def finished(entries: Iterable[Mapping[str, str]]) -> int:
+    """The highest rollout number the audit entries record as aborted or complete (0 none)."""
+    seqs = [
+        int(e["rollout"])
+        for e in entries
+        if e.get("action") in ("rollout_abort", "rollout_complete")
+        and e.get("rollout", "").isdigit()
+        and len(e["rollout"]) <= 16
+    ]
+    return max(seqs, default=0)
 
 
 def describe(cut: Split, rollout: Rollout | None) -> str:

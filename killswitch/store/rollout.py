@@ -57,6 +57,16 @@ class RolloutStore:
             out[_text(name)] = text if len(text) <= MAX_FIELD else ""
         return out
 
+    async def audit_fields(self, limit: int = 10_000) -> list[dict[str, str]]:
+        """The fields of the node's newest `limit` audit entries (junk of another type: none)."""
+        try:
+            entries: Any = await self.redis.xrevrange(self.keys.audit, count=limit)
+        except Exception as e:  # redis-py's ResponseError or the lean client's ReplyError
+            if "WRONGTYPE" not in str(e):
+                raise
+            return []
+        return [{_text(k): _text(v) for k, v in dict(f).items()} for _, f in entries]
+
     async def request(
         self, *, step: str, seq: int, message: bytes, signature: str, principal: str,
         expires_ms: int, reason: str,
