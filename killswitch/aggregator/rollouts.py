@@ -42,6 +42,7 @@ class RolloutWatch:
         self.record: dict[str, str] = {}
         self.active: ro.Rollout | None = None
         self.refusal = ""  # why an active-looking record is not honoured ("" honoured/none)
+        self.refused_seq = ""  # the number that record claims
         self.finished_seq = 0  # the highest rollout seen aborted or complete
         self._seen: tuple[tuple[str, str], ...] | None = None
 
@@ -70,6 +71,7 @@ class RolloutWatch:
             detail = f"rollout {active_seq(rec)} already finished here"
         previous = (self.active, self.refusal)
         self.active, self.refusal = active, refusal
+        self.refused_seq = str(seq) if refusal else ""
         if refusal and refusal != previous[1]:
             self.log.error("ROLLOUT_NOT_PROVEN", reason=refusal, detail=detail, seq=seq)
         elif active is not None and active != previous[0]:
@@ -100,6 +102,7 @@ class RolloutWatch:
             "rollout_seq": str(a.seq) if a else "",
             "rollout_phase": a.phase if a else "",
             "rollout_refusal": self.refusal,
+            "rollout_refused_seq": self.refused_seq,
         }
 
 

@@ -132,8 +132,11 @@ async def release_gate(
     an aborted one written back is refused; its word can only make `arm` stricter)."""
     rec = await RolloutStore(store.redis, store.node).record()
     rollout, _, _ = ro.verify_record(operators, store.node, rec)
-    refused = bool(aggregator.get("rollout_refusal")) and not aggregator.get("rollout_seq")
-    if refused and uint_or(aggregator.get("tick_ms")) > uint_or(rec.get("ts_ms")):
+    if (
+        rollout is not None
+        and aggregator.get("rollout_refusal")
+        and aggregator.get("rollout_refused_seq") == str(rollout.seq)
+    ):
         rollout = None
     cut = ro.check(roster, reported_releases(statuses), rec.get("approved", ""), rollout)
     return cut, rollout
