@@ -184,11 +184,11 @@ class TestHauntedHost:
 
         agg = fleet8.aggregator
         assert agg is not None
-        assert any(e["host"] == "or-03" for e in agg.events("HAUNTED_HOST"))
-        assert {e["percent"] for e in agg.events("LIMIT_WARNING") if e["rule"] == "baseline"} >= {
+        assert any(e["host"] == "or-03" for e in agg.logged("HAUNTED_HOST"))
+        assert {e["percent"] for e in agg.logged("LIMIT_WARNING") if e["rule"] == "baseline"} >= {
             90
         }
-        [logged] = agg.events("TRIP")
+        [logged] = agg.logged("TRIP")
         assert (logged["cause"], logged["at_ms"]) == ("baseline", at_ms)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             text = resp.read().decode()

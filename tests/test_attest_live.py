@@ -146,9 +146,9 @@ class TestVersionSplit:
             ]
             agg = f.aggregator
             assert agg is not None
-            [logged] = agg.events("VERSION_SPLIT")
+            [logged] = agg.logged("VERSION_SPLIT")
             assert logged["hosts"] == ["or-08"]
-            assert [e["cause"] for e in agg.events("TRIP")] == ["version_split"]
+            assert [e["cause"] for e in agg.logged("TRIP")] == ["version_split"]
             assert trips_total(port, node) == 1.0
             assert metric(port, "killswitch_release_split_hosts", node=node) == 1.0
 
@@ -201,7 +201,7 @@ class TestAttestProblems:
         assert "bin" in rep["hosts"]["or-02"]["attest"]
         assert rep["hosts"]["or-02"]["proof"] == "unattested"
         assert three.order("or-01").startswith("ALLOW")
-        [failed] = three.sidecars["or-02"].events("ATTEST_FAILED")
+        [failed] = three.sidecars["or-02"].logged("ATTEST_FAILED")
         assert "cannot read bin" in failed["reason"]
         port = three.metrics_ports["or-02"]
         labels = {"node": three.node, "host": "or-02"}

@@ -226,7 +226,7 @@ class TestRedisRestart:
                     assert f.ping(h) == f"PONG STALE {killed}"
                     assert st["hosts"][h]["epoch"] == killed  # type: ignore[index]
                     assert "missing" in st["hosts"][h]["regression"]  # type: ignore[index]
-                assert f.aggregator is not None and f.aggregator.events("ROSTER_MISSING")
+                assert f.aggregator is not None and f.aggregator.logged("ROSTER_MISSING")
                 wait_until(lambda: status(f, server.url)["redis_durable"] is False, 10, 0.05)
                 human = f.cli("status", "--redis", server.url).stdout
                 assert "REDIS NOT DURABLE" in human
@@ -283,7 +283,7 @@ class TestRollback:
                 for h in HOSTS:
                     assert f.ping(h) == f"PONG STALE {killed}"
                     assert f.order(h, "x") == f"BLOCK x {killed} stale"
-                    assert any(why in e["reason"] for e in f.sidecars[h].events("EPOCH_REGRESSION"))
+                    assert any(why in e["reason"] for e in f.sidecars[h].logged("EPOCH_REGRESSION"))
         finally:
             r.close()
             f.stop()
@@ -328,12 +328,12 @@ class TestSidecarRestart:
                 lambda: "unreadable" in status(f, redis_url)["hosts"]["or-01"]["regression"], 10
             )  # type: ignore[index]
             assert f.ping("or-01") == f"PONG STALE {armed}"  # the old ARMED is not trusted
-            assert f.sidecars["or-01"].events("LOCAL_STATE_UNREADABLE")
+            assert f.sidecars["or-01"].logged("LOCAL_STATE_UNREADABLE")
             # ARMED is left alone by arm, so people kill and arm again, on purpose.
             kill(f, redis_url)
             rearmed = arm(f, redis_url)
             wait_until(lambda: f.ping("or-01") == f"PONG ARMED {rearmed}", 10, 0.02)
-            assert f.sidecars["or-01"].events("LOCAL_STATE_REPLACED")
+            assert f.sidecars["or-01"].logged("LOCAL_STATE_REPLACED")
             saved = json.loads(LocalState(f.workdir / "state", node, "or-01").path.read_text())
             assert saved == {"max_epoch": rearmed, "max_state": "ARMED"}
         finally:

@@ -82,7 +82,7 @@ class TestSyncLoopNeverDiesSilently:
             assert status == 503 and "unwritable" in body and str(state_file) in body
             assert metric(port, "killswitch_sync_loop_errors_total") >= 1
             assert metric(port, "killswitch_healthy") == 0
-            assert f.sidecars["or-01"].events("LOCAL_STATE_UNWRITABLE")
+            assert f.sidecars["or-01"].logged("LOCAL_STATE_UNWRITABLE")
             rep1 = host_report(f, "or-01")
             assert "unwritable" in rep1["regression"], rep1  # reported to Redis
             # Fix the disk: the next round trip writes, the host applies ARMED again.
@@ -90,7 +90,7 @@ class TestSyncLoopNeverDiesSilently:
             f.wait_all("PONG ARMED")
             wait_until(lambda: healthz(port) == (200, "ok\n"), 10, what="healthz ok again")
             assert json.loads(state_file.read_text())["max_state"] == "ARMED"
-            assert f.sidecars["or-01"].events("LOCAL_STATE_WRITABLE")
+            assert f.sidecars["or-01"].logged("LOCAL_STATE_WRITABLE")
 
 
 class TestLivenessByNodeBound:

@@ -109,7 +109,7 @@ def run_until_killed(f: Fleet, rate: Rate, seconds: float) -> int:
 def live_trips(f: Fleet) -> list[tuple[int, str]]:
     agg = f.aggregator
     assert agg is not None
-    return [(e["at_ms"], e["cause"]) for e in agg.events("TRIP")]
+    return [(e["at_ms"], e["cause"]) for e in agg.logged("TRIP")]
 
 
 def backtest(f: Fleet, tmp_path: Path, seeded: dict[str, str], *flags: str) -> list[dict[str, Any]]:

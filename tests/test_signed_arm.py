@@ -155,7 +155,7 @@ class TestNothingElseOpens:
         no_order_allowed(two, HOSTS, "unarmed")
         for h in HOSTS:
             assert two.ping(h) == "PONG UNARMED 100"
-            assert any(e["reason"] == "unsigned" for e in two.sidecars[h].events("ARM_NOT_PROVEN"))
+            assert any(e["reason"] == "unsigned" for e in two.sidecars[h].logged("ARM_NOT_PROVEN"))
         rep = status(two)
         assert rep["aggregator"]["arm_refusal"] == "unsigned"
         # The operators still own the node: a signed arm above the forged epoch opens it.
@@ -207,7 +207,7 @@ class TestSignedRoster:
             wait_until(
                 lambda: status(two).get("roster_mismatch") == ["or-01"], 20, 0.05, "mismatch shown"
             )
-            assert narrow.events("ROSTER_MISMATCH")
+            assert narrow.logged("ROSTER_MISMATCH")
             assert status(two)["roster"] == HOSTS
             two.sidecars["or-02"].send(signal.SIGSTOP)
             try:
@@ -259,7 +259,7 @@ class TestFailClosed:
         proc.start(env)
         two.sidecars[extra] = proc
         two.wait_serving(extra)
-        assert proc.events("NO_OPERATORS")
+        assert proc.logged("NO_OPERATORS")
         code, _, _ = arm_as(two, "alice", "--roster", "or-01,or-02,or-03")
         assert code == 5
         res = two.cli("arm", "--key", two.ops.key("bob"), "--json", "--timeout", "2")

@@ -42,7 +42,7 @@ class TestStartedBeforeRedis:
                 lambda: client.smembers(NodeKeys(node).roster), what="the roster stored"
             )
             assert roster == {"h1", "h2"}
-            assert agg.events("aggregator_started")
+            assert agg.logged("aggregator_started")
             client.close()
         finally:
             agg.stop()
