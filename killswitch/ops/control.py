@@ -29,7 +29,6 @@ from killswitch.core.roster import (
 from killswitch.core.ruleview import decode_view
 from killswitch.core.scope import parse_scopes
 from killswitch.core.state import NodeState
-from killswitch.ops.rolloutview import annotate_status
 from killswitch.store.store import NodeSnapshot, Store, Wake
 
 EXIT_OK = 0
@@ -156,6 +155,8 @@ async def status(store: Store, *, alive_ms: int = DEFAULT_ALIVE_MS) -> Outcome:
     q = quorum_of(snap, alive_ms)
     report = node_report(snap, q)
     report["node"] = store.node
+    from killswitch.ops.rolloutview import annotate_status  # not on `kill`'s cold path
+
     await annotate_status(store, q.hosts, q.roster, snap.aggregator, report)
     return Outcome(EXIT_OK, report)
 
