@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from killswitch.aggregator.containmetrics import containment_metrics
 from killswitch.aggregator.fleetrule import FleetRule
 from killswitch.aggregator.inputs import InputGuard
+from killswitch.aggregator.rollouts import RolloutWatch
 from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.aggregator.trust import Trust
 from killswitch.core import ruleview
@@ -90,6 +91,8 @@ class Aggregator(Protocol):
     @property
     def limit_burst(self) -> LimitBurst | None: ...
     def not_flat(self) -> Sequence[str]: ...
+    @property
+    def rollouts(self) -> RolloutWatch: ...
     def is_leader(self) -> bool: ...
 
 
@@ -149,6 +152,18 @@ class AggregatorCollector:
             "killswitch_release_split_hosts",
             "Roster hosts running another release than the rest (version vector split; 0 none).",
             len(a.release_split.odd) if a.release_split else 0,
+        )
+        ro = a.rollouts.active
+        yield node_gauge(
+            "killswitch_rollout_hosts",
+            "Roster hosts a verified rollout lets run its new release (all once promoted; 0 none).",
+            0 if ro is None else len(a.trust.roster) if ro.phase == "promoted" else len(ro.hosts),
+        )
+        yield node_gauge(
+            "killswitch_rollout_unproven",
+            "1 while the stored rollout claims to be in progress but does not verify (it exempts "
+            "nothing).",
+            float(bool(a.rollouts.refusal)),
         )
         yield node_gauge(
             "killswitch_arm_unproven",

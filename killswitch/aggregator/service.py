@@ -32,6 +32,7 @@ from killswitch.aggregator.auditlog import AuditMirror
 from killswitch.aggregator.confirmations import ConfirmationWatch
 from killswitch.aggregator.inputs import InputGuard
 from killswitch.aggregator.metrics import AggregatorCollector, Instruments
+from killswitch.aggregator.rollouts import RolloutWatch
 from killswitch.aggregator.settings import AggregatorSettings, with_static_cap
 from killswitch.aggregator.trips import ISOLATE, TripRules
 from killswitch.aggregator.trust import Trust
@@ -48,6 +49,7 @@ from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled, until_reachable
 from killswitch.store import durability
 from killswitch.store.redisconn import connect
+from killswitch.store.rollout import RolloutStore
 from killswitch.store.store import Store
 
 log = structlog.get_logger("killswitch.aggregator.service")
@@ -93,6 +95,8 @@ class Aggregator(TripRules):
         # (a proposal, stored until the first signed arm); arms count only when proven.
         operators = load_operators(settings.operators) if settings.operators else None
         self.trust = Trust(settings.node, settings.hosts, operators, self.log, clock)
+        self.rollouts = RolloutWatch(RolloutStore(redis, settings.node), settings.node,
+                                     operators, self.log, settings.audit_log)  # fmt: skip
         self.unlisted: tuple[str, ...] = ()
         self.quorum: Quorum | None = None
         self.release_split: Split | None = None
@@ -326,6 +330,7 @@ class Aggregator(TripRules):
             "roster_mismatch": ",".join(self.s.hosts) if self.trust.mismatch else "",
             "arm_refusal": self.trust.refusal,
             "not_flat": ",".join(self.not_flat()),
+            **self.rollouts.view(),
             **ruleview.view_fields(self.s.monitor, self.evaluation),
         }
 

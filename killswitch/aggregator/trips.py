@@ -9,11 +9,12 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
+from killswitch.aggregator.rollouts import RolloutWatch
 from killswitch.aggregator.upkeep import Upkeep
 from killswitch.core import leader, ruleview
 from killswitch.core.anomaly import HOST_SHARE, Evaluation
 from killswitch.core.limitburst import LIMIT_BURST, LimitBurst
-from killswitch.core.release import VERSION_SPLIT, Split, split
+from killswitch.core.release import VERSION_SPLIT, Split
 from killswitch.core.roster import Quorum, epoch_floor, reported_releases
 from killswitch.core.state import NodeRead, NodeState
 from killswitch.core.window import NodeWindows
@@ -41,6 +42,7 @@ class TripRules(Upkeep):
     limit_burst: LimitBurst | None
     quorum: Quorum | None
     release_split: Split | None
+    rollouts: RolloutWatch
     armed_ms: int
     trips: int
     isolations: int
@@ -51,9 +53,14 @@ class TripRules(Upkeep):
     _shadow_total: Counter
 
     async def _check_releases(self, now_ms: int) -> None:
-        """The version vector as a trip rule: an armed roster running two releases is killed."""
+        """The version vector as a trip rule: an armed roster running a release it may not run
+        (two releases, or one no signed rollout named) is killed."""
         assert self.quorum is not None
-        cut = self.release_split = split(self.trust.roster, reported_releases(self.quorum.hosts))
+        await self.rollouts.refresh()
+        by_host = reported_releases(self.quorum.hosts)
+        if self.is_leader():
+            await self.rollouts.settle(self.trust.roster, by_host, f"aggregator:{self.s.instance}")
+        cut = self.release_split = self.rollouts.check(self.trust.roster, by_host)
         if cut is None or not self.is_armed():
             return
         if self.is_leader():
@@ -61,7 +68,7 @@ class TripRules(Upkeep):
                 "VERSION_SPLIT", hosts=sorted(cut.odd), releases=dict(cut.odd),
                 majority=cut.majority,
             )  # fmt: skip
-        await self._trip(VERSION_SPLIT, cut.describe(), now_ms, [])
+        await self._trip(VERSION_SPLIT, self.rollouts.describe(cut), now_ms, [])
 
     async def _evaluate(self, at: int) -> None:
         ready = sorted(p for p in self._pending if p[0] <= at)

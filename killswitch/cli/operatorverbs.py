@@ -136,6 +136,10 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
                 expires_s=expires, timeout=timeout, alive_ms=alive_ms,
             )  # fmt: skip
 
+    elif cmd == "rollout":
+        from killswitch.cli import rolloutcli
+
+        action = rolloutcli.action(r, alive_ms)
     elif cmd == "status":
 
         def action(s: Any) -> Awaitable[Outcome]:
@@ -181,6 +185,10 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
         print(json.dumps(outcome.report, sort_keys=False))
         if outcome.message:  # stdout stays one JSON object; what a human must read goes here
             print(outcome.message, file=sys.stderr)
+    elif cmd == "rollout":
+        from killswitch.cli import rolloutcli
+
+        print(rolloutcli.human(outcome))
     else:
         print(render.human(cmd, outcome))
     return outcome.code

@@ -136,6 +136,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         )
         r.add_argument("--approver", action="append", help=argparse.SUPPRESS)
 
+    from killswitch.cli import rolloutcli
+
+    rolloutcli.add_parser(cmd, [json_opt, bound_opt])
+
     k = cmd(
         "kill",
         "Kill the node and wait until every roster host confirmed it blocks.",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from killswitch.cli.rolloutcli import rollout_lines
 from killswitch.core import ruleview
 from killswitch.core.text import escape
 from killswitch.ops.control import (
@@ -74,6 +75,7 @@ def human(cmd: str, outcome: Outcome) -> str:
     for item in rep.get("junk", []):
         lines.append(f"JUNK IN REDIS (ignored): {escape(item)}")
     lines.extend(split_lines(rep))
+    lines.extend(rollout_lines(rep))
     if rep.get("stale_hosts"):
         lines.append(f"STALE (blocked, cannot prove state): {', '.join(rep['stale_hosts'])}")
     if rep.get("redis_durable") is False:
@@ -106,6 +108,10 @@ def split_lines(rep: dict[str, Any]) -> list[str]:
     if not cut:
         return []
     odd = ", ".join(f"{h} runs {r[:12] or 'none'}" for h, r in sorted(cut["odd"].items()))
+    if cut.get("reason"):
+        return [
+            f"RELEASE SPLIT (version_split: arm refused, an armed node is killed): {cut['reason']}"
+        ]
     return [
         f"RELEASE SPLIT (version_split: arm refused, an armed node is killed): {odd}; "
         f"the rest run {cut['majority'][:12] or 'none'}"

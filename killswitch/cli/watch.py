@@ -27,6 +27,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from killswitch.cli.rolloutcli import rollout_lines
 from killswitch.core.text import escape
 from killswitch.ops import control
 from killswitch.store.redisconn import classify, connect
@@ -157,6 +158,8 @@ def _confirmations(rep: Mapping[str, Any]) -> RenderableType:
     odd: Mapping[str, str] = (rep.get("release_split") or {}).get("odd") or {}
     if odd:
         line.append(f"   RELEASE SPLIT: {', '.join(sorted(odd))}", style="bold red")
+    for text in rollout_lines(rep):
+        line.append(f"   {text}", style="bold yellow")
     return line
 
 

@@ -13,7 +13,6 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from killswitch.core import release
 from killswitch.core.armproof import (
     SCOPE_NODE,
     ArmRequest,
@@ -27,7 +26,6 @@ from killswitch.core.roster import (
     DEFAULT_ALIVE_MS,
     epoch_floor,
     not_ready_for_arm,
-    reported_releases,
 )
 from killswitch.core.sshsig import Operators, SignatureError, verify
 from killswitch.core.state import NodeState, next_epoch
@@ -46,6 +44,7 @@ from killswitch.ops.control import (
     quorum_of,
     wait_for_quorum,
 )
+from killswitch.ops.rolloutview import approve_after_arm, release_gate, split_json
 from killswitch.ops.signing import SignError, ssh_sign
 from killswitch.store.store import NodeSnapshot, Store, epoch_ceiling
 
@@ -118,19 +117,20 @@ async def arm(
             report,
             f"refused: every roster host must be alive and reporting before arming:\n{lines}",
         )
-    cut = release.split(wanted, reported_releases(q0.hosts))
+    # A signed rollout (verified here) lets its hosts differ; a record written by hand does not.
+    cut, moving = await release_gate(store, operators, wanted, q0.hosts, snap.aggregator)
     if cut is not None:
         odd = ", ".join(f"{h} runs {r}" for h, r in sorted(cut.odd.items()))
         await audit_refusal(store, "arm", "", reason or "", f"version_split: {odd}")
         report = _report(snap, node, alive_ms)
         report["refused"] = {h: f"runs release {r}" for h, r in cut.odd.items()}
-        report["release_split"] = {"majority": cut.majority, "odd": dict(cut.odd)}
+        report["release_split"] = split_json(cut, moving)
         lines = "\n".join(f"  {h}: runs {r}" for h, r in sorted(cut.odd.items()))
         return Outcome(
             EXIT_REFUSED,
             report,
-            "refused: version_split: the roster runs more than one release (the rest run "
-            f"{cut.majority}):\n{lines}",
+            "refused: version_split: the roster runs a release it may not run (expected "
+            f"{cut.majority}{' or a signed rollout' if moving is None else ''}):\n{lines}",
         )
     floor = max(epoch_floor(q0.hosts, epoch), _reported_floor(snap))
     req = pending or ArmRequest(
@@ -192,6 +192,7 @@ async def arm(
                 f"refused: the request is void ({words.get(res.refused, res.refused)}); run arm "
                 "again to start a new one",
             )
+        await approve_after_arm(store, req.roster, q0.hosts, "+".join(approvers))
         snap2, q = await wait_for_quorum(store, req.roster, wake, timeout, alive_ms)
     report = node_report(snap2, q)
     report["node"] = node

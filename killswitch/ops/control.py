@@ -155,6 +155,9 @@ async def status(store: Store, *, alive_ms: int = DEFAULT_ALIVE_MS) -> Outcome:
     q = quorum_of(snap, alive_ms)
     report = node_report(snap, q)
     report["node"] = store.node
+    from killswitch.ops.rolloutview import annotate_status  # not on `kill`'s cold path
+
+    await annotate_status(store, q.hosts, q.roster, snap.aggregator, report)
     return Outcome(EXIT_OK, report)
 
 

@@ -53,6 +53,17 @@ class NodeKeys:
         return f"{self.base}:arm:pending"
 
     @property
+    def rollout(self) -> str:
+        """Hash: the node's rollout (seq, phase, from, to, hosts, the signed steps) and its
+        approved release; a finished rollout stays as history until the next begins."""
+        return f"{self.base}:rollout"
+
+    @property
+    def pending_rollout(self) -> str:
+        """Hash: a signed rollout step waiting for a second operator (expires with its TTL)."""
+        return f"{self.base}:rollout:pending"
+
+    @property
     def hosts(self) -> str:
         """Set of every host that has reported, on the roster or not (finds `unlisted` hosts)."""
         return f"{self.base}:hosts"

@@ -1,0 +1,139 @@
+"""`killswitch rollout`: its flags, the plain function it calls, and its human output.
+
+Parsing only: the steps and their checks are `ops.rollout`; what `status` shows of a
+rollout is `rollout_lines` here, used by `status` and `watch` too.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from killswitch.core.names import check_roster
+from killswitch.core.text import escape
+from killswitch.ops.control import EXIT_OK, Outcome
+from killswitch.runtime.config import ConfigError, Resolver, str_list
+from killswitch.runtime.validate import bounded
+
+HELP = (
+    "Signed, staged rollouts: `--release DIGEST --hosts H1,H2` begins a canary (those hosts "
+    "may run the new release while armed, the rest may not), `--promote` lets every host run "
+    "it (it completes once all do), `--abort` ends it. Each step is signed by two operators "
+    "like arm: the first call exits 5 (pending), a second, distinct operator's call completes "
+    "it (0); `--key` alone co-signs the pending step. Without --key: show the rollout."
+)
+
+
+def add_parser(
+    cmd: Callable[[str, str, Any], argparse.ArgumentParser], parents: Any
+) -> argparse.ArgumentParser:
+    r = cmd("rollout", HELP, parents)
+    r.add_argument(
+        "--key",
+        metavar="PATH",
+        help="your SSH private key, or its .pub when the private key is in ssh-agent "
+        "(env KILLSWITCH_KEY); signed by `ssh-keygen -Y sign -n killswitch`, like arm",
+    )
+    g = r.add_mutually_exclusive_group()
+    g.add_argument(
+        "--release", metavar="DIGEST",
+        help="begin a rollout to this release (a digest from `status --json` releases)",
+    )  # fmt: skip
+    g.add_argument("--promote", action="store_true", help="let every host run the new release")
+    g.add_argument("--abort", action="store_true", help="end the rollout: all back to `from`")
+    r.add_argument(
+        "--hosts", metavar="H1,H2,...", help="with --release: the canary hosts (roster hosts)"
+    )
+    r.add_argument("--reason", metavar="TEXT", help="why (signed and audited)")
+    r.add_argument(
+        "--expires", type=float, metavar="S",
+        help="a new pending step expires after this many seconds (default 600; 1..86400)",
+    )  # fmt: skip
+    return r
+
+
+def action(r: Resolver, alive_ms: int) -> Callable[[Any], Awaitable[Outcome]]:
+    """The plain function `rollout` runs with the given flags (bad flags: ConfigError)."""
+    from killswitch.ops import rollout as ops
+
+    release: str | None = r.flags.get("release")
+    promote, abort = bool(r.flags.get("promote")), bool(r.flags.get("abort"))
+    # flags only: KILLSWITCH_HOSTS and a config's `hosts` are the aggregator's proposal
+    raw_hosts = r.flags.get("hosts")
+    hosts_arg = str_list(raw_hosts) if raw_hosts else None
+    if hosts_arg and not release:
+        raise ConfigError("hosts: --hosts names the canary of a new rollout: give --release too")
+    if release is not None:
+        if len(release) != 64 or any(c not in "0123456789abcdef" for c in release):
+            raise ConfigError("release: must be a release digest (64 lowercase hex digits)")
+        if not hosts_arg:
+            raise ConfigError("hosts: a rollout names its canary hosts: --hosts H1,H2,...")
+    hosts = check_roster(hosts_arg) if hosts_arg else None
+    expires = r.get("expires", 600.0, bounded("expires"))
+    key = r.get("key", "", str)
+    step = "begin" if release else "promote" if promote else "abort" if abort else ops.SIGN
+    if not key:
+        if release or promote or abort:
+            raise ConfigError("key: every rollout step is signed: give --key PATH")
+        return ops.show
+    from killswitch.runtime.operators import load_operators
+
+    operators = load_operators(
+        r.require("operators", str, " (the operators' allowed-signers file)")
+    )
+    reason: str | None = r.get("reason", None, str)
+
+    def run(s: Any) -> Awaitable[Outcome]:
+        return ops.rollout(
+            s, step=step, key=key, operators=operators, release=release, hosts=hosts,
+            reason=reason, expires_s=expires, alive_ms=alive_ms,
+        )  # fmt: skip
+
+    return run
+
+
+def human(outcome: Outcome) -> str:
+    rep = outcome.report
+    lines = [] if outcome.code == EXIT_OK else [outcome.message]
+    lines.extend(rollout_lines(rep, full=True))
+    releases: Mapping[str, list[str]] = rep.get("releases") or {}
+    for digest, hosts in releases.items():
+        lines.append(f"  release {digest[:12]}: {','.join(hosts)}")
+    if outcome.code == EXIT_OK and outcome.message:
+        lines.append(outcome.message)
+    return "\n".join(line for line in lines if line)
+
+
+def rollout_lines(rep: Mapping[str, Any], full: bool = False) -> list[str]:
+    """What `status` (and `rollout`) shows of the node's rollout: one line while one runs."""
+    ro = rep.get("rollout")
+    if not isinstance(ro, dict):
+        return [f"node {rep.get('node')}: no rollout"] if full else []
+    phase = ro.get("phase", "none")
+    out = []
+    who = "; ".join(f"{s} by {'+'.join(p)}" for s, p in (ro.get("signed_by") or {}).items())
+    change = f"{str(ro.get('from'))[:12]} -> {str(ro.get('to'))[:12]}"
+    if phase in ("canary", "promoted"):
+        where = "every host" if phase == "promoted" else ",".join(ro.get("hosts") or [])
+        verified = ""
+        if ro.get("verified") is False:
+            verified = f"  NOT HONOURED by the aggregator ({ro.get('refusal') or 'not verified'})"
+        out.append(
+            f"ROLLOUT {ro.get('seq')} {phase.upper()}: {change} on {where or '-'} "
+            f"({who or 'unsigned'}){verified}"
+        )
+    elif full and phase in ("complete", "aborted"):
+        out.append(f"last rollout {ro.get('seq')} {phase}: {change} ({who})")
+    elif full:
+        out.append(f"node {rep.get('node')}: no rollout in progress")
+    if full and ro.get("approved"):
+        out.append(f"approved release: {ro['approved'][:12]}")
+    pending = ro.get("pending")
+    if isinstance(pending, dict):
+        out.append(
+            f"PENDING ROLLOUT {pending.get('step')} by {pending.get('by')} until "
+            f"{pending.get('expires_at')}; a second, distinct operator completes it with "
+            "`killswitch rollout --key THEIR-KEY`"
+        )
+    return [escape(line) for line in out]  # every field was read from Redis
