@@ -8,6 +8,7 @@ sidecars, aggregators and the CLI are real processes. Waits are conditions with 
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +19,7 @@ from killswitch.store.keys import NODES_KEY, NodeKeys
 from killswitch.store.redisconn import ClusterURL, parse_cluster_url
 from killswitch.testing import Fleet, GateClient, wait_until
 from killswitch.testing.cluster import RedisClusterHarness
+from killswitch.testing.hammer import Hammer, no_allow_after_first_block
 
 HOSTS = ["or-01", "or-02"]
 
@@ -182,6 +184,42 @@ class TestMasterFailover:
             f.wait_all("PONG ARMED", timeout=15)
             for h in HOSTS:
                 assert f.order(h, "r").startswith("ALLOW r ")
+        finally:
+            f.stop()
+            forget(cluster, [name])
+
+    def test_kill_then_master_failover_never_allows_again(
+        self, cluster: RedisClusterHarness, node: str
+    ) -> None:
+        """Orders stream while the node is killed and its master then dies: from each host's
+        first `BLOCK killed` on, no reply is ALLOW, through the failover, until a signed re-arm."""
+        (name,) = spread_nodes(cluster, f"{node}k", 1)
+        f = Fleet(cluster.url, name, HOSTS)
+        try:
+            f.start()
+            f.start_aggregator("--tick", "0.05")
+            f.wait_ready(30)
+            f.arm()
+            f.wait_all("PONG ARMED")
+            with Hammer(f, HOSTS) as hammer:
+                code, rep = f.cli_json("kill", "--reason", "failover drill")
+                assert code == 0 and rep["missing"] == [], rep
+                confirmed_at = time.monotonic()
+                killed = rep["epoch"]
+                master = cluster.master_of(NodeKeys(name).state)
+                cluster.kill(master)
+                cluster.wait_for_failover(master, NodeKeys(name).state, timeout=30)
+                f.wait_ready(30)
+                hammer.wait_for_more(time.monotonic())
+            for h in HOSTS:
+                after = hammer.sent_after(h, confirmed_at)
+                assert after and all(r.startswith("BLOCK") for r in after), h
+                no_allow_after_first_block(hammer.replies[h], "killed")
+                # Whether the promoted replica kept the kill or not, the host stays closed.
+                assert f.ping(h) in (f"PONG KILLED {killed}", f"PONG STALE {killed}")
+            rearmed = f.arm(reason="after failover")["epoch"]
+            assert rearmed > killed
+            f.wait_all(f"PONG ARMED {rearmed}", timeout=15)
         finally:
             f.stop()
             forget(cluster, [name])
