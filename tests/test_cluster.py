@@ -193,7 +193,12 @@ class TestMasterFailover:
     ) -> None:
         """Orders stream while the node is killed and its master then dies: from each host's
         first `BLOCK killed` on, no reply is ALLOW, through the failover, until a signed re-arm."""
-        (name,) = spread_nodes(cluster, f"{node}k", 1)
+        # An earlier test's failover may have left a master without a replica: use another.
+        name = next(
+            n
+            for n in (f"{node}k{i}" for i in range(1000))
+            if cluster.has_replica(cluster.master_of(NodeKeys(n).state))
+        )
         f = Fleet(cluster.url, name, HOSTS)
         try:
             f.start()

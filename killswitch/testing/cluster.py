@@ -186,6 +186,11 @@ class RedisClusterHarness:
                 continue
         raise RuntimeError(f"no live node knows the master of {key!r}")
 
+    def has_replica(self, port: int) -> bool:
+        """Whether the master on `port` has a replica connected now (one that can take over)."""
+        with _client(port) as c:
+            return int(c.info("replication").get("connected_slaves", 0)) > 0
+
     def kill(self, port: int) -> None:
         """SIGKILL one node (a crash, not a shutdown)."""
         self.servers[port].kill()
