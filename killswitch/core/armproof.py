@@ -58,7 +58,7 @@ class ArmRequest:
 
     def encode(self) -> bytes:
         scoped = {} if self.scope == SCOPE_NODE else {"scope_ver": self.scope_ver}
-        return json.dumps(
+        return canonical(
             {
                 **scoped,
                 "v": VERSION,
@@ -70,39 +70,24 @@ class ArmRequest:
                 "reason": self.reason,
                 "scope": self.scope,
                 "expires_ms": self.expires_ms,
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=True,
-        ).encode("ascii")
+            }
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> ArmRequest:
-        try:
-            d = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise ProofError("the signed message is not JSON") from None
-        if not isinstance(d, dict) or d.get("v") != VERSION:
-            raise ProofError(f"the signed message is not a {VERSION} request")
-        roster = d.get("roster")
-        if not isinstance(roster, list) or not all(isinstance(h, str) for h in roster):
-            raise ProofError("the signed roster is not a list of host names")
-        try:
-            for h in roster:
-                check_name("host", h)
-            node = check_name("node", _str(d, "node"))
-        except InvalidName as e:
-            raise ProofError(str(e)) from None
+        d = signed_fields(data, VERSION, "request")
+        roster = signed_names(d, "roster", "roster is")
+        node = signed_node(d)
         req = cls(
             node=node,
-            lifts_epoch=_int(d, "lifts_epoch"),
-            lifts_ver=_int(d, "lifts_ver"),
-            epoch=_int(d, "epoch"),
+            lifts_epoch=field_int(d, "lifts_epoch"),
+            lifts_ver=field_int(d, "lifts_ver"),
+            epoch=field_int(d, "epoch"),
             roster=tuple(roster),
-            reason=_str(d, "reason"),
-            expires_ms=_int(d, "expires_ms"),
-            scope=_str(d, "scope"),
-            scope_ver=_int(d, "scope_ver") if "scope_ver" in d else 0,
+            reason=field_str(d, "reason"),
+            expires_ms=field_int(d, "expires_ms"),
+            scope=field_str(d, "scope"),
+            scope_ver=field_int(d, "scope_ver") if "scope_ver" in d else 0,
         )
         if req.encode() != data:
             raise ProofError("the signed message is not in canonical form")
@@ -237,14 +222,48 @@ def check_roster_names(hosts: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted({check_name("host", h) for h in hosts}))
 
 
-def _int(d: dict[str, object], k: str) -> int:
+def canonical(d: dict[str, object]) -> bytes:
+    """The one byte form a signed message may take: sorted keys, no spaces, ASCII."""
+    return json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def signed_fields(data: bytes, version: str, what: str) -> dict[str, object]:
+    """The JSON object of a signed message of kind `version` (ProofError for anything else)."""
+    try:
+        d = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise ProofError("the signed message is not JSON") from None
+    if not isinstance(d, dict) or d.get("v") != version:
+        raise ProofError(f"the signed message is not a {version} {what}")
+    return d
+
+
+def signed_names(d: dict[str, object], key: str, what: str) -> list[str]:
+    """The signed list `key` of host names, each a valid name."""
+    hosts = d.get(key)
+    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+        raise ProofError(f"the signed {what} not a list of host names")
+    try:
+        return [check_name("host", h) for h in hosts]
+    except InvalidName as e:
+        raise ProofError(str(e)) from None
+
+
+def signed_node(d: dict[str, object]) -> str:
+    try:
+        return check_name("node", field_str(d, "node"))
+    except InvalidName as e:
+        raise ProofError(str(e)) from None
+
+
+def field_int(d: dict[str, object], k: str) -> int:
     v = d.get(k)
     if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_EPOCH * 1024:
         raise ProofError(f"{k} is not a sane whole number")
     return v
 
 
-def _str(d: dict[str, object], k: str) -> str:
+def field_str(d: dict[str, object], k: str) -> str:
     v = d.get(k)
     if not isinstance(v, str):
         raise ProofError(f"{k} is not text")

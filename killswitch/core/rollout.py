@@ -10,14 +10,23 @@ by hand widens what a host may run.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from killswitch.core.armproof import MAX_EPOCH, REQUIRED_OPERATORS, Proof, ProofError
-from killswitch.core.names import InvalidName, check_name
+from killswitch.core.armproof import (
+    MAX_EPOCH,
+    REQUIRED_OPERATORS,
+    Proof,
+    ProofError,
+    canonical,
+    field_int,
+    field_str,
+    signed_fields,
+    signed_names,
+    signed_node,
+)
 from killswitch.core.release import Split, short, split
 
 if TYPE_CHECKING:  # the verifier loads `cryptography`: `status` only reads records
@@ -55,7 +64,7 @@ class RolloutRequest:
     expires_ms: int  # Redis server time after which the step cannot be completed
 
     def encode(self) -> bytes:
-        return json.dumps(
+        return canonical(
             {
                 "v": VERSION,
                 "node": self.node,
@@ -66,38 +75,23 @@ class RolloutRequest:
                 "hosts": list(self.hosts),
                 "reason": self.reason,
                 "expires_ms": self.expires_ms,
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=True,
-        ).encode("ascii")
+            }
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> RolloutRequest:
-        try:
-            d = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise ProofError("the signed message is not JSON") from None
-        if not isinstance(d, dict) or d.get("v") != VERSION:
-            raise ProofError(f"the signed message is not a {VERSION} step")
-        hosts = d.get("hosts")
-        if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
-            raise ProofError("the signed hosts are not a list of host names")
-        try:
-            node = check_name("node", _str(d, "node"))
-            for h in hosts:
-                check_name("host", h)
-        except InvalidName as e:
-            raise ProofError(str(e)) from None
+        d = signed_fields(data, VERSION, "step")
+        hosts = signed_names(d, "hosts", "hosts are")
+        node = signed_node(d)
         req = cls(
             node=node,
-            step=_str(d, "step"),
-            seq=_int(d, "seq"),
-            from_release=_str(d, "from"),
-            to_release=_str(d, "to"),
+            step=field_str(d, "step"),
+            seq=field_int(d, "seq"),
+            from_release=field_str(d, "from"),
+            to_release=field_str(d, "to"),
             hosts=tuple(hosts),
-            reason=_str(d, "reason"),
-            expires_ms=_int(d, "expires_ms"),
+            reason=field_str(d, "reason"),
+            expires_ms=field_int(d, "expires_ms"),
         )
         if req.encode() != data:
             raise ProofError("the signed message is not in canonical form")
@@ -288,17 +282,3 @@ def describe(cut: Split, rollout: Rollout | None) -> str:
             f"{'every host' if rollout.phase == PROMOTED else ','.join(rollout.hosts)}"
         )
     return f"release split: {odd}; the approved release is {short(cut.majority)}"
-
-
-def _int(d: dict[str, object], k: str) -> int:
-    v = d.get(k)
-    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_EPOCH * 1024:
-        raise ProofError(f"{k} is not a sane whole number")
-    return v
-
-
-def _str(d: dict[str, object], k: str) -> str:
-    v = d.get(k)
-    if not isinstance(v, str):
-        raise ProofError(f"{k} is not text")
-    return v
