@@ -62,8 +62,12 @@ async def _worker(url: str, node: str, hosts: Sequence[str], state_dir: str) -> 
     from killswitch.store.redisconn import connect
 
     logs.configure(fmt="json")
-    # No connection cap: every sidecar holds one pub/sub connection for good.
-    redis = connect(url, socket_timeout=2.0, client_name=f"ks-bench-{node}")
+    # Every sidecar holds one pub/sub connection for good and borrows one for its round
+    # trip: redis-py's own pool cap would starve the rest.
+    redis = connect(
+        url, socket_timeout=2.0, client_name=f"ks-bench-{node}",
+        max_connections=2 * len(hosts) + 8,
+    )  # fmt: skip
     cars = [
         Sidecar(
             SidecarSettings(

@@ -8,8 +8,6 @@ from __future__ import annotations
 import grp
 import math
 import os
-import tempfile
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +55,8 @@ def parse_listen(value: str) -> ListenAddr:
 def load_config_file(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
+    import tomllib  # only with a config file: it costs a cold `kill` about 6 ms
+
     try:
         with Path(path).open("rb") as f:
             return tomllib.load(f)
@@ -201,6 +201,8 @@ def pick_state_dir(
     for c in candidates:
         if _writable(c):
             return str(c), ""
+    import tempfile  # only on this fallback: it costs a cold `kill` about 6 ms
+
     fallback = Path(tempfile.gettempdir()) / f"killswitch-{os.getuid()}"
     return str(fallback), (
         f"no writable state directory ({', '.join(str(c) for c in candidates)}); using "
