@@ -31,6 +31,23 @@ if "MUTANT_UNDER_TEST" in os.environ:
     settings.load_profile("mutants")
 _node_ids = itertools.count(1)
 
+# The files whose live fleets, clusters and replays take longest, longest first (measured with
+# `--durations`). The suite runs on pytest-xdist workers a file at a time, in collection order:
+# started first, they finish while the short files fill in, instead of one long file keeping a
+# worker busy after the other has run out of work.
+LONG_FILES_FIRST = (
+    "test_tamper", "test_cluster", "test_demo", "test_signed_arm", "test_fleetcap",
+    "test_rules_fast_live", "test_faults", "test_ha", "test_anomaly_live", "test_containment",
+    "test_fleet", "test_observability", "test_watch", "test_rollout_live", "test_attest_live",
+    "test_hardening_live",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long files first; the sort is stable, so each file keeps its own order."""
+    rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[EmbeddedRedis]:
