@@ -14,6 +14,7 @@ from typing import Any
 
 from killswitch.core.armproof import ArmRequest, Proof
 from killswitch.core.bounds import uint_or
+from killswitch.core.roster import DEFAULT_ALIVE_MS
 from killswitch.core.sshsig import parse_allowed_signers
 from killswitch.ops.arming import arm
 from killswitch.ops.control import Outcome
@@ -65,14 +66,16 @@ async def two_person_arm(
     reason: str = "",
     timeout: float = 10.0,
     names: Sequence[str] = DEFAULT_NAMES,
+    alive_ms: int = DEFAULT_ALIVE_MS,
 ) -> Outcome:
     """The first operator's request (pending), then the second's, which arms the node."""
     operators = parse_allowed_signers(ops.file.read_text())
     first = await arm(store, key=ops.key(names[0]), operators=operators, reason=reason,
-                      timeout=timeout)  # fmt: skip
+                      timeout=timeout, alive_ms=alive_ms)  # fmt: skip
     if first.code != 5:
         return first
-    return await arm(store, key=ops.key(names[1]), operators=operators, timeout=timeout)
+    return await arm(store, key=ops.key(names[1]), operators=operators, timeout=timeout,
+                     alive_ms=alive_ms)  # fmt: skip
 
 
 async def signed_store_arm(
