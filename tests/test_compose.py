@@ -275,6 +275,19 @@ class TestComposeIsolation:
                 user = option(cmd.argv, "--redis").split("//")[1].split(":")[0]
                 assert user in users, cmd.service
 
+    def test_stack_operator_credentials_are_an_acl_user(self) -> None:
+        """The operator URL `./dev stack test` runs the CLI with names a user of the shipped
+        ACL file whose password hash matches (a stack test once failed on a missing URL)."""
+        import hashlib
+
+        text = (REPO_ROOT / "deploy/stack/stack.py").read_text()
+        found = re.search(r'OPERATOR_REDIS = "redis://([^:]+):([^@]+)@redis:6379/0"', text)
+        assert found, "deploy/stack/stack.py names no operator Redis URL"
+        user, password = found.groups()
+        acl = (REPO_ROOT / "deploy/redis/users.acl").read_text().splitlines()
+        (line,) = [x for x in acl if x.startswith(f"user {user} ")]
+        assert f"#{hashlib.sha256(password.encode()).hexdigest()}" in line.split()
+
 
 class TestComposeCommandsInTheCli:
     """Each stack command is parsed and resolved by the real CLI, as the container would run it."""

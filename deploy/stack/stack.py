@@ -36,6 +36,9 @@ from killswitch.testing import wait_until
 NODE = "smars"
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
 MAX_ORDERS = 2400  # the aggregator's --max-orders in compose.yaml
+# The operator's Redis user from deploy/redis/users.acl (a demo password): the aggregator's
+# container has no Redis URL of its own for the CLI, and no default user exists.
+OPERATOR_REDIS = "redis://ks-operator:demo-ks-operator@redis:6379/0"
 
 
 # -- the operator's view -------------------------------------------------------------------
@@ -48,7 +51,10 @@ class Operator:
     eng: Engine
 
     def cli(self, *args: str, expect: Sequence[int] = (0,)) -> dict[str, Any]:
-        argv = ["exec", self.eng.container("aggregator"), "killswitch", *args, "--json"]
+        argv = [
+            "exec", self.eng.container("aggregator"), "killswitch", *args, "--json",
+            "--redis", OPERATOR_REDIS,
+        ]  # fmt: skip
         p = run([self.eng.binary, *argv], env=self.eng.env, check=False, quiet=True)
         if p.returncode not in expect:
             raise StackError(
