@@ -52,6 +52,12 @@ class AclFleet(Fleet):
                 url(self.server, acl.sidecar_user(self.node, host))]  # fmt: skip
 
 
+def _client_as(server: EmbeddedRedis, user: str, password: str) -> redis_sync.Redis:
+    return redis_sync.Redis(
+        port=server.port, username=user, password=password, decode_responses=True
+    )
+
+
 def _client(server: EmbeddedRedis, user: str) -> redis_sync.Redis:
     return redis_sync.Redis.from_url(url(server, user), decode_responses=True)
 
@@ -147,9 +153,19 @@ class TestShippedFile:
     def test_matches_generator(self) -> None:
         """Same users and rules as `acl_lines` for node smars, hosts or-01..or-08."""
         hosts = [f"or-{i:02d}" for i in range(1, 9)]
-        shipped = [ln for ln in SHIPPED.read_text().splitlines() if ln and not ln.startswith("#")]
         demo = {u: f"demo-{u}" for u in acl.users("smars", hosts)}
-        assert shipped == acl.acl_lines("smars", hosts, demo)
+        assert SHIPPED.read_text().splitlines() == acl.acl_lines("smars", hosts, demo)
+
+    def test_a_real_redis_starts_on_it(self) -> None:
+        """redis-server --aclfile loads the shipped file as is (Redis refuses a file with a
+        comment in it), and the operator's demo credentials then work."""
+        server = EmbeddedRedis(extra_args=["--aclfile", str(SHIPPED)])
+        server.start()
+        try:
+            with _client_as(server, "ks-operator", "demo-ks-operator") as c:
+                assert c.ping() is True
+        finally:
+            server.cleanup()
 
     def test_generator_cli(self) -> None:
         """`python -m killswitch.store.acl` prints a file with every user and hashed secrets."""
