@@ -19,6 +19,7 @@ from killswitch.core.state import HostView, NodeState
 from killswitch.runtime.config import ListenAddr
 from killswitch.runtime.errors import StartupError
 from killswitch.sidecar.gateserver import GateProtocol, GateServer
+from killswitch.testing import wait_until_async
 
 T0 = 1000.0
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -26,11 +27,9 @@ Connect = Callable[[], Awaitable[Conn]]
 
 
 async def until(cond: Callable[[], bool], within: float = 5.0) -> None:
-    """Wait for `cond` on the event loop the server shares with us, with a deadline."""
-    async with asyncio.timeout(within):
-        # Polling, not an Event: the conditions are server internals that signal nothing.
-        while not cond():  # noqa: ASYNC110
-            await asyncio.sleep(0.001)
+    """Wait for `cond` on the event loop the server shares with us (server internals that
+    signal nothing, so polled), with a deadline."""
+    await wait_until_async(cond, within, 0.001)
 
 
 async def replies(reader: asyncio.StreamReader, n: int, within: float = 5.0) -> list[bytes]:

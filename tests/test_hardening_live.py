@@ -12,7 +12,6 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from killswitch.sim.operators import make_operators, two_person_arm
 from killswitch.store.localstate import LocalState
 from killswitch.store.redisconn import connect
 from killswitch.store.store import Store
-from killswitch.testing import Fleet, Proc, fleet, wait_until
+from killswitch.testing import Fleet, Proc, fleet, wait_until, wait_until_async
 
 HOSTS = ["or-01", "or-02"]
 
@@ -206,26 +205,20 @@ class TestSyncLoopSurvivesAnyError:
         sc.memory.local = broken
         await sc.start()
         try:
-            await _until(lambda: sc.last_ok is not None)
+            await wait_until_async(lambda: sc.last_ok is not None)
             armed = await two_person_arm(store, ops, reason="t", timeout=0.5)
             assert armed.code == 3, armed  # the host cannot record it, so never confirms
-            await _until(lambda: sc.loop_errors >= 3)
+            await wait_until_async(lambda: sc.loop_errors >= 3)
             assert not sc.gate.is_open
             assert "simulated bug" in sc.problem()
             assert [c for c in logger.calls if c.kwargs.get("event") == "SYNC_LOOP_ERROR"]
             broken.broken = False
-            await _until(lambda: sc.gate.is_open)
+            await wait_until_async(lambda: sc.gate.is_open)
             assert sc.problem() == ""
             assert [c for c in logger.calls if c.kwargs.get("event") == "SYNC_LOOP_RECOVERED"]
         finally:
             await sc.stop()
             await client.aclose()
-
-
-async def _until(cond: Callable[[], bool], within: float = 10.0) -> None:
-    async with asyncio.timeout(within):
-        while not cond():  # noqa: ASYNC110 - the sidecar's fields signal nothing
-            await asyncio.sleep(0.01)
 
 
 class TestBlockLogNeverStarvesTheLoop:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -13,14 +12,7 @@ from killswitch.sidecar.inprocess import SidecarSettings, SidecarThread
 from killswitch.sim.operators import OperatorKeys, make_operators, two_person_arm
 from killswitch.store.localstate import LocalState
 from killswitch.store.store import Store
-
-
-async def _until(cond: object, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():  # type: ignore[operator]
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+from killswitch.testing import wait_until_async
 
 
 class TestSidecarThread:
@@ -39,10 +31,10 @@ class TestSidecarThread:
         )  # fmt: skip
         with SidecarThread(settings) as sc:
             assert sc.gate.allow("o1", "AAPL", "BUY", 1) is False
-            await _until(lambda: sc.gate.view.state.value == "UNARMED")
+            await wait_until_async(lambda: sc.gate.view.state.value == "UNARMED")
             armed = await two_person_arm(store, ops, reason="t", timeout=5)
             assert armed.code == 0, armed.report
-            await _until(lambda: sc.gate.is_open)
+            await wait_until_async(lambda: sc.gate.is_open)
             assert sc.gate.allow("o2", "AAPL", "BUY", 1) is True
             killed = await control.kill(store, reason="t", operator="op", timeout=5)
             assert killed.code == 0, killed.report
@@ -77,14 +69,14 @@ class TestSidecarThread:
             def on_state(state: NodeState, epoch: int, reason: str) -> None:
                 seen.append((state.value, epoch, reason))
 
-            await _until(lambda: sc.gate.view.state.value == "UNARMED")
+            await wait_until_async(lambda: sc.gate.view.state.value == "UNARMED")
             armed = await two_person_arm(store, operator_keys, reason="t", timeout=5)
             assert armed.code == 0, armed.report
             sc.subscribe(on_state)
-            await _until(lambda: ("ARMED", armed.report["epoch"], "armed") in seen)
+            await wait_until_async(lambda: ("ARMED", armed.report["epoch"], "armed") in seen)
             killed = await control.kill(store, reason="t", operator="op", timeout=5)
             epoch = killed.report["epoch"]
-            await _until(lambda: ("KILLED", epoch, "killed") in seen)
+            await wait_until_async(lambda: ("KILLED", epoch, "killed") in seen)
             assert sc.gate.cancel("c1", "o-1") == epoch
             assert not sc.gate.allow("o1", "AAPL", "BUY", 1)
             assert (await control.status(store)).report["flat"] == []
@@ -95,8 +87,4 @@ class TestSidecarThread:
                 rep = (await control.status(store)).report
                 return bool(rep["flat"] == ["py-02"] and rep["hosts"]["py-02"]["cancels"] == 1)
 
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10
-            while not await flat_listed():
-                assert loop.time() < deadline, "py-02 never listed flat"
-                await asyncio.sleep(0.02)
+            await wait_until_async(flat_listed, 10, 0.02, "py-02 listed flat")

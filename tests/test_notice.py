@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,7 @@ from killswitch.sidecar.settings import SidecarSettings
 from killswitch.sim.operators import OperatorKeys, signed_store_arm
 from killswitch.store.localstate import LocalState
 from killswitch.store.store import Store
+from killswitch.testing import wait_until_async
 
 HOST = "or-01"
 T0 = 100.0
@@ -96,15 +97,6 @@ class TestGateHold:
 
 
 # -- the sidecar's handler, in-process against the real redis-server ---------------------------
-
-
-async def until(cond: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
-    """Wait on `cond` without blocking the event loop the sidecar runs on."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what or cond}")
-        await asyncio.sleep(0.01)
 
 
 class CountingState(LocalState):
@@ -319,7 +311,11 @@ class TestSidecarNotice:
             assert time.monotonic() < deadline, "the sidecar never subscribed"
             await asyncio.sleep(0.01)
         await redis.publish(channel, "KILLED 5 1")
-        await until(lambda: state_file(sidecar) == (5, "KILLED"), what="the notice recorded")
-        await until(lambda: not sidecar.gate.is_open, what="the gate closed")
-        await until(lambda: sidecar.gate.view.regression != "", what="the woken round trip")
+        await wait_until_async(
+            lambda: state_file(sidecar) == (5, "KILLED"), what="the notice recorded"
+        )
+        await wait_until_async(lambda: not sidecar.gate.is_open, what="the gate closed")
+        await wait_until_async(
+            lambda: sidecar.gate.view.regression != "", what="the woken round trip"
+        )
         assert sidecar.gate.check("o")[2] in ("killed", "stale")

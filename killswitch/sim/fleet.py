@@ -6,7 +6,9 @@ nothing stands in for Redis. Waits are conditions with deadlines, never fixed sl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -39,6 +41,27 @@ def wait_until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what or cond}: {last_exc}")
         time.sleep(interval)
+
+
+async def wait_until_async(
+    cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, what: str = ""
+) -> Any:
+    """`wait_until` for code on an event loop: polls without blocking it. `cond` may return
+    an awaitable (an async check); its result is what counts."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            value = cond()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return value
+        except Exception as e:  # the condition may fail while things start up
+            last_exc = e
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what or cond}: {last_exc}")
+        await asyncio.sleep(interval)
 
 
 class GateClient:
@@ -141,10 +164,9 @@ class Proc:
         Services write their log off the event loop, so an event can land a moment after
         the state change it reports is visible in Redis.
         """
-        deadline = time.monotonic() + timeout
-        while not (found := self.events(name)) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return found
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: self.events(name), timeout, 0.02, name)
+        return self.events(name)
 
 
 @dataclass

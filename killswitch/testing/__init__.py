@@ -4,7 +4,7 @@ Imported only by tests, benches and the test kit itself; nothing in the product 
 (an import-linter contract in pyproject.toml keeps that true).
 """
 
-from killswitch.sim.fleet import Fleet, GateClient, Proc, fleet, wait_until
+from killswitch.sim.fleet import Fleet, GateClient, Proc, fleet, wait_until, wait_until_async
 from killswitch.testing.hammer import Hammer, no_allow_after_first_block
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "fleet",
     "no_allow_after_first_block",
     "wait_until",
+    "wait_until_async",
 ]
