@@ -105,7 +105,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             "Arm an UNARMED or KILLED node with a new epoch: two operators each run this with "
             "their own key. The first call records a signed request and exits 5; a second, "
             "distinct operator of the operators file completes it (exit 0). Refused (4) while a "
-            "roster host is not reporting, or for a key not in the operators file.",
+            "roster host is not reporting, while the roster runs a release it may not (split, "
+            "or a release no signed rollout named), or for a key not in the operators file.",
             [json_opt, bound_opt],
         )
         r.add_argument(
