@@ -36,9 +36,10 @@ class _Timed(Sidecar):
 
     oks: list[float]
 
-    async def sync_once(self) -> bool:
-        ok = await super().sync_once()
-        if ok:
+    async def sync_once(self, *, idle_skip: bool = False) -> bool:
+        trips = self.round_trips
+        ok = await super().sync_once(idle_skip=idle_skip)
+        if self.round_trips > trips:
             self.oks.append(time.monotonic())
         return ok
 

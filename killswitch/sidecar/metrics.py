@@ -30,6 +30,10 @@ class Sidecar(Protocol):
     @property
     def failures(self) -> int: ...
     @property
+    def round_trips(self) -> int: ...
+    @property
+    def idle_skips(self) -> int: ...
+    @property
     def regressions(self) -> int: ...
     @property
     def refused_arms(self) -> int: ...
@@ -126,6 +130,21 @@ class SidecarCollector:
         )
         fails.add_metric([n, h], sc.failures)
         yield fails
+        trips = CounterMetricFamily(
+            "killswitch_sync_round_trips",
+            "Successful Redis round trips of this host (report, confirm, read: the lease).",
+            labels=["node", "host"],
+        )
+        trips.add_metric([n, h], sc.round_trips)
+        yield trips
+        skips = CounterMetricFamily(
+            "killswitch_sync_idle_skips",
+            "Wake-ups of an idle host that had nothing to report and a lease still fresh, so "
+            "made no round trip.",
+            labels=["node", "host"],
+        )
+        skips.add_metric([n, h], sc.idle_skips)
+        yield skips
         loop = CounterMetricFamily(
             "killswitch_sync_loop_errors",
             "Sync iterations that failed for a reason other than Redis (a bug, an unwritable "

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -26,6 +27,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio import Redis
 
 from killswitch.core.gate import LIMIT, Gate
+from killswitch.core.heartbeat import idle_every, trip_due
 from killswitch.core.scope import Scopes, parse_scopes
 from killswitch.core.state import NodeState, boot_view, observe
 from killswitch.core.version import __version__
@@ -96,6 +98,11 @@ class Sidecar(ReadApplier):
         self.confirmed: tuple[int, int] = (0, 0)
         self.last_ok: float | None = None
         self.failures = 0
+        self.round_trips = 0  # successful ones
+        self.idle_skips = 0  # wake-ups with nothing to report that renewed no lease
+        self._acked_report: FlushReport | None = None  # last acknowledged (orders_per_s 0)
+        self._last_trip: float | None = None  # send time of the last successful round trip
+        self._idle_every = idle_every(settings.flush_interval, settings.stale_after)
         self.regressions = 0
         self.junk_inputs = 0  # notices that are not a bounded `KILLED <epoch> <ver>`
         self._rate: deque[tuple[float, int]] = deque(maxlen=64)
@@ -224,10 +231,11 @@ class Sidecar(ReadApplier):
         return self._loop_problem or self.memory.problem or self._local_problem
 
     async def _sync_loop(self) -> None:
+        woken = True  # the first round trip is always made
         while not self._stop.is_set():
             started = self.clock()
             try:
-                await self.sync_once()
+                await self.sync_once(idle_skip=not woken)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a bug or a broken disk must never end the loop silently
@@ -242,10 +250,15 @@ class Sidecar(ReadApplier):
             if wait > 0 and not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
+            woken = self._wake.is_set()
             self._wake.clear()
 
-    async def sync_once(self) -> bool:
-        """One round trip; returns whether it succeeded. The gate's lease starts at send time."""
+    async def sync_once(self, *, idle_skip: bool = False) -> bool:
+        """One round trip; returns whether it succeeded. The gate's lease starts at send time.
+
+        With `idle_skip`, a host with nothing new to report skips the trip until its lease
+        needs renewing (`core.heartbeat`); that returns True, as nothing failed.
+        """
         sent = self.clock()
         allowed, blocked = self.gate.allowed, self.gate.blocked
         cancels, limited = self.gate.cancels, self.gate.blocked_by.get(LIMIT, 0)
@@ -283,12 +296,20 @@ class Sidecar(ReadApplier):
             proof_digest=self.arms.digest,
             proof_refusal=view.refusal,
         )
+        acked = replace(report, orders_per_s=0.0)
+        if idle_skip and not trip_due(
+            now=sent, last_trip=self._last_trip, moved=want_confirm or acked != self._acked_report,
+            woken=False, flush_interval=self.s.flush_interval, every=self._idle_every,
+        ):  # fmt: skip
+            self.idle_skips += 1
+            return True
         try:
             async with asyncio.timeout(self.s.stale_after):
                 reply = await self.store.flush(self.s.host, report, __version__)
         except Exception as e:  # any failure: the lease simply runs out
             self.failures += 1
             self._fail_streak += 1
+            self._last_trip = self._acked_report = None
             if sent - self._last_fail_log > 1.0:
                 self._last_fail_log = sent
                 self.log.warning(
@@ -301,7 +322,9 @@ class Sidecar(ReadApplier):
         if self._fail_streak:
             self.log.info("sync_recovered", failed_round_trips=self._fail_streak)
             self._fail_streak = 0
-        self.last_ok = sent
+        self.last_ok = self._last_trip = sent
+        self._acked_report = acked
+        self.round_trips += 1
         self.acked = (allowed, blocked)
         self.acked_more = (cancels, limited)
         if want_confirm:
