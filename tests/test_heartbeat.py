@@ -125,9 +125,11 @@ async def settled(sc: Sidecar) -> int:
     """
     for _ in range(10):
         trips, skips = sc.round_trips, sc.idle_skips
-        await wait_until_async(
-            lambda t=trips, k=skips: sc.idle_skips >= k + 3 or sc.round_trips > t, 10
-        )
+
+        def moved(t: int = trips, k: int = skips) -> bool:
+            return sc.idle_skips >= k + 3 or sc.round_trips > t
+
+        await wait_until_async(moved, 10)
         if sc.round_trips == trips:
             return trips
     raise AssertionError(f"never idle: {sc.round_trips} trips, {sc.idle_skips} skips")
