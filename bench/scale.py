@@ -12,8 +12,14 @@ hosts on a real 3-master Redis Cluster:
 - Redis CPU per idle host (INFO cpu, used_cpu_sys + used_cpu_user over an idle period,
   including the aggregator's reads), as a % of one core;
 - aggregator CPU per tick (its /proc utime+stime over the idle period / ticks);
+- Redis CPU per kill cycle (a signed arm and a kill, every host confirming both): the work
+  Redis does in series, so the floor under kill-to-all-confirmed once each host has its own
+  machine, which these runs on two shared cores cannot show;
 - memory per host (RSS of the worker processes / hosts), and one real `killswitch sidecar`
-  process's idle CPU and RSS.
+  process's idle CPU and RSS, measured armed, after its start-up has settled.
+
+The idle period starts with the node armed and settled (no host has anything to report, so
+each only renews its lease, `core.heartbeat`).
 
 Usage: `python -m bench scale` (all) or `python -m bench.scale [--hosts 8,100] [--no-cluster]`.
 """
@@ -38,15 +44,17 @@ import redis as redis_sync
 from bench.common import summary
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.operators import OperatorKeys
-from killswitch.testing import Fleet, wait_until
+from killswitch.testing import Fleet
 
 HOSTS_PER_WORKER = 250
 # The simulated hosts' cadence (`--flush-interval`, `--stale-after`); `--flush-interval` on
 # the command line changes both (stale-after = 10 x flush, as the defaults 0.1 s / 1 s).
 FLUSH_S = 0.1
 IDLE_S = 10.0
+SETTLE_S = 3.0
 KILLS = 30
 TICK_S = 0.1
+CLUSTER_TICK_S = 0.5  # 50 aggregators at 0.1 s would need more than the machine's two cores
 CLK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -116,8 +124,10 @@ def _redis_cpu_s(client: redis_sync.Redis) -> float:
 class Node:
     """N simulated hosts of one node in worker processes, plus its real aggregator."""
 
-    def __init__(self, url: str, node: str, hosts: Sequence[str], workdir: Path) -> None:
-        self.url, self.node, self.hosts = url, node, list(hosts)
+    def __init__(
+        self, url: str, node: str, hosts: Sequence[str], workdir: Path, tick_s: float = TICK_S
+    ) -> None:
+        self.url, self.node, self.hosts, self.tick_s = url, node, list(hosts), tick_s
         self.workdir = workdir
         self.fleet = Fleet(url, node, self.hosts, workdir=workdir)
         self.workers: list[subprocess.Popen[bytes]] = []
@@ -148,7 +158,7 @@ class Node:
                     env=self.fleet.env(),
                 )
             )
-        self.fleet.start_aggregator("--tick", str(TICK_S))
+        self.fleet.start_aggregator("--tick", str(self.tick_s))
         try:
             self.fleet.wait_ready(120)
         except TimeoutError:
@@ -181,9 +191,12 @@ async def _kills(url: str, node: str, kills: int, ops: OperatorKeys) -> list[flo
     redis = connect(url, socket_timeout=5.0)
     store = Store(redis, node)
     out = []
+    alive_ms = round(10 * FLUSH_S * 1000)
     try:
+        if kills == 0:  # only arm (the idle period is measured on an armed node)
+            arm = await two_person_arm(store, ops, reason="bench", timeout=30, alive_ms=alive_ms)
+            assert arm.code == 0, arm.message
         for i in range(kills):
-            alive_ms = round(10 * FLUSH_S * 1000)
             arm = await two_person_arm(store, ops, reason="bench", timeout=30, alive_ms=alive_ms)
             assert arm.code == 0, arm.message
             k = await control.kill(
@@ -203,11 +216,14 @@ def measure_node(url: str, n: int, kills: int = KILLS) -> dict[str, Any]:
             client = redis_sync.Redis.from_url(url)
             agg = node.fleet.aggregator
             assert agg is not None and agg.popen is not None
+            asyncio.run(_kills(url, node.node, 0, node.fleet.ops))  # armed, then idle
+            time.sleep(SETTLE_S)
             r0, a0, t0 = _redis_cpu_s(client), _proc_cpu_s(agg.popen.pid), time.monotonic()
             time.sleep(IDLE_S)
             r1, a1, t1 = _redis_cpu_s(client), _proc_cpu_s(agg.popen.pid), time.monotonic()
             rss = sum(_proc_rss(w.pid) for w in node.workers)
             elapsed = asyncio.run(_kills(url, node.node, kills, node.fleet.ops))
+            r2 = _redis_cpu_s(client)
             client.close()
         finally:
             node.stop()
@@ -218,29 +234,52 @@ def measure_node(url: str, n: int, kills: int = KILLS) -> dict[str, Any]:
         "kill_to_all_confirmed_ms": summary(elapsed, 1000),
         "redis_cpu_pct_per_idle_host": round((r1 - r0) / span / n * 100, 4),
         "redis_cpu_pct_total_idle": round((r1 - r0) / span * 100, 2),
+        "redis_cpu_ms_per_kill_cycle": round((r2 - r1) / kills * 1000, 2),
+        "redis_cpu_us_per_host_per_kill_cycle": round((r2 - r1) / kills / n * 1e6, 1),
         "aggregator_cpu_ms_per_tick": round((a1 - a0) / (span / TICK_S) * 1000, 3),
         "worker_rss_mib_per_host": round(rss / n / 2**20, 3),
     }
 
 
 def measure_one_sidecar() -> dict[str, Any]:
-    """One real `killswitch sidecar` process, idle and armed-less: its CPU and RSS."""
+    """One real `killswitch sidecar` process, armed and idle: its CPU and RSS.
+
+    Measured from `SETTLE_S` after the arm is confirmed, so that the interpreter's start-up
+    (about half a second of CPU) is not counted as idle cost: counted over a 10 s window
+    right after start, it alone reads as 5%.
+    """
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as d:
         f = Fleet(server.url, "scale-one", ["h0000"], workdir=Path(d))
         f.start()
         try:
             proc = f.sidecars["h0000"].popen
             assert proc is not None
-            wait_until(lambda: _proc_rss(proc.pid) > 0, 5)
+            f.start_aggregator()
+            f.wait_ready(60)
+            f.arm()
+            time.sleep(SETTLE_S)
+            client = redis_sync.Redis.from_url(server.url)
+            calls0 = _client_calls(client)
             c0, t0 = _proc_cpu_s(proc.pid), time.monotonic()
             time.sleep(IDLE_S)
             c1, t1 = _proc_cpu_s(proc.pid), time.monotonic()
+            calls = _client_calls(client) - calls0
+            client.close()
             return {
                 "sidecar_idle_cpu_pct": round((c1 - c0) / (t1 - t0) * 100, 3),
                 "sidecar_rss_mib": round(_proc_rss(proc.pid) / 2**20, 1),
+                "sidecar_idle_redis_calls_per_s": round(calls / (t1 - t0), 2),
             }
         finally:
             f.stop()
+
+
+def _client_calls(client: redis_sync.Redis) -> int:
+    """Commands clients sent (scripts count once; INFO's own calls excluded by the caller)."""
+    stats = client.info("commandstats")
+    return sum(
+        int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_ping")
+    )
 
 
 def measure_cluster(nodes: int = 50, hosts: int = 8, kills: int = 10) -> dict[str, Any]:
@@ -254,8 +293,14 @@ def measure_cluster(nodes: int = 50, hosts: int = 8, kills: int = 10) -> dict[st
             for i in range(nodes):
                 w = Path(d) / f"n{i}"
                 w.mkdir()
-                node = Node(cluster.url, f"fleet{i}", [f"n{i}h{j}" for j in range(hosts)], w)
+                node = Node(
+                    cluster.url, f"fleet{i}", [f"n{i}h{j}" for j in range(hosts)], w,
+                    tick_s=CLUSTER_TICK_S,
+                )  # fmt: skip
                 running.append(node.start())
+            for node in running:
+                asyncio.run(_kills(cluster.url, node.node, 0, node.fleet.ops))
+            time.sleep(SETTLE_S)
             clients = [redis_sync.Redis(port=p) for p in cluster.ports]
             c0, t0 = sum(_redis_cpu_s(c) for c in clients), time.monotonic()
             time.sleep(IDLE_S)
@@ -271,6 +316,7 @@ def measure_cluster(nodes: int = 50, hosts: int = 8, kills: int = 10) -> dict[st
         "hosts_per_node": hosts,
         "kill_to_all_confirmed_ms": summary(elapsed, 1000),
         "cluster_cpu_pct_per_idle_host": round((c1 - c0) / (t1 - t0) / (nodes * hosts) * 100, 4),
+        "aggregator_tick_s": CLUSTER_TICK_S,
     }
 
 
@@ -301,6 +347,7 @@ def main(argv: Sequence[str]) -> int:
     w.add_argument("--flush-interval", type=float, default=0.1)
     p.add_argument("--hosts", default="8,100,1000")
     p.add_argument("--no-cluster", action="store_true")
+    p.add_argument("--only-cluster", action="store_true")
     p.add_argument("--flush-interval", type=float, default=0.1)
     a = p.parse_args(argv)
     if a.cmd == "worker":
@@ -308,6 +355,9 @@ def main(argv: Sequence[str]) -> int:
         return 0
     global FLUSH_S  # noqa: PLW0603  # one setting for every measurement of this run
     FLUSH_S = a.flush_interval
+    if a.only_cluster:
+        print(json.dumps({"cluster_50x8": measure_cluster()}, indent=2))
+        return 0
     sizes = [int(x) for x in a.hosts.split(",")]
     print(json.dumps(run(sizes, not a.no_cluster), indent=2))
     return 0
