@@ -241,45 +241,96 @@ def measure_node(url: str, n: int, kills: int = KILLS) -> dict[str, Any]:
     }
 
 
+CONTROL = """
+import asyncio, sys
+async def main():
+    while True:
+        await asyncio.sleep(float(sys.argv[1]))
+asyncio.run(main())
+"""
+
+
 def measure_one_sidecar() -> dict[str, Any]:
     """One real `killswitch sidecar` process, armed and idle: its CPU and RSS.
 
     Measured from `SETTLE_S` after the arm is confirmed, so that the interpreter's start-up
     (about half a second of CPU) is not counted as idle cost: counted over a 10 s window
-    right after start, it alone reads as 5%.
+    right after start, it alone reads as 5%. Beside it, over the same window, a control: a
+    bare Python process whose event loop only wakes every flush interval, as the sidecar's
+    does. On a virtual machine each wake-up is charged far more than its work; the control
+    shows how much of the sidecar's figure that is.
     """
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as d:
         f = Fleet(server.url, "scale-one", ["h0000"], workdir=Path(d))
         f.start()
+        control = subprocess.Popen([sys.executable, "-c", CONTROL, str(FLUSH_S)])
         try:
             proc = f.sidecars["h0000"].popen
             assert proc is not None
             f.start_aggregator()
             f.wait_ready(60)
             f.arm()
+            assert f.aggregator is not None
+            f.aggregator.stop()  # from here on, every script call is the host's round trip
             time.sleep(SETTLE_S)
             client = redis_sync.Redis.from_url(server.url)
-            calls0 = _client_calls(client)
-            c0, t0 = _proc_cpu_s(proc.pid), time.monotonic()
+            calls0 = _host_calls(client)
+            c0, k0, t0 = _proc_cpu_s(proc.pid), _proc_cpu_s(control.pid), time.monotonic()
             time.sleep(IDLE_S)
-            c1, t1 = _proc_cpu_s(proc.pid), time.monotonic()
-            calls = _client_calls(client) - calls0
+            c1, k1, t1 = _proc_cpu_s(proc.pid), _proc_cpu_s(control.pid), time.monotonic()
+            calls = _host_calls(client) - calls0
             client.close()
             return {
                 "sidecar_idle_cpu_pct": round((c1 - c0) / (t1 - t0) * 100, 3),
+                "control_loop_cpu_pct": round((k1 - k0) / (t1 - t0) * 100, 3),
                 "sidecar_rss_mib": round(_proc_rss(proc.pid) / 2**20, 1),
-                "sidecar_idle_redis_calls_per_s": round(calls / (t1 - t0), 2),
+                "sidecar_idle_round_trips_per_s": round(calls / (t1 - t0), 2),
+                **asyncio.run(_trip_cost(server.url, d)),
             }
         finally:
+            control.kill()
+            control.wait()
             f.stop()
 
 
-def _client_calls(client: redis_sync.Redis) -> int:
-    """Commands clients sent (scripts count once; INFO's own calls excluded by the caller)."""
+async def _trip_cost(url: str, state_dir: str, n: int = 2000) -> dict[str, float]:
+    """CPU per round trip and per idle wake-up of the real sync code, back to back in this
+    process (so a wake-up's charge by the machine is not in it)."""
+    import structlog
+    from structlog.testing import CapturingLogger
+
+    from killswitch.sidecar.service import Sidecar
+    from killswitch.sidecar.settings import SidecarSettings
+    from killswitch.store.redisconn import connect
+
+    redis = connect(url, socket_timeout=2.0)
+    car = Sidecar(
+        SidecarSettings(node="scale-cost", host="h0", redis_url=url, state_dir=state_dir),
+        redis, logger=structlog.wrap_logger(CapturingLogger()),
+    )  # fmt: skip
+    try:
+        for _ in range(200):
+            await car.sync_once()
+        t = time.process_time()
+        for _ in range(n):
+            await car.sync_once()
+        trip = (time.process_time() - t) / n
+        t = time.process_time()
+        for _ in range(n):
+            await car.sync_once(idle_skip=True)
+        skip = (time.process_time() - t) / n
+    finally:
+        await redis.aclose()
+    return {
+        "cpu_us_per_round_trip": round(trip * 1e6, 1),
+        "cpu_us_per_idle_skip": round(skip * 1e6, 1),
+    }
+
+
+def _host_calls(client: redis_sync.Redis) -> int:
+    """Round trips of hosts: the flush script's calls (EVALSHA)."""
     stats = client.info("commandstats")
-    return sum(
-        int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_ping")
-    )
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 def measure_cluster(nodes: int = 50, hosts: int = 8, kills: int = 10) -> dict[str, Any]:
