@@ -92,15 +92,29 @@ def newer(seen: Scopes, read: Scopes) -> Scopes:
 
 
 def proven(
-    kind: str, value: str, ver: int, roster: tuple[str, ...], applied: Mapping[str, int]
+    kind: str,
+    value: str,
+    ver: int,
+    roster: tuple[str, ...],
+    applied: Mapping[str, int],
+    stored_ver: int | None = None,
 ) -> tuple[list[str], list[str]]:
     """(hosts that applied scope version `ver`, hosts that must and have not yet).
 
-    A host scope is proven by that host; a symbol scope by every roster host.
+    A host scope is proven by that host; a symbol scope by every roster host. A host that
+    applied a version above `stored_ver` (the `_ver` Redis holds now) saw scopes Redis has
+    since lost; it ignores the lower versions that follow, so its report proves none of them.
     """
     need = [value] if kind == "host" else list(roster)
-    done = [h for h in need if applied.get(h, 0) >= ver]
+    done = [
+        h for h in need if ver <= applied.get(h, 0) and not ahead(applied.get(h, 0), stored_ver)
+    ]
     return done, [h for h in need if h not in done]
+
+
+def ahead(applied: int, stored_ver: int | None) -> bool:
+    """True when a host applied a scopes version above the one Redis holds (Redis lost it)."""
+    return stored_ver is not None and applied > stored_ver
 
 
 def _int(v: object) -> int:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from killswitch.core.armproof import ArmRequest, Proof
 from killswitch.core.bounds import uint_or
 from killswitch.core.roster import not_ready_for_arm
-from killswitch.core.scope import parse_scopes, proven, valid_symbol
+from killswitch.core.scope import ahead, parse_scopes, proven, valid_symbol
 from killswitch.ops.control import (
     EXIT_OK,
     EXIT_PENDING,
@@ -180,7 +180,8 @@ async def _prove(
     async with store.confirmations() as wake:  # hosts publish nothing for scopes: a poll
         while True:
             snap = await store.snapshot()
-            done, missing = proven(kind, value, ver, snap.roster, _applied(snap))
+            stored_ver = parse_scopes(snap.scopes).ver
+            done, missing = proven(kind, value, ver, snap.roster, _applied(snap), stored_ver)
             left = deadline - time.monotonic()
             if not missing or left <= 0:
                 break
@@ -195,11 +196,20 @@ async def _prove(
     )
     if not missing:
         return Outcome(EXIT_OK, report)
+    applied = _applied(snap)
+    lost = [h for h in missing if ahead(applied.get(h, 0), stored_ver)]
+    why = (
+        f" ({', '.join(lost)} applied a scopes version above the stored {stored_ver}: Redis "
+        "lost its scopes, and such a host ignores scoped changes until the version passes "
+        "its own; kill the node instead)"
+        if lost
+        else ""
+    )
     return Outcome(
         EXIT_UNCONFIRMED,
         report,
         f"NOT PROVEN: {kind} {value} {what}, but {', '.join(missing)} did not report "
-        f"enforcing it within {timeout:g}s",
+        f"enforcing it within {timeout:g}s{why}",
     )
 
 

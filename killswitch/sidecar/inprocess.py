@@ -39,7 +39,8 @@ class SidecarThread:
     ) -> None:
         self.settings = settings
         self.registry = registry
-        self._loop = asyncio.new_event_loop()
+        # Made by the thread itself: a SidecarThread never started holds no loop to leak.
+        self._loop: asyncio.AbstractEventLoop
         self._ready = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"killswitch-{settings.host}", daemon=True
@@ -79,9 +80,10 @@ class SidecarThread:
         return why
 
     def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._main())
-        self._loop.close()
+        self._loop = loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(self._main())
+        loop.close()
 
     async def _main(self) -> None:
         try:
