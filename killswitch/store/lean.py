@@ -14,9 +14,10 @@ know (`parse()` returns None) is left to redis-py.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -121,7 +122,8 @@ class _Conn:
 
     def send(self, commands: Sequence[Sequence[Arg]]) -> None:
         self.sock.settimeout(self.budget.left())
-        self.sock.sendall(b"".join(hiredis.pack_command(cast(Any, tuple(c))) for c in commands))
+        with self.budget.spent_on_timeout():
+            self.sock.sendall(b"".join(hiredis.pack_command(cast(Any, tuple(c))) for c in commands))
 
     def reply(self) -> Any:
         while True:
@@ -129,7 +131,8 @@ class _Conn:
             if got is not False:
                 return got
             self.sock.settimeout(self.budget.left())
-            data = self.sock.recv(65536)
+            with self.budget.spent_on_timeout():
+                data = self.sock.recv(65536)
             if not data:
                 raise ConnectionError("Redis closed the connection")
             self.reader.feed(data)
@@ -148,15 +151,29 @@ class _Budget:
     def __init__(self, per_op: float, deadline: float | None) -> None:
         self.per_op = per_op
         self.deadline = deadline
+        self.capped = False  # the last timeout given out was cut to the deadline
 
     def left(self, per_op: float | None = None) -> float:
         t = self.per_op if per_op is None else per_op
+        self.capped = False
         if self.deadline is None:
             return t
         rest = self.deadline - time.monotonic()
         if rest <= 0:
             raise BudgetSpent("the command's time budget for Redis is spent")
+        self.capped = rest < t
         return min(t, rest)
+
+    @contextlib.contextmanager
+    def spent_on_timeout(self) -> Iterator[None]:
+        """A socket timeout that was cut to the deadline is the budget running out (a kill
+        may have been recorded), not an unreachable Redis."""
+        try:
+            yield
+        except TimeoutError as e:
+            if self.capped and not isinstance(e, BudgetSpent):
+                raise BudgetSpent("the command's time budget for Redis is spent") from e
+            raise
 
 
 def _raise_first(replies: list[Any]) -> list[Any]:
@@ -171,12 +188,15 @@ def _open(u: LeanURL, host: str, port: int, budget: _Budget, connect_timeout: fl
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(budget.left(connect_timeout))
         try:
-            sock.connect(u.path)
+            with budget.spent_on_timeout():
+                sock.connect(u.path)
         except OSError:
             sock.close()
             raise
     else:
-        sock = socket.create_connection((host, port), timeout=budget.left(connect_timeout))
+        timeout = budget.left(connect_timeout)
+        with budget.spent_on_timeout():
+            sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if u.tls:
         sock = _wrap_tls(sock, u, host)
