@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,7 +46,7 @@ class TestSidecarVerb:
 
     def test_runs_reports_and_exits_0_on_sigterm(
         self, own_signals: None, redis_url: str, node: str, operator_keys: OperatorKeys,
-        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path,
     ) -> None:  # fmt: skip
         """The sidecar reports to Redis, answers on its socket, and SIGTERM ends it with 0."""
         report = NodeKeys(node).host("h1").report
@@ -53,8 +54,16 @@ class TestSidecarVerb:
         running = threading.Event()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a stray SIGTERM must not end pytest
 
+        sock = tmp_path / "gate.sock"
+        replies: list[str] = []
+
         def stop_once_reporting() -> None:
             wait_until(lambda: r.exists(report), 20, 0.02, "the sidecar reports")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+                c.settimeout(10)
+                c.connect(str(sock))
+                c.sendall(b"PING\n")
+                replies.append(c.makefile().readline().strip())
             if running.is_set():
                 os.kill(os.getpid(), signal.SIGTERM)
 
@@ -64,7 +73,7 @@ class TestSidecarVerb:
         try:
             code = main([
                 "sidecar", "--node", node, "--host", "h1", "--redis", redis_url,
-                "--listen", f"unix:{tmp_path / 'gate.sock'}", "--state-dir", str(tmp_path),
+                "--listen", f"unix:{sock}", "--state-dir", str(tmp_path),
                 "--operators", str(operator_keys.file),
             ])  # fmt: skip
         finally:
@@ -72,9 +81,8 @@ class TestSidecarVerb:
             stopper.join(30)
             r.close()
         assert code == EXIT_OK
-        assert not (tmp_path / "gate.sock").exists()  # the socket is removed on stop
-        events = [json.loads(x)["event"] for x in capsys.readouterr().err.splitlines()]
-        assert events[0] == "sidecar_started" and events[-1] == "sidecar_stopped"
+        assert replies == ["PONG UNARMED 0"]  # it served its gate while it ran
+        assert not sock.exists()  # and removed its socket on stop
 
 
 class TestAggregatorVerb:
