@@ -20,9 +20,10 @@ import pytest
 import redis as redis_sync
 
 from killswitch.cli.main import main
-from killswitch.ops.control import EXIT_OK, EXIT_USAGE
+from killswitch.ops.control import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from killswitch.runtime.config import ListenAddr
 from killswitch.sidecar.inprocess import SidecarSettings, SidecarThread
+from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.operators import OperatorKeys
 from killswitch.store.keys import NodeKeys
 from killswitch.testing import wait_until
@@ -106,6 +107,28 @@ class TestAggregatorVerb:
         assert code == EXIT_USAGE
         assert "killswitch aggregator: refused: Redis is not durable (" in err
         assert "Run it with appendonly yes" in err and "Traceback" not in err
+
+    def test_credentials_redis_refuses_end_the_start_with_exit_1(
+        self, own_signals: None, own_redis: EmbeddedRedis, node: str,
+        operator_keys: OperatorKeys, capsys: pytest.CaptureFixture[str],
+    ) -> None:  # fmt: skip
+        """A wrong password is not waited out like a Redis not up yet: exit 1 at once, the
+        refusal named, the password never shown."""
+        r = redis_sync.Redis.from_url(own_redis.url, decode_responses=True)
+        try:
+            r.acl_setuser("agg", enabled=True, passwords=["+right-pw"], keys=["*"],
+                          channels=["*"], commands=["+@all"])  # fmt: skip
+        finally:
+            r.close()
+        url = own_redis.url.replace("redis://", "redis://agg:wrong-pw@", 1)
+        code = main([
+            "aggregator", "--node", node, "--hosts", "h1", "--redis", url,
+            "--operators", str(operator_keys.file),
+        ])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == EXIT_FAILED
+        assert "killswitch aggregator: cannot start: Redis at redis://agg:***@" in err
+        assert ": refused credentials: " in err and "wrong-pw" not in err
 
 
 class TestLoadgenVerb:

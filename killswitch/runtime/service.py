@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
+from killswitch.store.redisconn import classify
+
 
 async def run_until_signalled(
     start: Callable[[], Awaitable[None]],
@@ -38,8 +40,9 @@ async def until_reachable(
     """Runs `step` until it gets through to Redis; False if `stopping` is set first.
 
     A service in a container stack may start before Redis does (podman does not gate start
-    order on health), so an unreachable Redis at start is a wait, not a crash. Anything other
-    than a connection failure still propagates.
+    order on health), so an unreachable Redis at start is a wait, not a crash. Credentials
+    Redis refuses (a wrong password, an ACL without the needed keys or commands) propagate:
+    waiting would not fix them, and a monitor waiting silently protects nothing.
     """
     failures = 0
     while not stopping.is_set():
@@ -47,6 +50,8 @@ async def until_reachable(
             await step()
             return True
         except (RedisError, OSError) as e:
+            if classify(e).kind == "refused credentials":
+                raise
             if failures == 0:
                 warn(f"{type(e).__name__}: {e}")
             failures += 1
