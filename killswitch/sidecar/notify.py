@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from killswitch.core.gate import Gate
 from killswitch.core.protocol import state_line
+from killswitch.core.scope import Held
 from killswitch.core.state import NodeState
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.settings import SidecarSettings
@@ -31,6 +32,8 @@ class _Sidecar(Protocol):
     def gate(self) -> Gate: ...
     @property
     def log(self) -> Any: ...
+    @property
+    def held(self) -> Held: ...
 
 
 class StateNotifier:
@@ -133,6 +136,8 @@ class StateNotifier:
             ("on_kill_status", self.on_kill_status),
             ("limits_digest", self.sc.s.limits_digest),
             ("scope_ver", str(self.sc.gate.scope_ver)),
+            # scopes still enforced although Redis no longer lists them (no verified lift)
+            ("scope_kept", " ".join(sorted(self.sc.held.kept))),
         )
 
     async def close(self) -> None:

@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 
 from killswitch.core.gate import LIMIT, Gate
 from killswitch.core.heartbeat import idle_every, trip_due
-from killswitch.core.scope import Scopes, parse_scopes
+from killswitch.core.scope import Held, parse_scopes
 from killswitch.core.state import NodeState, boot_view, observe
 from killswitch.core.version import __version__
 from killswitch.runtime import logs
@@ -123,7 +123,7 @@ class Sidecar(ReadApplier):
         self.loop_errors = 0  # sync iterations that failed for any reason but Redis
         self._loop_problem = ""  # why the last sync iteration failed ("" once one succeeds)
         self.notify = StateNotifier(self, self._server)
-        self.scopes = Scopes()
+        self.held = Held()  # the scoped kills enforced, and what this host knows of them
         self._scope_regressed = False
         self.registry = registry if registry is not None else CollectorRegistry()
         self._rtt = Histogram(
