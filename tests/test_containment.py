@@ -315,7 +315,7 @@ class TestScopedKills:
 
     def test_stray_lift_keeps_the_host_killed(self, fleet3: Fleet) -> None:
         """A raw HDEL of a host scope plus HINCRBY of `_ver` (no signed lift) leaves that host
-        sidecar process blocking, and `status --json` names the scope it keeps."""
+        sidecar process blocking, and `status` (human and JSON) names the scope it keeps."""
         epoch = fleet3.cli_json("status")[1]["epoch"]
         assert fleet3.cli_json("kill", "--host", "or-02", "--reason", "haunted")[0] == 0
         scopes = NodeKeys(fleet3.node).scopes
@@ -331,6 +331,7 @@ class TestScopedKills:
 
         wait_until(lambda: kept() == ["host:or-02"], timeout=10, what="or-02 keeps its scope")
         assert fleet3.cli_json("status")[1]["scopes"] == []
+        assert "still enforces host:or-02: no signed lift" in fleet3.cli("status").stdout
         assert order(fleet3, "or-02", "x") == f"BLOCK x {epoch} killed"
         assert order(fleet3, "or-01", "y") == f"ALLOW y {epoch}"
 

@@ -17,6 +17,7 @@ from killswitch.core.armproof import (
     Verdict,
     lift_refusal,
 )
+from killswitch.core.roster import host_status
 from killswitch.core.scope import (
     REPLAYED_LIFT,
     UNSIGNED_LIFT,
@@ -50,6 +51,18 @@ def signed(proofs: dict[str, tuple[int, str]]) -> LiftCheck:
 
 
 GOOD = signed({"p5": (5, ""), "p3": (3, ""), "bad": (9, BAD_SIGNATURE), "one": (9, ONE_OPERATOR)})
+
+
+class TestReportedKept:
+    @pytest.mark.parametrize(
+        ("raw", "kept"),
+        [("", ()), ("host:a symbol:B", ("host:a", "symbol:B")), ("  host:a  ", ("host:a",))],
+        ids=["none", "two", "padded"],
+    )
+    def test_host_status_reads_scope_kept(self, raw: str, kept: tuple[str, ...]) -> None:
+        """A host's reported `scope_kept` (space separated) is listed in its status."""
+        s = host_status("or-01", {"scope_kept": raw}, {}, 0)
+        assert s.scope_kept == kept and s.to_json()["scope_kept"] == list(kept)
 
 
 class TestParseLifts:

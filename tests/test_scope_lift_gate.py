@@ -14,7 +14,7 @@ from killswitch.core.armproof import ArmRequest, Proof
 from killswitch.core.bounds import uint_or
 from killswitch.core.scope import REPLAYED_LIFT, UNSIGNED_LIFT, Held
 from killswitch.core.sshsig import parse_allowed_signers
-from killswitch.ops.control import EXIT_OK, EXIT_PENDING, status
+from killswitch.ops.control import EXIT_OK, EXIT_PENDING, EXIT_UNCONFIRMED, status
 from killswitch.ops.scope import arm_scope, kill_scope
 from killswitch.ops.signing import ssh_sign
 from killswitch.sidecar.inprocess import SidecarSettings, SidecarThread
@@ -123,7 +123,7 @@ class TestUnsignedLift:
         self, armed: tuple[Store, SidecarThread], operator_keys: OperatorKeys
     ) -> None:
         """HDEL of the scope plus HINCRBY of `_ver` leaves the host blocked, reported in
-        `status`; killing the scope again and a signed lift then reopen it."""
+        `status` and by `arm --host` (exit 3); killing it again and a signed lift reopen it."""
         store, sc = armed
         ver = await stray_lift(store, None)
         await wait_until_async(lambda: sc.gate.scope_ver == ver)
@@ -131,6 +131,11 @@ class TestUnsignedLift:
         assert held(sc).kept == {FIELD: UNSIGNED_LIFT}
         await wait_until_async(lambda: kept_in_status(store), what="scope_kept reported")
         assert await kept_in_status(store) == [FIELD]
+        operators = parse_allowed_signers(operator_keys.file.read_text())
+        nothing = await arm_scope(store, kind="host", value=HOST, key=operator_keys.key("alice"),
+                                  operators=operators, reason="x", timeout=1)  # fmt: skip
+        assert nothing.code == EXIT_UNCONFIRMED and nothing.report["missing"] == [HOST]
+        assert "still enforces it" in nothing.message and "kill the scope again" in nothing.message
         await kill_host(store)
         assert await lift(store, operator_keys) is not None
         await wait_until_async(lambda: sc.gate.allow("o2", "MSFT", "BUY", 1))
