@@ -200,3 +200,16 @@ class TestScopesLost:
         assert held(sc).scopes.for_host(HOST) == (True, frozenset({"KCG", "XYZ"}))
         await wait_until_async(lambda: kept_in_status(store), what="scope_kept reported")
         assert await kept_in_status(store) == [FIELD, "symbol:KCG"]
+
+    async def test_same_version_reached_again_with_new_scopes_applies_them(
+        self, armed: tuple[Store, SidecarThread]
+    ) -> None:
+        """After a loss, a hash back at the host's own version but listing other scopes is
+        applied (closing needs no proof), so the host's report proves only what it enforces."""
+        store, sc = armed
+        ver = sc.gate.scope_ver
+        await store.redis.delete(store.keys.scopes)
+        await store.redis.hset(store.keys.scopes, mapping={"_ver": str(ver), "symbol:XYZ": "{}"})
+        await wait_until_async(lambda: "symbol:XYZ" in {s.field for s in held(sc).scopes.active})
+        assert not sc.gate.allow("o1", "XYZ", "BUY", 1)
+        assert held(sc).kept == {FIELD: UNSIGNED_LIFT}

@@ -80,6 +80,10 @@ class ReadApplier(NoticeListener):
                 self._wake.set()  # confirm on the very next round trip, not a flush later
 
     @property
+    def _enforced(self) -> set[str]:
+        return {s.field for s in self.held.scopes.active}
+
+    @property
     def scopes(self) -> Scopes:
         """The scoped kills this host enforces (a read's, plus those kept without a lift)."""
         return self.held.scopes
@@ -87,7 +91,9 @@ class ReadApplier(NoticeListener):
     def _apply_scopes(self, read: Scopes) -> None:
         """Enforce the scoped kills read; a version below one applied is never a lift, and a
         scope gone from the read stays enforced unless the read proves its signed lift."""
-        if read.ver == self.scopes.ver:
+        if read.ver == self.scopes.ver and {s.field for s in read.active} <= self._enforced:
+            # Same version, nothing new to close. (Redis that lost the hash can reach this
+            # version again with other scopes: those are applied, closing needs no proof.)
             return
         if newer(self.scopes, read) is self.scopes:
             if not self._scope_regressed:
