@@ -47,7 +47,7 @@ class OnKill:
         self.term_wait = term_wait
         self.epoch = 0  # the kill epoch the command last ran for
         self.status = ""  # its outcome (see the module docstring)
-        self.pids: dict[int, int] = {}  # epoch -> pid (= process group) of a running command
+        self.pid: int | None = None  # pid (= process group) of the last command started
         self._runs: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
@@ -65,6 +65,11 @@ class OnKill:
     @property
     def running(self) -> bool:
         return bool(self._runs)
+
+    @property
+    def stopping(self) -> bool:
+        """`close()` began: running commands are in their grace and no new one starts."""
+        return self._stopping.is_set()
 
     async def close(self) -> bool:
         """Let running commands finish within the grace, end the rest; True if any ran."""
@@ -88,15 +93,13 @@ class OnKill:
         except OSError as e:
             status, pid = f"error: {e.strerror or e}", None
         else:
-            self.pids[epoch] = pid = proc.pid
+            self.pid = pid = proc.pid
             try:
                 status = await self._outcome(proc)
             except asyncio.CancelledError:
-                _signal_group(proc.pid, signal.SIGKILL)  # never leave it behind
+                _signal_group(pid, signal.SIGKILL)  # never leave it behind
                 await self._reap(proc)
                 raise
-            finally:
-                self.pids.pop(epoch, None)
         if epoch == self.epoch:
             self.status = status
         self.log.info("ON_KILL", epoch=epoch, status=status, pid=pid)
@@ -155,10 +158,26 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether any live process is in group `pgid`. Zombies do not count: a sidecar that is a
+    container's PID 1 inherits the group's orphans and never reaps them."""
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        entries = os.listdir("/proc")
+    except OSError:  # no procfs: ask the kernel (a zombie then counts as alive)
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
+    return any(name.isdigit() and _live_member(name, pgid) for name in entries)
+
+
+def _live_member(pid: str, pgid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:  # it went while we looked
+        return False
+    fields = stat[stat.rfind(b")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
+    return len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] not in (b"Z", b"X")
