@@ -22,6 +22,7 @@ from structlog.testing import CapturingLogger
 from killswitch.sidecar.onkill import ON_KILL_STOP_GRACE_S, OnKill
 from killswitch.sidecar.service import Sidecar
 from killswitch.sidecar.settings import SidecarSettings
+from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.operators import OperatorKeys, signed_store_arm
 from killswitch.store.store import Store
 from killswitch.testing import Fleet, wait_until, wait_until_async
@@ -250,6 +251,33 @@ class TestSidecarStop:
         report = store.keys.host(HOST).report
         fields = await redis.hmget(report, "on_kill_epoch", "on_kill_status")
         assert fields == [str(res.epoch), "exit 0"]
+
+    async def test_stop_ends_with_redis_gone(
+        self, own_redis: EmbeddedRedis, node: str, tmp_path: Path, operator_keys: OperatorKeys
+    ) -> None:
+        """With Redis gone the stop still ends the command and the sidecar, and logs that the
+        outcome could not be reported."""
+        redis = Redis.from_url(own_redis.url, decode_responses=True)
+        try:
+            store = Store(redis, node)
+            await signed_store_arm(store, operator_keys, reason="open", roster=[HOST])
+            marker = tmp_path / "pids"
+            sc, log = await started(
+                node, tmp_path, operator_keys, redis, slow_cmd(marker), on_kill_grace=0.0
+            )
+            try:
+                await store.kill(actor="op", reason="r", cause="manual", floor=1)
+                await wait_until_async(marker.exists, 30, what="the on-kill command started")
+                own_redis.stop()
+            finally:
+                await sc.stop()
+        finally:
+            await redis.aclose()
+        shell, child = pids(marker)
+        assert group_members(shell) == [] and not live(child)
+        assert sc.notify.on_kill_status == "interrupted"
+        assert len(events(log, "ON_KILL_NOT_REPORTED")) == 1
+        assert len(events(log, "sidecar_stopped")) == 1
 
 
 async def _field(redis: Redis, key: str, name: str, want: str) -> bool:

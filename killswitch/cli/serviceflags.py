@@ -78,7 +78,7 @@ def sidecar_flags(s: argparse.ArgumentParser) -> None:
         "--on-kill-grace", type=float, metavar="S",
         help="seconds a running --on-kill command may still finish when the sidecar stops "
         "(default 10, at most 30; never past its timeout). Give the service manager's stop "
-        "timeout at least this plus 3 s",
+        "timeout at least this plus 5 s",
     )  # fmt: skip
     s.add_argument(
         "--attest",

@@ -194,19 +194,22 @@ class Sidecar(ReadApplier):
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
-        if await self.notify.close():  # a running on-kill command is seen out first
-            await self._report_on_kill()
+        await self.notify.close()  # a running on-kill command is seen out first
+        await self._report_on_kill()
         await self._server.stop()
         if self._metrics:
             await self._metrics.stop()
         self.log.info("sidecar_stopped")
 
     async def _report_on_kill(self) -> None:
-        """Best effort: the stopped on-kill command's outcome into the host's last report, so
-        the aggregator does not show it `running` for good (the lease is not renewed)."""
+        """Best effort, if no round trip reported it: the on-kill outcome into the host's last
+        report, so the aggregator does not show `running` for good (no lease is renewed)."""
+        fields, acked = self.notify.on_kill_fields(), self._acked_report
+        if not self.notify.on_kill_epoch or (acked and set(fields) <= set(acked.extra)):
+            return
         try:
             async with asyncio.timeout(self.s.stale_after):
-                await self.store.report_fields(self.s.host, self.notify.on_kill_fields())
+                await self.store.report_fields(self.s.host, fields)
         except Exception as e:
             self.log.warning("ON_KILL_NOT_REPORTED", error=scrub(f"{type(e).__name__}: {e}"))
 
