@@ -111,14 +111,14 @@ class TestOnKill:
     async def test_a_child_deaf_to_sigterm_gets_sigkill(self, tmp_path: Path) -> None:
         """A child that ignores SIGTERM is SIGKILLed after the term wait, and that is logged."""
         marker, log = tmp_path / "pids", CapturingLogger()
-        ok = OnKill(slow_cmd(marker, deaf_child=True), os.environ, log, grace=0.0, term_wait=0.2)
+        ok = OnKill(slow_cmd(marker, deaf_child=True), os.environ, log, grace=0.0, term_wait=1.0)
         ok.start(3)
         await wait_until_async(marker.exists, 30, what="the command started its deaf child")
         shell, child = pids(marker)
         await ok.close()
         assert ok.status == "interrupted"
         assert group_members(shell) == [] and not live(child)
-        assert events(log, "ON_KILL_SIGKILL") == [{"pid": shell, "after_s": 0.2}]
+        assert events(log, "ON_KILL_SIGKILL") == [{"pid": shell, "after_s": 1.0}]
 
     async def test_stop_within_the_grace_lets_the_command_finish(self, tmp_path: Path) -> None:
         """A command that finishes during the grace is not ended: its outcome is `exit 0`."""
@@ -147,6 +147,18 @@ class TestOnKill:
         if marker.exists():  # the shell got as far as starting its child
             assert not any(live(p) for p in pids(marker))
         assert await ok.close() is False
+
+    async def test_the_grace_never_runs_past_the_timeout(self, tmp_path: Path) -> None:
+        """Stopped with a grace longer than what is left of its timeout, the command is ended
+        at its timeout, and the outcome says `timeout`."""
+        marker, log = tmp_path / "pids", CapturingLogger()
+        ok = OnKill(slow_cmd(marker), os.environ, log, grace=30.0, timeout=1.0)
+        ok.start(9)
+        await wait_until_async(marker.exists, 30, what="the command started its child")
+        await ok.close()
+        assert ok.status == "timeout"
+        assert not any(live(p) for p in pids(marker))
+        assert [e["grace_s"] <= 1.0 for e in events(log, "ON_KILL_GRACE")] in ([], [True])
 
     async def test_a_later_kill_runs_again_and_an_earlier_one_does_not(
         self, tmp_path: Path

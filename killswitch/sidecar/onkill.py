@@ -94,6 +94,7 @@ class OnKill:
             status, pid = f"error: {e.strerror or e}", None
         else:
             self.pid = pid = proc.pid
+            self.log.info("ON_KILL_STARTED", epoch=epoch, pid=pid)
             try:
                 status = await self._outcome(proc)
             except asyncio.CancelledError:
@@ -118,6 +119,10 @@ class OnKill:
             outcome = "timeout"
             if self._stopping.is_set():
                 grace_end = min(timeout_at, loop.time() + self.grace)
+                # Says why a stop waits, and for what: an operator may be watching it.
+                self.log.warning(
+                    "ON_KILL_GRACE", pid=proc.pid, grace_s=round(grace_end - loop.time(), 3)
+                )
                 await asyncio.wait({exited}, timeout=max(0.0, grace_end - loop.time()))
                 if exited.done():
                     return f"exit {exited.result()}"
@@ -132,18 +137,24 @@ class OnKill:
         """SIGTERM the command's process group, wait for all of it, SIGKILL what is left."""
         pgid = proc.pid
         _signal_group(pgid, signal.SIGTERM)
+        if await self._gone(proc, pgid):
+            return
+        self.log.warning("ON_KILL_SIGKILL", pid=pgid, after_s=self.term_wait)
+        _signal_group(pgid, signal.SIGKILL)
+        if not await self._gone(proc, pgid):  # stuck in the kernel: a stop must still end
+            self.log.error("ON_KILL_NOT_ENDED", pid=pgid, after_s=2 * self.term_wait)
+
+    async def _gone(self, proc: asyncio.subprocess.Process, pgid: int) -> bool:
+        """Whether, within the term wait, the command is reaped and its whole group gone."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.term_wait):
                 await proc.wait()
                 # The shell's children got the signal too; no event says when the last goes.
                 while True:
                     if not _group_alive(pgid):
-                        break
+                        return True
                     await asyncio.sleep(_POLL_S)
-        if _group_alive(pgid):
-            self.log.warning("ON_KILL_SIGKILL", pid=pgid, after_s=self.term_wait)
-            _signal_group(pgid, signal.SIGKILL)
-        await self._reap(proc)
+        return False
 
     async def _reap(self, proc: asyncio.subprocess.Process) -> None:
         # Bounded: a process stuck in the kernel may not die even on SIGKILL; a stop must end.
