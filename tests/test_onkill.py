@@ -32,9 +32,11 @@ HOST = "or-01"
 
 def slow_cmd(marker: Path, *, deaf_child: bool = False) -> str:
     """A shell that starts a child `sleep`, writes "<shell pid> <child pid>" to `marker` and
-    waits on it; a deaf child ignores SIGTERM (only SIGKILL ends it)."""
+    waits on it; a deaf child ignores SIGTERM (only SIGKILL ends it) from the moment it
+    creates `<marker>.deaf`."""
     m = shlex.quote(str(marker))
-    child = "(trap '' TERM; exec sleep 1000) &" if deaf_child else "sleep 1000 &"
+    deaf = shlex.quote(f"{marker}.deaf")
+    child = f"(trap '' TERM; touch {deaf}; exec sleep 1000) &" if deaf_child else "sleep 1000 &"
     return f'{child} echo "$$ $!" > {m}.tmp && mv {m}.tmp {m}; wait'
 
 
@@ -113,7 +115,10 @@ class TestOnKill:
         marker, log = tmp_path / "pids", CapturingLogger()
         ok = OnKill(slow_cmd(marker, deaf_child=True), os.environ, log, grace=0.0, term_wait=1.0)
         ok.start(3)
-        await wait_until_async(marker.exists, 30, what="the command started its deaf child")
+        deaf = marker.with_name("pids.deaf")
+        await wait_until_async(
+            lambda: marker.exists() and deaf.exists(), 30, what="the deaf child ignores SIGTERM"
+        )
         shell, child = pids(marker)
         await ok.close()
         assert ok.status == "interrupted"
