@@ -64,6 +64,19 @@ class TestRule:
         )
         assert got is due
 
+    @pytest.mark.parametrize(
+        ("last", "due"),
+        [(9.5, False), (9.25, True), (9.125, True)],
+        ids=["below", "at-threshold", "above"],
+    )
+    def test_trip_due_threshold(self, last: float, due: bool) -> None:
+        """An idle trip is due once exactly `every` less half a flush interval has passed
+        (the values are exact in binary, so the boundary itself is tested)."""
+        got = trip_due(
+            now=10.0, last_trip=last, moved=False, woken=False, flush_interval=0.5, every=1.0
+        )
+        assert got is due
+
     @given(
         flush=st.floats(0.01, 5.0),
         stale=st.floats(0.05, 120.0),
