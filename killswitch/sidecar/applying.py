@@ -23,7 +23,7 @@ class ReadApplier(NoticeListener):
     attest: AttestLoop
     confirmed: tuple[int, int]
     regressions: int
-    held: Held
+    scope_held: Held
     arms: ArmCheck
     _attest_refusal: str
     _local_problem: str
@@ -81,12 +81,12 @@ class ReadApplier(NoticeListener):
 
     @property
     def _enforced(self) -> set[str]:
-        return {s.field for s in self.held.scopes.active}
+        return {s.field for s in self.scope_held.scopes.active}
 
     @property
     def scopes(self) -> Scopes:
         """The scoped kills this host enforces (a read's, plus those kept without a lift)."""
-        return self.held.scopes
+        return self.scope_held.scopes
 
     def _apply_scopes(self, read: Scopes) -> None:
         """Enforce the scoped kills read; a version below one applied is never a lift, and a
@@ -101,15 +101,15 @@ class ReadApplier(NoticeListener):
             self._scope_regressed = True
             return
         self._scope_regressed = False
-        held = enforce(self.held, read, self.arms.lift)
+        held = enforce(self.scope_held, read, self.arms.lift)
         for scope, why in sorted(held.kept.items()):
-            if self.held.kept.get(scope) != why:
+            if self.scope_held.kept.get(scope) != why:
                 self.log.error(
                     "SCOPE_KEPT_UNSIGNED_LIFT", scope=scope, reason=why, scope_ver=read.ver
                 )
         isolated, symbols = held.scopes.for_host(self.s.host)
         self.gate.set_scope(isolated, symbols, read.ver)
         self.log.info("SCOPE", scope_ver=read.ver, host_killed=isolated, symbols=sorted(symbols))
-        self.held = held
+        self.scope_held = held
         self.notify.changed()
         self._wake.set()  # report the applied version on the very next round trip

@@ -32,7 +32,7 @@ class _Sidecar(Protocol):
     @property
     def log(self) -> Any: ...
     @property
-    def held(self) -> Held: ...
+    def scope_held(self) -> Held: ...
 
 
 class StateNotifier:
@@ -115,7 +115,7 @@ class StateNotifier:
             ("limits_digest", self.sc.s.limits_digest),
             ("scope_ver", str(self.sc.gate.scope_ver)),
             # scopes still enforced although Redis no longer lists them (no verified lift)
-            ("scope_kept", " ".join(sorted(self.sc.held.kept))),
+            ("scope_kept", " ".join(sorted(self.sc.scope_held.kept))),
         )
 
     def on_kill_fields(self) -> tuple[tuple[str, str], ...]:

@@ -123,7 +123,7 @@ class Sidecar(ReadApplier):
         self.loop_errors = 0  # sync iterations that failed for any reason but Redis
         self._loop_problem = ""  # why the last sync iteration failed ("" once one succeeds)
         self.notify = StateNotifier(self, self._server)
-        self.held = Held()  # the scoped kills enforced, and what this host knows of them
+        self.scope_held = Held()  # the scoped kills enforced, and what this host knows of them
         self._scope_regressed = False
         self.registry = registry if registry is not None else CollectorRegistry()
         self._rtt = Histogram(
