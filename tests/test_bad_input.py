@@ -81,6 +81,8 @@ BAD_SIDECAR = [
     (["--socket-group", "no-such-group-here"], 2, ["socket-group", "no such group"]),
     (["--max-conns", "0"], 2, ["max-conns"]),
     (["--line-timeout", "1e309"], 2, ["line-timeout"]),
+    (["--on-kill-grace", "31"], 2, ["on-kill-grace", "31", "0..30"]),
+    (["--on-kill-grace", "-1"], 2, ["on-kill-grace", "0..30"]),
 ]
 
 

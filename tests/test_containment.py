@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis as SyncRedis
 
 from killswitch.sim.embedded import free_port
+from killswitch.store.keys import NodeKeys
 from killswitch.testing import Fleet, GateClient, wait_until
 
 HOSTS = ["or-01", "or-02"]
@@ -310,6 +312,28 @@ class TestScopedKills:
         assert lifted["confirmed"] == HOSTS3, lifted
         for h in HOSTS3:
             assert order(fleet3, h, "b", "AAPL") == f"ALLOW b {epoch}"
+
+    def test_stray_lift_keeps_the_host_killed(self, fleet3: Fleet) -> None:
+        """A raw HDEL of a host scope plus HINCRBY of `_ver` (no signed lift) leaves that host
+        sidecar process blocking, and `status` (human and JSON) names the scope it keeps."""
+        epoch = fleet3.cli_json("status")[1]["epoch"]
+        assert fleet3.cli_json("kill", "--host", "or-02", "--reason", "haunted")[0] == 0
+        scopes = NodeKeys(fleet3.node).scopes
+        with (
+            SyncRedis.from_url(fleet3.redis_url, decode_responses=True) as r,
+            r.pipeline(transaction=True) as p,
+        ):
+            p.hdel(scopes, "host:or-02").hincrby(scopes, "_ver", 1)
+            p.execute()
+
+        def kept() -> list[str]:
+            return list(fleet3.cli_json("status")[1]["hosts"]["or-02"]["scope_kept"])
+
+        wait_until(lambda: kept() == ["host:or-02"], timeout=10, what="or-02 keeps its scope")
+        assert fleet3.cli_json("status")[1]["scopes"] == []
+        assert "still enforces host:or-02: no signed lift" in fleet3.cli("status").stdout
+        assert order(fleet3, "or-02", "x") == f"BLOCK x {epoch} killed"
+        assert order(fleet3, "or-01", "y") == f"ALLOW y {epoch}"
 
     def test_unknown_host_is_refused(self, fleet3: Fleet) -> None:
         """kill --host of a host that is not on the roster is a usage error and changes nothing."""

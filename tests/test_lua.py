@@ -612,6 +612,22 @@ class TestFlushLuaCounts:
         assert len(res) == 12
         assert dict(zip(res[8::2], res[9::2], strict=True)) == {"_ver": "2", "host:or-01": "{}"}
 
+    async def test_reply_carries_lift_proofs_while_the_host_lags(
+        self, redis: Redis, k: NodeKeys
+    ) -> None:
+        """A host reporting a scopes version other than the stored one gets the lift proofs."""
+        await redis.hset(k.scopes, mapping={"_ver": "3", "lift:host:or-01": "P"})
+        res = await flush(redis, k, extra=["scope_ver", "2"])
+        assert dict(zip(res[8::2], res[9::2], strict=True)) == {
+            "_ver": "3", "lift:host:or-01": "P",
+        }  # fmt: skip
+
+    async def test_reply_omits_lift_proofs_once_applied(self, redis: Redis, k: NodeKeys) -> None:
+        """A host that reports the stored scopes version gets the scopes without the proofs."""
+        await redis.hset(k.scopes, mapping={"_ver": "3", "lift:host:or-01": "P", "symbol:X": "{}"})
+        res = await flush(redis, k, extra=["scope_ver", "3"])
+        assert dict(zip(res[8::2], res[9::2], strict=True)) == {"_ver": "3", "symbol:X": "{}"}
+
     async def test_reply_without_scopes_ends_after_the_state(
         self, redis: Redis, k: NodeKeys
     ) -> None:
@@ -781,15 +797,26 @@ class TestScopeLua:
         assert len(await chained(redis, k)) == 2
 
     async def test_lift_of_an_active_scope(self, redis: Redis, k: NodeKeys, events: PubSub) -> None:
-        """Arming an active scope removes it at a new version, audited with its approvers."""
+        """Arming an active scope removes it at a new version and leaves its signed proof for the
+        hosts to verify, audited with its approvers."""
         await scope(redis, k, "kill")
         res = await scope(redis, k, "arm")
         assert res[:2] == ["1", "2"]
-        assert await redis.hgetall(k.scopes) == {"_ver": "2"}
+        assert await redis.hgetall(k.scopes) == {"_ver": "2", f"lift:host:{HOST}": "P"}
         entries = await chained(redis, k)
         assert (entries[1]["action"], entries[1]["approvers"]) == ("arm_host", "alice,bob")
         assert (entries[1]["state"], entries[1]["epoch"]) == ("", "0")
         assert await published(redis, events, k) == [(k.events, "SCOPE 1"), (k.events, "SCOPE 2")]
+
+    async def test_kill_after_a_lift_removes_its_proof(self, redis: Redis, k: NodeKeys) -> None:
+        """A new kill of a lifted scope drops the lift's proof: it lifts an older kill."""
+        await scope(redis, k, "kill")
+        await scope(redis, k, "arm")
+        await scope(redis, k, "kill", "symbol", "XYZ")
+        assert await redis.hget(k.scopes, f"lift:host:{HOST}") == "P"  # another scope's kill
+        await scope(redis, k, "kill")
+        assert await redis.hget(k.scopes, f"lift:host:{HOST}") is None
+        assert await redis.hexists(k.scopes, f"host:{HOST}")
 
     async def test_lift_of_an_absent_scope_changes_nothing(
         self, redis: Redis, k: NodeKeys, events: PubSub

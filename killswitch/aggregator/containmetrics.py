@@ -42,7 +42,7 @@ def containment_metrics(
     failed = GaugeMetricFamily(
         "killswitch_host_on_kill_failed",
         "1 when the host's --on-kill command (a venue mass-cancel) for the current kill exited "
-        "non-zero, timed out or could not start.",
+        "non-zero, timed out, was interrupted by a stop or could not start.",
         labels=["node", "host"],
     )
     for h in roster:

@@ -140,6 +140,9 @@ def _hosts(rep: dict[str, Any]) -> list[str]:
             line += f"  ! {escape(s['regression'])}"
         if s.get("proof"):
             line += f"  ! arm not accepted: {escape(s['proof'])}"
+        if s.get("scope_kept"):
+            kept = escape(" ".join(s["scope_kept"]))
+            line += f"  ! still enforces {kept}: no signed lift it could verify"
         out.append(line)
     return out
 

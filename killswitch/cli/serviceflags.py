@@ -70,9 +70,17 @@ def sidecar_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--on-kill",
         metavar="CMD",
-        help="shell command run once per kill epoch (e.g. a venue mass-cancel); its exit "
-        "status is reported in status --json",
+        help="shell command run once per kill epoch (e.g. a venue mass-cancel), in a process "
+        "group of its own; its result (exit N, timeout after 30 s, interrupted) is reported in "
+        "status --json. On stop a running command gets --on-kill-grace to finish, then its "
+        "whole group gets SIGTERM and, 2 s later, SIGKILL",
     )
+    s.add_argument(
+        "--on-kill-grace", type=float, metavar="S",
+        help="seconds a running --on-kill command may still finish when the sidecar stops "
+        "(default 10, at most 30; never past its timeout). Give the service manager's stop "
+        "timeout at least this plus 5 s",
+    )  # fmt: skip
     s.add_argument(
         "--attest",
         action="append",

@@ -64,6 +64,7 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         limits=limits,
         limits_digest=limits_digest,
         on_kill=r.get("on-kill", "", str),
+        on_kill_grace=r.get("on-kill-grace", 10.0, bounded("on-kill-grace")),
         attest=tuple(r.get("attest", [], str_list)),
         attest_interval=r.get("attest-interval", 2.0, bounded("attest-interval")),
         extra={"warnings": warnings},

@@ -34,6 +34,7 @@ WRONG_NODE = "wrong_node"
 WRONG_EPOCH = "wrong_epoch"  # signed for another epoch: a replay
 UNLISTED = "unlisted"  # the signed roster does not list this host
 NO_OPERATORS = "no_operators"  # this process has no operators file: it cannot verify
+WRONG_SCOPE = "wrong_scope"  # a lift signed for another scope (or a node arm)
 
 
 class ProofError(ValueError):
@@ -206,6 +207,20 @@ def node_refusal(verdict: Verdict, node: str, epoch: int) -> tuple[str, str]:
         return WRONG_NODE, f"signed for node {req.node!r} scope {req.scope!r}"
     if req.epoch != epoch:
         return WRONG_EPOCH, f"signed for epoch {req.epoch}, the state says {epoch}"
+    return "", ""
+
+
+def lift_refusal(verdict: Verdict, node: str, scope: str) -> tuple[str, str]:
+    """Why a proof does not lift scoped kill `scope` ("host:<H>"/"symbol:<S>") on `node`:
+    (word, detail); ("", "") when two operators signed exactly that lift."""
+    if not verdict.ok:
+        return verdict.refusal, verdict.detail
+    req = verdict.request
+    assert req is not None
+    if req.node != node:
+        return WRONG_NODE, f"signed for node {req.node!r}"
+    if req.scope != scope:
+        return WRONG_SCOPE, f"signed for scope {req.scope!r}"
     return "", ""
 
 

@@ -50,6 +50,8 @@ class HostStatus:
     release: str = ""  # the release the host last attested ("" none)
     files: str = ""  # `path digest` lines of its attested files
     attest: str = ""  # which attested file it cannot read ("" none)
+    # scoped kills it still enforces though Redis no longer lists them (no verified lift)
+    scope_kept: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -74,6 +76,7 @@ class HostStatus:
             "release": self.release,
             "files": dict(line.rsplit(" ", 1) for line in self.files.splitlines() if " " in line),
             "attest": self.attest,
+            "scope_kept": list(self.scope_kept),
         }
 
 
@@ -158,6 +161,7 @@ def host_status(
         release=report.get("release", "")[:MAX_RELEASE],
         files="\n".join(report.get("files", "")[:MAX_FILES_TEXT].splitlines()[:MAX_FILES]),
         attest=report.get("attest", "")[:MAX_ATTEST] if alive else "",
+        scope_kept=tuple(report.get("scope_kept", "")[:MAX_FILES_TEXT].split()[:MAX_FILES]),
     )
 
 

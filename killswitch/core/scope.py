@@ -3,20 +3,25 @@
 Pure: it reads the scopes hash as plain strings and returns what one host must enforce.
 The hash holds `_ver` (grows with every scoped kill and every scoped arm, so a host can
 prove it applied a given change) and one field per active scope, `host:<H>` or
-`symbol:<S>`, whose value is a JSON object (ver, ts_ms, actor, reason). A host never
-lifts a scope because the hash went backwards: a lower `_ver` than it has seen is ignored.
+`symbol:<S>`, whose value is a JSON object (ver, ts_ms, actor, reason), and for each scope
+lifted by two operators `lift:<kind>:<value>`, the signed proof of that lift. A host never
+lifts a scope because the hash went backwards (a lower `_ver` than it has seen is ignored),
+nor because a field vanished: only a verified lift proof removes a scope it enforces.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 KINDS = ("host", "symbol")
 _SYMBOL = re.compile(r"[\x21-\x7e]{1,64}")  # as the gate protocol accepts a symbol
 VER = "_ver"
+LIFT = "lift:"  # prefix of the field holding the signed proof of a scope's lift
+UNSIGNED_LIFT = "unsigned"  # a scope gone from the hash with no proof of its lift
+REPLAYED_LIFT = "replayed"  # a proof that lifts an older kill of the scope than the host saw
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,7 @@ class Scopes:
     active: tuple[Scope, ...] = ()
     hosts: frozenset[str] = field(default_factory=frozenset)
     symbols: frozenset[str] = field(default_factory=frozenset)
+    lifts: Mapping[str, str] = field(default_factory=dict)  # scope field -> proof text
 
     def for_host(self, host: str) -> tuple[bool, frozenset[str]]:
         """What `host` enforces: (the host itself is killed, the symbols blocked on it)."""
@@ -58,7 +64,11 @@ def parse_scopes(h: Mapping[str, str]) -> Scopes:
     except ValueError:
         ver = 0
     active = []
+    lifts: dict[str, str] = {}
     for key, raw in sorted(h.items()):
+        if key.startswith(LIFT):
+            lifts[key.removeprefix(LIFT)] = raw
+            continue
         kind, sep, value = key.partition(":")
         if not sep or kind not in KINDS or not value:
             continue
@@ -74,11 +84,17 @@ def parse_scopes(h: Mapping[str, str]) -> Scopes:
                 str(d.get("actor", "")), str(d.get("reason", "")),
             )
         )  # fmt: skip
+    return _scopes(ver, active, lifts)
+
+
+def _scopes(ver: int, active: list[Scope], lifts: Mapping[str, str]) -> Scopes:
+    active = sorted(active, key=lambda s: s.field)
     return Scopes(
         ver,
         tuple(active),
         frozenset(s.value for s in active if s.kind == "host"),
         frozenset(s.value for s in active if s.kind == "symbol"),
+        dict(lifts),
     )
 
 
@@ -89,6 +105,47 @@ def valid_symbol(s: str) -> bool:
 def newer(seen: Scopes, read: Scopes) -> Scopes:
     """The scopes a host keeps after a read: never an older version than it has applied."""
     return read if read.ver >= seen.ver else seen
+
+
+# (scope field, proof text) -> (the scopes `_ver` the proof lifts, "" when two operators
+# signed the lift of exactly that field on this node; else why not, a refusal word)
+LiftCheck = Callable[[str, str], tuple[int, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What a host enforces, with what it alone knows about each scope (never from Redis)."""
+
+    scopes: Scopes = field(default_factory=Scopes)
+    # scope field -> the highest `_ver` of a read that listed it: a lift signed against an
+    # older version is a replay of an earlier lift, never the lift of this kill
+    since: Mapping[str, int] = field(default_factory=dict)
+    kept: Mapping[str, str] = field(default_factory=dict)  # field -> why its lift is refused
+
+
+def enforce(held: Held, read: Scopes, check: LiftCheck) -> Held:
+    """The scopes a host enforces after a read at least as new as the one it applied.
+
+    Every scope the read lists, plus every scope held that the read lacks unless the read
+    carries a proof, signed by two operators, of its lift at a `_ver` at least as new as any
+    read that listed it. Closing needs no proof; opening does.
+    """
+    since = {s.field: max(held.since.get(s.field, 0), read.ver) for s in read.active}
+    active = list(read.active)
+    kept: dict[str, str] = {}
+    for s in held.scopes.active:
+        if s.field in since:
+            continue
+        floor = held.since.get(s.field, 0)
+        proof = read.lifts.get(s.field)
+        lifted, why = check(s.field, proof) if proof is not None else (0, UNSIGNED_LIFT)
+        if not why and lifted < floor:
+            why = REPLAYED_LIFT
+        if why:
+            active.append(s)
+            since[s.field] = floor
+            kept[s.field] = why
+    return Held(_scopes(read.ver, active, read.lifts), since, kept)
 
 
 def proven(

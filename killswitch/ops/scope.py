@@ -182,6 +182,12 @@ async def _prove(
             snap = await store.snapshot()
             stored_ver = parse_scopes(snap.scopes).ver
             done, missing = proven(kind, value, ver, snap.roster, _applied(snap), stored_ver)
+            if what == "lifted":  # a host that kept the scope (no verified lift) proves no lift
+                kept = _kept(snap, f"{kind}:{value}")
+                done, missing = (
+                    [h for h in done if h not in kept],
+                    missing + [h for h in done if h in kept],
+                )
             left = deadline - time.monotonic()
             if not missing or left <= 0:
                 break
@@ -205,6 +211,12 @@ async def _prove(
         if lost
         else ""
     )
+    kept = _kept(snap, f"{kind}:{value}") if what == "lifted" else []
+    if kept:
+        why += (
+            f" ({', '.join(kept)} still enforces it: it verified no signed lift newer than "
+            "the kill it saw; kill the scope again, then arm it)"
+        )
     return Outcome(
         EXIT_UNCONFIRMED,
         report,
@@ -222,3 +234,10 @@ def _applied(snap: NodeSnapshot) -> dict[str, int]:
         except ValueError:
             out[h] = 0
     return out
+
+
+def _kept(snap: NodeSnapshot, field: str) -> list[str]:
+    """The hosts that report enforcing `field` although it was lifted without their proof."""
+    return sorted(
+        h for h, rep in snap.reports.items() if field in rep.get("scope_kept", "").split()
+    )

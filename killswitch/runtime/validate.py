@@ -64,6 +64,7 @@ BOUNDS: dict[str, Bound] = {
     "limit-window": Bound(0.1, 3600.0, "s"),
     "limit-min-hosts": Bound(1, 10_000, whole=True),
     "attest-interval": Bound(0.1, 3600.0, "s"),  # checks for a changed size or mtime
+    "on-kill-grace": Bound(0.0, 30.0, "s"),  # never past the on-kill command's own 30 s timeout
 }
 
 

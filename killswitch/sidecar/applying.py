@@ -1,14 +1,16 @@
 """What the sidecar does with each round trip's read: the arm proven (signatures, then the
 release attested), the local record of the highest epoch, the new state applied to the gate,
-the scoped kills applied (never backwards), and each applied state confirmed.
+the scoped kills applied (never backwards, never lifted without a verified signed lift), and
+each applied state confirmed.
 
 `ReadApplier` declares the sidecar's state it uses, set up by `Sidecar`.
 """
 
 from __future__ import annotations
 
-from killswitch.core.scope import Scopes, newer
+from killswitch.core.scope import Held, Scopes, enforce, newer
 from killswitch.core.state import HostView, NodeState, unproven
+from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.notices import NoticeListener
 from killswitch.sidecar.settings import SidecarSettings
@@ -21,7 +23,8 @@ class ReadApplier(NoticeListener):
     attest: AttestLoop
     confirmed: tuple[int, int]
     regressions: int
-    scopes: Scopes
+    scope_held: Held
+    arms: ArmCheck
     _attest_refusal: str
     _local_problem: str
     _problem_epoch: int | None
@@ -76,9 +79,21 @@ class ReadApplier(NoticeListener):
             if new.state in (NodeState.ARMED, NodeState.KILLED):
                 self._wake.set()  # confirm on the very next round trip, not a flush later
 
+    @property
+    def _enforced(self) -> set[str]:
+        return {s.field for s in self.scope_held.scopes.active}
+
+    @property
+    def scopes(self) -> Scopes:
+        """The scoped kills this host enforces (a read's, plus those kept without a lift)."""
+        return self.scope_held.scopes
+
     def _apply_scopes(self, read: Scopes) -> None:
-        """Enforce the scoped kills read; a version below one applied is never a lift."""
-        if read.ver == self.scopes.ver:
+        """Enforce the scoped kills read; a version below one applied is never a lift, and a
+        scope gone from the read stays enforced unless the read proves its signed lift."""
+        if read.ver == self.scopes.ver and {s.field for s in read.active} <= self._enforced:
+            # Same version, nothing new to close. (Redis that lost the hash can reach this
+            # version again with other scopes: those are applied, closing needs no proof.)
             return
         if newer(self.scopes, read) is self.scopes:
             if not self._scope_regressed:
@@ -86,9 +101,15 @@ class ReadApplier(NoticeListener):
             self._scope_regressed = True
             return
         self._scope_regressed = False
-        isolated, symbols = read.for_host(self.s.host)
+        held = enforce(self.scope_held, read, self.arms.lift)
+        for scope, why in sorted(held.kept.items()):
+            if self.scope_held.kept.get(scope) != why:
+                self.log.error(
+                    "SCOPE_KEPT_UNSIGNED_LIFT", scope=scope, reason=why, scope_ver=read.ver
+                )
+        isolated, symbols = held.scopes.for_host(self.s.host)
         self.gate.set_scope(isolated, symbols, read.ver)
         self.log.info("SCOPE", scope_ver=read.ver, host_killed=isolated, symbols=sorted(symbols))
-        self.scopes = read
+        self.scope_held = held
         self.notify.changed()
         self._wake.set()  # report the applied version on the very next round trip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from killswitch.core.armproof import Verdict, gate_refusal, verify_proof
+from killswitch.core.armproof import Verdict, gate_refusal, lift_refusal, verify_proof
 from killswitch.core.sshsig import Operators
 from killswitch.core.state import HostView, NodeState, unproven
 
@@ -23,6 +23,7 @@ class ArmCheck:
         self.verifications = 0
         self.refused = 0
         self._last_refusal: tuple[int, str] = (0, "")
+        self._lifts: dict[str, Verdict] = {}  # proof text -> verdict: each lift verified once
 
     def hold(self, digest: str, proof: str) -> None:
         """A proof whose digest differs from the held one: verified at the next ARMED read."""
@@ -45,3 +46,15 @@ class ArmCheck:
             self._last_refusal = (new.epoch, "")
             self.log.info("ARM_VERIFIED", epoch=new.epoch, operators=list(self._verdict.principals))
         return unproven(new, refusal)
+
+    def lift(self, scope: str, proof: str) -> tuple[int, str]:
+        """(the scopes version a proof lifts, "" when two operators signed the lift of exactly
+        `scope` on this node, else the refusal word): `core.scope.LiftCheck`."""
+        verdict = self._lifts.get(proof)
+        if verdict is None:
+            if len(self._lifts) >= 64:  # stale proofs of long-lifted scopes: verify again
+                self._lifts.clear()
+            verdict = self._lifts[proof] = verify_proof(self.operators, proof)
+            self.verifications += 1
+        refusal, _ = lift_refusal(verdict, self.node, scope)
+        return (verdict.request.scope_ver if verdict.request else 0), refusal

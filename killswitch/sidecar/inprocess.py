@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from killswitch.core.gate import Gate
 from killswitch.sidecar.notify import StateCallback
+from killswitch.sidecar.onkill import ON_KILL_TERM_WAIT_S
 from killswitch.sidecar.service import Sidecar
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.store.redisconn import connect
@@ -111,7 +112,8 @@ class SidecarThread:
     def stop(self) -> None:
         if self.sidecar is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self.sidecar._stop.set)
-            self._thread.join(timeout=10)
+            # A running --on-kill command is given its grace and then ended (sidecar.onkill).
+            self._thread.join(timeout=10 + self.settings.on_kill_grace + 2 * ON_KILL_TERM_WAIT_S)
 
     def __enter__(self) -> SidecarThread:
         return self.start()

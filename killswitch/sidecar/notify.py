@@ -1,7 +1,7 @@
 """Tells trading processes the moment the state their gate enforces changes, and acts on kills.
 
 Three listeners of one event: `STATE` lines to the gate protocol's subscribers, in-process
-callbacks, and the `--on-kill` command (once per kill epoch). It never opens anything: it
+callbacks, and the `--on-kill` command (once per kill epoch, see `onkill`). It never opens anything: it
 only reports what the gate already enforces, so a slow or failing listener cannot delay a
 block. Callbacks run on the sidecar's event loop thread and must return quickly.
 """
@@ -9,19 +9,19 @@ block. Callbacks run on the sidecar's event loop thread and must return quickly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from killswitch.core.gate import Gate
 from killswitch.core.protocol import state_line
+from killswitch.core.scope import Held
 from killswitch.core.state import NodeState
 from killswitch.sidecar.gateserver import GateServer
+from killswitch.sidecar.onkill import OnKill
 from killswitch.sidecar.settings import SidecarSettings
 
 StateCallback = Callable[[NodeState, int, str], None]
-ON_KILL_TIMEOUT_S = 30.0  # a venue mass-cancel that hangs longer is reported as a timeout
 
 
 class _Sidecar(Protocol):
@@ -31,6 +31,8 @@ class _Sidecar(Protocol):
     def gate(self) -> Gate: ...
     @property
     def log(self) -> Any: ...
+    @property
+    def scope_held(self) -> Held: ...
 
 
 class StateNotifier:
@@ -41,10 +43,22 @@ class StateNotifier:
         self.server = server
         self.callbacks: list[StateCallback] = []
         self.last: tuple[NodeState, int] | None = None
-        self.on_kill_epoch = 0  # the kill epoch the on-kill command last ran for
-        self.on_kill_status = ""  # "running", "exit 0", "exit 3", "timeout", "error: ..."
+        s = sidecar.s
+        self.on_kill = OnKill(
+            s.on_kill, {**os.environ, "KILLSWITCH_NODE": s.node, "KILLSWITCH_HOST": s.host},
+            sidecar.log, grace=s.on_kill_grace,
+        )  # fmt: skip
         self._timer: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def on_kill_epoch(self) -> int:
+        """The kill epoch the on-kill command last ran for (0: never)."""
+        return self.on_kill.epoch
+
+    @property
+    def on_kill_status(self) -> str:
+        """Its outcome: "running", "exit N", "timeout", "interrupted", "error: ..."."""
+        return self.on_kill.status
 
     def subscribe(self, callback: StateCallback) -> None:
         """Call `callback(state, epoch, reason)` now and on every change (on the sidecar loop)."""
@@ -71,9 +85,7 @@ class StateNotifier:
         state, epoch = now
         if state is NodeState.KILLED:
             self.server.flat.killed(epoch, [*self.server.subscribers, *self.callbacks])
-            if self.sc.s.on_kill and epoch > self.on_kill_epoch:
-                self.on_kill_epoch = epoch
-                self._task = asyncio.get_running_loop().create_task(self._on_kill(epoch))
+            self.on_kill.start(epoch)
         elif state is NodeState.ARMED:
             self.server.flat.armed()
         self.server.publish(state_line(state, epoch))
@@ -92,36 +104,6 @@ class StateNotifier:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(gate.lease_left() + 0.001, self.changed)
 
-    async def _on_kill(self, epoch: int) -> None:
-        cmd = self.sc.s.on_kill
-        self.on_kill_status = "running"
-        env = dict(os.environ)
-        env.update(
-            KILLSWITCH_NODE=self.sc.s.node, KILLSWITCH_HOST=self.sc.s.host,
-            KILLSWITCH_EPOCH=str(epoch),
-        )  # fmt: skip
-        proc = None
-        try:
-            proc = await asyncio.create_subprocess_shell(
-                cmd,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-                env=env,
-            )
-            async with asyncio.timeout(ON_KILL_TIMEOUT_S):
-                rc = await proc.wait()
-            self.on_kill_status = f"exit {rc}"
-        except TimeoutError:
-            self.on_kill_status = "timeout"
-            if proc is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        except OSError as e:
-            self.on_kill_status = f"error: {e.strerror or e}"
-        self.sc.log.info("ON_KILL", epoch=epoch, status=self.on_kill_status)
-
     def report_fields(self) -> tuple[tuple[str, str], ...]:
         """What the host reports about its flatten proof, on-kill result and limits."""
         flat = self.server.flat
@@ -129,20 +111,23 @@ class StateNotifier:
             ("subscribers", str(len(self.server.subscribers))),
             ("flat_epoch", str(flat.flat_epoch)),
             ("flat_owed", str(flat.owed)),
-            ("on_kill_epoch", str(self.on_kill_epoch)),
-            ("on_kill_status", self.on_kill_status),
+            *self.on_kill_fields(),
             ("limits_digest", self.sc.s.limits_digest),
             ("scope_ver", str(self.sc.gate.scope_ver)),
+            # scopes still enforced although Redis no longer lists them (no verified lift)
+            ("scope_kept", " ".join(sorted(self.sc.scope_held.kept))),
         )
 
-    async def close(self) -> None:
+    def on_kill_fields(self) -> tuple[tuple[str, str], ...]:
+        return (("on_kill_epoch", str(self.on_kill_epoch)), ("on_kill_status", self.on_kill_status))
+
+    async def close(self) -> bool:
+        """Stop the lease timer and see a running on-kill command out (`OnKill.close`);
+        True if one was running, so its outcome is news to report."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        return await self.on_kill.close()
 
 
 def _reason(state: NodeState) -> str:

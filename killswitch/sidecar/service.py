@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 
 from killswitch.core.gate import LIMIT, Gate
 from killswitch.core.heartbeat import idle_every, trip_due
-from killswitch.core.scope import Scopes, parse_scopes
+from killswitch.core.scope import Held, parse_scopes
 from killswitch.core.state import NodeState, boot_view, observe
 from killswitch.core.version import __version__
 from killswitch.runtime import logs
@@ -123,7 +123,7 @@ class Sidecar(ReadApplier):
         self.loop_errors = 0  # sync iterations that failed for any reason but Redis
         self._loop_problem = ""  # why the last sync iteration failed ("" once one succeeds)
         self.notify = StateNotifier(self, self._server)
-        self.scopes = Scopes()
+        self.scope_held = Held()  # the scoped kills enforced, and what this host knows of them
         self._scope_regressed = False
         self.registry = registry if registry is not None else CollectorRegistry()
         self._rtt = Histogram(
@@ -186,8 +186,7 @@ class Sidecar(ReadApplier):
             return
         self._started = False
         self._stop.set()
-        self.gate.close()
-        await self.notify.close()
+        self.gate.close()  # and closed it stays: no round trip may reopen it from here on
         for t in self._tasks:
             t.cancel()
         self.report_skipped_blocks()  # the last counts, before the process goes
@@ -195,10 +194,24 @@ class Sidecar(ReadApplier):
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
+        await self.notify.close()  # a running on-kill command is seen out first
+        await self._report_on_kill()
         await self._server.stop()
         if self._metrics:
             await self._metrics.stop()
         self.log.info("sidecar_stopped")
+
+    async def _report_on_kill(self) -> None:
+        """Best effort, if no round trip reported it: the on-kill outcome into the host's last
+        report, so the aggregator does not show `running` for good (no lease is renewed)."""
+        fields, acked = self.notify.on_kill_fields(), self._acked_report
+        if not self.notify.on_kill_epoch or (acked and set(fields) <= set(acked.extra)):
+            return
+        try:
+            async with asyncio.timeout(self.s.stale_after):
+                await self.store.report_fields(self.s.host, fields)
+        except Exception as e:
+            self.log.warning("ON_KILL_NOT_REPORTED", error=scrub(f"{type(e).__name__}: {e}"))
 
     async def run(self) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.attest.rehash)

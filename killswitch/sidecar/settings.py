@@ -7,6 +7,7 @@ from typing import Any
 
 from killswitch.core.limits import Limits
 from killswitch.runtime.config import ListenAddr
+from killswitch.sidecar.onkill import ON_KILL_STOP_GRACE_S
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class SidecarSettings:
     limits: Limits | None = None  # local pre-trade limits (`--limits`); None: none
     limits_digest: str = ""  # sha256 of the limits file, reported with the host's release
     on_kill: str = ""  # shell command run once per kill epoch (`--on-kill`)
+    on_kill_grace: float = ON_KILL_STOP_GRACE_S  # on stop, seconds it may still finish
     attest: tuple[str, ...] = ()  # files or globs whose bytes are this host's release
     attest_interval: float = 2.0  # seconds between checks for changed attested files
     extra: dict[str, Any] = field(default_factory=dict)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -155,6 +155,11 @@ class Store(NodeReads, NodeWrites):
         import asyncio
 
         return asyncio.ensure_future(coro)
+
+    async def report_fields(self, host: str, fields: Sequence[tuple[str, str]]) -> None:
+        """Overwrite some fields of the host's last report without renewing its lease (a
+        stopping sidecar's last word on its on-kill command)."""
+        await self.redis.hset(self.keys.host(host).report, mapping=dict(fields))
 
     async def flush(self, host: str, r: FlushReport, version: str) -> FlushReply:
         """The sidecar's one round trip: report, maybe confirm, read the node state, the

@@ -76,7 +76,9 @@ LUA_MUTANTS: tuple[LuaMutant, ...] = (
     LuaMutant("flush_cancels_alone_no_flow", "flush", "or d_cancels > 0 then", "then"),
     LuaMutant("flush_new_boot_ignores_acked_cancels", "flush", "prev_cancels = tonumber(ARGV[24]) or 0", "prev_cancels = 0"),
     LuaMutant("flush_extra_without_extras", "flush", "if #ARGV >= 30 then", "if #ARGV >= 29 then"),
-    LuaMutant("flush_scopes_not_returned", "flush", "for _, x in ipairs(redis.call('HGETALL', ARGV[27])) do", "for _, x in ipairs({}) do"),
+    LuaMutant("flush_scopes_not_returned", "flush", "local scopes = redis.call('HGETALL', ARGV[27])", "local scopes = {}"),
+    LuaMutant("flush_lifts_always_sent", "flush", "if not (same and string.sub(scopes[i], 1, 5) == 'lift:') then", "if true then"),
+    LuaMutant("flush_lifts_never_sent", "flush", "if not (same and string.sub(scopes[i], 1, 5) == 'lift:') then", "if string.sub(scopes[i], 1, 5) ~= 'lift:' then"),
     LuaMutant("flush_held_without_hold", "flush", "if ARGV[19] ~= '0' and s[1] == 'KILLED'", "if s[1] == 'KILLED'"),
     LuaMutant("flush_held_any_state", "flush", "ARGV[19] ~= '0' and s[1] == 'KILLED' and", "ARGV[19] ~= '0' and"),
     LuaMutant("flush_held_any_epoch", "flush", "and s[2] == ARGV[19]", ""),
@@ -105,6 +107,8 @@ LUA_MUTANTS: tuple[LuaMutant, ...] = (
     # scope.lua
     LuaMutant("scope_lift_of_absent_changes", "scope", "if ARGV[1] == 'arm' and not exists then", "if false then"),
     LuaMutant("scope_lift_keeps_scope", "scope", "redis.call('HDEL', KEYS[1], field)", ""),
+    LuaMutant("scope_lift_without_proof", "scope", "redis.call('HSET', KEYS[1], 'lift:' .. field, ARGV[12])", ""),
+    LuaMutant("scope_kill_keeps_old_proof", "scope", "redis.call('HDEL', KEYS[1], 'lift:' .. field)", ""),
     LuaMutant("scope_no_notice", "scope", "redis.call('PUBLISH', ARGV[7], 'SCOPE ' .. ver)", ""),
     LuaMutant("scope_no_audit", "scope", "audit_append(KEYS[2], KEYS[4], entry)", ""),
     # prelude.lua (in front of kill, arm, roster, audit_event, scope): the chain, bounded reads

@@ -18,7 +18,9 @@
 --          the current arm ("" none: unsigned, bad_signature, unlisted, ...),
 --       30.. extra report fields as name, value pairs
 -- The proof (the last signed arm) is returned only when its digest differs from ARGV[28]:
--- the host verifies it once per change, never per order and never per round trip.
+-- the host verifies it once per change, never per order and never per round trip. Likewise
+-- the scopes' lift proofs (`lift:*` fields) are returned only when the scopes `_ver` differs
+-- from the `scope_ver` this host reports (in the extra fields): it acts on them only then.
 -- A held epoch means: a kill notice for it closed this host's gate before this call, and the
 -- host recorded (epoch, KILLED) in its local state first. A KILLED read at exactly that epoch
 -- is then confirmed in this same call: the host provably blocks and remembers it.
@@ -91,5 +93,16 @@ if confirm_epoch > 0 then
 end
 local out = {s[1] or '', s[2] or '0', s[3] or '0', s[4] or '', tostring(now), closed_confirm,
   digest, proof}
-for _, x in ipairs(redis.call('HGETALL', ARGV[27])) do table.insert(out, x) end
+local scopes = redis.call('HGETALL', ARGV[27])
+local applied = redis.call('HGET', KEYS[1], 'scope_ver')
+local same = false
+for i = 1, #scopes, 2 do
+  if scopes[i] == '_ver' then same = scopes[i + 1] == applied end
+end
+for i = 1, #scopes, 2 do
+  if not (same and string.sub(scopes[i], 1, 5) == 'lift:') then
+    table.insert(out, scopes[i])
+    table.insert(out, scopes[i + 1])
+  end
+end
 return out

@@ -11,6 +11,8 @@
 -- active scope bumps the version so every host proves it again (like killing a killed node);
 -- lifting an absent scope changes nothing. A lift whose request no longer matches the node
 -- (a kill, an arm, another scoped kill since it was signed) or expired is refused, audited.
+-- A lift leaves its proof in field `lift:<kind>:<value>`: each host verifies it before it
+-- stops enforcing the scope. A new kill of the scope removes the proof it voids.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local field = ARGV[2] .. ':' .. ARGV[3]
@@ -45,8 +47,10 @@ local ver = redis.call('HINCRBY', KEYS[1], '_ver', 1)
 if ARGV[1] == 'kill' then
   redis.call('HSET', KEYS[1], field, cjson.encode({ver = ver, ts_ms = now, actor = ARGV[4],
     reason = ARGV[5]}))
+  redis.call('HDEL', KEYS[1], 'lift:' .. field)
 else
   redis.call('HDEL', KEYS[1], field)
+  redis.call('HSET', KEYS[1], 'lift:' .. field, ARGV[12])
 end
 local entry = {'action', ARGV[1] .. '_' .. ARGV[2], 'actor', ARGV[4],
   'reason', ARGV[5], 'approvers', ARGV[6], 'scope', field, 'scope_ver', ver, 'ts_ms', now,
