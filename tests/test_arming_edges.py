@@ -37,6 +37,10 @@ from killswitch.store.store import Store
 from killswitch.testing import wait_until_async
 
 HOSTS = ["h1", "h2"]
+# Generous liveness (sidecars and arm agree on it): a host starved for a moment on a busy
+# machine must not turn a test of something else into an arm refused for a dead host.
+ALIVE_S = 5.0
+ALIVE_MS = round(ALIVE_S * 1000)
 
 
 def ops_of(keys: OperatorKeys) -> Operators:
@@ -46,7 +50,7 @@ def ops_of(keys: OperatorKeys) -> Operators:
 def sidecar(redis_url: str, node: str, host: str, keys: OperatorKeys, state_dir: Path) -> Any:
     return SidecarThread(
         SidecarSettings(
-            node=node, host=host, redis_url=redis_url, flush_interval=0.05, stale_after=1.0,
+            node=node, host=host, redis_url=redis_url, flush_interval=0.05, stale_after=ALIVE_S,
             operators=str(keys.file), state_dir=str(state_dir),
         )
     ).start()  # fmt: skip
@@ -54,7 +58,7 @@ def sidecar(redis_url: str, node: str, host: str, keys: OperatorKeys, state_dir:
 
 async def all_alive(store: Store, hosts: list[str]) -> None:
     async def alive() -> bool:
-        rep = (await control.status(store)).report
+        rep = (await control.status(store, alive_ms=ALIVE_MS)).report
         return all(rep["hosts"].get(h, {}).get("alive") for h in hosts)
 
     await wait_until_async(alive, 20, 0.05, f"{hosts} alive and reporting")
@@ -77,7 +81,7 @@ async def live(
 
 
 async def arm_as(store: Store, keys: OperatorKeys, who: str, **kw: Any) -> Outcome:
-    return await arm(store, key=keys.key(who), operators=ops_of(keys), **kw)
+    return await arm(store, key=keys.key(who), operators=ops_of(keys), alive_ms=ALIVE_MS, **kw)
 
 
 async def audit(redis: Redis, node: str) -> list[dict[str, str]]:
@@ -119,7 +123,9 @@ class TestRefusedBeforeSigning:
     ) -> None:
         """A key path that does not exist: exit 2 'cannot sign', nothing pending, node UNARMED."""
         store: Store = live["store"]
-        out = await arm(store, key=str(tmp_path / "no.key"), operators=ops_of(operator_keys))
+        out = await arm(
+            store, key=str(tmp_path / "no.key"), operators=ops_of(operator_keys), alive_ms=ALIVE_MS
+        )
         assert out.code == EXIT_USAGE
         assert out.report["refused"] == "cannot sign"
         assert out.message.startswith(f"arm: ssh-keygen could not sign with {tmp_path / 'no.key'}")
@@ -226,7 +232,7 @@ class TestNodeMovesWhileSigning:
 
         out = await arm(
             store, key=operator_keys.key("alice"), operators=ops_of(operator_keys),
-            sign=signing_then(kill),
+            sign=signing_then(kill), alive_ms=ALIVE_MS,
         )  # fmt: skip
         assert out.code == EXIT_REFUSED
         assert out.report == {"node": node, "refused": "moved"}
@@ -251,7 +257,7 @@ class TestNodeMovesWhileSigning:
 
         out = await arm(
             store, key=operator_keys.key("bob"), operators=ops_of(operator_keys),
-            sign=signing_then(kill),
+            sign=signing_then(kill), alive_ms=ALIVE_MS,
         )  # fmt: skip
         assert out.code == EXIT_REFUSED and out.report["refused"] == "moved"
         assert "the request is void (the node was killed or armed since); run arm again" in (
@@ -290,7 +296,7 @@ class TestCompletedArm:
 
         out = await arm(
             store, key=operator_keys.key("bob"), operators=ops_of(operator_keys), timeout=1.0,
-            sign=signing_then(stop_h2),
+            sign=signing_then(stop_h2), alive_ms=ALIVE_MS,
         )  # fmt: skip
         assert out.code == EXIT_UNCONFIRMED
         assert out.report["state"] == "ARMED" and out.report["changed"] is True
