@@ -86,6 +86,12 @@ class NodeReads(NodeScripts):
             snap, _ = await self._read(roster, None, snap.unlisted)
         return snap
 
+    async def progress(self, hosts: Sequence[str]) -> NodeSnapshot:
+        """The state and just these hosts' reports and confirmations, in one round trip (no
+        second read of off-roster hosts): for polling the hosts that have not confirmed yet."""
+        snap, _ = await self._read(hosts, None)
+        return snap
+
     async def read_flows(
         self, after: dict[str, str], roster: Sequence[str], extra: Sequence[str] = ()
     ) -> tuple[dict[str, list[tuple[str, dict[str, str]]]], NodeSnapshot]:
