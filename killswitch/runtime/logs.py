@@ -206,7 +206,11 @@ def configure(
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
         logger_factory=lambda *_: _QueueLogger(writer),
-        cache_logger_on_first_use=True,
+        # No caching: a module's logger cached on first use keeps this writer and these
+        # processors for good, so a later configure() (a second in-process CLI call) or a
+        # test's capture_logs() would not reach it. The loggers that log per order are bound
+        # once, at construction, so nothing on the order path resolves the config per call.
+        cache_logger_on_first_use=False,
     )
     return writer
 

@@ -94,7 +94,7 @@ end
 local out = {s[1] or '', s[2] or '0', s[3] or '0', s[4] or '', tostring(now), closed_confirm,
   digest, proof}
 local scopes = redis.call('HGETALL', ARGV[27])
-local applied = redis.call('HGET', KEYS[1], 'scope_ver')
+local applied = redis.call('HMGET', KEYS[1], 'scope_ver')[1]
 local same = false
 for i = 1, #scopes, 2 do
   if scopes[i] == '_ver' then same = scopes[i + 1] == applied end
