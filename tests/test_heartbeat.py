@@ -156,9 +156,13 @@ class TestIdleLoop:
     ) -> None:
         """With nothing to report and a fresh lease, wake-ups make no round trip."""
         sc, _ = running
-        await settled(sc)
+        trips = await settled(sc)
         assert sc.gate.is_open
         assert sc.failures == 0
+        labels = {"node": sc.s.node, "host": HOST}
+        value = sc.registry.get_sample_value
+        assert value("killswitch_sync_round_trips_total", labels) == trips
+        assert (value("killswitch_sync_idle_skips_total", labels) or 0) >= 3
 
     async def test_heartbeat_renews_the_lease_when_due(
         self, running: tuple[Sidecar, Clock]

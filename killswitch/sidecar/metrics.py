@@ -123,36 +123,27 @@ class SidecarCollector:
         for st in NodeState:
             state.add_metric([n, h, st.value], float(st is now_state))
         yield state
-        fails = CounterMetricFamily(
-            "killswitch_sync_failures",
-            "Failed Redis round trips of this host.",
-            labels=["node", "host"],
-        )
-        fails.add_metric([n, h], sc.failures)
-        yield fails
-        trips = CounterMetricFamily(
+        yield _counter(
+            "killswitch_sync_failures", "Failed Redis round trips of this host.",
+            n, h, sc.failures,
+        )  # fmt: skip
+        yield _counter(
             "killswitch_sync_round_trips",
             "Successful Redis round trips of this host (report, confirm, read: the lease).",
-            labels=["node", "host"],
-        )
-        trips.add_metric([n, h], sc.round_trips)
-        yield trips
-        skips = CounterMetricFamily(
+            n, h, sc.round_trips,
+        )  # fmt: skip
+        yield _counter(
             "killswitch_sync_idle_skips",
             "Wake-ups of an idle host that had nothing to report and a lease still fresh, so "
             "made no round trip.",
-            labels=["node", "host"],
-        )
-        skips.add_metric([n, h], sc.idle_skips)
-        yield skips
-        loop = CounterMetricFamily(
+            n, h, sc.idle_skips,
+        )  # fmt: skip
+        yield _counter(
             "killswitch_sync_loop_errors",
             "Sync iterations that failed for a reason other than Redis (a bug, an unwritable "
             "state file); the gate is closed and the loop retries.",
-            labels=["node", "host"],
-        )
-        loop.add_metric([n, h], sc.loop_errors)
-        yield loop
+            n, h, sc.loop_errors,
+        )  # fmt: skip
         yield _gauge(
             "killswitch_healthy",
             "1 while this sidecar can do its job; 0 with the reason on /healthz.",
@@ -211,6 +202,12 @@ class SidecarCollector:
             "blocks; the log event ATTEST_FAILED names the file.",
             n, h, float(bool(sc.attest.current.problem)),
         )  # fmt: skip
+
+
+def _counter(name: str, doc: str, node: str, host: str, value: float) -> CounterMetricFamily:
+    c = CounterMetricFamily(name, doc, labels=["node", "host"])
+    c.add_metric([node, host], value)
+    return c
 
 
 def _gauge(name: str, doc: str, node: str, host: str, value: float) -> GaugeMetricFamily:
