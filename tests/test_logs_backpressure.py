@@ -169,6 +169,35 @@ class TestStuckStream:
         assert out[-1]["counts"] == {"limit": 1}
 
 
+class CountingStream(io.StringIO):
+    """Counts the writer thread's writes (an idle writer makes none)."""
+
+    writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+
+class TestIdleFlush:
+    """A flush with nothing to write does not set the writer thread spinning."""
+
+    def test_flush_of_an_idle_writer_writes_nothing(self) -> None:
+        """Flushing an idle writer returns without the writer thread writing (it used to loop,
+        writing nothing, for as long as the flush waited, starving the flushing thread)."""
+        stream = CountingStream()
+        writer = QueuedWriter(stream, structlog.processors.JSONRenderer())
+        log = pipeline(writer)
+        log.info("one")
+        writer.flush()
+        assert stream.writes == 1
+        for _ in range(20):
+            writer.flush()
+        assert stream.writes == 1
+        assert [e["event"] for e in lines(stream)] == ["one"]
+        writer.close()
+
+
 class TestBrokenOutput:
     """Failures of the stream or of rendering never stop the writer thread."""
 

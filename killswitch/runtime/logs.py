@@ -86,7 +86,15 @@ class QueuedWriter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not (self._pending or self._closed or self._flushing or self._summary_due()):
+                # A flush only needs this thread when there is something to write: waking
+                # for it with nothing pending spun here, holding the lock the flushing
+                # thread needs to see that it was done (a stop could then take seconds).
+                while not (
+                    self._pending
+                    or self._closed
+                    or self._summary_due()
+                    or (self._flushing and self._counts)
+                ):
                     self._cond.wait(SUMMARY_EVERY_S if self._counts else None)
                 if self._closed and not self._pending and not self._counts:
                     return
