@@ -36,9 +36,9 @@ class _Timed(Sidecar):
 
     oks: list[float]
 
-    async def sync_once(self, *, idle_skip: bool = False) -> bool:
+    async def sync_once(self, *, woken: bool | None = None) -> bool:
         trips = self.round_trips
-        ok = await super().sync_once(idle_skip=idle_skip)
+        ok = await super().sync_once(woken=woken)
         if self.round_trips > trips:
             self.oks.append(time.monotonic())
         return ok

@@ -324,7 +324,7 @@ async def _trip_cost(url: str, state_dir: str, n: int = 2000) -> dict[str, float
         trip = (time.process_time() - t) / n
         t = time.process_time()
         for _ in range(n):
-            await car.sync_once(idle_skip=True)
+            await car.sync_once(woken=False)
         skip = (time.process_time() - t) / n
     finally:
         await redis.aclose()

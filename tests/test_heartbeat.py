@@ -209,8 +209,8 @@ class TestIdleLoop:
                                    stale_after=STALE, state_dir=str(tmp_path))  # fmt: skip
         sc = Sidecar(settings, dead, clock=clock, logger=structlog.wrap_logger(CapturingLogger()))
         try:
-            assert not await sc.sync_once(idle_skip=True)
-            assert not await sc.sync_once(idle_skip=True)
+            assert not await sc.sync_once(woken=False)
+            assert not await sc.sync_once(woken=False)
             assert (sc.failures, sc.idle_skips) == (2, 0)
         finally:
             await dead.aclose()

@@ -71,15 +71,21 @@ async def confirm(sc: Sidecar) -> None:
     raise AssertionError(f"{sc.s.host} did not confirm: {sc.confirmed}")
 
 
+async def killed_two_confirmed(redis: Redis, node: str, cars: dict[str, Sidecar]) -> Recording:
+    """The node killed and confirmed by or-01 and or-02; or-03 has not synced since."""
+    store = Recording(redis, node)
+    await store.kill(actor="op", reason="r", cause="manual", floor=1)
+    for h in HOSTS[:2]:
+        await confirm(cars[h])
+    return store
+
+
 async def test_only_unconfirmed_hosts_are_read_again(
     redis: Redis, node: str, cars: dict[str, Sidecar]
 ) -> None:
     """After the first full read, the wait reads only the host that had not confirmed, then
     one full read proves the kill."""
-    store = Recording(redis, node)
-    await store.kill(actor="op", reason="r", cause="manual", floor=1)
-    for h in HOSTS[:2]:
-        await confirm(cars[h])
+    store = await killed_two_confirmed(redis, node, cars)
     async with store.confirmations() as wake:
         task = asyncio.create_task(wait_for_quorum(store, HOSTS, wake, 30.0, 60_000))
         await wait_until_async(lambda: store.full >= 1, 10)
@@ -96,10 +102,7 @@ async def test_a_new_kill_during_the_wait_is_judged_on_every_host(
 ) -> None:
     """A re-kill (new ver) in the middle of a wait sends it back to a full read: the hosts
     that had confirmed the old ver are pending again until they confirm the new one."""
-    store = Recording(redis, node)
-    await store.kill(actor="op", reason="r", cause="manual", floor=1)
-    for h in HOSTS[:2]:
-        await confirm(cars[h])
+    store = await killed_two_confirmed(redis, node, cars)
     async with store.confirmations() as wake:
         task = asyncio.create_task(wait_for_quorum(store, HOSTS, wake, 30.0, 60_000))
         await wait_until_async(lambda: store.full >= 1, 10)
@@ -119,10 +122,7 @@ async def test_timeout_names_the_host_on_a_full_read(
     redis: Redis, node: str, cars: dict[str, Sidecar]
 ) -> None:
     """A host that never confirms is named missing, from a full read at the deadline."""
-    store = Recording(redis, node)
-    await store.kill(actor="op", reason="r", cause="manual", floor=1)
-    for h in HOSTS[:2]:
-        await confirm(cars[h])
+    store = await killed_two_confirmed(redis, node, cars)
     async with store.confirmations() as wake:
         snap, q = await wait_for_quorum(store, HOSTS, wake, 0.5, 60_000)
     assert q.missing == ("or-03",)

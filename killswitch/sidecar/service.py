@@ -248,7 +248,7 @@ class Sidecar(ReadApplier):
         while not self._stop.is_set():
             started = self.clock()
             try:
-                await self.sync_once(idle_skip=not woken)
+                await self.sync_once(woken=woken)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a bug or a broken disk must never end the loop silently
@@ -266,11 +266,12 @@ class Sidecar(ReadApplier):
             woken = self._wake.is_set()
             self._wake.clear()
 
-    async def sync_once(self, *, idle_skip: bool = False) -> bool:
+    async def sync_once(self, *, woken: bool | None = None) -> bool:
         """One round trip; returns whether it succeeded. The gate's lease starts at send time.
 
-        With `idle_skip`, a host with nothing new to report skips the trip until its lease
-        needs renewing (`core.heartbeat`); that returns True, as nothing failed.
+        From the sync loop (`woken` says whether something woke it), a host with nothing new
+        to report skips the trip until its lease needs renewing (`core.heartbeat`); a skip
+        returns True, as nothing failed. Without `woken` the trip is always made.
         """
         sent = self.clock()
         allowed, blocked = self.gate.allowed, self.gate.blocked
@@ -310,9 +311,9 @@ class Sidecar(ReadApplier):
             proof_refusal=view.refusal,
         )
         acked = replace(report, orders_per_s=0.0)
-        if idle_skip and not trip_due(
+        if woken is not None and not trip_due(
             now=sent, last_trip=self._last_trip, moved=want_confirm or acked != self._acked_report,
-            woken=False, flush_interval=self.s.flush_interval, every=self._idle_every,
+            woken=woken, flush_interval=self.s.flush_interval, every=self._idle_every,
         ):  # fmt: skip
             self.idle_skips += 1
             return True
