@@ -229,3 +229,17 @@ class TestIdleLoop:
         await signed_store_arm(store, operator_keys, reason="again", floor=res.epoch, roster=[HOST])
         await wait_until_async(lambda: sc.gate.is_open, 10)
         assert sc.gate.status()[0] is NodeState.ARMED
+
+    async def test_a_kill_without_its_notice_is_read_at_the_renewal(
+        self, redis: Redis, node: str, running: tuple[Sidecar, Clock]
+    ) -> None:
+        """A KILLED state whose notice was lost (written straight into the hash) is not read
+        by an idle host before its renewal is due, and closes the gate at that renewal."""
+        sc, clock = running
+        await settled(sc)
+        await redis.hset(Store(redis, node).keys.state, mapping={"state": "KILLED", "epoch": "2"})
+        await settled(sc)
+        assert sc.gate.is_open  # nothing woke it: the read waits for the renewal
+        clock.t += idle_every(FLUSH, STALE)
+        await wait_until_async(lambda: not sc.gate.is_open, 10)
+        assert sc.gate.status() == (NodeState.KILLED, 2)
