@@ -56,7 +56,7 @@ class NoticeListener:
                     await asyncio.wait_for(self._stop.wait(), 0.5)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     def _notice(self, data: str) -> None:
         """`KILLED <epoch> <ver>` closes the gate at once; the next round trip decides the rest.

@@ -169,9 +169,7 @@ def connect(
             "socket_connect_timeout": options["socket_connect_timeout"],
             "retry": Retry(NoBackoff(), 0),
         }
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-        list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs
-    )
+    sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs)
     client = sentinel.master_for(
         parsed.service_name,
         redis_class=_SentinelManagedRedis,

@@ -148,7 +148,7 @@ class Store(NodeReads, NodeWrites):
                 if not task.cancelled():
                     task.exception()
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     def concurrently(self, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
         """Start `coro` alongside the caller (a task); await the result to join it."""
