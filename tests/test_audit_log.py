@@ -94,14 +94,15 @@ class TestAggregatorProcess:
     """The real aggregator process writes the copy given by --audit-log."""
 
     def test_aggregator_writes_and_cli_verifies(
-        self, redis_url: str, node: str, tmp_path: Path
+        self, redis_url: str, node: str, tmp_path: Path, operator_keys: OperatorKeys
     ) -> None:
         """The roster entry appears in the file; `audit --verify --file` exits 0 on it."""
         path = tmp_path / "agg-audit.jsonl"
         env = {k: v for k, v in os.environ.items() if not k.startswith("KILLSWITCH_")}
         proc = subprocess.Popen(
             [sys.executable, "-m", "killswitch", "aggregator", "--node", node, "--redis",
-             redis_url, "--hosts", "h1,h2", "--audit-log", str(path)],
+             redis_url, "--hosts", "h1,h2", "--audit-log", str(path),
+             "--operators", str(operator_keys.file)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
         )  # fmt: skip
         try:

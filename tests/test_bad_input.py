@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from killswitch.sim.embedded import EmbeddedRedis, free_port
+from killswitch.sim.operators import OperatorKeys
 from killswitch.testing import fleet
 
 SECRET = "s3cret-pw"
@@ -170,9 +171,12 @@ class TestAggregatorBadValues:
         """An aggregator rule or timing flag out of range is one line, exit 2, before Redis."""
         assert_one_line_refusal(run(*aggregator(closed_url, *extra)), code, *words)
 
-    def test_metrics_port_in_use(self, closed_url: str, busy_port: int) -> None:
+    def test_metrics_port_in_use(
+        self, closed_url: str, busy_port: int, operator_keys: OperatorKeys
+    ) -> None:
         """An aggregator metrics port in use is one line naming the port, exit 1."""
-        res = run(*aggregator(closed_url, "--metrics-port", str(busy_port)))
+        ops = ("--operators", str(operator_keys.file))
+        res = run(*aggregator(closed_url, "--metrics-port", str(busy_port), *ops))
         assert_one_line_refusal(res, 1, str(busy_port))
 
 

@@ -44,6 +44,7 @@ from killswitch.core.release import VERSION_SPLIT, Split
 from killswitch.core.roster import Quorum, quorum
 from killswitch.core.state import NodeRead, NodeState
 from killswitch.core.window import NodeWindows
+from killswitch.runtime.config import ConfigError
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled, until_reachable
@@ -93,7 +94,9 @@ class Aggregator(TripRules):
         self.state = NodeRead(None)
         # The roster this instance proves against is the last signed arm's, else its --hosts
         # (a proposal, stored until the first signed arm); arms count only when proven.
-        operators = load_operators(settings.operators) if settings.operators else None
+        if not settings.operators:  # no arm would verify: trips would be silently off
+            raise ConfigError("operators: the aggregator needs the operators file")
+        operators = load_operators(settings.operators)
         self.trust = Trust(settings.node, settings.hosts, operators, self.log, clock)
         self.rollouts = RolloutWatch(RolloutStore(redis, settings.node), settings.node,
                                      operators, self.log, settings.audit_log)  # fmt: skip
@@ -118,7 +121,8 @@ class Aggregator(TripRules):
         self._mirror_task: asyncio.Task[None] | None = None
         self.registry = registry if registry is not None else CollectorRegistry()
         n = settings.node
-        causes = (*CAUSES, LIMIT_BURST, ISOLATE, VERSION_SPLIT, "operator", fleetrule.CAUSE)
+        causes = (*CAUSES, LIMIT_BURST, ISOLATE, VERSION_SPLIT, "operator", fleetrule.CAUSE,
+                  leader.LEADER_SILENT)  # fmt: skip
         self.isolations = 0
         self.instruments = Instruments(self.registry, n, causes, CAUSES)
         self._trips_total = self.instruments.trips
@@ -294,7 +298,7 @@ class Aggregator(TripRules):
         for grid in range(max(first, at - MAX_CATCHUP * self.tick_ms), at + 1, self.tick_ms):
             self._last_eval_ms = grid
             await self._evaluate(grid)
-        await self._act_on_unacted(now)
+        await self._act_on_unacted(now, snap.aggregator)
         if self.fleet is not None:
             await self.fleet.tick(now)
         await self._check_releases(now)

@@ -85,6 +85,13 @@ def human(cmd: str, outcome: Outcome) -> str:
         )
     if cmd == "status":
         lead = rep.get("leader") or "NONE: no aggregator holds the lease, nothing trips by itself"
+        doubt = {
+            "unknown": "UNKNOWN HOLDER: no aggregator publishes under this lease",
+            "silent": f"VIEW OLD: last tick {rep.get('leader_view_age_s')}s ago",
+        }.get(rep.get("leader_doubt", ""))
+        if doubt:
+            lead = f"{escape(lead)} ({doubt}; its rules may not be acting: a standby kills a "
+            lead += "breach it leaves unacted, cause leader_silent)"
         lines.append(f"aggregator leader: {lead}")
     if rep.get("changed_at"):
         lines.append(f"last change {rep['changed_at']} by {escape(rep.get('actor') or '?')}")

@@ -81,6 +81,16 @@ def operators_path(r: Resolver) -> str:
     return r.get("operators", "", str)
 
 
+def require_operators(path: str) -> None:
+    """The aggregator's --operators: without it no arm verifies and no rule ever trips, so it
+    refuses to start (exit 2) instead of running with its trips silently off."""
+    if not path:
+        raise ConfigError(
+            "operators: the aggregator needs --operators PATH (or KILLSWITCH_OPERATORS): "
+            "without it no arm can be verified and no rule would ever trip"
+        )
+
+
 def check_state_dir(directory: str) -> None:
     """Refuse (exit 2) a state directory the sidecar could not write its epoch memory to."""
     from killswitch.store.localstate import prepare_dir
@@ -121,7 +131,7 @@ def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSet
         if max_refusals is not None
         else None
     )
-    return AggregatorSettings(
+    settings = AggregatorSettings(
         node=node,
         redis_url=redis_url,
         hosts=hosts,
@@ -139,6 +149,8 @@ def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSet
         on_haunted=r.get("on-haunted", "kill", on_haunted),
         audit_log=r.get("audit-log", str(Path(default_state_dir()) / f"audit-{node}.jsonl"), str),
     )
+    require_operators(settings.operators)  # last: a bad value elsewhere is named first
+    return settings
 
 
 def on_haunted(v: Any) -> str:

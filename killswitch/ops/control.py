@@ -15,7 +15,7 @@ from typing import Any
 from killswitch.core import release
 from killswitch.core.armproof import ArmRequest, ProofError, roster_of
 from killswitch.core.bounds import MAX_EPOCH_JUMP, parse_uint, uint_or
-from killswitch.core.leader import instance_of
+from killswitch.core.leader import holder_doubt, instance_of
 from killswitch.core.roster import (
     DEFAULT_ALIVE_MS,
     Quorum,
@@ -77,6 +77,9 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
         "server_time": iso_time(snap.now_ms),
         # The aggregator instance holding the leader lease ("" none: nothing trips by itself).
         "leader": instance_of(snap.leader),
+        # Why that holder cannot be counted on to trip: "unknown" (no aggregator publishes
+        # under its lease), "silent" (its view is older than its lease), "" it can.
+        **_leader_view(snap),
         # As the acting aggregator last checked it; None: not known (no aggregator, or CONFIG
         # and INFO both refused).
         "redis_durable": _durable(snap.aggregator.get("redis_durable", "")),
@@ -108,6 +111,20 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
         None if cut is None else {"majority": cut.majority, "odd": dict(cut.odd)}
     )
     return report
+
+
+def _leader_view(snap: NodeSnapshot) -> dict[str, Any]:
+    """The lease holder as the acting aggregator's published view shows it."""
+    view = snap.aggregator
+    tick = parse_uint(view.get("tick_ms"))
+    try:
+        ttl_ms = int(float(view.get("lease_ttl_s") or 2.0) * 1000)
+    except ValueError:
+        ttl_ms = 2000
+    age = None if tick is None else round(max(snap.now_ms - tick, 0) / 1000, 3)
+    doubt = holder_doubt(snap.leader, view.get("lease", ""), -1 if tick is None else tick,
+                         snap.now_ms, ttl_ms)  # fmt: skip
+    return {"leader_doubt": doubt, "leader_view_age_s": age}
 
 
 def _junk(snap: NodeSnapshot, q: Quorum) -> list[str]:
