@@ -143,6 +143,25 @@ class TestChainInRedis:
         v = await _verify(store)
         assert not v.ok and v.bad_id == ids[2] and "altered" in v.problem
 
+    async def test_rewritten_entry_with_recomputed_hash_breaks_the_link(
+        self, redis_url: str, redis: Redis, store: Store
+    ) -> None:
+        """A middle entry rewritten with its own hash recomputed is self-consistent: only the
+        next entry's link names it, and `audit --verify` exits 4 naming that entry."""
+
+        def forge(es: list[Any]) -> list[Any]:
+            e = {**es[1], "actor": "mallory", "reason": "rewritten"}
+            own = [(k, v) for k, v in e.items() if k not in auditchain.CHAIN_FIELDS]
+            e["hash"] = auditchain.entry_hash(e["seq"], e["prev"], own)
+            es[1] = e
+            return es
+
+        ids = await _rewrite(redis, store, forge)
+        v = await _verify(store)
+        assert not v.ok and v.bad_id == ids[2] and "link" in v.problem
+        bad = cli("audit", "--verify", "--node", store.node, "--redis", redis_url)
+        assert bad.returncode == 4 and ids[2] in bad.stdout, bad.stdout
+
     @pytest.mark.parametrize("cut", ["xdel_last", "xtrim", "delete_stream", "delete_head"])
     async def test_cut_tail_or_wiped_stream_fails(
         self, redis: Redis, store: Store, cut: str

@@ -140,6 +140,10 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
         from killswitch.cli import rolloutcli
 
         action = rolloutcli.action(r, alive_ms)
+    elif cmd == "forget":
+        from killswitch.cli import forgetcli
+
+        action = forgetcli.action(r, alive_ms)
     elif cmd == "status":
 
         def action(s: Any) -> Awaitable[Outcome]:
@@ -189,6 +193,8 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
         from killswitch.cli import rolloutcli
 
         print(rolloutcli.human(outcome))
+    elif cmd == "forget":
+        print(outcome.message)
     else:
         print(render.human(cmd, outcome))
     return outcome.code

@@ -140,6 +140,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     from killswitch.cli import rolloutcli
 
     rolloutcli.add_parser(cmd, [json_opt, bound_opt])
+    from killswitch.cli import forgetcli
+
+    forgetcli.add_parser(cmd, [json_opt, bound_opt])
 
     k = cmd(
         "kill",
