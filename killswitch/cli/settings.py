@@ -24,6 +24,7 @@ from killswitch.runtime.config import (
     pick_state_dir,
     str_list,
 )
+from killswitch.runtime.fdlimit import fit_max_conns
 from killswitch.runtime.validate import bounded, bounded_int, seconds_ms
 
 if TYPE_CHECKING:  # the services import redis/aiohttp: only loaded when one runs
@@ -46,6 +47,8 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         warnings += [warning] if warning else []
     limits_path = r.get("limits", "", str)
     limits, limits_digest = load_limits(limits_path) if limits_path else (None, "")
+    max_conns, warning = fit_max_conns(r.get("max-conns", None, bounded_int("max-conns")), 1024)
+    warnings += [warning] if warning else []
     settings = SidecarSettings(
         node=node,
         host=r.require("host", host_name),
@@ -56,7 +59,7 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         flush_interval=r.get("flush-interval", 0.1, bounded("flush-interval")),
         stale_after=r.get("stale-after", 1.0, bounded("stale-after")),
         state_dir=state_dir,
-        max_conns=r.get("max-conns", 1024, bounded_int("max-conns")),
+        max_conns=max_conns,
         line_timeout=r.get("line-timeout", 5.0, bounded("line-timeout")),
         socket_mode=r.get("socket-mode", None, file_mode),
         socket_gid=r.get("socket-group", None, group_id),
