@@ -75,7 +75,7 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
         kill_key = r.get("key", "", str)
         ops_path = r.get("operators", "", str) if kill_key else ""
 
-        who, note = operator, ""
+        who, note, fingerprint = operator, "", ""
         if kill_key:
             # Signed here, before the Redis work: the lean transport that runs kill has no
             # event loop, and signing (a subprocess, at most 2 s) needs one.
@@ -83,7 +83,9 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
 
             from killswitch.ops import arming
 
-            who, note = asyncio.run(arming.kill_actor(node, kill_key, ops_path, operator, reason))
+            who, note, fingerprint = asyncio.run(
+                arming.kill_actor(node, kill_key, ops_path, operator, reason)
+            )
 
         async def action(s: Any) -> Outcome:
             if scope is not None:
@@ -95,7 +97,13 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
                 )  # fmt: skip
             else:
                 out = await control.kill(
-                    s, reason=reason, operator=who, timeout=timeout, alive_ms=alive_ms
+                    s,
+                    reason=reason,
+                    operator=who,
+                    timeout=timeout,
+                    alive_ms=alive_ms,
+                    actor_kind="signed" if fingerprint else "claimed",
+                    key=fingerprint,
                 )
             out.report["signed_by"] = who if kill_key and not note else ""
             if note:

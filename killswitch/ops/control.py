@@ -186,7 +186,11 @@ async def kill(
     timeout: float,
     cause: str = "operator",
     alive_ms: int = DEFAULT_ALIVE_MS,
+    actor_kind: str = "claimed",
+    key: str = "",
 ) -> Outcome:
+    """Kill the node and wait for every roster host to confirm. `actor_kind` says how the
+    operator is known (`signed`: `key` is the verified key's fingerprint; `claimed`)."""
     async with store.confirmations() as wake:
         before = await store.snapshot()
         # Containment is proven against the stored roster and the last signed one: a roster
@@ -196,7 +200,14 @@ async def kill(
             epoch_floor(quorum_of(before, alive_ms).hosts, uint_or(before.state.get("epoch"))),
             _unlisted_floor(before),
         )
-        res = await store.kill(actor=operator, reason=reason, cause=cause, floor=floor)
+        res = await store.kill(
+            actor=operator,
+            reason=reason,
+            cause=cause,
+            floor=floor,
+            actor_kind=actor_kind,
+            key=key,
+        )
         replicated = store.concurrently(_replicas_acked(store, min(timeout, REPLICA_WAIT_S)))
         snap, q = await wait_for_quorum(store, roster, wake, timeout, alive_ms)
         acked = await replicated
@@ -229,9 +240,14 @@ async def kill(
 # -- helpers ---------------------------------------------------------------------------------
 
 
-async def audit_refusal(store: Store, attempt: str, actor: str, reason: str, why: str) -> None:
-    """A refused attempt goes into the audit chain too (who, what, why refused)."""
-    await store.audit_event("refused", attempt=attempt, actor=actor, reason=reason, refused=why)
+async def audit_refusal(
+    store: Store, attempt: str, actor: str, reason: str, why: str, **extra: str
+) -> None:
+    """A refused attempt goes into the audit chain too (who, what, why refused; `extra`: the
+    presented key's fingerprint `key` and how the actor is known, `actor_kind`)."""
+    await store.audit_event(
+        "refused", attempt=attempt, actor=actor, reason=reason, refused=why, **extra
+    )
 
 
 def _unlisted_floor(snap: NodeSnapshot) -> int:

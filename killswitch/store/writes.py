@@ -67,13 +67,16 @@ class NodeWrites(NodeScripts):
         action: str = "kill",
         only_if_armed: bool = False,
         fence: str = "",
+        actor_kind: str = "",
+        key: str = "",
     ) -> ChangeResult:
-        """`fence`: a leader lease token the caller must still hold, checked in the script."""
+        """`fence`: a leader lease token the caller must still hold, checked in the script.
+        `actor_kind` and `key` (a signing key's fingerprint) are recorded in the audit."""
         res = await self._kill(
             keys=[self.keys.state, self.keys.audit, self.keys.leader, self.keys.audit_head],
             args=[
                 actor, reason, cause, floor, self.keys.events, action, int(only_if_armed), fence,
-                epoch_ceiling(floor),
+                epoch_ceiling(floor), actor_kind, key,
             ],
         )  # fmt: skip
         return _change(res)

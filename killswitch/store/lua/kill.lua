@@ -9,6 +9,8 @@
 --       9 ceiling: a stored epoch above it is junk and ignored ("0": none; the caller passes
 --         floor + the largest plausible jump, so a hand-written epoch cannot make every
 --         host refuse the kill as implausible)
+--       10 actor kind ("signed" | "claimed" | "service"; "" or absent: not recorded),
+--       11 the signing key's SHA256 fingerprint ("" or absent: none)
 -- Returns {changed, epoch, ver, now_ms, prev_state, refusal ("" | "not_armed" | "fenced")}.
 -- The fence makes a paused aggregator that wakes up after losing its lease harmless. A refused
 -- trip is audited too. Junk in the stored epoch or ver never stops a kill: it counts as 0 and
@@ -49,6 +51,12 @@ redis.call('HSET', KEYS[1], 'state', 'KILLED', 'epoch', ks_str(new_epoch), 'ver'
   'killed_ms', ks_str(now))
 local entry = {'action', ARGV[6], 'actor', ARGV[1], 'reason', ARGV[2], 'cause', ARGV[3],
   'epoch', new_epoch, 'ver', new_ver, 'ts_ms', now, 'prev_state', state, 'prev_epoch', epoch}
+for i, name in ipairs({'actor_kind', 'key'}) do
+  if ARGV[9 + i] and ARGV[9 + i] ~= '' then
+    entry[#entry + 1] = name
+    entry[#entry + 1] = ARGV[9 + i]
+  end
+end
 if bad_type then
   entry[#entry + 1] = 'junk'
   entry[#entry + 1] = 'node state was a ' .. bad_type .. ', replaced'
