@@ -216,6 +216,26 @@ class TestCli:
         js = cli("audit", "--json", "--node", store.node, "--redis", redis_url)
         assert json.loads(js.stdout)["entries"][-1]["reason"] == nasty  # stored as given
 
+    async def test_redis_text_is_escaped_in_every_view(
+        self, redis_url: str, redis: Redis, store: Store
+    ) -> None:
+        """A host's `release` and a scope's reason with escape sequences and a newline: no raw
+        control character and no forged line in status, status --fleet or watch --once."""
+        nasty = "\x1b[2J\x1b]0;pwn\x07\nFAKE node ok: ARMED"
+        hk = store.keys.host("h1")
+        await redis.hset(hk.report, mapping={"release": nasty, "ts_ms": "1", "attest": nasty})
+        await store.scope(op="kill", kind="symbol", value="KCG", actor="op", reason=nasty)
+        views = {
+            "status": cli("status", "--node", store.node, "--redis", redis_url),
+            "fleet": cli("status", "--fleet", "--redis", redis_url),
+            "watch": cli("watch", "--once", "--node", store.node, "--redis", redis_url),
+        }
+        for name, res in views.items():
+            out = res.stdout + res.stderr
+            assert "\x1b" not in out and "\x07" not in out, name
+            assert not any(line.startswith("FAKE") for line in out.splitlines()), (name, out)
+        assert "\\x1b[2J" in views["status"].stdout  # shown, escaped
+
 
 class TestEscape:
     """The display escape is one line, reversible in spirit, and leaves plain text alone."""

@@ -202,7 +202,9 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
 
         print(rolloutcli.human(outcome))
     elif cmd == "forget":
-        print(outcome.message)
+        from killswitch.core.text import safe_text
+
+        print(safe_text(outcome.message.split("\n")))
     else:
         print(render.human(cmd, outcome))
     return outcome.code

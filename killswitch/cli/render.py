@@ -9,7 +9,7 @@ from typing import Any
 
 from killswitch.cli.rolloutcli import rollout_lines
 from killswitch.core import ruleview
-from killswitch.core.text import escape
+from killswitch.core.text import escape, safe_text
 from killswitch.ops.control import (
     EXIT_OK,
     EXIT_PENDING,
@@ -26,11 +26,11 @@ def human(cmd: str, outcome: Outcome) -> str:
         return outcome.message if "redis" in rep else _audit(rep)
     lines: list[str] = []
     if outcome.code in (EXIT_REFUSED, EXIT_USAGE, EXIT_PENDING):
-        lines.append(outcome.message)
+        lines.extend(outcome.message.split("\n"))
         if "hosts" in rep:
             lines.append("")
             lines.extend(_hosts(rep))
-        return "\n".join(lines)
+        return safe_text(lines)
     head = f"node {rep.get('node')}: {rep.get('state')}  epoch {rep.get('epoch')}"
     if "scope" in rep:
         sc = rep["scope"]
@@ -46,7 +46,9 @@ def human(cmd: str, outcome: Outcome) -> str:
     lines.append(summary)
     if outcome.code == EXIT_UNCONFIRMED or (cmd == "status" and rep.get("missing")):
         lines.append("")
-        lines.append(outcome.message or f"MISSING: {', '.join(rep.get('missing', []))}")
+        lines.extend(
+            (outcome.message or f"MISSING: {', '.join(rep.get('missing', []))}").split("\n")
+        )
     if rep.get("unlisted"):
         lines.append(
             "NOT ON THE ROSTER (blocked as unlisted, orders counted): "
@@ -105,8 +107,9 @@ def human(cmd: str, outcome: Outcome) -> str:
         except (TypeError, ValueError, KeyError, AttributeError):
             lines.append("aggregator view: unreadable (junk in Redis); see status --json")
     if outcome.code == EXIT_OK and outcome.message:
-        lines.append(outcome.message)
-    return "\n".join(lines)
+        lines.extend(outcome.message.split("\n"))
+    # every line once more: a value read from Redis can never rewrite the terminal
+    return safe_text(lines)
 
 
 def split_lines(rep: dict[str, Any]) -> list[str]:
