@@ -35,7 +35,9 @@ def _scope(r: Resolver) -> tuple[str, str] | None:
     if host:
         return ("host", host_name(host))
     if symbol:
-        return ("symbol", symbol)
+        from killswitch.core.scope import canonical_symbol
+
+        return ("symbol", canonical_symbol(symbol))
     return None
 
 

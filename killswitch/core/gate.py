@@ -146,7 +146,7 @@ class Gate:
                 if self._plain:
                     self.allowed += 1
                     return self._allow
-                if self._isolated or symbol in self._symbols:
+                if self._isolated or (self._symbols and symbol.upper() in self._symbols):
                     return self._refuse(order_id, symbol, side, qty, BlockReason.KILLED.value)
                 if self._limits is not None and self._limits.check(symbol, qty, price, now):
                     return self._refuse(order_id, symbol, side, qty, LIMIT)
@@ -207,9 +207,10 @@ class Gate:
         self._open = True
 
     def set_scope(self, isolated: bool, symbols: frozenset[str], ver: int) -> None:
-        """Enforce scoped kills: this host killed on its own, and/or symbols killed node-wide."""
+        """Enforce scoped kills: this host killed on its own, and/or symbols killed node-wide
+        (compared in upper case, `scope.canonical_symbol`)."""
         self._isolated = isolated
-        self._symbols = symbols
+        self._symbols = frozenset(s.upper() for s in symbols)
         self.scope_ver = ver
         self._plain = self._limits is None and not isolated and not symbols
 
