@@ -298,10 +298,10 @@ class TestFleetVerbsOnOneRedis:
         try:
             f = Fleet(redis_url, node, HOSTS)
             code, rep = f.cli_json("status", "--fleet")
-            assert code == 0, rep
+            assert code in (0, 3), rep  # other tests' nodes share this Redis
             assert junk in rep["invalid_node_names"]
             text = f.cli("status", "--fleet")
-            assert text.returncode == 0 and "Traceback" not in text.stderr
+            assert text.returncode in (0, 3) and "Traceback" not in text.stderr
         finally:
             client.srem(NODES_KEY, junk)
             client.close()

@@ -291,7 +291,7 @@ class TestRuleView:
         m = Monitor(cfg, roster=["a", "b"])
         ev = m.observe(T0, 800, {"a": 400, "b": 400}, fast_total=90, fast_hosts={"a": 45, "b": 45})
         view = decode_view({"node_orders": "800", "fast_orders": "90", **view_fields(cfg, ev)})
-        assert (view["fast_window_s"], view["max_rate"]) == ("1", "1500")
+        assert (view["fast_window_s"], view["max_rate"]) == (1.0, 1500.0)
         windows = {r["rule"]: r["window_s"] for r in view["rules"]}
         assert windows == {"max_orders": 10, "baseline": 10, "host_share": 10, "max_rate": 1,
                            "baseline_fast": 1, "host_share_fast": 1}  # fmt: skip
