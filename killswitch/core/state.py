@@ -31,6 +31,7 @@ class BlockReason(enum.StrEnum):
     UNARMED = "unarmed"  # never armed, or armed without a valid two-operator proof
     STALE = "stale"
     UNLISTED = "unlisted"  # the node is armed, but its signed roster does not list this host
+    DUPLICATE = "duplicate"  # another live process claims this host's name (core.duplicate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,8 @@ class HostView:
         if self.state is NodeState.KILLED:
             return BlockReason.KILLED
         if self.state is NodeState.UNARMED:
+            if self.refusal == BlockReason.DUPLICATE.value:
+                return BlockReason.DUPLICATE
             return BlockReason.UNLISTED if self.refusal == "unlisted" else BlockReason.UNARMED
         return BlockReason.STALE
 

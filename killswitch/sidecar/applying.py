@@ -1,5 +1,5 @@
 """What the sidecar does with each round trip's read: the arm proven (signatures, then the
-release attested), the local record of the highest epoch, the new state applied to the gate,
+release attested, the host not claimed by a second live process), the local record of the highest epoch, the new state applied to the gate,
 the scoped kills applied (never backwards, never lifted without a verified signed lift), and
 each applied state confirmed.
 
@@ -8,12 +8,16 @@ each applied state confirmed.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from killswitch.core.duplicate import DuplicateWatch
 from killswitch.core.scope import Held, Scopes, enforce, newer
-from killswitch.core.state import HostView, NodeState, unproven
+from killswitch.core.state import BlockReason, HostView, NodeState, unproven
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.notices import NoticeListener
 from killswitch.sidecar.settings import SidecarSettings
+from killswitch.store.store import FlushReply
 
 
 class ReadApplier(NoticeListener):
@@ -26,6 +30,8 @@ class ReadApplier(NoticeListener):
     scope_held: Held
     arms: ArmCheck
     _attest_refusal: str
+    duplicate: DuplicateWatch
+    dup: str = ""  # why this host blocks as a duplicate ("" it does not)
     _local_problem: str
     _problem_epoch: int | None
     _scope_regressed: bool
@@ -37,6 +43,18 @@ class ReadApplier(NoticeListener):
             self.log.error("ARM_NOT_PROVEN", epoch=new.epoch, reason="unattested", detail=problem)
         self._attest_refusal = problem
         return unproven(new, "unattested") if problem else new
+
+    def _single(self, new: HostView, reply: FlushReply) -> HostView:
+        """Another live process writing as this host: both block (`duplicate`), named."""
+        problem = self.duplicate.observe(reply.prev_boot, reply.prev_pid, reply.now_ms)
+        if problem != self.dup:
+            level = "error" if problem else "info"
+            getattr(self.log, level)("DUPLICATE_HOST", reason=problem or "no longer seen")
+        self.dup = problem
+        if not problem or new.state not in (NodeState.ARMED, NodeState.UNARMED):
+            return new  # killed or stale: blocking already, with the reason that says why
+        # before any other refusal: a second process is the first thing to fix
+        return replace(new, state=NodeState.UNARMED, refusal=BlockReason.DUPLICATE.value)
 
     def _confirmed(self, epoch: int, ver: int, state: str, blocked: int) -> None:
         self.confirmed = (epoch, ver)

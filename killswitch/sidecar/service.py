@@ -26,6 +26,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio import Redis
 
+from killswitch.core.duplicate import DuplicateWatch
 from killswitch.core.gate import LIMIT, Gate
 from killswitch.core.heartbeat import idle_every, trip_due
 from killswitch.core.scope import Held, parse_scopes
@@ -93,6 +94,7 @@ class Sidecar(ReadApplier):
             self.log,
         )
         self.boot = uuid.uuid4().hex[:12]
+        self.duplicate = DuplicateWatch(self.boot, 3 * int(settings.stale_after * 1000))
         self.acked = (0, 0)
         self.acked_more = (0, 0)  # cancels and limit refusals of the last acknowledged flush
         self.confirmed: tuple[int, int] = (0, 0)
@@ -241,7 +243,7 @@ class Sidecar(ReadApplier):
 
         Redis being unreachable is not one: that is the lease running out, as designed.
         """
-        return self._loop_problem or self.memory.problem or self._local_problem
+        return self._loop_problem or self.memory.problem or self._local_problem or self.dup
 
     async def _sync_loop(self) -> None:
         woken = True  # the first round trip is always made
@@ -345,7 +347,7 @@ class Sidecar(ReadApplier):
             self._confirmed(view.epoch, view.ver, view.state.value, blocked)
         if reply.proof is not None:
             self.arms.hold(reply.proof_digest, reply.proof)
-        new = self._attested(self.arms.prove(observe(view, reply.read)))
+        new = self._single(self._attested(self.arms.prove(observe(view, reply.read))), reply)
         if reply.closed_confirm and new.state is NodeState.KILLED:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
         self._apply_scopes(parse_scopes(reply.scopes))  # before the state: never open, then close

@@ -17,6 +17,8 @@
 --       28 digest (sha1) of the arm proof this host already holds, 29 why the host refuses
 --          the current arm ("" none: unsigned, bad_signature, unlisted, ...),
 --       30.. extra report fields as name, value pairs
+-- Returns the node state, server time, the one-call confirmation, the proof digest and proof,
+-- the boot and pid the report held before this call, then the scopes as name, value pairs.
 -- The proof (the last signed arm) is returned only when its digest differs from ARGV[28]:
 -- the host verifies it once per change, never per order and never per round trip. Likewise
 -- the scopes' lift proofs (`lift:*` fields) are returned only when the scopes `_ver` differs
@@ -34,7 +36,8 @@ local blocked = tonumber(ARGV[3])
 -- If the report vanished (Redis lost its data) fall back to what this boot last saw acknowledged.
 local cancels = tonumber(ARGV[22]) or 0
 local limited = tonumber(ARGV[23]) or 0
-local prev = redis.call('HMGET', KEYS[1], 'boot', 'allowed', 'blocked', 'cancels', 'limited')
+local prev = redis.call('HMGET', KEYS[1], 'boot', 'allowed', 'blocked', 'cancels', 'limited',
+  'pid')
 if prev[1] ~= boot then
   redis.call('SADD', KEYS[4], ARGV[16])  -- once per boot: how the aggregator finds off-roster hosts
 end
@@ -91,8 +94,10 @@ if confirm_epoch > 0 then
     'view', view, 'applied_ms', now, 'blocked', blocked)
   redis.call('PUBLISH', ARGV[15], ARGV[16] .. ' ' .. confirm_epoch .. ' ' .. confirm_ver)
 end
+-- who wrote this report before this call (boot, pid): another live process claiming the
+-- same host name shows as a boot that is not ours between two of our own calls
 local out = {s[1] or '', s[2] or '0', s[3] or '0', s[4] or '', tostring(now), closed_confirm,
-  digest, proof}
+  digest, proof, prev[1] or '', prev[6] or ''}
 local scopes = redis.call('HGETALL', ARGV[27])
 local applied = redis.call('HMGET', KEYS[1], 'scope_ver')[1]
 local same = false
