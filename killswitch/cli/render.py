@@ -90,6 +90,7 @@ def human(cmd: str, outcome: Outcome) -> str:
         lines.append(f"last change {rep['changed_at']} by {escape(rep.get('actor') or '?')}")
     if cmd == "status":
         lines.extend(ruleview.shadow_banner(rep.get("aggregator", {})))
+        lines.extend(ruleview.health_lines(rep.get("aggregator", {})))
     lines.append("")
     lines.extend(_hosts(rep))
     if cmd == "status":
