@@ -73,7 +73,9 @@ class AuditMirror:
         except FileNotFoundError:
             return
         except OSError as e:  # a directory in its place, no permission: the writes say it again
-            self.log.error("audit_log_failed", error=f"{type(e).__name__}: {e}", file=str(self.path))
+            self.log.error(
+                "audit_log_failed", error=f"{type(e).__name__}: {e}", file=str(self.path)
+            )
             return
         c = self._contents = auditcopy.parse(text)
         self._torn = c.torn

@@ -12,10 +12,10 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from killswitch.aggregator.auditlog import AuditMirror
 from killswitch.aggregator.containmetrics import containment_metrics
 from killswitch.aggregator.fleetrule import FleetRule
 from killswitch.aggregator.inputs import InputGuard
-from killswitch.aggregator.auditlog import AuditMirror
 from killswitch.aggregator.rollouts import RolloutWatch
 from killswitch.aggregator.ruleguard import RuleGuard, health_metrics
 from killswitch.aggregator.settings import AggregatorSettings

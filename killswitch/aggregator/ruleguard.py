@@ -94,10 +94,12 @@ class RuleGuard:
 
     def view(self) -> dict[str, str]:
         """For the aggregator's view (`status`): JSON maps rule -> last ms, rule -> fault."""
+        compact = (",", ":")
         return {
-            "rules_last_evaluated": json.dumps(dict(sorted(self.last_ms.items())),
-                                               separators=(",", ":")),  # fmt: skip
-            "rule_faults": json.dumps(dict(sorted(self.faults.items())), separators=(",", ":")),
+            "rules_last_evaluated": json.dumps(
+                dict(sorted(self.last_ms.items())), separators=compact
+            ),
+            "rule_faults": json.dumps(dict(sorted(self.faults.items())), separators=compact),
         }
 
 
