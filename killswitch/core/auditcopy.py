@@ -79,7 +79,9 @@ def parse(text: str) -> CopyContents:
     entries: list[CopyEntry] = []
     breaks = junk = 0
     empty = True
-    for line in text.splitlines():
+    # "\n" only, as the aggregator writes: JSON escapes every other line separator, so a raw
+    # one inside a line is damage to that line, not a line break.
+    for line in text.split("\n"):
         if not line.strip():
             continue
         empty = False
