@@ -90,7 +90,7 @@ def copies(draw: st.DrawFn) -> bytes:
                     lambda i, s: json.dumps({"id": i, "fields": [["seq", s], ["hash", "h"]]}),
                     st.text(max_size=8),
                     st.text(max_size=4),
-                ),  # fmt: skip
+                ),
             ),
             max_size=12,
         )
@@ -129,6 +129,11 @@ class TestParse:
         assert c.torn and c.junk == 1 and len(c.entries) == 3
 
 
+def orphans_of(path: Path) -> list[Path]:
+    """The copies of `path` rotated aside."""
+    return sorted(path.parent.glob(f"{path.name}{ORPHANED}*"))
+
+
 async def _changes(store: Store) -> None:
     await store.set_roster(["h1"], "test")
     await store.kill(actor="alice", reason="one", cause="operator", floor=0)
@@ -150,7 +155,7 @@ class TestRotation:
         mirror = AuditMirror(store, str(path), log)
         assert await mirror.sync() == 2
         [rotated] = log.named("AUDIT_COPY_ROTATED")
-        [orphan] = tmp_path.glob(f"audit.jsonl{ORPHANED}*")
+        [orphan] = orphans_of(path)
         assert rotated["moved_to"] == str(orphan) and rotated["file"] == str(path)
         assert orphan.read_text() == leftover_copy()
         assert mirror.rotations == 1 and mirror.breaks == 0
@@ -177,7 +182,7 @@ class TestRotation:
         assert not log.named("AUDIT_COPY_ROTATED") and log.named("AUDIT_COPY_JUNK")
         c = auditcopy.parse(path.read_text())
         assert [e.fields["seq"] for e in c.entries] == ["1", "2", "3"] and c.junk == 2
-        assert not list(tmp_path.glob(f"*{ORPHANED}*"))
+        assert not orphans_of(path)
 
     @settings(
         max_examples=40,
@@ -201,7 +206,7 @@ class TestRotation:
                 await _changes(store)
                 mirror = AuditMirror(store, str(path), Recorder())
                 await mirror.sync()
-                orphans = list(tmp_path.glob(f"{node}.jsonl{ORPHANED}*"))
+                orphans = orphans_of(path)
                 kept = orphans[0].read_bytes() if orphans else path.read_bytes()
                 assert kept.startswith(raw)
                 c = auditcopy.parse(path.read_text("utf-8", errors="replace"))
