@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,25 +20,15 @@ from killswitch.aggregator.auditlog import AuditMirror, history
 from killswitch.core import auditcopy
 from killswitch.ops import audit as ops_audit
 from killswitch.store.store import Store
-from killswitch.testing.auditcopies import JUNK_LINES, copies, leftover_copy, orphans_of
+from killswitch.testing.auditcopies import (
+    JUNK_LINES,
+    Recorder,
+    copies,
+    leftover_copy,
+    orphans_of,
+)
 
 _nodes = itertools.count(1)
-
-
-class Recorder:
-    """A logger that keeps (level, event, fields): the mirror's events, read by the tests."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, dict[str, Any]]] = []
-
-    def bind(self, **_: Any) -> Recorder:
-        return self
-
-    def __getattr__(self, level: str) -> Any:
-        return lambda event, **kw: self.events.append((level, event, kw))
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        return [kw for _, e, kw in self.events if e == event]
 
 
 class TestParse:

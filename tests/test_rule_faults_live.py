@@ -25,24 +25,9 @@ from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.core.anomaly import Evaluation, Monitor
 from killswitch.core.release import Split
 from killswitch.testing import Fleet, wait_until_async
+from killswitch.testing.auditcopies import Recorder
 
 HOSTS = ["or-01", "or-02"]
-
-
-class Recorder:
-    """A logger that keeps (level, event, fields)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, dict[str, Any]]] = []
-
-    def bind(self, **_: Any) -> Recorder:
-        return self
-
-    def __getattr__(self, level: str) -> Any:
-        return lambda event, **kw: self.events.append((level, event, kw))
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        return [kw for _, e, kw in self.events if e == event]
 
 
 class FaultyRollouts(RolloutWatch):

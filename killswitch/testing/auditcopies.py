@@ -1,15 +1,32 @@
 """Local audit copies for tests: an earlier deployment's leftover copy, junk lines, and a
-hypothesis strategy for any copy at all (issue 27)."""
+hypothesis strategy for any copy at all (issue 27); and a logger that records events."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from hypothesis import strategies as st
 
 from killswitch.aggregator.auditlog import ORPHANED
 from killswitch.core.auditchain import entry_hash
+
+
+class Recorder:
+    """A logger that keeps (level, event, fields): the mirror's events, read by the tests."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def bind(self, **_: Any) -> Recorder:
+        return self
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **kw: self.events.append((level, event, kw))
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [kw for _, e, kw in self.events if e == event]
 
 
 def old_chain(first_ms: int, actions: list[dict[str, str]]) -> list[str]:
