@@ -132,8 +132,13 @@ def decode_view(view: Mapping[str, str]) -> dict[str, Any]:
                 value = json.loads(out[key])
             except ValueError:
                 value = {}
+            kind = str if key == "rule_faults" else int
             out[key] = (
-                {str(k): v for k, v in value.items() if isinstance(v, (int, str))}
+                {
+                    str(k): v
+                    for k, v in value.items()
+                    if isinstance(v, kind) and not isinstance(v, bool)
+                }
                 if isinstance(value, dict)
                 else {}
             )
