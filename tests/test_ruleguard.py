@@ -92,6 +92,11 @@ class TestStatusView:
         guard.expect(["max_orders", "version_split"])
         guard.evaluated(["max_orders"], 9_500)
         guard.faults["version_split"] = "KeyError: 'fields'"
-        lines = health_lines(decode_view({**guard.view(), "tick_ms": "10000"}))
+        view = decode_view({**guard.view(), "tick_ms": "10000"})
+        lines = health_lines(view)
         assert lines[0].startswith("!!! RULE FAULT: version_split cannot be evaluated")
         assert lines[1].endswith("max_orders 0.5s, version_split NEVER")
+        # read at a later server time (the aggregator stopped publishing): the age shows it
+        assert health_lines(view, now_ms=70_000)[1].endswith(
+            "max_orders 60.5s, version_split NEVER"
+        )

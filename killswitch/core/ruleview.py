@@ -145,8 +145,10 @@ def decode_view(view: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def health_lines(view: Mapping[str, Any]) -> list[str]:
-    """The rules that cannot be evaluated (loud), and when each rule was last evaluated."""
+def health_lines(view: Mapping[str, Any], now_ms: int | None = None) -> list[str]:
+    """The rules that cannot be evaluated (loud), and how long ago each rule was last
+    evaluated: before `now_ms` (the reader's Redis server time, so an aggregator that stopped
+    publishing shows), else before the aggregator's last tick."""
     raw = {k: view.get(k) or {} for k in JSON_MAPS}
     decoded = decode_view({k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()})
     faults, last = decoded["rule_faults"], decoded["rules_last_evaluated"]
@@ -156,7 +158,7 @@ def health_lines(view: Mapping[str, Any]) -> list[str]:
         for rule, error in sorted(faults.items())
     ]
     tick = view.get("tick_ms", "")
-    now = int(tick) if str(tick).isdigit() else None
+    now = now_ms if now_ms is not None else int(tick) if str(tick).isdigit() else None
     ages = []
     for rule, ms in sorted(last.items()):
         if not isinstance(ms, int) or ms <= 0:
@@ -166,7 +168,8 @@ def health_lines(view: Mapping[str, Any]) -> list[str]:
         else:
             ages.append(f"{rule} {max(now - ms, 0) / 1000:.1f}s")
     if ages:
-        out.append("rules last evaluated (before the aggregator's last tick): " + ", ".join(ages))
+        since = "ago" if now_ms is not None else "before the aggregator's last tick"
+        out.append(f"rules last evaluated ({since}): " + ", ".join(ages))
     return out
 
 
