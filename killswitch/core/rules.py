@@ -27,10 +27,11 @@ window to confirm it (multi-window, multi-burn-rate alerting):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import median
 
 from killswitch.core.baseline import BaselineParams, BaselineTrip
+from killswitch.core.options import CAP_PER_HOST_PER_S, RATE_HEADROOM, default, default_ms
 
 MAX_ORDERS = "max_orders"
 BASELINE = "baseline"
@@ -45,10 +46,10 @@ FAST_CAUSES = (MAX_RATE, BASELINE_FAST, HOST_SHARE_FAST)
 SHARE_CAUSES = (HOST_SHARE, HOST_SHARE_FAST)
 BASELINE_CAUSES = (BASELINE, BASELINE_FAST)
 
-# The derived rate cap: this many times the average rate `max_orders` allows. A node may
-# send its whole window's cap in one burst under `max_orders` alone; 3x keeps room for a
-# legitimate burst while catching a flood at the cap's rate seconds before the window fills.
-RATE_HEADROOM = 3.0
+# The derived rate cap (`RATE_HEADROOM`, in the table of options) is that many times the
+# average rate `max_orders` allows. A node may send its whole window's cap in one burst under
+# `max_orders` alone; 3x keeps room for a legitimate burst while catching a flood at the
+# cap's rate seconds before the window fills.
 
 LEVELS = (50, 75, 90)  # warning levels, % of a limit reached
 HYSTERESIS = 5  # percentage points below a level before it is left, so a value hovering
@@ -63,24 +64,25 @@ class MonitorConfig:
     `shadow` names the causes that only report ("would have tripped"), or True for all.
     """
 
-    max_orders: int | None = None
-    window_ms: int = 10_000
-    baseline_multiplier: float | None = 5.0  # None: no baseline rule (still learned)
-    breach_windows: int = 2
-    min_orders: int = 100
-    warmup_ms: int = 300_000
+    # Every default is the table's (`core.options`), converted to ms where it is a duration.
+    max_orders: int | None = None  # None: none (the aggregator derives one: `with_static_cap`)
+    window_ms: int = default_ms("window")
+    baseline_multiplier: float | None = default("baseline-multiplier")  # None: no rule
+    breach_windows: int = default("breach-windows")
+    min_orders: int = default("min-orders")
+    warmup_ms: int = default_ms("warmup")
     max_host_share: float | None = None  # off by default: depends on how the node balances
-    haunted_ratio: float = 5.0  # report hosts this many times their peers' median
+    haunted_ratio: float = default("haunted-ratio")  # hosts this many times their peers' median
     shadow: frozenset[str] | bool = frozenset()
-    half_life_ms: int = 45_000
-    profile_bucket_ms: int = 300_000
-    profile_half_life_ms: int = 900_000
+    half_life_ms: int = default_ms("half-life")
+    profile_bucket_ms: int = default_ms("profile-bucket")
+    profile_half_life_ms: int = default_ms("profile-half-life")
     # The fast window and its rules; off when the window is not longer than the fast one.
-    fast_window_ms: int = 1_000
-    fast_multiplier: float | None = 8.0  # None: no baseline_fast rule
-    fast_breach_ms: int = 100  # how long a fast breach must hold (one tick's noise)
-    fast_min_orders: int = 50
-    fast_host_share: bool = True  # host_share_fast beside host_share
+    fast_window_ms: int = default_ms("fast-window")
+    fast_multiplier: float | None = default("fast-multiplier")  # None: no baseline_fast rule
+    fast_breach_ms: int = default_ms("fast-breach")  # how long a fast breach must hold
+    fast_min_orders: int = default("fast-min-orders")
+    fast_host_share: bool = default("fast-host-share")  # host_share_fast beside host_share
     max_rate: float | None = None  # orders/s in the fast window; None: derived or off
     # Derive max_rate from max_orders when it is not set. Off by default, like max_orders: a
     # rate cap is stricter than the window cap for every burst, so only the operator can
@@ -284,3 +286,23 @@ def haunted_hosts(
             out.append(HauntedHost(host, orders, orders / node_total, peer_ratio))
     out.sort(key=lambda h: (-h.peer_ratio, h.host))
     return tuple(out)
+
+
+def default_cap(window_ms: int, hosts: int) -> int:
+    """The static cap enforced when none is given: `CAP_PER_HOST_PER_S` orders per second per
+    roster host, over the window (a backstop while the baseline rule warms up)."""
+    return max(1, round(CAP_PER_HOST_PER_S * max(hosts, 1) * window_ms / 1000))
+
+
+def with_static_cap(monitor: MonitorConfig, hosts: int) -> MonitorConfig:
+    """`monitor` as the aggregator (and the backtest) runs it: its static cap derived by
+    `default_cap` when none was given, and never in shadow (`--shadow all` shadows the other
+    rules and leaves the cap enforcing)."""
+    if monitor.max_orders is None:
+        monitor = replace(monitor, max_orders=default_cap(monitor.window_ms, hosts))
+    shadow = monitor.shadow
+    if shadow is True:
+        shadow = frozenset(c for c in CAUSES if c != MAX_ORDERS)
+    elif not isinstance(shadow, bool) and MAX_ORDERS in shadow:
+        shadow = shadow - {MAX_ORDERS}
+    return monitor if shadow == monitor.shadow else replace(monitor, shadow=shadow)

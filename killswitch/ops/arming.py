@@ -22,6 +22,7 @@ from killswitch.core.armproof import (
     verify_proof,
 )
 from killswitch.core.bounds import uint_or
+from killswitch.core.options import default
 from killswitch.core.roster import (
     DEFAULT_ALIVE_MS,
     epoch_floor,
@@ -48,7 +49,7 @@ from killswitch.ops.rolloutview import approve_after_arm, release_gate, split_js
 from killswitch.ops.signing import SignError, ssh_sign
 from killswitch.store.store import NodeSnapshot, Store, epoch_ceiling
 
-DEFAULT_EXPIRES_S = 600.0
+DEFAULT_EXPIRES_S: float = default("expires")
 
 Signer = Callable[[str, bytes], Awaitable[str]]
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from killswitch.core.armproof import ArmRequest, Proof
 from killswitch.core.bounds import uint_or
+from killswitch.core.options import default
 from killswitch.core.roster import not_ready_for_arm
 from killswitch.core.scope import ahead, parse_scopes, proven, valid_symbol
 from killswitch.ops.control import (
@@ -37,7 +38,7 @@ if TYPE_CHECKING:  # the signing side loads `cryptography`: a scoped kill never 
     from killswitch.core.sshsig import Operators
     from killswitch.ops.arming import Signer
 
-DEFAULT_EXPIRES_S = 600.0  # as a node arm's (ops.arming)
+DEFAULT_EXPIRES_S: float = default("expires")  # as a node arm's (ops.arming)
 
 
 def check_scope(kind: str, value: str, roster: tuple[str, ...]) -> str:
