@@ -22,7 +22,7 @@ from killswitch.core.armproof import (
     verify_proof,
 )
 from killswitch.core.bounds import uint_or
-from killswitch.core.options import default
+from killswitch.core.options import default, to_ms
 from killswitch.core.roster import (
     DEFAULT_ALIVE_MS,
     epoch_floor,
@@ -141,7 +141,7 @@ async def arm(
         epoch=next_epoch(epoch, floor),
         roster=wanted,
         reason=reason or "",
-        expires_ms=snap.now_ms + round(expires_s * 1000),
+        expires_ms=snap.now_ms + to_ms(expires_s),
     )
     message = req.encode()
     try:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from killswitch.core.armproof import ArmRequest, Proof
 from killswitch.core.bounds import uint_or
-from killswitch.core.options import default
+from killswitch.core.options import default, to_ms
 from killswitch.core.roster import not_ready_for_arm
 from killswitch.core.scope import ahead, parse_scopes, proven, valid_symbol
 from killswitch.ops.control import (
@@ -116,7 +116,7 @@ async def arm_scope(
         pending = None
     req = pending or ArmRequest(
         node=node, lifts_epoch=epoch, lifts_ver=ver, epoch=epoch, roster=before.roster,
-        reason=reason or "", expires_ms=before.now_ms + round(expires_s * 1000), scope=field,
+        reason=reason or "", expires_ms=before.now_ms + to_ms(expires_s), scope=field,
         scope_ver=scopes.ver,
     )  # fmt: skip
     message = req.encode()
