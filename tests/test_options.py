@@ -57,11 +57,14 @@ class TestOneTable:
 
     def test_bounds_are_the_tables(self) -> None:
         """`validate.BOUNDS` is a view of the table and the core's caps are read from it."""
-        assert {n: b for n, b in BOUNDS.items()} == {
+        assert dict(BOUNDS) == {
             o.name: o.bound for o in OPTIONS if o.bound is not None
         }
-        assert roster.MAX_ALIVE_MS == to_ms(option("stale-after").bound.hi)  # type: ignore[union-attr]
-        assert roster.DEFAULT_ALIVE_MS == to_ms(option("stale-after").default)
+        stale = option("stale-after")
+        assert stale.bound is not None
+        assert (roster.MAX_ALIVE_MS, roster.DEFAULT_ALIVE_MS) == (
+            to_ms(stale.bound.hi), to_ms(stale.default),
+        )  # fmt: skip
 
     def test_no_bound_is_written_outside_the_table(self) -> None:
         """Only the table's modules construct a `Bound`."""
@@ -203,7 +206,7 @@ class TestConverters:
     def test_resolve_checks_every_setting_up_front(self) -> None:
         """`resolve()` converts every setting of the verb, so a bad one fails before any work."""
         r = Resolver({}, env={"KILLSWITCH_TIMEOUT": "0"}, section="kill")
-        with pytest.raises(ValueError, match="^timeout: bad value '0' from KILLSWITCH_TIMEOUT"):
+        with pytest.raises(ValueError, match=r"^timeout: bad value '0' from KILLSWITCH_TIMEOUT"):
             r.resolve()
 
     @pytest.mark.parametrize(
