@@ -92,14 +92,14 @@ class TestConfigCheck:
     def test_prints_each_setting_with_its_source(self, tmp_path: Path) -> None:
         """Each resolved setting is printed with where it came from: flag, env, file, default."""
         cfg = tmp_path / "ks.toml"
-        cfg.write_text('max_orders = 5000\n[aggregator]\nwindow = 2\n')
+        cfg.write_text("max_orders = 5000\n[aggregator]\nwindow = 2\n")
         res = run(
             "config", "--check", "--config", str(cfg), "--node", "smars", "aggregator",
             env={"KILLSWITCH_TICK": "0.2"},
         )  # fmt: skip
         assert res.returncode == 0, res.stderr
         out = res.stdout
-        assert "[aggregator] node = \"smars\"  (flag --node)" in out
+        assert '[aggregator] node = "smars"  (flag --node)' in out
         assert "[aggregator] tick = 0.2  (env KILLSWITCH_TICK)" in out
         assert "[aggregator] max-orders = 5000  (file config [max_orders])" in out
         assert "[aggregator] window = 2.0  (file config [window])" in out

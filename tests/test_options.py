@@ -57,14 +57,12 @@ class TestOneTable:
 
     def test_bounds_are_the_tables(self) -> None:
         """`validate.BOUNDS` is a view of the table and the core's caps are read from it."""
-        assert dict(BOUNDS) == {
-            o.name: o.bound for o in OPTIONS if o.bound is not None
-        }
+        assert dict(BOUNDS) == {o.name: o.bound for o in OPTIONS if o.bound is not None}
         stale = option("stale-after")
         assert stale.bound is not None
-        assert (roster.MAX_ALIVE_MS, roster.DEFAULT_ALIVE_MS) == (
+        assert (
             to_ms(stale.bound.hi), to_ms(stale.default),
-        )  # fmt: skip
+        ) == (roster.MAX_ALIVE_MS, roster.DEFAULT_ALIVE_MS)  # fmt: skip
 
     def test_no_bound_is_written_outside_the_table(self) -> None:
         """Only the table's modules construct a `Bound`."""
@@ -104,9 +102,7 @@ class TestOneTable:
             ("core/rules.py", "MonitorConfig"),
         ],
     )
-    def test_typed_settings_take_their_defaults_from_the_table(
-        self, module: str, cls: str
-    ) -> None:
+    def test_typed_settings_take_their_defaults_from_the_table(self, module: str, cls: str) -> None:
         """A settings field that is an option has no literal default of its own: it calls
         the table (`default("tick")`, `default_ms("window")`), or has none (None or "")."""
         tree = ast.parse((PACKAGE / module).read_text("utf-8"))
@@ -157,7 +153,9 @@ class TestParsersFromTheTable:
         assert all(sp.allow_abbrev is False for sp in p.verbs.values())  # type: ignore[attr-defined]
 
     @pytest.mark.parametrize("width", [60, 80, 100, 140])
-    def test_help_never_wraps_inside_a_word(self, width: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_help_never_wraps_inside_a_word(
+        self, width: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """Every word of the help texts appears whole in --help (no `host_s` / `hare`)."""
         monkeypatch.setenv("COLUMNS", str(width))
         words = {w for o in OPTIONS for w in re.findall(r"[a-z]+(?:_[a-z]+)+", o.help)}

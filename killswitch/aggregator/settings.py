@@ -30,7 +30,9 @@ class AggregatorSettings:
     baseline_save_interval: float = 5.0  # seconds between baseline writes (and one on stop)
     instance: str = field(default_factory=lambda: default_instance())  # noqa: PLW0108 (defined below)
     lease_ttl: float = default("lease-ttl")  # leader lease on Redis server time, renewed every tick
-    require_durable: bool = default("require-durable")  # refuse to start unless Redis runs with appendonly
+    require_durable: bool = default(
+        "require-durable"
+    )  # refuse to start unless Redis runs with appendonly
     operators: str = ""  # the operators' allowed-signers file ("": never treats a node as armed)
     # Firm-wide cap: orders across every node of the fleet within the window (None: off).
     fleet_max_orders: int | None = None
