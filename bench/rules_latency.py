@@ -26,7 +26,7 @@ from typing import Any
 
 from killswitch.core.anomaly import MonitorConfig
 from killswitch.core.backtest import FlowEvent, replay
-from killswitch.testing.baselines import learned_baseline
+from kstest.baselines import learned_baseline
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
 PER_HOST = 10.0

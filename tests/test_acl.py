@@ -16,7 +16,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError, ResponseErr
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.store import acl
 from killswitch.store.keys import NodeKeys
-from killswitch.testing import Fleet
+from kstest import Fleet
 
 HOSTS = ["or-01", "or-02"]
 SHIPPED = Path(__file__).resolve().parent.parent / "deploy" / "redis" / "users.acl"

@@ -37,7 +37,7 @@ from killswitch.sim.embedded import free_port
 from killswitch.sim.loadgen import RouterStats, drive
 from killswitch.store.keys import NodeKeys
 from killswitch.store.store import Store
-from killswitch.testing import Fleet, wait_until
+from kstest import Fleet, wait_until
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
 WINDOW_MS = 1000

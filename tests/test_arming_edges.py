@@ -34,7 +34,7 @@ from killswitch.sidecar.inprocess import SidecarSettings, SidecarThread
 from killswitch.sim.operators import OperatorKeys
 from killswitch.store.keys import NodeKeys
 from killswitch.store.store import Store
-from killswitch.testing import wait_until_async
+from kstest import wait_until_async
 
 HOSTS = ["h1", "h2"]
 # Generous liveness (sidecars and arm agree on it): a host starved for a moment on a busy

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from killswitch.sim.embedded import free_port
 from killswitch.store.keys import NodeKeys
-from killswitch.testing import Fleet, wait_until
+from kstest import Fleet, wait_until
 
 EIGHT = [f"or-0{i}" for i in range(1, 9)]
 ATTEST = ("bin", "flags/*.toml")

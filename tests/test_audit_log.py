@@ -17,7 +17,7 @@ from killswitch.ops import audit as ops_audit
 from killswitch.ops.control import EXIT_OK, EXIT_REFUSED
 from killswitch.sim.operators import OperatorKeys, signed_store_arm
 from killswitch.store.store import Store
-from killswitch.testing import wait_until
+from kstest import wait_until
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

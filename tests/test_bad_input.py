@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from killswitch.sim.embedded import EmbeddedRedis, free_port
-from killswitch.testing import fleet
+from kstest import fleet
 
 SECRET = "s3cret-pw"
 USER = "ks-hardening"

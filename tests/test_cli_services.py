@@ -26,7 +26,7 @@ from killswitch.sidecar.inprocess import SidecarSettings, SidecarThread
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.operators import OperatorKeys
 from killswitch.store.keys import NodeKeys
-from killswitch.testing import wait_until
+from kstest import wait_until
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 

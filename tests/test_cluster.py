@@ -17,9 +17,9 @@ import redis as redis_sync
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.store.keys import NODES_KEY, NodeKeys
 from killswitch.store.redisconn import ClusterURL, parse_cluster_url
-from killswitch.testing import Fleet, GateClient, wait_until
-from killswitch.testing.cluster import RedisClusterHarness
-from killswitch.testing.hammer import Hammer, no_allow_after_first_block
+from kstest import Fleet, GateClient, wait_until
+from kstest.cluster import RedisClusterHarness
+from kstest.hammer import Hammer, no_allow_after_first_block
 
 HOSTS = ["or-01", "or-02"]
 

@@ -17,7 +17,7 @@ from redis import Redis as SyncRedis
 
 from killswitch.sim.embedded import free_port
 from killswitch.store.keys import NodeKeys
-from killswitch.testing import Fleet, GateClient, wait_until
+from kstest import Fleet, GateClient, wait_until
 
 HOSTS = ["or-01", "or-02"]
 LIMITS = """

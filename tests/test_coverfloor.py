@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from killswitch.testing.coverfloor import Layer, check, layer_of, main, totals
+from kstest.coverfloor import Layer, check, layer_of, main, totals
 
 
 def summary(

@@ -369,7 +369,7 @@ class TestBacktestCommand:
     def test_backtest_from_a_stored_baseline(self, tmp_path: Path) -> None:
         """`--baseline FILE.json` starts the replay warm (a flood trips with no warm-up); a
         missing, non-JSON or malformed file exits 2 naming `baseline`, with no traceback."""
-        from killswitch.testing.baselines import learned_baseline
+        from kstest.baselines import learned_baseline
 
         cfg = MonitorConfig()
         flows = {

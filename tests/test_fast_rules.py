@@ -25,7 +25,7 @@ from killswitch.core.anomaly import (
     Monitor,
     MonitorConfig,
 )
-from killswitch.testing.baselines import learned_baseline
+from kstest.baselines import learned_baseline
 
 DAY0 = 1_343_779_200_000
 TICK = 100

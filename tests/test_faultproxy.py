@@ -14,8 +14,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from killswitch.sim.embedded import EmbeddedRedis
-from killswitch.testing.faultproxy import FaultProxy, Mode
-from killswitch.testing.faultthread import ThreadedFaultProxy
+from kstest.faultproxy import FaultProxy, Mode
+from kstest.faultthread import ThreadedFaultProxy
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ from killswitch.sim.embedded import EmbeddedRedis, free_port
 from killswitch.store.keys import NodeKeys
 from killswitch.store.localstate import LocalState
 from killswitch.store.store import Store
-from killswitch.testing import Fleet, GateClient, Hammer, no_allow_after_first_block, wait_until
-from killswitch.testing.faultthread import ThreadedFaultProxy
+from kstest import Fleet, GateClient, Hammer, no_allow_after_first_block, wait_until
+from kstest.faultthread import ThreadedFaultProxy
 
 HOSTS = ["or-01", "or-02", "or-03"]
 STALE_AFTER, FLUSH = 0.5, 0.1

@@ -19,7 +19,7 @@ from killswitch.core.state import NodeState
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.store.keys import NodeKeys
 from killswitch.store.localstate import LocalState
-from killswitch.testing import Fleet, GateClient, wait_until
+from kstest import Fleet, GateClient, wait_until
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
 

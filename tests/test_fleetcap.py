@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from killswitch.core.fleetcap import FleetView, evaluate, parse_view
 from killswitch.sim.embedded import EmbeddedRedis
-from killswitch.testing import Fleet, GateClient, wait_until
+from kstest import Fleet, GateClient, wait_until
 
 W = 10_000  # window ms
 NOW = 1_000_000

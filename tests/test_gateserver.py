@@ -19,7 +19,7 @@ from killswitch.core.state import HostView, NodeState
 from killswitch.runtime.config import ListenAddr
 from killswitch.runtime.errors import StartupError
 from killswitch.sidecar.gateserver import GateProtocol, GateServer
-from killswitch.testing import wait_until_async
+from kstest import wait_until_async
 
 T0 = 1000.0
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]

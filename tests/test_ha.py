@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from killswitch.sim.embedded import EmbeddedRedis, free_port
 from killswitch.store.keys import NodeKeys
-from killswitch.testing import Fleet, Hammer, Proc, no_allow_after_first_block, wait_until
-from killswitch.testing.sentinel import SentinelCluster
+from kstest import Fleet, Hammer, Proc, no_allow_after_first_block, wait_until
+from kstest.sentinel import SentinelCluster
 
 HOSTS = ["or-01", "or-02", "or-03"]
 

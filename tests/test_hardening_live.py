@@ -27,7 +27,7 @@ from killswitch.sim.operators import make_operators, two_person_arm
 from killswitch.store.localstate import LocalState
 from killswitch.store.redisconn import connect
 from killswitch.store.store import Store
-from killswitch.testing import Fleet, Proc, fleet, wait_until, wait_until_async
+from kstest import Fleet, Proc, fleet, wait_until, wait_until_async
 
 HOSTS = ["or-01", "or-02"]
 

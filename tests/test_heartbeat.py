@@ -23,7 +23,7 @@ from killswitch.sidecar.service import Sidecar
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.sim.operators import OperatorKeys, signed_store_arm
 from killswitch.store.store import Store
-from killswitch.testing import wait_until_async
+from kstest import wait_until_async
 
 HOST = "or-01"
 FLUSH, STALE = 0.05, 0.9  # an idle host renews every 0.3 s (stale_after / 3)

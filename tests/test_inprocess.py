@@ -12,7 +12,7 @@ from killswitch.sidecar.inprocess import SidecarSettings, SidecarThread
 from killswitch.sim.operators import OperatorKeys, make_operators, two_person_arm
 from killswitch.store.localstate import LocalState
 from killswitch.store.store import Store
-from killswitch.testing import wait_until_async
+from kstest import wait_until_async
 
 
 class TestSidecarThread:

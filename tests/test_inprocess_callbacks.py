@@ -13,7 +13,7 @@ from killswitch.ops import control
 from killswitch.sidecar.inprocess import SidecarSettings, SidecarThread
 from killswitch.sim.operators import OperatorKeys, two_person_arm
 from killswitch.store.store import Store
-from killswitch.testing import wait_until_async
+from kstest import wait_until_async
 
 
 class TestFailingCallback:

@@ -17,7 +17,7 @@ from killswitch.runtime.errors import StartupError
 from killswitch.sidecar.inprocess import SidecarSettings, SidecarThread
 from killswitch.sim.operators import OperatorKeys
 from killswitch.store.store import Store
-from killswitch.testing import wait_until, wait_until_async
+from kstest import wait_until, wait_until_async
 
 
 def threads_named(name: str) -> list[threading.Thread]:

@@ -17,7 +17,7 @@ from killswitch.store import lean
 from killswitch.store.keys import NodeKeys
 from killswitch.store.leanclient import LeanRedis, LeanStore, drive
 from killswitch.store.store import Store
-from killswitch.testing import wait_until
+from kstest import wait_until
 
 NODE = "smars"
 

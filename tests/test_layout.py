@@ -12,6 +12,7 @@ import killswitch
 MAX_MODULE_LINES = 400
 
 PACKAGE = Path(killswitch.__file__).resolve().parent
+KIT = PACKAGE.parent / "kstest"  # the test kit, beside the package
 
 
 def long_modules(root: Path, limit: int) -> list[str]:
@@ -26,8 +27,9 @@ def long_modules(root: Path, limit: int) -> list[str]:
 
 class TestModuleSize:
     def test_no_module_over_the_limit(self) -> None:
-        """No module of the package is over MAX_MODULE_LINES lines (split it by job)."""
-        assert long_modules(PACKAGE, MAX_MODULE_LINES) == []
+        """No module of the package or the test kit is over MAX_MODULE_LINES lines (split it
+        by job)."""
+        assert long_modules(PACKAGE, MAX_MODULE_LINES) + long_modules(KIT, MAX_MODULE_LINES) == []
 
     def test_the_check_names_a_long_module(self, tmp_path: Path) -> None:
         """The check names a module over the limit, with its length, and passes one at it."""

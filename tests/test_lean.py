@@ -26,7 +26,7 @@ from killswitch.store.keys import NodeKeys
 from killswitch.store.lean import BudgetSpent, LeanURL, ReplyError
 from killswitch.store.leanclient import LeanRedis, LeanStore, drive
 from killswitch.store.store import Store
-from killswitch.testing.sentinel import SentinelCluster
+from kstest.sentinel import SentinelCluster
 
 HEAVY = ("redis", "asyncio", "aiohttp", "prometheus_client", "rich", "structlog")
 

@@ -17,7 +17,7 @@ from structlog.typing import Processor
 
 from killswitch.runtime import logs
 from killswitch.runtime.logs import BLOCK_EVENT, QueuedWriter
-from killswitch.testing import wait_until
+from kstest import wait_until
 
 
 class HeldStream(io.StringIO):

@@ -20,7 +20,7 @@ from redis.asyncio.client import PubSub
 from killswitch.core.auditchain import parse_head, verify
 from killswitch.store import scripts
 from killswitch.store.keys import NodeKeys
-from killswitch.testing.mutants import check_catalogue
+from kstest.mutants import check_catalogue
 
 HOST = "or-01"
 END = "end-of-test-marker"

@@ -26,7 +26,7 @@ from killswitch.sidecar.settings import SidecarSettings
 from killswitch.sim.operators import OperatorKeys, signed_store_arm
 from killswitch.store.localstate import LocalState
 from killswitch.store.store import Store
-from killswitch.testing import wait_until_async
+from kstest import wait_until_async
 
 HOST = "or-01"
 T0 = 100.0

@@ -24,9 +24,9 @@ import redis as redis_sync
 
 from killswitch.sim.embedded import EmbeddedRedis, free_port
 from killswitch.store.keys import NodeKeys
-from killswitch.testing import Fleet
-from killswitch.testing.promcheck import PER_HOST_METRICS, boolify, check_expr, grouping, selectors
-from killswitch.testing.promharness import PrometheusHarness, extract_exprs
+from kstest import Fleet
+from kstest.promcheck import PER_HOST_METRICS, boolify, check_expr, grouping, selectors
+from kstest.promharness import PrometheusHarness, extract_exprs
 
 HOSTS = ["or-01", "or-02", "or-03", "or-04"]
 

@@ -25,7 +25,7 @@ from killswitch.sidecar.settings import SidecarSettings
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.operators import OperatorKeys, signed_store_arm
 from killswitch.store.store import Store
-from killswitch.testing import Fleet, wait_until, wait_until_async
+from kstest import Fleet, wait_until, wait_until_async
 
 HOST = "or-01"
 

@@ -22,7 +22,7 @@ from killswitch.sidecar.settings import SidecarSettings
 from killswitch.sim.operators import OperatorKeys, signed_store_arm
 from killswitch.store.reads import NodeSnapshot
 from killswitch.store.store import Store
-from killswitch.testing import wait_until_async
+from kstest import wait_until_async
 
 HOSTS = ("or-01", "or-02", "or-03")
 

@@ -12,8 +12,8 @@ import redis.exceptions
 
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.store.redisconn import SentinelURL, connect, parse_sentinel_url
-from killswitch.testing.faultproxy import FaultProxy
-from killswitch.testing.sentinel import SentinelCluster
+from kstest.faultproxy import FaultProxy
+from kstest.sentinel import SentinelCluster
 
 
 class TestParseSentinelURL:

@@ -27,7 +27,7 @@ from killswitch.ops.signing import ssh_sign
 from killswitch.sim.embedded import free_port
 from killswitch.sim.operators import make_key
 from killswitch.store.keys import NodeKeys
-from killswitch.testing import Fleet, wait_until
+from kstest import Fleet, wait_until
 
 HOSTS = ["or-01", "or-02", "or-03"]
 ATTEST = ("bin", "flags/*.toml")

@@ -30,7 +30,7 @@ from killswitch.sidecar.inprocess import SidecarSettings, SidecarThread
 from killswitch.sim.operators import OperatorKeys
 from killswitch.store.keys import NodeKeys
 from killswitch.store.store import Store
-from killswitch.testing import wait_until, wait_until_async
+from kstest import wait_until, wait_until_async
 
 HOSTS = ["h1", "h2"]
 NEW = "b" * 64

@@ -1,6 +1,6 @@
 """Alert rules, Prometheus config and dashboard queries, checked by the real Prometheus tools.
 
-promtool checks and unit-tests the rules; a real prometheus server (killswitch.testing.promharness)
+promtool checks and unit-tests the rules; a real prometheus server (kstest.promharness)
 scrapes a fake exporter, fires an alert, and evaluates every expression the repo ships.
 """
 
@@ -18,8 +18,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from killswitch.testing import promcheck
-from killswitch.testing.promharness import (
+from kstest import promcheck
+from kstest.promharness import (
     ALERT_RULES,
     DEFAULT_VARIABLES,
     REPO_ROOT,

@@ -25,8 +25,8 @@ from killswitch.ops import control
 from killswitch.sim.loadgen import drive
 from killswitch.store.keys import NodeKeys
 from killswitch.store.store import Store
-from killswitch.testing import Fleet
-from killswitch.testing.baselines import learned_baseline
+from kstest import Fleet
+from kstest.baselines import learned_baseline
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
 PER_HOST = 10.0  # orders/s per host: the node's learned 80 orders/s

@@ -20,7 +20,7 @@ from killswitch.ops.signing import ssh_sign
 from killswitch.sidecar.inprocess import SidecarSettings, SidecarThread
 from killswitch.sim.operators import OperatorKeys, two_person_arm
 from killswitch.store.store import Store
-from killswitch.testing import wait_until_async
+from kstest import wait_until_async
 
 HOST = "py-11"
 FIELD = f"host:{HOST}"

@@ -10,7 +10,7 @@ import redis.asyncio
 from redis.asyncio.sentinel import Sentinel
 
 from killswitch.store.redisconn import parse_sentinel_url
-from killswitch.testing.sentinel import SentinelCluster
+from kstest.sentinel import SentinelCluster
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ import redis as redis_sync
 
 from killswitch.sim.operators import make_key
 from killswitch.store.keys import NodeKeys
-from killswitch.testing import Fleet, Proc, wait_until
+from kstest import Fleet, Proc, wait_until
 
 HOSTS = ["or-01", "or-02"]
 

@@ -18,7 +18,7 @@ from killswitch.ops import signing
 from killswitch.ops.arming import kill_actor
 from killswitch.ops.signing import SignError, ssh_sign
 from killswitch.sim.operators import OperatorKeys
-from killswitch.testing import wait_until_async
+from kstest import wait_until_async
 
 SLEEP = shutil.which("sleep")  # resolved before a test narrows PATH
 

@@ -15,7 +15,7 @@ import redis as redis_sync
 
 from killswitch.sim.embedded import EmbeddedRedis, free_port
 from killswitch.store.keys import NodeKeys
-from killswitch.testing import GateClient, Proc, wait_until
+from kstest import GateClient, Proc, wait_until
 
 
 def killswitch_proc(tmp_path: Path, name: str, *args: str) -> Proc:

@@ -17,7 +17,7 @@ import redis as redis_sync
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.store.keys import NodeKeys
 from killswitch.store.localstate import LocalState
-from killswitch.testing import Fleet, wait_until
+from kstest import Fleet, wait_until
 
 HOSTS = ["or-01", "or-02"]
 R = redis_sync.Redis

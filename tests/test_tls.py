@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from killswitch.sim.embedded import EmbeddedRedis, free_port
-from killswitch.testing import Fleet
+from kstest import Fleet
 
 HOSTS = ["or-01", "or-02"]
 

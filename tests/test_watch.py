@@ -20,7 +20,7 @@ import redis as redis_sync
 from rich.console import Console
 
 from killswitch.cli.watch import render_error, render_status
-from killswitch.testing import Fleet, wait_until
+from kstest import Fleet, wait_until
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
 

@@ -4,7 +4,7 @@ coverage.py has one `fail_under` for everything; this checks each layer (core, s
 against the `[tool.killswitch.coverage-floors]` table of pyproject.toml, so a well-tested
 core cannot hide an untested service. Run after `coverage combine`; it never changes the data.
 
-    python -m killswitch.testing.coverfloor [--pyproject PATH] [--data PATH]
+    python -m kstest.coverfloor [--pyproject PATH] [--data PATH]
 
 Exit 0 when every layer is at or above its floors, 1 when one is below, 2 on a usage problem.
 """

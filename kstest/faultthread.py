@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from killswitch.testing.faultproxy import FaultProxy, ProxyStats
+from kstest.faultproxy import FaultProxy, ProxyStats
 
 _T = TypeVar("_T")
 

@@ -5,7 +5,7 @@ Imported only by tests, benches and the test kit itself; nothing in the product 
 """
 
 from killswitch.sim.fleet import Fleet, GateClient, Proc, fleet, wait_until, wait_until_async
-from killswitch.testing.hammer import Hammer, no_allow_after_first_block
+from kstest.hammer import Hammer, no_allow_after_first_block
 
 __all__ = [
     "Fleet",

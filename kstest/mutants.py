@@ -6,7 +6,7 @@ mutants are written out here, one per branch condition or effect that matters, e
 after what it breaks: every one is applied in turn (through a pytest plugin that rewrites the
 script as `Store` and the Lua tests load it) and must make a test fail.
 
-    python -m killswitch.testing.mutants [--lua-only | --python-only] [--fresh]
+    python -m kstest.mutants [--lua-only | --python-only] [--fresh]
 
 Exit 0 when every mutant is killed or listed in EQUIVALENT (with its reason), 1 otherwise.
 """
@@ -159,7 +159,7 @@ EQUIVALENT: dict[str, str] = {
 
 
 def pytest_configure(config: object) -> None:
-    """Plugin hook (`-p killswitch.testing.mutants`): apply the mutant named in the environment."""
+    """Plugin hook (`-p kstest.mutants`): apply the mutant named in the environment."""
     raw = os.environ.get(ENV)
     if not raw:
         return
@@ -192,7 +192,7 @@ def run_lua(root: Path) -> tuple[list[str], int]:
         env = dict(os.environ, **{ENV: json.dumps(asdict(m))})
         done = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-             "-p", "killswitch.testing.mutants", *LUA_TESTS],
+             "-p", "kstest.mutants", *LUA_TESTS],
             cwd=root, env=env, capture_output=True, text=True, check=False,
         )  # fmt: skip
         if done.returncode == 0:

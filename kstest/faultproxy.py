@@ -32,7 +32,7 @@ import struct
 from dataclasses import dataclass
 from typing import TypeVar
 
-from killswitch.testing.faultlink import Link, Mode, abort_with_rst
+from kstest.faultlink import Link, Mode, abort_with_rst
 
 __all__ = ["FaultProxy", "Mode", "ProxyStats"]
 
