@@ -190,3 +190,9 @@ class TestStaticCapNeverShadowed:
             cfg = with_static_cap(MonitorConfig(shadow=shadow), hosts=4)
             assert cfg.max_orders == 4 * 1000 * 10
             assert not cfg.is_shadow("max_orders") and cfg.is_shadow("baseline")
+
+    def test_derived_cap_stays_within_the_max_orders_range(self) -> None:
+        """A roster of 300 hosts over a one-hour window derives a cap the config accepts: the
+        range of `--max-orders`, 10^9, not 300 x 1000 x 3600."""
+        cfg = with_static_cap(MonitorConfig(window_ms=3_600_000), hosts=300)
+        assert cfg.max_orders == 10**9

@@ -31,7 +31,13 @@ from dataclasses import dataclass, replace
 from statistics import median
 
 from killswitch.core.baseline import BaselineParams, BaselineTrip
-from killswitch.core.options import CAP_PER_HOST_PER_S, RATE_HEADROOM, default, default_ms
+from killswitch.core.options import (
+    CAP_PER_HOST_PER_S,
+    RATE_HEADROOM,
+    bound,
+    default,
+    default_ms,
+)
 
 MAX_ORDERS = "max_orders"
 BASELINE = "baseline"
@@ -54,6 +60,20 @@ BASELINE_CAUSES = (BASELINE, BASELINE_FAST)
 LEVELS = (50, 75, 90)  # warning levels, % of a limit reached
 HYSTERESIS = 5  # percentage points below a level before it is left, so a value hovering
 # at 75% is logged once, not every tick
+
+
+# MonitorConfig field -> (its setting in the table, units of the field per unit of the setting).
+_BOUNDED = {
+    "max_orders": ("max-orders", 1), "window_ms": ("window", 1000),
+    "baseline_multiplier": ("baseline-multiplier", 1), "breach_windows": ("breach-windows", 1),
+    "min_orders": ("min-orders", 1), "warmup_ms": ("warmup", 1000),
+    "haunted_ratio": ("haunted-ratio", 1), "half_life_ms": ("half-life", 1000),
+    "profile_bucket_ms": ("profile-bucket", 1000),
+    "profile_half_life_ms": ("profile-half-life", 1000),
+    "fast_window_ms": ("fast-window", 1000), "fast_multiplier": ("fast-multiplier", 1),
+    "fast_breach_ms": ("fast-breach", 1000), "fast_min_orders": ("fast-min-orders", 1),
+    "max_rate": ("max-rate", 1),
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,28 +113,16 @@ class MonitorConfig:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"{name}: {why}, got {getattr(self, name)!r}")
 
-        if self.max_orders is not None and self.max_orders < 0:
-            raise bad("max_orders", "must not be negative")
-        if self.baseline_multiplier is not None and not self.baseline_multiplier > 1.0:
-            raise bad("baseline_multiplier", "must be above 1")
-        if self.breach_windows < 1:
-            raise bad("breach_windows", "must be at least 1")
-        if self.min_orders < 0 or self.warmup_ms < 0:
-            raise bad("min_orders" if self.min_orders < 0 else "warmup_ms", "must not be negative")
+        # The ranges are the table's (`core.options`), the one place they are written.
+        for field, (name, per) in _BOUNDED.items():
+            value = getattr(self, field)
+            if value is None:
+                continue
+            b = bound(name)
+            if isinstance(value, bool) or not b.lo <= value / per <= b.hi:
+                raise bad(field, f"out of range: must be {b.describe()} (--{name})")
         if self.max_host_share is not None and not 0.0 < self.max_host_share < 1.0:
             raise bad("max_host_share", "must be a fraction between 0 and 1")
-        if not self.haunted_ratio > 1.0:
-            raise bad("haunted_ratio", "must be above 1")
-        if self.fast_window_ms <= 0:
-            raise bad("fast_window_ms", "must be positive")
-        if self.fast_multiplier is not None and not self.fast_multiplier > 1.0:
-            raise bad("fast_multiplier", "must be above 1")
-        if self.fast_breach_ms < 0:
-            raise bad("fast_breach_ms", "must not be negative")
-        if self.fast_min_orders < 0:
-            raise bad("fast_min_orders", "must not be negative")
-        if self.max_rate is not None and not self.max_rate > 0.0:
-            raise bad("max_rate", "must be positive")
         if not isinstance(self.shadow, bool):
             unknown = set(self.shadow) - set(CAUSES)
             if unknown:
@@ -290,8 +298,10 @@ def haunted_hosts(
 
 def default_cap(window_ms: int, hosts: int) -> int:
     """The static cap enforced when none is given: `CAP_PER_HOST_PER_S` orders per second per
-    roster host, over the window (a backstop while the baseline rule warms up)."""
-    return max(1, round(CAP_PER_HOST_PER_S * max(hosts, 1) * window_ms / 1000))
+    roster host, over the window (a backstop while the baseline rule warms up), within the
+    range of `--max-orders`."""
+    cap = round(CAP_PER_HOST_PER_S * max(hosts, 1) * window_ms / 1000)
+    return int(min(max(1, cap), bound("max-orders").hi))
 
 
 def with_static_cap(monitor: MonitorConfig, hosts: int) -> MonitorConfig:
