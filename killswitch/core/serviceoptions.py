@@ -83,7 +83,8 @@ SERVICE_OPTIONS: tuple[Option, ...] = (
     Option("max-orders", RULE_VERBS, "static cap: kill when more than N orders were sent "
            "across the node within --window (never shadowed by the aggregator)", kind="int",
            bound=N(1, 10**9), metavar="N",
-           derived=f"{CAP_PER_HOST_PER_S:,} orders/s per roster host over --window",
+           derived=f"{CAP_PER_HOST_PER_S:,} orders/s per roster host (backtest: per host in the "
+           "counts) over --window",
            group=_AGG_RULES),
     Option("window", RULE_VERBS, "sliding window in seconds", kind="float", default=10.0,
            bound=S(0.1, 3600.0), metavar="S", group=_AGG_RULES),
