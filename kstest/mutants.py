@@ -26,7 +26,7 @@ from pathlib import Path
 from killswitch.store import scripts
 
 ENV = "KILLSWITCH_LUA_MUTANT"
-LUA_TESTS = ["tests/test_lua.py", "tests/test_notice.py"]
+LUA_TESTS = ["tests/live/test_lua.py", "tests/live/test_notice.py"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from killswitch.store.keys import NodeKeys
 from kstest import Fleet
 
 HOSTS = ["or-01", "or-02"]
-SHIPPED = Path(__file__).resolve().parent.parent / "deploy" / "redis" / "users.acl"
+SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "users.acl"
 
 
 def url(server: EmbeddedRedis, user: str) -> str:

@@ -22,9 +22,9 @@ from killswitch.runtime.config import ConfigError
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.sim.loadgen import LoadgenSettings
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = REPO_ROOT / "compose.yaml"
-SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.json"
+SCHEMA = Path(__file__).resolve().parents[1] / "data" / "compose-spec.json"
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, $VAR and the $$ escape, as Compose reads them.

@@ -22,7 +22,7 @@ from killswitch.runtime.config import Resolver
 from killswitch.runtime.convert import converter
 from killswitch.runtime.validate import BOUNDS, bounded_int, truthy
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "killswitch"
 TABLE_MODULES = {"core/option.py", "core/options.py", "core/serviceoptions.py"}
 
