@@ -22,6 +22,7 @@ from killswitch.runtime.config import (
     load_config_file,
     unknown_keys,
 )
+from killswitch.store.redisurl import scrub
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -52,10 +53,10 @@ def check_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 where = f"default ({o.default_text()})" if o.default_text() else "not set"
             lines.append(f"[{verb}] {o.name} = {shown(value)}  ({where})")
     for problem in problems:
-        print(f"killswitch config: {problem}", file=sys.stderr)
+        print(scrub(f"killswitch config: {problem}"), file=sys.stderr)
     if problems:
         return EXIT_USAGE
-    print("\n".join(lines))
+    print(scrub("\n".join(lines)))  # a Redis URL's password is never printed
     return EXIT_OK
 
 

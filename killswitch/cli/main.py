@@ -75,7 +75,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from killswitch.sim.demo import run_demo
 
         return run_demo(
-            as_json=r.get("json"), realtime=r.get("realtime"), on_haunted=r.get("on-haunted")
+            as_json=r.get("json"),
+            realtime=r.get("realtime"),
+            on_haunted=r.get("on-haunted"),
+            plot=r.get("plot"),
         )
     if cmd == "loadgen":
         return services.start_loadgen(r)

@@ -134,6 +134,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("file", ("audit",), "with --verify: also verify an aggregator's local copy "
            "(--audit-log) and that Redis still holds every entry of it", metavar="PATH"),
     # -- demo -----------------------------------------------------------------------------
+    Option("plot", ("demo",), "also write a chart of the replay to PATH (.svg or .png): node "
+           "and per-host volume, the trip, orders after onset per monitor (needs matplotlib: "
+           "the plot extra)", metavar="PATH"),
     Option("realtime", ("demo",), "no time compression: production windows (10 s) and rules, "
            "fast rules on, about two minutes; its figures are real-time figures", kind="flag",
            default=False),

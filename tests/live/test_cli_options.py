@@ -128,3 +128,17 @@ class TestBacktestDefaults:
         doc = json.loads(res.stdout)
         assert doc["config"]["max_orders"] == default_cap(10_000, 2) == 20_000
         assert [t["cause"] for t in doc["trips"] if not t["shadow"]][:1] == ["max_orders"]
+
+    def test_never_prints_a_password(self, tmp_path: Path) -> None:
+        """A Redis URL's password from the file is shown masked."""
+        cfg = tmp_path / "ks.toml"
+        cfg.write_text('redis = "redis://alice:hunter2@10.0.0.5:6379/0"\n')
+        res = run("config", "--check", "--config", str(cfg), "status")
+        assert res.returncode == 0, res.stderr
+        assert "hunter2" not in res.stdout and "alice:***@10.0.0.5" in res.stdout
+
+    def test_the_shipped_example_config_checks_clean(self) -> None:
+        """deploy/killswitch.example.toml holds only known keys and good values for every verb."""
+        example = Path(__file__).resolve().parents[2] / "deploy" / "killswitch.example.toml"
+        res = run("config", "--check", "--config", str(example))
+        assert res.returncode == 0, res.stderr
