@@ -125,7 +125,7 @@ def replay(
     events: Iterable[FlowEvent],
     config: MonitorConfig,
     *,
-    tick_ms: int = 100,
+    tick_ms: int = default_ms("tick"),
     rearm_after_ms: int | None = REARM_AFTER_MS,
     baseline: Mapping[str, str] | None = None,
     roster: Sequence[str] = (),
@@ -204,7 +204,7 @@ def replay(
 def backtest(
     events: Iterable[FlowEvent],
     config: MonitorConfig,
-    tick_ms: int = 100,
+    tick_ms: int = default_ms("tick"),
     *,
     rearm_after_ms: int | None = REARM_AFTER_MS,
     baseline: Mapping[str, str] | None = None,

@@ -62,7 +62,7 @@ async def arm(
     roster: Sequence[str] | None = None,
     reason: str | None = None,
     expires_s: float = DEFAULT_EXPIRES_S,
-    timeout: float = 5.0,
+    timeout: float = default("timeout"),
     sign: Signer = ssh_sign,
     alive_ms: int = DEFAULT_ALIVE_MS,
 ) -> Outcome:

@@ -72,7 +72,7 @@ async def arm_scope(
     operators: Operators,
     reason: str | None,
     expires_s: float = DEFAULT_EXPIRES_S,
-    timeout: float = 5.0,
+    timeout: float = default("timeout"),
     sign: Signer | None = None,
 ) -> Outcome:
     """Sign the lift of a scoped kill: record it pending, or complete a pending one."""

@@ -93,6 +93,15 @@ class TestOneTable:
         ]  # fmt: skip
         assert offenders == []
 
+    def test_no_parameter_repeats_a_settings_default(self) -> None:
+        """No function or field spells a setting's default as a number of its own (the 1.0 of
+        `--stale-after` was once written in five places)."""
+        names = ("stale_after", "flush_interval", "max_conns", "line_timeout", "on_kill_grace",
+                 "attest_interval", "confirm_timeout", "lease_ttl", "expires_s", "tick_ms")  # fmt: skip
+        literal = re.compile(rf"\b({'|'.join(names)}): (?:float|int)(?: \| None)? = [0-9]")
+        offenders = [(rel, m[1]) for rel, text in product_sources() for m in literal.finditer(text)]
+        assert offenders == []
+
     @pytest.mark.parametrize(
         ("module", "cls"),
         [
