@@ -14,6 +14,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from killswitch.cli.settings import check_together
 from killswitch.core.options import VERBS, options_of
 from killswitch.runtime.config import (
     ConfigError,
@@ -52,6 +53,11 @@ def check_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             if found is None and value is None:
                 where = f"default ({o.default_text()})" if o.default_text() else "not set"
             lines.append(f"[{verb}] {o.name} = {shown(value)}  ({where})")
+        if not any(p.startswith(f"[{verb}] ") for p in problems):  # each value is good
+            try:
+                check_together(r)
+            except ConfigError as e:
+                problems.append(f"[{verb}] {e}")
     for problem in problems:
         print(scrub(f"killswitch config: {problem}"), file=sys.stderr)
     if problems:

@@ -142,3 +142,11 @@ class TestBacktestDefaults:
         example = Path(__file__).resolve().parents[2] / "deploy" / "killswitch.example.toml"
         res = run("config", "--check", "--config", str(example))
         assert res.returncode == 0, res.stderr
+
+    def test_settings_checked_together(self, tmp_path: Path) -> None:
+        """A flush interval at or above stale-after is refused by `config --check` as the
+        sidecar would refuse it."""
+        cfg = tmp_path / "ks.toml"
+        cfg.write_text("[sidecar]\nflush_interval = 2\nstale_after = 1\n")
+        line = one_line(run("config", "--check", "--config", str(cfg), "sidecar"))
+        assert "[sidecar] flush-interval must be shorter than stale-after" in line
