@@ -109,9 +109,9 @@ OPTIONS: tuple[Option, ...] = (
            "is then recorded as by the principal whose signature verifies against "
            "--operators. A kill never needs it and never waits more than 2 s for it "
            "(unsigned if signing fails)", metavar="PATH"),
-    Option("fleet", ("kill",), f"kill {_FLEET}; proven when every roster host of every node "
-           "confirmed (exit 3 names the node/host pairs that did not)", kind="flag",
-           default=False),
+    Option("fleet", ("kill", "status", "watch"), f"{_FLEET}: kill proves every roster host of "
+           "every node confirmed (exit 3 names the node/host pairs that did not); status and "
+           "watch show one line per node", kind="flag", default=False),
     Option("host", _SCOPE_VERBS, "one host only (proof from that host; the rest of the node "
            "is untouched); arm lifts that host's scoped kill", kind="host", metavar="H",
            dest="scope_host", flags_only=True, exclusive="scope"),
@@ -119,8 +119,6 @@ OPTIONS: tuple[Option, ...] = (
            "arm lifts that symbol's scoped kill", metavar="S", dest="scope_symbol",
            flags_only=True, exclusive="scope"),
     # -- status, watch --------------------------------------------------------------------
-    Option("fleet", ("status", "watch"), f"one line per node: {_FLEET}", kind="flag",
-           default=False),
     Option("interval", ("watch",), "seconds between redraws", kind="float", default=0.5,
            bound=S(0.05, 60.0), metavar="S"),
     Option("once", ("watch",), "print one frame and exit (scripts)", kind="flag",

@@ -46,6 +46,19 @@ class TestOneTable:
                 seen[(verb, o.name)] = seen.get((verb, o.name), 0) + 1
         assert [k for k, n in seen.items() if n > 1] == []
 
+    def test_a_name_shared_by_several_entries_has_its_default_and_bound_once(self) -> None:
+        """Where verbs give one flag name different meanings (`--hosts`, `--key`), at most one
+        of its entries declares a default or a bound."""
+        by_name: dict[str, list[Option]] = {}
+        for o in OPTIONS:
+            by_name.setdefault(o.name, []).append(o)
+        twice = [
+            name
+            for name, opts in by_name.items()
+            if sum(o.default is not None or o.bound is not None for o in opts) > 1
+        ]
+        assert twice == []
+
     @pytest.mark.parametrize("opt", OPTIONS, ids=lambda o: f"{o.name}@{o.verbs[0]}")
     def test_every_default_passes_its_own_converter_and_bound(self, opt: Option) -> None:
         """A default is typed as an operator would type it and is inside its own range."""
