@@ -96,6 +96,15 @@ def sidecar_flags(s: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds between checks for changed attested files (default 2)",
     )
+    s.add_argument(
+        "--fix",
+        action="append",
+        metavar="LISTEN=UPSTREAM",
+        help="relay a FIX session (FIX.4.2, FIX.4.4, FIXT.1.1) through this host's gate, e.g. "
+        "tcp:127.0.0.1:9878=tcp:10.0.0.5:9878 (repeatable): orders (35=D, G, E, AB) pass "
+        "only when the gate allows them, a blocked one is answered with an ExecutionReport "
+        "(39=8) and never reaches UPSTREAM; cancels (35=F, q) always pass",
+    )
 
 
 def aggregator_flags(a: argparse.ArgumentParser, with_rules: bool) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from killswitch.core.names import InvalidName, check_roster
 from killswitch.runtime.config import (
     ConfigError,
+    ListenAddr,
     Resolver,
     check_listen_path,
     default_state_dir,
@@ -67,6 +68,7 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         on_kill_grace=r.get("on-kill-grace", 10.0, bounded("on-kill-grace")),
         attest=tuple(r.get("attest", [], str_list)),
         attest_interval=r.get("attest-interval", 2.0, bounded("attest-interval")),
+        fix=fix_routes(r.get("fix", [], str_list)),
         extra={"warnings": warnings},
     )
     if settings.flush_interval >= settings.stale_after:
@@ -74,6 +76,25 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
             "flush-interval must be shorter than stale-after, or every gate goes stale"
         )
     return settings
+
+
+def fix_routes(values: list[str]) -> tuple[tuple[ListenAddr, ListenAddr], ...]:
+    return tuple(fix_route(v) for v in values)
+
+
+def fix_route(value: str) -> tuple[ListenAddr, ListenAddr]:
+    """`LISTEN=UPSTREAM` of `--fix`, each side `tcp:HOST:PORT` or `unix:/path`."""
+    cut = max(value.rfind("=tcp:"), value.rfind("=unix:"))
+    if cut <= 0:
+        raise ConfigError(
+            f"fix: {value!r} is not LISTEN=UPSTREAM, e.g. tcp:127.0.0.1:9878=tcp:10.0.0.5:9878"
+        )
+    try:
+        listen, upstream = parse_listen(value[:cut]), parse_listen(value[cut + 1 :])
+    except ConfigError as e:
+        raise ConfigError(f"fix: {value!r}: {e}") from None
+    check_listen_path(listen)
+    return listen, upstream
 
 
 def operators_path(r: Resolver) -> str:

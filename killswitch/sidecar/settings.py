@@ -32,4 +32,5 @@ class SidecarSettings:
     on_kill_grace: float = ON_KILL_STOP_GRACE_S  # on stop, seconds it may still finish
     attest: tuple[str, ...] = ()  # files or globs whose bytes are this host's release
     attest_interval: float = 2.0  # seconds between checks for changed attested files
+    fix: tuple[tuple[ListenAddr, ListenAddr], ...] = ()  # FIX gateway routes (listen, venue)
     extra: dict[str, Any] = field(default_factory=dict)
