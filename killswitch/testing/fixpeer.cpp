@@ -24,6 +24,7 @@
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <string>
 
@@ -64,12 +65,15 @@ class Peer : public FIX::Application {
       throw(FIX::FieldNotFound, FIX::IncorrectDataFormat, FIX::IncorrectTagValue,
             FIX::UnsupportedMessageType) override {
     say("app_in|" + wire(m));
-    if (venue_ && field(m.getHeader(), 43) != "Y") answer(m, s);
+    // A venue answers each ClOrdID once: a resent order (PossDupFlag) it already has is not
+    // filled again, one it never saw is.
+    if (venue_ && seen_.insert(field(m, 11)).second) answer(m, s);
   }
 
  private:
   bool venue_;
   int n_ = 0;
+  std::set<std::string> seen_;
 
   // The venue fills every new order and acknowledges every cancel (an ExecutionReport with
   // the fields its FIX version requires).
