@@ -190,7 +190,7 @@ int main(int argc, char** argv) {
             std::to_string(session->getExpectedTargetNum()));
       }
     }
-    if (venue) acceptor->stop(); else initiator->stop();
+    if (venue) acceptor->stop(true); else initiator->stop(true);
   } catch (std::exception& e) {
     std::cerr << "fixpeer: " << e.what() << std::endl;
     return 1;

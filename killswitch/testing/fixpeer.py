@@ -131,9 +131,10 @@ class FixPeer:
         cfg.write_text(settings_text(role, begin, port, workdir))
         self.events: list[Event] = []
         self._cv = threading.Condition()
+        self._stderr = (workdir / "stderr.log").open("wb")
         self.proc = subprocess.Popen(
             [str(build()), role, str(cfg)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=(workdir / "stderr.log").open("wb"), text=True, bufsize=1,
+            stderr=self._stderr, text=True, bufsize=1,
         )  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -207,3 +208,7 @@ class FixPeer:
         with contextlib.suppress(OSError):
             if self.proc.stdin is not None:
                 self.proc.stdin.close()
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.close()
