@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
-from killswitch.core.fixwire import Field, begin_string, encode, fields, first
+from killswitch.core.fixwire import SOH, Field, begin_string, encode, fields, first
 
 ORDERS = frozenset({b"D", b"G", b"E", b"AB"})  # through the gate
 CANCELS = frozenset({b"F", b"q"})  # always pass: they reduce risk
@@ -37,8 +37,7 @@ V = TypeVar("V")
 Check = Callable[[str, str, str, int, float], tuple[bool, int, str]]
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):  # a NamedTuple: built for every order relayed, and cheap to build
     """One order as the gate sees it (a NewOrderList has one per list entry)."""
 
     clordid: bytes
@@ -53,14 +52,12 @@ class Entry:
                     _qty(self.qty), _price(self.price))  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class Order:
-    """An order message from the client: its header, its place in the session, its entries."""
+class Order(NamedTuple):
+    """An order message from the client: its place in the session and its entries."""
 
     msgtype: bytes
     seq: int
     possdup: bool
-    header: tuple[Field, ...]
     entries: tuple[Entry, ...]
     orig: bytes = b""  # OrigClOrdID (41) of a cancel/replace
     list_id: bytes = b""  # ListID (66) of a NewOrderList
@@ -71,12 +68,11 @@ class Order:
 
 
 def read_order(msg: bytes, msgtype: bytes) -> Order:
-    fs = fields(msg)
-    header = tuple((t, v) for t, v in fs if t in HEADER and t not in _FRAME)
-    entries: list[Entry] = []
+    """What the gate and the relay need of an order message (its header only when blocked)."""
     if msgtype == b"E":  # each ClOrdID starts a list entry
+        entries: list[Entry] = []
         cur: dict[bytes, bytes] = {}
-        for t, v in fs:
+        for t, v in fields(msg):
             if t == b"11" and cur:
                 entries.append(_entry(cur))
                 cur = {}
@@ -84,17 +80,28 @@ def read_order(msg: bytes, msgtype: bytes) -> Order:
                 cur.setdefault(t, v)
         if cur:
             entries.append(_entry(cur))
-    else:
-        top: dict[bytes, bytes] = {}
-        for t, v in fs:
-            if t in (b"11", b"55", b"54", b"38", b"44"):
-                top.setdefault(t, v)
-        entries.append(_entry(top))
-    seq = first(header, b"34")
+        entry = tuple(entries) or (_entry({}),)
+    else:  # one order: the first occurrence of each field, found without splitting it all
+        entry = (Entry(_value(msg, b"\x0111="), _value(msg, b"\x0155="), _value(msg, b"\x0154="),
+                       _value(msg, b"\x0138="), _value(msg, b"\x0144=")),)  # fmt: skip
+    seq = _value(msg, b"\x0134=")
     return Order(
-        msgtype, int(seq) if seq.isdigit() else 0, first(header, b"43") == b"Y", header,
-        tuple(entries) or (_entry({}),), first(fs, b"41"), first(fs, b"66"),
+        msgtype, int(seq) if seq.isdigit() else 0, _value(msg, b"\x0143=") == b"Y", entry,
+        _value(msg, b"\x0141="), _value(msg, b"\x0166="),
     )  # fmt: skip
+
+
+def _value(msg: bytes, key: bytes) -> bytes:
+    i = msg.find(key)
+    if i < 0:
+        return b""
+    i += len(key)
+    return msg[i : msg.find(SOH, i)]
+
+
+def header_of(msg: bytes) -> list[Field]:
+    """The standard header fields of a message, in order, less BeginString/BodyLength/MsgType."""
+    return [(t, v) for t, v in fields(msg) if t in HEADER and t not in _FRAME]
 
 
 def _entry(d: dict[bytes, bytes]) -> Entry:
@@ -176,16 +183,16 @@ class SessionBook:
         """The message that takes a blocked order's slot on the venue leg."""
         order = refusal.order
         _remember(self.blocked, order.seq, None, self.keep)
-        begin = begin_string(msg)
+        begin, header = begin_string(msg), header_of(msg)
         if order.possdup:  # a resend: fill its slot, as an engine fills a resent admin message
-            return encode(begin, [(b"35", SEQUENCE_RESET), *order.header,
+            return encode(begin, [(b"35", SEQUENCE_RESET), *header,
                                   (b"123", b"Y"), (b"36", b"%d" % (order.seq + 1))])  # fmt: skip
         self._n += 1
         token = self.prefix + b"%d" % self._n
         if len(self.owed) >= self.keep:
             self.owed.pop(next(iter(self.owed)))
         self.owed[token] = refusal
-        head = [(t, v) for t, v in order.header if t not in (b"43", b"97", b"122")]
+        head = [(t, v) for t, v in header if t not in (b"43", b"97", b"122")]
         return encode(begin, [(b"35", TEST_REQUEST), *head, (b"112", token)])
 
     def answer(self, msg: bytes) -> bytes | None:
@@ -196,7 +203,7 @@ class SessionBook:
         if refusal is None:
             return None
         begin = begin_string(msg)
-        header = [(t, v) for t, v in fs if t in HEADER and t not in _FRAME]
+        header = header_of(msg)
         body = report_body(begin, refusal, exec_id=self.prefix + b"%d" % self._n_report())
         seq = first(header, b"34")
         if seq.isdigit():

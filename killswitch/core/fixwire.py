@@ -39,16 +39,16 @@ def checksum(data: bytes | bytearray | memoryview) -> int:
 class Framer:
     """Cuts a peer's byte stream into FIX messages, verifying each one's framing.
 
-    `feed()` returns the complete messages so far, each as the exact bytes received, and the
-    number of messages dropped for a bad CheckSum (FIX: a garbled message is ignored; the
-    sequence gap it leaves is recovered by a ResendRequest). Anything that cannot be framed
-    raises FrameError; after that the framer must not be used again.
+    `feed()` returns the complete messages so far, each as the exact bytes received, and
+    counts in `bad_checksums` the messages dropped for a bad CheckSum (FIX: a garbled message
+    is ignored; the sequence gap it leaves is recovered by a ResendRequest). Anything that
+    cannot be framed raises FrameError; after that the framer must not be used again.
     """
 
     __slots__ = ("_buf", "bad_checksums", "max_body")
 
     def __init__(self, max_body: int = MAX_BODY) -> None:
-        self._buf = bytearray()
+        self._buf = b""
         self.max_body = max_body
         self.bad_checksums = 0
 
@@ -58,67 +58,60 @@ class Framer:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
-        buf = self._buf
-        buf += data
+        # One straight pass over immutable bytes: this runs for every message relayed.
+        if self._buf:
+            data = self._buf + data
         out: list[bytes] = []
-        pos, n = 0, len(buf)
+        pos, n = 0, len(data)
         while pos < n:
-            end = self._frame_end(buf, pos, n)
-            if end < 0:
+            head = data.find(SOH, pos, pos + _MAX_PREFIX)  # end of BeginString
+            length_end = data.find(SOH, head + 1, pos + _MAX_PREFIX) if head >= 0 else -1
+            if length_end < 0:
+                self._check_prefix(data, pos, head, n)
                 break
-            body_end = end - 7  # the SOH before "10=NNN\x01" is the body's last byte
-            if checksum(memoryview(buf)[pos:body_end]) != _three_digits(buf, body_end + 3):
-                self.bad_checksums += 1
+            if data[pos + 2 : head] not in BEGIN_STRINGS or data[pos : pos + 2] != b"8=":
+                raise FrameError(GARBAGE, f"not a FIX BeginString: {data[pos:head][:16]!r}")
+            if data[head + 1 : head + 3] != b"9=":
+                raise FrameError(GARBAGE, "the second field must be BodyLength (9=)")
+            digits = data[head + 3 : length_end]
+            if not digits.isdigit() or len(digits) > 7:
+                raise FrameError(GARBAGE, f"BodyLength {digits[:16]!r} is not a number")
+            length = int(digits)
+            if length > self.max_body:
+                raise FrameError(OVERSIZE, f"BodyLength {length} over {self.max_body}")
+            body_end = length_end + 1 + length  # the CheckSum field starts here
+            end = body_end + 7
+            if end > n:
+                break
+            if data[length_end + 1 : length_end + 4] != b"35=":
+                raise FrameError(GARBAGE, "the third field must be MsgType (35=)")
+            if data[body_end - 1 : body_end + 3] != b"\x0110=":
+                raise FrameError(BODY_LENGTH, f"BodyLength {length} does not end at the CheckSum")
+            given = data[body_end + 3 : end - 1]
+            if data[end - 1] != 1 or not given.isdigit():
+                raise FrameError(GARBAGE, "CheckSum is not three digits")
+            if sum(data[pos:body_end]) & 0xFF == int(given):
+                out.append(data[pos:end])
             else:
-                out.append(bytes(buf[pos:end]))
+                self.bad_checksums += 1
             pos = end
-        if pos:
-            del buf[:pos]
+        self._buf = data[pos:]
         return out
 
-    def _frame_end(self, buf: bytearray, pos: int, n: int) -> int:
-        """The end of the message starting at `pos`, or -1 if more bytes are needed."""
-        if buf[pos : pos + 2] != b"8="[: n - pos]:
-            raise FrameError(
-                GARBAGE, f"a message must start with 8=, got {bytes(buf[pos : pos + 16])!r}"
-            )
-        soh = buf.find(SOH, pos, pos + _MAX_PREFIX)
-        if soh < 0:
-            if n - pos >= _MAX_PREFIX:
-                raise FrameError(GARBAGE, "no BeginString field")
-            return -1
-        begin = bytes(buf[pos + 2 : soh])
-        if begin not in BEGIN_STRINGS:
-            raise FrameError(GARBAGE, f"BeginString {begin[:16]!r} is not relayed")
-        start = soh + 1
-        if buf[start : start + 2] != b"9="[: max(0, n - start)]:
-            raise FrameError(GARBAGE, "the second field must be BodyLength (9=)")
-        soh = buf.find(SOH, start, pos + _MAX_PREFIX)
-        if soh < 0:
-            if n - pos >= _MAX_PREFIX:
+    @staticmethod
+    def _check_prefix(data: bytes, pos: int, head: int, n: int) -> None:
+        """The start of a message whose BodyLength is not complete yet: garbage or wait."""
+        if data[pos : pos + 2] != b"8="[: n - pos]:
+            raise FrameError(GARBAGE, f"a message must start with 8=, got {data[pos : pos + 16]!r}")
+        if head >= 0:
+            if data[pos + 2 : head] not in BEGIN_STRINGS:
+                raise FrameError(GARBAGE, f"not a FIX BeginString: {data[pos:head][:16]!r}")
+            if data[head + 1 : head + 3] != b"9="[: max(0, n - head - 1)]:
+                raise FrameError(GARBAGE, "the second field must be BodyLength (9=)")
+            if not data[head + 3 : n].isdigit() and n > head + 3:
                 raise FrameError(GARBAGE, "BodyLength is not a number")
-            return -1
-        digits = bytes(buf[start + 2 : soh])
-        if not digits.isdigit() or len(digits) > 7:
-            raise FrameError(GARBAGE, f"BodyLength {digits[:16]!r} is not a number")
-        length = int(digits)
-        if length > self.max_body:
-            raise FrameError(OVERSIZE, f"BodyLength {length} over {self.max_body}")
-        body = soh + 1
-        end = body + length + 7
-        if n < end:
-            return -1
-        if buf[body : body + 3] != b"35=":
-            raise FrameError(GARBAGE, "the third field must be MsgType (35=)")
-        if buf[body + length - 1] != 1 or buf[body + length : body + length + 3] != b"10=":
-            raise FrameError(BODY_LENGTH, f"BodyLength {length} does not end at the CheckSum")
-        if buf[end - 1] != 1 or not bytes(buf[end - 4 : end - 1]).isdigit():
-            raise FrameError(GARBAGE, "CheckSum is not three digits")
-        return end
-
-
-def _three_digits(buf: bytearray, at: int) -> int:
-    return (buf[at] - 48) * 100 + (buf[at + 1] - 48) * 10 + (buf[at + 2] - 48)
+        if n - pos >= _MAX_PREFIX:
+            raise FrameError(GARBAGE, "no BeginString and BodyLength in the first bytes")
 
 
 def msg_type(msg: bytes) -> bytes:

@@ -54,6 +54,7 @@ class _Leg(asyncio.Protocol):
         self.framer = Framer(session.gw.max_body)
         self.transport: asyncio.Transport | None = None
         self.partial_since = 0.0
+        self.paused = False  # not read while the other side's writes catch up
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -72,19 +73,24 @@ class _Leg(asyncio.Protocol):
             s.gw.refused(CHECKSUM, self.framer.bad_checksums - bad)
             s.log.warning("FIX_REFUSED", side=self.name, reason=CHECKSUM, peer=s.peer,
                           detail="CheckSum does not match: message dropped")  # fmt: skip
-        self.partial_since = (
-            (self.partial_since or time.monotonic()) if self.framer.pending else 0.0
-        )
+        # The clock runs from the moment the message now pending began to arrive.
+        if not self.framer.pending:
+            self.partial_since = 0.0
+        elif msgs or not self.partial_since:
+            self.partial_since = time.monotonic()
         if msgs:
             (s.from_client if self.client else s.from_venue)(msgs)
 
     def pause_writing(self) -> None:  # the other side reads no more than this one can send
         other = self.session.other(self)
+        other.paused = True
         if other.transport is not None:
             other.transport.pause_reading()
 
     def resume_writing(self) -> None:
         other = self.session.other(self)
+        other.paused = False
+        other.partial_since = time.monotonic() if other.framer.pending else 0.0
         if other.transport is not None:
             other.transport.resume_reading()
 
@@ -284,7 +290,8 @@ class FixGateway:
             now = time.monotonic()
             for s in list(self.sessions):
                 for leg in (s.c, s.v):
-                    if leg.partial_since and now - leg.partial_since > self.partial_timeout:
+                    held = leg.partial_since and not leg.paused
+                    if held and now - leg.partial_since > self.partial_timeout:
                         s.refuse(leg, PARTIAL, f"{leg.framer.pending} bytes of a message held "
                                  f"over {self.partial_timeout} s")  # fmt: skip
                         break
