@@ -33,7 +33,16 @@ from killswitch.core.fixrelay import (
     gate_order,
     read_order,
 )
-from killswitch.core.fixwire import CHECKSUM, MAX_BODY, FrameError, Framer, msg_type
+from killswitch.core.fixwire import (
+    BODY_LENGTH,
+    CHECKSUM,
+    GARBAGE,
+    MAX_BODY,
+    OVERSIZE,
+    FrameError,
+    Framer,
+    msg_type,
+)
 from killswitch.core.gate import Gate
 from killswitch.runtime.config import ListenAddr
 from killswitch.runtime.errors import StartupError
@@ -220,8 +229,12 @@ class FixGateway:
         self.max_body = max_body
         self.token = os.urandom(4).hex().encode()  # TestReqIDs of this run are its own
         self.wire = 0  # orders forwarded to a venue
-        self.counts: dict[tuple[bytes, str], int] = {}
-        self.refusals: dict[str, int] = {}
+        # Known label values start at 0 (a dashboard shows 0, not "no data"; rate() sees the
+        # first order): every order type both ways, the cancels, every refusal reason.
+        self.counts: dict[tuple[bytes, str], int] = {(mt, d): 0 for mt in ORDERS for d in
+                                                     ("allowed", "blocked")}  # fmt: skip
+        self.counts.update({(mt, "passed"): 0 for mt in CANCELS})
+        self.refusals = dict.fromkeys((GARBAGE, OVERSIZE, BODY_LENGTH, CHECKSUM, PARTIAL), 0)
         self.sessions: set[FixSession] = set()
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()

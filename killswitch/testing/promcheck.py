@@ -114,6 +114,10 @@ METRICS: dict[str, bool] = {
     "killswitch_hosts_not_flat": False,
     "killswitch_node_limit_refusals": False,
     "killswitch_node_limit_refusals_max": False,
+    "killswitch_fix_messages_total": True,
+    "killswitch_fix_refused_total": True,
+    "killswitch_fix_sessions": True,
+    "killswitch_fix_wire_orders_total": True,
 }
 KNOWN_METRICS = frozenset(METRICS)
 PER_HOST_METRICS = frozenset(n for n, per_host in METRICS.items() if per_host)
