@@ -143,6 +143,20 @@ class TestBlockedSlot:
         """A Heartbeat answering the client's own TestRequest is relayed unchanged."""
         assert SessionBook(b"ks-").answer(heartbeat(3, b"client-1")) is None
 
+    def test_a_resend_refused_for_the_first_time_still_gets_its_report(self) -> None:
+        """A PossDupFlag resend this relay never blocked before takes its slot with a
+        TestRequest that keeps PossDupFlag and OrigSendingTime, so a report is still owed."""
+        book = SessionBook(b"ks-")
+        resent = read_order(nos(9, dup=True), b"D")
+        out = as_dict(book.block(nos(9, dup=True), Refusal(resent, b"o-1", "stale", 3)))
+        assert (out[b"35"], out[b"34"], out[b"43"], out[b"122"]) == (
+            b"1",
+            b"9",
+            b"Y",
+            b"20260101-00:00:00.000",
+        )
+        assert out[b"112"] in book.owed
+
     def test_a_resent_blocked_order_stays_blocked_as_a_gap_fill(self) -> None:
         """A PossDupFlag resend of a blocked order is remembered and fills its own slot."""
         book = SessionBook(b"ks-")

@@ -182,9 +182,10 @@ class SessionBook:
     def block(self, msg: bytes, refusal: Refusal) -> bytes:
         """The message that takes a blocked order's slot on the venue leg."""
         order = refusal.order
+        again = self.was_blocked(order)
         _remember(self.blocked, order.seq, None, self.keep)
         begin, header = begin_string(msg), header_of(msg)
-        if order.possdup:  # a resend: fill its slot, as an engine fills a resent admin message
+        if again:  # its report was sent the first time: fill the slot, as for an admin message
             return encode(begin, [(b"35", SEQUENCE_RESET), *header,
                                   (b"123", b"Y"), (b"36", b"%d" % (order.seq + 1))])  # fmt: skip
         self._n += 1
@@ -192,7 +193,11 @@ class SessionBook:
         if len(self.owed) >= self.keep:
             self.owed.pop(next(iter(self.owed)))
         self.owed[token] = refusal
-        head = [(t, v) for t, v in header if t not in (b"43", b"97", b"122")]
+        # A first refusal of a resend keeps PossDupFlag and OrigSendingTime: the venue takes
+        # the TestRequest in the order's slot, and the client still gets its report.
+        head = [
+            (t, v) for t, v in header if t != b"97" and (order.possdup or t not in (b"43", b"122"))
+        ]
         return encode(begin, [(b"35", TEST_REQUEST), *head, (b"112", token)])
 
     def answer(self, msg: bytes) -> bytes | None:

@@ -27,7 +27,8 @@ SOURCE = HERE / "fixpeer.cpp"
 SPEC = HERE / "fixspec"
 HEADER = Path("/usr/include/quickfix/Session.h")
 CXXFLAGS = ("-std=gnu++14", "-O1", "-Wno-deprecated", "-Wno-deprecated-declarations")
-DICTIONARIES = {"FIX.4.2": "FIX42.xml", "FIX.4.4": "FIX44.xml"}
+DICTIONARIES = {"FIX.4.2": "FIX42.xml", "FIX.4.4": "FIX44.xml", "FIXT.1.1": "FIXT11.xml",
+                "FIX.5.0SP2": "FIX50SP2.xml"}  # fmt: skip
 
 
 class FixPeerUnavailable(RuntimeError):
@@ -85,7 +86,15 @@ def settings_text(role: str, begin: str, port: int, workdir: Path, heartbeat: in
         "StartTime=00:00:00",
         "EndTime=00:00:00",
         "UseDataDictionary=Y",
-        f"DataDictionary={dictionary(begin)}",
+        *(
+            [
+                f"TransportDataDictionary={dictionary(begin)}",
+                f"AppDataDictionary={dictionary('FIX.5.0SP2')}",
+                "DefaultApplVerID=FIX.5.0SP2",
+            ]
+            if begin == "FIXT.1.1"
+            else [f"DataDictionary={dictionary(begin)}"]
+        ),
         "ReconnectInterval=1",
         f"HeartBtInt={heartbeat}",
         "SocketNodelay=Y",
