@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -143,6 +144,32 @@ class TestRelay:
             assert any(e["event"] == "FIX_UPSTREAM_FAILED" for e in logs)
         finally:
             await gw.stop()
+
+    async def test_sessions_over_the_cap_are_refused(self, tmp_path: Path) -> None:
+        """At the session cap a newcomer is closed with a log line; a unix listener works."""
+        venue = Venue()
+        server = await asyncio.start_server(venue.serve, "127.0.0.1", venue.port)
+        path = str(tmp_path / "fix.sock")
+        gw = FixGateway(Gate("n", "h"), [(ListenAddr("unix", path=path), tcp(venue.port))],
+                        logger=structlog.get_logger(), max_sessions=1)  # fmt: skip
+        await gw.start()
+        try:
+            with capture_logs() as logs:
+                _, first = await asyncio.open_unix_connection(path)
+                await wait_until_async(lambda: gw.sessions, 5, what="the first session")
+                reader, second = await asyncio.open_unix_connection(path)
+                assert await asyncio.wait_for(reader.read(100), 5) == b""
+            assert [e["reason"] for e in logs if e["event"] == "FIX_REFUSED"] == [
+                "too_many_sessions"
+            ]
+            assert len(gw.sessions) == 1
+            for w in (first, second):
+                w.close()
+                await w.wait_closed()
+        finally:
+            await gw.stop()
+            server.close()
+            await server.wait_closed()
 
     def test_report_and_metrics_without_routes(self) -> None:
         """Without --fix nothing is reported to Redis; the metrics still start at 0."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -51,7 +52,8 @@ from killswitch.sidecar.settings import SidecarSettings
 # MsgTypes counted under their own label value (session level, orders, cancels, reports,
 # the common order and market-data ones); any other is counted as "other".
 MSGTYPES = frozenset(b"0 1 2 3 4 5 A D G E AB F q 8 9 j r H BE BF N K L M V W X Y R S Z AI".split())
-PARTIAL = "partial_timeout"  # a peer held part of a message longer than the timeout
+PARTIAL = "partial_timeout"
+TOO_MANY = "too_many_sessions"  # at --max-conns relayed sessions a newcomer is closed  # a peer held part of a message longer than the timeout
 CONNECT_TIMEOUT = 5.0
 _RESET = b"\x01141=Y\x01"
 
@@ -132,6 +134,9 @@ class FixSession:
         if leg is self.c:
             assert leg.transport is not None
             self.peer = str(leg.transport.get_extra_info("peername") or "unix")
+            if len(self.gw.sessions) >= self.gw.max_sessions:  # each one opens a venue connection
+                self.refuse(leg, TOO_MANY, f"{self.gw.max_sessions} sessions relayed already")
+                return
             leg.transport.pause_reading()  # nothing is read before the venue leg is up
             self.gw.sessions.add(self)
             self.gw.task(self._connect_venue())
@@ -224,12 +229,14 @@ class FixGateway:
         logger: Any,
         partial_timeout: float = 5.0,
         max_body: int = MAX_BODY,
+        max_sessions: int = 1024,
     ) -> None:
         self.gate = gate
         self.routes = tuple(routes)
         self.log = logger
         self.partial_timeout = partial_timeout
         self.max_body = max_body
+        self.max_sessions = max_sessions
         self.token = os.urandom(4).hex().encode()  # TestReqIDs of this run are its own
         self.wire = 0  # orders forwarded to a venue
         # Label values start at 0 where a dashboard looks (0, not "no data"; rate() sees the
@@ -247,8 +254,10 @@ class FixGateway:
     def for_sidecar(
         cls, gate: Gate, settings: SidecarSettings, logger: Any, registry: CollectorRegistry
     ) -> FixGateway:
-        """The sidecar's gateway, its metrics registered (partial messages: --line-timeout)."""
-        gw = cls(gate, settings.fix, logger=logger, partial_timeout=settings.line_timeout)
+        """The sidecar's gateway, its metrics registered; --line-timeout bounds a partial
+        message, --max-conns the sessions relayed at once."""
+        gw = cls(gate, settings.fix, logger=logger, partial_timeout=settings.line_timeout,
+                 max_sessions=settings.max_conns)  # fmt: skip
         registry.register(FixCollector(gw, settings.node, settings.host))
         return gw
 
@@ -282,7 +291,8 @@ class FixGateway:
                 try:
                     if listen.kind == "unix":
                         with contextlib.suppress(FileNotFoundError):
-                            os.unlink(listen.path)
+                            if stat.S_ISSOCK(os.lstat(listen.path).st_mode):  # a stale one
+                                os.unlink(listen.path)
                         srv = await loop.create_unix_server(factory, listen.path)
                     else:
                         srv = await loop.create_server(
