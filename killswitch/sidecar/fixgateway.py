@@ -125,7 +125,6 @@ class FixSession:
         self.peer = ""
         self.log = gw.log
         self.closed = False
-        self.opened = time.monotonic()
 
     def other(self, leg: _Leg) -> _Leg:
         return self.v if leg is self.c else self.c
@@ -140,7 +139,10 @@ class FixSession:
             leg.transport.pause_reading()  # nothing is read before the venue leg is up
             self.gw.sessions.add(self)
             self.gw.task(self._connect_venue())
-        elif self.c.transport is not None:
+        elif self.closed or self.c.transport is None:  # the client left while we connected
+            assert leg.transport is not None
+            leg.transport.close()
+        else:
             self.c.transport.resume_reading()
             self.log.info("FIX_SESSION_OPEN", peer=self.peer, upstream=str(self.upstream))
 
