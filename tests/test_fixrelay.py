@@ -231,3 +231,28 @@ class TestRefill:
             if msg_type(raw) == b"8":
                 assert int(d[b"34"]) in ours and first(list(d.items()), b"39") == b"8"
         assert at == hi
+
+
+field_values = st.binary(min_size=0, max_size=12).filter(lambda b: b"\x01" not in b)
+
+
+class TestAnyOrder:
+    @given(
+        st.sampled_from([b"D", b"G", b"E", b"AB"]),
+        st.lists(st.tuples(st.sampled_from([b"11", b"34", b"38", b"41", b"43", b"44", b"54", b"55",
+                                            b"66", b"73", b"122"]), field_values), max_size=12),
+    )  # fmt: skip
+    def test_any_order_is_judged_and_its_slot_filled(self, mt: bytes, body: list[Field]) -> None:
+        """An order message with any values (missing, repeated, not numbers) is read, judged
+        and blocked without an exception, and what takes its slot is a well-framed message."""
+        raw = encode(b"FIX.4.4", [(b"35", mt), (b"49", b"C"), (b"56", b"V"), *body])
+        order = read_order(raw, mt)
+        ok, epoch, reason, clordid = gate_order(order, lambda *a: (False, 3, "killed"))
+        assert not ok
+        book = SessionBook(b"ks-")
+        out = book.block(raw, Refusal(order, clordid, reason, epoch))
+        assert Framer().feed(out) == [out]
+        token = dict(fields(out)).get(b"112")
+        if token is not None:  # its report, too, is a well-framed message
+            er = book.answer(heartbeat(5, token))
+            assert er is not None and Framer().feed(er) == [er]

@@ -173,3 +173,17 @@ class TestFields:
         got = [(t, v) for t, v in m.pairs if t not in (b"8", b"9", b"10", b"35")]
         assert got == [(b"%d" % t, v.encode()) for t, v in body]
         assert Framer().feed(raw) == [raw]
+
+
+class TestAnyInput:
+    @given(st.binary(max_size=300), st.integers(1, 300))
+    def test_any_bytes_frame_or_refuse(self, data: bytes, step: int) -> None:
+        """Whatever a peer sends, in reads of any size, the framer returns messages or raises
+        FrameError: nothing else escapes to stop the relay."""
+        f = Framer()
+        try:
+            for i in range(0, len(data), step):
+                for m in f.feed(data[i : i + step]):
+                    assert m.startswith(b"8=") and m.endswith(b"\x01")
+        except FrameError:
+            pass
