@@ -149,6 +149,12 @@ class TestKillThroughFix:
         again = gw.send_orders("b", 20)
         gw.wait_reports(again, "2")
         for leg in gw.legs.values():
+            leg.client.send("testreq from-client")  # TestRequests are answered through the relay
+            leg.venue.send("testreq from-venue")
+            for peer, tid in ((leg.client, "from-client"), (leg.venue, "from-venue")):
+                peer.wait(
+                    lambda peer=peer, tid=tid: peer.count("admin_in", f35="0", f112=tid), 20, tid
+                )
             assert leg.in_step(), leg.begin
             assert leg.faults() == [], leg.begin
         wait_until(lambda: gw.status()["wire"] >= 240, 15, what="wire counts forwarded orders")
