@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from killswitch.sim.embedded import free_port
+from killswitch.sim.embedded import EmbeddedRedis, free_port
 from killswitch.sim.fleet import Fleet, wait_until
 from killswitch.testing.fixpeer import Event, FixPeer, build
 from killswitch.testing.fixpeer import parse as parse_event
@@ -87,11 +87,13 @@ class Gateway:
 
 
 @pytest.fixture(scope="module")
-def gateway(redis_server: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """One sidecar relaying both FIX versions, an aggregator, the node armed, both clients
-    logged on through the relay."""
+def gateway(
+    redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """One sidecar relaying the three FIX versions, an aggregator, the node armed, every
+    client logged on through the relay."""
     build()  # compiled once (cached by the source's hash)
-    url = redis_server.url  # type: ignore[attr-defined]
+    url = redis_server.url
     work = tmp_path_factory.mktemp("fixgw")
     ports = {b: (free_port(), free_port()) for b in VERSIONS}
     routes = [
