@@ -19,7 +19,7 @@ from typing import Any
 from bench.common import summary
 from killswitch.core.fixwire import Framer, encode
 from killswitch.sim.embedded import EmbeddedRedis, free_port
-from killswitch.testing import Fleet
+from kstest import Fleet
 
 ROUNDS, PER_ROUND = 10, 500  # latency samples: 5,000 each way
 PIPELINED = 200_000
