@@ -70,7 +70,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd not in FAST_VERBS:
         from killswitch.runtime import logs
 
-        logs.configure(fmt=r.get("log-format"))
+        logs.configure(fmt=r.get("log-format"), level=r.get("log-level"))
     if cmd == "demo":
         from killswitch.sim.demo import run_demo
 

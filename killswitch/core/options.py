@@ -64,6 +64,9 @@ OPTIONS: tuple[Option, ...] = (
            "without it a sidecar never opens", metavar="PATH", group="common"),
     Option("log-format", ALL, "log format", kind="choice", choices=("json", "console"),
            derived="console on a terminal, else json", group="common"),
+    Option("log-level", ALL, "the least severe log events written (console logs honour "
+           "NO_COLOR)", kind="choice", choices=("debug", "info", "warning", "error"),
+           default="info", group="common"),
     # -- shared by several verbs ----------------------------------------------------------
     Option("stale-after", ("sidecar", *OPERATOR), _BOUND_HELP, kind="float", default=1.0,
            bound=S(0.2, 10.0), metavar="S"),
