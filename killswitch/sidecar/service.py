@@ -41,6 +41,7 @@ from killswitch.sidecar.applying import ReadApplier
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.blocklog import BlockSummaries
+from killswitch.sidecar.fixgateway import FixGateway
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.memory import Memory
 from killswitch.sidecar.metrics import SidecarCollector
@@ -51,6 +52,7 @@ from killswitch.store.redisconn import classify, connect, endpoint, scrub
 from killswitch.store.store import FlushReport, Store
 
 log = structlog.get_logger("killswitch.sidecar.service")
+CONFIRMABLE = (NodeState.ARMED, NodeState.KILLED)  # the states a host confirms it enforces
 
 
 class Sidecar(ReadApplier):
@@ -137,6 +139,7 @@ class Sidecar(ReadApplier):
             registry=self.registry,
         ).labels(settings.node, settings.host)
         self.registry.register(SidecarCollector(self))
+        self.fix = FixGateway.for_sidecar(self.gate, settings, self.log, self.registry)
         build_info(self.registry, "sidecar")
         self._metrics = (
             MetricsServer(
@@ -158,9 +161,11 @@ class Sidecar(ReadApplier):
         self._started = True
         try:
             await self._server.start()
+            await self.fix.start()
             if self._metrics:
                 await self._metrics.start()
         except BaseException:
+            await self.fix.stop()
             await self._server.stop()  # release what was bound; the caller reports why
             self._started = False
             raise
@@ -199,6 +204,7 @@ class Sidecar(ReadApplier):
         self._tasks = []
         await self.notify.close()  # a running on-kill command is seen out first
         await self._report_on_kill()
+        await self.fix.stop()
         await self._server.stop()
         if self._metrics:
             await self._metrics.stop()
@@ -280,14 +286,7 @@ class Sidecar(ReadApplier):
         allowed, blocked = self.gate.allowed, self.gate.blocked
         cancels, limited = self.gate.cancels, self.gate.blocked_by.get(LIMIT, 0)
         view = self.gate.view
-        want_confirm = (
-            view.state in (NodeState.ARMED, NodeState.KILLED)
-            and (
-                view.epoch,
-                view.ver,
-            )
-            != self.confirmed
-        )
+        want_confirm = view.state in CONFIRMABLE and (view.epoch, view.ver) != self.confirmed
         report = FlushReport(
             boot=self.boot,
             allowed=allowed,
@@ -309,7 +308,7 @@ class Sidecar(ReadApplier):
             limited=limited,
             acked_cancels=self.acked_more[0],
             acked_limited=self.acked_more[1],
-            extra=(*self.notify.report_fields(), *self.attest.report_fields()),
+            extra=tuple(f for o in (self.notify, self.attest, self.fix) for f in o.report_fields()),
             proof_digest=self.arms.digest,
             proof_refusal=view.refusal,
         )

@@ -35,4 +35,5 @@ class SidecarSettings:
     attest_interval: float = default(
         "attest-interval"
     )  # seconds between checks for changed attested files
+    fix: tuple[tuple[ListenAddr, ListenAddr], ...] = ()  # FIX gateway routes (listen, venue)
     extra: dict[str, Any] = field(default_factory=dict)
