@@ -50,7 +50,26 @@ def _open_flood(path: str, first: bytes) -> list[socket.socket]:
             s.close()
             continue
         socks.append(s)
+    if first == FLOODS["pinged_once_then_idle"]:
+        socks = _answered(socks)
     return socks
+
+
+def _answered(socks: list[socket.socket]) -> list[socket.socket]:
+    """Only the connections the sidecar answered (PONG): every slot then holds a client
+    that has spoken, none is still waiting to be read."""
+    kept = []
+    for s in socks:
+        s.settimeout(10.0)
+        try:
+            reply = s.recv(64)
+        except OSError:
+            reply = b""
+        if reply.startswith(b"PONG"):
+            kept.append(s)
+        else:
+            s.close()
+    return kept
 
 
 def _served_after(path: str) -> tuple[float | None, int]:
