@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 
 from killswitch.aggregator import fleetrule
 from killswitch.aggregator.auditlog import AuditMirror
+from killswitch.aggregator.bypass import BYPASS, BypassKills
 from killswitch.aggregator.confirmations import ConfirmationWatch
 from killswitch.aggregator.inputs import InputGuard
 from killswitch.aggregator.metrics import AggregatorCollector, Instruments
@@ -118,7 +119,7 @@ class Aggregator(TripRules):
         self._mirror_task: asyncio.Task[None] | None = None
         self.registry = registry if registry is not None else CollectorRegistry()
         n = settings.node
-        causes = (*CAUSES, LIMIT_BURST, ISOLATE, VERSION_SPLIT, "operator", fleetrule.CAUSE)
+        causes = (*CAUSES, LIMIT_BURST, ISOLATE, VERSION_SPLIT, "operator", fleetrule.CAUSE, BYPASS)
         self.isolations = 0
         self.instruments = Instruments(self.registry, n, causes, CAUSES)
         self._trips_total = self.instruments.trips
@@ -144,6 +145,8 @@ class Aggregator(TripRules):
                 clock=clock,
             )
         )
+        self.bypasses = BypassKills(self.store, self.log, settings.instance,
+                                    self._trips_total.labels(n, BYPASS).inc)  # fmt: skip
         self.registry.register(AggregatorCollector(self))
         build_info(self.registry, "aggregator")
         self._metrics = (
@@ -298,6 +301,7 @@ class Aggregator(TripRules):
         if self.fleet is not None:
             await self.fleet.tick(now)
         await self._check_releases(now)
+        await self.bypasses.tick(snap, self.state, self.is_leader())
         if self.state.state is NodeState.KILLED and self.quorum is not None and self.is_leader():
             # one aggregator counts and alarms, not every standby
             self.confirmations.observe(self.state, snap.state, self.quorum, now)

@@ -93,6 +93,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd in ("kill", "status", "watch") and r.get("fleet", False, bool):
         from killswitch.cli import fleetcli
 
+        if cmd == "kill" and r.flags.get("fence"):
+            raise ConfigError("--fence is for a kill of one node, not --fleet")
         if cmd == "watch":
             return fleetcli.watch(r, redis_url)
         return fleetcli.run(cmd, r, redis_url, bool(r.get("json", False, bool)))

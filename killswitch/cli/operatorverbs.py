@@ -73,6 +73,9 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
         operator = r.get("operator", os.environ.get("USER") or "unknown", str)
         timeout = r.get("timeout", 5.0, bounded("timeout"))
         kill_key = r.get("key", "", str)
+        net_fence = bool(r.flags.get("fence"))  # from the flag only: never a default
+        if net_fence and scope is not None:
+            raise ConfigError("--fence is for a kill of the whole node, not a scoped kill")
         ops_path = r.get("operators", "", str) if kill_key else ""
 
         who, note = operator, ""
@@ -95,8 +98,9 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
                 )  # fmt: skip
             else:
                 out = await control.kill(
-                    s, reason=reason, operator=who, timeout=timeout, alive_ms=alive_ms
-                )
+                    s, reason=reason, operator=who, timeout=timeout, alive_ms=alive_ms,
+                    fence=net_fence,
+                )  # fmt: skip
             out.report["signed_by"] = who if kill_key and not note else ""
             if note:
                 out.message = f"{note}\n{out.message}".rstrip()

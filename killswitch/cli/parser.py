@@ -159,6 +159,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     k.add_argument(
         "--timeout", type=float, metavar="S", help="seconds to wait for confirmations (default 5)"
     )
+    k.add_argument(
+        "--fence", action="store_true", default=None,
+        help="also raise every host's network kill fence (sidecar --fence): every connection "
+        "to the venue endpoints refused and cut, cancels included; exit 3 names a host that "
+        "did not prove it. The next verified arm lifts it",
+    )  # fmt: skip
     fleet_help = "every node of the fleet (every node registered in this Redis), not one --node"
     k.add_argument(
         "--fleet",

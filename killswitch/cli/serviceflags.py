@@ -97,6 +97,37 @@ def sidecar_flags(s: argparse.ArgumentParser) -> None:
         help="seconds between checks for changed attested files (default 2)",
     )
 
+    fence_flags(s)
+
+
+def fence_flags(s: argparse.ArgumentParser) -> None:
+    """The network fence's flags (docs/CONTAINMENT.md)."""
+    f = s.add_argument_group(
+        "network fence",
+        "nftables rules (table inet killswitch) so that only the allowed uids reach the venue "
+        "endpoints; needs CAP_NET_ADMIN",
+    )
+    f.add_argument(
+        "--fence", action="append", metavar="ADDR:PORT",
+        help="a venue endpoint (repeatable; IPv6 as [ADDR]:PORT): connections to it from uids "
+        "not allowed are refused and counted, and kill this host while ARMED (cause bypass)",
+    )  # fmt: skip
+    f.add_argument(
+        "--fence-allow-uid", action="append", metavar="UID",
+        help="a uid that may connect to the fenced endpoints (repeatable; default the "
+        "sidecar's own): the gateway's",
+    )  # fmt: skip
+    f.add_argument(
+        "--fence-netns", metavar="NAME",
+        help="fence this network namespace (/run/netns/NAME, entered with nsenter) instead of "
+        "the sidecar's own",
+    )  # fmt: skip
+    f.add_argument(
+        "--fence-on-kill", action="store_true", default=None,
+        help="raise the kill fence on every kill, not only on kill --fence (every connection "
+        "to the endpoints refused and cut, cancels included)",
+    )  # fmt: skip
+
 
 def aggregator_flags(a: argparse.ArgumentParser, with_rules: bool) -> None:
     """The `aggregator` verb's flags; the trip rules' flags only `with_rules` (the verb being

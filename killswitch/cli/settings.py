@@ -67,6 +67,7 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         on_kill_grace=r.get("on-kill-grace", 10.0, bounded("on-kill-grace")),
         attest=tuple(r.get("attest", [], str_list)),
         attest_interval=r.get("attest-interval", 2.0, bounded("attest-interval")),
+        **fence_settings(r),
         extra={"warnings": warnings},
     )
     if settings.flush_interval >= settings.stale_after:
@@ -74,6 +75,48 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
             "flush-interval must be shorter than stale-after, or every gate goes stale"
         )
     return settings
+
+
+def fence_settings(r: Resolver) -> dict[str, Any]:
+    """The network fence's settings; with `--fence`, refused (exit 2) unless this process may
+    install it (CAP_NET_ADMIN, `nft`, the namespace)."""
+    import os
+
+    from killswitch.core.fence import FenceError, FenceSpec, parse_endpoint, parse_uid
+
+    endpoints: list[str] = r.get("fence", [], str_list)
+    netns = r.get("fence-netns", "", host_name)
+    on_kill = r.get("fence-on-kill", False, truthy)
+    uids: list[int] = r.get("fence-allow-uid", [], lambda v: [parse_uid(u) for u in str_list(v)])
+    if not endpoints:
+        if netns or on_kill or uids:
+            raise ConfigError("fence-netns, fence-allow-uid and fence-on-kill need --fence")
+        return {}
+    try:
+        spec = FenceSpec(tuple(parse_endpoint(e) for e in endpoints), tuple(uids or [os.getuid()]))
+    except FenceError as e:
+        raise ConfigError(str(e)) from None
+    check_fence(netns)
+    return {"fence": spec, "fence_netns": netns, "fence_on_kill": on_kill}
+
+
+def check_fence(netns: str) -> None:
+    """Refuse a fence this process could not install, before anything starts."""
+    import shutil
+
+    from killswitch.core.fence import GRANT_HINT, has_cap
+
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    if not has_cap(status):
+        raise ConfigError(GRANT_HINT)
+    for tool in ("nft", "ss", *(("nsenter",) if netns else ())):
+        if shutil.which(tool) is None:
+            raise ConfigError(f"fence: {tool} is not installed (nftables, iproute2, util-linux)")
+    if netns and not Path(f"/run/netns/{netns}").exists():
+        raise ConfigError(f"fence-netns: no network namespace {netns} (/run/netns/{netns})")
 
 
 def operators_path(r: Resolver) -> str:

@@ -12,6 +12,7 @@ from killswitch.core.scope import Held, Scopes, enforce, newer
 from killswitch.core.state import HostView, NodeState, unproven
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
+from killswitch.sidecar.fence import Fence, NoFence
 from killswitch.sidecar.notices import NoticeListener
 from killswitch.sidecar.settings import SidecarSettings
 
@@ -25,6 +26,7 @@ class ReadApplier(NoticeListener):
     regressions: int
     scope_held: Held
     arms: ArmCheck
+    fence: Fence | NoFence
     _attest_refusal: str
     _local_problem: str
     _problem_epoch: int | None
@@ -108,6 +110,7 @@ class ReadApplier(NoticeListener):
                     "SCOPE_KEPT_UNSIGNED_LIFT", scope=scope, reason=why, scope_ver=read.ver
                 )
         isolated, symbols = held.scopes.for_host(self.s.host)
+        isolated = self.fence.holding(isolated) or isolated  # a bypass not recorded yet
         self.gate.set_scope(isolated, symbols, read.ver)
         self.log.info("SCOPE", scope_ver=read.ver, host_killed=isolated, symbols=sorted(symbols))
         self.scope_held = held

@@ -39,6 +39,7 @@ from killswitch.sidecar.applying import ReadApplier
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.blocklog import BlockSummaries
+from killswitch.sidecar.fence import attach_fence
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.memory import Memory
 from killswitch.sidecar.metrics import SidecarCollector
@@ -135,6 +136,7 @@ class Sidecar(ReadApplier):
         ).labels(settings.node, settings.host)
         self.registry.register(SidecarCollector(self))
         build_info(self.registry, "sidecar")
+        self.fence = attach_fence(self)  # the network fence (--fence), a no-op without
         self._metrics = (
             MetricsServer(
                 self.registry, settings.metrics_port, settings.metrics_listen, health=self.problem
@@ -154,6 +156,7 @@ class Sidecar(ReadApplier):
             return
         self._started = True
         try:
+            await self.fence.start()
             await self._server.start()
             if self._metrics:
                 await self._metrics.start()
@@ -195,6 +198,7 @@ class Sidecar(ReadApplier):
                 await t
         self._tasks = []
         await self.notify.close()  # a running on-kill command is seen out first
+        await self.fence.close()  # its rules stay in place
         await self._report_on_kill()
         await self._server.stop()
         if self._metrics:
@@ -277,14 +281,8 @@ class Sidecar(ReadApplier):
         allowed, blocked = self.gate.allowed, self.gate.blocked
         cancels, limited = self.gate.cancels, self.gate.blocked_by.get(LIMIT, 0)
         view = self.gate.view
-        want_confirm = (
-            view.state in (NodeState.ARMED, NodeState.KILLED)
-            and (
-                view.epoch,
-                view.ver,
-            )
-            != self.confirmed
-        )
+        settled = view.state in (NodeState.ARMED, NodeState.KILLED)
+        want_confirm = settled and (view.epoch, view.ver) != self.confirmed
         report = FlushReport(
             boot=self.boot,
             allowed=allowed,
@@ -306,7 +304,11 @@ class Sidecar(ReadApplier):
             limited=limited,
             acked_cancels=self.acked_more[0],
             acked_limited=self.acked_more[1],
-            extra=(*self.notify.report_fields(), *self.attest.report_fields()),
+            extra=(
+                *self.notify.report_fields(),
+                *self.attest.report_fields(),
+                *self.fence.report_fields(),
+            ),
             proof_digest=self.arms.digest,
             proof_refusal=view.refusal,
         )
@@ -350,6 +352,7 @@ class Sidecar(ReadApplier):
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
         self._apply_scopes(parse_scopes(reply.scopes))  # before the state: never open, then close
         self._apply(new, sent)
+        self.fence.follow(self.gate.view.state, self.gate.view.epoch, reply.fence)
         return True
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from killswitch.core.fence import FenceSpec
 from killswitch.core.limits import Limits
 from killswitch.runtime.config import ListenAddr
 from killswitch.sidecar.onkill import ON_KILL_STOP_GRACE_S
@@ -32,4 +33,7 @@ class SidecarSettings:
     on_kill_grace: float = ON_KILL_STOP_GRACE_S  # on stop, seconds it may still finish
     attest: tuple[str, ...] = ()  # files or globs whose bytes are this host's release
     attest_interval: float = 2.0  # seconds between checks for changed attested files
+    fence: FenceSpec | None = None  # the network fence (`--fence`); None: none
+    fence_netns: str = ""  # the network namespace fenced ("": the sidecar's own)
+    fence_on_kill: bool = False  # every kill raises the kill fence, not only `kill --fence`
     extra: dict[str, Any] = field(default_factory=dict)

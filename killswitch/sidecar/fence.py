@@ -1,0 +1,329 @@
+"""The network fence's I/O: installs the nftables table `killswitch` (`nft -j -f -`), reads it
+back, cuts established connections (`ss -K`), and watches the refusal counter for bypasses.
+
+What the rules are and what a listing proves is decided in `core.fence`; this module only
+runs the tools, in the sidecar's network namespace or in `--fence-netns NAME` (through
+`nsenter`). It never removes the table: a sidecar that dies leaves the fence as it was, and
+the kill fence is lifted only after a verified arm opened the gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from killswitch.core import fence as rules
+from killswitch.core.fence import Bypass, FenceSpec, Listing
+from killswitch.core.gate import Gate
+from killswitch.core.state import NodeState
+from killswitch.runtime.errors import StartupError
+
+FENCE_POLL_S = 0.25  # how often the refusal counter is read (the bypass kill's delay)
+TOOL_TIMEOUT_S = 5.0  # an nft or ss call that takes longer has failed
+
+
+class FenceFailed(RuntimeError):
+    """A tool failed; the message says which and why (one line)."""
+
+
+class Tools:
+    """`nft` and `ss`, run in the namespace `netns` ("" the sidecar's own)."""
+
+    def __init__(self, netns: str = "") -> None:
+        self.prefix: tuple[str, ...] = ("nsenter", f"--net=/run/netns/{netns}") if netns else ()
+
+    async def _run(self, *argv: str, data: str = "") -> str:
+        proc = await asyncio.create_subprocess_exec(
+            *self.prefix, *argv,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            async with asyncio.timeout(TOOL_TIMEOUT_S):
+                out, err = await proc.communicate(data.encode())
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise FenceFailed(f"{argv[0]} took over {TOOL_TIMEOUT_S:g}s") from None
+        if proc.returncode:
+            why = " ".join(err.decode(errors="replace").split())[:300]
+            raise FenceFailed(f"{' '.join(argv[:3])} failed (exit {proc.returncode}): {why}")
+        return out.decode(errors="replace")
+
+    async def apply(self, doc: dict[str, Any]) -> None:
+        await self._run("nft", "-j", "-f", "-", data=json.dumps(doc))
+
+    async def listing(self) -> Listing:
+        try:
+            out = await self._run("nft", "-j", "list", "table", rules.FAMILY, rules.TABLE)
+        except FenceFailed as e:
+            if "No such file or directory" in str(e):
+                return Listing()
+            raise
+        try:
+            return rules.parse_listing(json.loads(out))
+        except (ValueError, TypeError, KeyError) as e:
+            raise FenceFailed(f"nft list: unreadable output: {e}") from None
+
+    async def cut(self, endpoints: Sequence[rules.Endpoint]) -> None:
+        await self._run("ss", "-K", "-t", "-n", rules.cut_filter(endpoints))
+
+
+class _Sidecar(Protocol):
+    @property
+    def gate(self) -> Gate: ...
+    @property
+    def log(self) -> Any: ...
+    @property
+    def notify(self) -> Any: ...
+
+
+class Fence:
+    """The fence of one host: `start()` installs and proves the standing rules (keeping a kill
+    fence it finds), `follow()` after every applied read raises or lifts the kill fence,
+    `run()` reads the counters back. `report_fields()` is what the host tells Redis."""
+
+    def __init__(
+        self,
+        spec: FenceSpec,
+        sidecar: _Sidecar,
+        *,
+        on_kill: bool = False,
+        tools: Tools | None = None,
+        wake: Callable[[], None] = lambda: None,
+        poll: float = FENCE_POLL_S,
+    ) -> None:
+        self.spec = spec
+        self.sc = sidecar
+        self.on_kill = on_kill
+        self.tools = tools or Tools()
+        self.wake = wake
+        self.poll = poll
+        self.listing = Listing()
+        self.problem = ""  # why the fence is not as intended ("" proven)
+        self.want_killed = False  # the kill fence should be up
+        self.want_epoch = 0  # ... for this kill epoch (0: found up at start)
+        self.fenced_epoch = 0  # the kill epoch the kill fence was proven for (0: none)
+        self.found_killed = False  # the kill fence was up when this sidecar started
+        self.refused = 0  # the standing rule's refusals, as last read
+        self._baseline: int | None = None
+        self.bypasses = 0  # refusals seen while ARMED (each kills this host)
+        self.bypass: tuple[int, str] = (0, "")  # (ARMED epoch, uids) not yet enforced by Redis
+        self._lock = asyncio.Lock()
+        self._pending: set[asyncio.Task[None]] = set()
+        self._poller: asyncio.Task[None] | None = None
+
+    @property
+    def log(self) -> Any:
+        return self.sc.log
+
+    async def start(self) -> None:
+        """Install the standing rules and prove them; a kill fence found stays up."""
+        try:
+            found = await self.tools.listing()
+            await self.tools.apply(rules.standing(self.spec, found))
+            self.listing = await self.tools.listing()
+        except (FenceFailed, OSError) as e:
+            raise StartupError(f"fence: cannot install the nftables table: {e}") from None
+        self.found_killed = self.want_killed = self.listing.killed
+        self._baseline = self.refused = self.listing.refused
+        problems = rules.problems(self.listing, self.spec, killed=self.want_killed)
+        if problems:
+            raise StartupError(f"fence: installed but not proven: {'; '.join(problems)}")
+        if self.found_killed:
+            self.log.warning("FENCE_FOUND", killed=True, refused=self.refused)
+        self._poller = asyncio.get_running_loop().create_task(self.run(), name="fence-poll")
+        self.log.info(
+            "FENCE", state=self.state, endpoints=[str(e) for e in self.spec.endpoints],
+            allow_uids=list(self.spec.allow_uids), handles=dict(self.listing.rules),
+        )  # fmt: skip
+
+    @property
+    def state(self) -> str:
+        """`standing`, `killed` (the kill fence is up) or `failed` (not proven)."""
+        if self.problem:
+            return "failed"
+        return "killed" if self.listing.killed else "standing"
+
+    def follow(self, state: NodeState, epoch: int, requested: bool) -> None:
+        """After a read was applied: a kill that asks for the fence (or any kill, with
+        `--fence-on-kill`) raises it; an arm that opened the gate (verified) lifts it."""
+        if state is NodeState.KILLED and (requested or self.on_kill):
+            if self.want_killed and self.want_epoch == epoch:
+                return
+            self.want_killed, self.want_epoch = True, epoch
+        elif state is NodeState.ARMED and self.sc.gate.is_open and self.want_killed:
+            self.want_killed, self.want_epoch = False, 0
+        else:
+            return
+        self._spawn(self._converge())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name="fence")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _converge(self) -> None:
+        async with self._lock:
+            killed, epoch = self.want_killed, self.want_epoch
+            try:
+                await self.tools.apply(rules.kill_fence() if killed else rules.lift())
+                if killed:
+                    await self.tools.cut(self.spec.endpoints)
+                self.listing = await self.tools.listing()
+                problem = "; ".join(rules.problems(self.listing, self.spec, killed=killed))
+            except (FenceFailed, OSError) as e:
+                problem = str(e)
+            self._proven(problem)
+            if killed and not problem:
+                self.fenced_epoch = epoch
+                self.log.warning("FENCED", epoch=epoch, handles=dict(self.listing.rules))
+            elif not killed and not problem:
+                self.fenced_epoch = 0
+                self.log.info("FENCE_LIFTED", handles=dict(self.listing.rules))
+        self.wake()
+
+    def _proven(self, problem: str) -> None:
+        if problem and problem != self.problem:
+            self.log.error("FENCE_NOT_PROVEN", reason=problem, killed=self.want_killed)
+        elif not problem and self.problem:
+            self.log.info("FENCE_PROVEN", state=self.state)
+        if problem != self.problem:
+            self.wake()
+        self.problem = problem
+
+    async def run(self) -> None:
+        """Read the table back every `poll` seconds: counters, bypassing uids, the proof."""
+        while True:
+            await asyncio.sleep(self.poll)
+            with contextlib.suppress(FenceFailed, OSError):  # named by the proof below
+                await self.check()
+
+    async def check(self) -> Bypass | None:
+        """One read-back: prove the table, act on refusals since the last read."""
+        async with self._lock:
+            try:
+                listing = await self.tools.listing()
+            except (FenceFailed, OSError) as e:
+                self._proven(str(e))
+                raise
+            self.listing = listing
+            self._proven("; ".join(rules.problems(listing, self.spec, killed=self.want_killed)))
+            seen = rules.refused_since(self._baseline, listing)
+            self._baseline = self.refused = listing.refused
+            if listing.bypass_uids:
+                await self.tools.apply(rules.forget_bypass(listing.bypass_uids))
+        if seen is not None:
+            self._refusals(seen)
+        return seen
+
+    def _refusals(self, seen: Bypass) -> None:
+        view = self.sc.gate.view
+        if view.state is NodeState.ARMED and self.sc.gate.is_open:
+            self.bypasses += 1
+            self.bypass = (view.epoch, seen.named())
+            self.log.error(
+                "FENCE_BYPASS", uid=seen.named(), attempts=seen.attempts, epoch=view.epoch,
+                cause="bypass",
+            )  # fmt: skip
+            gate = self.sc.gate  # killed at once; the aggregator records it (audited)
+            gate.set_scope(True, gate.killed_symbols, gate.scope_ver)
+            self.sc.notify.changed()
+            self.wake()
+        else:
+            self.log.warning("FENCE_REFUSED", uid=seen.named(), attempts=seen.attempts)
+
+    def holding(self, killed_by_redis: bool) -> bool:
+        """Whether this host stays killed for a bypass Redis does not enforce yet; once a read
+        enforces this host's scoped kill, the scope (lifted only by a verified arm) holds it."""
+        if killed_by_redis and self.bypass[0]:
+            self.bypass = (0, "")
+        return bool(self.bypass[0])
+
+    async def close(self) -> None:
+        """Stop reading back; the rules stay (they outlive the sidecar by design)."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        for t in list(self._pending):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    def report_fields(self) -> tuple[tuple[str, str], ...]:
+        epoch, uids = self.bypass
+        return (
+            ("fence", self.state),
+            ("fence_epoch", str(self.fenced_epoch)),
+            ("fence_problem", self.problem),
+            ("fence_refused", str(self.refused)),
+            ("bypass", f"{epoch} {uids}" if epoch else ""),
+        )
+
+
+class FenceCollector(Collector):
+    """The fence's metrics, read when scraped."""
+
+    def __init__(self, fence: Fence, node: str, host: str) -> None:
+        self.fence, self.labels = fence, [node, host]
+
+    def collect(self) -> Iterable[Any]:
+        f, names = self.fence, ["node", "host"]
+        refused = CounterMetricFamily(
+            "killswitch_fence_refused", "Connections to fenced endpoints refused by the standing "
+            "rule (uids not allowed), as read back from the nftables counter.", labels=names,
+        )  # fmt: skip
+        refused.add_metric(self.labels, f.refused)
+        bypass = CounterMetricFamily(
+            "killswitch_fence_bypasses", "Refused connection attempts seen while ARMED (each "
+            "kills this host, cause bypass).", labels=names,
+        )  # fmt: skip
+        bypass.add_metric(self.labels, f.bypasses)
+        ok = GaugeMetricFamily(
+            "killswitch_fence_ok", "1 when the read-back proves the fence as intended, else 0.",
+            labels=names,
+        )  # fmt: skip
+        ok.add_metric(self.labels, 0 if f.problem else 1)
+        killed = GaugeMetricFamily(
+            "killswitch_fence_killed", "1 while the kill fence is up.", labels=names
+        )
+        killed.add_metric(self.labels, 1 if f.listing.killed else 0)
+        return [refused, bypass, ok, killed]
+
+
+class NoFence:
+    """A sidecar without `--fence`: every hook does nothing."""
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def follow(self, state: NodeState, epoch: int, requested: bool) -> None:
+        pass
+
+    def holding(self, killed_by_redis: bool) -> bool:
+        return False
+
+    def report_fields(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+
+def attach_fence(sc: Any) -> Fence | NoFence:
+    """The sidecar's fence from its settings, its metrics registered (a `NoFence` without)."""
+    s = sc.s
+    if s.fence is None:
+        return NoFence()
+    fence = Fence(s.fence, sc, on_kill=s.fence_on_kill, tools=Tools(s.fence_netns),
+                  wake=sc._wake.set)  # fmt: skip
+    sc.registry.register(FenceCollector(fence, s.node, s.host))
+    return fence
