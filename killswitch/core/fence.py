@@ -130,6 +130,10 @@ _RESET = {"reject": {"type": "tcp reset"}}
 _ADD_UID = {"set": {"op": "add", "elem": {"meta": {"key": "skuid"}}, "set": f"@{BYPASS_SET}"}}
 
 
+def _flags(*names: str) -> dict[str, Any]:
+    return {"&": [{"payload": {"protocol": "tcp", "field": "flags"}}, list(names)]}
+
+
 def _elems(endpoints: Iterable[Endpoint]) -> list[dict[str, Any]]:
     return [{"concat": [str(e.addr), e.port]} for e in endpoints]
 
@@ -167,10 +171,11 @@ def standing(spec: FenceSpec, found: Listing | None = None) -> dict[str, Any]:
                           {"jump": {"target": "guard"}}))  # fmt: skip
         cmds.append(_rule("inp", _match(_pair(proto, "saddr", "sport"), f"@{name}"),
                           {"jump": {"target": "killin"}}))  # fmt: skip
-    flags = {"&": [{"payload": {"protocol": "tcp", "field": "flags"}}, ["syn", "ack"]]}
     cmds += [
         _rule("guard", {"jump": {"target": "kill"}}),
-        _rule("guard", _match(flags, "syn", "!="), {"accept": None}),  # not a connection attempt
+        _rule(
+            "guard", _match(_flags("syn", "ack"), "syn", "!="), {"accept": None}
+        ),  # not a connection attempt
         _rule("guard", _match({"meta": {"key": "skuid"}}, "@allow"), {"accept": None}),
         _rule("guard", _TCP, _ADD_UID, {"counter": REFUSED}, _RESET),  # named, counted, reset
     ]
@@ -183,7 +188,8 @@ def kill_fence() -> dict[str, Any]:
         "nftables": [
             *({"flush": _obj("chain", name=c)} for c in KILL_CHAINS),
             _rule("kill", _TCP, {"counter": KILLED}, _RESET),
-            _rule("killin", _TCP, _RESET),
+            # not the resets the kill rule sends the local socket: they come "from" the venue
+            _rule("killin", _TCP, _match(_flags("rst"), "rst", "!="), _RESET),
         ]
     }
 
@@ -361,3 +367,17 @@ def fence_view(
 
 def _uint(v: str | None) -> int:
     return int(v) if v and v.isascii() and v.isdigit() and len(v) < 20 else 0
+
+
+def fence_report(report: Mapping[str, str]) -> dict[str, object] | None:
+    """A host's fence as `status --json` shows it (`hosts[H].fence`); None: no `--fence`."""
+    state = report.get("fence", "")
+    if state not in ("standing", "killed", "failed"):
+        return None
+    return {
+        "state": state,
+        "epoch": _uint(report.get("fence_epoch")),  # the kill the kill fence was proven for
+        "refused": _uint(report.get("fence_refused")),
+        "problem": report.get("fence_problem", "")[:300],
+        "bypass": report.get("bypass", "")[:100],
+    }

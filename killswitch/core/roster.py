@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from killswitch.core.bounds import parse_float, parse_uint, plausible_epoch, uint_or
+from killswitch.core.fence import fence_report
 
 DEFAULT_ALIVE_MS = 1000
 MAX_REFUSAL = 64  # a host's arm refusal is a short name; junk written there stays short
@@ -52,6 +53,7 @@ class HostStatus:
     attest: str = ""  # which attested file it cannot read ("" none)
     # scoped kills it still enforces though Redis no longer lists them (no verified lift)
     scope_kept: tuple[str, ...] = ()
+    fence: dict[str, object] | None = None  # its network fence (core.fence); None: none
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -77,6 +79,7 @@ class HostStatus:
             "files": dict(line.rsplit(" ", 1) for line in self.files.splitlines() if " " in line),
             "attest": self.attest,
             "scope_kept": list(self.scope_kept),
+            **({"fence": self.fence} if self.fence else {}),
         }
 
 
@@ -162,6 +165,7 @@ def host_status(
         files="\n".join(report.get("files", "")[:MAX_FILES_TEXT].splitlines()[:MAX_FILES]),
         attest=report.get("attest", "")[:MAX_ATTEST] if alive else "",
         scope_kept=tuple(report.get("scope_kept", "")[:MAX_FILES_TEXT].split()[:MAX_FILES]),
+        fence=fence_report(report),
     )
 
 
