@@ -42,12 +42,17 @@ class FenceError(ValueError):
     """A fence setting is invalid; the message names it."""
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A venue endpoint: a TCP address and port."""
+    """A venue endpoint: a TCP address and port. Sorted by family, address, port."""
 
     addr: ipaddress.IPv4Address | ipaddress.IPv6Address
     port: int
+
+    def __lt__(self, other: Endpoint) -> bool:
+        return (self.addr.version, int(self.addr), self.port) < (
+            other.addr.version, int(other.addr), other.port,
+        )  # fmt: skip
 
     def __str__(self) -> str:
         return (
