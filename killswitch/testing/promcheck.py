@@ -114,6 +114,10 @@ METRICS: dict[str, bool] = {
     "killswitch_hosts_not_flat": False,
     "killswitch_node_limit_refusals": False,
     "killswitch_node_limit_refusals_max": False,
+    "killswitch_fence_refused_total": True,
+    "killswitch_fence_bypasses_total": True,
+    "killswitch_fence_ok": True,
+    "killswitch_fence_killed": True,
 }
 KNOWN_METRICS = frozenset(METRICS)
 PER_HOST_METRICS = frozenset(n for n, per_host in METRICS.items() if per_host)
