@@ -8,9 +8,10 @@ import json
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
 from killswitch.store.keys import NodeKeys
-from tests.test_lua import HOST, chained, flush, run
+from tests.test_lua import HOST, chained, events, flush, published, run  # noqa: F401
 
 
 @pytest.fixture
@@ -26,6 +27,21 @@ async def kill(redis: Redis, k: NodeKeys, fence: bool) -> list[str]:
 
 
 class TestKillRecordsTheFence:
+    async def test_fence_notice_follows_the_kill_notice(
+        self,
+        redis: Redis,
+        k: NodeKeys,
+        events: PubSub,  # noqa: F811 (a fixture)
+    ) -> None:
+        """A kill with the fence announces `FENCE <epoch>` after `KILLED`; one without, only
+        `KILLED`."""
+        await redis.hset(k.state, mapping={"state": "ARMED", "epoch": 4, "ver": 1})
+        await kill(redis, k, fence=True)
+        await kill(redis, k, fence=False)
+        assert await published(redis, events, k) == [
+            (k.events, "KILLED 5 2"), (k.events, "FENCE 5"), (k.events, "KILLED 5 3"),
+        ]  # fmt: skip
+
     async def test_fence_flag_reaches_the_round_trip(self, redis: Redis, k: NodeKeys) -> None:
         """A kill with the fence stores `fence`, audits it, and every round trip returns it."""
         await redis.hset(k.state, mapping={"state": "ARMED", "epoch": 4, "ver": 1})

@@ -112,9 +112,14 @@ def check_fence(netns: str) -> None:
         status = ""
     if not has_cap(status):
         raise ConfigError(GRANT_HINT)
-    for tool in ("nft", "ss", *(("nsenter",) if netns else ())):
-        if shutil.which(tool) is None:
-            raise ConfigError(f"fence: {tool} is not installed (nftables, iproute2, util-linux)")
+    from killswitch.sidecar.nftables import LIBNFTABLES, load_library
+
+    try:
+        load_library()
+    except OSError:
+        raise ConfigError(f"fence: {LIBNFTABLES} cannot be loaded: install nftables") from None
+    if shutil.which("ss") is None:
+        raise ConfigError("fence: ss is not installed (iproute2): it cuts established connections")
     if netns and not Path(f"/run/netns/{netns}").exists():
         raise ConfigError(f"fence-netns: no network namespace {netns} (/run/netns/{netns})")
 

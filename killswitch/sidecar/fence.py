@@ -1,18 +1,17 @@
-"""The network fence's I/O: installs the nftables table `killswitch` (`nft -j -f -`), reads it
-back, cuts established connections (`ss -K`), and watches the refusal counter for bypasses.
+"""The network fence of a sidecar: installs the nftables table `killswitch`, reads it back,
+raises and lifts the kill fence, and watches the refusal counter for bypasses.
 
-What the rules are and what a listing proves is decided in `core.fence`; this module only
-runs the tools, in the sidecar's network namespace or in `--fence-netns NAME` (through
-`nsenter`). It never removes the table: a sidecar that dies leaves the fence as it was, and
-the kill fence is lifted only after a verified arm opened the gate.
+What the rules are and what a listing proves is decided in `core.fence`; the tools
+(libnftables JSON, `ss -K`) run in `nftables`, in the sidecar's network namespace or in
+`--fence-netns NAME`. It never removes the table: a sidecar that dies leaves the fence as it
+was, and the kill fence is lifted only after a verified arm opened the gate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -23,57 +22,9 @@ from killswitch.core.fence import Bypass, FenceSpec, Listing
 from killswitch.core.gate import Gate
 from killswitch.core.state import NodeState
 from killswitch.runtime.errors import StartupError
+from killswitch.sidecar.nftables import FenceFailed, Tools
 
 FENCE_POLL_S = 0.25  # how often the refusal counter is read (the bypass kill's delay)
-TOOL_TIMEOUT_S = 5.0  # an nft or ss call that takes longer has failed
-
-
-class FenceFailed(RuntimeError):
-    """A tool failed; the message says which and why (one line)."""
-
-
-class Tools:
-    """`nft` and `ss`, run in the namespace `netns` ("" the sidecar's own)."""
-
-    def __init__(self, netns: str = "") -> None:
-        self.prefix: tuple[str, ...] = ("nsenter", f"--net=/run/netns/{netns}") if netns else ()
-
-    async def _run(self, *argv: str, data: str = "") -> str:
-        proc = await asyncio.create_subprocess_exec(
-            *self.prefix, *argv,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            async with asyncio.timeout(TOOL_TIMEOUT_S):
-                out, err = await proc.communicate(data.encode())
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            raise FenceFailed(f"{argv[0]} took over {TOOL_TIMEOUT_S:g}s") from None
-        if proc.returncode:
-            why = " ".join(err.decode(errors="replace").split())[:300]
-            raise FenceFailed(f"{' '.join(argv[:3])} failed (exit {proc.returncode}): {why}")
-        return out.decode(errors="replace")
-
-    async def apply(self, doc: dict[str, Any]) -> None:
-        await self._run("nft", "-j", "-f", "-", data=json.dumps(doc))
-
-    async def listing(self) -> Listing:
-        try:
-            out = await self._run("nft", "-j", "list", "table", rules.FAMILY, rules.TABLE)
-        except FenceFailed as e:
-            if "No such file or directory" in str(e):
-                return Listing()
-            raise
-        try:
-            return rules.parse_listing(json.loads(out))
-        except (ValueError, TypeError, KeyError) as e:
-            raise FenceFailed(f"nft list: unreadable output: {e}") from None
-
-    async def cut(self, endpoints: Sequence[rules.Endpoint]) -> None:
-        await self._run("ss", "-K", "-t", "-n", rules.cut_filter(endpoints))
 
 
 class _Sidecar(Protocol):
@@ -254,6 +205,7 @@ class Fence:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
+        self.tools.close()
         for t in list(self._pending):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t

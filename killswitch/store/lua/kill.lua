@@ -69,4 +69,8 @@ elseif implausible or (cur[2] and ks_uint(cur[2], nil) == nil) then
 end
 audit_append(KEYS[2], KEYS[4], entry)
 redis.call('PUBLISH', ARGV[5], 'KILLED ' .. ks_str(new_epoch) .. ' ' .. ks_str(new_ver))
+if ARGV[10] == '1' then
+  -- hosts raise the kill fence at once, before their next round trip reads `fence`
+  redis.call('PUBLISH', ARGV[5], 'FENCE ' .. ks_str(new_epoch))
+end
 return {1, new_epoch, new_ver, ks_str(now), state, ''}
