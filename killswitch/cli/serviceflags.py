@@ -119,7 +119,7 @@ def fence_flags(s: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     f.add_argument(
         "--fence-netns", metavar="NAME",
-        help="fence this network namespace (/run/netns/NAME, entered with nsenter) instead of "
+        help="fence this network namespace (/run/netns/NAME; entering it needs CAP_SYS_ADMIN) instead of "
         "the sidecar's own",
     )  # fmt: skip
     f.add_argument(
