@@ -97,6 +97,11 @@ class Fence:
         )  # fmt: skip
 
     @property
+    def killed(self) -> bool:
+        """The kill fence is up, as last read back."""
+        return self.listing.killed
+
+    @property
     def state(self) -> str:
         """`standing`, `killed` (the kill fence is up) or `failed` (not proven)."""
         if self.problem:
@@ -224,7 +229,7 @@ class Fence:
 class FenceCollector(Collector):
     """The fence's metrics, read when scraped."""
 
-    def __init__(self, fence: Fence, node: str, host: str) -> None:
+    def __init__(self, fence: Fence | NoFence, node: str, host: str) -> None:
         self.fence, self.labels = fence, [node, host]
 
     def collect(self) -> Iterable[Any]:
@@ -239,20 +244,24 @@ class FenceCollector(Collector):
             "kills this host, cause bypass).", labels=names,
         )  # fmt: skip
         bypass.add_metric(self.labels, f.bypasses)
-        ok = GaugeMetricFamily(
-            "killswitch_fence_ok", "1 when the read-back proves the fence as intended, else 0.",
-            labels=names,
+        unproven = GaugeMetricFamily(
+            "killswitch_fence_unproven", "1 when this host has --fence and the read-back does not "
+            "prove it as intended, else 0.", labels=names,
         )  # fmt: skip
-        ok.add_metric(self.labels, 0 if f.problem else 1)
+        unproven.add_metric(self.labels, 1 if f.problem else 0)
         killed = GaugeMetricFamily(
             "killswitch_fence_killed", "1 while the kill fence is up.", labels=names
         )
-        killed.add_metric(self.labels, 1 if f.listing.killed else 0)
-        return [refused, bypass, ok, killed]
+        killed.add_metric(self.labels, 1 if f.killed else 0)
+        return [refused, bypass, unproven, killed]
 
 
 class NoFence:
-    """A sidecar without `--fence`: every hook does nothing."""
+    """A sidecar without `--fence`: every hook does nothing, every count is 0."""
+
+    refused = bypasses = 0
+    problem = ""
+    killed = False
 
     async def start(self) -> None:
         pass
@@ -273,9 +282,10 @@ class NoFence:
 def attach_fence(sc: Any) -> Fence | NoFence:
     """The sidecar's fence from its settings, its metrics registered (a `NoFence` without)."""
     s = sc.s
-    if s.fence is None:
-        return NoFence()
-    fence = Fence(s.fence, sc, on_kill=s.fence_on_kill, tools=Tools(s.fence_netns),
-                  wake=sc._wake.set)  # fmt: skip
+    fence: Fence | NoFence = NoFence()
+    if s.fence is not None:
+        fence = Fence(s.fence, sc, on_kill=s.fence_on_kill, tools=Tools(s.fence_netns),
+                      wake=sc._wake.set)  # fmt: skip
+    # exported without --fence too (all 0), so dashboards and alerts see every host
     sc.registry.register(FenceCollector(fence, s.node, s.host))
     return fence

@@ -116,7 +116,7 @@ METRICS: dict[str, bool] = {
     "killswitch_node_limit_refusals_max": False,
     "killswitch_fence_refused_total": True,
     "killswitch_fence_bypasses_total": True,
-    "killswitch_fence_ok": True,
+    "killswitch_fence_unproven": True,
     "killswitch_fence_killed": True,
 }
 KNOWN_METRICS = frozenset(METRICS)
