@@ -175,7 +175,10 @@ class Fence:
             seen = rules.refused_since(self._baseline, listing)
             self._baseline = self.refused = listing.refused
             if listing.bypass_uids:
-                await self.tools.apply(rules.forget_bypass(listing.bypass_uids))
+                try:  # a failure here only risks naming these uids again
+                    await self.tools.apply(rules.forget_bypass(listing.bypass_uids))
+                except (FenceFailed, OSError) as e:
+                    self.log.warning("FENCE_BYPASS_SET_NOT_EMPTIED", error=str(e))
         if seen is not None:
             self._refusals(seen)
         return seen
