@@ -17,6 +17,7 @@ import pytest
 from killswitch.sim.embedded import free_port
 from killswitch.testing import Fleet, wait_until
 from killswitch.testing.netns import VENUE_ADDR, VENUE_PORT, NetPair, is_root, net_pair
+from tests.test_containment import gauge
 
 pytestmark = pytest.mark.skipif(
     not is_root(), reason="the fence tests create network namespaces: they need root (CI is root)"
@@ -79,11 +80,28 @@ class TestStandingRule:
         entries = fenced.cli_json("audit")[1]["entries"]
         assert any(e.get("cause") == "bypass" and e.get("action") == "kill_host" for e in entries)
         port = fenced.metrics_ports[HOST]
-        from tests.test_containment import gauge
-
         refused = gauge(port, "killswitch_fence_refused_total", node=fenced.node, host=HOST)
         assert refused is not None and refused >= 1
         assert fenced.sidecars[HOST].logged("FENCE_BYPASS")[0]["uid"] == str(OTHER_UID)
+
+    def test_bypass_blocks_at_once_and_is_recorded_when_an_aggregator_acts(
+        self, fenced: Fleet, pair: NetPair
+    ) -> None:
+        """With no aggregator running the bypassing host closes its own gate and reports the
+        bypass; the aggregator started later records the host's kill."""
+        assert fenced.aggregator is not None
+        fenced.aggregator.stop()
+        assert pair.connect(OTHER_UID) == "ConnectionRefusedError"
+        wait_until(lambda: fenced.ping(HOST).startswith("PONG KILLED"), 10.0, 0.02, "gate closed")
+        wait_until(
+            lambda: host_report(fenced)["fence"]["bypass"].endswith(f" {OTHER_UID}"), 10.0, 0.05,
+            "bypass reported",
+        )  # fmt: skip
+        assert fenced.cli_json("status")[1]["scopes"] == []
+        fenced.start_aggregator()
+        wait_until(lambda: fenced.cli_json("status")[1]["scopes"], 15.0, 0.05, "kill recorded")
+        wait_until(lambda: not host_report(fenced)["fence"]["bypass"], 10.0, 0.05, "enforced")
+        assert fenced.ping(HOST).startswith("PONG KILLED")
 
 
 class TestKillFence:
