@@ -18,6 +18,7 @@ from killswitch.sim.embedded import free_port
 from killswitch.testing import Fleet, wait_until
 from killswitch.testing.netns import VENUE_ADDR, VENUE_PORT, NetPair, is_root, net_pair
 from tests.test_containment import gauge
+from tests.test_json_schemas import valid
 
 pytestmark = pytest.mark.skipif(
     not is_root(), reason="the fence tests create network namespaces: they need root (CI is root)"
@@ -117,6 +118,7 @@ class TestKillFence:
             code, rep = fenced.cli_json("kill", "--reason", "fence test", "--fence")
             assert code == 0, rep
             assert rep["fenced"] == [HOST] and rep["fence"] is True and rep["fence_failed"] == {}
+            valid("kill", rep)
             held.stdin.write("again\n")
             held.stdin.flush()
             assert held.stdout.readline().strip() != "ok"  # cut: reset or aborted
@@ -138,7 +140,7 @@ class TestKillFence:
         self, fenced: Fleet, pair: NetPair
     ) -> None:
         """A SIGKILLed sidecar leaves the kill fence up; restarted, it finds it, reports it and
-        `status` lists the host as fenced."""
+        `status` lists the host as fenced; a table then removed by hand is named (exit 3)."""
         code, rep = fenced.cli_json("kill", "--reason", "fence test", "--fence")
         assert code == 0 and rep["fenced"] == [HOST], rep
         fenced.sidecars[HOST].stop(signal.SIGKILL)
@@ -147,7 +149,19 @@ class TestKillFence:
         proc = fenced.start_sidecar(HOST)
         assert proc.logged("FENCE_FOUND")
         wait_until(lambda: fenced.cli_json("status")[1]["fenced"] == [HOST], 15.0, 0.05, "fenced")
+        code, rep = fenced.cli_json("status")
+        assert code == 0 and rep["hosts"][HOST]["fence"]["state"] == "killed", rep
+        valid("status", rep)
         assert pair.connect(0) == "ConnectionRefusedError"
+        # A table removed by hand is not proven: named by status (exit 3) and the metric.
+        subprocess.run(pair.exec(pair.trading, "nft", "delete", "table", "inet", "killswitch"),
+                       check=True)  # fmt: skip
+        wait_until(lambda: fenced.cli_json("status")[0] == 3, 15.0, 0.05, "status exit 3")
+        rep = fenced.cli_json("status")[1]
+        assert "table inet killswitch is missing" in rep["fence_failed"][HOST]
+        assert rep["disagree"][HOST].startswith("fence not proven")
+        port = fenced.metrics_ports[HOST]
+        assert gauge(port, "killswitch_fence_unproven", node=fenced.node, host=HOST) == 1
 
     def test_kill_fence_without_a_fenced_host_is_named(self, redis_url: str, node: str) -> None:
         """`kill --fence` on a host that has no fence exits 3 and names it in fence_failed."""
@@ -157,6 +171,7 @@ class TestKillFence:
             code, rep = f.cli_json("kill", "--reason", "x", "--fence", "--timeout", "1")
         assert code == 3
         assert rep["fence_failed"] == {HOST: "no --fence on this host"}
+        valid("kill", rep)
 
 
 class TestCapability:
