@@ -65,10 +65,11 @@ def _probe(pair: NetPair) -> subprocess.Popen[str]:
     return p
 
 
-async def _cycle(f: FencedFleet, url: str) -> list[float]:
+async def _cycle(f: FencedFleet, url: str) -> tuple[list[float], dict[int, float]]:
     redis = Redis.from_url(url, decode_responses=True)
     store = Store(redis, NODE)
     out: list[float] = []
+    kills: dict[int, float] = {}  # kill epoch -> its record time
     try:
         for i in range(KILLS):
             for _ in range(5):
@@ -85,6 +86,7 @@ async def _cycle(f: FencedFleet, url: str) -> list[float]:
                 )
                 assert res.code == 0, res.message
                 recorded = datetime.fromisoformat(res.report["changed_at"]).timestamp()
+                kills[res.report["epoch"]] = recorded
                 for p in probes:
                     assert p.stdout is not None
                     out.append(float(p.stdout.readline()) - recorded)
@@ -96,6 +98,17 @@ async def _cycle(f: FencedFleet, url: str) -> list[float]:
                         p.stdout.close()
     finally:
         await redis.aclose()
+    return out, kills
+
+
+def _raised(f: FencedFleet, kills: dict[int, float]) -> list[float]:
+    """Kill recorded to each sidecar's FENCE_RAISED event (the rules committed), from the logs."""
+    out = []
+    for h in HOSTS:
+        for ev in f.sidecars[h].events("FENCE_RAISED"):
+            if ev.get("epoch") in kills:
+                at = datetime.fromisoformat(ev["timestamp"].replace("Z", "+00:00")).timestamp()
+                out.append(at - kills[ev["epoch"]])
     return out
 
 
@@ -109,14 +122,16 @@ def run() -> dict[str, object]:
             f.start_aggregator("--tick", "0.05")
             f.wait_ready(120)
             t0 = time.monotonic()
-            lat = asyncio.run(_cycle(f, server.url))
+            lat, kills = asyncio.run(_cycle(f, server.url))
             wall = time.monotonic() - t0
+            raised = _raised(f, kills)
         finally:
             f.stop()
     return {
         "hosts": len(HOSTS),
         "kills": KILLS,
         "recorded_to_refused_ms": summary(lat, 1000),
+        "recorded_to_rules_committed_ms": summary(raised, 1000),
         "wall_s": round(wall, 1),
         "load_average_1m": round(os.getloadavg()[0], 1),  # the machine this ran on, honestly
     }

@@ -127,10 +127,18 @@ class Fence:
         task.add_done_callback(self._pending.discard)
 
     async def _converge(self) -> None:
+        killed, epoch = self.want_killed, self.want_epoch
+        try:  # the rules first, not queued behind a read-back: this is the kill's critical path
+            await self.tools.apply(rules.kill_fence() if killed else rules.lift())
+            failed = ""
+        except (FenceFailed, OSError) as e:
+            failed = str(e)
+        if killed and not failed:
+            self.log.warning("FENCE_RAISED", epoch=epoch)
         async with self._lock:
-            killed, epoch = self.want_killed, self.want_epoch
             try:
-                await self.tools.apply(rules.kill_fence() if killed else rules.lift())
+                if failed:
+                    raise FenceFailed(failed)
                 if killed:
                     await self.tools.cut(self.spec.endpoints)
                 self.listing = await self.tools.listing()
@@ -171,7 +179,8 @@ class Fence:
                 self._proven(str(e))
                 raise
             self.listing = listing
-            self._proven("; ".join(rules.problems(listing, self.spec, killed=self.want_killed)))
+            if not self._pending:  # a change under way is proven by its own read-back
+                self._proven("; ".join(rules.problems(listing, self.spec, killed=self.want_killed)))
             seen = rules.refused_since(self._baseline, listing)
             self._baseline = self.refused = listing.refused
             if listing.bypass_uids:
