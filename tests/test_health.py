@@ -126,3 +126,30 @@ class TestStatusExitCodes:
         assert code == 0, rep
         code, rep = three.cli_json("status")
         assert code == 0 and rep["disagree"] == {} and rep["state"] == "KILLED", rep
+
+
+class TestRenderedTables:
+    """Columns fit the longest value; instants in the audit read as times."""
+
+    def test_long_host_names_keep_their_columns(self) -> None:
+        """A 63-character host name and a short one line up under the header."""
+        from killswitch.cli.render import _hosts
+
+        long = "h" * 63
+        rep = {"hosts": {long: {"alive": True, "gate": "open"}, "a": {"alive": True}}}
+        lines = _hosts(rep)
+        cols = {ln.index(" yes ") for ln in lines[1:]} | {lines[0].index(" alive")}
+        assert len(cols) == 1, lines
+
+    def test_audit_action_and_times(self) -> None:
+        """`arm_request` does not push the actor column; `expires_ms` is shown as a UTC time."""
+        from killswitch.cli.render import _audit
+
+        rows = [
+            {"time": "t1", "seq": 1, "action": "arm_request", "actor": "alice", "reason": "r",
+             "fields": {"expires_ms": "1796628256070"}},
+            {"time": "t2", "seq": 2, "action": "kill", "actor": "bob", "reason": "r", "fields": {}},
+        ]  # fmt: skip
+        text = _audit({"node": "n", "entries": rows}).splitlines()
+        assert text[0].index("alice") == text[1].index("bob"), text
+        assert "expires=2026-12-07T07:24:16.070" in text[0] and "1796628256070" not in text[0], text
