@@ -75,7 +75,7 @@ class TestStandingRule:
         wait_until(killed, 15.0, 0.05, "the bypassing host killed")
         rep = fenced.cli_json("status")[1]
         scope = next(s for s in rep["scopes"] if s["value"] == HOST)
-        assert f"uid {OTHER_UID}" in scope["reason"]
+        assert f"uid {OTHER_UID}" in scope["reason"] and scope["cause"] == "bypass"
         wait_until(lambda: fenced.ping(HOST).startswith("PONG KILLED"), 10.0, 0.02, "gate closed")
         assert fenced.order(HOST).startswith("BLOCK")
         entries = fenced.cli_json("audit")[1]["entries"]
