@@ -89,7 +89,7 @@ class TestStandingRule:
         self, fenced: Fleet, pair: NetPair
     ) -> None:
         """With no aggregator running the bypassing host closes its own gate and reports the
-        bypass; the aggregator started later records the host's kill."""
+        bypass; a later verified arm releases it, and an aggregator records the next one."""
         assert fenced.aggregator is not None
         fenced.aggregator.stop()
         assert pair.connect(OTHER_UID) == "ConnectionRefusedError"
@@ -99,6 +99,15 @@ class TestStandingRule:
             "bypass reported",
         )  # fmt: skip
         assert fenced.cli_json("status")[1]["scopes"] == []
+        # Killed and armed again before any aggregator recorded it: the new verified arm
+        # releases the local hold.
+        assert fenced.cli_json("kill", "--reason", "x", "--timeout", "10")[0] == 0
+        fenced.arm()
+        wait_until(lambda: fenced.ping(HOST).startswith("PONG ARMED"), 10.0, 0.02, "released")
+        assert fenced.sidecars[HOST].logged("FENCE_BYPASS_RELEASED")
+        # Again, and this time an aggregator runs: it records the host's kill.
+        assert pair.connect(OTHER_UID) == "ConnectionRefusedError"
+        wait_until(lambda: fenced.ping(HOST).startswith("PONG KILLED"), 10.0, 0.02, "closed")
         fenced.start_aggregator()
         wait_until(lambda: fenced.cli_json("status")[1]["scopes"], 15.0, 0.05, "kill recorded")
         wait_until(lambda: not host_report(fenced)["fence"]["bypass"], 10.0, 0.05, "enforced")

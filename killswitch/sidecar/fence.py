@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from killswitch.core import fence as rules
 from killswitch.core.fence import Bypass, FenceSpec, Listing
 from killswitch.core.gate import Gate
+from killswitch.core.scope import Scopes
 from killswitch.core.state import NodeState
 from killswitch.runtime.errors import StartupError
 from killswitch.sidecar.nftables import FenceFailed, Tools
@@ -34,6 +35,10 @@ class _Sidecar(Protocol):
     def log(self) -> Any: ...
     @property
     def notify(self) -> Any: ...
+    @property
+    def scopes(self) -> Scopes: ...
+    @property
+    def s(self) -> Any: ...
 
 
 class Fence:
@@ -111,6 +116,8 @@ class Fence:
     def follow(self, state: NodeState, epoch: int, requested: bool) -> None:
         """After a read was applied: a kill that asks for the fence (or any kill, with
         `--fence-on-kill`) raises it; an arm that opened the gate (verified) lifts it."""
+        if state is NodeState.ARMED and self.bypass[0] and epoch > self.bypass[0]:
+            self._release_bypass(epoch)
         if state is NodeState.KILLED and (requested or self.on_kill):
             if self.want_killed and self.want_epoch == epoch:
                 return
@@ -208,6 +215,17 @@ class Fence:
         else:
             self.log.warning("FENCE_REFUSED", uid=seen.named(), attempts=seen.attempts)
 
+    def _release_bypass(self, epoch: int) -> None:
+        """A verified arm above the bypass's epoch: two operators armed the node after it (the
+        node was killed before the aggregator could record the host's kill), so the local
+        hold goes; a scoped kill Redis holds for this host still holds it."""
+        self.log.warning("FENCE_BYPASS_RELEASED", bypass_epoch=self.bypass[0], epoch=epoch)
+        self.bypass = (0, "")
+        gate = self.sc.gate
+        isolated, _ = self.sc.scopes.for_host(self.sc.s.host)
+        gate.set_scope(isolated, gate.killed_symbols, gate.scope_ver)
+        self.sc.notify.changed()
+
     def holding(self, killed_by_redis: bool) -> bool:
         """Whether this host stays killed for a bypass Redis does not enforce yet; once a read
         enforces this host's scoped kill, the scope (lifted only by a verified arm) holds it."""
@@ -222,10 +240,10 @@ class Fence:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
-        self.tools.close()
         for t in list(self._pending):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        self.tools.close()
 
     def report_fields(self) -> tuple[tuple[str, str], ...]:
         epoch, uids = self.bypass
