@@ -44,8 +44,9 @@ def fenced(redis_url: str, node: str, pair: NetPair, tmp_path: Path) -> Iterator
         metrics_ports={HOST: free_port()},
     )  # fmt: skip
     try:
-        f.start()
-        f.start_aggregator()
+        f.start_sidecar(HOST, wait=False)
+        f.start_aggregator()  # both interpreters start at once
+        f.wait_serving(HOST)
         f.wait_ready()
         f.arm()
         f.wait_all("PONG ARMED")
@@ -174,10 +175,15 @@ class TestKillFence:
 
     def test_kill_fence_without_a_fenced_host_is_named(self, redis_url: str, node: str) -> None:
         """`kill --fence` on a host that has no fence exits 3 and names it in fence_failed."""
-        with Fleet(redis_url, node, [HOST]) as f:
+        f = Fleet(redis_url, node, [HOST])
+        try:
+            f.start_sidecar(HOST, wait=False)
             f.start_aggregator()
+            f.wait_serving(HOST)
             f.wait_ready()
             code, rep = f.cli_json("kill", "--reason", "x", "--fence", "--timeout", "1")
+        finally:
+            f.stop()
         assert code == 3
         assert rep["fence_failed"] == {HOST: "no --fence on this host"}
         valid("kill", rep)
