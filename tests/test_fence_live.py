@@ -5,6 +5,7 @@ veth pair, fenced by the sidecar (`--fence-netns`). Needs root (CI runs as root)
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -14,9 +15,18 @@ from typing import Any
 
 import pytest
 
+from killswitch.core.fence import FenceSpec, parse_endpoint, problems, standing
+from killswitch.sidecar.nftables import Tools
 from killswitch.sim.embedded import free_port
 from killswitch.testing import Fleet, wait_until
-from killswitch.testing.netns import VENUE_ADDR, VENUE_PORT, NetPair, is_root, net_pair
+from killswitch.testing.netns import (
+    CLIENT_PYTHON,
+    VENUE_ADDR,
+    VENUE_PORT,
+    NetPair,
+    is_root,
+    net_pair,
+)
 from tests.test_containment import gauge
 from tests.test_json_schemas import valid
 
@@ -208,3 +218,33 @@ class TestCapability:
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and "AmbientCapabilities=CAP_NET_ADMIN" in lines[0], res.stderr
         assert "cap_add" in lines[0]
+
+
+class TestRulesOnIpv6:
+    def test_ipv6_endpoint_is_fenced_by_uid(self, pair: NetPair) -> None:
+        """The standing rules installed by the fence's own tools refuse a uid not allowed on an
+        IPv6 endpoint ([::1] in the trading namespace) and let the allowed uid through."""
+        listen = "import socket,time\ns=socket.socket(socket.AF_INET6)\ns.bind(('::1',9878))\n" \
+            "s.listen()\nprint('up',flush=True)\ntime.sleep(30)"  # fmt: skip
+        listener = subprocess.Popen(
+            pair.exec(pair.trading, CLIENT_PYTHON, "-c", listen), stdout=subprocess.PIPE, text=True
+        )
+        tools = Tools(pair.trading)
+        try:
+            assert listener.stdout is not None and listener.stdout.readline().strip() == "up"
+            spec = FenceSpec((parse_endpoint("[::1]:9878"),), (0,))
+            asyncio.run(tools.apply(standing(spec, asyncio.run(tools.listing()))))
+            assert problems(asyncio.run(tools.listing()), spec, killed=False) == []
+            probe = "import socket\ntry:\n socket.create_connection(('::1',9878),timeout=3)\n" \
+                " print('ok')\nexcept OSError as e:\n print(type(e).__name__)"  # fmt: skip
+            for uid, want in ((0, "ok"), (OTHER_UID, "ConnectionRefusedError")):
+                out = subprocess.run(pair.as_uid(uid, CLIENT_PYTHON, "-c", probe),
+                                     capture_output=True, text=True, check=False)  # fmt: skip
+                assert out.stdout.strip() == want, (uid, out)
+            assert asyncio.run(tools.listing()).bypass_uids == (OTHER_UID,)
+        finally:
+            tools.close()
+            listener.kill()
+            listener.wait()
+            if listener.stdout is not None:
+                listener.stdout.close()
