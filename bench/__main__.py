@@ -22,6 +22,7 @@ ALL = [
     "audit_cost",
     "attest_hash",
     "fence",
+    "split_kill",
 ]
 
 

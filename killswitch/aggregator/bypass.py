@@ -30,8 +30,8 @@ class BypassKills:
         self.done: set[tuple[str, int]] = set()  # (host, armed epoch) already killed
         self.kills = 0
 
-    async def tick(self, snap: NodeSnapshot, state: NodeRead, leader: bool) -> None:
-        if not leader or state.state is not NodeState.ARMED:
+    async def tick(self, snap: NodeSnapshot | None, state: NodeRead, leader: bool) -> None:
+        if snap is None or not leader or state.state is not NodeState.ARMED:
             return
         killed = parse_scopes(snap.scopes).hosts
         for host in snap.roster:
