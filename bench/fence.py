@@ -39,7 +39,7 @@ while True:
         socket.create_connection(({VENUE_ADDR!r}, {VENUE_PORT}), timeout=1).close()
         if not up:
             print("up", flush=True); up = True
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):  # reset: caught mid-handshake
         if up:
             print(time.time(), flush=True); break
     time.sleep(0.002)

@@ -122,21 +122,26 @@ class Fence:
             if self.want_killed and self.want_epoch == epoch:
                 return
             self.want_killed, self.want_epoch = True, epoch
-        elif state is NodeState.ARMED and self.sc.gate.is_open and self.want_killed:
+        elif (
+            state is NodeState.ARMED and self.sc.gate.is_open and self.want_killed
+            and epoch > self.want_epoch  # an arm after this kill, never a read from before it
+        ):  # fmt: skip
             self.want_killed, self.want_epoch = False, 0
         else:
             return
-        self._spawn(self._converge())
+        # handed to the nftables thread at once: the kill's critical path waits for no task
+        doc = rules.kill_fence() if self.want_killed else rules.lift()
+        applied = self.tools.apply_soon(doc)
+        self._spawn(self._converge(applied, self.want_killed, self.want_epoch))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro, name="fence")
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _converge(self) -> None:
-        killed, epoch = self.want_killed, self.want_epoch
+    async def _converge(self, applied: asyncio.Future[str], killed: bool, epoch: int) -> None:
         try:  # the rules first, not queued behind a read-back: this is the kill's critical path
-            await self.tools.apply(rules.kill_fence() if killed else rules.lift())
+            await applied
             failed = ""
         except (FenceFailed, OSError) as e:
             failed = str(e)

@@ -115,6 +115,12 @@ class Tools:
     async def apply(self, doc: dict[str, Any]) -> None:
         await self._call(self._nft, json.dumps(doc))
 
+    def apply_soon(self, doc: dict[str, Any]) -> asyncio.Future[str]:
+        """Hand `doc` to the nftables thread now (not when a task gets to run); await the
+        result for its outcome."""
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._pool, self._nft, json.dumps(doc))
+
     async def listing(self) -> Listing:
         try:
             out = await self._call(self._nft, f"list table {rules.FAMILY} {rules.TABLE}")
