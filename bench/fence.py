@@ -23,8 +23,8 @@ from killswitch.ops import control
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.operators import two_person_arm
 from killswitch.store.store import Store
-from killswitch.testing import Fleet
-from killswitch.testing.netns import CLIENT_PYTHON, VENUE_ADDR, VENUE_PORT, NetPair, net_pair
+from kstest import Fleet
+from kstest.netns import CLIENT_PYTHON, VENUE_ADDR, VENUE_PORT, NetPair, net_pair
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
 KILLS = 12
