@@ -305,11 +305,7 @@ class Sidecar(ReadApplier):
             limited=limited,
             acked_cancels=self.acked_more[0],
             acked_limited=self.acked_more[1],
-            extra=(
-                *self.notify.report_fields(),
-                *self.attest.report_fields(),
-                *self.fence.report_fields(),
-            ),
+            extra=(*self.notify.report_fields(), *self.attest.report_fields()),
             proof_digest=self.arms.digest,
             proof_refusal=view.refusal,
         )
