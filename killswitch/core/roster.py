@@ -54,6 +54,7 @@ class HostStatus:
     attest: str = ""  # which attested file it cannot read ("" none)
     # scoped kills it still enforces though Redis no longer lists them (no verified lift)
     scope_kept: tuple[str, ...] = ()
+    wire: int = 0  # orders its FIX gateway forwarded to a venue
     fence: dict[str, object] | None = None  # its network fence (core.fence); None: none
 
     def to_json(self) -> dict[str, object]:
@@ -80,6 +81,7 @@ class HostStatus:
             "files": dict(line.rsplit(" ", 1) for line in self.files.splitlines() if " " in line),
             "attest": self.attest,
             "scope_kept": list(self.scope_kept),
+            "wire": self.wire,
             **({"fence": self.fence} if self.fence else {}),
         }
 
@@ -166,6 +168,7 @@ def host_status(
         files="\n".join(report.get("files", "")[:MAX_FILES_TEXT].splitlines()[:MAX_FILES]),
         attest=report.get("attest", "")[:MAX_ATTEST] if alive else "",
         scope_kept=tuple(report.get("scope_kept", "")[:MAX_FILES_TEXT].split()[:MAX_FILES]),
+        wire=_int(report.get("wire")),
         fence=fence_report(report),
     )
 

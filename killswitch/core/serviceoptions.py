@@ -54,6 +54,11 @@ SERVICE_OPTIONS: tuple[Option, ...] = (
     Option("attest-interval", ("sidecar",), "seconds between checks for changed attested "
            "files (their size or mtime)", kind="float", default=2.0, bound=S(0.1, 3600.0),
            metavar="S"),
+    Option("fix", ("sidecar",), "relay a FIX session (FIX.4.2, FIX.4.4, FIXT.1.1) through "
+           "this host's gate, e.g. tcp:127.0.0.1:9878=tcp:10.0.0.5:9878 (repeatable): orders "
+           "(35=D, G, E, AB) pass only when the gate allows them, a blocked one is answered "
+           "with an ExecutionReport (39=8) and never reaches UPSTREAM; cancels (35=F, q) "
+           "always pass", kind="fixroute", repeat=True, metavar="LISTEN=UPSTREAM"),
     Option("fence", ("sidecar",), "a venue endpoint (repeatable; IPv6 as [ADDR]:PORT): "
            "connections to it from uids not allowed are refused and counted, and kill this "
            "host while ARMED (cause bypass); needs CAP_NET_ADMIN", kind="list", repeat=True,

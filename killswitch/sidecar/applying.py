@@ -12,7 +12,9 @@ from killswitch.core.scope import Held, Scopes, enforce, newer
 from killswitch.core.state import HostView, NodeState, unproven
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
-from killswitch.sidecar.fence import Fence, NoFence
+from killswitch.sidecar.fence import Fence, NoFence, attach_fence
+
+__all__ = ["ReadApplier", "attach_fence"]  # the sidecar sets its fence up from here
 from killswitch.sidecar.notices import NoticeListener
 from killswitch.sidecar.settings import SidecarSettings
 
@@ -44,7 +46,9 @@ class ReadApplier(NoticeListener):
         self.confirmed = (epoch, ver)
         self.log.info("CONFIRMED", epoch=epoch, ver=ver, state=state, blocked=blocked)
 
-    def _apply(self, new: HostView, sent: float) -> None:
+    def _apply(self, new: HostView, sent: float, fence: bool = False) -> None:
+        """Enforce `new` (the lease from `sent`); `fence`: the read's kill asks for the
+        network kill fence, which follows what the gate now enforces."""
         old = self.gate.view
         if self._local_problem:
             # Without the file this host cannot tell an old ARMED from a new one. An arm made
@@ -80,6 +84,7 @@ class ReadApplier(NoticeListener):
             )  # fmt: skip
             if new.state in (NodeState.ARMED, NodeState.KILLED):
                 self._wake.set()  # confirm on the very next round trip, not a flush later
+        self.fence.follow(self.gate.view.state, self.gate.view.epoch, fence)
 
     @property
     def _enforced(self) -> set[str]:

@@ -36,11 +36,11 @@ from killswitch.runtime import logs
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled
-from killswitch.sidecar.applying import ReadApplier
+from killswitch.sidecar.applying import ReadApplier, attach_fence
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.blocklog import BlockSummaries
-from killswitch.sidecar.fence import attach_fence
+from killswitch.sidecar.fixgateway import FixGateway
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.memory import Memory
 from killswitch.sidecar.metrics import SidecarCollector
@@ -51,6 +51,7 @@ from killswitch.store.redisconn import classify, connect, endpoint, scrub
 from killswitch.store.store import FlushReport, Store
 
 log = structlog.get_logger("killswitch.sidecar.service")
+CONFIRMABLE = (NodeState.ARMED, NodeState.KILLED)  # the states a host confirms it enforces
 
 
 class Sidecar(ReadApplier):
@@ -136,6 +137,7 @@ class Sidecar(ReadApplier):
             registry=self.registry,
         ).labels(settings.node, settings.host)
         self.registry.register(SidecarCollector(self))
+        self.fix = FixGateway.for_sidecar(self.gate, settings, self.log, self.registry)
         build_info(self.registry, "sidecar")
         self.fence = attach_fence(self)  # the network fence (--fence), a no-op without
         self._metrics = (
@@ -159,9 +161,11 @@ class Sidecar(ReadApplier):
         try:
             await self.fence.start()
             await self._server.start()
+            await self.fix.start()
             if self._metrics:
                 await self._metrics.start()
         except BaseException:
+            await self.fix.stop()
             await self._server.stop()  # release what was bound; the caller reports why
             self._started = False
             raise
@@ -201,6 +205,7 @@ class Sidecar(ReadApplier):
         await self.notify.close()  # a running on-kill command is seen out first
         await self.fence.close()  # its rules stay in place
         await self._report_on_kill()
+        await self.fix.stop()
         await self._server.stop()
         if self._metrics:
             await self._metrics.stop()
@@ -282,8 +287,7 @@ class Sidecar(ReadApplier):
         allowed, blocked = self.gate.allowed, self.gate.blocked
         cancels, limited = self.gate.cancels, self.gate.blocked_by.get(LIMIT, 0)
         view = self.gate.view
-        settled = view.state in (NodeState.ARMED, NodeState.KILLED)
-        want_confirm = settled and (view.epoch, view.ver) != self.confirmed
+        want_confirm = view.state in CONFIRMABLE and (view.epoch, view.ver) != self.confirmed
         report = FlushReport(
             boot=self.boot,
             allowed=allowed,
@@ -305,7 +309,7 @@ class Sidecar(ReadApplier):
             limited=limited,
             acked_cancels=self.acked_more[0],
             acked_limited=self.acked_more[1],
-            extra=(*self.notify.report_fields(), *self.attest.report_fields()),
+            extra=tuple(f for o in (self.notify, self.attest, self.fix) for f in o.report_fields()),
             proof_digest=self.arms.digest,
             proof_refusal=view.refusal,
         )
@@ -348,8 +352,7 @@ class Sidecar(ReadApplier):
         if reply.closed_confirm and new.state is NodeState.KILLED:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
         self._apply_scopes(parse_scopes(reply.scopes))  # before the state: never open, then close
-        self._apply(new, sent)
-        self.fence.follow(self.gate.view.state, self.gate.view.epoch, reply.fence)
+        self._apply(new, sent, reply.fence)
         return True
 
     @property

@@ -36,6 +36,7 @@ class SidecarSettings:
     attest_interval: float = default(
         "attest-interval"
     )  # seconds between checks for changed attested files
+    fix: tuple[tuple[ListenAddr, ListenAddr], ...] = ()  # FIX gateway routes (listen, venue)
     fence: FenceSpec | None = None  # the network fence (`--fence`); None: none
     fence_netns: str = ""  # the network namespace fenced ("": the sidecar's own)
     fence_on_kill: bool = default("fence-on-kill")  # every kill raises the kill fence
