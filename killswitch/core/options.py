@@ -95,8 +95,10 @@ OPTIONS: tuple[Option, ...] = (
            "many seconds", kind="float", default=600.0, bound=S(1.0, DAY), metavar="S"),
     Option("timeout", ("arm", "resume", "kill"), "seconds to wait for every roster host to "
            "confirm", kind="float", default=5.0, bound=S(0.1, 3600.0), metavar="S"),
+    # Retired, but still read from every source (flag, KILLSWITCH_APPROVER, the file) so that
+    # an old set-up is told why it no longer arms instead of meeting another error first.
     Option("approver", ("arm", "resume"), "retired: approvals are signatures", kind="list",
-           repeat=True, flags_only=True, hidden=True),
+           repeat=True, hidden=True),
     Option("release", ("rollout",), "begin a rollout to this release (a digest from "
            "`status --json` releases)", metavar="DIGEST", flags_only=True, exclusive="step"),
     Option("promote", ("rollout",), "let every host run the new release", kind="flag",
