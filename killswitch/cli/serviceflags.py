@@ -91,6 +91,20 @@ def sidecar_flags(s: argparse.ArgumentParser) -> None:
         "blocks this host; a roster running different releases is split",
     )
     s.add_argument(
+        "--recorder", metavar="PATH",
+        help="the flight recorder's ring file: every gate decision, memory-mapped (default "
+        "<state-dir>/<node>@<host>.rec; '' for none)",
+    )  # fmt: skip
+    s.add_argument(
+        "--recorder-size", type=int, metavar="N",
+        help="records the flight recorder keeps, newest first (default 65536; 160 bytes each)",
+    )  # fmt: skip
+    s.add_argument(
+        "--recorder-freeze", type=int, metavar="S",
+        help="a kill freezes the records from S seconds before it to S after it into "
+        "<node>@<host>.<epoch>.rec beside the ring (default 60)",
+    )  # fmt: skip
+    s.add_argument(
         "--attest-interval",
         type=float,
         metavar="S",

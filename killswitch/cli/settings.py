@@ -67,6 +67,9 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         on_kill_grace=r.get("on-kill-grace", 10.0, bounded("on-kill-grace")),
         attest=tuple(r.get("attest", [], str_list)),
         attest_interval=r.get("attest-interval", 2.0, bounded("attest-interval")),
+        recorder=r.get("recorder", None, str),
+        recorder_size=r.get("recorder-size", 65_536, bounded_int("recorder-size")),
+        recorder_freeze=r.get("recorder-freeze", 60, bounded_int("recorder-freeze")),
         extra={"warnings": warnings},
     )
     if settings.flush_interval >= settings.stale_after:

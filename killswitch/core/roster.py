@@ -52,6 +52,12 @@ class HostStatus:
     attest: str = ""  # which attested file it cannot read ("" none)
     # scoped kills it still enforces though Redis no longer lists them (no verified lift)
     scope_kept: tuple[str, ...] = ()
+    metrics: str = ""  # its metrics address (where `killswitch recorder --node` reads it)
+    # the flight recorder's frozen file of the confirmed kill, its sha256, and whether the
+    # records after the kill are in it yet ("" none)
+    recorder_file: str = ""
+    recorder_digest: str = ""
+    recorder_complete: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -77,6 +83,14 @@ class HostStatus:
             "files": dict(line.rsplit(" ", 1) for line in self.files.splitlines() if " " in line),
             "attest": self.attest,
             "scope_kept": list(self.scope_kept),
+            "metrics": self.metrics,
+            "recorder": {
+                "file": self.recorder_file,
+                "digest": self.recorder_digest,
+                "complete": self.recorder_complete,
+            }
+            if self.recorder_file
+            else None,
         }
 
 
@@ -162,6 +176,10 @@ def host_status(
         files="\n".join(report.get("files", "")[:MAX_FILES_TEXT].splitlines()[:MAX_FILES]),
         attest=report.get("attest", "")[:MAX_ATTEST] if alive else "",
         scope_kept=tuple(report.get("scope_kept", "")[:MAX_FILES_TEXT].split()[:MAX_FILES]),
+        metrics=report.get("metrics", "")[:MAX_ATTEST],
+        recorder_file=confirm.get("recorder_file", "")[:MAX_ATTEST],
+        recorder_digest=confirm.get("recorder_digest", "")[:MAX_RELEASE],
+        recorder_complete=confirm.get("recorder_complete") == "1",
     )
 
 

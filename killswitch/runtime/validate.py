@@ -33,6 +33,10 @@ DAY = 86_400.0
 # from what Redis or the monitor would overflow on.
 BOUNDS: dict[str, Bound] = {
     "stale-after": Bound(0.2, 10.0, "s"),
+    # the flight recorder: 16 records to 16 Mi (2.5 GiB of ring file); a freeze keeps at
+    # most an hour either side of a kill
+    "recorder-size": Bound(16, 2**24, whole=True),
+    "recorder-freeze": Bound(1, 3600, "s", whole=True),
     "flush-interval": Bound(0.01, 5.0, "s"),
     "metrics-port": Bound(1, 65535, whole=True),
     "tick": Bound(0.01, 10.0, "s"),

@@ -43,6 +43,7 @@ from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.memory import Memory
 from killswitch.sidecar.metrics import SidecarCollector
 from killswitch.sidecar.notify import StateNotifier
+from killswitch.sidecar.recording import Recording
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.store.localstate import LocalState
 from killswitch.store.redisconn import classify, connect, endpoint, scrub
@@ -142,6 +143,9 @@ class Sidecar(ReadApplier):
             if settings.metrics_port is not None
             else None
         )
+        self.rec = Recording(self)  # the flight recorder (sidecar.recording)
+        if self._metrics:
+            self._metrics.routes["/recorder"] = self.rec.serve
         self._started = False
         self._last_fail_log = -1e9
         if problem:
@@ -197,6 +201,7 @@ class Sidecar(ReadApplier):
         await self.notify.close()  # a running on-kill command is seen out first
         await self._report_on_kill()
         await self._server.stop()
+        await self.rec.close()
         if self._metrics:
             await self._metrics.stop()
         self.log.info("sidecar_stopped")
@@ -277,13 +282,8 @@ class Sidecar(ReadApplier):
         allowed, blocked = self.gate.allowed, self.gate.blocked
         cancels, limited = self.gate.cancels, self.gate.blocked_by.get(LIMIT, 0)
         view = self.gate.view
-        want_confirm = (
-            view.state in (NodeState.ARMED, NodeState.KILLED)
-            and (
-                view.epoch,
-                view.ver,
-            )
-            != self.confirmed
+        want_confirm = view.state in (NodeState.ARMED, NodeState.KILLED) and (
+            (view.epoch, view.ver) != self.confirmed
         )
         report = FlushReport(
             boot=self.boot,
@@ -306,7 +306,7 @@ class Sidecar(ReadApplier):
             limited=limited,
             acked_cancels=self.acked_more[0],
             acked_limited=self.acked_more[1],
-            extra=(*self.notify.report_fields(), *self.attest.report_fields()),
+            extra=(*self.notify.report_fields(), *self.attest.report_fields(), *self.rec.fields()),
             proof_digest=self.arms.digest,
             proof_refusal=view.refusal,
         )

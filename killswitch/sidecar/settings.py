@@ -32,4 +32,9 @@ class SidecarSettings:
     on_kill_grace: float = ON_KILL_STOP_GRACE_S  # on stop, seconds it may still finish
     attest: tuple[str, ...] = ()  # files or globs whose bytes are this host's release
     attest_interval: float = 2.0  # seconds between checks for changed attested files
+    # the flight recorder's ring file (None: <state-dir>/<node>@<host>.rec; "": none), its
+    # records, and the seconds before and after a kill that a freeze keeps
+    recorder: str | None = None
+    recorder_size: int = 65_536
+    recorder_freeze: int = 60
     extra: dict[str, Any] = field(default_factory=dict)

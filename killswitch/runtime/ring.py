@@ -1,0 +1,214 @@
+"""The flight recorder's ring: gate decisions appended to a memory-mapped file.
+
+`Ring.record()` is on the order path: one `struct.pack_into` into the mapped file and one
+8-byte store of the header's index, no system call, no lock, and no allocation beyond the
+order id's bytes (and the wall time's int). The kernel writes the pages back; a sidecar
+killed with SIGKILL leaves them in the page cache, so the file stays readable, with at most
+the one record in flux skipped (see `core.recfmt`). One writer thread at a time, as the gate.
+"""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from killswitch.core.recfmt import (
+    HEADER_SIZE,
+    INDEX_OFFSET,
+    KIND_RING,
+    OTHER_REASON,
+    REASONS,
+    RECORD,
+    RECORD_SIZE,
+    SIDES,
+    VERSION,
+    FormatError,
+    Header,
+    decode,
+    pack_entry,
+    pack_header,
+    read_header,
+    short_id,
+)
+
+_MAX_SYMBOLS = 4096  # symbols whose bytes are kept; past that a symbol is encoded per order
+
+
+class Ring:
+    """A ring file of `slots` record slots at `path` (created, or continued if it is one).
+
+    Refuses (FormatError, one line) a file of another format version, or one that is not a
+    recorder file: it never overwrites what it does not recognise. A ring of another size is
+    started anew with the old ring's newest records carried over.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        slots: int,
+        node: str,
+        host: str,
+        *,
+        freeze_s: int = 60,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.path = path
+        self.slots = slots
+        self.release = b"\0" * 8  # the short ids every record carries; set by the sidecar
+        self.limits = b"\0" * 8
+        self.dropped = 0  # decisions that could not be recorded (bad types, closed ring)
+        self._clock_ns = clock_ns
+        self._symbols: dict[str, bytes] = {}
+        carried = self._existing(path, slots)
+        size = HEADER_SIZE + slots * RECORD_SIZE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            if carried is not None:
+                os.ftruncate(fd, 0)  # another size: start anew (the newest records carry over)
+            os.ftruncate(fd, size)
+            self._mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        index = 1
+        if carried is None and _is_ring(self._mm, slots):
+            index = max(read_header(self._mm[:HEADER_SIZE]).index, 1)
+        else:
+            head = Header(VERSION, slots, 1, clock_ns(), KIND_RING, node, host, freeze_s=freeze_s)
+            self._mm[:HEADER_SIZE] = pack_header(head)
+        self._index = memoryview(self._mm)[INDEX_OFFSET : INDEX_OFFSET + 8].cast("Q")
+        self._index[0] = index
+        self._seq = itertools.count(index)
+        self._pack = RECORD.pack_into
+        for raw in carried or ():
+            seq = next(self._seq)
+            off = HEADER_SIZE + seq % slots * RECORD_SIZE
+            self._mm[off : off + RECORD_SIZE] = raw
+            _SEQ.pack_into(self._mm, off, seq)
+            self._index[0] = seq + 1
+
+    @staticmethod
+    def _existing(path: str, slots: int) -> list[bytes] | None:
+        """None: no file, or a ring of this size to continue; else the records to carry."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        if not data:
+            return None
+        d = decode(data)  # FormatError for a foreign file or another version
+        if d.header.slots == slots and d.header.kind == KIND_RING:
+            return None
+        return [pack_entry(e) for e in d.entries[-(slots - 1) :]] if slots > 1 else []
+
+    def record(
+        self,
+        source: int,
+        order_id: str,
+        symbol: str,
+        side: str,
+        qty: int,
+        price: float,
+        decision: int,
+        reason: str,
+        epoch: int,
+    ) -> None:
+        """Append one gate decision (codes from `core.recfmt`). Never raises."""
+        seq = next(self._seq)
+        try:
+            sym = self._symbols.get(symbol)
+            if sym is None:
+                sym = self._symbol(symbol)
+            self._pack(
+                self._mm, HEADER_SIZE + seq % self.slots * RECORD_SIZE, seq, self._clock_ns(),
+                epoch, qty, price, self.release, self.limits, SIDES.get(side, 0), decision,
+                REASONS.get(reason, OTHER_REASON), source, order_id.encode(), sym,
+            )  # fmt: skip
+            self._index[0] = seq + 1
+        except Exception:  # a caller's odd types (or a closed ring) never reach the order path
+            self._odd(seq, source, order_id, symbol, side, qty, price, decision, reason, epoch)
+
+    def _symbol(self, symbol: str) -> bytes:
+        b = symbol.encode()[:32]
+        if len(self._symbols) < _MAX_SYMBOLS:
+            self._symbols[symbol] = b
+        return b
+
+    def _odd(self, seq: int, source: object, order_id: object, symbol: object, side: object,
+             qty: object, price: object, decision: object, reason: object,
+             epoch: object) -> None:  # fmt: skip
+        try:
+            sym = str(symbol).encode("utf-8", "replace")[:32]
+            self._pack(
+                self._mm, HEADER_SIZE + seq % self.slots * RECORD_SIZE, seq, self._clock_ns(),
+                _clamp(epoch), _clamp(qty), _float(price), self.release, self.limits,
+                SIDES.get(str(side), 0), _clamp(decision) & 0xFF,
+                REASONS.get(str(reason), OTHER_REASON), _clamp(source) & 0xFF, str(order_id).encode("utf-8", "replace"), sym,
+            )  # fmt: skip
+            self._index[0] = seq + 1
+        except Exception:
+            self.dropped += 1
+
+    def set_ids(self, release: str, limits: str) -> None:
+        """The release and limits digests the next records carry (their short ids)."""
+        self.release, self.limits = short_id(release), short_id(limits)
+
+    @property
+    def written(self) -> int:
+        """Records written since the ring file was created."""
+        return int(self._index[0]) - 1
+
+    def snapshot(self) -> bytes:
+        """A consistent copy of the ring file's bytes, safe while a writer appends: a slot the
+        writer may have reached during the copy is blanked (the decoder skips it)."""
+        before = int(self._index[0])
+        data = bytearray(self._mm)
+        after = int(self._index[0])
+        data[INDEX_OFFSET : INDEX_OFFSET + 8] = before.to_bytes(8, "little")
+        for seq in range(max(before + 1, after - self.slots + 1), after + 1):
+            off = HEADER_SIZE + seq % self.slots * RECORD_SIZE
+            data[off : off + 8] = bytes(8)
+        return bytes(data)
+
+    def header(self) -> Header:
+        return replace(read_header(self._mm[:HEADER_SIZE]), index=int(self._index[0]))
+
+    def close(self) -> None:
+        """Unmap (the file stays). Later `record()` calls are counted in `dropped`."""
+        if self._mm.closed:
+            return
+        self._mm.flush()
+        self._index.release()
+        self._mm.close()
+
+
+def _is_ring(mm: mmap.mmap, slots: int) -> bool:
+    try:
+        h = read_header(mm[:HEADER_SIZE])
+    except FormatError:
+        return False
+    return h.kind == KIND_RING and h.slots == slots
+
+
+def _clamp(v: Any) -> int:
+    try:
+        n = int(v)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return max(-(2**63), min(n, 2**63 - 1))
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+
+
+_SEQ = struct.Struct("<Q")
