@@ -90,6 +90,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         code, text = rulecli.backtest_command(r, bool(r.get("json", False, bool)))
         print(text)
         return code
+    if cmd == "recorder":
+        from killswitch.cli import recordercli
+
+        return recordercli.run(r, redis_url, args.files)
     if cmd in ("kill", "status", "watch") and r.get("fleet", False, bool):
         from killswitch.cli import fleetcli
 

@@ -256,6 +256,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
         rulecli.add_export_flags(ex)
 
+    rc = cmd(
+        "recorder",
+        "Merge flight recorder files of several hosts into one timeline, oldest first: every "
+        "gate decision with its reason, epoch and release. Without FILE, --node N pulls every "
+        "host's ring from its sidecar's metrics port (GET /recorder).",
+    )
+    if wants("recorder"):
+        from killswitch.cli import recordercli
+
+        recordercli.add_flags(rc)
+
     lg = cmd(
         "loadgen", "A simulated order router: sends ORDER lines to a sidecar's gate at a rate."
     )

@@ -149,7 +149,7 @@ def pack_entry(e: Entry) -> bytes:
 def read_header(buf: bytes | memoryview) -> Header:
     """The header at the start of `buf`; FormatError (one line) for anything but this
     format version."""
-    if len(buf) < 16 or bytes(buf[:8]) != MAGIC:
+    if len(buf) < 10 or bytes(buf[:8]) != MAGIC:
         raise FormatError("not a killswitch recorder file (bad magic)")
     version = struct.unpack_from("<H", buf, 8)[0]
     if version != VERSION:

@@ -37,6 +37,7 @@ BOUNDS: dict[str, Bound] = {
     # most an hour either side of a kill
     "recorder-size": Bound(16, 2**24, whole=True),
     "recorder-freeze": Bound(1, 3600, "s", whole=True),
+    "around": Bound(1, 2**53 - 1, whole=True),  # an epoch
     "flush-interval": Bound(0.01, 5.0, "s"),
     "metrics-port": Bound(1, 65535, whole=True),
     "tick": Bound(0.01, 10.0, "s"),
