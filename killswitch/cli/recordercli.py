@@ -49,7 +49,7 @@ def run(r: Resolver, redis_url: str, files: Sequence[str]) -> int:
     span = Span(
         since_ns=r.get("since", None, when_ns),
         until_ns=r.get("until", None, when_ns),
-        hosts=frozenset(r.get("host", [], str_list)),
+        hosts=frozenset(r.get("host", list[str](), str_list)),
     )
     decoded: list[Decoded] = []
     if files:

@@ -147,7 +147,7 @@ class Ring:
             sym = str(symbol).encode("utf-8", "replace")[:32]
             self._pack(
                 self._mm, HEADER_SIZE + seq % self.slots * RECORD_SIZE, seq, self._clock_ns(),
-                _clamp(epoch), _clamp(qty), _float(price), self.release, self.limits,
+                max(_clamp(epoch), 0), _clamp(qty), _float(price), self.release, self.limits,
                 SIDES.get(str(side), 0), _clamp(decision) & 0xFF,
                 REASONS.get(str(reason), OTHER_REASON), _clamp(source) & 0xFF, str(order_id).encode("utf-8", "replace"), sym,
             )  # fmt: skip
