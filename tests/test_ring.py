@@ -128,7 +128,7 @@ class TestGateHook:
         ring = Ring(str(tmp_path / "r.rec"), 16, "smars", "or-01")
         g = Gate("smars", "or-01", clock=lambda: 1.0, limits=Limits(Limit(max_qty=10), {}),
                  log=CapturingLogger())  # fmt: skip
-        g.set_recorder(ring.record)
+        g.set_recorder(ring.write)
         g.check("b0", "KCG", "BUY", 1, 0.0, LINE)
         g.apply(HostView(5, NodeState.ARMED, NodeState.ARMED, 5), lease_deadline=9.0)
         g.allow("a1", "KCG", "BUY", 5, 1.0)

@@ -19,13 +19,14 @@ from typing import Any
 import structlog
 
 from killswitch.core.limits import LimitChecker, Limits
-from killswitch.core.recfmt import ALLOW, BLOCK, CANCEL, INPROC
+from killswitch.core.recfmt import ALLOW, ALLOWED, BLOCK, CANCEL, CANCELLED, INPROC, kind
 from killswitch.core.state import MAX_EPOCH, BlockReason, HostView, NodeState, boot_view
 
 Decision = tuple[bool, int, str]  # (allowed, epoch, block reason or "")
-# The flight recorder's append: (source, order id, symbol, side, qty, price, decision, reason,
-# epoch), codes from `core.recfmt`. It must not raise (see `runtime.ring.Ring.record`).
-Recorder = Callable[[int, str, str, str, int, float, int, str, int], None]
+# The flight recorder's append: (kind, order id, symbol, side, qty, price, epoch), `kind` from
+# `core.recfmt.kind` (decision, reason, source). It must not raise (`runtime.ring.Ring.write`).
+Recorder = Callable[[int, str, str, str, int, float, int], None]
+_ALLOWED_INPROC = ALLOWED[INPROC]
 LIMIT = "limit"  # the block reason of an order over a local pre-trade limit
 
 
@@ -135,7 +136,7 @@ class Gate:
         if self._open and self._plain and self._clock() < self._deadline:
             self.allowed += 1
             if self._rec is not None:
-                self._rec(INPROC, order_id, symbol, side, qty, price, ALLOW, "", self.view.epoch)
+                self._rec(_ALLOWED_INPROC, order_id, symbol, side, qty, price, self.view.epoch)
             return True
         return self.check(order_id, symbol, side, qty, price)[0]
 
@@ -164,7 +165,8 @@ class Gate:
                         return self._refuse(order_id, symbol, side, qty, LIMIT, price, source)
                 self.allowed += 1
                 if self._rec is not None:
-                    self._rec(source, order_id, symbol, side, qty, price, ALLOW, "", self._allow[1])
+                    code = ALLOWED.get(source) or kind(ALLOW, "", source)
+                    self._rec(code, order_id, symbol, side, qty, price, self._allow[1])
                 return self._allow
         return self._refuse(order_id, symbol, side, qty, "", price, source)
 
@@ -176,7 +178,9 @@ class Gate:
         self.cancels += 1
         epoch = self._held or self.view.epoch
         if self._rec is not None:
-            self._rec(source, order_id, "", "", 0, 0.0, CANCEL, "", epoch)
+            self._rec(
+                CANCELLED.get(source) or kind(CANCEL, "", source), order_id, "", "", 0, 0.0, epoch
+            )
         return epoch
 
     def _refuse(
@@ -196,7 +200,7 @@ class Gate:
         self.blocked_by[reason] = self.blocked_by.get(reason, 0) + 1
         epoch = self._held or self.view.epoch
         if self._rec is not None:
-            self._rec(source, order_id, symbol, side, qty, price, BLOCK, reason, epoch)
+            self._rec(kind(BLOCK, reason, source), order_id, symbol, side, qty, price, epoch)
         if self._budget is not None and not self._budget.take():
             self._budget.skip(reason)
             return (False, epoch, reason)

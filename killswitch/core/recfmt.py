@@ -35,6 +35,11 @@ INDEX_OFFSET = 24  # where `index` lives: the one header field written per recor
 # decision, reason, source, order id (first 64 bytes), symbol (first 32 bytes).
 RECORD = struct.Struct("<QqQqd8s8sBBBB4x64s32s")
 RECORD_SIZE = RECORD.size  # 160
+# The same bytes for the writer's hot path, in fewer arguments (each costs a conversion):
+# the two short ids as one 16-byte field, the four one-byte codes as one little-endian u32
+# (side | decision << 8 | reason << 16 | source << 24).
+RECORD_FAST = struct.Struct("<QqQqd16sI4x64s32s")
+assert RECORD_FAST.size == RECORD_SIZE
 
 # Decisions (one byte): an order allowed or blocked, a cancel (always allowed), and the
 # marker a host writes when it applies a kill (its epoch; reason the kill's word).
@@ -128,6 +133,17 @@ def short_id(digest: str) -> bytes:
 
 def reason_code(reason: str) -> int:
     return REASONS.get(reason, OTHER_REASON)
+
+
+def kind(decision: int, reason: str, source: int) -> int:
+    """A record's decision, reason and source in one int (see RECORD_FAST): the gate
+    computes it once per kind of decision, so the order path does not."""
+    return (decision & 0xFF) << 8 | reason_code(reason) << 16 | (source & 0xFF) << 24
+
+
+# The kind of an allowed order and of a cancel, by source.
+ALLOWED = {source: kind(ALLOW, "", source) for source in SOURCES}
+CANCELLED = {source: kind(CANCEL, "", source) for source in SOURCES}
 
 
 def pack_header(h: Header) -> bytes:

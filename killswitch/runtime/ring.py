@@ -18,19 +18,19 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from killswitch.core.gate import Recorder
 from killswitch.core.recfmt import (
     HEADER_SIZE,
     INDEX_OFFSET,
     KIND_RING,
-    OTHER_REASON,
-    REASONS,
-    RECORD,
+    RECORD_FAST,
     RECORD_SIZE,
     SIDES,
     VERSION,
     FormatError,
     Header,
     decode,
+    kind,
     pack_entry,
     pack_header,
     read_header,
@@ -60,8 +60,7 @@ class Ring:
     ) -> None:
         self.path = path
         self.slots = slots
-        self.release = b"\0" * 8  # the short ids every record carries; set by the sidecar
-        self.limits = b"\0" * 8
+        self._ids = [b"\0" * 16]  # the release and limits short ids every record carries
         self.dropped = 0  # decisions that could not be recorded (bad types, closed ring)
         self._clock_ns = clock_ns
         self._symbols: dict[str, bytes] = {}
@@ -84,7 +83,8 @@ class Ring:
         self._index = memoryview(self._mm)[INDEX_OFFSET : INDEX_OFFSET + 8].cast("Q")
         self._index[0] = index
         self._seq = itertools.count(index)
-        self._pack = RECORD.pack_into
+        self._pack_fast = RECORD_FAST.pack_into
+        self.write: Recorder = self._writer()
         for raw in carried or ():
             seq = next(self._seq)
             off = HEADER_SIZE + seq % slots * RECORD_SIZE
@@ -97,15 +97,43 @@ class Ring:
         """None: no file, or a ring of this size to continue; else the records to carry."""
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                head = f.read(HEADER_SIZE)
+                if not head:
+                    return None
+                h = read_header(head)  # FormatError: not ours, or another version
+                size = os.fstat(f.fileno()).st_size
+                if (h.kind, h.slots, size) == (KIND_RING, slots, HEADER_SIZE + slots * RECORD_SIZE):
+                    return None
+                d = decode(head + f.read())
         except FileNotFoundError:
             return None
-        if not data:
-            return None
-        d = decode(data)  # FormatError for a foreign file or another version
-        if d.header.slots == slots and d.header.kind == KIND_RING:
-            return None
         return [pack_entry(e) for e in d.entries[-(slots - 1) :]] if slots > 1 else []
+
+    def _writer(self) -> Recorder:
+        """`write(kind, order_id, symbol, side, qty, price, epoch)`: append one gate decision
+        (`kind` from `core.recfmt.kind`); never raises. A closure over locals, not a method:
+        on the order path every attribute lookup is a cost."""
+        mm, slots, pack, clock = self._mm, self.slots, RECORD_FAST.pack_into, self._clock_ns
+        base, size = HEADER_SIZE, RECORD_SIZE
+        index, next_seq, symbols, ids = self._index, self._seq.__next__, self._symbols, self._ids
+        side_code, symbol_bytes, odd = SIDES.get, self._symbol, self._odd
+
+        def write(code: int, order_id: str, symbol: str, side: str, qty: int, price: float,
+                  epoch: int) -> None:  # fmt: skip
+            seq = next_seq()
+            try:
+                sym = symbols.get(symbol)
+                if sym is None:
+                    sym = symbol_bytes(symbol)
+                pack(
+                    mm, base + seq % slots * size, seq, clock(), epoch, qty, price, ids[0],
+                    code | side_code(side, 0), order_id.encode(), sym,
+                )  # fmt: skip
+                index[0] = seq + 1
+            except Exception:  # odd types from a caller (or a closed ring): never raised
+                odd(seq, code, order_id, symbol, side, qty, price, epoch)
+
+        return write
 
     def record(
         self,
@@ -119,20 +147,13 @@ class Ring:
         reason: str,
         epoch: int,
     ) -> None:
-        """Append one gate decision (codes from `core.recfmt`). Never raises."""
-        seq = next(self._seq)
+        """Append one decision made outside the gate (e.g. a gateway's): codes from
+        `core.recfmt` (source FIX, decision ALLOW/BLOCK/CANCEL, a reason word). Never raises."""
         try:
-            sym = self._symbols.get(symbol)
-            if sym is None:
-                sym = self._symbol(symbol)
-            self._pack(
-                self._mm, HEADER_SIZE + seq % self.slots * RECORD_SIZE, seq, self._clock_ns(),
-                epoch, qty, price, self.release, self.limits, SIDES.get(side, 0), decision,
-                REASONS.get(reason, OTHER_REASON), source, order_id.encode(), sym,
-            )  # fmt: skip
-            self._index[0] = seq + 1
-        except Exception:  # a caller's odd types (or a closed ring) never reach the order path
-            self._odd(seq, source, order_id, symbol, side, qty, price, decision, reason, epoch)
+            code = kind(decision, reason, source)
+        except Exception:
+            code = 0
+        self.write(code, order_id, symbol, side, qty, price, epoch)
 
     def _symbol(self, symbol: str) -> bytes:
         b = symbol.encode()[:32]
@@ -140,16 +161,15 @@ class Ring:
             self._symbols[symbol] = b
         return b
 
-    def _odd(self, seq: int, source: object, order_id: object, symbol: object, side: object,
-             qty: object, price: object, decision: object, reason: object,
-             epoch: object) -> None:  # fmt: skip
+    def _odd(self, seq: int, code: object, order_id: object, symbol: object, side: object,
+             qty: object, price: object, epoch: object) -> None:  # fmt: skip
         try:
-            sym = str(symbol).encode("utf-8", "replace")[:32]
-            self._pack(
+            self._pack_fast(
                 self._mm, HEADER_SIZE + seq % self.slots * RECORD_SIZE, seq, self._clock_ns(),
-                max(_clamp(epoch), 0), _clamp(qty), _float(price), self.release, self.limits,
-                SIDES.get(str(side), 0), _clamp(decision) & 0xFF,
-                REASONS.get(str(reason), OTHER_REASON), _clamp(source) & 0xFF, str(order_id).encode("utf-8", "replace"), sym,
+                max(_clamp(epoch), 0), _clamp(qty), _float(price), self._ids[0],
+                (_clamp(code) & 0xFFFFFF00) | SIDES.get(str(side), 0),
+                str(order_id).encode("utf-8", "replace"),
+                str(symbol).encode("utf-8", "replace")[:32],
             )  # fmt: skip
             self._index[0] = seq + 1
         except Exception:
@@ -157,7 +177,7 @@ class Ring:
 
     def set_ids(self, release: str, limits: str) -> None:
         """The release and limits digests the next records carry (their short ids)."""
-        self.release, self.limits = short_id(release), short_id(limits)
+        self._ids[0] = short_id(release) + short_id(limits)
 
     @property
     def written(self) -> int:

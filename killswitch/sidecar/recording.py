@@ -83,7 +83,7 @@ class Recording:
                 raise StartupError(
                     f"recorder: cannot map {self.path}: {e.strerror or e}", 2
                 ) from None
-            sidecar.gate.set_recorder(self.ring.record)
+            sidecar.gate.set_recorder(self.ring.write)
         self.epoch = 0  # the last kill epoch frozen
         self.file = ""
         self.digest = ""
