@@ -139,6 +139,30 @@ class TestTimeline:
         )
 
 
+class TestRestart:
+    def test_a_host_restarted_after_a_kill_keeps_that_kills_frozen_file(self, two: Fleet) -> None:
+        """A sidecar restarted on a killed node does not freeze the kill again around its
+        restart: the frozen file stays byte for byte, and its confirmation names it again."""
+        f = two
+        f.arm()
+        f.wait_all("PONG ARMED")
+        code, kill = f.cli_json("kill", "--reason", "runaway", "--operator", "sre")
+        assert code == 0, kill
+
+        def complete() -> dict[str, Any] | None:
+            rec = status(f)["hosts"]["or-01"]["recorder"]
+            return rec if rec and rec["complete"] else None
+
+        before = wait_until(complete, 30, 0.1, "or-01's frozen file complete")
+        data = Path(before["file"]).read_bytes()
+        f.sidecars["or-01"].stop()
+        f.start_sidecar("or-01")
+        f.wait_all(f"PONG KILLED {kill['epoch']}")
+        wait_until(lambda: status(f)["hosts"]["or-01"]["alive"], 30, 0.1, "or-01 reporting")
+        assert complete() == before
+        assert Path(before["file"]).read_bytes() == data
+
+
 class TestCrash:
     """Issue 25, must show 2: a sidecar SIGKILLed in the middle of a flood."""
 

@@ -126,17 +126,37 @@ class Recording:
 
     def _freeze(self, epoch: int) -> None:
         assert self.ring is not None
-        self.ring.record(HOST, "-", "", "", 0, 0.0, KILL, "killed", epoch)
-        self._kill_ns = time.time_ns()
+        ring, span = self.ring, self.sc.s.recorder_freeze
         self.epoch, self.file, self.digest, self.complete = epoch, "", "", False
         self._frozen = b""
-        ring, span = self.ring, self.sc.s.recorder_freeze
-        self._spawn(self._write(ring, epoch, final=False))
+        if self._adopt(epoch):
+            # a restart after this kill: its file stands (its kill time is the real one)
+            left = (self._kill_ns + span * NS - time.time_ns()) / NS
+        else:
+            ring.record(HOST, "-", "", "", 0, 0.0, KILL, "killed", epoch)
+            self._kill_ns, left = time.time_ns(), span
+            self._spawn(self._write(ring, epoch, final=False))
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(
-            span, lambda: self._spawn(self._write(ring, epoch, final=True))
-        )
+            self._timer = None
+        if not self.complete:
+            self._timer = asyncio.get_running_loop().call_later(
+                max(left, 0.0), lambda: self._spawn(self._write(ring, epoch, final=True))
+            )
+
+    def _adopt(self, epoch: int) -> bool:
+        """Take over this kill's frozen file when an earlier run of this host wrote it."""
+        path = frozen_path(self.path, self.sc.s.node, self.sc.s.host, epoch)
+        try:
+            data = Path(path).read_bytes()
+            h = read_header(data)
+        except (OSError, FormatError):
+            return False
+        if h.epoch != epoch or not h.kill_ns:
+            return False
+        self._frozen, self._kill_ns, self.complete = data, h.kill_ns, h.complete
+        self.file, self.digest = path, hashlib.sha256(data).hexdigest()
+        return True
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro, name="recorder-freeze")
