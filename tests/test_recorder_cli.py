@@ -131,3 +131,25 @@ class TestRefusals:
 def test_when_ns(text: str, ns: int) -> None:
     """Times are unix seconds or ISO 8601; a zone is honoured, none means UTC."""
     assert when_ns(text) == ns
+
+
+def test_the_demo_names_the_haunted_hosts_first_orders_after_the_onset(tmp_path: Path) -> None:
+    """`first_orders` keeps the first orders from the onset on (no cancels, no markers), each
+    with why it was allowed or blocked, and the demo's table prints them."""
+    from killswitch.core.recfmt import HOST, KILL
+    from killswitch.sim.demoreport import first_orders
+
+    clock = iter(t * NS for t in range(100))
+    ring = Ring(str(tmp_path / "r.rec"), 16, "smars", "or-08", clock_ns=lambda: next(clock))
+    for i in range(4):  # at 1 s .. 4 s
+        ring.record(LINE, f"o{i}", "KCG", "BUY", 100, 0.0, ALLOW, "", 3)
+    ring.record(LINE, "c", "", "", 0, 0.0, CANCEL, "", 3)  # 5 s
+    ring.record(HOST, "-", "", "", 0, 0.0, KILL, "killed", 4)  # 6 s
+    for i in range(4, 9):  # 7 s .. 11 s
+        ring.record(LINE, f"o{i}", "KCG", "BUY", 100, 0.0, BLOCK, "killed", 4)
+    rows = first_orders(ring.snapshot(), onset_ms=3000)
+    ring.close()
+    assert [(r["order_id"], r["decision"], r["after_onset_s"]) for r in rows] == [
+        ("o2", "allow", 0.0), ("o3", "allow", 1.0), ("o4", "block", 4.0), ("o5", "block", 5.0),
+        ("o6", "block", 6.0),
+    ]  # fmt: skip

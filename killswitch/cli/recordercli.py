@@ -52,6 +52,7 @@ def run(r: Resolver, redis_url: str, files: Sequence[str]) -> int:
         hosts=frozenset(r.get("host", list[str](), str_list)),
     )
     decoded: list[Decoded] = []
+    code = EXIT_OK
     if files:
         for path in files:
             try:
@@ -66,8 +67,8 @@ def run(r: Resolver, redis_url: str, files: Sequence[str]) -> int:
         if node is None:
             raise ConfigError("recorder: give FILE... or --node N (every host's ring, pulled)")
         code = _pull(node, redis_url, epoch, decoded)
-        if code:
-            return code
+        if not decoded:
+            return code or EXIT_FAILED
     entries = select(decoded, span, epoch, DEFAULT_SPAN_S)
     skipped = {d.header.host: d.skipped for d in decoded if d.skipped}
     if r.get("json", False, bool):
@@ -82,7 +83,7 @@ def run(r: Resolver, redis_url: str, files: Sequence[str]) -> int:
         sys.stdout.write(table(entries))
         for host, n in sorted(skipped.items()):
             print(f"({host}: {n} torn or overwritten record(s) skipped)", file=sys.stderr)
-    return EXIT_OK
+    return code
 
 
 def _pull(node: str, redis_url: str, epoch: int | None, out: list[Decoded]) -> int:
@@ -99,7 +100,7 @@ def _pull(node: str, redis_url: str, epoch: int | None, out: list[Decoded]) -> i
 
         return fail("recorder", classify(e).line(redis_url), EXIT_FAILED)
     if not addresses:
-        return fail("recorder", f"node {node}: no host reports", EXIT_FAILED)
+        return fail("recorder", f"node {node}: no host reports to pull from", EXIT_FAILED)
     code = EXIT_OK
     for host, got in asyncio.run(recorderpull.pull(addresses, epoch)).items():
         try:

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from killswitch.core.gate import Gate
 from killswitch.core.recfmt import (
+    HEADER_SIZE,
     HOST,
     KILL,
     RECORD_SIZE,
@@ -75,6 +76,7 @@ class Recording:
         self.ring: Ring | None = None
         if self.path:
             try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 self.ring = Ring(self.path, s.recorder_size + 1, s.node, s.host,
                                  freeze_s=s.recorder_freeze)  # fmt: skip
             except FormatError as e:
@@ -169,8 +171,9 @@ class Recording:
         path = frozen_path(self.path, self.sc.s.node, self.sc.s.host, epoch)
         span = self.sc.s.recorder_freeze
         try:
+            before, kill_ns = self._frozen, self._kill_ns
             data = await asyncio.to_thread(
-                freeze, ring.snapshot(), self._frozen, epoch, self._kill_ns, span, final
+                lambda: freeze(ring.snapshot(), before, epoch, kill_ns, span, final)
             )
             digest = await asyncio.to_thread(_write_atomically, path, data)
         except OSError as e:
@@ -181,7 +184,7 @@ class Recording:
         self._frozen, self.file, self.digest, self.complete = data, path, digest, final
         self.sc.log.info(
             "RECORDER_FROZEN", epoch=epoch, path=path, digest=digest, complete=final,
-            records=(len(data) - len(data) % RECORD_SIZE) // RECORD_SIZE - 1,
+            records=(len(data) - HEADER_SIZE) // RECORD_SIZE,
         )  # fmt: skip
         self.sc._wake.set()  # into the confirmation on the next round trip
 
