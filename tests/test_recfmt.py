@@ -243,3 +243,22 @@ class TestTimeline:
         """A freeze keeps the records from S seconds before the kill to S after, inclusive."""
         es = [entry(i, i * NS) for i in range(1, 10)]
         assert [e.seq for e in freeze_slice(es, 5 * NS, 2)] == [3, 4, 5, 6, 7]
+
+
+class TestHostStatus:
+    def test_the_confirmation_names_the_frozen_file_and_the_report_the_metrics_address(
+        self,
+    ) -> None:
+        """`status --json` hosts[H]: `recorder` from the confirmation hash (None without a
+        frozen file), `metrics` from the report."""
+        from killswitch.core.roster import host_status
+
+        report = {"ts_ms": "1000", "metrics": "127.0.0.1:9100"}
+        confirm = {"epoch": "7", "recorder_file": "/s/smars@or-01.7.rec",
+                   "recorder_digest": "ab" * 32, "recorder_complete": "1"}  # fmt: skip
+        got = host_status("or-01", report, confirm, 1000).to_json()
+        assert got["metrics"] == "127.0.0.1:9100"
+        assert got["recorder"] == {
+            "file": "/s/smars@or-01.7.rec", "digest": "ab" * 32, "complete": True,
+        }  # fmt: skip
+        assert host_status("or-01", report, {"epoch": "7"}, 1000).to_json()["recorder"] is None

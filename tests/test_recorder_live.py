@@ -233,3 +233,22 @@ class TestRefusal:
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and str(other) in lines[0] and "version 2" in lines[0], lines
         assert other.read_bytes() == b"KSFLTREC\x02\x00" + bytes(300)
+
+    def test_recorder_node_names_a_host_it_cannot_pull_and_prints_the_rest(
+        self, redis_url: str, node: str
+    ) -> None:
+        """`recorder --node N` with one host serving no metrics port: that host is named on
+        stderr with why, the other host's records are printed, and the exit is 1."""
+        f = Fleet(redis_url, node, HOSTS, metrics_ports={"or-01": free_port()})
+        try:
+            f.start()
+            f.start_aggregator("--tick", "0.05")
+            f.wait_ready(60)
+            for h in HOSTS:
+                assert f.order(h, f"{h}-x").endswith("unarmed")
+            res = f.cli("recorder", "--json")
+        finally:
+            f.stop()
+        assert res.returncode == 1
+        assert "or-02" in res.stderr and "no metrics address" in res.stderr
+        assert [r["order_id"] for r in json.loads(res.stdout)["records"]] == ["or-01-x"]

@@ -1,5 +1,6 @@
-"""The flight recorder's memory-mapped ring (`runtime.ring`) and a kill's freeze
-(`sidecar.recording.freeze`), on real files."""
+"""The flight recorder's memory-mapped ring (`runtime.ring`), a kill's freeze
+(`sidecar.recording.freeze`), on real files; and the flush script's recorder fields, on a real
+redis-server."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 from structlog.testing import CapturingLogger
 
 from killswitch.core.gate import Gate
@@ -14,6 +16,7 @@ from killswitch.core.recfmt import ALLOW, BLOCK, INPROC, LINE, FormatError, deco
 from killswitch.core.state import HostView, NodeState
 from killswitch.runtime.ring import Ring
 from killswitch.sidecar.recording import freeze
+from killswitch.store.store import FlushReport, Store
 
 NS = 1_000_000_000
 
@@ -184,3 +187,31 @@ class TestFreeze:
         got = ids(freeze(ring.snapshot(), b"", 7, 10 * NS, 3, final=True))
         assert got == [f"o{i}" for i in range(6, 13)]  # 7 s .. 13 s
         ring.close()
+
+
+class TestConfirmationFields:
+    async def test_the_flush_script_names_the_frozen_file_only_in_that_kills_confirmation(
+        self, redis: Redis, node: str
+    ) -> None:
+        """Recorder fields reported for epoch 7 go into a confirmation of epoch 7 (also when
+        they arrive a round trip later); a confirmation of epoch 8 names no file."""
+        store = Store(redis, node)
+        confirm = store.keys.host("or-01").confirm
+
+        def report(confirm_epoch: int, *rec: tuple[str, str]) -> FlushReport:
+            return FlushReport(
+                boot="b", allowed=0, blocked=0, acked_allowed=0, acked_blocked=0, max_epoch=8,
+                view="KILLED", gate="closed", orders_per_s=0.0, stale_after_ms=1000,
+                regression="", confirm_epoch=confirm_epoch, confirm_ver=1, extra=rec,
+            )  # fmt: skip
+
+        await store.flush("or-01", report(7), "test")
+        assert await redis.hget(confirm, "recorder_file") is None
+        frozen = (("recorder_epoch", "7"), ("recorder_file", "/s/x.7.rec"),
+                  ("recorder_digest", "d7"), ("recorder_complete", "0"))  # fmt: skip
+        await store.flush("or-01", report(0, *frozen), "test")
+        got = await redis.hmget(confirm, "recorder_file", "recorder_digest", "recorder_complete")
+        assert got == ["/s/x.7.rec", "d7", "0"]
+        await store.flush("or-01", report(8, *frozen), "test")
+        assert await redis.hget(confirm, "epoch") == "8"
+        assert await redis.hget(confirm, "recorder_file") is None
