@@ -214,4 +214,4 @@ class TestConfirmationFields:
         assert got == ["/s/x.7.rec", "d7", "0"]
         await store.flush("or-01", report(8, *frozen), "test")
         assert await redis.hget(confirm, "epoch") == "8"
-        assert await redis.hget(confirm, "recorder_file") is None
+        assert await redis.hget(confirm, "recorder_file") == ""
