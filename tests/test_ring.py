@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from redis.asyncio import Redis
 from structlog.testing import CapturingLogger
 
 from killswitch.core.gate import Gate
-from killswitch.core.recfmt import ALLOW, BLOCK, INPROC, LINE, FormatError, decode
+from killswitch.core.recfmt import ALLOW, BLOCK, FIX, INPROC, LINE, FormatError, decode
 from killswitch.core.state import HostView, NodeState
 from killswitch.runtime.ring import Ring
-from killswitch.sidecar.recording import freeze
+from killswitch.sidecar.recording import Recording, freeze, ring_path
+from killswitch.sidecar.settings import SidecarSettings
 from killswitch.store.store import FlushReport, Store
 
 NS = 1_000_000_000
@@ -215,3 +217,45 @@ class TestConfirmationFields:
         await store.flush("or-01", report(8, *frozen), "test")
         assert await redis.hget(confirm, "epoch") == "8"
         assert await redis.hget(confirm, "recorder_file") == ""
+
+
+class TestRecordingCollaborator:
+    @pytest.mark.parametrize(
+        ("recorder", "state_dir", "want"),
+        [(None, "/var/lib/ks", "/var/lib/ks/smars@or-01.rec"), (None, "", ""),
+         ("", "/var/lib/ks", ""), ("/data/r.rec", "/var/lib/ks", "/data/r.rec")],
+    )  # fmt: skip
+    def test_ring_path(self, recorder: str | None, state_dir: str, want: str) -> None:
+        """--recorder as given ('' none), else <state-dir>/<node>@<host>.rec, else none."""
+        s = SidecarSettings("smars", "or-01", "redis://x", state_dir=state_dir, recorder=recorder)
+        assert ring_path(s) == want
+
+    async def test_a_gateway_records_beside_the_gate_and_nothing_without_a_ring(
+        self, tmp_path: Path
+    ) -> None:
+        """`Recording.record` appends a FIX decision to the ring (making the state
+        directory), and is a no-op when the recorder is off."""
+        gate = Gate("smars", "or-01", log=CapturingLogger())
+
+        def sidecar(recorder: str | None) -> SimpleNamespace:
+            s = SidecarSettings("smars", "or-01", "redis://x", state_dir=str(tmp_path / "st"),
+                                recorder=recorder, recorder_size=16)  # fmt: skip
+            return SimpleNamespace(s=s, gate=gate, log=CapturingLogger())
+
+        on = Recording(sidecar(None))  # type: ignore[arg-type]
+        on.record(FIX, "f1", "KCG", "SELL", 7, 1.5, BLOCK, "limit", 9)
+        assert on.ring is not None
+        [e] = decode(on.ring.snapshot()).entries
+        assert (e.source, e.order_id, e.decision, e.reason, e.epoch) == (
+            "fix",
+            "f1",
+            "block",
+            "limit",
+            9,
+        )
+        await on.close()
+        off = Recording(sidecar(""))  # type: ignore[arg-type]
+        off.record(FIX, "f2", "KCG", "SELL", 7, 1.5, ALLOW, "", 9)
+        assert off.ring is None and ids((tmp_path / "st" / "smars@or-01.rec").read_bytes()) == [
+            "f1"
+        ]

@@ -95,6 +95,23 @@ class Recording:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
 
+    def record(
+        self,
+        source: int,
+        order_id: str,
+        symbol: str,
+        side: str,
+        qty: int,
+        price: float,
+        decision: int,
+        reason: str,
+        epoch: int,
+    ) -> None:
+        """A decision made beside the gate (e.g. a FIX gateway answering a session message
+        itself), with `core.recfmt` codes; a no-op without a ring. Never raises."""
+        if self.ring is not None:
+            self.ring.record(source, order_id, symbol, side, qty, price, decision, reason, epoch)
+
     # -- every round trip ------------------------------------------------------------------
 
     def fields(self) -> tuple[tuple[str, str], ...]:
