@@ -1,14 +1,16 @@
 """The flight recorder's ring: gate decisions appended to a memory-mapped file.
 
-`Ring.record()` is on the order path: one `struct.pack_into` into the mapped file and one
-8-byte store of the header's index, no system call, no lock, and no allocation beyond the
-order id's bytes (and the wall time's int). The kernel writes the pages back; a sidecar
+`Ring.write` (the gate's hook) is on the order path: one `struct.pack_into` into the mapped
+file and one 8-byte store of the header's index, no system call, no lock, and no allocation
+beyond the order id's bytes (and the wall time's int). The file's blocks are allocated when
+it is made, so a full disk fails the start, never a write. The kernel writes the pages back; a sidecar
 killed with SIGKILL leaves them in the page cache, so the file stays readable, with at most
 the one record in flux skipped (see `core.recfmt`). One writer thread at a time, as the gate.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import mmap
 import os
@@ -71,6 +73,7 @@ class Ring:
             if carried is not None:
                 os.ftruncate(fd, 0)  # another size: start anew (the newest records carry over)
             os.ftruncate(fd, size)
+            _reserve(fd, size)
             self._mm = mmap.mmap(fd, size)
         finally:
             os.close(fd)
@@ -206,6 +209,17 @@ class Ring:
         self._mm.flush()
         self._index.release()
         self._mm.close()
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks now: a write into a mapped page the filesystem cannot
+    back (a full disk) is a SIGBUS that would end the sidecar; this fails at start instead
+    (OSError ENOSPC). A filesystem that cannot preallocate keeps the sparse file."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
 
 
 def _is_ring(mm: mmap.mmap, slots: int) -> bool:
