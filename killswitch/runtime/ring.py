@@ -3,9 +3,10 @@
 `Ring.write` (the gate's hook) is on the order path: one `struct.pack_into` into the mapped
 file and one 8-byte store of the header's index, no system call, no lock, and no allocation
 beyond the order id's bytes (and the wall time's int). The file's blocks are allocated when
-it is made, so a full disk fails the start, never a write. The kernel writes the pages back; a sidecar
-killed with SIGKILL leaves them in the page cache, so the file stays readable, with at most
-the one record in flux skipped (see `core.recfmt`). One writer thread at a time, as the gate.
+it is made, so a full disk fails the start, never a write. The kernel writes the pages
+back; a sidecar killed with SIGKILL leaves them in the page cache, so the file stays
+readable, with at most the one record in flux skipped (see `core.recfmt`). One writer
+thread at a time, as the gate.
 """
 
 from __future__ import annotations
