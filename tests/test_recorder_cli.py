@@ -84,6 +84,17 @@ class TestOutput:
         _, doc, _ = run(capsys, *files, *args, "--json")
         assert [r["order_id"] for r in json.loads(doc)["records"]] == ids
 
+    def test_a_sidecars_host_in_the_environment_filters_nothing(
+        self,
+        files: list[str],
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """KILLSWITCH_HOST (a sidecar's own name) is not a --host filter: every host shows."""
+        monkeypatch.setenv("KILLSWITCH_HOST", "or-01")
+        _, doc, _ = run(capsys, *files, "--json")
+        assert {r["host"] for r in json.loads(doc)["records"]} == {"or-01", "or-02"}
+
 
 class TestRefusals:
     def test_another_format_version_is_refused_in_one_line(

@@ -49,7 +49,8 @@ def run(r: Resolver, redis_url: str, files: Sequence[str]) -> int:
     span = Span(
         since_ns=r.get("since", None, when_ns),
         until_ns=r.get("until", None, when_ns),
-        hosts=frozenset(r.get("host", list[str](), str_list)),
+        # the flag only: KILLSWITCH_HOST names a sidecar's own host, not a filter
+        hosts=frozenset(str_list(r.flags.get("host") or [])),
     )
     decoded: list[Decoded] = []
     code = EXIT_OK
