@@ -21,9 +21,9 @@ from killswitch.core.sshsig import parse_allowed_signers
 from killswitch.core.state import HostView, NodeState
 from killswitch.runtime.ring import Ring
 from killswitch.sim.embedded import EmbeddedRedis
-from killswitch.sim.fleet import Fleet
 from killswitch.sim.loadgen import open_gate
 from killswitch.sim.operators import make_key, signer_line
+from kstest import Fleet
 
 N = 2_000_000
 

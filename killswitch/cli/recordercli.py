@@ -7,7 +7,6 @@ its sidecar's `GET /recorder`. A file of another format version is refused in on
 
 from __future__ import annotations
 
-import argparse
 import calendar
 import csv
 import io
@@ -21,36 +20,22 @@ from killswitch.cli.exits import fail
 from killswitch.core.recfmt import Decoded, Entry, FormatError, decode
 from killswitch.core.timeline import NS, Span, select
 from killswitch.ops.control import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from killswitch.runtime.config import ConfigError, Resolver, node_name, str_list
-from killswitch.runtime.validate import bounded_int
+from killswitch.runtime.config import ConfigError, Resolver
 
 COLUMNS = ("time", "host", "source", "decision", "reason", "epoch", "order_id", "symbol",
            "side", "qty", "price", "release", "limits")  # fmt: skip
 DEFAULT_SPAN_S = 60  # --around on a ring whose header names no freeze span
 
 
-def add_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="*", metavar="FILE", help="recorder files (.rec) to merge")
-    p.add_argument(
-        "--around", type=int, metavar="EPOCH",
-        help="only the records from each host's freeze span before its kill at EPOCH to as "
-        "long after (a frozen file of that epoch is taken whole)",
-    )  # fmt: skip
-    p.add_argument("--since", metavar="T", help="only records at or after T (ISO 8601 or unix s)")
-    p.add_argument("--until", metavar="T", help="only records at or before T")
-    p.add_argument("--host", action="append", metavar="H", help="only this host (repeatable)")
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", default=None, help="one JSON object")
-    out.add_argument("--csv", action="store_true", default=None, help="CSV with a header line")
-
-
 def run(r: Resolver, redis_url: str, files: Sequence[str]) -> int:
-    epoch = r.get("around", None, bounded_int("around"))
+    """The verb (flags from the table of options, `core.options`; FILE... positional)."""
+    epoch: int | None = r.get("around")
+    if r.get("json") and r.get("csv"):
+        raise ConfigError("recorder: --json and --csv exclude each other")
     span = Span(
-        since_ns=r.get("since", None, when_ns),
-        until_ns=r.get("until", None, when_ns),
-        # the flag only: KILLSWITCH_HOST names a sidecar's own host, not a filter
-        hosts=frozenset(str_list(r.flags.get("host") or [])),
+        since_ns=_time(r, "since"),
+        until_ns=_time(r, "until"),
+        hosts=frozenset(r.get("host") or ()),  # flag only: KILLSWITCH_HOST is a sidecar's own
     )
     decoded: list[Decoded] = []
     code = EXIT_OK
@@ -64,7 +49,7 @@ def run(r: Resolver, redis_url: str, files: Sequence[str]) -> int:
             except OSError as e:
                 return fail("recorder", f"{path}: cannot read: {e.strerror or e}", EXIT_FAILED)
     else:
-        node = r.get("node", None, node_name)
+        node = r.get("node")
         if node is None:
             raise ConfigError("recorder: give FILE... or --node N (every host's ring, pulled)")
         code = _pull(node, redis_url, epoch, decoded)
@@ -72,9 +57,9 @@ def run(r: Resolver, redis_url: str, files: Sequence[str]) -> int:
             return code or EXIT_FAILED
     entries = select(decoded, span, epoch, DEFAULT_SPAN_S)
     skipped = {d.header.host: d.skipped for d in decoded if d.skipped}
-    if r.get("json", False, bool):
+    if r.get("json"):
         print(json.dumps({"records": [_row(e) for e in entries], "skipped": skipped}))
-    elif r.get("csv", False, bool):
+    elif r.get("csv"):
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(COLUMNS)
@@ -112,6 +97,16 @@ def _pull(node: str, redis_url: str, epoch: int | None, out: list[Decoded]) -> i
             print(f"killswitch recorder: {node}/{host}: {e}", file=sys.stderr)
             code = EXIT_FAILED
     return code
+
+
+def _time(r: Resolver, name: str) -> int | None:
+    raw = r.get(name)
+    if raw is None:
+        return None
+    try:
+        return when_ns(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name}: bad value {raw!r}: {e}") from None
 
 
 def when_ns(v: Any) -> int:
