@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from killswitch.sim.embedded import free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 ALERT_RULES = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARDS = REPO_ROOT / "dashboards"
 

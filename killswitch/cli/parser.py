@@ -15,6 +15,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from killswitch.cli import examples
 from killswitch.core.options import VERBS, Option, closest, options_of
 from killswitch.core.version import __version__
 
@@ -209,7 +210,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.verbs = {}
     for verb in VERBS:
         sp = sub.add_parser(
-            verb, help=DESCRIPTIONS[verb], description=DESCRIPTIONS[verb], epilog=EPILOG,
+            verb, help=DESCRIPTIONS[verb], description=DESCRIPTIONS[verb],
+            epilog=examples.section(verb) + EPILOG,
             formatter_class=_Formatter, allow_abbrev=False,
         )  # fmt: skip
         p.verbs[verb] = sp

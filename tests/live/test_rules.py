@@ -198,7 +198,7 @@ class TestExtractExprs:
                               re.MULTILINE)  # fmt: skip
         anchors = {h.strip().lower() for h in headings}
         for rule in (r for g in doc["groups"] for r in g["rules"]):
-            path, _, anchor = rule["annotations"]["runbook"].partition("#")
+            path, _, anchor = rule["annotations"]["runbook_url"].partition("#")
             assert path == "docs/OBSERVABILITY.md" and anchor == rule["alert"].lower(), rule
             assert anchor in anchors, f"no section '### {rule['alert']}'"
 
