@@ -9,6 +9,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "sidecar": (
         "killswitch sidecar --node smars --host or-01 --listen unix:/run/killswitch/gate.sock \\",
         "    --operators /etc/killswitch/operators --metrics-port 9100 --attest /opt/smars/bin/router",
+        "killswitch sidecar --node smars --host or-01 --listen unix:/run/killswitch/gate.sock \\",
+        "    --fix tcp:127.0.0.1:9878=tcp:10.0.0.5:9878   # the FIX session to the venue, gated",
     ),
     "aggregator": (
         "killswitch aggregator --node smars --hosts or-01,or-02,or-03 --max-orders 5000 "

@@ -29,7 +29,8 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
     from killswitch.sidecar.settings import SidecarSettings
 
     listen = r.require("listen")
-    for addr in listen:
+    fix = r.get("fix") or ()  # (listen, upstream) pairs
+    for addr in (*listen, *(route[0] for route in fix)):
         check_listen_path(addr)
     state_dir = r.get("state-dir")
     warnings: list[str] = []
@@ -59,6 +60,7 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         on_kill_grace=r.get("on-kill-grace"),
         attest=tuple(r.get("attest") or ()),
         attest_interval=r.get("attest-interval"),
+        fix=fix,
         recorder=recorder_path(r),
         recorder_size=r.get("recorder-size"),
         recorder_freeze=r.get("recorder-freeze"),

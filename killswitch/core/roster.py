@@ -53,6 +53,7 @@ class HostStatus:
     attest: str = ""  # which attested file it cannot read ("" none)
     # scoped kills it still enforces though Redis no longer lists them (no verified lift)
     scope_kept: tuple[str, ...] = ()
+    wire: int = 0  # orders its FIX gateway forwarded to a venue
     metrics: str = ""  # its metrics address (where `killswitch recorder --node` reads it)
     # the flight recorder's frozen file of the confirmed kill, its sha256, and whether the
     # records after the kill are in it yet ("" none)
@@ -84,6 +85,7 @@ class HostStatus:
             "files": dict(line.rsplit(" ", 1) for line in self.files.splitlines() if " " in line),
             "attest": self.attest,
             "scope_kept": list(self.scope_kept),
+            "wire": self.wire,
             "metrics": self.metrics,
             "recorder": {
                 "file": self.recorder_file,
@@ -177,6 +179,7 @@ def host_status(
         files="\n".join(report.get("files", "")[:MAX_FILES_TEXT].splitlines()[:MAX_FILES]),
         attest=report.get("attest", "")[:MAX_ATTEST] if alive else "",
         scope_kept=tuple(report.get("scope_kept", "")[:MAX_FILES_TEXT].split()[:MAX_FILES]),
+        wire=_int(report.get("wire")),
         metrics=report.get("metrics", "")[:MAX_ATTEST],
         recorder_file=confirm.get("recorder_file", "")[:MAX_ATTEST],
         recorder_digest=confirm.get("recorder_digest", "")[:MAX_RELEASE],

@@ -53,6 +53,11 @@ SERVICE_OPTIONS: tuple[Option, ...] = (
     Option("attest-interval", ("sidecar",), "seconds between checks for changed attested "
            "files (their size or mtime)", kind="float", default=2.0, bound=S(0.1, 3600.0),
            metavar="S"),
+    Option("fix", ("sidecar",), "relay a FIX session (FIX.4.2, FIX.4.4, FIXT.1.1) through "
+           "this host's gate, e.g. tcp:127.0.0.1:9878=tcp:10.0.0.5:9878 (repeatable): orders "
+           "(35=D, G, E, AB) pass only when the gate allows them, a blocked one is answered "
+           "with an ExecutionReport (39=8) and never reaches UPSTREAM; cancels (35=F, q) "
+           "always pass", kind="fixroute", repeat=True, metavar="LISTEN=UPSTREAM"),
     Option("recorder", ("sidecar",), "the flight recorder's ring file: every gate decision, "
            "memory-mapped ('' for none; docs/RECORDER.md)", metavar="PATH",
            derived="<state-dir>/<node>@<host>.rec"),

@@ -35,6 +35,7 @@ from killswitch.core.recfmt import (
 )
 from killswitch.core.state import NodeState
 from killswitch.runtime.errors import StartupError
+from killswitch.runtime.metrics import MetricsServer
 from killswitch.runtime.ring import Ring
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.settings import SidecarSettings
@@ -69,7 +70,7 @@ def frozen_path(ring: str, node: str, host: str, epoch: int) -> str:
 class Recording:
     """The ring, the freezes and the `/recorder` route of one sidecar (`ring` None: off)."""
 
-    def __init__(self, sidecar: _Sidecar) -> None:
+    def __init__(self, sidecar: _Sidecar, metrics: MetricsServer | None = None) -> None:
         self.sc = sidecar
         s = sidecar.s
         self.path = ring_path(s)
@@ -94,6 +95,8 @@ class Recording:
         self._frozen: bytes = b""  # the frozen file's bytes as last written
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        if metrics is not None:
+            metrics.routes["/recorder"] = self.serve  # beside /metrics, on its listen address
 
     def record(
         self,
@@ -114,7 +117,7 @@ class Recording:
 
     # -- every round trip ------------------------------------------------------------------
 
-    def fields(self) -> tuple[tuple[str, str], ...]:
+    def report_fields(self) -> tuple[tuple[str, str], ...]:
         """The report fields; also where a kill is noticed and its freeze begins."""
         if self.ring is None:
             return self._metrics_addr()

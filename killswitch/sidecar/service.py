@@ -40,6 +40,7 @@ from killswitch.sidecar.applying import ReadApplier
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.blocklog import BlockSummaries
+from killswitch.sidecar.fixgateway import FixGateway
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.memory import Memory
 from killswitch.sidecar.metrics import SidecarCollector
@@ -51,6 +52,7 @@ from killswitch.store.redisconn import classify, connect, endpoint, scrub
 from killswitch.store.store import FlushReport, Store
 
 log = structlog.get_logger("killswitch.sidecar.service")
+CONFIRMABLE = (NodeState.ARMED, NodeState.KILLED)  # the states a host confirms it enforces
 
 
 class Sidecar(ReadApplier):
@@ -88,12 +90,8 @@ class Sidecar(ReadApplier):
             log_budget=self.blocks.budget, limits=settings.limits,
         )  # fmt: skip
         # Without an operators file this gate can never open: it cannot verify any arm.
-        self.arms = ArmCheck(
-            load_operators(settings.operators) if settings.operators else None,
-            settings.node,
-            settings.host,
-            self.log,
-        )
+        operators = load_operators(settings.operators) if settings.operators else None
+        self.arms = ArmCheck(operators, settings.node, settings.host, self.log)
         self.boot = uuid.uuid4().hex[:12]
         self.acked = (0, 0)
         self.acked_more = (0, 0)  # cancels and limit refusals of the last acknowledged flush
@@ -136,6 +134,7 @@ class Sidecar(ReadApplier):
             registry=self.registry,
         ).labels(settings.node, settings.host)
         self.registry.register(SidecarCollector(self))
+        self.fix = FixGateway.for_sidecar(self.gate, settings, self.log, self.registry)
         build_info(self.registry, "sidecar")
         self._metrics = (
             MetricsServer(
@@ -144,9 +143,8 @@ class Sidecar(ReadApplier):
             if settings.metrics_port is not None
             else None
         )
-        self.rec = Recording(self)  # the flight recorder (sidecar.recording)
-        if self._metrics:
-            self._metrics.routes["/recorder"] = self.rec.serve
+        self.rec = Recording(self, self._metrics)  # the flight recorder (sidecar.recording)
+        self._reporters = (self.notify, self.attest, self.fix, self.rec)  # their report fields
         self._started = False
         self._last_fail_log = -1e9
         if problem:
@@ -160,9 +158,11 @@ class Sidecar(ReadApplier):
         self._started = True
         try:
             await self._server.start()
+            await self.fix.start()
             if self._metrics:
                 await self._metrics.start()
         except BaseException:
+            await self.fix.stop()
             await self._server.stop()  # release what was bound; the caller reports why
             self._started = False
             raise
@@ -201,6 +201,7 @@ class Sidecar(ReadApplier):
         self._tasks = []
         await self.notify.close()  # a running on-kill command is seen out first
         await self._report_on_kill()
+        await self.fix.stop()
         await self._server.stop()
         await self.rec.close()
         if self._metrics:
@@ -283,9 +284,7 @@ class Sidecar(ReadApplier):
         allowed, blocked = self.gate.allowed, self.gate.blocked
         cancels, limited = self.gate.cancels, self.gate.blocked_by.get(LIMIT, 0)
         view = self.gate.view
-        want_confirm = view.state in (NodeState.ARMED, NodeState.KILLED) and (
-            (view.epoch, view.ver) != self.confirmed
-        )
+        want_confirm = view.state in CONFIRMABLE and (view.epoch, view.ver) != self.confirmed
         report = FlushReport(
             boot=self.boot,
             allowed=allowed,
@@ -307,7 +306,7 @@ class Sidecar(ReadApplier):
             limited=limited,
             acked_cancels=self.acked_more[0],
             acked_limited=self.acked_more[1],
-            extra=(*self.notify.report_fields(), *self.attest.report_fields(), *self.rec.fields()),
+            extra=tuple(f for o in self._reporters for f in o.report_fields()),
             proof_digest=self.arms.digest,
             proof_refusal=view.refusal,
         )

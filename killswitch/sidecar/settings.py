@@ -35,6 +35,7 @@ class SidecarSettings:
     attest_interval: float = default(
         "attest-interval"
     )  # seconds between checks for changed attested files
+    fix: tuple[tuple[ListenAddr, ListenAddr], ...] = ()  # FIX gateway routes (listen, venue)
     # the flight recorder's ring file (None: <state-dir>/<node>@<host>.rec; "": none), its
     # records, and the seconds before and after a kill that a freeze keeps
     recorder: str | None = None

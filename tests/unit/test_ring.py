@@ -228,3 +228,19 @@ class TestRecordingCollaborator:
         assert off.ring is None and ids((tmp_path / "st" / "smars@or-01.rec").read_bytes()) == [
             "f1"
         ]
+
+
+class TestFixSource:
+    def test_the_fix_gateways_orders_and_cancels_are_recorded_as_fix(self, tmp_path: Path) -> None:
+        """The FIX gateway asks the gate with source FIX: its decisions read `fix` in the ring."""
+        from killswitch.sidecar.fixgateway import FixGateway
+
+        ring = Ring(str(tmp_path / "r.rec"), 8, "smars", "or-01")
+        gate = Gate("smars", "or-01", clock=lambda: 1.0, log=CapturingLogger())
+        gate.set_recorder(ring.write)
+        gw = FixGateway(gate, [], logger=CapturingLogger())
+        assert gw.check("c1", "KCG", "BUY", 5, 2.0) == (False, 0, "stale")
+        gate.cancel(source=FIX)
+        got = [(e.order_id, e.source, e.decision) for e in decode(ring.snapshot()).entries]
+        assert got == [("c1", "fix", "block"), ("-", "fix", "cancel")]
+        ring.close()
