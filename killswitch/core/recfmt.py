@@ -48,7 +48,6 @@ DECISIONS = {ALLOW: "allow", BLOCK: "block", CANCEL: "cancel", KILL: "kill"}
 # Sources (one byte): who asked the gate (`host`: the sidecar itself, for kill markers).
 HOST, INPROC, LINE, FIX = 0, 1, 2, 3
 SOURCES = {HOST: "host", INPROC: "inproc", LINE: "line", FIX: "fix"}
-SOURCE_CODES = {v: k for k, v in SOURCES.items()}
 SIDES = {"": 0, "BUY": 1, "SELL": 2}
 SIDE_NAMES = {v: k for k, v in SIDES.items()}
 # The gate protocol's reason words; code 255 is "another word" (decoded as "other").

@@ -1,5 +1,5 @@
 """The flight recorder's timeline: several hosts' records merged, filtered and cut around a
-kill; and the slice of a ring that a kill freezes.
+kill.
 
 Pure: decoded entries in, entries out (`core.recfmt` decodes; nothing here reads a file).
 """
@@ -62,13 +62,6 @@ def around(files: Sequence[Decoded], epoch: int, default_s: int) -> list[Entry]:
         span = (h.freeze_s or default_s) * NS
         runs.append([e for e in d.entries if t - span <= e.t_ns <= t + span])
     return merge(runs)
-
-
-def freeze_slice(entries: Sequence[Entry], kill_ns: int, span_s: int) -> list[Entry]:
-    """The records a kill at `kill_ns` freezes: from `span_s` seconds before it to as long
-    after, in seq order."""
-    lo, hi = kill_ns - span_s * NS, kill_ns + span_s * NS
-    return [e for e in entries if lo <= e.t_ns <= hi]
 
 
 def select(files: Sequence[Decoded], span: Span, epoch: int | None, default_s: int) -> list[Entry]:

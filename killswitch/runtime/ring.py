@@ -18,7 +18,6 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from killswitch.core.gate import Recorder
@@ -183,11 +182,6 @@ class Ring:
         """The release and limits digests the next records carry (their short ids)."""
         self._ids[0] = short_id(release) + short_id(limits)
 
-    @property
-    def written(self) -> int:
-        """Records written since the ring file was created."""
-        return int(self._index[0]) - 1
-
     def snapshot(self) -> bytes:
         """A consistent copy of the ring file's bytes, safe while a writer appends: a slot the
         writer may have reached during the copy is blanked (the decoder skips it)."""
@@ -199,9 +193,6 @@ class Ring:
             off = HEADER_SIZE + seq % self.slots * RECORD_SIZE
             data[off : off + 8] = bytes(8)
         return bytes(data)
-
-    def header(self) -> Header:
-        return replace(read_header(self._mm[:HEADER_SIZE]), index=int(self._index[0]))
 
     def close(self) -> None:
         """Unmap (the file stays). Later `record()` calls are counted in `dropped`."""

@@ -28,7 +28,7 @@ from killswitch.core.recfmt import (
     ring_slots,
     short_id,
 )
-from killswitch.core.timeline import NS, Span, around, freeze_slice, kill_time, merge, select
+from killswitch.core.timeline import NS, Span, around, kill_time, merge, select
 
 NAMES = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=20)
 
@@ -238,11 +238,6 @@ class TestTimeline:
         assert [(e.host, e.seq) for e in around([d1, d3], 4, 60)] == [
             ("or-03", 9), ("or-01", 2), ("or-01", 3),
         ]  # fmt: skip
-
-    def test_freeze_slice_keeps_the_span_either_side(self) -> None:
-        """A freeze keeps the records from S seconds before the kill to S after, inclusive."""
-        es = [entry(i, i * NS) for i in range(1, 10)]
-        assert [e.seq for e in freeze_slice(es, 5 * NS, 2)] == [3, 4, 5, 6, 7]
 
 
 class TestHostStatus:
