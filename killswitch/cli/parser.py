@@ -84,6 +84,11 @@ GROUPS = {
         "Kill the node when the hosts' local --limits refuse more than N orders within "
         "--limit-window on at least --limit-min-hosts hosts (off unless N is given).",
     ),
+    "network fence": (
+        "network fence",
+        "nftables rules (table inet killswitch) so that only the allowed uids reach the venue "
+        "endpoints; needs CAP_NET_ADMIN (docs/CONTAINMENT.md#the-network-fence).",
+    ),
 }
 
 

@@ -36,7 +36,7 @@ from killswitch.runtime import logs
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled
-from killswitch.sidecar.applying import ReadApplier
+from killswitch.sidecar.applying import ReadApplier, attach_fence
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.blocklog import BlockSummaries
@@ -136,6 +136,7 @@ class Sidecar(ReadApplier):
         self.registry.register(SidecarCollector(self))
         self.fix = FixGateway.for_sidecar(self.gate, settings, self.log, self.registry)
         build_info(self.registry, "sidecar")
+        self.fence = attach_fence(self)  # the network fence (--fence), a no-op without
         self._metrics = (
             MetricsServer(
                 self.registry, settings.metrics_port, settings.metrics_listen, health=self.problem
@@ -157,6 +158,7 @@ class Sidecar(ReadApplier):
             return
         self._started = True
         try:
+            await self.fence.start()
             await self._server.start()
             await self.fix.start()
             if self._metrics:
@@ -200,6 +202,7 @@ class Sidecar(ReadApplier):
                 await t
         self._tasks = []
         await self.notify.close()  # a running on-kill command is seen out first
+        await self.fence.close()  # its rules stay in place
         await self._report_on_kill()
         await self.fix.stop()
         await self._server.stop()
@@ -349,7 +352,7 @@ class Sidecar(ReadApplier):
         if reply.closed_confirm and new.state is NodeState.KILLED:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
         self._apply_scopes(parse_scopes(reply.scopes))  # before the state: never open, then close
-        self._apply(new, sent)
+        self._apply(new, sent, reply.fence)
         return True
 
     @property
