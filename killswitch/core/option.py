@@ -64,6 +64,7 @@ class Option:
     exclusive: str = ""  # options sharing this name exclude each other
     hidden: bool = False  # accepted but not shown in --help (a retired flag's refusal)
     aliases: tuple[str, ...] = ()  # other config-file keys accepted for it
+    empty: bool = False  # '' is a value ("none": no file), not "not given" (the default)
 
     @property
     def key(self) -> str:
