@@ -37,7 +37,8 @@ def sidecar_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--state-dir",
         metavar="DIR",
-        help=f"where the highest seen epoch is kept across restarts (default: {STATE_DIR_HELP})",
+        help="where the highest seen epoch, the boot id and the scoped kills are kept across "
+        f"restarts (default: {STATE_DIR_HELP}; '' for none: every start then needs arm --host)",
     )
     s.add_argument(
         "--metrics-listen", metavar="ADDR",

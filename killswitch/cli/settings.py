@@ -44,6 +44,12 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
     if state_dir is None:
         state_dir, warning = pick_state_dir()
         warnings += [warning] if warning else []
+    elif not state_dir:
+        warnings.append(
+            "--state-dir '': no state file, on purpose: every start of this sidecar is a new "
+            "boot that blocks (unproven) until two operators admit it with arm --host, and a "
+            "restart forgets the highest epoch and the scoped kills it saw"
+        )
     limits_path = r.get("limits", "", str)
     limits, limits_digest = load_limits(limits_path) if limits_path else (None, "")
     settings = SidecarSettings(
@@ -56,6 +62,7 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         flush_interval=r.get("flush-interval", 0.1, bounded("flush-interval")),
         stale_after=r.get("stale-after", 1.0, bounded("stale-after")),
         state_dir=state_dir,
+        memoryless=not state_dir,
         max_conns=r.get("max-conns", 1024, bounded_int("max-conns")),
         line_timeout=r.get("line-timeout", 5.0, bounded("line-timeout")),
         socket_mode=r.get("socket-mode", None, file_mode),

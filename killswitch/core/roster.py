@@ -52,6 +52,7 @@ class HostStatus:
     attest: str = ""  # which attested file it cannot read ("" none)
     # scoped kills it still enforces though Redis no longer lists them (no verified lift)
     scope_kept: tuple[str, ...] = ()
+    boot: str = ""  # the boot id it reports: an arm signs it, a new one needs `arm --host`
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -77,6 +78,7 @@ class HostStatus:
             "files": dict(line.rsplit(" ", 1) for line in self.files.splitlines() if " " in line),
             "attest": self.attest,
             "scope_kept": list(self.scope_kept),
+            "boot": self.boot,
         }
 
 
@@ -162,6 +164,7 @@ def host_status(
         files="\n".join(report.get("files", "")[:MAX_FILES_TEXT].splitlines()[:MAX_FILES]),
         attest=report.get("attest", "")[:MAX_ATTEST] if alive else "",
         scope_kept=tuple(report.get("scope_kept", "")[:MAX_FILES_TEXT].split()[:MAX_FILES]),
+        boot=report.get("boot_id", "")[:MAX_RELEASE],
     )
 
 
@@ -229,6 +232,8 @@ def not_ready_for_arm(statuses: Mapping[str, HostStatus]) -> dict[str, str]:
             problems[h] = f"not reporting (last report {s.age_s:.1f}s ago)"
         elif s.attest:
             problems[h] = f"cannot prove its release ({s.attest})"
+        elif not s.boot:
+            problems[h] = "reports no boot id (a sidecar older than fresh proofs): upgrade it"
     return problems
 
 

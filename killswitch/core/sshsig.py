@@ -9,6 +9,11 @@ Allowed-signers rules (documented in the README): a line whose `namespaces=` doe
 `valid-before` and wildcard principals are refused with the line named (certificates and
 validity windows are not supported, and silently dropping a bound would widen trust); one
 key may belong to one principal only (else one person could count as two operators).
+
+Keys are compared as keys, not as bytes: every key is reduced to its canonical encoding (the
+parsed numbers and points written back the one way OpenSSH writes them), so an RSA modulus
+with a leading zero byte is the same key as without it. A line whose key is not in canonical
+form is refused, and so is an ECDSA point in compressed form (OpenSSH rejects both).
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ class SignersError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Operators:
-    """The allowed signers for the `killswitch` namespace: public key blob -> principal."""
+    """The allowed signers for the `killswitch` namespace: canonical key blob -> principal."""
 
     keys: Mapping[bytes, str]
 
@@ -127,7 +132,8 @@ def _signer_line(line: str) -> tuple[list[str], dict[str, str], bytes]:
     except (binascii.Error, ValueError):
         raise SignersError("the key is not valid base64") from None
     try:
-        _public_key(blob)
+        if canonical_key(blob) != blob:
+            raise SignatureError("not in canonical form (a leading zero byte?): re-export it")
         if _read_string(blob, 0)[0] != ktype.encode():
             raise SignatureError("the key's type does not match the line")
     except SignatureError as e:
@@ -175,6 +181,14 @@ def verify(
     Raises SignatureError for anything else: not a signature, another namespace, a key not
     in `operators`, a signature that does not match the message.
     """
+    return verify_signer(operators, message, signature, namespace)[0]
+
+
+def verify_signer(
+    operators: Operators, message: bytes, signature: str | bytes, namespace: str = NAMESPACE
+) -> tuple[str, bytes]:
+    """Like `verify`: (principal, the canonical blob of the key that signed). Two signatures
+    are two operators only when both the principals and the keys differ."""
     blob = _dearmor(signature)
     if len(blob) < 10 or blob[:6] != MAGIC:
         raise SignatureError("not an SSH signature (no SSHSIG preamble)")
@@ -199,12 +213,33 @@ def verify(
         digest = hashlib.sha512(message).digest()
     else:
         raise SignatureError(f"unsupported hash {halg.decode(errors='replace')!r}")
-    principal = operators.keys.get(pub)
+    canon = canonical_key(pub)
+    principal = operators.keys.get(canon)
     if principal is None:
         raise SignatureError("signed by a key that is not in the operators file")
     signed = MAGIC + _string(ns) + _string(reserved) + _string(halg) + _string(digest)
     _check(pub, signed, sig)
-    return principal
+    return principal, canon
+
+
+def canonical_key(blob: bytes) -> bytes:
+    """The one encoding of the key in `blob`: its parsed numbers and points written back as
+    OpenSSH writes them (minimal mpints, uncompressed points). Raises SignatureError for a
+    key that cannot be parsed, or an ECDSA point in compressed form."""
+    _public_key(blob)  # every check of the key itself
+    ktype, off = _read_string(blob, 0)
+    if ktype == b"ssh-rsa":
+        e, off = _read_mpint(blob, off)
+        n, _ = _read_mpint(blob, off)
+        return _string(ktype) + _mpint(e) + _mpint(n)
+    # ed25519 and ECDSA keys are fixed-size strings; _public_key refused any other length
+    # and any trailing byte, so the blob is already canonical but for the point's form
+    if ktype.startswith((b"ecdsa-sha2-", b"sk-ecdsa-")):
+        _, off = _read_string(blob, off)
+        q, _ = _read_string(blob, off)
+        if not q or q[0] != 0x04:
+            raise SignatureError("ECDSA key in compressed (or unknown) point form is refused")
+    return blob
 
 
 def key_of(signature: str | bytes) -> bytes:
@@ -368,3 +403,9 @@ def _read_mpint(b: bytes, off: int) -> tuple[int, int]:
 
 def _string(b: bytes) -> bytes:
     return len(b).to_bytes(4, "big") + b
+
+
+def _mpint(v: int) -> bytes:
+    """An SSH mpint (RFC 4251): minimal big-endian, a zero byte only before a set top bit."""
+    raw = v.to_bytes((v.bit_length() + 7) // 8, "big") if v else b""
+    return _string(b"\x00" + raw if raw and raw[0] & 0x80 else raw)

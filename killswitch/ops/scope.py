@@ -7,6 +7,10 @@ two operators each sign it with their own key (the first call records it pending
 second, distinct operator completes it). The signed request
 names the scope, the node state and the scopes version it lifts, so it cannot be replayed
 after a later scoped kill; it is proven the same way.
+
+`arm --host H` on an ARMED node is also the admission of H's current boot: the signed request
+names the boot id H reports, so a host that lost its memory (and blocks `unproven`) opens at
+the node's current epoch, whether or not a scoped kill of it was active.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from killswitch.core.armproof import ArmRequest, Proof
+from killswitch.core.armproof import ArmRequest, Proof, boots_of
 from killswitch.core.bounds import uint_or
 from killswitch.core.roster import not_ready_for_arm
 from killswitch.core.scope import ahead, parse_scopes, proven, valid_symbol
+from killswitch.core.state import UNPROVEN_REFUSALS, NodeState
 from killswitch.ops.control import (
     EXIT_OK,
     EXIT_PENDING,
@@ -86,7 +91,16 @@ async def arm_scope(
     if why:
         return Outcome(EXIT_USAGE, {"node": node, "refused": why}, f"refused: {why}")
     scopes = parse_scopes(before.scopes)
-    if not any(s.kind == kind and s.value == value for s in scopes.active):
+    admit = kind == "host" and before.state.get("state") == NodeState.ARMED.value
+    boots = tuple(sorted(boots_of(before.reports, [value]).items())) if kind == "host" else ()
+    if admit and not boots:
+        return Outcome(
+            EXIT_REFUSED,
+            {"node": node, "refused": "no boot id"},
+            f"refused: {value} reports no boot id to admit (is its sidecar running?)",
+        )
+    active = any(s.kind == kind and s.value == value for s in scopes.active)
+    if not active and not admit:
         out = await _prove(store, kind, value, scopes.ver, before.now_ms, timeout, "lifted")
         out.report["changed"] = False
         if out.code == EXIT_OK:
@@ -110,13 +124,14 @@ async def arm_scope(
     if pending is not None and (
         pending.scope != field
         or pending.scope_ver != scopes.ver
+        or pending.boots != boots
         or (reason is not None and reason != pending.reason)
     ):
         pending = None
     req = pending or ArmRequest(
         node=node, lifts_epoch=epoch, lifts_ver=ver, epoch=epoch, roster=before.roster,
         reason=reason or "", expires_ms=before.now_ms + round(expires_s * 1000), scope=field,
-        scope_ver=scopes.ver,
+        scope_ver=scopes.ver, boots=boots,
     )  # fmt: skip
     message = req.encode()
     try:
@@ -159,7 +174,7 @@ async def arm_scope(
         op="arm", kind=kind, value=value, actor="+".join(approvers), reason=req.reason,
         approvers=approvers, lifts=(req.lifts_epoch, req.lifts_ver, req.scope_ver),
         expires_ms=req.expires_ms, proof=Proof(message, (first_sig, signature)).to_text(),
-        ceiling=ceiling,
+        ceiling=ceiling, admit=admit,
     )  # fmt: skip
     if refused:  # audited by the script
         return Outcome(
@@ -184,6 +199,8 @@ async def _prove(
             done, missing = proven(kind, value, ver, snap.roster, _applied(snap), stored_ver)
             if what == "lifted":  # a host that kept the scope (no verified lift) proves no lift
                 kept = _kept(snap, f"{kind}:{value}")
+                if kind == "host" and snap.reports.get(value, {}).get("proof") in UNPROVEN_REFUSALS:
+                    kept.append(value)  # and an admitted host proves it by no longer refusing
                 done, missing = (
                     [h for h in done if h not in kept],
                     missing + [h for h in done if h in kept],

@@ -8,7 +8,9 @@ each applied state confirmed.
 
 from __future__ import annotations
 
-from killswitch.core.scope import Held, Scopes, enforce, newer
+from dataclasses import replace
+
+from killswitch.core.scope import Held, Scopes, enforce, held_json, newer
 from killswitch.core.state import HostView, NodeState, unproven
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
@@ -56,7 +58,13 @@ class ReadApplier(NoticeListener):
                     first_epoch_read=self._problem_epoch,
                 )  # fmt: skip
                 self._local_problem = ""
-        if (new.max_epoch, new.max_state) != (old.max_epoch, old.max_state) or self.memory.problem:
+        if self.arms.accepted != self.memory.memo.accepted:  # kept before the gate opens on it
+            self.memory.memo = replace(self.memory.memo, accepted=self.arms.accepted)
+        if (
+            (new.max_epoch, new.max_state) != (old.max_epoch, old.max_state)
+            or self.memory.problem
+            or self.memory.unwritten
+        ):
             self._record(new.max_epoch, new.max_state)
         if self._local_problem or self.memory.problem:
             new = HostView(
@@ -108,6 +116,10 @@ class ReadApplier(NoticeListener):
                     "SCOPE_KEPT_UNSIGNED_LIFT", scope=scope, reason=why, scope_ver=read.ver
                 )
         isolated, symbols = held.scopes.for_host(self.s.host)
+        # kept before the gate acts on it: a restart must not forget a scoped kill (a failed
+        # write is `memory.problem`, which blocks the host until a write succeeds)
+        self.memory.memo = replace(self.memory.memo, scopes=held_json(held))
+        self._record(*self.memory.recorded)
         self.gate.set_scope(isolated, symbols, read.ver)
         self.log.info("SCOPE", scope_ver=read.ver, host_killed=isolated, symbols=sorted(symbols))
         self.scope_held = held

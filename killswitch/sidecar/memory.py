@@ -9,19 +9,36 @@ from __future__ import annotations
 from typing import Any
 
 from killswitch.core.state import NodeState
-from killswitch.store.localstate import LocalState
+from killswitch.store.localstate import LocalState, Memo
 
 
 class Memory:
-    """Records the highest (epoch, state) seen; `problem` says why the last write failed."""
+    """Records the highest (epoch, state) seen and the memo (boot id, accepted proof, scoped
+    kills); `problem` says why the last write failed."""
 
     def __init__(
-        self, local: LocalState | None, recorded: tuple[int, NodeState | None], log: Any
+        self,
+        local: LocalState | None,
+        recorded: tuple[int, NodeState | None],
+        log: Any,
+        memo: Memo | None = None,
     ) -> None:
         self.local = local
         self.recorded = recorded
         self.problem = ""
         self.log = log
+        self.memo = memo or Memo()
+        self._memo_written = self.memo
+
+    @property
+    def unwritten(self) -> bool:
+        """The memo changed since it was last written."""
+        return self.memo != self._memo_written
+
+    def remember(self, memo: Memo) -> bool:
+        """Write `memo` if it changed (or the last write failed); False if it failed."""
+        self.memo = memo
+        return self.record(*self.recorded)
 
     def record(self, epoch: int, state: NodeState | None) -> bool:
         """Write (epoch, state) if it changed or the last write failed; False if it failed.
@@ -30,11 +47,12 @@ class Memory:
         (disk full, read-only, a directory in its place) is logged once per reason and kept
         in `problem` until a later write succeeds.
         """
-        if self.local is None or ((epoch, state) == self.recorded and not self.problem):
-            self.recorded = (epoch, state)
+        same = (epoch, state) == self.recorded and self.memo == self._memo_written
+        if self.local is None or (same and not self.problem):
+            self.recorded, self._memo_written = (epoch, state), self.memo
             return True
         try:
-            self.local.save(epoch, state)
+            self.local.save(epoch, state, self.memo)
         except OSError as e:
             reason = f"local state file {self.local.path} unwritable: {e.strerror or e}"
             if reason != self.problem:
@@ -45,4 +63,5 @@ class Memory:
             self.log.info("LOCAL_STATE_WRITABLE", reason=self.problem, epoch=epoch)
             self.problem = ""
         self.recorded = (epoch, state)
+        self._memo_written = self.memo
         return True

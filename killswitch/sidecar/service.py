@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 
 from killswitch.core.gate import LIMIT, Gate
 from killswitch.core.heartbeat import idle_every, trip_due
-from killswitch.core.scope import Held, parse_scopes
+from killswitch.core.scope import held_from_json, parse_scopes
 from killswitch.core.state import NodeState, boot_view, observe
 from killswitch.core.version import __version__
 from killswitch.runtime import logs
@@ -44,7 +44,7 @@ from killswitch.sidecar.memory import Memory
 from killswitch.sidecar.metrics import SidecarCollector
 from killswitch.sidecar.notify import StateNotifier
 from killswitch.sidecar.settings import SidecarSettings
-from killswitch.store.localstate import LocalState
+from killswitch.store.localstate import LocalState, Memo, new_boot_id
 from killswitch.store.redisconn import classify, connect, endpoint, scrub
 from killswitch.store.store import FlushReport, Store
 
@@ -61,6 +61,7 @@ class Sidecar(ReadApplier):
         *,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         logger: Any = None,
     ) -> None:
         self.s = settings
@@ -73,8 +74,18 @@ class Sidecar(ReadApplier):
             if settings.state_dir
             else None
         )
-        max_epoch, max_state, problem = local.load() if local else (0, None, "")
-        self.memory = Memory(local, (max_epoch, max_state), self.log)
+        max_epoch, max_state, memo, problem = local.load_all() if local else (0, None, None, "")
+        # A host with no memory of its boot (no readable file, or none at all) starts a new
+        # one: no proof signed before can name it, so it opens only after an arm or an
+        # admission (`arm --host`) signed for this boot.
+        self.memory = Memory(local, (max_epoch, max_state), self.log, memo or Memo(new_boot_id()))
+        self.boot_id = self.memory.memo.boot
+        if memo is None:
+            self.log.warning(
+                "NEW_BOOT", boot=self.boot_id, epoch=max_epoch,
+                reason="no state file" if local is None else problem or "no memory of a boot",
+            )  # fmt: skip
+            self.memory.record(max_epoch, max_state)  # kept now: a crash must not change it
         view = boot_view(max_epoch, max_state)
         self._local_problem = problem
         self._problem_epoch: int | None = None  # first epoch read while the file was unreadable
@@ -91,6 +102,9 @@ class Sidecar(ReadApplier):
             settings.node,
             settings.host,
             self.log,
+            boot=self.boot_id,
+            accepted=self.memory.memo.accepted,
+            wall=wall,
         )
         self.boot = uuid.uuid4().hex[:12]
         self.acked = (0, 0)
@@ -123,7 +137,12 @@ class Sidecar(ReadApplier):
         self.loop_errors = 0  # sync iterations that failed for any reason but Redis
         self._loop_problem = ""  # why the last sync iteration failed ("" once one succeeds)
         self.notify = StateNotifier(self, self._server)
-        self.scope_held = Held()  # the scoped kills enforced, and what this host knows of them
+        # the scoped kills enforced, and what this host knows of them (kept in the state file)
+        self.scope_held = held_from_json(self.memory.memo.scopes)
+        self.scopes_read = False  # until the first reply, report no scope version (see notify)
+        isolated, symbols = self.scope_held.scopes.for_host(settings.host)
+        if isolated or symbols:
+            self.gate.set_scope(isolated, symbols, self.scope_held.scopes.ver)
         self._scope_regressed = False
         self.registry = registry if registry is not None else CollectorRegistry()
         self._rtt = Histogram(
@@ -306,7 +325,11 @@ class Sidecar(ReadApplier):
             limited=limited,
             acked_cancels=self.acked_more[0],
             acked_limited=self.acked_more[1],
-            extra=(*self.notify.report_fields(), *self.attest.report_fields()),
+            extra=(
+                ("boot_id", self.boot_id),
+                *self.notify.report_fields(),
+                *self.attest.report_fields(),
+            ),
             proof_digest=self.arms.digest,
             proof_refusal=view.refusal,
         )
@@ -345,10 +368,15 @@ class Sidecar(ReadApplier):
             self._confirmed(view.epoch, view.ver, view.state.value, blocked)
         if reply.proof is not None:
             self.arms.hold(reply.proof_digest, reply.proof)
-        new = self._attested(self.arms.prove(observe(view, reply.read)))
+        scopes = parse_scopes(reply.scopes)
+        admission = scopes.lifts.get(f"host:{self.s.host}")
+        if admission is not None:
+            self.arms.offer_admission(admission)
+        new = self._attested(self.arms.prove(observe(view, reply.read), view.max_epoch))
         if reply.closed_confirm and new.state is NodeState.KILLED:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
-        self._apply_scopes(parse_scopes(reply.scopes))  # before the state: never open, then close
+        self.scopes_read = True
+        self._apply_scopes(scopes)  # before the state: never open, then close
         self._apply(new, sent)
         return True
 

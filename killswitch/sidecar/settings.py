@@ -19,7 +19,11 @@ class SidecarSettings:
     metrics_port: int | None = None
     flush_interval: float = 0.1
     stale_after: float = 1.0
-    state_dir: str = ""
+    state_dir: str = ""  # "" with memoryless False: SidecarThread picks the default directory
+    # No state file at all, on purpose: every start is a new boot that no proof names, so the
+    # host blocks (`unproven`) until two operators admit it (`arm --host`). For tests and
+    # throwaway hosts; `sidecar --state-dir ''` is this choice (with a warning).
+    memoryless: bool = False
     operators: str = ""  # the operators' allowed-signers file ("": this gate never opens)
     metrics_listen: str = "127.0.0.1"  # 0.0.0.0 to be scraped from another host or container
     max_conns: int = 1024  # gate connections at once
