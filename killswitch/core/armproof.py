@@ -226,14 +226,18 @@ def gate_refusal(verdict: Verdict, node: str, host: str, epoch: int) -> tuple[st
 
 def fresh_refusal(req: ArmRequest, host: str, boot: str, held: int, now_ms: int) -> tuple[str, str]:
     """Why a verified proof is not fresh for this host: (word, detail); ("", "") when it names
-    the host's current boot id, lifts the epoch the host held before the arm and has not
-    expired by the host's clock (`now_ms`). Checked when a host first accepts a proof; one it
+    the host's current boot id, lifts the epoch the host held before the arm (`held`) and has
+    not expired by the host's clock (`now_ms`). Checked when a host first accepts a proof; one it
     accepted before (same epoch, same proof, same boot) is accepted again without it."""
     if not boot or req.boot_of(host) != boot:
         named = req.boot_of(host) or "none"
         return UNPROVEN, f"signed for boot {named}, this host's boot is {boot or 'unknown'}"
-    if held != req.lifts_epoch:
-        return WRONG_LIFT, f"lifts epoch {req.lifts_epoch}, this host holds {held}"
+    # The host holds the epoch the arm lifts: at least the signed one (it saw the state the
+    # operators lifted; above it when a forged notice or lost data raised it, which the arm's
+    # new epoch goes above) and below the new one (an epoch it held before without accepting
+    # this proof is one it refused, or a reused epoch).
+    if not req.lifts_epoch <= held < req.epoch:
+        return WRONG_LIFT, f"lifts epoch {req.lifts_epoch} to {req.epoch}, this host holds {held}"
     if now_ms > req.expires_ms:
         return EXPIRED, f"expired {(now_ms - req.expires_ms) / 1000:.1f}s ago by this host's clock"
     return "", ""

@@ -8,9 +8,9 @@ second, distinct operator completes it). The signed request
 names the scope, the node state and the scopes version it lifts, so it cannot be replayed
 after a later scoped kill; it is proven the same way.
 
-`arm --host H` on an ARMED node is also the admission of H's current boot: the signed request
-names the boot id H reports, so a host that lost its memory (and blocks `unproven`) opens at
-the node's current epoch, whether or not a scoped kill of it was active.
+`arm --host H` is also the admission of H's current boot: the signed request names the boot
+id H reports, so a host that blocks `unproven` (it lost its memory, or its proof expired
+before it saw it) opens at the node's current ARMED epoch, scoped kill of it or not.
 """
 
 from __future__ import annotations
@@ -91,7 +91,11 @@ async def arm_scope(
     if why:
         return Outcome(EXIT_USAGE, {"node": node, "refused": why}, f"refused: {why}")
     scopes = parse_scopes(before.scopes)
-    admit = kind == "host" and before.state.get("state") == NodeState.ARMED.value
+    admit = (
+        kind == "host"
+        and before.state.get("state") == NodeState.ARMED.value
+        and before.reports.get(value, {}).get("proof") in UNPROVEN_REFUSALS
+    )
     boots = tuple(sorted(boots_of(before.reports, [value]).items())) if kind == "host" else ()
     if admit and not boots:
         return Outcome(
