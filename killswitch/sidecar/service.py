@@ -78,14 +78,12 @@ class Sidecar(ReadApplier):
         # A host with no memory of its boot (no readable file, or none at all) starts a new
         # one: no proof signed before can name it, so it opens only after an arm or an
         # admission (`arm --host`) signed for this boot.
-        self.memory = Memory(local, (max_epoch, max_state), self.log, memo or Memo(new_boot_id()))
-        self.boot_id = self.memory.memo.boot
+        self.memory = Memory(local, (max_epoch, max_state), self.log, memo)
+        self._new_boot = ""  # why this start is a new boot ("" when it kept its memory)
         if memo is None:
-            self.log.warning(
-                "NEW_BOOT", boot=self.boot_id, epoch=max_epoch,
-                reason="no state file" if local is None else problem or "no memory of a boot",
-            )  # fmt: skip
-            self.memory.record(max_epoch, max_state)  # kept now: a crash must not change it
+            self.memory.remember(Memo(new_boot_id()))  # kept now: a crash must not change it
+            self._new_boot = "no state file" if local is None else problem or "no boot id kept"
+        self.boot_id = self.memory.memo.boot
         view = boot_view(max_epoch, max_state)
         self._local_problem = problem
         self._problem_epoch: int | None = None  # first epoch read while the file was unreadable
@@ -192,6 +190,12 @@ class Sidecar(ReadApplier):
                 "open (every order gets BLOCK unarmed). Give --operators PATH "
                 "(KILLSWITCH_OPERATORS), the operators' allowed-signers file",
             )
+        if self._new_boot:
+            self.log.warning(
+                "NEW_BOOT", boot=self.boot_id, epoch=self.gate.view.max_epoch,
+                reason=f"{self._new_boot}: no arm signed before opens this host; it blocks "
+                "(unproven) until an arm or `arm --host` signed for this boot",
+            )  # fmt: skip
         self.log.info(
             "sidecar_started",
             listen=[str(a) for a in self.s.listen],
