@@ -39,12 +39,13 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
     listen = tuple(parse_listen(x) for x in r.require("listen", str_list))
     for addr in listen:
         check_listen_path(addr)
-    state_dir = r.get("state-dir", None, str)
+    memoryless = r.given_empty("state-dir")
+    state_dir = "" if memoryless else r.get("state-dir", None, str)
     warnings: list[str] = []
     if state_dir is None:
         state_dir, warning = pick_state_dir()
         warnings += [warning] if warning else []
-    elif not state_dir:
+    elif memoryless:
         warnings.append(
             "--state-dir '': no state file, on purpose: every start of this sidecar is a new "
             "boot that blocks (unproven) until two operators admit it with arm --host, and a "
@@ -62,7 +63,7 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         flush_interval=r.get("flush-interval", 0.1, bounded("flush-interval")),
         stale_after=r.get("stale-after", 1.0, bounded("stale-after")),
         state_dir=state_dir,
-        memoryless=not state_dir,
+        memoryless=memoryless,
         max_conns=r.get("max-conns", 1024, bounded_int("max-conns")),
         line_timeout=r.get("line-timeout", 5.0, bounded("line-timeout")),
         socket_mode=r.get("socket-mode", None, file_mode),

@@ -90,14 +90,20 @@ class Resolver:
         sect = self.config.get(section, {}) if section else {}
         self.section = sect if isinstance(sect, dict) else {}
 
-    def get(self, name: str, default: T, conv: Callable[[Any], T]) -> T:
+    def _sources(self, name: str) -> list[tuple[str, Any]]:
         key = name.replace("-", "_")
-        sources: list[tuple[str, Any]] = [
+        return [
             (f"--{name}", self.flags.get(key)),
             (ENV_PREFIX + key.upper(), self.env.get(ENV_PREFIX + key.upper())),
             (f"config [{key}]", self._from_config(key, name)),
         ]
-        for where, raw in sources:
+
+    def given_empty(self, name: str) -> bool:
+        """True when the first source that gives `name` gives '' (an explicit "none")."""
+        return next((raw == "" for _, raw in self._sources(name) if raw is not None), False)
+
+    def get(self, name: str, default: T, conv: Callable[[Any], T]) -> T:
+        for where, raw in self._sources(name):
             if raw is None or raw == "":
                 continue
             try:
