@@ -31,17 +31,32 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from killswitch.core.sshkeys import _CURVES, SignatureError, canonical_key
+from killswitch.core.sshkeys import public_key as _public_key
+from killswitch.core.sshkeys import read_mpint as _read_mpint
+from killswitch.core.sshkeys import read_string as _read_string
+from killswitch.core.sshkeys import read_u32 as _read_u32
+from killswitch.core.sshkeys import sk_application as _sk_application
+from killswitch.core.sshkeys import string as _string
+
+__all__ = [
+    "NAMESPACE",
+    "Operators",
+    "SignatureError",
+    "SignersError",
+    "canonical_key",
+    "key_of",
+    "parse_allowed_signers",
+    "verify",
+    "verify_signer",
+]
+
 NAMESPACE = "killswitch"
 MAGIC = b"SSHSIG"
 ARMOR_BEGIN = "-----BEGIN SSH SIGNATURE-----"
 ARMOR_END = "-----END SSH SIGNATURE-----"
 MAX_SIG_BYTES = 16384  # an RSA-16384 signature is ~2.1 kB: anything far larger is junk
 
-_CURVES: dict[str, tuple[ec.EllipticCurve, hashes.HashAlgorithm]] = {
-    "nistp256": (ec.SECP256R1(), hashes.SHA256()),
-    "nistp384": (ec.SECP384R1(), hashes.SHA384()),
-    "nistp521": (ec.SECP521R1(), hashes.SHA512()),
-}
 KEY_TYPES = (
     "ssh-ed25519",
     "ecdsa-sha2-nistp256",
@@ -53,10 +68,6 @@ KEY_TYPES = (
 )
 _SK_USER_PRESENT = 0x01
 _PRINCIPAL = re.compile(r"[^\s,*?!]+")
-
-
-class SignatureError(ValueError):
-    """The signature does not prove anything; the message says why (one line)."""
 
 
 class SignersError(ValueError):
@@ -222,26 +233,6 @@ def verify_signer(
     return principal, canon
 
 
-def canonical_key(blob: bytes) -> bytes:
-    """The one encoding of the key in `blob`: its parsed numbers and points written back as
-    OpenSSH writes them (minimal mpints, uncompressed points). Raises SignatureError for a
-    key that cannot be parsed, or an ECDSA point in compressed form."""
-    _public_key(blob)  # every check of the key itself
-    ktype, off = _read_string(blob, 0)
-    if ktype == b"ssh-rsa":
-        e, off = _read_mpint(blob, off)
-        n, _ = _read_mpint(blob, off)
-        return _string(ktype) + _mpint(e) + _mpint(n)
-    # ed25519 and ECDSA keys are fixed-size strings; _public_key refused any other length
-    # and any trailing byte, so the blob is already canonical but for the point's form
-    if ktype.startswith((b"ecdsa-sha2-", b"sk-ecdsa-")):
-        _, off = _read_string(blob, off)
-        q, _ = _read_string(blob, off)
-        if not q or q[0] != 0x04:
-            raise SignatureError("ECDSA key in compressed (or unknown) point form is refused")
-    return blob
-
-
 def key_of(signature: str | bytes) -> bytes:
     """The public key blob inside a signature (no check of anything else)."""
     blob = _dearmor(signature)
@@ -329,83 +320,3 @@ def _ecdsa_der(raw: bytes) -> bytes:
     if off != len(raw):
         raise SignatureError("trailing bytes in the ECDSA signature")
     return encode_dss_signature(r, s)
-
-
-def _public_key(blob: bytes) -> Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
-    """The key inside an SSH public key blob (raises SignatureError when malformed)."""
-    ktype_b, off = _read_string(blob, 0)
-    ktype = ktype_b.decode(errors="replace")
-    try:
-        if ktype in ("ssh-ed25519", "sk-ssh-ed25519@openssh.com"):
-            pk, off = _read_string(blob, off)
-            if ktype.startswith("sk-"):
-                _, off = _read_string(blob, off)  # application
-            _end(blob, off)
-            return Ed25519PublicKey.from_public_bytes(pk)
-        if ktype.startswith("ecdsa-sha2-") or ktype == "sk-ecdsa-sha2-nistp256@openssh.com":
-            curve_name, off = _read_string(blob, off)
-            q, off = _read_string(blob, off)
-            if ktype.startswith("sk-"):
-                _, off = _read_string(blob, off)
-                want = "nistp256"
-            else:
-                want = ktype[11:]
-            if curve_name.decode(errors="replace") != want or want not in _CURVES:
-                raise SignatureError("ECDSA key names another curve")
-            _end(blob, off)
-            return ec.EllipticCurvePublicKey.from_encoded_point(_CURVES[want][0], q)
-        if ktype == "ssh-rsa":
-            e, off = _read_mpint(blob, off)
-            n, off = _read_mpint(blob, off)
-            _end(blob, off)
-            if n.bit_length() < 2048:
-                raise SignatureError("RSA keys under 2048 bits are refused")
-            return rsa.RSAPublicNumbers(e, n).public_key()
-    except ValueError as e:
-        if isinstance(e, SignatureError):
-            raise
-        raise SignatureError(f"malformed {ktype} key") from None
-    raise SignatureError(f"unsupported key type {ktype!r}")
-
-
-def _sk_application(pub: bytes) -> bytes:
-    ktype, off = _read_string(pub, 0)
-    _, off = _read_string(pub, off)
-    if ktype.startswith(b"sk-ecdsa"):
-        _, off = _read_string(pub, off)
-    return _read_string(pub, off)[0]
-
-
-def _end(blob: bytes, off: int) -> None:
-    if off != len(blob):
-        raise SignatureError("trailing bytes in the key")
-
-
-def _read_u32(b: bytes, off: int) -> tuple[int, int]:
-    if off + 4 > len(b):
-        raise SignatureError("truncated")
-    return int.from_bytes(b[off : off + 4], "big"), off + 4
-
-
-def _read_string(b: bytes, off: int) -> tuple[bytes, int]:
-    n, off = _read_u32(b, off)
-    if off + n > len(b):
-        raise SignatureError("truncated")
-    return b[off : off + n], off + n
-
-
-def _read_mpint(b: bytes, off: int) -> tuple[int, int]:
-    raw, off = _read_string(b, off)
-    if raw and raw[0] & 0x80:
-        raise SignatureError("negative integer")
-    return int.from_bytes(raw, "big"), off
-
-
-def _string(b: bytes) -> bytes:
-    return len(b).to_bytes(4, "big") + b
-
-
-def _mpint(v: int) -> bytes:
-    """An SSH mpint (RFC 4251): minimal big-endian, a zero byte only before a set top bit."""
-    raw = v.to_bytes((v.bit_length() + 7) // 8, "big") if v else b""
-    return _string(b"\x00" + raw if raw and raw[0] & 0x80 else raw)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from killswitch.core.scope import Held, Scopes, enforce, held_json, newer
+from killswitch.core.scope import Held, Scopes, enforce, held_from_json, held_json, newer
 from killswitch.core.state import HostView, NodeState, unproven
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
@@ -31,6 +31,7 @@ class ReadApplier(NoticeListener):
     _local_problem: str
     _problem_epoch: int | None
     _scope_regressed: bool
+    scopes_read: bool
 
     def _attested(self, new: HostView) -> HostView:
         """A host that cannot prove its release blocks (`unarmed`, refusal `unattested`)."""
@@ -86,6 +87,24 @@ class ReadApplier(NoticeListener):
             )  # fmt: skip
             if new.state in (NodeState.ARMED, NodeState.KILLED):
                 self._wake.set()  # confirm on the very next round trip, not a flush later
+
+    @property
+    def refused_arms(self) -> int:
+        return self.arms.refused
+
+    @property
+    def verifications(self) -> int:
+        return self.arms.verifications
+
+    def _restore_scopes(self) -> None:
+        """The scoped kills the state file kept, enforced from the first answer (a restart
+        forgets none); the first report then carries no scope version (see `notify`), so the
+        first round trip returns the lift proofs too."""
+        self.scope_held = held_from_json(self.memory.memo.scopes)
+        self.scopes_read = False
+        isolated, symbols = self.scope_held.scopes.for_host(self.s.host)
+        if isolated or symbols:
+            self.gate.set_scope(isolated, symbols, self.scope_held.scopes.ver)
 
     @property
     def _enforced(self) -> set[str]:

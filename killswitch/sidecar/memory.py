@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from killswitch.core.state import NodeState
-from killswitch.store.localstate import LocalState, Memo
+from killswitch.sidecar.settings import SidecarSettings
+from killswitch.store.localstate import LocalState, Memo, new_boot_id
 
 
 class Memory:
@@ -29,6 +30,16 @@ class Memory:
         self.log = log
         self.memo = memo or Memo()
         self._memo_written = self.memo
+        self.new_boot = ""  # why this start is a new boot ("" when it kept its memory)
+
+    def announce(self, epoch: int) -> None:
+        """Log, once started, that this start is a new boot (if it is)."""
+        if self.new_boot:
+            self.log.warning(
+                "NEW_BOOT", boot=self.memo.boot, epoch=epoch,
+                reason=f"{self.new_boot}: no arm signed before opens this host; it blocks "
+                "(unproven) until an arm or `arm --host` signed for this boot",
+            )  # fmt: skip
 
     @property
     def unwritten(self) -> bool:
@@ -65,3 +76,26 @@ class Memory:
         self.recorded = (epoch, state)
         self._memo_written = self.memo
         return True
+
+
+def open_memory(
+    settings: SidecarSettings, log: Any
+) -> tuple[Memory, tuple[int, NodeState | None], str]:
+    """The host's memory from its state file: (memory, the highest (epoch, state) seen, why
+    the file was unreadable or "").
+
+    A host with no memory of its boot (no readable file, or none at all) starts a new one,
+    written at once (a crash must not change it): no proof signed before can name it, so it
+    opens only after an arm or an admission (`arm --host`) signed for this boot.
+    """
+    local = (
+        LocalState(settings.state_dir, settings.node, settings.host)
+        if settings.state_dir and not settings.memoryless
+        else None
+    )
+    max_epoch, max_state, memo, problem = local.load_all() if local else (0, None, None, "")
+    memory = Memory(local, (max_epoch, max_state), log, memo)
+    if memo is None:
+        memory.remember(Memo(new_boot_id()))
+        memory.new_boot = "no state file" if local is None else problem or "no boot id kept"
+    return memory, (max_epoch, max_state), problem

@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 
 from killswitch.core.gate import LIMIT, Gate
 from killswitch.core.heartbeat import idle_every, trip_due
-from killswitch.core.scope import held_from_json, parse_scopes
+from killswitch.core.scope import parse_scopes
 from killswitch.core.state import NodeState, boot_view, observe
 from killswitch.core.version import __version__
 from killswitch.runtime import logs
@@ -40,11 +40,11 @@ from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.blocklog import BlockSummaries
 from killswitch.sidecar.gateserver import GateServer
-from killswitch.sidecar.memory import Memory
+from killswitch.sidecar.memory import open_memory
 from killswitch.sidecar.metrics import SidecarCollector
 from killswitch.sidecar.notify import StateNotifier
 from killswitch.sidecar.settings import SidecarSettings
-from killswitch.store.localstate import LocalState, Memo, new_boot_id
+from killswitch.store.localstate import LocalState
 from killswitch.store.redisconn import classify, connect, endpoint, scrub
 from killswitch.store.store import FlushReport, Store
 
@@ -69,20 +69,7 @@ class Sidecar(ReadApplier):
         self.store = Store(redis, settings.node)
         self.clock = clock
         self.log = (logger or log).bind(node=settings.node, host=settings.host)
-        local = (
-            LocalState(settings.state_dir, settings.node, settings.host)
-            if settings.state_dir
-            else None
-        )
-        max_epoch, max_state, memo, problem = local.load_all() if local else (0, None, None, "")
-        # A host with no memory of its boot (no readable file, or none at all) starts a new
-        # one: no proof signed before can name it, so it opens only after an arm or an
-        # admission (`arm --host`) signed for this boot.
-        self.memory = Memory(local, (max_epoch, max_state), self.log, memo)
-        self._new_boot = ""  # why this start is a new boot ("" when it kept its memory)
-        if memo is None:
-            self.memory.remember(Memo(new_boot_id()))  # kept now: a crash must not change it
-            self._new_boot = "no state file" if local is None else problem or "no boot id kept"
+        self.memory, (max_epoch, max_state), problem = open_memory(settings, self.log)
         self.boot_id = self.memory.memo.boot
         view = boot_view(max_epoch, max_state)
         self._local_problem = problem
@@ -136,11 +123,7 @@ class Sidecar(ReadApplier):
         self._loop_problem = ""  # why the last sync iteration failed ("" once one succeeds)
         self.notify = StateNotifier(self, self._server)
         # the scoped kills enforced, and what this host knows of them (kept in the state file)
-        self.scope_held = held_from_json(self.memory.memo.scopes)
-        self.scopes_read = False  # until the first reply, report no scope version (see notify)
-        isolated, symbols = self.scope_held.scopes.for_host(settings.host)
-        if isolated or symbols:
-            self.gate.set_scope(isolated, symbols, self.scope_held.scopes.ver)
+        self._restore_scopes()
         self._scope_regressed = False
         self.registry = registry if registry is not None else CollectorRegistry()
         self._rtt = Histogram(
@@ -190,12 +173,7 @@ class Sidecar(ReadApplier):
                 "open (every order gets BLOCK unarmed). Give --operators PATH "
                 "(KILLSWITCH_OPERATORS), the operators' allowed-signers file",
             )
-        if self._new_boot:
-            self.log.warning(
-                "NEW_BOOT", boot=self.boot_id, epoch=self.gate.view.max_epoch,
-                reason=f"{self._new_boot}: no arm signed before opens this host; it blocks "
-                "(unproven) until an arm or `arm --host` signed for this boot",
-            )  # fmt: skip
+        self.memory.announce(self.gate.view.max_epoch)
         self.log.info(
             "sidecar_started",
             listen=[str(a) for a in self.s.listen],
@@ -383,14 +361,6 @@ class Sidecar(ReadApplier):
         self._apply_scopes(scopes)  # before the state: never open, then close
         self._apply(new, sent)
         return True
-
-    @property
-    def refused_arms(self) -> int:
-        return self.arms.refused
-
-    @property
-    def verifications(self) -> int:
-        return self.arms.verifications
 
     def report_skipped_blocks(self) -> int:
         """Log the summary of blocked orders counted instead of logged (see BlockSummaries)."""
