@@ -19,6 +19,7 @@ from structlog.testing import CapturingLogger
 
 from killswitch.core.armproof import ArmRequest, Proof
 from killswitch.core.sshsig import parse_allowed_signers
+from killswitch.ops.arming import arm
 from killswitch.ops.control import EXIT_OK, EXIT_PENDING, EXIT_UNCONFIRMED
 from killswitch.ops.scope import arm_scope
 from killswitch.ops.signing import ssh_sign
@@ -181,6 +182,10 @@ class TestBoundToTheBoot:
         host.start()
         await host.sync()
         assert (host.order(), host.refusal) == ("BLOCK UNARMED", "unproven")
+        await host.sync()  # reported: a plain arm of the armed node names the host to admit
+        operators = parse_allowed_signers(operator_keys.file.read_text())
+        out = await arm(store, key=operator_keys.key("alice"), operators=operators)
+        assert out.code == EXIT_UNCONFIRMED and "or-01 blocks unproven" in out.message
         await self._admit(host, store, operator_keys)
         assert host.order() == "ALLOW"
 

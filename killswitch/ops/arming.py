@@ -29,7 +29,7 @@ from killswitch.core.roster import (
     not_ready_for_arm,
 )
 from killswitch.core.sshsig import Operators, SignatureError, verify
-from killswitch.core.state import NodeState, next_epoch
+from killswitch.core.state import UNPROVEN_REFUSALS, NodeState, next_epoch
 from killswitch.ops.control import (
     EXIT_OK,
     EXIT_PENDING,
@@ -92,6 +92,18 @@ async def arm(
             report = _report(snap, node, alive_ms)
             report["changed"] = False
             who = " and ".join(verdict.principals)
+            unproven = sorted(
+                h for h, r in snap.reports.items()
+                if r.get("proof") in UNPROVEN_REFUSALS and h in snap.roster
+            )  # fmt: skip
+            if unproven:  # a host that lost its memory: this arm does not name its boot
+                return Outcome(
+                    EXIT_UNCONFIRMED,
+                    report,
+                    f"node was already ARMED (signed by {who}), but {', '.join(unproven)} "
+                    "blocks unproven (a new boot); two operators admit each with: killswitch "
+                    f"arm --node {node} --host HOST --key PATH",
+                )
             return Outcome(EXIT_OK, report, f"node was already ARMED (signed by {who})")
     pending, first_sig, first, void = usable_pending(
         snap, operators, node, (epoch, ver), _reported_floor(snap)
