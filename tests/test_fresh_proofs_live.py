@@ -10,6 +10,8 @@ in every state; scoped kills survive a Redis writer and a restart.
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 import redis as redis_sync
 
+from killswitch.core.armproof import Proof
 from killswitch.sim.operators import OperatorKeys, make_key, make_operators, signer_line
 from killswitch.store.keys import NodeKeys
 from killswitch.store.localstate import LocalState
@@ -111,6 +114,45 @@ class TestLostMemory:
             wait_until(lambda: f.order("or-01", "q").startswith("ALLOW q"), 10, 0.05)
         finally:
             f.stop()
+
+
+class TestLateConsent:
+    """A colleague's request, completed after it expired."""
+
+    def test_bob_co_signing_alices_expired_request_offline_opens_nothing(
+        self, two: Fleet, r: redis_sync.Redis, node: str
+    ) -> None:
+        """Alice's pending request (`--expires 1`) expires; bob's `arm` then only starts a new
+        request (exit 5); bob signing her message offline and writing the proof into the
+        state hash opens no gate: each host finds it expired by its own clock."""
+        assert arm_as(two, two.ops.key("alice"), "--expires", "1", "--reason", "open")[0] == 5
+        pending = r.hgetall(NodeKeys(node).pending_arm)
+        msg = pending["msg"].encode()
+        expires_ms = json.loads(msg)["expires_ms"]
+        wait_until(lambda: time.time() * 1000 > expires_ms + 200, 10, 0.05, "the request expired")
+        assert arm_as(two, two.ops.key("bob"))[0] == 5  # a late co-signature: a new request
+        bob = subprocess.run(
+            ["ssh-keygen", "-q", "-Y", "sign", "-n", "killswitch", "-f", two.ops.key("bob")],
+            input=msg, capture_output=True, check=True,
+        ).stdout.decode()  # fmt: skip
+        proof = Proof(msg, (pending["sig"], bob)).to_text()
+        req = json.loads(msg)
+        r.hset(
+            NodeKeys(node).state,
+            mapping={"state": "ARMED", "epoch": req["epoch"], "ver": 1, "proof": proof},
+        )
+        seen: list[object] = []
+
+        def refused() -> bool:
+            seen[:] = [{h: s["proof"] for h, s in status(two)["hosts"].items()}]
+            return seen[0] == dict.fromkeys(HOSTS, "expired")
+
+        try:
+            wait_until(refused, 10, 0.05, "every host refuses the late proof as expired")
+        except TimeoutError:
+            raise AssertionError(seen) from None
+        for h in HOSTS:
+            assert two.order(h, "p") == f"BLOCK p {req['epoch']} unproven"
 
 
 class TestMorningOpen:

@@ -58,6 +58,8 @@ class ArmCheck:
         self._verdict: Verdict | None = None
         self._admission = ""  # the latest `lift:host:<this host>` proof read
         self._admission_verdict: Verdict | None = None
+        # (epoch, digest) of the last proof judged fresh or not, and that judgement
+        self._first_sight: tuple[tuple[int, str], tuple[str, str]] = ((0, ""), ("", ""))
         self.verifications = 0
         self.refused = 0
         self._last_refusal: tuple[int, str] = (0, "")
@@ -102,7 +104,13 @@ class ArmCheck:
             return "", ""
         now_ms = int(self.wall() * 1000)
         assert verdict.request is not None
-        refusal, detail = fresh_refusal(verdict.request, self.host, self.boot, held, now_ms)
+        if self._first_sight[0] == (epoch, self.digest):
+            # Judged when first seen: the epoch it held then, the clock then. Held since (an
+            # unproven ARMED is remembered), the epoch would read as a wrong lift.
+            refusal, detail = self._first_sight[1]
+        else:
+            refusal, detail = fresh_refusal(verdict.request, self.host, self.boot, held, now_ms)
+            self._first_sight = ((epoch, self.digest), (refusal, detail))
         if not refusal:
             self.accepted = (epoch, self.digest)
             return "", ""
