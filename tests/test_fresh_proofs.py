@@ -232,9 +232,9 @@ class TestExpiredAndStale:
         )
         await host.sync()
         assert (host.order(), host.refusal) == ("BLOCK UNARMED", "expired")
-        await host.sync()  # the next round trip reports why
+        await host.sync()  # the next round trip reports why, and the reason holds
         report = await redis.hgetall(store.keys.host(HOST).report)
-        assert report["proof"] == "expired"
+        assert report["proof"] == host.refusal == "expired"
 
     async def test_proof_lifting_an_epoch_the_host_does_not_hold_opens_nothing(
         self, host: Host, redis: Redis, node: str, operator_keys: OperatorKeys
