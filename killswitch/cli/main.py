@@ -91,6 +91,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd in ("kill", "status", "watch") and r.get("fleet"):
         from killswitch.cli import fleetcli
 
+        if cmd == "kill" and r.get("fence"):
+            raise ConfigError("--fence is for a kill of one node, not --fleet")
         if cmd == "watch":
             return fleetcli.watch(r, redis_url)
         return fleetcli.run(cmd, r, redis_url, r.get("json"))

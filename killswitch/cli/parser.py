@@ -15,6 +15,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from killswitch.cli import examples
 from killswitch.core.options import VERBS, Option, closest, options_of
 from killswitch.core.version import __version__
 
@@ -79,6 +80,11 @@ GROUPS = {
         "limit-burst rule",
         "Kill the node when the hosts' local --limits refuse more than N orders within "
         "--limit-window on at least --limit-min-hosts hosts (off unless N is given).",
+    ),
+    "network fence": (
+        "network fence",
+        "nftables rules (table inet killswitch) so that only the allowed uids reach the venue "
+        "endpoints; needs CAP_NET_ADMIN (docs/CONTAINMENT.md#the-network-fence).",
     ),
 }
 
@@ -206,7 +212,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.verbs = {}
     for verb in VERBS:
         sp = sub.add_parser(
-            verb, help=DESCRIPTIONS[verb], description=DESCRIPTIONS[verb], epilog=EPILOG,
+            verb, help=DESCRIPTIONS[verb], description=DESCRIPTIONS[verb],
+            epilog=examples.section(verb) + EPILOG,
             formatter_class=_Formatter, allow_abbrev=False,
         )  # fmt: skip
         p.verbs[verb] = sp

@@ -121,6 +121,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("symbol", _SCOPE_VERBS, "one symbol on every host (proof from every roster host); "
            "arm lifts that symbol's scoped kill", metavar="S", dest="scope_symbol",
            flags_only=True, exclusive="scope"),
+    Option("fence", ("kill",), "also raise every host's network kill fence (sidecar --fence): "
+           "every connection to the venue endpoints refused and cut, cancels included; exit 3 "
+           "names a host that did not prove it. The next verified arm lifts it", kind="flag",
+           default=False, flags_only=True, dest="net_fence"),
     # -- status, watch --------------------------------------------------------------------
     Option("interval", ("watch",), "seconds between redraws", kind="float", default=0.5,
            bound=S(0.05, 60.0), metavar="S"),

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from killswitch.core.bounds import parse_float, parse_uint, plausible_epoch, uint_or
+from killswitch.core.fence import fence_report
 from killswitch.core.options import bound, default_ms, to_ms
 
 DEFAULT_ALIVE_MS = default_ms("stale-after")  # the node's liveness bound, `--stale-after`
@@ -54,6 +55,8 @@ class HostStatus:
     # scoped kills it still enforces though Redis no longer lists them (no verified lift)
     scope_kept: tuple[str, ...] = ()
     boot: str = ""  # the boot id it reports: an arm signs it, a new one needs `arm --host`
+    wire: int = 0  # orders its FIX gateway forwarded to a venue
+    fence: dict[str, object] | None = None  # its network fence (core.fence); None: none
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -80,6 +83,8 @@ class HostStatus:
             "attest": self.attest,
             "scope_kept": list(self.scope_kept),
             "boot": self.boot,
+            "wire": self.wire,
+            **({"fence": self.fence} if self.fence else {}),
         }
 
 
@@ -166,6 +171,8 @@ def host_status(
         attest=report.get("attest", "")[:MAX_ATTEST] if alive else "",
         scope_kept=tuple(report.get("scope_kept", "")[:MAX_FILES_TEXT].split()[:MAX_FILES]),
         boot=report.get("boot_id", "")[:MAX_RELEASE],
+        wire=_int(report.get("wire")),
+        fence=fence_report(report),
     )
 
 

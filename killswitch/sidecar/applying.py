@@ -14,6 +14,9 @@ from killswitch.core.scope import Held, Scopes, enforce, held_from_json, held_js
 from killswitch.core.state import HostView, NodeState, unproven
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
+from killswitch.sidecar.fence import Fence, NoFence, attach_fence
+
+__all__ = ["ReadApplier", "attach_fence"]  # the sidecar sets its fence up from here
 from killswitch.sidecar.notices import NoticeListener
 from killswitch.sidecar.settings import SidecarSettings
 
@@ -27,6 +30,7 @@ class ReadApplier(NoticeListener):
     regressions: int
     scope_held: Held
     arms: ArmCheck
+    fence: Fence | NoFence
     _attest_refusal: str
     _local_problem: str
     _problem_epoch: int | None
@@ -45,7 +49,9 @@ class ReadApplier(NoticeListener):
         self.confirmed = (epoch, ver)
         self.log.info("CONFIRMED", epoch=epoch, ver=ver, state=state, blocked=blocked)
 
-    def _apply(self, new: HostView, sent: float) -> None:
+    def _apply(self, new: HostView, sent: float, fence: bool = False) -> None:
+        """Enforce `new` (the lease from `sent`); `fence`: the read's kill asks for the
+        network kill fence, which follows what the gate now enforces."""
         old = self.gate.view
         if self._local_problem:
             # Without the file this host cannot tell an old ARMED from a new one. An arm made
@@ -87,6 +93,7 @@ class ReadApplier(NoticeListener):
             )  # fmt: skip
             if new.state in (NodeState.ARMED, NodeState.KILLED):
                 self._wake.set()  # confirm on the very next round trip, not a flush later
+        self.fence.follow(self.gate.view.state, self.gate.view.epoch, fence)
 
     @property
     def refused_arms(self) -> int:
@@ -139,6 +146,7 @@ class ReadApplier(NoticeListener):
         # write is `memory.problem`, which blocks the host until a write succeeds)
         self.memory.memo = replace(self.memory.memo, scopes=held_json(held))
         self._record(*self.memory.recorded)
+        isolated = self.fence.holding(isolated) or isolated  # a bypass not recorded yet
         self.gate.set_scope(isolated, symbols, read.ver)
         self.log.info("SCOPE", scope_ver=read.ver, host_killed=isolated, symbols=sorted(symbols))
         self.scope_held = held

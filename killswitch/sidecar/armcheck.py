@@ -69,9 +69,10 @@ class ArmCheck:
         """A proof whose digest differs from the held one: verified at the next ARMED read."""
         self.digest, self._text, self._verdict = digest, proof, None
 
-    def offer_admission(self, proof: str) -> None:
-        """The proof of `arm --host <this host>` as read (verified when it is needed)."""
-        if proof != self._admission:
+    def offer_admission(self, proof: str | None) -> None:
+        """The proof of `arm --host <this host>` as read (verified when it is needed); None:
+        the read carried none (lift proofs come only with a new scopes version)."""
+        if proof is not None and proof != self._admission:
             self._admission, self._admission_verdict = proof, None
 
     def prove(self, new: HostView, held: int = 0) -> HostView:

@@ -36,10 +36,11 @@ from killswitch.runtime import logs
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled
-from killswitch.sidecar.applying import ReadApplier
+from killswitch.sidecar.applying import ReadApplier, attach_fence
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.blocklog import BlockSummaries
+from killswitch.sidecar.fixgateway import FixGateway
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.memory import open_memory
 from killswitch.sidecar.metrics import SidecarCollector
@@ -50,6 +51,7 @@ from killswitch.store.redisconn import classify, connect, endpoint, scrub
 from killswitch.store.store import FlushReport, Store
 
 log = structlog.get_logger("killswitch.sidecar.service")
+CONFIRMABLE = (NodeState.ARMED, NodeState.KILLED)  # the states a host confirms it enforces
 
 
 class Sidecar(ReadApplier):
@@ -135,7 +137,9 @@ class Sidecar(ReadApplier):
             registry=self.registry,
         ).labels(settings.node, settings.host)
         self.registry.register(SidecarCollector(self))
+        self.fix = FixGateway.for_sidecar(self.gate, settings, self.log, self.registry)
         build_info(self.registry, "sidecar")
+        self.fence = attach_fence(self)  # the network fence (--fence), a no-op without
         self._metrics = (
             MetricsServer(
                 self.registry, settings.metrics_port, settings.metrics_listen, health=self.problem
@@ -155,10 +159,13 @@ class Sidecar(ReadApplier):
             return
         self._started = True
         try:
+            await self.fence.start()
             await self._server.start()
+            await self.fix.start()
             if self._metrics:
                 await self._metrics.start()
         except BaseException:
+            await self.fix.stop()
             await self._server.stop()  # release what was bound; the caller reports why
             self._started = False
             raise
@@ -197,7 +204,9 @@ class Sidecar(ReadApplier):
                 await t
         self._tasks = []
         await self.notify.close()  # a running on-kill command is seen out first
+        await self.fence.close()  # its rules stay in place
         await self._report_on_kill()
+        await self.fix.stop()
         await self._server.stop()
         if self._metrics:
             await self._metrics.stop()
@@ -279,14 +288,7 @@ class Sidecar(ReadApplier):
         allowed, blocked = self.gate.allowed, self.gate.blocked
         cancels, limited = self.gate.cancels, self.gate.blocked_by.get(LIMIT, 0)
         view = self.gate.view
-        want_confirm = (
-            view.state in (NodeState.ARMED, NodeState.KILLED)
-            and (
-                view.epoch,
-                view.ver,
-            )
-            != self.confirmed
-        )
+        want_confirm = view.state in CONFIRMABLE and (view.epoch, view.ver) != self.confirmed
         report = FlushReport(
             boot=self.boot,
             allowed=allowed,
@@ -310,8 +312,7 @@ class Sidecar(ReadApplier):
             acked_limited=self.acked_more[1],
             extra=(
                 ("boot_id", self.boot_id),
-                *self.notify.report_fields(),
-                *self.attest.report_fields(),
+                *(f for o in (self.notify, self.attest, self.fix) for f in o.report_fields()),
             ),
             proof_digest=self.arms.digest,
             proof_refusal=view.refusal,
@@ -352,15 +353,13 @@ class Sidecar(ReadApplier):
         if reply.proof is not None:
             self.arms.hold(reply.proof_digest, reply.proof)
         scopes = parse_scopes(reply.scopes)
-        admission = scopes.lifts.get(f"host:{self.s.host}")
-        if admission is not None:
-            self.arms.offer_admission(admission)
+        self.arms.offer_admission(scopes.lifts.get(f"host:{self.s.host}"))
         new = self._attested(self.arms.prove(observe(view, reply.read), view.max_epoch))
         if reply.closed_confirm and new.state is NodeState.KILLED:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
         self.scopes_read = True
         self._apply_scopes(scopes)  # before the state: never open, then close
-        self._apply(new, sent)
+        self._apply(new, sent, reply.fence)
         return True
 
     def report_skipped_blocks(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from killswitch.core.fence import FenceSpec
 from killswitch.core.limits import Limits
 from killswitch.core.options import default
 from killswitch.runtime.config import ListenAddr
@@ -39,4 +40,8 @@ class SidecarSettings:
     attest_interval: float = default(
         "attest-interval"
     )  # seconds between checks for changed attested files
+    fix: tuple[tuple[ListenAddr, ListenAddr], ...] = ()  # FIX gateway routes (listen, venue)
+    fence: FenceSpec | None = None  # the network fence (`--fence`); None: none
+    fence_netns: str = ""  # the network namespace fenced ("": the sidecar's own)
+    fence_on_kill: bool = default("fence-on-kill")  # every kill raises the kill fence
     extra: dict[str, Any] = field(default_factory=dict)

@@ -17,6 +17,8 @@
 --       28 digest (sha1) of the arm proof this host already holds, 29 why the host refuses
 --          the current arm ("" none: unsigned, bad_signature, unlisted, ...),
 --       30.. extra report fields as name, value pairs
+-- The reply: state, epoch, ver, reason, now, closed confirm, proof digest, proof, the kill's
+-- fence flag ("1": `kill --fence`), then the scopes hash as name, value pairs.
 -- The proof (the last signed arm) is returned only when its digest differs from ARGV[28]:
 -- the host verifies it once per change, never per order and never per round trip. Likewise
 -- the scopes' lift proofs (`lift:*` fields) are returned only when the scopes `_ver` differs
@@ -72,7 +74,7 @@ redis.call('HSET', KEYS[1],
   'stale_after_ms', ARGV[10], 'regression', ARGV[11], 'version', ARGV[17], 'pid', ARGV[18],
   'proof', ARGV[29])
 
-local s = redis.call('HMGET', ARGV[26], 'state', 'epoch', 'ver', 'reason', 'proof')
+local s = redis.call('HMGET', ARGV[26], 'state', 'epoch', 'ver', 'reason', 'proof', 'fence')
 local proof = s[5] or ''
 local digest = redis.sha1hex(proof)
 if digest == ARGV[28] then proof = '' end
@@ -92,7 +94,7 @@ if confirm_epoch > 0 then
   redis.call('PUBLISH', ARGV[15], ARGV[16] .. ' ' .. confirm_epoch .. ' ' .. confirm_ver)
 end
 local out = {s[1] or '', s[2] or '0', s[3] or '0', s[4] or '', tostring(now), closed_confirm,
-  digest, proof}
+  digest, proof, s[6] or ''}
 local scopes = redis.call('HGETALL', ARGV[27])
 local applied = redis.call('HMGET', KEYS[1], 'scope_ver')[1]
 local same = false
