@@ -71,10 +71,24 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         attest_interval=r.get("attest-interval"),
         fix=fix,
         **fence_settings(r),
+        recorder=recorder_path(r),
+        recorder_size=r.get("recorder-size"),
+        recorder_freeze=r.get("recorder-freeze"),
         extra={"warnings": warnings},
     )
     check_together(r)
     return settings
+
+
+def recorder_path(r: Resolver) -> str | None:
+    """--recorder as given; '' (from the flag, the environment or the file) means none, which
+    the resolver's "empty is not given" would otherwise turn into the default path."""
+    opt = r.option("recorder")
+    for raw in (r.flags.get("recorder"), r.env.get(opt.env_var) if opt else None,
+                r._from_config(("recorder",))):  # fmt: skip
+        if raw is not None:
+            return str(raw)
+    return None
 
 
 def check_together(r: Resolver) -> None:

@@ -74,6 +74,15 @@ SERVICE_OPTIONS: tuple[Option, ...] = (
     Option("fence-on-kill", ("sidecar",), "raise the kill fence on every kill, not only on "
            "kill --fence (every connection to the endpoints refused and cut, cancels "
            "included)", kind="flag", default=False, group=_FENCE),
+    Option("recorder", ("sidecar",), "the flight recorder's ring file: every gate decision, "
+           "memory-mapped ('' for none; docs/RECORDER.md)", metavar="PATH",
+           derived="<state-dir>/<node>@<host>.rec"),
+    Option("recorder-size", ("sidecar",), "records the flight recorder keeps, newest first "
+           "(160 bytes each; the file is allocated at start)", kind="int", default=65_536,
+           bound=N(16, 2**24), metavar="N"),
+    Option("recorder-freeze", ("sidecar",), "a kill freezes the records from S seconds before "
+           "it to S after it into <node>@<host>.<epoch>.rec beside the ring", kind="int",
+           default=60, bound=Bound(1, 3600, "s", whole=True), metavar="S"),
     # -- aggregator -----------------------------------------------------------------------
     Option("hosts", ("aggregator",), "the node's roster: proposed until the first signed "
            "arm, then only a signed arm changes it", kind="roster", metavar="H1,H2,..."),
