@@ -56,7 +56,8 @@ def _verify_us(key_type: str, n: int = 300) -> float:
     with tempfile.TemporaryDirectory() as d:
         keys = {w: make_key(Path(d) / w, w, key_type) for w in ("alice", "bob")}
         ops = parse_allowed_signers("".join(signer_line(w, k) for w, k in keys.items()))
-        msg = ArmRequest("bench", 1, 1, 2, ("h1", "h2"), "bench", 2**40).encode()
+        boots = (("h1", "b0" * 8), ("h2", "b1" * 8))
+        msg = ArmRequest("bench", 1, 1, 2, ("h1", "h2"), "bench", 2**40, boots=boots).encode()
         sigs = tuple(
             subprocess.run(
                 ["ssh-keygen", "-q", "-Y", "sign", "-n", "killswitch", "-f", str(k)],

@@ -33,11 +33,18 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
     fix = r.get("fix") or ()  # (listen, upstream) pairs
     for addr in (*listen, *(route[0] for route in fix)):
         check_listen_path(addr)
-    state_dir = r.get("state-dir")
+    state_dir = r.get("state-dir")  # '' from any source: none, on purpose (Option.empty)
+    memoryless = state_dir == ""
     warnings: list[str] = []
     if state_dir is None:
         state_dir, warning = pick_state_dir()
         warnings += [warning] if warning else []
+    elif memoryless:
+        warnings.append(
+            "--state-dir '': no state file, on purpose: every start of this sidecar is a new "
+            "boot that blocks (unproven) until two operators admit it with arm --host, and a "
+            "restart forgets the highest epoch and the scoped kills it saw"
+        )
     limits_path = r.get("limits") or ""
     limits, limits_digest = load_limits(limits_path) if limits_path else (None, "")
     settings = SidecarSettings(
@@ -50,6 +57,7 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         flush_interval=r.get("flush-interval"),
         stale_after=r.get("stale-after"),
         state_dir=state_dir,
+        memoryless=memoryless,
         max_conns=r.get("max-conns"),
         line_timeout=r.get("line-timeout"),
         socket_mode=r.get("socket-mode"),

@@ -180,3 +180,37 @@ def _int(v: object) -> int:
         return int(v)  # type: ignore[call-overload,no-any-return]
     except (TypeError, ValueError):
         return 0
+
+
+def held_json(held: Held) -> dict[str, object]:
+    """What a host writes to its local state file so a restart keeps enforcing its scoped
+    kills (the lift proofs stay in Redis: a lift is verified when read, never remembered)."""
+    return {
+        "ver": held.scopes.ver,
+        "active": [s.to_json() for s in held.scopes.active],
+        "since": dict(held.since),
+        "kept": dict(held.kept),
+    }
+
+
+def held_from_json(d: Mapping[str, object]) -> Held:
+    """The scoped kills a host wrote down (junk entries are dropped; an empty dict: none)."""
+    raw = d.get("active")
+    active = [
+        Scope(
+            str(a["kind"]),
+            str(a["value"]),
+            _int(a.get("ver")),
+            _int(a.get("ts_ms")),
+            str(a.get("actor", "")),
+            str(a.get("reason", "")),
+        )
+        for a in (raw if isinstance(raw, list) else [])
+        if isinstance(a, dict) and a.get("kind") in KINDS and a.get("value")
+    ]
+    since, kept = d.get("since"), d.get("kept")
+    return Held(
+        _scopes(_int(d.get("ver")), active, {}),
+        {str(k): _int(v) for k, v in since.items()} if isinstance(since, dict) else {},
+        {str(k): str(v) for k, v in kept.items()} if isinstance(kept, dict) else {},
+    )

@@ -20,11 +20,13 @@ SERVICE_OPTIONS: tuple[Option, ...] = (
     Option("flush-interval", ("sidecar",), "seconds between Redis round trips; an idle host "
            "(no orders, nothing to confirm) makes one every third of --stale-after instead",
            kind="float", default=0.1, bound=S(0.01, 5.0), metavar="S"),
-    Option("state-dir", ("sidecar",), "where the highest seen epoch is kept across restarts",
+    Option("state-dir", ("sidecar",), "where the highest seen epoch, the boot id and the "
+           "scoped kills are kept across restarts ('' for none, with a warning: every start "
+           "is then a new boot that blocks until arm --host)",
            metavar="DIR", derived="$STATE_DIRECTORY (systemd), else "
            "$XDG_STATE_HOME/killswitch, else ~/.local/state/killswitch, else "
            "/var/lib/killswitch, whichever is writable first; else a directory under the temp "
-           "dir, with a warning"),
+           "dir, with a warning", empty=True),
     Option("socket-mode", ("sidecar",), "permission bits of unix gate sockets in octal, e.g. "
            "660", kind="mode", metavar="MODE", unset="the umask"),
     Option("socket-group", ("sidecar",), "group that owns unix gate sockets (with "

@@ -31,6 +31,11 @@ class BlockReason(enum.StrEnum):
     UNARMED = "unarmed"  # never armed, or armed without a valid two-operator proof
     STALE = "stale"
     UNLISTED = "unlisted"  # the node is armed, but its signed roster does not list this host
+    UNPROVEN = "unproven"  # armed, but no proof names this host's current boot (`arm --host`)
+
+
+# Arm refusals (core.armproof) a host blocks with as `unproven`: no fresh proof for its boot.
+UNPROVEN_REFUSALS = frozenset({"unproven", "expired", "wrong_lift"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +93,8 @@ class HostView:
         if self.state is NodeState.KILLED:
             return BlockReason.KILLED
         if self.state is NodeState.UNARMED:
+            if self.refusal in UNPROVEN_REFUSALS:
+                return BlockReason.UNPROVEN
             return BlockReason.UNLISTED if self.refusal == "unlisted" else BlockReason.UNARMED
         return BlockReason.STALE
 

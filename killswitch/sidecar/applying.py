@@ -8,7 +8,9 @@ each applied state confirmed.
 
 from __future__ import annotations
 
-from killswitch.core.scope import Held, Scopes, enforce, newer
+from dataclasses import replace
+
+from killswitch.core.scope import Held, Scopes, enforce, held_from_json, held_json, newer
 from killswitch.core.state import HostView, NodeState, unproven
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
@@ -33,6 +35,7 @@ class ReadApplier(NoticeListener):
     _local_problem: str
     _problem_epoch: int | None
     _scope_regressed: bool
+    scopes_read: bool
 
     def _attested(self, new: HostView) -> HostView:
         """A host that cannot prove its release blocks (`unarmed`, refusal `unattested`)."""
@@ -62,7 +65,13 @@ class ReadApplier(NoticeListener):
                     first_epoch_read=self._problem_epoch,
                 )  # fmt: skip
                 self._local_problem = ""
-        if (new.max_epoch, new.max_state) != (old.max_epoch, old.max_state) or self.memory.problem:
+        if self.arms.accepted != self.memory.memo.accepted:  # kept before the gate opens on it
+            self.memory.memo = replace(self.memory.memo, accepted=self.arms.accepted)
+        if (
+            (new.max_epoch, new.max_state) != (old.max_epoch, old.max_state)
+            or self.memory.problem
+            or self.memory.unwritten
+        ):
             self._record(new.max_epoch, new.max_state)
         if self._local_problem or self.memory.problem:
             new = HostView(
@@ -85,6 +94,24 @@ class ReadApplier(NoticeListener):
             if new.state in (NodeState.ARMED, NodeState.KILLED):
                 self._wake.set()  # confirm on the very next round trip, not a flush later
         self.fence.follow(self.gate.view.state, self.gate.view.epoch, fence)
+
+    @property
+    def refused_arms(self) -> int:
+        return self.arms.refused
+
+    @property
+    def verifications(self) -> int:
+        return self.arms.verifications
+
+    def _restore_scopes(self) -> None:
+        """The scoped kills the state file kept, enforced from the first answer (a restart
+        forgets none); the first report then carries no scope version (see `notify`), so the
+        first round trip returns the lift proofs too."""
+        self.scope_held = held_from_json(self.memory.memo.scopes)
+        self.scopes_read = False
+        isolated, symbols = self.scope_held.scopes.for_host(self.s.host)
+        if isolated or symbols:
+            self.gate.set_scope(isolated, symbols, self.scope_held.scopes.ver)
 
     @property
     def _enforced(self) -> set[str]:
@@ -115,6 +142,10 @@ class ReadApplier(NoticeListener):
                     "SCOPE_KEPT_UNSIGNED_LIFT", scope=scope, reason=why, scope_ver=read.ver
                 )
         isolated, symbols = held.scopes.for_host(self.s.host)
+        # kept before the gate acts on it: a restart must not forget a scoped kill (a failed
+        # write is `memory.problem`, which blocks the host until a write succeeds)
+        self.memory.memo = replace(self.memory.memo, scopes=held_json(held))
+        self._record(*self.memory.recorded)
         isolated = self.fence.holding(isolated) or isolated  # a bypass not recorded yet
         self.gate.set_scope(isolated, symbols, read.ver)
         self.log.info("SCOPE", scope_ver=read.ver, host_killed=isolated, symbols=sorted(symbols))

@@ -35,6 +35,8 @@ class _Sidecar(Protocol):
     @property
     def scope_held(self) -> Held: ...
     @property
+    def scopes_read(self) -> bool: ...
+    @property
     def fence(self) -> Fence | NoFence: ...
 
 
@@ -117,7 +119,9 @@ class StateNotifier:
             ("flat_owed", str(flat.owed)),
             *self.on_kill_fields(),
             ("limits_digest", self.sc.s.limits_digest),
-            ("scope_ver", str(self.sc.gate.scope_ver)),
+            # none before the first reply: the round trip then returns the lift proofs too (a
+            # restart kept its scopes in the state file, but not the proofs it needs)
+            ("scope_ver", str(self.sc.gate.scope_ver) if self.sc.scopes_read else ""),
             # scopes still enforced although Redis no longer lists them (no verified lift)
             ("scope_kept", " ".join(sorted(self.sc.scope_held.kept))),
             *self.sc.fence.report_fields(),

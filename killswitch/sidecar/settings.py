@@ -21,7 +21,11 @@ class SidecarSettings:
     # Defaults are the table's (`core.options`): one place for every setting.
     flush_interval: float = default("flush-interval")
     stale_after: float = default("stale-after")
-    state_dir: str = ""
+    state_dir: str = ""  # "" with memoryless False: SidecarThread picks the default directory
+    # No state file at all, on purpose: every start is a new boot that no proof names, so the
+    # host blocks (`unproven`) until two operators admit it (`arm --host`). For tests and
+    # throwaway hosts; `sidecar --state-dir ''` is this choice (with a warning).
+    memoryless: bool = False
     operators: str = ""  # the operators' allowed-signers file ("": this gate never opens)
     metrics_listen: str = default("metrics-listen")  # 0.0.0.0: scraped from elsewhere
     max_conns: int = default("max-conns")  # gate connections at once

@@ -43,9 +43,12 @@ class NodeWrites(NodeScripts):
         proof: str = "",
         ceiling: int = 0,
         cause: str = "",
+        admit: bool = False,
     ) -> tuple[bool, int, int, str]:
         """A scoped kill (`op` "kill") or its signed lift ("arm", binding the node's epoch and
-        ver and the scopes version in `lifts`): (changed, scope version, now ms, refusal)."""
+        ver and the scopes version in `lifts`): (changed, scope version, now ms, refusal).
+        `admit`: a host lift that is recorded even with no scoped kill of the host active (the
+        admission of its new boot, `arm --host` on an ARMED node)."""
         res = await self._scope(
             keys=[
                 self.keys.scopes, self.keys.audit, self.keys.state, self.keys.audit_head,
@@ -53,7 +56,7 @@ class NodeWrites(NodeScripts):
             ],
             args=[
                 op, kind, value, actor, reason, ",".join(approvers), self.keys.events, *lifts,
-                expires_ms, proof, ceiling, cause,
+                expires_ms, proof, ceiling, cause, int(admit),
             ],
         )  # fmt: skip
         return bool(int(res[0])), int(res[1]), int(res[2]), str(res[3])

@@ -24,7 +24,7 @@ from killswitch.sidecar.service import Sidecar
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.sim.embedded import EmbeddedRedis, free_port
 from killswitch.sim.operators import make_operators, two_person_arm
-from killswitch.store.localstate import LocalState
+from killswitch.store.localstate import LocalState, Memo
 from killswitch.store.redisconn import connect
 from killswitch.store.store import Store
 from kstest import Fleet, Proc, fleet, wait_until, wait_until_async
@@ -179,10 +179,10 @@ class _BrokenState(LocalState):
 
     broken = True
 
-    def save(self, max_epoch: int, state: NodeState | None) -> None:
+    def save(self, max_epoch: int, state: NodeState | None, memo: Memo | None = None) -> None:
         if self.broken:
             raise ValueError("simulated bug in the write path")
-        super().save(max_epoch, state)
+        super().save(max_epoch, state, memo)
 
 
 class TestSyncLoopSurvivesAnyError:

@@ -7,7 +7,9 @@
 --       arm only (the two operators' signed request, see core/armproof.py):
 --       8 lifted node epoch, 9 lifted node ver, 10 lifted scopes version, 11 expires ms
 --       (server time), 12 proof, 13 ceiling: a stored epoch above it counts as 0 (as arm.lua),
---       14 cause of a kill ("" none: an operator's; "bypass": the host's network fence)
+--       14 cause of a kill ("" none: an operator's; "bypass": the host's network fence),
+--       15 "1": a host lift recorded even when that host has no active scoped kill (the
+--       admission of the host's new boot into the node's arm, core/armproof.py)
 -- Returns {changed, scope ver, now_ms, refusal ("" | "moved" | "expired")}. A kill of an
 -- active scope bumps the version so every host proves it again (like killing a killed node);
 -- lifting an absent scope changes nothing. A lift whose request no longer matches the node
@@ -19,7 +21,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local field = ARGV[2] .. ':' .. ARGV[3]
 local exists = redis.call('HEXISTS', KEYS[1], field) == 1
 local cur_ver = ks_uint(redis.call('HGET', KEYS[1], '_ver'), 0)
-if ARGV[1] == 'arm' and not exists then
+if ARGV[1] == 'arm' and not exists and ARGV[15] ~= '1' then
   return {0, cur_ver, ks_str(now), ''}
 end
 local node = redis.call('HMGET', KEYS[3], 'state', 'epoch', 'ver')
