@@ -22,6 +22,7 @@ ALL = [
     "audit_cost",
     "attest_hash",
     "fix_gateway",
+    "fence",
     "split_kill",
 ]
 

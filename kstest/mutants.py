@@ -105,7 +105,7 @@ LUA_MUTANTS: tuple[LuaMutant, ...] = (
     LuaMutant("roster_ignores_names", "roster", "if current[i] ~= wanted[i] then same = false break end", ""),
     LuaMutant("roster_ignores_count", "roster", "local same = #current == #wanted", "local same = true"),
     # scope.lua
-    LuaMutant("scope_lift_of_absent_changes", "scope", "if ARGV[1] == 'arm' and not exists then", "if false then"),
+    LuaMutant("scope_lift_of_absent_changes", "scope", "if ARGV[1] == 'arm' and not exists and ARGV[15] ~= '1' then", "if false then"),
     LuaMutant("scope_lift_keeps_scope", "scope", "redis.call('HDEL', KEYS[1], field)", ""),
     LuaMutant("scope_lift_without_proof", "scope", "redis.call('HSET', KEYS[1], 'lift:' .. field, ARGV[12])", ""),
     LuaMutant("scope_kill_keeps_old_proof", "scope", "redis.call('HDEL', KEYS[1], 'lift:' .. field)", ""),

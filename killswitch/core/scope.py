@@ -32,6 +32,7 @@ class Scope:
     ts_ms: int = 0
     actor: str = ""
     reason: str = ""
+    cause: str = ""  # "" an operator's; "bypass": the host's network fence caught a connection
 
     @property
     def field(self) -> str:
@@ -40,7 +41,7 @@ class Scope:
     def to_json(self) -> dict[str, object]:
         return {
             "kind": self.kind, "value": self.value, "ver": self.ver, "ts_ms": self.ts_ms,
-            "actor": self.actor, "reason": self.reason,
+            "actor": self.actor, "reason": self.reason, **({"cause": self.cause} if self.cause else {}),
         }  # fmt: skip
 
 
@@ -81,7 +82,7 @@ def parse_scopes(h: Mapping[str, str]) -> Scopes:
         active.append(
             Scope(
                 kind, value, _int(d.get("ver")), _int(d.get("ts_ms")),
-                str(d.get("actor", "")), str(d.get("reason", "")),
+                str(d.get("actor", "")), str(d.get("reason", "")), str(d.get("cause", ""))[:32],
             )
         )  # fmt: skip
     return _scopes(ver, active, lifts)
@@ -186,3 +187,37 @@ def _int(v: object) -> int:
         return int(v)  # type: ignore[call-overload,no-any-return]
     except (TypeError, ValueError):
         return 0
+
+
+def held_json(held: Held) -> dict[str, object]:
+    """What a host writes to its local state file so a restart keeps enforcing its scoped
+    kills (the lift proofs stay in Redis: a lift is verified when read, never remembered)."""
+    return {
+        "ver": held.scopes.ver,
+        "active": [s.to_json() for s in held.scopes.active],
+        "since": dict(held.since),
+        "kept": dict(held.kept),
+    }
+
+
+def held_from_json(d: Mapping[str, object]) -> Held:
+    """The scoped kills a host wrote down (junk entries are dropped; an empty dict: none)."""
+    raw = d.get("active")
+    active = [
+        Scope(
+            str(a["kind"]),
+            str(a["value"]),
+            _int(a.get("ver")),
+            _int(a.get("ts_ms")),
+            str(a.get("actor", "")),
+            str(a.get("reason", "")),
+        )
+        for a in (raw if isinstance(raw, list) else [])
+        if isinstance(a, dict) and a.get("kind") in KINDS and a.get("value")
+    ]
+    since, kept = d.get("since"), d.get("kept")
+    return Held(
+        _scopes(_int(d.get("ver")), active, {}),
+        {str(k): _int(v) for k, v in since.items()} if isinstance(since, dict) else {},
+        {str(k): str(v) for k, v in kept.items()} if isinstance(kept, dict) else {},
+    )

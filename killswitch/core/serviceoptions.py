@@ -9,6 +9,7 @@ SERVICES = ("sidecar", "aggregator")
 RULE_VERBS = ("aggregator", "backtest")  # the trip rules' flags: one definition for both
 _AGG_RULES = "trip rules"
 _BURST = "limit-burst rule"
+_FENCE = "network fence"
 
 SERVICE_OPTIONS: tuple[Option, ...] = (
     # -- sidecar --------------------------------------------------------------------------
@@ -19,11 +20,13 @@ SERVICE_OPTIONS: tuple[Option, ...] = (
     Option("flush-interval", ("sidecar",), "seconds between Redis round trips; an idle host "
            "(no orders, nothing to confirm) makes one every third of --stale-after instead",
            kind="float", default=0.1, bound=S(0.01, 5.0), metavar="S"),
-    Option("state-dir", ("sidecar",), "where the highest seen epoch is kept across restarts",
+    Option("state-dir", ("sidecar",), "where the highest seen epoch, the boot id and the "
+           "scoped kills are kept across restarts ('' for none, with a warning: every start "
+           "is then a new boot that blocks until arm --host)",
            metavar="DIR", derived="$STATE_DIRECTORY (systemd), else "
            "$XDG_STATE_HOME/killswitch, else ~/.local/state/killswitch, else "
            "/var/lib/killswitch, whichever is writable first; else a directory under the temp "
-           "dir, with a warning"),
+           "dir, with a warning", empty=True),
     Option("socket-mode", ("sidecar",), "permission bits of unix gate sockets in octal, e.g. "
            "660", kind="mode", metavar="MODE", unset="the umask"),
     Option("socket-group", ("sidecar",), "group that owns unix gate sockets (with "
@@ -58,6 +61,28 @@ SERVICE_OPTIONS: tuple[Option, ...] = (
            "(35=D, G, E, AB) pass only when the gate allows them, a blocked one is answered "
            "with an ExecutionReport (39=8) and never reaches UPSTREAM; cancels (35=F, q) "
            "always pass", kind="fixroute", repeat=True, metavar="LISTEN=UPSTREAM"),
+    Option("fence", ("sidecar",), "a venue endpoint (repeatable; IPv6 as [ADDR]:PORT): "
+           "connections to it from uids not allowed are refused and counted, and kill this "
+           "host while ARMED (cause bypass); needs CAP_NET_ADMIN", kind="list", repeat=True,
+           metavar="ADDR:PORT", group=_FENCE),
+    Option("fence-allow-uid", ("sidecar",), "a uid that may connect to the fenced endpoints "
+           "(repeatable): the gateway's", kind="list", repeat=True, metavar="UID",
+           derived="the sidecar's own uid", group=_FENCE),
+    Option("fence-netns", ("sidecar",), "fence this network namespace (/run/netns/NAME; "
+           "entering it needs CAP_SYS_ADMIN) instead of the sidecar's own", kind="host",
+           metavar="NAME", unset="the sidecar's own", group=_FENCE),
+    Option("fence-on-kill", ("sidecar",), "raise the kill fence on every kill, not only on "
+           "kill --fence (every connection to the endpoints refused and cut, cancels "
+           "included)", kind="flag", default=False, group=_FENCE),
+    Option("recorder", ("sidecar",), "the flight recorder's ring file: every gate decision, "
+           "memory-mapped ('' for none; docs/RECORDER.md)", metavar="PATH",
+           derived="<state-dir>/<node>@<host>.rec", empty=True),
+    Option("recorder-size", ("sidecar",), "records the flight recorder keeps, newest first "
+           "(160 bytes each; the file is allocated at start)", kind="int", default=65_536,
+           bound=N(16, 2**24), metavar="N"),
+    Option("recorder-freeze", ("sidecar",), "a kill freezes the records from S seconds before "
+           "it to S after it into <node>@<host>.<epoch>.rec beside the ring", kind="int",
+           default=60, bound=Bound(1, 3600, "s", whole=True), metavar="S"),
     # -- aggregator -----------------------------------------------------------------------
     Option("hosts", ("aggregator",), "the node's roster: proposed until the first signed "
            "arm, then only a signed arm changes it", kind="roster", metavar="H1,H2,..."),
@@ -75,7 +100,7 @@ SERVICE_OPTIONS: tuple[Option, ...] = (
            "with appendonly (use in production)", kind="flag", default=False),
     Option("audit-log", ("aggregator",), "append the node's audit chain to this JSONL file, "
            "so the trail survives a wiped Redis ('' for none)", metavar="PATH",
-           derived="audit-NODE.jsonl in the sidecar's default --state-dir"),
+           derived="audit-NODE.jsonl in the sidecar's default --state-dir", empty=True),
     Option("max-limit-refusals", ("aggregator",), "kill the node when the hosts' local "
            "--limits refuse more than N orders within --limit-window on at least "
            "--limit-min-hosts hosts", kind="int", bound=N(1, 10**9), metavar="N",

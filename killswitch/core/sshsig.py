@@ -9,6 +9,11 @@ Allowed-signers rules (documented in the README): a line whose `namespaces=` doe
 `valid-before` and wildcard principals are refused with the line named (certificates and
 validity windows are not supported, and silently dropping a bound would widen trust); one
 key may belong to one principal only (else one person could count as two operators).
+
+Keys are compared as keys, not as bytes: every key is reduced to its canonical encoding (the
+parsed numbers and points written back the one way OpenSSH writes them), so an RSA modulus
+with a leading zero byte is the same key as without it. A line whose key is not in canonical
+form is refused, and so is an ECDSA point in compressed form (OpenSSH rejects both).
 """
 
 from __future__ import annotations
@@ -26,17 +31,32 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from killswitch.core.sshkeys import _CURVES, SignatureError, canonical_key
+from killswitch.core.sshkeys import public_key as _public_key
+from killswitch.core.sshkeys import read_mpint as _read_mpint
+from killswitch.core.sshkeys import read_string as _read_string
+from killswitch.core.sshkeys import read_u32 as _read_u32
+from killswitch.core.sshkeys import sk_application as _sk_application
+from killswitch.core.sshkeys import string as _string
+
+__all__ = [
+    "NAMESPACE",
+    "Operators",
+    "SignatureError",
+    "SignersError",
+    "canonical_key",
+    "key_of",
+    "parse_allowed_signers",
+    "verify",
+    "verify_signer",
+]
+
 NAMESPACE = "killswitch"
 MAGIC = b"SSHSIG"
 ARMOR_BEGIN = "-----BEGIN SSH SIGNATURE-----"
 ARMOR_END = "-----END SSH SIGNATURE-----"
 MAX_SIG_BYTES = 16384  # an RSA-16384 signature is ~2.1 kB: anything far larger is junk
 
-_CURVES: dict[str, tuple[ec.EllipticCurve, hashes.HashAlgorithm]] = {
-    "nistp256": (ec.SECP256R1(), hashes.SHA256()),
-    "nistp384": (ec.SECP384R1(), hashes.SHA384()),
-    "nistp521": (ec.SECP521R1(), hashes.SHA512()),
-}
 KEY_TYPES = (
     "ssh-ed25519",
     "ecdsa-sha2-nistp256",
@@ -50,17 +70,13 @@ _SK_USER_PRESENT = 0x01
 _PRINCIPAL = re.compile(r"[^\s,*?!]+")
 
 
-class SignatureError(ValueError):
-    """The signature does not prove anything; the message says why (one line)."""
-
-
 class SignersError(ValueError):
     """The allowed-signers text cannot be used; the message names the line."""
 
 
 @dataclass(frozen=True, slots=True)
 class Operators:
-    """The allowed signers for the `killswitch` namespace: public key blob -> principal."""
+    """The allowed signers for the `killswitch` namespace: canonical key blob -> principal."""
 
     keys: Mapping[bytes, str]
 
@@ -127,7 +143,8 @@ def _signer_line(line: str) -> tuple[list[str], dict[str, str], bytes]:
     except (binascii.Error, ValueError):
         raise SignersError("the key is not valid base64") from None
     try:
-        _public_key(blob)
+        if canonical_key(blob) != blob:
+            raise SignatureError("not in canonical form (a leading zero byte?): re-export it")
         if _read_string(blob, 0)[0] != ktype.encode():
             raise SignatureError("the key's type does not match the line")
     except SignatureError as e:
@@ -175,6 +192,14 @@ def verify(
     Raises SignatureError for anything else: not a signature, another namespace, a key not
     in `operators`, a signature that does not match the message.
     """
+    return verify_signer(operators, message, signature, namespace)[0]
+
+
+def verify_signer(
+    operators: Operators, message: bytes, signature: str | bytes, namespace: str = NAMESPACE
+) -> tuple[str, bytes]:
+    """Like `verify`: (principal, the canonical blob of the key that signed). Two signatures
+    are two operators only when both the principals and the keys differ."""
     blob = _dearmor(signature)
     if len(blob) < 10 or blob[:6] != MAGIC:
         raise SignatureError("not an SSH signature (no SSHSIG preamble)")
@@ -199,12 +224,13 @@ def verify(
         digest = hashlib.sha512(message).digest()
     else:
         raise SignatureError(f"unsupported hash {halg.decode(errors='replace')!r}")
-    principal = operators.keys.get(pub)
+    canon = canonical_key(pub)
+    principal = operators.keys.get(canon)
     if principal is None:
         raise SignatureError("signed by a key that is not in the operators file")
     signed = MAGIC + _string(ns) + _string(reserved) + _string(halg) + _string(digest)
     _check(pub, signed, sig)
-    return principal
+    return principal, canon
 
 
 def key_of(signature: str | bytes) -> bytes:
@@ -294,77 +320,3 @@ def _ecdsa_der(raw: bytes) -> bytes:
     if off != len(raw):
         raise SignatureError("trailing bytes in the ECDSA signature")
     return encode_dss_signature(r, s)
-
-
-def _public_key(blob: bytes) -> Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
-    """The key inside an SSH public key blob (raises SignatureError when malformed)."""
-    ktype_b, off = _read_string(blob, 0)
-    ktype = ktype_b.decode(errors="replace")
-    try:
-        if ktype in ("ssh-ed25519", "sk-ssh-ed25519@openssh.com"):
-            pk, off = _read_string(blob, off)
-            if ktype.startswith("sk-"):
-                _, off = _read_string(blob, off)  # application
-            _end(blob, off)
-            return Ed25519PublicKey.from_public_bytes(pk)
-        if ktype.startswith("ecdsa-sha2-") or ktype == "sk-ecdsa-sha2-nistp256@openssh.com":
-            curve_name, off = _read_string(blob, off)
-            q, off = _read_string(blob, off)
-            if ktype.startswith("sk-"):
-                _, off = _read_string(blob, off)
-                want = "nistp256"
-            else:
-                want = ktype[11:]
-            if curve_name.decode(errors="replace") != want or want not in _CURVES:
-                raise SignatureError("ECDSA key names another curve")
-            _end(blob, off)
-            return ec.EllipticCurvePublicKey.from_encoded_point(_CURVES[want][0], q)
-        if ktype == "ssh-rsa":
-            e, off = _read_mpint(blob, off)
-            n, off = _read_mpint(blob, off)
-            _end(blob, off)
-            if n.bit_length() < 2048:
-                raise SignatureError("RSA keys under 2048 bits are refused")
-            return rsa.RSAPublicNumbers(e, n).public_key()
-    except ValueError as e:
-        if isinstance(e, SignatureError):
-            raise
-        raise SignatureError(f"malformed {ktype} key") from None
-    raise SignatureError(f"unsupported key type {ktype!r}")
-
-
-def _sk_application(pub: bytes) -> bytes:
-    ktype, off = _read_string(pub, 0)
-    _, off = _read_string(pub, off)
-    if ktype.startswith(b"sk-ecdsa"):
-        _, off = _read_string(pub, off)
-    return _read_string(pub, off)[0]
-
-
-def _end(blob: bytes, off: int) -> None:
-    if off != len(blob):
-        raise SignatureError("trailing bytes in the key")
-
-
-def _read_u32(b: bytes, off: int) -> tuple[int, int]:
-    if off + 4 > len(b):
-        raise SignatureError("truncated")
-    return int.from_bytes(b[off : off + 4], "big"), off + 4
-
-
-def _read_string(b: bytes, off: int) -> tuple[bytes, int]:
-    n, off = _read_u32(b, off)
-    if off + n > len(b):
-        raise SignatureError("truncated")
-    return b[off : off + n], off + n
-
-
-def _read_mpint(b: bytes, off: int) -> tuple[int, int]:
-    raw, off = _read_string(b, off)
-    if raw and raw[0] & 0x80:
-        raise SignatureError("negative integer")
-    return int.from_bytes(raw, "big"), off
-
-
-def _string(b: bytes) -> bytes:
-    return len(b).to_bytes(4, "big") + b

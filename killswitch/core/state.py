@@ -31,7 +31,12 @@ class BlockReason(enum.StrEnum):
     UNARMED = "unarmed"  # never armed, or armed without a valid two-operator proof
     STALE = "stale"
     UNLISTED = "unlisted"  # the node is armed, but its signed roster does not list this host
+    UNPROVEN = "unproven"  # armed, but no proof names this host's current boot (`arm --host`)
     DUPLICATE = "duplicate"  # another live process claims this host's name (core.duplicate)
+
+
+# Arm refusals (core.armproof) a host blocks with as `unproven`: no fresh proof for its boot.
+UNPROVEN_REFUSALS = frozenset({"unproven", "expired", "wrong_lift"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,8 @@ class HostView:
         if self.state is NodeState.UNARMED:
             if self.refusal == BlockReason.DUPLICATE.value:
                 return BlockReason.DUPLICATE
+            if self.refusal in UNPROVEN_REFUSALS:
+                return BlockReason.UNPROVEN
             return BlockReason.UNLISTED if self.refusal == "unlisted" else BlockReason.UNARMED
         return BlockReason.STALE
 

@@ -19,6 +19,7 @@ from killswitch.core.armproof import (
     ArmRequest,
     Proof,
     ProofError,
+    boots_of,
     node_refusal,
     verify_proof,
 )
@@ -31,7 +32,7 @@ from killswitch.core.roster import (
     not_ready_for_arm,
 )
 from killswitch.core.sshsig import Operators, SignatureError, verify
-from killswitch.core.state import NodeState, next_epoch
+from killswitch.core.state import UNPROVEN_REFUSALS, NodeState, next_epoch
 from killswitch.ops.control import (
     EXIT_OK,
     EXIT_PENDING,
@@ -87,9 +88,25 @@ async def arm(
         if not node_refusal(verdict, node, epoch)[0] and (
             roster is None or verdict.request is None or set(roster) == set(verdict.request.roster)
         ):
+            # Even then the caller's key must be an operator's (exit 4 in every state).
+            refused = await _not_an_operator(store, key, operators, sign, snap.now_ms)
+            if refused is not None:
+                return refused
             report = _report(snap, node, alive_ms)
             report["changed"] = False
             who = " and ".join(verdict.principals)
+            unproven = sorted(
+                h for h, r in snap.reports.items()
+                if r.get("proof") in UNPROVEN_REFUSALS and h in snap.roster
+            )  # fmt: skip
+            if unproven:  # a host that lost its memory: this arm does not name its boot
+                return Outcome(
+                    EXIT_UNCONFIRMED,
+                    report,
+                    f"node was already ARMED (signed by {who}), but {', '.join(unproven)} "
+                    "blocks unproven (a new boot); two operators admit each with: killswitch "
+                    f"arm --node {node} --host HOST --key PATH",
+                )
             return Outcome(EXIT_OK, report, f"node was already ARMED (signed by {who})")
     pending, first_sig, first, void = usable_pending(
         snap, operators, node, (epoch, ver), _reported_floor(snap)
@@ -136,6 +153,14 @@ async def arm(
             f"{cut.majority}{' or a signed rollout' if moving is None else ''}):\n{lines}",
         )
     floor = max(epoch_floor(q0.hosts, epoch), _reported_floor(snap))
+    # One arm opens every roster host at once: it signs the boot id each reports now (every
+    # roster host is alive and reporting one, checked above), so a host restarted without its
+    # memory since then is not opened by it.
+    boots = tuple(sorted(boots_of(snap.reports, wanted).items()))
+    if pending is not None and pending.boots != boots:
+        moved = sorted(h for h in wanted if dict(boots).get(h) != pending.boot_of(h))
+        void = f"the pending request by {first} is void: {', '.join(moved)} started a new boot"
+        pending = None
     req = pending or ArmRequest(
         node=node,
         lifts_epoch=epoch,
@@ -144,6 +169,7 @@ async def arm(
         roster=wanted,
         reason=reason or "",
         expires_ms=snap.now_ms + to_ms(expires_s),
+        boots=boots,
     )
     message = req.encode()
     try:
@@ -235,6 +261,28 @@ async def kill_actor(
         return verify(ops, message, sig), "", key_fingerprint(sig)
     except (SignError, SignatureError, OSError, ValueError, TimeoutError) as e:
         return fallback, f"warning: kill recorded unsigned, as {fallback!r}: {e}", ""
+
+
+async def _not_an_operator(
+    store: Store, key: str, operators: Operators, sign: Signer, now_ms: int
+) -> Outcome | None:
+    """None when `key` signs as an operator of the file, else the refusal (audited)."""
+    message = json.dumps(
+        {"v": "killswitch-whoami-1", "node": store.node, "now_ms": now_ms},
+        sort_keys=True, separators=(",", ":"),
+    ).encode()  # fmt: skip
+    try:
+        verify(operators, message, await sign(key, message))
+    except SignError as e:
+        return Outcome(EXIT_USAGE, {"node": store.node, "refused": "cannot sign"}, f"arm: {e}")
+    except SignatureError as e:
+        return await _refused(
+            store,
+            "signature refused",
+            f"refused: your signature does not verify against the operators file ({e}); "
+            "ask for your public key to be added to it",
+        )
+    return None
 
 
 def usable_pending(

@@ -7,6 +7,10 @@ two operators each sign it with their own key (the first call records it pending
 second, distinct operator completes it). The signed request
 names the scope, the node state and the scopes version it lifts, so it cannot be replayed
 after a later scoped kill; it is proven the same way.
+
+`arm --host H` is also the admission of H's current boot: the signed request names the boot
+id H reports, so a host that blocks `unproven` (it lost its memory, or its proof expired
+before it saw it) opens at the node's current ARMED epoch, scoped kill of it or not.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from killswitch.core.armproof import ArmRequest, Proof
+from killswitch.core.armproof import ArmRequest, Proof, boots_of
 from killswitch.core.bounds import uint_or
 from killswitch.core.options import default, to_ms
 from killswitch.core.roster import not_ready_for_arm
 from killswitch.core.scope import ahead, parse_scopes, proven, valid_symbol
+from killswitch.core.state import UNPROVEN_REFUSALS, NodeState
 from killswitch.ops.control import (
     EXIT_OK,
     EXIT_PENDING,
@@ -87,7 +92,20 @@ async def arm_scope(
     if why:
         return Outcome(EXIT_USAGE, {"node": node, "refused": why}, f"refused: {why}")
     scopes = parse_scopes(before.scopes)
-    if not any(s.kind == kind and s.value == value for s in scopes.active):
+    admit = (
+        kind == "host"
+        and before.state.get("state") == NodeState.ARMED.value
+        and before.reports.get(value, {}).get("proof") in UNPROVEN_REFUSALS
+    )
+    boots = tuple(sorted(boots_of(before.reports, [value]).items())) if kind == "host" else ()
+    if admit and not boots:
+        return Outcome(
+            EXIT_REFUSED,
+            {"node": node, "refused": "no boot id"},
+            f"refused: {value} reports no boot id to admit (is its sidecar running?)",
+        )
+    active = any(s.kind == kind and s.value == value for s in scopes.active)
+    if not active and not admit:
         out = await _prove(store, kind, value, scopes.ver, before.now_ms, timeout, "lifted")
         out.report["changed"] = False
         if out.code == EXIT_OK:
@@ -111,13 +129,14 @@ async def arm_scope(
     if pending is not None and (
         pending.scope != field
         or pending.scope_ver != scopes.ver
+        or pending.boots != boots
         or (reason is not None and reason != pending.reason)
     ):
         pending = None
     req = pending or ArmRequest(
         node=node, lifts_epoch=epoch, lifts_ver=ver, epoch=epoch, roster=before.roster,
         reason=reason or "", expires_ms=before.now_ms + to_ms(expires_s), scope=field,
-        scope_ver=scopes.ver,
+        scope_ver=scopes.ver, boots=boots,
     )  # fmt: skip
     message = req.encode()
     try:
@@ -160,7 +179,7 @@ async def arm_scope(
         op="arm", kind=kind, value=value, actor="+".join(approvers), reason=req.reason,
         approvers=approvers, lifts=(req.lifts_epoch, req.lifts_ver, req.scope_ver),
         expires_ms=req.expires_ms, proof=Proof(message, (first_sig, signature)).to_text(),
-        ceiling=ceiling,
+        ceiling=ceiling, admit=admit,
     )  # fmt: skip
     if refused:  # audited by the script
         return Outcome(
@@ -185,6 +204,8 @@ async def _prove(
             done, missing = proven(kind, value, ver, snap.roster, _applied(snap), stored_ver)
             if what == "lifted":  # a host that kept the scope (no verified lift) proves no lift
                 kept = _kept(snap, f"{kind}:{value}")
+                if kind == "host" and snap.reports.get(value, {}).get("proof") in UNPROVEN_REFUSALS:
+                    kept.append(value)  # and an admitted host proves it by no longer refusing
                 done, missing = (
                     [h for h in done if h not in kept],
                     missing + [h for h in done if h in kept],

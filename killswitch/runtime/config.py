@@ -128,6 +128,14 @@ class Resolver:
     def source(self, name: str, opt: Option | None = None) -> tuple[str, str, Any] | None:
         """(flag | env | file, where, raw value) of the first source that gives `name`."""
         opt = opt or self.option(name)
+        for kind, where, raw in self._sources(name, opt):
+            # '' is "not given", except for a setting where it means "none" (Option.empty)
+            if raw is not None and (raw != "" or (opt is not None and opt.empty)):
+                return kind, where, raw
+        return None
+
+    def _sources(self, name: str, opt: Option | None = None) -> list[tuple[str, str, Any]]:
+        opt = opt or self.option(name)
         key = name.replace("-", "_")
         sources = [("flag", f"--{name}", self.flags.get(opt.attr if opt else key))]
         if opt is None or not opt.flags_only:
@@ -136,10 +144,7 @@ class Resolver:
                 sources.append(("env", env, self.env.get(env)))
             keys = (key, name, *(opt.aliases if opt else ()))
             sources.append(("file", f"config [{key}]", self._from_config(keys)))
-        for kind, where, raw in sources:
-            if raw is not None and raw != "":
-                return kind, where, raw
-        return None
+        return sources
 
     def _from_config(self, keys: tuple[str, ...]) -> Any:
         # Accept both `stale_after` and `stale-after` (the flag's spelling) in the file.

@@ -11,10 +11,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 from killswitch.core.duplicate import DuplicateWatch
-from killswitch.core.scope import Held, Scopes, enforce, newer
+from killswitch.core.scope import Held, Scopes, enforce, held_from_json, held_json, newer
 from killswitch.core.state import BlockReason, HostView, NodeState, unproven
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
+from killswitch.sidecar.fence import Fence, NoFence, attach_fence
+
+__all__ = ["ReadApplier", "attach_fence"]  # the sidecar sets its fence up from here
 from killswitch.sidecar.notices import NoticeListener
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.store.store import FlushReply
@@ -29,12 +32,14 @@ class ReadApplier(NoticeListener):
     regressions: int
     scope_held: Held
     arms: ArmCheck
+    fence: Fence | NoFence
     _attest_refusal: str
     duplicate: DuplicateWatch
     dup: str = ""  # why this host blocks as a duplicate ("" it does not)
     _local_problem: str
     _problem_epoch: int | None
     _scope_regressed: bool
+    scopes_read: bool
 
     def _attested(self, new: HostView) -> HostView:
         """A host that cannot prove its release blocks (`unarmed`, refusal `unattested`)."""
@@ -60,7 +65,9 @@ class ReadApplier(NoticeListener):
         self.confirmed = (epoch, ver)
         self.log.info("CONFIRMED", epoch=epoch, ver=ver, state=state, blocked=blocked)
 
-    def _apply(self, new: HostView, sent: float) -> None:
+    def _apply(self, new: HostView, sent: float, fence: bool = False) -> None:
+        """Enforce `new` (the lease from `sent`); `fence`: the read's kill asks for the
+        network kill fence, which follows what the gate now enforces."""
         old = self.gate.view
         if self._local_problem:
             # Without the file this host cannot tell an old ARMED from a new one. An arm made
@@ -74,7 +81,13 @@ class ReadApplier(NoticeListener):
                     first_epoch_read=self._problem_epoch,
                 )  # fmt: skip
                 self._local_problem = ""
-        if (new.max_epoch, new.max_state) != (old.max_epoch, old.max_state) or self.memory.problem:
+        if self.arms.accepted != self.memory.memo.accepted:  # kept before the gate opens on it
+            self.memory.memo = replace(self.memory.memo, accepted=self.arms.accepted)
+        if (
+            (new.max_epoch, new.max_state) != (old.max_epoch, old.max_state)
+            or self.memory.problem
+            or self.memory.unwritten
+        ):
             self._record(new.max_epoch, new.max_state)
         if self._local_problem or self.memory.problem:
             new = HostView(
@@ -96,6 +109,25 @@ class ReadApplier(NoticeListener):
             )  # fmt: skip
             if new.state in (NodeState.ARMED, NodeState.KILLED):
                 self._wake.set()  # confirm on the very next round trip, not a flush later
+        self.fence.follow(self.gate.view.state, self.gate.view.epoch, fence)
+
+    @property
+    def refused_arms(self) -> int:
+        return self.arms.refused
+
+    @property
+    def verifications(self) -> int:
+        return self.arms.verifications
+
+    def _restore_scopes(self) -> None:
+        """The scoped kills the state file kept, enforced from the first answer (a restart
+        forgets none); the first report then carries no scope version (see `notify`), so the
+        first round trip returns the lift proofs too."""
+        self.scope_held = held_from_json(self.memory.memo.scopes)
+        self.scopes_read = False
+        isolated, symbols = self.scope_held.scopes.for_host(self.s.host)
+        if isolated or symbols:
+            self.gate.set_scope(isolated, symbols, self.scope_held.scopes.ver)
 
     @property
     def _enforced(self) -> set[str]:
@@ -126,6 +158,11 @@ class ReadApplier(NoticeListener):
                     "SCOPE_KEPT_UNSIGNED_LIFT", scope=scope, reason=why, scope_ver=read.ver
                 )
         isolated, symbols = held.scopes.for_host(self.s.host)
+        # kept before the gate acts on it: a restart must not forget a scoped kill (a failed
+        # write is `memory.problem`, which blocks the host until a write succeeds)
+        self.memory.memo = replace(self.memory.memo, scopes=held_json(held))
+        self._record(*self.memory.recorded)
+        isolated = self.fence.holding(isolated) or isolated  # a bypass not recorded yet
         self.gate.set_scope(isolated, symbols, read.ver)
         self.log.info("SCOPE", scope_ver=read.ver, host_killed=isolated, symbols=sorted(symbols))
         self.scope_held = held

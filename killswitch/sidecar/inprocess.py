@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
 from killswitch.core.gate import Gate
+from killswitch.runtime.config import default_state_dir
 from killswitch.sidecar.notify import StateCallback
 from killswitch.sidecar.onkill import ON_KILL_TERM_WAIT_S
 from killswitch.sidecar.service import Sidecar
@@ -33,11 +35,17 @@ class SidecarThread:
     """Runs a `Sidecar` in a background thread for a Python trading process.
 
     The trading thread calls `sidecar.gate.allow(...)`: a local check, no network round trip.
+    It keeps a state file (the settings' `state_dir`, else the default state directory)
+    unless `memoryless=True` says it must not.
     """
 
     def __init__(
         self, settings: SidecarSettings, *, registry: CollectorRegistry | None = None
     ) -> None:
+        if not settings.state_dir and not settings.memoryless:
+            # A gate with memory by default: without it every start would need an admission,
+            # and a proof could never be bound to this host across restarts.
+            settings = replace(settings, state_dir=default_state_dir())
         self.settings = settings
         self.registry = registry
         # Made by the thread itself: a SidecarThread never started holds no loop to leak.

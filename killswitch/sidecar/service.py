@@ -30,22 +30,23 @@ from killswitch.core.duplicate import DuplicateWatch
 from killswitch.core.gate import LIMIT, Gate
 from killswitch.core.heartbeat import idle_every, trip_due
 from killswitch.core.options import to_ms
-from killswitch.core.scope import Held, parse_scopes
+from killswitch.core.scope import parse_scopes
 from killswitch.core.state import NodeState, boot_view, observe
 from killswitch.core.version import __version__
 from killswitch.runtime import logs
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled
-from killswitch.sidecar.applying import ReadApplier
+from killswitch.sidecar.applying import ReadApplier, attach_fence
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.blocklog import BlockSummaries
 from killswitch.sidecar.fixgateway import FixGateway
 from killswitch.sidecar.gateserver import GateServer
-from killswitch.sidecar.memory import Memory
+from killswitch.sidecar.memory import open_memory
 from killswitch.sidecar.metrics import SidecarCollector
 from killswitch.sidecar.notify import StateNotifier
+from killswitch.sidecar.recording import Recording
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.store.localstate import LocalState
 from killswitch.store.redisconn import classify, connect, endpoint, scrub
@@ -65,6 +66,7 @@ class Sidecar(ReadApplier):
         *,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         logger: Any = None,
     ) -> None:
         self.s = settings
@@ -72,13 +74,8 @@ class Sidecar(ReadApplier):
         self.store = Store(redis, settings.node)
         self.clock = clock
         self.log = (logger or log).bind(node=settings.node, host=settings.host)
-        local = (
-            LocalState(settings.state_dir, settings.node, settings.host)
-            if settings.state_dir
-            else None
-        )
-        max_epoch, max_state, problem = local.load() if local else (0, None, "")
-        self.memory = Memory(local, (max_epoch, max_state), self.log)
+        self.memory, (max_epoch, max_state), problem = open_memory(settings, self.log)
+        self.boot_id = self.memory.memo.boot
         view = boot_view(max_epoch, max_state)
         self._local_problem = problem
         self._problem_epoch: int | None = None  # first epoch read while the file was unreadable
@@ -90,12 +87,11 @@ class Sidecar(ReadApplier):
             log_budget=self.blocks.budget, limits=settings.limits,
         )  # fmt: skip
         # Without an operators file this gate can never open: it cannot verify any arm.
+        operators = load_operators(settings.operators) if settings.operators else None
         self.arms = ArmCheck(
-            load_operators(settings.operators) if settings.operators else None,
-            settings.node,
-            settings.host,
-            self.log,
-        )
+            operators, settings.node, settings.host, self.log, boot=self.boot_id,
+            accepted=self.memory.memo.accepted, wall=wall,
+        )  # fmt: skip
         self.boot = uuid.uuid4().hex[:12]
         self.duplicate = DuplicateWatch(self.boot, 3 * int(settings.stale_after * 1000))
         self.acked = (0, 0)
@@ -128,7 +124,8 @@ class Sidecar(ReadApplier):
         self.loop_errors = 0  # sync iterations that failed for any reason but Redis
         self._loop_problem = ""  # why the last sync iteration failed ("" once one succeeds)
         self.notify = StateNotifier(self, self._server)
-        self.scope_held = Held()  # the scoped kills enforced, and what this host knows of them
+        # the scoped kills enforced, and what this host knows of them (kept in the state file)
+        self._restore_scopes()
         self._scope_regressed = False
         self.registry = registry if registry is not None else CollectorRegistry()
         self._rtt = Histogram(
@@ -141,6 +138,7 @@ class Sidecar(ReadApplier):
         self.registry.register(SidecarCollector(self))
         self.fix = FixGateway.for_sidecar(self.gate, settings, self.log, self.registry)
         build_info(self.registry, "sidecar")
+        self.fence = attach_fence(self)  # the network fence (--fence), a no-op without
         self._metrics = (
             MetricsServer(
                 self.registry, settings.metrics_port, settings.metrics_listen, health=self.problem
@@ -148,6 +146,8 @@ class Sidecar(ReadApplier):
             if settings.metrics_port is not None
             else None
         )
+        self.rec = Recording(self, self._metrics)  # the flight recorder (sidecar.recording)
+        self._reporters = (self.notify, self.attest, self.fix, self.rec)  # their report fields
         self._started = False
         self._last_fail_log = -1e9
         if problem:
@@ -160,6 +160,7 @@ class Sidecar(ReadApplier):
             return
         self._started = True
         try:
+            await self.fence.start()
             await self._server.start()
             await self.fix.start()
             if self._metrics:
@@ -181,6 +182,7 @@ class Sidecar(ReadApplier):
                 "open (every order gets BLOCK unarmed). Give --operators PATH "
                 "(KILLSWITCH_OPERATORS), the operators' allowed-signers file",
             )
+        self.memory.announce(self.gate.view.max_epoch)
         self.log.info(
             "sidecar_started",
             listen=[str(a) for a in self.s.listen],
@@ -203,9 +205,11 @@ class Sidecar(ReadApplier):
                 await t
         self._tasks = []
         await self.notify.close()  # a running on-kill command is seen out first
+        await self.fence.close()  # its rules stay in place
         await self._report_on_kill()
         await self.fix.stop()
         await self._server.stop()
+        await self.rec.close()
         if self._metrics:
             await self._metrics.stop()
         self.log.info("sidecar_stopped")
@@ -308,7 +312,10 @@ class Sidecar(ReadApplier):
             limited=limited,
             acked_cancels=self.acked_more[0],
             acked_limited=self.acked_more[1],
-            extra=tuple(f for o in (self.notify, self.attest, self.fix) for f in o.report_fields()),
+            extra=(
+                ("boot_id", self.boot_id),
+                *(f for o in self._reporters for f in o.report_fields()),
+            ),
             proof_digest=self.arms.digest,
             proof_refusal=view.refusal,
         )
@@ -347,20 +354,16 @@ class Sidecar(ReadApplier):
             self._confirmed(view.epoch, view.ver, view.state.value, blocked)
         if reply.proof is not None:
             self.arms.hold(reply.proof_digest, reply.proof)
-        new = self._single(self._attested(self.arms.prove(observe(view, reply.read))), reply)
+        scopes = parse_scopes(reply.scopes)
+        self.arms.offer_admission(scopes.lifts.get(f"host:{self.s.host}"))
+        new = self._attested(self.arms.prove(observe(view, reply.read), view.max_epoch))
+        new = self._single(new, reply)
         if reply.closed_confirm and new.state is NodeState.KILLED:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
-        self._apply_scopes(parse_scopes(reply.scopes))  # before the state: never open, then close
-        self._apply(new, sent)
+        self.scopes_read = True
+        self._apply_scopes(scopes)  # before the state: never open, then close
+        self._apply(new, sent, reply.fence)
         return True
-
-    @property
-    def refused_arms(self) -> int:
-        return self.arms.refused
-
-    @property
-    def verifications(self) -> int:
-        return self.arms.verifications
 
     def report_skipped_blocks(self) -> int:
         """Log the summary of blocked orders counted instead of logged (see BlockSummaries)."""

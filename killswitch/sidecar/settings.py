@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from killswitch.core.fence import FenceSpec
 from killswitch.core.limits import Limits
 from killswitch.core.options import default
 from killswitch.runtime.config import ListenAddr
@@ -20,7 +21,11 @@ class SidecarSettings:
     # Defaults are the table's (`core.options`): one place for every setting.
     flush_interval: float = default("flush-interval")
     stale_after: float = default("stale-after")
-    state_dir: str = ""
+    state_dir: str = ""  # "" with memoryless False: SidecarThread picks the default directory
+    # No state file at all, on purpose: every start is a new boot that no proof names, so the
+    # host blocks (`unproven`) until two operators admit it (`arm --host`). For tests and
+    # throwaway hosts; `sidecar --state-dir ''` is this choice (with a warning).
+    memoryless: bool = False
     operators: str = ""  # the operators' allowed-signers file ("": this gate never opens)
     metrics_listen: str = default("metrics-listen")  # 0.0.0.0: scraped from elsewhere
     max_conns: int = default("max-conns")  # gate connections at once
@@ -36,4 +41,12 @@ class SidecarSettings:
         "attest-interval"
     )  # seconds between checks for changed attested files
     fix: tuple[tuple[ListenAddr, ListenAddr], ...] = ()  # FIX gateway routes (listen, venue)
+    fence: FenceSpec | None = None  # the network fence (`--fence`); None: none
+    fence_netns: str = ""  # the network namespace fenced ("": the sidecar's own)
+    fence_on_kill: bool = default("fence-on-kill")  # every kill raises the kill fence
+    # the flight recorder's ring file (None: <state-dir>/<node>@<host>.rec; "": none), its
+    # records, and the seconds before and after a kill that a freeze keeps
+    recorder: str | None = None
+    recorder_size: int = default("recorder-size")
+    recorder_freeze: int = default("recorder-freeze")
     extra: dict[str, Any] = field(default_factory=dict)

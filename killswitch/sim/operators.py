@@ -7,12 +7,12 @@ verifies exactly as production does. Never for production keys: these have no pa
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from killswitch.core.armproof import ArmRequest, Proof
+from killswitch.core.armproof import ArmRequest, Proof, boots_of
 from killswitch.core.bounds import uint_or
 from killswitch.core.roster import DEFAULT_ALIVE_MS
 from killswitch.core.sshsig import parse_allowed_signers
@@ -22,6 +22,7 @@ from killswitch.ops.signing import ssh_sign
 from killswitch.store.store import ChangeResult, Store
 
 DEFAULT_NAMES = ("alice", "bob")
+NO_BOOT = "0" * 16  # a boot id no host has: signed for a host that reported none
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,24 @@ async def signed_store_arm(
     floor: int = 0,
     roster: Sequence[str] = (),
     names: Sequence[str] = DEFAULT_NAMES,
+    boots: Mapping[str, str] | None = None,
+    expires_ms: int = 2**50,
 ) -> ChangeResult:
     """Arm through the store alone with a real two-operator proof (no hosts need to report):
-    for tests of the scripts and the gates below the operator commands."""
+    for tests of the scripts and the gates below the operator commands. It signs `boots`
+    (host -> boot id), else the boot id each roster host reports; a host that reports none
+    is signed with a boot id no host has (it stays `unproven`)."""
     st: Any = await store.redis.hgetall(store.keys.state)
     epoch, ver = uint_or(st.get("epoch")), uint_or(st.get("ver"))
+    if boots is None:
+        reports: dict[str, Any] = {
+            h: await store.redis.hgetall(store.keys.host(h).report) for h in roster
+        }
+        boots = boots_of(reports, list(roster))
     req = ArmRequest(
         node=store.node, lifts_epoch=epoch, lifts_ver=ver, epoch=max(epoch, floor) + 1,
-        roster=tuple(sorted(roster)), reason=reason, expires_ms=2**50,
+        roster=tuple(sorted(roster)), reason=reason, expires_ms=expires_ms,
+        boots=tuple(sorted({h: boots.get(h, NO_BOOT) for h in roster}.items())),
     )  # fmt: skip
     message = req.encode()
     sigs = tuple([await ssh_sign(ops.key(n), message) for n in names])

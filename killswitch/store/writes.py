@@ -42,9 +42,13 @@ class NodeWrites(NodeScripts):
         expires_ms: int = 0,
         proof: str = "",
         ceiling: int = 0,
+        cause: str = "",
+        admit: bool = False,
     ) -> tuple[bool, int, int, str]:
         """A scoped kill (`op` "kill") or its signed lift ("arm", binding the node's epoch and
-        ver and the scopes version in `lifts`): (changed, scope version, now ms, refusal)."""
+        ver and the scopes version in `lifts`): (changed, scope version, now ms, refusal).
+        `admit`: a host lift that is recorded even with no scoped kill of the host active (the
+        admission of its new boot, `arm --host` on an ARMED node)."""
         res = await self._scope(
             keys=[
                 self.keys.scopes, self.keys.audit, self.keys.state, self.keys.audit_head,
@@ -52,7 +56,7 @@ class NodeWrites(NodeScripts):
             ],
             args=[
                 op, kind, value, actor, reason, ",".join(approvers), self.keys.events, *lifts,
-                expires_ms, proof, ceiling,
+                expires_ms, proof, ceiling, cause, int(admit),
             ],
         )  # fmt: skip
         return bool(int(res[0])), int(res[1]), int(res[2]), str(res[3])
@@ -67,16 +71,18 @@ class NodeWrites(NodeScripts):
         action: str = "kill",
         only_if_armed: bool = False,
         fence: str = "",
+        net_fence: bool = False,
         actor_kind: str = "",
         key: str = "",
     ) -> ChangeResult:
-        """`fence`: a leader lease token the caller must still hold, checked in the script.
-        `actor_kind` and `key` (a signing key's fingerprint) are recorded in the audit."""
+        """`fence`: a leader lease token the caller must still hold, checked in the script;
+        `net_fence`: the hosts raise their network kill fence (`kill --fence`); `actor_kind`
+        and `key` (a signing key's fingerprint) are recorded in the audit."""
         res = await self._kill(
             keys=[self.keys.state, self.keys.audit, self.keys.leader, self.keys.audit_head],
             args=[
                 actor, reason, cause, floor, self.keys.events, action, int(only_if_armed), fence,
-                epoch_ceiling(floor), actor_kind, key,
+                epoch_ceiling(floor), int(net_fence), actor_kind, key,
             ],
         )  # fmt: skip
         return _change(res)

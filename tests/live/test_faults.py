@@ -335,7 +335,8 @@ class TestSidecarRestart:
             wait_until(lambda: f.ping("or-01") == f"PONG ARMED {rearmed}", 10, 0.02)
             assert f.sidecars["or-01"].logged("LOCAL_STATE_REPLACED")
             saved = json.loads(LocalState(f.workdir / "state", node, "or-01").path.read_text())
-            assert saved == {"max_epoch": rearmed, "max_state": "ARMED"}
+            assert (saved["max_epoch"], saved["max_state"]) == (rearmed, "ARMED")
+            assert saved["accepted"][0] == rearmed  # the arm it opened on, for its new boot
         finally:
             f.stop()
 

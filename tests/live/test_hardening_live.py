@@ -24,7 +24,7 @@ from killswitch.sidecar.service import Sidecar
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.sim.embedded import EmbeddedRedis, free_port
 from killswitch.sim.operators import make_operators, two_person_arm
-from killswitch.store.localstate import LocalState
+from killswitch.store.localstate import LocalState, Memo
 from killswitch.store.redisconn import connect
 from killswitch.store.store import Store
 from kstest import Fleet, Proc, fleet, wait_until, wait_until_async
@@ -134,7 +134,7 @@ class TestStaticCapAlwaysActive:
                     return rep if rep.get("rules") else {}
 
                 v = wait_until(view, 20, 0.1, "aggregator view with rules")
-                assert v["max_orders"] == 1000 * len(HOSTS) * 2  # the typed aggregator block
+                assert v["max_orders"] == 1000 * len(HOSTS) * 2  # a number in status --json
                 cap = [r for r in v["rules"] if r["rule"] == "max_orders"]
                 assert cap and cap[0]["active"] and not cap[0]["shadow"], v["rules"]
                 assert "NO ACTIVE TRIP RULE" not in f.cli("status").stdout
@@ -179,10 +179,10 @@ class _BrokenState(LocalState):
 
     broken = True
 
-    def save(self, max_epoch: int, state: NodeState | None) -> None:
+    def save(self, max_epoch: int, state: NodeState | None, memo: Memo | None = None) -> None:
         if self.broken:
             raise ValueError("simulated bug in the write path")
-        super().save(max_epoch, state)
+        super().save(max_epoch, state, memo)
 
 
 class TestSyncLoopSurvivesAnyError:

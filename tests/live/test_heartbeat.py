@@ -121,7 +121,9 @@ async def running(
         state_dir=str(tmp_path), operators=str(operator_keys.file),
     )  # fmt: skip
     sc = Sidecar(settings, redis, clock=clock, logger=structlog.wrap_logger(CapturingLogger()))
-    await signed_store_arm(Store(redis, node), operator_keys, reason="open", roster=[HOST])
+    await signed_store_arm(
+        Store(redis, node), operator_keys, reason="open", roster=[HOST], boots={HOST: sc.boot_id}
+    )
     await sc.start()
     try:
         await wait_until_async(lambda: sc.gate.is_open, 10)

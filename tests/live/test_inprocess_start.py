@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 import killswitch.inprocess
-from killswitch.runtime.config import ListenAddr
+from killswitch.runtime.config import ListenAddr, default_state_dir
 from killswitch.runtime.errors import StartupError
 from killswitch.sidecar.inprocess import SidecarSettings, SidecarThread
 from killswitch.sim.operators import OperatorKeys
@@ -55,11 +55,18 @@ class TestFromUrl:
             assert sc.gate.allow("o1", "AAPL", "BUY", 1) is False
         wait_until(lambda: not threads_named("killswitch-py-07"), what="the sidecar thread ends")
 
-    def test_from_url_without_state_dir_keeps_no_state_file(self, redis_url: str) -> None:
-        """Without state_dir the thread's settings say so (no remembered epoch on disk)."""
+    def test_from_url_without_state_dir_keeps_a_state_file_in_the_default_directory(
+        self, redis_url: str
+    ) -> None:
+        """Without state_dir the thread keeps its memory in the default state directory; only
+        the named setting `memoryless` runs it without one."""
         sc = SidecarThread.from_url(redis_url, node="n", host="h")
-        assert sc.settings.state_dir == ""
-        assert sc.settings == SidecarSettings(node="n", host="h", redis_url=redis_url)
+        assert sc.settings.state_dir == default_state_dir() != ""
+        assert not sc.settings.memoryless
+        bare = SidecarThread.from_url(redis_url, node="n", host="h", memoryless=True)
+        assert bare.settings == SidecarSettings(
+            node="n", host="h", redis_url=redis_url, memoryless=True
+        )
 
     def test_public_entry_point_is_the_same_class(self) -> None:
         """`killswitch.inprocess`, the documented import, names the sidecar's own classes."""

@@ -25,7 +25,7 @@ from killswitch.core.state import MAX_EPOCH, HostView, NodeState
 from killswitch.sidecar.service import Sidecar
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.sim.operators import OperatorKeys, signed_store_arm
-from killswitch.store.localstate import LocalState
+from killswitch.store.localstate import LocalState, Memo
 from killswitch.store.store import Store
 from kstest import wait_until_async
 
@@ -105,9 +105,9 @@ class CountingState(LocalState):
 
     saves = 0
 
-    def save(self, max_epoch: int, state: NodeState | None) -> None:
+    def save(self, max_epoch: int, state: NodeState | None, memo: Memo | None = None) -> None:
         self.saves += 1
-        super().save(max_epoch, state)
+        super().save(max_epoch, state, memo)
 
 
 def state_file(sc: Sidecar) -> tuple[int, str | None]:
@@ -128,7 +128,9 @@ async def sidecar(
     )  # fmt: skip
     sc = Sidecar(settings, redis, logger=structlog.wrap_logger(CapturingLogger()))
     sc.local = CountingState(tmp_path, node, HOST)
-    await signed_store_arm(Store(redis, node), operator_keys, reason="open", roster=[HOST])
+    await signed_store_arm(
+        Store(redis, node), operator_keys, reason="open", roster=[HOST], boots={HOST: sc.boot_id}
+    )
     assert await sc.sync_once()
     assert sc.gate.is_open
     assert sc.gate.status() == (NodeState.ARMED, 1)
@@ -188,6 +190,7 @@ class TestSidecarNotice:
         """A notice older than the epoch seen neither closes the gate nor lowers the remembered epoch."""
         store = Store(redis, node)
         await store.kill(actor="op", reason="r", cause="manual", floor=1)
+        await sidecar.sync_once()  # the host holds the epoch the arm lifts
         await signed_store_arm(store, operator_keys, reason="open", floor=2, roster=[HOST])
         await sidecar.sync_once()
         assert sidecar.gate.status() == (NodeState.ARMED, 3)

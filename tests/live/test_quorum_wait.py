@@ -56,7 +56,10 @@ async def cars(
             state_dir=str(tmp_path / h), operators=str(operator_keys.file),
         )  # fmt: skip
         out[h] = Sidecar(settings, redis, logger=structlog.wrap_logger(CapturingLogger()))
-    await signed_store_arm(Store(redis, node), operator_keys, reason="open", roster=list(HOSTS))
+    await signed_store_arm(
+        Store(redis, node), operator_keys, reason="open", roster=list(HOSTS),
+        boots={h: sc.boot_id for h, sc in out.items()},
+    )  # fmt: skip
     for sc in out.values():
         await confirm(sc)
     yield out

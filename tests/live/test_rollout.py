@@ -162,7 +162,9 @@ class TestRequest:
 
     def test_an_arm_is_no_rollout_and_a_rollout_no_arm(self) -> None:
         """Each kind of message refuses the other: a signature never crosses over."""
-        arm = ArmRequest(NODE, 0, 0, 1, ("or-01",), "", 2**40).encode()
+        arm = ArmRequest(
+            NODE, 0, 0, 1, ("or-01",), "", 2**40, boots=(("or-01", "b0" * 8),)
+        ).encode()
         with pytest.raises(ProofError, match="rollout"):
             ro.RolloutRequest.decode(arm)
         with pytest.raises(ProofError, match="arm"):
@@ -221,7 +223,9 @@ class TestVerifyRecord:
         one = await signed(operator_keys, request(), "alice", "alice")
         outsider = await signed(operator_keys, request(), "alice", mallory)
         good = await signed(operator_keys, request(), "alice", "bob")
-        arm_msg = ArmRequest(NODE, 0, 0, 1, ("or-01",), "", 2**40).encode()
+        arm_msg = ArmRequest(
+            NODE, 0, 0, 1, ("or-01",), "", 2**40, boots=(("or-01", "b0" * 8),)
+        ).encode()
         arm = Proof(arm_msg, (await ssh_sign(operator_keys.key("alice"), arm_msg),
                               await ssh_sign(operator_keys.key("bob"), arm_msg))).to_text()  # fmt: skip
         assert verify_proof(ops, arm).ok  # a valid arm proof ...

@@ -276,7 +276,11 @@ class TestSecurityKeys:
             verify(ops, MSG, sig)
 
 
-REQ = ArmRequest("smars", 6, 9, 7, ("or-01", "or-02"), "open", 10**12)
+BOOT = "b0" * 8
+REQ = ArmRequest(
+    "smars", 6, 9, 7, ("or-01", "or-02"), "open", 10**12,
+    boots=(("or-01", BOOT), ("or-02", BOOT)),
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,16 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> tuple[Operators, dict[str, 
 
 
 def proof(keys: dict[str, Path], roster: tuple[str, ...], epoch: int = 5) -> str:
-    msg = ArmRequest("smars", epoch - 1, 3, epoch, roster, "r", 2**40).encode()
+    msg = ArmRequest(
+        "smars",
+        epoch - 1,
+        3,
+        epoch,
+        roster,
+        "r",
+        2**40,
+        boots=tuple((h, "b0" * 8) for h in sorted(roster)),
+    ).encode()
     sigs = tuple(
         subprocess.run(
             ["ssh-keygen", "-q", "-Y", "sign", "-n", "killswitch", "-f", str(k)],

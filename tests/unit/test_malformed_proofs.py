@@ -30,7 +30,10 @@ from killswitch.core.armproof import (
 from killswitch.core.names import InvalidName
 from killswitch.core.sshsig import Operators
 
-REQ = ArmRequest("smars", 6, 9, 7, ("or-01", "or-02"), "open", 10**12)
+REQ = ArmRequest(
+    "smars", 6, 9, 7, ("or-01", "or-02"), "open", 10**12,
+    boots=(("or-01", "b0" * 8), ("or-02", "b0" * 8)),
+)  # fmt: skip
 NOBODY = Operators({})  # verification never reaches a signature in these cases
 
 

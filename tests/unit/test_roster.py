@@ -30,6 +30,7 @@ def report(age_ms: int, *, stale_after_ms: int | None = 1000, **extra: object) -
         "allowed": "100",
         "blocked": "3",
         "regression": "",
+        "boot_id": "b0" * 8,
     }
     if stale_after_ms is not None:
         h["stale_after_ms"] = str(stale_after_ms)
@@ -224,6 +225,14 @@ class TestArmReadiness:
         """With every roster host reporting there is nothing blocking an arm."""
         q = quorum(ROSTER, 7, 2, {h: report(10) for h in ROSTER}, {}, NOW)
         assert not_ready_for_arm(q.hosts) == {}
+
+    def test_host_reporting_no_boot_id_is_not_ready(self) -> None:
+        """An arm signs every roster host's boot id: a host that reports none refuses it."""
+        reports = {h: report(10) for h in ROSTER}
+        reports["or-02"].pop("boot_id")
+        q = quorum(ROSTER, 7, 2, reports, {}, NOW)
+        assert list(not_ready_for_arm(q.hosts)) == ["or-02"]
+        assert "no boot id" in not_ready_for_arm(q.hosts)["or-02"]
 
     @pytest.mark.parametrize(
         ("epochs", "floor"),
