@@ -8,7 +8,11 @@ decides what one instance believes: it is leader until `ttl * SAFETY` after the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
+
+from killswitch.core.bounds import parse_uint
 
 # A local belief ends before the Redis lease does: the renewal's reply may have been slow.
 SAFETY = 0.75
@@ -99,3 +103,17 @@ def holder_doubt(holder: str, view_token: str, view_tick_ms: int, now_ms: int, t
 def silent_bound_ms(doubt: str, ttl_ms: int) -> int:
     """How long a breach may stay unacted by the lease holder before a standby kills."""
     return int(ttl_ms * (UNKNOWN_TTLS if doubt == "unknown" else SILENT_TTLS))
+
+
+def view_doubt(holder: str, view: Mapping[str, str], now_ms: int) -> dict[str, Any]:
+    """`leader_doubt` and `leader_view_age_s` for `status`, from the acting aggregator's
+    published view (its tick on Redis time, its lease token and TTL)."""
+    tick = parse_uint(view.get("tick_ms"))
+    try:
+        ttl_ms = int(float(view.get("lease_ttl_s") or 2.0) * 1000)
+    except ValueError:
+        ttl_ms = 2000
+    age = None if tick is None else round(max(now_ms - tick, 0) / 1000, 3)
+    doubt = holder_doubt(holder, view.get("lease", ""), -1 if tick is None else tick, now_ms,
+                         ttl_ms)  # fmt: skip
+    return {"leader_doubt": doubt, "leader_view_age_s": age}

@@ -17,7 +17,7 @@ from killswitch.core.armproof import ArmRequest, ProofError, roster_of
 from killswitch.core.bounds import MAX_EPOCH_JUMP, parse_uint, uint_or
 from killswitch.core.fence import fence_view
 from killswitch.core.health import disagreements
-from killswitch.core.leader import holder_doubt, instance_of
+from killswitch.core.leader import instance_of, view_doubt
 from killswitch.core.roster import (
     DEFAULT_ALIVE_MS,
     Quorum,
@@ -80,9 +80,8 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
         "server_time": iso_time(snap.now_ms),
         # The aggregator instance holding the leader lease ("" none: nothing trips by itself).
         "leader": instance_of(snap.leader),
-        # Why that holder cannot be counted on to trip: "unknown" (no aggregator publishes
-        # under its lease), "silent" (its view is older than its lease), "" it can.
-        **_leader_view(snap),
+        # leader_doubt: "unknown" (no aggregator publishes under that lease) or "silent"
+        **view_doubt(snap.leader, snap.aggregator, snap.now_ms),
         # As the acting aggregator last checked it; None: not known (no aggregator, or CONFIG
         # and INFO both refused).
         "redis_durable": _durable(snap.aggregator.get("redis_durable", "")),
@@ -117,20 +116,6 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
         None if cut is None else {"majority": cut.majority, "odd": dict(cut.odd)}
     )
     return report
-
-
-def _leader_view(snap: NodeSnapshot) -> dict[str, Any]:
-    """The lease holder as the acting aggregator's published view shows it."""
-    view = snap.aggregator
-    tick = parse_uint(view.get("tick_ms"))
-    try:
-        ttl_ms = int(float(view.get("lease_ttl_s") or 2.0) * 1000)
-    except ValueError:
-        ttl_ms = 2000
-    age = None if tick is None else round(max(snap.now_ms - tick, 0) / 1000, 3)
-    doubt = holder_doubt(snap.leader, view.get("lease", ""), -1 if tick is None else tick,
-                         snap.now_ms, ttl_ms)  # fmt: skip
-    return {"leader_doubt": doubt, "leader_view_age_s": age}
 
 
 def _junk(snap: NodeSnapshot, q: Quorum) -> list[str]:
@@ -229,14 +214,9 @@ async def kill(
             _unlisted_floor(before),
         )
         res = await store.kill(
-            actor=operator,
-            reason=reason,
-            cause=cause,
-            floor=floor,
-            net_fence=fence,
-            actor_kind=actor_kind,
-            key=key,
-        )
+            actor=operator, reason=reason, cause=cause, floor=floor, net_fence=fence,
+            actor_kind=actor_kind, key=key,
+        )  # fmt: skip
         replicated = store.concurrently(_replicas_acked(store, min(timeout, REPLICA_WAIT_S)))
         waited = time.monotonic()
         snap, q = await wait_for_quorum(store, roster, wake, timeout, alive_ms)
@@ -281,14 +261,12 @@ async def kill(
 # -- helpers ---------------------------------------------------------------------------------
 
 
-async def audit_refusal(
-    store: Store, attempt: str, actor: str, reason: str, why: str, **extra: str
-) -> None:
-    """A refused attempt goes into the audit chain too (who, what, why refused; `extra`: the
-    presented key's fingerprint `key` and how the actor is known, `actor_kind`)."""
-    await store.audit_event(
-        "refused", attempt=attempt, actor=actor, reason=reason, refused=why, **extra
-    )
+async def audit_refusal(store: Store, attempt: str, actor: str, reason: str, why: str,
+                        **extra: str) -> None:  # fmt: skip
+    """A refused attempt goes into the audit chain too (who, what, why refused; `extra`:
+    `key`, the presented key's fingerprint, and `actor_kind`)."""
+    await store.audit_event("refused", attempt=attempt, actor=actor, reason=reason, refused=why,
+                            **extra)  # fmt: skip
 
 
 def _unlisted_floor(snap: NodeSnapshot) -> int:

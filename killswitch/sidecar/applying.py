@@ -34,7 +34,8 @@ class ReadApplier(NoticeListener):
     arms: ArmCheck
     fence: Fence | NoFence
     _attest_refusal: str
-    duplicate: DuplicateWatch
+    boot: str
+    duplicate: DuplicateWatch | None = None  # made at the first round trip (needs `boot`)
     dup: str = ""  # why this host blocks as a duplicate ("" it does not)
     _local_problem: str
     _problem_epoch: int | None
@@ -51,6 +52,8 @@ class ReadApplier(NoticeListener):
 
     def _single(self, new: HostView, reply: FlushReply) -> HostView:
         """Another live process writing as this host: both block (`duplicate`), named."""
+        if self.duplicate is None:  # one sighting blocks for three liveness bounds
+            self.duplicate = DuplicateWatch(self.boot, 3 * int(self.s.stale_after * 1000))
         problem = self.duplicate.observe(reply.prev_boot, reply.prev_pid, reply.now_ms)
         if problem != self.dup:
             level = "error" if problem else "info"

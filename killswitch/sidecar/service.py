@@ -26,7 +26,6 @@ import structlog
 from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio import Redis
 
-from killswitch.core.duplicate import DuplicateWatch
 from killswitch.core.gate import LIMIT, Gate
 from killswitch.core.heartbeat import idle_every, trip_due
 from killswitch.core.options import to_ms
@@ -93,7 +92,6 @@ class Sidecar(ReadApplier):
             accepted=self.memory.memo.accepted, wall=wall,
         )  # fmt: skip
         self.boot = uuid.uuid4().hex[:12]
-        self.duplicate = DuplicateWatch(self.boot, 3 * int(settings.stale_after * 1000))
         self.acked = (0, 0)
         self.acked_more = (0, 0)  # cancels and limit refusals of the last acknowledged flush
         self.confirmed: tuple[int, int] = (0, 0)
