@@ -182,7 +182,7 @@ class Sidecar(ReadApplier):
             )
         self.memory.announce(self.gate.view.max_epoch)
         self.log.info(
-            "sidecar_started",
+            "SIDECAR_STARTED",
             listen=[str(a) for a in self.s.listen],
             epoch=self.gate.view.max_epoch,
             flush_interval=self.s.flush_interval,
@@ -210,7 +210,7 @@ class Sidecar(ReadApplier):
         await self.rec.close()
         if self._metrics:
             await self._metrics.stop()
-        self.log.info("sidecar_stopped")
+        self.log.info("SIDECAR_STOPPED")
 
     async def _report_on_kill(self) -> None:
         """Best effort, if no round trip reported it: the on-kill outcome into the host's last
@@ -334,14 +334,14 @@ class Sidecar(ReadApplier):
             if sent - self._last_fail_log > 1.0:
                 self._last_fail_log = sent
                 self.log.warning(
-                    "sync_failed", error=scrub(f"{type(e).__name__}: {e}"),
+                    "SYNC_FAILED", error=scrub(f"{type(e).__name__}: {e}"),
                     kind=classify(e).kind, redis=endpoint(self.s.redis_url),
                     failures=self.failures,
                 )  # fmt: skip
             return False
         self._rtt.observe(self.clock() - sent)
         if self._fail_streak:
-            self.log.info("sync_recovered", failed_round_trips=self._fail_streak)
+            self.log.info("SYNC_RECOVERED", failed_round_trips=self._fail_streak)
             self._fail_streak = 0
         self.last_ok = self._last_trip = sent
         self._acked_report = acked

@@ -262,7 +262,7 @@ class TestRestart:
             start(fleet8, "--warmup", str(WARMUP_S))
             new = fleet8.aggregator
             assert new is not None
-            [restored] = wait_until(lambda: new.events("baseline_restored"), 20, 0.05)
+            [restored] = wait_until(lambda: new.events("BASELINE_RESTORED"), 20, 0.05)
             assert restored["learned_s"] >= WARMUP_S + 1 and restored["warm"] is True
             # Only the lease holder publishes its view: the new one is leading and ticking.
             wait_until(lambda: status(fleet8)["aggregator"]["instance"] != old_instance, 10, 0.05)
