@@ -7,6 +7,7 @@ across evaluations except `Streak`, and nothing reads a clock, touches Redis or 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -245,7 +246,7 @@ def runaway(
     floor = runaway_floor(cfg, expected)
     if growth is None or expected is None or floor is None or steps is None:
         return Reading(RUNAWAY, False, False, 0.0, growth)
-    pairs = list(zip(steps, steps[1:], strict=False))
+    pairs = list(itertools.pairwise(steps))
     value = min((new / old if old > 0 else (math.inf if new > 0 else 0.0)) for new, old in pairs)
     active = warm and total > floor
     breach = active and value > growth

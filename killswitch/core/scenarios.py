@@ -120,7 +120,8 @@ def runaway(doubling_min: float) -> Scenario:
     d = doubling_min * 60
 
     def rate(_h: str, t: float) -> float:
-        return PER_HOST * min(2.0 ** (max(t - PRE_S, 0.0) / d), 1000.0)
+        growth: float = 2.0 ** (max(t - PRE_S, 0.0) / d)
+        return PER_HOST * min(growth, 1000.0)
 
     name = f"runaway_{doubling_min:g}m"
     title = f"runaway doubling every {doubling_min:g} min"
