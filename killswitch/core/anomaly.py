@@ -106,8 +106,11 @@ class Monitor:
             self._levels[cause] = 0
         for cause in self._spans:
             self._spans[cause] = Span()
+        # What is not stored with the baseline starts over, as after a restart.
         self._history = _History()
         self._pending.clear()
+        self._warmup.clear()
+        self._learned_to = 0
         self._rearmed = True
         self._other_trip = False
 

@@ -185,7 +185,7 @@ class Baseline:
         if dt_ms <= 0:
             return
         p = self.params
-        rise, ref = None, None
+        rise = None
         if guarded:
             ref = self.expected(now_ms)
             if ref is not None and p.band is not None:
@@ -199,9 +199,10 @@ class Baseline:
             before = ewma.value
             ewma.update(sample, dt_ms, half_life)
             if rise is not None:
-                # Up to what is expected now (the profile may know this hour is busier) an
-                # estimate follows freely: the expectation, their max, does not rise by it.
-                ewma.cap(before, rise, max(p.floor, ref or 0.0))
+                # Bounded by its own past only, not by the profile's: a bucket learned from
+                # today's flow (as at most band x the expectation) must not let the global
+                # estimate climb to it, or buckets would ratchet each other up.
+                ewma.cap(before, rise, p.floor)
         if profile:
             bucket = self.profile.setdefault(self.bucket_of(now_ms), Bucket())
             bucket.ewma.update(sample, dt_ms, p.profile_half_life_ms)

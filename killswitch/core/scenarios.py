@@ -79,15 +79,18 @@ def events(s: Scenario, seed: int = 0, flush_ms: int = 100) -> list[FlowEvent]:
     return out
 
 
-def learned(config: MonitorConfig, per_s: float, now_ms: int) -> Baseline:
-    """A baseline past warm-up that expects `per_s` orders/s, learned up to `now_ms`."""
+def learned(
+    config: MonitorConfig, per_s: float, now_ms: int, history_ms: int = 4 * 3_600_000
+) -> Baseline:
+    """A baseline that has expected `per_s` orders/s for `history_ms` (past warm-up) up to
+    `now_ms`, with no time-of-day profile yet: a node trading steadily for a while."""
     baseline = Baseline(config.baseline_params())
     per_window = per_s * config.window_ms / 1000
-    t = now_ms - config.warmup_ms - 2 * config.window_ms
+    t = now_ms - max(history_ms, config.warmup_ms + 2 * config.window_ms)
     baseline.advance(t)
     while t < now_ms:
         t = min(t + config.window_ms, now_ms)
-        baseline.learn(t, per_window, baseline.advance(t))
+        baseline.learn(t, per_window, baseline.advance(t), profile=False)
     return baseline
 
 
