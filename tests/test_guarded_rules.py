@@ -222,7 +222,7 @@ class TestFlags:
             None,
             1.15,
             2,
-            3,
+            4,
         )
         flags: dict[str, Any] = {
             "baseline_band": "off",

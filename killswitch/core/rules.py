@@ -111,7 +111,7 @@ class MonitorConfig:
     breach_span: int | None = None
     runaway_growth: float | None = 1.15  # per step; None: no runaway rule
     runaway_step: int = 2  # windows per step
-    runaway_steps: int = 3  # consecutive steps of growth
+    runaway_steps: int = 4  # consecutive steps of growth
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
