@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from killswitch.core.anomaly import MonitorConfig
 from killswitch.core.backtest import FlowEvent, replay
@@ -46,14 +46,31 @@ class Scenario:
     start_s: float = START_S  # seconds of the UTC day at t = 0
     day: int = 0  # days after DAY0
     accepted: bool = False  # a legitimate change: its first trip is answered by a re-arm
+    volume: float = 1.0  # every rate x this (a compressed live run), normal included
 
     @property
     def start_ms(self) -> int:
         return DAY0 + self.day * 86_400_000 + round(self.start_s * 1000)
 
+    def compressed(self, k: float, volume: float = 1.0) -> Scenario:
+        """The same flow with time k x faster (rates per second unchanged, or `volume` x
+        them), for windows k x shorter: what a live test drives, as the demo compresses
+        10 s windows to 1 s. A window k x shorter holds k x fewer orders, so its counts
+        are noisier: `volume` buys some of that back."""
+        rate = self.rate
+
+        def fast(h: str, t: float) -> float:
+            return rate(h, t * k) * volume
+
+        onset = None if self.onset_s is None else self.onset_s / k
+        return replace(
+            self, rate=fast, duration_s=self.duration_s / k, onset_s=onset,
+            volume=self.volume * volume,
+        )  # fmt: skip
+
     def multiple(self, t_s: float) -> float:
         """The node's rate at `t_s` as a multiple of its normal."""
-        return sum(self.rate(h, t_s) for h in HOSTS) / (PER_HOST * len(HOSTS))
+        return sum(self.rate(h, t_s) for h in HOSTS) / (PER_HOST * len(HOSTS) * self.volume)
 
 
 def _poisson(rng: random.Random, lam: float) -> int:
@@ -94,6 +111,27 @@ def learned(
     return baseline
 
 
+def compressed(config: MonitorConfig, k: float) -> MonitorConfig:
+    """`config` with every duration k x shorter and `min_orders` k x smaller (a window k x
+    shorter holds k x fewer orders); the fast rules stay at 1 s, so with 1 s windows they
+    are off, as in the demo."""
+
+    def short(v: int | None) -> int | None:
+        return None if v is None else max(round(v / k), 1)
+
+    return replace(
+        config,
+        window_ms=round(config.window_ms / k),
+        half_life_ms=round(config.half_life_ms / k),
+        warmup_ms=round(config.warmup_ms / k),
+        profile_bucket_ms=round(config.profile_bucket_ms / k),
+        profile_half_life_ms=round(config.profile_half_life_ms / k),
+        baseline_doubling_ms=short(config.baseline_doubling_ms),
+        slow_half_life_ms=short(config.slow_half_life_ms),
+        min_orders=round(config.min_orders / k),
+    )
+
+
 def start_baseline(s: Scenario, config: MonitorConfig) -> dict[str, str] | None:
     if not s.warm:
         return None
@@ -107,28 +145,29 @@ def _normal(_h: str, _t: float) -> float:
     return PER_HOST
 
 
-def post_burst_flood() -> Scenario:
+def post_burst_flood(pre_s: float = PRE_S) -> Scenario:
     """A 2.5x burst for three windows, then every host at 6.25x (the issue's 125/s after a
     burst of 50/s, on hosts that normally send 20/s)."""
-    burst, onset = PRE_S - 30, PRE_S
+    burst, onset = pre_s - 30, pre_s
 
     def rate(_h: str, t: float) -> float:
         return PER_HOST * (6.25 if t >= onset else 2.5 if t >= burst else 1.0)
 
-    return Scenario("post_burst_flood", "6.25x flood right after a 2.5x burst", 300, onset, rate)
+    title = "6.25x flood right after a 2.5x burst"
+    return Scenario("post_burst_flood", title, pre_s + 120, onset, rate)
 
 
-def runaway(doubling_min: float) -> Scenario:
+def runaway(doubling_min: float, pre_s: float = PRE_S) -> Scenario:
     """From the onset the node doubles every `doubling_min` minutes (up to 1000x)."""
     d = doubling_min * 60
 
     def rate(_h: str, t: float) -> float:
-        growth: float = 2.0 ** (max(t - PRE_S, 0.0) / d)
+        growth: float = 2.0 ** (max(t - pre_s, 0.0) / d)
         return PER_HOST * min(growth, 1000.0)
 
     name = f"runaway_{doubling_min:g}m"
     title = f"runaway doubling every {doubling_min:g} min"
-    return Scenario(name, title, PRE_S + min(12 * d, 7200), PRE_S, rate)
+    return Scenario(name, title, pre_s + min(12 * d, 7200), pre_s, rate)
 
 
 def ramp() -> Scenario:
@@ -140,14 +179,14 @@ def ramp() -> Scenario:
     return Scenario("ramp", "linear ramp 1x -> 10x over 30 min", PRE_S + 2400, PRE_S, rate)
 
 
-def pulse() -> Scenario:
+def pulse(pre_s: float = PRE_S) -> Scenario:
     """6x for 15 s, normal for 10 s, repeated: under the line between its pulses."""
 
     def rate(_h: str, t: float) -> float:
-        on = t >= PRE_S and (t - PRE_S) % 25 < 15
+        on = t >= pre_s and (t - pre_s) % 25 < 15
         return PER_HOST * (6.0 if on else 1.0)
 
-    return Scenario("pulse", "pulse: 6x 15 s, 1x 10 s, repeated", PRE_S + 300, PRE_S, rate)
+    return Scenario("pulse", "pulse: 6x 15 s, 1x 10 s, repeated", pre_s + 300, pre_s, rate)
 
 
 def warmup_flood() -> Scenario:
