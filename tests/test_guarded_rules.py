@@ -6,16 +6,18 @@ scenarios (floods, runaways, pulses, normal days) are in tests/test_scenarios.py
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from killswitch.cli.rulecli import rule_config
+from killswitch.cli.rulecli import backtest_command, rule_config
 from killswitch.core.anomaly import BASELINE, RUNAWAY, Evaluation, Monitor, MonitorConfig
 from killswitch.core.baseline import Baseline
 from killswitch.core.readings import Span
+from killswitch.core.ruleview import decode_view, rule_lines, view_fields
 from killswitch.core.scenarios import learned
 from killswitch.runtime.config import ConfigError, Resolver
 
@@ -259,3 +261,26 @@ class TestFlags:
         """A value out of its bound is refused naming its flag."""
         with pytest.raises(ConfigError, match=f"^{field}: "):
             rule_config(Resolver(flags, env={}))
+
+    def test_backtest_replays_a_scenario_by_name(self) -> None:
+        """`backtest --scenario NAME` replays the library's flow from its own baseline, and
+        an unknown name is refused naming the known ones."""
+        code, out = backtest_command(
+            Resolver({"scenario": "pulse", "rearm_after": "never"}, env={}), True
+        )
+        doc = json.loads(out)
+        assert code == 0 and doc["scenario"] == "pulse"
+        [trip] = doc["trips"]
+        assert trip["cause"] == BASELINE and "5." in trip["detail"]
+        with pytest.raises(
+            ConfigError, match=r"^scenario: no scenario 'nope'; known: post_burst_flood"
+        ):
+            backtest_command(Resolver({"scenario": "nope"}, env={}), False)
+
+    def test_status_shows_the_runaway_rule_as_growth_per_step(self) -> None:
+        """`status` reads the runaway rule's value and limit as growth per step."""
+        m = warm_monitor()
+        ev = m.observe(T0, NORMAL, {})
+        lines = rule_lines(decode_view({**view_fields(CONFIG, ev), "node_orders": "800"}))
+        [line] = [x for x in lines if x.lstrip().startswith("runaway")]
+        assert "value +0%/step" in line and "limit +15%" in line

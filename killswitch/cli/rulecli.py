@@ -300,6 +300,12 @@ def add_backtest_flags(parser: argparse.ArgumentParser) -> None:
         help="recorded per-host counts: timestamp,host,count rows (see `killswitch export`)",
     )  # fmt: skip
     parser.add_argument(
+        "--scenario", metavar="NAME",
+        help="replay a scenario of the library instead of --counts (e.g. post_burst_flood, "
+        "runaway_1m, pulse, normal_day_3; see docs/ANOMALY.md), from its own baseline "
+        "unless --baseline is given",
+    )  # fmt: skip
+    parser.add_argument(
         "--tick", type=float, metavar="S",
         help="seconds between evaluations, as the aggregator's --tick (default 0.1)",
     )  # fmt: skip
@@ -349,20 +355,36 @@ def backtest_command(r: Resolver, as_json: bool) -> tuple[int, str]:
     from killswitch.core.backtest import REARM_AFTER_MS, CsvError, read_counts_csv, replay
     from killswitch.core.ruleview import iso
 
-    path = r.require("counts", str)
+    name = r.get("scenario", None, str)
+    path = (
+        r.require("counts", str, " (or give --scenario NAME)")
+        if name is None
+        else f"scenario {name}"
+    )
     config = rule_config(r)
     tick_ms = r.get("tick", 100, seconds_ms("tick"))
     default_rearm: int | None = REARM_AFTER_MS
     rearm = r.get("rearm-after", default_rearm, _rearm)
-    try:
-        text = Path(path).read_text("utf-8")
-    except OSError as e:
-        raise ConfigError(f"counts: cannot read {path}: {e.strerror or e}") from None
-    try:
-        events = read_counts_csv(text)
-    except CsvError as e:
-        raise ConfigError(f"counts: {path} {e}") from None
     baseline = _baseline_file(r.get("baseline", None, str), config)
+    if name is not None:
+        from killswitch.core import scenarios
+
+        try:
+            scenario = scenarios.named(name)
+        except ValueError as e:
+            raise ConfigError(f"scenario: {e}") from None
+        events = scenarios.events(scenario)
+        if baseline is None:
+            baseline = scenarios.start_baseline(scenario, config)
+    else:
+        try:
+            text = Path(path).read_text("utf-8")
+        except OSError as e:
+            raise ConfigError(f"counts: cannot read {path}: {e.strerror or e}") from None
+        try:
+            events = read_counts_csv(text)
+        except CsvError as e:
+            raise ConfigError(f"counts: {path} {e}") from None
     result = replay(events, config, tick_ms=tick_ms, rearm_after_ms=rearm, baseline=baseline)
     trips = [
         {
@@ -380,6 +402,7 @@ def backtest_command(r: Resolver, as_json: bool) -> tuple[int, str]:
     if as_json:
         doc = {
             "counts": path,
+            "scenario": name,
             "rows": len(events),
             "ticks": result.ticks,
             "tick_ms": tick_ms,

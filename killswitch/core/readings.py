@@ -245,12 +245,15 @@ def runaway(
     growth = cfg.runaway_growth
     floor = runaway_floor(cfg, expected)
     if growth is None or expected is None or floor is None or steps is None:
-        return Reading(RUNAWAY, False, False, 0.0, growth)
+        return Reading(RUNAWAY, False, False, 0.0, None if growth is None else growth - 1.0)
     pairs = list(itertools.pairwise(steps))
     value = min((new / old if old > 0 else (math.inf if new > 0 else 0.0)) for new, old in pairs)
     active = warm and total > floor
     breach = active and value > growth
-    reading = Reading(RUNAWAY, active, breach, value if math.isfinite(value) else 0.0, growth)
+    # Value and limit as growth per step (0.15 for 1.15x), so the warning levels read as
+    # how close the growth is to the line: no growth is 0%, not 87%.
+    rise = max(value - 1.0, 0.0) if math.isfinite(value) else 0.0
+    reading = Reading(RUNAWAY, active, breach, rise, growth - 1.0)
     if breach:
         step_s = secs(cfg.runaway_step * cfg.window_ms)
         ratio = f"{total / expected:.1f}x" if expected >= 1.0 else "far above"

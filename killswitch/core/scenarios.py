@@ -268,6 +268,18 @@ def normal_day(seed: int) -> Scenario:
     return Scenario(f"normal_day_{seed}", title, SESSION_S, None, rate, start_s=OPEN_S, day=seed)
 
 
+def named(name: str) -> Scenario:
+    """The scenario called `name`: an incident, or `normal_day_N` (day N of the month)."""
+    for s in incidents():
+        if s.name == name:
+            return s
+    prefix = "normal_day_"
+    if name.startswith(prefix) and name[len(prefix) :].isdecimal():
+        return normal_day(int(name[len(prefix) :]))
+    known = ", ".join([s.name for s in incidents()] + [f"{prefix}N"])
+    raise ValueError(f"no scenario {name!r}; known: {known}")
+
+
 # -- replaying them --------------------------------------------------------------------------
 
 
