@@ -49,7 +49,7 @@ def killed_ms(redis_url: str, node: str) -> int:
 
 def status(f: Fleet) -> dict[str, Any]:
     code, rep = f.cli_json("status")
-    assert code == 0, rep
+    assert code in (0, 3), rep  # 3: read, but some host does not prove the state
     return rep
 
 

@@ -36,12 +36,14 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 class TestDemo:
     @pytest.mark.slow
-    def test_demo_json_killswitch_trips_fast_and_per_host_limit_never(self) -> None:
+    def test_demo_json_killswitch_trips_fast_and_per_host_limit_never(self, tmp_path: Path) -> None:
         """`demo --json` exits 0 with one JSON table: killswitch trips within seconds of the
         onset with every host confirming, the per-host limit never trips, the attested open is
         refused naming or-08, the routers cancel their resting orders and report FLAT (none
-        left, while the other monitors leave some working), and nothing is left running."""
-        res = run("demo", "--json")
+        left, while the other monitors leave some working), nothing is left running, and
+        `--plot` wrote the chart (an SVG with the trip marked and every monitor's bar)."""
+        chart = tmp_path / "knight.svg"
+        res = run("demo", "--json", "--plot", str(chart))
         assert res.returncode == 0, res.stderr[-3000:]
         doc = json.loads(res.stdout)
         by = {m["monitor"]: m for m in doc["monitors"]}
@@ -70,6 +72,15 @@ class TestDemo:
         # Nothing left behind: no sidecar or redis-server of the demo still runs.
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
         assert "ks-demo-" not in ps.stdout
+        svg = chart.read_text()
+        assert svg.lstrip().startswith("<?xml") and "</svg>" in svg
+        for text in ("killswitch trips (+", "per-host limit", "Prometheus-style alert",
+                     "or-08 (legacy path)", "orders let through after the onset"):  # fmt: skip
+            assert text in svg, text
+        series = doc["series"]
+        assert series["trip_s"] is not None and set(series["attempted_per_s"]) == set(
+            doc["routers"]
+        )
 
     @pytest.mark.slow
     def test_demo_on_haunted_isolate_kills_the_haunted_host_alone_first(self) -> None:
@@ -291,7 +302,7 @@ class TestRuleView:
         m = Monitor(cfg, roster=["a", "b"])
         ev = m.observe(T0, 800, {"a": 400, "b": 400}, fast_total=90, fast_hosts={"a": 45, "b": 45})
         view = decode_view({"node_orders": "800", "fast_orders": "90", **view_fields(cfg, ev)})
-        assert (view["fast_window_s"], view["max_rate"]) == ("1", "1500")
+        assert (view["fast_window_s"], view["max_rate"]) == (1.0, 1500.0)
         windows = {r["rule"]: r["window_s"] for r in view["rules"]}
         assert windows == {"max_orders": 10, "baseline": 10, "host_share": 10, "max_rate": 1,
                            "baseline_fast": 1, "host_share_fast": 1}  # fmt: skip

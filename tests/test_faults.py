@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 def status(f: Fleet, url: str) -> dict[str, object]:
     code, rep = f.cli_json("status", "--redis", url)
-    assert code == 0, rep
+    assert code in (0, 3), rep  # 3: read, but some host does not prove the state
     return rep
 
 

@@ -94,7 +94,7 @@ class TestBrokenNode:
             out = await status_fleet(limited)
         finally:
             await limited.aclose()
-        assert out.code == EXIT_OK
+        assert out.code == EXIT_FAILED and out.message == "could not read node(s) broken"
         lines = fleet_lines(out.report)
         assert lines[0].startswith("broken") and " ERROR NoPermissionError: " in lines[0]
         assert lines[1].startswith("good") and "UNARMED" in lines[1]
@@ -137,9 +137,10 @@ class TestFleetCli:
 
         asyncio.run(setup())
         url = limited_url(own_redis)
-        assert main(["status", "--fleet", "--redis", url]) == EXIT_OK
-        out = capsys.readouterr().out
-        assert out.splitlines()[0].startswith("broken") and "ERROR" in out
+        assert main(["status", "--fleet", "--redis", url]) == EXIT_FAILED
+        cap = capsys.readouterr()
+        assert cap.out.splitlines()[0].startswith("broken") and "ERROR" in cap.out
+        assert "could not read node(s) broken" in cap.err
         code = main(["kill", "--fleet", "--reason", "drill", "--timeout", "0.2", "--json",
                      "--redis", url])  # fmt: skip
         assert code == EXIT_FAILED

@@ -50,7 +50,7 @@ def metric(port: int, name: str) -> float:
 
 def host_report(f: Fleet, host: str, *extra: str) -> dict[str, Any]:
     code, rep = f.cli_json("status", *extra)
-    assert code == 0, rep
+    assert code in (0, 3), rep  # 3: read, but some host does not prove the state
     hosts: dict[str, Any] = rep["hosts"]
     return dict(hosts[host])
 

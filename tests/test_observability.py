@@ -190,6 +190,8 @@ class TestRealScrape:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
                 body = resp.read()
             assert b"killswitch_build_info" in body
+            for name in (b"process_open_fds", b"process_max_fds", b"process_resident_memory_bytes"):
+                assert name in body, name
             done = subprocess.run(
                 [binary, "check", "metrics"], input=body, capture_output=True, timeout=30, check=False
             )  # fmt: skip

@@ -63,7 +63,7 @@ def deploy(f: Fleet, host: str, code: bytes) -> None:
 
 def status(f: Fleet) -> dict[str, Any]:
     code, rep = f.cli_json("status")
-    assert code == 0, rep
+    assert code in (0, 3), rep  # 3: read, but some host does not prove the state
     return rep
 
 

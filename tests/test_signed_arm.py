@@ -53,7 +53,7 @@ def arm_as(f: Fleet, who: str, *args: str) -> tuple[int, dict[str, Any], str]:
 
 def status(f: Fleet) -> dict[str, Any]:
     code, rep = f.cli_json("status")
-    assert code == 0, rep
+    assert code in (0, 3), rep  # 3: read, but some host does not prove the state
     return rep
 
 

@@ -55,9 +55,11 @@ def _cli_works(f: Fleet) -> dict[str, Any]:
     for args in (("status",), ("audit",), ("watch", "--once")):
         res = f.cli(*args)
         _no_traceback(res)
-        assert res.returncode == 0, (args, res.stdout[-500:], res.stderr[-1000:])
+        # status: 3 when a host does not prove the state; still an answer, not a failure
+        ok = (0, 3) if args == ("status",) else (0,)
+        assert res.returncode in ok, (args, res.stdout[-500:], res.stderr[-1000:])
     code, rep = f.cli_json("status")
-    assert code == 0
+    assert code in (0, 3), rep
     return rep
 
 

@@ -81,6 +81,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             as_json=bool(args.json),
             realtime=bool(args.realtime),
             on_haunted=args.on_haunted or "kill",
+            plot=args.plot,
         )
     if cmd == "loadgen":
         return services.start_loadgen(r)

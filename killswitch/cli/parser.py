@@ -225,6 +225,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         [json_opt],
     )
     dm.add_argument(
+        "--plot", metavar="PATH", default=None,
+        help="also write a chart of the replay to PATH (.svg or .png): node and per-host "
+        "volume, the trip, orders after onset per monitor (needs matplotlib: the plot extra)",
+    )  # fmt: skip
+    dm.add_argument(
         "--realtime", action="store_true", default=None,
         help="no time compression: production windows (10 s) and rules, fast rules on, about "
         "two minutes; its figures are real-time figures",

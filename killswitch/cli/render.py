@@ -17,6 +17,7 @@ from killswitch.ops.control import (
     EXIT_UNCONFIRMED,
     EXIT_USAGE,
     Outcome,
+    iso_time,
 )
 
 
@@ -119,8 +120,9 @@ def split_lines(rep: dict[str, Any]) -> list[str]:
 
 
 def _hosts(rep: dict[str, Any]) -> list[str]:
+    w = max((len(h) for h in rep.get("hosts", {})), default=4)  # names may be 63 characters
     out = [
-        f"  {'host':<16} {'alive':<6} {'age':>7} {'gate':<7} {'view':<8} {'epoch':>6} {'ord/s':>9} {'confirmed':<9} {'release':<12}"
+        f"  {'host':<{w}} {'alive':<6} {'age':>7} {'gate':<7} {'view':<8} {'epoch':>6} {'ord/s':>9} {'confirmed':<9} {'release':<12}"
     ]
     odd = (rep.get("release_split") or {}).get("odd", {})
     confirmed = set(rep.get("confirmed", []))
@@ -128,7 +130,7 @@ def _hosts(rep: dict[str, Any]) -> list[str]:
         age = "-" if s.get("age_s") is None else f"{s['age_s']:.2f}s"
         mark = "yes" if h in confirmed else "NO"
         line = (
-            f"  {h:<16} {('yes' if s.get('alive') else 'NO'):<6} {age:>7} {s.get('gate', '?'):<7} "
+            f"  {h:<{w}} {('yes' if s.get('alive') else 'NO'):<6} {age:>7} {s.get('gate', '?'):<7} "
             f"{s.get('view') or '?':<8} {s.get('epoch', 0):>6} {s.get('orders_per_s', 0):>9.1f} {mark:<9} "
             f"{(s.get('release') or '-')[:12]:<12}"
         )
@@ -147,11 +149,20 @@ def _hosts(rep: dict[str, Any]) -> list[str]:
     return out
 
 
+def _field(k: str, v: str) -> str:
+    """An audit field as text: `*_ms` instants as UTC times (the raw number stays in --json)."""
+    if k.endswith("_ms") and v.isascii() and v.isdigit() and 10**11 < int(v) < 10**14:
+        return f"{k.removesuffix('_ms')}={iso_time(int(v))}"
+    return f"{k}={v}"
+
+
 def _audit(rep: dict[str, Any]) -> str:
     rows = rep.get("entries", [])
     if not rows:
         return f"node {rep.get('node')}: no audit entries"
     out = []
+    aw = max(len(str(r.get("action", ""))) for r in rows)
+    ow = min(max(len(str(r.get("actor", ""))) for r in rows), 40)
     for r in rows:
         extra = ""
         if "epoch" in r:
@@ -163,9 +174,11 @@ def _audit(rep: dict[str, Any]) -> str:
         if r.get("refused"):
             extra += f" attempt={r.get('attempt', '?')} REFUSED={r['refused']}"
         for k, v in r.get("fields", {}).items():
-            extra += f" {k}={v}"
+            extra += " " + _field(k, str(v))
         seq = f"#{r['seq']} " if "seq" in r else ""
         out.append(
-            escape(f"{r['time']}  {seq}{r['action']:<7} {r['actor']:<28}{extra}  {r['reason']}")
+            escape(
+                f"{r['time']}  {seq}{r['action']:<{aw}} {r['actor']:<{ow}}{extra}  {r['reason']}"
+            )
         )
     return "\n".join(out)

@@ -106,7 +106,7 @@ def _volume(rep: Mapping[str, Any], agg: Mapping[str, Any]) -> RenderableType:
     baseline = _float(agg.get("expected"))
     if baseline is not None:
         line.append(f"  baseline {baseline:.0f}")
-        if agg.get("warm") == "0":
+        if agg.get("warm") in (False, "0"):
             line.append(" (learning)", style="dim")
     rules = _rules(agg)
     if rules:

@@ -8,6 +8,7 @@ It must never decide a trip (that is `anomaly`), log, or touch Redis.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -79,9 +80,42 @@ def view_fields(config: MonitorConfig, ev: Evaluation | None) -> dict[str, str]:
     return fields
 
 
+# The aggregator view's typed fields: `status --json` shows each as a JSON number or boolean
+# (an empty field, "not set", as null); a field that does not parse is null too, never a crash.
+# Fields not listed (text, comma-separated host lists) stay strings.
+INT_FIELDS = frozenset(
+    {
+        "tick_ms", "eval_ms", "node_orders", "fast_orders", "trips", "junk_inputs",
+        "last_trip_at_ms", "max_orders", "rollout_seq", "rollout_refused_seq",
+    }
+)  # fmt: skip
+FLOAT_FIELDS = frozenset(
+    {"learned_s", "window_s", "fast_window_s", "max_rate", "expected", "lease_ttl_s"}
+)
+BOOL_FIELDS = frozenset({"warm", "redis_durable"})
+
+
+def _typed(key: str, raw: str) -> Any:
+    if raw == "":
+        return None
+    try:
+        if key in INT_FIELDS:
+            return int(raw)
+        if key in FLOAT_FIELDS:
+            value = float(raw)
+            return value if math.isfinite(value) else None
+    except ValueError:
+        return None
+    return {"1": True, "0": False}.get(raw)  # BOOL_FIELDS
+
+
 def decode_view(view: Mapping[str, str]) -> dict[str, Any]:
-    """The view hash as `status --json` shows it: JSON fields parsed, the rest as stored."""
-    out: dict[str, Any] = dict(view)
+    """The view hash as `status --json` shows it: JSON fields parsed, numbers and booleans
+    typed (`INT_FIELDS`, `FLOAT_FIELDS`, `BOOL_FIELDS`), the rest as stored."""
+    out: dict[str, Any] = {
+        k: _typed(k, v) if k in INT_FIELDS | FLOAT_FIELDS | BOOL_FIELDS else v
+        for k, v in view.items()
+    }
     for key in JSON_FIELDS:
         if key in out:
             try:
@@ -165,6 +199,11 @@ class EventLog:
         return out
 
 
+def _g(v: Any) -> Any:
+    """A number as `status` text shows it (10.0 -> 10); anything else as it is."""
+    return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
 def shadow_banner(view: Mapping[str, Any]) -> list[str]:
     """The loud line `status` prints when any rule only pretends to protect the node."""
     shadow = [c for c in str(view.get("shadow") or "").split(",") if c]
@@ -180,10 +219,10 @@ def rule_lines(view: Mapping[str, Any]) -> list[str]:
     """The aggregator's rules as `status` shows them: limit, level, baseline, haunted hosts."""
     if not view:
         return ["aggregator: no view published (is an aggregator running for this node?)"]
-    win = view.get("window_s", "?")
+    win = _g(view.get("window_s", "?"))
     expected = view.get("expected") or ""
-    learned = view.get("learned_s", "0")
-    warm = "warm" if view.get("warm") == "1" else f"warming up ({learned}s learned)"
+    learned = _g(view.get("learned_s", 0))
+    warm = "warm" if view.get("warm") in (True, "1") else f"warming up ({learned}s learned)"
     base = f"{float(expected):.0f} orders/{win}s" if expected else "not learned yet"
     out = [
         "",
@@ -192,7 +231,7 @@ def rule_lines(view: Mapping[str, Any]) -> list[str]:
     ]
     if view.get("fast_window_s"):
         out.append(
-            f"fast window {view['fast_window_s']}s: node {view.get('fast_orders', '?')} orders "
+            f"fast window {_g(view['fast_window_s'])}s: node {view.get('fast_orders', '?')} orders "
             "in it (the fast rules trip a big flood within about a second)"
         )
     rules = view.get("rules") or []

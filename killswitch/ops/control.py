@@ -15,6 +15,7 @@ from typing import Any
 from killswitch.core import release
 from killswitch.core.armproof import ArmRequest, ProofError, roster_of
 from killswitch.core.bounds import MAX_EPOCH_JUMP, parse_uint, uint_or
+from killswitch.core.health import disagreements
 from killswitch.core.leader import instance_of
 from killswitch.core.roster import (
     DEFAULT_ALIVE_MS,
@@ -158,7 +159,25 @@ async def status(store: Store, *, alive_ms: int = DEFAULT_ALIVE_MS) -> Outcome:
     from killswitch.ops.rolloutview import annotate_status  # not on `kill`'s cold path
 
     await annotate_status(store, q.hosts, q.roster, snap.aggregator, report)
-    return Outcome(EXIT_OK, report)
+    return health_outcome(report, q, snap)
+
+
+def health_outcome(report: dict[str, Any], q: Quorum, snap: NodeSnapshot) -> Outcome:
+    """Exit 0 only when every roster host is alive and agrees with the node's state, else 3
+    naming the hosts that do not (CONTRACT: `status` exit codes); `disagree` in the JSON."""
+    scoped = parse_scopes(snap.scopes).active
+    open_unlisted = [h for h, s in report["unlisted"].items() if s["gate"] == "open"]
+    bad = disagreements(
+        report["state"], q, {s.value for s in scoped if s.kind == "host"}, open_unlisted
+    )
+    report["disagree"] = bad
+    if not bad:
+        return Outcome(EXIT_OK, report)
+    node = report["node"]
+    pairs = "; ".join(f"{node}/{h}: {why}" for h, why in bad.items())
+    return Outcome(
+        EXIT_UNCONFIRMED, report, f"NOT PROVEN: {len(bad)} host(s) do not agree: {pairs}"
+    )
 
 
 async def kill(

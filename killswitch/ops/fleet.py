@@ -94,9 +94,27 @@ async def kill_fleet(redis: Redis, *, reason: str, operator: str, timeout: float
 
 
 async def status_fleet(redis: Redis) -> Outcome:
-    """Every node's status (per node the same report as `status`)."""
+    """Every node's status (per node the same report as `status`): exit 0 only when every
+    node's roster proves its state, 3 naming the node/host pairs that do not, 1 when a node
+    could not be read."""
     outcomes, bad = await _each(redis, control.status)
-    return Outcome(EXIT_OK, fleet_report(outcomes, bad))
+    report = fleet_report(outcomes, bad)
+    report["disagree"] = {
+        f"{n}/{h}": why
+        for n, o in sorted(outcomes.items())
+        for h, why in o.report.get("disagree", {}).items()
+    }
+    if report["failed_nodes"]:
+        names = ", ".join(report["failed_nodes"])
+        return Outcome(EXIT_FAILED, report, f"could not read node(s) {names}")
+    if report["disagree"]:
+        pairs = "; ".join(f"{p}: {why}" for p, why in report["disagree"].items())
+        return Outcome(
+            EXIT_UNCONFIRMED,
+            report,
+            f"NOT PROVEN: {len(report['disagree'])} node/host pair(s) do not agree: {pairs}",
+        )
+    return Outcome(EXIT_OK, report)
 
 
 def fleet_lines(report: dict[str, Any]) -> list[str]:
@@ -117,6 +135,12 @@ def fleet_lines(report: dict[str, Any]) -> list[str]:
             worry = 0
         if rep.get("stale_hosts"):
             line += f"  STALE: {', '.join(rep['stale_hosts'])}"
+            worry = 0
+        others = sorted(
+            set(rep.get("disagree", {})) - {*rep.get("missing", []), *rep.get("stale_hosts", [])}
+        )
+        if others:
+            line += f"  DISAGREE: {', '.join(others)}"
             worry = 0
         rows.append((worry, line))
     lines = [text for _, text in sorted(rows)]

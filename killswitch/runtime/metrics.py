@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from killswitch.core.version import __version__
@@ -22,6 +22,10 @@ def render(registry: CollectorRegistry) -> tuple[int, dict[str, str], bytes]:
 
 
 def build_info(registry: CollectorRegistry, component: str) -> None:
+    """`killswitch_build_info`, and the standard `process_*` metrics of this process (open
+    file descriptors against their limit matter with `--max-conns`; resident memory, CPU,
+    start time)."""
+    ProcessCollector(registry=registry)
     g = Gauge(
         "killswitch_build_info",
         "Always 1; labels say which killswitch component and version this process runs.",

@@ -262,7 +262,17 @@ def run_demo(
     scenario: Scenario | None = None,
     realtime: bool = False,
     on_haunted: str = "kill",
+    plot: str | None = None,
 ) -> int:
+    plot_path = None
+    if plot is not None:
+        from killswitch.sim.plot import PlotError, check_path
+
+        try:
+            plot_path = check_path(plot)
+        except PlotError as e:
+            print(f"killswitch demo: {e}", file=sys.stderr)
+            return 2
     mode = REALTIME if realtime else COMPRESSED
     if scenario is not None:
         mode = replace(mode, scenario=scenario)
@@ -307,6 +317,11 @@ def run_demo(
         server.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
+    if plot_path is not None:
+        from killswitch.sim.plot import write_plot
+
+        write_plot(doc, plot_path)
+        print(f"chart written to {plot_path}", file=progress_out)
     if as_json:
         print(json.dumps(doc))
     else:

@@ -180,7 +180,41 @@ def results(
         },
         "final_state": final.get("state"),
         "armed_epoch": armed_epoch,
+        "series": series(t0_ms, end_ms, attempted, allowed, trip_ms, rules.window_ms),
         "knight": KNIGHT,
+    }
+
+
+SERIES_BUCKET_S = 0.5
+
+
+def series(
+    t0_ms: int,
+    end_ms: int,
+    attempted: list[FlowEvent],
+    allowed: list[FlowEvent],
+    trip_ms: int | None,
+    window_ms: int,
+) -> dict[str, Any]:
+    """The recorded flow as `demo --plot` draws it: per host, orders attempted and allowed
+    per second in `SERIES_BUCKET_S` buckets from the start of the replay, and the instant of
+    the trip (seconds from the start; None: no trip)."""
+    n = max(round((end_ms - t0_ms) / (SERIES_BUCKET_S * 1000)) + 1, 1)
+
+    def per_host(events: list[FlowEvent]) -> dict[str, list[float]]:
+        out = {h: [0.0] * n for h in HOSTS}
+        for e in events:
+            i = int((e.ts_ms - t0_ms) // (SERIES_BUCKET_S * 1000))
+            if 0 <= i < n and e.host in out:
+                out[e.host][i] += e.count / SERIES_BUCKET_S
+        return out
+
+    return {
+        "bucket_s": SERIES_BUCKET_S,
+        "window_s": window_ms / 1000,
+        "attempted_per_s": per_host(attempted),
+        "allowed_per_s": per_host(allowed),
+        "trip_s": None if trip_ms is None else round((trip_ms - t0_ms) / 1000, 3),
     }
 
 
