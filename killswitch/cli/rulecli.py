@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from killswitch.cli import guardflags
 from killswitch.core.anomaly import CAUSES, MonitorConfig
 from killswitch.core.rules import RATE_HEADROOM
 from killswitch.runtime.config import ConfigError, Resolver
@@ -41,13 +42,7 @@ FLAG_OF = {
     "fast_min_orders": "fast-min-orders",
     "fast_host_share": "fast-host-share",
     "max_rate": "max-rate",
-    "baseline_band": "baseline-band",
-    "baseline_doubling_ms": "baseline-doubling",
-    "slow_half_life_ms": "baseline-slow-half-life",
-    "breach_span": "breach-span",
-    "runaway_growth": "runaway-growth",
-    "runaway_step": "runaway-step",
-    "runaway_steps": "runaway-steps",
+    **guardflags.FLAG_OF,
 }
 
 
@@ -118,34 +113,7 @@ def add_rule_flags(parser: argparse.ArgumentParser) -> None:
         "--fast-host-share", metavar="on|off",
         help="host_share_fast: the --max-host-share limit on the fast window too (default on, with --max-host-share)",
     )  # fmt: skip
-    g.add_argument(
-        "--breach-span", type=int, metavar="N",
-        help="a baseline or host-share breach trips once it lasted --breach-windows - 1 windows in total within the last N windows, so a pulsing flood cannot reset it (default --breach-windows + 1; --breach-windows - 1 counts only an unbroken breach)",
-    )  # fmt: skip
-    g.add_argument(
-        "--baseline-band", metavar="X",
-        help=f"a window confirmed normal is learned as at most X times the baseline (default {d.baseline_band:g}); 'off' with --baseline-doubling off learns as earlier releases did",
-    )  # fmt: skip
-    g.add_argument(
-        "--baseline-doubling", metavar="S",
-        help=f"the learned baseline rises at most 2x in S seconds unless a re-arm accepts a level (default {(d.baseline_doubling_ms or 0) / 1000:g}; 'off' lifts the bound)",
-    )  # fmt: skip
-    g.add_argument(
-        "--baseline-slow-half-life", metavar="S",
-        help=f"half-life of the baseline's slow moving average, which remembers the level through a lull (default {(d.slow_half_life_ms or 0) / 1000:g}; 'off' for none)",
-    )  # fmt: skip
-    g.add_argument(
-        "--runaway-growth", metavar="X",
-        help=f"runaway: kill when the node's volume grew more than X times in each of --runaway-steps steps of --runaway-step windows, above the band of the baseline (default {d.runaway_growth:g}; 'off' disables the rule)",
-    )  # fmt: skip
-    g.add_argument(
-        "--runaway-step", type=int, metavar="N",
-        help=f"windows per step of the runaway rule (default {d.runaway_step})",
-    )  # fmt: skip
-    g.add_argument(
-        "--runaway-steps", type=int, metavar="N",
-        help=f"consecutive steps of growth the runaway rule needs (default {d.runaway_steps})",
-    )  # fmt: skip
+    guardflags.add_flags(g, d)
     g.add_argument(
         "--half-life", type=float, metavar="S",
         help=f"half-life of the baseline's moving average in seconds (default {d.half_life_ms / 1000:g})",
@@ -164,17 +132,6 @@ def _multiplier(v: Any) -> float | None:
     if isinstance(v, str) and v.strip().lower() in ("off", "none"):
         return None
     return bounded("baseline-multiplier")(v)
-
-
-def _or_off(name: str, conv: Any) -> Any:
-    """A bounded setting that 'off' turns off (None)."""
-
-    def c(v: Any) -> Any:
-        if v is None or (isinstance(v, str) and v.strip().lower() in ("off", "none")):
-            return None
-        return conv(name)(v)
-
-    return c
 
 
 def _rate(v: Any) -> tuple[float | None, bool]:
@@ -248,21 +205,7 @@ def rule_config(r: Resolver) -> MonitorConfig:
         "fast_breach_ms": r.get("fast-breach", d.fast_breach_ms, seconds_ms("fast-breach")),
         "fast_min_orders": r.get("fast-min-orders", d.fast_min_orders, _count),
         "fast_host_share": r.get("fast-host-share", d.fast_host_share, _switch),
-        "baseline_band": r.get("baseline-band", d.baseline_band, _or_off("baseline-band", bounded)),
-        "baseline_doubling_ms": r.get(
-            "baseline-doubling", d.baseline_doubling_ms, _or_off("baseline-doubling", seconds_ms)
-        ),
-        "slow_half_life_ms": r.get(
-            "baseline-slow-half-life",
-            d.slow_half_life_ms,
-            _or_off("baseline-slow-half-life", seconds_ms),
-        ),
-        "breach_span": r.get("breach-span", None, bounded_int("breach-span")),
-        "runaway_growth": r.get(
-            "runaway-growth", d.runaway_growth, _or_off("runaway-growth", bounded)
-        ),
-        "runaway_step": r.get("runaway-step", d.runaway_step, bounded_int("runaway-step")),
-        "runaway_steps": r.get("runaway-steps", d.runaway_steps, bounded_int("runaway-steps")),
+        **guardflags.values(r, d),
     }
     values["max_rate"], values["max_rate_auto"] = r.get(
         "max-rate", (d.max_rate, d.max_rate_auto), _rate
@@ -301,9 +244,7 @@ def add_backtest_flags(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--scenario", metavar="NAME",
-        help="replay a scenario of the library instead of --counts (e.g. post_burst_flood, "
-        "runaway_1m, pulse, normal_day_3; see docs/ANOMALY.md), from its own baseline "
-        "unless --baseline is given",
+        help="replay a scenario of the library instead of --counts (e.g. post_burst_flood, runaway_1m, pulse, normal_day_3; see docs/ANOMALY.md), from its own baseline unless --baseline is given",
     )  # fmt: skip
     parser.add_argument(
         "--tick", type=float, metavar="S",
@@ -367,15 +308,7 @@ def backtest_command(r: Resolver, as_json: bool) -> tuple[int, str]:
     rearm = r.get("rearm-after", default_rearm, _rearm)
     baseline = _baseline_file(r.get("baseline", None, str), config)
     if name is not None:
-        from killswitch.core import scenarios
-
-        try:
-            scenario = scenarios.named(name)
-        except ValueError as e:
-            raise ConfigError(f"scenario: {e}") from None
-        events = scenarios.events(scenario)
-        if baseline is None:
-            baseline = scenarios.start_baseline(scenario, config)
+        events, baseline = guardflags.scenario_flow(name, config, baseline)
     else:
         try:
             text = Path(path).read_text("utf-8")
