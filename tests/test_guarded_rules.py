@@ -182,6 +182,19 @@ class TestRunaway:
         assert [c for _, c in trips(evals) if c == RUNAWAY] == []
         assert any(r.active for e in evals if (r := e.rule(RUNAWAY)))  # it looked
 
+    def test_a_day_starting_from_silence_does_not_run_away(self) -> None:
+        """Routers connecting one by one after a silent night, then a 2.5x open: growth
+        from nothing is not a runaway (its first step is under the band's share of normal)."""
+        m = warm_monitor()
+
+        def start(s: float) -> float:
+            if s < 100:
+                return 0.0
+            return min((s - 100) / 60, 1.0) * (2.5 if 160 <= s < 190 else 1.0)
+
+        evals = drive(m, T0, T0 + 300_000, window_of(start))
+        assert [c for _, c in trips(evals) if c == RUNAWAY] == []
+
     def test_doubling_every_minute_trips_before_4x(self) -> None:
         """A node doubling every minute trips `runaway` before it reaches 4x its normal;
         without the rule nothing trips before the baseline rule's 5x."""

@@ -147,7 +147,9 @@ class Monitor:
         if warm and self._warmup:
             # Warm-up ends: the median of its windows, not their mean, is the baseline, so
             # a flood over less than half of the warm-up is judged as one when it ends.
-            self.baseline.settle(median(self._warmup))
+            # Fewer than three windows make no median worth the name: the mean stays.
+            if len(self._warmup) >= 3:
+                self.baseline.settle(median(self._warmup))
             self._warmup.clear()
         expected = self.baseline.expected(now_ms)
         warm = warm and expected is not None
@@ -255,9 +257,12 @@ class Monitor:
             return
         if not warm:
             self.baseline.learn(now_ms, float(total), dt, profile=False)
-            # One sample per window, once the window has filled since learning began.
-            if self.baseline.learned_ms >= cfg.window_ms and (
-                not self._warmup or now_ms - self._warmup_last >= cfg.window_ms
+            # One sample per window, once the window has filled since learning began; an
+            # empty window is the node not trading yet (routers still starting), not a level.
+            if (
+                total > 0
+                and self.baseline.learned_ms >= cfg.window_ms
+                and (not self._warmup or now_ms - self._warmup_last >= cfg.window_ms)
             ):
                 self._warmup.append(float(total))
                 self._warmup_last = now_ms

@@ -248,7 +248,12 @@ def runaway(
         return Reading(RUNAWAY, False, False, 0.0, None if growth is None else growth - 1.0)
     pairs = list(itertools.pairwise(steps))
     value = min((new / old if old > 0 else (math.inf if new > 0 else 0.0)) for new, old in pairs)
-    active = warm and total > floor
+    # Growth counts from a level the node had reached (its first step at least the band's
+    # share of normal): a node starting to trade after silence, its routers connecting one
+    # by one before the open, grows from nothing without running away.
+    band = cfg.baseline_band if cfg.baseline_band is not None else 1.5
+    based = steps[-1] >= expected * cfg.runaway_step / band
+    active = warm and total > floor and based
     breach = active and value > growth
     # Value and limit as growth per step (0.15 for 1.15x), so the warning levels read as
     # how close the growth is to the line: no growth is 0%, not 87%.
