@@ -21,6 +21,7 @@ ALL = [
     "gate_flood",
     "audit_cost",
     "attest_hash",
+    "split_kill",
 ]
 
 

@@ -4,6 +4,12 @@ trail survives a wiped or rewritten Redis (`killswitch audit --verify --file PAT
 Append-only: it never rewrites a line. When what Redis holds no longer continues the copy
 (entries removed, the chain restarted after Redis lost its data) it writes a `break` line
 saying so, logs AUDIT_CHAIN_BROKEN, and goes on copying the new chain.
+
+At start it reads whatever the file holds (`core.auditcopy`: other chains, break markers,
+junk, a torn last line) and, before copying anything, checks that Redis still holds the
+copy's last entry. A copy that does not belong to the chain Redis holds (an earlier
+deployment's, or one Redis lost) is renamed aside, kept as `<file>.orphaned-<time>`, and a
+fresh copy is started: AUDIT_COPY_ROTATED, `killswitch_audit_copy_rotations_total`.
 """
 
 from __future__ import annotations
@@ -12,16 +18,21 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import time
 from pathlib import Path
 from typing import Any
 
 from redis.exceptions import RedisError
 
+from killswitch.core import auditcopy
 from killswitch.core.bounds import parse_uint
 from killswitch.store.store import Store
 
 BATCH = 500
 COPY_EVERY_S = 1.0
+ORPHANED = ".orphaned-"  # the suffix of a copy rotated aside, before its UTC time
+STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # what XRANGE accepts; a junk id never belongs
 
 
 class AuditMirror:
@@ -36,6 +47,10 @@ class AuditMirror:
         self.last_hash = ""
         self.copied = 0
         self.breaks = 0
+        self.rotations = 0  # copies renamed aside because Redis holds another chain
+        self.adopted = False  # the copy was checked against Redis (or rotated aside)
+        self._contents = auditcopy.parse("")
+        self._torn = False  # the file's last line has no newline: start the next on a new one
         self._load()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -53,23 +68,77 @@ class AuditMirror:
 
     def _load(self) -> None:
         """Resume after the last entry already in the file (a restart copies nothing twice)."""
-        if not self.path.exists():
+        try:
+            text = self.path.read_text("utf-8", errors="replace")
+        except FileNotFoundError:
             return
-        for line in self.path.read_text("utf-8", errors="replace").splitlines():
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if "break" in obj:
-                self.last_seq, self.last_hash = 0, ""
-            elif isinstance(obj, dict) and "fields" in obj:
-                fields = {str(k): str(v) for k, v in obj["fields"]}
-                self.last_id = str(obj.get("id", self.last_id))
-                self.last_seq = parse_uint(fields.get("seq")) or 0
-                self.last_hash = fields.get("hash", "")
+        except OSError as e:  # a directory in its place, no permission: the writes say it again
+            self.log.error(
+                "audit_log_failed", error=f"{type(e).__name__}: {e}", file=str(self.path)
+            )
+            return
+        c = self._contents = auditcopy.parse(text)
+        self._torn = c.torn
+        if c.junk:
+            self.log.warning("AUDIT_COPY_JUNK", lines=c.junk, torn=c.torn, file=str(self.path),
+                             action="skipped: every readable entry is kept")  # fmt: skip
+        last = c.last
+        if last is not None:
+            self.last_id = last.id
+            self.last_seq = parse_uint(last.fields.get("seq")) or 0
+            self.last_hash = last.fields.get("hash", "")
+
+    async def adopt(self) -> None:
+        """Check once that Redis holds the copy's last entry; else rotate the copy aside."""
+        c, last = self._contents, self._contents.last
+        if c.empty:
+            self.adopted = True
+            return
+        head: dict[str, str] = {}
+        if last is not None and STREAM_ID.fullmatch(last.id):
+            redis, keys = self.store.redis, self.store.keys
+            pipe = redis.pipeline(transaction=True)
+            pipe.xrange(keys.audit, min=last.id, max=last.id, count=1)
+            pipe.hgetall(keys.audit_head)
+            found, raw_head = await pipe.execute()
+            head = {str(k): str(v) for k, v in dict(raw_head).items()}
+            held = {str(k): str(v) for k, v in dict(found[0][1]).items()} if found else {}
+            if held and held.get("hash", "") == last.fields.get("hash", ""):
+                self.adopted = True
+                return
+            why = (
+                f"Redis does not hold this copy's last entry {last.id} (seq "
+                f"{last.fields.get('seq', '?')}); its chain is at seq {head.get('seq', '0')}"
+            )
+        else:
+            why = "the copy holds no chain entry (with a stream id) after its last break marker"
+        await asyncio.to_thread(self._rotate, why, head)
+        self.adopted = True
+
+    def _rotate(self, why: str, head: dict[str, str]) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}{ORPHANED}{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}{ORPHANED}{stamp}-{n}")
+        os.replace(self.path, target)
+        c = self._contents
+        self.rotations += 1
+        self.log.error(
+            "AUDIT_COPY_ROTATED", reason=why, file=str(self.path), moved_to=str(target),
+            entries=len(c.entries), chains=c.chains, junk_lines=c.junk,
+            redis_head_seq=head.get("seq", ""),
+            action="kept aside; a fresh copy of the chain Redis holds is started",
+        )  # fmt: skip
+        self.last_id, self.last_seq, self.last_hash = "", 0, ""
+        self._torn = False
+        self._contents = auditcopy.parse("")
 
     async def sync(self) -> int:
         """Copy every entry after the last copied one; returns how many were copied."""
+        if not self.adopted:
+            await self.adopt()
         entries, head = await self._read()
         head_seq = parse_uint(head.get("seq")) or 0
         lines: list[str] = []
@@ -112,6 +181,32 @@ class AuditMirror:
     def _write(self, lines: list[str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as fh:
-            fh.write("\n".join(lines) + "\n")
+            # a line cut short by a crash is ended first, or the next entry would join it
+            fh.write(("\n" if self._torn else "") + "\n".join(lines) + "\n")
+            self._torn = False
             fh.flush()
             os.fsync(fh.fileno())
+
+
+def history(path: str) -> list[dict[str, str]]:
+    """Every entry's fields in the local copy and in the copies rotated aside beside it, of
+    every chain, whatever else the files hold (none if absent or unreadable).
+
+    The aggregator's own record, which no Redis writer reaches: what it saw finish stays
+    finished after a rotation too."""
+    if not path:
+        return []
+    p = Path(path)
+    out: list[dict[str, str]] = []
+    # The copy first, then the rotated ones: a rotation between the two reads is still seen.
+    files = [p]
+    with contextlib.suppress(OSError):
+        files += sorted(p.parent.glob(f"{glob_escape(p.name)}{ORPHANED}*"))
+    for f in files:
+        with contextlib.suppress(OSError):
+            out += auditcopy.parse(f.read_text("utf-8", errors="replace")).fields()
+    return out
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{ch}]" if ch in "*?[" else ch for ch in name)

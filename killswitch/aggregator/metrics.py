@@ -12,10 +12,12 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from killswitch.aggregator.auditlog import AuditMirror
 from killswitch.aggregator.containmetrics import containment_metrics
 from killswitch.aggregator.fleetrule import FleetRule
 from killswitch.aggregator.inputs import InputGuard
 from killswitch.aggregator.rollouts import RolloutWatch
+from killswitch.aggregator.ruleguard import RuleGuard, health_metrics
 from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.aggregator.trust import Trust
 from killswitch.core import ruleview
@@ -48,6 +50,12 @@ class Instruments:
             "killswitch_shadow_trips",
             "Trips a rule in shadow mode would have made (it did not kill), by cause.",
             ["node", "cause"],
+            registry=registry,
+        )
+        self.rule_faults = Counter(
+            "killswitch_rule_faults",
+            "Evaluations of a trip rule that raised instead of deciding (see RULE_FAULT).",
+            ["node", "rule"],
             registry=registry,
         )
         for cause in trip_causes:
@@ -93,6 +101,10 @@ class Aggregator(Protocol):
     def not_flat(self) -> Sequence[str]: ...
     @property
     def rollouts(self) -> RolloutWatch: ...
+    @property
+    def rule_guard(self) -> RuleGuard: ...
+    @property
+    def audit_mirror(self) -> AuditMirror | None: ...
     def is_leader(self) -> bool: ...
 
 
@@ -226,6 +238,7 @@ class AggregatorCollector:
         yield from rule_metrics(
             n, a.s.monitor, a.evaluation, a.trust.roster, a.window.by_host, a.window.total
         )
+        yield from health_metrics(n, a.rule_guard, a.audit_mirror)
 
 
 def rule_metrics(

@@ -3,19 +3,18 @@
 It reads the record every tick (one HGETALL), verifies its signatures only when it changed,
 judges the version vector with it (`core.rollout.check`), and marks a promoted rollout
 complete once every roster host runs its release. It remembers the highest rollout it has
-seen finished (learned at start from the audit trail: its own local copy, which a Redis
-writer cannot reach, and Redis's), so an old record written back into Redis (a replay of an
+seen finished (learned at start from the audit trail: its own local copy and the copies it
+rotated aside, which a Redis writer cannot reach, and Redis's), so an old record written back into Redis (a replay of an
 aborted canary) exempts nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from killswitch.aggregator import auditlog
 from killswitch.core import rollout as ro
 from killswitch.core.release import Split
 from killswitch.core.sshsig import Operators
@@ -52,7 +51,7 @@ class RolloutWatch:
 
     async def refresh(self) -> None:
         if not self._history_read:
-            local = await asyncio.to_thread(_copy, self.audit_copy)
+            local = await asyncio.to_thread(auditlog.history, self.audit_copy)
             self.finished_seq = max(
                 ro.finished(await self.store.audit_fields()), ro.finished(local)
             )
@@ -104,20 +103,6 @@ class RolloutWatch:
             "rollout_refusal": self.refusal,
             "rollout_refused_seq": self.refused_seq,
         }
-
-
-def _copy(path: str) -> list[dict[str, str]]:
-    """The entries of the aggregator's local audit copy (`auditlog`'s JSONL; none if absent)."""
-    out: list[dict[str, str]] = []
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                with contextlib.suppress(ValueError, TypeError):
-                    obj = json.loads(line)
-                    out.append({str(k): str(v) for k, v in obj["fields"]})
-    except (OSError, ValueError):
-        pass
-    return out
 
 
 def active_seq(rec: Mapping[str, str]) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from killswitch.aggregator import fleetrule
 from killswitch.aggregator.auditlog import AuditMirror
@@ -33,6 +34,7 @@ from killswitch.aggregator.confirmations import ConfirmationWatch
 from killswitch.aggregator.inputs import InputGuard
 from killswitch.aggregator.metrics import AggregatorCollector, Instruments
 from killswitch.aggregator.rollouts import RolloutWatch
+from killswitch.aggregator.ruleguard import RULE_FAULT, UNREACHABLE, RuleGuard
 from killswitch.aggregator.settings import AggregatorSettings, with_static_cap
 from killswitch.aggregator.trips import ISOLATE, TripRules
 from killswitch.aggregator.trust import Trust
@@ -91,6 +93,7 @@ class Aggregator(TripRules):
         self.after: dict[str, str] = {}
         self.armed_ms = -1
         self.state = NodeRead(None)
+        self._snap_state: dict[str, str] = {}
         # The roster this instance proves against is the last signed arm's, else its --hosts
         # (a proposal, stored until the first signed arm); arms count only when proven.
         operators = load_operators(settings.operators) if settings.operators else None
@@ -118,9 +121,16 @@ class Aggregator(TripRules):
         self._mirror_task: asyncio.Task[None] | None = None
         self.registry = registry if registry is not None else CollectorRegistry()
         n = settings.node
-        causes = (*CAUSES, LIMIT_BURST, ISOLATE, VERSION_SPLIT, "operator", fleetrule.CAUSE)
+        causes = (
+            *CAUSES, LIMIT_BURST, ISOLATE, VERSION_SPLIT, "operator", fleetrule.CAUSE, RULE_FAULT,
+        )  # fmt: skip
         self.isolations = 0
         self.instruments = Instruments(self.registry, n, causes, CAUSES)
+        self.rule_guard = RuleGuard(n, self.log, self.instruments.rule_faults)
+        self.rule_guard.expect(
+            (*settings.monitor.causes, *((LIMIT_BURST,) if lb is not None else ()), VERSION_SPLIT,
+             *((fleetrule.CAUSE,) if settings.fleet_max_orders is not None else ()))
+        )  # fmt: skip
         self._trips_total = self.instruments.trips
         self._shadow_total = self.instruments.shadow_trips
         self.confirmations = ConfirmationWatch(
@@ -209,20 +219,23 @@ class Aggregator(TripRules):
         await run_until_signalled(self.start, self.stop, self._stop)
 
     async def _loop(self) -> None:
-        failing = False
+        failing = ""
         while not self._stop.is_set():
             started = self.clock()
             try:
                 await self.tick_once()
                 if failing:
-                    self.log.info("redis_reachable_again")
-                failing = False
+                    self.log.info("tick_recovered")
+                failing = ""
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                if not failing:
-                    self.log.error("tick_failed", error=f"{type(e).__name__}: {e}")
-                failing = True
+                # Redis away (or refusing): no rule runs this tick, and each rule's
+                # last-evaluated time ages (status, the alert) until it answers again.
+                error = f"{type(e).__name__}: {e}"
+                if error != failing:
+                    self.log.error("tick_failed", error=error)
+                failing = error
             wait = self._until_next_tick(started)
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
@@ -241,6 +254,25 @@ class Aggregator(TripRules):
     # -- one tick --------------------------------------------------------------------------
 
     async def tick_once(self) -> None:
+        """One tick: read, evaluate every rule (each guarded), then upkeep and the view."""
+        try:
+            now = await self._read_tick()
+        except (RedisError, *UNREACHABLE):
+            raise
+        except Exception as e:
+            # What was read cannot be turned into the rules' inputs: no rule can be
+            # evaluated, which is every rule's fault (and kills an armed node).
+            await self._inputs_fault(e)
+            if self.is_leader():
+                with contextlib.suppress(Exception):  # best effort: `status` names the faults
+                    now = self._last_read[0] if self._last_read else 0
+                    await self.store.publish_aggregator_view({**self.view(now), **self._ha_view()})
+            raise
+        await self._run_rules(now)
+        await self._after_rules(now)
+
+    async def _read_tick(self) -> int:
+        """The tick's reads, applied: state, trust, flows, quorum; returns server ms."""
         await self._renew_lease()
         if self.clock() - self._durability_at >= DURABILITY_CHECK_S:
             await self._check_durability()
@@ -284,6 +316,10 @@ class Aggregator(TripRules):
             self.trust.roster, self.state.epoch, self.state.ver, snap.reports, snap.confirms, now,
             self.state.state.value if self.state.state else "",
         )  # fmt: skip
+        self._snap_state = snap.state
+        return now
+
+    async def _run_rules(self, now: int) -> None:
         # Evaluate at the last grid point strictly before server time: every flow entry up to
         # it has been read (an entry written after our read has a later ID), so the window
         # holds exactly what a backtest of the exported flow holds at the same instant.
@@ -295,12 +331,14 @@ class Aggregator(TripRules):
             self._last_eval_ms = grid
             await self._evaluate(grid)
         await self._act_on_unacted(now)
-        if self.fleet is not None:
-            await self.fleet.tick(now)
-        await self._check_releases(now)
+        if (fleet := self.fleet) is not None:
+            await self._guarded((fleetrule.CAUSE,), now, lambda: fleet.tick(now))
+        await self._guarded((VERSION_SPLIT,), now, lambda: self._check_releases(now))
+
+    async def _after_rules(self, now: int) -> None:
         if self.state.state is NodeState.KILLED and self.quorum is not None and self.is_leader():
             # one aggregator counts and alarms, not every standby
-            self.confirmations.observe(self.state, snap.state, self.quorum, now)
+            self.confirmations.observe(self.state, self._snap_state, self.quorum, now)
         if self.is_leader() and self.clock() - self._last_save >= self.s.baseline_save_interval:
             self._last_save = self.clock()
             await self._save_baseline()
@@ -330,6 +368,7 @@ class Aggregator(TripRules):
             "roster_mismatch": ",".join(self.s.hosts) if self.trust.mismatch else "",
             "arm_refusal": self.trust.refusal,
             "not_flat": ",".join(self.not_flat()),
+            **self.rule_guard.view(),
             **self.rollouts.view(),
             **ruleview.view_fields(self.s.monitor, self.evaluation),
         }

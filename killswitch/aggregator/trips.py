@@ -1,15 +1,21 @@
 """The aggregator's trip rules in action: each grid point's evaluation, the version-split
 rule, and what a trip does (a fenced node-wide kill, or a haunted host isolated on its own);
 a trip decided while standby is kept and acted on after a takeover if still current.
+
+Every rule is evaluated through `ruleguard` (`_guarded`): a rule that raises is never
+dropped while the others go on; it kills the node with cause `rule_fault`, or, for the
+rules whose fault only shows, stays a named fault in `status`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import Counter
 
 from killswitch.aggregator.rollouts import RolloutWatch
+from killswitch.aggregator.ruleguard import RULE_FAULT, RuleGuard, kills_on_fault
 from killswitch.aggregator.upkeep import Upkeep
 from killswitch.core import leader, ruleview
 from killswitch.core.anomaly import HOST_SHARE, Evaluation
@@ -43,7 +49,9 @@ class TripRules(Upkeep):
     quorum: Quorum | None
     release_split: Split | None
     rollouts: RolloutWatch
+    rule_guard: RuleGuard
     armed_ms: int
+    _last_eval_ms: int
     trips: int
     isolations: int
     last_trip: tuple[int, str] | None
@@ -70,6 +78,27 @@ class TripRules(Upkeep):
             )  # fmt: skip
         await self._trip(VERSION_SPLIT, self.rollouts.describe(cut), now_ms, [])
 
+    async def _guarded(
+        self, rules: Sequence[str], at_ms: int, evaluate: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Evaluate `rules`; one that cannot be evaluated kills the node (cause rule_fault)
+        unless its fault only shows (`ruleguard.kills_on_fault`)."""
+        error = await self.rule_guard.run(rules, at_ms, evaluate)
+        if error:
+            await self._rule_fault([r for r in rules if kills_on_fault(r)], error, at_ms)
+
+    async def _rule_fault(self, rules: Sequence[str], error: str, at_ms: int) -> None:
+        if rules and self.is_armed():
+            detail = f"rule {', '.join(rules)} cannot be evaluated: {error}"
+            await self._trip(RULE_FAULT, detail, at_ms, [])
+
+    async def _inputs_fault(self, e: Exception) -> None:
+        """The tick's reads could not be applied: every rule is at fault."""
+        rules = sorted(self.rule_guard.last_ms)
+        error = self.rule_guard.fault(rules, e)
+        at = self._last_eval_ms if self._last_eval_ms >= 0 else 0
+        await self._rule_fault([r for r in rules if kills_on_fault(r)], error, at)
+
     async def _evaluate(self, at: int) -> None:
         ready = sorted(p for p in self._pending if p[0] <= at)
         if ready:
@@ -78,6 +107,11 @@ class TripRules(Upkeep):
                 self.windows.add(ts, host, count)
         self.windows.advance(at)
         armed = self.is_armed()
+        await self._guarded(self.monitor.config.causes, at, lambda: self._anomaly(at, armed))
+        if self.limit_burst is not None:
+            await self._guarded((LIMIT_BURST,), at, lambda: self._burst(at, armed))
+
+    async def _anomaly(self, at: int, armed: bool) -> None:
         w = self.windows
         ev = self.evaluation = self.monitor.observe(
             at, w.slow.total, w.slow.by_host, armed=armed,
@@ -96,12 +130,14 @@ class TripRules(Upkeep):
             trips = [t for t in trips if t.cause != HOST_SHARE]
         if trips and armed:
             await self._trip(trips[0].cause, trips[0].detail, at, [t.cause for t in trips[1:]])
-        burst = self.limit_burst.observe(at) if self.limit_burst is not None else None
+
+    async def _burst(self, at: int, armed: bool) -> None:
+        assert self.limit_burst is not None
+        burst = self.limit_burst.observe(at)
         if burst is not None and armed:
             await self._trip(LIMIT_BURST, burst.detail, at, [])
 
     async def _trip(self, cause: str, detail: str, at_ms: int, also: list[str]) -> None:
-        assert self.quorum is not None
         if not self.is_leader():
             # A standby keeps its windows warm but never acts. The rules latch a trip once
             # per breach, so the decision is kept: if the leader died or froze without
@@ -112,7 +148,7 @@ class TripRules(Upkeep):
             actor=f"aggregator:{self.s.instance}",
             reason=detail,
             cause=cause,
-            floor=epoch_floor(self.quorum.hosts, self.state.epoch),
+            floor=epoch_floor(self.quorum.hosts if self.quorum else {}, self.state.epoch),
             action="trip",
             only_if_armed=True,
             fence=self.lead.token,

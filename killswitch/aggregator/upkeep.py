@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from killswitch.aggregator.inputs import InputGuard
 from killswitch.aggregator.settings import AggregatorSettings
@@ -72,7 +73,10 @@ class Upkeep:
                 self.log.info("baseline_cold", reason="no stored baseline")
                 return
             baseline = Baseline.from_dict(stored, params)
-        except BaselineStateError as e:
+        except (BaselineStateError, ResponseError) as e:
+            if isinstance(e, ResponseError) and "WRONGTYPE" not in str(e):
+                raise
+            # junk (or a key of another type, replaced at the first save) never stops a start
             self.log.error("baseline_unreadable", reason=str(e), action="starting cold")
             return
         self.monitor = Monitor(self.s.monitor, baseline, roster=self.trust.roster)

@@ -5,6 +5,7 @@ Formatting only: it takes an `Outcome` and returns text, never talks to Redis.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from killswitch.cli.rolloutcli import rollout_lines
@@ -91,6 +92,7 @@ def human(cmd: str, outcome: Outcome) -> str:
         lines.append(f"last change {rep['changed_at']} by {escape(rep.get('actor') or '?')}")
     if cmd == "status":
         lines.extend(ruleview.shadow_banner(rep.get("aggregator", {})))
+        lines.extend(ruleview.health_lines(rep.get("aggregator", {}), _server_ms(rep)))
     lines.append("")
     lines.extend(_hosts(rep))
     if cmd == "status":
@@ -101,6 +103,14 @@ def human(cmd: str, outcome: Outcome) -> str:
     if outcome.code == EXIT_OK and outcome.message:
         lines.append(outcome.message)
     return "\n".join(lines)
+
+
+def _server_ms(rep: dict[str, Any]) -> int | None:
+    """The status's Redis server time (ms), None when it does not parse."""
+    try:
+        return int(datetime.fromisoformat(str(rep.get("server_time"))).timestamp() * 1000)
+    except ValueError:
+        return None
 
 
 def split_lines(rep: dict[str, Any]) -> list[str]:

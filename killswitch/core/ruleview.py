@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # annotations only: `status` shows the view without loading t
     from killswitch.core.anomaly import Evaluation, MonitorConfig
 
 JSON_FIELDS = ("rules", "haunted")  # view fields that hold JSON; `decode_view` parses them
+# view fields that hold a JSON object (rule -> last evaluation ms; rule -> fault)
+JSON_MAPS = ("rules_last_evaluated", "rule_faults")
 # `rules.SHARE_CAUSES`, spelled out so `status` need not import the rules (a test keeps them equal).
 SHARE_RULES = ("host_share", "host_share_fast")
 
@@ -124,6 +126,50 @@ def decode_view(view: Mapping[str, str]) -> dict[str, Any]:
                 value = []
             # junk written into the view hash reads as no rules, never as a crash later
             out[key] = [x for x in value if isinstance(x, dict)] if isinstance(value, list) else []
+    for key in JSON_MAPS:
+        if key in out:
+            try:
+                value = json.loads(out[key])
+            except ValueError:
+                value = {}
+            kind = str if key == "rule_faults" else int
+            out[key] = (
+                {
+                    str(k): v
+                    for k, v in value.items()
+                    if isinstance(v, kind) and not isinstance(v, bool)
+                }
+                if isinstance(value, dict)
+                else {}
+            )
+    return out
+
+
+def health_lines(view: Mapping[str, Any], now_ms: int | None = None) -> list[str]:
+    """The rules that cannot be evaluated (loud), and how long ago each rule was last
+    evaluated: before `now_ms` (the reader's Redis server time, so an aggregator that stopped
+    publishing shows), else before the aggregator's last tick."""
+    raw = {k: view.get(k) or {} for k in JSON_MAPS}
+    decoded = decode_view({k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()})
+    faults, last = decoded["rule_faults"], decoded["rules_last_evaluated"]
+    out = [
+        f"!!! RULE FAULT: {rule} cannot be evaluated ({error}); see the aggregator's RULE_FAULT "
+        "event !!!"
+        for rule, error in sorted(faults.items())
+    ]
+    tick = view.get("tick_ms", "")
+    now = now_ms if now_ms is not None else int(tick) if str(tick).isdigit() else None
+    ages = []
+    for rule, ms in sorted(last.items()):
+        if not isinstance(ms, int) or ms <= 0:
+            ages.append(f"{rule} NEVER")
+        elif now is None:
+            ages.append(f"{rule} at {iso(ms)}")
+        else:
+            ages.append(f"{rule} {max(now - ms, 0) / 1000:.1f}s")
+    if ages:
+        since = "ago" if now_ms is not None else "before the aggregator's last tick"
+        out.append(f"rules last evaluated ({since}): " + ", ".join(ages))
     return out
 
 

@@ -198,7 +198,8 @@ def configure(
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+        # NO_COLOR (no-color.org): any non-empty value turns colours off, as in the tables
+        else structlog.dev.ConsoleRenderer(colors=out.isatty() and not os.environ.get("NO_COLOR"))
     )
     if _writer is not None:
         _writer.close()

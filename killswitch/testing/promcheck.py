@@ -114,6 +114,10 @@ METRICS: dict[str, bool] = {
     "killswitch_hosts_not_flat": False,
     "killswitch_node_limit_refusals": False,
     "killswitch_node_limit_refusals_max": False,
+    "killswitch_rule_last_evaluated_seconds": False,
+    "killswitch_rule_fault": False,
+    "killswitch_rule_faults_total": False,
+    "killswitch_audit_copy_rotations_total": False,
 }
 KNOWN_METRICS = frozenset(METRICS)
 PER_HOST_METRICS = frozenset(n for n, per_host in METRICS.items() if per_host)
