@@ -6,17 +6,21 @@ log, or act: the aggregator and the backtest feed it the same way and act on wha
 returns. The rules and their settings are described in `rules`; their conditions are in
 `readings`. Their public names are re-exported here.
 
-"Consecutive windows": a slow rule's condition holds at every evaluation (tick) from the
-first breaching tick t0 until a tick at or after t0 + (breach_windows - 1) x window_ms. So
-with the default of 2, the breach must survive one full window width: a single spike
-leaves the window before it can trip, while a sustained flood trips one window after the
-window sum crosses the line, i.e. within two windows of its onset when it is at least
-`multiplier` x the baseline. The fast rules hold for `fast_breach_ms` (one tick) instead:
-their high multiple is what keeps them quiet, so a flood far above normal trips within
-about a second of onset.
+Breach time: a slow rule trips once its breaching evaluations within the last
+`breach_span` windows cover (breach_windows - 1) x window_ms (`readings.Span`). So with the
+defaults a single spike leaves the window before it can trip, a sustained flood trips one
+window after the window sum crosses the line, and a pulse that dips under the line between
+its pulses still adds up. The fast rules hold for `fast_breach_ms` (one tick) instead:
+their high multiple is what keeps them quiet. `runaway` trips at once: its four steps of
+growth are their own confirmation.
+
+Guarded learning (`_learn`): a window is learned only once confirmed normal (aged
+breach_windows windows with no rule in breach), as at most `baseline_band` x the baseline,
+and the baseline rises at most 2x per `baseline_doubling_ms`; warm-up ends on the median
+of its windows. A flood cannot drag up the line it is judged against.
 
 Operator feedback: a re-arm after a kill by the baseline rules alone (`baseline`,
-`baseline_fast`) teaches the baseline the level that tripped (`Baseline.accept`), at the
+`baseline_fast`, `runaway`) teaches the baseline the level that tripped (`Baseline.accept`), at the
 first armed evaluation after `reset()`; a fast trip's level is its rate scaled to the
 window. A re-arm after any other rule's trip teaches nothing.
 """
