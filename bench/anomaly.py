@@ -35,7 +35,7 @@ from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.loadgen import drive
 from killswitch.sim.operators import two_person_arm
 from killswitch.store.store import Store
-from killswitch.testing import Fleet
+from kstest import Fleet
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
 CYCLES = 5

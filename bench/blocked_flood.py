@@ -23,7 +23,7 @@ from bench.common import summary
 from killswitch.ops import control
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.store.store import Store
-from killswitch.testing import Fleet, GateClient
+from kstest import Fleet, GateClient
 
 HOSTS = ["or-01", "or-02"]
 KILLS = 30

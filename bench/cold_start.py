@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from bench.common import start_fleet, summary
 from killswitch.sim.embedded import EmbeddedRedis
-from killswitch.testing import Fleet
+from kstest import Fleet
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
 ROUNDS = int(os.environ.get("KS_BENCH_ROUNDS", "30"))

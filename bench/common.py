@@ -6,7 +6,7 @@ import asyncio
 import statistics
 from collections.abc import Sequence
 
-from killswitch.testing import Fleet
+from kstest import Fleet
 
 
 def start_fleet(redis_url: str, node: str, hosts: Sequence[str], *agg_args: str) -> Fleet:

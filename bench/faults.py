@@ -21,8 +21,8 @@ from killswitch.ops import control
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.store.keys import NodeKeys
 from killswitch.store.store import Store
-from killswitch.testing import Fleet, Hammer, Proc, wait_until
-from killswitch.testing.faultthread import ThreadedFaultProxy
+from kstest import Fleet, Hammer, Proc, wait_until
+from kstest.faultthread import ThreadedFaultProxy
 
 HOSTS = ["or-01", "or-02", "or-03"]
 ROUNDS = 5

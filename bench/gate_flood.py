@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from killswitch.sim.embedded import EmbeddedRedis
-from killswitch.testing import Fleet
+from kstest import Fleet
 
 FLOOD = 4096
 GIVE_UP_S = 30.0

@@ -3,7 +3,7 @@
 
 Virtual time through `backtest.replay`: the same `SlidingWindow`s and `Monitor` the
 aggregator runs, on the same 100 ms grid, so these are the live decisions exactly (the live
-equality is tests/test_rules_fast_live.py). Eight hosts flush every 100 ms, each at its own
+equality is tests/live/test_rules_fast_live.py). Eight hosts flush every 100 ms, each at its own
 phase, Poisson counts at 10 orders/s per host (a node of 80 orders/s) with a baseline learned
 at that level, 20 s of normal flow, then a flood of k x the node's rate: spread evenly (every
 host at k x) or on one host (it sends the whole excess). Both configurations run host share
@@ -26,7 +26,7 @@ from typing import Any
 
 from killswitch.core.anomaly import MonitorConfig
 from killswitch.core.backtest import FlowEvent, replay
-from killswitch.testing.baselines import learned_baseline
+from kstest.baselines import learned_baseline
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
 PER_HOST = 10.0

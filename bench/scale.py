@@ -44,7 +44,7 @@ import redis as redis_sync
 from bench.common import summary
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.operators import OperatorKeys
-from killswitch.testing import Fleet
+from kstest import Fleet
 
 HOSTS_PER_WORKER = 250
 # The simulated hosts' cadence (`--flush-interval`, `--stale-after`); without `--stale-after`
@@ -343,7 +343,7 @@ def _host_calls(client: redis_sync.Redis) -> int:
 def measure_cluster(nodes: int = 50, hosts: int = 8, kills: int = 10) -> dict[str, Any]:
     """`nodes` x `hosts` on a 3-master cluster: kill to all-confirmed of one node, and the
     cluster's total CPU per idle host."""
-    from killswitch.testing.cluster import RedisClusterHarness
+    from kstest.cluster import RedisClusterHarness
 
     with RedisClusterHarness(3, 0) as cluster, tempfile.TemporaryDirectory() as d:
         running = []

@@ -16,8 +16,8 @@ import redis as redis_sync
 
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.store.keys import NodeKeys
-from killswitch.testing import Fleet, wait_until
-from killswitch.testing.auditcopies import leftover_copy
+from kstest import Fleet, wait_until
+from kstest.auditcopies import leftover_copy
 
 HOSTS = ["or-01", "or-02", "or-03", "or-04"]
 ROUNDS = 5

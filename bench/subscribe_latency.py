@@ -17,7 +17,7 @@ from killswitch.ops import control
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.operators import two_person_arm
 from killswitch.store.store import Store
-from killswitch.testing import Fleet
+from kstest import Fleet
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
 KILLS = 100

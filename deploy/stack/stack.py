@@ -31,7 +31,7 @@ from stackengine import (
     up,
 )
 
-from killswitch.testing import wait_until
+from killswitch.sim.fleet import wait_until
 
 NODE = "smars"
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]
@@ -78,7 +78,7 @@ class Operator:
         """Runs `script` (lines for the gate) from host's router container against its sidecar;
         returns the sidecar's replies."""
         code = (
-            "import sys\nfrom killswitch.testing import GateClient\n"
+            "import sys\nfrom killswitch.sim.fleet import GateClient\n"
             f"c = GateClient('tcp:sidecar-{host}:7000', timeout=20)\n"
             "lines = sys.stdin.read().splitlines()\nc.send(*lines)\n"
             "print('\\n'.join(c.reply() for _ in lines))\n"

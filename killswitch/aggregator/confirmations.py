@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from killswitch.core.options import to_ms
 from killswitch.core.roster import Quorum
 from killswitch.core.state import NodeRead
 
@@ -40,7 +41,7 @@ class ConfirmationWatch:
         operator_kill: Callable[[], None],
         confirmed: Callable[[float], None],
     ) -> None:
-        self.timeout_ms = confirm_timeout * 1000
+        self.timeout_ms = to_ms(confirm_timeout)
         self.log = log
         self._operator_kill = operator_kill
         self._confirmed = confirmed

@@ -42,6 +42,7 @@ from killswitch.aggregator.upkeep import DURABILITY_CHECK_S
 from killswitch.core import leader, ruleview
 from killswitch.core.anomaly import CAUSES, Evaluation, Monitor
 from killswitch.core.limitburst import LIMIT_BURST, LimitBurst
+from killswitch.core.options import to_ms
 from killswitch.core.release import VERSION_SPLIT, Split
 from killswitch.core.roster import Quorum, quorum
 from killswitch.core.state import NodeRead, NodeState
@@ -83,7 +84,7 @@ class Aggregator(TripRules):
         self.monitor = Monitor(settings.monitor, roster=settings.hosts)
         self.evaluation: Evaluation | None = None
         self.events = ruleview.EventLog(settings.monitor.window_ms)
-        self.tick_ms = max(round(settings.tick * 1000), 1)
+        self.tick_ms = to_ms(settings.tick)
         self._pending: list[tuple[int, str, int]] = []  # read, but newer than the tick grid
         lb = settings.limit_burst
         self.limit_burst = LimitBurst(lb) if lb is not None else None

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from killswitch.ops.control import EXIT_FAILED, EXIT_OK, Outcome
-from killswitch.runtime.config import Resolver, positive_float
+from killswitch.runtime.config import Resolver
 
 
 def run(cmd: str, r: Resolver, redis_url: str, as_json: bool) -> int:
@@ -23,9 +23,9 @@ def run(cmd: str, r: Resolver, redis_url: str, as_json: bool) -> int:
     action: Callable[[Any], Awaitable[Outcome]]
     budget = 15.0
     if cmd == "kill":
-        reason = r.require("reason", str, " (say why: it is audited)")
-        operator = r.get("operator", os.environ.get("USER") or "unknown", str)
-        timeout = r.get("timeout", 5.0, positive_float)
+        reason = r.require("reason", hint=" (say why: it is audited)")
+        operator = r.get("operator") or os.environ.get("USER") or "unknown"
+        timeout = r.get("timeout")  # bounded as a node kill's
         budget += timeout
 
         def action(redis: Any) -> Awaitable[Outcome]:
@@ -86,8 +86,7 @@ def watch(r: Resolver, redis_url: str) -> int:
     from killswitch.ops import fleet
     from killswitch.store.redisconn import connect
 
-    interval = r.get("interval", 0.5, positive_float)
-    once = bool(r.get("once", False, bool))
+    interval, once = r.get("interval"), r.get("once")
 
     async def main() -> int:
         redis = connect(redis_url, socket_timeout=3.0, client_name="ks-watch-fleet")

@@ -24,13 +24,7 @@ from killswitch.cli.settings import aggregator_settings, loadgen_settings, sidec
 from killswitch.cli.transport import FAST_VERBS
 from killswitch.core.names import InvalidName
 from killswitch.ops.control import EXIT_FAILED, EXIT_USAGE
-from killswitch.runtime.config import (
-    DEFAULT_REDIS,
-    ConfigError,
-    Resolver,
-    load_config_file,
-    node_name,
-)
+from killswitch.runtime.config import ConfigError, Resolver, load_config_file, unknown_keys
 from killswitch.runtime.errors import StartupError
 
 __all__ = ["build_parser", "main", "settings_from_args"]
@@ -47,6 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(verb)
     args = parser.parse_args(argv)
     try:
+        if args.command == "config":
+            from killswitch.cli.configcheck import check_command
+
+            return check_command(args, os.environ)
         return _dispatch(args)
     except ConfigError as e:
         return fail(args.command, f"configuration error: {e}", EXIT_USAGE)
@@ -67,37 +65,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    r, redis_url = _resolve(args, os.environ)
-    log_format = r.get("log-format", None, str)
+    r, redis_url = _resolve(args, os.environ)  # every setting of the verb, checked up front
     cmd = args.command
     if cmd not in FAST_VERBS:
         from killswitch.runtime import logs
 
-        logs.configure(fmt=log_format)
+        logs.configure(fmt=r.get("log-format"), level=r.get("log-level"))
     if cmd == "demo":
         from killswitch.sim.demo import run_demo
 
         return run_demo(
-            as_json=bool(args.json),
-            realtime=bool(args.realtime),
-            on_haunted=args.on_haunted or "kill",
-            plot=args.plot,
+            as_json=r.get("json"),
+            realtime=r.get("realtime"),
+            on_haunted=r.get("on-haunted"),
+            plot=r.get("plot"),
         )
     if cmd == "loadgen":
         return services.start_loadgen(r)
     if cmd == "backtest":
         from killswitch.cli import rulecli
 
-        code, text = rulecli.backtest_command(r, bool(r.get("json", False, bool)))
+        code, text = rulecli.backtest_command(r)
         print(text)
         return code
-    if cmd in ("kill", "status", "watch") and r.get("fleet", False, bool):
+    if cmd in ("kill", "status", "watch") and r.get("fleet"):
         from killswitch.cli import fleetcli
 
         if cmd == "watch":
             return fleetcli.watch(r, redis_url)
-        return fleetcli.run(cmd, r, redis_url, bool(r.get("json", False, bool)))
-    node = r.require("node", node_name)
+        return fleetcli.run(cmd, r, redis_url, r.get("json"))
+    node = r.require("node")
     if cmd == "export":
         return operatorverbs.run_export(r, node, redis_url)
     if cmd == "sidecar":
@@ -106,18 +103,26 @@ def _dispatch(args: argparse.Namespace) -> int:
         return services.start_aggregator(r, node, redis_url)
     if cmd == "watch":
         return operatorverbs.run_watch(r, node, redis_url)
-    return operatorverbs.run_operator(cmd, r, node, redis_url, bool(r.get("json", False, bool)))
+    return operatorverbs.run_operator(cmd, r, node, redis_url, r.get("json"))
+
+
+def resolver(args: argparse.Namespace, env: Mapping[str, str], verb: str = "") -> Resolver:
+    """The settings of `verb` (the command run, by default): flag, env, config file, default.
+    A config file holding a key no verb takes is refused (ConfigError), whatever the verb."""
+    config = load_config_file(args.config or env.get("KILLSWITCH_CONFIG"))
+    problems = unknown_keys(config)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return Resolver(vars(args), env=env, config=config, section=verb or args.command)
 
 
 def _resolve(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Resolver, str]:
-    """The command's settings resolver (flag, env, config file) and its Redis URL."""
+    """The command's settings, every one resolved and checked now, and its Redis URL."""
     from killswitch.store.redisurl import check_url
 
-    config = load_config_file(args.config or env.get("KILLSWITCH_CONFIG"))
-    r = Resolver(vars(args), env=env, config=config, section=args.command)
-    redis_url = Resolver(
-        {"redis_url": args.redis}, env=env, config=config, section=args.command
-    ).get("redis-url", config.get("redis", DEFAULT_REDIS), str)
+    r = resolver(args, env)
+    r.resolve()
+    redis_url: str = r.get("redis")
     if args.command not in ("demo", "backtest", "loadgen"):
         try:
             check_url(redis_url)
@@ -134,7 +139,7 @@ def settings_from_args(
     r, redis_url = _resolve(args, os.environ if env is None else env)
     if args.command == "loadgen":
         return loadgen_settings(r)
-    node = r.require("node", node_name)
+    node = r.require("node")
     if args.command == "sidecar":
         return sidecar_settings(r, node, redis_url)
     if args.command == "aggregator":

@@ -11,12 +11,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from killswitch.cli.exits import fail
-from killswitch.cli.settings import truthy
 from killswitch.cli.transport import FAST_VERBS, lean_url, with_lean_store, with_store
 from killswitch.core.names import check_roster
+from killswitch.core.options import to_ms
 from killswitch.ops.control import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Outcome
-from killswitch.runtime.config import ConfigError, Resolver, host_name, str_list
-from killswitch.runtime.validate import bounded, bounded_int
+from killswitch.runtime.config import ConfigError, Resolver
 
 
 def run_watch(r: Resolver, node: str, redis_url: str) -> int:
@@ -24,16 +23,14 @@ def run_watch(r: Resolver, node: str, redis_url: str) -> int:
 
     from killswitch.cli.watch import watch
 
-    interval = r.get("interval", 0.5, bounded("interval"))
-    once = bool(r.get("once", False, truthy))
-    return asyncio.run(watch(redis_url, node, interval=interval, once=once))
+    return asyncio.run(watch(redis_url, node, interval=r.get("interval"), once=r.get("once")))
 
 
 def _scope(r: Resolver) -> tuple[str, str] | None:
     """The scope flag of kill/arm, read from the flags only: a scope is never a default."""
-    host, symbol = r.flags.get("scope_host"), r.flags.get("scope_symbol")
+    host, symbol = r.get("host"), r.get("symbol")  # both flags only
     if host:
-        return ("host", host_name(host))
+        return ("host", host)
     if symbol:
         return ("symbol", symbol)
     return None
@@ -46,16 +43,13 @@ def run_export(r: Resolver, node: str, redis_url: str) -> int:
 
     from killswitch.cli import rulecli
 
-    hosts = r.get("hosts", None, str_list)
     try:
-        flows = asyncio.run(
-            rulecli.export_flows(redis_url, node, check_roster(hosts) if hosts else None)
-        )
+        flows = asyncio.run(rulecli.export_flows(redis_url, node, r.get("hosts")))
     except (RedisError, OSError) as e:
         from killswitch.store.redisconn import classify
 
         return fail("export", classify(e).line(redis_url), EXIT_FAILED)
-    sys.stdout.write(rulecli.counts_csv(flows, attempted=bool(r.get("attempted", False, bool))))
+    sys.stdout.write(rulecli.counts_csv(flows, attempted=r.get("attempted")))
     return EXIT_OK
 
 
@@ -66,14 +60,14 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
     action: Callable[[Any], Awaitable[Outcome]]
     # The node's liveness bound: the same setting as the sidecars' --stale-after, so one
     # config file (or KILLSWITCH_STALE_AFTER) sets both; a host's own claim never widens it.
-    alive_ms = round(r.get("stale-after", 1.0, bounded("stale-after")) * 1000)
-    scope = _scope(r)
+    alive_ms = to_ms(r.get("stale-after")) if cmd != "audit" else 0
+    scope = _scope(r) if cmd in ("kill", "arm", "resume") else None
     if cmd == "kill":
-        reason = r.require("reason", str, " (say why: it is audited)")
-        operator = r.get("operator", os.environ.get("USER") or "unknown", str)
-        timeout = r.get("timeout", 5.0, bounded("timeout"))
-        kill_key = r.get("key", "", str)
-        ops_path = r.get("operators", "", str) if kill_key else ""
+        reason = r.require("reason", hint=" (say why: it is audited)")
+        operator = r.get("operator") or os.environ.get("USER") or "unknown"
+        timeout = r.get("timeout")
+        kill_key = r.get("key") or ""
+        ops_path = (r.get("operators") or "") if kill_key else ""
 
         who, note = operator, ""
         if kill_key:
@@ -106,22 +100,21 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
         from killswitch.ops import arming
         from killswitch.runtime.operators import load_operators
 
-        if r.get("approver", None, str_list):
+        if r.get("approver"):
             raise ConfigError(
                 "approver: --approver is gone: approvals are signatures now. Each operator runs "
                 "`killswitch arm --key PATH-TO-THEIR-SSH-KEY` (with --operators naming the "
                 "operators file); the second distinct operator's call arms the node"
             )
-        # Out-of-range numbers are refused first: no key or file is read for a call that fails.
-        expires = r.get("expires", arming.DEFAULT_EXPIRES_S, bounded("expires"))
-        timeout = r.get("timeout", 5.0, bounded("timeout"))
-        key = r.require("key", str, " (your SSH key: arming is signed)")
+        # Out-of-range numbers were refused up front: no key or file is read for a call that fails.
+        expires, timeout = r.get("expires"), r.get("timeout")
+        key = r.require("key", hint=" (your SSH key: arming is signed)")
         operators = load_operators(
-            r.require("operators", str, " (the operators' allowed-signers file)")
+            r.require("operators", hint=" (the operators' allowed-signers file)")
         )
-        roster_arg = r.get("roster", None, str_list)
+        roster_arg = r.get("roster")
         roster = check_roster(roster_arg) if roster_arg else None
-        reason_arg: str | None = r.get("reason", None, str)
+        reason_arg: str | None = r.get("reason")
 
         def action(s: Any) -> Awaitable[Outcome]:
             if scope is not None:
@@ -148,9 +141,8 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
     elif cmd == "audit":
         from killswitch.ops import audit
 
-        limit = r.get("limit", None, bounded_int("limit"))
-        audit_file = r.get("file", None, str)
-        if r.get("verify", False, truthy):
+        limit, audit_file = r.get("limit"), r.get("file")
+        if r.get("verify"):
 
             def action(s: Any) -> Awaitable[Outcome]:
                 return audit.verify(s, audit_file)
@@ -164,7 +156,7 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
         raise ConfigError(f"unknown command {cmd}")
     # An operator command never hangs: its own wait plus a margin for Redis round trips.
     budget = (
-        r.get("timeout", 5.0, bounded("timeout")) + (135.0 if cmd != "kill" else 15.0)
+        r.get("timeout") + (135.0 if cmd != "kill" else 15.0)
         if cmd in ("kill", "arm", "resume")
         else 15.0
     )

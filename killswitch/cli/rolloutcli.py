@@ -6,62 +6,23 @@ rollout is `rollout_lines` here, used by `status` and `watch` too.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from killswitch.core.names import check_roster
 from killswitch.core.text import escape
 from killswitch.ops.control import EXIT_OK, Outcome
-from killswitch.runtime.config import ConfigError, Resolver, str_list
-from killswitch.runtime.validate import bounded
-
-HELP = (
-    "Signed, staged rollouts: `--release DIGEST --hosts H1,H2` begins a canary (those hosts "
-    "may run the new release while armed, the rest may not), `--promote` lets every host run "
-    "it (it completes once all do), `--abort` ends it. Each step is signed by two operators "
-    "like arm: the first call exits 5 (pending), a second, distinct operator's call completes "
-    "it (0); `--key` alone co-signs the pending step. Without --key: show the rollout."
-)
-
-
-def add_parser(
-    cmd: Callable[[str, str, Any], argparse.ArgumentParser], parents: Any
-) -> argparse.ArgumentParser:
-    r = cmd("rollout", HELP, parents)
-    r.add_argument(
-        "--key",
-        metavar="PATH",
-        help="your SSH private key, or its .pub when the private key is in ssh-agent "
-        "(env KILLSWITCH_KEY); signed by `ssh-keygen -Y sign -n killswitch`, like arm",
-    )
-    g = r.add_mutually_exclusive_group()
-    g.add_argument(
-        "--release", metavar="DIGEST",
-        help="begin a rollout to this release (a digest from `status --json` releases)",
-    )  # fmt: skip
-    g.add_argument("--promote", action="store_true", help="let every host run the new release")
-    g.add_argument("--abort", action="store_true", help="end the rollout: all back to `from`")
-    r.add_argument(
-        "--hosts", metavar="H1,H2,...", help="with --release: the canary hosts (roster hosts)"
-    )
-    r.add_argument("--reason", metavar="TEXT", help="why (signed and audited)")
-    r.add_argument(
-        "--expires", type=float, metavar="S",
-        help="a new pending step expires after this many seconds (default 600; 1..86400)",
-    )  # fmt: skip
-    return r
+from killswitch.runtime.config import ConfigError, Resolver
 
 
 def action(r: Resolver, alive_ms: int) -> Callable[[Any], Awaitable[Outcome]]:
     """The plain function `rollout` runs with the given flags (bad flags: ConfigError)."""
     from killswitch.ops import rollout as ops
 
-    release: str | None = r.flags.get("release")
-    promote, abort = bool(r.flags.get("promote")), bool(r.flags.get("abort"))
+    release: str | None = r.get("release")
+    promote, abort = r.get("promote"), r.get("abort")
     # flags only: KILLSWITCH_HOSTS and a config's `hosts` are the aggregator's proposal
-    raw_hosts = r.flags.get("hosts")
-    hosts_arg = str_list(raw_hosts) if raw_hosts else None
+    hosts_arg = r.get("hosts")
     if hosts_arg and not release:
         raise ConfigError("hosts: --hosts names the canary of a new rollout: give --release too")
     if release is not None:
@@ -70,8 +31,8 @@ def action(r: Resolver, alive_ms: int) -> Callable[[Any], Awaitable[Outcome]]:
         if not hosts_arg:
             raise ConfigError("hosts: a rollout names its canary hosts: --hosts H1,H2,...")
     hosts = check_roster(hosts_arg) if hosts_arg else None
-    expires = r.get("expires", 600.0, bounded("expires"))
-    key = r.get("key", "", str)
+    expires = r.get("expires")
+    key = r.get("key") or ""
     step = "begin" if release else "promote" if promote else "abort" if abort else ops.SIGN
     if not key:
         if release or promote or abort:
@@ -80,9 +41,9 @@ def action(r: Resolver, alive_ms: int) -> Callable[[Any], Awaitable[Outcome]]:
     from killswitch.runtime.operators import load_operators
 
     operators = load_operators(
-        r.require("operators", str, " (the operators' allowed-signers file)")
+        r.require("operators", hint=" (the operators' allowed-signers file)")
     )
-    reason: str | None = r.get("reason", None, str)
+    reason: str | None = r.get("reason")
 
     def run(s: Any) -> Awaitable[Outcome]:
         return ops.rollout(

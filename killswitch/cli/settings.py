@@ -8,23 +8,15 @@ the state directory); nothing here starts a service.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from killswitch.core.names import InvalidName, check_roster
 from killswitch.runtime.config import (
     ConfigError,
     Resolver,
     check_listen_path,
     default_state_dir,
-    file_mode,
-    group_id,
-    host_name,
-    listen_host,
-    parse_listen,
     pick_state_dir,
-    str_list,
 )
-from killswitch.runtime.validate import bounded, bounded_int, seconds_ms
 
 if TYPE_CHECKING:  # the services import redis/aiohttp: only loaded when one runs
     from killswitch.aggregator.settings import AggregatorSettings
@@ -36,49 +28,54 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
     from killswitch.runtime.limitsfile import load_limits
     from killswitch.sidecar.settings import SidecarSettings
 
-    listen = tuple(parse_listen(x) for x in r.require("listen", str_list))
+    listen = r.require("listen")
     for addr in listen:
         check_listen_path(addr)
-    state_dir = r.get("state-dir", None, str)
+    state_dir = r.get("state-dir")
     warnings: list[str] = []
     if state_dir is None:
         state_dir, warning = pick_state_dir()
         warnings += [warning] if warning else []
-    limits_path = r.get("limits", "", str)
+    limits_path = r.get("limits") or ""
     limits, limits_digest = load_limits(limits_path) if limits_path else (None, "")
     settings = SidecarSettings(
         node=node,
-        host=r.require("host", host_name),
+        host=r.require("host"),
         redis_url=redis_url,
         listen=listen,
-        metrics_port=r.get("metrics-port", None, bounded_int("metrics-port")),
-        metrics_listen=r.get("metrics-listen", "127.0.0.1", listen_host),
-        flush_interval=r.get("flush-interval", 0.1, bounded("flush-interval")),
-        stale_after=r.get("stale-after", 1.0, bounded("stale-after")),
+        metrics_port=r.get("metrics-port"),
+        metrics_listen=r.get("metrics-listen"),
+        flush_interval=r.get("flush-interval"),
+        stale_after=r.get("stale-after"),
         state_dir=state_dir,
-        max_conns=r.get("max-conns", 1024, bounded_int("max-conns")),
-        line_timeout=r.get("line-timeout", 5.0, bounded("line-timeout")),
-        socket_mode=r.get("socket-mode", None, file_mode),
-        socket_gid=r.get("socket-group", None, group_id),
+        max_conns=r.get("max-conns"),
+        line_timeout=r.get("line-timeout"),
+        socket_mode=r.get("socket-mode"),
+        socket_gid=r.get("socket-group"),
         operators=operators_path(r),
         limits=limits,
         limits_digest=limits_digest,
-        on_kill=r.get("on-kill", "", str),
-        on_kill_grace=r.get("on-kill-grace", 10.0, bounded("on-kill-grace")),
-        attest=tuple(r.get("attest", [], str_list)),
-        attest_interval=r.get("attest-interval", 2.0, bounded("attest-interval")),
+        on_kill=r.get("on-kill") or "",
+        on_kill_grace=r.get("on-kill-grace"),
+        attest=tuple(r.get("attest") or ()),
+        attest_interval=r.get("attest-interval"),
         extra={"warnings": warnings},
     )
-    if settings.flush_interval >= settings.stale_after:
+    check_together(r)
+    return settings
+
+
+def check_together(r: Resolver) -> None:
+    """The checks that take two settings at once (`config --check` makes them too)."""
+    if r.verb == "sidecar" and r.get("flush-interval") >= r.get("stale-after"):
         raise ConfigError(
             "flush-interval must be shorter than stale-after, or every gate goes stale"
         )
-    return settings
 
 
 def operators_path(r: Resolver) -> str:
     """The --operators path; the service loads it at start (a bad file: exit 2)."""
-    return r.get("operators", "", str)
+    return str(r.get("operators") or "")
 
 
 def check_state_dir(directory: str) -> None:
@@ -94,10 +91,10 @@ def loadgen_settings(r: Resolver) -> LoadgenSettings:
     from killswitch.sim.loadgen import LoadgenSettings
 
     return LoadgenSettings(
-        address=str(parse_listen(r.require("listen", str))),
-        rate=r.get("rate", 100.0, bounded("rate")),
-        duration=r.get("duration", None, bounded("duration")),
-        name=r.get("name", "router", str),
+        address=r.require("listen"),
+        rate=r.get("rate"),
+        duration=r.get("duration"),
+        name=r.get("name"),
     )
 
 
@@ -105,53 +102,34 @@ def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSet
     from killswitch.aggregator.settings import AggregatorSettings, default_instance
     from killswitch.cli import rulecli  # the rule modules load only for the aggregator
     from killswitch.core.limitburst import LimitBurstConfig
+    from killswitch.core.options import to_ms
 
-    try:
-        hosts = check_roster(r.require("hosts", str_list))
-    except InvalidName as e:
-        raise ConfigError(f"hosts: {e}") from None
+    hosts = r.require("hosts")
     monitor = rulecli.rule_config(r)
-    max_refusals = r.get("max-limit-refusals", None, bounded_int("max-limit-refusals"))
+    max_refusals = r.get("max-limit-refusals")
     limit_burst = (
-        LimitBurstConfig(
-            max_refusals,
-            seconds_ms("limit-window")(r.get("limit-window", 1.0, bounded("limit-window"))),
-            r.get("limit-min-hosts", 2, bounded_int("limit-min-hosts")),
-        )
+        LimitBurstConfig(max_refusals, to_ms(r.get("limit-window")), r.get("limit-min-hosts"))
         if max_refusals is not None
         else None
     )
+    audit_log = r.get("audit-log")
     return AggregatorSettings(
         node=node,
         redis_url=redis_url,
         hosts=hosts,
         monitor=monitor,
-        metrics_port=r.get("metrics-port", None, bounded_int("metrics-port")),
-        metrics_listen=r.get("metrics-listen", "127.0.0.1", listen_host),
-        tick=r.get("tick", 0.1, bounded("tick")),
-        confirm_timeout=r.get("confirm-timeout", 5.0, bounded("confirm-timeout")),
-        lease_ttl=r.get("lease-ttl", 2.0, bounded("lease-ttl")),
-        require_durable=r.get("require-durable", False, truthy),
-        fleet_max_orders=r.get("fleet-max-orders", None, bounded_int("max-orders")),
-        instance=r.get("instance", "", str) or default_instance(),
+        metrics_port=r.get("metrics-port"),
+        metrics_listen=r.get("metrics-listen"),
+        tick=r.get("tick"),
+        confirm_timeout=r.get("confirm-timeout"),
+        lease_ttl=r.get("lease-ttl"),
+        require_durable=r.get("require-durable"),
+        fleet_max_orders=r.get("fleet-max-orders"),
+        instance=r.get("instance") or default_instance(),
         operators=operators_path(r),
         limit_burst=limit_burst,
-        on_haunted=r.get("on-haunted", "kill", on_haunted),
-        audit_log=r.get("audit-log", str(Path(default_state_dir()) / f"audit-{node}.jsonl"), str),
+        on_haunted=r.get("on-haunted"),
+        audit_log=str(Path(default_state_dir()) / f"audit-{node}.jsonl")
+        if audit_log is None
+        else audit_log,
     )
-
-
-def on_haunted(v: Any) -> str:
-    if v not in ("kill", "isolate"):
-        raise ValueError("isolate or kill")
-    return str(v)
-
-
-def truthy(v: Any) -> bool:
-    """A yes/no setting: a flag's True, or 1/true/yes/on from the environment or TOML."""
-    if isinstance(v, bool):
-        return v
-    word = str(v).strip().lower()
-    if word not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
-    return word in ("1", "true", "yes", "on")

@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from killswitch.cli.rolloutcli import rollout_lines
+from killswitch.core.options import default
 from killswitch.core.text import escape
 from killswitch.ops import control
 from killswitch.store.redisconn import classify, connect
@@ -252,7 +253,7 @@ async def watch(
     redis_url: str,
     node: str,
     *,
-    interval: float = 0.5,
+    interval: float = default("interval"),
     once: bool = False,
     console: Console | None = None,
 ) -> int:

@@ -29,12 +29,13 @@ from datetime import UTC, datetime
 from killswitch.core.anomaly import Monitor, MonitorConfig
 from killswitch.core.baseline import Baseline
 from killswitch.core.names import InvalidName, check_name
+from killswitch.core.options import default_ms
 from killswitch.core.window import NodeWindows
 
 HEADER = ("timestamp", "host", "count")
 # A kill is re-armed by two approvers after someone looked at it: a minute is quick. Re-arming
 # at once (0) would turn one long flood into a trip per tick for the static cap.
-REARM_AFTER_MS = 60_000
+REARM_AFTER_MS = default_ms("rearm-after")  # `backtest --rearm-after`
 
 
 class CsvError(ValueError):
@@ -124,7 +125,7 @@ def replay(
     events: Iterable[FlowEvent],
     config: MonitorConfig,
     *,
-    tick_ms: int = 100,
+    tick_ms: int = default_ms("tick"),
     rearm_after_ms: int | None = REARM_AFTER_MS,
     baseline: Mapping[str, str] | None = None,
     roster: Sequence[str] = (),
@@ -203,7 +204,7 @@ def replay(
 def backtest(
     events: Iterable[FlowEvent],
     config: MonitorConfig,
-    tick_ms: int = 100,
+    tick_ms: int = default_ms("tick"),
     *,
     rearm_after_ms: int | None = REARM_AFTER_MS,
     baseline: Mapping[str, str] | None = None,

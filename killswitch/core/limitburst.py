@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from killswitch.core.options import default_ms
 from killswitch.core.window import SlidingWindow
 
 LIMIT_BURST = "limit_burst"
@@ -78,7 +79,7 @@ class LimitBurst:
 
 
 def backtest(
-    rows: Iterable[tuple[int, str, int]], cfg: LimitBurstConfig, tick_ms: int = 100
+    rows: Iterable[tuple[int, str, int]], cfg: LimitBurstConfig, tick_ms: int = default_ms("tick")
 ) -> list[BurstTrip]:
     """Replay (server ms, host, refusals) rows on the aggregator's grid; every trip it makes."""
     ordered = sorted(rows)

@@ -11,10 +11,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from killswitch.core.bounds import parse_float, parse_uint, plausible_epoch, uint_or
+from killswitch.core.options import bound, default_ms, to_ms
 
-DEFAULT_ALIVE_MS = 1000
+DEFAULT_ALIVE_MS = default_ms("stale-after")  # the node's liveness bound, `--stale-after`
 MAX_REFUSAL = 64  # a host's arm refusal is a short name; junk written there stays short
-MAX_ALIVE_MS = 10_000  # the largest --stale-after a sidecar accepts
+MAX_ALIVE_MS = to_ms(bound("stale-after").hi)  # the largest --stale-after a sidecar accepts
 MAX_RELEASE = 64  # a sha256 in hex
 MAX_ATTEST = 512  # "attest: cannot read PATH: why"
 MAX_FILES, MAX_FILES_TEXT = 256, 64 * 1024  # attested files shown per host

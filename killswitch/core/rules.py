@@ -39,6 +39,13 @@ from dataclasses import dataclass, replace
 from statistics import median
 
 from killswitch.core.baseline import BaselineParams, BaselineTrip
+from killswitch.core.options import (
+    CAP_PER_HOST_PER_S,
+    RATE_HEADROOM,
+    bound,
+    default,
+    default_ms,
+)
 
 MAX_ORDERS = "max_orders"
 BASELINE = "baseline"
@@ -57,14 +64,32 @@ BASELINE_CAUSES = (BASELINE, BASELINE_FAST, RUNAWAY)
 # The slow rules whose breach is counted over `breach_span` windows.
 SPAN_CAUSES = (BASELINE, HOST_SHARE)
 
-# The derived rate cap: this many times the average rate `max_orders` allows. A node may
-# send its whole window's cap in one burst under `max_orders` alone; 3x keeps room for a
-# legitimate burst while catching a flood at the cap's rate seconds before the window fills.
-RATE_HEADROOM = 3.0
+# The derived rate cap (`RATE_HEADROOM`, in the table of options) is that many times the
+# average rate `max_orders` allows. A node may send its whole window's cap in one burst under
+# `max_orders` alone; 3x keeps room for a legitimate burst while catching a flood at the
+# cap's rate seconds before the window fills.
 
 LEVELS = (50, 75, 90)  # warning levels, % of a limit reached
 HYSTERESIS = 5  # percentage points below a level before it is left, so a value hovering
 # at 75% is logged once, not every tick
+
+
+# MonitorConfig field -> (its setting in the table, units of the field per unit of the setting).
+_BOUNDED = {
+    "max_orders": ("max-orders", 1), "window_ms": ("window", 1000),
+    "baseline_multiplier": ("baseline-multiplier", 1), "breach_windows": ("breach-windows", 1),
+    "min_orders": ("min-orders", 1), "warmup_ms": ("warmup", 1000),
+    "haunted_ratio": ("haunted-ratio", 1), "half_life_ms": ("half-life", 1000),
+    "profile_bucket_ms": ("profile-bucket", 1000),
+    "profile_half_life_ms": ("profile-half-life", 1000),
+    "fast_window_ms": ("fast-window", 1000), "fast_multiplier": ("fast-multiplier", 1),
+    "fast_breach_ms": ("fast-breach", 1000), "fast_min_orders": ("fast-min-orders", 1),
+    "max_rate": ("max-rate", 1), "baseline_band": ("baseline-band", 1),
+    "baseline_doubling_ms": ("baseline-doubling", 1000),
+    "baseline_slow_half_life_ms": ("baseline-slow-half-life", 1000),
+    "breach_span": ("breach-span", 1), "runaway_growth": ("runaway-growth", 1),
+    "runaway_step": ("runaway-step", 1), "runaway_steps": ("runaway-steps", 1),
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,24 +100,25 @@ class MonitorConfig:
     `shadow` names the causes that only report ("would have tripped"), or True for all.
     """
 
-    max_orders: int | None = None
-    window_ms: int = 10_000
-    baseline_multiplier: float | None = 5.0  # None: no baseline rule (still learned)
-    breach_windows: int = 2
-    min_orders: int = 100
-    warmup_ms: int = 300_000
+    # Every default is the table's (`core.options`), converted to ms where it is a duration.
+    max_orders: int | None = None  # None: none (the aggregator derives one: `with_static_cap`)
+    window_ms: int = default_ms("window")
+    baseline_multiplier: float | None = default("baseline-multiplier")  # None: no rule
+    breach_windows: int = default("breach-windows")
+    min_orders: int = default("min-orders")
+    warmup_ms: int = default_ms("warmup")
     max_host_share: float | None = None  # off by default: depends on how the node balances
-    haunted_ratio: float = 5.0  # report hosts this many times their peers' median
+    haunted_ratio: float = default("haunted-ratio")  # hosts this many times their peers' median
     shadow: frozenset[str] | bool = frozenset()
-    half_life_ms: int = 45_000
-    profile_bucket_ms: int = 300_000
-    profile_half_life_ms: int = 900_000
+    half_life_ms: int = default_ms("half-life")
+    profile_bucket_ms: int = default_ms("profile-bucket")
+    profile_half_life_ms: int = default_ms("profile-half-life")
     # The fast window and its rules; off when the window is not longer than the fast one.
-    fast_window_ms: int = 1_000
-    fast_multiplier: float | None = 8.0  # None: no baseline_fast rule
-    fast_breach_ms: int = 100  # how long a fast breach must hold (one tick's noise)
-    fast_min_orders: int = 50
-    fast_host_share: bool = True  # host_share_fast beside host_share
+    fast_window_ms: int = default_ms("fast-window")
+    fast_multiplier: float | None = default("fast-multiplier")  # None: no baseline_fast rule
+    fast_breach_ms: int = default_ms("fast-breach")  # how long a fast breach must hold
+    fast_min_orders: int = default("fast-min-orders")
+    fast_host_share: bool = default("fast-host-share")  # host_share_fast beside host_share
     max_rate: float | None = None  # orders/s in the fast window; None: derived or off
     # Derive max_rate from max_orders when it is not set. Off by default, like max_orders: a
     # rate cap is stricter than the window cap for every burst, so only the operator can
@@ -103,56 +129,32 @@ class MonitorConfig:
     # baseline, and the baseline rises by at most 2x per `baseline_doubling_ms`. None for
     # both: the learning of earlier releases (every window the baseline rule does not
     # breach, at once and in full).
-    baseline_band: float | None = 1.5
-    baseline_doubling_ms: int | None = 3_600_000
-    slow_half_life_ms: int | None = 7_200_000  # the slow EWMA; None: none
+    baseline_band: float | None = default("baseline-band")
+    baseline_doubling_ms: int | None = default_ms("baseline-doubling")
+    baseline_slow_half_life_ms: int | None = default_ms("baseline-slow-half-life")  # None: none
     # A slow breach trips once it lasted breach_windows - 1 windows within this many
     # windows; None: breach_windows + 1. breach_windows - 1 means unbroken (earlier releases).
     breach_span: int | None = None
-    runaway_growth: float | None = 1.15  # per step; None: no runaway rule
-    runaway_step: int = 2  # windows per step
-    runaway_steps: int = 4  # consecutive steps of growth
+    runaway_growth: float | None = default("runaway-growth")  # per step; None: no rule
+    runaway_step: int = default("runaway-step")  # windows per step
+    runaway_steps: int = default("runaway-steps")  # consecutive steps of growth
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"{name}: {why}, got {getattr(self, name)!r}")
 
-        if self.max_orders is not None and self.max_orders < 0:
-            raise bad("max_orders", "must not be negative")
-        if self.baseline_multiplier is not None and not self.baseline_multiplier > 1.0:
-            raise bad("baseline_multiplier", "must be above 1")
-        if self.breach_windows < 1:
-            raise bad("breach_windows", "must be at least 1")
-        if self.min_orders < 0 or self.warmup_ms < 0:
-            raise bad("min_orders" if self.min_orders < 0 else "warmup_ms", "must not be negative")
+        # The ranges are the table's (`core.options`), the one place they are written.
+        for field, (name, per) in _BOUNDED.items():
+            value = getattr(self, field)
+            if value is None:
+                continue
+            b = bound(name)
+            if isinstance(value, bool) or not b.lo <= value / per <= b.hi:
+                raise bad(field, f"out of range: must be {b.describe()} (--{name})")
         if self.max_host_share is not None and not 0.0 < self.max_host_share < 1.0:
             raise bad("max_host_share", "must be a fraction between 0 and 1")
-        if not self.haunted_ratio > 1.0:
-            raise bad("haunted_ratio", "must be above 1")
-        if self.fast_window_ms <= 0:
-            raise bad("fast_window_ms", "must be positive")
-        if self.fast_multiplier is not None and not self.fast_multiplier > 1.0:
-            raise bad("fast_multiplier", "must be above 1")
-        if self.fast_breach_ms < 0:
-            raise bad("fast_breach_ms", "must not be negative")
-        if self.fast_min_orders < 0:
-            raise bad("fast_min_orders", "must not be negative")
-        if self.max_rate is not None and not self.max_rate > 0.0:
-            raise bad("max_rate", "must be positive")
-        if self.baseline_band is not None and not self.baseline_band >= 1.0:
-            raise bad("baseline_band", "must be at least 1")
-        if self.baseline_doubling_ms is not None and self.baseline_doubling_ms <= 0:
-            raise bad("baseline_doubling_ms", "must be positive")
-        if self.slow_half_life_ms is not None and self.slow_half_life_ms <= 0:
-            raise bad("slow_half_life_ms", "must be positive")
-        if self.breach_span is not None and self.breach_span < max(self.breach_windows - 1, 1):
-            raise bad("breach_span", "must be at least breach_windows - 1 (and 1)")
-        if self.runaway_growth is not None and not self.runaway_growth > 1.0:
-            raise bad("runaway_growth", "must be above 1")
-        if self.runaway_step < 1:
-            raise bad("runaway_step", "must be at least 1")
-        if self.runaway_steps < 1:
-            raise bad("runaway_steps", "must be at least 1")
+        if self.breach_span is not None and self.breach_span < self.breach_windows - 1:
+            raise bad("breach_span", "must be at least breach_windows - 1")
         if not isinstance(self.shadow, bool):
             unknown = set(self.shadow) - set(CAUSES)
             if unknown:
@@ -165,7 +167,7 @@ class MonitorConfig:
             half_life_ms=self.half_life_ms,
             bucket_ms=self.profile_bucket_ms,
             profile_half_life_ms=self.profile_half_life_ms,
-            slow_half_life_ms=self.slow_half_life_ms,
+            slow_half_life_ms=self.baseline_slow_half_life_ms,
             band=self.baseline_band,
             doubling_ms=self.baseline_doubling_ms,
             floor=self.min_orders / self.baseline_multiplier if self.baseline_multiplier else 0.0,
@@ -179,7 +181,7 @@ class MonitorConfig:
             self,
             baseline_band=None,
             baseline_doubling_ms=None,
-            slow_half_life_ms=None,
+            baseline_slow_half_life_ms=None,
             breach_span=max(self.breach_windows - 1, 1),
             runaway_growth=None,
         )
@@ -358,3 +360,25 @@ def haunted_hosts(
             out.append(HauntedHost(host, orders, orders / node_total, peer_ratio))
     out.sort(key=lambda h: (-h.peer_ratio, h.host))
     return tuple(out)
+
+
+def default_cap(window_ms: int, hosts: int) -> int:
+    """The static cap enforced when none is given: `CAP_PER_HOST_PER_S` orders per second per
+    roster host, over the window (a backstop while the baseline rule warms up), within the
+    range of `--max-orders`."""
+    cap = round(CAP_PER_HOST_PER_S * max(hosts, 1) * window_ms / 1000)
+    return int(min(max(1, cap), bound("max-orders").hi))
+
+
+def with_static_cap(monitor: MonitorConfig, hosts: int) -> MonitorConfig:
+    """`monitor` as the aggregator (and the backtest) runs it: its static cap derived by
+    `default_cap` when none was given, and never in shadow (`--shadow all` shadows the other
+    rules and leaves the cap enforcing)."""
+    if monitor.max_orders is None:
+        monitor = replace(monitor, max_orders=default_cap(monitor.window_ms, hosts))
+    shadow = monitor.shadow
+    if shadow is True:
+        shadow = frozenset(c for c in CAUSES if c != MAX_ORDERS)
+    elif not isinstance(shadow, bool) and MAX_ORDERS in shadow:
+        shadow = shadow - {MAX_ORDERS}
+    return monitor if shadow == monitor.shadow else replace(monitor, shadow=shadow)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from killswitch.core.anomaly import MonitorConfig
 from killswitch.core.backtest import FlowEvent, replay
 from killswitch.core.baseline import Baseline
+from killswitch.core.options import default_ms
 
 HOSTS = tuple(f"or-{i:02d}" for i in range(1, 9))
 PER_HOST = 10.0  # orders/s per host, the node's normal
@@ -127,7 +128,7 @@ def compressed(config: MonitorConfig, k: float) -> MonitorConfig:
         profile_bucket_ms=round(config.profile_bucket_ms / k),
         profile_half_life_ms=round(config.profile_half_life_ms / k),
         baseline_doubling_ms=short(config.baseline_doubling_ms),
-        slow_half_life_ms=short(config.slow_half_life_ms),
+        baseline_slow_half_life_ms=short(config.baseline_slow_half_life_ms),
         min_orders=round(config.min_orders / k),
     )
 
@@ -301,7 +302,7 @@ def run(
     config: MonitorConfig,
     *,
     seed: int = 0,
-    tick_ms: int = 100,
+    tick_ms: int = default_ms("tick"),
     flush_ms: int = 100,
     flow: Sequence[FlowEvent] | None = None,
     baseline: dict[str, str] | None = None,

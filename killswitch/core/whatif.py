@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from killswitch.core.backtest import FlowEvent
+from killswitch.core.options import default_ms
 from killswitch.core.window import SlidingWindow
 
 
@@ -36,7 +37,7 @@ def per_host_limit(
     window_ms: int,
     onset_ms: int,
     *,
-    tick_ms: int = 100,
+    tick_ms: int = default_ms("tick"),
 ) -> Verdict:
     """Each host checks only its own volume: more than `cap` orders in its own `window_ms`
     stops that host (and only it; its peers keep trading). Evaluated every `tick_ms`."""

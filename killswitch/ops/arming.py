@@ -22,6 +22,7 @@ from killswitch.core.armproof import (
     verify_proof,
 )
 from killswitch.core.bounds import uint_or
+from killswitch.core.options import default, to_ms
 from killswitch.core.roster import (
     DEFAULT_ALIVE_MS,
     epoch_floor,
@@ -48,7 +49,7 @@ from killswitch.ops.rolloutview import approve_after_arm, release_gate, split_js
 from killswitch.ops.signing import SignError, ssh_sign
 from killswitch.store.store import NodeSnapshot, Store, epoch_ceiling
 
-DEFAULT_EXPIRES_S = 600.0
+DEFAULT_EXPIRES_S: float = default("expires")
 
 Signer = Callable[[str, bytes], Awaitable[str]]
 
@@ -61,7 +62,7 @@ async def arm(
     roster: Sequence[str] | None = None,
     reason: str | None = None,
     expires_s: float = DEFAULT_EXPIRES_S,
-    timeout: float = 5.0,
+    timeout: float = default("timeout"),
     sign: Signer = ssh_sign,
     alive_ms: int = DEFAULT_ALIVE_MS,
 ) -> Outcome:
@@ -140,7 +141,7 @@ async def arm(
         epoch=next_epoch(epoch, floor),
         roster=wanted,
         reason=reason or "",
-        expires_ms=snap.now_ms + round(expires_s * 1000),
+        expires_ms=snap.now_ms + to_ms(expires_s),
     )
     message = req.encode()
     try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from killswitch.core import rollout as ro
 from killswitch.core.armproof import Proof, ProofError
+from killswitch.core.options import to_ms
 from killswitch.core.roster import DEFAULT_ALIVE_MS, reported_releases
 from killswitch.core.sshsig import Operators, SignatureError, verify
 from killswitch.ops.arming import DEFAULT_EXPIRES_S, Signer
@@ -85,7 +86,7 @@ async def rollout(
         step = pending.step
     want: ro.RolloutRequest | str = _wanted(
         node, step, rec, current, snap.roster, by_host, release, hosts, reason, pending,
-        snap.now_ms + round(expires_s * 1000),
+        snap.now_ms + to_ms(expires_s),
     )  # fmt: skip
     if isinstance(want, str):
         return await _refused(store, step, reason, want, f"refused: {want}")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from killswitch.core.armproof import ArmRequest, Proof
 from killswitch.core.bounds import uint_or
+from killswitch.core.options import default, to_ms
 from killswitch.core.roster import not_ready_for_arm
 from killswitch.core.scope import ahead, parse_scopes, proven, valid_symbol
 from killswitch.ops.control import (
@@ -37,7 +38,7 @@ if TYPE_CHECKING:  # the signing side loads `cryptography`: a scoped kill never 
     from killswitch.core.sshsig import Operators
     from killswitch.ops.arming import Signer
 
-DEFAULT_EXPIRES_S = 600.0  # as a node arm's (ops.arming)
+DEFAULT_EXPIRES_S: float = default("expires")  # as a node arm's (ops.arming)
 
 
 def check_scope(kind: str, value: str, roster: tuple[str, ...]) -> str:
@@ -71,7 +72,7 @@ async def arm_scope(
     operators: Operators,
     reason: str | None,
     expires_s: float = DEFAULT_EXPIRES_S,
-    timeout: float = 5.0,
+    timeout: float = default("timeout"),
     sign: Signer | None = None,
 ) -> Outcome:
     """Sign the lift of a scoped kill: record it pending, or complete a pending one."""
@@ -115,7 +116,7 @@ async def arm_scope(
         pending = None
     req = pending or ArmRequest(
         node=node, lifts_epoch=epoch, lifts_ver=ver, epoch=epoch, roster=before.roster,
-        reason=reason or "", expires_ms=before.now_ms + round(expires_s * 1000), scope=field,
+        reason=reason or "", expires_ms=before.now_ms + to_ms(expires_s), scope=field,
         scope_ver=scopes.ver,
     )  # fmt: skip
     message = req.encode()

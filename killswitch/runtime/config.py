@@ -5,51 +5,44 @@ Errors name the bad field and where it came from. Nothing here touches Redis or 
 
 from __future__ import annotations
 
-import grp
-import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from killswitch.core.names import InvalidName, check_name
+from killswitch.core.options import (
+    ENV_PREFIX,
+    OPTIONS,
+    VERBS,
+    Option,
+    closest,
+    config_keys,
+    default,
+    option,
+    options_of,
+)
+from killswitch.runtime.convert import (
+    ConfigError,
+    ListenAddr,
+    converter,
+    file_mode,
+    group_id,
+    host_name,
+    listen_host,
+    node_name,
+    parse_listen,
+    positive_float,
+    positive_int,
+    str_list,
+)
 
-DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-ENV_PREFIX = "KILLSWITCH_"
+__all__ = [
+    "DEFAULT_REDIS", "ConfigError", "ListenAddr", "Resolver", "file_mode", "group_id",
+    "host_name", "listen_host", "load_config_file", "node_name", "parse_listen",
+    "positive_float", "positive_int", "str_list",
+]  # fmt: skip
 
-T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A setting is missing or invalid; the message names it."""
-
-
-@dataclass(frozen=True, slots=True)
-class ListenAddr:
-    kind: str  # "unix" | "tcp"
-    path: str = ""
-    host: str = ""
-    port: int = 0
-
-    def __str__(self) -> str:
-        return f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
-
-
-def parse_listen(value: str) -> ListenAddr:
-    """`unix:/path` or `tcp:HOST:PORT` (HOST may be an IPv6 literal in brackets)."""
-    if value.startswith("unix:"):
-        path = value[5:]
-        if not path:
-            raise ConfigError("listen: unix: needs a socket path, e.g. unix:/run/ks/gate.sock")
-        return ListenAddr("unix", path=path)
-    if value.startswith("tcp:"):
-        host, sep, port = value[4:].rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-            raise ConfigError(f"listen: {value!r} is not tcp:HOST:PORT, e.g. tcp:127.0.0.1:7000")
-        return ListenAddr("tcp", host=host, port=int(port))
-    raise ConfigError(f"listen: {value!r} must start with unix: or tcp:")
+DEFAULT_REDIS: str = default("redis")
 
 
 def load_config_file(path: str | None) -> dict[str, Any]:
@@ -70,11 +63,17 @@ def load_config_file(path: str | None) -> dict[str, Any]:
         raise ConfigError(f"config: cannot read {path}: {e}") from None
 
 
+_TABLE: Any = object()  # "take it from the table"
+
+
 class Resolver:
-    """Looks a setting up in flags, then `KILLSWITCH_<NAME>`, then the config file, then default.
+    """Looks a setting up in flags, then its environment variable, then the config file, then
+    the table's default (`core.options`), converting each with the table's converter.
 
     The config file may hold a setting at top level or in a `[<command>]` table; the table
-    wins. Flag values of None mean "not given".
+    wins. Flag values of None mean "not given". `resolve()` converts every setting of the
+    verb at once, so a verb refuses a bad value before it does anything; `get()` afterwards
+    returns what was resolved.
     """
 
     def __init__(
@@ -89,74 +88,104 @@ class Resolver:
         self.config = dict(config or {})
         sect = self.config.get(section, {}) if section else {}
         self.section = sect if isinstance(sect, dict) else {}
+        self.verb = section
+        self.values: dict[str, Any] = {}
 
-    def get(self, name: str, default: T, conv: Callable[[Any], T]) -> T:
+    def option(self, name: str) -> Option | None:
+        try:
+            return option(name, self.verb if self.verb in VERBS else "")
+        except KeyError:
+            return None
+
+    def resolve(self) -> dict[str, Any]:
+        """Every setting of the verb, converted and checked (the first bad one: ConfigError)."""
+        for o in options_of(self.verb):
+            if o.name not in self.values:
+                self.values[o.name] = self.get(o.name)
+        return self.values
+
+    def get(self, name: str, default: Any = _TABLE, conv: Any = _TABLE) -> Any:
+        """The setting's value; `default` and `conv` only for a name the table does not hold."""
+        if default is _TABLE and conv is _TABLE and name in self.values:
+            return self.values[name]
+        opt = self.option(name)
+        if opt is None and (default is _TABLE or conv is _TABLE):
+            raise KeyError(f"{name!r} is not a setting of {self.verb or 'any verb'}")
+        convert = converter(opt) if conv is _TABLE and opt is not None else conv
+        found = self.source(name, opt)
+        if found is None:
+            if default is not _TABLE:
+                return default
+            return None if opt is None or opt.default is None else convert(opt.default)
+        _, where, raw = found
+        try:
+            return convert(raw)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError, OverflowError) as e:
+            raise ConfigError(f"{name}: bad value {raw!r} from {where}: {e}") from None
+
+    def source(self, name: str, opt: Option | None = None) -> tuple[str, str, Any] | None:
+        """(flag | env | file, where, raw value) of the first source that gives `name`."""
+        opt = opt or self.option(name)
         key = name.replace("-", "_")
-        sources: list[tuple[str, Any]] = [
-            (f"--{name}", self.flags.get(key)),
-            (ENV_PREFIX + key.upper(), self.env.get(ENV_PREFIX + key.upper())),
-            (f"config [{key}]", self._from_config(key, name)),
-        ]
-        for where, raw in sources:
-            if raw is None or raw == "":
-                continue
-            try:
-                return conv(raw)
-            except (ValueError, TypeError, OverflowError) as e:
-                raise ConfigError(f"{name}: bad value {raw!r} from {where}: {e}") from None
-        return default
+        sources = [("flag", f"--{name}", self.flags.get(opt.attr if opt else key))]
+        if opt is None or not opt.flags_only:
+            env = opt.env_var if opt else ENV_PREFIX + key.upper()
+            if env:
+                sources.append(("env", env, self.env.get(env)))
+            keys = (key, name, *(opt.aliases if opt else ()))
+            sources.append(("file", f"config [{key}]", self._from_config(keys)))
+        for kind, where, raw in sources:
+            if raw is not None and raw != "":
+                return kind, where, raw
+        return None
 
-    def _from_config(self, key: str, name: str) -> Any:
+    def _from_config(self, keys: tuple[str, ...]) -> Any:
         # Accept both `stale_after` and `stale-after` (the flag's spelling) in the file.
         for table in (self.section, self.config):
-            for k in (key, name):
+            for k in keys:
                 if k in table and not isinstance(table[k], dict):
                     return table[k]
         return None
 
-    def require(self, name: str, conv: Callable[[Any], T], hint: str = "") -> T:
-        missing = object()
-        value = self.get(name, missing, conv)
-        if value is missing:
-            env = ENV_PREFIX + name.replace("-", "_").upper()
-            raise ConfigError(f"{name}: required; give --{name} or set {env}{hint}")
-        return value  # type: ignore[return-value]
+    def require(self, name: str, conv: Any = _TABLE, hint: str = "") -> Any:
+        value = self.get(name, _MISSING, conv) if conv is not _TABLE else self.get(name)
+        if value is None or value is _MISSING:
+            opt = self.option(name)
+            env = opt.env_var if opt else ENV_PREFIX + name.replace("-", "_").upper()
+            where = f"--{name} or set {env}" if env else f"--{name}"
+            raise ConfigError(f"{name}: required; give {where}{hint}")
+        return value
 
 
-def node_name(v: Any) -> str:
-    try:
-        return check_name("node", str(v))
-    except InvalidName as e:
-        raise ValueError(str(e)) from None
+_MISSING: Any = object()
 
 
-def host_name(v: Any) -> str:
-    try:
-        return check_name("host", str(v))
-    except InvalidName as e:
-        raise ValueError(str(e)) from None
+def unknown_keys(config: Mapping[str, Any]) -> list[str]:
+    """One line per key of a config file that no verb takes (or, in a `[VERB]` table, that
+    verb does not take), naming the closest known key. Every verb refuses the same file."""
+    problems = []
+    for k, v in config.items():
+        if k in VERBS and isinstance(v, dict):
+            known = config_keys(k)
+            problems += [_unknown(f"[{k}] {kk}", kk, known, k) for kk in v if kk not in known]
+        elif k in VERBS:
+            problems.append(f"config [{k}]: must be a table of {k}'s settings")
+        elif k not in config_keys():
+            problems.append(_unknown(k, k, config_keys(), ""))
+    return problems
 
 
-def positive_float(v: Any) -> float:
-    f = float(v)
-    if not (f > 0 and math.isfinite(f)):
-        raise ValueError("must be a positive, finite number")
-    return f
-
-
-def positive_int(v: Any) -> int:
-    if isinstance(v, float) and not v.is_integer():
-        raise ValueError("must be a whole number")
-    i = int(v)
-    if i <= 0:
-        raise ValueError("must be a positive whole number")
-    return i
-
-
-def str_list(v: Any) -> list[str]:
-    if isinstance(v, list):
-        return [str(x) for x in v]
-    return [p.strip() for p in str(v).split(",") if p.strip()]
+def _unknown(where: str, key: str, known: frozenset[str], verb: str) -> str:
+    line = f"config {where}: unknown key"
+    if verb and key in config_keys():
+        takers = sorted(
+            {v for o in OPTIONS if key in (o.key, o.name) and not o.flags_only for v in o.verbs}
+        )
+        return f"{line}: {verb} does not take it (it is a setting of {', '.join(takers)})"
+    near = closest(key.replace("-", "_"), (k for k in known if "-" not in k))
+    return f"{line}; did you mean {near}?" if near else f"{line} (see killswitch config --check)"
 
 
 STATE_DIR_HELP = (
@@ -231,31 +260,3 @@ def check_listen_path(addr: ListenAddr) -> None:
     parent = Path(addr.path).parent
     if not parent.is_dir():
         raise ConfigError(f"listen: directory {str(parent)!r} of {addr} does not exist")
-
-
-def listen_host(v: Any) -> str:
-    """An address to bind an HTTP server on: an IP literal or a host name, no port."""
-    text = str(v).strip().strip("[]")
-    if not text or any(c.isspace() for c in text) or "/" in text or len(text) > 253:
-        raise ValueError("must be an address such as 127.0.0.1, 0.0.0.0 or ::")
-    return text
-
-
-def file_mode(v: Any) -> int:
-    """Permission bits in octal, e.g. 660 or 0o660."""
-    text = str(v).strip().lower().removeprefix("0o")
-    if not text or len(text) > 4 or any(c not in "01234567" for c in text):
-        raise ValueError("must be octal permission bits 0..777, e.g. 660")
-    mode = int(text, 8)
-    if mode > 0o777:
-        raise ValueError("must be octal permission bits 0..777, e.g. 660")
-    return mode
-
-
-def group_id(v: Any) -> int:
-    """A group name or numeric id that exists on this machine."""
-    text = str(v).strip()
-    try:
-        return grp.getgrgid(int(text)).gr_gid if text.isdigit() else grp.getgrnam(text).gr_gid
-    except (KeyError, OverflowError):
-        raise ValueError("no such group on this machine") from None

@@ -20,8 +20,10 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
+from killswitch.core.options import default
+
 ON_KILL_TIMEOUT_S = 30.0  # a venue mass-cancel that hangs longer is reported as a timeout
-ON_KILL_STOP_GRACE_S = 10.0  # default: on stop, how long a running command may still finish
+ON_KILL_STOP_GRACE_S: float = default("on-kill-grace")  # on stop, how long it may still run
 ON_KILL_TERM_WAIT_S = 2.0  # after SIGTERM to its process group, before SIGKILL
 _POLL_S = 0.02  # how often a process group is checked for survivors while it is ended
 

@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 
 from killswitch.core.gate import LIMIT, Gate
 from killswitch.core.heartbeat import idle_every, trip_due
+from killswitch.core.options import to_ms
 from killswitch.core.scope import Held, parse_scopes
 from killswitch.core.state import NodeState, boot_view, observe
 from killswitch.core.version import __version__
@@ -295,7 +296,7 @@ class Sidecar(ReadApplier):
             view=self.gate.status()[0].value,
             gate="open" if self.gate.is_open else "closed",
             orders_per_s=self._orders_per_s(sent, allowed + blocked),
-            stale_after_ms=int(self.s.stale_after * 1000),
+            stale_after_ms=to_ms(self.s.stale_after),
             regression=view.regression or self.problem(),
             confirm_epoch=view.epoch if want_confirm else 0,
             confirm_ver=view.ver if want_confirm else 0,

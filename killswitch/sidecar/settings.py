@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from killswitch.core.limits import Limits
+from killswitch.core.options import default
 from killswitch.runtime.config import ListenAddr
-from killswitch.sidecar.onkill import ON_KILL_STOP_GRACE_S
 
 
 @dataclass(frozen=True)
@@ -17,19 +17,22 @@ class SidecarSettings:
     redis_url: str
     listen: tuple[ListenAddr, ...] = ()
     metrics_port: int | None = None
-    flush_interval: float = 0.1
-    stale_after: float = 1.0
+    # Defaults are the table's (`core.options`): one place for every setting.
+    flush_interval: float = default("flush-interval")
+    stale_after: float = default("stale-after")
     state_dir: str = ""
     operators: str = ""  # the operators' allowed-signers file ("": this gate never opens)
-    metrics_listen: str = "127.0.0.1"  # 0.0.0.0 to be scraped from another host or container
-    max_conns: int = 1024  # gate connections at once
-    line_timeout: float = 5.0  # seconds a gate client may hold a partial line
+    metrics_listen: str = default("metrics-listen")  # 0.0.0.0: scraped from elsewhere
+    max_conns: int = default("max-conns")  # gate connections at once
+    line_timeout: float = default("line-timeout")  # seconds a gate client may hold a partial line
     socket_mode: int | None = None  # unix socket permission bits (None: the umask decides)
     socket_gid: int | None = None  # unix socket group (None: the process's group)
     limits: Limits | None = None  # local pre-trade limits (`--limits`); None: none
     limits_digest: str = ""  # sha256 of the limits file, reported with the host's release
     on_kill: str = ""  # shell command run once per kill epoch (`--on-kill`)
-    on_kill_grace: float = ON_KILL_STOP_GRACE_S  # on stop, seconds it may still finish
+    on_kill_grace: float = default("on-kill-grace")  # on stop, seconds it may still finish
     attest: tuple[str, ...] = ()  # files or globs whose bytes are this host's release
-    attest_interval: float = 2.0  # seconds between checks for changed attested files
+    attest_interval: float = default(
+        "attest-interval"
+    )  # seconds between checks for changed attested files
     extra: dict[str, Any] = field(default_factory=dict)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from killswitch.core.options import default
 from killswitch.sim.operators import OperatorKeys, make_operators
 
 
@@ -177,8 +178,8 @@ class Fleet:
     node: str
     hosts: Sequence[str]
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ks-fleet-")))
-    flush_interval: float = 0.1
-    stale_after: float = 1.0
+    flush_interval: float = default("flush-interval")
+    stale_after: float = default("stale-after")
     sidecars: dict[str, Proc] = field(default_factory=dict)
     aggregator: Proc | None = None
     extra_sidecar_args: Sequence[str] = ()

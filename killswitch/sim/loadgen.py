@@ -17,15 +17,17 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from killswitch.core.options import default
+
 
 @dataclass(frozen=True)
 class LoadgenSettings:
     """What `killswitch loadgen` runs with (resolved and validated by the CLI)."""
 
     address: str  # the sidecar's gate: unix:/path or tcp:HOST:PORT
-    rate: float = 100.0  # orders per second
+    rate: float = default("rate")  # orders per second
     duration: float | None = None  # seconds; None: until stopped
-    name: str = "router"  # prefix of order ids
+    name: str = default("name")  # prefix of order ids
 
 
 @dataclass

@@ -1,0 +1,400 @@
+"""A real Prometheus server on a free loopback port, and the PromQL the repo ships, for tests.
+
+`PrometheusHarness` runs the actual `prometheus` binary (never a stand-in) with a generated
+config that scrapes the given targets and loads the repo's alert rules, every second.
+`extract_exprs()` lists every PromQL expression in the dashboards and alert rules so a test
+can evaluate each one against that server. Test tooling only: services never import this,
+and it must never scrape or write anything it was not given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from killswitch.sim.embedded import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ALERT_RULES = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
+DASHBOARDS = REPO_ROOT / "dashboards"
+
+T = TypeVar("T")
+
+INSTALL_HINT = (
+    "prometheus was not found on PATH. Install it (Debian/Ubuntu: "
+    "`sudo apt-get install -y prometheus`) or set KILLSWITCH_PROMETHEUS to its path."
+)
+
+# What the dashboards' template variables stand for when an expression is evaluated outside
+# Grafana. $__rate_interval is 4 x the 1 s scrape interval plus margin, as Grafana would pick.
+DEFAULT_VARIABLES: Mapping[str, str] = {
+    "node": "smars",
+    "window": "10s",
+    "datasource": "prometheus",
+    "__rate_interval": "5s",
+    "__interval": "1s",
+    "__interval_ms": "1000",
+    "__range": "1h",
+    "__range_s": "3600",
+    "__range_ms": "3600000",
+}
+
+_VARIABLE = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\[\[(\w+)\]\]|\$(\w+)")
+# Grafana query-variable functions whose argument is PromQL: query_result(EXPR) and
+# label_values(SELECTOR, label); label_names() and metrics() carry no expression.
+_QUERY_RESULT = re.compile(r"^\s*query_result\((?P<expr>.*)\)\s*$", re.DOTALL)
+_LABEL_VALUES = re.compile(r"^\s*label_values\((?P<expr>.*),\s*\w+\s*\)\s*$", re.DOTALL)
+
+
+class PrometheusMissing(RuntimeError):
+    """No prometheus binary could be found."""
+
+
+class PromQueryError(RuntimeError):
+    """Prometheus refused a query or answered with something that is not a success."""
+
+
+def find_prometheus() -> str:
+    """Return the prometheus binary: env KILLSWITCH_PROMETHEUS, PATH, or /usr/bin."""
+    explicit = os.environ.get("KILLSWITCH_PROMETHEUS")
+    if explicit:
+        return explicit
+    found = shutil.which("prometheus") or (
+        "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
+    )
+    if not found:
+        raise PrometheusMissing(INSTALL_HINT)
+    return found
+
+
+# --- expressions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromExpr:
+    """One PromQL expression and where it came from (for failure messages)."""
+
+    origin: str  # e.g. "dashboards/node-overview.json panel 9 'Node orders...' refId A"
+    expr: str  # template variables already substituted
+
+
+def substitute(expr: str, variables: Mapping[str, str]) -> str:
+    """Replace Grafana template variables ($x, ${x}, ${x:fmt}, [[x]]); unknown ones raise."""
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2) or match.group(3)
+        if name not in variables:
+            raise KeyError(f"no value for template variable ${name} in {expr!r}")
+        return variables[name]
+
+    return _VARIABLE.sub(one, expr)
+
+
+def _variable_expr(query: object) -> str | None:
+    """The PromQL inside a query variable's definition, if it has any."""
+    text = query.get("query") if isinstance(query, dict) else query
+    if not isinstance(text, str):
+        return None
+    for pattern in (_QUERY_RESULT, _LABEL_VALUES):
+        match = pattern.match(text)
+        if match:
+            return match.group("expr")
+    return None
+
+
+def _panels(panels: Sequence[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels") or [])  # collapsed rows nest their panels
+
+
+def dashboard_exprs(path: Path, variables: Mapping[str, str] = DEFAULT_VARIABLES) -> list[PromExpr]:
+    """Every PromQL expression of one dashboard JSON: panel targets and query variables."""
+    board = json.loads(path.read_text())
+    name = path.name
+    found: list[PromExpr] = []
+    for var in board.get("templating", {}).get("list", []):
+        if var.get("type") == "query":
+            inner = _variable_expr(var.get("query"))
+            if inner is not None:
+                origin = f"{name} variable ${var.get('name')}"
+                found.append(PromExpr(origin, substitute(inner, variables)))
+    for panel in _panels(board.get("panels", [])):
+        for target in panel.get("targets") or []:
+            expr = target.get("expr")
+            if isinstance(expr, str) and expr.strip():
+                origin = (
+                    f"{name} panel {panel.get('id')} {panel.get('title')!r} "
+                    f"refId {target.get('refId')}"
+                )
+                found.append(PromExpr(origin, substitute(expr, variables)))
+    return found
+
+
+def rule_exprs(path: Path = ALERT_RULES) -> list[PromExpr]:
+    """Every `expr` of a Prometheus rule file (alerting and recording rules)."""
+    import yaml  # noqa: PLC0415  test-only dependency: only this helper reads YAML
+
+    doc = yaml.safe_load(path.read_text())
+    found: list[PromExpr] = []
+    for group in doc.get("groups", []):
+        for rule in group.get("rules", []):
+            name = rule.get("alert") or rule.get("record")
+            found.append(PromExpr(f"{path.name} {name}", str(rule["expr"]).strip()))
+    return found
+
+
+def extract_exprs(
+    node: str = "smars",
+    *,
+    root: Path = REPO_ROOT,
+    variables: Mapping[str, str] | None = None,
+) -> list[PromExpr]:
+    """Every PromQL expression in dashboards/*.json and deploy/prometheus/alerts.yml.
+
+    Dashboard template variables are replaced: `$node` by `node`, the rest from
+    DEFAULT_VARIABLES updated with `variables`. A variable with no value raises KeyError, so a
+    new dashboard variable cannot silently escape evaluation.
+    """
+    values = {**DEFAULT_VARIABLES, "node": node, **(variables or {})}
+    found: list[PromExpr] = []
+    for path in sorted((root / "dashboards").glob("*.json")):
+        found.extend(dashboard_exprs(path, values))
+    found.extend(rule_exprs(root / "deploy" / "prometheus" / "alerts.yml"))
+    return found
+
+
+# --- the server ---------------------------------------------------------------------------
+
+
+def scrape_config(
+    targets: Sequence[str],
+    rule_files: Sequence[Path],
+    *,
+    scrape_interval: str = "1s",
+    scrape_timeout: str = "800ms",
+    evaluation_interval: str = "1s",
+    job: str = "killswitch",
+) -> dict[str, Any]:
+    """The Prometheus config the harness runs (JSON is valid YAML, so no YAML writer)."""
+    return {
+        "global": {
+            "scrape_interval": scrape_interval,
+            "scrape_timeout": scrape_timeout,  # Prometheus refuses one above the interval
+            "evaluation_interval": evaluation_interval,
+        },
+        "rule_files": [str(p) for p in rule_files],
+        "scrape_configs": [
+            {
+                "job_name": job,
+                # As in deploy/prometheus/prometheus.yml: keep killswitch's own `instance`.
+                "honor_labels": True,
+                "static_configs": [{"targets": list(targets)}],
+            }
+        ],
+    }
+
+
+class PrometheusHarness:
+    """One prometheus process on 127.0.0.1 scraping `targets`, in its own temp directory.
+
+    `start()` blocks until `/-/ready`; `stop()` is idempotent and removes the directory.
+    Use as a context manager. `query()` / `alerts()` talk to its HTTP API synchronously.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[str],
+        *,
+        rule_files: Sequence[Path] = (ALERT_RULES,),
+        scrape_interval: str = "1s",
+        scrape_timeout: str = "800ms",
+        evaluation_interval: str = "1s",
+        port: int | None = None,
+        binary: str | None = None,
+    ) -> None:
+        self.binary = binary or find_prometheus()
+        self.targets = list(targets)
+        self.rule_files = [Path(p).resolve() for p in rule_files]
+        self.scrape_interval = scrape_interval
+        self.scrape_timeout = scrape_timeout
+        self.evaluation_interval = evaluation_interval
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path | None:
+        return Path(self._dir.name) / "prometheus.log" if self._dir else None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        path = self.log_path
+        return path.read_text(errors="replace")[-chars:] if path and path.exists() else ""
+
+    def start(self, timeout: float = 30.0) -> PrometheusHarness:
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        self._dir = tempfile.TemporaryDirectory(prefix="ks-prom-")
+        work = Path(self._dir.name)
+        config = work / "prometheus.yml"
+        config.write_text(
+            json.dumps(
+                scrape_config(
+                    self.targets,
+                    self.rule_files,
+                    scrape_interval=self.scrape_interval,
+                    scrape_timeout=self.scrape_timeout,
+                    evaluation_interval=self.evaluation_interval,
+                ),
+                indent=2,
+            )
+        )
+        args = [
+            self.binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={work / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--storage.tsdb.retention.time=1h",
+            "--log.level=info",
+        ]
+        with (work / "prometheus.log").open("wb") as log:
+            # The child keeps its own copy of the descriptor; ours is closed right away.
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=work)
+        try:
+            self._wait_ready(timeout)
+        except Exception:
+            tail = self.log_tail()
+            self.stop()
+            raise RuntimeError(f"prometheus did not become ready on {self.url}:\n{tail}") from None
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError("prometheus exited during start-up")
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1.0) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.url}/-/ready not 200 after {timeout}s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        directory, self._dir = self._dir, None
+        if directory is not None:
+            directory.cleanup()
+
+    def __enter__(self) -> PrometheusHarness:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- HTTP API ---------------------------------------------------------------------
+
+    def api(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        """GET /api/v1/<path>; returns `data` or raises PromQueryError with Prometheus' reason."""
+        url = f"{self.url}/api/v1/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        try:
+            with urllib.request.urlopen(url, timeout=10.0) as resp:
+                body = json.load(resp)
+        except urllib.error.HTTPError as exc:
+            with exc:
+                detail = exc.read().decode(errors="replace")
+            raise PromQueryError(
+                f"{path} {dict(params or {})}: HTTP {exc.code}: {detail}"
+            ) from None
+        if body.get("status") != "success":
+            raise PromQueryError(f"{path} {dict(params or {})}: {body}")
+        return body["data"]
+
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """Instant query; each result is {"metric": {labels}, "value": [ts, "v"]}.
+
+        A scalar or string result is returned as one item with empty labels, so callers can
+        treat every answer as a list.
+        """
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        data = self.api("query", params)
+        result = data["result"]
+        if data["resultType"] in ("scalar", "string"):
+            return [{"metric": {}, "value": result}]
+        return list(result)
+
+    def value(self, expr: str) -> float | None:
+        """The single value of an instant query, or None when it returns nothing."""
+        result = self.query(expr)
+        if not result:
+            return None
+        if len(result) > 1:
+            raise PromQueryError(f"{expr!r} returned {len(result)} series, expected one")
+        return float(result[0]["value"][1])
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Active alerts (pending and firing): {"labels", "annotations", "state", ...}."""
+        return list(self.api("alerts")["alerts"])
+
+    def firing(self, alertname: str) -> list[dict[str, Any]]:
+        return [
+            a
+            for a in self.alerts()
+            if a["state"] == "firing" and a["labels"].get("alertname") == alertname
+        ]
+
+    def targets_health(self) -> dict[str, str]:
+        """scrape URL -> "up" / "down" / "unknown" for every active target."""
+        data = self.api("targets", {"state": "active"})
+        return {t["scrapeUrl"]: t["health"] for t in data["activeTargets"]}
+
+    def wait_for(
+        self,
+        probe: Callable[[], T | None],
+        timeout: float = 15.0,
+        what: str = "condition",
+        interval: float = 0.05,
+    ) -> T:
+        """Poll `probe` until it returns something truthy; return it or raise TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = probe()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} not met within {timeout}s on {self.url}")
+            time.sleep(interval)
+
+    def wait_query(self, expr: str, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """Poll an instant query until it returns at least one series."""
+        return self.wait_for(lambda: self.query(expr), timeout, f"query {expr!r} has data")

@@ -1,0 +1,181 @@
+"""Redis ACL roles on a real redis-server loaded with the generated ACL file: each sidecar's
+credential gets NOPERM on everything but its own keys, and the fleet arms, trades, kills and
+proves containment with those credentials."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis as redis_sync
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+
+from killswitch.sim.embedded import EmbeddedRedis
+from killswitch.store import acl
+from killswitch.store.keys import NodeKeys
+from kstest import Fleet
+
+HOSTS = ["or-01", "or-02"]
+SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "users.acl"
+
+
+def url(server: EmbeddedRedis, user: str) -> str:
+    return f"redis://{user}:pw-{user}@127.0.0.1:{server.port}/0"
+
+
+@pytest.fixture
+def acl_server(node: str, tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A redis-server of its own, started with the node's ACL file (no default user)."""
+    path = tmp_path / "users.acl"
+    names = acl.users(node, HOSTS)
+    path.write_text("\n".join(acl.acl_lines(node, HOSTS, {u: f"pw-{u}" for u in names})) + "\n")
+    server = EmbeddedRedis(extra_args=["--aclfile", str(path)])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@dataclass
+class AclFleet(Fleet):
+    """A fleet whose every sidecar connects with its own ACL user."""
+
+    server: EmbeddedRedis | None = None
+
+    def sidecar_args(self, host: str) -> list[str]:
+        assert self.server is not None
+        return [*super().sidecar_args(host), "--redis",
+                url(self.server, acl.sidecar_user(self.node, host))]  # fmt: skip
+
+
+def _client_as(server: EmbeddedRedis, user: str, password: str) -> redis_sync.Redis:
+    return redis_sync.Redis(
+        port=server.port, username=user, password=password, decode_responses=True
+    )
+
+
+def _client(server: EmbeddedRedis, user: str) -> redis_sync.Redis:
+    return redis_sync.Redis.from_url(url(server, user), decode_responses=True)
+
+
+class TestSidecarCredential:
+    """What a sidecar's credential (the one a trading host holds) cannot do."""
+
+    def test_nopermission_outside_own_keys(self, acl_server: EmbeddedRedis, node: str) -> None:
+        """Node state, roster, audit, lease, another host's keys: NOPERM, directly or by script."""
+        k = NodeKeys(node)
+        c = _client(acl_server, acl.sidecar_user(node, "or-01"))
+        try:
+            attempts = {
+                "state": lambda: c.hset(k.state, mapping={"state": "ARMED", "epoch": "100"}),
+                "roster": lambda: c.sadd(k.roster, "or-01"),
+                "audit": lambda: c.xadd(k.audit, {"action": "arm"}),
+                "audit head": lambda: c.hset(k.audit_head, "seq", "1"),
+                "lease": lambda: c.set(k.leader, "me"),
+                "other host": lambda: c.hset(k.host("or-02").report, "gate", "closed"),
+                "other confirm": lambda: c.hset(k.host("or-02").confirm, "epoch", "9"),
+                "delete state": lambda: c.delete(k.state),
+                "script declared": lambda: c.eval(
+                    "return redis.call('HSET', KEYS[1], 'state', 'ARMED')", 1, k.state),
+                "flushall": c.flushall,
+            }  # fmt: skip
+            for what, attempt in attempts.items():
+                with pytest.raises(NoPermissionError):
+                    attempt()
+                    pytest.fail(what)
+            with pytest.raises(ResponseError, match="can't access"):
+                c.eval(f"return redis.call('HSET', 'ks:{{{node}}}:state', 'state', 'ARMED')", 0)
+            op = _client(acl_server, acl.OPERATOR_USER)
+            assert op.hgetall(k.state) == {} and op.exists(k.roster, k.audit, k.leader) == 0
+            op.close()
+            # its own keys and a read of the node state are what it may do
+            assert c.hset(k.host("or-01").report, "gate", "closed") == 1
+            assert c.eval("return redis.call('HMGET', ARGV[1], 'state')", 0, k.state) == [None]
+        finally:
+            c.close()
+
+    def test_no_default_user(self, acl_server: EmbeddedRedis, node: str) -> None:
+        """A connection without credentials can do nothing; a wrong password is refused."""
+        anon = redis_sync.Redis(port=acl_server.port, decode_responses=True)
+        try:
+            with pytest.raises((AuthenticationError, ResponseError)):
+                anon.get("x")
+        finally:
+            anon.close()
+        wrong = redis_sync.Redis.from_url(
+            f"redis://{acl.OPERATOR_USER}:nope@127.0.0.1:{acl_server.port}/0"
+        )
+        try:
+            with pytest.raises(AuthenticationError):
+                wrong.ping()
+        finally:
+            wrong.close()
+
+
+class TestFleetWithAcl:
+    """The whole loop runs with least-privilege credentials."""
+
+    def test_arm_trade_kill_confirm(self, acl_server: EmbeddedRedis, node: str) -> None:
+        """Sidecars as their own users, aggregator and operator as theirs: arm exits 0, orders
+        flow, kill exits 0 with both hosts confirmed, every order after it blocks."""
+        f = AclFleet(url(acl_server, acl.OPERATOR_USER), node, HOSTS, server=acl_server)
+        try:
+            f.start()
+            f.start_aggregator(
+                "--tick", "0.05", "--redis", url(acl_server, acl.aggregator_user(node))
+            )
+            f.wait_ready(30)
+            armed = f.arm()
+            assert armed["confirmed"] == HOSTS
+            for h in HOSTS:
+                assert f.order(h, "a1") == f"ALLOW a1 {armed['epoch']}"
+            code, rep = f.cli_json("kill", "--reason", "acl kill")
+            assert code == 0, rep
+            assert rep["confirmed"] == HOSTS
+            for h in HOSTS:
+                assert f.order(h, "k1").startswith("BLOCK k1")
+            assert "NOPERM" not in (f.workdir / "or-01.log").read_text()
+            sidecar = acl.sidecar_user(node, "or-01")
+            denied = f.cli("kill", "--reason", "x", "--redis", url(acl_server, sidecar))
+            assert denied.returncode == 1 and "Traceback" not in denied.stderr
+            assert f"pw-{sidecar}" not in denied.stderr + denied.stdout
+        finally:
+            f.stop()
+
+
+class TestShippedFile:
+    """deploy/redis/users.acl is what the generator makes for the compose demo."""
+
+    def test_matches_generator(self) -> None:
+        """Same users and rules as `acl_lines` for node smars, hosts or-01..or-08."""
+        hosts = [f"or-{i:02d}" for i in range(1, 9)]
+        demo = {u: f"demo-{u}" for u in acl.users("smars", hosts)}
+        assert SHIPPED.read_text().splitlines() == acl.acl_lines("smars", hosts, demo)
+
+    def test_a_real_redis_starts_on_it(self) -> None:
+        """redis-server --aclfile loads the shipped file as is (Redis refuses a file with a
+        comment in it), and the operator's demo credentials then work."""
+        server = EmbeddedRedis(extra_args=["--aclfile", str(SHIPPED)])
+        server.start()
+        try:
+            with _client_as(server, "ks-operator", "demo-ks-operator") as c:
+                assert c.ping() is True
+        finally:
+            server.cleanup()
+
+    def test_generator_cli(self) -> None:
+        """`python -m killswitch.store.acl` prints a file with every user and hashed secrets."""
+        import subprocess
+
+        res = subprocess.run(
+            [sys.executable, "-m", "killswitch.store.acl", "smars", "or-01"],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+        assert res.returncode == 0
+        assert res.stdout.startswith("user default off")
+        secret = res.stderr.split()[1]
+        assert secret not in res.stdout
