@@ -3,7 +3,7 @@ and routers on the gate protocol, time-compressed 10x as the demo is (1 s window
 duration of the rules a tenth), driving the scenario library's flows.
 
 The production-window claims (10 s windows) are proven in virtual time through the same
-`Monitor` in tests/test_scenarios.py; here the same flows, compressed, trip real processes
+`Monitor` in tests/unit/test_scenarios.py; here the same flows, compressed, trip real processes
 the same way. Each test seeds a learned baseline through the store API (30 orders/s per
 host: a 1 s window holds a tenth of a 10 s one, so the flow is 3x the scenario's to keep
 its counts as steady), and checks every timing on Redis server time stamps.
@@ -36,7 +36,7 @@ VOLUME = 3.0
 HOSTS = list(sc.HOSTS)
 RULES = sc.compressed(MonitorConfig(), K)
 PRE_S = 60.0  # 6 s compressed: a burst of three windows fits before the onset
-# "Within two windows" live, as tests/test_anomaly_live.py counts it: two windows, plus one
+# "Within two windows" live, as tests/live/test_anomaly_live.py counts it: two windows, plus one
 # sidecar flush before the flood's first orders reach Redis, one tick of the evaluation grid
 # and 0.1 s for the routers' batches and the onset mapping (the drive starts after t0).
 TWO_WINDOWS_MS = 2 * RULES.window_ms + 300

@@ -1,7 +1,7 @@
 """Guarded learning, breach time over a span and the runaway rule, unit by unit.
 
 No server and no clock: time is virtual milliseconds and every input is a number. The whole
-scenarios (floods, runaways, pulses, normal days) are in tests/test_scenarios.py.
+scenarios (floods, runaways, pulses, normal days) are in tests/unit/test_scenarios.py.
 """
 
 from __future__ import annotations
