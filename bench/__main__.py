@@ -21,6 +21,8 @@ ALL = [
     "gate_flood",
     "audit_cost",
     "attest_hash",
+    "fix_gateway",
+    "fence",
     "split_kill",
 ]
 

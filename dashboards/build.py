@@ -483,6 +483,7 @@ def node_overview() -> dashboard.Dashboard:
     )
 
     containment_row(b)
+    fix_gateway_row(b)
 
     b.with_row(dashboard.Row("Sidecar health"))
     b.with_panel(
@@ -682,6 +683,54 @@ def containment_row(b: dashboard.Dashboard) -> None:
                 ),
             ),
         ).min(0)
+    )
+
+
+def fix_gateway_row(b: dashboard.Dashboard) -> None:
+    """The FIX gateway (sidecar --fix): what it relayed and refused, per host."""
+    b.with_row(dashboard.Row("FIX gateway"))
+    b.with_panel(
+        ts(
+            "FIX orders per second by host and decision",
+            "Orders (35=D, G, E, AB) the FIX gateways relayed to the venue (allowed) or answered "
+            "with a rejecting ExecutionReport instead (blocked), and cancels (35=F, q), which "
+            "always pass. After a kill, allowed drops to zero while blocked and cancels go on.",
+            [
+                q(
+                    "sum by (host, decision) (rate(killswitch_fix_messages_total"
+                    f'{{{N},msgtype=~"D|G|E|AB|F|q"}}[$__rate_interval]))',
+                    "{{host}} {{decision}}",
+                )
+            ],
+        )
+        .unit("reqps")
+        .span(12)
+    )
+    b.with_panel(
+        stat(
+            "FIX sessions relayed now",
+            "FIX sessions each host's gateway relays to its venue at this moment.",
+            [q(f"sum by (host) (killswitch_fix_sessions{{{N}}})", "{{host}}", instant=True)],
+        )
+        .span(6)
+        .decimals(0)
+        .text_mode(cm.BigValueTextMode.VALUE_AND_NAME)
+    )
+    b.with_panel(
+        ts(
+            "FIX connections refused per minute by reason",
+            "Peers the gateway disconnected (garbage, oversize, body_length, partial_timeout: a "
+            "message held too long) and messages it dropped (checksum). Others' sessions and "
+            "the gate are not affected; the log line FIX_REFUSED names the peer.",
+            [
+                q(
+                    f"sum by (host, reason) (increase(killswitch_fix_refused_total{{{N}}}[1m]))",
+                    "{{host}} {{reason}}",
+                )
+            ],
+        )
+        .min(0)
+        .span(6)
     )
 
 

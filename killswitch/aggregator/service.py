@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 
 from killswitch.aggregator import fleetrule
 from killswitch.aggregator.auditlog import AuditMirror
+from killswitch.aggregator.bypass import BYPASS, BypassKills
 from killswitch.aggregator.confirmations import ConfirmationWatch
 from killswitch.aggregator.inputs import InputGuard
 from killswitch.aggregator.metrics import AggregatorCollector, Instruments
@@ -51,6 +52,7 @@ from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled, until_reachable
 from killswitch.store import durability
+from killswitch.store.reads import NodeSnapshot
 from killswitch.store.redisconn import connect
 from killswitch.store.rollout import RolloutStore
 from killswitch.store.store import Store
@@ -95,6 +97,7 @@ class Aggregator(TripRules):
         self.armed_ms = -1
         self.state = NodeRead(None)
         self._snap_state: dict[str, str] = {}
+        self._snap: NodeSnapshot | None = None
         # The roster this instance proves against is the last signed arm's, else its --hosts
         # (a proposal, stored until the first signed arm); arms count only when proven.
         operators = load_operators(settings.operators) if settings.operators else None
@@ -124,6 +127,7 @@ class Aggregator(TripRules):
         n = settings.node
         causes = (
             *CAUSES, LIMIT_BURST, ISOLATE, VERSION_SPLIT, "operator", fleetrule.CAUSE, RULE_FAULT,
+            BYPASS,
         )  # fmt: skip
         self.isolations = 0
         self.instruments = Instruments(self.registry, n, causes, CAUSES)
@@ -155,6 +159,8 @@ class Aggregator(TripRules):
                 clock=clock,
             )
         )
+        self.bypasses = BypassKills(self.store, self.log, settings.instance,
+                                    self._trips_total.labels(n, BYPASS).inc)  # fmt: skip
         self.registry.register(AggregatorCollector(self))
         build_info(self.registry, "aggregator")
         self._metrics = (
@@ -318,6 +324,7 @@ class Aggregator(TripRules):
             self.state.state.value if self.state.state else "",
         )  # fmt: skip
         self._snap_state = snap.state
+        self._snap = snap  # what the bypass kills read (the hosts' reports, the scopes)
         return now
 
     async def _run_rules(self, now: int) -> None:
@@ -337,6 +344,7 @@ class Aggregator(TripRules):
         await self._guarded((VERSION_SPLIT,), now, lambda: self._check_releases(now))
 
     async def _after_rules(self, now: int) -> None:
+        await self.bypasses.tick(self._snap, self.state, self.is_leader())
         if self.state.state is NodeState.KILLED and self.quorum is not None and self.is_leader():
             # one aggregator counts and alarms, not every standby
             self.confirmations.observe(self.state, self._snap_state, self.quorum, now)

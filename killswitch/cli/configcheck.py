@@ -71,6 +71,8 @@ def shown(value: Any) -> str:
         return "-"
     if isinstance(value, ListenAddr):
         return str(value)
-    if isinstance(value, tuple | list | frozenset):
-        return json.dumps([str(v) for v in value])
+    if isinstance(value, tuple | list | frozenset):  # a --fix route is a (listen, upstream)
+        return json.dumps(
+            ["=".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in value]
+        )
     return json.dumps(value) if isinstance(value, str | bool) else str(value)

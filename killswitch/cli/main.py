@@ -88,9 +88,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         code, text = rulecli.backtest_command(r)
         print(text)
         return code
+    if cmd == "recorder":
+        from killswitch.cli import recordercli
+
+        return recordercli.run(r, redis_url, args.files)
     if cmd in ("kill", "status", "watch") and r.get("fleet"):
         from killswitch.cli import fleetcli
 
+        if cmd == "kill" and r.get("fence"):
+            raise ConfigError("--fence is for a kill of one node, not --fleet")
         if cmd == "watch":
             return fleetcli.watch(r, redis_url)
         return fleetcli.run(cmd, r, redis_url, r.get("json"))

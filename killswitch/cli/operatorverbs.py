@@ -68,6 +68,9 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
         timeout = r.get("timeout")
         kill_key = r.get("key") or ""
         ops_path = (r.get("operators") or "") if kill_key else ""
+        net_fence = bool(r.get("fence"))  # flags only: never a default
+        if net_fence and scope is not None:
+            raise ConfigError("--fence is for a kill of the whole node, not a scoped kill")
 
         who, note = operator, ""
         if kill_key:
@@ -89,8 +92,9 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
                 )  # fmt: skip
             else:
                 out = await control.kill(
-                    s, reason=reason, operator=who, timeout=timeout, alive_ms=alive_ms
-                )
+                    s, reason=reason, operator=who, timeout=timeout, alive_ms=alive_ms,
+                    fence=net_fence,
+                )  # fmt: skip
             out.report["signed_by"] = who if kill_key and not note else ""
             if note:
                 out.message = f"{note}\n{out.message}".rstrip()

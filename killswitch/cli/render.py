@@ -72,6 +72,10 @@ def human(cmd: str, outcome: Outcome) -> str:
         lines.append(f"SCOPED KILLS: {active}")
     if rep.get("flat"):
         lines.append(f"flat (trading processes cancelled resting orders): {', '.join(rep['flat'])}")
+    if rep.get("fenced"):
+        lines.append(f"fenced (network kill fence proven): {', '.join(rep['fenced'])}")
+    for h, why in sorted(rep.get("fence_failed", {}).items()):
+        lines.append(f"FENCE NOT PROVEN {h}: {escape(why)}")
     for h, why in rep.get("contradicted", {}).items():
         lines.append(f"CONTRADICTED {h}: its confirmation is not counted: {escape(why)}")
     for item in rep.get("junk", []):

@@ -8,7 +8,7 @@ the state directory); nothing here starts a service.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from killswitch.runtime.config import (
     ConfigError,
@@ -20,6 +20,7 @@ from killswitch.runtime.config import (
 
 if TYPE_CHECKING:  # the services import redis/aiohttp: only loaded when one runs
     from killswitch.aggregator.settings import AggregatorSettings
+    from killswitch.core.fence import FenceSpec
     from killswitch.sidecar.settings import SidecarSettings
     from killswitch.sim.loadgen import LoadgenSettings
 
@@ -29,7 +30,8 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
     from killswitch.sidecar.settings import SidecarSettings
 
     listen = r.require("listen")
-    for addr in listen:
+    fix = r.get("fix") or ()  # (listen, upstream) pairs
+    for addr in (*listen, *(route[0] for route in fix)):
         check_listen_path(addr)
     state_dir = r.get("state-dir")
     warnings: list[str] = []
@@ -59,18 +61,92 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         on_kill_grace=r.get("on-kill-grace"),
         attest=tuple(r.get("attest") or ()),
         attest_interval=r.get("attest-interval"),
+        fix=fix,
+        **fence_settings(r),
+        recorder=recorder_path(r),
+        recorder_size=r.get("recorder-size"),
+        recorder_freeze=r.get("recorder-freeze"),
         extra={"warnings": warnings},
     )
     check_together(r)
     return settings
 
 
+def recorder_path(r: Resolver) -> str | None:
+    """--recorder as given; '' (from the flag, the environment or the file) means none, which
+    the resolver's "empty is not given" would otherwise turn into the default path."""
+    opt = r.option("recorder")
+    for raw in (r.flags.get("recorder"), r.env.get(opt.env_var) if opt else None,
+                r._from_config(("recorder",))):  # fmt: skip
+        if raw is not None:
+            return str(raw)
+    return None
+
+
 def check_together(r: Resolver) -> None:
     """The checks that take two settings at once (`config --check` makes them too)."""
+    if r.verb == "sidecar":
+        fence_spec(r)  # the endpoints and uids parse, and the fence's flags go together
     if r.verb == "sidecar" and r.get("flush-interval") >= r.get("stale-after"):
         raise ConfigError(
             "flush-interval must be shorter than stale-after, or every gate goes stale"
         )
+
+
+def fence_settings(r: Resolver) -> dict[str, Any]:
+    """The network fence's settings; with `--fence`, refused (exit 2) unless this process may
+    install it (CAP_NET_ADMIN, libnftables, `ss`)."""
+
+    spec = fence_spec(r)
+    if spec is None:
+        return {}
+    netns = r.get("fence-netns") or ""
+    check_fence(netns)
+    return {"fence": spec, "fence_netns": netns, "fence_on_kill": bool(r.get("fence-on-kill"))}
+
+
+def fence_spec(r: Resolver) -> FenceSpec | None:
+    """The fenced endpoints and allowed uids (None: no `--fence`); bad ones are refused."""
+    import os
+
+    from killswitch.core.fence import FenceError, FenceSpec, parse_endpoint, parse_uid
+
+    endpoints = list(r.get("fence") or ())
+    try:
+        uids = [parse_uid(u) for u in r.get("fence-allow-uid") or ()]
+    except ValueError as e:
+        raise ConfigError(f"fence-allow-uid: {e}") from None
+    if not endpoints:
+        if r.get("fence-netns") or r.get("fence-on-kill") or uids:
+            raise ConfigError("fence-netns, fence-allow-uid and fence-on-kill need --fence")
+        return None
+    try:
+        return FenceSpec(tuple(parse_endpoint(e) for e in endpoints), tuple(uids or [os.getuid()]))
+    except FenceError as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_fence(netns: str) -> None:
+    """Refuse a fence this process could not install, before anything starts."""
+    import shutil
+
+    from killswitch.core.fence import GRANT_HINT, has_cap
+    from killswitch.sidecar.nftables import LIBNFTABLES, load_library
+
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    if not has_cap(status):
+        raise ConfigError(GRANT_HINT)
+    try:
+        load_library()
+    except OSError:
+        raise ConfigError(f"fence: {LIBNFTABLES} cannot be loaded: install nftables") from None
+    if shutil.which("ss") is None:
+        raise ConfigError("fence: ss is not installed (iproute2): it cuts established connections")
+    if netns and not Path(f"/run/netns/{netns}").exists():
+        raise ConfigError(f"fence-netns: no network namespace {netns} (/run/netns/{netns})")
 
 
 def operators_path(r: Resolver) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from killswitch.core.bounds import parse_float, parse_uint, plausible_epoch, uint_or
+from killswitch.core.fence import fence_report
 from killswitch.core.options import bound, default_ms, to_ms
 
 DEFAULT_ALIVE_MS = default_ms("stale-after")  # the node's liveness bound, `--stale-after`
@@ -53,6 +54,14 @@ class HostStatus:
     attest: str = ""  # which attested file it cannot read ("" none)
     # scoped kills it still enforces though Redis no longer lists them (no verified lift)
     scope_kept: tuple[str, ...] = ()
+    wire: int = 0  # orders its FIX gateway forwarded to a venue
+    fence: dict[str, object] | None = None  # its network fence (core.fence); None: none
+    metrics: str = ""  # its metrics address (where `killswitch recorder --node` reads it)
+    # the flight recorder's frozen file of the confirmed kill, its sha256, and whether the
+    # records after the kill are in it yet ("" none)
+    recorder_file: str = ""
+    recorder_digest: str = ""
+    recorder_complete: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -78,6 +87,16 @@ class HostStatus:
             "files": dict(line.rsplit(" ", 1) for line in self.files.splitlines() if " " in line),
             "attest": self.attest,
             "scope_kept": list(self.scope_kept),
+            "wire": self.wire,
+            **({"fence": self.fence} if self.fence else {}),
+            "metrics": self.metrics,
+            "recorder": {
+                "file": self.recorder_file,
+                "digest": self.recorder_digest,
+                "complete": self.recorder_complete,
+            }
+            if self.recorder_file
+            else None,
         }
 
 
@@ -163,6 +182,12 @@ def host_status(
         files="\n".join(report.get("files", "")[:MAX_FILES_TEXT].splitlines()[:MAX_FILES]),
         attest=report.get("attest", "")[:MAX_ATTEST] if alive else "",
         scope_kept=tuple(report.get("scope_kept", "")[:MAX_FILES_TEXT].split()[:MAX_FILES]),
+        wire=_int(report.get("wire")),
+        fence=fence_report(report),
+        metrics=report.get("metrics", "")[:MAX_ATTEST],
+        recorder_file=confirm.get("recorder_file", "")[:MAX_ATTEST],
+        recorder_digest=confirm.get("recorder_digest", "")[:MAX_RELEASE],
+        recorder_complete=confirm.get("recorder_complete") == "1",
     )
 
 

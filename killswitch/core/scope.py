@@ -32,6 +32,7 @@ class Scope:
     ts_ms: int = 0
     actor: str = ""
     reason: str = ""
+    cause: str = ""  # "" an operator's; "bypass": the host's network fence caught a connection
 
     @property
     def field(self) -> str:
@@ -40,7 +41,7 @@ class Scope:
     def to_json(self) -> dict[str, object]:
         return {
             "kind": self.kind, "value": self.value, "ver": self.ver, "ts_ms": self.ts_ms,
-            "actor": self.actor, "reason": self.reason,
+            "actor": self.actor, "reason": self.reason, **({"cause": self.cause} if self.cause else {}),
         }  # fmt: skip
 
 
@@ -81,7 +82,7 @@ def parse_scopes(h: Mapping[str, str]) -> Scopes:
         active.append(
             Scope(
                 kind, value, _int(d.get("ver")), _int(d.get("ts_ms")),
-                str(d.get("actor", "")), str(d.get("reason", "")),
+                str(d.get("actor", "")), str(d.get("reason", "")), str(d.get("cause", ""))[:32],
             )
         )  # fmt: skip
     return _scopes(ver, active, lifts)

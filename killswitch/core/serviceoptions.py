@@ -9,6 +9,7 @@ SERVICES = ("sidecar", "aggregator")
 RULE_VERBS = ("aggregator", "backtest")  # the trip rules' flags: one definition for both
 _AGG_RULES = "trip rules"
 _BURST = "limit-burst rule"
+_FENCE = "network fence"
 
 SERVICE_OPTIONS: tuple[Option, ...] = (
     # -- sidecar --------------------------------------------------------------------------
@@ -53,6 +54,33 @@ SERVICE_OPTIONS: tuple[Option, ...] = (
     Option("attest-interval", ("sidecar",), "seconds between checks for changed attested "
            "files (their size or mtime)", kind="float", default=2.0, bound=S(0.1, 3600.0),
            metavar="S"),
+    Option("fix", ("sidecar",), "relay a FIX session (FIX.4.2, FIX.4.4, FIXT.1.1) through "
+           "this host's gate, e.g. tcp:127.0.0.1:9878=tcp:10.0.0.5:9878 (repeatable): orders "
+           "(35=D, G, E, AB) pass only when the gate allows them, a blocked one is answered "
+           "with an ExecutionReport (39=8) and never reaches UPSTREAM; cancels (35=F, q) "
+           "always pass", kind="fixroute", repeat=True, metavar="LISTEN=UPSTREAM"),
+    Option("fence", ("sidecar",), "a venue endpoint (repeatable; IPv6 as [ADDR]:PORT): "
+           "connections to it from uids not allowed are refused and counted, and kill this "
+           "host while ARMED (cause bypass); needs CAP_NET_ADMIN", kind="list", repeat=True,
+           metavar="ADDR:PORT", group=_FENCE),
+    Option("fence-allow-uid", ("sidecar",), "a uid that may connect to the fenced endpoints "
+           "(repeatable): the gateway's", kind="list", repeat=True, metavar="UID",
+           derived="the sidecar's own uid", group=_FENCE),
+    Option("fence-netns", ("sidecar",), "fence this network namespace (/run/netns/NAME; "
+           "entering it needs CAP_SYS_ADMIN) instead of the sidecar's own", kind="host",
+           metavar="NAME", unset="the sidecar's own", group=_FENCE),
+    Option("fence-on-kill", ("sidecar",), "raise the kill fence on every kill, not only on "
+           "kill --fence (every connection to the endpoints refused and cut, cancels "
+           "included)", kind="flag", default=False, group=_FENCE),
+    Option("recorder", ("sidecar",), "the flight recorder's ring file: every gate decision, "
+           "memory-mapped ('' for none; docs/RECORDER.md)", metavar="PATH",
+           derived="<state-dir>/<node>@<host>.rec"),
+    Option("recorder-size", ("sidecar",), "records the flight recorder keeps, newest first "
+           "(160 bytes each; the file is allocated at start)", kind="int", default=65_536,
+           bound=N(16, 2**24), metavar="N"),
+    Option("recorder-freeze", ("sidecar",), "a kill freezes the records from S seconds before "
+           "it to S after it into <node>@<host>.<epoch>.rec beside the ring", kind="int",
+           default=60, bound=Bound(1, 3600, "s", whole=True), metavar="S"),
     # -- aggregator -----------------------------------------------------------------------
     Option("hosts", ("aggregator",), "the node's roster: proposed until the first signed "
            "arm, then only a signed arm changes it", kind="roster", metavar="H1,H2,..."),

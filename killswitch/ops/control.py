@@ -15,6 +15,7 @@ from typing import Any
 from killswitch.core import release
 from killswitch.core.armproof import ArmRequest, ProofError, roster_of
 from killswitch.core.bounds import MAX_EPOCH_JUMP, parse_uint, uint_or
+from killswitch.core.fence import fence_view
 from killswitch.core.health import disagreements
 from killswitch.core.leader import instance_of
 from killswitch.core.roster import (
@@ -66,6 +67,7 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
         "confirmed": list(q.confirmed),
         "missing": list(q.missing),
         "flat": flat_hosts(q.roster, state, uint_or(st.get("epoch")), q.hosts),
+        "fence": st.get("fence") == "1",  # the kill asked for the network kill fence
         # Scoped kills in force (kill --host / --symbol), whatever the node's state.
         "scopes": [s.to_json() for s in parse_scopes(snap.scopes).active],
         # confirmations the host's own report contradicts: not counted (host -> why)
@@ -82,6 +84,9 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
         # and INFO both refused).
         "redis_durable": _durable(snap.aggregator.get("redis_durable", "")),
     }
+    report["fenced"], report["fence_failed"] = fence_view(
+        q.roster, state, uint_or(st.get("epoch")), report["fence"], snap.reports
+    )
     if snap.aggregator:
         report["aggregator"] = decode_view(snap.aggregator)
         # Blocked hosts whose subscribed trading processes did not report flat in time.
@@ -170,6 +175,8 @@ def health_outcome(report: dict[str, Any], q: Quorum, snap: NodeSnapshot) -> Out
     bad = disagreements(
         report["state"], q, {s.value for s in scoped if s.kind == "host"}, open_unlisted
     )
+    for h, why in report.get("fence_failed", {}).items():  # a network fence not proven
+        bad.setdefault(h, f"fence not proven: {why}")
     report["disagree"] = bad
     if not bad:
         return Outcome(EXIT_OK, report)
@@ -188,7 +195,10 @@ async def kill(
     timeout: float,
     cause: str = "operator",
     alive_ms: int = DEFAULT_ALIVE_MS,
+    fence: bool = False,
 ) -> Outcome:
+    """Kill the node and wait for every roster host's confirmation (and, with `fence`, for
+    every roster host's proven network kill fence), at most `timeout` seconds."""
     async with store.confirmations() as wake:
         before = await store.snapshot()
         # Containment is proven against the stored roster and the last signed one: a roster
@@ -198,15 +208,29 @@ async def kill(
             epoch_floor(quorum_of(before, alive_ms).hosts, uint_or(before.state.get("epoch"))),
             _unlisted_floor(before),
         )
-        res = await store.kill(actor=operator, reason=reason, cause=cause, floor=floor)
+        res = await store.kill(
+            actor=operator, reason=reason, cause=cause, floor=floor, net_fence=fence
+        )
         replicated = store.concurrently(_replicas_acked(store, min(timeout, REPLICA_WAIT_S)))
+        waited = time.monotonic()
         snap, q = await wait_for_quorum(store, roster, wake, timeout, alive_ms)
+        if fence and q.complete:
+            left = timeout - (time.monotonic() - waited)
+            snap, q = await _wait_for_fence(store, roster, wake, left, alive_ms)
         acked = await replicated
     report = node_report(snap, q)
     report["node"] = store.node
     report["ver"] = res.ver
     report["replicas_acked"] = acked
     open_unlisted = sorted(h for h, s in report["unlisted"].items() if s["gate"] == "open")
+    unfenced = report["fence_failed"] if fence else {}
+    if q.complete and unfenced:
+        report["elapsed_s"] = round(max(snap.now_ms - res.ts_ms, 0) / 1000.0, 4)
+        return Outcome(
+            EXIT_UNCONFIRMED, report, "NOT FENCED: every roster host confirmed it blocks, but "
+            "these did not prove their network kill fence:\n"
+            + "\n".join(f"  {h}: {why}" for h, why in sorted(unfenced.items())),
+        )  # fmt: skip
     if q.complete and not open_unlisted:
         report["elapsed_s"] = round(max(q.last_confirm_ms - res.ts_ms, 0) / 1000.0, 4)
         return Outcome(EXIT_OK, report, _unlisted_note(report))
@@ -330,6 +354,24 @@ async def wait_for_quorum(
             return snap, q
         pending, seen = q.missing, _version(snap)
         await wake.wait(min(POLL_S, left))
+
+
+async def _wait_for_fence(
+    store: Store, roster: Sequence[str], wake: Wake, timeout: float, alive_ms: int
+) -> tuple[NodeSnapshot, Quorum]:
+    """After the quorum: wait until every roster host reports its kill fence proven for this
+    kill (a report, not a published confirmation: polled), or `timeout`."""
+    deadline = time.monotonic() + max(timeout, 0.0)
+    while True:
+        snap = await store.snapshot(roster)
+        q = quorum_of(snap, alive_ms)
+        st = snap.state
+        _, failed = fence_view(roster, st.get("state") or "", uint_or(st.get("epoch")), True,
+                               snap.reports)  # fmt: skip
+        if not failed or time.monotonic() >= deadline:
+            return snap, q
+        wake.clear()
+        await wake.wait(min(POLL_S, max(deadline - time.monotonic(), 0.0)))
 
 
 def _version(snap: NodeSnapshot) -> tuple[str | None, ...]:

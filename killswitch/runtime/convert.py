@@ -57,6 +57,19 @@ def parse_listen(value: str) -> ListenAddr:
     raise ConfigError(f"listen: {value!r} must start with unix: or tcp:")
 
 
+def parse_fix_route(value: str) -> tuple[ListenAddr, ListenAddr]:
+    """`LISTEN=UPSTREAM` of `--fix`, each side `tcp:HOST:PORT` or `unix:/path`."""
+    cut = max(value.rfind("=tcp:"), value.rfind("=unix:"))
+    if cut <= 0:
+        raise ConfigError(
+            f"fix: {value!r} is not LISTEN=UPSTREAM, e.g. tcp:127.0.0.1:9878=tcp:10.0.0.5:9878"
+        )
+    try:
+        return parse_listen(value[:cut]), parse_listen(value[cut + 1 :])
+    except ConfigError as e:
+        raise ConfigError(f"fix: {value!r}: {e}") from None
+
+
 def node_name(v: Any) -> str:
     try:
         return check_name("node", str(v))
@@ -154,6 +167,10 @@ def _listen_all(v: Any) -> tuple[ListenAddr, ...]:
     return tuple(parse_listen(x) for x in str_list(v))
 
 
+def _fix_routes(v: Any) -> tuple[tuple[ListenAddr, ListenAddr], ...]:
+    return tuple(parse_fix_route(x) for x in str_list(v))
+
+
 def _listen_one(v: Any) -> str:
     return str(parse_listen(str(v)))
 
@@ -193,6 +210,7 @@ _SIMPLE: dict[str, Callable[[Any], Any]] = {
     "host": host_name,
     "listen": _listen_all,
     "listen1": _listen_one,
+    "fixroute": _fix_routes,
     "bind": listen_host,
     "mode": file_mode,
     "group": group_id,

@@ -12,6 +12,9 @@ from killswitch.core.scope import Held, Scopes, enforce, newer
 from killswitch.core.state import HostView, NodeState, unproven
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
+from killswitch.sidecar.fence import Fence, NoFence, attach_fence
+
+__all__ = ["ReadApplier", "attach_fence"]  # the sidecar sets its fence up from here
 from killswitch.sidecar.notices import NoticeListener
 from killswitch.sidecar.settings import SidecarSettings
 
@@ -25,6 +28,7 @@ class ReadApplier(NoticeListener):
     regressions: int
     scope_held: Held
     arms: ArmCheck
+    fence: Fence | NoFence
     _attest_refusal: str
     _local_problem: str
     _problem_epoch: int | None
@@ -42,7 +46,9 @@ class ReadApplier(NoticeListener):
         self.confirmed = (epoch, ver)
         self.log.info("CONFIRMED", epoch=epoch, ver=ver, state=state, blocked=blocked)
 
-    def _apply(self, new: HostView, sent: float) -> None:
+    def _apply(self, new: HostView, sent: float, fence: bool = False) -> None:
+        """Enforce `new` (the lease from `sent`); `fence`: the read's kill asks for the
+        network kill fence, which follows what the gate now enforces."""
         old = self.gate.view
         if self._local_problem:
             # Without the file this host cannot tell an old ARMED from a new one. An arm made
@@ -78,6 +84,7 @@ class ReadApplier(NoticeListener):
             )  # fmt: skip
             if new.state in (NodeState.ARMED, NodeState.KILLED):
                 self._wake.set()  # confirm on the very next round trip, not a flush later
+        self.fence.follow(self.gate.view.state, self.gate.view.epoch, fence)
 
     @property
     def _enforced(self) -> set[str]:
@@ -108,6 +115,7 @@ class ReadApplier(NoticeListener):
                     "SCOPE_KEPT_UNSIGNED_LIFT", scope=scope, reason=why, scope_ver=read.ver
                 )
         isolated, symbols = held.scopes.for_host(self.s.host)
+        isolated = self.fence.holding(isolated) or isolated  # a bypass not recorded yet
         self.gate.set_scope(isolated, symbols, read.ver)
         self.log.info("SCOPE", scope_ver=read.ver, host_killed=isolated, symbols=sorted(symbols))
         self.scope_held = held

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from killswitch.core.bounds import parse_uint, plausible_epoch
 from killswitch.core.gate import Gate
 from killswitch.core.state import NodeState
+from killswitch.sidecar.fence import Fence, NoFence
 from killswitch.sidecar.memory import Memory
 from killswitch.sidecar.notify import StateNotifier
 from killswitch.store.store import Store
@@ -31,6 +32,7 @@ class NoticeListener:
     gate: Gate
     memory: Memory
     notify: StateNotifier
+    fence: Fence | NoFence
     junk_inputs: int
     loop_errors: int
     _held_recorded: int
@@ -68,6 +70,11 @@ class NoticeListener:
         parts = data.split(" ")
         if len(parts) == 2 and parts[0] == "SCOPE" and parse_uint(parts[1]) is not None:
             return  # a scoped kill changed: the sync loop (woken) reads the scopes
+        fence = parse_uint(parts[1]) if len(parts) == 2 and parts[0] == "FENCE" else None
+        if fence is not None and plausible_epoch(fence, self.gate.view.max_epoch):
+            # `kill --fence`: raise the kill fence now (only ever a block, like any notice)
+            self.fence.follow(NodeState.KILLED, fence, True)
+            return
         epoch = parse_uint(parts[1]) if len(parts) == 3 else None
         if len(parts) != 3 or parts[0] not in ("KILLED", "ARMED") or parse_uint(parts[2]) is None:
             epoch = None

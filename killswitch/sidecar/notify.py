@@ -17,6 +17,7 @@ from killswitch.core.gate import Gate
 from killswitch.core.protocol import state_line
 from killswitch.core.scope import Held
 from killswitch.core.state import NodeState
+from killswitch.sidecar.fence import Fence, NoFence
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.onkill import OnKill
 from killswitch.sidecar.settings import SidecarSettings
@@ -33,6 +34,8 @@ class _Sidecar(Protocol):
     def log(self) -> Any: ...
     @property
     def scope_held(self) -> Held: ...
+    @property
+    def fence(self) -> Fence | NoFence: ...
 
 
 class StateNotifier:
@@ -105,7 +108,8 @@ class StateNotifier:
             self._timer = loop.call_later(gate.lease_left() + 0.001, self.changed)
 
     def report_fields(self) -> tuple[tuple[str, str], ...]:
-        """What the host reports about its flatten proof, on-kill result and limits."""
+        """What the host reports about its flatten proof, on-kill result, limits, scopes and
+        network fence."""
         flat = self.server.flat
         return (
             ("subscribers", str(len(self.server.subscribers))),
@@ -116,6 +120,7 @@ class StateNotifier:
             ("scope_ver", str(self.sc.gate.scope_ver)),
             # scopes still enforced although Redis no longer lists them (no verified lift)
             ("scope_kept", " ".join(sorted(self.sc.scope_held.kept))),
+            *self.sc.fence.report_fields(),
         )
 
     def on_kill_fields(self) -> tuple[tuple[str, str], ...]:

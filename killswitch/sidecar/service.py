@@ -36,20 +36,23 @@ from killswitch.runtime import logs
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled
-from killswitch.sidecar.applying import ReadApplier
+from killswitch.sidecar.applying import ReadApplier, attach_fence
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.blocklog import BlockSummaries
+from killswitch.sidecar.fixgateway import FixGateway
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.memory import Memory
 from killswitch.sidecar.metrics import SidecarCollector
 from killswitch.sidecar.notify import StateNotifier
+from killswitch.sidecar.recording import Recording
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.store.localstate import LocalState
 from killswitch.store.redisconn import classify, connect, endpoint, scrub
 from killswitch.store.store import FlushReport, Store
 
 log = structlog.get_logger("killswitch.sidecar.service")
+CONFIRMABLE = (NodeState.ARMED, NodeState.KILLED)  # the states a host confirms it enforces
 
 
 class Sidecar(ReadApplier):
@@ -87,12 +90,8 @@ class Sidecar(ReadApplier):
             log_budget=self.blocks.budget, limits=settings.limits,
         )  # fmt: skip
         # Without an operators file this gate can never open: it cannot verify any arm.
-        self.arms = ArmCheck(
-            load_operators(settings.operators) if settings.operators else None,
-            settings.node,
-            settings.host,
-            self.log,
-        )
+        operators = load_operators(settings.operators) if settings.operators else None
+        self.arms = ArmCheck(operators, settings.node, settings.host, self.log)
         self.boot = uuid.uuid4().hex[:12]
         self.acked = (0, 0)
         self.acked_more = (0, 0)  # cancels and limit refusals of the last acknowledged flush
@@ -135,7 +134,9 @@ class Sidecar(ReadApplier):
             registry=self.registry,
         ).labels(settings.node, settings.host)
         self.registry.register(SidecarCollector(self))
+        self.fix = FixGateway.for_sidecar(self.gate, settings, self.log, self.registry)
         build_info(self.registry, "sidecar")
+        self.fence = attach_fence(self)  # the network fence (--fence), a no-op without
         self._metrics = (
             MetricsServer(
                 self.registry, settings.metrics_port, settings.metrics_listen, health=self.problem
@@ -143,6 +144,8 @@ class Sidecar(ReadApplier):
             if settings.metrics_port is not None
             else None
         )
+        self.rec = Recording(self, self._metrics)  # the flight recorder (sidecar.recording)
+        self._reporters = (self.notify, self.attest, self.fix, self.rec)  # their report fields
         self._started = False
         self._last_fail_log = -1e9
         if problem:
@@ -155,10 +158,13 @@ class Sidecar(ReadApplier):
             return
         self._started = True
         try:
+            await self.fence.start()
             await self._server.start()
+            await self.fix.start()
             if self._metrics:
                 await self._metrics.start()
         except BaseException:
+            await self.fix.stop()
             await self._server.stop()  # release what was bound; the caller reports why
             self._started = False
             raise
@@ -196,8 +202,11 @@ class Sidecar(ReadApplier):
                 await t
         self._tasks = []
         await self.notify.close()  # a running on-kill command is seen out first
+        await self.fence.close()  # its rules stay in place
         await self._report_on_kill()
+        await self.fix.stop()
         await self._server.stop()
+        await self.rec.close()
         if self._metrics:
             await self._metrics.stop()
         self.log.info("sidecar_stopped")
@@ -278,14 +287,7 @@ class Sidecar(ReadApplier):
         allowed, blocked = self.gate.allowed, self.gate.blocked
         cancels, limited = self.gate.cancels, self.gate.blocked_by.get(LIMIT, 0)
         view = self.gate.view
-        want_confirm = (
-            view.state in (NodeState.ARMED, NodeState.KILLED)
-            and (
-                view.epoch,
-                view.ver,
-            )
-            != self.confirmed
-        )
+        want_confirm = view.state in CONFIRMABLE and (view.epoch, view.ver) != self.confirmed
         report = FlushReport(
             boot=self.boot,
             allowed=allowed,
@@ -307,7 +309,7 @@ class Sidecar(ReadApplier):
             limited=limited,
             acked_cancels=self.acked_more[0],
             acked_limited=self.acked_more[1],
-            extra=(*self.notify.report_fields(), *self.attest.report_fields()),
+            extra=tuple(f for o in self._reporters for f in o.report_fields()),
             proof_digest=self.arms.digest,
             proof_refusal=view.refusal,
         )
@@ -350,7 +352,7 @@ class Sidecar(ReadApplier):
         if reply.closed_confirm and new.state is NodeState.KILLED:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
         self._apply_scopes(parse_scopes(reply.scopes))  # before the state: never open, then close
-        self._apply(new, sent)
+        self._apply(new, sent, reply.fence)
         return True
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from killswitch.core.fence import FenceSpec
 from killswitch.core.limits import Limits
 from killswitch.core.options import default
 from killswitch.runtime.config import ListenAddr
@@ -35,4 +36,13 @@ class SidecarSettings:
     attest_interval: float = default(
         "attest-interval"
     )  # seconds between checks for changed attested files
+    fix: tuple[tuple[ListenAddr, ListenAddr], ...] = ()  # FIX gateway routes (listen, venue)
+    fence: FenceSpec | None = None  # the network fence (`--fence`); None: none
+    fence_netns: str = ""  # the network namespace fenced ("": the sidecar's own)
+    fence_on_kill: bool = default("fence-on-kill")  # every kill raises the kill fence
+    # the flight recorder's ring file (None: <state-dir>/<node>@<host>.rec; "": none), its
+    # records, and the seconds before and after a kill that a freeze keeps
+    recorder: str | None = None
+    recorder_size: int = default("recorder-size")
+    recorder_freeze: int = default("recorder-freeze")
     extra: dict[str, Any] = field(default_factory=dict)

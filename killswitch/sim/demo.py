@@ -34,7 +34,7 @@ from killswitch.core.backtest import FlowEvent, replay
 from killswitch.ops import audit as ops_audit
 from killswitch.ops import control
 from killswitch.sim import deploy
-from killswitch.sim.demoreport import HAUNTED, HOSTS, render_table, results
+from killswitch.sim.demoreport import HAUNTED, HOSTS, first_orders, render_table, results
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.fleet import Fleet, wait_until
 from killswitch.sim.loadgen import drive
@@ -250,9 +250,12 @@ async def _run(fleet: Fleet, mode: Mode, progress: _Progress, on_haunted: str) -
         for h in HOSTS:
             confirms[h] = dict(await redis.hgetall(store.keys.host(h).confirm))  # type: ignore[arg-type]
         final["killed_ms"] = await redis.hget(store.keys.state, "killed_ms")
-        return results(
+        doc = results(
             mode, t0_ms, stats, final, audit, flows, confirms, arm.report["epoch"], on_haunted
         )
+        ring = fleet.workdir / "state" / f"{NODE}@{HAUNTED}.rec"  # its flight recorder
+        doc["haunted_first_orders"] = first_orders(ring.read_bytes(), doc["scenario"]["onset_ms"])
+        return doc
     finally:
         await redis.aclose()
 

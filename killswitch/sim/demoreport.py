@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from killswitch.core import whatif
 from killswitch.core.anomaly import MonitorConfig
 from killswitch.core.backtest import FlowEvent
+from killswitch.core.recfmt import decode
 from killswitch.sim import deploy
 from killswitch.sim.loadgen import RouterStats
 
@@ -185,6 +186,24 @@ def results(
     }
 
 
+def first_orders(ring: bytes, onset_ms: int, n: int = 5) -> list[dict[str, Any]]:
+    """The first `n` orders a host's flight recorder holds from the onset on, with the
+    decision and why (its ring file's bytes; times are the host's clock, here Redis's)."""
+    rows = []
+    for e in decode(ring).entries:
+        if e.decision in ("allow", "block") and e.t_ns >= onset_ms * 1_000_000:
+            rows.append({**e.to_json(), "after_onset_s": round(e.t_ns / 1e9 - onset_ms / 1e3, 4)})
+            if len(rows) == n:
+                break
+    return rows
+
+
+def _why(r: dict[str, Any]) -> str:
+    if r["decision"] == "allow":
+        return f"ALLOWED: node armed at epoch {r['epoch']}"
+    return f"BLOCKED ({r['reason']}) at epoch {r['epoch']}"
+
+
 SERIES_BUCKET_S = 0.5
 
 
@@ -289,6 +308,17 @@ def render_table(doc: dict[str, Any]) -> str:
         f" resting left: orders still working at the venue when the monitor acted, each resting "
         f"{sc.get('rest_s', 0):g} s; killswitch's routers cancel theirs on the kill)"
     )
+    first = doc.get("haunted_first_orders") or []
+    if first:
+        lines += [
+            "",
+            f"{sc['haunted']}'s first {len(first)} orders after the onset (its flight recorder):",
+        ]
+        lines += [
+            f"  +{r['after_onset_s']:.4f} s  ORDER {r['order_id']} {r['symbol']} {r['side']} "
+            f"{r['qty']} (release {r['release'] or 'none'}): {_why(r)}"
+            for r in first
+        ]
     if sc["compression"] > 1:
         k = sc["compression"]
         lines += [

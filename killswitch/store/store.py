@@ -85,6 +85,7 @@ class FlushReply:
     proof_digest: str  # sha1 of the stored arm proof ("da39..." for none)
     proof: str | None  # the proof itself when its digest differs from the one sent, else None
     scopes: dict[str, str] = field(default_factory=dict)  # the scopes hash (core.scope)
+    fence: bool = False  # the node's kill asks for the kill fence (`kill --fence`)
 
 
 class Wake(Protocol):
@@ -177,9 +178,11 @@ class Store(NodeReads, NodeWrites):
                 *(x for kv in r.extra for x in kv),
             ],
         )  # fmt: skip
-        state, epoch, ver, reason, now, closed_confirm, digest, proof = (str(x) for x in res[:8])
+        state, epoch, ver, reason, now, closed_confirm, digest, proof, fence = (
+            str(x) for x in res[:9]
+        )
         read = NodeRead.from_hash({"state": state, "epoch": epoch, "ver": ver, "reason": reason})
-        flat = [str(x) for x in res[8:]]
+        flat = [str(x) for x in res[9:]]
         return FlushReply(
             read,
             int(now),
@@ -187,4 +190,5 @@ class Store(NodeReads, NodeWrites):
             digest,
             None if digest == r.proof_digest else proof,
             dict(zip(flat[::2], flat[1::2], strict=True)),
+            fence == "1",
         )

@@ -42,6 +42,7 @@ class NodeWrites(NodeScripts):
         expires_ms: int = 0,
         proof: str = "",
         ceiling: int = 0,
+        cause: str = "",
     ) -> tuple[bool, int, int, str]:
         """A scoped kill (`op` "kill") or its signed lift ("arm", binding the node's epoch and
         ver and the scopes version in `lifts`): (changed, scope version, now ms, refusal)."""
@@ -52,7 +53,7 @@ class NodeWrites(NodeScripts):
             ],
             args=[
                 op, kind, value, actor, reason, ",".join(approvers), self.keys.events, *lifts,
-                expires_ms, proof, ceiling,
+                expires_ms, proof, ceiling, cause,
             ],
         )  # fmt: skip
         return bool(int(res[0])), int(res[1]), int(res[2]), str(res[3])
@@ -67,13 +68,15 @@ class NodeWrites(NodeScripts):
         action: str = "kill",
         only_if_armed: bool = False,
         fence: str = "",
+        net_fence: bool = False,
     ) -> ChangeResult:
-        """`fence`: a leader lease token the caller must still hold, checked in the script."""
+        """`fence`: a leader lease token the caller must still hold, checked in the script;
+        `net_fence`: the hosts raise their network kill fence (`kill --fence`)."""
         res = await self._kill(
             keys=[self.keys.state, self.keys.audit, self.keys.leader, self.keys.audit_head],
             args=[
                 actor, reason, cause, floor, self.keys.events, action, int(only_if_armed), fence,
-                epoch_ceiling(floor),
+                epoch_ceiling(floor), int(net_fence),
             ],
         )  # fmt: skip
         return _change(res)

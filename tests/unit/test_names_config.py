@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from killswitch.cli.configcheck import shown
 from killswitch.core.names import InvalidName, check_name, check_roster
 from killswitch.runtime.config import (
     DEFAULT_REDIS,
@@ -355,3 +356,29 @@ class TestLoadConfigFile:
         with pytest.raises(ConfigError) as exc:
             load_config_file(str(tmp_path))
         assert str(tmp_path) in str(exc.value)
+
+
+class TestFixSetting:
+    ROUTE = "tcp:127.0.0.1:9878=tcp:10.0.0.5:9878"
+
+    @pytest.mark.parametrize(
+        ("flags", "env", "config"),
+        [
+            pytest.param({"fix": [ROUTE]}, {}, {}, id="flag"),
+            pytest.param({}, {"KILLSWITCH_FIX": ROUTE}, {}, id="env"),
+            pytest.param({}, {}, {"sidecar": {"fix": [ROUTE]}}, id="file"),
+        ],
+    )  # fmt: skip
+    def test_each_source_gives_listen_upstream_pairs(
+        self, flags: dict[str, Any], env: dict[str, str], config: dict[str, Any]
+    ) -> None:
+        """`fix` from a flag, the environment or the file becomes (listen, upstream) pairs."""
+        routes = Resolver(flags, env=env, config=config, section="sidecar").get("fix")
+        assert routes == ((parse_listen("tcp:127.0.0.1:9878"), parse_listen("tcp:10.0.0.5:9878")),)
+        assert shown(routes) == f'["{self.ROUTE}"]'
+
+    def test_a_value_without_upstream_is_refused(self) -> None:
+        """A `fix` value that is one address only is refused naming the setting."""
+        r = Resolver({}, env={"KILLSWITCH_FIX": "tcp:127.0.0.1:9878"}, section="sidecar")
+        with pytest.raises(ConfigError, match=r"fix: .* is not LISTEN=UPSTREAM"):
+            r.get("fix")

@@ -17,6 +17,8 @@
 --       28 digest (sha1) of the arm proof this host already holds, 29 why the host refuses
 --          the current arm ("" none: unsigned, bad_signature, unlisted, ...),
 --       30.. extra report fields as name, value pairs
+-- The reply: state, epoch, ver, reason, now, closed confirm, proof digest, proof, the kill's
+-- fence flag ("1": `kill --fence`), then the scopes hash as name, value pairs.
 -- The proof (the last signed arm) is returned only when its digest differs from ARGV[28]:
 -- the host verifies it once per change, never per order and never per round trip. Likewise
 -- the scopes' lift proofs (`lift:*` fields) are returned only when the scopes `_ver` differs
@@ -72,7 +74,7 @@ redis.call('HSET', KEYS[1],
   'stale_after_ms', ARGV[10], 'regression', ARGV[11], 'version', ARGV[17], 'pid', ARGV[18],
   'proof', ARGV[29])
 
-local s = redis.call('HMGET', ARGV[26], 'state', 'epoch', 'ver', 'reason', 'proof')
+local s = redis.call('HMGET', ARGV[26], 'state', 'epoch', 'ver', 'reason', 'proof', 'fence')
 local proof = s[5] or ''
 local digest = redis.sha1hex(proof)
 if digest == ARGV[28] then proof = '' end
@@ -91,8 +93,20 @@ if confirm_epoch > 0 then
     'view', view, 'applied_ms', now, 'blocked', blocked)
   redis.call('PUBLISH', ARGV[15], ARGV[16] .. ' ' .. confirm_epoch .. ' ' .. confirm_ver)
 end
+-- The flight recorder's frozen file of a kill (reported once it exists) belongs to that
+-- kill's confirmation; a confirmation of another epoch names none. (HMGET and HSET only:
+-- the commands a sidecar's ACL user has.)
+local rec = redis.call('HMGET', KEYS[1], 'recorder_epoch', 'recorder_file', 'recorder_digest',
+  'recorder_complete')
+local named = redis.call('HMGET', KEYS[3], 'epoch', 'recorder_file')
+if rec[2] and rec[2] ~= '' and named[1] == rec[1] then
+  redis.call('HSET', KEYS[3], 'recorder_file', rec[2], 'recorder_digest', rec[3] or '',
+    'recorder_complete', rec[4] or '0')
+elseif named[2] and named[2] ~= '' and named[1] ~= rec[1] then
+  redis.call('HSET', KEYS[3], 'recorder_file', '', 'recorder_digest', '', 'recorder_complete', '0')
+end
 local out = {s[1] or '', s[2] or '0', s[3] or '0', s[4] or '', tostring(now), closed_confirm,
-  digest, proof}
+  digest, proof, s[6] or ''}
 local scopes = redis.call('HGETALL', ARGV[27])
 local applied = redis.call('HMGET', KEYS[1], 'scope_ver')[1]
 local same = false

@@ -8,7 +8,9 @@
 --       8 fence: a lease token the caller must still hold ("": no fence, an operator's kill),
 --       9 ceiling: a stored epoch above it is junk and ignored ("0": none; the caller passes
 --         floor + the largest plausible jump, so a hand-written epoch cannot make every
---         host refuse the kill as implausible)
+--         host refuse the kill as implausible),
+--       10 network fence ("1": `kill --fence`, hosts raise their kill fence; kept by a kill of
+--          a killed node without it, cleared by a kill that takes a new epoch without it)
 -- Returns {changed, epoch, ver, now_ms, prev_state, refusal ("" | "not_armed" | "fenced")}.
 -- The fence makes a paused aggregator that wakes up after losing its lease harmless. A refused
 -- trip is audited too. Junk in the stored epoch or ver never stops a kill: it counts as 0 and
@@ -44,11 +46,20 @@ else
   new_epoch = math.max(epoch, floor) + 1
 end
 local new_ver = ver + 1
+if ARGV[10] == '1' then
+  redis.call('HSET', KEYS[1], 'fence', '1')
+elseif new_epoch ~= epoch then
+  redis.call('HDEL', KEYS[1], 'fence')
+end
 redis.call('HSET', KEYS[1], 'state', 'KILLED', 'epoch', ks_str(new_epoch), 'ver', ks_str(new_ver),
   'reason', ARGV[2], 'actor', ARGV[1], 'cause', ARGV[3], 'ts_ms', ks_str(now),
   'killed_ms', ks_str(now))
 local entry = {'action', ARGV[6], 'actor', ARGV[1], 'reason', ARGV[2], 'cause', ARGV[3],
   'epoch', new_epoch, 'ver', new_ver, 'ts_ms', now, 'prev_state', state, 'prev_epoch', epoch}
+if ARGV[10] == '1' then
+  entry[#entry + 1] = 'fence'
+  entry[#entry + 1] = '1'
+end
 if bad_type then
   entry[#entry + 1] = 'junk'
   entry[#entry + 1] = 'node state was a ' .. bad_type .. ', replaced'
@@ -58,4 +69,8 @@ elseif implausible or (cur[2] and ks_uint(cur[2], nil) == nil) then
 end
 audit_append(KEYS[2], KEYS[4], entry)
 redis.call('PUBLISH', ARGV[5], 'KILLED ' .. ks_str(new_epoch) .. ' ' .. ks_str(new_ver))
+if ARGV[10] == '1' then
+  -- hosts raise the kill fence at once, before their next round trip reads `fence`
+  redis.call('PUBLISH', ARGV[5], 'FENCE ' .. ks_str(new_epoch))
+end
 return {1, new_epoch, new_ver, ks_str(now), state, ''}

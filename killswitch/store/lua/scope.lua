@@ -6,7 +6,8 @@
 --       6 approvers (comma separated, arm only), 7 events channel,
 --       arm only (the two operators' signed request, see core/armproof.py):
 --       8 lifted node epoch, 9 lifted node ver, 10 lifted scopes version, 11 expires ms
---       (server time), 12 proof, 13 ceiling: a stored epoch above it counts as 0 (as arm.lua)
+--       (server time), 12 proof, 13 ceiling: a stored epoch above it counts as 0 (as arm.lua),
+--       14 cause of a kill ("" none: an operator's; "bypass": the host's network fence)
 -- Returns {changed, scope ver, now_ms, refusal ("" | "moved" | "expired")}. A kill of an
 -- active scope bumps the version so every host proves it again (like killing a killed node);
 -- lifting an absent scope changes nothing. A lift whose request no longer matches the node
@@ -45,8 +46,9 @@ if ARGV[1] == 'arm' then
 end
 local ver = redis.call('HINCRBY', KEYS[1], '_ver', 1)
 if ARGV[1] == 'kill' then
-  redis.call('HSET', KEYS[1], field, cjson.encode({ver = ver, ts_ms = now, actor = ARGV[4],
-    reason = ARGV[5]}))
+  local rec = {ver = ver, ts_ms = now, actor = ARGV[4], reason = ARGV[5]}
+  if (ARGV[14] or '') ~= '' then rec.cause = ARGV[14] end
+  redis.call('HSET', KEYS[1], field, cjson.encode(rec))
   redis.call('HDEL', KEYS[1], 'lift:' .. field)
 else
   redis.call('HDEL', KEYS[1], field)
@@ -55,6 +57,10 @@ end
 local entry = {'action', ARGV[1] .. '_' .. ARGV[2], 'actor', ARGV[4],
   'reason', ARGV[5], 'approvers', ARGV[6], 'scope', field, 'scope_ver', ver, 'ts_ms', now,
   'state', node[1] or '', 'epoch', node[2] or '0'}
+if (ARGV[14] or '') ~= '' then
+  entry[#entry + 1] = 'cause'
+  entry[#entry + 1] = ARGV[14]
+end
 if proof_sha1 ~= '' then
   entry[#entry + 1] = 'proof_sha1'
   entry[#entry + 1] = proof_sha1

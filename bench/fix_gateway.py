@@ -1,0 +1,155 @@
+"""The FIX gateway's cost: latency it adds per order, orders per second on one core.
+
+A real sidecar process (armed, its Redis round trips running) relays raw FIX between a
+client and a venue written here for speed (pre-encoded NewOrderSingles; the venue answers
+each with one framed message, or only counts). Latency: one order at a time, round trip
+through the relay minus round trip on a direct TCP connection to the same venue, same run,
+interleaved in rounds. Throughput: the client pipelines orders, the venue counts them; the
+sidecar is pinned to one CPU. Also the relay's own CPU per order, without sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from bench.common import summary
+from killswitch.core.fixwire import Framer, encode
+from killswitch.sim.embedded import EmbeddedRedis, free_port
+from kstest import Fleet
+
+ROUNDS, PER_ROUND = 10, 500  # latency samples: 5,000 each way
+PIPELINED = 200_000
+
+
+def order(seq: int) -> bytes:
+    return encode(b"FIX.4.4", [
+        (b"35", b"D"), (b"49", b"CLIENT"), (b"56", b"VENUE"), (b"34", b"%d" % seq),
+        (b"52", b"20260101-00:00:00.000"), (b"11", b"o-%d" % seq), (b"21", b"1"),
+        (b"55", b"AAPL"), (b"54", b"1"), (b"60", b"20260101-00:00:00"), (b"38", b"100"),
+        (b"40", b"2"), (b"44", b"10.5"),
+    ])  # fmt: skip
+
+
+REPLY = encode(b"FIX.4.4", [(b"35", b"0"), (b"49", b"VENUE"), (b"56", b"CLIENT"), (b"34", b"1"),
+                            (b"52", b"20260101-00:00:00.000")])  # fmt: skip
+
+
+class Venue:
+    """Answers every order with REPLY (echo mode) or only counts orders (count mode)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.sock = socket.create_server(("127.0.0.1", self.port))
+        self.counted = 0
+        self.echo = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            conn, _ = self.sock.accept()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        tail = b""  # a CheckSum marker may straddle two reads: keep its first 3 bytes
+        while data := conn.recv(1 << 16):
+            n = (tail + data).count(b"\x0110=")
+            tail = data[-3:]
+            self.counted += n
+            if self.echo:
+                conn.sendall(REPLY * n)
+
+
+def roundtrips(port: int, n: int) -> list[float]:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        msgs = [order(i + 1) for i in range(n)]
+        out = []
+        for m in msgs:
+            t0 = time.perf_counter()
+            s.sendall(m)
+            got = b""
+            while len(got) < len(REPLY):
+                got += s.recv(4096)
+            out.append(time.perf_counter() - t0)
+        return out
+
+
+def pipelined(port: int, venue: Venue, n: int) -> float:
+    payload = b"".join(order(i + 1) for i in range(n))
+    venue.echo, start = False, venue.counted
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        t0 = time.perf_counter()
+        s.sendall(payload)
+        while venue.counted - start < n:
+            time.sleep(0.001)
+        elapsed = time.perf_counter() - t0
+    venue.echo = True
+    return n / elapsed
+
+
+def relay_cpu_us(n: int = 50_000) -> float:
+    """Framing, the gate and the relay's decisions per order, without sockets: CPU time of
+    this process (on a shared machine the wall clock counts other processes' turns too)."""
+    from killswitch.core.gate import Gate
+    from killswitch.core.state import HostView, NodeState
+    from killswitch.sidecar.fixgateway import FixGateway, FixSession
+
+    gate = Gate("bench", "h1")
+    gate.apply(HostView(1, NodeState.ARMED, NodeState.ARMED, 1, 1), time.monotonic() + 3600)
+    gw = FixGateway(gate, [], logger=None)
+    session = FixSession(gw, None, 1)  # type: ignore[arg-type]
+    sink: list[bytes] = []
+
+    class Sink:
+        def write(self, data: bytes) -> None:
+            sink.append(data)
+
+    session.v.transport = Sink()  # type: ignore[assignment]
+    chunk = b"".join(order(i + 1) for i in range(100))
+    framer = Framer()
+    t0 = time.process_time()
+    for _ in range(n // 100):
+        session.from_client(framer.feed(chunk))
+    return (time.process_time() - t0) / n * 1e6
+
+
+def run() -> dict[str, Any]:
+    venue = Venue()
+    relay_port = free_port()
+    with EmbeddedRedis() as server:
+        f = Fleet(server.url, "bench-fix", ["h1"],
+                  extra_sidecar_args=("--fix", f"tcp:127.0.0.1:{relay_port}=tcp:127.0.0.1:{venue.port}"))  # fmt: skip
+        try:
+            f.start()
+            f.start_aggregator("--tick", "0.05")
+            f.wait_ready(120)
+            f.arm()
+            f.wait_all("PONG ARMED", 30)
+            proc = f.sidecars["h1"].popen
+            assert proc is not None
+            cpus = sorted(os.sched_getaffinity(0))
+            os.sched_setaffinity(proc.pid, {cpus[0]})  # the relay gets one core
+            direct: list[float] = []
+            relayed: list[float] = []
+            roundtrips(relay_port, 200)  # warm-up
+            for _ in range(ROUNDS):
+                direct += roundtrips(venue.port, PER_ROUND)
+                relayed += roundtrips(relay_port, PER_ROUND)
+            d, r = summary(direct, 1e6), summary(relayed, 1e6)
+            return {
+                "direct_roundtrip_us": d,
+                "relayed_roundtrip_us": r,
+                "added_p50_us": round(r["p50"] - d["p50"], 1),
+                "added_p99_us": round(r["p99"] - d["p99"], 1),
+                "relayed_orders_per_s_one_core": round(pipelined(relay_port, venue, PIPELINED)),
+                "direct_orders_per_s": round(pipelined(venue.port, venue, PIPELINED)),
+                "relay_cpu_us_per_order": round(relay_cpu_us(), 2),
+                "cpus": len(cpus),
+            }
+        finally:
+            f.stop()
