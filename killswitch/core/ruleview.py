@@ -290,6 +290,9 @@ def rule_lines(view: Mapping[str, Any]) -> list[str]:
         if r.get("rule") in SHARE_RULES:
             value = f"top host {r.get('value', 0):.0%}"
             lim = "-" if limit is None else f"{limit:.0%}"
+        elif r.get("rule") == "runaway":  # growth per step, as a fraction
+            value = f"+{r.get('value', 0):.0%}/step"
+            lim = "-" if limit is None else f"+{limit:.0%}"
         else:
             value = f"{r.get('value', 0):.0f}"
             lim = "-" if limit is None else f"{limit:.0f}"
