@@ -30,7 +30,7 @@ from killswitch.core.gate import LIMIT, Gate
 from killswitch.core.heartbeat import idle_every, trip_due
 from killswitch.core.options import to_ms
 from killswitch.core.scope import Held, parse_scopes
-from killswitch.core.state import NodeState, boot_view, observe
+from killswitch.core.state import NodeState, boot_view
 from killswitch.core.version import __version__
 from killswitch.runtime import logs
 from killswitch.runtime.metrics import MetricsServer, build_info
@@ -348,8 +348,8 @@ class Sidecar(ReadApplier):
             self._confirmed(view.epoch, view.ver, view.state.value, blocked)
         if reply.proof is not None:
             self.arms.hold(reply.proof_digest, reply.proof)
-        new = self._attested(self.arms.prove(observe(view, reply.read)))
-        if reply.closed_confirm and new.state is NodeState.KILLED:
+        new = self._judged(view, reply.read)  # None: read before a kill notice applied since
+        if new is not None and reply.closed_confirm and new.state is NodeState.KILLED:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
         self._apply_scopes(parse_scopes(reply.scopes))  # before the state: never open, then close
         self._apply(new, sent, reply.fence)
