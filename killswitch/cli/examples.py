@@ -52,6 +52,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "killswitch backtest --counts today.csv --max-host-share 0.5 --json",
     ),
     "export": ("killswitch export --node smars > today.csv",),
+    "recorder": (
+        "killswitch recorder /var/lib/killswitch/smars@or-0*.rec     # every host, one timeline",
+        "killswitch recorder smars@or-08.7.rec --csv > kill-7.csv      # a kill's frozen file",
+        "killswitch recorder --node smars --around 7 --host or-08     # pulled from the sidecars",
+    ),
     "loadgen": ("killswitch loadgen --listen tcp:127.0.0.1:7000 --rate 50 --duration 10",),
     "config": (
         "killswitch config --check --config /etc/killswitch/killswitch.toml",

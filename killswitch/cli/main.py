@@ -88,6 +88,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         code, text = rulecli.backtest_command(r)
         print(text)
         return code
+    if cmd == "recorder":
+        from killswitch.cli import recordercli
+
+        return recordercli.run(r, redis_url, args.files)
     if cmd in ("kill", "status", "watch") and r.get("fleet"):
         from killswitch.cli import fleetcli
 

@@ -65,6 +65,9 @@ DESCRIPTIONS = {
     "rule flags, with the aggregator's defaults (its derived static cap included).",
     "export": "Print the node's recorded flow (Redis keeps 15 minutes) as timestamp,host,count "
     "CSV for `killswitch backtest`.",
+    "recorder": "Merge flight recorder files of several hosts into one timeline, oldest first: "
+    "every gate decision with its reason, epoch and release (docs/RECORDER.md). Without FILE, "
+    "--node N pulls every host's ring from its sidecar's metrics port (GET /recorder).",
     "loadgen": "A simulated order router: sends ORDER lines to a sidecar's gate at a rate.",
     "config": "Check the config file: every key known, every value valid for every verb (or "
     "VERB); prints each resolved setting and where it came from.",
@@ -219,6 +222,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.verbs[verb] = sp
         if only in (None, verb) or only not in VERBS:
             add_options(sp, verb)
+            if verb == "recorder":
+                sp.add_argument("files", nargs="*", metavar="FILE", help="recorder files to merge")
             if verb == "config":
                 sp.add_argument(
                     "verb", nargs="?", choices=[v for v in VERBS if v != "config"],

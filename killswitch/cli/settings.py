@@ -63,6 +63,9 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         attest_interval=r.get("attest-interval"),
         fix=fix,
         **fence_settings(r),
+        recorder=r.get("recorder"),  # '' (any source): none; None: the default path
+        recorder_size=r.get("recorder-size"),
+        recorder_freeze=r.get("recorder-freeze"),
         extra={"warnings": warnings},
     )
     check_together(r)

@@ -19,9 +19,14 @@ from typing import Any
 import structlog
 
 from killswitch.core.limits import LimitChecker, Limits
+from killswitch.core.recfmt import ALLOW, ALLOWED, BLOCK, CANCEL, CANCELLED, INPROC, kind
 from killswitch.core.state import MAX_EPOCH, BlockReason, HostView, NodeState, boot_view
 
 Decision = tuple[bool, int, str]  # (allowed, epoch, block reason or "")
+# The flight recorder's append: (kind, order id, symbol, side, qty, price, epoch), `kind` from
+# `core.recfmt.kind` (decision, reason, source). It must not raise (`runtime.ring.Ring.write`).
+Recorder = Callable[[int, str, str, str, int, float, int], None]
+_ALLOWED_INPROC = ALLOWED[INPROC]
 LIMIT = "limit"  # the block reason of an order over a local pre-trade limit
 
 
@@ -71,6 +76,7 @@ class Gate:
         "_open",
         "_plain",
         "_reason",
+        "_rec",
         "_symbols",
         "allowed",
         "blocked",
@@ -113,6 +119,7 @@ class Gate:
         self._symbols: frozenset[str] = frozenset()  # symbols killed on every host
         self.scope_ver = 0  # the version of the scoped kills this gate enforces
         self._plain = limits is None  # nothing but the node state to check: the fast path
+        self._rec: Recorder | None = None  # the flight recorder (None: decisions not recorded)
 
     # -- the order path -------------------------------------------------------------------
 
@@ -128,6 +135,8 @@ class Gate:
         # The same decision as check(), inlined: this is the hot path of in-process callers.
         if self._open and self._plain and self._clock() < self._deadline:
             self.allowed += 1
+            if self._rec is not None:
+                self._rec(_ALLOWED_INPROC, order_id, symbol, side, qty, price, self.view.epoch)
             return True
         return self.check(order_id, symbol, side, qty, price)[0]
 
@@ -138,37 +147,60 @@ class Gate:
         side: str = "",
         qty: int = 0,
         price: float = 0.0,
+        source: int = INPROC,
     ) -> Decision:
-        """Like `allow()`, with the epoch and the block reason for the gate protocol reply."""
+        """Like `allow()`, with the epoch and the block reason for the gate protocol reply.
+
+        `source` is who asks, for the flight recorder (`core.recfmt`: LINE, FIX, INPROC).
+        """
         if self._open:
             now = self._clock()
             if now < self._deadline:
-                if self._plain:
-                    self.allowed += 1
-                    return self._allow
-                if self._isolated or symbol in self._symbols:
-                    return self._refuse(order_id, symbol, side, qty, BlockReason.KILLED.value)
-                if self._limits is not None and self._limits.check(symbol, qty, price, now):
-                    return self._refuse(order_id, symbol, side, qty, LIMIT)
+                if not self._plain:
+                    if self._isolated or symbol in self._symbols:
+                        return self._refuse(
+                            order_id, symbol, side, qty, BlockReason.KILLED.value, price, source
+                        )
+                    if self._limits is not None and self._limits.check(symbol, qty, price, now):
+                        return self._refuse(order_id, symbol, side, qty, LIMIT, price, source)
                 self.allowed += 1
+                if self._rec is not None:
+                    code = ALLOWED.get(source) or kind(ALLOW, "", source)
+                    self._rec(code, order_id, symbol, side, qty, price, self._allow[1])
                 return self._allow
-        return self._refuse(order_id, symbol, side, qty, "")
+        return self._refuse(order_id, symbol, side, qty, "", price, source)
 
-    def cancel(self, order_id: str = "-", ref: str = "") -> int:
+    def cancel(self, order_id: str = "-", ref: str = "", source: int = INPROC) -> int:
         """A cancel reduces risk: always allowed, in every state, and counted apart.
 
         Returns the epoch for the reply.
         """
         self.cancels += 1
-        return self._held or self.view.epoch
+        epoch = self._held or self.view.epoch
+        if self._rec is not None:
+            self._rec(
+                CANCELLED.get(source) or kind(CANCEL, "", source), order_id, "", "", 0, 0.0, epoch
+            )
+        return epoch
 
-    def _refuse(self, order_id: str, symbol: str, side: str, qty: int, reason: str) -> Decision:
+    def _refuse(
+        self,
+        order_id: str,
+        symbol: str,
+        side: str,
+        qty: int,
+        reason: str,
+        price: float = 0.0,
+        source: int = INPROC,
+    ) -> Decision:
         self.blocked += 1
         if not reason:
             # An open gate whose lease ran out is stale: no round trip proved the node armed.
             reason = BlockReason.STALE.value if self._open else self._reason
         self.blocked_by[reason] = self.blocked_by.get(reason, 0) + 1
         epoch = self._held or self.view.epoch
+        if self._rec is not None:
+            self._rec(kind(BLOCK, reason, source), order_id, symbol, side, qty, price, epoch)
         if self._budget is not None and not self._budget.take():
             self._budget.skip(reason)
             return (False, epoch, reason)
@@ -184,6 +216,10 @@ class Gate:
             qty=qty,
         )
         return (False, epoch, reason)
+
+    def set_recorder(self, rec: Recorder | None) -> None:
+        """Record every decision from now on with `rec` (None: stop recording)."""
+        self._rec = rec
 
     @property
     def limits(self) -> LimitChecker | None:

@@ -17,7 +17,7 @@ DAY = 86_400.0
 # Every verb, in the order `--help` lists them.
 VERBS = (
     "sidecar", "aggregator", "arm", "resume", "rollout", "kill", "status", "watch", "audit",
-    "demo", "backtest", "export", "loadgen", "config",
+    "demo", "backtest", "export", "recorder", "loadgen", "config",
 )  # fmt: skip
 
 # The static cap an aggregator (and a backtest) enforces when no --max-orders is given: this
@@ -64,6 +64,7 @@ class Option:
     exclusive: str = ""  # options sharing this name exclude each other
     hidden: bool = False  # accepted but not shown in --help (a retired flag's refusal)
     aliases: tuple[str, ...] = ()  # other config-file keys accepted for it
+    empty: bool = False  # '' is a value ("none": no file), not "not given" (the default)
 
     @property
     def key(self) -> str:

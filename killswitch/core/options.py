@@ -70,7 +70,8 @@ OPTIONS: tuple[Option, ...] = (
     # -- shared by several verbs ----------------------------------------------------------
     Option("stale-after", ("sidecar", *OPERATOR), _BOUND_HELP, kind="float", default=1.0,
            bound=S(0.2, 10.0), metavar="S"),
-    Option("json", ("arm", "resume", "rollout", "kill", "status", "audit", "demo", "backtest"),
+    Option("json", ("arm", "resume", "rollout", "kill", "status", "audit", "demo", "backtest",
+                    "recorder"),
            "print one JSON object on stdout", kind="flag", default=False),
     Option("metrics-port", SERVICES, "serve Prometheus /metrics (and the sidecar's /healthz) "
            "on this port", kind="int", bound=N(1, 65535), metavar="P"),
@@ -95,8 +96,10 @@ OPTIONS: tuple[Option, ...] = (
            "many seconds", kind="float", default=600.0, bound=S(1.0, DAY), metavar="S"),
     Option("timeout", ("arm", "resume", "kill"), "seconds to wait for every roster host to "
            "confirm", kind="float", default=5.0, bound=S(0.1, 3600.0), metavar="S"),
+    # Retired, but still read from every source (flag, KILLSWITCH_APPROVER, the file) so that
+    # an old set-up is told why it no longer arms instead of meeting another error first.
     Option("approver", ("arm", "resume"), "retired: approvals are signatures", kind="list",
-           repeat=True, flags_only=True, hidden=True),
+           repeat=True, hidden=True),
     Option("release", ("rollout",), "begin a rollout to this release (a digest from "
            "`status --json` releases)", metavar="DIGEST", flags_only=True, exclusive="step"),
     Option("promote", ("rollout",), "let every host run the new release", kind="flag",
@@ -158,6 +161,17 @@ OPTIONS: tuple[Option, ...] = (
            derived="the node's roster"),
     Option("attempted", ("export",), "count blocked orders too (what the routers tried to "
            "send), not only allowed ones", kind="flag", default=False),
+    # -- recorder -------------------------------------------------------------------------
+    Option("around", ("recorder",), "only the records from each host's freeze span before its "
+           "kill at EPOCH to as long after (a frozen file of that epoch is taken whole)",
+           kind="int", bound=N(1, 2**53 - 1), metavar="EPOCH", flags_only=True),
+    Option("since", ("recorder",), "only records at or after T (ISO 8601, UTC when no zone "
+           "is given, or unix seconds)", metavar="T", flags_only=True),
+    Option("until", ("recorder",), "only records at or before T", metavar="T", flags_only=True),
+    Option("host", ("recorder",), "only this host (repeatable)", kind="list", repeat=True,
+           metavar="H", dest="only_host", flags_only=True),
+    Option("csv", ("recorder",), "CSV with a header line instead of the table", kind="flag",
+           default=False, flags_only=True),
     # -- loadgen --------------------------------------------------------------------------
     Option("listen", ("loadgen",), "the sidecar's gate address (unix:/path or "
            "tcp:HOST:PORT)", kind="listen1", metavar="ADDR"),

@@ -11,6 +11,7 @@ import re
 from decimal import Decimal, InvalidOperation
 
 from killswitch.core.gate import Gate
+from killswitch.core.recfmt import LINE
 from killswitch.core.state import NodeState
 
 MAX_LINE = 1024  # bytes, newline excluded; a longer line is refused with ERR
@@ -35,7 +36,7 @@ def handle_line(line: bytes, gate: Gate) -> bytes:
         if err:
             return f"ERR {err}\n".encode()
         price = float(parts[5]) if len(parts) == 6 else 0.0
-        ok, epoch, reason = gate.check(parts[1], parts[2], parts[3], int(parts[4]), price)
+        ok, epoch, reason = gate.check(parts[1], parts[2], parts[3], int(parts[4]), price, LINE)
         if ok:
             return f"ALLOW {parts[1]} {epoch}\n".encode()
         return f"BLOCK {parts[1]} {epoch} {reason}\n".encode()
@@ -45,7 +46,7 @@ def handle_line(line: bytes, gate: Gate) -> bytes:
             return b"ERR usage: CANCEL <id> [<order-ref>]\n"
         if not all(_TOKEN.fullmatch(p) for p in parts[1:]):
             return b"ERR bad id or order-ref: 1-64 printable ASCII characters\n"
-        epoch = gate.cancel(parts[1], parts[2] if len(parts) == 3 else "")
+        epoch = gate.cancel(parts[1], parts[2] if len(parts) == 3 else "", LINE)
         return f"ALLOW {parts[1]} {epoch}\n".encode()
     if verb == "PING":
         if len(parts) != 1:

@@ -56,6 +56,12 @@ class HostStatus:
     scope_kept: tuple[str, ...] = ()
     wire: int = 0  # orders its FIX gateway forwarded to a venue
     fence: dict[str, object] | None = None  # its network fence (core.fence); None: none
+    metrics: str = ""  # its metrics address (where `killswitch recorder --node` reads it)
+    # the flight recorder's frozen file of the confirmed kill, its sha256, and whether the
+    # records after the kill are in it yet ("" none)
+    recorder_file: str = ""
+    recorder_digest: str = ""
+    recorder_complete: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -83,6 +89,14 @@ class HostStatus:
             "scope_kept": list(self.scope_kept),
             "wire": self.wire,
             **({"fence": self.fence} if self.fence else {}),
+            "metrics": self.metrics,
+            "recorder": {
+                "file": self.recorder_file,
+                "digest": self.recorder_digest,
+                "complete": self.recorder_complete,
+            }
+            if self.recorder_file
+            else None,
         }
 
 
@@ -170,6 +184,10 @@ def host_status(
         scope_kept=tuple(report.get("scope_kept", "")[:MAX_FILES_TEXT].split()[:MAX_FILES]),
         wire=_int(report.get("wire")),
         fence=fence_report(report),
+        metrics=report.get("metrics", "")[:MAX_ATTEST],
+        recorder_file=confirm.get("recorder_file", "")[:MAX_ATTEST],
+        recorder_digest=confirm.get("recorder_digest", "")[:MAX_RELEASE],
+        recorder_complete=confirm.get("recorder_complete") == "1",
     )
 
 

@@ -72,6 +72,15 @@ SERVICE_OPTIONS: tuple[Option, ...] = (
     Option("fence-on-kill", ("sidecar",), "raise the kill fence on every kill, not only on "
            "kill --fence (every connection to the endpoints refused and cut, cancels "
            "included)", kind="flag", default=False, group=_FENCE),
+    Option("recorder", ("sidecar",), "the flight recorder's ring file: every gate decision, "
+           "memory-mapped ('' for none; docs/RECORDER.md)", metavar="PATH",
+           derived="<state-dir>/<node>@<host>.rec", empty=True),
+    Option("recorder-size", ("sidecar",), "records the flight recorder keeps, newest first "
+           "(160 bytes each; the file is allocated at start)", kind="int", default=65_536,
+           bound=N(16, 2**24), metavar="N"),
+    Option("recorder-freeze", ("sidecar",), "a kill freezes the records from S seconds before "
+           "it to S after it into <node>@<host>.<epoch>.rec beside the ring", kind="int",
+           default=60, bound=Bound(1, 3600, "s", whole=True), metavar="S"),
     # -- aggregator -----------------------------------------------------------------------
     Option("hosts", ("aggregator",), "the node's roster: proposed until the first signed "
            "arm, then only a signed arm changes it", kind="roster", metavar="H1,H2,..."),
@@ -89,7 +98,7 @@ SERVICE_OPTIONS: tuple[Option, ...] = (
            "with appendonly (use in production)", kind="flag", default=False),
     Option("audit-log", ("aggregator",), "append the node's audit chain to this JSONL file, "
            "so the trail survives a wiped Redis ('' for none)", metavar="PATH",
-           derived="audit-NODE.jsonl in the sidecar's default --state-dir"),
+           derived="audit-NODE.jsonl in the sidecar's default --state-dir", empty=True),
     Option("max-limit-refusals", ("aggregator",), "kill the node when the hosts' local "
            "--limits refuse more than N orders within --limit-window on at least "
            "--limit-min-hosts hosts", kind="int", bound=N(1, 10**9), metavar="N",

@@ -137,7 +137,7 @@ class Resolver:
             keys = (key, name, *(opt.aliases if opt else ()))
             sources.append(("file", f"config [{key}]", self._from_config(keys)))
         for kind, where, raw in sources:
-            if raw is not None and raw != "":
+            if raw is not None and (raw != "" or (opt is not None and opt.empty)):
                 return kind, where, raw
         return None
 

@@ -7,7 +7,7 @@ contract (dashboards and alert rules use them): add new ones, never rename.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
@@ -56,6 +56,7 @@ class MetricsServer:
         self.port = port
         self.host = host
         self.health = health
+        self.routes: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {}
         self._runner: web.AppRunner | None = None
 
     async def _metrics(self, _request: web.Request) -> web.Response:
@@ -74,6 +75,8 @@ class MetricsServer:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._health)
+        for path, handler in self.routes.items():  # e.g. the sidecar's /recorder
+            app.router.add_get(path, handler)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)

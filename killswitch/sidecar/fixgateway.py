@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import stat
 import time
@@ -45,6 +46,7 @@ from killswitch.core.fixwire import (
     msg_type,
 )
 from killswitch.core.gate import Gate
+from killswitch.core.recfmt import FIX
 from killswitch.runtime.config import ListenAddr
 from killswitch.runtime.errors import StartupError
 from killswitch.sidecar.settings import SidecarSettings
@@ -168,7 +170,7 @@ class FixSession:
                 if book.was_blocked(order):
                     ok, epoch, reason, clordid = False, 0, "", order.clordid
                 else:
-                    ok, epoch, reason, clordid = gate_order(order, gw.gate.check)
+                    ok, epoch, reason, clordid = gate_order(order, gw.check)
                 if ok:
                     gw.wire += 1
                     gw.count(mt, "allowed")
@@ -178,7 +180,7 @@ class FixSession:
                     out.append(book.block(m, Refusal(order, clordid, reason, epoch)))
                 continue
             if mt in CANCELS:
-                gw.gate.cancel()
+                gw.gate.cancel(source=FIX)
             elif mt == LOGON and _RESET in m:
                 book.reset()
             gw.count(mt, "passed")
@@ -234,6 +236,7 @@ class FixGateway:
         max_sessions: int = 1024,
     ) -> None:
         self.gate = gate
+        self.check = functools.partial(gate.check, source=FIX)  # recorded as the gateway's
         self.routes = tuple(routes)
         self.log = logger
         self.partial_timeout = partial_timeout

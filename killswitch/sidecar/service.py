@@ -45,6 +45,7 @@ from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.memory import Memory
 from killswitch.sidecar.metrics import SidecarCollector
 from killswitch.sidecar.notify import StateNotifier
+from killswitch.sidecar.recording import Recording
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.store.localstate import LocalState
 from killswitch.store.redisconn import classify, connect, endpoint, scrub
@@ -89,12 +90,8 @@ class Sidecar(ReadApplier):
             log_budget=self.blocks.budget, limits=settings.limits,
         )  # fmt: skip
         # Without an operators file this gate can never open: it cannot verify any arm.
-        self.arms = ArmCheck(
-            load_operators(settings.operators) if settings.operators else None,
-            settings.node,
-            settings.host,
-            self.log,
-        )
+        operators = load_operators(settings.operators) if settings.operators else None
+        self.arms = ArmCheck(operators, settings.node, settings.host, self.log)
         self.boot = uuid.uuid4().hex[:12]
         self.acked = (0, 0)
         self.acked_more = (0, 0)  # cancels and limit refusals of the last acknowledged flush
@@ -147,6 +144,8 @@ class Sidecar(ReadApplier):
             if settings.metrics_port is not None
             else None
         )
+        self.rec = Recording(self, self._metrics)  # the flight recorder (sidecar.recording)
+        self._reporters = (self.notify, self.attest, self.fix, self.rec)  # their report fields
         self._started = False
         self._last_fail_log = -1e9
         if problem:
@@ -207,6 +206,7 @@ class Sidecar(ReadApplier):
         await self._report_on_kill()
         await self.fix.stop()
         await self._server.stop()
+        await self.rec.close()
         if self._metrics:
             await self._metrics.stop()
         self.log.info("sidecar_stopped")
@@ -309,7 +309,7 @@ class Sidecar(ReadApplier):
             limited=limited,
             acked_cancels=self.acked_more[0],
             acked_limited=self.acked_more[1],
-            extra=tuple(f for o in (self.notify, self.attest, self.fix) for f in o.report_fields()),
+            extra=tuple(f for o in self._reporters for f in o.report_fields()),
             proof_digest=self.arms.digest,
             proof_refusal=view.refusal,
         )

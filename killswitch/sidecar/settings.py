@@ -40,4 +40,9 @@ class SidecarSettings:
     fence: FenceSpec | None = None  # the network fence (`--fence`); None: none
     fence_netns: str = ""  # the network namespace fenced ("": the sidecar's own)
     fence_on_kill: bool = default("fence-on-kill")  # every kill raises the kill fence
+    # the flight recorder's ring file (None: <state-dir>/<node>@<host>.rec; "": none), its
+    # records, and the seconds before and after a kill that a freeze keeps
+    recorder: str | None = None
+    recorder_size: int = default("recorder-size")
+    recorder_freeze: int = default("recorder-freeze")
     extra: dict[str, Any] = field(default_factory=dict)

@@ -34,7 +34,7 @@ from killswitch.core.backtest import FlowEvent, replay
 from killswitch.ops import audit as ops_audit
 from killswitch.ops import control
 from killswitch.sim import deploy
-from killswitch.sim.demoreport import HAUNTED, HOSTS, render_table, results
+from killswitch.sim.demoreport import HAUNTED, HOSTS, first_orders, render_table, results
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.fleet import Fleet, wait_until
 from killswitch.sim.loadgen import drive
@@ -166,13 +166,14 @@ class _Progress:
             self.live.update(_table(t, phase, rep, agg))
         elif time.monotonic() - self.last_line >= 2.0:
             self.last_line = time.monotonic()
-            rates = " ".join(
-                f"{h[-2:]}:{s.get('orders_per_s', 0):.0f}" for h, s in rep.get("hosts", {}).items()
-            )
-            print(
-                f"[{t:5.1f}s] {phase:<34} {rep.get('state', '?'):<7} node {agg.get('node_orders', '?')}"
-                f"/window baseline {agg.get('expected') or '-'}  confirmed "
-                f"{len(rep.get('confirmed', []))}/8  flat {len(rep.get('flat', []))}/8  rates {rates}",
+            rates = {h: float(s.get("orders_per_s", 0)) for h, s in rep.get("hosts", {}).items()}
+            top = max(rates, key=rates.__getitem__, default="-")
+            rest = [v for h, v in rates.items() if h != top] or [0.0]
+            print(  # within 120 columns
+                f"[{t:5.1f}s] {phase[:26]:<26} {rep.get('state', '?'):<7} win "
+                f"{agg.get('node_orders', '?')!s:>5} base {agg.get('expected') or '-'!s:>6} "
+                f"conf {len(rep.get('confirmed', []))}/8 flat {len(rep.get('flat', []))}/8  "
+                f"top {top} {rates.get(top, 0):.0f}/s, rest {min(rest):.0f}-{max(rest):.0f}/s",
                 file=self.out, flush=True,
             )  # fmt: skip
 
@@ -207,11 +208,11 @@ def _table(t: float, phase: str, rep: dict[str, Any], agg: dict[str, Any]) -> An
 
 def _phase(s: Scenario, t: float) -> str:
     if t >= s.rollback_at:
-        return "ROLLBACK: all eight on the legacy path"
+        return "ROLLBACK: all 8 on legacy"
     if t >= s.legacy_at:
-        return f"{HAUNTED} on the legacy path (09:30)"
+        return f"{HAUNTED} on legacy (09:30)"
     if t >= s.open_at:
-        return "market open: 3x burst (normal)"
+        return "open: 3x burst (normal)"
     return "pre-open (normal)"
 
 
@@ -250,9 +251,12 @@ async def _run(fleet: Fleet, mode: Mode, progress: _Progress, on_haunted: str) -
         for h in HOSTS:
             confirms[h] = dict(await redis.hgetall(store.keys.host(h).confirm))  # type: ignore[arg-type]
         final["killed_ms"] = await redis.hget(store.keys.state, "killed_ms")
-        return results(
+        doc = results(
             mode, t0_ms, stats, final, audit, flows, confirms, arm.report["epoch"], on_haunted
         )
+        ring = fleet.workdir / "state" / f"{NODE}@{HAUNTED}.rec"  # its flight recorder
+        doc["haunted_first_orders"] = first_orders(ring.read_bytes(), doc["scenario"]["onset_ms"])
+        return doc
     finally:
         await redis.aclose()
 
@@ -292,9 +296,9 @@ def run_demo(
         what = (
             f"in real time with production windows (about {s.end:.0f} s)"
             if mode.compression == 1
-            else f"time-compressed {mode.compression:g}x: 1 s windows stand for 10 s"
+            else f"compressed {mode.compression:g}x: 1 s windows stand for 10 s"
         )
-        print(f"killswitch demo ({what}): starting redis-server, 8 sidecars and the aggregator ...",
+        print(f"killswitch demo ({what}): starting redis-server, 8 sidecars, the aggregator",
               file=progress_out, flush=True)  # fmt: skip
         server.start()
         deploy.install(fleet, HAUNTED)
@@ -305,7 +309,7 @@ def run_demo(
         wait_until(lambda: _all_alive(server.url), 30, 0.05, "roster stored and all 8 reporting")
         deploy.wait_releases(fleet, NODE, 2)
         refused = deploy.refused_open(fleet, NODE)
-        print(f"with attestation, the 09:30 open: {refused['message']}", file=progress_out)
+        print(f"with attestation, {deploy.refused_line(refused)}", file=progress_out)
         deploy.attestation_off(fleet, NODE, HAUNTED)
         progress = _Progress(progress_out, rich_view=not as_json and sys.stdout.isatty())
         doc = asyncio.run(_run(fleet, mode, progress, on_haunted))

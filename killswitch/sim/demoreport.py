@@ -7,11 +7,13 @@ plainly whether the run was time-compressed and what its figures mean in real ti
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Protocol
 
 from killswitch.core import whatif
 from killswitch.core.anomaly import MonitorConfig
 from killswitch.core.backtest import FlowEvent
+from killswitch.core.recfmt import decode
 from killswitch.sim import deploy
 from killswitch.sim.loadgen import RouterStats
 
@@ -185,6 +187,24 @@ def results(
     }
 
 
+def first_orders(ring: bytes, onset_ms: int, n: int = 5) -> list[dict[str, Any]]:
+    """The first `n` orders a host's flight recorder holds from the onset on, with the
+    decision and why (its ring file's bytes; times are the host's clock, here Redis's)."""
+    rows = []
+    for e in decode(ring).entries:
+        if e.decision in ("allow", "block") and e.t_ns >= onset_ms * 1_000_000:
+            rows.append({**e.to_json(), "after_onset_s": round(e.t_ns / 1e9 - onset_ms / 1e3, 4)})
+            if len(rows) == n:
+                break
+    return rows
+
+
+def _why(r: dict[str, Any]) -> str:
+    if r["decision"] == "allow":
+        return f"ALLOWED: node armed at epoch {r['epoch']}"
+    return f"BLOCKED ({r['reason']}) at epoch {r['epoch']}"
+
+
 SERIES_BUCKET_S = 0.5
 
 
@@ -235,6 +255,14 @@ def _unflat_resting(
     return whatif.resting_at([e for e in allowed if e.host == host], killed_ms, rest_ms)
 
 
+WIDTH = 120  # the demo's text never runs past this many columns
+
+
+def _wrap(text: str, indent: int = 0, width: int = WIDTH) -> list[str]:
+    return textwrap.wrap(text, width, initial_indent=" " * indent,
+                         subsequent_indent=" " * indent) or [""]  # fmt: skip
+
+
 def render_table(doc: dict[str, Any]) -> str:
     sc = doc["scenario"]
     names = {
@@ -244,63 +272,81 @@ def render_table(doc: dict[str, Any]) -> str:
         if sc.get("on_haunted", "kill") == "kill"
         else "killswitch (--on-haunted isolate)",
     }
-    lines = ["", *_heading(sc), f"The baseline was seeded from a {sc['baseline_seed']}.", ""]
-    lines += deploy.table_lines(doc.get("attestation"))
-    lines += [
-        f"{'monitor':<36} {'acted after onset':>18} {'orders after onset':>19}  "
-        f"{'resting left':>12}  what happened",
-    ]
-    pad = f"{'':<36} {'':>18} {'':>19}  {'':>12} "
+    lines = ["", *_wrap(" ".join(_heading(sc))),
+             *_wrap(f"The baseline was seeded from a {sc['baseline_seed']}."), ""]  # fmt: skip
+    for text in deploy.table_lines(doc.get("attestation")):
+        lines += _wrap(text) if text else [""]
+    head = f"{'monitor':<34} {'acted after':>11} {'orders after':>14} {'resting left':>12}  "
+    lines.append(head + "what happened")
+    indent = len(head)
+    detail_w = WIDTH - indent
+
+    def row(first: str, detail: str) -> None:
+        parts = textwrap.wrap(detail, detail_w) or [""]
+        lines.append(first + parts[0])
+        lines.extend(" " * indent + p for p in parts[1:])
+
     for m in doc["monitors"]:
         after = "never" if m["acted_after_s"] is None else f"+{m['acted_after_s']:.2f} s"
-        lines.append(
-            f"{names[m['monitor']]:<36} {after:>18} {m['orders_after_onset']:>19,}  "
-            f"{m['resting_left']:>12,}  {m['detail']}"
+        row(
+            f"{names[m['monitor']]:<34} {after:>11} {m['orders_after_onset']:>14,} "
+            f"{m['resting_left']:>12,}  ",
+            m["detail"],
         )
     ks = doc["monitors"][-1]
     if ks["isolated"]:
         rest = "" if ks["tripped"] else "; the other hosts traded on"
         at = ks.get("isolated_after_s")
         when = "" if at is None else f" at +{at:.2f} s"
-        lines.append(f"{pad} isolated {', '.join(ks['isolated'])}{when} (a scoped kill){rest}")
+        row(" " * indent, f"isolated {', '.join(ks['isolated'])}{when} (a scoped kill){rest}")
     if ks["tripped"]:
-        lines.append(
-            f"{pad} cause {ks['cause']}; {ks['confirmed']}/8 hosts confirmed, "
-            f"the last {ks['kill_to_all_confirmed_ms']} ms after the kill"
+        row(
+            " " * indent,
+            f"cause {ks['cause']}; {ks['confirmed']}/8 hosts confirmed, "
+            f"the last {ks['kill_to_all_confirmed_ms']} ms after the kill",
         )
     if ks["resting_cancelled"] or ks["tripped"]:
         # `flat` is the proof of a node kill; an isolated host's router cancels all the same.
         proof = f"; {ks['flat_hosts']}/{len(sc['hosts'])} reported FLAT" if ks["tripped"] else ""
-        lines.append(
-            f"{pad} routers cancelled {ks['resting_cancelled']:,} resting orders through the "
-            f"gate{proof}"
+        row(
+            " " * indent,
+            f"routers cancelled {ks['resting_cancelled']:,} resting orders through the gate{proof}",
         )
     k = doc["knight"]
-    lines.append(
-        f"{'Knight Capital, 1 August 2012':<36} {str(k['minutes']) + ' min':>18} {k['orders']:>19}  "
-        f"{'':>12}  "
-        f"{k['parent_orders']} parent orders, {k['shares']:,} shares, {k['loss_usd']} lost"
+    row(
+        f"{'Knight Capital, 1 August 2012':<34} {str(k['minutes']) + ' min':>11} "
+        f"{k['orders']:>14} {'':>12}  ",
+        f"{k['parent_orders']} parent orders, {k['shares']:,} shares, {k['loss_usd']} lost",
     )
-    lines.append(
-        f"(orders the routers tried to send after the onset: {doc['orders_attempted_after_onset']:,}; "
-        f"the per-host limit and the alert are evaluated on those, killswitch on what it let through;"
+    lines.append("")
+    lines += _wrap(
+        f"Orders the routers tried to send after the onset: "
+        f"{doc['orders_attempted_after_onset']:,}; the per-host limit and the alert are "
+        "evaluated on those, killswitch on what it let through. Resting left: orders still "
+        f"working at the venue when the monitor acted, each resting {sc.get('rest_s', 0):g} s; "
+        "killswitch's routers cancel theirs on the kill."
     )
-    lines.append(
-        f" resting left: orders still working at the venue when the monitor acted, each resting "
-        f"{sc.get('rest_s', 0):g} s; killswitch's routers cancel theirs on the kill)"
-    )
-    if sc["compression"] > 1:
-        k = sc["compression"]
+    first = doc.get("haunted_first_orders") or []
+    if first:
         lines += [
             "",
+            f"{sc['haunted']}'s first {len(first)} orders after the onset (its flight recorder):",
+        ]
+        lines += [
+            f"  +{r['after_onset_s']:.4f} s  ORDER {r['order_id']} {r['symbol']} {r['side']} "
+            f"{r['qty']} (release {r['release'] or 'none'}): {_why(r)}"
+            for r in first
+        ]
+    if sc["compression"] > 1:
+        k = sc["compression"]
+        lines.append("")
+        lines += _wrap(
             f"TIME-COMPRESSED {k:g}x: {sc['window_s']:g} s windows stand for production's "
             f"{sc['window_s'] * k:g} s, and every duration above stands for {k:g}x as long in "
-            "production",
-            f"with the window rules alone (+1.5 s here is about {1.5 * k:g} s). At production "
-            "windows the fast rules (1 s window) trip a",
-            "big flood within about a second; `killswitch demo --realtime` (about two minutes) "
-            "shows real-time figures.",
-        ]
+            f"production with the window rules alone (+1.5 s here is about {1.5 * k:g} s). At "
+            "production windows the fast rules (1 s window) trip a big flood within about a "
+            "second; `killswitch demo --realtime` (about two minutes) shows real-time figures."
+        )
     return "\n".join(lines)
 
 

@@ -70,6 +70,13 @@ def refused_open(fleet: Fleet, node: str) -> dict[str, Any]:
     }
 
 
+def refused_line(refused: dict[str, Any]) -> str:
+    """The open's refusal in one line that names the odd hosts (the message's first line
+    ends in a colon before the host list)."""
+    odd = ", ".join(sorted(refused.get("refused") or {})) or "?"
+    return f"the 09:30 open: refused (exit {refused['code']}), release split: {odd} runs another release"
+
+
 def attestation_off(fleet: Fleet, node: str, host: str) -> None:
     """Make `host` report its peers' release, as if no host attested anything."""
     (fleet.release_dir(host) / "bin" / "smars-router").write_bytes(NEW_BUILD)

@@ -72,6 +72,14 @@ class TestDemo:
         # Nothing left behind: no sidecar or redis-server of the demo still runs.
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
         assert "ks-demo-" not in ps.stdout
+        # Within 120 columns: the progress lines (stderr with --json) and the table.
+        from killswitch.sim.demoreport import render_table
+
+        text = res.stderr.splitlines() + render_table(doc).splitlines()
+        assert max(len(line) for line in text) <= 120, max(text, key=len)
+        # the attested open's refusal names the odd host (it once ended in a bare colon)
+        refusal = next(line for line in res.stderr.splitlines() if "09:30 open" in line)
+        assert refusal.endswith("or-08 runs another release"), refusal
         svg = chart.read_text()
         assert svg.lstrip().startswith("<?xml") and "</svg>" in svg
         for text in ("killswitch trips (+", "per-host limit", "Prometheus-style alert",
@@ -153,7 +161,7 @@ def _doc(compression: float, on_haunted: str = "kill") -> dict[str, Any]:
 class TestDemoReport:
     def test_compressed_table_says_so_and_what_it_means_in_real_time(self) -> None:
         """The default table names the compression and scales its figures to production."""
-        text = render_table(_doc(10.0))
+        text = " ".join(render_table(_doc(10.0)).split())  # wrapped within 120 columns
         assert "TIME-COMPRESSED 10x" in text
         assert "stand for production's 10 s" in text and "about 15 s" in text
         assert "--realtime" in text
@@ -171,22 +179,23 @@ class TestDemoReport:
         assert "resting left" in header
         assert sum("1,234" in line for line in lines) == 2  # the two monitors that only watch
         ks = next(line for line in lines if line.startswith("killswitch (node-wide)"))
-        assert ks.split()[-2] == "0"  # killswitch's routers left nothing resting
-        assert "cancelled 260 resting orders" in "\n".join(lines) and "2/2 reported FLAT" in (
-            "\n".join(lines)
-        )
+        columns = len(header) - len("what happened")
+        assert ks[:columns].split()[-1] == "0"  # killswitch's routers left nothing resting
+        flat = " ".join(" ".join(lines).split())  # the detail column wraps within 120 columns
+        assert "cancelled 260 resting orders" in flat and "2/2 reported FLAT" in flat
+        assert max(len(line) for line in lines) <= 120
 
     def test_isolate_table_names_the_option_and_the_isolated_host(self) -> None:
         """With --on-haunted isolate the killswitch row says so and names the isolated host
         and when; the default run names neither."""
-        text = render_table(_doc(10.0, "isolate"))
+        text = " ".join(render_table(_doc(10.0, "isolate")).split())  # the detail column wraps
         assert "killswitch (--on-haunted isolate)" in text
         assert "isolated b at +1.25 s (a scoped kill)" in text
         plain = render_table(_doc(10.0))
         assert "isolate" not in plain
         doc = _doc(10.0, "isolate")
         doc["monitors"][-1]["tripped"] = False  # isolated, the node never killed
-        text = render_table(doc)
+        text = " ".join(render_table(doc).split())  # the detail column wraps
         assert "the other hosts traded on" in text and "cancelled 260 resting orders" in text
         assert "reported FLAT" not in text  # the flat proof is a node kill's
 

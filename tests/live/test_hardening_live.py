@@ -134,7 +134,7 @@ class TestStaticCapAlwaysActive:
                     return rep if rep.get("rules") else {}
 
                 v = wait_until(view, 20, 0.1, "aggregator view with rules")
-                assert v["max_orders"] == str(1000 * len(HOSTS) * 2)
+                assert v["max_orders"] == 1000 * len(HOSTS) * 2  # a number in status --json
                 cap = [r for r in v["rules"] if r["rule"] == "max_orders"]
                 assert cap and cap[0]["active"] and not cap[0]["shadow"], v["rules"]
                 assert "NO ACTIVE TRIP RULE" not in f.cli("status").stdout

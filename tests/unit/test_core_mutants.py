@@ -29,7 +29,8 @@ class TestHostStatusJson:
             "view": "ARMED", "allowed": 10, "blocked": 2, "confirmed_epoch": 7,
             "regression": "r", "cancels": 0, "limited": 0, "subscribers": 0, "flat_epoch": 0,
             "on_kill": {"epoch": 0, "status": ""}, "limits_digest": "", "proof": "",
-            "release": "", "files": {}, "attest": "", "scope_kept": [], "wire": 0,
+            "release": "", "files": {}, "attest": "", "scope_kept": [], "wire": 0, "metrics": "",
+            "recorder": None,
         }  # fmt: skip
 
     def test_alive_report_missing_fields_has_defaults(self) -> None:

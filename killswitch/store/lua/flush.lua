@@ -93,6 +93,18 @@ if confirm_epoch > 0 then
     'view', view, 'applied_ms', now, 'blocked', blocked)
   redis.call('PUBLISH', ARGV[15], ARGV[16] .. ' ' .. confirm_epoch .. ' ' .. confirm_ver)
 end
+-- The flight recorder's frozen file of a kill (reported once it exists) belongs to that
+-- kill's confirmation; a confirmation of another epoch names none. (HMGET and HSET only:
+-- the commands a sidecar's ACL user has.)
+local rec = redis.call('HMGET', KEYS[1], 'recorder_epoch', 'recorder_file', 'recorder_digest',
+  'recorder_complete')
+local named = redis.call('HMGET', KEYS[3], 'epoch', 'recorder_file')
+if rec[2] and rec[2] ~= '' and named[1] == rec[1] then
+  redis.call('HSET', KEYS[3], 'recorder_file', rec[2], 'recorder_digest', rec[3] or '',
+    'recorder_complete', rec[4] or '0')
+elseif named[2] and named[2] ~= '' and named[1] ~= rec[1] then
+  redis.call('HSET', KEYS[3], 'recorder_file', '', 'recorder_digest', '', 'recorder_complete', '0')
+end
 local out = {s[1] or '', s[2] or '0', s[3] or '0', s[4] or '', tostring(now), closed_confirm,
   digest, proof, s[6] or ''}
 local scopes = redis.call('HGETALL', ARGV[27])

@@ -1,0 +1,240 @@
+"""The flight recorder's ring: gate decisions appended to a memory-mapped file.
+
+`Ring.write` (the gate's hook) is on the order path: one `struct.pack_into` into the mapped
+file and one 8-byte store of the header's index, no system call, no lock, and no allocation
+beyond the order id's bytes (and the wall time's int). The file's blocks are allocated when
+it is made, so a full disk fails the start, never a write. The kernel writes the pages
+back; a sidecar killed with SIGKILL leaves them in the page cache, so the file stays
+readable, with at most the one record in flux skipped (see `core.recfmt`). One writer
+thread at a time, as the gate.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import mmap
+import os
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from killswitch.core.gate import Recorder
+from killswitch.core.recfmt import (
+    HEADER_SIZE,
+    INDEX_OFFSET,
+    KIND_RING,
+    RECORD_FAST,
+    RECORD_SIZE,
+    SIDES,
+    VERSION,
+    FormatError,
+    Header,
+    decode,
+    kind,
+    pack_entry,
+    pack_header,
+    read_header,
+    short_id,
+)
+
+_MAX_SYMBOLS = 4096  # symbols whose bytes are kept; past that a symbol is encoded per order
+
+
+class Ring:
+    """A ring file of `slots` record slots at `path` (created, or continued if it is one).
+
+    Refuses (FormatError, one line) a file of another format version, or one that is not a
+    recorder file: it never overwrites what it does not recognise. A ring of another size is
+    started anew with the old ring's newest records carried over.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        slots: int,
+        node: str,
+        host: str,
+        *,
+        freeze_s: int = 60,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.path = path
+        self.slots = slots
+        self._ids = [b"\0" * 16]  # the release and limits short ids every record carries
+        self.dropped = 0  # decisions that could not be recorded (bad types, closed ring)
+        self._clock_ns = clock_ns
+        self._symbols: dict[str, bytes] = {}
+        carried = self._existing(path, slots)
+        size = HEADER_SIZE + slots * RECORD_SIZE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            if carried is not None:
+                os.ftruncate(fd, 0)  # another size: start anew (the newest records carry over)
+            os.ftruncate(fd, size)
+            _reserve(fd, size)
+            self._mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        index = 1
+        if carried is None and _is_ring(self._mm, slots):
+            index = max(read_header(self._mm[:HEADER_SIZE]).index, 1)
+        else:
+            head = Header(VERSION, slots, 1, clock_ns(), KIND_RING, node, host, freeze_s=freeze_s)
+            self._mm[:HEADER_SIZE] = pack_header(head)
+        self._index = memoryview(self._mm)[INDEX_OFFSET : INDEX_OFFSET + 8].cast("Q")
+        self._index[0] = index
+        self._seq = itertools.count(index)
+        self._pack_fast = RECORD_FAST.pack_into
+        self.write: Recorder = self._writer()
+        for raw in carried or ():
+            seq = next(self._seq)
+            off = HEADER_SIZE + seq % slots * RECORD_SIZE
+            self._mm[off : off + RECORD_SIZE] = raw
+            _SEQ.pack_into(self._mm, off, seq)
+            self._index[0] = seq + 1
+
+    @staticmethod
+    def _existing(path: str, slots: int) -> list[bytes] | None:
+        """None: no file, or a ring of this size to continue; else the records to carry."""
+        try:
+            with open(path, "rb") as f:
+                head = f.read(HEADER_SIZE)
+                if not head:
+                    return None
+                h = read_header(head)  # FormatError: not ours, or another version
+                size = os.fstat(f.fileno()).st_size
+                if (h.kind, h.slots, size) == (KIND_RING, slots, HEADER_SIZE + slots * RECORD_SIZE):
+                    return None
+                d = decode(head + f.read())
+        except FileNotFoundError:
+            return None
+        return [pack_entry(e) for e in d.entries[-(slots - 1) :]] if slots > 1 else []
+
+    def _writer(self) -> Recorder:
+        """`write(kind, order_id, symbol, side, qty, price, epoch)`: append one gate decision
+        (`kind` from `core.recfmt.kind`); never raises. A closure over locals, not a method:
+        on the order path every attribute lookup is a cost."""
+        mm, slots, pack, clock = self._mm, self.slots, RECORD_FAST.pack_into, self._clock_ns
+        base, size = HEADER_SIZE, RECORD_SIZE
+        index, next_seq, symbols, ids = self._index, self._seq.__next__, self._symbols, self._ids
+        side_code, symbol_bytes, odd = SIDES.get, self._symbol, self._odd
+
+        def write(code: int, order_id: str, symbol: str, side: str, qty: int, price: float,
+                  epoch: int) -> None:  # fmt: skip
+            seq = next_seq()
+            try:
+                sym = symbols.get(symbol)
+                if sym is None:
+                    sym = symbol_bytes(symbol)
+                pack(
+                    mm, base + seq % slots * size, seq, clock(), epoch, qty, price, ids[0],
+                    code | side_code(side, 0), order_id.encode(), sym,
+                )  # fmt: skip
+                index[0] = seq + 1
+            except Exception:  # odd types from a caller (or a closed ring): never raised
+                odd(seq, code, order_id, symbol, side, qty, price, epoch)
+
+        return write
+
+    def record(
+        self,
+        source: int,
+        order_id: str,
+        symbol: str,
+        side: str,
+        qty: int,
+        price: float,
+        decision: int,
+        reason: str,
+        epoch: int,
+    ) -> None:
+        """Append one decision made outside the gate (e.g. a gateway's): codes from
+        `core.recfmt` (source FIX, decision ALLOW/BLOCK/CANCEL, a reason word). Never raises."""
+        try:
+            code = kind(decision, reason, source)
+        except Exception:
+            code = 0
+        self.write(code, order_id, symbol, side, qty, price, epoch)
+
+    def _symbol(self, symbol: str) -> bytes:
+        b = symbol.encode()[:32]
+        if len(self._symbols) < _MAX_SYMBOLS:
+            self._symbols[symbol] = b
+        return b
+
+    def _odd(self, seq: int, code: object, order_id: object, symbol: object, side: object,
+             qty: object, price: object, epoch: object) -> None:  # fmt: skip
+        try:
+            self._pack_fast(
+                self._mm, HEADER_SIZE + seq % self.slots * RECORD_SIZE, seq, self._clock_ns(),
+                max(_clamp(epoch), 0), _clamp(qty), _float(price), self._ids[0],
+                (_clamp(code) & 0xFFFFFF00) | SIDES.get(str(side), 0),
+                str(order_id).encode("utf-8", "replace"),
+                str(symbol).encode("utf-8", "replace")[:32],
+            )  # fmt: skip
+            self._index[0] = seq + 1
+        except Exception:
+            self.dropped += 1
+
+    def set_ids(self, release: str, limits: str) -> None:
+        """The release and limits digests the next records carry (their short ids)."""
+        self._ids[0] = short_id(release) + short_id(limits)
+
+    def snapshot(self) -> bytes:
+        """A consistent copy of the ring file's bytes, safe while a writer appends: a slot the
+        writer may have reached during the copy is blanked (the decoder skips it)."""
+        before = int(self._index[0])
+        data = bytearray(self._mm)
+        after = int(self._index[0])
+        data[INDEX_OFFSET : INDEX_OFFSET + 8] = before.to_bytes(8, "little")
+        for seq in range(max(before + 1, after - self.slots + 1), after + 1):
+            off = HEADER_SIZE + seq % self.slots * RECORD_SIZE
+            data[off : off + 8] = bytes(8)
+        return bytes(data)
+
+    def close(self) -> None:
+        """Unmap (the file stays). Later `record()` calls are counted in `dropped`."""
+        if self._mm.closed:
+            return
+        self._mm.flush()
+        self._index.release()
+        self._mm.close()
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks now: a write into a mapped page the filesystem cannot
+    back (a full disk) is a SIGBUS that would end the sidecar; this fails at start instead
+    (OSError ENOSPC). A filesystem that cannot preallocate keeps the sparse file."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+
+
+def _is_ring(mm: mmap.mmap, slots: int) -> bool:
+    try:
+        h = read_header(mm[:HEADER_SIZE])
+    except FormatError:
+        return False
+    return h.kind == KIND_RING and h.slots == slots
+
+
+def _clamp(v: Any) -> int:
+    try:
+        n = int(v)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return max(-(2**63), min(n, 2**63 - 1))
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+
+
+_SEQ = struct.Struct("<Q")
