@@ -30,7 +30,7 @@ from killswitch.core.gate import LIMIT, Gate
 from killswitch.core.heartbeat import idle_every, trip_due
 from killswitch.core.options import to_ms
 from killswitch.core.scope import parse_scopes
-from killswitch.core.state import NodeState, boot_view, observe
+from killswitch.core.state import NodeState, boot_view
 from killswitch.core.version import __version__
 from killswitch.runtime import logs
 from killswitch.runtime.metrics import MetricsServer, build_info
@@ -354,8 +354,8 @@ class Sidecar(ReadApplier):
             self.arms.hold(reply.proof_digest, reply.proof)
         scopes = parse_scopes(reply.scopes)
         self.arms.offer_admission(scopes.lifts.get(f"host:{self.s.host}"))
-        new = self._attested(self.arms.prove(observe(view, reply.read), view.max_epoch))
-        if reply.closed_confirm and new.state is NodeState.KILLED:
+        new = self._judged(view, reply.read)  # None: read before a kill notice applied since
+        if new is not None and reply.closed_confirm and new.state is NodeState.KILLED:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
         self.scopes_read = True
         self._apply_scopes(scopes)  # before the state: never open, then close
