@@ -180,7 +180,7 @@ def leader_freeze(server: EmbeddedRedis) -> dict[str, Any]:
                             "--tick", "0.05"], f.workdir / f"{name}.log")  # fmt: skip
             p.start(f.env())
             procs.append(p)
-            wait_until(lambda p=p: p.events("aggregator_started"), 30)  # type: ignore[misc]
+            wait_until(lambda p=p: p.events("AGGREGATOR_STARTED"), 30)  # type: ignore[misc]
         for _ in range(ROUNDS):
             wait_until(lambda: f.ready(server.url), 30, 0.05)
             _arm(f, server.url)

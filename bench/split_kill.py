@@ -41,7 +41,7 @@ def _round(f: Fleet, r: redis_sync.Redis, copy: str | None, n: int) -> float:
         path.write_text(copy)
     agg = f.start_aggregator("--tick", "0.05", "--audit-log", str(path))
     try:
-        wait_until(lambda: agg.events("aggregator_started"), 120, 0.05, "aggregator")
+        wait_until(lambda: agg.events("AGGREGATOR_STARTED"), 120, 0.05, "aggregator")
         f.wait_ready(120)
         f.arm(reason="bench")
         f.wait_all("PONG ARMED", 30)

@@ -39,7 +39,7 @@ LONG_FILES_FIRST = (
     "test_tamper", "test_cluster", "test_demo", "test_signed_arm", "test_fleetcap",
     "test_rules_fast_live", "test_faults", "test_ha", "test_anomaly_live", "test_containment",
     "test_fleet", "test_observability", "test_watch", "test_rollout_live", "test_attest_live",
-    "test_hardening_live",
+    "test_hardening_live", "test_guarded_live",
 )  # fmt: skip
 
 

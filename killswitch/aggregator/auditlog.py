@@ -79,7 +79,7 @@ class AuditMirror:
                 await self._wait_for_entry()
             except (OSError, RedisError) as e:
                 self.log.error(
-                    "audit_log_failed", error=f"{type(e).__name__}: {e}", file=str(self.path)
+                    "AUDIT_LOG_FAILED", error=f"{type(e).__name__}: {e}", file=str(self.path)
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), COPY_EVERY_S)
@@ -113,7 +113,7 @@ class AuditMirror:
             return
         except OSError as e:  # a directory in its place, no permission: the writes say it again
             self.log.error(
-                "audit_log_failed", error=f"{type(e).__name__}: {e}", file=str(self.path)
+                "AUDIT_LOG_FAILED", error=f"{type(e).__name__}: {e}", file=str(self.path)
             )
             return
         c = self._contents = auditcopy.parse(text)

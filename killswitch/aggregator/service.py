@@ -192,7 +192,7 @@ class Aggregator(TripRules):
             )
         cfg = self.s.monitor
         self.log.info(
-            "aggregator_started", roster=list(self.trust.roster), instance=self.s.instance,
+            "AGGREGATOR_STARTED", roster=list(self.trust.roster), instance=self.s.instance,
             signed_roster=bool(self.trust.signed_roster),
             max_orders=cfg.max_orders, window_s=cfg.window_ms / 1000,
             enforcing=[c for c in cfg.causes if not cfg.is_shadow(c)],
@@ -225,7 +225,7 @@ class Aggregator(TripRules):
                 await self.store.lease(self.lead.token, 0)
         if self._metrics:
             await self._metrics.stop()
-        self.log.info("aggregator_stopped")
+        self.log.info("AGGREGATOR_STOPPED")
 
     async def run(self) -> None:
         await run_until_signalled(self.start, self.stop, self._stop)
@@ -237,7 +237,7 @@ class Aggregator(TripRules):
             try:
                 await self.tick_once()
                 if failing:
-                    self.log.info("tick_recovered")
+                    self.log.info("TICK_RECOVERED")
                 failing = ""
             except asyncio.CancelledError:
                 raise
@@ -246,7 +246,7 @@ class Aggregator(TripRules):
                 # last-evaluated time ages (status, the alert) until it answers again.
                 error = f"{type(e).__name__}: {e}"
                 if error != failing:
-                    self.log.error("tick_failed", error=error)
+                    self.log.error("TICK_FAILED", error=error)
                 failing = error
             wait = self._until_next_tick(started)
             if wait > 0:

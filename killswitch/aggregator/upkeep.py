@@ -64,19 +64,19 @@ class Upkeep:
         try:
             stored = await self.store.load_baseline()
             if not stored:
-                self.log.info("baseline_cold", reason="no stored baseline")
+                self.log.info("BASELINE_COLD", reason="no stored baseline")
                 return
             baseline = Baseline.from_dict(stored, params)
         except (BaselineStateError, ResponseError) as e:
             if isinstance(e, ResponseError) and "WRONGTYPE" not in str(e):
                 raise
             # junk (or a key of another type, replaced at the first save) never stops a start
-            self.log.error("baseline_unreadable", reason=str(e), action="starting cold")
+            self.log.error("BASELINE_UNREADABLE", reason=str(e), action="starting cold")
             return
         self.monitor = Monitor(self.s.monitor, baseline, roster=self.trust.roster)
         now = baseline.last_ms or 0
         self.log.info(
-            "baseline_restored", learned_s=baseline.learned_ms / 1000,
+            "BASELINE_RESTORED", learned_s=baseline.learned_ms / 1000,
             expected=baseline.expected(now), warm=baseline.learned_ms >= self.s.monitor.warmup_ms,
         )  # fmt: skip
 
@@ -86,7 +86,7 @@ class Upkeep:
         try:
             await self.store.save_baseline(self.monitor.baseline.to_dict())
         except Exception as e:  # a failed save costs a re-learn, never the kill loop
-            self.log.warning("baseline_save_failed", error=f"{type(e).__name__}: {e}")
+            self.log.warning("BASELINE_SAVE_FAILED", error=f"{type(e).__name__}: {e}")
 
     async def _ensure_roster(self, force: bool = False) -> None:
         # Re-asserted every few seconds: a Redis that lost its data gets the roster back, and
@@ -98,7 +98,7 @@ class Upkeep:
             signed = bool(self.trust.signed_roster)
             actor = f"aggregator:{self.s.instance}" + (" (signed roster)" if signed else "")
             if await self.store.set_roster(self.trust.roster, actor):
-                self.log.info("roster_stored", roster=list(self.trust.roster), signed=signed)
+                self.log.info("ROSTER_STORED", roster=list(self.trust.roster), signed=signed)
 
     def _learn_proof(self, text: str) -> None:
         if self.trust.learn(text):
@@ -120,9 +120,9 @@ class Upkeep:
             self.inputs.lease_repaired(repaired)
         reply = leader.LeaseReply(held, holder, ttl_ms)
         self.lead, change = leader.on_reply(self.lead, sent, reply)
-        if change:
-            self.log.warning(change, instance=self.s.instance,
-                             holder=leader.instance_of(holder))  # fmt: skip
+        if change:  # taking the lease is routine (info); losing it is worth a look (warning)
+            log = self.log.info if change == "LEADER_ACQUIRED" else self.log.warning
+            log(change, instance=self.s.instance, holder=leader.instance_of(holder))
 
     async def _check_durability(self) -> None:
         self._durability_at = self.clock()

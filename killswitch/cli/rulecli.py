@@ -23,7 +23,10 @@ from killswitch.runtime.config import ConfigError, Resolver
 _MS = ("window", "warmup", "half-life", "profile-bucket", "profile-half-life", "fast-window",
        "fast-breach")  # fmt: skip
 _AS_IS = ("max-orders", "baseline-multiplier", "breach-windows", "min-orders", "max-host-share",
-          "haunted-ratio", "fast-multiplier", "fast-min-orders", "fast-host-share")  # fmt: skip
+          "haunted-ratio", "fast-multiplier", "fast-min-orders", "fast-host-share",
+          "baseline-band", "breach-span", "runaway-growth", "runaway-step",
+          "runaway-steps")  # fmt: skip
+_MS_OR_OFF = ("baseline-doubling", "baseline-slow-half-life")  # seconds, or off (None)
 
 
 def rule_config(r: Resolver) -> MonitorConfig:
@@ -32,9 +35,17 @@ def rule_config(r: Resolver) -> MonitorConfig:
     own checks cannot refuse it."""
     values: dict[str, Any] = {name.replace("-", "_"): r.get(name) for name in _AS_IS}
     values.update({f"{name.replace('-', '_')}_ms": to_ms(r.get(name)) for name in _MS})
+    for name in _MS_OR_OFF:
+        seconds = r.get(name)
+        values[f"{name.replace('-', '_')}_ms"] = None if seconds is None else to_ms(seconds)
     shadow = r.get("shadow")
     values["shadow"] = frozenset() if shadow is None else shadow
     values["max_rate"], values["max_rate_auto"] = r.get("max-rate")
+    span, least = values["breach_span"], values["breach_windows"] - 1
+    if span is not None and span < least:  # the one bound that depends on another setting
+        raise ConfigError(
+            f"breach-span: must be at least --breach-windows - 1 ({least}), got {span}"
+        )
     return MonitorConfig(**values)
 
 
@@ -77,6 +88,17 @@ def _baseline_file(path: str | None, config: MonitorConfig) -> dict[str, str] | 
     return data
 
 
+def _scenario(name: str, config: MonitorConfig) -> tuple[list[Any], dict[str, str] | None]:
+    """`--scenario NAME`: the library's flow, and the baseline the scenario starts from."""
+    from killswitch.core import scenarios
+
+    try:
+        s = scenarios.named(name)
+    except ValueError as e:
+        raise ConfigError(f"scenario: {e}") from None
+    return scenarios.events(s), scenarios.start_baseline(s, config)
+
+
 def backtest_command(r: Resolver) -> tuple[int, str]:
     """`killswitch backtest`: (exit code, text to print). The rules run with the aggregator's
     defaults: without --max-orders, its static cap derived from the hosts in the counts."""
@@ -85,19 +107,25 @@ def backtest_command(r: Resolver) -> tuple[int, str]:
     from killswitch.core.ruleview import iso
 
     as_json = bool(r.get("json"))
-    path = r.require("counts")
+    name = r.get("scenario")
+    path = r.require("counts") if name is None else f"scenario {name}"
     tick_ms = to_ms(r.get("tick"))
     rearm = r.get("rearm-after")
-    try:
-        text = Path(path).read_text("utf-8")
-    except OSError as e:
-        raise ConfigError(f"counts: cannot read {path}: {e.strerror or e}") from None
-    try:
-        events = read_counts_csv(text)
-    except CsvError as e:
-        raise ConfigError(f"counts: {path} {e}") from None
+    if name is not None:
+        events, start = _scenario(name, rule_config(r))
+    else:
+        try:
+            text = Path(path).read_text("utf-8")
+        except OSError as e:
+            raise ConfigError(f"counts: cannot read {path}: {e.strerror or e}") from None
+        try:
+            events = read_counts_csv(text)
+        except CsvError as e:
+            raise ConfigError(f"counts: {path} {e}") from None
     config = with_static_cap(rule_config(r), len({e.host for e in events}))
     baseline = _baseline_file(r.get("baseline"), config)
+    if name is not None and baseline is None:
+        baseline = start
     result = replay(events, config, tick_ms=tick_ms, rearm_after_ms=rearm, baseline=baseline)
     trips = [
         {
@@ -115,6 +143,7 @@ def backtest_command(r: Resolver) -> tuple[int, str]:
     if as_json:
         doc = {
             "counts": path,
+            "scenario": name,
             "rows": len(events),
             "ticks": result.ticks,
             "tick_ms": tick_ms,

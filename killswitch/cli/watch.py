@@ -249,6 +249,17 @@ def _age_s(server_time: Any, tick_ms: Any) -> float | None:
 # --- the loop ----------------------------------------------------------------------------------
 
 
+PIPED_WIDTH = 240  # columns of a frame written to a pipe or a file (rich would assume 80)
+
+
+def output_console() -> Console:
+    """A console for stdout: the terminal's width on a terminal; piped (`watch --once | ...`),
+    wide enough that no row wraps, unless COLUMNS says otherwise."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=PIPED_WIDTH)
+
+
 async def watch(
     redis_url: str,
     node: str,
@@ -258,7 +269,7 @@ async def watch(
     console: Console | None = None,
 ) -> int:
     """Poll the node's status every `interval` and redraw; returns the exit code (0 on quit)."""
-    console = console or Console()
+    console = console or output_console()
     redis = connect(redis_url, socket_timeout=3.0, client_name=f"ks-watch-{node}")
     store = Store(redis, node)
 

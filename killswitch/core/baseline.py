@@ -12,6 +12,14 @@ Two estimates, both exponentially weighted means (EWMA) of the node's window sum
 
 `expected()` is the larger of the two (see `Baseline.expected` for why not a blend).
 
+A third, slow EWMA (default half-life 2 h) remembers the node's level through a lull, so
+the busy hour after lunch is judged against the morning, not against the lull.
+
+Guarded learning (`learn(..., guarded=True)`, what the `Monitor` uses once warm): a sample
+above `band` x the current expectation is learned as that edge, and the global and slow
+estimates may rise by at most 2x per `doubling_ms` (they fall freely). So nothing the node
+sends can drag the baseline up faster than that; only the operators can (`accept()`).
+
 One exception to "learns only what it is told is normal": the last baseline trip is kept
 (`Baseline.trip`), and when the node is re-armed after it, `accept()` learns the window
 that tripped. Re-arming takes two approvers who looked at the trip: it is the operator
@@ -45,11 +53,24 @@ class BaselineParams:
     # A bucket speaks only after it has learned this long (default: one full bucket, i.e.
     # it has seen that time of day once). A half-seen bucket would speak for a moment only.
     profile_min_ms: int | None = None
+    # The slow EWMA's half-life; None: no slow estimate (expected = max(global, profile)).
+    slow_half_life_ms: int | None = 7_200_000
+    band: float | None = 1.5  # guarded learning: a sample is learned as at most band x expected
+    doubling_ms: int | None = 3_600_000  # guarded learning rises at most 2x in this time
+    # The rise bound never holds an estimate below this (orders per window): under it the
+    # baseline rule's limit is its `min_orders` floor anyway, and a node back from silence
+    # (a night, a lunch break) must be able to climb back to it.
+    floor: float = 20.0
 
     def __post_init__(self) -> None:
         for name in ("window_ms", "half_life_ms", "bucket_ms", "profile_half_life_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("slow_half_life_ms", "doubling_ms"):
+            if (v := getattr(self, name)) is not None and v <= 0:
+                raise ValueError(f"{name} must be positive, got {v}")
+        if self.band is not None and not self.band >= 1.0:
+            raise ValueError(f"band must be at least 1, got {self.band}")
         if self.bucket_ms > DAY_MS:
             raise ValueError(f"bucket_ms must be at most one day ({DAY_MS}), got {self.bucket_ms}")
         if self.profile_min_ms is not None and self.profile_min_ms < 0:
@@ -80,6 +101,21 @@ class Ewma:
     @property
     def value(self) -> float | None:
         return self.acc / self.weight if self.weight > 0.0 else None
+
+    def cap(self, before: float | None, rise: float, floor: float) -> None:
+        """Hold the estimate at most `rise` x what it was `before` this update, but never
+        under `floor`: the rise bound of guarded learning."""
+        value = self.value
+        if before is None or value is None:
+            return
+        limit = max(before * rise, floor)
+        if value > limit:
+            self.acc = limit * self.weight
+
+    def settle(self, value: float) -> None:
+        """Make the estimate `value`, keeping its weight (the warm-up's median)."""
+        if self.weight > 0.0:
+            self.acc = value * self.weight
 
 
 @dataclass(slots=True)
@@ -114,6 +150,7 @@ class Baseline:
 
     params: BaselineParams = field(default_factory=BaselineParams)
     global_: Ewma = field(default_factory=Ewma)
+    slow: Ewma = field(default_factory=Ewma)
     profile: dict[int, Bucket] = field(default_factory=dict)
     learned_ms: int = 0  # total time learned; warm-up is measured against this
     last_ms: int | None = None  # server time of the last advance()
@@ -136,16 +173,47 @@ class Baseline:
             return 0
         return min(now_ms - last, self.params.window_ms)
 
-    def learn(self, now_ms: int, sample: float, dt_ms: int) -> None:
-        """Fold `sample` (orders in the window ending at `now_ms`) in, weighted by `dt_ms`."""
+    def learn(
+        self, now_ms: int, sample: float, dt_ms: int, *, guarded: bool = False, profile: bool = True
+    ) -> None:
+        """Fold `sample` (orders in the window ending at `now_ms`) in, weighted by `dt_ms`.
+
+        `guarded`: the sample counts as at most `band` x what is expected now, and the
+        global and slow estimates rise by at most 2x per `doubling_ms`. `profile=False`
+        leaves the time-of-day profile alone (warm-up: the median settles what it learned).
+        """
         if dt_ms <= 0:
             return
         p = self.params
-        self.global_.update(sample, dt_ms, p.half_life_ms)
-        bucket = self.profile.setdefault(self.bucket_of(now_ms), Bucket())
-        bucket.ewma.update(sample, dt_ms, p.profile_half_life_ms)
-        bucket.learned_ms += dt_ms
+        rise = None
+        if guarded:
+            ref = self.expected(now_ms)
+            if ref is not None and p.band is not None:
+                sample = min(sample, max(p.band * ref, p.floor))
+            if p.doubling_ms is not None:
+                rise = 2.0 ** (dt_ms / p.doubling_ms)
+        estimates = [(self.global_, p.half_life_ms)]
+        if p.slow_half_life_ms is not None:
+            estimates.append((self.slow, p.slow_half_life_ms))
+        for ewma, half_life in estimates:
+            before = ewma.value
+            ewma.update(sample, dt_ms, half_life)
+            if rise is not None:
+                # Bounded by its own past only, not by the profile's: a bucket learned from
+                # today's flow (as at most band x the expectation) must not let the global
+                # estimate climb to it, or buckets would ratchet each other up.
+                ewma.cap(before, rise, p.floor)
+        if profile:
+            bucket = self.profile.setdefault(self.bucket_of(now_ms), Bucket())
+            bucket.ewma.update(sample, dt_ms, p.profile_half_life_ms)
+            bucket.learned_ms += dt_ms
         self.learned_ms += dt_ms
+
+    def settle(self, value: float) -> None:
+        """The end of warm-up: the global and slow estimates become `value` (the median of
+        the warm-up's windows), so a flood during warm-up is not what the node is judged by."""
+        self.global_.settle(value)
+        self.slow.settle(value)
 
     def bucket_span(self, at_ms: int) -> tuple[int, int]:
         """The [start, end) in ms of the profile bucket holding `at_ms` (the day's last
@@ -208,14 +276,15 @@ class Baseline:
         usual at 11:00 (a blend would pull the expectation down to a quiet history and trip
         a healthy busy day). The price is sensitivity at known-busy times, which the host
         share and static cap rules cover. None until anything was learned.
+
+        The slow EWMA joins the max for the same reason: it remembers the morning through a
+        lunch lull, so the afternoon's return is not judged against the lull.
         """
-        current = self.global_.value
-        past = self.profile_expected(now_ms)
-        if past is None:
-            return current
-        if current is None:
-            return past
-        return max(current, past)
+        values = [self.global_.value, self.profile_expected(now_ms)]
+        if self.params.slow_half_life_ms is not None:
+            values.append(self.slow.value)
+        known = [v for v in values if v is not None]
+        return max(known) if known else None
 
     def to_dict(self) -> dict[str, str]:
         """Flat strings for a Redis hash. Floats as repr(), which reads back exactly."""
@@ -226,6 +295,7 @@ class Baseline:
             "learned_ms": str(self.learned_ms),
             "last_ms": "" if self.last_ms is None else str(self.last_ms),
             "global": f"{self.global_.acc!r} {self.global_.weight!r}",
+            "slow": f"{self.slow.acc!r} {self.slow.weight!r}",
         }
         if self.trip is not None:
             # Not a `p` key: those are buckets, and earlier versions refuse a `p` they cannot
@@ -255,10 +325,13 @@ class Baseline:
             raise BaselineStateError(f"window_ms: must be positive, got {window_ms}")
         scale = params.window_ms / window_ms
         acc, weight = _floats(d, "global", 2)
+        # A hash stored before the slow estimate existed starts it from the global one.
+        s_acc, s_weight = _floats(d, "slow", 2) if "slow" in d else (acc, weight)
         last = d.get("last_ms", "")
         baseline = cls(
             params=params,
             global_=Ewma(acc * scale, weight),
+            slow=Ewma(s_acc * scale, s_weight),
             learned_ms=_int(d, "learned_ms"),
             last_ms=_int(d, "last_ms") if last else None,
             trip=_trip(d, scale),

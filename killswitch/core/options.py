@@ -161,6 +161,9 @@ OPTIONS: tuple[Option, ...] = (
     # -- backtest, export -----------------------------------------------------------------
     Option("counts", ("backtest",), "recorded per-host counts: timestamp,host,count rows "
            "(see `killswitch export`)", metavar="FILE.csv"),
+    Option("scenario", ("backtest",), "replay a scenario of the library instead of --counts "
+           "(post_burst_flood, runaway_1m, pulse, normal_day_3, ...; docs/ANOMALY.md), from "
+           "its own baseline unless --baseline is given", metavar="NAME"),
     Option("baseline", ("backtest",), "start from a stored baseline: a JSON object in the "
            "layout of the node's baseline hash (e.g. yesterday's), instead of learning from "
            "nothing", metavar="FILE.json"),

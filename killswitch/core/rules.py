@@ -22,6 +22,14 @@ window to confirm it (multi-window, multi-burn-rate alerting):
   the node at or above `min_orders`, for `breach_windows` consecutive windows.
 - `host_share_fast`: the same share on the fast window, at or above `fast_min_orders`, for
   `fast_breach_ms` (on with `max_host_share` unless `fast_host_share` is off).
+- `runaway`: the node's volume grew by more than `runaway_growth` in each of the last
+  `runaway_steps` steps of `runaway_step` windows, and the window is above `baseline_band`
+  x the baseline (and `min_orders`), after warm-up: sustained growth faster than the
+  baseline may follow, caught while each window is still under the multiplier.
+
+A slow rule's breach need not be unbroken: it trips once it has been in breach for
+`breach_windows - 1` windows in total within the last `breach_span` windows, so a pulsing
+flood cannot reset it by dipping under the line between pulses.
 """
 
 from __future__ import annotations
@@ -45,12 +53,16 @@ HOST_SHARE = "host_share"
 MAX_RATE = "max_rate"
 BASELINE_FAST = "baseline_fast"
 HOST_SHARE_FAST = "host_share_fast"
+RUNAWAY = "runaway"
 # Also the order rules are evaluated and reported; the slow rules come first so a tick where
 # both windows trip names the cause the node was killed for before this release.
-CAUSES = (MAX_ORDERS, BASELINE, HOST_SHARE, MAX_RATE, BASELINE_FAST, HOST_SHARE_FAST)
+CAUSES = (MAX_ORDERS, BASELINE, HOST_SHARE, MAX_RATE, BASELINE_FAST, HOST_SHARE_FAST, RUNAWAY)
 FAST_CAUSES = (MAX_RATE, BASELINE_FAST, HOST_SHARE_FAST)
 SHARE_CAUSES = (HOST_SHARE, HOST_SHARE_FAST)
-BASELINE_CAUSES = (BASELINE, BASELINE_FAST)
+# Trips a re-arm answers by teaching the baseline the level that tripped.
+BASELINE_CAUSES = (BASELINE, BASELINE_FAST, RUNAWAY)
+# The slow rules whose breach is counted over `breach_span` windows.
+SPAN_CAUSES = (BASELINE, HOST_SHARE)
 
 # The derived rate cap (`RATE_HEADROOM`, in the table of options) is that many times the
 # average rate `max_orders` allows. A node may send its whole window's cap in one burst under
@@ -72,7 +84,11 @@ _BOUNDED = {
     "profile_half_life_ms": ("profile-half-life", 1000),
     "fast_window_ms": ("fast-window", 1000), "fast_multiplier": ("fast-multiplier", 1),
     "fast_breach_ms": ("fast-breach", 1000), "fast_min_orders": ("fast-min-orders", 1),
-    "max_rate": ("max-rate", 1),
+    "max_rate": ("max-rate", 1), "baseline_band": ("baseline-band", 1),
+    "baseline_doubling_ms": ("baseline-doubling", 1000),
+    "baseline_slow_half_life_ms": ("baseline-slow-half-life", 1000),
+    "breach_span": ("breach-span", 1), "runaway_growth": ("runaway-growth", 1),
+    "runaway_step": ("runaway-step", 1), "runaway_steps": ("runaway-steps", 1),
 }  # fmt: skip
 
 
@@ -108,6 +124,20 @@ class MonitorConfig:
     # rate cap is stricter than the window cap for every burst, so only the operator can
     # say a node never legitimately sends a third of its window's cap in one second.
     max_rate_auto: bool = False
+    # Guarded learning (see `baseline`): a window is learned once it has aged
+    # `breach_windows` windows with no rule in breach, as at most `baseline_band` x the
+    # baseline, and the baseline rises by at most 2x per `baseline_doubling_ms`. None for
+    # both: the learning of earlier releases (every window the baseline rule does not
+    # breach, at once and in full).
+    baseline_band: float | None = default("baseline-band")
+    baseline_doubling_ms: int | None = default_ms("baseline-doubling")
+    baseline_slow_half_life_ms: int | None = default_ms("baseline-slow-half-life")  # None: none
+    # A slow breach trips once it lasted breach_windows - 1 windows within this many
+    # windows; None: breach_windows + 1. breach_windows - 1 means unbroken (earlier releases).
+    breach_span: int | None = None
+    runaway_growth: float | None = default("runaway-growth")  # per step; None: no rule
+    runaway_step: int = default("runaway-step")  # windows per step
+    runaway_steps: int = default("runaway-steps")  # consecutive steps of growth
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -123,6 +153,8 @@ class MonitorConfig:
                 raise bad(field, f"out of range: must be {b.describe()} (--{name})")
         if self.max_host_share is not None and not 0.0 < self.max_host_share < 1.0:
             raise bad("max_host_share", "must be a fraction between 0 and 1")
+        if self.breach_span is not None and self.breach_span < self.breach_windows - 1:
+            raise bad("breach_span", "must be at least breach_windows - 1")
         if not isinstance(self.shadow, bool):
             unknown = set(self.shadow) - set(CAUSES)
             if unknown:
@@ -135,7 +167,40 @@ class MonitorConfig:
             half_life_ms=self.half_life_ms,
             bucket_ms=self.profile_bucket_ms,
             profile_half_life_ms=self.profile_half_life_ms,
+            slow_half_life_ms=self.baseline_slow_half_life_ms,
+            band=self.baseline_band,
+            doubling_ms=self.baseline_doubling_ms,
+            floor=self.min_orders / self.baseline_multiplier if self.baseline_multiplier else 0.0,
         )
+
+    def unguarded(self) -> MonitorConfig:
+        """These rules with the learning and breach counting of earlier releases: every
+        window the baseline rule does not breach learned at once and in full, breaches
+        unbroken, no slow estimate and no runaway rule. For comparison and backtests."""
+        return replace(
+            self,
+            baseline_band=None,
+            baseline_doubling_ms=None,
+            baseline_slow_half_life_ms=None,
+            breach_span=max(self.breach_windows - 1, 1),
+            runaway_growth=None,
+        )
+
+    @property
+    def guarded(self) -> bool:
+        """Guarded learning is on (delayed, banded, rise-bounded); else as before it."""
+        return self.baseline_band is not None or self.baseline_doubling_ms is not None
+
+    @property
+    def span_ms(self) -> int:
+        """How far back a slow rule's breach time is counted."""
+        span = self.breach_windows + 1 if self.breach_span is None else self.breach_span
+        return span * self.window_ms
+
+    @property
+    def runaway_ms(self) -> int:
+        """The history the runaway rule reads: its steps, and one more for the base."""
+        return (self.runaway_steps + 1) * self.runaway_step * self.window_ms
 
     def is_shadow(self, cause: str) -> bool:
         return self.shadow if isinstance(self.shadow, bool) else cause in self.shadow
@@ -176,6 +241,7 @@ class MonitorConfig:
             MAX_RATE: self.rate_cap is not None,
             BASELINE_FAST: self.fast and self.fast_multiplier is not None,
             HOST_SHARE_FAST: self.fast and share and self.fast_host_share,
+            RUNAWAY: self.runaway_growth is not None,
         }
         return tuple(c for c in CAUSES if on[c])
 

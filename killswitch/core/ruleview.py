@@ -176,7 +176,7 @@ def health_lines(view: Mapping[str, Any], now_ms: int | None = None) -> list[str
 class EventLog:
     """Turns evaluations into log events, once per crossing.
 
-    `LIMIT_WARNING` when a rule rises to 50, 75 or 90 % of its limit (`limit_warning_cleared`
+    `LIMIT_WARNING` when a rule rises to 50, 75 or 90 % of its limit (`LIMIT_WARNING_CLEARED`
     when it falls back), `HAUNTED_HOST` when a host becomes haunted (again only after it was
     not haunted for a whole window, so a host hovering at the ratio is reported once), and
     `SHADOW_TRIP` for every trip a shadowed rule would have made, and `BASELINE_ACCEPTED`
@@ -198,7 +198,7 @@ class EventLog:
             if w.new > w.old:
                 out.append(("warning", "LIMIT_WARNING", fields))
             else:
-                out.append(("info", "limit_warning_cleared", fields))
+                out.append(("info", "LIMIT_WARNING_CLEARED", fields))
         for h in ev.haunted:
             last = self._haunted_seen.get(h.host)
             if last is None or ev.now_ms - last > self.window_ms:
@@ -290,6 +290,9 @@ def rule_lines(view: Mapping[str, Any]) -> list[str]:
         if r.get("rule") in SHARE_RULES:
             value = f"top host {r.get('value', 0):.0%}"
             lim = "-" if limit is None else f"{limit:.0%}"
+        elif r.get("rule") == "runaway":  # growth per step, as a fraction
+            value = f"+{r.get('value', 0):.0%}/step"
+            lim = "-" if limit is None else f"+{limit:.0%}"
         else:
             value = f"{r.get('value', 0):.0f}"
             lim = "-" if limit is None else f"{limit:.0f}"

@@ -165,4 +165,29 @@ SERVICE_OPTIONS: tuple[Option, ...] = (
     Option("profile-half-life", RULE_VERBS, "half-life of a profile bucket, in time spent in "
            "it", kind="float", default=900.0, bound=S(0.1, 30 * DAY), metavar="S",
            group=_AGG_RULES),
+    # -- guarded learning, breach span and the runaway rule (docs/ANOMALY.md) -------------
+    Option("breach-span", RULE_VERBS, "a baseline or host-share breach trips once it lasted "
+           "--breach-windows - 1 windows in total within the last N windows, so a pulsing "
+           "flood cannot reset it (--breach-windows - 1: only an unbroken breach)", kind="int",
+           bound=N(1, 1000), metavar="N", derived="--breach-windows + 1", group=_AGG_RULES),
+    Option("baseline-band", RULE_VERBS, "a window confirmed normal is learned as at most X "
+           "times the baseline ('off', with --baseline-doubling off: learn as earlier "
+           "releases did)", kind="multiplier", default=1.5, bound=Bound(1.0, 1e6),
+           metavar="X", group=_AGG_RULES),
+    Option("baseline-doubling", RULE_VERBS, "the learned baseline rises at most 2x in S "
+           "seconds unless a re-arm accepts a level ('off' lifts the bound)",
+           kind="multiplier", default=3600.0, bound=S(1.0, 30 * DAY), metavar="S",
+           group=_AGG_RULES),
+    Option("baseline-slow-half-life", RULE_VERBS, "half-life of the baseline's slow moving "
+           "average, which remembers the level through a lull ('off' for none)",
+           kind="multiplier", default=7200.0, bound=S(0.1, 30 * DAY), metavar="S",
+           group=_AGG_RULES),
+    Option("runaway-growth", RULE_VERBS, "runaway: kill when the node's volume grew more "
+           "than X times in each of --runaway-steps steps of --runaway-step windows, above "
+           "the band of the baseline ('off' disables the rule)", kind="multiplier",
+           default=1.15, bound=Bound(1.0001, 1e6), metavar="X", group=_AGG_RULES),
+    Option("runaway-step", RULE_VERBS, "windows per step of the runaway rule", kind="int",
+           default=2, bound=N(1, 1000), metavar="N", group=_AGG_RULES),
+    Option("runaway-steps", RULE_VERBS, "consecutive steps of growth the runaway rule needs",
+           kind="int", default=4, bound=N(1, 100), metavar="N", group=_AGG_RULES),
 )  # fmt: skip

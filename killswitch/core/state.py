@@ -165,6 +165,22 @@ def observe(view: HostView, read: NodeRead) -> HostView:
     )
 
 
+def observe_since(sent: HostView, now: HostView, read: NodeRead) -> HostView | None:
+    """Apply a read whose round trip was sent at view `sent` to the view `now`.
+
+    A kill notice may move the view while the round trip is in flight. The read is judged
+    against `now`, so it can never lower the epoch the notice raised, nor reopen below it.
+    A read that is a regression against `now` but was none against `sent` was taken before
+    that notice: it is outdated, not Redis going back. None says so: apply nothing, the
+    notice's hold stands until the next round trip (closing needs no proof, opening needs
+    a read newer than the kill).
+    """
+    new = observe(now, read)
+    if now == sent or not new.regression or observe(sent, read).regression:
+        return new
+    return None
+
+
 def unproven(view: HostView, refusal: str) -> HostView:
     """An ARMED view whose arm this host cannot prove: enforced as UNARMED (or `unlisted`).
 

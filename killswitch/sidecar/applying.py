@@ -12,7 +12,14 @@ from dataclasses import replace
 
 from killswitch.core.duplicate import DuplicateWatch
 from killswitch.core.scope import Held, Scopes, enforce, held_from_json, held_json, newer
-from killswitch.core.state import BlockReason, HostView, NodeState, unproven
+from killswitch.core.state import (
+    BlockReason,
+    HostView,
+    NodeRead,
+    NodeState,
+    observe_since,
+    unproven,
+)
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.fence import Fence, NoFence, attach_fence
@@ -42,6 +49,16 @@ class ReadApplier(NoticeListener):
     _scope_regressed: bool
     scopes_read: bool
 
+    def _judged(self, sent: HostView, read: NodeRead) -> HostView | None:
+        """What a round trip's read (sent at view `sent`) proves, or None if it is outdated.
+
+        Judged against the gate's view now: a kill notice may have moved it while the trip
+        was in flight, and a read taken before that kill is not applied (`observe_since`).
+        """
+        held = self.gate.view.max_epoch  # what this host holds now, a notice's epoch included
+        new = observe_since(sent, self.gate.view, read)
+        return None if new is None else self._attested(self.arms.prove(new, held))
+
     def _attested(self, new: HostView) -> HostView:
         """A host that cannot prove its release blocks (`unarmed`, refusal `unattested`)."""
         problem = self.attest.current.problem
@@ -68,9 +85,12 @@ class ReadApplier(NoticeListener):
         self.confirmed = (epoch, ver)
         self.log.info("CONFIRMED", epoch=epoch, ver=ver, state=state, blocked=blocked)
 
-    def _apply(self, new: HostView, sent: float, fence: bool = False) -> None:
+    def _apply(self, new: HostView | None, sent: float, fence: bool = False) -> None:
         """Enforce `new` (the lease from `sent`); `fence`: the read's kill asks for the
-        network kill fence, which follows what the gate now enforces."""
+        network kill fence, which follows what the gate now enforces. None (an outdated
+        read): nothing changes, a kill notice's hold stands until the next round trip."""
+        if new is None:
+            return
         old = self.gate.view
         if self._local_problem:
             # Without the file this host cannot tell an old ARMED from a new one. An arm made

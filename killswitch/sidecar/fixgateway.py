@@ -312,7 +312,7 @@ class FixGateway:
             await self.stop()
             raise
         self.task(self._reap())
-        self.log.info("fix_gateway_started", routes=[f"{a}={b}" for a, b in self.routes])
+        self.log.info("FIX_GATEWAY_STARTED", routes=[f"{a}={b}" for a, b in self.routes])
 
     async def _reap(self) -> None:
         """Close sessions whose peer holds part of a message too long (a slow loris)."""

@@ -30,7 +30,7 @@ from killswitch.core.gate import LIMIT, Gate
 from killswitch.core.heartbeat import idle_every, trip_due
 from killswitch.core.options import to_ms
 from killswitch.core.scope import parse_scopes
-from killswitch.core.state import NodeState, boot_view, observe
+from killswitch.core.state import NodeState, boot_view
 from killswitch.core.version import __version__
 from killswitch.runtime import logs
 from killswitch.runtime.metrics import MetricsServer, build_info
@@ -182,7 +182,7 @@ class Sidecar(ReadApplier):
             )
         self.memory.announce(self.gate.view.max_epoch)
         self.log.info(
-            "sidecar_started",
+            "SIDECAR_STARTED",
             listen=[str(a) for a in self.s.listen],
             epoch=self.gate.view.max_epoch,
             flush_interval=self.s.flush_interval,
@@ -210,7 +210,7 @@ class Sidecar(ReadApplier):
         await self.rec.close()
         if self._metrics:
             await self._metrics.stop()
-        self.log.info("sidecar_stopped")
+        self.log.info("SIDECAR_STOPPED")
 
     async def _report_on_kill(self) -> None:
         """Best effort, if no round trip reported it: the on-kill outcome into the host's last
@@ -334,14 +334,14 @@ class Sidecar(ReadApplier):
             if sent - self._last_fail_log > 1.0:
                 self._last_fail_log = sent
                 self.log.warning(
-                    "sync_failed", error=scrub(f"{type(e).__name__}: {e}"),
+                    "SYNC_FAILED", error=scrub(f"{type(e).__name__}: {e}"),
                     kind=classify(e).kind, redis=endpoint(self.s.redis_url),
                     failures=self.failures,
                 )  # fmt: skip
             return False
         self._rtt.observe(self.clock() - sent)
         if self._fail_streak:
-            self.log.info("sync_recovered", failed_round_trips=self._fail_streak)
+            self.log.info("SYNC_RECOVERED", failed_round_trips=self._fail_streak)
             self._fail_streak = 0
         self.last_ok = self._last_trip = sent
         self._acked_report = acked
@@ -354,9 +354,9 @@ class Sidecar(ReadApplier):
             self.arms.hold(reply.proof_digest, reply.proof)
         scopes = parse_scopes(reply.scopes)
         self.arms.offer_admission(scopes.lifts.get(f"host:{self.s.host}"))
-        new = self._attested(self.arms.prove(observe(view, reply.read), view.max_epoch))
-        new = self._single(new, reply)
-        if reply.closed_confirm and new.state is NodeState.KILLED:
+        new = self._judged(view, reply.read)  # None: read before a kill notice applied since
+        new = None if new is None else self._single(new, reply)
+        if new is not None and reply.closed_confirm and new.state is NodeState.KILLED:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
         self.scopes_read = True
         self._apply_scopes(scopes)  # before the state: never open, then close

@@ -314,14 +314,16 @@ class TestRuleView:
         assert (view["fast_window_s"], view["max_rate"]) == (1.0, 1500.0)
         windows = {r["rule"]: r["window_s"] for r in view["rules"]}
         assert windows == {"max_orders": 10, "baseline": 10, "host_share": 10, "max_rate": 1,
-                           "baseline_fast": 1, "host_share_fast": 1}  # fmt: skip
+                           "baseline_fast": 1, "host_share_fast": 1, "runaway": 10}  # fmt: skip
         text = "\n".join(rule_lines(view))
         assert "fast window 1s: node 90 orders" in text
         assert "host_share_fast   1s" in text and "top host 50%" in text
 
     def test_view_round_trips_and_status_lines_are_loud_about_shadow(self) -> None:
         """The published view decodes to rules and haunted hosts; shadow gets a loud banner."""
-        cfg = MonitorConfig(window_ms=1000, warmup_ms=0, min_orders=10, shadow=True)
+        cfg = MonitorConfig(
+            window_ms=1000, warmup_ms=0, min_orders=10, shadow=True, runaway_growth=None
+        )
         m = Monitor(cfg, roster=["a", "b", "c"])
         for i in range(20):
             m.observe(T0 + i * 100, 30, {"a": 10, "b": 10, "c": 10})

@@ -123,7 +123,7 @@ class TestPartition:
                 # Long enough that every round trip timed out and pub/sub health checks fired.
                 f.wait_all(f"PONG STALE {epoch}", timeout=10)
                 for h in HOSTS:
-                    wait_until(lambda h=h: f.sidecars[h].events("sync_failed"), 10)  # type: ignore[misc]
+                    wait_until(lambda h=h: f.sidecars[h].events("SYNC_FAILED"), 10)  # type: ignore[misc]
                 proxy.heal_new()  # old connections, the subscribers among them, stay dead
                 rep = kill(f, server.url, "right after the heal")
                 killed = int(rep["epoch"])  # type: ignore[call-overload]
@@ -134,7 +134,7 @@ class TestPartition:
                     assert f.ping(h) == f"PONG KILLED {killed}"
                     assert f.order(h, "late") == f"BLOCK late {killed} killed"
                     names = [e["event"] for e in f.sidecars[h].events()]
-                    recovered = names.index("sync_recovered")
+                    recovered = names.index("SYNC_RECOVERED")
                     killed_at = next(
                         i
                         for i, e in enumerate(f.sidecars[h].events())

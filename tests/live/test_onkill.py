@@ -321,7 +321,7 @@ class TestSidecarStop:
         assert group_members(shell) == [] and not live(child)
         assert sc.notify.on_kill_status == "interrupted"
         assert len(events(log, "ON_KILL_NOT_REPORTED")) == 1
-        assert len(events(log, "sidecar_stopped")) == 1
+        assert len(events(log, "SIDECAR_STOPPED")) == 1
 
 
 async def _field(redis: Redis, key: str, name: str, want: str) -> bool:

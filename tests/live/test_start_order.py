@@ -44,7 +44,7 @@ class TestStartedBeforeRedis:
                 lambda: client.smembers(NodeKeys(node).roster), what="the roster stored"
             )
             assert roster == {"h1", "h2"}
-            assert agg.logged("aggregator_started")
+            assert agg.logged("AGGREGATOR_STARTED")
             client.close()
         finally:
             agg.stop()
@@ -84,7 +84,7 @@ class TestStartedBeforeRedis:
             with wait_until(lambda: GateClient(gate), what="the gate listening") as client:
                 assert client.order("o1").startswith("BLOCK o1 0 ")
             server.start()
-            wait_until(lambda: sidecar.events("sync_recovered"), what="the sidecar synced")
+            wait_until(lambda: sidecar.events("SYNC_RECOVERED"), what="the sidecar synced")
             with GateClient(gate) as client:
                 assert client.ping() == "PONG UNARMED 0"
         finally:

@@ -81,7 +81,7 @@ def aggregator(f: Fleet, *args: str) -> Proc:
     proc = f.start_aggregator(
         "--tick", "0.05", "--max-orders", str(CAP), "--window", "2", *args
     )  # fmt: skip
-    wait_until(lambda: proc.events("aggregator_started"), 60, 0.05, "aggregator started")
+    wait_until(lambda: proc.events("AGGREGATOR_STARTED"), 60, 0.05, "aggregator started")
     f.wait_ready(60)
     wait_until(lambda: len(status(f)["releases"]) == 1, 30, 0.05, "one release")
     return proc
@@ -119,7 +119,7 @@ def every_trip_fires(f: Fleet, proc: Proc) -> None:
     assert view["rule_faults"] == {}
     assert all(ms > 0 for ms in view["rules_last_evaluated"].values())
     assert {"max_orders", "version_split"} <= set(view["rules_last_evaluated"])
-    assert not proc.events("RULE_FAULT") and not proc.events("tick_failed")
+    assert not proc.events("RULE_FAULT") and not proc.events("TICK_FAILED")
 
 
 class TestLeftoverAuditCopy:
@@ -162,7 +162,7 @@ class TestLeftoverAuditCopy:
             assert res.returncode == 0, res.stdout + res.stderr
             human = fleet.cli("status").stdout
             assert "rules last evaluated" in human and "version_split" in human
-            assert not proc.events("RULE_FAULT") and not proc.events("tick_failed")
+            assert not proc.events("RULE_FAULT") and not proc.events("TICK_FAILED")
             wait_until(lambda: len(status(fleet)["releases"]) == 1, 30, 0.05, "converged")
         finally:
             proc.stop()

@@ -182,6 +182,19 @@ class TestWatchOnAFleet:
         assert f"node {eight.node}" in done.stdout
         assert all(h in done.stdout for h in HOSTS)
 
+    def test_once_piped_is_not_wrapped_at_80_columns(self, eight: Fleet) -> None:
+        """Piped (stdout not a terminal, no COLUMNS), a frame wider than 80 columns keeps each
+        host on one line."""
+        env = {k: v for k, v in eight.env().items() if k != "COLUMNS"}
+        done = subprocess.run(
+            [sys.executable, "-m", "killswitch", "watch", "--once"],
+            capture_output=True, text=True, env=env, timeout=30, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        rows = [ln for ln in done.stdout.splitlines() if ln.lstrip("│ ").startswith("or-0")]
+        assert len(rows) == 8, done.stdout
+        assert max(len(ln) for ln in done.stdout.splitlines()) > 80, done.stdout
+
     def test_once_without_redis_exits_1(self, eight: Fleet) -> None:
         """With Redis unreachable, `watch --once` says so on stderr and exits 1."""
         done = eight.cli("watch", "--once", "--redis", "redis://127.0.0.1:1/0", timeout=30)

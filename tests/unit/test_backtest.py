@@ -132,11 +132,13 @@ class TestReplay:
         """A step open trips on day one only; without the re-arm day two trips again (a
         fast trip's rate teaches the baseline as a slow trip's window does)."""
 
-        def day(n: int) -> list[FlowEvent]:
+        def day(n: int, open_ms: int = 600_000) -> list[FlowEvent]:
             start = T0 + n * 86_400_000
-            return flood(start - 1_800_000, start, 10) + flood(start, start + 600_000, 100)
+            return flood(start - 1_800_000, start, 10) + flood(start, start + open_ms, 100)
 
-        first = replay(day(0), config)
+        # Day one runs 30 s past the 09:35 bucket: a window is learned once confirmed (two
+        # windows later), and a bucket speaks the next day only if it learned all of it.
+        first = replay(day(0, 630_000), config)
         assert [t.cause for t in first.trips] == [cause]
         assert replay(day(1), config, baseline=first.baseline).trips == ()
         never_rearmed = replay(day(0), config, rearm_after_ms=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -16,6 +17,7 @@ from killswitch.core.state import (
     boot_view,
     next_epoch,
     observe,
+    observe_since,
 )
 
 ARMED = NodeState.ARMED
@@ -321,3 +323,84 @@ class TestObserveProperties:
     def test_next_epoch_above_both(self, current: int, floor: int) -> None:
         """A new epoch is strictly above the stored epoch and the reported floor."""
         assert next_epoch(current, floor) > max(current, floor)
+
+
+def armed_at(epoch: int) -> HostView:
+    return HostView(max_epoch=epoch, max_state=ARMED, state=ARMED, epoch=epoch, ver=1)
+
+
+def noticed(view: HostView, epoch: int) -> HostView:
+    """`view` once a kill notice for `epoch` was applied (what the sidecar's handler does)."""
+    return replace(view, max_epoch=epoch, max_state=KILLED)
+
+
+class TestObserveSince:
+    """A read sent at one view, applied after a kill notice may have moved the view."""
+
+    @pytest.mark.parametrize(
+        ("notice", "read", "want"),
+        [
+            (None, NodeRead(ARMED, 1, 1), (ARMED, 1, 1, "")),
+            (None, NodeRead(KILLED, 2, 2), (KILLED, 2, 2, "")),
+            (None, NodeRead(ARMED, 0, 1), (NodeState.STALE, 1, ARMED, "went back from 1 to 0")),
+            (2, NodeRead(ARMED, 1, 1), None),
+            (2, NodeRead(ARMED, 2, 2), None),
+            (9, NodeRead(ARMED, 1, 1), None),
+            (2, NodeRead(KILLED, 2, 2), (KILLED, 2, 2, "")),
+            (2, NodeRead(KILLED, 3, 3), (KILLED, 3, 3, "")),
+            (2, NodeRead(ARMED, 3, 3), (ARMED, 3, 3, "")),
+            (2, NodeRead(None), (NodeState.STALE, 2, KILLED, "missing")),
+            (2, NodeRead(ARMED, 0, 1), (NodeState.STALE, 2, KILLED, "went back from 2 to 0")),
+            (1, NodeRead(ARMED, 1, 1), None),
+        ],
+        ids=[
+            "no-notice-same-arm", "no-notice-kill", "no-notice-epoch-0",
+            "notice-then-older-arm", "notice-then-arm-at-its-epoch", "forged-notice-then-arm",
+            "notice-then-its-kill", "notice-then-a-later-kill", "notice-then-a-later-arm",
+            "notice-then-key-missing", "notice-then-epoch-0", "forged-notice-at-the-armed-epoch",
+        ],
+    )  # fmt: skip
+    def test_table(
+        self,
+        notice: int | None,
+        read: NodeRead,
+        want: tuple[NodeState, int, NodeState | int, str] | None,
+    ) -> None:
+        """An outdated read is None; a read newer than the notice, or a regression whatever
+        the notice said, is judged against the view now (never its older max)."""
+        sent = armed_at(1)
+        now = sent if notice is None else noticed(sent, notice)
+        new = observe_since(sent, now, read)
+        if want is None:
+            assert new is None
+            return
+        assert new is not None
+        state, max_epoch, third, why = want
+        assert (new.state, new.max_epoch) == (state, max_epoch)
+        if state is NodeState.STALE:
+            assert new.max_state is third
+            assert why in new.regression
+        else:
+            assert (new.epoch, new.ver) == (max_epoch, third)
+            assert new.regression == ""
+
+    @given(boots, reads, st.integers(min_value=0, max_value=9))
+    def test_never_below_the_notice_nor_open_at_or_under_its_kill(
+        self, sent: HostView, read: NodeRead, notice: int
+    ) -> None:
+        """Whatever the read, the view never goes below a notice applied meanwhile, and opens
+        only on an ARMED read above the kill's epoch."""
+        if notice < sent.max_epoch:
+            return  # the gate refuses such a notice: nothing moves
+        now = noticed(sent, notice)
+        new = observe_since(sent, now, read)
+        if new is None:
+            return
+        assert new.max_epoch >= notice
+        if new.gate_open:
+            assert read.state is ARMED and read.epoch > notice
+
+    @given(boots, reads)
+    def test_unmoved_view_is_plain_observe(self, sent: HostView, read: NodeRead) -> None:
+        """Without a notice in flight the read applies exactly as `observe` would."""
+        assert observe_since(sent, sent, read) == observe(sent, read)
