@@ -1,9 +1,10 @@
 """A real client's first reply while thousands of connections hold half-sent lines.
 
 4,096 connections each send a partial `ORDER` line and hold it. Then a real client connects
-and sends `PING`, reconnecting on refusal, and the time to its `PONG` is measured. Two
-floods: connections that never completed a line (evictable at the cap), and connections
-that completed one and then hold a partial line (only the line timeout frees them).
+and sends `PING`, reconnecting on refusal, and the time to its `PONG` is measured. Three
+floods: connections that never completed a line, connections that completed one and then
+hold a partial line, and connections that said `PING` once and then sit idle (no partial
+line: only eviction of the longest-idle connection at the cap frees a slot).
 `BENCH_SIDECAR_SRC=DIR` runs the sidecar from another source tree (before/after).
 """
 
@@ -31,18 +32,44 @@ class _Fleet(Fleet):
         return env
 
 
-def _open_flood(path: str, spoke_first: bool) -> list[socket.socket]:
+FLOODS = {
+    "partial_line_only": b"ORDER 1 AAPL BU",
+    "completed_a_line_then_partial": b"PING\nORDER 1 AAPL BU",
+    "pinged_once_then_idle": b"PING\n",
+}
+
+
+def _open_flood(path: str, first: bytes) -> list[socket.socket]:
     socks = []
     for _ in range(FLOOD):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.connect(path)
-            s.sendall((b"PING\n" if spoke_first else b"") + b"ORDER 1 AAPL BU")
+            s.sendall(first)
         except OSError:
             s.close()
             continue
         socks.append(s)
+    if first == FLOODS["pinged_once_then_idle"]:
+        socks = _answered(socks)
     return socks
+
+
+def _answered(socks: list[socket.socket]) -> list[socket.socket]:
+    """Only the connections the sidecar answered (PONG): every slot then holds a client
+    that has spoken, none is still waiting to be read."""
+    kept = []
+    for s in socks:
+        s.settimeout(10.0)
+        try:
+            reply = s.recv(64)
+        except OSError:
+            reply = b""
+        if reply.startswith(b"PONG"):
+            kept.append(s)
+        else:
+            s.close()
+    return kept
 
 
 def _served_after(path: str) -> tuple[float | None, int]:
@@ -75,14 +102,13 @@ def _served_after(path: str) -> tuple[float | None, int]:
 def run() -> dict[str, Any]:
     out: dict[str, Any] = {"sidecar_src": os.environ.get("BENCH_SIDECAR_SRC", "this tree")}
     with EmbeddedRedis() as server:
-        for spoke_first in (False, True):
-            f = _Fleet(server.url, f"bench-gflood-{int(spoke_first)}", ["or-01"])
+        for i, (key, first) in enumerate(FLOODS.items()):
+            f = _Fleet(server.url, f"bench-gflood-{i}", ["or-01"])
             f.start()
             path = f.address("or-01").removeprefix("unix:")
             try:
-                flood = _open_flood(path, spoke_first)
+                flood = _open_flood(path, first)
                 served, attempts = _served_after(path)
-                key = "completed_a_line_then_partial" if spoke_first else "partial_line_only"
                 out[key] = {
                     "flood_connections_opened": len(flood),
                     "real_client_served_s": None if served is None else round(served, 3),

@@ -10,6 +10,13 @@ junk, a torn last line) and, before copying anything, checks that Redis still ho
 copy's last entry. A copy that does not belong to the chain Redis holds (an earlier
 deployment's, or one Redis lost) is renamed aside, kept as `<file>.orphaned-<time>`, and a
 fresh copy is started: AUDIT_COPY_ROTATED, `killswitch_audit_copy_rotations_total`.
+
+It follows the stream with a blocking read (XREAD BLOCK), so an entry is copied within
+milliseconds of being written: a Redis writer has no window to replace it first. Every
+`CHECK_EVERY_S` it compares what Redis holds with the copy (`chain_ok`, exported as
+`killswitch_audit_chain_ok`): an entry rewritten (even with its hash recomputed), removed or
+cut off in Redis makes them disagree. A break keeps it 0 until the aggregator restarts (an
+operator runs `audit --verify --file` first).
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ from killswitch.core.bounds import parse_uint
 from killswitch.store.store import Store
 
 BATCH = 500
-COPY_EVERY_S = 1.0
+COPY_EVERY_S = 1.0  # pause after a failed read before trying again
+BLOCK_MS = 1000  # one blocking read waits this long for a new entry (below socket_timeout)
+CHECK_EVERY_S = 5.0  # full comparison of the copy with what Redis holds
 ORPHANED = ".orphaned-"  # the suffix of a copy rotated aside, before its UTC time
 STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # what XRANGE accepts; a junk id never belongs
 
@@ -51,20 +60,50 @@ class AuditMirror:
         self.adopted = False  # the copy was checked against Redis (or rotated aside)
         self._contents = auditcopy.parse("")
         self._torn = False  # the file's last line has no newline: start the next on a new one
+        self.chain_ok = True  # the copy and Redis agree on every entry copied since a break
+        self._hashes: dict[str, str] = {}  # id -> hash of every entry copied since a break
+        self._checked_at = -1e9
         self._load()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """`sync()` every COPY_EVERY_S until `stop` is set; a failure is logged and retried,
-        never raised (junk in Redis, a full disk, Redis away)."""
+        """`sync()` as soon as a new entry is written (a blocking read), and compare with Redis
+        every CHECK_EVERY_S, until `stop` is set; a failure is logged and retried, never raised
+        (junk in Redis, a full disk, Redis away)."""
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
             try:
                 await self.sync()
+                if loop.time() - self._checked_at >= CHECK_EVERY_S:
+                    self._checked_at = loop.time()
+                    await self.check()
+                await self._wait_for_entry()
             except (OSError, RedisError) as e:
                 self.log.error(
                     "AUDIT_LOG_FAILED", error=f"{type(e).__name__}: {e}", file=str(self.path)
                 )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), COPY_EVERY_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), COPY_EVERY_S)
+
+    async def _wait_for_entry(self) -> None:
+        """Block (at most BLOCK_MS) until the stream has an entry after the last copied."""
+        await self.store.redis.xread(
+            {self.store.keys.audit: self.last_id or "0-0"}, count=1, block=BLOCK_MS
+        )
+
+    async def check(self) -> bool:
+        """Compare every entry copied since the last break with what Redis holds now."""
+        if not self._hashes:
+            return self.chain_ok
+        entries, _ = await self.store.audit_chain()
+        held = {str(i): f.get("hash", "") for i, f in entries}
+        bad = [i for i, h in self._hashes.items() if held.get(i) != h]
+        ok = not bad and not self.breaks  # a break stays flagged until a restart
+        if not ok and self.chain_ok:
+            self.log.error("AUDIT_CHAIN_DISAGREES", first=bad[0] if bad else "", entries=len(bad),
+                           file=str(self.path),
+                           reason="Redis no longer holds what this copy holds")  # fmt: skip
+        self.chain_ok = ok
+        return ok
 
     def _load(self) -> None:
         """Resume after the last entry already in the file (a restart copies nothing twice)."""
@@ -82,6 +121,7 @@ class AuditMirror:
         if c.junk:
             self.log.warning("AUDIT_COPY_JUNK", lines=c.junk, torn=c.torn, file=str(self.path),
                              action="skipped: every readable entry is kept")  # fmt: skip
+        self._hashes = {e.id: e.fields.get("hash", "") for e in c.current}
         last = c.last
         if last is not None:
             self.last_id = last.id
@@ -134,6 +174,7 @@ class AuditMirror:
         self.last_id, self.last_seq, self.last_hash = "", 0, ""
         self._torn = False
         self._contents = auditcopy.parse("")
+        self._hashes.clear()
 
     async def sync(self) -> int:
         """Copy every entry after the last copied one; returns how many were copied."""
@@ -159,6 +200,7 @@ class AuditMirror:
                 ))  # fmt: skip
             lines.append(json.dumps({"id": entry_id, "fields": list(f.items())}))
             self.last_id, self.last_seq, self.last_hash = entry_id, seq, f.get("hash", "")
+            self._hashes[entry_id] = self.last_hash
             self.copied += 1
         if lines:
             await asyncio.to_thread(self._write, lines)  # fsync off the event loop
@@ -175,7 +217,9 @@ class AuditMirror:
     def _break(self, why: str) -> str:
         self.breaks += 1
         self.log.error("AUDIT_CHAIN_BROKEN", reason=why, file=str(self.path))
+        self.chain_ok = False
         self.last_seq, self.last_hash = 0, ""
+        self._hashes.clear()
         return json.dumps({"break": why})
 
     def _write(self, lines: list[str]) -> None:

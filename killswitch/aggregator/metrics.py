@@ -146,6 +146,13 @@ class AggregatorCollector:
             )  # fmt: skip
         yield node_gauge("killswitch_node_killed", "1 while the node is KILLED.",
                          float(a.state.state is NodeState.KILLED))  # fmt: skip
+        if a.audit_mirror is not None:
+            yield node_gauge(
+                "killswitch_audit_chain_ok",
+                "1 while this aggregator's copy of the audit chain and Redis agree; 0 when an "
+                "entry it copied was rewritten, removed or cut off in Redis.",
+                float(a.audit_mirror.chain_ok),
+            )  # fmt: skip
         yield node_gauge("killswitch_node_epoch", "The node's current epoch.", a.state.epoch)
         yield node_gauge(
             "killswitch_roster_hosts", "Hosts on the node's roster.", len(a.trust.roster)

@@ -48,6 +48,7 @@ from killswitch.core.release import VERSION_SPLIT, Split
 from killswitch.core.roster import Quorum, quorum
 from killswitch.core.state import NodeRead, NodeState
 from killswitch.core.window import NodeWindows
+from killswitch.runtime.config import ConfigError
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled, until_reachable
@@ -97,10 +98,13 @@ class Aggregator(TripRules):
         self.armed_ms = -1
         self.state = NodeRead(None)
         self._snap_state: dict[str, str] = {}
+        self._snap_view: dict[str, str] = {}  # the acting aggregator's view as last read
         self._snap: NodeSnapshot | None = None
         # The roster this instance proves against is the last signed arm's, else its --hosts
         # (a proposal, stored until the first signed arm); arms count only when proven.
-        operators = load_operators(settings.operators) if settings.operators else None
+        if not settings.operators:  # no arm would verify: trips would be silently off
+            raise ConfigError("operators: the aggregator needs the operators file")
+        operators = load_operators(settings.operators)
         self.trust = Trust(settings.node, settings.hosts, operators, self.log, clock)
         self.rollouts = RolloutWatch(RolloutStore(redis, settings.node), settings.node,
                                      operators, self.log, settings.audit_log)  # fmt: skip
@@ -128,6 +132,7 @@ class Aggregator(TripRules):
         causes = (
             *CAUSES, LIMIT_BURST, ISOLATE, VERSION_SPLIT, "operator", fleetrule.CAUSE, RULE_FAULT,
             BYPASS,
+            leader.LEADER_SILENT,
         )  # fmt: skip
         self.isolations = 0
         self.instruments = Instruments(self.registry, n, causes, CAUSES)
@@ -324,6 +329,7 @@ class Aggregator(TripRules):
             self.state.state.value if self.state.state else "",
         )  # fmt: skip
         self._snap_state = snap.state
+        self._snap_view = snap.aggregator
         self._snap = snap  # what the bypass kills read (the hosts' reports, the scopes)
         return now
 
@@ -338,7 +344,7 @@ class Aggregator(TripRules):
         for grid in range(max(first, at - MAX_CATCHUP * self.tick_ms), at + 1, self.tick_ms):
             self._last_eval_ms = grid
             await self._evaluate(grid)
-        await self._act_on_unacted(now)
+        await self._act_on_unacted(now, self._snap_view)
         if (fleet := self.fleet) is not None:
             await self._guarded((fleetrule.CAUSE,), now, lambda: fleet.tick(now))
         await self._guarded((VERSION_SPLIT,), now, lambda: self._check_releases(now))

@@ -33,7 +33,8 @@ class AggregatorSettings:
     require_durable: bool = default(
         "require-durable"
     )  # refuse to start unless Redis runs with appendonly
-    operators: str = ""  # the operators' allowed-signers file ("": never treats a node as armed)
+    operators: str = ""  # the operators' allowed-signers file (required: the CLI and
+    # `Aggregator` refuse to start without it, as no arm could verify and no rule would trip)
     # Firm-wide cap: orders across every node of the fleet within the window (None: off).
     fleet_max_orders: int | None = None
     limit_burst: LimitBurstConfig | None = None  # kill on local-limit refusals across hosts

@@ -19,6 +19,7 @@ from killswitch.aggregator.ruleguard import RULE_FAULT, RuleGuard, kills_on_faul
 from killswitch.aggregator.upkeep import Upkeep
 from killswitch.core import leader, ruleview
 from killswitch.core.anomaly import HOST_SHARE, Evaluation
+from killswitch.core.bounds import parse_uint
 from killswitch.core.limitburst import LIMIT_BURST, LimitBurst
 from killswitch.core.release import VERSION_SPLIT, Split
 from killswitch.core.roster import Quorum, epoch_floor, reported_releases
@@ -141,8 +142,12 @@ class TripRules(Upkeep):
         if not self.is_leader():
             # A standby keeps its windows warm but never acts. The rules latch a trip once
             # per breach, so the decision is kept: if the leader died or froze without
-            # acting, this instance acts on it when it takes over (`_act_on_unacted`).
-            self._unacted = _Unacted(cause, detail, at_ms, list(also), self.armed_ms)
+            # acting, this instance acts on it when it takes over (`_act_on_unacted`), or
+            # kills on its own when the holder stays silent. The first decision of an arm is
+            # kept: a rule that re-decides every tick must not keep the silence bound away.
+            u = self._unacted
+            if u is None or u.armed_ms != self.armed_ms:
+                self._unacted = _Unacted(cause, detail, at_ms, list(also), self.armed_ms)
             return
         res = await self.store.kill(
             actor=f"aggregator:{self.s.instance}",
@@ -177,17 +182,54 @@ class TripRules(Upkeep):
         self._trips_total.labels(self.s.node, ISOLATE).inc()
         self.log.error("ISOLATE", host=host, reason=detail, scope_ver=ver, at_ms=at_ms)
 
-    async def _act_on_unacted(self, now_ms: int) -> None:
+    async def _act_on_unacted(self, now_ms: int, view: dict[str, str]) -> None:
         """A trip decided while standby, acted on after a takeover if it is still current.
 
         Current: the node is still ARMED by the same arm and the decision is less than one
         window old (an older one may no longer hold; a live leader would have acted on it).
+        A standby whose breach the lease holder leaves unacted past a bound kills on its own
+        (`leader_silent`): nothing written into the lease key can silence a trip.
         """
         u = self._unacted
-        if u is None or not self.is_leader():
+        if u is None:
+            return
+        if not self.is_leader():
+            await self._unless_silent(u, now_ms, view)
             return
         self._unacted = None
         fresh = now_ms - u.at_ms <= self.s.monitor.window_ms and u.armed_ms == self.armed_ms
         if fresh and self.is_armed():
             self.log.warning("TRIP_TAKEN_OVER", cause=u.cause, at_ms=u.at_ms)
             await self._trip(u.cause, u.detail, u.at_ms, u.also)
+
+    async def _unless_silent(self, u: _Unacted, now_ms: int, view: dict[str, str]) -> None:
+        """Kill (unfenced, only if still ARMED by the same arm) when the lease holder has
+        left this breach unacted for longer than `leader.silent_bound_ms`."""
+        if u.armed_ms != self.armed_ms or not self.is_armed():
+            self._unacted = None  # acted on (killed), or re-armed since: nothing left to do
+            return
+        ttl_ms = int(self.s.lease_ttl * 1000)
+        tick = parse_uint(view.get("tick_ms"))
+        token = view.get("lease", "")
+        doubt = leader.holder_doubt(
+            self.lead.holder, token, -1 if tick is None else tick, now_ms, ttl_ms
+        )
+        if now_ms - u.at_ms < leader.silent_bound_ms(doubt, ttl_ms):
+            return
+        self._unacted = None
+        holder = leader.instance_of(self.lead.holder)[:64] or "none"
+        detail = f"{u.cause} unacted by the lease holder {holder} ({doubt or 'live'}): {u.detail}"
+        res = await self.store.kill(
+            actor=f"aggregator:{self.s.instance}", reason=detail, cause=leader.LEADER_SILENT,
+            floor=epoch_floor(self.quorum.hosts if self.quorum else {}, self.state.epoch),
+            action="trip", only_if_armed=True,
+        )  # fmt: skip
+        if res.changed:
+            self.trips += 1
+            self.last_trip = (now_ms, leader.LEADER_SILENT)
+            self._trips_total.labels(self.s.node, leader.LEADER_SILENT).inc()
+            self.log.error(
+                "TRIP", cause=leader.LEADER_SILENT, reason=detail, epoch=res.epoch,
+                at_ms=u.at_ms, holder=holder, doubt=doubt,
+            )  # fmt: skip
+            self.state = NodeRead(NodeState.KILLED, res.epoch, res.ver, detail)

@@ -56,12 +56,6 @@ class Upkeep:
                 f"Redis is not durable ({why}): a restart would forget kills. Run it with "
                 "appendonly yes (appendfsync always or everysec), or drop --require-durable."
             )
-        if self.trust.operators is None:
-            self.log.error(
-                "NO_OPERATORS",
-                reason="no --operators file: no arm can be verified, so this aggregator never "
-                "treats the node as armed and never trips it. Give --operators PATH",
-            )
         await self._ensure_roster(force=True)
         await self._restore_baseline()
 
@@ -146,6 +140,8 @@ class Upkeep:
         durable = "" if d is None or d.enabled is None else str(int(d.enabled))
         return {
             "leader": self.s.instance,
+            # the lease token this view is published under: a holder without one is unknown
+            "lease": self.lead.token,
             "lease_ttl_s": f"{self.s.lease_ttl:g}",
             "redis_durable": durable,
             "redis_durable_detail": d.detail if d else "",

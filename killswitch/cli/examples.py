@@ -37,6 +37,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "killswitch kill --node smars --symbol KCG --reason 'bad feed'  # one symbol",
         "killswitch kill --fleet --reason 'firm-wide stop' --json       # every node",
     ),
+    "forget": (
+        "killswitch forget --node smars --host or-09 --reason decommissioned   # audited",
+        "killswitch forget --node old-test --key ~/.ssh/id_ed25519   # alice: 5, then bob: 0",
+    ),
     "status": (
         "killswitch status --node smars          # exit 3 names hosts that do not agree",
         "killswitch status --fleet --json",

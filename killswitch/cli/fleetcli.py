@@ -13,6 +13,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from killswitch.core.text import safe_text
 from killswitch.ops.control import EXIT_FAILED, EXIT_OK, Outcome
 from killswitch.runtime.config import Resolver
 
@@ -40,7 +41,7 @@ def run(cmd: str, r: Resolver, redis_url: str, as_json: bool) -> int:
     if as_json:
         print(json.dumps(outcome.report))
     else:
-        print("\n".join(fleet.fleet_lines(outcome.report)))
+        print(safe_text(fleet.fleet_lines(outcome.report)))
     if outcome.message and outcome.code != EXIT_OK:
         print(outcome.message, file=sys.stderr)
     return outcome.code

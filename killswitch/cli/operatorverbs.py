@@ -32,7 +32,9 @@ def _scope(r: Resolver) -> tuple[str, str] | None:
     if host:
         return ("host", host)
     if symbol:
-        return ("symbol", symbol)
+        from killswitch.core.scope import canonical_symbol
+
+        return ("symbol", canonical_symbol(symbol))
     return None
 
 
@@ -72,7 +74,7 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
         if net_fence and scope is not None:
             raise ConfigError("--fence is for a kill of the whole node, not a scoped kill")
 
-        who, note = operator, ""
+        who, note, fingerprint = operator, "", ""
         if kill_key:
             # Signed here, before the Redis work: the lean transport that runs kill has no
             # event loop, and signing (a subprocess, at most 2 s) needs one.
@@ -80,7 +82,9 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
 
             from killswitch.ops import arming
 
-            who, note = asyncio.run(arming.kill_actor(node, kill_key, ops_path, operator, reason))
+            who, note, fingerprint = asyncio.run(
+                arming.kill_actor(node, kill_key, ops_path, operator, reason)
+            )
 
         async def action(s: Any) -> Outcome:
             if scope is not None:
@@ -93,7 +97,8 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
             else:
                 out = await control.kill(
                     s, reason=reason, operator=who, timeout=timeout, alive_ms=alive_ms,
-                    fence=net_fence,
+                    fence=net_fence, actor_kind="signed" if fingerprint else "claimed",
+                    key=fingerprint,
                 )  # fmt: skip
             out.report["signed_by"] = who if kill_key and not note else ""
             if note:
@@ -137,6 +142,10 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
         from killswitch.cli import rolloutcli
 
         action = rolloutcli.action(r, alive_ms)
+    elif cmd == "forget":
+        from killswitch.cli import forgetcli
+
+        action = forgetcli.action(r, alive_ms)
     elif cmd == "status":
 
         def action(s: Any) -> Awaitable[Outcome]:
@@ -185,6 +194,10 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
         from killswitch.cli import rolloutcli
 
         print(rolloutcli.human(outcome))
+    elif cmd == "forget":
+        from killswitch.core.text import safe_text
+
+        print(safe_text(outcome.message.split("\n")))
     else:
         print(render.human(cmd, outcome))
     return outcome.code

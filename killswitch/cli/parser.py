@@ -55,6 +55,12 @@ DESCRIPTIONS = {
     "rate and confirmation, stale hosts highlighted. Read-only; q or Ctrl-C quits (exit 0).",
     "audit": "Who changed what, when and why, oldest first, refused attempts included. Entries "
     "are hash-chained; operator text is shown escaped (control characters visible).",
+    "forget": "Remove what was left behind. `--host H`: the keys an off-roster host left in "
+    "Redis (audited; refused, 4, for a roster host or one still reporting). `--key K` (with "
+    "--node): remove the node from the fleet registry, signed by two operators like arm: the "
+    "first call exits 5 (pending), a second, distinct operator's call completes it (0); a key "
+    "not in the operators file is refused (4), and so is a node that is still alive. Nothing "
+    "else removes a node from what `kill --fleet` covers.",
     "demo": "The Knight Capital replay, live: an embedded Redis, eight sidecars, the aggregator "
     "and simulated order routers; prints what a per-host limit, a Prometheus alert and "
     "killswitch did, and the resting orders each left working. Time-compressed by default "

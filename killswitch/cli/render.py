@@ -10,7 +10,7 @@ from typing import Any
 
 from killswitch.cli.rolloutcli import rollout_lines
 from killswitch.core import ruleview
-from killswitch.core.text import escape
+from killswitch.core.text import escape, safe_text
 from killswitch.ops.control import (
     EXIT_OK,
     EXIT_PENDING,
@@ -28,11 +28,11 @@ def human(cmd: str, outcome: Outcome) -> str:
         return outcome.message if "redis" in rep else _audit(rep)
     lines: list[str] = []
     if outcome.code in (EXIT_REFUSED, EXIT_USAGE, EXIT_PENDING):
-        lines.append(outcome.message)
+        lines.extend(outcome.message.split("\n"))
         if "hosts" in rep:
             lines.append("")
             lines.extend(_hosts(rep))
-        return "\n".join(lines)
+        return safe_text(lines)
     head = f"node {rep.get('node')}: {rep.get('state')}  epoch {rep.get('epoch')}"
     if "scope" in rep:
         sc = rep["scope"]
@@ -48,7 +48,9 @@ def human(cmd: str, outcome: Outcome) -> str:
     lines.append(summary)
     if outcome.code == EXIT_UNCONFIRMED or (cmd == "status" and rep.get("missing")):
         lines.append("")
-        lines.append(outcome.message or f"MISSING: {', '.join(rep.get('missing', []))}")
+        lines.extend(
+            (outcome.message or f"MISSING: {', '.join(rep.get('missing', []))}").split("\n")
+        )
     if rep.get("unlisted"):
         lines.append(
             "NOT ON THE ROSTER (blocked as unlisted, orders counted): "
@@ -91,6 +93,13 @@ def human(cmd: str, outcome: Outcome) -> str:
         )
     if cmd == "status":
         lead = rep.get("leader") or "NONE: no aggregator holds the lease, nothing trips by itself"
+        doubt = {
+            "unknown": "UNKNOWN HOLDER: no aggregator publishes under this lease",
+            "silent": f"VIEW OLD: last tick {rep.get('leader_view_age_s')}s ago",
+        }.get(rep.get("leader_doubt", ""))
+        if doubt:
+            lead = f"{escape(lead)} ({doubt}; its rules may not be acting: a standby kills a "
+            lead += "breach it leaves unacted, cause leader_silent)"
         lines.append(f"aggregator leader: {lead}")
     if rep.get("changed_at"):
         lines.append(f"last change {rep['changed_at']} by {escape(rep.get('actor') or '?')}")
@@ -105,8 +114,9 @@ def human(cmd: str, outcome: Outcome) -> str:
         except (TypeError, ValueError, KeyError, AttributeError):
             lines.append("aggregator view: unreadable (junk in Redis); see status --json")
     if outcome.code == EXIT_OK and outcome.message:
-        lines.append(outcome.message)
-    return "\n".join(lines)
+        lines.extend(outcome.message.split("\n"))
+    # every line once more: a value read from Redis can never rewrite the terminal
+    return safe_text(lines)
 
 
 def _server_ms(rep: dict[str, Any]) -> int | None:

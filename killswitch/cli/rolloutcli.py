@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from killswitch.core.names import check_roster
-from killswitch.core.text import escape
+from killswitch.core.text import escape, safe_text
 from killswitch.ops.control import EXIT_OK, Outcome
 from killswitch.runtime.config import ConfigError, Resolver
 
@@ -63,7 +63,7 @@ def human(outcome: Outcome) -> str:
         lines.append(f"  release {digest[:12]}: {','.join(hosts)}")
     if outcome.code == EXIT_OK and outcome.message:
         lines.append(outcome.message)
-    return "\n".join(line for line in lines if line)
+    return safe_text([part for line in lines if line for part in line.split("\n")])
 
 
 def rollout_lines(rep: Mapping[str, Any], full: bool = False) -> list[str]:

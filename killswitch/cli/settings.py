@@ -17,6 +17,7 @@ from killswitch.runtime.config import (
     default_state_dir,
     pick_state_dir,
 )
+from killswitch.runtime.fdlimit import fit_max_conns
 
 if TYPE_CHECKING:  # the services import redis/aiohttp: only loaded when one runs
     from killswitch.aggregator.settings import AggregatorSettings
@@ -47,6 +48,9 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         )
     limits_path = r.get("limits") or ""
     limits, limits_digest = load_limits(limits_path) if limits_path else (None, "")
+    given = r.get("max-conns") if r.source("max-conns") is not None else None
+    max_conns, warning = fit_max_conns(given, r.get("max-conns"))
+    warnings += [warning] if warning else []
     settings = SidecarSettings(
         node=node,
         host=r.require("host"),
@@ -58,7 +62,7 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         stale_after=r.get("stale-after"),
         state_dir=state_dir,
         memoryless=memoryless,
-        max_conns=r.get("max-conns"),
+        max_conns=max_conns,
         line_timeout=r.get("line-timeout"),
         socket_mode=r.get("socket-mode"),
         socket_gid=r.get("socket-group"),
@@ -151,6 +155,16 @@ def operators_path(r: Resolver) -> str:
     return str(r.get("operators") or "")
 
 
+def require_operators(path: str) -> None:
+    """The aggregator's --operators: without it no arm verifies and no rule ever trips, so it
+    refuses to start (exit 2) instead of running with its trips silently off."""
+    if not path:
+        raise ConfigError(
+            "operators: the aggregator needs --operators PATH (or KILLSWITCH_OPERATORS): "
+            "without it no arm can be verified and no rule would ever trip"
+        )
+
+
 def check_state_dir(directory: str) -> None:
     """Refuse (exit 2) a state directory the sidecar could not write its epoch memory to."""
     from killswitch.store.localstate import prepare_dir
@@ -186,7 +200,7 @@ def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSet
         else None
     )
     audit_log = r.get("audit-log")
-    return AggregatorSettings(
+    settings = AggregatorSettings(
         node=node,
         redis_url=redis_url,
         hosts=hosts,
@@ -206,3 +220,5 @@ def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSet
         if audit_log is None
         else audit_log,
     )
+    require_operators(settings.operators)  # last: a bad value elsewhere is named first
+    return settings

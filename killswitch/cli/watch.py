@@ -197,7 +197,7 @@ def _hosts(rep: Mapping[str, Any], agg: Mapping[str, Any]) -> RenderableType:
             str(s.get("epoch", 0)),
             f"{_float(s.get('orders_per_s')) or 0:.1f}",
             "yes" if host in confirmed else "NO",
-            Text(str(s.get("release") or "-")[:12], style="bold red" if host in odd else ""),
+            Text(escape(s.get("release") or "-")[:12], style="bold red" if host in odd else ""),
             " ".join(note),
             style=STALE_ROW
             if host in stale or host in odd

@@ -93,3 +93,19 @@ def parse_head(raw: Mapping[str, str]) -> Head | None:
     seq = raw.get("seq", "")
     return Head(int(seq) if seq.isascii() and seq.isdigit() and len(seq) < 16 else -1,
                 raw.get("hash", ""))  # fmt: skip
+
+
+SERVICE_PREFIXES = ("aggregator:", "sidecar:")
+SIGNED_ACTIONS = ("arm_request", "rollout_request", "forget_request", "forget_node")
+
+
+def actor_kind(fields: Mapping[str, str]) -> str:
+    """How an entry's actor is known, for an entry that does not record it (written before
+    `actor_kind` was): `service` (an aggregator or sidecar), `signed` (verified operator
+    signatures: an arm's approvers, a signed request) or `claimed` (free text)."""
+    actor = fields.get("actor", "")
+    if actor.startswith(SERVICE_PREFIXES):
+        return "service"
+    if fields.get("approvers") or fields.get("action") in SIGNED_ACTIONS:
+        return "signed"
+    return "claimed"

@@ -157,7 +157,8 @@ class Gate:
             now = self._clock()
             if now < self._deadline:
                 if not self._plain:
-                    if self._isolated or symbol in self._symbols:
+                    # symbols compare in upper case (scope.canonical_symbol)
+                    if self._isolated or (self._symbols and symbol.upper() in self._symbols):
                         return self._refuse(
                             order_id, symbol, side, qty, BlockReason.KILLED.value, price, source
                         )
@@ -243,9 +244,10 @@ class Gate:
         self._open = True
 
     def set_scope(self, isolated: bool, symbols: frozenset[str], ver: int) -> None:
-        """Enforce scoped kills: this host killed on its own, and/or symbols killed node-wide."""
+        """Enforce scoped kills: this host killed on its own, and/or symbols killed node-wide
+        (compared in upper case, `scope.canonical_symbol`)."""
         self._isolated = isolated
-        self._symbols = symbols
+        self._symbols = frozenset(s.upper() for s in symbols)
         self.scope_ver = ver
         self._plain = self._limits is None and not isolated and not symbols
 

@@ -76,7 +76,7 @@ class Limits:
     own_rate: frozenset[str] = frozenset()
 
     def for_symbol(self, symbol: str) -> Limit:
-        return self.symbols.get(symbol, self.default)
+        return self.symbols.get(symbol.upper(), self.default)
 
 
 class LimitChecker:
@@ -109,7 +109,8 @@ class LimitChecker:
 
     def check(self, symbol: str, qty: int, price: float, now: float) -> str:
         """ "" when the order is within every limit, else the name of the limit it breaks."""
-        max_qty, max_notional, b = self._rules.get(symbol, self._default)
+        # symbols compare in upper case (scope.canonical_symbol), as scoped kills do
+        max_qty, max_notional, b = self._rules.get(symbol.upper(), self._default)
         if qty > max_qty:
             self.refused["max_qty"] += 1
             return "max_qty"
@@ -155,8 +156,10 @@ def parse_limits(data: Mapping[str, Any]) -> Limits:
             raise LimitsError(
                 f"{where}: unknown limit {sorted(bad)[0]!r}; expected one of {FIELDS}"
             )
-        symbols[str(sym)] = _limit(table, where + ".", default)
-    own = frozenset(str(k) for k, t in raw_symbols.items() if "max_orders_per_s" in t)
+        if str(sym).upper() in symbols:  # one canonical form: MSFT and msft are one symbol
+            raise LimitsError(f"{where}: the same symbol as another table (case is ignored)")
+        symbols[str(sym).upper()] = _limit(table, where + ".", default)
+    own = frozenset(str(k).upper() for k, t in raw_symbols.items() if "max_orders_per_s" in t)
     return Limits(default, symbols, own)
 
 

@@ -40,7 +40,7 @@ __all__ = [
 ]  # fmt: skip
 
 ALL = VERBS
-OPERATOR = ("arm", "resume", "rollout", "kill", "status")  # judge liveness: --stale-after
+OPERATOR = ("arm", "resume", "rollout", "kill", "status", "forget")  # liveness: --stale-after
 _BOUND_HELP = (
     "the liveness bound: a sidecar blocks every order when no Redis round trip succeeded for "
     "this long; status, arm and kill count a host silent this long as not alive, whatever it "
@@ -70,8 +70,8 @@ OPTIONS: tuple[Option, ...] = (
     # -- shared by several verbs ----------------------------------------------------------
     Option("stale-after", ("sidecar", *OPERATOR), _BOUND_HELP, kind="float", default=1.0,
            bound=S(0.2, 10.0), metavar="S"),
-    Option("json", ("arm", "resume", "rollout", "kill", "status", "audit", "demo", "backtest",
-                    "recorder"),
+    Option("json", ("arm", "resume", "rollout", "kill", "status", "audit", "forget", "demo",
+                    "backtest", "recorder"),
            "print one JSON object on stdout", kind="flag", default=False),
     Option("metrics-port", SERVICES, "serve Prometheus /metrics (and the sidecar's /healthz) "
            "on this port", kind="int", bound=N(1, 65535), metavar="P"),
@@ -92,8 +92,8 @@ OPTIONS: tuple[Option, ...] = (
            metavar="H1,H2,...", derived="the pending request's, else the stored roster (the "
            "last signed one or the aggregator's proposal)"),
     Option("reason", ("arm", "resume", "rollout"), "why (signed and audited)", metavar="TEXT"),
-    Option("expires", ("arm", "resume", "rollout"), "a new pending request expires after this "
-           "many seconds", kind="float", default=600.0, bound=S(1.0, DAY), metavar="S"),
+    Option("expires", ("arm", "resume", "rollout", "forget"), "a new pending request expires "
+           "after this many seconds", kind="float", default=600.0, bound=S(1.0, DAY), metavar="S"),
     Option("timeout", ("arm", "resume", "kill"), "seconds to wait for every roster host to "
            "confirm", kind="float", default=5.0, bound=S(0.1, 3600.0), metavar="S"),
     # Retired, but still read from every source (flag, KILLSWITCH_APPROVER, the file) so that
@@ -141,6 +141,16 @@ OPTIONS: tuple[Option, ...] = (
            default=False),
     Option("file", ("audit",), "with --verify: also verify an aggregator's local copy "
            "(--audit-log) and that Redis still holds every entry of it", metavar="PATH"),
+    # -- forget ---------------------------------------------------------------------------
+    Option("host", ("forget",), "an off-roster host: remove what it left in Redis (audited; a "
+           "roster host or one still reporting is refused)", kind="host", metavar="H",
+           flags_only=True),
+    Option("key", ("forget",), "your SSH key (or its .pub with ssh-agent): remove the node "
+           "(--node) from the fleet registry, signed by two operators like arm",
+           metavar="PATH"),
+    Option("reason", ("forget",), "why (audited; signed with --key)", metavar="TEXT"),
+    Option("operator", ("forget",), "with --host: who (audited)", metavar="NAME",
+           derived="$USER"),
     # -- demo -----------------------------------------------------------------------------
     Option("plot", ("demo",), "also write a chart of the replay to PATH (.svg or .png): node "
            "and per-host volume, the trip, orders after onset per monitor (needs matplotlib: "

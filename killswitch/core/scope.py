@@ -94,13 +94,20 @@ def _scopes(ver: int, active: list[Scope], lifts: Mapping[str, str]) -> Scopes:
         ver,
         tuple(active),
         frozenset(s.value for s in active if s.kind == "host"),
-        frozenset(s.value for s in active if s.kind == "symbol"),
+        frozenset(canonical_symbol(s.value) for s in active if s.kind == "symbol"),
         dict(lifts),
     )
 
 
 def valid_symbol(s: str) -> bool:
     return _SYMBOL.fullmatch(s) is not None
+
+
+def canonical_symbol(s: str) -> str:
+    """The one form symbols are compared in: ASCII upper case (`kill --symbol msft` stops
+    `MSFT`, `msft` and `Msft`; a `[symbols."msft"]` limit applies to `MSFT`). Symbols are
+    printable ASCII, so no Unicode case rule can make two look alike."""
+    return s.upper()
 
 
 def newer(seen: Scopes, read: Scopes) -> Scopes:

@@ -32,6 +32,7 @@ class BlockReason(enum.StrEnum):
     STALE = "stale"
     UNLISTED = "unlisted"  # the node is armed, but its signed roster does not list this host
     UNPROVEN = "unproven"  # armed, but no proof names this host's current boot (`arm --host`)
+    DUPLICATE = "duplicate"  # another live process claims this host's name (core.duplicate)
 
 
 # Arm refusals (core.armproof) a host blocks with as `unproven`: no fresh proof for its boot.
@@ -93,6 +94,8 @@ class HostView:
         if self.state is NodeState.KILLED:
             return BlockReason.KILLED
         if self.state is NodeState.UNARMED:
+            if self.refusal == BlockReason.DUPLICATE.value:
+                return BlockReason.DUPLICATE
             if self.refusal in UNPROVEN_REFUSALS:
                 return BlockReason.UNPROVEN
             return BlockReason.UNLISTED if self.refusal == "unlisted" else BlockReason.UNARMED

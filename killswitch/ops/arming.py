@@ -10,6 +10,7 @@ sidecar verifies the two signatures itself before it opens.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from killswitch.core.armproof import (
     verify_proof,
 )
 from killswitch.core.bounds import uint_or
+from killswitch.core.forget import key_fingerprint
 from killswitch.core.options import default, to_ms
 from killswitch.core.roster import (
     DEFAULT_ALIVE_MS,
@@ -182,6 +184,7 @@ async def arm(
             "signature refused",
             f"refused: your signature does not verify against the operators file ({e}); "
             "ask for your public key to be added to it",
+            key=key_fingerprint(signature),
         )
     if pending is None or first is None:
         refusal = await store.arm_request(
@@ -236,10 +239,10 @@ KILL_SIGN_BUDGET_S = 2.0  # a kill never waits longer than this for a signature
 
 async def kill_actor(
     node: str, key: str, operators_path: str, fallback: str, reason: str
-) -> tuple[str, str]:
-    """Who a `kill --key` is recorded as: the principal whose signature of this kill verifies,
-    else `fallback` and a note saying why (closing needs no proof, so nothing here can stop or
-    hold up a kill for long)."""
+) -> tuple[str, str, str]:
+    """Who a `kill --key` is recorded as: the principal whose signature of this kill verifies
+    and its key's fingerprint, else `fallback`, "" and a note saying why (closing needs no
+    proof, so nothing here can stop or hold up a kill for long)."""
     import asyncio
 
     from killswitch.core.sshsig import parse_allowed_signers
@@ -255,9 +258,9 @@ async def kill_actor(
             ops = parse_allowed_signers(f.read())
         async with asyncio.timeout(KILL_SIGN_BUDGET_S):
             sig = await ssh_sign(key, message)
-        return verify(ops, message, sig), ""
+        return verify(ops, message, sig), "", key_fingerprint(sig)
     except (SignError, SignatureError, OSError, ValueError, TimeoutError) as e:
-        return fallback, f"warning: kill recorded unsigned, as {fallback!r}: {e}"
+        return fallback, f"warning: kill recorded unsigned, as {fallback!r}: {e}", ""
 
 
 async def _not_an_operator(
@@ -333,9 +336,12 @@ def _report(snap: NodeSnapshot, node: str, alive_ms: int) -> dict[str, Any]:
     return report
 
 
-async def _refused(store: Store, what: str, message: str) -> Outcome:
-    """A refusal decided here (not in a script) is audited too: who is not known yet."""
-    await audit_refusal(store, "arm", "", "", what)
+async def _refused(store: Store, what: str, message: str, key: str = "") -> Outcome:
+    """A refusal decided here (not in a script) is audited too: no verified principal, so
+    the actor is who the caller claims to be ($USER) and `key` the presented key's
+    fingerprint."""
+    extra = {"actor_kind": "claimed", **({"key": key} if key else {})}
+    await audit_refusal(store, "arm", os.environ.get("USER", ""), "", what, **extra)
     return _void(store.node, what, message)
 
 

@@ -20,7 +20,8 @@ from killswitch.store.store import Store
 
 # Fields shown as their own columns/keys; every other field is kept under "fields".
 _KNOWN = ("seq", "action", "actor", "reason", "epoch", "prev_epoch", "cause", "approvers",
-          "prev_state", "attempt", "refused", "scope", "scope_ver")  # fmt: skip
+          "prev_state", "attempt", "refused", "scope", "scope_ver", "actor_kind", "key",
+          "host")  # fmt: skip
 
 
 def row(entry_id: str, f: Mapping[str, str]) -> dict[str, Any]:
@@ -33,7 +34,8 @@ def row(entry_id: str, f: Mapping[str, str]) -> dict[str, Any]:
         value = parse_uint(f.get(k))
         if value is not None:
             out[k] = value
-    for k in ("cause", "prev_state", "attempt", "refused", "scope"):
+    out["actor_kind"] = f.get("actor_kind") or auditchain.actor_kind(f)
+    for k in ("cause", "prev_state", "attempt", "refused", "scope", "key", "host"):
         if f.get(k):
             out[k] = f[k]
     if f.get("approvers"):

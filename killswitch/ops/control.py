@@ -17,7 +17,7 @@ from killswitch.core.armproof import ArmRequest, ProofError, roster_of
 from killswitch.core.bounds import MAX_EPOCH_JUMP, parse_uint, uint_or
 from killswitch.core.fence import fence_view
 from killswitch.core.health import disagreements
-from killswitch.core.leader import instance_of
+from killswitch.core.leader import instance_of, view_doubt
 from killswitch.core.roster import (
     DEFAULT_ALIVE_MS,
     Quorum,
@@ -80,6 +80,8 @@ def node_report(snap: NodeSnapshot, q: Quorum) -> dict[str, Any]:
         "server_time": iso_time(snap.now_ms),
         # The aggregator instance holding the leader lease ("" none: nothing trips by itself).
         "leader": instance_of(snap.leader),
+        # leader_doubt: "unknown" (no aggregator publishes under that lease) or "silent"
+        **view_doubt(snap.leader, snap.aggregator, snap.now_ms),
         # As the acting aggregator last checked it; None: not known (no aggregator, or CONFIG
         # and INFO both refused).
         "redis_durable": _durable(snap.aggregator.get("redis_durable", "")),
@@ -196,9 +198,12 @@ async def kill(
     cause: str = "operator",
     alive_ms: int = DEFAULT_ALIVE_MS,
     fence: bool = False,
+    actor_kind: str = "claimed",
+    key: str = "",
 ) -> Outcome:
     """Kill the node and wait for every roster host's confirmation (and, with `fence`, for
-    every roster host's proven network kill fence), at most `timeout` seconds."""
+    every roster host's proven network kill fence), at most `timeout` seconds. `actor_kind`
+    says how the operator is known (`signed`: `key` is the verified key's fingerprint)."""
     async with store.confirmations() as wake:
         before = await store.snapshot()
         # Containment is proven against the stored roster and the last signed one: a roster
@@ -209,8 +214,9 @@ async def kill(
             _unlisted_floor(before),
         )
         res = await store.kill(
-            actor=operator, reason=reason, cause=cause, floor=floor, net_fence=fence
-        )
+            actor=operator, reason=reason, cause=cause, floor=floor, net_fence=fence,
+            actor_kind=actor_kind, key=key,
+        )  # fmt: skip
         replicated = store.concurrently(_replicas_acked(store, min(timeout, REPLICA_WAIT_S)))
         waited = time.monotonic()
         snap, q = await wait_for_quorum(store, roster, wake, timeout, alive_ms)
@@ -255,9 +261,12 @@ async def kill(
 # -- helpers ---------------------------------------------------------------------------------
 
 
-async def audit_refusal(store: Store, attempt: str, actor: str, reason: str, why: str) -> None:
-    """A refused attempt goes into the audit chain too (who, what, why refused)."""
-    await store.audit_event("refused", attempt=attempt, actor=actor, reason=reason, refused=why)
+async def audit_refusal(store: Store, attempt: str, actor: str, reason: str, why: str,
+                        **extra: str) -> None:  # fmt: skip
+    """A refused attempt goes into the audit chain too (who, what, why refused; `extra`:
+    `key`, the presented key's fingerprint, and `actor_kind`)."""
+    await store.audit_event("refused", attempt=attempt, actor=actor, reason=reason, refused=why,
+                            **extra)  # fmt: skip
 
 
 def _unlisted_floor(snap: NodeSnapshot) -> int:

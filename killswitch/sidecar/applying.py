@@ -1,5 +1,5 @@
 """What the sidecar does with each round trip's read: the arm proven (signatures, then the
-release attested), the local record of the highest epoch, the new state applied to the gate,
+release attested, the host not claimed by a second live process), the local record of the highest epoch, the new state applied to the gate,
 the scoped kills applied (never backwards, never lifted without a verified signed lift), and
 each applied state confirmed.
 
@@ -10,8 +10,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from killswitch.core.duplicate import DuplicateWatch
 from killswitch.core.scope import Held, Scopes, enforce, held_from_json, held_json, newer
-from killswitch.core.state import HostView, NodeRead, NodeState, observe_since, unproven
+from killswitch.core.state import (
+    BlockReason,
+    HostView,
+    NodeRead,
+    NodeState,
+    observe_since,
+    unproven,
+)
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.fence import Fence, NoFence, attach_fence
@@ -19,6 +27,7 @@ from killswitch.sidecar.fence import Fence, NoFence, attach_fence
 __all__ = ["ReadApplier", "attach_fence"]  # the sidecar sets its fence up from here
 from killswitch.sidecar.notices import NoticeListener
 from killswitch.sidecar.settings import SidecarSettings
+from killswitch.store.store import FlushReply
 
 
 class ReadApplier(NoticeListener):
@@ -32,6 +41,9 @@ class ReadApplier(NoticeListener):
     arms: ArmCheck
     fence: Fence | NoFence
     _attest_refusal: str
+    boot: str
+    duplicate: DuplicateWatch | None = None  # made at the first round trip (needs `boot`)
+    dup: str = ""  # why this host blocks as a duplicate ("" it does not)
     _local_problem: str
     _problem_epoch: int | None
     _scope_regressed: bool
@@ -54,6 +66,20 @@ class ReadApplier(NoticeListener):
             self.log.error("ARM_NOT_PROVEN", epoch=new.epoch, reason="unattested", detail=problem)
         self._attest_refusal = problem
         return unproven(new, "unattested") if problem else new
+
+    def _single(self, new: HostView, reply: FlushReply) -> HostView:
+        """Another live process writing as this host: both block (`duplicate`), named."""
+        if self.duplicate is None:  # one sighting blocks for three liveness bounds
+            self.duplicate = DuplicateWatch(self.boot, 3 * int(self.s.stale_after * 1000))
+        problem = self.duplicate.observe(reply.prev_boot, reply.prev_pid, reply.now_ms)
+        if problem != self.dup:
+            level = "error" if problem else "info"
+            getattr(self.log, level)("DUPLICATE_HOST", reason=problem or "no longer seen")
+        self.dup = problem
+        if not problem or new.state not in (NodeState.ARMED, NodeState.UNARMED):
+            return new  # killed or stale: blocking already, with the reason that says why
+        # before any other refusal: a second process is the first thing to fix
+        return replace(new, state=NodeState.UNARMED, refusal=BlockReason.DUPLICATE.value)
 
     def _confirmed(self, epoch: int, ver: int, state: str, blocked: int) -> None:
         self.confirmed = (epoch, ver)

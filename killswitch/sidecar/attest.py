@@ -2,8 +2,10 @@
 
 The scan is blocking file I/O and runs in a worker thread, never on the order path and never
 inside a flush: the sync loop only ever reads the last finished `Attestation`. A file is
-hashed again only when its size, mtime, inode or device changed, or when a re-hash is forced
-(SIGHUP). A path that cannot be read is a problem that names the file: the host blocks.
+hashed again when its size, mtime, ctime, inode or device changed (a rewrite of the same size
+with its mtime put back still moves the ctime, which no user can set), every `FULL_EVERY_S`
+in full whatever its metadata says, and when a re-hash is forced (SIGHUP). A path that cannot
+be read is a problem that names the file: the host blocks.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from killswitch.core.release import release_digest
 
 CHUNK = 1 << 20  # bounded memory for any file size; big reads keep the GIL released
+FULL_EVERY_S = 300.0  # every file read again this often, whatever its metadata says
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +53,7 @@ class Attestor:
     def __init__(self, patterns: Sequence[str], fixed: Mapping[str, str] | None = None) -> None:
         self.patterns = tuple(patterns)
         self.fixed = dict(fixed or {})  # digests computed elsewhere (the parsed --limits file)
-        self._cache: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+        self._cache: dict[str, tuple[tuple[int, ...], str]] = {}
 
     def scan(self, force: bool = False) -> Attestation:
         files: dict[str, str] = dict(self.fixed)
@@ -85,7 +88,7 @@ class Attestor:
                 st = os.fstat(f.fileno())
                 if not stat.S_ISREG(st.st_mode):
                     raise _Unreadable(f"attest: cannot read {path}: not a regular file")
-                key = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+                key = _meta(st)
                 cached = self._cache.get(path)
                 if cached is not None and cached[0] == key and not force:
                     return cached[1], 0
@@ -98,13 +101,17 @@ class Attestor:
             raise _Unreadable(f"attest: cannot read {path}: {e.strerror or e}") from None
         digest = h.hexdigest()
         try:
-            after = os.stat(path)
-            same = (after.st_size, after.st_mtime_ns, after.st_ino, after.st_dev) == key
+            same = _meta(os.stat(path)) == key
         except OSError:
             same = False
         if same:  # changed while being read: not cached, so the next scan reads it again
             self._cache[path] = (key, digest)
         return digest, n
+
+
+def _meta(st: os.stat_result) -> tuple[int, ...]:
+    """What a change of the file's bytes moves (ctime too: `utime` cannot put it back)."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 class _Unreadable(Exception):
@@ -113,7 +120,8 @@ class _Unreadable(Exception):
 
 class AttestLoop:
     """Keeps `current` up to date: a scan at start, every `interval` seconds (cheap: a stat
-    per file unless one changed) and at once on `rehash()` (SIGHUP: every file read again).
+    per file unless one changed), every file read again every `full_every` seconds, and at
+    once on `rehash()` (SIGHUP: every file read again).
 
     Without patterns the host attests nothing: `current` is the empty release, no problem.
     """
@@ -125,9 +133,11 @@ class AttestLoop:
         log: Any,
         changed: Callable[[], None],
         fixed: Mapping[str, str] | None = None,
+        full_every: float = FULL_EVERY_S,
     ) -> None:
         self.attestor = Attestor(patterns, fixed) if patterns or fixed else None
         self.interval = interval
+        self.full_every = full_every
         self.current = PENDING if self.attestor else Attestation()
         self.scans = 0
         self._log = log
@@ -145,8 +155,12 @@ class AttestLoop:
         if self.attestor is None:
             return
         force = True
+        loop = asyncio.get_running_loop()
+        full_at = loop.time()
         while True:
             self._force.clear()
+            if force or loop.time() - full_at >= self.full_every:
+                force, full_at = True, loop.time()
             result = await asyncio.to_thread(self.attestor.scan, force)
             self.scans += 1
             self._publish(result, force)

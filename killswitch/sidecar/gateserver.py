@@ -4,8 +4,9 @@ An asyncio Protocol, not streams: requests are split and answered in batches, so
 that pipelines many requests gets its replies in one write. Nothing a client sends can stop
 the server: every line goes through `protocol.handle_line`, which cannot raise, and no
 client can hold the server: a partial line older than `line_timeout` is answered with `ERR`
-and closed, and at `max_conns` the oldest connection that never completed a line makes room
-for the newcomer (else the newcomer gets `ERR` and is closed).
+and closed, and at `max_conns` the longest-idle connection makes room for the newcomer,
+whatever it said before (a subscriber only when every connection is one), so a flood of
+clients that each said `PING` once cannot hold every slot.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ class GateProtocol(asyncio.Protocol):
         self.discarding = False  # inside a line that was already refused as too long
         self.transport: asyncio.Transport | None = None
         self.partial_since = 0.0  # monotonic time the pending partial line began (0: none)
-        self.spoke = False  # completed at least one line
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -52,7 +52,7 @@ class GateProtocol(asyncio.Protocol):
             return
         self.transport = transport
         self.server.connections.add(self)
-        self.server.silent[self] = None
+        self.server.idle[self] = None
 
     def drop(self, why: bytes) -> None:
         """Tell the client why, then close (the server's own decision, not the client's)."""
@@ -60,18 +60,21 @@ class GateProtocol(asyncio.Protocol):
             self.transport.write(why)
             self.transport.close()
             self.server.connections.discard(self)
-            self.server.silent.pop(self, None)
+            self.server.idle.pop(self, None)
             self.transport = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
-        self.server.silent.pop(self, None)
+        self.server.idle.pop(self, None)
         self.server.subscribers.discard(self)
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None:
             return
+        idle = self.server.idle
+        del idle[self]  # the most recently active now: evicted last (two O(1) dict steps)
+        idle[self] = None
         buf = self.buf + data
         replies: list[bytes] = []
         start = 0
@@ -90,9 +93,6 @@ class GateProtocol(asyncio.Protocol):
                 else:
                     replies.append(handle_line(line, self.gate))
             start = nl + 1
-        if start and not self.spoke:
-            self.spoke = True
-            self.server.silent.pop(self, None)
         rest = buf[start:]
         if len(rest) > MAX_LINE + 1:  # room for the '\r' of a CRLF line whose '\n' is late
             if not self.discarding:
@@ -144,11 +144,12 @@ class GateServer:
         self.socket_mode = socket_mode
         self.socket_gid = socket_gid
         self.connections: set[GateProtocol] = set()
-        # Connections that never completed a line, oldest first: eviction is O(1), so a
-        # storm of connections at the cap cannot starve the sync loop.
-        self.silent: dict[GateProtocol, None] = {}
+        # Every connection, least recently active first: eviction takes the first (skipping
+        # subscribers, which are few), so a storm of connections at the cap cannot starve
+        # the sync loop.
+        self.idle: dict[GateProtocol, None] = {}
         self.refused = 0  # connections turned away at the cap
-        self.evicted = 0  # silent connections closed to make room
+        self.evicted = 0  # longest-idle connections closed to make room
         self.timed_out = 0  # connections closed for a partial line held too long
         self.sweeps = 0  # passes of the partial-line reaper
         self.subscribers: set[GateProtocol] = set()
@@ -238,11 +239,14 @@ class GateServer:
         return srv
 
     def evict(self) -> bool:
-        """Close the oldest connection that never completed a line, to make room; False if none."""
-        if not self.silent:
+        """Close the longest-idle connection to make room (a subscriber, whose trading process
+        waits for STATE lines, only if every connection subscribed); False if none."""
+        victim = next((c for c in self.idle if c not in self.subscribers), None)
+        if victim is None:
+            victim = next(iter(self.idle), None)
+        if victim is None:
             return False
-        oldest = next(iter(self.silent))
-        oldest.drop(b"ERR closed: connection cap reached and this connection sent no request\n")
+        victim.drop(b"ERR closed: connection cap reached and this connection was the most idle\n")
         self.evicted += 1
         return True
 

@@ -84,13 +84,17 @@ class StateNotifier:
         gate = self.sc.gate
         now = gate.status()
         self._arm_timer(gate)
+        state, epoch = now
+        if state is NodeState.KILLED and not gate.held:
+            # Only a kill read from the node state runs --on-kill (once per epoch): a held
+            # pub/sub notice closes the gate but may be forged, and a mass-cancel is no
+            # harmless side effect. The read that follows a real notice starts it.
+            self.on_kill.start(epoch)
         if now == self.last:
             return
         self.last = now
-        state, epoch = now
         if state is NodeState.KILLED:
             self.server.flat.killed(epoch, [*self.server.subscribers, *self.callbacks])
-            self.on_kill.start(epoch)
         elif state is NodeState.ARMED:
             self.server.flat.armed()
         self.server.publish(state_line(state, epoch))

@@ -7,8 +7,9 @@ the block: the gate is already closed when it starts.
 A mass-cancel matters more than a fast shutdown, but a stop must end. On stop a running
 command gets `grace` seconds (never past its own timeout) to finish; then its process group
 gets SIGTERM, `ON_KILL_TERM_WAIT_S` to go, and SIGKILL, and it is reaped. Its timeout ends it
-the same way. Outcomes: `running`, `exit N`, `timeout`, `interrupted` (stopped with it
-still running), `error: ...` (it could not start).
+the same way. A command that cannot start (EMFILE under a connection flood) is tried again
+until its timeout. Outcomes: `running`, `retrying: ...`, `exit N`, `timeout`, `interrupted`
+(stopped with it still running), `error: ...` (it could not start within its timeout).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from killswitch.core.options import default
 ON_KILL_TIMEOUT_S = 30.0  # a venue mass-cancel that hangs longer is reported as a timeout
 ON_KILL_STOP_GRACE_S: float = default("on-kill-grace")  # on stop, how long it may still run
 ON_KILL_TERM_WAIT_S = 2.0  # after SIGTERM to its process group, before SIGKILL
+START_RETRY_S = 0.05  # first pause before starting a command that could not start again
 _POLL_S = 0.02  # how often a process group is checked for survivors while it is ended
 
 
@@ -76,22 +78,44 @@ class OnKill:
     async def close(self) -> bool:
         """Let running commands finish within the grace, end the rest; True if any ran."""
         self._stopping.set()
-        runs = list(self._runs)
+        # a finished run whose done-callback has not yet removed it is not running
+        runs = [t for t in self._runs if not t.done()]
         if runs:
             await asyncio.gather(*runs, return_exceptions=True)
         return bool(runs)
 
-    async def _run(self, epoch: int) -> None:
+    async def _spawn(self, epoch: int) -> asyncio.subprocess.Process:
+        """Start the command; one that cannot start (EMFILE, EAGAIN, ENOMEM: often brief under
+        a connection flood) is tried again with a growing pause until its timeout or a stop."""
         env = {**self.env, "KILLSWITCH_EPOCH": str(epoch)}
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.timeout
+        pause = START_RETRY_S
+        while True:
+            try:
+                return await asyncio.create_subprocess_shell(
+                    self.cmd,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,  # its own process group: ended as one
+                )
+            except OSError as e:
+                if self._stopping.is_set() or loop.time() + pause > give_up:
+                    raise
+                self.status = f"retrying: {e.strerror or e}"
+                self.log.warning("ON_KILL_RETRY", epoch=epoch, error=str(e.strerror or e),
+                                 retry_in_s=pause)  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), pause)
+                if self._stopping.is_set():
+                    raise  # stopping: no new command starts (close() says it was not run)
+                pause = min(pause * 2, 2.0)
+
+    async def _run(self, epoch: int) -> None:
         try:
-            proc = await asyncio.create_subprocess_shell(
-                self.cmd,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,  # its own process group: ended as one
-            )
+            proc = await self._spawn(epoch)
         except OSError as e:
             status, pid = f"error: {e.strerror or e}", None
         else:

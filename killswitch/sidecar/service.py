@@ -252,7 +252,7 @@ class Sidecar(ReadApplier):
 
         Redis being unreachable is not one: that is the lease running out, as designed.
         """
-        return self._loop_problem or self.memory.problem or self._local_problem
+        return self._loop_problem or self.memory.problem or self._local_problem or self.dup
 
     async def _sync_loop(self) -> None:
         woken = True  # the first round trip is always made
@@ -355,6 +355,7 @@ class Sidecar(ReadApplier):
         scopes = parse_scopes(reply.scopes)
         self.arms.offer_admission(scopes.lifts.get(f"host:{self.s.host}"))
         new = self._judged(view, reply.read)  # None: read before a kill notice applied since
+        new = None if new is None else self._single(new, reply)
         if new is not None and reply.closed_confirm and new.state is NodeState.KILLED:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
         self.scopes_read = True

@@ -8,9 +8,11 @@ Roles (see docs/SECURITY.md):
   publishes its confirmations. Once per boot it SADDs its name to the node's `hosts` set
   (how off-roster hosts are found) and it reads the state's signed arm `proof` with the
   state. It cannot write the node state, the roster, the audit chain,
-  the leader lease or another host's keys.
-- `ks-aggregator-<node>`: every key and channel of its node, the fleet's node set and the
-  fleet leader lease (`--fleet-max-orders`).
+  the leader lease or another host's keys, and it cannot publish on the events channel (a
+  forged kill notice): it only listens there.
+- `ks-aggregator-<node>`: every key and channel of its node and the fleet leader lease
+  (`--fleet-max-orders`); in the fleet's node set it may add and list, never remove (so one
+  node's credential cannot hide another node from `kill --fleet`).
 - `ks-operator`: every killswitch key and channel (kill, arm, status, audit, watch).
   There is no read-only role: `status` reads in one script (`read.lua`) for an atomic view,
   and Redis ACLs require write access to every key a script declares.
@@ -34,6 +36,12 @@ _CONNECTION = "+ping +client|setname +client|id +hello +auth"
 _SCRIPTS = "+evalsha +eval +script|load +script|exists"
 _SIDECAR_CMDS = f"-@all {_CONNECTION} {_SCRIPTS} +time +hmget +hgetall +hset +xadd +publish " \
     "+sadd +subscribe +unsubscribe"  # fmt: skip
+# Redis 7 ACL selectors: a command passes when the root rules or one selector allow it whole.
+# A sidecar publishes only on its confirmations channel; kill notices it may only hear.
+_LISTEN = "+subscribe +unsubscribe"
+# The fleet registry: an aggregator adds its own node and lists the others, never removes one
+# (`forget --node`, two operators, is the only way out of what `kill --fleet` covers).
+_REGISTRY_CMDS = "+sadd +sscan +smembers +sismember +scard"
 # Everything a service or an operator needs, minus what could wipe or reconfigure the server.
 _SERVICE_CMDS = f"-@all +@read +@write +@scripting +@pubsub +@connection {_CONNECTION} " \
     "-@dangerous -script|flush +info +config|get +wait +time"  # fmt: skip
@@ -67,12 +75,13 @@ def acl_lines(node: str, hosts: Sequence[str], passwords: Mapping[str, str]) -> 
         hk = k.host(h)
         lines.append(
             f"user {sidecar_user(node, h)} on {pw(sidecar_user(node, h))} resetkeys resetchannels "
-            f"~{hk.prefix}* ~{k.hosts} %R~{k.state} %R~{k.scopes} &{k.events} &{k.confirms} "
-            f"{_SIDECAR_CMDS}"
+            f"~{hk.prefix}* ~{k.hosts} %R~{k.state} %R~{k.scopes} &{k.confirms} "
+            f"{_SIDECAR_CMDS} (&{k.events} &{k.confirms} {_LISTEN})"
         )
     lines.append(
         f"user {aggregator_user(node)} on {pw(aggregator_user(node))} resetkeys resetchannels "
-        f"~{k.base}:* ~{NODES_KEY} ~{FLEET_LEADER_KEY} &{k.base}:* {_SERVICE_CMDS}"
+        f"~{k.base}:* ~{FLEET_LEADER_KEY} &{k.base}:* {_SERVICE_CMDS} "
+        f"(~{NODES_KEY} {_REGISTRY_CMDS})"
     )
     lines.append(
         f"user {OPERATOR_USER} on {pw(OPERATOR_USER)} resetkeys resetchannels "

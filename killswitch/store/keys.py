@@ -59,6 +59,11 @@ class NodeKeys:
         return f"{self.base}:rollout"
 
     @property
+    def pending_forget(self) -> str:
+        """Hash: a signed `forget --node` waiting for a second operator (expires with its TTL)."""
+        return f"{self.base}:forget:pending"
+
+    @property
     def pending_rollout(self) -> str:
         """Hash: a signed rollout step waiting for a second operator (expires with its TTL)."""
         return f"{self.base}:rollout:pending"

@@ -86,6 +86,8 @@ class FlushReply:
     proof: str | None  # the proof itself when its digest differs from the one sent, else None
     scopes: dict[str, str] = field(default_factory=dict)  # the scopes hash (core.scope)
     fence: bool = False  # the node's kill asks for the kill fence (`kill --fence`)
+    prev_boot: str = ""  # the boot that wrote the host's report before this call ("" none)
+    prev_pid: str = ""  # and its pid
 
 
 class Wake(Protocol):
@@ -182,7 +184,7 @@ class Store(NodeReads, NodeWrites):
             str(x) for x in res[:9]
         )
         read = NodeRead.from_hash({"state": state, "epoch": epoch, "ver": ver, "reason": reason})
-        flat = [str(x) for x in res[9:]]
+        flat = [str(x) for x in res[11:]]
         return FlushReply(
             read,
             int(now),
@@ -191,4 +193,6 @@ class Store(NodeReads, NodeWrites):
             None if digest == r.proof_digest else proof,
             dict(zip(flat[::2], flat[1::2], strict=True)),
             fence == "1",
+            prev_boot=str(res[9]),
+            prev_pid=str(res[10]),
         )

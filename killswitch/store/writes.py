@@ -72,14 +72,17 @@ class NodeWrites(NodeScripts):
         only_if_armed: bool = False,
         fence: str = "",
         net_fence: bool = False,
+        actor_kind: str = "",
+        key: str = "",
     ) -> ChangeResult:
         """`fence`: a leader lease token the caller must still hold, checked in the script;
-        `net_fence`: the hosts raise their network kill fence (`kill --fence`)."""
+        `net_fence`: the hosts raise their network kill fence (`kill --fence`); `actor_kind`
+        and `key` (a signing key's fingerprint) are recorded in the audit."""
         res = await self._kill(
             keys=[self.keys.state, self.keys.audit, self.keys.leader, self.keys.audit_head],
             args=[
                 actor, reason, cause, floor, self.keys.events, action, int(only_if_armed), fence,
-                epoch_ceiling(floor), int(net_fence),
+                epoch_ceiling(floor), int(net_fence), actor_kind, key,
             ],
         )  # fmt: skip
         return _change(res)

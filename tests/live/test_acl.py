@@ -15,7 +15,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError, ResponseErr
 
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.store import acl
-from killswitch.store.keys import NodeKeys
+from killswitch.store.keys import NODES_KEY, NodeKeys
 from kstest import Fleet
 
 HOSTS = ["or-01", "or-02"]
@@ -114,6 +114,55 @@ class TestSidecarCredential:
                 wrong.ping()
         finally:
             wrong.close()
+
+
+class TestRegistryAndNotices:
+    """What a node's credentials cannot do to the fleet registry and the kill notices."""
+
+    def test_aggregator_cannot_remove_a_node_from_the_registry(
+        self, acl_server: EmbeddedRedis, node: str
+    ) -> None:
+        """One node's aggregator adds and lists its own node; SREM/DEL of another: NOPERM."""
+        c = _client(acl_server, acl.aggregator_user(node))
+        op = _client(acl_server, acl.OPERATOR_USER)
+        try:
+            op.sadd(NODES_KEY, "othernode")
+            assert c.sadd(NODES_KEY, node) == 1
+            assert set(c.smembers(NODES_KEY)) == {node, "othernode"}
+            for what, attempt in {
+                "srem": lambda: c.srem(NODES_KEY, "othernode"),
+                "del": lambda: c.delete(NODES_KEY),
+                "spop": lambda: c.spop(NODES_KEY),
+                "smove": lambda: c.smove(NODES_KEY, NodeKeys(node).roster, "othernode"),
+                "script": lambda: c.eval("return redis.call('SREM', KEYS[1], ARGV[1])", 1,
+                                         NODES_KEY, "othernode"),
+            }.items():  # fmt: skip
+                with pytest.raises(NoPermissionError):
+                    attempt()
+                    pytest.fail(what)
+            assert set(op.smembers(NODES_KEY)) == {node, "othernode"}
+        finally:
+            c.close()
+            op.close()
+
+    def test_sidecar_cannot_publish_a_kill_notice(
+        self, acl_server: EmbeddedRedis, node: str
+    ) -> None:
+        """A sidecar hears the events channel but PUBLISH on it is NOPERM (its confirms pass)."""
+        k = NodeKeys(node)
+        c = _client(acl_server, acl.sidecar_user(node, "or-01"))
+        try:
+            with pytest.raises(NoPermissionError):
+                c.publish(k.events, "KILLED 3 1")
+            with pytest.raises(ResponseError):
+                c.eval("return redis.call('PUBLISH', ARGV[1], 'KILLED 3 1')", 0, k.events)
+            assert c.publish(k.confirms, "or-01 1 1") == 0
+            sub = c.pubsub()
+            sub.subscribe(k.events, k.confirms)
+            assert sub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+            sub.close()
+        finally:
+            c.close()
 
 
 class TestFleetWithAcl:

@@ -143,6 +143,25 @@ class TestChainInRedis:
         v = await _verify(store)
         assert not v.ok and v.bad_id == ids[2] and "altered" in v.problem
 
+    async def test_rewritten_entry_with_recomputed_hash_breaks_the_link(
+        self, redis_url: str, redis: Redis, store: Store
+    ) -> None:
+        """A middle entry rewritten with its own hash recomputed is self-consistent: only the
+        next entry's link names it, and `audit --verify` exits 4 naming that entry."""
+
+        def forge(es: list[Any]) -> list[Any]:
+            e = {**es[1], "actor": "mallory", "reason": "rewritten"}
+            own = [(k, v) for k, v in e.items() if k not in auditchain.CHAIN_FIELDS]
+            e["hash"] = auditchain.entry_hash(e["seq"], e["prev"], own)
+            es[1] = e
+            return es
+
+        ids = await _rewrite(redis, store, forge)
+        v = await _verify(store)
+        assert not v.ok and v.bad_id == ids[2] and "link" in v.problem
+        bad = cli("audit", "--verify", "--node", store.node, "--redis", redis_url)
+        assert bad.returncode == 4 and ids[2] in bad.stdout, bad.stdout
+
     @pytest.mark.parametrize("cut", ["xdel_last", "xtrim", "delete_stream", "delete_head"])
     async def test_cut_tail_or_wiped_stream_fails(
         self, redis: Redis, store: Store, cut: str
@@ -196,6 +215,26 @@ class TestCli:
         assert "\x1b" not in st_out.stdout and "\\x1b[2J" in st_out.stdout
         js = cli("audit", "--json", "--node", store.node, "--redis", redis_url)
         assert json.loads(js.stdout)["entries"][-1]["reason"] == nasty  # stored as given
+
+    async def test_redis_text_is_escaped_in_every_view(
+        self, redis_url: str, redis: Redis, store: Store
+    ) -> None:
+        """A host's `release` and a scope's reason with escape sequences and a newline: no raw
+        control character and no forged line in status, status --fleet or watch --once."""
+        nasty = "\x1b[2J\x1b]0;pwn\x07\nFAKE node ok: ARMED"
+        hk = store.keys.host("h1")
+        await redis.hset(hk.report, mapping={"release": nasty, "ts_ms": "1", "attest": nasty})
+        await store.scope(op="kill", kind="symbol", value="KCG", actor="op", reason=nasty)
+        views = {
+            "status": cli("status", "--node", store.node, "--redis", redis_url),
+            "fleet": cli("status", "--fleet", "--redis", redis_url),
+            "watch": cli("watch", "--once", "--node", store.node, "--redis", redis_url),
+        }
+        for name, res in views.items():
+            out = res.stdout + res.stderr
+            assert "\x1b" not in out and "\x07" not in out, name
+            assert not any(line.startswith("FAKE") for line in out.splitlines()), (name, out)
+        assert "\\x1b[2J" in views["status"].stdout  # shown, escaped
 
 
 class TestEscape:

@@ -9,15 +9,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import redis as redis_sync
 import structlog
 from redis.asyncio import Redis
 
 from killswitch.aggregator.auditlog import AuditMirror
+from killswitch.core import auditchain
 from killswitch.ops import audit as ops_audit
 from killswitch.ops.control import EXIT_OK, EXIT_REFUSED
+from killswitch.sim.embedded import free_port
 from killswitch.sim.operators import OperatorKeys, signed_store_arm
+from killswitch.store.keys import NodeKeys
 from killswitch.store.store import Store
-from kstest import wait_until
+from kstest import Proc, wait_until
+from tests.live.test_ha import metric
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -94,14 +99,15 @@ class TestAggregatorProcess:
     """The real aggregator process writes the copy given by --audit-log."""
 
     def test_aggregator_writes_and_cli_verifies(
-        self, redis_url: str, node: str, tmp_path: Path
+        self, redis_url: str, node: str, tmp_path: Path, operator_keys: OperatorKeys
     ) -> None:
         """The roster entry appears in the file; `audit --verify --file` exits 0 on it."""
         path = tmp_path / "agg-audit.jsonl"
         env = {k: v for k, v in os.environ.items() if not k.startswith("KILLSWITCH_")}
         proc = subprocess.Popen(
             [sys.executable, "-m", "killswitch", "aggregator", "--node", node, "--redis",
-             redis_url, "--hosts", "h1,h2", "--audit-log", str(path)],
+             redis_url, "--hosts", "h1,h2", "--audit-log", str(path),
+             "--operators", str(operator_keys.file)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
         )  # fmt: skip
         try:
@@ -112,3 +118,38 @@ class TestAggregatorProcess:
         res = cli("audit", "--verify", "--file", str(path), "--node", node, "--redis", redis_url)
         assert res.returncode == 0, res.stdout + res.stderr
         assert f"file {path}: chain whole, 1 entries" in res.stdout
+
+
+class TestChainOkMetric:
+    """A live aggregator exports whether its copy and Redis agree."""
+
+    def test_rewritten_entry_turns_the_metric_to_0(
+        self, redis_url: str, node: str, tmp_path: Path, operator_keys: OperatorKeys
+    ) -> None:
+        """killswitch_audit_chain_ok is 1 once the roster entry is copied, and 0 after that
+        entry is rewritten in Redis with its hash recomputed (AUDIT_CHAIN_DISAGREES logged)."""
+        path, port = tmp_path / "agg-audit.jsonl", free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KILLSWITCH_")}
+        agg = Proc("aggregator", [
+            sys.executable, "-m", "killswitch", "aggregator", "--node", node, "--redis",
+            redis_url, "--hosts", "h1,h2", "--audit-log", str(path), "--operators",
+            str(operator_keys.file), "--metrics-port", str(port), "--log-format", "json",
+        ], tmp_path / "agg.log")  # fmt: skip
+        agg.start(env)
+        r = redis_sync.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            wait_until(lambda: path.exists() and "roster" in path.read_text(), 30, 0.05, "copy")
+            wait_until(lambda: metric(port, "killswitch_audit_chain_ok", node=node) == 1.0, 30)
+            audit = NodeKeys(node).audit
+            [(entry_id, fields)] = r.xrange(audit)
+            forged = {**fields, "actor": "mallory"}
+            own = [(k, v) for k, v in forged.items() if k not in auditchain.CHAIN_FIELDS]
+            forged["hash"] = auditchain.entry_hash(forged["seq"], forged["prev"], own)
+            r.delete(audit)
+            r.xadd(audit, forged, id=entry_id)
+            r.hset(NodeKeys(node).audit_head, "hash", forged["hash"])
+            wait_until(lambda: metric(port, "killswitch_audit_chain_ok", node=node) == 0.0, 30)
+            assert agg.logged("AUDIT_CHAIN_DISAGREES")
+        finally:
+            r.close()
+            agg.stop()

@@ -5,6 +5,7 @@ password, by the real `killswitch` process."""
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from killswitch.sim.embedded import EmbeddedRedis, free_port
+from killswitch.sim.operators import OperatorKeys
 from kstest import fleet
 
 SECRET = "s3cret-pw"
@@ -99,6 +101,21 @@ class TestSidecarBadValues:
         res = run(*sidecar(tmp_path, closed_url), env={"KILLSWITCH_STALE_AFTER": "3600"})
         assert_one_line_refusal(res, 2, "stale-after", "KILLSWITCH_STALE_AFTER", "0.2..10")
 
+    def test_max_conns_must_fit_the_fd_limit(self, tmp_path: Path, closed_url: str) -> None:
+        """--max-conns 1000 under an open-file limit of 1024 (soft and hard): exit 2, one line
+        naming both numbers, before anything is bound."""
+
+        def limit() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+        base = {k: v for k, v in os.environ.items() if not k.startswith("KILLSWITCH_")}
+        res = subprocess.run(
+            [sys.executable, "-m", "killswitch", *sidecar(tmp_path, closed_url, "--max-conns", "1000")],
+            capture_output=True, text=True, env=base, timeout=60, check=False, preexec_fn=limit,
+        )  # fmt: skip
+        assert_one_line_refusal(res, 2, "max-conns", "1000", "1024")
+        assert not (tmp_path / "g.sock").exists()
+
     def test_bad_config_file_value(self, tmp_path: Path, closed_url: str) -> None:
         """The same bound holds for the TOML config file."""
         cfg = tmp_path / "ks.toml"
@@ -170,9 +187,12 @@ class TestAggregatorBadValues:
         """An aggregator rule or timing flag out of range is one line, exit 2, before Redis."""
         assert_one_line_refusal(run(*aggregator(closed_url, *extra)), code, *words)
 
-    def test_metrics_port_in_use(self, closed_url: str, busy_port: int) -> None:
+    def test_metrics_port_in_use(
+        self, closed_url: str, busy_port: int, operator_keys: OperatorKeys
+    ) -> None:
         """An aggregator metrics port in use is one line naming the port, exit 1."""
-        res = run(*aggregator(closed_url, "--metrics-port", str(busy_port)))
+        ops = ("--operators", str(operator_keys.file))
+        res = run(*aggregator(closed_url, "--metrics-port", str(busy_port), *ops))
         assert_one_line_refusal(res, 1, str(busy_port))
 
 

@@ -437,7 +437,7 @@ class TestGateServerLimits:
     async def test_cap_evicts_silent_connections_for_a_real_client(
         self, gate: Gate, tmp_path: Path
     ) -> None:
-        """At the cap, the oldest connection that never sent a request makes room."""
+        """At the cap, the longest-idle connection (here one that never spoke) makes room."""
         sock = tmp_path / "c.sock"
         srv = GateServer(
             gate, [ListenAddr("unix", path=str(sock))], logger=CapturingLogger(), max_conns=8
@@ -456,26 +456,53 @@ class TestGateServerLimits:
         finally:
             await srv.stop()
 
-    async def test_cap_full_of_talking_clients_refuses_newcomer_with_err(
+    async def test_flood_of_clients_that_pinged_once_cannot_hold_every_slot(
         self, gate: Gate, tmp_path: Path
     ) -> None:
-        """When every connection at the cap has spoken, the newcomer gets ERR and is closed."""
+        """Every slot held by a client that said PING once: a newcomer is served and the
+        longest-idle one is closed, then the next; a busy client is never the one closed."""
         sock = tmp_path / "f.sock"
         srv = GateServer(
             gate, [ListenAddr("unix", path=str(sock))], logger=CapturingLogger(), max_conns=4
         )
         await srv.start()
         try:
-            talkers = [await asyncio.open_unix_connection(str(sock)) for _ in range(4)]
-            for c in talkers:
+            flood = [await asyncio.open_unix_connection(str(sock)) for _ in range(4)]
+            for c in flood:
                 assert await ask(c, b"PING") == b"PONG ARMED 3\n"
-            reader, writer = await asyncio.open_unix_connection(str(sock))
+            assert await ask(flood[0], b"ORDER busy AAPL BUY 1") == b"ALLOW busy 3\n"
+            for i, idle in enumerate((flood[1], flood[2]), 1):
+                newcomer = await asyncio.open_unix_connection(str(sock))
+                assert await ask(newcomer, b"ORDER n AAPL BUY 1") == b"ALLOW n 3\n"
+                async with asyncio.timeout(5):
+                    assert (await idle[0].readline()).startswith(b"ERR closed")
+                    assert await idle[0].read() == b""
+                assert srv.evicted == i and srv.refused == 0 and len(srv.connections) == 4
+                flood.append(newcomer)
+            assert await ask(flood[0], b"PING") == b"PONG ARMED 3\n"  # busy: never evicted
+            for _, w in flood:
+                w.close()
+        finally:
+            await srv.stop()
+
+    async def test_subscribers_are_evicted_last(self, gate: Gate, tmp_path: Path) -> None:
+        """A subscribed trading process idle longest keeps its slot while another can go."""
+        sock = tmp_path / "s.sock"
+        srv = GateServer(
+            gate, [ListenAddr("unix", path=str(sock))], logger=CapturingLogger(), max_conns=2
+        )
+        await srv.start()
+        try:
+            sub = await asyncio.open_unix_connection(str(sock))
+            assert await ask(sub, b"SUBSCRIBE") == b"STATE ARMED 3 armed\n"
+            other = await asyncio.open_unix_connection(str(sock))
+            assert await ask(other, b"PING") == b"PONG ARMED 3\n"
+            newcomer = await asyncio.open_unix_connection(str(sock))
+            assert await ask(newcomer, b"PING") == b"PONG ARMED 3\n"
             async with asyncio.timeout(5):
-                assert (await reader.readline()).startswith(b"ERR too many connections")
-                assert await reader.read() == b""
-            assert srv.refused == 1
-            assert await ask(talkers[0], b"PING") == b"PONG ARMED 3\n"  # the others are fine
-            for _, w in [*talkers, (reader, writer)]:
+                assert (await other[0].readline()).startswith(b"ERR closed")
+            assert len(srv.subscribers) == 1 and srv.evicted == 1
+            for _, w in (sub, other, newcomer):
                 w.close()
         finally:
             await srv.stop()

@@ -609,8 +609,8 @@ class TestFlushLuaCounts:
         lease."""
         await redis.hset(k.scopes, mapping={"_ver": "2", "host:or-01": "{}"})
         res = await flush(redis, k)
-        assert len(res) == 13
-        assert dict(zip(res[9::2], res[10::2], strict=True)) == {"_ver": "2", "host:or-01": "{}"}
+        assert len(res) == 15
+        assert dict(zip(res[11::2], res[12::2], strict=True)) == {"_ver": "2", "host:or-01": "{}"}
 
     async def test_reply_carries_lift_proofs_while_the_host_lags(
         self, redis: Redis, k: NodeKeys
@@ -618,7 +618,7 @@ class TestFlushLuaCounts:
         """A host reporting a scopes version other than the stored one gets the lift proofs."""
         await redis.hset(k.scopes, mapping={"_ver": "3", "lift:host:or-01": "P"})
         res = await flush(redis, k, extra=["scope_ver", "2"])
-        assert dict(zip(res[9::2], res[10::2], strict=True)) == {
+        assert dict(zip(res[11::2], res[12::2], strict=True)) == {
             "_ver": "3", "lift:host:or-01": "P",
         }  # fmt: skip
 
@@ -626,14 +626,20 @@ class TestFlushLuaCounts:
         """A host that reports the stored scopes version gets the scopes without the proofs."""
         await redis.hset(k.scopes, mapping={"_ver": "3", "lift:host:or-01": "P", "symbol:X": "{}"})
         res = await flush(redis, k, extra=["scope_ver", "3"])
-        assert dict(zip(res[9::2], res[10::2], strict=True)) == {"_ver": "3", "symbol:X": "{}"}
+        assert dict(zip(res[11::2], res[12::2], strict=True)) == {"_ver": "3", "symbol:X": "{}"}
 
     async def test_reply_without_scopes_ends_after_the_state(
         self, redis: Redis, k: NodeKeys
     ) -> None:
-        """No scopes stored: the reply is the nine fields of the state, confirmation, proof and
-        the kill's fence flag."""
-        assert len(await flush(redis, k)) == 9
+        """No scopes stored: the reply is the eleven fields of the state, confirmation, proof,
+        the kill's fence flag and the report's previous writer."""
+        assert len(await flush(redis, k)) == 11
+
+    async def test_reply_names_the_previous_writer(self, redis: Redis, k: NodeKeys) -> None:
+        """The boot and pid that wrote the report before this call come back (a duplicate)."""
+        assert (await flush(redis, k, boot="other"))[9:11] == ["", ""]
+        assert (await flush(redis, k))[9:11] == ["other", "4242"]
+        assert (await flush(redis, k))[9:11] == ["b1", "4242"]
 
 
 class TestFlushLuaConfirm:

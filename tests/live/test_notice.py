@@ -19,6 +19,7 @@ import structlog
 from redis.asyncio import Redis
 from structlog.testing import CapturingLogger
 
+from killswitch.core.bounds import MAX_EPOCH_JUMP
 from killswitch.core.gate import Gate
 from killswitch.core.state import MAX_EPOCH, HostView, NodeState
 from killswitch.sidecar.service import Sidecar
@@ -322,3 +323,49 @@ class TestSidecarNotice:
             lambda: sidecar.gate.view.regression != "", what="the woken round trip"
         )
         assert sidecar.gate.check("o")[2] in ("killed", "stale")
+
+
+class TestNoticeAuthority:
+    """A notice alone neither runs `--on-kill` nor jumps the epoch past the allowed limit."""
+
+    async def test_forged_notice_does_not_run_on_kill(
+        self, redis: Redis, node: str, tmp_path: Path, operator_keys: OperatorKeys
+    ) -> None:
+        """`KILLED 3 1` with nothing in the node state closes the gate but starts no --on-kill;
+        the real kill read from the node state then starts it, once, for its own epoch."""
+        marker = tmp_path / "ran"
+        settings = SidecarSettings(
+            node=node, host=HOST, redis_url="", flush_interval=30.0, stale_after=60.0,
+            state_dir=str(tmp_path), operators=str(operator_keys.file),
+            on_kill=f"echo $KILLSWITCH_EPOCH >> {marker}",
+        )  # fmt: skip
+        sc = Sidecar(settings, redis, logger=structlog.wrap_logger(CapturingLogger()))
+        store = Store(redis, node)
+        await signed_store_arm(store, operator_keys, reason="open", roster=[HOST])
+        try:
+            assert await sc.sync_once()
+            sc._notice("KILLED 3 1")
+            assert sc.gate.status() == (NodeState.KILLED, 3)
+            assert sc.notify.on_kill_epoch == 0
+            await sc.sync_once()  # reads the node: still ARMED at 1, nothing was killed
+            assert sc.notify.on_kill_epoch == 0 and not sc.gate.is_open
+            res = await store.kill(actor="op", reason="r", cause="manual", floor=3)
+            sc._notice(f"KILLED {res.epoch} {res.ver}")
+            assert sc.notify.on_kill_epoch == 0  # the notice of the real kill: not yet either
+            await sc.sync_once()
+            assert sc.notify.on_kill_epoch == res.epoch
+            await wait_until_async(marker.exists, 30, what="the on-kill command ran")
+        finally:
+            await sc.stop()
+        assert marker.read_text().split() == [str(res.epoch)]
+
+    async def test_notice_jump_over_the_limit_is_refused(self, sidecar: Sidecar) -> None:
+        """A notice more than MAX_EPOCH_JUMP above the seen epoch is junk: nothing held or kept."""
+        seen = sidecar.gate.view.max_epoch
+        junk = sidecar.junk_inputs
+        sidecar._notice(f"KILLED {seen + MAX_EPOCH_JUMP + 1} 1")
+        assert sidecar.gate.is_open and sidecar.gate.held == 0
+        assert sidecar.junk_inputs == junk + 1
+        assert state_file(sidecar) == (seen, "ARMED")
+        sidecar._notice(f"KILLED {seen + MAX_EPOCH_JUMP} 1")  # at the limit: held
+        assert sidecar.gate.held == seen + MAX_EPOCH_JUMP

@@ -8,7 +8,9 @@ Waits are on marker files and states, with deadlines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import resource
 import shlex
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -109,6 +111,31 @@ class TestOnKill:
         assert not exists(shell)  # reaped: no zombie left
         assert events(log, "ON_KILL") == [{"epoch": 7, "status": "interrupted", "pid": shell}]
         assert not ok.start(8)  # nothing new starts once stopping
+
+    async def test_a_command_that_cannot_start_is_tried_again(self, tmp_path: Path) -> None:
+        """With every file descriptor taken (EMFILE) the command cannot start: it is retried,
+        and runs once descriptors are free again (outcome `exit 0`)."""
+        marker, log = tmp_path / "ran", CapturingLogger()
+        ok = OnKill(f"echo $KILLSWITCH_EPOCH > {shlex.quote(str(marker))}", os.environ, log)
+        held = []
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 4096), hard))
+        try:
+            with contextlib.suppress(OSError):
+                while True:
+                    held.append(os.open(os.devnull, os.O_RDONLY))
+            assert ok.start(5)
+            await wait_until_async(
+                lambda: events(log, "ON_KILL_RETRY"), 30, what="a retry after EMFILE"
+            )
+            assert ok.status.startswith("retrying") and not marker.exists()
+        finally:
+            for fd in held:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        await wait_until_async(lambda: ok.status == "exit 0", 30, what="the command ran")
+        assert marker.read_text().strip() == "5"
+        await ok.close()
 
     async def test_a_child_deaf_to_sigterm_gets_sigkill(self, tmp_path: Path) -> None:
         """A child that ignores SIGTERM is SIGKILLed after the term wait, and that is logged."""

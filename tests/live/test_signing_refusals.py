@@ -124,7 +124,7 @@ class TestKillActor:
         self, operator_keys: OperatorKeys
     ) -> None:
         """alice's key and the operators file: the kill is recorded as alice, no warning."""
-        who, note = await kill_actor(
+        who, note, _ = await kill_actor(
             "n1", operator_keys.key("alice"), str(operator_keys.file), "someone", "why"
         )
         assert (who, note) == ("alice", "")
@@ -140,7 +140,7 @@ class TestKillActor:
         self, operator_keys: OperatorKeys, ops_file: str, says: str
     ) -> None:
         """No operators file, or a missing one: the fallback name and a warning saying why."""
-        who, note = await kill_actor("n1", operator_keys.key("alice"), ops_file, "carol", "why")
+        who, note, _ = await kill_actor("n1", operator_keys.key("alice"), ops_file, "carol", "why")
         assert who == "carol"
         assert note.startswith("warning: kill recorded unsigned, as 'carol': ") and says in note
 
@@ -150,7 +150,7 @@ class TestKillActor:
         """A key whose signature does not verify against the file: unsigned, with a warning."""
         other = tmp_path / "ops"
         other.write_text(operator_keys.file.read_text().splitlines()[1] + "\n")  # bob only
-        who, note = await kill_actor("n1", operator_keys.key("alice"), str(other), "carol", "x")
+        who, note, _ = await kill_actor("n1", operator_keys.key("alice"), str(other), "carol", "x")
         assert who == "carol" and note.startswith("warning: kill recorded unsigned")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import redis as redis_sync
 
 from killswitch.sim.embedded import EmbeddedRedis, free_port
+from killswitch.sim.operators import OperatorKeys
 from killswitch.store.keys import NodeKeys
 from kstest import GateClient, Proc, wait_until
 
@@ -24,13 +25,14 @@ def killswitch_proc(tmp_path: Path, name: str, *args: str) -> Proc:
 
 class TestStartedBeforeRedis:
     def test_aggregator_waits_for_redis_then_stores_the_roster(
-        self, tmp_path: Path, node: str
+        self, tmp_path: Path, node: str, operator_keys: OperatorKeys
     ) -> None:
         """An aggregator started with Redis down keeps running and stores its roster once Redis is up."""
         server = EmbeddedRedis(port=free_port())
         agg = killswitch_proc(
             tmp_path, "aggregator", "aggregator", "--node", node, "--hosts", "h1,h2",
             "--redis", server.url, "--metrics-port", str(free_port()),
+            "--operators", str(operator_keys.file),
         )  # fmt: skip
         agg.start(dict(os.environ))
         try:
@@ -50,12 +52,13 @@ class TestStartedBeforeRedis:
         assert "Traceback" not in agg.log_path.read_text()
 
     def test_aggregator_stopped_while_waiting_exits_cleanly(
-        self, tmp_path: Path, node: str
+        self, tmp_path: Path, node: str, operator_keys: OperatorKeys
     ) -> None:
         """SIGTERM while the aggregator still waits for Redis ends it with exit 0, no traceback."""
         agg = killswitch_proc(
             tmp_path, "aggregator", "aggregator", "--node", node, "--hosts", "h1",
             "--redis", f"redis://127.0.0.1:{free_port()}/0",
+            "--operators", str(operator_keys.file),
         )  # fmt: skip
         agg.start(dict(os.environ))
         popen = agg.popen

@@ -8,10 +8,12 @@ from killswitch.core.leader import (
     SAFETY,
     Leadership,
     LeaseReply,
+    holder_doubt,
     instance_of,
     make_token,
     on_fenced,
     on_reply,
+    silent_bound_ms,
 )
 from killswitch.store import durability
 
@@ -73,6 +75,29 @@ class TestLeadership:
     def test_instance_of(self, token: str, instance: str) -> None:
         """The instance name is everything before the nonce."""
         assert instance_of(token) == instance
+
+
+class TestHolderDoubt:
+    @pytest.mark.parametrize(
+        ("holder", "view_token", "view_ms", "doubt"),
+        [
+            ("", "", -1, ""),  # nobody leads: the standby takes the lease itself
+            (OTHER, OTHER, 9_500, ""),  # a live leader publishing under its own token
+            (OTHER, ME, 9_500, "unknown"),  # the view is someone else's: a ghost lease
+            ("ghost 0", "", -1, "unknown"),  # a lease no aggregator ever published under
+            (OTHER, OTHER, 7_000, "silent"),  # its view is older than its lease
+            (OTHER, OTHER, -1, "silent"),
+        ],
+    )
+    def test_doubt(self, holder: str, view_token: str, view_ms: int, doubt: str) -> None:
+        """An unknown or silent lease holder is named; a live one, or none, is not."""
+        assert holder_doubt(holder, view_token, view_ms, 10_000, 2_000) == doubt
+
+    def test_bounds_outlast_a_takeover(self) -> None:
+        """Every silence bound is above one lease TTL: a dead leader is taken over first."""
+        for doubt in ("", "unknown", "silent"):
+            assert silent_bound_ms(doubt, 2_000) > 2_000
+        assert silent_bound_ms("unknown", 2_000) < silent_bound_ms("", 2_000)
 
 
 class TestDurability:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import time
 from pathlib import Path
 
 import pytest
+import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
 from killswitch.core.release import UNATTESTED, release_digest, releases, split
 from killswitch.core.roster import host_status, not_ready_for_arm, reported_releases
-from killswitch.sidecar.attest import Attestor
+from killswitch.sidecar.attest import AttestLoop, Attestor
 
 ROSTER = ["or-01", "or-02", "or-03"]
 
@@ -115,6 +119,43 @@ class TestAttestor:
             assert at.scan(force=True).hashed_bytes == len(b"code") + a3.hashed_bytes
         finally:
             os.chdir(cwd)
+
+    def test_same_size_rewrite_with_mtime_restored_is_seen(self, tmp_path: Path) -> None:
+        """Rewritten in place with the same size and its mtime put back: re-hashed (ctime)."""
+        f = tmp_path / "flags.toml"
+        f.write_text("power_peg = false\n")
+        at = Attestor([str(f)])
+        before = at.scan()
+        st = f.stat()
+        # the kernel stamps ctime from a coarse clock: wait until a new stamp differs
+        probe = tmp_path / "probe"
+        while probe.touch() or probe.stat().st_ctime_ns <= st.st_ctime_ns:
+            time.sleep(0.001)
+        with f.open("r+b") as fh:
+            fh.write(b"power_peg = truee\n"[: st.st_size])
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+        after = at.scan()
+        assert after.release != before.release and after.hashed_bytes == st.st_size
+
+    async def test_loop_reads_every_file_again_on_its_full_period(self, tmp_path: Path) -> None:
+        """Unchanged metadata, no SIGHUP: the loop still reads every byte every `full_every`."""
+        (tmp_path / "bin").write_bytes(b"code")
+        loop = AttestLoop([str(tmp_path / "bin")], 0.01, structlog.get_logger(), lambda: None,
+                          full_every=0.05)  # fmt: skip
+        task = asyncio.create_task(loop.run())
+        reads = 0
+        try:
+            async with asyncio.timeout(30):
+                while reads < 3:  # the first scan, then two periodic full reads
+                    loop.scanned.clear()
+                    await loop.scanned.wait()
+                    reads += loop.current.hashed_bytes > 0
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert loop.scans > reads  # scans in between read nothing
 
     @pytest.mark.parametrize("what", ["missing", "glob", "directory"])
     def test_unreadable_names_the_file(self, tmp_path: Path, what: str) -> None:

@@ -18,7 +18,9 @@
 --          the current arm ("" none: unsigned, bad_signature, unlisted, ...),
 --       30.. extra report fields as name, value pairs
 -- The reply: state, epoch, ver, reason, now, closed confirm, proof digest, proof, the kill's
--- fence flag ("1": `kill --fence`), then the scopes hash as name, value pairs.
+-- fence flag ("1": `kill --fence`), the boot and pid that wrote the host's report before this
+-- call (a second live process claiming the host's name), then the scopes hash as name,
+-- value pairs.
 -- The proof (the last signed arm) is returned only when its digest differs from ARGV[28]:
 -- the host verifies it once per change, never per order and never per round trip. Likewise
 -- the scopes' lift proofs (`lift:*` fields) are returned only when the scopes `_ver` differs
@@ -36,7 +38,8 @@ local blocked = tonumber(ARGV[3])
 -- If the report vanished (Redis lost its data) fall back to what this boot last saw acknowledged.
 local cancels = tonumber(ARGV[22]) or 0
 local limited = tonumber(ARGV[23]) or 0
-local prev = redis.call('HMGET', KEYS[1], 'boot', 'allowed', 'blocked', 'cancels', 'limited')
+local prev = redis.call('HMGET', KEYS[1], 'boot', 'allowed', 'blocked', 'cancels', 'limited',
+  'pid')
 if prev[1] ~= boot then
   redis.call('SADD', KEYS[4], ARGV[16])  -- once per boot: how the aggregator finds off-roster hosts
 end
@@ -106,7 +109,7 @@ elseif named[2] and named[2] ~= '' and named[1] ~= rec[1] then
   redis.call('HSET', KEYS[3], 'recorder_file', '', 'recorder_digest', '', 'recorder_complete', '0')
 end
 local out = {s[1] or '', s[2] or '0', s[3] or '0', s[4] or '', tostring(now), closed_confirm,
-  digest, proof, s[6] or ''}
+  digest, proof, s[6] or '', prev[1] or '', prev[6] or ''}
 local scopes = redis.call('HGETALL', ARGV[27])
 local applied = redis.call('HMGET', KEYS[1], 'scope_ver')[1]
 local same = false

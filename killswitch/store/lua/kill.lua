@@ -10,7 +10,9 @@
 --         floor + the largest plausible jump, so a hand-written epoch cannot make every
 --         host refuse the kill as implausible),
 --       10 network fence ("1": `kill --fence`, hosts raise their kill fence; kept by a kill of
---          a killed node without it, cleared by a kill that takes a new epoch without it)
+--          a killed node without it, cleared by a kill that takes a new epoch without it),
+--       11 actor kind ("signed" | "claimed" | "service"; "" or absent: not recorded),
+--       12 the signing key's SHA256 fingerprint ("" or absent: none)
 -- Returns {changed, epoch, ver, now_ms, prev_state, refusal ("" | "not_armed" | "fenced")}.
 -- The fence makes a paused aggregator that wakes up after losing its lease harmless. A refused
 -- trip is audited too. Junk in the stored epoch or ver never stops a kill: it counts as 0 and
@@ -59,6 +61,12 @@ local entry = {'action', ARGV[6], 'actor', ARGV[1], 'reason', ARGV[2], 'cause', 
 if ARGV[10] == '1' then
   entry[#entry + 1] = 'fence'
   entry[#entry + 1] = '1'
+end
+for i, name in ipairs({'actor_kind', 'key'}) do
+  if ARGV[10 + i] and ARGV[10 + i] ~= '' then
+    entry[#entry + 1] = name
+    entry[#entry + 1] = ARGV[10 + i]
+  end
 end
 if bad_type then
   entry[#entry + 1] = 'junk'
