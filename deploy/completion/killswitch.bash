@@ -2,7 +2,7 @@
 _killswitch() {
   local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
   if [ "$COMP_CWORD" -eq 1 ]; then
-    COMPREPLY=($(compgen -W "sidecar aggregator arm resume rollout kill status watch audit demo backtest export recorder loadgen config --help --version" -- "$cur")); return
+    COMPREPLY=($(compgen -W "sidecar aggregator arm resume rollout kill status watch audit forget demo backtest export recorder loadgen config --help --version" -- "$cur")); return
   fi
   case "${COMP_WORDS[1]}" in
     sidecar)
@@ -59,6 +59,12 @@ _killswitch() {
         --log-format) COMPREPLY=($(compgen -W 'json console' -- "$cur")); return;;
         --log-level) COMPREPLY=($(compgen -W 'debug info warning error' -- "$cur")); return;;
         *) COMPREPLY=($(compgen -W "--redis --node --config --operators --log-format --log-level --json --limit --verify --file --help" -- "$cur"));;
+      esac;;
+    forget)
+      case "$prev" in
+        --log-format) COMPREPLY=($(compgen -W 'json console' -- "$cur")); return;;
+        --log-level) COMPREPLY=($(compgen -W 'debug info warning error' -- "$cur")); return;;
+        *) COMPREPLY=($(compgen -W "--redis --node --config --operators --log-format --log-level --stale-after --json --expires --host --key --reason --operator --help" -- "$cur"));;
       esac;;
     demo)
       case "$prev" in
