@@ -200,7 +200,9 @@ class TestRealScrape:
     def test_labels_are_bounded(self, stack: Stack) -> None:
         """Every killswitch series carries only bounded labels, and only roster hosts."""
         series = stack.q('{__name__=~"killswitch_.+",node="$node"}')
-        assert len(series) < 400, len(series)
+        # A sanity cap, not a budget: series grow with hosts, rules, FIX message types and
+        # the fence's and recorder's gauges, never with orders, ids or symbols (the labels below).
+        assert len(series) < 600, len(series)
         for s in series:
             labels: dict[str, str] = s["metric"]  # type: ignore[assignment]
             assert set(labels) <= BOUNDED_LABELS, labels
