@@ -128,8 +128,9 @@ class TestAttestor:
         before = at.scan()
         st = f.stat()
         # the kernel stamps ctime from a coarse clock: wait until a new stamp differs
-        probe = tmp_path / "probe"
+        probe, deadline = tmp_path / "probe", time.monotonic() + 5.0
         while probe.touch() or probe.stat().st_ctime_ns <= st.st_ctime_ns:
+            assert time.monotonic() < deadline, "the ctime clock never moved"
             time.sleep(0.001)
         with f.open("r+b") as fh:
             fh.write(b"power_peg = truee\n"[: st.st_size])
