@@ -22,19 +22,9 @@ STALE = "stale-test-node"
 
 
 @pytest.fixture
-def own_server() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
-@pytest.fixture
-def live(own_server: EmbeddedRedis, node: str) -> Iterator[Fleet]:
+def live(own_redis: EmbeddedRedis, node: str) -> Iterator[Fleet]:
     """One live, armed node (one host and its aggregator) on the server of its own."""
-    f = Fleet(own_server.url, node, ["or-01"])
+    f = Fleet(own_redis.url, node, ["or-01"])
     try:
         f.start()
         f.start_aggregator("--tick", "0.05")
@@ -56,9 +46,9 @@ def leave_stale_node(r: redis_sync.Redis) -> None:
 class TestForgetHost:
     """`forget --host H` removes an off-roster host's leftovers, never a roster host's."""
 
-    def test_forget_an_off_roster_host(self, live: Fleet, own_server: EmbeddedRedis) -> None:
+    def test_forget_an_off_roster_host(self, live: Fleet, own_redis: EmbeddedRedis) -> None:
         """Leftovers of off-roster or-09 go (exit 0, audited); or-01 on the roster: exit 4."""
-        r = redis_sync.Redis.from_url(own_server.url, decode_responses=True)
+        r = redis_sync.Redis.from_url(own_redis.url, decode_responses=True)
         k = NodeKeys(live.node)
         try:
             r.sadd(k.hosts, "or-09")
@@ -84,11 +74,11 @@ class TestForgetNode:
     """`forget --node N --key K` is the arm flow; only it removes a node from `kill --fleet`."""
 
     def test_stale_node_stops_poisoning_kill_fleet_once_forgotten(
-        self, live: Fleet, own_server: EmbeddedRedis, tmp_path: Path
+        self, live: Fleet, own_redis: EmbeddedRedis, tmp_path: Path
     ) -> None:
         """A stale node makes `kill --fleet` exit 3; alice (5), alice again (5), an outsider's
         key (4), bob (0) remove it; then `kill --fleet` proves the live node (0)."""
-        r = redis_sync.Redis.from_url(own_server.url, decode_responses=True)
+        r = redis_sync.Redis.from_url(own_redis.url, decode_responses=True)
         ops = live.ops
         outsider = str(make_key(tmp_path / "mallory", "mallory"))
         try:
@@ -118,12 +108,12 @@ class TestForgetNode:
         finally:
             r.close()
 
-    def test_a_live_node_cannot_be_forgotten(self, live: Fleet, own_server: EmbeddedRedis) -> None:
+    def test_a_live_node_cannot_be_forgotten(self, live: Fleet, own_redis: EmbeddedRedis) -> None:
         """Two operators cannot forget a node whose host and aggregator run: exit 4 each."""
         for who in ("alice", "bob"):
             res = live.cli("forget", "--node", live.node, "--key", live.ops.key(who))
             assert res.returncode == 4 and "alive" in res.stdout, res
-        r = redis_sync.Redis.from_url(own_server.url, decode_responses=True)
+        r = redis_sync.Redis.from_url(own_redis.url, decode_responses=True)
         try:
             assert r.sismember(NODES_KEY, live.node)
         finally:
