@@ -28,8 +28,8 @@ from redis.asyncio import Redis
 
 from bench import scenario_table
 from bench.common import summary
-from killswitch.core.anomaly import MonitorConfig
-from killswitch.core.backtest import FlowEvent, replay
+from killswitch.core.rules.anomaly import MonitorConfig
+from killswitch.core.rules.backtest import FlowEvent, replay
 from killswitch.sim.demo import RULES, aggregator_flags
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.loadgen import drive

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from bench.common import summary
-from killswitch.core.fixwire import Framer, encode
+from killswitch.core.enforce.fixwire import Framer, encode
 from killswitch.sim.embedded import EmbeddedRedis, free_port
 from kstest import Fleet
 
@@ -95,8 +95,8 @@ def pipelined(port: int, venue: Venue, n: int) -> float:
 def relay_cpu_us(n: int = 50_000) -> float:
     """Framing, the gate and the relay's decisions per order, without sockets: CPU time of
     this process (on a shared machine the wall clock counts other processes' turns too)."""
-    from killswitch.core.gate import Gate
-    from killswitch.core.state import HostView, NodeState
+    from killswitch.core.enforce.gate import Gate
+    from killswitch.core.node.state import HostView, NodeState
     from killswitch.sidecar.fixgateway import FixGateway, FixSession
 
     gate = Gate("bench", "h1")

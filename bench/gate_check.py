@@ -13,12 +13,12 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from killswitch.core.armproof import ArmRequest, Proof, gate_refusal, verify_proof
-from killswitch.core.gate import Gate
-from killswitch.core.limits import Limit, Limits
-from killswitch.core.protocol import handle_line
-from killswitch.core.sshsig import parse_allowed_signers
-from killswitch.core.state import HostView, NodeState
+from killswitch.core.enforce.gate import Gate
+from killswitch.core.enforce.limits import Limit, Limits
+from killswitch.core.enforce.protocol import handle_line
+from killswitch.core.node.state import HostView, NodeState
+from killswitch.core.proof.armproof import ArmRequest, Proof, gate_refusal, verify_proof
+from killswitch.core.proof.sshsig import parse_allowed_signers
 from killswitch.runtime.ring import Ring
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.loadgen import open_gate

@@ -24,8 +24,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from killswitch.core.anomaly import MonitorConfig
-from killswitch.core.backtest import FlowEvent, replay
+from killswitch.core.rules.anomaly import MonitorConfig
+from killswitch.core.rules.backtest import FlowEvent, replay
 from kstest.baselines import learned_baseline
 
 HOSTS = [f"or-{i:02d}" for i in range(1, 9)]

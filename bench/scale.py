@@ -19,7 +19,7 @@ hosts on a real 3-master Redis Cluster:
   process's idle CPU and RSS, measured armed, after its start-up has settled.
 
 The idle period starts with the node armed and settled (no host has anything to report, so
-each only renews its lease, `core.heartbeat`).
+each only renews its lease, `core.node.heartbeat`).
 
 Usage: `python -m bench scale` (all) or `python -m bench.scale [--hosts 8,100] [--no-cluster]`.
 """

@@ -1,7 +1,7 @@
 """The scenario library against three rule sets, at production settings in virtual time:
 the static cap alone, the baseline as earlier releases learned it, and the guarded one.
 
-Every scenario of `killswitch.core.scenarios` is replayed through `backtest.replay` (the
+Every scenario of `killswitch.core.rules.scenarios` is replayed through `backtest.replay` (the
 aggregator's `Monitor` on its 100 ms grid, 10 s windows), seed 0, flushes every 100 ms.
 For an incident: onset to the first trip, the orders the node sent from the onset to it,
 and the node's rate then as a multiple of its normal. For normal days: a month (21 trading
@@ -20,9 +20,9 @@ import statistics
 import time
 from typing import Any
 
-from killswitch.core import scenarios as sc
-from killswitch.core.anomaly import MonitorConfig
-from killswitch.core.backtest import replay
+from killswitch.core.rules import scenarios as sc
+from killswitch.core.rules.anomaly import MonitorConfig
+from killswitch.core.rules.backtest import replay
 
 CAP = 80_000
 NEW = MonitorConfig(max_orders=CAP, max_host_share=0.5)

@@ -18,7 +18,7 @@ __all__ = ["Gate", "SidecarThread", "__version__"]
 def __getattr__(name: str) -> object:
     # Lazy, so `python -m killswitch --help` does not import redis and aiohttp.
     if name == "Gate":
-        from killswitch.core.gate import Gate
+        from killswitch.core.enforce.gate import Gate
 
         return Gate
     if name == "SidecarThread":

@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from killswitch.aggregator.auditlog import ORPHANED
-from killswitch.core.auditchain import entry_hash
+from killswitch.core.proof.auditchain import entry_hash
 
 
 class Recorder:

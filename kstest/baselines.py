@@ -3,8 +3,8 @@ warm-up: what a node that has been trading steadily for a while has stored."""
 
 from __future__ import annotations
 
-from killswitch.core.anomaly import MonitorConfig
-from killswitch.core.baseline import Baseline
+from killswitch.core.rules.anomaly import MonitorConfig
+from killswitch.core.rules.baseline import Baseline
 
 
 def learned_baseline(config: MonitorConfig, per_s: float, now_ms: int) -> Baseline:

@@ -41,7 +41,7 @@ class Layer:
 
 
 def layer_of(path: str) -> str | None:
-    """`killswitch/core/state.py` -> `core`; a module at the package root has no layer."""
+    """`killswitch/core/node/state.py` -> `core`; a module at the package root has no layer."""
     parts = Path(path).parts
     if "killswitch" not in parts:
         return None

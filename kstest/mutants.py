@@ -125,36 +125,36 @@ LUA_MUTANTS: tuple[LuaMutant, ...] = (
 _FALSY = "a falsy value the code only tests for truth (`if x`, `x and ...`), never compares"
 _UNUSED = "set in __init__ but always overwritten by apply() before the gate can read it"
 EQUIVALENT: dict[str, str] = {
-    "killswitch.core.state.xǁNodeReadǁfrom_hash__mutmut_8": (
+    "killswitch.core.node.state.xǁNodeReadǁfrom_hash__mutmut_8": (
         "state '' instead of None for a garbage state: both fail the `in (ARMED, KILLED)` test "
         "on the next line and the read is built with None either way"
     ),
-    "killswitch.core.state.x_observe__mutmut_13": (
+    "killswitch.core.node.state.x_observe__mutmut_13": (
         "UNARMED read drops epoch=0: only reached with max_epoch 0, where no path has set a "
         "non-zero view epoch (every read with epoch > 0 raises max_epoch)"
     ),
-    "killswitch.core.state.x_observe__mutmut_14": "same as _13 for ver: ver is only set with an epoch > 0",
-    "killswitch.core.state.x_observe__mutmut_67": "regression='' dropped: the dataclass default is ''",
-    "killswitch.core.gate.xǁGateǁ__init____mutmut_12": (
+    "killswitch.core.node.state.x_observe__mutmut_14": "same as _13 for ver: ver is only set with an epoch > 0",
+    "killswitch.core.node.state.x_observe__mutmut_67": "regression='' dropped: the dataclass default is ''",
+    "killswitch.core.enforce.gate.xǁGateǁ__init____mutmut_12": (
         "the default logger's name: services pass their own logger; the name is not a decision"
     ),
-    "killswitch.core.gate.xǁGateǁ__init____mutmut_13": "as _12",
-    "killswitch.core.gate.xǁGateǁ__init____mutmut_14": "as _12",
-    "killswitch.core.gate.xǁGateǁ__init____mutmut_15": _FALSY + " (_open None)",
-    "killswitch.core.gate.xǁGateǁ__init____mutmut_17": _UNUSED
+    "killswitch.core.enforce.gate.xǁGateǁ__init____mutmut_13": "as _12",
+    "killswitch.core.enforce.gate.xǁGateǁ__init____mutmut_14": "as _12",
+    "killswitch.core.enforce.gate.xǁGateǁ__init____mutmut_15": _FALSY + " (_open None)",
+    "killswitch.core.enforce.gate.xǁGateǁ__init____mutmut_17": _UNUSED
     + " (_deadline, read only when _open)",
-    "killswitch.core.gate.xǁGateǁ__init____mutmut_18": _UNUSED + " (_deadline)",
-    "killswitch.core.gate.xǁGateǁ__init____mutmut_24": _UNUSED
+    "killswitch.core.enforce.gate.xǁGateǁ__init____mutmut_18": _UNUSED + " (_deadline)",
+    "killswitch.core.enforce.gate.xǁGateǁ__init____mutmut_24": _UNUSED
     + " (_allow, returned only when open)",
-    "killswitch.core.gate.xǁGateǁ__init____mutmut_25": _UNUSED + " (_allow)",
-    "killswitch.core.gate.xǁGateǁ__init____mutmut_26": _UNUSED + " (_allow)",
-    "killswitch.core.gate.xǁGateǁ_refuse__mutmut_5": (
+    "killswitch.core.enforce.gate.xǁGateǁ__init____mutmut_25": _UNUSED + " (_allow)",
+    "killswitch.core.enforce.gate.xǁGateǁ__init____mutmut_26": _UNUSED + " (_allow)",
+    "killswitch.core.enforce.gate.xǁGateǁ_refuse__mutmut_5": (
         "`STALE if self._open else self._reason` -> `self._reason`: the gate is only open on an "
         "ARMED view, whose block_reason is STALE, so both give 'stale'"
     ),
-    "killswitch.core.gate.xǁGateǁapply__mutmut_4": _FALSY + " (_open None)",
-    "killswitch.core.gate.xǁGateǁclose__mutmut_1": _FALSY + " (_open None)",
-    "killswitch.core.gate.xǁGateǁhold__mutmut_5": _FALSY + " (_open None)",
+    "killswitch.core.enforce.gate.xǁGateǁapply__mutmut_4": _FALSY + " (_open None)",
+    "killswitch.core.enforce.gate.xǁGateǁclose__mutmut_1": _FALSY + " (_open None)",
+    "killswitch.core.enforce.gate.xǁGateǁhold__mutmut_5": _FALSY + " (_open None)",
 }
 
 

@@ -5,7 +5,7 @@ Append-only: it never rewrites a line. When what Redis holds no longer continues
 (entries removed, the chain restarted after Redis lost its data) it writes a `break` line
 saying so, logs AUDIT_CHAIN_BROKEN, and goes on copying the new chain.
 
-At start it reads whatever the file holds (`core.auditcopy`: other chains, break markers,
+At start it reads whatever the file holds (`core.proof.auditcopy`: other chains, break markers,
 junk, a torn last line) and, before copying anything, checks that Redis still holds the
 copy's last entry. A copy that does not belong to the chain Redis holds (an earlier
 deployment's, or one Redis lost) is renamed aside, kept as `<file>.orphaned-<time>`, and a
@@ -32,8 +32,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from killswitch.core import auditcopy
-from killswitch.core.bounds import parse_uint
+from killswitch.core.node.bounds import parse_uint
+from killswitch.core.proof import auditcopy
 from killswitch.store.store import Store
 
 BATCH = 500

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from killswitch.core.bounds import uint_or
-from killswitch.core.scope import parse_scopes
-from killswitch.core.state import NodeRead, NodeState
+from killswitch.core.node.bounds import uint_or
+from killswitch.core.node.scope import parse_scopes
+from killswitch.core.node.state import NodeRead, NodeState
 from killswitch.store.reads import NodeSnapshot
 from killswitch.store.store import Store
 

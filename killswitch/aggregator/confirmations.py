@@ -10,9 +10,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from killswitch.core.options import to_ms
-from killswitch.core.roster import Quorum
-from killswitch.core.state import NodeRead
+from killswitch.core.node.roster import Quorum
+from killswitch.core.node.state import NodeRead
+from killswitch.core.settings.options import to_ms
 
 ALARM_EVERY_MS = 5000
 

@@ -11,9 +11,9 @@ from collections.abc import Iterator, Sequence
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from killswitch.core.limitburst import LimitBurst
-from killswitch.core.roster import Quorum
-from killswitch.core.state import NodeRead, NodeState
+from killswitch.core.node.roster import Quorum
+from killswitch.core.node.state import NodeRead, NodeState
+from killswitch.core.rules.limitburst import LimitBurst
 
 # on-kill statuses that are not a failure: not run for this kill, still running, or done.
 _ON_KILL_OK = ("", "running", "exit 0")

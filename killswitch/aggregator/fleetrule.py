@@ -1,6 +1,6 @@
 """The fleet volume rule's shell: one aggregator of the whole fleet (the holder of the fleet
 leader lease) sums every node's window and kills every armed node when the sum exceeds
-`--fleet-max-orders` (cause `fleet_cap`). It decides nothing itself (`core.fleetcap` does).
+`--fleet-max-orders` (cause `fleet_cap`). It decides nothing itself (`core.rules.fleetcap` does).
 
 Fencing: the fleet lease lives outside every node's hash slot, so unlike a node trip the
 kill script cannot re-check it atomically on Redis Cluster. It is renewed just before the
@@ -17,10 +17,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from killswitch.core import fleetcap, leader
-from killswitch.core.bounds import uint_or
-from killswitch.core.names import InvalidName, check_name
-from killswitch.core.roster import epoch_floor, quorum
+from killswitch.core.node import leader
+from killswitch.core.node.bounds import uint_or
+from killswitch.core.node.names import InvalidName, check_name
+from killswitch.core.node.roster import epoch_floor, quorum
+from killswitch.core.rules import fleetcap
 from killswitch.store.fleet import FleetStore
 from killswitch.store.store import Store, fleet_nodes
 

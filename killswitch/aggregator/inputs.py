@@ -2,14 +2,14 @@
 counts and a repaired leader lease are ignored (or repaired), counted and logged, so junk
 written by hand can never silence automatic trips or stop the tick.
 
-It decides with `core.bounds` and logs; it never talks to Redis.
+It decides with `core.node.bounds` and logs; it never talks to Redis.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from killswitch.core.bounds import parse_uint
+from killswitch.core.node.bounds import parse_uint
 
 
 class InputGuard:

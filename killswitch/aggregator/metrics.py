@@ -20,14 +20,14 @@ from killswitch.aggregator.rollouts import RolloutWatch
 from killswitch.aggregator.ruleguard import RuleGuard, health_metrics
 from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.aggregator.trust import Trust
-from killswitch.core import ruleview
-from killswitch.core.anomaly import Evaluation, MonitorConfig
-from killswitch.core.limitburst import LimitBurst
-from killswitch.core.release import Split
-from killswitch.core.roster import Quorum
-from killswitch.core.state import NodeRead, NodeState
-from killswitch.core.window import SlidingWindow
+from killswitch.core.node.release import Split
+from killswitch.core.node.roster import Quorum
+from killswitch.core.node.state import NodeRead, NodeState
+from killswitch.core.rules.anomaly import Evaluation, MonitorConfig
+from killswitch.core.rules.limitburst import LimitBurst
+from killswitch.core.rules.window import SlidingWindow
 from killswitch.store.durability import Durability
+from killswitch.view import ruleview
 
 
 class Instruments:

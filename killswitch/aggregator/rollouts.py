@@ -1,7 +1,7 @@
 """What the aggregator honours of a node's rollout: only a record two operators signed.
 
 It reads the record every tick (one HGETALL), verifies its signatures only when it changed,
-judges the version vector with it (`core.rollout.check`), and marks a promoted rollout
+judges the version vector with it (`core.proof.rollout.check`), and marks a promoted rollout
 complete once every roster host runs its release. It remembers the highest rollout it has
 seen finished (learned at start from the audit trail: its own local copy and the copies it
 rotated aside, which a Redis writer cannot reach, and Redis's), so an old record written back into Redis (a replay of an
@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from killswitch.aggregator import auditlog
-from killswitch.core import rollout as ro
-from killswitch.core.release import Split
-from killswitch.core.sshsig import Operators
+from killswitch.core.node.release import Split
+from killswitch.core.proof import rollout as ro
+from killswitch.core.proof.sshsig import Operators
 from killswitch.store.rollout import RolloutStore
 
 

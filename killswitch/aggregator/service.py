@@ -3,10 +3,9 @@ watches every roster host confirm it.
 
 A thin asyncio shell: each tick is one pipelined Redis read (new flow entries of every
 roster host, their reports and confirmations, the node state, server time); the sliding
-window and the trip rules are pure (`window`, `anomaly`), and how their decisions are shown
-is pure too (`ruleview`). Windows run on Redis server time, never on this machine's wall
-clock, and are evaluated on a grid of `tick` (multiples of 100 ms by default) so that
-`killswitch backtest` replays recorded flow at the very same instants.
+window and the trip rules are pure (`core.rules`), and so is how their decisions are shown
+(`view.ruleview`). Windows run on Redis server time, never on this machine's wall clock,
+on a grid of `tick` (100 ms by default) so `backtest` replays flow at the same instants.
 
 The aggregator's shared state and its upkeep (lease, durability, roster, baseline) are in
 `upkeep`, the trip rules in action in `trips`; this module sets them up and runs the ticks.
@@ -40,14 +39,14 @@ from killswitch.aggregator.settings import AggregatorSettings, with_static_cap
 from killswitch.aggregator.trips import ISOLATE, TripRules
 from killswitch.aggregator.trust import Trust
 from killswitch.aggregator.upkeep import DURABILITY_CHECK_S
-from killswitch.core import leader, ruleview
-from killswitch.core.anomaly import CAUSES, Evaluation, Monitor
-from killswitch.core.limitburst import LIMIT_BURST, LimitBurst
-from killswitch.core.options import to_ms
-from killswitch.core.release import VERSION_SPLIT, Split
-from killswitch.core.roster import Quorum, quorum
-from killswitch.core.state import NodeRead, NodeState
-from killswitch.core.window import NodeWindows
+from killswitch.core.node import leader
+from killswitch.core.node.release import VERSION_SPLIT, Split
+from killswitch.core.node.roster import Quorum, quorum
+from killswitch.core.node.state import NodeRead, NodeState
+from killswitch.core.rules.anomaly import CAUSES, Evaluation, Monitor
+from killswitch.core.rules.limitburst import LIMIT_BURST, LimitBurst
+from killswitch.core.rules.window import NodeWindows
+from killswitch.core.settings.options import to_ms
 from killswitch.runtime.config import ConfigError
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.operators import load_operators
@@ -57,6 +56,7 @@ from killswitch.store.reads import NodeSnapshot
 from killswitch.store.redisconn import connect
 from killswitch.store.rollout import RolloutStore
 from killswitch.store.store import Store
+from killswitch.view import ruleview
 
 log = structlog.get_logger("killswitch.aggregator.service")
 

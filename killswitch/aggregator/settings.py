@@ -6,10 +6,10 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from killswitch.core.anomaly import MonitorConfig
-from killswitch.core.limitburst import LimitBurstConfig
-from killswitch.core.options import CAP_PER_HOST_PER_S, default
-from killswitch.core.rules import default_cap, with_static_cap
+from killswitch.core.rules.anomaly import MonitorConfig
+from killswitch.core.rules.config import default_cap, with_static_cap
+from killswitch.core.rules.limitburst import LimitBurstConfig
+from killswitch.core.settings.options import CAP_PER_HOST_PER_S, default
 
 __all__ = [
     "CAP_PER_HOST_PER_S", "AggregatorSettings", "default_cap", "default_instance",

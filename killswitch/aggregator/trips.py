@@ -17,14 +17,15 @@ from prometheus_client import Counter
 from killswitch.aggregator.rollouts import RolloutWatch
 from killswitch.aggregator.ruleguard import RULE_FAULT, RuleGuard, kills_on_fault
 from killswitch.aggregator.upkeep import Upkeep
-from killswitch.core import leader, ruleview
-from killswitch.core.anomaly import HOST_SHARE, Evaluation
-from killswitch.core.bounds import parse_uint
-from killswitch.core.limitburst import LIMIT_BURST, LimitBurst
-from killswitch.core.release import VERSION_SPLIT, Split
-from killswitch.core.roster import Quorum, epoch_floor, reported_releases
-from killswitch.core.state import NodeRead, NodeState
-from killswitch.core.window import NodeWindows
+from killswitch.core.node import leader
+from killswitch.core.node.bounds import parse_uint
+from killswitch.core.node.release import VERSION_SPLIT, Split
+from killswitch.core.node.roster import Quorum, epoch_floor, reported_releases
+from killswitch.core.node.state import NodeRead, NodeState
+from killswitch.core.rules.anomaly import HOST_SHARE, Evaluation
+from killswitch.core.rules.limitburst import LIMIT_BURST, LimitBurst
+from killswitch.core.rules.window import NodeWindows
+from killswitch.view import ruleview
 
 ISOLATE = "host_share_isolate"  # trips_total cause of a haunted host killed on its own
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from killswitch.core.armproof import Verdict, node_refusal, verify_proof
-from killswitch.core.sshsig import Operators
+from killswitch.core.proof.armproof import Verdict, node_refusal, verify_proof
+from killswitch.core.proof.sshsig import Operators
 
 MISMATCH_LOG_S = 30.0  # a --hosts that differ from the signed roster is said again this often
 

@@ -17,10 +17,10 @@ from redis.exceptions import ResponseError
 from killswitch.aggregator.inputs import InputGuard
 from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.aggregator.trust import Trust
-from killswitch.core import leader
-from killswitch.core.anomaly import Monitor
-from killswitch.core.baseline import Baseline, BaselineStateError
-from killswitch.core.state import NodeRead, NodeState
+from killswitch.core.node import leader
+from killswitch.core.node.state import NodeRead, NodeState
+from killswitch.core.rules.anomaly import Monitor
+from killswitch.core.rules.baseline import Baseline, BaselineStateError
 from killswitch.store import durability
 from killswitch.store.store import Store
 

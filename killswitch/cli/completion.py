@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from killswitch.core.options import VERBS, options_of
+from killswitch.core.settings.options import VERBS, options_of
 
 
 def bash() -> str:

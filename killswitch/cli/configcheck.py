@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from killswitch.cli.settings import check_together
-from killswitch.core.options import VERBS, options_of
+from killswitch.core.settings.options import VERBS, options_of
 from killswitch.runtime.config import (
     ConfigError,
     ListenAddr,

@@ -13,9 +13,9 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from killswitch.core.text import safe_text
 from killswitch.ops.control import EXIT_FAILED, EXIT_OK, Outcome
 from killswitch.runtime.config import Resolver
+from killswitch.view.text import safe_text
 
 
 def run(cmd: str, r: Resolver, redis_url: str, as_json: bool) -> int:

@@ -1,5 +1,5 @@
 """`killswitch forget`: the plain function it calls (`ops.forget`), from the verb's settings
-(`core.options`)."""
+(`core.settings.options`)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from killswitch.cli.exits import fail
 from killswitch.cli.parser import build_parser
 from killswitch.cli.settings import aggregator_settings, loadgen_settings, sidecar_settings
 from killswitch.cli.transport import FAST_VERBS
-from killswitch.core.names import InvalidName
+from killswitch.core.node.names import InvalidName
 from killswitch.ops.control import EXIT_FAILED, EXIT_USAGE
 from killswitch.runtime.config import ConfigError, Resolver, load_config_file, unknown_keys
 from killswitch.runtime.errors import StartupError

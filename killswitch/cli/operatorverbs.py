@@ -12,8 +12,8 @@ from typing import Any
 
 from killswitch.cli.exits import fail
 from killswitch.cli.transport import FAST_VERBS, lean_url, with_lean_store, with_store
-from killswitch.core.names import check_roster
-from killswitch.core.options import to_ms
+from killswitch.core.node.names import check_roster
+from killswitch.core.settings.options import to_ms
 from killswitch.ops.control import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Outcome
 from killswitch.runtime.config import ConfigError, Resolver
 
@@ -32,7 +32,7 @@ def _scope(r: Resolver) -> tuple[str, str] | None:
     if host:
         return ("host", host)
     if symbol:
-        from killswitch.core.scope import canonical_symbol
+        from killswitch.core.node.scope import canonical_symbol
 
         return ("symbol", canonical_symbol(symbol))
     return None
@@ -195,7 +195,7 @@ def run_operator(cmd: str, r: Resolver, node: str, redis_url: str, as_json: bool
 
         print(rolloutcli.human(outcome))
     elif cmd == "forget":
-        from killswitch.core.text import safe_text
+        from killswitch.view.text import safe_text
 
         print(safe_text(outcome.message.split("\n")))
     else:

@@ -1,4 +1,4 @@
-"""The `killswitch` command line, produced from the table of options (`core.options`).
+"""The `killswitch` command line, produced from the table of options (`core.settings.options`).
 
 Every flag of every verb comes from that table; this module only lays them out: the verbs
 and their one-line descriptions, the help text with each option's real default, range and
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from killswitch.cli import examples
-from killswitch.core.options import VERBS, Option, closest, options_of
+from killswitch.core.settings.options import VERBS, Option, closest, options_of
 from killswitch.core.version import __version__
 
 EXIT_USAGE = 2  # as ops.control's: usage or configuration error
@@ -129,7 +129,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     def _expand_help(self, action: argparse.Action) -> str:
         text = super()._expand_help(action)
         if "{causes}" in text:
-            from killswitch.core.rules import CAUSES
+            from killswitch.core.rules.config import CAUSES
 
             text = text.replace("{causes}", ", ".join(CAUSES))
         return text

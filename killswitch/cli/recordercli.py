@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from killswitch.cli.exits import fail
-from killswitch.core.recfmt import Decoded, Entry, FormatError, decode
-from killswitch.core.timeline import NS, Span, select
+from killswitch.core.enforce.recfmt import Decoded, Entry, FormatError, decode
+from killswitch.core.enforce.timeline import NS, Span, select
 from killswitch.ops.control import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from killswitch.runtime.config import ConfigError, Resolver
 
@@ -28,7 +28,7 @@ DEFAULT_SPAN_S = 60  # --around on a ring whose header names no freeze span
 
 
 def run(r: Resolver, redis_url: str, files: Sequence[str]) -> int:
-    """The verb (flags from the table of options, `core.options`; FILE... positional)."""
+    """The verb (flags from the table of options, `core.settings.options`; FILE... positional)."""
     epoch: int | None = r.get("around")
     if r.get("json") and r.get("csv"):
         raise ConfigError("recorder: --json and --csv exclude each other")

@@ -9,8 +9,6 @@ from datetime import datetime
 from typing import Any
 
 from killswitch.cli.rolloutcli import rollout_lines
-from killswitch.core import ruleview
-from killswitch.core.text import escape, safe_text
 from killswitch.ops.control import (
     EXIT_OK,
     EXIT_PENDING,
@@ -20,6 +18,8 @@ from killswitch.ops.control import (
     Outcome,
     iso_time,
 )
+from killswitch.view import ruleview
+from killswitch.view.text import escape, safe_text
 
 
 def human(cmd: str, outcome: Outcome) -> str:

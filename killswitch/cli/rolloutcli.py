@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from killswitch.core.names import check_roster
-from killswitch.core.text import escape, safe_text
+from killswitch.core.node.names import check_roster
 from killswitch.ops.control import EXIT_OK, Outcome
 from killswitch.runtime.config import ConfigError, Resolver
+from killswitch.view.text import escape, safe_text
 
 
 def action(r: Resolver, alive_ms: int) -> Callable[[Any], Awaitable[Outcome]]:

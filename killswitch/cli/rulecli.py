@@ -1,7 +1,7 @@
 """The trip rules' settings as the aggregator and `killswitch backtest` build them, and the
 bodies of the `backtest` and `export` commands.
 
-The rule flags are declared once, in `core.options`, so the backtest a user tunes with and
+The rule flags are declared once, in `core.settings.options`, so the backtest a user tunes with and
 the aggregator they deploy read the same settings the same way (flag, environment, config
 file, default), refuse the same bad values, naming the setting, and start from the same
 defaults. It formats; the decisions are in `anomaly` and `backtest`.
@@ -15,8 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from killswitch.core.anomaly import CAUSES, MonitorConfig
-from killswitch.core.options import to_ms
+from killswitch.core.rules.anomaly import CAUSES, MonitorConfig
+from killswitch.core.settings.options import to_ms
 from killswitch.runtime.config import ConfigError, Resolver
 
 # MonitorConfig field -> its setting: seconds in the table, milliseconds in the config.
@@ -68,7 +68,7 @@ def config_json(config: MonitorConfig) -> dict[str, Any]:
 
 def _baseline_file(path: str | None, config: MonitorConfig) -> dict[str, str] | None:
     """The `--baseline` file, checked the way the aggregator checks a stored baseline."""
-    from killswitch.core.baseline import Baseline, BaselineStateError
+    from killswitch.core.rules.baseline import Baseline, BaselineStateError
 
     if path is None:
         return None
@@ -90,7 +90,7 @@ def _baseline_file(path: str | None, config: MonitorConfig) -> dict[str, str] | 
 
 def _scenario(name: str, config: MonitorConfig) -> tuple[list[Any], dict[str, str] | None]:
     """`--scenario NAME`: the library's flow, and the baseline the scenario starts from."""
-    from killswitch.core import scenarios
+    from killswitch.core.rules import scenarios
 
     try:
         s = scenarios.named(name)
@@ -102,9 +102,9 @@ def _scenario(name: str, config: MonitorConfig) -> tuple[list[Any], dict[str, st
 def backtest_command(r: Resolver) -> tuple[int, str]:
     """`killswitch backtest`: (exit code, text to print). The rules run with the aggregator's
     defaults: without --max-orders, its static cap derived from the hosts in the counts."""
-    from killswitch.core.backtest import CsvError, read_counts_csv, replay
-    from killswitch.core.rules import with_static_cap
-    from killswitch.core.ruleview import iso
+    from killswitch.core.rules.backtest import CsvError, read_counts_csv, replay
+    from killswitch.core.rules.config import with_static_cap
+    from killswitch.view.ruleview import iso
 
     as_json = bool(r.get("json"))
     name = r.get("scenario")

@@ -21,7 +21,7 @@ from killswitch.runtime.fdlimit import fit_max_conns
 
 if TYPE_CHECKING:  # the services import redis/aiohttp: only loaded when one runs
     from killswitch.aggregator.settings import AggregatorSettings
-    from killswitch.core.fence import FenceSpec
+    from killswitch.core.enforce.fence import FenceSpec
     from killswitch.sidecar.settings import SidecarSettings
     from killswitch.sim.loadgen import LoadgenSettings
 
@@ -110,7 +110,7 @@ def fence_spec(r: Resolver) -> FenceSpec | None:
     """The fenced endpoints and allowed uids (None: no `--fence`); bad ones are refused."""
     import os
 
-    from killswitch.core.fence import FenceError, FenceSpec, parse_endpoint, parse_uid
+    from killswitch.core.enforce.fence import FenceError, FenceSpec, parse_endpoint, parse_uid
 
     endpoints = list(r.get("fence") or ())
     try:
@@ -131,7 +131,7 @@ def check_fence(netns: str) -> None:
     """Refuse a fence this process could not install, before anything starts."""
     import shutil
 
-    from killswitch.core.fence import GRANT_HINT, has_cap
+    from killswitch.core.enforce.fence import GRANT_HINT, has_cap
     from killswitch.sidecar.nftables import LIBNFTABLES, load_library
 
     try:
@@ -188,8 +188,8 @@ def loadgen_settings(r: Resolver) -> LoadgenSettings:
 def aggregator_settings(r: Resolver, node: str, redis_url: str) -> AggregatorSettings:
     from killswitch.aggregator.settings import AggregatorSettings, default_instance
     from killswitch.cli import rulecli  # the rule modules load only for the aggregator
-    from killswitch.core.limitburst import LimitBurstConfig
-    from killswitch.core.options import to_ms
+    from killswitch.core.rules.limitburst import LimitBurstConfig
+    from killswitch.core.settings.options import to_ms
 
     hosts = r.require("hosts")
     monitor = rulecli.rule_config(r)

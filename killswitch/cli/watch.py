@@ -28,11 +28,11 @@ from rich.table import Table
 from rich.text import Text
 
 from killswitch.cli.rolloutcli import rollout_lines
-from killswitch.core.options import default
-from killswitch.core.text import escape
+from killswitch.core.settings.options import default
 from killswitch.ops import control
 from killswitch.store.redisconn import classify, connect
 from killswitch.store.store import Store
+from killswitch.view.text import escape
 
 STATE_STYLE = {
     "ARMED": "bold green",

@@ -2,7 +2,7 @@
 
 The first call signs a request and records it, pending (exit 5); a second, distinct operator
 of the operators file signs the very same request and completes the arm (exit 0). What is
-signed (`core.armproof.ArmRequest`) binds the node, the state it lifts, the new epoch, the
+signed (`core.proof.armproof.ArmRequest`) binds the node, the state it lifts, the new epoch, the
 roster, the reason, the scope and an expiry. Nothing here is trusted by the gates: each
 sidecar verifies the two signatures itself before it opens.
 """
@@ -14,7 +14,14 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from killswitch.core.armproof import (
+from killswitch.core.node.bounds import uint_or
+from killswitch.core.node.roster import (
+    DEFAULT_ALIVE_MS,
+    epoch_floor,
+    not_ready_for_arm,
+)
+from killswitch.core.node.state import UNPROVEN_REFUSALS, NodeState, next_epoch
+from killswitch.core.proof.armproof import (
     SCOPE_NODE,
     ArmRequest,
     Proof,
@@ -23,16 +30,9 @@ from killswitch.core.armproof import (
     node_refusal,
     verify_proof,
 )
-from killswitch.core.bounds import uint_or
-from killswitch.core.forget import key_fingerprint
-from killswitch.core.options import default, to_ms
-from killswitch.core.roster import (
-    DEFAULT_ALIVE_MS,
-    epoch_floor,
-    not_ready_for_arm,
-)
-from killswitch.core.sshsig import Operators, SignatureError, verify
-from killswitch.core.state import UNPROVEN_REFUSALS, NodeState, next_epoch
+from killswitch.core.proof.forget import key_fingerprint
+from killswitch.core.proof.sshsig import Operators, SignatureError, verify
+from killswitch.core.settings.options import default, to_ms
 from killswitch.ops.control import (
     EXIT_OK,
     EXIT_PENDING,
@@ -245,7 +245,7 @@ async def kill_actor(
     proof, so nothing here can stop or hold up a kill for long)."""
     import asyncio
 
-    from killswitch.core.sshsig import parse_allowed_signers
+    from killswitch.core.proof.sshsig import parse_allowed_signers
 
     message = json.dumps(
         {"v": "killswitch-kill-1", "node": node, "reason": reason, "operator": fallback},

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from killswitch.core import auditchain
-from killswitch.core.bounds import parse_uint
+from killswitch.core.node.bounds import parse_uint
+from killswitch.core.proof import auditchain
 from killswitch.ops.control import EXIT_OK, EXIT_REFUSED, Outcome
 from killswitch.store.store import Store
 

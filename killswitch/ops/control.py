@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from killswitch.core import release
-from killswitch.core.armproof import ArmRequest, ProofError, roster_of
-from killswitch.core.bounds import MAX_EPOCH_JUMP, parse_uint, uint_or
-from killswitch.core.fence import fence_view
-from killswitch.core.health import disagreements
-from killswitch.core.leader import instance_of, view_doubt
-from killswitch.core.roster import (
+from killswitch.core.enforce.fence import fence_view
+from killswitch.core.node import release
+from killswitch.core.node.bounds import MAX_EPOCH_JUMP, parse_uint, uint_or
+from killswitch.core.node.health import disagreements
+from killswitch.core.node.leader import instance_of, view_doubt
+from killswitch.core.node.roster import (
     DEFAULT_ALIVE_MS,
     Quorum,
     epoch_floor,
@@ -28,10 +27,11 @@ from killswitch.core.roster import (
     quorum,
     reported_releases,
 )
-from killswitch.core.ruleview import decode_view
-from killswitch.core.scope import parse_scopes
-from killswitch.core.state import NodeState
+from killswitch.core.node.scope import parse_scopes
+from killswitch.core.node.state import NodeState
+from killswitch.core.proof.armproof import ArmRequest, ProofError, roster_of
 from killswitch.store.store import NodeSnapshot, Store, Wake
+from killswitch.view.ruleview import decode_view
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from killswitch.core.names import InvalidName, check_name
+from killswitch.core.node.names import InvalidName, check_name
 from killswitch.ops import control
 from killswitch.ops.control import EXIT_FAILED, EXIT_OK, EXIT_UNCONFIRMED, Outcome
 from killswitch.store.store import Store, fleet_nodes

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from killswitch.core.armproof import ProofError
-from killswitch.core.bounds import parse_uint
-from killswitch.core.forget import ForgetRequest, key_fingerprint
-from killswitch.core.roster import DEFAULT_ALIVE_MS, host_status
-from killswitch.core.sshsig import Operators, SignatureError, verify
+from killswitch.core.node.bounds import parse_uint
+from killswitch.core.node.roster import DEFAULT_ALIVE_MS, host_status
+from killswitch.core.proof.armproof import ProofError
+from killswitch.core.proof.forget import ForgetRequest, key_fingerprint
+from killswitch.core.proof.sshsig import Operators, SignatureError, verify
 from killswitch.ops.arming import Signer
 from killswitch.ops.control import (
     EXIT_OK,

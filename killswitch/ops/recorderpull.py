@@ -1,7 +1,7 @@
 """Pull every host's flight recorder: each host's metrics address from its report in Redis,
 then `GET /recorder` (a kill's frozen file with `epoch`) from each, side by side.
 
-Returns raw file bytes per host; `core.recfmt` decodes them. Nothing here prints.
+Returns raw file bytes per host; `core.enforce.recfmt` decodes them. Nothing here prints.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ host run it, `abort` ends it (the canary hosts must go back). The first operator
 signs the step and records it pending (exit 5); a second, distinct operator of the operators
 file signs the very same step and completes it (exit 0); a key outside the file is refused
 (4). The signatures are the arm's (`ssh-keygen -Y sign -n killswitch`) over a message of the
-rollout's own kind (`core.rollout.RolloutRequest`), so neither can stand in for the other.
+rollout's own kind (`core.proof.rollout.RolloutRequest`), so neither can stand in for the other.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from killswitch.core import rollout as ro
-from killswitch.core.armproof import Proof, ProofError
-from killswitch.core.options import to_ms
-from killswitch.core.roster import DEFAULT_ALIVE_MS, reported_releases
-from killswitch.core.sshsig import Operators, SignatureError, verify
+from killswitch.core.node.roster import DEFAULT_ALIVE_MS, reported_releases
+from killswitch.core.proof import rollout as ro
+from killswitch.core.proof.armproof import Proof, ProofError
+from killswitch.core.proof.sshsig import Operators, SignatureError, verify
+from killswitch.core.settings.options import to_ms
 from killswitch.ops.arming import DEFAULT_EXPIRES_S, Signer
 from killswitch.ops.control import (
     EXIT_OK,
@@ -209,7 +209,7 @@ def _usable_pending(
 def _report(
     node: str, read: RolloutRead, aggregator: dict[str, str], by_host: dict[str, str]
 ) -> dict[str, Any]:
-    from killswitch.core.release import releases
+    from killswitch.core.node.release import releases
 
     report: dict[str, Any] = {"node": node, "rollout": rollout_json(read, aggregator)}
     report["releases"] = releases(by_host)

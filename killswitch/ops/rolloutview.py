@@ -13,16 +13,16 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from killswitch.core import rollout as ro
-from killswitch.core.armproof import ProofError
-from killswitch.core.bounds import uint_or
-from killswitch.core.release import Split
-from killswitch.core.roster import HostStatus, reported_releases
+from killswitch.core.node.bounds import uint_or
+from killswitch.core.node.release import Split
+from killswitch.core.node.roster import HostStatus, reported_releases
+from killswitch.core.proof import rollout as ro
+from killswitch.core.proof.armproof import ProofError
 from killswitch.store.rollout import RolloutRead, RolloutStore
 from killswitch.store.store import Store
 
 if TYPE_CHECKING:
-    from killswitch.core.sshsig import Operators
+    from killswitch.core.proof.sshsig import Operators
 
 
 def rollout_json(read: RolloutRead, aggregator: Mapping[str, str]) -> dict[str, Any] | None:

@@ -18,12 +18,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from killswitch.core.armproof import ArmRequest, Proof, boots_of
-from killswitch.core.bounds import uint_or
-from killswitch.core.options import default, to_ms
-from killswitch.core.roster import not_ready_for_arm
-from killswitch.core.scope import ahead, parse_scopes, proven, valid_symbol
-from killswitch.core.state import UNPROVEN_REFUSALS, NodeState
+from killswitch.core.node.bounds import uint_or
+from killswitch.core.node.roster import not_ready_for_arm
+from killswitch.core.node.scope import ahead, parse_scopes, proven, valid_symbol
+from killswitch.core.node.state import UNPROVEN_REFUSALS, NodeState
+from killswitch.core.proof.armproof import ArmRequest, Proof, boots_of
+from killswitch.core.settings.options import default, to_ms
 from killswitch.ops.control import (
     EXIT_OK,
     EXIT_PENDING,
@@ -40,7 +40,7 @@ from killswitch.ops.control import (
 from killswitch.store.store import NodeSnapshot, Store, epoch_ceiling
 
 if TYPE_CHECKING:  # the signing side loads `cryptography`: a scoped kill never needs it
-    from killswitch.core.sshsig import Operators
+    from killswitch.core.proof.sshsig import Operators
     from killswitch.ops.arming import Signer
 
 DEFAULT_EXPIRES_S: float = default("expires")  # as a node arm's (ops.arming)
@@ -81,7 +81,7 @@ async def arm_scope(
     sign: Signer | None = None,
 ) -> Outcome:
     """Sign the lift of a scoped kill: record it pending, or complete a pending one."""
-    from killswitch.core.sshsig import SignatureError, verify
+    from killswitch.core.proof.sshsig import SignatureError, verify
     from killswitch.ops.arming import usable_pending
     from killswitch.ops.signing import SignError, ssh_sign
 

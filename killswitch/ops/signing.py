@@ -1,7 +1,7 @@
 """Signing with the operator's own SSH key, by OpenSSH itself (`ssh-keygen -Y sign`).
 
 OpenSSH does the signing so that keys in ssh-agent and on hardware tokens work and the
-private key never passes through this process. Verification is `core.sshsig`.
+private key never passes through this process. Verification is `core.proof.sshsig`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 
-from killswitch.core.sshsig import NAMESPACE
+from killswitch.core.proof.sshsig import NAMESPACE
 
 SIGN_TIMEOUT_S = 120.0  # a hardware key waits for a touch; a passphrase prompt for a human
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from killswitch.core.options import (
+from killswitch.core.settings.options import (
     ENV_PREFIX,
     OPTIONS,
     VERBS,
@@ -68,7 +68,7 @@ _TABLE: Any = object()  # "take it from the table"
 
 class Resolver:
     """Looks a setting up in flags, then its environment variable, then the config file, then
-    the table's default (`core.options`), converting each with the table's converter.
+    the table's default (`core.settings.options`), converting each with the table's converter.
 
     The config file may hold a setting at top level or in a `[<command>]` table; the table
     wins. Flag values of None mean "not given". `resolve()` converts every setting of the

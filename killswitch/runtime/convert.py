@@ -1,4 +1,4 @@
-"""What each kind of setting in `core.options` is converted with, and the value parsers
+"""What each kind of setting in `core.settings.options` is converted with, and the value parsers
 behind them (listen addresses, names, socket modes, groups, the rules' special words).
 
 Every converter takes a raw value (a flag's text, an environment variable, a TOML value)
@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from killswitch.core.names import InvalidName, check_name, check_roster
-from killswitch.core.options import Option
+from killswitch.core.node.names import InvalidName, check_name, check_roster
+from killswitch.core.settings.options import Option
 from killswitch.runtime.validate import (
     bounded,
     bounded_int,
@@ -143,7 +143,7 @@ def roster(v: Any) -> tuple[str, ...]:
 
 def shadow(v: Any) -> frozenset[str] | bool:
     """`--shadow`: a comma list of rule causes, or 'all' (True)."""
-    from killswitch.core.rules import CAUSES  # only for the rule verbs
+    from killswitch.core.rules.config import CAUSES  # only for the rule verbs
 
     names = [p.strip() for p in (v if isinstance(v, list) else str(v).split(",")) if p.strip()]
     if names == ["all"]:

@@ -1,4 +1,4 @@
-"""Read a sidecar's `--limits` TOML file once, at start-up, into `core.limits.Limits`.
+"""Read a sidecar's `--limits` TOML file once, at start-up, into `core.enforce.limits.Limits`.
 
 The digest of the exact bytes read is kept beside the limits: it is part of what the host
 reports as its release, so two hosts with different limits are visibly different.
@@ -10,7 +10,7 @@ import hashlib
 import tomllib
 from pathlib import Path
 
-from killswitch.core.limits import Limits, LimitsError, parse_limits
+from killswitch.core.enforce.limits import Limits, LimitsError, parse_limits
 from killswitch.runtime.config import ConfigError
 
 

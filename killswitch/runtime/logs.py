@@ -7,7 +7,7 @@ writes it, so a slow or full stderr can never stall the sync loop. When more tha
 `MAX_PENDING_BLOCKS` per-order `BLOCK_ORDER` lines wait to be written (a stuck stderr), the
 rest are replaced by `BLOCK_ORDER` summary events (`summary: true`, at most one a second)
 carrying exact counts per reason: nothing is dropped uncounted. (The sidecar also caps
-per-order lines per second at the gate, `core.gate.BlockLogBudget`, so a flood costs the
+per-order lines per second at the gate, `core.enforce.gate.BlockLogBudget`, so a flood costs the
 event loop an increment per order.) This module only configures and writes; it never
 decides what to log.
 """

@@ -1,6 +1,6 @@
 """Loads the operators' allowed-signers file (`--operators`), once, at start-up.
 
-The parsing and every rule about the file live in `core.sshsig`; this module only reads the
+The parsing and every rule about the file live in `core.proof.sshsig`; this module only reads the
 file and turns every problem into a `ConfigError` that names the file and the line. Like
 OpenSSH's StrictModes, a file that group or others may write (or one in a directory they may
 write without the sticky bit) is refused: whoever can edit it could add a second key of
@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-from killswitch.core.sshsig import Operators, SignersError, parse_allowed_signers
+from killswitch.core.proof.sshsig import Operators, SignersError, parse_allowed_signers
 from killswitch.runtime.config import ConfigError
 
 MAX_FILE_BYTES = 1024 * 1024

@@ -5,7 +5,7 @@ file and one 8-byte store of the header's index, no system call, no lock, and no
 beyond the order id's bytes (and the wall time's int). The file's blocks are allocated when
 it is made, so a full disk fails the start, never a write. The kernel writes the pages
 back; a sidecar killed with SIGKILL leaves them in the page cache, so the file stays
-readable, with at most the one record in flux skipped (see `core.recfmt`). One writer
+readable, with at most the one record in flux skipped (see `core.enforce.recfmt`). One writer
 thread at a time, as the gate.
 """
 
@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from killswitch.core.gate import Recorder
-from killswitch.core.recfmt import (
+from killswitch.core.enforce.gate import Recorder
+from killswitch.core.enforce.recfmt import (
     HEADER_SIZE,
     INDEX_OFFSET,
     KIND_RING,
@@ -114,7 +114,7 @@ class Ring:
 
     def _writer(self) -> Recorder:
         """`write(kind, order_id, symbol, side, qty, price, epoch)`: append one gate decision
-        (`kind` from `core.recfmt.kind`); never raises. A closure over locals, not a method:
+        (`kind` from `core.enforce.recfmt.kind`); never raises. A closure over locals, not a method:
         on the order path every attribute lookup is a cost."""
         mm, slots, pack, clock = self._mm, self.slots, RECORD_FAST.pack_into, self._clock_ns
         base, size = HEADER_SIZE, RECORD_SIZE
@@ -151,7 +151,7 @@ class Ring:
         epoch: int,
     ) -> None:
         """Append one decision made outside the gate (e.g. a gateway's): codes from
-        `core.recfmt` (source FIX, decision ALLOW/BLOCK/CANCEL, a reason word). Never raises."""
+        `core.enforce.recfmt` (source FIX, decision ALLOW/BLOCK/CANCEL, a reason word). Never raises."""
         try:
             code = kind(decision, reason, source)
         except Exception:

@@ -1,7 +1,7 @@
 """The converters that turn a setting's raw value (a flag's text, an environment variable, a
 TOML value) into what the program runs with, refusing what is out of the table's bounds.
 
-The bounds themselves are in `core.options` (one place, which the core reads too); here is
+The bounds themselves are in `core.settings.options` (one place, which the core reads too); here is
 only how they are enforced, so a flag, an environment variable and a config-file entry are
 refused the same way: one line naming the setting, the value and the range. Pure: no I/O.
 """
@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from killswitch.core.options import OPTIONS, Bound, bound, fmt_number, to_ms
+from killswitch.core.settings.options import OPTIONS, Bound, bound, fmt_number, to_ms
 
 __all__ = ["BOUNDS", "Bound", "bounded", "bounded_int", "check", "seconds_ms", "truthy"]
 
@@ -69,7 +69,7 @@ def bounded_int(name: str) -> Callable[[Any], int]:
 
 
 def seconds_ms(name: str) -> Callable[[Any], int]:
-    """A bounded duration in seconds, returned in whole milliseconds (`core.options.to_ms`)."""
+    """A bounded duration in seconds, returned in whole milliseconds (`core.settings.options.to_ms`)."""
     sec = bounded(name)
 
     def conv(v: Any) -> int:

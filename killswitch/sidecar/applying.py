@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from killswitch.core.duplicate import DuplicateWatch
-from killswitch.core.scope import Held, Scopes, enforce, held_from_json, held_json, newer
-from killswitch.core.state import (
+from killswitch.core.node.duplicate import DuplicateWatch
+from killswitch.core.node.scope import Held, Scopes, enforce, held_from_json, held_json, newer
+from killswitch.core.node.state import (
     BlockReason,
     HostView,
     NodeRead,

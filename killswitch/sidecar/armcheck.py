@@ -1,6 +1,6 @@
 """The sidecar's check of the signed arm: verified once per new proof, never per order.
 
-A proof opens this host only when it is fresh for it (`core.armproof.fresh_refusal`): it
+A proof opens this host only when it is fresh for it (`core.proof.armproof.fresh_refusal`): it
 names this host's boot id, lifts the epoch the host held and had not expired by the host's
 clock when the host first accepted it; or when two operators admitted this boot into the
 node's current arm (`arm --host`, `admit_refusal`). What it accepted is remembered (the
@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from killswitch.core.armproof import (
+from killswitch.core.node.state import HostView, NodeState, unproven
+from killswitch.core.proof.armproof import (
     Verdict,
     admit_refusal,
     fresh_refusal,
@@ -23,8 +24,7 @@ from killswitch.core.armproof import (
     lift_refusal,
     verify_proof,
 )
-from killswitch.core.sshsig import Operators
-from killswitch.core.state import HostView, NodeState, unproven
+from killswitch.core.proof.sshsig import Operators
 
 
 def sha1_hex(text: str) -> str:
@@ -131,7 +131,7 @@ class ArmCheck:
 
     def lift(self, scope: str, proof: str) -> tuple[int, str]:
         """(the scopes version a proof lifts, "" when two operators signed the lift of exactly
-        `scope` on this node, else the refusal word): `core.scope.LiftCheck`."""
+        `scope` on this node, else the refusal word): `core.node.scope.LiftCheck`."""
         verdict = self._lifts.get(proof)
         if verdict is None:
             if len(self._lifts) >= 64:  # stale proofs of long-lifted scopes: verify again

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from killswitch.core.release import release_digest
+from killswitch.core.node.release import release_digest
 
 CHUNK = 1 << 20  # bounded memory for any file size; big reads keep the GIL released
 FULL_EVERY_S = 300.0  # every file read again this often, whatever its metadata says

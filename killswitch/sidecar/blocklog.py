@@ -1,6 +1,6 @@
 """The sidecar's BLOCK_ORDER summaries: what the gate's log budget counted instead of logging.
 
-The gate (`core.gate.BlockLogBudget`) writes at most `BLOCK_LINES_PER_S` per-order lines a
+The gate (`core.enforce.gate.BlockLogBudget`) writes at most `BLOCK_LINES_PER_S` per-order lines a
 second and counts the rest per reason; once a second the sync loop logs one summary event
 with the exact counts, so every blocked order is in the log as a line or a count.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from killswitch.core.gate import BlockLogBudget
+from killswitch.core.enforce.gate import BlockLogBudget
 
 BLOCK_LINES_PER_S = 1000  # per-order BLOCK_ORDER lines a second; beyond, summaries each second
 

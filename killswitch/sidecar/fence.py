@@ -1,7 +1,7 @@
 """The network fence of a sidecar: installs the nftables table `killswitch`, reads it back,
 raises and lifts the kill fence, and watches the refusal counter for bypasses.
 
-What the rules are and what a listing proves is decided in `core.fence`; the tools
+What the rules are and what a listing proves is decided in `core.enforce.fence`; the tools
 (libnftables JSON, `ss -K`) run in `nftables`, in the sidecar's network namespace or in
 `--fence-netns NAME`. It never removes the table: a sidecar that dies leaves the fence as it
 was, and the kill fence is lifted only after a verified arm opened the gate.
@@ -17,11 +17,11 @@ from typing import Any, Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from killswitch.core import fence as rules
-from killswitch.core.fence import Bypass, FenceSpec, Listing
-from killswitch.core.gate import Gate
-from killswitch.core.scope import Scopes
-from killswitch.core.state import NodeState
+from killswitch.core.enforce import fence as rules
+from killswitch.core.enforce.fence import Bypass, FenceSpec, Listing
+from killswitch.core.enforce.gate import Gate
+from killswitch.core.node.scope import Scopes
+from killswitch.core.node.state import NodeState
 from killswitch.runtime.errors import StartupError
 from killswitch.sidecar.nftables import FenceFailed, Tools
 

@@ -3,7 +3,7 @@
 Each `--fix LISTEN=UPSTREAM` is a listening socket; every connection on it gets its own
 connection to UPSTREAM, and the two are one relayed session. Orders from the client go
 through the same `Gate` as the line protocol; what the relay sends instead of a blocked order,
-and how both legs keep their sequence numbers, is decided in `core.fixrelay`. asyncio
+and how both legs keep their sequence numbers, is decided in `core.enforce.fixrelay`. asyncio
 Protocols, not streams: a batch read is framed, decided and written in one callback.
 It must never forward an order the gate refused or a message whose framing it did not
 verify, and nothing one peer sends may stop the sidecar or another session.
@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from killswitch.core.fixrelay import (
+from killswitch.core.enforce.fixrelay import (
     CANCELS,
     HEARTBEAT,
     LOGON,
@@ -35,7 +35,7 @@ from killswitch.core.fixrelay import (
     gate_order,
     read_order,
 )
-from killswitch.core.fixwire import (
+from killswitch.core.enforce.fixwire import (
     BODY_LENGTH,
     CHECKSUM,
     GARBAGE,
@@ -45,8 +45,8 @@ from killswitch.core.fixwire import (
     Framer,
     msg_type,
 )
-from killswitch.core.gate import Gate
-from killswitch.core.recfmt import FIX
+from killswitch.core.enforce.gate import Gate
+from killswitch.core.enforce.recfmt import FIX
 from killswitch.runtime.config import ListenAddr
 from killswitch.runtime.errors import StartupError
 from killswitch.sidecar.settings import SidecarSettings

@@ -23,9 +23,9 @@ from typing import Any
 
 import structlog
 
-from killswitch.core.flat import FlatTracker
-from killswitch.core.gate import Gate
-from killswitch.core.protocol import MAX_LINE, handle_line, parse_flat, state_line
+from killswitch.core.enforce.flat import FlatTracker
+from killswitch.core.enforce.gate import Gate
+from killswitch.core.enforce.protocol import MAX_LINE, handle_line, parse_flat, state_line
 from killswitch.runtime.config import ListenAddr
 from killswitch.runtime.errors import StartupError
 
@@ -138,7 +138,7 @@ class GateServer:
     ) -> None:
         self.gate = gate
         self.listen = tuple(listen)
-        self.log = logger or structlog.get_logger("killswitch.core.gate")
+        self.log = logger or structlog.get_logger("killswitch.core.enforce.gate")
         self.max_conns = max_conns
         self.line_timeout = line_timeout
         self.socket_mode = socket_mode

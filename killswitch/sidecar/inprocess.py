@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
-from killswitch.core.gate import Gate
+from killswitch.core.enforce.gate import Gate
 from killswitch.runtime.config import default_state_dir
 from killswitch.sidecar.notify import StateCallback
 from killswitch.sidecar.onkill import ON_KILL_TERM_WAIT_S

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from killswitch.core.state import NodeState
+from killswitch.core.node.state import NodeState
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.store.localstate import LocalState, Memo, new_boot_id
 

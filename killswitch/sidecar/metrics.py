@@ -11,8 +11,8 @@ from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from killswitch.core.gate import LIMIT, Gate
-from killswitch.core.state import BlockReason, NodeState
+from killswitch.core.enforce.gate import LIMIT, Gate
+from killswitch.core.node.state import BlockReason, NodeState
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.settings import SidecarSettings
 

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from killswitch.core import fence as rules
-from killswitch.core.fence import Listing
+from killswitch.core.enforce import fence as rules
+from killswitch.core.enforce.fence import Listing
 
 LIBNFTABLES = "libnftables.so.1"
 _CLONE_NEWNET = 0x40000000

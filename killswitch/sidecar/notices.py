@@ -14,9 +14,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from killswitch.core.bounds import parse_uint, plausible_epoch
-from killswitch.core.gate import Gate
-from killswitch.core.state import NodeState
+from killswitch.core.enforce.gate import Gate
+from killswitch.core.node.bounds import parse_uint, plausible_epoch
+from killswitch.core.node.state import NodeState
 from killswitch.sidecar.fence import Fence, NoFence
 from killswitch.sidecar.memory import Memory
 from killswitch.sidecar.notify import StateNotifier

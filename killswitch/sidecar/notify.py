@@ -13,10 +13,10 @@ import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from killswitch.core.gate import Gate
-from killswitch.core.protocol import state_line
-from killswitch.core.scope import Held
-from killswitch.core.state import NodeState
+from killswitch.core.enforce.gate import Gate
+from killswitch.core.enforce.protocol import state_line
+from killswitch.core.node.scope import Held
+from killswitch.core.node.state import NodeState
 from killswitch.sidecar.fence import Fence, NoFence
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.onkill import OnKill

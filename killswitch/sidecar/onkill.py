@@ -21,7 +21,7 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-from killswitch.core.options import default
+from killswitch.core.settings.options import default
 
 ON_KILL_TIMEOUT_S = 30.0  # a venue mass-cancel that hangs longer is reported as a timeout
 ON_KILL_STOP_GRACE_S: float = default("on-kill-grace")  # on stop, how long it may still run

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from killswitch.core.gate import Gate
-from killswitch.core.recfmt import (
+from killswitch.core.enforce.gate import Gate
+from killswitch.core.enforce.recfmt import (
     HEADER_SIZE,
     HOST,
     KILL,
@@ -33,7 +33,7 @@ from killswitch.core.recfmt import (
     read_header,
     ring_slots,
 )
-from killswitch.core.state import NodeState
+from killswitch.core.node.state import NodeState
 from killswitch.runtime.errors import StartupError
 from killswitch.runtime.metrics import MetricsServer
 from killswitch.runtime.ring import Ring
@@ -111,7 +111,7 @@ class Recording:
         epoch: int,
     ) -> None:
         """A decision made beside the gate (e.g. a FIX gateway answering a session message
-        itself), with `core.recfmt` codes; a no-op without a ring. Never raises."""
+        itself), with `core.enforce.recfmt` codes; a no-op without a ring. Never raises."""
         if self.ring is not None:
             self.ring.record(source, order_id, symbol, side, qty, price, decision, reason, epoch)
 

@@ -26,11 +26,11 @@ import structlog
 from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio import Redis
 
-from killswitch.core.gate import LIMIT, Gate
-from killswitch.core.heartbeat import idle_every, trip_due
-from killswitch.core.options import to_ms
-from killswitch.core.scope import parse_scopes
-from killswitch.core.state import NodeState, boot_view
+from killswitch.core.enforce.gate import LIMIT, Gate
+from killswitch.core.node.heartbeat import idle_every, trip_due
+from killswitch.core.node.scope import parse_scopes
+from killswitch.core.node.state import NodeState, boot_view
+from killswitch.core.settings.options import to_ms
 from killswitch.core.version import __version__
 from killswitch.runtime import logs
 from killswitch.runtime.metrics import MetricsServer, build_info
@@ -281,7 +281,7 @@ class Sidecar(ReadApplier):
         """One round trip; returns whether it succeeded. The gate's lease starts at send time.
 
         From the sync loop (`woken` says whether something woke it), a host with nothing new
-        to report skips the trip until its lease needs renewing (`core.heartbeat`); a skip
+        to report skips the trip until its lease needs renewing (`core.node.heartbeat`); a skip
         returns True, as nothing failed. Without `woken` the trip is always made.
         """
         sent = self.clock()

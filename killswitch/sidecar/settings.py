@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from killswitch.core.fence import FenceSpec
-from killswitch.core.limits import Limits
-from killswitch.core.options import default
+from killswitch.core.enforce.fence import FenceSpec
+from killswitch.core.enforce.limits import Limits
+from killswitch.core.settings.options import default
 from killswitch.runtime.config import ListenAddr
 
 
@@ -18,7 +18,7 @@ class SidecarSettings:
     redis_url: str
     listen: tuple[ListenAddr, ...] = ()
     metrics_port: int | None = None
-    # Defaults are the table's (`core.options`): one place for every setting.
+    # Defaults are the table's (`core.settings.options`): one place for every setting.
     flush_interval: float = default("flush-interval")
     stale_after: float = default("stale-after")
     state_dir: str = ""  # "" with memoryless False: SidecarThread picks the default directory

@@ -29,8 +29,8 @@ from redis.asyncio import Redis
 from rich.live import Live
 from rich.table import Table
 
-from killswitch.core.anomaly import MonitorConfig
-from killswitch.core.backtest import FlowEvent, replay
+from killswitch.core.rules.anomaly import MonitorConfig
+from killswitch.core.rules.backtest import FlowEvent, replay
 from killswitch.ops import audit as ops_audit
 from killswitch.ops import control
 from killswitch.sim import deploy

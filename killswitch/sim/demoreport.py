@@ -10,11 +10,10 @@ from __future__ import annotations
 import textwrap
 from typing import Any, Protocol
 
-from killswitch.core import whatif
-from killswitch.core.anomaly import MonitorConfig
-from killswitch.core.backtest import FlowEvent
-from killswitch.core.recfmt import decode
-from killswitch.sim import deploy
+from killswitch.core.enforce.recfmt import decode
+from killswitch.core.rules.anomaly import MonitorConfig
+from killswitch.core.rules.backtest import FlowEvent
+from killswitch.sim import deploy, whatif
 from killswitch.sim.loadgen import RouterStats
 
 
@@ -164,7 +163,7 @@ def results(
             "rest_s": mode.rest_s,
             "on_haunted": on_haunted,
             "baseline_seed": f"replay of {mode.seed_s:g} s of normal pre-open flow "
-            "(killswitch.core.backtest.replay), stored in the node's baseline hash before the "
+            "(killswitch.core.rules.backtest.replay), stored in the node's baseline hash before the "
             "aggregator started",
         },
         "monitors": [*monitors, ks],

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from killswitch.core.options import default
+from killswitch.core.settings.options import default
 from killswitch.sim.operators import OperatorKeys, make_operators
 
 

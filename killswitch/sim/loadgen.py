@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from killswitch.core.options import default
+from killswitch.core.settings.options import default
 
 
 @dataclass(frozen=True)

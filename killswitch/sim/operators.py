@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from killswitch.core.armproof import ArmRequest, Proof, boots_of
-from killswitch.core.bounds import uint_or
-from killswitch.core.roster import DEFAULT_ALIVE_MS
-from killswitch.core.sshsig import parse_allowed_signers
+from killswitch.core.node.bounds import uint_or
+from killswitch.core.node.roster import DEFAULT_ALIVE_MS
+from killswitch.core.proof.armproof import ArmRequest, Proof, boots_of
+from killswitch.core.proof.sshsig import parse_allowed_signers
 from killswitch.ops.arming import arm
 from killswitch.ops.control import Outcome
 from killswitch.ops.signing import ssh_sign

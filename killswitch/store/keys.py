@@ -6,7 +6,7 @@ sidecar to its own keys plus read access to the node state (`store/acl.py` build
 once per boot a sidecar also SADDs its name to the node's `hosts` set, so off-roster hosts
 are found).
 
-Callers pass names already checked by `killswitch.core.names`; this module never validates.
+Callers pass names already checked by `killswitch.core.node.names`; this module never validates.
 """
 
 from __future__ import annotations

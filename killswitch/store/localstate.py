@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from killswitch.core.state import NodeState
+from killswitch.core.node.state import NodeState
 
 
 def prepare_dir(directory: str | Path) -> str:
@@ -58,7 +58,7 @@ class Memo:
 
     boot: str = ""
     accepted: tuple[int, str] = (0, "")  # (epoch, sha1 of the proof) this boot accepted
-    scopes: dict[str, Any] = field(default_factory=dict)  # core.scope.held_json
+    scopes: dict[str, Any] = field(default_factory=dict)  # core.node.scope.held_json
 
     def to_json(self) -> dict[str, Any]:
         return {"boot": self.boot, "accepted": list(self.accepted), "scopes": self.scopes}

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from killswitch.core.names import NAME_RE
+from killswitch.core.node.names import NAME_RE
 from killswitch.store.keys import NODES_KEY
 from killswitch.store.scripts import NodeScripts
 
@@ -48,7 +48,7 @@ class NodeSnapshot:
     leader_ttl_ms: int = -2  # PTTL of the lease key (-1: no TTL, a hand-written lease)
     wrong_types: int = 0  # keys of a type killswitch never writes there (read as empty)
     roster_stored: bool = True  # False: the roster key is gone (Redis lost its data)
-    scopes: dict[str, str] = field(default_factory=dict)  # the scopes hash (core.scope)
+    scopes: dict[str, str] = field(default_factory=dict)  # the scopes hash (core.node.scope)
     unlisted: tuple[str, ...] = ()  # hosts that report but are not on the roster
     pending: dict[str, str] | None = None  # a signed arm request waiting for a second operator
 

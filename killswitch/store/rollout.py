@@ -1,7 +1,7 @@
 """The Redis side of rollouts: one read and the `rollout.lua` operations, nothing decided here.
 
 Keys come from `keys`; every change (and every refusal) is audited by the script in the same
-call. The signatures are checked by whoever reads a record (`core.rollout.verify_record`).
+call. The signatures are checked by whoever reads a record (`core.proof.rollout.verify_record`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from killswitch.core.state import NodeRead
+from killswitch.core.node.state import NodeRead
 from killswitch.store.reads import (
     MAX_FLEET_NODES,
     MAX_UNLISTED,
@@ -84,7 +84,7 @@ class FlushReply:
     closed_confirm: bool  # the script confirmed the KILLED state it read (at `held_epoch`)
     proof_digest: str  # sha1 of the stored arm proof ("da39..." for none)
     proof: str | None  # the proof itself when its digest differs from the one sent, else None
-    scopes: dict[str, str] = field(default_factory=dict)  # the scopes hash (core.scope)
+    scopes: dict[str, str] = field(default_factory=dict)  # the scopes hash (core.node.scope)
     fence: bool = False  # the node's kill asks for the kill fence (`kill --fence`)
     prev_boot: str = ""  # the boot that wrote the host's report before this call ("" none)
     prev_pid: str = ""  # and its pid

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from killswitch.core.bounds import MAX_EPOCH_JUMP
+from killswitch.core.node.bounds import MAX_EPOCH_JUMP
 from killswitch.store.keys import NODES_KEY
 from killswitch.store.scripts import NodeScripts
 

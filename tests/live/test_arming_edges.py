@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from killswitch.core.sshsig import Operators, parse_allowed_signers
+from killswitch.core.proof.sshsig import Operators, parse_allowed_signers
 from killswitch.ops import control
 from killswitch.ops.arming import arm
 from killswitch.ops.control import (

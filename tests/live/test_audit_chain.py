@@ -17,13 +17,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from killswitch.core import auditchain
-from killswitch.core.sshsig import parse_allowed_signers
-from killswitch.core.text import escape
+from killswitch.core.proof import auditchain
+from killswitch.core.proof.sshsig import parse_allowed_signers
 from killswitch.ops import arming, control
 from killswitch.ops import audit as ops_audit
 from killswitch.sim.operators import OperatorKeys, signed_store_arm
 from killswitch.store.store import Store
+from killswitch.view.text import escape
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from killswitch.aggregator.auditlog import AuditMirror, history
-from killswitch.core import auditcopy
+from killswitch.core.proof import auditcopy
 from killswitch.ops import audit as ops_audit
 from killswitch.store.store import Store
 from kstest.auditcopies import (
@@ -32,7 +32,7 @@ _nodes = itertools.count(1)
 
 
 class TestParse:
-    """`core.auditcopy.parse` never raises and keeps every entry, of every chain."""
+    """`core.proof.auditcopy.parse` never raises and keeps every entry, of every chain."""
 
     @given(st.text(max_size=400))
     def test_any_text_is_read(self, text: str) -> None:

@@ -14,7 +14,7 @@ import structlog
 from redis.asyncio import Redis
 
 from killswitch.aggregator.auditlog import AuditMirror
-from killswitch.core import auditchain
+from killswitch.core.proof import auditchain
 from killswitch.ops import audit as ops_audit
 from killswitch.ops.control import EXIT_OK, EXIT_REFUSED
 from killswitch.sim.embedded import free_port

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from killswitch.core.options import VERBS, options_of
-from killswitch.core.rules import default_cap
+from killswitch.core.rules.config import default_cap
+from killswitch.core.settings.options import VERBS, options_of
 from killswitch.sim.embedded import free_port
 
 

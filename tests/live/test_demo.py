@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 
 from killswitch.cli.rulecli import counts_csv, rule_config
-from killswitch.core.anomaly import BASELINE, HOST_SHARE, Monitor, MonitorConfig
-from killswitch.core.backtest import FlowEvent
-from killswitch.core.ruleview import EventLog, decode_view, rule_lines, shadow_banner, view_fields
-from killswitch.core.whatif import orders_after, per_host_limit, prometheus_alert
+from killswitch.core.rules.anomaly import BASELINE, HOST_SHARE, Monitor, MonitorConfig
+from killswitch.core.rules.backtest import FlowEvent
 from killswitch.runtime.config import ConfigError, Resolver
 from killswitch.sim.demo import COMPRESSED, REALTIME, Scenario
 from killswitch.sim.demoreport import render_table
+from killswitch.sim.whatif import orders_after, per_host_limit, prometheus_alert
+from killswitch.view.ruleview import EventLog, decode_view, rule_lines, shadow_banner, view_fields
 
 T0 = 1_343_827_800_000  # 2012-08-01 13:30:00 UTC
 
@@ -300,8 +300,8 @@ class TestRuleFlags:
 class TestRuleView:
     def test_share_rules_spelled_out_for_status_match_the_rules(self) -> None:
         """`status` formats the share rules as percentages without importing the rules."""
-        from killswitch.core.rules import SHARE_CAUSES
-        from killswitch.core.ruleview import SHARE_RULES
+        from killswitch.core.rules.config import SHARE_CAUSES
+        from killswitch.view.ruleview import SHARE_RULES
 
         assert SHARE_RULES == SHARE_CAUSES
 

@@ -1,6 +1,6 @@
 """A second live process claiming a host's name: both block `duplicate`, and `status` names it.
 
-The decision is pure (`core.duplicate`, a table below); the live test runs two real sidecar
+The decision is pure (`core.node.duplicate`, a table below); the live test runs two real sidecar
 processes with one host name against an armed node.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from killswitch.core.duplicate import DuplicateWatch
+from killswitch.core.node.duplicate import DuplicateWatch
 from kstest import Fleet, GateClient, Proc, wait_until
 
 HOLD = 3000

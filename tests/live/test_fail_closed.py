@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import redis as redis_sync
 
-from killswitch.core import leader
+from killswitch.core.node import leader
 from killswitch.store.keys import NodeKeys
 from kstest import Fleet, wait_until
 

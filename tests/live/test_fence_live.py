@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from killswitch.core.fence import FenceSpec, parse_endpoint, problems, standing
+from killswitch.core.enforce.fence import FenceSpec, parse_endpoint, problems, standing
 from killswitch.sidecar.nftables import Tools
 from killswitch.sim.embedded import free_port
 from kstest import Fleet, wait_until

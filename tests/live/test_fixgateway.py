@@ -14,9 +14,9 @@ import structlog
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from killswitch.core.fixwire import Framer, encode
-from killswitch.core.gate import Gate
-from killswitch.core.state import HostView, NodeState
+from killswitch.core.enforce.fixwire import Framer, encode
+from killswitch.core.enforce.gate import Gate
+from killswitch.core.node.state import HostView, NodeState
 from killswitch.runtime.config import ConfigError, ListenAddr
 from killswitch.runtime.convert import parse_fix_route
 from killswitch.sidecar.fixgateway import FixCollector, FixGateway

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 import redis as redis_sync
 
-from killswitch.core.state import NodeState
+from killswitch.core.node.state import NodeState
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.store.keys import NodeKeys
 from killswitch.store.localstate import LocalState

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from killswitch.core.fleetcap import FleetView, evaluate, parse_view
+from killswitch.core.rules.fleetcap import FleetView, evaluate, parse_view
 from killswitch.sim.embedded import EmbeddedRedis
 from kstest import Fleet, GateClient, wait_until
 

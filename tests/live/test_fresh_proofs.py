@@ -17,8 +17,8 @@ import structlog
 from redis.asyncio import Redis
 from structlog.testing import CapturingLogger
 
-from killswitch.core.armproof import ArmRequest, Proof
-from killswitch.core.sshsig import parse_allowed_signers
+from killswitch.core.proof.armproof import ArmRequest, Proof
+from killswitch.core.proof.sshsig import parse_allowed_signers
 from killswitch.ops.arming import arm
 from killswitch.ops.control import EXIT_OK, EXIT_PENDING, EXIT_UNCONFIRMED
 from killswitch.ops.scope import arm_scope

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis as redis_sync
 
-from killswitch.core.armproof import Proof
+from killswitch.core.proof.armproof import Proof
 from killswitch.sim.operators import OperatorKeys, make_key, make_operators, signer_line
 from killswitch.store.keys import NodeKeys
 from killswitch.store.localstate import LocalState

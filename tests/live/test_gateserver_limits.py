@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import CapturingLogger
 
-from killswitch.core.gate import Gate
-from killswitch.core.protocol import state_line
-from killswitch.core.state import HostView, NodeState
+from killswitch.core.enforce.gate import Gate
+from killswitch.core.enforce.protocol import state_line
+from killswitch.core.node.state import HostView, NodeState
 from killswitch.runtime.config import ListenAddr
 from killswitch.runtime.errors import StartupError
 from killswitch.sidecar.gateserver import GateProtocol, GateServer

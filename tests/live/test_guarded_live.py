@@ -22,8 +22,8 @@ import pytest
 import redis as redis_sync
 from redis.asyncio import Redis as AsyncRedis
 
-from killswitch.core import scenarios as sc
-from killswitch.core.anomaly import BASELINE, RUNAWAY, MonitorConfig
+from killswitch.core.rules import scenarios as sc
+from killswitch.core.rules.anomaly import BASELINE, RUNAWAY, MonitorConfig
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.fleet import wait_until
 from killswitch.sim.loadgen import drive

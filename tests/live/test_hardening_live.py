@@ -19,7 +19,7 @@ import structlog
 from redis.asyncio import Redis as AsyncRedis
 from structlog.testing import CapturingLogger
 
-from killswitch.core.state import NodeState
+from killswitch.core.node.state import NodeState
 from killswitch.sidecar.service import Sidecar
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.sim.embedded import EmbeddedRedis, free_port

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from killswitch.core.health import disagreements
-from killswitch.core.roster import quorum
+from killswitch.core.node.health import disagreements
+from killswitch.core.node.roster import quorum
 from kstest import Fleet, wait_until
 
 NOW = 1_000_000

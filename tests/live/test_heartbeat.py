@@ -1,6 +1,6 @@
 """An idle sidecar renews its lease instead of making a round trip every flush interval.
 
-The decision (`core.heartbeat`) is tested by table and property; the sidecar's sync loop runs
+The decision (`core.node.heartbeat`) is tested by table and property; the sidecar's sync loop runs
 in-process against the real redis-server on a clock the test moves, so which wake-ups make a
 round trip is decided by the rule alone and never by how busy the machine is.
 """
@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 from structlog.testing import CapturingLogger
 
-from killswitch.core.heartbeat import IDLE_MAX_S, LEASES_PER_STALE, idle_every, trip_due
-from killswitch.core.state import NodeState
+from killswitch.core.node.heartbeat import IDLE_MAX_S, LEASES_PER_STALE, idle_every, trip_due
+from killswitch.core.node.state import NodeState
 from killswitch.sidecar.service import Sidecar
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.sim.operators import OperatorKeys, signed_store_arm

@@ -8,7 +8,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from killswitch.core.state import NodeState
+from killswitch.core.node.state import NodeState
 from killswitch.ops import control
 from killswitch.sidecar.inprocess import SidecarSettings, SidecarThread
 from killswitch.sim.operators import OperatorKeys, two_person_arm

@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from killswitch.core.ruleview import decode_view
+from killswitch.view.ruleview import decode_view
 from kstest import Fleet
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"

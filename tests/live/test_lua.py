@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from killswitch.core.auditchain import parse_head, verify
+from killswitch.core.proof.auditchain import parse_head, verify
 from killswitch.store import scripts
 from killswitch.store.keys import NodeKeys
 from kstest.mutants import check_catalogue

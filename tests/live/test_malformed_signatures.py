@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from killswitch.core.sshsig import (
+from killswitch.core.proof.sshsig import (
     MAX_SIG_BYTES,
     Operators,
     SignatureError,

@@ -19,9 +19,9 @@ import structlog
 from redis.asyncio import Redis
 from structlog.testing import CapturingLogger
 
-from killswitch.core.bounds import MAX_EPOCH_JUMP
-from killswitch.core.gate import Gate
-from killswitch.core.state import MAX_EPOCH, HostView, NodeState
+from killswitch.core.enforce.gate import Gate
+from killswitch.core.node.bounds import MAX_EPOCH_JUMP
+from killswitch.core.node.state import MAX_EPOCH, HostView, NodeState
 from killswitch.sidecar.service import Sidecar
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.sim.operators import OperatorKeys, signed_store_arm

@@ -22,7 +22,7 @@ import structlog
 from redis.asyncio import Redis
 from structlog.testing import CapturingLogger
 
-from killswitch.core.state import NodeState
+from killswitch.core.node.state import NodeState
 from killswitch.sidecar.service import Sidecar
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.sim.operators import OperatorKeys, signed_store_arm

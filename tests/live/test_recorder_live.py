@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from killswitch.core.recfmt import HEADER_SIZE, INDEX_OFFSET, decode
-from killswitch.core.timeline import NS
+from killswitch.core.enforce.recfmt import HEADER_SIZE, INDEX_OFFSET, decode
+from killswitch.core.enforce.timeline import NS
 from killswitch.sim.embedded import free_port
 from killswitch.store.store import FlushReport, Store
 from kstest import Fleet, GateClient, wait_until

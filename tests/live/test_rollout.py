@@ -1,6 +1,6 @@
 """Rollouts, pure: which release each host may run, and what a stored record proves.
 
-No Redis here: the decision (`core.rollout.check`) by tables and properties, and the
+No Redis here: the decision (`core.proof.rollout.check`) by tables and properties, and the
 verification of records signed with real throwaway operator keys (ssh-keygen).
 """
 
@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from killswitch.core import rollout as ro
-from killswitch.core.armproof import ArmRequest, Proof, ProofError, verify_proof
-from killswitch.core.release import split
-from killswitch.core.sshsig import Operators, parse_allowed_signers
+from killswitch.core.node.release import split
+from killswitch.core.proof import rollout as ro
+from killswitch.core.proof.armproof import ArmRequest, Proof, ProofError, verify_proof
+from killswitch.core.proof.sshsig import Operators, parse_allowed_signers
 from killswitch.ops.signing import ssh_sign
 from killswitch.sim.operators import OperatorKeys, make_key
 

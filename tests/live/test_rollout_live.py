@@ -20,9 +20,9 @@ import pytest
 import redis as redis_sync
 from prometheus_client.parser import text_string_to_metric_families
 
-from killswitch.core.armproof import Proof
-from killswitch.core.release import release_digest
-from killswitch.core.rollout import RolloutRequest
+from killswitch.core.node.release import release_digest
+from killswitch.core.proof.armproof import Proof
+from killswitch.core.proof.rollout import RolloutRequest
 from killswitch.ops.signing import ssh_sign
 from killswitch.sim.embedded import free_port
 from killswitch.sim.operators import make_key

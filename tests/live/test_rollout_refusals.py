@@ -20,8 +20,8 @@ from redis.asyncio import Redis
 
 from killswitch.cli.main import main
 from killswitch.cli.rolloutcli import human, rollout_lines
-from killswitch.core.rollout import RolloutRequest
-from killswitch.core.sshsig import Operators, parse_allowed_signers
+from killswitch.core.proof.rollout import RolloutRequest
+from killswitch.core.proof.sshsig import Operators, parse_allowed_signers
 from killswitch.ops import control
 from killswitch.ops import rollout as ops
 from killswitch.ops.control import EXIT_OK, EXIT_PENDING, EXIT_REFUSED, EXIT_USAGE, Outcome

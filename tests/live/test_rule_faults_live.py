@@ -22,8 +22,8 @@ from killswitch.aggregator.fleetrule import FleetRule
 from killswitch.aggregator.rollouts import RolloutWatch
 from killswitch.aggregator.service import Aggregator
 from killswitch.aggregator.settings import AggregatorSettings
-from killswitch.core.anomaly import Evaluation, Monitor
-from killswitch.core.release import Split
+from killswitch.core.node.release import Split
+from killswitch.core.rules.anomaly import Evaluation, Monitor
 from kstest import Fleet, wait_until_async
 from kstest.auditcopies import Recorder
 

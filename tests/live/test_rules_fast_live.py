@@ -20,7 +20,7 @@ import pytest
 import redis as redis_sync
 from redis.asyncio import Redis as AsyncRedis
 
-from killswitch.core.anomaly import MonitorConfig
+from killswitch.core.rules.anomaly import MonitorConfig
 from killswitch.ops import control
 from killswitch.sim.loadgen import drive
 from killswitch.store.keys import NodeKeys

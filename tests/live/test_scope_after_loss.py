@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from killswitch.core.scope import proven
+from killswitch.core.node.scope import proven
 from killswitch.ops.control import EXIT_OK, EXIT_UNCONFIRMED
 from killswitch.ops.scope import kill_scope
 from killswitch.sidecar.inprocess import SidecarSettings, SidecarThread

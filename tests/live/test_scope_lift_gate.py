@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from killswitch.core.armproof import ArmRequest, Proof
-from killswitch.core.bounds import uint_or
-from killswitch.core.scope import REPLAYED_LIFT, UNSIGNED_LIFT, Held
-from killswitch.core.sshsig import parse_allowed_signers
+from killswitch.core.node.bounds import uint_or
+from killswitch.core.node.scope import REPLAYED_LIFT, UNSIGNED_LIFT, Held
+from killswitch.core.proof.armproof import ArmRequest, Proof
+from killswitch.core.proof.sshsig import parse_allowed_signers
 from killswitch.ops.control import EXIT_OK, EXIT_PENDING, EXIT_UNCONFIRMED, status
 from killswitch.ops.scope import arm_scope, kill_scope
 from killswitch.ops.signing import ssh_sign

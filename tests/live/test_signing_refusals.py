@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from killswitch.core.sshsig import parse_allowed_signers, verify
+from killswitch.core.proof.sshsig import parse_allowed_signers, verify
 from killswitch.ops import signing
 from killswitch.ops.arming import kill_actor
 from killswitch.ops.signing import SignError, ssh_sign

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from killswitch.core.armproof import (
+from killswitch.core.proof.armproof import (
     BAD_PROOF,
     BAD_SIGNATURE,
     NO_OPERATORS,
@@ -34,7 +34,7 @@ from killswitch.core.armproof import (
     gate_refusal,
     verify_proof,
 )
-from killswitch.core.sshsig import (
+from killswitch.core.proof.sshsig import (
     Operators,
     SignatureError,
     SignersError,

@@ -16,8 +16,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from killswitch.core.armproof import ONE_OPERATOR, ArmRequest, Proof, verify_proof
-from killswitch.core.sshsig import (
+from killswitch.core.proof.armproof import ONE_OPERATOR, ArmRequest, Proof, verify_proof
+from killswitch.core.proof.sshsig import (
     SignersError,
     canonical_key,
     parse_allowed_signers,

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import pytest
 from structlog.testing import CapturingLogger
 
-from killswitch.core.gate import Gate
-from killswitch.core.limits import LimitChecker, LimitsError, parse_limits
-from killswitch.core.scope import canonical_symbol
-from killswitch.core.state import HostView, NodeState
+from killswitch.core.enforce.gate import Gate
+from killswitch.core.enforce.limits import LimitChecker, LimitsError, parse_limits
+from killswitch.core.node.scope import canonical_symbol
+from killswitch.core.node.state import HostView, NodeState
 from kstest import Fleet
 
 ARMED = HostView(max_epoch=3, max_state=NodeState.ARMED, state=NodeState.ARMED, epoch=3)

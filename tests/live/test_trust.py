@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from killswitch.aggregator.trust import Trust
-from killswitch.core.armproof import ArmRequest, Proof
-from killswitch.core.sshsig import Operators, parse_allowed_signers
-from killswitch.core.state import BlockReason, HostView, NodeState, unproven
+from killswitch.core.node.state import BlockReason, HostView, NodeState, unproven
+from killswitch.core.proof.armproof import ArmRequest, Proof
+from killswitch.core.proof.sshsig import Operators, parse_allowed_signers
 from killswitch.sim.operators import make_key, signer_line
 
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from killswitch.core.anomaly import (
+from killswitch.core.rules.anomaly import (
     BASELINE,
     BASELINE_FAST,
     HOST_SHARE,
@@ -29,8 +29,8 @@ from killswitch.core.anomaly import (
     haunted_hosts,
     next_level,
 )
-from killswitch.core.backtest import FlowEvent, replay
-from killswitch.core.baseline import Baseline
+from killswitch.core.rules.backtest import FlowEvent, replay
+from killswitch.core.rules.baseline import Baseline
 
 DAY0 = 1_343_779_200_000  # 2012-08-01 00:00 UTC, the Knight day
 TICK = 100

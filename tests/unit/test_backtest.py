@@ -6,8 +6,14 @@ from dataclasses import replace
 
 import pytest
 
-from killswitch.core.anomaly import BASELINE, BASELINE_FAST, MAX_ORDERS, MAX_RATE, MonitorConfig
-from killswitch.core.backtest import CsvError, FlowEvent, backtest, read_counts_csv, replay
+from killswitch.core.rules.anomaly import (
+    BASELINE,
+    BASELINE_FAST,
+    MAX_ORDERS,
+    MAX_RATE,
+    MonitorConfig,
+)
+from killswitch.core.rules.backtest import CsvError, FlowEvent, backtest, read_counts_csv, replay
 
 T0 = 1_343_827_800_000  # 2012-08-01 13:30:00 UTC, 09:30 in New York
 

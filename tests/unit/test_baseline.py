@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from killswitch.core.baseline import (
+from killswitch.core.rules.baseline import (
     DAY_MS,
     Baseline,
     BaselineParams,

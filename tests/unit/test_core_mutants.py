@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from structlog.testing import CapturingLogger
 
-from killswitch.core.gate import Gate
-from killswitch.core.roster import HostStatus, host_status, quorum
-from killswitch.core.state import HostView, NodeRead, NodeState, boot_view, observe
+from killswitch.core.enforce.gate import Gate
+from killswitch.core.node.roster import HostStatus, host_status, quorum
+from killswitch.core.node.state import HostView, NodeRead, NodeState, boot_view, observe
 
 NOW = 1_000_000
 

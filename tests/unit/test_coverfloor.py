@@ -26,7 +26,7 @@ class TestCoverFloor:
     @pytest.mark.parametrize(
         ("path", "layer"),
         [
-            ("killswitch/core/state.py", "core"),
+            ("killswitch/core/node/state.py", "core"),
             ("/abs/src/killswitch/store/store.py", "store"),
             ("killswitch/inprocess.py", None),
             ("bench/common.py", None),

@@ -40,7 +40,7 @@ def logged() -> dict[str, str]:
             if isinstance(name, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 out.setdefault(name, str(path.relative_to(ROOT)))
     for name in DYNAMIC:
-        out.setdefault(name, "killswitch/core/leader.py")
+        out.setdefault(name, "killswitch/core/node/leader.py")
     out.pop("info", None)  # the level choices in core/options, not an event
     return out
 

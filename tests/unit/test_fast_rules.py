@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from killswitch.core import readings
-from killswitch.core.anomaly import (
+from killswitch.core.rules import readings
+from killswitch.core.rules.anomaly import (
     BASELINE,
     BASELINE_FAST,
     FAST_CAUSES,

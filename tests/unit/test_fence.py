@@ -1,4 +1,4 @@
-"""The network fence's pure parts (core.fence): endpoints, the ruleset built from the settings,
+"""The network fence's pure parts (core.enforce.fence): endpoints, the ruleset built from the settings,
 what a read-back listing proves, refusals into decisions, the capability check, and the
 fence fields of `kill`/`status`. No nft, no Redis."""
 
@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from killswitch.core import fence as f
-from killswitch.core.fence import Endpoint, FenceError, FenceSpec, Listing
+from killswitch.core.enforce import fence as f
+from killswitch.core.enforce.fence import Endpoint, FenceError, FenceSpec, Listing
+from killswitch.core.node.roster import fence_report
 
 SPEC = FenceSpec(
     (f.parse_endpoint("10.0.0.5:9878"), f.parse_endpoint("[2001:db8::5]:443")), (0, 1001)
@@ -315,7 +316,7 @@ class TestFenceView:
     )  # fmt: skip
     def test_fence_report(self, report: dict[str, str], want: Any) -> None:
         """A host's report becomes hosts[H].fence; junk reads as nothing or 0."""
-        assert f.fence_report(report) == want
+        assert fence_report(report) == want
 
 
 def test_endpoint_order() -> None:

@@ -1,4 +1,4 @@
-"""The FIX gateway's decisions (core.fixrelay): which orders the gate sees, what takes a
+"""The FIX gateway's decisions (core.enforce.fixrelay): which orders the gate sees, what takes a
 blocked order's slot on each leg, and that both legs keep contiguous sequence numbers."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from killswitch.core.fixrelay import (
+from killswitch.core.enforce.fixrelay import (
     Refusal,
     SessionBook,
     _price,
@@ -17,7 +17,7 @@ from killswitch.core.fixrelay import (
     gate_order,
     read_order,
 )
-from killswitch.core.fixwire import Field, Framer, encode, fields, first, msg_type
+from killswitch.core.enforce.fixwire import Field, Framer, encode, fields, first, msg_type
 
 
 def msg(

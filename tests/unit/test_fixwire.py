@@ -1,4 +1,4 @@
-"""FIX framing, checksum and encoding (core.fixwire), checked against simplefix, a FIX
+"""FIX framing, checksum and encoding (core.enforce.fixwire), checked against simplefix, a FIX
 encoder and parser nobody here wrote."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import simplefix
 from hypothesis import given
 from hypothesis import strategies as st
 
-from killswitch.core.fixwire import (
+from killswitch.core.enforce.fixwire import (
     BODY_LENGTH,
     GARBAGE,
     OVERSIZE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from killswitch.core.flat import FlatTracker
+from killswitch.core.enforce.flat import FlatTracker
 
 
 class TestFlatTracker:

@@ -8,8 +8,8 @@ import threading
 import pytest
 from structlog.testing import CapturingLogger
 
-from killswitch.core.gate import Gate
-from killswitch.core.state import HostView, NodeState, boot_view
+from killswitch.core.enforce.gate import Gate
+from killswitch.core.node.state import HostView, NodeState, boot_view
 
 T0 = 500.0
 

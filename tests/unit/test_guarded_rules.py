@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from killswitch.cli.rulecli import backtest_command, rule_config
-from killswitch.core.anomaly import BASELINE, RUNAWAY, Evaluation, Monitor, MonitorConfig
-from killswitch.core.baseline import Baseline
-from killswitch.core.readings import Span
-from killswitch.core.ruleview import decode_view, rule_lines, view_fields
-from killswitch.core.scenarios import learned
+from killswitch.core.rules.anomaly import BASELINE, RUNAWAY, Evaluation, Monitor, MonitorConfig
+from killswitch.core.rules.baseline import Baseline
+from killswitch.core.rules.readings import Span
+from killswitch.core.rules.scenarios import learned
 from killswitch.runtime.config import ConfigError, Resolver
+from killswitch.view.ruleview import decode_view, rule_lines, view_fields
 
 T0 = 1_343_826_000_000  # 2012-08-01 13:00 UTC
 TICK = 100

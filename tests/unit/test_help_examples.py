@@ -8,7 +8,7 @@ import pytest
 
 from killswitch.cli.examples import EXAMPLES
 from killswitch.cli.parser import build_parser
-from killswitch.core.options import VERBS
+from killswitch.core.settings.options import VERBS
 
 
 def commands(verb: str) -> list[list[str]]:

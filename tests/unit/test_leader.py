@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from killswitch.core.leader import (
+from killswitch.core.node.leader import (
     SAFETY,
     Leadership,
     LeaseReply,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from killswitch.core.limitburst import LimitBurst, LimitBurstConfig, backtest
+from killswitch.core.rules.limitburst import LimitBurst, LimitBurstConfig, backtest
 
 CFG = LimitBurstConfig(max_refusals=100, window_ms=1000, min_hosts=2)
 

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import CapturingLogger
 
-from killswitch.core.gate import Gate
-from killswitch.core.limits import (
+from killswitch.core.enforce.gate import Gate
+from killswitch.core.enforce.limits import (
     Limit,
     LimitChecker,
     Limits,
@@ -18,8 +18,8 @@ from killswitch.core.limits import (
     TokenBucket,
     parse_limits,
 )
-from killswitch.core.protocol import handle_line
-from killswitch.core.state import HostView, NodeState
+from killswitch.core.enforce.protocol import handle_line
+from killswitch.core.node.state import HostView, NodeState
 
 SAMPLE = """
 max_qty = 1000

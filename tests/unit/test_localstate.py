@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from killswitch.core.state import NodeState
+from killswitch.core.node.state import NodeState
 from killswitch.store.localstate import LocalState, prepare_dir
 
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from killswitch.core.armproof import (
+from killswitch.core.node.names import InvalidName
+from killswitch.core.proof.armproof import (
     BAD_PROOF,
     MAX_EPOCH,
     MAX_PROOF_BYTES,
@@ -27,8 +28,7 @@ from killswitch.core.armproof import (
     roster_of,
     verify_proof,
 )
-from killswitch.core.names import InvalidName
-from killswitch.core.sshsig import Operators
+from killswitch.core.proof.sshsig import Operators
 
 REQ = ArmRequest(
     "smars", 6, 9, 7, ("or-01", "or-02"), "open", 10**12,

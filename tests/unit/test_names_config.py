@@ -1,4 +1,4 @@
-"""Name validation (`killswitch.core.names`) and settings resolution (`killswitch.runtime.config`): pure."""
+"""Name validation (`killswitch.core.node.names`) and settings resolution (`killswitch.runtime.config`): pure."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from killswitch.cli.configcheck import shown
-from killswitch.core.names import InvalidName, check_name, check_roster
+from killswitch.core.node.names import InvalidName, check_name, check_roster
 from killswitch.runtime.config import (
     DEFAULT_REDIS,
     ConfigError,

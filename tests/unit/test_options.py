@@ -1,4 +1,4 @@
-"""The table of options (`core.options`) is the one home of every setting: each default and
+"""The table of options (`core.settings.options`) is the one home of every setting: each default and
 bound is written there and nowhere else, every flag of every verb comes from it, and the
 README's settings table and `--help` are produced from it. Pure: no server, no subprocess."""
 
@@ -17,15 +17,27 @@ import pytest
 from killswitch.cli import settingsdoc
 from killswitch.cli.examples import EXAMPLES
 from killswitch.cli.parser import build_parser
-from killswitch.core import roster
-from killswitch.core.options import OPTIONS, VERBS, Option, closest, option, options_of, to_ms
+from killswitch.core.node import roster
+from killswitch.core.settings.options import (
+    OPTIONS,
+    VERBS,
+    Option,
+    closest,
+    option,
+    options_of,
+    to_ms,
+)
 from killswitch.runtime.config import Resolver
 from killswitch.runtime.convert import converter
 from killswitch.runtime.validate import BOUNDS, bounded_int, truthy
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "killswitch"
-TABLE_MODULES = {"core/option.py", "core/options.py", "core/serviceoptions.py"}
+TABLE_MODULES = {
+    "core/settings/option.py",
+    "core/settings/options.py",
+    "core/settings/serviceoptions.py",
+}
 
 
 def product_sources() -> list[tuple[str, str]]:
@@ -122,7 +134,7 @@ class TestOneTable:
             ("sidecar/settings.py", "SidecarSettings"),
             ("aggregator/settings.py", "AggregatorSettings"),
             ("sim/loadgen.py", "LoadgenSettings"),
-            ("core/rules.py", "MonitorConfig"),
+            ("core/rules/config.py", "MonitorConfig"),
         ],
     )
     def test_typed_settings_take_their_defaults_from_the_table(self, module: str, cls: str) -> None:
@@ -145,7 +157,7 @@ class TestOneTable:
     def test_typed_defaults_equal_the_table(self) -> None:
         """The dataclasses' defaults are the table's, converted (ms) where they are durations."""
         from killswitch.aggregator.settings import AggregatorSettings
-        from killswitch.core.rules import MonitorConfig
+        from killswitch.core.rules.config import MonitorConfig
         from killswitch.sidecar.settings import SidecarSettings
 
         for cls in (SidecarSettings, AggregatorSettings, MonitorConfig):

@@ -7,9 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import CapturingLogger
 
-from killswitch.core.gate import Gate
-from killswitch.core.protocol import MAX_LINE, MAX_QTY, handle_line
-from killswitch.core.state import HostView, NodeState
+from killswitch.core.enforce.gate import Gate
+from killswitch.core.enforce.protocol import MAX_LINE, MAX_QTY, handle_line
+from killswitch.core.node.state import HostView, NodeState
 
 T0 = 1000.0
 LEASE = T0 + 1.0

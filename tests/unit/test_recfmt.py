@@ -1,4 +1,4 @@
-"""The flight recorder's file format (`core.recfmt`) and timeline (`core.timeline`): pure,
+"""The flight recorder's file format (`core.enforce.recfmt`) and timeline (`core.enforce.timeline`): pure,
 no file and no server; tables and properties."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from killswitch.core.recfmt import (
+from killswitch.core.enforce.recfmt import (
     HEADER_SIZE,
     INDEX_OFFSET,
     KIND_FROZEN,
@@ -28,7 +28,7 @@ from killswitch.core.recfmt import (
     ring_slots,
     short_id,
 )
-from killswitch.core.timeline import NS, Span, around, kill_time, merge, select
+from killswitch.core.enforce.timeline import NS, Span, around, kill_time, merge, select
 
 NAMES = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=20)
 
@@ -246,7 +246,7 @@ class TestHostStatus:
     ) -> None:
         """`status --json` hosts[H]: `recorder` from the confirmation hash (None without a
         frozen file), `metrics` from the report."""
-        from killswitch.core.roster import host_status
+        from killswitch.core.node.roster import host_status
 
         report = {"ts_ms": "1000", "metrics": "127.0.0.1:9100"}
         confirm = {"epoch": "7", "recorder_file": "/s/smars@or-01.7.rec",

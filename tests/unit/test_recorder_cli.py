@@ -12,7 +12,7 @@ import pytest
 
 from killswitch.cli.main import main
 from killswitch.cli.recordercli import iso_ns, when_ns
-from killswitch.core.recfmt import ALLOW, BLOCK, CANCEL, LINE
+from killswitch.core.enforce.recfmt import ALLOW, BLOCK, CANCEL, LINE
 from killswitch.runtime.ring import Ring
 
 NS = 1_000_000_000
@@ -147,7 +147,7 @@ def test_when_ns(text: str, ns: int) -> None:
 def test_the_demo_names_the_haunted_hosts_first_orders_after_the_onset(tmp_path: Path) -> None:
     """`first_orders` keeps the first orders from the onset on (no cancels, no markers), each
     with why it was allowed or blocked, and the demo's table prints them."""
-    from killswitch.core.recfmt import HOST, KILL
+    from killswitch.core.enforce.recfmt import HOST, KILL
     from killswitch.sim.demoreport import first_orders
 
     clock = iter(t * NS for t in range(100))

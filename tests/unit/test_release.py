@@ -13,8 +13,8 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from killswitch.core.release import UNATTESTED, release_digest, releases, split
-from killswitch.core.roster import host_status, not_ready_for_arm, reported_releases
+from killswitch.core.node.release import UNATTESTED, release_digest, releases, split
+from killswitch.core.node.roster import host_status, not_ready_for_arm, reported_releases
 from killswitch.sidecar.attest import AttestLoop, Attestor
 
 ROSTER = ["or-01", "or-02", "or-03"]

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 from structlog.testing import CapturingLogger
 
-from killswitch.core.gate import Gate
-from killswitch.core.recfmt import ALLOW, BLOCK, FIX, INPROC, LINE, FormatError, decode
-from killswitch.core.state import HostView, NodeState
+from killswitch.core.enforce.gate import Gate
+from killswitch.core.enforce.recfmt import ALLOW, BLOCK, FIX, INPROC, LINE, FormatError, decode
+from killswitch.core.node.state import HostView, NodeState
 from killswitch.runtime.ring import Ring
 from killswitch.sidecar.recording import Recording, freeze, ring_path
 from killswitch.sidecar.settings import SidecarSettings
@@ -125,7 +125,7 @@ class TestGateHook:
     def test_the_gate_records_each_decision_once_with_its_source(self, tmp_path: Path) -> None:
         """allow(), check() from the line protocol, a limit refusal, a cancel and a block:
         one record each, with the decision, reason, epoch and source the gate used."""
-        from killswitch.core.limits import Limit, Limits
+        from killswitch.core.enforce.limits import Limit, Limits
 
         ring = Ring(str(tmp_path / "r.rec"), 16, "smars", "or-01")
         g = Gate("smars", "or-01", clock=lambda: 1.0, limits=Limits(Limit(max_qty=10), {}),

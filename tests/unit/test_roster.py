@@ -1,4 +1,4 @@
-"""Roster and quorum decisions of `killswitch.core.roster`: pure, from plain dicts and server time."""
+"""Roster and quorum decisions of `killswitch.core.node.roster`: pure, from plain dicts and server time."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from killswitch.core.roster import (
+from killswitch.core.node.roster import (
     DEFAULT_ALIVE_MS,
     HostStatus,
     epoch_floor,

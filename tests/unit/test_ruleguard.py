@@ -10,7 +10,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from killswitch.aggregator.ruleguard import RuleGuard, kills_on_fault
-from killswitch.core.ruleview import decode_view, health_lines
+from killswitch.view.ruleview import decode_view, health_lines
 from kstest.auditcopies import Recorder
 
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from killswitch.core import scenarios as sc
-from killswitch.core.anomaly import BASELINE, RUNAWAY, MonitorConfig
+from killswitch.core.rules import scenarios as sc
+from killswitch.core.rules.anomaly import BASELINE, RUNAWAY, MonitorConfig
 
 # The aggregator's defaults and its derived backstop cap (1,000/s per host over 10 s).
 NEW = MonitorConfig(max_orders=80_000)

@@ -7,10 +7,10 @@ import json
 import pytest
 from structlog.testing import CapturingLogger
 
-from killswitch.core.gate import Gate
-from killswitch.core.protocol import handle_line
-from killswitch.core.scope import Scope, Scopes, newer, parse_scopes, proven, valid_symbol
-from killswitch.core.state import HostView, NodeState
+from killswitch.core.enforce.gate import Gate
+from killswitch.core.enforce.protocol import handle_line
+from killswitch.core.node.scope import Scope, Scopes, newer, parse_scopes, proven, valid_symbol
+from killswitch.core.node.state import HostView, NodeState
 
 
 def entry(ver: int) -> str:

@@ -8,17 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from killswitch.core.armproof import (
-    BAD_SIGNATURE,
-    ONE_OPERATOR,
-    WRONG_NODE,
-    WRONG_SCOPE,
-    ArmRequest,
-    Verdict,
-    lift_refusal,
-)
-from killswitch.core.roster import host_status
-from killswitch.core.scope import (
+from killswitch.core.node.roster import host_status
+from killswitch.core.node.scope import (
     REPLAYED_LIFT,
     UNSIGNED_LIFT,
     Held,
@@ -26,6 +17,15 @@ from killswitch.core.scope import (
     Scopes,
     enforce,
     parse_scopes,
+)
+from killswitch.core.proof.armproof import (
+    BAD_SIGNATURE,
+    ONE_OPERATOR,
+    WRONG_NODE,
+    WRONG_SCOPE,
+    ArmRequest,
+    Verdict,
+    lift_refusal,
 )
 
 H, S = "host:or-02", "symbol:KCG"

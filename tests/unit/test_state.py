@@ -1,4 +1,4 @@
-"""The epoch rules of `killswitch.core.state`: pure, so tables and properties, no Redis."""
+"""The epoch rules of `killswitch.core.node.state`: pure, so tables and properties, no Redis."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from killswitch.core.state import (
+from killswitch.core.node.state import (
     BlockReason,
     HostView,
     NodeRead,

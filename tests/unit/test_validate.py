@@ -14,7 +14,7 @@ from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from killswitch.aggregator.settings import with_static_cap
-from killswitch.core.anomaly import MonitorConfig
+from killswitch.core.rules.anomaly import MonitorConfig
 from killswitch.runtime.config import ConfigError, Resolver, file_mode, pick_state_dir
 from killswitch.runtime.validate import BOUNDS, bounded, bounded_int, seconds_ms
 from killswitch.store.redisconn import check_url, classify, scrub

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from killswitch.core.window import SlidingWindow
+from killswitch.core.rules.window import SlidingWindow
 
 WIDTH = 10_000  # a 10 s window, in milliseconds of Redis server time
 NOW = 1_700_000_010_000

@@ -3,7 +3,7 @@
 -- sha256(canonical(seq, prev, fields)) and moves the chain head (seq, hash, id), so a removed,
 -- inserted, altered or trimmed entry, and a deleted tail, break the chain `audit --verify` walks.
 -- canonical: for each (name, value) pair in order, `<bytes>:<name><bytes>:<value>`, starting
--- with seq and prev; `killswitch.core.auditchain` computes the same bytes.
+-- with seq and prev; `killswitch.core.proof.auditchain` computes the same bytes.
 -- Redis Lua has no sha256 (only sha1hex), so it is written out here on the `bit` library.
 local function ks_sha256(msg)
   local band, bor, bxor, bnot = bit.band, bit.bor, bit.bxor, bit.bnot

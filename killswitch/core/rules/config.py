@@ -38,8 +38,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from statistics import median
 
-from killswitch.core.baseline import BaselineParams, BaselineTrip
-from killswitch.core.options import (
+from killswitch.core.rules.baseline import BaselineParams, BaselineTrip
+from killswitch.core.settings.options import (
     CAP_PER_HOST_PER_S,
     RATE_HEADROOM,
     bound,
@@ -100,7 +100,7 @@ class MonitorConfig:
     `shadow` names the causes that only report ("would have tripped"), or True for all.
     """
 
-    # Every default is the table's (`core.options`), converted to ms where it is a duration.
+    # Every default is the table's (`core.settings.options`), converted to ms where it is a duration.
     max_orders: int | None = None  # None: none (the aggregator derives one: `with_static_cap`)
     window_ms: int = default_ms("window")
     baseline_multiplier: float | None = default("baseline-multiplier")  # None: no rule
@@ -143,7 +143,7 @@ class MonitorConfig:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"{name}: {why}, got {getattr(self, name)!r}")
 
-        # The ranges are the table's (`core.options`), the one place they are written.
+        # The ranges are the table's (`core.settings.options`), the one place they are written.
         for field, (name, per) in _BOUNDED.items():
             value = getattr(self, field)
             if value is None:

@@ -31,13 +31,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from killswitch.core.sshkeys import _CURVES, SignatureError, canonical_key
-from killswitch.core.sshkeys import public_key as _public_key
-from killswitch.core.sshkeys import read_mpint as _read_mpint
-from killswitch.core.sshkeys import read_string as _read_string
-from killswitch.core.sshkeys import read_u32 as _read_u32
-from killswitch.core.sshkeys import sk_application as _sk_application
-from killswitch.core.sshkeys import string as _string
+from killswitch.core.proof.sshkeys import _CURVES, SignatureError, canonical_key
+from killswitch.core.proof.sshkeys import public_key as _public_key
+from killswitch.core.proof.sshkeys import read_mpint as _read_mpint
+from killswitch.core.proof.sshkeys import read_string as _read_string
+from killswitch.core.proof.sshkeys import read_u32 as _read_u32
+from killswitch.core.proof.sshkeys import sk_application as _sk_application
+from killswitch.core.proof.sshkeys import string as _string
 
 __all__ = [
     "NAMESPACE",

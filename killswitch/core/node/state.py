@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
-from killswitch.core.bounds import INT_MAX, parse_uint, plausible_epoch
+from killswitch.core.node.bounds import INT_MAX, parse_uint, plausible_epoch
 
 # Lua numbers are doubles: above 2**53 an epoch read, raised and written back by a script is no
 # longer exact, so nothing may claim an epoch beyond it (a notice that does is absurd).
@@ -32,10 +32,10 @@ class BlockReason(enum.StrEnum):
     STALE = "stale"
     UNLISTED = "unlisted"  # the node is armed, but its signed roster does not list this host
     UNPROVEN = "unproven"  # armed, but no proof names this host's current boot (`arm --host`)
-    DUPLICATE = "duplicate"  # another live process claims this host's name (core.duplicate)
+    DUPLICATE = "duplicate"  # another live process claims this host's name (core.node.duplicate)
 
 
-# Arm refusals (core.armproof) a host blocks with as `unproven`: no fresh proof for its boot.
+# Arm refusals (core.proof.armproof) a host blocks with as `unproven`: no fresh proof for its boot.
 UNPROVEN_REFUSALS = frozenset({"unproven", "expired", "wrong_lift"})
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from killswitch.core.options import default_ms
-from killswitch.core.window import SlidingWindow
+from killswitch.core.rules.window import SlidingWindow
+from killswitch.core.settings.options import default_ms
 
 LIMIT_BURST = "limit_burst"
 

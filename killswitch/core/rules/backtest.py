@@ -26,11 +26,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from killswitch.core.anomaly import Monitor, MonitorConfig
-from killswitch.core.baseline import Baseline
-from killswitch.core.names import InvalidName, check_name
-from killswitch.core.options import default_ms
-from killswitch.core.window import NodeWindows
+from killswitch.core.node.names import InvalidName, check_name
+from killswitch.core.rules.anomaly import Monitor, MonitorConfig
+from killswitch.core.rules.baseline import Baseline
+from killswitch.core.rules.window import NodeWindows
+from killswitch.core.settings.options import default_ms
 
 HEADER = ("timestamp", "host", "count")
 # A kill is re-armed by two approvers after someone looked at it: a minute is quick. Re-arming

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from killswitch.core.node.bounds import uint_or
+
 TABLE = "killswitch"
 FAMILY = "inet"
 STANDING_CHAINS = ("out", "inp", "guard")
@@ -360,7 +362,7 @@ def fence_view(
         if (
             state == "KILLED"
             and rep.get("fence") == "killed"
-            and _uint(rep.get("fence_epoch")) == epoch
+            and uint_or(rep.get("fence_epoch")) == epoch
         ):
             fenced.append(h)
         elif rep.get("fence") == "failed":
@@ -368,21 +370,3 @@ def fence_view(
         elif requested and state == "KILLED":
             failed[h] = "kill fence not proven" if rep.get("fence") else "no --fence on this host"
     return fenced, failed
-
-
-def _uint(v: str | None) -> int:
-    return int(v) if v and v.isascii() and v.isdigit() and len(v) < 20 else 0
-
-
-def fence_report(report: Mapping[str, str]) -> dict[str, object] | None:
-    """A host's fence as `status --json` shows it (`hosts[H].fence`); None: no `--fence`."""
-    state = report.get("fence", "")
-    if state not in ("standing", "killed", "failed"):
-        return None
-    return {
-        "state": state,
-        "epoch": _uint(report.get("fence_epoch")),  # the kill the kill fence was proven for
-        "refused": _uint(report.get("fence_refused")),
-        "problem": report.get("fence_problem", "")[:300],
-        "bypass": report.get("bypass", "")[:100],
-    }

@@ -1,7 +1,7 @@
 """The flight recorder's timeline: several hosts' records merged, filtered and cut around a
 kill.
 
-Pure: decoded entries in, entries out (`core.recfmt` decodes; nothing here reads a file).
+Pure: decoded entries in, entries out (`core.enforce.recfmt` decodes; nothing here reads a file).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from killswitch.core.recfmt import Decoded, Entry
+from killswitch.core.enforce.recfmt import Decoded, Entry
 
 NS = 1_000_000_000
 

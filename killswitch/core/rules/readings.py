@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from statistics import median
 
-from killswitch.core.rules import (
+from killswitch.core.rules.config import (
     BASELINE,
     BASELINE_FAST,
     HOST_SHARE,

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from killswitch.core.backtest import FlowEvent
-from killswitch.core.options import default_ms
-from killswitch.core.window import SlidingWindow
+from killswitch.core.rules.backtest import FlowEvent
+from killswitch.core.rules.window import SlidingWindow
+from killswitch.core.settings.options import default_ms
 
 
 @dataclass(frozen=True, slots=True)

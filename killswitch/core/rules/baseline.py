@@ -1,7 +1,7 @@
 """The learned baseline of one node: how many orders per window are normal right now.
 
 Pure arithmetic on numbers handed in (Redis server time in ms, orders per window). It must
-never read a clock, touch Redis or decide a trip: `killswitch.core.anomaly` judges a window
+never read a clock, touch Redis or decide a trip: `killswitch.core.rules.anomaly` judges a window
 against `expected()` and tells this module whether the sample is normal enough to learn.
 
 Two estimates, both exponentially weighted means (EWMA) of the node's window sum:

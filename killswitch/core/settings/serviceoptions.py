@@ -1,9 +1,17 @@
 """The services' settings (`sidecar`, `aggregator`) and the trip rules' (the aggregator's
-and `backtest`'s), a part of the table of options (`core.options`, which lists them)."""
+and `backtest`'s), a part of the table of options (`core.settings.options`, which lists them)."""
 
 from __future__ import annotations
 
-from killswitch.core.option import CAP_PER_HOST_PER_S, DAY, RATE_HEADROOM, Bound, N, Option, S
+from killswitch.core.settings.option import (
+    CAP_PER_HOST_PER_S,
+    DAY,
+    RATE_HEADROOM,
+    Bound,
+    N,
+    Option,
+    S,
+)
 
 SERVICES = ("sidecar", "aggregator")
 RULE_VERBS = ("aggregator", "backtest")  # the trip rules' flags: one definition for both

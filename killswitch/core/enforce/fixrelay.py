@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
-from killswitch.core.fixwire import SOH, Field, begin_string, encode, fields, first
+from killswitch.core.enforce.fixwire import SOH, Field, begin_string, encode, fields, first
 
 ORDERS = frozenset({b"D", b"G", b"E", b"AB"})  # through the gate
 CANCELS = frozenset({b"F", b"q"})  # always pass: they reduce risk

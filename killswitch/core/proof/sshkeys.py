@@ -2,7 +2,7 @@
 
 Pure bytes in, keys out (`cryptography` objects, or the canonical blob): the same key encoded
 twice (an RSA modulus with a leading zero byte) is the same canonical blob, and an ECDSA point
-in compressed form is refused, as OpenSSH refuses it. `core.sshsig` verifies with these.
+in compressed form is refused, as OpenSSH refuses it. `core.proof.sshsig` verifies with these.
 """
 
 from __future__ import annotations

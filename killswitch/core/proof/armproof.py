@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from killswitch.core.names import InvalidName, check_name
+from killswitch.core.node.names import InvalidName, check_name
 
 if TYPE_CHECKING:  # the verifier loads `cryptography`: `kill` and `status` only read proofs
-    from killswitch.core.sshsig import Operators
+    from killswitch.core.proof.sshsig import Operators
 
 VERSION = "killswitch-arm-2"  # 2: boot ids signed (a -1 proof opens nothing)
 SCOPE_NODE = "node"
@@ -42,7 +42,7 @@ WRONG_SCOPE = "wrong_scope"  # a lift signed for another scope (or a node arm)
 UNPROVEN = "unproven"  # the proof does not name this host's current boot id
 EXPIRED = "expired"  # the request expired by this host's clock before the host first saw it
 WRONG_LIFT = "wrong_lift"  # the proof lifts an epoch this host does not hold
-FRESH_REFUSALS = (UNPROVEN, EXPIRED, WRONG_LIFT)  # core.state.UNPROVEN_REFUSALS
+FRESH_REFUSALS = (UNPROVEN, EXPIRED, WRONG_LIFT)  # core.node.state.UNPROVEN_REFUSALS
 _BOOT = re.compile(r"[0-9a-f]{16,64}")
 
 
@@ -171,7 +171,7 @@ class Verdict:
 
 def verify_proof(operators: Operators | None, text: str) -> Verdict:
     """Verify a stored proof's signatures (the costly part: done once per new proof)."""
-    from killswitch.core.sshsig import SignatureError, verify_signer  # noqa: PLC0415  see above
+    from killswitch.core.proof.sshsig import SignatureError, verify_signer  # noqa: PLC0415  see above
 
     if operators is None:
         return Verdict(None, refusal=NO_OPERATORS, detail="no operators file loaded")

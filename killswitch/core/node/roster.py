@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from killswitch.core.bounds import parse_float, parse_uint, plausible_epoch, uint_or
-from killswitch.core.fence import fence_report
-from killswitch.core.options import bound, default_ms, to_ms
+from killswitch.core.node.bounds import parse_float, parse_uint, plausible_epoch, uint_or
+from killswitch.core.settings.options import bound, default_ms, to_ms
 
 DEFAULT_ALIVE_MS = default_ms("stale-after")  # the node's liveness bound, `--stale-after`
 MAX_REFUSAL = 64  # a host's arm refusal is a short name; junk written there stays short
@@ -56,7 +55,7 @@ class HostStatus:
     scope_kept: tuple[str, ...] = ()
     boot: str = ""  # the boot id it reports: an arm signs it, a new one needs `arm --host`
     wire: int = 0  # orders its FIX gateway forwarded to a venue
-    fence: dict[str, object] | None = None  # its network fence (core.fence); None: none
+    fence: dict[str, object] | None = None  # its network fence (core.enforce.fence); None: none
     metrics: str = ""  # its metrics address (where `killswitch recorder --node` reads it)
     # the flight recorder's frozen file of the confirmed kill, its sha256, and whether the
     # records after the kill are in it yet ("" none)
@@ -295,3 +294,17 @@ def implausible_reports(statuses: Mapping[str, HostStatus], stored: int) -> list
 
 def _int(v: str | None) -> int:
     return uint_or(v)
+
+
+def fence_report(report: Mapping[str, str]) -> dict[str, object] | None:
+    """A host's fence as `status --json` shows it (`hosts[H].fence`); None: no `--fence`."""
+    state = report.get("fence", "")
+    if state not in ("standing", "killed", "failed"):
+        return None
+    return {
+        "state": state,
+        "epoch": uint_or(report.get("fence_epoch")),  # the kill the kill fence was proven for
+        "refused": uint_or(report.get("fence_refused")),
+        "problem": report.get("fence_problem", "")[:300],
+        "bypass": report.get("bypass", "")[:100],
+    }

@@ -32,10 +32,9 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from statistics import median
 
-from killswitch.core import readings
-from killswitch.core.baseline import Baseline, BaselineTrip
-from killswitch.core.readings import Reading, Span, Streak
-from killswitch.core.rules import (
+from killswitch.core.rules import readings
+from killswitch.core.rules.baseline import Baseline, BaselineTrip
+from killswitch.core.rules.config import (
     BASELINE,
     BASELINE_CAUSES,
     BASELINE_FAST,
@@ -57,6 +56,7 @@ from killswitch.core.rules import (
     haunted_hosts,
     next_level,
 )
+from killswitch.core.rules.readings import Reading, Span, Streak
 
 
 class Monitor:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: `status` shows the view without loading the rules
-    from killswitch.core.anomaly import Evaluation, MonitorConfig
+    from killswitch.core.rules.anomaly import Evaluation, MonitorConfig
 
 JSON_FIELDS = ("rules", "haunted")  # view fields that hold JSON; `decode_view` parses them
 # view fields that hold a JSON object (rule -> last evaluation ms; rule -> fault)

@@ -10,7 +10,7 @@ import base64
 import hashlib
 from dataclasses import dataclass
 
-from killswitch.core.armproof import (
+from killswitch.core.proof.armproof import (
     ProofError,
     canonical,
     field_int,
@@ -46,7 +46,7 @@ class ForgetRequest:
 
 def key_fingerprint(signature: str) -> str:
     """The OpenSSH SHA256 fingerprint of the key inside a signature ("" if there is none)."""
-    from killswitch.core.sshsig import SignatureError, key_of  # noqa: PLC0415  loads cryptography
+    from killswitch.core.proof.sshsig import SignatureError, key_of  # noqa: PLC0415  loads cryptography
 
     try:
         blob = key_of(signature)

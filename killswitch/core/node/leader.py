@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from killswitch.core.bounds import parse_uint
+from killswitch.core.node.bounds import parse_uint
 
 # A local belief ends before the Redis lease does: the renewal's reply may have been slow.
 SAFETY = 0.75

@@ -1,6 +1,6 @@
 """What a setting is: its name, kind, default, bound, environment variable, help and verbs
 (`Option`), and the arithmetic every module shares on it (seconds to milliseconds, number
-formatting, the closest known name). The table itself is `core.options`.
+formatting, the closest known name). The table itself is `core.settings.options`.
 
 Pure: imports nothing but the standard library, reads no file and no environment.
 """

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-from killswitch.core.gate import Gate
-from killswitch.core.recfmt import LINE
-from killswitch.core.state import NodeState
+from killswitch.core.enforce.gate import Gate
+from killswitch.core.enforce.recfmt import LINE
+from killswitch.core.node.state import NodeState
 
 MAX_LINE = 1024  # bytes, newline excluded; a longer line is refused with ERR
 MAX_QTY = 10**12

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from killswitch.core.roster import Quorum
+from killswitch.core.node.roster import Quorum
 
 ARMED, KILLED, UNARMED = "ARMED", "KILLED", "UNARMED"
 

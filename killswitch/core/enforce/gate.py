@@ -18,13 +18,13 @@ from typing import Any
 
 import structlog
 
-from killswitch.core.limits import LimitChecker, Limits
-from killswitch.core.recfmt import ALLOW, ALLOWED, BLOCK, CANCEL, CANCELLED, INPROC, kind
-from killswitch.core.state import MAX_EPOCH, BlockReason, HostView, NodeState, boot_view
+from killswitch.core.enforce.limits import LimitChecker, Limits
+from killswitch.core.enforce.recfmt import ALLOW, ALLOWED, BLOCK, CANCEL, CANCELLED, INPROC, kind
+from killswitch.core.node.state import MAX_EPOCH, BlockReason, HostView, NodeState, boot_view
 
 Decision = tuple[bool, int, str]  # (allowed, epoch, block reason or "")
 # The flight recorder's append: (kind, order id, symbol, side, qty, price, epoch), `kind` from
-# `core.recfmt.kind` (decision, reason, source). It must not raise (`runtime.ring.Ring.write`).
+# `core.enforce.recfmt.kind` (decision, reason, source). It must not raise (`runtime.ring.Ring.write`).
 Recorder = Callable[[int, str, str, str, int, float, int], None]
 _ALLOWED_INPROC = ALLOWED[INPROC]
 LIMIT = "limit"  # the block reason of an order over a local pre-trade limit
@@ -107,7 +107,7 @@ class Gate:
         self.blocked_by: dict[str, int] = {}  # block reason -> count (sums to `blocked`)
         self.cancels = 0
         self._clock = clock
-        self._log = log if log is not None else structlog.get_logger("killswitch.core.gate")
+        self._log = log if log is not None else structlog.get_logger("killswitch.core.enforce.gate")
         self._open = False
         self._deadline = 0.0
         self._held = 0  # epoch of a kill notice not yet confirmed by a read (0: none)
@@ -151,7 +151,7 @@ class Gate:
     ) -> Decision:
         """Like `allow()`, with the epoch and the block reason for the gate protocol reply.
 
-        `source` is who asks, for the flight recorder (`core.recfmt`: LINE, FIX, INPROC).
+        `source` is who asks, for the flight recorder (`core.enforce.recfmt`: LINE, FIX, INPROC).
         """
         if self._open:
             now = self._clock()

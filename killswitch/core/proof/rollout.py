@@ -2,7 +2,7 @@
 
 Pure: messages, records and reported releases in, decisions out; it never reads Redis or a
 file. A rollout is begun, promoted and aborted by two operators each, like an arm, with the
-arm's signatures (`core.sshsig`, namespace "killswitch") over a message of its own kind
+arm's signatures (`core.proof.sshsig`, namespace "killswitch") over a message of its own kind
 (`VERSION`), so an arm signature never reads as a rollout step and a rollout step never reads
 as an arm. A record exempts hosts only when its signatures verify: nothing written into Redis
 by hand widens what a host may run.
@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from killswitch.core.armproof import (
+from killswitch.core.node.release import Split, short, split
+from killswitch.core.proof.armproof import (
     MAX_EPOCH,
     REQUIRED_OPERATORS,
     Proof,
@@ -27,10 +28,9 @@ from killswitch.core.armproof import (
     signed_names,
     signed_node,
 )
-from killswitch.core.release import Split, short, split
 
 if TYPE_CHECKING:  # the verifier loads `cryptography`: `status` only reads records
-    from killswitch.core.sshsig import Operators
+    from killswitch.core.proof.sshsig import Operators
 
 VERSION = "killswitch-rollout-1"
 BEGIN, PROMOTE, ABORT = "begin", "promote", "abort"
@@ -151,7 +151,7 @@ class StepVerdict:
 
 def verify_step(operators: Operators | None, text: str, node: str, step: str) -> StepVerdict:
     """Verify one stored step: a `step` message for `node` signed by two distinct operators."""
-    from killswitch.core.sshsig import SignatureError, verify  # noqa: PLC0415  see above
+    from killswitch.core.proof.sshsig import SignatureError, verify  # noqa: PLC0415  see above
 
     if operators is None:
         return StepVerdict(None, refusal=NO_OPERATORS, detail="no operators file loaded")

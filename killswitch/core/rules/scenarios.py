@@ -17,10 +17,10 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from killswitch.core.anomaly import MonitorConfig
-from killswitch.core.backtest import FlowEvent, replay
-from killswitch.core.baseline import Baseline
-from killswitch.core.options import default_ms
+from killswitch.core.rules.anomaly import MonitorConfig
+from killswitch.core.rules.backtest import FlowEvent, replay
+from killswitch.core.rules.baseline import Baseline
+from killswitch.core.settings.options import default_ms
 
 HOSTS = tuple(f"or-{i:02d}" for i in range(1, 9))
 PER_HOST = 10.0  # orders/s per host, the node's normal

@@ -3,8 +3,8 @@ variable, help and the verbs that take it.
 
 The command-line parsers, the environment and config-file resolution, the validation,
 `killswitch config --check`, `--help` and the README's settings table are all produced from
-`OPTIONS` (the services' and the trip rules' part is `core.serviceoptions`; what an option
-is, `core.option`); the services' typed settings and the trip rules read their defaults and
+`OPTIONS` (the services' and the trip rules' part is `core.settings.serviceoptions`; what an option
+is, `core.settings.option`); the services' typed settings and the trip rules read their defaults and
 bounds here too. Pure data: it imports nothing but those two (core modules read their bounds
 from it) and never reads a file or the environment.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from killswitch.core.option import (
+from killswitch.core.settings.option import (
     CAP_PER_HOST_PER_S,
     DAY,
     ENV_PREFIX,
@@ -31,7 +31,7 @@ from killswitch.core.option import (
     fmt_number,
     to_ms,
 )
-from killswitch.core.serviceoptions import RULE_VERBS, SERVICE_OPTIONS, SERVICES
+from killswitch.core.settings.serviceoptions import RULE_VERBS, SERVICE_OPTIONS, SERVICES
 
 __all__ = [
     "CAP_PER_HOST_PER_S", "ENV_PREFIX", "OPTIONS", "RATE_HEADROOM", "RULE_VERBS", "SERVICES",

@@ -1,0 +1,1 @@
+"""The table of options: every setting of every verb and service, declared once."""
