@@ -135,6 +135,8 @@ class Fence:
             # the kill's critical path: the rules go in now, from this handler, and only then
             # are connections cut and the table read back (raising needs no proof first)
             applied = self.tools.apply_now(_KILL_CMD)
+            if applied.done() and applied.exception() is None:
+                self.log.warning("FENCE_RAISED", epoch=self.want_epoch)  # in place now
         else:  # a lift is not urgent (and flushes two chains): the nftables thread does it
             applied = self.tools.apply_soon(rules.lift())
         self._spawn(self._converge(applied, self.want_killed, self.want_epoch))
@@ -145,12 +147,13 @@ class Fence:
         task.add_done_callback(self._pending.discard)
 
     async def _converge(self, applied: asyncio.Future[str], killed: bool, epoch: int) -> None:
+        logged = applied.done()  # applied at once: FENCE_RAISED was logged then, if it was
         try:
             await applied
             failed = ""
         except (FenceFailed, OSError) as e:
             failed = str(e)
-        if killed and not failed:
+        if killed and not failed and not logged:
             self.log.warning("FENCE_RAISED", epoch=epoch)
         async with self._lock:
             try:

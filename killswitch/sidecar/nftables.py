@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import json
 import os
 import subprocess
@@ -85,9 +86,11 @@ class Tools:
             except OSError as e:
                 raise FenceFailed(f"cannot open {path}: {e.strerror}") from None
             try:
+                # the type named, never 0: systemd's RestrictNamespaces=net allows only this
                 if ctypes.CDLL(None, use_errno=True).setns(fd, _CLONE_NEWNET) != 0:
                     err = ctypes.get_errno()
-                    raise FenceFailed(f"cannot enter {path}: {os.strerror(err)}")
+                    why = f" ({rules.NETNS_HINT})" if err == errno.EPERM else ""
+                    raise FenceFailed(f"cannot enter {path}: {os.strerror(err)}{why}")
             finally:
                 os.close(fd)
         ctx = lib.nft_ctx_new(0)
