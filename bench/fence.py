@@ -42,6 +42,8 @@ while True:
     except (ConnectionRefusedError, ConnectionResetError):  # reset: caught mid-handshake
         if up:
             print(time.time(), flush=True); break
+    except TimeoutError:  # a SYN-ACK the fence dropped (the SYN left just before): try again
+        pass
     time.sleep(0.002)
 """
 
