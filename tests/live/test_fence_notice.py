@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import threading
+from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -57,6 +58,13 @@ def kill_rules(pair: NetPair) -> int:
     return n
 
 
+LOGS: defaultdict[str, CapturingLogger] = defaultdict(CapturingLogger)  # node -> its log
+
+
+def logged(node: str, event: str) -> list[dict[str, object]]:
+    return [c.kwargs for c in LOGS[node].calls if c.kwargs.get("event") == event]
+
+
 @contextlib.asynccontextmanager
 async def occupied(tools: Tools) -> AsyncIterator[None]:
     """The nftables thread busy with something else (as with `ss -K` under way) until exit."""
@@ -85,7 +93,7 @@ async def fenced_sidecar(
         state_dir=str(tmp_path), operators=str(keys.file), fence=SPEC,
         fence_netns=pair.trading, fence_on_kill=on_kill,
     )  # fmt: skip
-    sc = Sidecar(settings, redis, logger=structlog.wrap_logger(CapturingLogger()))
+    sc = Sidecar(settings, redis, logger=structlog.wrap_logger(LOGS[node], processors=[]))
     assert isinstance(sc.fence, Fence)
     await sc.fence.start()
     await signed_store_arm(
@@ -138,6 +146,7 @@ class TestRaisedByTheNotice:
         async with occupied(fence.tools):
             sidecar._notice(f"FENCE {res.epoch}")
             assert kill_rules(pair) == 2  # out and in
+            assert [e["epoch"] for e in logged(node, "FENCE_RAISED")] == [res.epoch]
         await wait_until_async(lambda: fence.fenced_epoch == res.epoch, 10.0, 0.02, "proven")
         assert fence.state == "killed" and fence.problem == ""
 
