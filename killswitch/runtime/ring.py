@@ -39,7 +39,7 @@ from killswitch.core.enforce.recfmt import (
     short_id,
 )
 
-_MAX_SYMBOLS = 4096  # symbols whose bytes are kept; past that a symbol is encoded per order
+_MAX_SYMBOLS = 16_384  # symbols whose bytes are kept; past that a symbol takes the slow path
 
 
 class Ring:
@@ -114,27 +114,27 @@ class Ring:
 
     def _writer(self) -> Recorder:
         """`write(kind, order_id, symbol, side, qty, price, epoch)`: append one gate decision
-        (`kind` from `core.enforce.recfmt.kind`); never raises. A closure over locals, not a method:
-        on the order path every attribute lookup is a cost."""
+        (`kind` from `core.enforce.recfmt.kind`); never raises. A closure over locals, not a
+        method: on the order path every attribute lookup, method call and branch is a cost
+        (measured in bench/gate_check.py), so the common case is subscripts and one
+        `pack_into`; a symbol or side not in its table takes the `except` path."""
         mm, slots, pack, clock = self._mm, self.slots, RECORD_FAST.pack_into, self._clock_ns
-        base, size = HEADER_SIZE, RECORD_SIZE
-        index, next_seq, symbols, ids = self._index, self._seq.__next__, self._symbols, self._ids
-        side_code, symbol_bytes, odd = SIDES.get, self._symbol, self._odd
+        base, size, index, seqs, nxt = HEADER_SIZE, RECORD_SIZE, self._index, self._seq, next
+        symbols, sides, ids, slow = self._symbols, SIDES, self._ids, self._slow
 
         def write(code: int, order_id: str, symbol: str, side: str, qty: int, price: float,
                   epoch: int) -> None:  # fmt: skip
-            seq = next_seq()
+            seq = nxt(seqs)
             try:
-                sym = symbols.get(symbol)
-                if sym is None:
-                    sym = symbol_bytes(symbol)
+                # the lookups before the clock: a miss reads it once, in `slow`
+                sym, codes = symbols[symbol], code | sides[side]
                 pack(
                     mm, base + seq % slots * size, seq, clock(), epoch, qty, price, ids[0],
-                    code | side_code(side, 0), order_id.encode(), sym,
+                    codes, order_id.encode(), sym,
                 )  # fmt: skip
                 index[0] = seq + 1
-            except Exception:  # odd types from a caller (or a closed ring): never raised
-                odd(seq, code, order_id, symbol, side, qty, price, epoch)
+            except Exception:  # a new symbol, or odd types from a caller: never raised
+                slow(seq, code, order_id, symbol, side, qty, price, epoch)
 
         return write
 
@@ -158,21 +158,25 @@ class Ring:
             code = 0
         self.write(code, order_id, symbol, side, qty, price, epoch)
 
-    def _symbol(self, symbol: str) -> bytes:
-        b = symbol.encode()[:32]
-        if len(self._symbols) < _MAX_SYMBOLS:
-            self._symbols[symbol] = b
-        return b
-
-    def _odd(self, seq: int, code: object, order_id: object, symbol: object, side: object,
-             qty: object, price: object, epoch: object) -> None:  # fmt: skip
+    def _slow(self, seq: int, code: object, order_id: object, symbol: object, side: object,
+              qty: object, price: object, epoch: object) -> None:  # fmt: skip
+        """The writer's `except` path: a symbol seen for the first time (its bytes kept, up
+        to `_MAX_SYMBOLS`), else whatever the caller passed, coerced; a ring that cannot be
+        written (closed) counts the record in `dropped`."""
         try:
+            if isinstance(symbol, str):
+                sym = symbol.encode()[:32]
+                if len(self._symbols) < _MAX_SYMBOLS:
+                    self._symbols[symbol] = sym
+            else:
+                sym = str(symbol).encode("utf-8", "replace")[:32]
+            if not isinstance(order_id, str):
+                order_id = str(order_id)
             self._pack_fast(
                 self._mm, HEADER_SIZE + seq % self.slots * RECORD_SIZE, seq, self._clock_ns(),
                 max(_clamp(epoch), 0), _clamp(qty), _float(price), self._ids[0],
                 (_clamp(code) & 0xFFFFFF00) | SIDES.get(str(side), 0),
-                str(order_id).encode("utf-8", "replace"),
-                str(symbol).encode("utf-8", "replace")[:32],
+                order_id.encode("utf-8", "replace"), sym,
             )  # fmt: skip
             self._index[0] = seq + 1
         except Exception:

@@ -140,11 +140,6 @@ def kind(decision: int, reason: str, source: int) -> int:
     return (decision & 0xFF) << 8 | reason_code(reason) << 16 | (source & 0xFF) << 24
 
 
-# The kind of an allowed order and of a cancel, by source.
-ALLOWED = {source: kind(ALLOW, "", source) for source in SOURCES}
-CANCELLED = {source: kind(CANCEL, "", source) for source in SOURCES}
-
-
 def pack_header(h: Header) -> bytes:
     return HEADER.pack(
         MAGIC, h.version, HEADER_SIZE, RECORD_SIZE, h.slots, h.index, h.created_ns, h.kind,
