@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from killswitch.core.enforce.fence import fence_view
+from killswitch.core.enforce.frozen import freezing
 from killswitch.core.node import release
 from killswitch.core.node.bounds import MAX_EPOCH_JUMP, parse_uint, uint_or
 from killswitch.core.node.health import disagreements
@@ -220,9 +221,9 @@ async def kill(
         replicated = store.concurrently(_replicas_acked(store, min(timeout, REPLICA_WAIT_S)))
         waited = time.monotonic()
         snap, q = await wait_for_quorum(store, roster, wake, timeout, alive_ms)
-        if fence and q.complete:
+        if q.complete:
             left = timeout - (time.monotonic() - waited)
-            snap, q = await _wait_for_fence(store, roster, wake, left, alive_ms)
+            snap, q = await _wait_after_quorum(store, roster, wake, left, alive_ms, fence, snap)
         acked = await replicated
     report = node_report(snap, q)
     report["node"] = store.node
@@ -365,22 +366,23 @@ async def wait_for_quorum(
         await wake.wait(min(POLL_S, left))
 
 
-async def _wait_for_fence(
-    store: Store, roster: Sequence[str], wake: Wake, timeout: float, alive_ms: int
-) -> tuple[NodeSnapshot, Quorum]:
-    """After the quorum: wait until every roster host reports its kill fence proven for this
-    kill (a report, not a published confirmation: polled), or `timeout`."""
+async def _wait_after_quorum(store: Store, roster: Sequence[str], wake: Wake, timeout: float,
+                             alive_ms: int, fence: bool, snap: NodeSnapshot,
+                             ) -> tuple[NodeSnapshot, Quorum]:  # fmt: skip
+    """After the quorum (`snap`): wait until every roster host reports its kill fence proven
+    for this kill (with `fence`) and names its flight recorder's frozen file of it (a round
+    trip after it confirmed), or `timeout`. Reports, not published confirmations: polled."""
     deadline = time.monotonic() + max(timeout, 0.0)
     while True:
-        snap = await store.snapshot(roster)
-        q = quorum_of(snap, alive_ms)
         st = snap.state
-        _, failed = fence_view(roster, st.get("state") or "", uint_or(st.get("epoch")), True,
-                               snap.reports)  # fmt: skip
-        if not failed or time.monotonic() >= deadline:
-            return snap, q
+        state, epoch = st.get("state") or "", uint_or(st.get("epoch"))
+        failed = fence and fence_view(roster, state, epoch, True, snap.reports)[1]
+        owed = freezing(roster, epoch, snap.reports, snap.confirms)
+        if not (failed or owed) or time.monotonic() >= deadline:
+            return snap, quorum_of(snap, alive_ms)
         wake.clear()
         await wake.wait(min(POLL_S, max(deadline - time.monotonic(), 0.0)))
+        snap = await store.snapshot(roster)
 
 
 def _version(snap: NodeSnapshot) -> tuple[str | None, ...]:

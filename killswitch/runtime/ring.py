@@ -85,6 +85,7 @@ class Ring:
             self._mm[:HEADER_SIZE] = pack_header(head)
         self._index = memoryview(self._mm)[INDEX_OFFSET : INDEX_OFFSET + 8].cast("Q")
         self._index[0] = index
+        self.started = index  # the next seq when this process mapped the ring (metrics)
         self._seq = itertools.count(index)
         self._pack_fast = RECORD_FAST.pack_into
         self.write: Recorder = self._writer()
@@ -186,6 +187,24 @@ class Ring:
         """The release and limits digests the next records carry (their short ids)."""
         self._ids[0] = short_id(release) + short_id(limits)
 
+    def next_seq(self) -> int:
+        """The seq the next record gets: records this process wrote are `next_seq() - started`
+        (read at scrape time; the order path keeps no counter of its own)."""
+        return int(self._index[0]) if not self._mm.closed else self.started
+
+    def span_ns(self) -> int:
+        """Wall time from the oldest record the ring holds to the newest (0 with fewer than
+        two): how far back a freeze can reach at this order rate."""
+        if self._mm.closed:
+            return 0
+        newest = int(self._index[0]) - 1
+        oldest = max(newest - self.slots + 2, 1)
+        if newest <= oldest:
+            return 0
+        (t_old,) = _TIME.unpack_from(self._mm, HEADER_SIZE + oldest % self.slots * RECORD_SIZE + 8)
+        (t_new,) = _TIME.unpack_from(self._mm, HEADER_SIZE + newest % self.slots * RECORD_SIZE + 8)
+        return max(int(t_new) - int(t_old), 0)
+
     def snapshot(self) -> bytes:
         """A consistent copy of the ring file's bytes, safe while a writer appends: a slot the
         writer may have reached during the copy is blanked (the decoder skips it)."""
@@ -242,3 +261,4 @@ def _float(v: Any) -> float:
 
 
 _SEQ = struct.Struct("<Q")
+_TIME = struct.Struct("<q")  # a record's wall time, 8 bytes after its seq

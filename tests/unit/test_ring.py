@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client import CollectorRegistry
 from structlog.testing import CapturingLogger
 
 from killswitch.core.enforce.gate import Gate
@@ -209,7 +210,8 @@ class TestRecordingCollaborator:
         def sidecar(recorder: str | None) -> SimpleNamespace:
             s = SidecarSettings("smars", "or-01", "redis://x", state_dir=str(tmp_path / "st"),
                                 recorder=recorder, recorder_size=16)  # fmt: skip
-            return SimpleNamespace(s=s, gate=gate, log=CapturingLogger())
+            return SimpleNamespace(s=s, gate=gate, log=CapturingLogger(),
+                                   registry=CollectorRegistry())  # fmt: skip
 
         on = Recording(sidecar(None))  # type: ignore[arg-type]
         on.record(FIX, "f1", "KCG", "SELL", 7, 1.5, BLOCK, "limit", 9)
