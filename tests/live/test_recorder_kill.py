@@ -31,7 +31,9 @@ def scrape(f: Fleet, host: str) -> dict[tuple[str, tuple[tuple[str, str], ...]],
         for s in fam.samples:
             if s.name.startswith("killswitch_recorder_"):
                 assert (s.labels["node"], s.labels["host"]) == (f.node, host)
-                rest = tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("node", "host")))
+                rest = tuple(
+                    sorted((k, v) for k, v in s.labels.items() if k not in ("node", "host"))
+                )
                 out[(s.name, rest)] = s.value
     return out
 

@@ -58,7 +58,9 @@ class TestCollector:
         assert scrape(registry, "killswitch_recorder_frozen_bytes") == 4096
         for reason in FREEZE_FAILURES:
             want = 2 if reason == "no_space" else 0
-            assert scrape(registry, "killswitch_recorder_freeze_failures_total", reason=reason) == want
+            assert (
+                scrape(registry, "killswitch_recorder_freeze_failures_total", reason=reason) == want
+            )
         ring.close()
         rec.ring = None  # a stopped recording: the ring's figures are gone, the counts stay
         assert scrape(registry, "killswitch_recorder_records_total") is None
