@@ -121,7 +121,14 @@ class Ring:
         `pack_into`; a symbol or side not in its table takes the `except` path."""
         mm, slots, pack, clock = self._mm, self.slots, RECORD_FAST.pack_into, self._clock_ns
         base, size, index, seqs, nxt = HEADER_SIZE, RECORD_SIZE, self._index, self._seq, next
-        symbols, sides, ids, slow = self._symbols, SIDES, self._ids, self._slow
+        symbols, sides, slow = self._symbols, SIDES, self._slow
+        ids = self._ids[0]  # rebound by `set_ids` (a closure cell reads faster than a list)
+
+        def set_ids(value: bytes) -> None:
+            nonlocal ids
+            ids = value
+
+        self._set_ids = set_ids
 
         def write(code: int, order_id: str, symbol: str, side: str, qty: int, price: float,
                   epoch: int) -> None:  # fmt: skip
@@ -130,8 +137,8 @@ class Ring:
                 # the lookups before the clock: a miss reads it once, in `slow`
                 sym, codes = symbols[symbol], code | sides[side]
                 pack(
-                    mm, base + seq % slots * size, seq, clock(), epoch, qty, price, ids[0],
-                    codes, order_id.encode(), sym,
+                    mm, base + seq % slots * size, seq, clock(), epoch, qty, price, ids, codes,
+                    order_id.encode(), sym,
                 )  # fmt: skip
                 index[0] = seq + 1
             except Exception:  # a new symbol, or odd types from a caller: never raised
@@ -185,7 +192,8 @@ class Ring:
 
     def set_ids(self, release: str, limits: str) -> None:
         """The release and limits digests the next records carry (their short ids)."""
-        self._ids[0] = short_id(release) + short_id(limits)
+        self._ids[0] = ids = short_id(release) + short_id(limits)
+        self._set_ids(ids)
 
     def next_seq(self) -> int:
         """The seq the next record gets: records this process wrote are `next_seq() - started`

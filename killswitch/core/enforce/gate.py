@@ -28,22 +28,10 @@ Decision = tuple[bool, int, str]  # (allowed, epoch, block reason or "")
 Recorder = Callable[[int, str, str, str, int, float, int], None]
 
 
-class _Kinds(dict[int, int]):
-    """A decision's record kind by source, computed once per source, not per order."""
-
-    def __init__(self, decision: int) -> None:
-        super().__init__()
-        self.decision = decision
-
-    def __missing__(self, source: int) -> int:
-        code = kind(self.decision, "", source)
-        if len(self) < 256:  # a caller's odd source values cannot grow it without bound
-            self[source] = code
-        return code
-
-
-_ALLOWED = _Kinds(ALLOW)
-_CANCELLED = _Kinds(CANCEL)
+# A decision's record kind for each source byte (`kind` keeps `source & 0xFF`), computed
+# once: the order path indexes a tuple instead of calling `kind`.
+_ALLOWED = tuple(kind(ALLOW, "", source) for source in range(256))
+_CANCELLED = tuple(kind(CANCEL, "", source) for source in range(256))
 _ALLOWED_INPROC = _ALLOWED[INPROC]
 LIMIT = "limit"  # the block reason of an order over a local pre-trade limit
 
@@ -186,7 +174,7 @@ class Gate:
                 self.allowed += 1
                 rec = self._rec
                 if rec is not None:
-                    rec(_ALLOWED[source], order_id, symbol, side, qty, price, self._allow[1])
+                    rec(_ALLOWED[source & 0xFF], order_id, symbol, side, qty, price, self._allow[1])
                 return self._allow
         return self._refuse(order_id, symbol, side, qty, "", price, source)
 
@@ -198,7 +186,7 @@ class Gate:
         self.cancels += 1
         epoch = self._held or self.view.epoch
         if self._rec is not None:
-            self._rec(_CANCELLED[source], order_id, "", "", 0, 0.0, epoch)
+            self._rec(_CANCELLED[source & 0xFF], order_id, "", "", 0, 0.0, epoch)
         return epoch
 
     def _refuse(
