@@ -369,9 +369,9 @@ async def wait_for_quorum(
 async def _wait_after_quorum(store: Store, roster: Sequence[str], wake: Wake, timeout: float,
                              alive_ms: int, fence: bool, snap: NodeSnapshot,
                              ) -> tuple[NodeSnapshot, Quorum]:  # fmt: skip
-    """After the quorum (`snap`): wait until every roster host reports its kill fence proven
-    for this kill (with `fence`) and names its flight recorder's frozen file of it (a round
-    trip after it confirmed), or `timeout`. Reports, not published confirmations: polled."""
+    """After the quorum (`snap`), until `timeout`: every roster host's kill fence proven (with
+    `fence`) and its frozen flight-recorder file named (a trip after it confirmed). Polled;
+    a read is kept only with the quorum complete: this wait never unproves the kill."""
     deadline = time.monotonic() + max(timeout, 0.0)
     while True:
         st = snap.state
@@ -382,7 +382,8 @@ async def _wait_after_quorum(store: Store, roster: Sequence[str], wake: Wake, ti
             return snap, quorum_of(snap, alive_ms)
         wake.clear()
         await wake.wait(min(POLL_S, max(deadline - time.monotonic(), 0.0)))
-        snap = await store.snapshot(roster)
+        read = await store.snapshot(roster)
+        snap = read if quorum_of(read, alive_ms).complete else snap
 
 
 def _version(snap: NodeSnapshot) -> tuple[str | None, ...]:
