@@ -241,16 +241,34 @@ def _code(table: dict[int, str], word: str) -> int:
 
 def ring_slots(buf: bytes | memoryview, h: Header) -> list[tuple[int, int, int]]:
     """(seq, wall ns, byte offset) of every complete record of a ring, oldest first."""
-    # Each slot's seq and time unpacked in one C loop: a kill's freeze reads every slot of a
-    # ring of 65,536 records, and one `unpack_from` a slot took ten times as long.
-    body = memoryview(buf)[HEADER_SIZE : HEADER_SIZE + h.slots * RECORD_SIZE]
-    heads = list(_SEQ_TIME_RECORD.iter_unpack(body))
+    # The slots written, as at most two runs of adjacent slots, each unpacked in one C loop:
+    # a kill's freeze reads every record of a ring of up to 65,536, and one `unpack_from` a
+    # slot took ten times as long. An almost empty ring costs almost nothing.
     out = []
-    for slot, seq in _slots(h):
-        got, t_ns = heads[slot]
-        if got == seq or h.kind == KIND_FROZEN:
-            out.append((got, t_ns, HEADER_SIZE + slot * RECORD_SIZE))
+    view = memoryview(buf)
+    for first, n, seq in _runs(h):
+        off = HEADER_SIZE + first * RECORD_SIZE
+        heads = _SEQ_TIME_RECORD.iter_unpack(view[off : off + n * RECORD_SIZE])
+        for i, (got, t_ns) in enumerate(heads):
+            if got == seq + i or h.kind == KIND_FROZEN:
+                out.append((got, t_ns, off + i * RECORD_SIZE))
     return out
+
+
+def _runs(h: Header) -> Iterator[tuple[int, int, int]]:
+    """(first slot, slots, seq expected in the first) of the records `_slots` reads."""
+    if h.kind == KIND_FROZEN:
+        yield 0, min(h.index, h.slots), 0
+        return
+    lo = max(1, h.index - h.slots + 1)
+    n = h.index - lo
+    if not h.slots or n <= 0:
+        return
+    first = lo % h.slots
+    head = min(n, h.slots - first)
+    yield first, head, lo
+    if n > head:
+        yield 0, n - head, lo + head
 
 
 def frozen_file(h: Header, records: list[bytes]) -> bytes:
