@@ -213,17 +213,25 @@ class Ring:
         (t_new,) = _TIME.unpack_from(self._mm, HEADER_SIZE + newest % self.slots * RECORD_SIZE + 8)
         return max(int(t_new) - int(t_old), 0)
 
-    def snapshot(self) -> bytes:
+    def snapshot(self, whole: bool = True) -> bytearray:
         """A consistent copy of the ring file's bytes, safe while a writer appends: a slot the
-        writer may have reached during the copy is blanked (the decoder skips it)."""
+        writer may have reached during the copy is blanked (the decoder skips it). Slots no
+        record has reached yet are not copied: zeros as in the file, or, not `whole`, left
+        out (enough for `ring_slots`): a kill's freeze of a ring holding a few records
+        copies those, not the whole file."""
         before = int(self._index[0])
-        data = bytearray(self._mm)
+        used = HEADER_SIZE + min(before + 1, self.slots) * RECORD_SIZE
+        with memoryview(self._mm) as mapped:
+            data = bytearray(mapped[:used])
         after = int(self._index[0])
         data[INDEX_OFFSET : INDEX_OFFSET + 8] = before.to_bytes(8, "little")
         for seq in range(max(before + 1, after - self.slots + 1), after + 1):
             off = HEADER_SIZE + seq % self.slots * RECORD_SIZE
-            data[off : off + 8] = bytes(8)
-        return bytes(data)
+            if off < used:
+                data[off : off + 8] = bytes(8)
+        if whole:
+            data += bytes(len(self._mm) - used)
+        return data
 
     def close(self) -> None:
         """Unmap (the file stays). Later `record()` calls are counted in `dropped`."""

@@ -210,7 +210,7 @@ class Recording:
         try:
             before, kill_ns = self._frozen, self._kill_ns
             data = await asyncio.to_thread(
-                lambda: freeze(ring.snapshot(), before, epoch, kill_ns, span, final)
+                lambda: freeze(ring.snapshot(whole=False), before, epoch, kill_ns, span, final)
             )
             digest = await asyncio.to_thread(_write_atomically, path, data)
         except Exception as e:  # a full disk, a lost permission: counted, logged, reported
@@ -247,8 +247,8 @@ class Recording:
             with contextlib.suppress(OSError):
                 data = await asyncio.to_thread(Path(path).read_bytes)
                 return web.Response(body=data, content_type="application/octet-stream")
-        data = await asyncio.to_thread(self.ring.snapshot)
-        return web.Response(body=data, content_type="application/octet-stream")
+        ring = await asyncio.to_thread(self.ring.snapshot)
+        return web.Response(body=ring, content_type="application/octet-stream")
 
     async def close(self) -> None:
         """Finish a pending freeze with what exists, then unmap the ring."""
@@ -267,11 +267,14 @@ class Recording:
         ring.close()
 
 
-def freeze(snap: bytes, before: bytes, epoch: int, kill_ns: int, span: int, final: bool) -> bytes:
+def freeze(
+    snap: bytes | bytearray, before: bytes, epoch: int, kill_ns: int, span: int, final: bool
+) -> bytes:
     """The frozen file of a kill: the ring's records from `span` s before `kill_ns` to as
     long after (to now, if sooner). Records already frozen (`before`) are kept as written,
     so a flood that wraps the ring after the kill cannot erase what came before it."""
-    h = read_header(snap)
+    ring = memoryview(snap)
+    h = read_header(ring)
     lo, hi = kill_ns - span * NS, kill_ns + span * NS
     kept: list[bytes] = []
     last = 0
@@ -279,9 +282,9 @@ def freeze(snap: bytes, before: bytes, epoch: int, kill_ns: int, span: int, fina
         old = read_header(before)
         kept = [before[off : off + RECORD_SIZE] for _, _, off in ring_slots(before, old)]
         last = max((seq for seq, _, _ in ring_slots(before, old)), default=0)
-    for seq, t_ns, off in ring_slots(snap, h):
+    for seq, t_ns, off in ring_slots(ring, h):
         if seq > last and lo <= t_ns <= hi:
-            kept.append(snap[off : off + RECORD_SIZE])
+            kept.append(ring[off : off + RECORD_SIZE].tobytes())
     head = replace(h, epoch=epoch, kill_ns=kill_ns, freeze_s=span, complete=final)
     return frozen_file(head, kept)
 

@@ -151,6 +151,19 @@ class TestGateHook:
 
 
 class TestFreeze:
+    def test_a_freeze_copies_only_the_slots_written(self, tmp_path: Path) -> None:
+        """A ring of 100 slots holding 3 records (seq n in slot n): the freeze's snapshot is
+        the header and slots 0-4 (slot 4, the next, may be in flux), and freezes to the same
+        file as the whole ring's bytes."""
+        ring = Ring(str(tmp_path / "r.rec"), 100, "smars", "or-01")
+        fill(ring, 3)
+        part, whole = ring.snapshot(whole=False), ring.snapshot()
+        assert (len(part), len(whole)) == (256 + 5 * 160, 256 + 100 * 160)
+        assert whole[: len(part)] == part and not any(whole[len(part) :])
+        t = decode(whole).entries[1].t_ns
+        assert freeze(part, b"", 7, t, 60, True) == freeze(whole, b"", 7, t, 60, True)
+        ring.close()
+
     def test_a_flood_after_the_kill_cannot_erase_what_was_frozen_before_it(
         self, tmp_path: Path
     ) -> None:
@@ -165,10 +178,10 @@ class TestFreeze:
         ring = Ring(str(tmp_path / "r.rec"), 9, "smars", "or-01", clock_ns=now)
         fill(ring, 5)
         kill_ns = clock[0]
-        first = freeze(ring.snapshot(), b"", 7, kill_ns, 60, final=False)
+        first = freeze(ring.snapshot(whole=False), b"", 7, kill_ns, 60, final=False)
         assert ids(first) == [f"o{i}" for i in range(5)]
         fill(ring, 20, start=5)
-        done = decode(freeze(ring.snapshot(), first, 7, kill_ns, 60, final=True))
+        done = decode(freeze(ring.snapshot(whole=False), first, 7, kill_ns, 60, final=True))
         assert [e.order_id for e in done.entries] == [f"o{i}" for i in (*range(5), *range(17, 25))]
         assert (done.header.epoch, done.header.kill_ns, done.header.complete) == (7, kill_ns, True)
         ring.close()
