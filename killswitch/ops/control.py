@@ -380,8 +380,8 @@ async def _wait_after_quorum(store: Store, roster: Sequence[str], wake: Wake, ti
         owed = freezing(roster, epoch, snap.reports, snap.confirms)
         if not (failed or owed) or time.monotonic() >= deadline:
             return snap, quorum_of(snap, alive_ms)
-        wake.clear()
         await wake.wait(min(POLL_S, max(deadline - time.monotonic(), 0.0)))
+        wake.clear()  # before the read: a file named while it runs wakes the next wait
         read = await store.snapshot(roster)
         snap = read if quorum_of(read, alive_ms).complete else snap
 
