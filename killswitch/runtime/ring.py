@@ -66,6 +66,7 @@ class Ring:
         self.dropped = 0  # decisions that could not be recorded (bad types, closed ring)
         self._clock_ns = clock_ns
         self._symbols: dict[str, bytes] = {}
+        self._sides = dict(SIDES)  # and any other side word seen, as code 0 (a few at most)
         carried = self._existing(path, slots)
         size = HEADER_SIZE + slots * RECORD_SIZE
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
@@ -121,7 +122,7 @@ class Ring:
         `pack_into`; a symbol or side not in its table takes the `except` path."""
         mm, slots, pack, clock = self._mm, self.slots, RECORD_FAST.pack_into, self._clock_ns
         base, size, index, seqs, nxt = HEADER_SIZE, RECORD_SIZE, self._index, self._seq, next
-        symbols, sides, slow = self._symbols, SIDES, self._slow
+        symbols, sides, slow = self._symbols, self._sides, self._slow
         ids = self._ids[0]  # rebound by `set_ids` (a closure cell reads faster than a list)
 
         def set_ids(value: bytes) -> None:
@@ -168,9 +169,9 @@ class Ring:
 
     def _slow(self, seq: int, code: object, order_id: object, symbol: object, side: object,
               qty: object, price: object, epoch: object) -> None:  # fmt: skip
-        """The writer's `except` path: a symbol seen for the first time (its bytes kept, up
-        to `_MAX_SYMBOLS`), else whatever the caller passed, coerced; a ring that cannot be
-        written (closed) counts the record in `dropped`."""
+        """The writer's `except` path: a symbol or side word seen for the first time (kept,
+        up to `_MAX_SYMBOLS` and 64), else whatever the caller passed, coerced; a ring that
+        cannot be written (closed) counts the record in `dropped`."""
         try:
             if isinstance(symbol, str):
                 sym = symbol.encode()[:32]
@@ -178,6 +179,8 @@ class Ring:
                     self._symbols[symbol] = sym
             else:
                 sym = str(symbol).encode("utf-8", "replace")[:32]
+            if isinstance(side, str) and side not in self._sides and len(self._sides) < 64:
+                self._sides[side] = 0  # another word for a side (e.g. a FIX code): none
             if not isinstance(order_id, str):
                 order_id = str(order_id)
             self._pack_fast(

@@ -96,6 +96,18 @@ class TestRingFile:
         ring.record(INPROC, "late", "KCG", "BUY", 1, 1.0, ALLOW, "", 3)
         assert ring.dropped == 1
 
+    def test_a_new_symbol_or_side_word_is_recorded_the_first_time_and_after(
+        self, tmp_path: Path
+    ) -> None:
+        """A symbol and a side word the writer has not seen (a FIX side code): recorded at
+        once, and the same again once they are known (symbol kept, side none)."""
+        ring = Ring(str(tmp_path / "r.rec"), 5, "smars", "or-01")
+        for oid in ("a", "b"):
+            ring.record(INPROC, oid, "ESZ6", "7", 1, 1.0, ALLOW, "", 3)
+        got = [(e.order_id, e.symbol, e.side) for e in decode(ring.snapshot()).entries]
+        assert got == [("a", "ESZ6", ""), ("b", "ESZ6", "")]
+        ring.close()
+
     def test_a_snapshot_while_another_thread_writes_holds_only_whole_records(
         self, tmp_path: Path
     ) -> None:
