@@ -19,7 +19,7 @@ from killswitch.core.node.state import NodeState
 from killswitch.sidecar.fence import Fence, NoFence
 from killswitch.sidecar.notify import StateNotifier
 
-Record = Callable[[int, NodeState | None], bool]  # the sidecar's local record (see `Recorder`)
+Record = Callable[[int, NodeState | None], bool]  # the local record (`applying.Recorder`)
 
 
 class NoticeListener:
