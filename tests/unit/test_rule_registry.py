@@ -15,12 +15,13 @@ import pytest
 from killswitch.core.rules import readings
 from killswitch.core.rules.anomaly import Monitor
 from killswitch.core.rules.config import (
-    BASELINE_CAUSES,
+    BASELINE,
+    BASELINE_FAST,
     CAUSES,
     FAST_CAUSES,
+    HOST_SHARE,
+    RUNAWAY,
     SETTINGS,
-    SHARE_CAUSES,
-    SPAN_CAUSES,
     MonitorConfig,
 )
 from killswitch.core.rules.registry import RULES, by_cause
@@ -180,14 +181,22 @@ class TestEveryRegisteredRule:
         published = json.loads(view_fields(ALL_ON, ev, (rule,))["rules"])
         assert [(e["rule"], e["unit"]) for e in published] == [(rule.cause, rule.unit)]
 
-    def test_its_kind_matches_the_named_groups(self) -> None:
-        """The rules' own words agree with the named groups of causes the config exports."""
-        cfg = MonitorConfig()
+    def test_the_fast_ones_are_the_configs(self) -> None:
+        """The rules that judge the fast window are those the config keeps it for."""
         assert tuple(r.cause for r in RULES if r.fast) == FAST_CAUSES
-        assert tuple(r.cause for r in RULES if r.spans) == SPAN_CAUSES
-        assert tuple(r.cause for r in RULES if r.unit == "share") == SHARE_CAUSES
-        taught = tuple(r.cause for r in RULES if r.teaches(cfg, 1.0, 1) is not None)
-        assert taught == BASELINE_CAUSES
+
+    def test_what_they_say_of_themselves(self) -> None:
+        """The slow rules count breach time over a span; a re-arm after a baseline rule's
+        trip teaches the window level (a fast one's rate scaled to the window; runaway's
+        window itself), after any other teaches nothing."""
+        cfg = MonitorConfig()
+        assert [r.cause for r in RULES if r.spans] == [BASELINE, HOST_SHARE]
+        taught = {r.cause: r.teaches(cfg, 7.0, 900) for r in RULES}
+        assert {c: v for c, v in taught.items() if v is not None} == {
+            BASELINE: 7.0,
+            BASELINE_FAST: 7.0 * cfg.fast_scale,
+            RUNAWAY: 900.0,
+        }
 
     @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.cause)
     def test_readings_hold_is_the_rules(self, rule: Rule) -> None:

@@ -58,15 +58,13 @@ MAX_RATE = "max_rate"
 BASELINE_FAST = "baseline_fast"
 HOST_SHARE_FAST = "host_share_fast"
 RUNAWAY = "runaway"
-# Also the order rules are evaluated and reported; the slow rules come first so a tick where
-# both windows trip names the cause the node was killed for before this release.
+# The registry's rules (`core.rules.registry`), in its order: the names `--shadow` accepts and
+# the config turns on (`causes`), known here without loading the rules (a test keeps them equal).
 CAUSES = (MAX_ORDERS, BASELINE, HOST_SHARE, MAX_RATE, BASELINE_FAST, HOST_SHARE_FAST, RUNAWAY)
+# The rules that judge the fast window (`Rule.fast`): the aggregator keeps one when one is on.
 FAST_CAUSES = (MAX_RATE, BASELINE_FAST, HOST_SHARE_FAST)
+# The share rules of the releases whose view did not publish a rule's unit (`view.ruleview`).
 SHARE_CAUSES = (HOST_SHARE, HOST_SHARE_FAST)
-# Trips a re-arm answers by teaching the baseline the level that tripped.
-BASELINE_CAUSES = (BASELINE, BASELINE_FAST, RUNAWAY)
-# The slow rules whose breach is counted over `breach_span` windows.
-SPAN_CAUSES = (BASELINE, HOST_SHARE)
 
 # The derived rate cap (`RATE_HEADROOM`, in the table of options) is that many times the
 # average rate `max_orders` allows. A node may send its whole window's cap in one burst under
