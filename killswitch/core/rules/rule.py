@@ -91,7 +91,7 @@ class Rule(ABC):
     evaluation, teaches nothing)."""
 
     cause: str  # the stable cause string: a metric label and an audit field
-    options: tuple[str, ...] = ()  # its settings in the table of options (`core.settings`)
+    options: tuple[str, ...] = ()  # the settings it reads, in the table of options
     unit: str = ORDERS  # how `status` shows its value and limit (`UNITS`)
     fast: bool = False  # it judges the fast window, not the window
     # Its breach is counted over the last `breach_span` windows, gaps allowed (`Span`),

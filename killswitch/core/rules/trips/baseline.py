@@ -25,7 +25,8 @@ def condition(cfg: MonitorConfig, total: int, expected: float | None, warm: bool
 
 class Baseline(Rule):
     cause = BASELINE
-    options = ("baseline-multiplier", "min-orders", "breach-windows", "breach-span", "warmup")
+    options = ("baseline-multiplier", "window", "min-orders", "breach-windows", "breach-span",
+               "warmup")  # fmt: skip
     spans = True
 
     def read(self, cfg: MonitorConfig, at: Instant) -> Reading:

@@ -44,7 +44,7 @@ def condition(
 
 class HostShare(Rule):
     cause = HOST_SHARE
-    options = ("max-host-share", "min-orders", "breach-windows", "breach-span")
+    options = ("max-host-share", "window", "min-orders", "breach-windows", "breach-span")
     unit = SHARE
     spans = True
 

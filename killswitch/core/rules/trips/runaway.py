@@ -85,7 +85,7 @@ def condition(
 
 class Runaway(Rule):
     cause = RUNAWAY
-    options = ("runaway-growth", "runaway-step", "runaway-steps", "baseline-band",
+    options = ("runaway-growth", "runaway-step", "runaway-steps", "window", "baseline-band",
                "min-orders", "warmup")  # fmt: skip
     unit = GROWTH
 
