@@ -165,8 +165,17 @@ class Monitor:
             self._history.add(now_ms, node_total, cfg.runaway_ms)
         else:
             self._history = History()
-        at = Instant(now_ms, armed, node_total, hosts, fast_total, fhosts, expected, warm,
-                     self._history)  # fmt: skip
+        at = Instant(
+            now_ms=now_ms,
+            armed=armed,
+            node_total=node_total,
+            hosts=hosts,
+            fast_total=fast_total,
+            fast_hosts=fhosts,
+            expected=expected,
+            warm=warm,
+            history=self._history,
+        )
         found = [(rule, rule.read(cfg, at)) for rule in self.rules]
         self._learn(now_ms, node_total, dt, armed, warm, found)
 
