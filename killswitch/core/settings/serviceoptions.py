@@ -15,7 +15,9 @@ from killswitch.core.settings.option import (
 
 SERVICES = ("sidecar", "aggregator")
 RULE_VERBS = ("aggregator", "backtest")  # the trip rules' flags: one definition for both
-RULE_GROUP = "trip rules"  # their --help section: each is a field of `MonitorConfig`
+_AGG_RULES = "trip rules"
+# The trip rules' section: each option in it sets the `MonitorConfig` field of its name.
+RULE_GROUP = _AGG_RULES
 _BURST = "limit-burst rule"
 _FENCE = "network fence"
 
@@ -124,79 +126,79 @@ SERVICE_OPTIONS: tuple[Option, ...] = (
            bound=N(1, 10**9), metavar="N",
            derived=f"{CAP_PER_HOST_PER_S:,} orders/s per roster host (backtest: per host in the "
            "counts) over --window",
-           group=RULE_GROUP),
+           group=_AGG_RULES),
     Option("window", RULE_VERBS, "sliding window in seconds", kind="float", default=10.0,
-           bound=S(0.1, 3600.0), metavar="S", group=RULE_GROUP),
+           bound=S(0.1, 3600.0), metavar="S", group=_AGG_RULES),
     Option("baseline-multiplier", RULE_VERBS, "kill when the window holds more than X times "
            "the learned baseline ('off' disables the rule)", kind="multiplier", default=5.0,
-           bound=Bound(1.0001, 1e6), metavar="X", group=RULE_GROUP),
+           bound=Bound(1.0001, 1e6), metavar="X", group=_AGG_RULES),
     Option("breach-windows", RULE_VERBS, "consecutive windows a baseline or host-share breach "
-           "must last", kind="int", default=2, bound=N(1, 1000), metavar="N", group=RULE_GROUP),
+           "must last", kind="int", default=2, bound=N(1, 1000), metavar="N", group=_AGG_RULES),
     Option("min-orders", RULE_VERBS, "the baseline and host-share rules never trip a window "
            "below N orders", kind="int", default=100, bound=N(0, 10**9), metavar="N",
-           group=RULE_GROUP),
+           group=_AGG_RULES),
     Option("warmup", RULE_VERBS, "seconds of learning before the baseline rule may trip",
-           kind="float", default=300.0, bound=S(0.0, 7 * DAY), metavar="S", group=RULE_GROUP),
+           kind="float", default=300.0, bound=S(0.0, 7 * DAY), metavar="S", group=_AGG_RULES),
     Option("max-host-share", RULE_VERBS, "kill when one host sends more than this fraction "
            "of the window, e.g. 0.5", kind="fraction", metavar="F", unset="off",
-           group=RULE_GROUP),
+           group=_AGG_RULES),
     Option("haunted-ratio", RULE_VERBS, "report a host as haunted at X times its peers' "
            "median", kind="float", default=5.0, bound=Bound(1.0001, 1e6), metavar="X",
-           group=RULE_GROUP),
+           group=_AGG_RULES),
     Option("shadow", RULE_VERBS, "rules that only report ('would have tripped at ...'), "
            "never kill: a comma list of {causes}, or 'all'", kind="shadow", metavar="RULES",
-           unset="none", group=RULE_GROUP),
+           unset="none", group=_AGG_RULES),
     Option("max-rate", RULE_VERBS, "rate cap: kill when more than N orders per second were "
            "sent across the node within --fast-window; 'auto' derives it from --max-orders "
            f"({RATE_HEADROOM:g}x its average rate)", kind="rate", default="off",
-           bound=Bound(0.001, 1e9, "orders/s"), metavar="N", group=RULE_GROUP),
+           bound=Bound(0.001, 1e9, "orders/s"), metavar="N", group=_AGG_RULES),
     Option("fast-window", RULE_VERBS, "the fast window of the fast rules (baseline_fast, "
            "host_share_fast, max_rate), in seconds; they are off unless it is shorter than "
            "--window", kind="float", default=1.0, bound=S(0.1, 3600.0), metavar="S",
-           group=RULE_GROUP),
+           group=_AGG_RULES),
     Option("fast-multiplier", RULE_VERBS, "baseline_fast: kill when the fast window holds "
            "more than X times the baseline's rate ('off' disables the rule)",
            kind="multiplier", default=8.0, bound=Bound(1.0001, 1e6), metavar="X",
-           group=RULE_GROUP),
+           group=_AGG_RULES),
     Option("fast-breach", RULE_VERBS, "seconds a fast breach must hold, to filter one tick's "
            "noise (0 trips at the first breaching tick)", kind="float", default=0.1,
-           bound=S(0.0, 3600.0), metavar="S", group=RULE_GROUP),
+           bound=S(0.0, 3600.0), metavar="S", group=_AGG_RULES),
     Option("fast-min-orders", RULE_VERBS, "the fast baseline and host-share rules never trip "
            "a fast window below N orders", kind="int", default=50, bound=N(0, 10**9),
-           metavar="N", group=RULE_GROUP),
+           metavar="N", group=_AGG_RULES),
     Option("fast-host-share", RULE_VERBS, "host_share_fast: the --max-host-share limit on the "
            "fast window too (with --max-host-share)", kind="switch", default=True,
-           metavar="on|off", group=RULE_GROUP),
+           metavar="on|off", group=_AGG_RULES),
     Option("half-life", RULE_VERBS, "half-life of the baseline's moving average in seconds",
-           kind="float", default=45.0, bound=S(0.1, 30 * DAY), metavar="S", group=RULE_GROUP),
+           kind="float", default=45.0, bound=S(0.1, 30 * DAY), metavar="S", group=_AGG_RULES),
     Option("profile-bucket", RULE_VERBS, "width of a time-of-day profile bucket in seconds",
-           kind="float", default=300.0, bound=S(1.0, DAY), metavar="S", group=RULE_GROUP),
+           kind="float", default=300.0, bound=S(1.0, DAY), metavar="S", group=_AGG_RULES),
     Option("profile-half-life", RULE_VERBS, "half-life of a profile bucket, in time spent in "
            "it", kind="float", default=900.0, bound=S(0.1, 30 * DAY), metavar="S",
-           group=RULE_GROUP),
+           group=_AGG_RULES),
     # -- guarded learning, breach span and the runaway rule (docs/ANOMALY.md) -------------
     Option("breach-span", RULE_VERBS, "a baseline or host-share breach trips once it lasted "
            "--breach-windows - 1 windows in total within the last N windows, so a pulsing "
            "flood cannot reset it (--breach-windows - 1: only an unbroken breach)", kind="int",
-           bound=N(1, 1000), metavar="N", derived="--breach-windows + 1", group=RULE_GROUP),
+           bound=N(1, 1000), metavar="N", derived="--breach-windows + 1", group=_AGG_RULES),
     Option("baseline-band", RULE_VERBS, "a window confirmed normal is learned as at most X "
            "times the baseline ('off', with --baseline-doubling off: learn as earlier "
            "releases did)", kind="multiplier", default=1.5, bound=Bound(1.0, 1e6),
-           metavar="X", group=RULE_GROUP),
+           metavar="X", group=_AGG_RULES),
     Option("baseline-doubling", RULE_VERBS, "the learned baseline rises at most 2x in S "
            "seconds unless a re-arm accepts a level ('off' lifts the bound)",
            kind="multiplier", default=3600.0, bound=S(1.0, 30 * DAY), metavar="S",
-           group=RULE_GROUP),
+           group=_AGG_RULES),
     Option("baseline-slow-half-life", RULE_VERBS, "half-life of the baseline's slow moving "
            "average, which remembers the level through a lull ('off' for none)",
            kind="multiplier", default=7200.0, bound=S(0.1, 30 * DAY), metavar="S",
-           group=RULE_GROUP),
+           group=_AGG_RULES),
     Option("runaway-growth", RULE_VERBS, "runaway: kill when the node's volume grew more "
            "than X times in each of --runaway-steps steps of --runaway-step windows, above "
            "the band of the baseline ('off' disables the rule)", kind="multiplier",
-           default=1.15, bound=Bound(1.0001, 1e6), metavar="X", group=RULE_GROUP),
+           default=1.15, bound=Bound(1.0001, 1e6), metavar="X", group=_AGG_RULES),
     Option("runaway-step", RULE_VERBS, "windows per step of the runaway rule", kind="int",
-           default=2, bound=N(1, 1000), metavar="N", group=RULE_GROUP),
+           default=2, bound=N(1, 1000), metavar="N", group=_AGG_RULES),
     Option("runaway-steps", RULE_VERBS, "consecutive steps of growth the runaway rule needs",
-           kind="int", default=4, bound=N(1, 100), metavar="N", group=RULE_GROUP),
+           kind="int", default=4, bound=N(1, 100), metavar="N", group=_AGG_RULES),
 )  # fmt: skip
