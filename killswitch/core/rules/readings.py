@@ -1,5 +1,5 @@
 """Each rule's condition at one instant, and its breach hold, by the rule's name: for a
-caller that judges one rule by hand (the tests, a what-if) rather than through a `Monitor`.
+caller that judges one rule by hand rather than through a `Monitor` (the unit tests do).
 
 The conditions live in the rules' own modules (`core.rules.trips`); this module only names
 them. Nothing here keeps state, reads a clock, touches Redis or logs.
