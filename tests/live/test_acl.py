@@ -1,9 +1,10 @@
 """Redis ACL roles on a real redis-server loaded with the generated ACL file: each sidecar's
-credential gets NOPERM on everything but its own keys, and the fleet arms, trades, kills and
-proves containment with those credentials."""
+credential gets NOPERM on everything but its own keys and its pre-loaded functions (no Lua of
+its own), and the fleet arms, trades, kills and proves containment with those credentials."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError, ResponseErr
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.store import acl
 from killswitch.store.keys import NODES_KEY, NodeKeys
+from killswitch.store.scripts import sidecar_library
 from kstest import Fleet
 
 HOSTS = ["or-01", "or-02"]
@@ -52,6 +54,12 @@ class AclFleet(Fleet):
                 url(self.server, acl.sidecar_user(self.node, host))]  # fmt: skip
 
 
+def load_functions(server: EmbeddedRedis, node: str) -> None:
+    """The sidecars' library, loaded with the aggregator's credential (as it does at start)."""
+    with _client(server, acl.aggregator_user(node)) as c:
+        c.function_load(sidecar_library().code, replace=True)
+
+
 def _client_as(server: EmbeddedRedis, user: str, password: str) -> redis_sync.Redis:
     return redis_sync.Redis(
         port=server.port, username=user, password=password, decode_responses=True
@@ -69,6 +77,8 @@ class TestSidecarCredential:
         """Node state, roster, audit, lease, another host's keys: NOPERM, directly or by script."""
         k = NodeKeys(node)
         c = _client(acl_server, acl.sidecar_user(node, "or-01"))
+        lib = sidecar_library()
+        load_functions(acl_server, node)
         try:
             attempts = {
                 "state": lambda: c.hset(k.state, mapping={"state": "ARMED", "epoch": "100"}),
@@ -82,21 +92,47 @@ class TestSidecarCredential:
                 "script declared": lambda: c.eval(
                     "return redis.call('HSET', KEYS[1], 'state', 'ARMED')", 1, k.state),
                 "flushall": c.flushall,
+                # its own Lua, any way: EVAL, EVALSHA, SCRIPT LOAD, a library of its own
+                "eval": lambda: c.eval("return 1", 0),
+                "evalsha": lambda: c.evalsha("e0e1f9fabfc9d4800c877a703b823ac0578ff8db", 0),
+                "script load": lambda: c.script_load("return 1"),
+                "function load": lambda: c.function_load(
+                    "#!lua name=mine\nredis.register_function('mine', function() end)"),
+                "function delete": lambda: c.function_delete(lib.name),
+                "function flush": c.function_flush,
+                # the library's round trip with the node state declared as its own key
+                "fcall state": lambda: c.fcall(lib.function("flush"), 1, k.state),
             }  # fmt: skip
             for what, attempt in attempts.items():
                 with pytest.raises(NoPermissionError):
                     attempt()
                     pytest.fail(what)
-            with pytest.raises(ResponseError, match="can't access"):
-                c.eval(f"return redis.call('HSET', 'ks:{{{node}}}:state', 'state', 'ARMED')", 0)
             op = _client(acl_server, acl.OPERATOR_USER)
             assert op.hgetall(k.state) == {} and op.exists(k.roster, k.audit, k.leader) == 0
             op.close()
             # its own keys and a read of the node state are what it may do
             assert c.hset(k.host("or-01").report, "gate", "closed") == 1
-            assert c.eval("return redis.call('HMGET', ARGV[1], 'state')", 0, k.state) == [None]
+            assert c.hmget(k.state, "state") == [None]
+            assert c.fcall_ro(lib.function("ping"), 1, k.state) == lib.name
         finally:
             c.close()
+
+    def test_a_busy_eval_is_refused(self, acl_server: EmbeddedRedis, node: str) -> None:
+        """`EVAL "while true do end" 0` with a sidecar's credential is NOPERM: a trading host
+        cannot hold the shared Redis in a busy script (every node's gates would close)."""
+        c = redis_sync.Redis.from_url(
+            url(acl_server, acl.sidecar_user(node, "or-01")), socket_timeout=3
+        )
+        op = _client(acl_server, acl.OPERATOR_USER)
+        try:
+            with pytest.raises(NoPermissionError):
+                c.eval("while true do end", 0)
+            assert op.ping() is True
+        finally:
+            with contextlib.suppress(ResponseError):
+                op.script_kill()  # only if the busy script ran after all
+            c.close()
+            op.close()
 
     def test_no_default_user(self, acl_server: EmbeddedRedis, node: str) -> None:
         """A connection without credentials can do nothing; a wrong password is refused."""

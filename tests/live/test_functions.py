@@ -4,6 +4,7 @@ missing, or loaded only in another version, a sidecar blocks with the reason nam
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,9 +22,11 @@ from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.operators import OperatorKeys, signed_store_arm
 from killswitch.store import scripts
 from killswitch.store.keys import NodeKeys
+from killswitch.store.redisconn import connect
 from killswitch.store.scripts import Library, library_loaded, load_library, sidecar_library
 from killswitch.store.store import Store
 from kstest import Fleet, wait_until, wait_until_async
+from kstest.sentinel import SentinelCluster
 
 HOST = "or-01"
 HOSTS = ["or-01", "or-02"]
@@ -162,8 +165,8 @@ class TestProcesses:
         self, own_redis: EmbeddedRedis, node: str
     ) -> None:
         """Sidecars started first block and `status` names the library (the roster stored by an
-        earlier aggregator); the aggregator loads
-        it at start and again after Redis loses it; then arm, trade and kill work."""
+        earlier aggregator); the aggregator loads it at start and again after Redis loses it;
+        then arm, trade and kill work."""
         lib = sidecar_library()
         admin = redis_sync.Redis(port=own_redis.port, decode_responses=True)
         admin.function_flush()
@@ -200,3 +203,33 @@ class TestProcesses:
         finally:
             f.stop()
             admin.close()
+
+
+@pytest.mark.slow
+class TestSentinel:
+    """Over Sentinel the library is loaded on the primary and replicated to its replica."""
+
+    async def test_loaded_through_sentinel_survives_a_failover(self, node: str) -> None:
+        """Loaded through a `redis+sentinel://` client, the replica holds it too; after the
+        primary dies, the promoted replica answers the sidecars' functions."""
+        lib = sidecar_library()
+        key = NodeKeys(node).state
+        with SentinelCluster("ks-functions") as cluster:
+            client = connect(cluster.url)
+            try:
+                await client.function_delete(lib.name)
+                (replica,) = cluster.replica_ports
+                with redis_sync.Redis(port=replica, socket_timeout=2) as r:
+                    wait_until(lambda: not r.function_list(library=lib.name), 10)
+                    await load_library(client, lib)
+                    wait_until(lambda: r.function_list(library=lib.name), 10,
+                               what="the library on the replica")  # fmt: skip
+                cluster.kill_primary()
+                assert await asyncio.to_thread(cluster.wait_for_failover, 15.0) == replica
+            finally:
+                await client.aclose()
+            client = connect(cluster.url)
+            try:
+                assert await library_loaded(client, lib, key)
+            finally:
+                await client.aclose()
