@@ -153,3 +153,14 @@ class NodeScripts:
         self._arm_request: AsyncScript = redis.register_script(audited_script("arm_request"))
         self._read_node: AsyncScript = redis.register_script(plain_script("read"))
         self._scope: AsyncScript = redis.register_script(audited_script("scope"))
+
+
+def main() -> int:
+    """`python -m killswitch.store.scripts`: the sidecars' library on stdout, for an admin
+    to load with a credential of their choice (`redis-cli ... -x FUNCTION LOAD REPLACE`)."""
+    print(sidecar_library().code, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,11 +14,12 @@ import pytest
 import redis as redis_sync
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
-from killswitch.sim.embedded import EmbeddedRedis
+from killswitch.sim.embedded import EmbeddedRedis, find_redis_server
 from killswitch.store import acl
 from killswitch.store.keys import NODES_KEY, NodeKeys
 from killswitch.store.scripts import sidecar_library
 from kstest import Fleet
+from kstest.cluster import find_redis_cli
 
 HOSTS = ["or-01", "or-02"]
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "users.acl"
@@ -181,6 +182,29 @@ class TestRegistryAndNotices:
             c.close()
             op.close()
 
+    def test_aggregator_cannot_delete_the_library(
+        self, acl_server: EmbeddedRedis, node: str
+    ) -> None:
+        """An aggregator loads the sidecars' library; deleting, flushing or restoring
+        functions (every node's gates would close) is NOPERM, and the library stays."""
+        lib = sidecar_library()
+        c = _client(acl_server, acl.aggregator_user(node))
+        try:
+            assert c.function_load(lib.code, replace=True) == lib.name
+            dump = c.function_dump()
+            for what, attempt in {
+                "delete": lambda: c.function_delete(lib.name),
+                "flush": c.function_flush,
+                "restore": lambda: c.function_restore(dump, "FLUSH"),
+                "script flush": c.script_flush,
+            }.items():  # fmt: skip
+                with pytest.raises(NoPermissionError):
+                    attempt()
+                    pytest.fail(what)
+            assert c.fcall_ro(lib.function("ping"), 1, NodeKeys(node).state) == lib.name
+        finally:
+            c.close()
+
     def test_sidecar_cannot_publish_a_kill_notice(
         self, acl_server: EmbeddedRedis, node: str
     ) -> None:
@@ -224,12 +248,38 @@ class TestFleetWithAcl:
             for h in HOSTS:
                 assert f.order(h, "k1").startswith("BLOCK k1")
             assert "NOPERM" not in (f.workdir / "or-01.log").read_text()
+            assert f.aggregator is not None and f.aggregator.events("FUNCTIONS_LOADED")
             sidecar = acl.sidecar_user(node, "or-01")
             denied = f.cli("kill", "--reason", "x", "--redis", url(acl_server, sidecar))
             assert denied.returncode == 1 and "Traceback" not in denied.stderr
             assert f"pw-{sidecar}" not in denied.stderr + denied.stdout
         finally:
             f.stop()
+
+
+class TestAdminStep:
+    """The library loaded by hand, for an aggregator whose credential may not load it."""
+
+    def test_operator_loads_the_printed_library(self, acl_server: EmbeddedRedis, node: str) -> None:
+        """`python -m killswitch.store.scripts` piped to `redis-cli -x FUNCTION LOAD REPLACE`
+        with the operator's credential loads exactly what the sidecars call."""
+        import subprocess
+
+        lib = sidecar_library()
+        printed = subprocess.run(
+            [sys.executable, "-m", "killswitch.store.scripts"],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout  # fmt: skip
+        assert printed == lib.code
+        loaded = subprocess.run(
+            [find_redis_cli(find_redis_server()), "-p", str(acl_server.port), "--user",
+             acl.OPERATOR_USER, "--pass", f"pw-{acl.OPERATOR_USER}", "--no-auth-warning",
+             "-x", "FUNCTION", "LOAD", "REPLACE"],
+            input=printed, capture_output=True, text=True, check=True, timeout=60,
+        )  # fmt: skip
+        assert loaded.stdout.strip() == lib.name
+        with _client(acl_server, acl.sidecar_user(node, "or-01")) as c:
+            assert c.fcall_ro(lib.function("ping"), 1, NodeKeys(node).state) == lib.name
 
 
 class TestShippedFile:
