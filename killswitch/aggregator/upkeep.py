@@ -74,12 +74,13 @@ class Upkeep:
                 return
             await load_library(self.redis, lib)
         except ResponseError as e:
-            if str(e) != self._functions_problem:
+            why = f"{type(e).__name__}: {e}"
+            if why != self._functions_problem:
                 self.log.error(
-                    "FUNCTIONS_NOT_LOADED", library=lib.name, reason=str(e),
-                    risk="sidecars of this version block until the library is loaded",
+                    "FUNCTIONS_NOT_LOADED", library=lib.name, reason=why,
+                    risk="sidecars of this version block until it is loaded (docs/DEPLOY.md)",
                 )  # fmt: skip
-            self._functions_problem = str(e)
+            self._functions_problem = why
             return
         self._functions_problem = ""
         self.log.info("FUNCTIONS_LOADED", library=lib.name, reason="start" if force else "missing")

@@ -257,29 +257,72 @@ class TestFleetWithAcl:
             f.stop()
 
 
+@pytest.fixture
+def hardened_server(node: str, tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """The generated ACL with `-function|load` for the aggregator (nodes of different trust
+    sharing one Redis: only the operator credential loads the sidecars' library)."""
+    path = tmp_path / "users.acl"
+    names = acl.users(node, HOSTS)
+    lines = acl.acl_lines(node, HOSTS, {u: f"pw-{u}" for u in names})
+    agg = f"user {acl.aggregator_user(node)} "
+    lines = [line + " -function|load" if line.startswith(agg) else line for line in lines]
+    path.write_text("\n".join(lines) + "\n")
+    server = EmbeddedRedis(extra_args=["--aclfile", str(path)], functions=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def admin_step(server: EmbeddedRedis) -> str:
+    """`python -m killswitch.store.scripts | redis-cli ... -x FUNCTION LOAD REPLACE` with the
+    operator's credential, as docs/DEPLOY.md says; the library name Redis answers."""
+    import subprocess
+
+    printed = subprocess.run(
+        [sys.executable, "-m", "killswitch.store.scripts"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert printed == sidecar_library().code
+    loaded = subprocess.run(
+        [find_redis_cli(find_redis_server()), "-p", str(server.port), "--user",
+         acl.OPERATOR_USER, "--pass", f"pw-{acl.OPERATOR_USER}", "--no-auth-warning",
+         "-x", "FUNCTION", "LOAD", "REPLACE"],
+        input=printed, capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return loaded.stdout.strip()
+
+
 class TestAdminStep:
-    """The library loaded by hand, for an aggregator whose credential may not load it."""
+    """The library loaded by hand, for aggregators whose credential may not load it."""
 
-    def test_operator_loads_the_printed_library(self, acl_server: EmbeddedRedis, node: str) -> None:
-        """`python -m killswitch.store.scripts` piped to `redis-cli -x FUNCTION LOAD REPLACE`
-        with the operator's credential loads exactly what the sidecars call."""
-        import subprocess
-
+    def test_hardened_aggregator_and_the_admin_step(
+        self, hardened_server: EmbeddedRedis, node: str
+    ) -> None:
+        """The aggregator may not load (FUNCTIONS_NOT_LOADED, and it keeps running); sidecars
+        block naming the library; the operator's admin step loads it: arm, trade, kill."""
         lib = sidecar_library()
-        printed = subprocess.run(
-            [sys.executable, "-m", "killswitch.store.scripts"],
-            capture_output=True, text=True, check=True, timeout=60,
-        ).stdout  # fmt: skip
-        assert printed == lib.code
-        loaded = subprocess.run(
-            [find_redis_cli(find_redis_server()), "-p", str(acl_server.port), "--user",
-             acl.OPERATOR_USER, "--pass", f"pw-{acl.OPERATOR_USER}", "--no-auth-warning",
-             "-x", "FUNCTION", "LOAD", "REPLACE"],
-            input=printed, capture_output=True, text=True, check=True, timeout=60,
-        )  # fmt: skip
-        assert loaded.stdout.strip() == lib.name
-        with _client(acl_server, acl.sidecar_user(node, "or-01")) as c:
-            assert c.fcall_ro(lib.function("ping"), 1, NodeKeys(node).state) == lib.name
+        f = AclFleet(url(hardened_server, acl.OPERATOR_USER), node, HOSTS, server=hardened_server)
+        try:
+            f.start()
+            agg = f.start_aggregator(
+                "--tick", "0.05", "--redis", url(hardened_server, acl.aggregator_user(node))
+            )
+            refused = agg.logged("FUNCTIONS_NOT_LOADED")
+            assert refused and "NoPermissionError" in refused[0]["reason"], refused
+            for h in HOSTS:
+                assert f.sidecars[h].logged("FUNCTIONS_MISSING")[0]["library"] == lib.name
+                assert f.order(h, "m1").startswith("BLOCK m1")
+            assert admin_step(hardened_server) == lib.name
+            f.wait_ready(30)
+            armed = f.arm()
+            assert f.order("or-01", "a1") == f"ALLOW a1 {armed['epoch']}"
+            code, rep = f.cli_json("kill", "--reason", "hardened")
+            assert code == 0 and rep["confirmed"] == HOSTS, rep
+            assert not agg.events("FUNCTIONS_LOADED")
+        finally:
+            f.stop()
 
 
 class TestShippedFile:
