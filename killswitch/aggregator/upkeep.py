@@ -67,13 +67,14 @@ class Upkeep:
         """The sidecars' Functions library on this node's Redis. Loaded at start (REPLACE: a
         library altered under this name gets its code back) and whenever it is gone (a Redis
         that lost its data); checked with the roster. A credential that may not load it is
-        logged, never fatal: this aggregator's own scripts do not need it (SECURITY.md)."""
+        logged, never fatal, and tried again with the roster: this aggregator's own scripts do
+        not need it (SECURITY.md)."""
         lib = sidecar_library()
         try:
             if not force and await library_loaded(self.redis, lib, self.store.keys.state):
                 return
             await load_library(self.redis, lib)
-        except ResponseError as e:
+        except Exception as e:  # NOPERM, or (Cluster) another primary away: never the tick's fault
             why = f"{type(e).__name__}: {e}"
             if why != self._functions_problem:
                 self.log.error(
