@@ -14,9 +14,9 @@ import contextlib
 from typing import Any, Protocol
 
 from killswitch.store.scripts import FunctionsMissing
-
-__all__ = ["FIELD", "FunctionsMissing", "LibraryWatch"]
 from killswitch.store.store import Store
+
+__all__ = ["FIELD", "LOG_EVERY", "FunctionsMissing", "LibraryWatch"]
 
 FIELD = "functions"  # the host report's field that names the missing library ("" none)
 LOG_EVERY = 100  # rounds between repeats of the log event while the library stays missing

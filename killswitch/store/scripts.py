@@ -92,7 +92,8 @@ class FunctionsMissing(RuntimeError):
         self.library = library
         super().__init__(
             f"Redis Functions library {library} not loaded: this sidecar blocks until an "
-            "aggregator of the same version starts (it loads it) or an operator loads it"
+            "aggregator of its version loads it (at start, or within 5 s of its loss) or an "
+            "admin does (docs/DEPLOY.md)"
         )
 
 
