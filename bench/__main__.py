@@ -24,6 +24,7 @@ ALL = [
     "fix_gateway",
     "fence",
     "split_kill",
+    "functions_cost",
 ]
 
 
