@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.common import summary
@@ -133,11 +134,10 @@ def cpu_s(pid: int) -> float:
 def start_relays(f: Fleet, before: str | None) -> None:
     """Every host's sidecar; host `before` runs the code of the checkout `before`."""
     for h in f.hosts:
-        env = f.env()
-        if h == "before" and before is not None:
-            env["PYTHONPATH"] = before
         proc = Proc(h, f.sidecar_args(h), f.workdir / f"{h}.log")
-        proc.start(env)
+        if h == "before" and before is not None:
+            proc.cwd = Path(before)  # `python -m` imports the package from its working directory
+        proc.start(f.env())
         f.sidecars[h] = proc
     for h in f.hosts:
         f.wait_serving(h, 120)
