@@ -8,6 +8,9 @@ interleaved in rounds. Throughput: the client pipelines orders, the venue counts
 sidecar is pinned to one CPU. Also the relay's own CPU per order, without sockets, and the
 sidecar's CPU time per round trip (from /proc: what it costs whatever else the machine runs).
 
+Beside them, a relay that only copies bytes (`bench.barerelay`, its own process on the same
+CPU): the cost of any process in the path on this machine.
+
 With KILLSWITCH_BENCH_BEFORE=<a checkout of an earlier revision> a second sidecar runs that
 revision's code beside this one (same venue, same CPU), and every round also times it:
 before and after in the same run, on the same machine load.
@@ -15,8 +18,11 @@ before and after in the same run, on the same machine load.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -25,7 +31,7 @@ from typing import Any
 from bench.common import summary
 from killswitch.core.enforce.fixwire import Framer, encode
 from killswitch.sim.embedded import EmbeddedRedis, free_port
-from kstest import Fleet, Proc
+from kstest import Fleet, Proc, wait_until
 
 ROUNDS, PER_ROUND = 10, 500  # latency samples: 5,000 each way
 PIPELINED = 200_000
@@ -131,6 +137,17 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def pid_of(f: Fleet, host: str) -> int:
+    proc = f.sidecars[host].popen
+    assert proc is not None
+    return proc.pid
+
+
+def listening(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port)):
+        return True
+
+
 def start_relays(f: Fleet, before: str | None) -> None:
     """Every host's sidecar; host `before` runs the code of the checkout `before`."""
     for h in f.hosts:
@@ -147,7 +164,12 @@ def run() -> dict[str, Any]:
     venue = Venue()
     before = os.environ.get("KILLSWITCH_BENCH_BEFORE")
     ports = {h: free_port() for h in (("after", "before") if before else ("after",))}
-    with EmbeddedRedis() as server:
+    bare_port = free_port()
+    bare = subprocess.Popen(
+        [sys.executable, "-m", "bench.barerelay", str(bare_port), str(venue.port)]
+    )
+    with EmbeddedRedis() as server, contextlib.ExitStack() as stack:
+        stack.callback(bare.kill)
         f = Fleet(server.url, "bench-fix", sorted(ports), host_args={
             h: ("--fix", f"tcp:127.0.0.1:{p}=tcp:127.0.0.1:{venue.port}") for h, p in ports.items()
         })  # fmt: skip
@@ -158,12 +180,11 @@ def run() -> dict[str, Any]:
             f.arm()
             f.wait_all("PONG ARMED", 30)
             cpus = sorted(os.sched_getaffinity(0))
-            pids = {}
+            pids = {h: pid_of(f, h) for h in ports}
+            pids["bare"], ports["bare"] = bare.pid, bare_port
+            wait_until(lambda: listening(bare_port), 30, 0.05, "the bare relay listening")
             for h, port in ports.items():
-                proc = f.sidecars[h].popen
-                assert proc is not None
-                pids[h] = proc.pid
-                os.sched_setaffinity(proc.pid, {cpus[0]})  # the relays get one core
+                os.sched_setaffinity(pids[h], {cpus[0]})  # the relays get one core
                 roundtrips(port, 200)  # warm-up
             times: dict[str, list[float]] = {"direct": [], **{h: [] for h in ports}}
             cpu = dict.fromkeys(ports, 0.0)
@@ -177,7 +198,7 @@ def run() -> dict[str, Any]:
             out: dict[str, Any] = {"direct_roundtrip_us": d}
             for h, port in ports.items():
                 r = summary(times[h], 1e6)
-                name = "relayed" if h == "after" else "before_relayed"
+                name = {"after": "relayed", "before": "before_relayed", "bare": "bare_relay"}[h]
                 out |= {
                     f"{name}_roundtrip_us": r,
                     f"{name}_added_p50_us": round(r["p50"] - d["p50"], 1),
@@ -185,8 +206,9 @@ def run() -> dict[str, Any]:
                     f"{name}_sidecar_cpu_us_per_roundtrip": round(
                         cpu[h] / (ROUNDS * PER_ROUND) * 1e6, 1
                     ),
-                    f"{name}_orders_per_s_one_core": round(pipelined(port, venue, PIPELINED)),
                 }
+                if h != "bare":
+                    out[f"{name}_orders_per_s_one_core"] = round(pipelined(port, venue, PIPELINED))
             return out | {
                 "direct_orders_per_s": round(pipelined(venue.port, venue, PIPELINED)),
                 "relay_cpu_us_per_order": round(relay_cpu_us(), 2),
