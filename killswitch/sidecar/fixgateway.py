@@ -17,12 +17,10 @@ import functools
 import os
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from killswitch.core.enforce.fixrelay import (
     CANCELS,
@@ -49,6 +47,7 @@ from killswitch.core.enforce.gate import Gate
 from killswitch.core.enforce.recfmt import FIX
 from killswitch.runtime.config import ListenAddr
 from killswitch.runtime.errors import StartupError
+from killswitch.sidecar.fixmetrics import FixCollector
 from killswitch.sidecar.settings import SidecarSettings
 
 # MsgTypes counted under their own label value (session level, orders, cancels, reports,
@@ -362,46 +361,3 @@ class FixGateway:
             if listen.kind == "unix" and servers:
                 with contextlib.suppress(OSError):
                     os.unlink(listen.path)
-
-
-class FixCollector(Collector):
-    """The gateway's counters at scrape time: nothing is added to the relay path."""
-
-    def __init__(self, gw: FixGateway, node: str, host: str) -> None:
-        self.gw, self.node, self.host = gw, node, host
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Iterator[Any]:
-        n, h = self.node, self.host
-        msgs = CounterMetricFamily(
-            "killswitch_fix_messages",
-            "FIX messages the gateway relayed, by MsgType (35) and decision: allowed or blocked "
-            "(orders), passed (everything else, both directions).",
-            labels=["node", "host", "msgtype", "decision"],
-        )
-        for (mt, decision), count in sorted(self.gw.counts.items()):
-            msgs.add_metric([n, h, mt.decode("ascii", "replace"), decision], count)
-        yield msgs
-        refused = CounterMetricFamily(
-            "killswitch_fix_refused",
-            "Connections closed or messages dropped by the FIX gateway, by reason.",
-            labels=["node", "host", "reason"],
-        )
-        for reason, count in sorted(self.gw.refusals.items()):
-            refused.add_metric([n, h, reason], count)
-        yield refused
-        sessions = GaugeMetricFamily(
-            "killswitch_fix_sessions",
-            "FIX sessions the gateway relays now.",
-            labels=["node", "host"],
-        )
-        sessions.add_metric([n, h], len(self.gw.sessions))
-        yield sessions
-        wire = CounterMetricFamily(
-            "killswitch_fix_wire_orders", "Orders the FIX gateway forwarded to a venue.",
-            labels=["node", "host"],
-        )  # fmt: skip
-        wire.add_metric([n, h], self.gw.wire)
-        yield wire
