@@ -25,6 +25,7 @@ ALL = [
     "fix_gateway",
     "fence",
     "split_kill",
+    "functions_cost",
 ]
 
 

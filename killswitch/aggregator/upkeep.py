@@ -1,6 +1,7 @@
 """What keeps an aggregator fit to act: the leader lease, a check that Redis persists, the
-stored roster (re-asserted, and proven against the last signed arm) and the learned
-baseline (restored at start, saved while leader).
+stored roster (re-asserted, and proven against the last signed arm), the sidecars' Functions
+library (loaded at start, again whenever it is gone) and the learned baseline (restored at
+start, saved while leader).
 
 `Upkeep` holds the aggregator's shared state, declared here and set up by `Aggregator`; the
 trip rules (`trips`) and the tick loop (`service`) build on it.
@@ -22,6 +23,7 @@ from killswitch.core.node.state import NodeRead, NodeState
 from killswitch.core.rules.anomaly import Monitor
 from killswitch.core.rules.baseline import Baseline, BaselineStateError
 from killswitch.store import durability
+from killswitch.store.scripts import library_loaded, load_library, sidecar_library
 from killswitch.store.store import Store
 
 DURABILITY_CHECK_S = 30.0  # also re-checked at once when the roster turns out to be gone
@@ -47,6 +49,7 @@ class Upkeep:
     durable: durability.Durability | None
     _durability_at: float
     _last_roster_check: float
+    _functions_problem: str = ""  # why the last load of the sidecars' library failed
 
     async def _first_reads(self) -> None:
         await self._check_durability()
@@ -56,8 +59,32 @@ class Upkeep:
                 f"Redis is not durable ({why}): a restart would forget kills. Run it with "
                 "appendonly yes (appendfsync always or everysec), or drop --require-durable."
             )
+        await self._ensure_functions(force=True)
         await self._ensure_roster(force=True)
         await self._restore_baseline()
+
+    async def _ensure_functions(self, force: bool = False) -> None:
+        """The sidecars' Functions library on this node's Redis. Loaded at start (REPLACE: a
+        library altered under this name gets its code back) and whenever it is gone (a Redis
+        that lost its data); checked with the roster. A credential that may not load it is
+        logged, never fatal, and tried again with the roster: this aggregator's own scripts do
+        not need it (SECURITY.md)."""
+        lib = sidecar_library()
+        try:
+            if not force and await library_loaded(self.redis, lib, self.store.keys.state):
+                return
+            await load_library(self.redis, lib)
+        except Exception as e:  # NOPERM, or (Cluster) another primary away: never the tick's fault
+            why = f"{type(e).__name__}: {e}"
+            if why != self._functions_problem:
+                self.log.error(
+                    "FUNCTIONS_NOT_LOADED", library=lib.name, reason=why,
+                    risk="sidecars of this version block until it is loaded (docs/DEPLOY.md)",
+                )  # fmt: skip
+            self._functions_problem = why
+            return
+        self._functions_problem = ""
+        self.log.info("FUNCTIONS_LOADED", library=lib.name, reason="start" if force else "missing")
 
     async def _restore_baseline(self) -> None:
         params = self.s.monitor.baseline_params()
@@ -94,6 +121,7 @@ class Upkeep:
         now = self.clock()
         if force or now - self._last_roster_check > 5.0:
             self._last_roster_check = now
+            await self._ensure_functions()
             self._learn_proof(await self.store.proof())
             signed = bool(self.trust.signed_roster)
             actor = f"aggregator:{self.s.instance}" + (" (signed roster)" if signed else "")
