@@ -1,6 +1,6 @@
-"""What keeps an aggregator fit to act: its leader lease (`Lease`), a check that Redis
-persists, and the stored roster, re-asserted and proven against the last signed arm
-(`Upkeep`).
+"""What keeps an aggregator fit to act: its leader lease (`Lease`); a check that Redis
+persists, the stored roster (re-asserted, and proven against the last signed arm) and the
+sidecars' Functions library (loaded at start, again whenever it is gone) (`Upkeep`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.aggregator.trust import Trust
 from killswitch.core.node import leader
 from killswitch.store import durability
+from killswitch.store.scripts import library_loaded, load_library, sidecar_library
 from killswitch.store.store import Store
 
 DURABILITY_CHECK_S = 30.0  # also re-checked at once when the roster turns out to be gone
@@ -77,7 +78,7 @@ class Lease:
 class Upkeep:
     """Checks that Redis persists (at start, then every `DURABILITY_CHECK_S`) and keeps the
     stored roster: re-asserted every few seconds, the trusted one learned from the last signed
-    arm (`on_roster` is told of each new one)."""
+    arm (`on_roster` is told of each new one); the sidecars' library is checked with it."""
 
     def __init__(
         self,
@@ -102,6 +103,7 @@ class Upkeep:
         self.durable: durability.Durability | None = None
         self._durability_at = -1e9
         self._last_roster_check = -1e9
+        self._functions_problem = ""  # why the last load of the sidecars' library failed
 
     async def first_reads(self) -> None:
         await self.check_durability()
@@ -111,11 +113,35 @@ class Upkeep:
                 f"Redis is not durable ({why}): a restart would forget kills. Run it with "
                 "appendonly yes (appendfsync always or everysec), or drop --require-durable."
             )
+        await self._ensure_functions(force=True)
         await self.ensure_roster(force=True)
 
     async def recheck_durability(self) -> None:
         if self.clock() - self._durability_at >= DURABILITY_CHECK_S:
             await self.check_durability()
+
+    async def _ensure_functions(self, force: bool = False) -> None:
+        """The sidecars' Functions library on this node's Redis. Loaded at start (REPLACE: a
+        library altered under this name gets its code back) and whenever it is gone (a Redis
+        that lost its data); checked with the roster. A credential that may not load it is
+        logged, never fatal, and tried again with the roster: this aggregator's own scripts do
+        not need it (SECURITY.md)."""
+        lib = sidecar_library()
+        try:
+            if not force and await library_loaded(self.redis, lib, self.store.keys.state):
+                return
+            await load_library(self.redis, lib)
+        except Exception as e:  # NOPERM, or (Cluster) another primary away: never the tick's fault
+            why = f"{type(e).__name__}: {e}"
+            if why != self._functions_problem:
+                self.log.error(
+                    "FUNCTIONS_NOT_LOADED", library=lib.name, reason=why,
+                    risk="sidecars of this version block until it is loaded (docs/DEPLOY.md)",
+                )  # fmt: skip
+            self._functions_problem = why
+            return
+        self._functions_problem = ""
+        self.log.info("FUNCTIONS_LOADED", library=lib.name, reason="start" if force else "missing")
 
     async def ensure_roster(self, force: bool = False) -> None:
         # Re-asserted every few seconds: a Redis that lost its data gets the roster back, and
@@ -123,6 +149,7 @@ class Upkeep:
         now = self.clock()
         if force or now - self._last_roster_check > 5.0:
             self._last_roster_check = now
+            await self._ensure_functions()
             self.learn_proof(await self.store.proof())
             signed = bool(self.trust.signed_roster)
             actor = f"aggregator:{self.s.instance}" + (" (signed roster)" if signed else "")

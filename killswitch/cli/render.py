@@ -164,6 +164,8 @@ def _hosts(rep: dict[str, Any]) -> list[str]:
             line += f"  ! {escape(s['attest'])}"
         if s.get("regression"):
             line += f"  ! {escape(s['regression'])}"
+        if s.get("functions"):
+            line += f"  ! {escape(s['functions'])}"
         if s.get("proof"):
             line += f"  ! arm not accepted: {escape(s['proof'])}"
         if s.get("scope_kept"):

@@ -42,6 +42,7 @@ from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.blocklog import BlockSummaries
 from killswitch.sidecar.fence import attach_fence
 from killswitch.sidecar.fixgateway import FixGateway
+from killswitch.sidecar.functions import FunctionsMissing, LibraryWatch
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.memory import open_memory
 from killswitch.sidecar.metrics import SidecarCollector, roundtrip_seconds
@@ -119,6 +120,7 @@ class Sidecar:
         self.record = Recorder(self.memory, self.gate)  # each failed write counts as a loop error
         self._loop_problem = ""  # why the last sync iteration failed ("" once one succeeds)
         self.notify = StateNotifier(self, self._server)
+        self.functions = LibraryWatch(self)  # its Functions library missing: fail closed
         self.registry = registry if registry is not None else CollectorRegistry()
         self._rtt = roundtrip_seconds(self.registry, settings.node, settings.host)
         self.registry.register(SidecarCollector(self))
@@ -134,13 +136,8 @@ class Sidecar:
             redis, self.store.keys.events, self.gate, record=self.record, fence=self.fence,
             notify=self.notify, log=self.log, wake=self._wake, stop=self._stop,
         )  # fmt: skip
-        self._metrics = (
-            MetricsServer(
-                self.registry, settings.metrics_port, settings.metrics_listen, health=self.problem
-            )
-            if settings.metrics_port is not None
-            else None
-        )
+        self._metrics = None if settings.metrics_port is None else MetricsServer(
+            self.registry, settings.metrics_port, settings.metrics_listen, health=self.problem)  # fmt: skip
         self.rec = Recording(self, self._metrics)  # the flight recorder (sidecar.recording)
         # each adds its own fields to the round trip's report (`report_fields()`)
         self._reporters = (self.notify, self.applier, self.attest, self.fix, self.rec)
@@ -239,11 +236,10 @@ class Sidecar:
 
     def problem(self) -> str:
         """Why this sidecar cannot do its job right now ("" when it can); /healthz shows it.
-
-        Redis being unreachable is not one: that is the lease running out, as designed.
-        """
+        Redis being unreachable is not one: that is the lease running out, as designed."""
         a = self.applier
-        return self._loop_problem or self.memory.problem or a.local_problem or a.dup
+        return (self._loop_problem or self.functions.problem or self.memory.problem
+                or a.local_problem or a.dup)  # fmt: skip
 
     async def _sync_loop(self) -> None:
         woken = True  # the first round trip is always made
@@ -322,6 +318,8 @@ class Sidecar:
             self.failures += 1
             self._fail_streak += 1
             self._last_trip = self._acked_report = None
+            if isinstance(e, FunctionsMissing):  # never EVAL instead: closed, said, retried
+                return await self.functions.missing(e)
             if sent - self._last_fail_log > 1.0:
                 self._last_fail_log = sent
                 self.log.warning(
@@ -331,6 +329,7 @@ class Sidecar:
                 )  # fmt: skip
             return False
         self._rtt.observe(self.clock() - sent)
+        await self.functions.found()
         if self._fail_streak:
             self.log.info("SYNC_RECOVERED", failed_round_trips=self._fail_streak)
             self._fail_streak = 0

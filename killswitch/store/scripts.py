@@ -3,12 +3,21 @@
 Every state change is one of these scripts, so it is atomic and audited; `NodeScripts` is
 what the node's reads (`reads`), writes (`writes`) and the sidecar's round trip (`store`)
 are built from: the client, the node's keys and the registered scripts.
+
+The sidecar's round trip is a Redis Function of the library `sidecar_library()` (named by a
+digest of its code), never EVAL: a sidecar's credential may run only what the aggregator (or
+an operator) loaded, so a trading host cannot run Lua of its own (docs/SECURITY.md). The
+sidecar never loads the library and never falls back to EVAL: missing, it fails closed.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from killswitch.store.keys import NodeKeys
 
@@ -35,6 +44,99 @@ def audited_script(name: str) -> str:
     return plain_script("prelude") + "\n" + plain_script(name)
 
 
+# The sidecar's scripts, each a function of the library; `ping` only says the library is there.
+SIDECAR_FUNCTIONS = ("flush",)
+_FUNCTION = (
+    "redis.register_function{{function_name='{fn}', callback=function(KEYS, ARGV)\n"
+    "{body}\nend{flags}}}\n"
+)
+_NOT_FOUND = "Function not found"
+
+
+@dataclass(frozen=True, slots=True)
+class Library:
+    """A Redis Functions library: its name (`killswitch_<digest of its code>`) and code."""
+
+    name: str
+    code: str
+
+    def function(self, script: str) -> str:
+        """The name `FCALL` takes for `script`; a library of another version has other names."""
+        return f"{self.name}_{script}"
+
+
+@functools.cache
+def sidecar_library() -> Library:
+    """The library of the sidecar's scripts, built from `store/lua/` as they are now.
+
+    Function names are global in Redis, so each carries the library's digest: two versions
+    load side by side (a rolling upgrade), and a sidecar can only ever call the version it
+    was built with.
+    """
+    parts = [
+        _FUNCTION.format(fn="@LIB@_" + n, body=plain_script(n), flags="") for n in SIDECAR_FUNCTIONS
+    ]
+    parts.append(
+        _FUNCTION.format(fn="@LIB@_ping", body="return '@LIB@'", flags=", flags={'no-writes'}")
+    )
+    body = "".join(parts)
+    digest = hashlib.sha1(body.encode("utf-8"), usedforsecurity=False).hexdigest()[:16]
+    name = f"killswitch_{digest}"
+    return Library(name, f"#!lua name={name}\n" + body.replace("@LIB@", name))
+
+
+class FunctionsMissing(RuntimeError):
+    """The Redis this sidecar talks to has no library of its version loaded."""
+
+    def __init__(self, library: str) -> None:
+        self.library = library
+        super().__init__(
+            f"Redis Functions library {library} not loaded: this sidecar blocks until an "
+            "aggregator of its version loads it (at start, or within 5 s of its loss) or an "
+            "admin does (docs/DEPLOY.md)"
+        )
+
+
+def function_missing(e: BaseException) -> bool:
+    """Whether a Redis error reply says the function called does not exist."""
+    return _NOT_FOUND in str(e)
+
+
+class SidecarFunction:
+    """`FCALL` of one function of the sidecar's library, called like a registered script
+    (the library is built on first use: an operator command never runs it)."""
+
+    def __init__(self, redis: Redis, script: str) -> None:
+        self.redis = redis
+        self.script = script
+
+    async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        library = sidecar_library()
+        try:
+            return await self.redis.fcall(library.function(self.script), len(keys), *keys, *args)
+        except Exception as e:
+            if function_missing(e):
+                raise FunctionsMissing(library.name) from None
+            raise
+
+
+async def library_loaded(redis: Redis, library: Library, key: str) -> bool:
+    """Whether `library` answers on the server that holds `key` (FCALL_RO of its `ping`)."""
+    try:
+        got = await redis.fcall_ro(library.function("ping"), 1, key)
+    except Exception as e:
+        if function_missing(e):
+            return False
+        raise
+    return str(got) == library.name
+
+
+async def load_library(redis: Redis, library: Library) -> None:
+    """`FUNCTION LOAD REPLACE` (on every primary of a Redis Cluster; replicas get it by
+    replication), so a library of this name holds exactly this code afterwards."""
+    await redis.function_load(library.code, replace=True)
+
+
 class NodeScripts:
     """One node's client, keys and registered scripts, registered once and handed to the
     node's reads, writes and round trip. The client is passed in (decode_responses=True)."""
@@ -43,7 +145,7 @@ class NodeScripts:
         self.redis = redis
         self.node = node
         self.keys = NodeKeys(node)
-        self.flush: AsyncScript = redis.register_script(plain_script("flush"))
+        self.flush = SidecarFunction(redis, "flush")
         self.kill: AsyncScript = redis.register_script(audited_script("kill"))
         self.arm: AsyncScript = redis.register_script(audited_script("arm"))
         self.roster: AsyncScript = redis.register_script(audited_script("roster"))
@@ -52,3 +154,14 @@ class NodeScripts:
         self.arm_request: AsyncScript = redis.register_script(audited_script("arm_request"))
         self.read_node: AsyncScript = redis.register_script(plain_script("read"))
         self.scope: AsyncScript = redis.register_script(audited_script("scope"))
+
+
+def main() -> int:
+    """`python -m killswitch.store.scripts`: the sidecars' library on stdout, for an admin
+    to load with a credential of their choice (`redis-cli ... -x FUNCTION LOAD REPLACE`)."""
+    print(sidecar_library().code, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
