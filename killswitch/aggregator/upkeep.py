@@ -51,6 +51,7 @@ class Upkeep:
     _durability_at: float
     _last_roster_check: float
     _roster_seen: bool = False  # this instance has stored (or found) the roster
+    _redis_run: str = ""  # the run_id of the Redis process last checked
     _functions_problem: str = ""  # why the last load of the sidecars' library failed
 
     async def _first_reads(self) -> None:
@@ -178,6 +179,7 @@ class Upkeep:
     async def _check_durability(self) -> None:
         self._durability_at = self.clock()
         d = self.durable = await durability.check(self.redis)
+        await self._check_restart(d)
         if d.enabled is not True:
             level = "error" if self.s.require_durable else "warning"
             getattr(self.log, level)(
@@ -185,6 +187,21 @@ class Upkeep:
                 risk="a Redis restart forgets kills and the roster: hosts stay blocked "
                 "(epoch fencing) until two operators arm again",
             )  # fmt: skip
+
+    async def _check_restart(self, d: durability.Durability) -> None:
+        """Another Redis process answers than at the last check (a restart, or a failover):
+        said whatever else noticed it, an error when that Redis does not persist (its data,
+        kills and roster included, is gone even if something stored some of it again since).
+        Checked with durability: at start, every 30 s, and at once when the roster is gone."""
+        rid = await durability.run_id(self.redis)
+        before, self._redis_run = self._redis_run, rid
+        if not before or not rid or rid == before:
+            return
+        lost = d.enabled is not True
+        getattr(self.log, "error" if lost else "warning")(
+            "REDIS_RESTARTED", durable=not lost, detail=d.detail,
+            risk="the node's data is gone unless Redis persisted it" if lost else "",
+        )  # fmt: skip
 
     def _ha_view(self) -> dict[str, str]:
         d = self.durable

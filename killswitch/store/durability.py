@@ -56,5 +56,14 @@ async def check(redis: Redis) -> Durability:
     return Durability(enabled, "info", f"INFO persistence aof_enabled: {int(enabled)}")
 
 
+async def run_id(redis: Redis) -> str:
+    """The answering Redis process's `run_id` (new at every restart, and on a failover);
+    "" when this Redis will not say."""
+    try:
+        return str((await redis.info("server")).get("run_id", ""))
+    except ResponseError:
+        return ""
+
+
 def _yn(b: bool) -> str:
     return "yes" if b else "no"

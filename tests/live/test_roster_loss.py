@@ -1,5 +1,6 @@
 """Redis restarted empty under a running aggregator: `ROSTER_MISSING` is logged once, however
-the restart falls against the aggregator's 5 s roster upkeep.
+the restart falls against the aggregator's 5 s roster upkeep, and the restart itself is named
+(`REDIS_RESTARTED`) even when something else stored the roster again first.
 
 A real redis-server without persistence, restarted empty; the aggregator runs in the test's
 event loop (the same `Aggregator` as the process) with a clock the test moves, and its ticks
@@ -16,10 +17,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from killswitch.aggregator.service import Aggregator
 from killswitch.aggregator.settings import AggregatorSettings
+from killswitch.aggregator.upkeep import DURABILITY_CHECK_S
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.operators import OperatorKeys
 from killswitch.store.redisconn import connect
 from killswitch.store.store import Store
+from kstest import wait_until_async
 from kstest.auditcopies import Recorder
 
 HOSTS = ("or-01", "or-02")
@@ -37,8 +40,9 @@ class Clock:
 
 
 @pytest.fixture
-def server() -> Iterator[EmbeddedRedis]:
-    s = EmbeddedRedis(appendonly=False).start()
+def server(request: pytest.FixtureRequest) -> Iterator[EmbeddedRedis]:
+    """A Redis without persistence (indirect parameter True: with appendonly)."""
+    s = EmbeddedRedis(appendonly=getattr(request, "param", False)).start()
     try:
         yield s
     finally:
@@ -138,3 +142,63 @@ class TestEmptyRestart:
         assert len(log.named("ROSTER_STORED")) == 2
         assert not log.named("ROSTER_MISSING")
         assert await stored_roster(a) == set(HOSTS)
+
+    async def test_a_restart_whose_roster_came_back_first_is_still_said(
+        self, agg: tuple[Aggregator, Recorder, Clock], server: EmbeddedRedis
+    ) -> None:
+        """Restarted empty and the roster stored again by another writer (an arm's signed
+        roster) before this aggregator looked: its next durability check names the restart
+        as an error, Redis not being durable."""
+        a, log, clock = agg
+        await killed_then_restarted_empty(a, server)
+        other = connect(server.url)
+        try:
+            await Store(other, a.s.node).set_roster(HOSTS, "arm")
+        finally:
+            await other.aclose()
+        await tick_after_restart(a)
+        assert not log.named("ROSTER_MISSING")
+        assert not log.named("REDIS_RESTARTED")
+        clock.t += DURABILITY_CHECK_S
+        await a.tick_once()
+        assert [lv for lv, e, _ in log.events if e == "REDIS_RESTARTED"] == ["error"]
+        assert log.named("REDIS_RESTARTED")[0]["durable"] is False
+
+    @pytest.mark.parametrize("server", [True], indirect=True)
+    async def test_a_durable_restart_is_a_warning_and_no_loss(
+        self, agg: tuple[Aggregator, Recorder, Clock], server: EmbeddedRedis
+    ) -> None:
+        """A Redis with appendonly restarted (its data kept): REDIS_RESTARTED as a warning at
+        the next durability check, no ROSTER_MISSING."""
+        a, log, clock = agg
+        server.restart()
+        clock.t += DURABILITY_CHECK_S
+        await tick_after_restart(a)
+        assert [lv for lv, e, _ in log.events if e == "REDIS_RESTARTED"] == ["warning"]
+        assert log.named("REDIS_RESTARTED")[0]["durable"] is True
+        assert not log.named("ROSTER_MISSING")
+        assert await stored_roster(a) == set(HOSTS)
+
+
+async def test_the_running_loop_names_the_loss_and_the_restart(
+    server: EmbeddedRedis, node: str, operator_keys: OperatorKeys
+) -> None:
+    """The aggregator's own tick loop, Redis restarted empty under it: ROSTER_MISSING and,
+    at once, REDIS_RESTARTED as an error (this Redis does not persist)."""
+    redis = connect(server.url, socket_timeout=2.0)
+    log = Recorder()
+    settings = AggregatorSettings(
+        node=node, redis_url=server.url, hosts=HOSTS, tick=0.05,
+        operators=str(operator_keys.file),
+    )  # fmt: skip
+    a = Aggregator(settings, redis, logger=log)
+    await a.start()
+    try:
+        await wait_until_async(lambda: a._last_read is not None, 20, 0.02, "a first tick")
+        server.restart(empty=True)
+        await wait_until_async(lambda: log.named("ROSTER_MISSING"), 20, 0.02, "the loss named")
+        await wait_until_async(lambda: log.named("REDIS_RESTARTED"), 20, 0.02, "restart named")
+        assert [lv for lv, e, _ in log.events if e == "REDIS_RESTARTED"] == ["error"]
+    finally:
+        await a.stop()
+        await redis.aclose()
