@@ -2,8 +2,9 @@
 
 The reading of the replies is pure (`from_config`, `from_info`); `check()` is the thin Redis
 part. `CONFIG` is often disabled or renamed in production, so `INFO persistence` is the
-fallback. `run_id()` says which Redis process answers, so a restart is noticed. Hosts stay blocked after such a loss anyway (epoch fencing); this check exists so
-that people learn about the risk before it happens, not after.
+fallback. `run_id()` says which Redis process answers, so a restart is noticed. Hosts stay
+blocked after such a loss anyway (epoch fencing); this check exists so that people learn
+about the risk before it happens, not after.
 """
 
 from __future__ import annotations
