@@ -66,29 +66,27 @@ class Upkeep:
         await self._restore_baseline()
 
     async def _ensure_functions(self, force: bool = False) -> None:
-        """The sidecars' Functions library on this node's Redis, with exactly its code. Loaded
-        at start (REPLACE) and, checked with the roster (every 5 s), whenever it is gone (a
-        Redis that lost its data) or holds other code under its name (replaced by another
-        credential that may load libraries: FUNCTIONS_REPLACED, counted, then loaded back).
-        A credential that may not load it is logged, never fatal, and tried again with the
-        roster: this aggregator's own scripts do not need it (SECURITY.md)."""
+        """The sidecars' Functions library on this node's Redis, with exactly its code. Checked
+        at start (then loaded, REPLACE) and with the roster (every 5 s); loaded again whenever
+        it is gone (a Redis that lost its data) or holds other code under its name (replaced by
+        another credential that may load libraries: FUNCTIONS_REPLACED, counted). A credential
+        that may not load it is logged, never fatal, and tried again with the roster: this
+        aggregator's own scripts do not need it (SECURITY.md)."""
         lib = sidecar_library()
-        reason = "start"
         try:
-            if not force:
-                codes = await library_codes(self.redis, lib.name)
-                wrong = [c for c in codes if c != lib.code]
-                if codes and not wrong:
-                    return
-                reason = "replaced" if wrong else "missing"
-                if wrong:
-                    self.instruments.functions_replaced.inc()
-                    self.log.error(
-                        "FUNCTIONS_REPLACED", library=lib.name, found_sha1=code_digest(wrong[0]),
-                        action="loading this version's code back",
-                        risk="sidecars block until it is back; calls made before their check "
-                        "ran the replaced code (docs/SECURITY.md)",
-                    )  # fmt: skip
+            codes = await library_codes(self.redis, lib.name)
+            wrong = [c for c in codes if c != lib.code]
+            if codes and not wrong and not force:
+                return
+            reason = "replaced" if wrong else "start" if force else "missing"
+            if wrong:
+                self.instruments.functions_replaced.inc()
+                self.log.error(
+                    "FUNCTIONS_REPLACED", library=lib.name, found_sha1=code_digest(wrong[0]),
+                    action="loading this version's code back",
+                    risk="sidecars block until it is back; calls made before their check ran "
+                    "the replaced code (docs/SECURITY.md)",
+                )  # fmt: skip
             await load_library(self.redis, lib)
         except Exception as e:  # NOPERM, or (Cluster) another primary away: never the tick's fault
             why = f"{type(e).__name__}: {e}"
