@@ -15,6 +15,7 @@ ALL = [
     "cold_start",
     "anomaly",
     "rules_latency",
+    "monitor_eval",
     "faults",
     "scale",
     "blocked_flood",
