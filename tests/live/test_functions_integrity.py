@@ -21,7 +21,7 @@ from killswitch.sidecar.service import Sidecar
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.sim.embedded import EmbeddedRedis, free_port
 from killswitch.sim.operators import OperatorKeys, signed_store_arm
-from killswitch.store.scripts import code_digest, load_library, sidecar_library
+from killswitch.store.scripts import code_digest, library_codes, load_library, sidecar_library
 from killswitch.store.store import FlushReport, Store
 from kstest import Fleet, wait_until, wait_until_async
 
@@ -85,6 +85,24 @@ class TestSidecarInProcess:
         assert await flow_entries(server_client, node, "genuine") == 1
         await server_client.function_load(blinding_code(), replace=True)
         assert await flow_entries(server_client, node, "blinded") == 0
+
+    async def test_the_check_reads_exactly_its_library(
+        self, server_client: Redis, own_redis: EmbeddedRedis
+    ) -> None:
+        """`library_codes` returns the code under its exact name, over RESP2 and RESP3, and
+        nothing of a library whose name merely starts the same."""
+        lib = sidecar_library()
+        near = lib.name + "0"
+        await load_library(server_client, lib)
+        await server_client.function_load(lib.code.replace(lib.name, near), replace=True)
+        resp3 = Redis.from_url(own_redis.url, decode_responses=True, protocol=3)
+        try:
+            for client in (server_client, resp3):
+                assert await library_codes(client, lib.name) == [lib.code]
+            await server_client.function_delete(lib.name)
+            assert await library_codes(resp3, lib.name) == []
+        finally:
+            await resp3.aclose()
 
     async def test_replaced_library_blocks_and_is_not_called(
         self, server_client: Redis, own_redis: EmbeddedRedis, node: str, tmp_path: Path,
