@@ -1,6 +1,6 @@
 """What keeps an aggregator fit to act: the leader lease, a check that Redis persists, the
 stored roster (re-asserted, and proven against the last signed arm), the sidecars' Functions
-library (loaded at start, again whenever it is gone) and the learned baseline (restored at
+library (loaded at start, again whenever it is gone or holds other code) and the learned baseline (restored at
 start, saved while leader).
 
 `Upkeep` holds the aggregator's shared state, declared here and set up by `Aggregator`; the
@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from killswitch.aggregator.inputs import InputGuard
+from killswitch.aggregator.metrics import Instruments
 from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.aggregator.trust import Trust
 from killswitch.core.node import leader
@@ -23,7 +24,7 @@ from killswitch.core.node.state import NodeRead, NodeState
 from killswitch.core.rules.anomaly import Monitor
 from killswitch.core.rules.baseline import Baseline, BaselineStateError
 from killswitch.store import durability
-from killswitch.store.scripts import library_loaded, load_library, sidecar_library
+from killswitch.store.scripts import code_digest, library_codes, load_library, sidecar_library
 from killswitch.store.store import Store
 from killswitch.store.writes import CREATED
 
@@ -48,6 +49,7 @@ class Upkeep:
     monitor: Monitor
     state: NodeRead
     durable: durability.Durability | None
+    instruments: Instruments
     _durability_at: float
     _last_roster_check: float
     _roster_seen: bool = False  # this instance has stored (or found) the roster
@@ -67,15 +69,27 @@ class Upkeep:
         await self._restore_baseline()
 
     async def _ensure_functions(self, force: bool = False) -> None:
-        """The sidecars' Functions library on this node's Redis. Loaded at start (REPLACE: a
-        library altered under this name gets its code back) and whenever it is gone (a Redis
-        that lost its data); checked with the roster. A credential that may not load it is
-        logged, never fatal, and tried again with the roster: this aggregator's own scripts do
-        not need it (SECURITY.md)."""
+        """The sidecars' Functions library on this node's Redis, with exactly its code. Checked
+        at start (then loaded, REPLACE) and with the roster (every 5 s); loaded again whenever
+        it is gone (a Redis that lost its data) or holds other code under its name (replaced by
+        another credential that may load libraries: FUNCTIONS_REPLACED, counted). A credential
+        that may not load it is logged, never fatal, and tried again with the roster: this
+        aggregator's own scripts do not need it (SECURITY.md)."""
         lib = sidecar_library()
         try:
-            if not force and await library_loaded(self.redis, lib, self.store.keys.state):
+            codes = await library_codes(self.redis, lib.name)
+            wrong = [c for c in codes if c != lib.code]
+            if codes and not wrong and not force:
                 return
+            reason = "replaced" if wrong else "start" if force else "missing"
+            if wrong:
+                self.instruments.functions_replaced.inc()
+                self.log.error(
+                    "FUNCTIONS_REPLACED", library=lib.name, found_sha1=code_digest(wrong[0]),
+                    action="loading this version's code back",
+                    risk="sidecars block until it is back; calls made before their check ran "
+                    "the replaced code (docs/SECURITY.md)",
+                )  # fmt: skip
             await load_library(self.redis, lib)
         except Exception as e:  # NOPERM, or (Cluster) another primary away: never the tick's fault
             why = f"{type(e).__name__}: {e}"
@@ -87,7 +101,7 @@ class Upkeep:
             self._functions_problem = why
             return
         self._functions_problem = ""
-        self.log.info("FUNCTIONS_LOADED", library=lib.name, reason="start" if force else "missing")
+        self.log.info("FUNCTIONS_LOADED", library=lib.name, reason=reason)
 
     async def _restore_baseline(self) -> None:
         params = self.s.monitor.baseline_params()
