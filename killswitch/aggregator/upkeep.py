@@ -26,6 +26,7 @@ from killswitch.core.rules.baseline import Baseline, BaselineStateError
 from killswitch.store import durability
 from killswitch.store.scripts import code_digest, library_codes, load_library, sidecar_library
 from killswitch.store.store import Store
+from killswitch.store.writes import CREATED
 
 DURABILITY_CHECK_S = 30.0  # also re-checked at once when the roster turns out to be gone
 
@@ -51,6 +52,8 @@ class Upkeep:
     instruments: Instruments
     _durability_at: float
     _last_roster_check: float
+    _roster_seen: bool = False  # this instance has stored (or found) the roster
+    _redis_run: str = ""  # the run_id of the Redis process last checked
     _functions_problem: str = ""  # why the last load of the sidecars' library failed
 
     async def _first_reads(self) -> None:
@@ -129,9 +132,12 @@ class Upkeep:
         except Exception as e:  # a failed save costs a re-learn, never the kill loop
             self.log.warning("BASELINE_SAVE_FAILED", error=f"{type(e).__name__}: {e}")
 
-    async def _ensure_roster(self, force: bool = False) -> None:
-        # Re-asserted every few seconds: a Redis that lost its data gets the roster back, and
-        # a stored roster edited by hand gets the signed one back.
+    async def _ensure_roster(self, force: bool = False, *, gone: bool = False) -> None:
+        """Re-asserted every few seconds: a Redis that lost its data gets the roster back, and
+        a stored roster edited by hand gets the signed one back. Whichever write puts back a
+        roster that was gone says so (`ROSTER_MISSING`), however the check and the loss fall:
+        the script that stores it reports the absence it found. `gone`: the tick's read has
+        already seen it missing."""
         now = self.clock()
         if force or now - self._last_roster_check > 5.0:
             self._last_roster_check = now
@@ -139,8 +145,26 @@ class Upkeep:
             self._learn_proof(await self.store.proof())
             signed = bool(self.trust.signed_roster)
             actor = f"aggregator:{self.s.instance}" + (" (signed roster)" if signed else "")
-            if await self.store.set_roster(self.trust.roster, actor):
+            wrote = await self.store.set_roster(self.trust.roster, actor)
+            # The first store of this instance is a new node's (or one whose Redis lost its
+            # data while no aggregator ran: nothing here can tell them apart).
+            if gone or (wrote == CREATED and self._roster_seen):
+                await self._roster_missing()
+            self._roster_seen = True
+            if wrote:
                 self.log.info("ROSTER_STORED", roster=list(self.trust.roster), signed=signed)
+
+    async def _roster_missing(self) -> None:
+        """Redis lost this node's data (a restart without persistence, or a failover that lost
+        writes): said loudly, with whether the node's state (its kills) went too, and
+        durability re-checked at once."""
+        state_gone = not await self.redis.exists(self.store.keys.state)
+        self.log.error(
+            "ROSTER_MISSING", reason="the node's roster is gone from Redis: Redis lost its data",
+            state_gone=state_gone, action="roster stored again; hosts that knew a later epoch stay "
+            "blocked until two operators arm",
+        )  # fmt: skip
+        await self._check_durability()
 
     def _learn_proof(self, text: str) -> None:
         if self.trust.learn(text):
@@ -169,6 +193,7 @@ class Upkeep:
     async def _check_durability(self) -> None:
         self._durability_at = self.clock()
         d = self.durable = await durability.check(self.redis)
+        await self._check_restart(d)
         if d.enabled is not True:
             level = "error" if self.s.require_durable else "warning"
             getattr(self.log, level)(
@@ -176,6 +201,21 @@ class Upkeep:
                 risk="a Redis restart forgets kills and the roster: hosts stay blocked "
                 "(epoch fencing) until two operators arm again",
             )  # fmt: skip
+
+    async def _check_restart(self, d: durability.Durability) -> None:
+        """Another Redis process answers than at the last check (a restart, or a failover):
+        said whatever else noticed it, an error when that Redis does not persist (its data,
+        kills and roster included, is gone even if something stored some of it again since).
+        Checked with durability: at start, every 30 s, and at once when the roster is gone."""
+        rid = await durability.run_id(self.redis)
+        before, self._redis_run = self._redis_run, rid
+        if not before or not rid or rid == before:
+            return
+        lost = d.enabled is not True
+        getattr(self.log, "error" if lost else "warning")(
+            "REDIS_RESTARTED", durable=not lost, detail=d.detail,
+            risk="the node's data is gone unless Redis persisted it" if lost else "",
+        )  # fmt: skip
 
     def _ha_view(self) -> dict[str, str]:
         d = self.durable
