@@ -1,7 +1,8 @@
 """What calling the sidecar's round trip as a Redis Function costs against the EVALSHA it
 replaced: the same `flush.lua`, the same keys and arguments, called both ways in rounds that
-alternate (so the machine's load hits both alike). Redis server time from `INFO
-commandstats`, client p50 from the caller."""
+alternate (so the machine's load hits both alike); and the sidecar's check of the library's
+code (`FUNCTION LIST ... WITHCODE`, made at most every 2 s), in the same rounds. Redis server
+time from `INFO commandstats`, client p50 from the caller."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from killswitch.sim.embedded import EmbeddedRedis
-from killswitch.store.scripts import plain_script
+from killswitch.store.scripts import library_codes, plain_script, sidecar_library
 from killswitch.store.store import FlushReport, Store
 
 CALLS = 2000
@@ -38,6 +39,7 @@ async def _run() -> dict[str, Any]:
         r = Redis.from_url(server.url, decode_responses=True)
         try:
             store = Store(r, "bench-functions")
+            lib = sidecar_library()
             script = r.register_script(plain_script("flush"))
             captured: dict[str, Any] = {}
 
@@ -51,6 +53,7 @@ async def _run() -> dict[str, Any]:
             ways = {
                 "evalsha": (lambda: script(keys=keys, args=args), "cmdstat_evalsha"),
                 "fcall": (lambda: fcall(keys=keys, args=args), "cmdstat_fcall"),
+                "check": (lambda: library_codes(r, lib.name), "cmdstat_function|list"),
             }
             usec = dict.fromkeys(ways, 0.0)
             lat: dict[str, list[float]] = {w: [] for w in ways}
@@ -59,7 +62,7 @@ async def _run() -> dict[str, Any]:
                     usec[w] += await _round(r, call, stat, lat[w])
         finally:
             await r.aclose()
-    out: dict[str, Any] = {"calls": CALLS}
+    out: dict[str, Any] = {"calls": CALLS, "library_bytes": len(sidecar_library().code)}
     for w in ways:
         lat[w].sort()
         out[w] = {

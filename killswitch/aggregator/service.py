@@ -130,7 +130,7 @@ class Aggregator:
             instruments=self.instruments, log=self.log,
         )  # fmt: skip
         self.upkeep = Upkeep(settings, redis, self.store, self.trust, self.lease, self.log, clock,
-                             on_roster=self.rules.follow_roster)  # fmt: skip
+                             instruments=self.instruments, on_roster=self.rules.follow_roster)  # fmt: skip
         self.confirmations = ConfirmationWatch(
             settings.confirm_timeout,
             self.log,
@@ -269,11 +269,9 @@ class Aggregator:
         await self.upkeep.ensure_roster()
         flows, snap = await self.store.read_flows(self.after, self.trust.roster, self.unlisted)
         if not snap.roster_stored:
-            # Redis lost its data (restart without persistence, or a failover that lost
-            # writes): put the roster back now, so `arm` can prove the fleet again.
-            self.log.error("ROSTER_MISSING", reason="the node's roster is gone from Redis")
-            await self.upkeep.ensure_roster(force=True)
-            await self.upkeep.check_durability()
+            # Redis lost its data since the roster check above: put the roster back now, so
+            # `arm` can prove the fleet again.
+            await self.upkeep.ensure_roster(force=True, gone=True)
         now = snap.now_ms
         self.upkeep.learn_proof(snap.state.get("proof", ""))
         self.trust.say_mismatch()

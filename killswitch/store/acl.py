@@ -3,8 +3,8 @@
 Roles (see docs/SECURITY.md):
 
 - `ks-sidecar-<node>-<host>`: calls its round trip, a pre-loaded Redis Function (`FCALL`;
-  no EVAL, EVALSHA, SCRIPT or FUNCTION: it cannot run Lua of its own, so it cannot hold the
-  server in a busy script), and writes only its own host's keys
+  no EVAL, EVALSHA, SCRIPT, nor FUNCTION but `FUNCTION LIST` to check the library's code: it
+  cannot run Lua of its own, so it cannot hold the server in a busy script), and writes only its own host's keys
   (`ks:{N}:h:<host>:*`); reads the node state and scopes (read-only patterns, never declared as a
   function key, because Redis treats every FCALL key as written); subscribes to kill notices and
   publishes its confirmations. Once per boot it SADDs its name to the node's `hosts` set
@@ -37,7 +37,9 @@ from collections.abc import Mapping, Sequence
 from killswitch.store.keys import FLEET_LEADER_KEY, NODES_KEY, PREFIX, NodeKeys
 
 _CONNECTION = "+ping +client|setname +client|id +hello +auth"
-_FUNCTIONS = "+fcall +fcall_ro"  # only what a loaded library offers: no Lua of its own
+# Only what a loaded library offers (no Lua of its own), and reading which code is loaded
+# under its library's name (its integrity check): never FUNCTION LOAD, DELETE or FLUSH.
+_FUNCTIONS = "+fcall +fcall_ro +function|list"
 _SIDECAR_CMDS = f"-@all {_CONNECTION} {_FUNCTIONS} +time +hmget +hgetall +hset +xadd +publish " \
     "+sadd +subscribe +unsubscribe"  # fmt: skip
 # Redis 7 ACL selectors: a command passes when the root rules or one selector allow it whole.

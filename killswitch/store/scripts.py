@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +97,45 @@ class FunctionsMissing(RuntimeError):
         )
 
 
+class FunctionsTampered(FunctionsMissing):
+    """Redis holds a library under this version's name whose code is not this version's."""
+
+    def __init__(self, library: str, digest: str) -> None:
+        self.library, self.digest = library, digest
+        RuntimeError.__init__(
+            self,
+            f"Redis Functions library {library} holds code that is not this version's (sha1 "
+            f"{digest}): replaced under its name. This sidecar blocks and does not call it until "
+            "an aggregator restores it (within 5 s) or an admin does (docs/SECURITY.md)",
+        )
+
+
+def code_digest(code: str) -> str:
+    """A short digest of a library's code, to name a replaced one in logs (never to trust)."""
+    return hashlib.sha1(code.encode("utf-8"), usedforsecurity=False).hexdigest()[:16]
+
+
+def _entries(reply: Any) -> list[dict[str, Any]]:
+    """The libraries of a FUNCTION LIST reply as dicts: RESP2 (flat pairs) or RESP3 (maps),
+    from one server or (a Cluster client) from every primary."""
+    if isinstance(reply, dict):
+        if "library_name" in reply:
+            return [reply]
+        return [e for v in reply.values() for e in _entries(v)]  # {node: reply} of a Cluster
+    if isinstance(reply, list | tuple):
+        if reply and reply[0] == "library_name":
+            return [dict(zip(reply[::2], reply[1::2], strict=False))]
+        return [e for v in reply for e in _entries(v)]
+    return []
+
+
+async def library_codes(redis: Redis, name: str) -> list[str]:
+    """The code of each library Redis holds under `name` (`FUNCTION LIST LIBRARYNAME <name>
+    WITHCODE`): none when it is not loaded, one per primary of a Redis Cluster."""
+    reply = await redis.function_list(library=name, withcode=True)
+    return [str(e.get("library_code", "")) for e in _entries(reply) if e["library_name"] == name]
+
+
 def function_missing(e: BaseException) -> bool:
     """Whether a Redis error reply says the function called does not exist."""
     return _NOT_FOUND in str(e)
@@ -104,14 +143,19 @@ def function_missing(e: BaseException) -> bool:
 
 class SidecarFunction:
     """`FCALL` of one function of the sidecar's library, called like a registered script
-    (the library is built on first use: an operator command never runs it)."""
+    (the library is built on first use: an operator command never runs it). A `guard`, when
+    set, runs before every call and may refuse it (the sidecar's check of the library's code).
+    """
 
     def __init__(self, redis: Redis, script: str) -> None:
         self.redis = redis
         self.script = script
+        self.guard: Callable[[], Awaitable[None]] | None = None
 
     async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
         library = sidecar_library()
+        if self.guard is not None:
+            await self.guard()
         try:
             return await self.redis.fcall(library.function(self.script), len(keys), *keys, *args)
         except Exception as e:
@@ -154,6 +198,10 @@ class NodeScripts:
         self.arm_request: AsyncScript = redis.register_script(audited_script("arm_request"))
         self.read_node: AsyncScript = redis.register_script(plain_script("read"))
         self.scope: AsyncScript = redis.register_script(audited_script("scope"))
+
+    def guard_functions(self, guard: Callable[[], Awaitable[None]]) -> None:
+        """Run `guard` before every call of the sidecar's library (it raises to refuse one)."""
+        self.flush.guard = guard
 
 
 def main() -> int:

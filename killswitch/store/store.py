@@ -146,13 +146,17 @@ class Store:
     """Redis operations of one node. The client is passed in (decode_responses=True)."""
 
     def __init__(self, redis: Redis, node: str) -> None:
-        scripts = NodeScripts(redis, node)
+        scripts = self.scripts = NodeScripts(redis, node)
         self.redis = redis
         self.node = node
         self.keys = scripts.keys
         self.reads = NodeReads(scripts)
         self.writes = NodeWrites(scripts)
         self._flush = scripts.flush
+
+    def guard_functions(self, guard: Callable[[], Awaitable[None]]) -> None:
+        """Run `guard` before every round trip (see `NodeScripts.guard_functions`)."""
+        self.scripts.guard_functions(guard)
 
     # Callers ask the store; a subclass may override any of these like a method.
     proof = _read(NodeReads.proof)

@@ -101,6 +101,10 @@ class TestSidecarCredential:
                     "#!lua name=mine\nredis.register_function('mine', function() end)"),
                 "function delete": lambda: c.function_delete(lib.name),
                 "function flush": c.function_flush,
+                "function restore": lambda: c.function_restore(b"junk", "REPLACE"),
+                "function dump": c.function_dump,
+                "function kill": c.function_kill,
+                "function stats": c.function_stats,
                 # the library's round trip with the node state declared as its own key
                 "fcall state": lambda: c.fcall(lib.function("flush"), 1, k.state),
             }  # fmt: skip
@@ -115,6 +119,9 @@ class TestSidecarCredential:
             assert c.hset(k.host("or-01").report, "gate", "closed") == 1
             assert c.hmget(k.state, "state") == [None]
             assert c.fcall_ro(lib.function("ping"), 1, k.state) == lib.name
+            # and reading the code loaded under its library's name (its integrity check)
+            listed = c.function_list(library=lib.name, withcode=True)
+            assert lib.code in listed[0]
         finally:
             c.close()
 
