@@ -105,6 +105,7 @@ class TestComposeFile:
             ("redis", "REDIS_IMAGE", "redis:7.2-alpine"),
             ("aggregator", "KILLSWITCH_IMAGE", "killswitch:dev"),
             ("prometheus", "PROMETHEUS_IMAGE", "prom/prometheus:v2.42.0"),
+            ("alertmanager", "ALERTMANAGER_IMAGE", "prom/alertmanager:v0.25.0"),
             ("grafana", "GRAFANA_IMAGE", "grafana/grafana-oss:10.4.2"),
         ],
     )
@@ -220,6 +221,53 @@ class TestComposeFile:
         dashboards_in = provider["providers"][0]["options"]["path"]
         assert (mounts["grafana"][dashboards_in] / "node-overview.json").is_file()
         assert (mounts["grafana"][dashboards_in] / "fleet-overview.json").is_file()
+
+
+class TestComposeAlerting:
+    """Prometheus -> Alertmanager -> the webhook receiver, wired by service name and port."""
+
+    def test_prometheus_sends_alerts_to_the_alertmanager_service(self) -> None:
+        """prometheus.yml's alerting target is the alertmanager service on its web port, on a
+        network both services join."""
+        services = load_compose()["services"]
+        config = yaml.safe_load((REPO_ROOT / "deploy/prometheus/prometheus.yml").read_text())
+        targets = [
+            t
+            for am in config["alerting"]["alertmanagers"]
+            for static in am["static_configs"]
+            for t in static["targets"]
+        ]
+        assert targets == ["alertmanager:9093"]
+        published = [p.rsplit(":", 1)[1] for p in services["alertmanager"]["ports"]]
+        assert published == ["9093"]
+        shared = set(services["prometheus"]["networks"]) & set(services["alertmanager"]["networks"])
+        assert shared
+
+    def test_alertmanager_routes_to_the_receiver_service(self) -> None:
+        """Every webhook of the mounted alertmanager.yml is the alert-receiver service's
+        /alerts on the port it listens on, on a network both join."""
+        services = load_compose()["services"]
+        mounts = dict(v.split(":")[:2][::-1] for v in services["alertmanager"]["volumes"])
+        am_dir = REPO_ROOT / mounts["/etc/alertmanager"]
+        argv = argv_of(services["alertmanager"]["command"])
+        assert "--config.file=/etc/alertmanager/alertmanager.yml" in argv
+        config = yaml.safe_load((am_dir / "alertmanager.yml").read_text())
+        receiver = argv_of(services["alert-receiver"]["command"])
+        assert receiver[:3] == ["python", "-m", "killswitch.sim.alertsink"]
+        port = option(receiver, "--listen").rsplit(":", 1)[1]
+        hooks = [h["url"] for r in config["receivers"] for h in r.get("webhook_configs", [])]
+        assert hooks == [f"http://alert-receiver:{port}/alerts"]
+        assert config["route"]["receiver"] in {r["name"] for r in config["receivers"]}
+        shared = set(services["alertmanager"]["networks"]) & set(
+            services["alert-receiver"]["networks"]
+        )
+        assert shared
+
+    def test_the_receiver_runs_the_killswitch_image(self) -> None:
+        """The receiver is the project's own (the killswitch image), as a non-root user."""
+        service = load_compose()["services"]["alert-receiver"]
+        assert interpolate(service["image"], {}) == "killswitch:dev"
+        assert str(service["user"]).split(":")[0] not in ("root", "0")
 
 
 class TestComposeCommands:
