@@ -3,7 +3,7 @@
 `AlertmanagerHarness` runs the actual Alertmanager binary (Debian's `prometheus-alertmanager`,
 or upstream's `alertmanager`) with the repo's deploy/alertmanager/alertmanager.yml, its
 webhook URLs pointed at a receiver of the test's and its timers shortened (`shortened_config`).
-`AlertReceiver` runs the receiver the compose stack runs (`python -m killswitch.sim.alertsink`)
+`AlertReceiver` runs the receiver the compose stack runs (`killswitch alertsink`)
 and reads back what reached it. Test tooling only: services never import this.
 """
 
@@ -171,13 +171,7 @@ class AlertReceiver:
         self.port = free_port()
         self.proc = Proc(
             "alertsink",
-            [
-                sys.executable,
-                "-m",
-                "killswitch.sim.alertsink",
-                "--listen",
-                f"127.0.0.1:{self.port}",
-            ],
+            [sys.executable, "-m", "killswitch", "alertsink", "--port", str(self.port)],
             log_path,
         )
 

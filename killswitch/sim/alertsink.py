@@ -1,6 +1,6 @@
 """An Alertmanager webhook receiver for the compose stack and the tests: it keeps the
 notifications Alertmanager sends it and serves them back, so a person or a test can see that
-an alert really arrived (`python -m killswitch.sim.alertsink --listen 0.0.0.0:9095`).
+an alert really arrived (`killswitch alertsink --bind 0.0.0.0 --port 9095`).
 
 POST /alerts takes one webhook notification (Alertmanager's JSON, version 4); GET /alerts
 returns {"notifications": [...]}, oldest first; GET /healthz answers ok. It is a sink, not a
@@ -9,17 +9,15 @@ pager: it never forwards anything, and it holds only the last `keep` notificatio
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
-import sys
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from killswitch.runtime import logs
+from killswitch.runtime.errors import StartupError
 
 KEEP = 1000  # notifications kept; older ones are dropped
 
@@ -66,35 +64,23 @@ class AlertSink:
         return app
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"--listen takes HOST:PORT, not {value!r}")
-    return host, int(port)
+@dataclass(frozen=True)
+class AlertSinkSettings:
+    """What `killswitch alertsink` runs with (resolved and validated by the CLI)."""
+
+    bind: str = "127.0.0.1"
+    port: int = 9095
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m killswitch.sim.alertsink", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument(
-        "--listen", type=parse_listen, default=("127.0.0.1", 9095), help="HOST:PORT to serve on"
-    )
-    p.add_argument("--keep", type=int, default=KEEP, help="notifications kept in memory")
-    args = p.parse_args(argv)
-    logs.configure()
-    host, port = args.listen
-    sink = AlertSink(keep=max(1, args.keep))
+def serve(settings: AlertSinkSettings, keep: int = KEEP) -> int:
+    """`killswitch alertsink`: serve until SIGTERM or SIGINT (logging is configured by the CLI)."""
+    bind, port = settings.bind, settings.port
+    sink = AlertSink(keep=keep)
     try:
         # run_app turns SIGTERM and SIGINT into a clean shutdown.
-        web.run_app(sink.app(), host=host, port=port, print=None, access_log=None)
+        web.run_app(sink.app(), host=bind, port=port, print=None, access_log=None)
     except OSError as e:
-        print(f"alertsink: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    finally:
-        logs.flush()
+        raise StartupError(
+            f"alertsink: cannot listen on {bind}:{port}: {e.strerror or e}"
+        ) from None
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

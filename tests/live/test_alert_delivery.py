@@ -1,7 +1,7 @@
 """Alerts reach a receiver: a real Prometheus evaluates the repo's alert rules on real sidecars
 and an aggregator and sends to a real Alertmanager running the repo's alertmanager.yml (its
 webhook pointed here, its timers short), which delivers to the webhook receiver the compose
-stack runs (`python -m killswitch.sim.alertsink`).
+stack runs (`killswitch alertsink`).
 
 One chain per module: armed, checked quiet, killed by the operator CLI; the tests read what
 reached the receiver. The last test arms again and sees the resolved notice.
