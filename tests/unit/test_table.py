@@ -4,10 +4,13 @@ terminal's width without losing a character or cutting a host name, plain text o
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.cells import cell_len
 
 from killswitch.cli.render import _hosts
 from killswitch.ops.fleet import fleet_lines
-from killswitch.view.table import Col, table_lines
+from killswitch.view.table import Col, cell_text, natural_lines, rich_lines, table_lines
 
 HOST = "h" * 63  # the longest name the contract allows
 NOTE = "! still enforces symbol:KCG symbol:AAPL: no signed lift it could verify"
@@ -52,6 +55,10 @@ class TestTableLines:
         """Escape sequences and newlines in a cell are shown escaped, within its row."""
         lines = table_lines(COLS, [["a", "1", "\x1b[2Jok\nFAKE"]], header=False)
         assert lines == ["a 1 \\x1b[2Jok\\x0aFAKE"]
+
+    def test_an_invisible_cell_is_spelled_out(self) -> None:
+        """A cell of nothing but a combining mark is shown as its code, not as nothing."""
+        assert cell_text("\u0301") == "\\u0301" and cell_text(" e\u0301 ") == "e\u0301"
 
     def test_wide_characters_are_measured_in_columns(self) -> None:
         """A cell of double-width characters pushes the next column by its width on screen."""
@@ -101,3 +108,45 @@ class TestStatusTables:
                                     "MISSING:", "b"]  # fmt: skip
         assert lines[0].index("KILLED") == lines[1].index("ARMED") == 64
         assert lines[0].index("confirmed") == lines[1].index("confirmed")
+
+
+CELL = st.text(
+    st.sampled_from([*"abc XYZ-_.:[]/\\", "名", "前", "é", "\u0301", "\x1b", "\n", "🙂"]),
+    max_size=12,
+)
+
+
+@st.composite
+def tables(draw: st.DrawFn) -> tuple[list[Col], list[list[str]], bool]:
+    n = draw(st.integers(1, 5))
+    cols = [
+        Col(
+            draw(st.sampled_from(["", "a", "host", "名前"])),
+            draw(st.sampled_from(["left", "right"])),
+            draw(st.sampled_from(["fold", "ellipsis", "keep"])),
+        )
+        for _ in range(n)
+    ]
+    rows = draw(st.lists(st.lists(CELL, min_size=n, max_size=n), max_size=4))
+    return cols, rows, draw(st.booleans())
+
+
+class TestSameLayoutAsRich:
+    @settings(max_examples=300, deadline=None)
+    @given(tables())
+    def test_a_table_that_fits_is_laid_out_as_rich_draws_it(
+        self, table: tuple[list[Col], list[list[str]], bool]
+    ) -> None:
+        """Whole rows (pipes, wide terminals) are exactly rich.Table's lines at any width."""
+        cols, rows, header = table
+        cells = [[cell_text(c) for c in row] for row in rows]
+        widths = [
+            max([cell_len(c.header) if header else 0, *(cell_len(r[i]) for r in cells)])
+            for i, c in enumerate(cols)
+        ]
+        assert natural_lines(cols, cells, widths, indent=2, header=header) == rich_lines(
+            cols, cells, indent=2, header=header
+        )
+        assert table_lines(cols, rows, indent=2, header=header) == rich_lines(
+            cols, cells, indent=2, header=header
+        )
