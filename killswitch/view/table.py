@@ -6,7 +6,7 @@ next line, those that may be cut lose their end to an ellipsis, and host names a
 (they are what an operator acts on). Written to a pipe or a file a table is never narrowed:
 each row stays one line however wide. No box, no colour: the lines are the text a script
 reads. rich.console is imported only when a table must be folded, so `status` piped, and
-every verb that prints JSON, never load it.
+every verb that prints JSON, never load it (nor any of rich, while the text is ASCII).
 """
 
 from __future__ import annotations
@@ -46,13 +46,21 @@ def output_width(width: int | None = None) -> int:
     return UNLIMITED
 
 
+def cell_width(text: str) -> int:
+    """Columns `text` takes on a terminal: its length when ASCII (after `safe_line`, the
+    usual case, and then rich is not even imported), else rich's measure of it."""
+    if text.isascii():
+        return len(text)
+    from rich.cells import cell_len  # noqa: PLC0415
+
+    return cell_len(text)
+
+
 def cell_text(text: str) -> str:
     """A cell as the table shows it: one safe line (`safe_line`), no spaces at its ends, and
     a value of nothing but zero-width characters (combining marks) spelled out, not hidden."""
-    from rich.cells import cell_len  # noqa: PLC0415
-
     line = safe_line(text).strip(" ")
-    if line and not cell_len(line):
+    if line and not cell_width(line):
         return "".join(f"\\u{ord(ch):04x}" for ch in line)
     return line
 
@@ -73,11 +81,9 @@ def table_lines(
     25 ms of imports a `status` would pay: docs/PERFORMANCE.md); tests/unit/test_table.py
     checks that the two agree. Only a table that must be folded to a terminal is drawn by
     rich."""
-    from rich.cells import cell_len  # noqa: PLC0415  only when a table is drawn (docstring)
-
     cells = [[cell_text(cell) for cell in row] for row in rows]
     widths = [
-        max([cell_len(c.header) if header else 0, *(cell_len(r[i]) for r in cells)])
+        max([cell_width(c.header) if header else 0, *(cell_width(r[i]) for r in cells)])
         for i, c in enumerate(cols)
     ]
     room = max(output_width(width) - indent, 20)
@@ -105,12 +111,11 @@ def natural_lines(
     header: bool = True,
 ) -> list[str]:
     """rich's layout of a table that fits: each column as wide as its widest cell."""
-    from rich.cells import cell_len  # noqa: PLC0415
 
     def line(row: Sequence[str]) -> str:
         out = []
         for c, w, cell in zip(cols, widths, row, strict=True):
-            pad = " " * (w - cell_len(cell))
+            pad = " " * (w - cell_width(cell))
             out.append(pad + cell if c.justify == "right" else cell + pad)
         return (" " * indent + " ".join(out)).rstrip()
 
