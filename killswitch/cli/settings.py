@@ -132,7 +132,7 @@ def check_fence(netns: str) -> None:
     """Refuse a fence this process could not install, before anything starts."""
     import shutil
 
-    from killswitch.core.enforce.fence import GRANT_HINT, has_cap
+    from killswitch.core.enforce.fence import CAP_SYS_ADMIN, GRANT_HINT, NETNS_HINT, has_cap
     from killswitch.sidecar.nftables import LIBNFTABLES, load_library
 
     try:
@@ -141,6 +141,8 @@ def check_fence(netns: str) -> None:
         status = ""
     if not has_cap(status):
         raise ConfigError(GRANT_HINT)
+    if netns and not has_cap(status, CAP_SYS_ADMIN):
+        raise ConfigError(NETNS_HINT)
     try:
         load_library()
     except OSError:

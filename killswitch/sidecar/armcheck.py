@@ -21,6 +21,7 @@ from killswitch.core.proof.armproof import (
     admit_refusal,
     fresh_refusal,
     gate_refusal,
+    lift_fresh_refusal,
     lift_refusal,
     verify_proof,
 )
@@ -131,7 +132,9 @@ class ArmCheck:
 
     def lift(self, scope: str, proof: str) -> tuple[int, str]:
         """(the scopes version a proof lifts, "" when two operators signed the lift of exactly
-        `scope` on this node, else the refusal word): `core.node.scope.LiftCheck`."""
+        `scope` on this node, fresh for this host, else the refusal word):
+        `core.node.scope.LiftCheck`. Fresh (`lift_fresh_refusal`): a lift of this host's own
+        scope names its current boot, and one that opens it has not expired by its clock."""
         verdict = self._lifts.get(proof)
         if verdict is None:
             if len(self._lifts) >= 64:  # stale proofs of long-lifted scopes: verify again
@@ -139,4 +142,7 @@ class ArmCheck:
             verdict = self._lifts[proof] = verify_proof(self.operators, proof)
             self.verifications += 1
         refusal, _ = lift_refusal(verdict, self.node, scope)
+        if not refusal and verdict.request is not None:
+            now_ms = int(self.wall() * 1000)
+            refusal, _ = lift_fresh_refusal(verdict.request, self.host, self.boot, now_ms)
         return (verdict.request.scope_ver if verdict.request else 0), refusal

@@ -1,21 +1,28 @@
 """Attestation: the SHA-256 of every file that makes up this host's release.
 
 The scan is blocking file I/O and runs in a worker thread, never on the order path and never
-inside a flush: the sync loop only ever reads the last finished `Attestation`. A file is
-hashed again when its size, mtime, ctime, inode or device changed (a rewrite of the same size
-with its mtime put back still moves the ctime, which no user can set), every `FULL_EVERY_S`
-in full whatever its metadata says, and when a re-hash is forced (SIGHUP). A path that cannot
-be read is a problem that names the file: the host blocks.
+inside a flush: the sync loop only ever reads the last finished `Attestation`. A scan runs
+when the kernel reports a change to an attested file (inotify, through `watchfiles`: a deploy
+is seen in milliseconds), every `--attest-interval` whatever was reported, every
+`FULL_EVERY_S` in full, and when a re-hash is forced (SIGHUP). A scan hashes a file again
+when its size, mtime, ctime, inode or device changed (a rewrite of the same size with its
+mtime put back still moves the ctime, which no user can set), or in full whatever its
+metadata says. Notifications only make a scan sooner: if they cannot be had (no inotify
+watches left, a directory that does not exist yet, a symlink re-pointed above the watched
+directory), the periodic scans still find every change. A path that cannot be read is a
+problem that names the file: the host blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import glob
 import hashlib
 import os
 import stat
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +31,8 @@ from killswitch.core.node.release import release_digest
 
 CHUNK = 1 << 20  # bounded memory for any file size; big reads keep the GIL released
 FULL_EVERY_S = 300.0  # every file read again this often, whatever its metadata says
+WATCH_STEP_MS = 10  # a change is reported once nothing more changed for this long
+WATCH_DEBOUNCE_MS = 200  # at most this long while changes keep coming (a big copy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +127,38 @@ class _Unreadable(Exception):
     pass
 
 
+def watch_roots(patterns: Sequence[str]) -> tuple[list[str], bool]:
+    """(the existing directories to watch for `patterns`, whether recursively): a file's own
+    directory (so a rename over it is seen), a glob's directory above its first wildcard."""
+    roots: set[str] = set()
+    recursive = False
+    for pattern in patterns:
+        path = os.path.abspath(pattern)
+        if glob.has_magic(path):
+            parts = path.split(os.sep)
+            first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+            recursive = recursive or first < len(parts) - 1
+            root = os.sep.join(parts[:first]) or os.sep
+        else:
+            root = os.path.dirname(path)
+        if os.path.isdir(root):
+            roots.add(root)
+    return sorted(roots), recursive
+
+
+class Relevant:
+    """The notification filter: a path an attested pattern names or matches (absolute)."""
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        absolute = [os.path.abspath(p) for p in patterns]
+        self.files = frozenset(p for p in absolute if not glob.has_magic(p))
+        self.globs = tuple(p for p in absolute if glob.has_magic(p))
+
+    def __call__(self, _change: object, path: str) -> bool:
+        path = os.path.abspath(path)
+        return path in self.files or any(fnmatch.fnmatchcase(path, g) for g in self.globs)
+
+
 class AttestLoop:
     """Keeps `current` up to date: a scan at start, every `interval` seconds (cheap: a stat
     per file unless one changed), every file read again every `full_every` seconds, and at
@@ -143,6 +184,10 @@ class AttestLoop:
         self._log = log
         self._changed = changed
         self._force = asyncio.Event()
+        self._wake = asyncio.Event()  # scan now: a change was reported, or a forced re-hash
+        self._stop = threading.Event()  # read by the watcher's thread
+        self.notifications = 0  # change reports that woke a scan
+        self.watching = False  # True while change notifications are being received
         self.scanned = asyncio.Event()  # set after every finished scan (waiters clear it)
 
     def report_fields(self) -> tuple[tuple[str, str], ...]:
@@ -150,24 +195,61 @@ class AttestLoop:
 
     def rehash(self) -> None:
         self._force.set()
+        self._wake.set()
 
     async def run(self) -> None:
         if self.attestor is None:
             return
+        watcher = asyncio.create_task(self._watch(self.attestor.patterns), name="attest-watch")
+        try:
+            await self._scans(self.attestor)
+        finally:
+            self._stop.set()  # the watcher's thread sees it within WATCH_STEP_MS
+            watcher.cancel()
+
+    async def _scans(self, attestor: Attestor) -> None:
         force = True
         loop = asyncio.get_running_loop()
         full_at = loop.time()
         while True:
             self._force.clear()
+            self._wake.clear()
             if force or loop.time() - full_at >= self.full_every:
                 force, full_at = True, loop.time()
-            result = await asyncio.to_thread(self.attestor.scan, force)
+            result = await asyncio.to_thread(attestor.scan, force)
             self.scans += 1
             self._publish(result, force)
             self.scanned.set()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._force.wait(), self.interval)
+                await asyncio.wait_for(self._wake.wait(), self.interval)
             force = self._force.is_set()
+
+    async def _watch(self, patterns: Sequence[str]) -> None:
+        """Wake a scan on every reported change; on failure log it and try again later (the
+        periodic scans go on meanwhile)."""
+        from watchfiles import awatch  # noqa: PLC0415 - Rust watcher + anyio only where a host attests
+
+        relevant = Relevant(patterns)
+        while not self._stop.is_set():
+            roots, recursive = watch_roots(patterns)
+            try:
+                if not roots:
+                    raise FileNotFoundError("no directory of an attested file exists yet")
+                self.watching = True
+                async for _ in awatch(
+                    *roots, watch_filter=relevant, recursive=recursive, stop_event=self._stop,
+                    step=WATCH_STEP_MS, debounce=WATCH_DEBOUNCE_MS,
+                ):  # fmt: skip
+                    self.notifications += 1
+                    self._wake.set()
+            except Exception as e:  # inotify limits, a vanished directory
+                self._log.warning(
+                    "ATTEST_WATCH_FAILED", reason=f"{type(e).__name__}: {e}"[:300],
+                    fallback=f"a scan every {self.interval}s",
+                )  # fmt: skip
+            finally:
+                self.watching = False
+            await asyncio.sleep(self.full_every)
 
     def _publish(self, new: Attestation, forced: bool) -> None:
         old, self.current = self.current, new

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -26,6 +27,7 @@ from killswitch.runtime.errors import StartupError
 from killswitch.sidecar.nftables import FenceFailed, Tools
 
 FENCE_POLL_S = 0.25  # how often the refusal counter is read (the bypass kill's delay)
+_KILL_CMD = json.dumps(rules.kill_fence()).encode()  # built once: the kill's critical path
 
 
 class _Sidecar(Protocol):
@@ -129,9 +131,14 @@ class Fence:
             self.want_killed, self.want_epoch = False, 0
         else:
             return
-        # handed to the nftables thread at once: the kill's critical path waits for no task
-        doc = rules.kill_fence() if self.want_killed else rules.lift()
-        applied = self.tools.apply_soon(doc)
+        if self.want_killed:
+            # the kill's critical path: the rules go in now, from this handler, and only then
+            # are connections cut and the table read back (raising needs no proof first)
+            applied = self.tools.apply_now(_KILL_CMD)
+            if applied.done() and applied.exception() is None:
+                self.log.warning("FENCE_RAISED", epoch=self.want_epoch)  # in place now
+        else:  # a lift is not urgent (and flushes two chains): the nftables thread does it
+            applied = self.tools.apply_soon(rules.lift())
         self._spawn(self._converge(applied, self.want_killed, self.want_epoch))
 
     def _spawn(self, coro: Any) -> None:
@@ -140,12 +147,13 @@ class Fence:
         task.add_done_callback(self._pending.discard)
 
     async def _converge(self, applied: asyncio.Future[str], killed: bool, epoch: int) -> None:
-        try:  # the rules first, not queued behind a read-back: this is the kill's critical path
+        logged = applied.done()  # applied at once: FENCE_RAISED was logged then, if it was
+        try:
             await applied
             failed = ""
         except (FenceFailed, OSError) as e:
             failed = str(e)
-        if killed and not failed:
+        if killed and not failed and not logged:
             self.log.warning("FENCE_RAISED", epoch=epoch)
         async with self._lock:
             try:

@@ -85,6 +85,7 @@ class NoticeListener:
                              seen_epoch=self.gate.view.max_epoch)  # fmt: skip
             return
         if parts[0] == "KILLED" and self.gate.hold(epoch):
+            self.fence.follow(NodeState.KILLED, epoch, False)  # --fence-on-kill: before the fsync
             view = self.gate.view
             if (epoch, NodeState.KILLED) != (view.max_epoch, view.max_state):
                 # Memory and file agree: a restart behaves like this process would.

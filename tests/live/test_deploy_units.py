@@ -52,15 +52,23 @@ class TestUnits:
         )  # type: ignore[index]
         assert timeout >= BOUNDS["on-kill-grace"].hi + 5
 
-    def test_only_the_fence_drop_in_grants_a_capability(self) -> None:
-        """The units grant no capability; the fence drop-in grants CAP_NET_ADMIN and nothing else."""
+    def test_only_the_fence_drop_ins_grant_a_capability(self) -> None:
+        """The units grant no capability and allow no namespace; the fence drop-in grants
+        CAP_NET_ADMIN and nothing else, the fence-netns one CAP_SYS_ADMIN and network
+        namespaces only."""
         for name in ("killswitch-sidecar@.service", "killswitch-aggregator@.service"):
             text = unit(name)
             assert re.search(r"^CapabilityBoundingSet=$", text, re.M), name
             assert re.search(r"^NoNewPrivileges=yes$", text, re.M), name
             assert re.search(r"^ProtectSystem=strict$", text, re.M), name
-        fence = (UNITS / "killswitch-sidecar@.service.d" / "fence.conf").read_text()
+            assert re.findall(r"^RestrictNamespaces=(.*)$", text, re.M) == ["yes"], name
+        fence = unit("killswitch-sidecar@.service.d/fence.conf")
         assert re.findall(r"^\w*Capabilit\w*=(.*)$", fence, re.M) == ["CAP_NET_ADMIN"] * 2
+        assert "RestrictNamespaces" not in fence
+        netns = unit("killswitch-sidecar@.service.d/fence-netns.conf")
+        assert re.findall(r"^\w*Capabilit\w*=(.*)$", netns, re.M) == ["CAP_SYS_ADMIN"] * 2
+        # `yes` resets the unit's list to none, then only `net` is allowed again
+        assert re.findall(r"^RestrictNamespaces=(.*)$", netns, re.M) == ["yes", "net"]
 
     def test_systemd_analyze_verify(self, tmp_path: Path) -> None:
         """`systemd-analyze verify` accepts both units (and the fence drop-in) with no warning."""

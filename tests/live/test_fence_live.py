@@ -6,6 +6,7 @@ veth pair, fenced by the sidecar (`--fence-netns`). Needs root (CI runs as root)
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import sys
@@ -205,11 +206,7 @@ class TestCapability:
     ) -> None:
         """Without CAP_NET_ADMIN `--fence` refuses to start: exit 2, one line saying how to
         grant it."""
-        cmd = [
-            sys.executable, "-m", "killswitch", "sidecar", "--redis", redis_url, "--node", "n1",
-            "--host", HOST, "--listen", f"unix:{tmp_path / 'g.sock'}",
-            "--state-dir", str(tmp_path), "--fence", f"{VENUE_ADDR}:{VENUE_PORT}",
-        ]  # fmt: skip
+        cmd = sidecar_cmd(redis_url, tmp_path)
         res = subprocess.run(
             ["capsh", "--drop=cap_net_admin", "--", "-c", 'exec "$@"', "sh", *cmd],
             capture_output=True, text=True, timeout=60, check=False,
@@ -218,6 +215,74 @@ class TestCapability:
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and "AmbientCapabilities=CAP_NET_ADMIN" in lines[0], res.stderr
         assert "cap_add" in lines[0]
+
+    def test_with_only_cap_net_admin_fence_netns_refuses_to_start(
+        self, redis_url: str, tmp_path: Path, pair: NetPair
+    ) -> None:
+        """With CAP_NET_ADMIN alone (fence.conf's grant) `--fence-netns` refuses to start: exit
+        2, one line naming CAP_SYS_ADMIN and the fence-netns drop-in."""
+        res = subprocess.run(
+            [*with_caps("fence.conf"), *sidecar_cmd(redis_url, tmp_path, pair.trading)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert res.returncode == 2, res
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "CAP_SYS_ADMIN" in lines[0], res.stderr
+        assert "fence-netns.conf" in lines[0] and "RestrictNamespaces=net" in lines[0]
+
+    def test_the_drop_ins_capabilities_are_enough_for_fence_netns(
+        self, redis_url: str, node: str, pair: NetPair, tmp_path: Path
+    ) -> None:
+        """With exactly the capabilities the two fence drop-ins grant, a `--fence-netns` sidecar
+        installs the fence, raises and proves the kill fence (`ss -K` included)."""
+
+        class Capped(Fleet):
+            def sidecar_args(self, host: str) -> list[str]:
+                return [*with_caps("fence.conf", "fence-netns.conf"), *super().sidecar_args(host)]
+
+        f = Capped(
+            redis_url, node, [HOST], workdir=tmp_path,
+            extra_sidecar_args=("--fence", f"{VENUE_ADDR}:{VENUE_PORT}", "--fence-netns",
+                                pair.trading),
+        )  # fmt: skip
+        try:
+            f.start_sidecar(HOST, wait=False)
+            f.start_aggregator()
+            f.wait_serving(HOST)
+            f.wait_ready()
+            f.arm()
+            f.wait_all("PONG ARMED")
+            assert pair.connect(0) == "ok"
+            code, rep = f.cli_json("kill", "--reason", "capped", "--fence")
+            assert code == 0 and rep["fenced"] == [HOST], rep
+            assert pair.connect(0) == "ConnectionRefusedError"
+        finally:
+            f.stop()
+
+
+DROP_INS = Path(__file__).resolve().parents[2] / "deploy/systemd/killswitch-sidecar@.service.d"
+
+
+def with_caps(*drop_ins: str) -> list[str]:
+    """A command prefix: root with only the capabilities the named drop-ins grant (their
+    AmbientCapabilities=, the bounding set of the process and of what it starts)."""
+    caps = [
+        c.removeprefix("CAP_").lower()
+        for name in drop_ins
+        for line in re.findall(r"^AmbientCapabilities=(.*)$", (DROP_INS / name).read_text(), re.M)
+        for c in line.split()
+    ]
+    assert caps, drop_ins
+    return ["setpriv", "--bounding-set", ",".join(["-all", *(f"+{c}" for c in caps)]), "--"]
+
+
+def sidecar_cmd(redis_url: str, tmp_path: Path, netns: str = "") -> list[str]:
+    return [
+        sys.executable, "-m", "killswitch", "sidecar", "--redis", redis_url, "--node", "n1",
+        "--host", HOST, "--listen", f"unix:{tmp_path / 'g.sock'}",
+        "--state-dir", str(tmp_path), "--fence", f"{VENUE_ADDR}:{VENUE_PORT}",
+        *(("--fence-netns", netns) if netns else ()),
+    ]  # fmt: skip
 
 
 class TestRulesOnIpv6:

@@ -27,19 +27,19 @@ async def kill(redis: Redis, k: NodeKeys, fence: bool) -> list[str]:
 
 
 class TestKillRecordsTheFence:
-    async def test_fence_notice_follows_the_kill_notice(
+    async def test_fence_notice_comes_before_the_kill_notice(
         self,
         redis: Redis,
         k: NodeKeys,
         events: PubSub,  # noqa: F811 (a fixture)
     ) -> None:
-        """A kill with the fence announces `FENCE <epoch>` after `KILLED`; one without, only
-        `KILLED`."""
+        """A kill with the fence announces `FENCE <epoch>` before `KILLED` (whose handler
+        writes the state file); one without, only `KILLED`."""
         await redis.hset(k.state, mapping={"state": "ARMED", "epoch": 4, "ver": 1})
         await kill(redis, k, fence=True)
         await kill(redis, k, fence=False)
         assert await published(redis, events, k) == [
-            (k.events, "KILLED 5 2"), (k.events, "FENCE 5"), (k.events, "KILLED 5 3"),
+            (k.events, "FENCE 5"), (k.events, "KILLED 5 2"), (k.events, "KILLED 5 3"),
         ]  # fmt: skip
 
     async def test_fence_flag_reaches_the_round_trip(self, redis: Redis, k: NodeKeys) -> None:

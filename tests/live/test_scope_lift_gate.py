@@ -3,6 +3,7 @@ operators signed, verified by the host itself, reopens; a stray write never does
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,8 @@ async def forged(
     node: str = "",
     names: Sequence[str] = ("alice", "bob"),
     tamper: bool = False,
+    boots: tuple[tuple[str, str], ...] = (),
+    expires_ms: int = 2**50,
 ) -> str:
     """A lift proof signed with the real operator keys over what the arguments say."""
     st: Any = await store.redis.hgetall(store.keys.state)
@@ -78,7 +81,8 @@ async def forged(
     def request(reason: str) -> bytes:
         return ArmRequest(
             node=node or store.node, lifts_epoch=epoch, lifts_ver=ver, epoch=epoch,
-            roster=(HOST,), reason=reason, expires_ms=2**50, scope=scope, scope_ver=scope_ver,
+            roster=(HOST,), reason=reason, expires_ms=expires_ms, scope=scope,
+            scope_ver=scope_ver, boots=boots,
         ).encode()  # fmt: skip
 
     sigs = tuple([await ssh_sign(ops.key(n), request("signed")) for n in names])
@@ -180,6 +184,79 @@ class TestUnsignedLift:
         await wait_until_async(lambda: sc.gate.scope_ver == ver)
         assert not sc.gate.allow("o1", "MSFT", "BUY", 1)
         assert held(sc).kept == {FIELD: REPLAYED_LIFT}
+
+
+def boot_of(sc: SidecarThread) -> str:
+    assert sc.sidecar is not None
+    return sc.sidecar.boot_id
+
+
+class TestFreshLift:
+    """A lift opens a host only fresh for it: its own boot, unexpired by its own clock."""
+
+    async def test_lift_naming_this_boot_reopens(
+        self, armed: tuple[Store, SidecarThread], operator_keys: OperatorKeys
+    ) -> None:
+        """The control: a planted, genuine two-operator lift naming the host's boot, unexpired,
+        reopens it (so the refusals below are about freshness, not the planting)."""
+        store, sc = armed
+        boots = ((HOST, boot_of(sc)),)
+        ver = await stray_lift(store, await forged(store, operator_keys, boots=boots))
+        await wait_until_async(lambda: sc.gate.scope_ver == ver)
+        await wait_until_async(lambda: sc.gate.allow("o1", "MSFT", "BUY", 1))
+        assert held(sc).kept == {}
+
+    @pytest.mark.parametrize(
+        ("boot", "expired", "why"),
+        [
+            ("0123456789abcdef", False, "unproven"),
+            ("", False, "unproven"),
+            ("own", True, "expired"),
+        ],
+        ids=["another-boot", "no-boot", "expired"],
+    )
+    async def test_stale_lift_keeps_the_host_blocked(
+        self,
+        armed: tuple[Store, SidecarThread],
+        operator_keys: OperatorKeys,
+        boot: str,
+        expired: bool,
+        why: str,
+    ) -> None:
+        """Two operators' lift of exactly this scope, but signed for another boot of the host
+        (or none), or expired by the host's clock when it first sees it, does not reopen."""
+        store, sc = armed
+        named = boot_of(sc) if boot == "own" else boot
+        boots = ((HOST, named),) if named else ()
+        expires = int((time.time() - 60) * 1000) if expired else 2**50
+        proof = await forged(store, operator_keys, boots=boots, expires_ms=expires)
+        ver = await stray_lift(store, proof)
+        await wait_until_async(lambda: sc.gate.scope_ver == ver)
+        assert not sc.gate.allow("o1", "MSFT", "BUY", 1)
+        assert held(sc).kept == {FIELD: why}
+
+    async def test_expired_symbol_lift_keeps_the_symbol_blocked(
+        self, armed: tuple[Store, SidecarThread], operator_keys: OperatorKeys
+    ) -> None:
+        """A symbol's lift, genuine but expired by the host's clock, leaves the symbol blocked;
+        an unexpired one lifts it."""
+        store, sc = armed
+        assert (await lift(store, operator_keys)).code == EXIT_OK
+        out = await kill_scope(store, kind="symbol", value="KCG", reason="t", operator="op",
+                               timeout=5)  # fmt: skip
+        assert out.code == EXIT_OK, out.report
+        old = int((time.time() - 60) * 1000)
+        for expires, blocked in ((old, True), (2**50, False)):
+            proof = await forged(store, operator_keys, scope="symbol:KCG", expires_ms=expires)
+            async with store.redis.pipeline(transaction=True) as p:
+                p.hdel(store.keys.scopes, "symbol:KCG")
+                p.hset(store.keys.scopes, "lift:symbol:KCG", proof)
+                p.hincrby(store.keys.scopes, "_ver", 1)
+                ver = int((await p.execute())[-1])
+            await wait_until_async(lambda v=ver: sc.gate.scope_ver == v)
+            assert sc.gate.allow("o1", "MSFT", "BUY", 1)
+            assert sc.gate.allow("o2", "KCG", "BUY", 1) is not blocked
+            assert held(sc).kept == ({"symbol:KCG": "expired"} if blocked else {})
 
 
 class TestScopesLost:

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+# Building and installing a wheel with every dependency takes minutes on a loaded machine;
+# the subprocess timeouts below bound each step, so the suite's 120 s default does not apply.
+pytestmark = pytest.mark.timeout(1200)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -20,11 +20,14 @@ from killswitch.core.node.scope import (
 )
 from killswitch.core.proof.armproof import (
     BAD_SIGNATURE,
+    EXPIRED,
     ONE_OPERATOR,
+    UNPROVEN,
     WRONG_NODE,
     WRONG_SCOPE,
     ArmRequest,
     Verdict,
+    lift_fresh_refusal,
     lift_refusal,
 )
 
@@ -178,3 +181,35 @@ class TestLiftRefusal:
         assert v.request is not None
         d = json.loads(v.request.encode())
         assert (d["scope"], d["scope_ver"]) == (H, 4)
+
+
+class TestLiftFreshness:
+    """`lift_fresh_refusal`: a lift opens a host only for its boot and before it expires."""
+
+    @staticmethod
+    def req(scope: str, boots: tuple[tuple[str, str], ...] = (), expires: int = 1000) -> ArmRequest:
+        return ArmRequest(
+            node="n", lifts_epoch=3, lifts_ver=5, epoch=3, roster=("h1", "h2"), reason="r",
+            expires_ms=expires, scope=scope, scope_ver=7, boots=boots,
+        )  # fmt: skip
+
+    @pytest.mark.parametrize(
+        ("scope", "boots", "boot", "now", "want"),
+        [
+            ("host:h1", (("h1", "b1"),), "b1", 999, ""),
+            ("host:h1", (("h1", "b1"),), "b1", 1000, ""),
+            ("host:h1", (("h1", "b1"),), "b1", 1001, EXPIRED),
+            ("host:h1", (("h1", "b0"),), "b1", 999, UNPROVEN),
+            ("host:h1", (), "b1", 999, UNPROVEN),
+            ("host:h1", (("h1", "b1"),), "", 999, UNPROVEN),
+            ("host:h1", (("h2", "b1"),), "b1", 999, UNPROVEN),
+            ("host:h2", (("h2", "b9"),), "b1", 5000, ""),  # another host's scope opens nothing
+            ("symbol:KCG", (), "b1", 1000, ""),
+            ("symbol:KCG", (), "b1", 1001, EXPIRED),
+        ],
+    )
+    def test_table(
+        self, scope: str, boots: tuple[tuple[str, str], ...], boot: str, now: int, want: str
+    ) -> None:
+        """Each row: the refusal word a host (h1, boot `boot`, clock `now`) gives the lift."""
+        assert lift_fresh_refusal(self.req(scope, boots), "h1", boot, now)[0] == want

@@ -34,9 +34,15 @@ KILLED = "killed"  # counter: packets refused by the kill fence
 BYPASS_SET = "bypass"  # uids caught by the standing rule, read and emptied by the sidecar
 BYPASS_SET_SIZE = 65536
 CAP_NET_ADMIN = 12  # bit in /proc/<pid>/status CapEff
+CAP_SYS_ADMIN = 21
 GRANT_HINT = (
     "--fence needs CAP_NET_ADMIN: grant it with systemd AmbientCapabilities=CAP_NET_ADMIN "
     "(and CapabilityBoundingSet=CAP_NET_ADMIN), or the container's cap_add: [NET_ADMIN]"
+)
+NETNS_HINT = (
+    "--fence-netns needs CAP_SYS_ADMIN to enter the namespace (setns) and, under systemd, "
+    "RestrictNamespaces=net: add the drop-in killswitch-sidecar@.service.d/fence-netns.conf, "
+    "or run the sidecar inside the namespace (NetworkNamespacePath=) without --fence-netns"
 )
 
 

@@ -290,6 +290,23 @@ def lift_refusal(verdict: Verdict, node: str, scope: str) -> tuple[str, str]:
     return "", ""
 
 
+def lift_fresh_refusal(req: ArmRequest, host: str, boot: str, now_ms: int) -> tuple[str, str]:
+    """Why a verified scoped lift may not open this host (its boot id, its clock): (word,
+    detail); ("", "") when it may. A lift of this host's own scope must name its current boot
+    (a restart since the signing voids it); any lift that opens this host (its own scope, or a
+    symbol's) must not have expired by this host's clock when first seen. A lift of another
+    host's scope opens nothing here and needs no freshness."""
+    own = req.scope == f"host:{host}"
+    if req.scope.startswith("host:") and not own:
+        return "", ""
+    if own and (not boot or req.boot_of(host) != boot):
+        named = req.boot_of(host) or "none"
+        return UNPROVEN, f"lifts boot {named}, this host's boot is {boot or 'unknown'}"
+    if now_ms > req.expires_ms:
+        return EXPIRED, f"expired {(now_ms - req.expires_ms) / 1000:.1f}s ago by this host's clock"
+    return "", ""
+
+
 def roster_of(text: str) -> tuple[str, ...]:
     """The roster a stored proof names, unverified ("" or junk: none). Only ever used to make
     containment stricter (a kill waits for these hosts too), never to open anything."""

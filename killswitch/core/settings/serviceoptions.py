@@ -58,11 +58,12 @@ SERVICE_OPTIONS: tuple[Option, ...] = (
            bound=S(0.0, 30.0), metavar="S"),
     Option("attest", ("sidecar",), "a file or glob whose bytes are part of this host's "
            "release (repeatable): the trading binary, its config, its flag files, the "
-           "--limits file. Hashed (SHA-256) at start, on SIGHUP and when a file's size or "
-           "mtime changes; a file that cannot be read blocks this host; a roster running "
+           "--limits file. Hashed (SHA-256) at start, on SIGHUP, when the kernel reports a "
+           "change (inotify), when a file's size, mtime or ctime changes and in full every "
+           "5 minutes; a file that cannot be read blocks this host; a roster running "
            "different releases is split", kind="list", repeat=True, metavar="PATH"),
     Option("attest-interval", ("sidecar",), "seconds between checks for changed attested "
-           "files (their size or mtime)", kind="float", default=2.0, bound=S(0.1, 3600.0),
+           "files (their size, mtime, ctime), besides change notifications", kind="float", default=2.0, bound=S(0.1, 3600.0),
            metavar="S"),
     Option("fix", ("sidecar",), "relay a FIX session (FIX.4.2, FIX.4.4, FIXT.1.1) through "
            "this host's gate, e.g. tcp:127.0.0.1:9878=tcp:10.0.0.5:9878 (repeatable): orders "

@@ -76,9 +76,10 @@ elseif implausible or (cur[2] and ks_uint(cur[2], nil) == nil) then
   entry[#entry + 1] = 'stored epoch ' .. string.sub(cur[2], 1, 40) .. ' ignored'
 end
 audit_append(KEYS[2], KEYS[4], entry)
-redis.call('PUBLISH', ARGV[5], 'KILLED ' .. ks_str(new_epoch) .. ' ' .. ks_str(new_ver))
 if ARGV[10] == '1' then
-  -- hosts raise the kill fence at once, before their next round trip reads `fence`
+  -- hosts raise the kill fence at once, before their next round trip reads `fence`; sent
+  -- first, as a host's handler of KILLED writes its state file (an fsync) before the next
   redis.call('PUBLISH', ARGV[5], 'FENCE ' .. ks_str(new_epoch))
 end
+redis.call('PUBLISH', ARGV[5], 'KILLED ' .. ks_str(new_epoch) .. ' ' .. ks_str(new_ver))
 return {1, new_epoch, new_ver, ks_str(now), state, ''}
