@@ -80,7 +80,5 @@ def serve(settings: AlertSinkSettings, keep: int = KEEP) -> int:
         # run_app turns SIGTERM and SIGINT into a clean shutdown.
         web.run_app(sink.app(), host=bind, port=port, print=None, access_log=None)
     except OSError as e:
-        raise StartupError(
-            f"alertsink: cannot listen on {bind}:{port}: {e.strerror or e}"
-        ) from None
+        raise StartupError(f"cannot listen on {bind}:{port}: {e.strerror or e}") from None
     return 0
