@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -188,3 +190,22 @@ class TestShippedConfig:
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert res.returncode == 0, res.stdout + res.stderr
+
+
+class TestAlertSinkVerb:
+    def test_a_busy_port_is_one_line_and_exit_1(self) -> None:
+        """`killswitch alertsink` on a port already taken says so in one line, exit 1."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            res = subprocess.run(
+                [sys.executable, "-m", "killswitch", "alertsink", "--port", str(port)],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+        assert res.returncode == 1, res.stderr
+        (line,) = res.stderr.strip().splitlines()
+        assert line.startswith(
+            f"killswitch alertsink: cannot start: cannot listen on 127.0.0.1:{port}"
+        )
+        assert "in use" in line
