@@ -15,6 +15,7 @@ ALL = [
     "cold_start",
     "anomaly",
     "rules_latency",
+    "monitor_eval",
     "faults",
     "scale",
     "blocked_flood",
@@ -24,6 +25,7 @@ ALL = [
     "fix_gateway",
     "fence",
     "split_kill",
+    "functions_cost",
 ]
 
 

@@ -5,24 +5,37 @@ client and a venue written here for speed (pre-encoded NewOrderSingles; the venu
 each with one framed message, or only counts). Latency: one order at a time, round trip
 through the relay minus round trip on a direct TCP connection to the same venue, same run,
 interleaved in rounds. Throughput: the client pipelines orders, the venue counts them; the
-sidecar is pinned to one CPU. Also the relay's own CPU per order, without sockets.
+sidecar is pinned to one CPU. Also the relay's own CPU per order, without sockets, and the
+sidecar's CPU time per round trip (from /proc: what it costs whatever else the machine runs).
+
+Beside them, a relay that only copies bytes (`bench.barerelay`, its own process on the same
+CPU): the cost of any process in the path on this machine.
+
+With KILLSWITCH_BENCH_BEFORE=<a checkout of an earlier revision> a second sidecar runs that
+revision's code beside this one (same venue, same CPU), and every round also times it:
+before and after in the same run, on the same machine load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.common import summary
 from killswitch.core.enforce.fixwire import Framer, encode
 from killswitch.sim.embedded import EmbeddedRedis, free_port
-from kstest import Fleet
+from kstest import Fleet, Proc, wait_until
 
 ROUNDS, PER_ROUND = 10, 500  # latency samples: 5,000 each way
 PIPELINED = 200_000
+IDLE_S = 5.0  # seconds without orders over which the sidecar's own CPU use is measured
 
 
 def order(seq: int) -> bytes:
@@ -118,35 +131,92 @@ def relay_cpu_us(n: int = 50_000) -> float:
     return (time.process_time() - t0) / n * 1e6
 
 
+def cpu_s(pid: int) -> float:
+    """User plus system CPU seconds a process has used (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pid_of(f: Fleet, host: str) -> int:
+    proc = f.sidecars[host].popen
+    assert proc is not None
+    return proc.pid
+
+
+def listening(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port)):
+        return True
+
+
+def start_relays(f: Fleet, before: str | None) -> None:
+    """Every host's sidecar; host `before` runs the code of the checkout `before`."""
+    for h in f.hosts:
+        proc = Proc(h, f.sidecar_args(h), f.workdir / f"{h}.log")
+        if h == "before" and before is not None:
+            proc.cwd = Path(before)  # `python -m` imports the package from its working directory
+        proc.start(f.env())
+        f.sidecars[h] = proc
+    for h in f.hosts:
+        f.wait_serving(h, 120)
+
+
 def run() -> dict[str, Any]:
     venue = Venue()
-    relay_port = free_port()
-    with EmbeddedRedis() as server:
-        f = Fleet(server.url, "bench-fix", ["h1"],
-                  extra_sidecar_args=("--fix", f"tcp:127.0.0.1:{relay_port}=tcp:127.0.0.1:{venue.port}"))  # fmt: skip
+    before = os.environ.get("KILLSWITCH_BENCH_BEFORE")
+    ports = {h: free_port() for h in (("after", "before") if before else ("after",))}
+    bare_port = free_port()
+    bare = subprocess.Popen(
+        [sys.executable, "-m", "bench.barerelay", str(bare_port), str(venue.port)]
+    )
+    with EmbeddedRedis() as server, contextlib.ExitStack() as stack:
+        stack.callback(bare.kill)
+        f = Fleet(server.url, "bench-fix", sorted(ports), host_args={
+            h: ("--fix", f"tcp:127.0.0.1:{p}=tcp:127.0.0.1:{venue.port}") for h, p in ports.items()
+        })  # fmt: skip
         try:
-            f.start()
+            start_relays(f, before)
             f.start_aggregator("--tick", "0.05")
             f.wait_ready(120)
             f.arm()
             f.wait_all("PONG ARMED", 30)
-            proc = f.sidecars["h1"].popen
-            assert proc is not None
             cpus = sorted(os.sched_getaffinity(0))
-            os.sched_setaffinity(proc.pid, {cpus[0]})  # the relay gets one core
-            direct: list[float] = []
-            relayed: list[float] = []
-            roundtrips(relay_port, 200)  # warm-up
+            pids = {h: pid_of(f, h) for h in ports}
+            pids["bare"], ports["bare"] = bare.pid, bare_port
+            wait_until(lambda: listening(bare_port), 30, 0.05, "the bare relay listening")
+            for h, port in ports.items():
+                os.sched_setaffinity(pids[h], {cpus[0]})  # the relays get one core
+                roundtrips(port, 200)  # warm-up
+            times: dict[str, list[float]] = {"direct": [], **{h: [] for h in ports}}
+            cpu = dict.fromkeys(ports, 0.0)
             for _ in range(ROUNDS):
-                direct += roundtrips(venue.port, PER_ROUND)
-                relayed += roundtrips(relay_port, PER_ROUND)
-            d, r = summary(direct, 1e6), summary(relayed, 1e6)
-            return {
-                "direct_roundtrip_us": d,
-                "relayed_roundtrip_us": r,
-                "added_p50_us": round(r["p50"] - d["p50"], 1),
-                "added_p99_us": round(r["p99"] - d["p99"], 1),
-                "relayed_orders_per_s_one_core": round(pipelined(relay_port, venue, PIPELINED)),
+                times["direct"] += roundtrips(venue.port, PER_ROUND)
+                for h, port in ports.items():
+                    c0 = cpu_s(pids[h])
+                    times[h] += roundtrips(port, PER_ROUND)
+                    cpu[h] += cpu_s(pids[h]) - c0
+            # What the sidecar's event loop does besides relaying (its Redis round trips,
+            # attestation, metrics): a relayed message that arrives meanwhile waits.
+            c0, t0 = cpu_s(pids["after"]), time.monotonic()
+            time.sleep(IDLE_S)
+            idle = (cpu_s(pids["after"]) - c0) / (time.monotonic() - t0)
+            d = summary(times["direct"], 1e6)
+            out: dict[str, Any] = {"direct_roundtrip_us": d, "idle_sidecar_cpu_percent": round(
+                idle * 100, 2)}  # fmt: skip
+            for h, port in ports.items():
+                r = summary(times[h], 1e6)
+                name = {"after": "relayed", "before": "before_relayed", "bare": "bare_relay"}[h]
+                out |= {
+                    f"{name}_roundtrip_us": r,
+                    f"{name}_added_p50_us": round(r["p50"] - d["p50"], 1),
+                    f"{name}_added_p99_us": round(r["p99"] - d["p99"], 1),
+                    f"{name}_sidecar_cpu_us_per_roundtrip": round(
+                        cpu[h] / (ROUNDS * PER_ROUND) * 1e6, 1
+                    ),
+                }
+                if h != "bare":
+                    out[f"{name}_orders_per_s_one_core"] = round(pipelined(port, venue, PIPELINED))
+            return out | {
                 "direct_orders_per_s": round(pipelined(venue.port, venue, PIPELINED)),
                 "relay_cpu_us_per_order": round(relay_cpu_us(), 2),
                 "cpus": len(cpus),

@@ -5,6 +5,7 @@ recorder adds per order (in-process and on the line protocol), on and off in the
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import tempfile
 import time
@@ -148,8 +149,9 @@ def _recorder_in_process() -> dict[str, float]:
     with tempfile.TemporaryDirectory() as d:
         ring = Ring(str(Path(d) / "bench.rec"), 65_537, "bench", "h1")
         ring.set_ids("ab" * 32, "cd" * 32)
-        off, on = _armed(), _armed()
+        off, on, hook = _armed(), _armed(), _armed()
         on.set_recorder(ring.write)
+        hook.set_recorder(lambda *_: None)  # the hook alone: the call, no record written
         lines = [f"ORDER o{i} KCG BUY 100 10.5".encode() for i in range(100)]
 
         def line_batch(g: Gate) -> Callable[[], object]:
@@ -159,6 +161,7 @@ def _recorder_in_process() -> dict[str, float]:
             {
                 "allow_off": lambda: off.allow("o-1", "AAPL", "BUY", 100, 187.5),
                 "allow_on": lambda: on.allow("o-1", "AAPL", "BUY", 100, 187.5),
+                "allow_hook": lambda: hook.allow("o-1", "AAPL", "BUY", 100, 187.5),
                 "check_off": lambda: off.check("o-1", "AAPL", "BUY", 100, 187.5),
                 "check_on": lambda: on.check("o-1", "AAPL", "BUY", 100, 187.5),
             },
@@ -171,6 +174,7 @@ def _recorder_in_process() -> dict[str, float]:
         "recorder_allow_off_ns": round(per["allow_off"], 1),
         "recorder_allow_on_ns": round(per["allow_on"], 1),
         "recorder_allow_added_ns": round(per["allow_on"] - per["allow_off"], 1),
+        "recorder_allow_hook_only_added_ns": round(per["allow_hook"] - per["allow_off"], 1),
         "recorder_check_added_ns": round(per["check_on"] - per["check_off"], 1),
         "recorder_handle_line_off_ns": round(lines_per["off"] / len(lines), 1),
         "recorder_handle_line_on_ns": round(lines_per["on"] / len(lines), 1),
@@ -178,7 +182,8 @@ def _recorder_in_process() -> dict[str, float]:
     }
 
 
-async def _pipelined(address: str, seconds: float = 2.0, batch: int = 1000) -> float:
+async def _pipelined(address: str, seconds: float = 2.0, batch: int = 1000) -> tuple[int, float]:
+    """(orders answered, seconds taken) pipelining batches of `batch` orders for `seconds`."""
     reader, writer = await open_gate(address)
     payload = b"".join(f"ORDER {i} KCG BUY 100\n".encode() for i in range(batch))
     done = 0
@@ -190,20 +195,29 @@ async def _pipelined(address: str, seconds: float = 2.0, batch: int = 1000) -> f
             for _ in range(batch):
                 await reader.readline()
             done += batch
-        return done / (time.perf_counter() - t0)
+        return done, time.perf_counter() - t0
     finally:
         writer.close()
         await writer.wait_closed()
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used (/proc; clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _recorder_sidecars(url: str, rounds: int = 4) -> dict[str, float]:
     """Line-protocol throughput of a real sidecar process with the recorder on (the default
-    ring) and off (`--recorder ''`), one pipelining client on a unix socket, alternating."""
+    ring) and off (`--recorder ''`), one pipelining client on a unix socket, alternating; and
+    the sidecar's own CPU time per order over the same runs, which other processes on a
+    shared machine do not inflate as they do wall time."""
     fleets = {
         "on": Fleet(url, "bench-rec-on", ["h1"]),
         "off": Fleet(url, "bench-rec-off", ["h1"], extra_sidecar_args=("--recorder", "")),
     }
     best = dict.fromkeys(fleets, 0.0)
+    cpu = dict.fromkeys(fleets, float("inf"))
     try:
         for f in fleets.values():
             f.start()
@@ -213,7 +227,12 @@ def _recorder_sidecars(url: str, rounds: int = 4) -> dict[str, float]:
             f.wait_all("PONG ARMED")
         for _ in range(rounds):
             for name, f in fleets.items():
-                best[name] = max(best[name], asyncio.run(_pipelined(f.address("h1"))))
+                proc = f.sidecars["h1"].popen
+                assert proc is not None
+                c0 = _cpu_s(proc.pid)
+                orders, took = asyncio.run(_pipelined(f.address("h1")))
+                best[name] = max(best[name], orders / took)
+                cpu[name] = min(cpu[name], (_cpu_s(proc.pid) - c0) / orders * 1e9)
     finally:
         for f in fleets.values():
             f.stop()
@@ -221,4 +240,7 @@ def _recorder_sidecars(url: str, rounds: int = 4) -> dict[str, float]:
         "recorder_sidecar_orders_per_s_off": round(best["off"]),
         "recorder_sidecar_orders_per_s_on": round(best["on"]),
         "recorder_sidecar_throughput_ratio": round(best["on"] / best["off"], 3),
+        "recorder_sidecar_cpu_ns_per_order_off": round(cpu["off"]),
+        "recorder_sidecar_cpu_ns_per_order_on": round(cpu["on"]),
+        "recorder_sidecar_cpu_ratio": round(cpu["off"] / cpu["on"], 3),
     }

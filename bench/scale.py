@@ -335,9 +335,9 @@ async def _trip_cost(url: str, state_dir: str, n: int = 2000) -> dict[str, float
 
 
 def _host_calls(client: redis_sync.Redis) -> int:
-    """Round trips of hosts: the flush script's calls (EVALSHA)."""
+    """Round trips of hosts: the flush function's calls (FCALL)."""
     stats = client.info("commandstats")
-    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+    return int(stats.get("cmdstat_fcall", {}).get("calls", 0))
 
 
 def measure_cluster(nodes: int = 50, hosts: int = 8, kills: int = 10) -> dict[str, Any]:

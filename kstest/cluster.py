@@ -133,6 +133,7 @@ class RedisClusterHarness:
             server = EmbeddedRedis(
                 data_dir=data,
                 port=_cluster_port(),
+                functions=False,  # the aggregators load it on every primary
                 binary=self.binary,
                 extra_args=[
                     "--cluster-enabled", "yes",

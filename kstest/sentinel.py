@@ -173,6 +173,7 @@ class SentinelCluster:
             data_dir=data,
             binary=self.binary,
             extra_args=["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0", *extra],
+            functions="--replicaof" not in extra,  # a replica gets it from its primary
         )
         self.servers[server.port] = server
         server.start()

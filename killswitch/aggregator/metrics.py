@@ -58,6 +58,13 @@ class Instruments:
             ["node", "rule"],
             registry=registry,
         )
+        self.functions_replaced = Counter(
+            "killswitch_functions_replaced",
+            "Times the sidecars' Functions library was found holding other code under its name "
+            "and loaded back (see FUNCTIONS_REPLACED).",
+            ["node"],
+            registry=registry,
+        ).labels(node)
         for cause in trip_causes:
             self.trips.labels(node, cause)
         for cause in shadow_causes:

@@ -291,11 +291,9 @@ class Aggregator(TripRules):
         await self._ensure_roster()
         flows, snap = await self.store.read_flows(self.after, self.trust.roster, self.unlisted)
         if not snap.roster_stored:
-            # Redis lost its data (restart without persistence, or a failover that lost
-            # writes): put the roster back now, so `arm` can prove the fleet again.
-            self.log.error("ROSTER_MISSING", reason="the node's roster is gone from Redis")
-            await self._ensure_roster(force=True)
-            await self._check_durability()
+            # Redis lost its data since the roster check above: put the roster back now, so
+            # `arm` can prove the fleet again.
+            await self._ensure_roster(force=True, gone=True)
         now = snap.now_ms
         self._learn_proof(snap.state.get("proof", ""))
         self.trust.say_mismatch()

@@ -1,6 +1,7 @@
 """What keeps an aggregator fit to act: the leader lease, a check that Redis persists, the
-stored roster (re-asserted, and proven against the last signed arm) and the learned
-baseline (restored at start, saved while leader).
+stored roster (re-asserted, and proven against the last signed arm), the sidecars' Functions
+library (loaded at start, again whenever it is gone or holds other code) and the learned baseline (restored at
+start, saved while leader).
 
 `Upkeep` holds the aggregator's shared state, declared here and set up by `Aggregator`; the
 trip rules (`trips`) and the tick loop (`service`) build on it.
@@ -15,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from killswitch.aggregator.inputs import InputGuard
+from killswitch.aggregator.metrics import Instruments
 from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.aggregator.trust import Trust
 from killswitch.core.node import leader
@@ -22,7 +24,9 @@ from killswitch.core.node.state import NodeRead, NodeState
 from killswitch.core.rules.anomaly import Monitor
 from killswitch.core.rules.baseline import Baseline, BaselineStateError
 from killswitch.store import durability
+from killswitch.store.scripts import code_digest, library_codes, load_library, sidecar_library
 from killswitch.store.store import Store
+from killswitch.store.writes import CREATED
 
 DURABILITY_CHECK_S = 30.0  # also re-checked at once when the roster turns out to be gone
 
@@ -45,8 +49,12 @@ class Upkeep:
     monitor: Monitor
     state: NodeRead
     durable: durability.Durability | None
+    instruments: Instruments
     _durability_at: float
     _last_roster_check: float
+    _roster_seen: bool = False  # this instance has stored (or found) the roster
+    _redis_run: str = ""  # the run_id of the Redis process last checked
+    _functions_problem: str = ""  # why the last load of the sidecars' library failed
 
     async def _first_reads(self) -> None:
         await self._check_durability()
@@ -56,8 +64,44 @@ class Upkeep:
                 f"Redis is not durable ({why}): a restart would forget kills. Run it with "
                 "appendonly yes (appendfsync always or everysec), or drop --require-durable."
             )
+        await self._ensure_functions(force=True)
         await self._ensure_roster(force=True)
         await self._restore_baseline()
+
+    async def _ensure_functions(self, force: bool = False) -> None:
+        """The sidecars' Functions library on this node's Redis, with exactly its code. Checked
+        at start (then loaded, REPLACE) and with the roster (every 5 s); loaded again whenever
+        it is gone (a Redis that lost its data) or holds other code under its name (replaced by
+        another credential that may load libraries: FUNCTIONS_REPLACED, counted). A credential
+        that may not load it is logged, never fatal, and tried again with the roster: this
+        aggregator's own scripts do not need it (SECURITY.md)."""
+        lib = sidecar_library()
+        try:
+            codes = await library_codes(self.redis, lib.name)
+            wrong = [c for c in codes if c != lib.code]
+            if codes and not wrong and not force:
+                return
+            reason = "replaced" if wrong else "start" if force else "missing"
+            if wrong:
+                self.instruments.functions_replaced.inc()
+                self.log.error(
+                    "FUNCTIONS_REPLACED", library=lib.name, found_sha1=code_digest(wrong[0]),
+                    action="loading this version's code back",
+                    risk="sidecars block until it is back; calls made before their check ran "
+                    "the replaced code (docs/SECURITY.md)",
+                )  # fmt: skip
+            await load_library(self.redis, lib)
+        except Exception as e:  # NOPERM, or (Cluster) another primary away: never the tick's fault
+            why = f"{type(e).__name__}: {e}"
+            if why != self._functions_problem:
+                self.log.error(
+                    "FUNCTIONS_NOT_LOADED", library=lib.name, reason=why,
+                    risk="sidecars of this version block until it is loaded (docs/DEPLOY.md)",
+                )  # fmt: skip
+            self._functions_problem = why
+            return
+        self._functions_problem = ""
+        self.log.info("FUNCTIONS_LOADED", library=lib.name, reason=reason)
 
     async def _restore_baseline(self) -> None:
         params = self.s.monitor.baseline_params()
@@ -88,17 +132,39 @@ class Upkeep:
         except Exception as e:  # a failed save costs a re-learn, never the kill loop
             self.log.warning("BASELINE_SAVE_FAILED", error=f"{type(e).__name__}: {e}")
 
-    async def _ensure_roster(self, force: bool = False) -> None:
-        # Re-asserted every few seconds: a Redis that lost its data gets the roster back, and
-        # a stored roster edited by hand gets the signed one back.
+    async def _ensure_roster(self, force: bool = False, *, gone: bool = False) -> None:
+        """Re-asserted every few seconds: a Redis that lost its data gets the roster back, and
+        a stored roster edited by hand gets the signed one back. Whichever write puts back a
+        roster that was gone says so (`ROSTER_MISSING`), however the check and the loss fall:
+        the script that stores it reports the absence it found. `gone`: the tick's read has
+        already seen it missing."""
         now = self.clock()
         if force or now - self._last_roster_check > 5.0:
             self._last_roster_check = now
+            await self._ensure_functions()
             self._learn_proof(await self.store.proof())
             signed = bool(self.trust.signed_roster)
             actor = f"aggregator:{self.s.instance}" + (" (signed roster)" if signed else "")
-            if await self.store.set_roster(self.trust.roster, actor):
+            wrote = await self.store.set_roster(self.trust.roster, actor)
+            # The first store of this instance is a new node's (or one whose Redis lost its
+            # data while no aggregator ran: nothing here can tell them apart).
+            if gone or (wrote == CREATED and self._roster_seen):
+                await self._roster_missing()
+            self._roster_seen = True
+            if wrote:
                 self.log.info("ROSTER_STORED", roster=list(self.trust.roster), signed=signed)
+
+    async def _roster_missing(self) -> None:
+        """Redis lost this node's data (a restart without persistence, or a failover that lost
+        writes): said loudly, with whether the node's state (its kills) went too, and
+        durability re-checked at once."""
+        state_gone = not await self.redis.exists(self.store.keys.state)
+        self.log.error(
+            "ROSTER_MISSING", reason="the node's roster is gone from Redis: Redis lost its data",
+            state_gone=state_gone, action="roster stored again; hosts that knew a later epoch stay "
+            "blocked until two operators arm",
+        )  # fmt: skip
+        await self._check_durability()
 
     def _learn_proof(self, text: str) -> None:
         if self.trust.learn(text):
@@ -127,6 +193,7 @@ class Upkeep:
     async def _check_durability(self) -> None:
         self._durability_at = self.clock()
         d = self.durable = await durability.check(self.redis)
+        await self._check_restart(d)
         if d.enabled is not True:
             level = "error" if self.s.require_durable else "warning"
             getattr(self.log, level)(
@@ -134,6 +201,21 @@ class Upkeep:
                 risk="a Redis restart forgets kills and the roster: hosts stay blocked "
                 "(epoch fencing) until two operators arm again",
             )  # fmt: skip
+
+    async def _check_restart(self, d: durability.Durability) -> None:
+        """Another Redis process answers than at the last check (a restart, or a failover):
+        said whatever else noticed it, an error when that Redis does not persist (its data,
+        kills and roster included, is gone even if something stored some of it again since).
+        Checked with durability: at start, every 30 s, and at once when the roster is gone."""
+        rid = await durability.run_id(self.redis)
+        before, self._redis_run = self._redis_run, rid
+        if not before or not rid or rid == before:
+            return
+        lost = d.enabled is not True
+        getattr(self.log, "error" if lost else "warning")(
+            "REDIS_RESTARTED", durable=not lost, detail=d.detail,
+            risk="the node's data is gone unless Redis persisted it" if lost else "",
+        )  # fmt: skip
 
     def _ha_view(self) -> dict[str, str]:
         d = self.durable

@@ -170,6 +170,8 @@ def _hosts(rep: dict[str, Any]) -> list[str]:
             notes.append(f"! {escape(s['attest'])}")
         if s.get("regression"):
             notes.append(f"! {escape(s['regression'])}")
+        if s.get("functions"):
+            notes.append(f"! {escape(s['functions'])}")
         if s.get("proof"):
             notes.append(f"! arm not accepted: {escape(s['proof'])}")
         if s.get("scope_kept"):

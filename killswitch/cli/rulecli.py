@@ -16,28 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from killswitch.core.rules.anomaly import CAUSES, MonitorConfig
+from killswitch.core.rules.config import SETTINGS
 from killswitch.core.settings.options import to_ms
 from killswitch.runtime.config import ConfigError, Resolver
 
-# MonitorConfig field -> its setting: seconds in the table, milliseconds in the config.
-_MS = ("window", "warmup", "half-life", "profile-bucket", "profile-half-life", "fast-window",
-       "fast-breach")  # fmt: skip
-_AS_IS = ("max-orders", "baseline-multiplier", "breach-windows", "min-orders", "max-host-share",
-          "haunted-ratio", "fast-multiplier", "fast-min-orders", "fast-host-share",
-          "baseline-band", "breach-span", "runaway-growth", "runaway-step",
-          "runaway-steps")  # fmt: skip
-_MS_OR_OFF = ("baseline-doubling", "baseline-slow-half-life")  # seconds, or off (None)
-
 
 def rule_config(r: Resolver) -> MonitorConfig:
-    """The trip rules' settings as a `MonitorConfig`. Every value was converted and bounded by
-    the table's converter (a bad one is a ConfigError naming its setting), so the config's
-    own checks cannot refuse it."""
-    values: dict[str, Any] = {name.replace("-", "_"): r.get(name) for name in _AS_IS}
-    values.update({f"{name.replace('-', '_')}_ms": to_ms(r.get(name)) for name in _MS})
-    for name in _MS_OR_OFF:
-        seconds = r.get(name)
-        values[f"{name.replace('-', '_')}_ms"] = None if seconds is None else to_ms(seconds)
+    """The trip rules' settings as a `MonitorConfig`, one field per option of the trip rules
+    (`config.SETTINGS`). Every value was converted and bounded by the table's converter (a
+    bad one is a ConfigError naming its setting), so the config's own checks cannot refuse
+    it."""
+    values: dict[str, Any] = {}
+    for field, (name, per) in SETTINGS.items():
+        value = r.get(name)
+        values[field] = to_ms(value) if per == 1000 and value is not None else value
     shadow = r.get("shadow")
     values["shadow"] = frozenset() if shadow is None else shadow
     values["max_rate"], values["max_rate_auto"] = r.get("max-rate")

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from killswitch.core.enforce.fence import fence_view
+from killswitch.core.enforce.frozen import freezing
 from killswitch.core.node import release
 from killswitch.core.node.bounds import MAX_EPOCH_JUMP, parse_uint, uint_or
 from killswitch.core.node.health import disagreements
@@ -220,9 +221,9 @@ async def kill(
         replicated = store.concurrently(_replicas_acked(store, min(timeout, REPLICA_WAIT_S)))
         waited = time.monotonic()
         snap, q = await wait_for_quorum(store, roster, wake, timeout, alive_ms)
-        if fence and q.complete:
+        if q.complete:
             left = timeout - (time.monotonic() - waited)
-            snap, q = await _wait_for_fence(store, roster, wake, left, alive_ms)
+            snap, q = await _wait_after_quorum(store, roster, wake, left, alive_ms, fence, snap)
         acked = await replicated
     report = node_report(snap, q)
     report["node"] = store.node
@@ -365,22 +366,24 @@ async def wait_for_quorum(
         await wake.wait(min(POLL_S, left))
 
 
-async def _wait_for_fence(
-    store: Store, roster: Sequence[str], wake: Wake, timeout: float, alive_ms: int
-) -> tuple[NodeSnapshot, Quorum]:
-    """After the quorum: wait until every roster host reports its kill fence proven for this
-    kill (a report, not a published confirmation: polled), or `timeout`."""
+async def _wait_after_quorum(store: Store, roster: Sequence[str], wake: Wake, timeout: float,
+                             alive_ms: int, fence: bool, snap: NodeSnapshot,
+                             ) -> tuple[NodeSnapshot, Quorum]:  # fmt: skip
+    """After the quorum (`snap`), until `timeout`: every roster host's kill fence proven (with
+    `fence`) and its frozen flight-recorder file named (a trip after it confirmed). Polled;
+    a read is kept only with the quorum complete: this wait never unproves the kill."""
     deadline = time.monotonic() + max(timeout, 0.0)
     while True:
-        snap = await store.snapshot(roster)
-        q = quorum_of(snap, alive_ms)
         st = snap.state
-        _, failed = fence_view(roster, st.get("state") or "", uint_or(st.get("epoch")), True,
-                               snap.reports)  # fmt: skip
-        if not failed or time.monotonic() >= deadline:
-            return snap, q
-        wake.clear()
+        state, epoch = st.get("state") or "", uint_or(st.get("epoch"))
+        failed = fence and fence_view(roster, state, epoch, True, snap.reports)[1]
+        owed = freezing(roster, epoch, snap.reports, snap.confirms)
+        if not (failed or owed) or time.monotonic() >= deadline:
+            return snap, quorum_of(snap, alive_ms)
         await wake.wait(min(POLL_S, max(deadline - time.monotonic(), 0.0)))
+        wake.clear()  # before the read: a file named while it runs wakes the next wait
+        read = await store.snapshot(roster)
+        snap = read if quorum_of(read, alive_ms).complete else snap
 
 
 def _version(snap: NodeSnapshot) -> tuple[str | None, ...]:

@@ -39,7 +39,7 @@ from killswitch.core.enforce.recfmt import (
     short_id,
 )
 
-_MAX_SYMBOLS = 4096  # symbols whose bytes are kept; past that a symbol is encoded per order
+_MAX_SYMBOLS = 16_384  # symbols whose bytes are kept; past that a symbol takes the slow path
 
 
 class Ring:
@@ -66,6 +66,7 @@ class Ring:
         self.dropped = 0  # decisions that could not be recorded (bad types, closed ring)
         self._clock_ns = clock_ns
         self._symbols: dict[str, bytes] = {}
+        self._sides = dict(SIDES)  # and any other side word seen, as code 0 (a few at most)
         carried = self._existing(path, slots)
         size = HEADER_SIZE + slots * RECORD_SIZE
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
@@ -85,6 +86,7 @@ class Ring:
             self._mm[:HEADER_SIZE] = pack_header(head)
         self._index = memoryview(self._mm)[INDEX_OFFSET : INDEX_OFFSET + 8].cast("Q")
         self._index[0] = index
+        self.started = index  # the next seq when this process mapped the ring (metrics)
         self._seq = itertools.count(index)
         self._pack_fast = RECORD_FAST.pack_into
         self.write: Recorder = self._writer()
@@ -114,27 +116,34 @@ class Ring:
 
     def _writer(self) -> Recorder:
         """`write(kind, order_id, symbol, side, qty, price, epoch)`: append one gate decision
-        (`kind` from `core.enforce.recfmt.kind`); never raises. A closure over locals, not a method:
-        on the order path every attribute lookup is a cost."""
+        (`kind` from `core.enforce.recfmt.kind`); never raises. A closure over locals, not a
+        method: on the order path every attribute lookup, method call and branch is a cost
+        (measured in bench/gate_check.py), so the common case is subscripts and one
+        `pack_into`; a symbol or side not in its table takes the `except` path."""
         mm, slots, pack, clock = self._mm, self.slots, RECORD_FAST.pack_into, self._clock_ns
-        base, size = HEADER_SIZE, RECORD_SIZE
-        index, next_seq, symbols, ids = self._index, self._seq.__next__, self._symbols, self._ids
-        side_code, symbol_bytes, odd = SIDES.get, self._symbol, self._odd
+        base, size, index, seqs, nxt = HEADER_SIZE, RECORD_SIZE, self._index, self._seq, next
+        symbols, sides, slow = self._symbols, self._sides, self._slow
+        ids = self._ids[0]  # rebound by `set_ids` (a closure cell reads faster than a list)
+
+        def set_ids(value: bytes) -> None:
+            nonlocal ids
+            ids = value
+
+        self._set_ids = set_ids
 
         def write(code: int, order_id: str, symbol: str, side: str, qty: int, price: float,
                   epoch: int) -> None:  # fmt: skip
-            seq = next_seq()
+            seq = nxt(seqs)
             try:
-                sym = symbols.get(symbol)
-                if sym is None:
-                    sym = symbol_bytes(symbol)
+                # the lookups before the clock: a miss reads it once, in `slow`
+                sym, codes = symbols[symbol], code | sides[side]
                 pack(
-                    mm, base + seq % slots * size, seq, clock(), epoch, qty, price, ids[0],
-                    code | side_code(side, 0), order_id.encode(), sym,
+                    mm, base + seq % slots * size, seq, clock(), epoch, qty, price, ids, codes,
+                    order_id.encode(), sym,
                 )  # fmt: skip
                 index[0] = seq + 1
-            except Exception:  # odd types from a caller (or a closed ring): never raised
-                odd(seq, code, order_id, symbol, side, qty, price, epoch)
+            except Exception:  # a new symbol, or odd types from a caller: never raised
+                slow(seq, code, order_id, symbol, side, qty, price, epoch)
 
         return write
 
@@ -158,21 +167,27 @@ class Ring:
             code = 0
         self.write(code, order_id, symbol, side, qty, price, epoch)
 
-    def _symbol(self, symbol: str) -> bytes:
-        b = symbol.encode()[:32]
-        if len(self._symbols) < _MAX_SYMBOLS:
-            self._symbols[symbol] = b
-        return b
-
-    def _odd(self, seq: int, code: object, order_id: object, symbol: object, side: object,
-             qty: object, price: object, epoch: object) -> None:  # fmt: skip
+    def _slow(self, seq: int, code: object, order_id: object, symbol: object, side: object,
+              qty: object, price: object, epoch: object) -> None:  # fmt: skip
+        """The writer's `except` path: a symbol or side word seen for the first time (kept,
+        up to `_MAX_SYMBOLS` and 64), else whatever the caller passed, coerced; a ring that
+        cannot be written (closed) counts the record in `dropped`."""
         try:
+            if isinstance(symbol, str):
+                sym = symbol.encode()[:32]
+                if len(self._symbols) < _MAX_SYMBOLS:
+                    self._symbols[symbol] = sym
+            else:
+                sym = str(symbol).encode("utf-8", "replace")[:32]
+            if isinstance(side, str) and side not in self._sides and len(self._sides) < 64:
+                self._sides[side] = 0  # another word for a side (e.g. a FIX code): none
+            if not isinstance(order_id, str):
+                order_id = str(order_id)
             self._pack_fast(
                 self._mm, HEADER_SIZE + seq % self.slots * RECORD_SIZE, seq, self._clock_ns(),
                 max(_clamp(epoch), 0), _clamp(qty), _float(price), self._ids[0],
                 (_clamp(code) & 0xFFFFFF00) | SIDES.get(str(side), 0),
-                str(order_id).encode("utf-8", "replace"),
-                str(symbol).encode("utf-8", "replace")[:32],
+                order_id.encode("utf-8", "replace"), sym,
             )  # fmt: skip
             self._index[0] = seq + 1
         except Exception:
@@ -180,19 +195,46 @@ class Ring:
 
     def set_ids(self, release: str, limits: str) -> None:
         """The release and limits digests the next records carry (their short ids)."""
-        self._ids[0] = short_id(release) + short_id(limits)
+        self._ids[0] = ids = short_id(release) + short_id(limits)
+        self._set_ids(ids)
 
-    def snapshot(self) -> bytes:
+    def next_seq(self) -> int:
+        """The seq the next record gets: records this process wrote are `next_seq() - started`
+        (read at scrape time; the order path keeps no counter of its own)."""
+        return int(self._index[0]) if not self._mm.closed else self.started
+
+    def span_ns(self) -> int:
+        """Wall time from the oldest record the ring holds to the newest (0 with fewer than
+        two): how far back a freeze can reach at this order rate."""
+        if self._mm.closed:
+            return 0
+        newest = int(self._index[0]) - 1
+        oldest = max(newest - self.slots + 2, 1)
+        if newest <= oldest:
+            return 0
+        (t_old,) = _TIME.unpack_from(self._mm, HEADER_SIZE + oldest % self.slots * RECORD_SIZE + 8)
+        (t_new,) = _TIME.unpack_from(self._mm, HEADER_SIZE + newest % self.slots * RECORD_SIZE + 8)
+        return max(int(t_new) - int(t_old), 0)
+
+    def snapshot(self, whole: bool = True) -> bytearray:
         """A consistent copy of the ring file's bytes, safe while a writer appends: a slot the
-        writer may have reached during the copy is blanked (the decoder skips it)."""
+        writer may have reached during the copy is blanked (the decoder skips it). Slots no
+        record has reached yet are not copied: zeros as in the file, or, not `whole`, left
+        out (enough for `ring_slots`): a kill's freeze of a ring holding a few records
+        copies those, not the whole file."""
         before = int(self._index[0])
-        data = bytearray(self._mm)
+        used = HEADER_SIZE + min(before + 1, self.slots) * RECORD_SIZE
+        with memoryview(self._mm) as mapped:
+            data = bytearray(mapped[:used])
         after = int(self._index[0])
         data[INDEX_OFFSET : INDEX_OFFSET + 8] = before.to_bytes(8, "little")
         for seq in range(max(before + 1, after - self.slots + 1), after + 1):
             off = HEADER_SIZE + seq % self.slots * RECORD_SIZE
-            data[off : off + 8] = bytes(8)
-        return bytes(data)
+            if off < used:
+                data[off : off + 8] = bytes(8)
+        if whole:
+            data += bytes(len(self._mm) - used)
+        return data
 
     def close(self) -> None:
         """Unmap (the file stays). Later `record()` calls are counted in `dropped`."""
@@ -238,3 +280,4 @@ def _float(v: Any) -> float:
 
 
 _SEQ = struct.Struct("<Q")
+_TIME = struct.Struct("<q")  # a record's wall time, 8 bytes after its seq

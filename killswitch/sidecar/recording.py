@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import socket
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from killswitch.core.enforce.gate import Gate
 from killswitch.core.enforce.recfmt import (
@@ -38,9 +40,15 @@ from killswitch.runtime.errors import StartupError
 from killswitch.runtime.metrics import MetricsServer
 from killswitch.runtime.ring import Ring
 from killswitch.sidecar.attest import AttestLoop
+from killswitch.sidecar.recmetrics import RecorderCollector
 from killswitch.sidecar.settings import SidecarSettings
 
 NS = 1_000_000_000
+# Why a freeze failed, as the metric's `reason` label (bounded: every other cause is `io` or
+# `other`); each exported from 0.
+FREEZE_FAILURES = ("no_space", "permission", "io", "other")
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 class _Sidecar(Protocol):
@@ -54,6 +62,8 @@ class _Sidecar(Protocol):
     def attest(self) -> AttestLoop: ...
     @property
     def _wake(self) -> asyncio.Event: ...
+    @property
+    def registry(self) -> CollectorRegistry: ...
 
 
 def ring_path(s: SidecarSettings) -> str:
@@ -95,8 +105,14 @@ class Recording:
         self._frozen: bytes = b""  # the frozen file's bytes as last written
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self.failed = ""  # why the last freeze of `epoch` failed ("" none; FREEZE_FAILURES)
+        self.freezes = 0  # frozen files written (a kill's first part, then its completion)
+        self.failures = dict.fromkeys(FREEZE_FAILURES, 0)
+        self.frozen_bytes = 0  # the size of the frozen file written last
         if metrics is not None:
             metrics.routes["/recorder"] = self.serve  # beside /metrics, on its listen address
+        if self.ring is not None:
+            sidecar.registry.register(RecorderCollector(self, s.node, s.host))
 
     def record(
         self,
@@ -131,6 +147,7 @@ class Recording:
             ("recorder_file", self.file),
             ("recorder_digest", self.digest),
             ("recorder_complete", "1" if self.complete else "0"),
+            ("recorder_failed", self.failed),
         )
 
     def _metrics_addr(self) -> tuple[tuple[str, str], ...]:
@@ -149,7 +166,7 @@ class Recording:
     def _freeze(self, epoch: int) -> None:
         assert self.ring is not None
         ring, span = self.ring, self.sc.s.recorder_freeze
-        self.epoch, self.file, self.digest, self.complete = epoch, "", "", False
+        self.epoch, self.file, self.digest, self.complete, self.failed = epoch, "", "", False, ""
         self._frozen = b""
         if self._adopt(epoch):
             # a restart after this kill: its file stands (its kill time is the real one)
@@ -193,15 +210,25 @@ class Recording:
         try:
             before, kill_ns = self._frozen, self._kill_ns
             data = await asyncio.to_thread(
-                lambda: freeze(ring.snapshot(), before, epoch, kill_ns, span, final)
+                lambda: freeze(ring.snapshot(whole=False), before, epoch, kill_ns, span, final)
             )
             digest = await asyncio.to_thread(_write_atomically, path, data)
-        except OSError as e:
-            self.sc.log.error("RECORDER_FREEZE_FAILED", epoch=epoch, path=path, error=str(e))
+        except Exception as e:  # a full disk, a lost permission: counted, logged, reported
+            reason = failure_reason(e)
+            self.failures[reason] += 1
+            self.sc.log.error(
+                "RECORDER_FREEZE_FAILED", epoch=epoch, path=path, reason=reason, error=str(e)
+            )
+            if epoch == self.epoch and not self.file:
+                self.failed = reason  # `kill` stops waiting for this host's file
+                self.sc._wake.set()
             return
+        self.freezes += 1
+        self.frozen_bytes = len(data)
         if epoch != self.epoch:
             return  # a later kill began its own freeze meanwhile
         self._frozen, self.file, self.digest, self.complete = data, path, digest, final
+        self.failed = ""
         self.sc.log.info(
             "RECORDER_FROZEN", epoch=epoch, path=path, digest=digest, complete=final,
             records=(len(data) - HEADER_SIZE) // RECORD_SIZE,
@@ -220,8 +247,8 @@ class Recording:
             with contextlib.suppress(OSError):
                 data = await asyncio.to_thread(Path(path).read_bytes)
                 return web.Response(body=data, content_type="application/octet-stream")
-        data = await asyncio.to_thread(self.ring.snapshot)
-        return web.Response(body=data, content_type="application/octet-stream")
+        ring = await asyncio.to_thread(self.ring.snapshot)
+        return web.Response(body=ring, content_type="application/octet-stream")
 
     async def close(self) -> None:
         """Finish a pending freeze with what exists, then unmap the ring."""
@@ -240,11 +267,14 @@ class Recording:
         ring.close()
 
 
-def freeze(snap: bytes, before: bytes, epoch: int, kill_ns: int, span: int, final: bool) -> bytes:
+def freeze(
+    snap: bytes | bytearray, before: bytes, epoch: int, kill_ns: int, span: int, final: bool
+) -> bytes:
     """The frozen file of a kill: the ring's records from `span` s before `kill_ns` to as
     long after (to now, if sooner). Records already frozen (`before`) are kept as written,
     so a flood that wraps the ring after the kill cannot erase what came before it."""
-    h = read_header(snap)
+    ring = memoryview(snap)
+    h = read_header(ring)
     lo, hi = kill_ns - span * NS, kill_ns + span * NS
     kept: list[bytes] = []
     last = 0
@@ -252,11 +282,22 @@ def freeze(snap: bytes, before: bytes, epoch: int, kill_ns: int, span: int, fina
         old = read_header(before)
         kept = [before[off : off + RECORD_SIZE] for _, _, off in ring_slots(before, old)]
         last = max((seq for seq, _, _ in ring_slots(before, old)), default=0)
-    for seq, t_ns, off in ring_slots(snap, h):
+    for seq, t_ns, off in ring_slots(ring, h):
         if seq > last and lo <= t_ns <= hi:
-            kept.append(snap[off : off + RECORD_SIZE])
+            kept.append(ring[off : off + RECORD_SIZE].tobytes())
     head = replace(h, epoch=epoch, kill_ns=kill_ns, freeze_s=span, complete=final)
     return frozen_file(head, kept)
+
+
+def failure_reason(e: BaseException) -> str:
+    """The metric label of a failed freeze (one of FREEZE_FAILURES)."""
+    if isinstance(e, OSError):
+        if e.errno in _NO_SPACE:
+            return "no_space"
+        if e.errno in _PERMISSION:
+            return "permission"
+        return "io"
+    return "other"
 
 
 def _write_atomically(path: str, data: bytes) -> str:

@@ -41,6 +41,7 @@ from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.blocklog import BlockSummaries
 from killswitch.sidecar.fixgateway import FixGateway
+from killswitch.sidecar.functions import FunctionsMissing, LibraryWatch
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.memory import open_memory
 from killswitch.sidecar.metrics import SidecarCollector
@@ -122,6 +123,7 @@ class Sidecar(ReadApplier):
         self.loop_errors = 0  # sync iterations that failed for any reason but Redis
         self._loop_problem = ""  # why the last sync iteration failed ("" once one succeeds)
         self.notify = StateNotifier(self, self._server)
+        self.functions = LibraryWatch(self)  # its Functions library missing: fail closed
         # the scoped kills enforced, and what this host knows of them (kept in the state file)
         self._restore_scopes()
         self._scope_regressed = False
@@ -137,13 +139,8 @@ class Sidecar(ReadApplier):
         self.fix = FixGateway.for_sidecar(self.gate, settings, self.log, self.registry)
         build_info(self.registry, "sidecar")
         self.fence = attach_fence(self)  # the network fence (--fence), a no-op without
-        self._metrics = (
-            MetricsServer(
-                self.registry, settings.metrics_port, settings.metrics_listen, health=self.problem
-            )
-            if settings.metrics_port is not None
-            else None
-        )
+        self._metrics = None if settings.metrics_port is None else MetricsServer(
+            self.registry, settings.metrics_port, settings.metrics_listen, health=self.problem)  # fmt: skip
         self.rec = Recording(self, self._metrics)  # the flight recorder (sidecar.recording)
         self._reporters = (self.notify, self.attest, self.fix, self.rec)  # their report fields
         self._started = False
@@ -249,10 +246,9 @@ class Sidecar(ReadApplier):
 
     def problem(self) -> str:
         """Why this sidecar cannot do its job right now ("" when it can); /healthz shows it.
-
-        Redis being unreachable is not one: that is the lease running out, as designed.
-        """
-        return self._loop_problem or self.memory.problem or self._local_problem or self.dup
+        Redis being unreachable is not one: that is the lease running out, as designed."""
+        return (self._loop_problem or self.functions.problem or self.memory.problem
+                or self._local_problem or self.dup)  # fmt: skip
 
     async def _sync_loop(self) -> None:
         woken = True  # the first round trip is always made
@@ -331,6 +327,8 @@ class Sidecar(ReadApplier):
             self.failures += 1
             self._fail_streak += 1
             self._last_trip = self._acked_report = None
+            if isinstance(e, FunctionsMissing):  # never EVAL instead: closed, said, retried
+                return await self.functions.missing(e)
             if sent - self._last_fail_log > 1.0:
                 self._last_fail_log = sent
                 self.log.warning(
@@ -340,6 +338,7 @@ class Sidecar(ReadApplier):
                 )  # fmt: skip
             return False
         self._rtt.observe(self.clock() - sent)
+        await self.functions.found()
         if self._fail_streak:
             self.log.info("SYNC_RECOVERED", failed_round_trips=self._fail_streak)
             self._fail_streak = 0

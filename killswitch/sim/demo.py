@@ -3,7 +3,9 @@
 It starts its own redis-server, eight real sidecar processes and the real aggregator process,
 and drives them with simulated order routers speaking the gate protocol: a normal pre-open,
 a 3x market-open burst that must not trip, one host on the legacy path, then the "rollback"
-that puts all eight on it (time compressed: 1 s windows). Then it compares, on the recorded
+that puts all eight on it (time compressed: 1 s windows). The haunted host's legacy code
+never asks the gate: its flood goes out on a FIX session to a venue acceptor, through that
+host's sidecar `--fix` gateway, which blocks it once the node is killed. Then it compares, on the recorded
 per-host counts, a per-host limit, a Prometheus-style alert and what killswitch actually
 did. It must never leave a process behind (everything is stopped in `finally`, on Ctrl-C too)
 and never touch a Redis it did not start.
@@ -16,6 +18,7 @@ import contextlib
 import json
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -29,6 +32,7 @@ from redis.asyncio import Redis
 from rich.live import Live
 from rich.table import Table
 
+from killswitch.core.enforce.recfmt import decode
 from killswitch.core.rules.anomaly import MonitorConfig
 from killswitch.core.rules.backtest import FlowEvent, replay
 from killswitch.ops import audit as ops_audit
@@ -36,6 +40,7 @@ from killswitch.ops import control
 from killswitch.sim import deploy
 from killswitch.sim.demoreport import HAUNTED, HOSTS, first_orders, render_table, results
 from killswitch.sim.embedded import EmbeddedRedis
+from killswitch.sim.fixsession import FixRouter, FixVenue, outcome
 from killswitch.sim.fleet import Fleet, wait_until
 from killswitch.sim.loadgen import drive
 from killswitch.sim.operators import two_person_arm
@@ -80,6 +85,16 @@ class Scenario:
         if s < 4.5:
             return self.open_peak - burst * (s - 2.5) / 2.0
         return self.pre
+
+    def fix_rate(self, host: str, t: float) -> float:
+        """The part of `rate` that the haunted host's legacy code sends over its FIX session
+        (Power Peg), never asking the gate; its normal flow still goes through the gate."""
+        legacy = host == HAUNTED and t >= self.legacy_at
+        return self.legacy_rate - self.pre if legacy else 0.0
+
+    def gate_rate(self, host: str, t: float) -> float:
+        """The part of `rate` the host's order router sends through the gate protocol."""
+        return self.rate(host, t) - self.fix_rate(host, t)
 
 
 RULES = MonitorConfig(
@@ -216,10 +231,14 @@ def _phase(s: Scenario, t: float) -> str:
     return "pre-open (normal)"
 
 
-async def _run(fleet: Fleet, mode: Mode, progress: _Progress, on_haunted: str) -> dict[str, Any]:
+async def _run(
+    fleet: Fleet, mode: Mode, progress: _Progress, on_haunted: str, venue_sock: socket.socket
+) -> dict[str, Any]:
     s = mode.scenario
     redis = Redis.from_url(fleet.redis_url, decode_responses=True)
     store = Store(redis, NODE)
+    venue = FixVenue()
+    await venue.start(venue_sock)
     try:
         arm = await two_person_arm(store, fleet.ops, reason="demo open", timeout=10)
         if arm.code != 0:
@@ -239,7 +258,16 @@ async def _run(fleet: Fleet, mode: Mode, progress: _Progress, on_haunted: str) -
             # The routers' orders rest at the venue; each router also subscribes to its gate
             # and, on STATE KILLED, cancels them through the gate and answers FLAT.
             addresses = {h: fleet.address(h) for h in HOSTS}
-            stats = await drive(addresses, s.rate, s.end, rest_s=mode.rest_s)
+            # The haunted host's legacy code: a FIX session through its sidecar's gateway.
+            start = time.monotonic()
+            legacy = FixRouter(f"unix:{fleet.workdir / 'fix.sock'}",
+                               lambda: s.fix_rate(HAUNTED, time.monotonic() - start))  # fmt: skip
+            fix_task = asyncio.create_task(legacy.run())
+            try:
+                stats = await drive(addresses, s.gate_rate, s.end, rest_s=mode.rest_s)
+            finally:
+                legacy.stop()
+                fix_stats = await fix_task
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -254,10 +282,15 @@ async def _run(fleet: Fleet, mode: Mode, progress: _Progress, on_haunted: str) -
         doc = results(
             mode, t0_ms, stats, final, audit, flows, confirms, arm.report["epoch"], on_haunted
         )
-        ring = fleet.workdir / "state" / f"{NODE}@{HAUNTED}.rec"  # its flight recorder
-        doc["haunted_first_orders"] = first_orders(ring.read_bytes(), doc["scenario"]["onset_ms"])
+        ring = (fleet.workdir / "state" / f"{NODE}@{HAUNTED}.rec").read_bytes()  # its recorder
+        doc["haunted_first_orders"] = first_orders(ring, doc["scenario"]["onset_ms"])
+        c8 = confirms[HAUNTED]
+        killed = int(c8.get("epoch", 0)) > int(arm.report["epoch"]) and c8.get("applied_ms")
+        doc["fix"] = {"host": HAUNTED, **outcome(fix_stats, venue.orders, decode(ring).entries,
+                                                 int(killed) if killed else None)}  # fmt: skip
         return doc
     finally:
+        await venue.stop()
         await redis.aclose()
 
 
@@ -289,7 +322,12 @@ def run_demo(
     previous = signal.signal(signal.SIGTERM, on_term)
     workdir = Path(tempfile.mkdtemp(prefix="ks-demo-"))
     server = EmbeddedRedis(data_dir=workdir / "redis")
-    fleet = Fleet(server.url, NODE, HOSTS, workdir=workdir, attest=deploy.ATTEST)
+    # The venue's port is bound now (served later, on the demo's loop): the haunted host's
+    # sidecar relays its FIX session there.
+    venue_sock = socket.create_server(("127.0.0.1", 0))
+    fix_route = f"unix:{workdir / 'fix.sock'}=tcp:127.0.0.1:{venue_sock.getsockname()[1]}"
+    fleet = Fleet(server.url, NODE, HOSTS, workdir=workdir, attest=deploy.ATTEST,
+                  host_args={HAUNTED: ("--fix", fix_route)})  # fmt: skip
     progress: _Progress | None = None
     try:
         (workdir / "redis").mkdir()
@@ -312,12 +350,13 @@ def run_demo(
         print(f"with attestation, {deploy.refused_line(refused)}", file=progress_out)
         deploy.attestation_off(fleet, NODE, HAUNTED)
         progress = _Progress(progress_out, rich_view=not as_json and sys.stdout.isatty())
-        doc = asyncio.run(_run(fleet, mode, progress, on_haunted))
+        doc = asyncio.run(_run(fleet, mode, progress, on_haunted, venue_sock))
         doc["attestation"] = refused
     finally:
         if progress is not None:
             progress.close()
         fleet.stop()
+        venue_sock.close()
         server.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)

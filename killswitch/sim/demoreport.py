@@ -311,6 +311,9 @@ def render_table(doc: dict[str, Any]) -> str:
             " " * indent,
             f"routers cancelled {ks['resting_cancelled']:,} resting orders through the gate{proof}",
         )
+    fix = doc.get("fix")
+    if fix:
+        row(" " * indent, _fix_line(fix))
     k = doc["knight"]
     row(
         f"{'Knight Capital, 1 August 2012':<34} {str(k['minutes']) + ' min':>11} "
@@ -332,7 +335,7 @@ def render_table(doc: dict[str, Any]) -> str:
             f"{sc['haunted']}'s first {len(first)} orders after the onset (its flight recorder):",
         ]
         lines += [
-            f"  +{r['after_onset_s']:.4f} s  ORDER {r['order_id']} {r['symbol']} {r['side']} "
+            f"  +{r['after_onset_s']:.4f} s  {_via(r)} {r['order_id']} {r['symbol']} {r['side']} "
             f"{r['qty']} (release {r['release'] or 'none'}): {_why(r)}"
             for r in first
         ]
@@ -347,6 +350,21 @@ def render_table(doc: dict[str, Any]) -> str:
             "second; `killswitch demo --realtime` (about two minutes) shows real-time figures."
         )
     return "\n".join(lines)
+
+
+def _fix_line(fix: dict[str, Any]) -> str:
+    """The FIX gateway's part: the legacy path that never asked the gate."""
+    late = fix["reached_venue_after_kill"]
+    after = "no kill confirmed" if late is None else f"{late:,} reached the venue after the kill"
+    return (
+        f"{fix['host']}'s legacy code on its FIX session (it never asks the gate): "
+        f"{fix['sent']:,} orders sent, {fix['reached_venue']:,} reached the venue, "
+        f"{fix['blocked']:,} blocked by the sidecar's FIX gateway; {after}"
+    )
+
+
+def _via(r: dict[str, Any]) -> str:
+    return "FIX order" if r.get("source") == "fix" else "ORDER"
 
 
 def _heading(sc: dict[str, Any]) -> list[str]:

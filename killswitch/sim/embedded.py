@@ -17,6 +17,10 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import redis
+
+from killswitch.store.scripts import sidecar_library
+
 INSTALL_HINT = (
     "redis-server was not found on PATH. Install it (Debian/Ubuntu: "
     "`sudo apt-get install -y redis-server`) or set KILLSWITCH_REDIS_SERVER to its path."
@@ -65,7 +69,9 @@ class EmbeddedRedis:
 
     `start()` / `stop()` are idempotent; `kill()` sends SIGKILL (a crash, not a shutdown);
     `restart()` starts it again on the same port and directory, so AOF data survives when
-    `appendonly=True` and is gone otherwise.
+    `appendonly=True` and is gone otherwise. Every start also loads the sidecars' Functions
+    library (what a deployment's aggregator does at its start) unless `functions=False` (a
+    replica, a cluster node, a server that needs credentials or TLS).
     """
 
     def __init__(
@@ -76,6 +82,7 @@ class EmbeddedRedis:
         extra_args: Sequence[str] = (),
         data_dir: Path | None = None,
         binary: str | None = None,
+        functions: bool = True,
     ) -> None:
         self.binary = binary or find_redis_server()
         self.port = port or free_port()
@@ -84,6 +91,7 @@ class EmbeddedRedis:
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="ks-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
+        self.functions = functions
 
     @property
     def url(self) -> str:
@@ -116,7 +124,15 @@ class EmbeddedRedis:
             log = self.data_dir / "redis.log"
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"redis-server did not start on port {self.port}:\n{tail}") from None
+        if self.functions:
+            self.load_functions()
         return self
+
+    def load_functions(self) -> None:
+        """`FUNCTION LOAD REPLACE` of the sidecars' library (store.scripts), as an aggregator
+        does at its start."""
+        with redis.Redis(port=self.port, socket_timeout=10) as client:
+            client.function_load(sidecar_library().code, replace=True)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

@@ -183,6 +183,7 @@ class Fleet:
     sidecars: dict[str, Proc] = field(default_factory=dict)
     aggregator: Proc | None = None
     extra_sidecar_args: Sequence[str] = ()
+    host_args: Mapping[str, Sequence[str]] = field(default_factory=dict)  # one host's own flags
     metrics_ports: Mapping[str, int] = field(default_factory=dict)  # host -> --metrics-port
     _audit_logs: set[int] = field(default_factory=set)
     # Two throwaway operators (alice, bob): every process gets their allowed-signers file.
@@ -232,6 +233,7 @@ class Fleet:
             "--state-dir", str(self.workdir / "state"),
             *(("--metrics-port", str(self.metrics_ports[host])) if host in self.metrics_ports else ()),
             *self.extra_sidecar_args,
+            *self.host_args.get(host, ()),
             *(a for path in self.attest for a in ("--attest", path)),
         ]  # fmt: skip
 

@@ -2,15 +2,19 @@
 
 Roles (see docs/SECURITY.md):
 
-- `ks-sidecar-<node>-<host>`: runs its flush script and writes only its own host's keys
-  (`ks:{N}:h:<host>:*`); reads the node state and scopes (read-only patterns, never declared as a script
-  key, because Redis treats every EVAL key as written); subscribes to kill notices and
+- `ks-sidecar-<node>-<host>`: calls its round trip, a pre-loaded Redis Function (`FCALL`;
+  no EVAL, EVALSHA, SCRIPT, nor FUNCTION but `FUNCTION LIST` to check the library's code: it
+  cannot run Lua of its own, so it cannot hold the server in a busy script), and writes only its own host's keys
+  (`ks:{N}:h:<host>:*`); reads the node state and scopes (read-only patterns, never declared as a
+  function key, because Redis treats every FCALL key as written); subscribes to kill notices and
   publishes its confirmations. Once per boot it SADDs its name to the node's `hosts` set
   (how off-roster hosts are found) and it reads the state's signed arm `proof` with the
   state. It cannot write the node state, the roster, the audit chain,
   the leader lease or another host's keys, and it cannot publish on the events channel (a
   forged kill notice): it only listens there.
-- `ks-aggregator-<node>`: every key and channel of its node and the fleet leader lease
+- `ks-aggregator-<node>`: loads the sidecars' Functions library (`FUNCTION LOAD`, never
+  FLUSH, DELETE or RESTORE) and runs its own scripts; every key and channel of its node and
+  the fleet leader lease
   (`--fleet-max-orders`); in the fleet's node set it may add and list, never remove (so one
   node's credential cannot hide another node from `kill --fleet`).
 - `ks-operator`: every killswitch key and channel (kill, arm, status, audit, watch).
@@ -33,8 +37,10 @@ from collections.abc import Mapping, Sequence
 from killswitch.store.keys import FLEET_LEADER_KEY, NODES_KEY, PREFIX, NodeKeys
 
 _CONNECTION = "+ping +client|setname +client|id +hello +auth"
-_SCRIPTS = "+evalsha +eval +script|load +script|exists"
-_SIDECAR_CMDS = f"-@all {_CONNECTION} {_SCRIPTS} +time +hmget +hgetall +hset +xadd +publish " \
+# Only what a loaded library offers (no Lua of its own), and reading which code is loaded
+# under its library's name (its integrity check): never FUNCTION LOAD, DELETE or FLUSH.
+_FUNCTIONS = "+fcall +fcall_ro +function|list"
+_SIDECAR_CMDS = f"-@all {_CONNECTION} {_FUNCTIONS} +time +hmget +hgetall +hset +xadd +publish " \
     "+sadd +subscribe +unsubscribe"  # fmt: skip
 # Redis 7 ACL selectors: a command passes when the root rules or one selector allow it whole.
 # A sidecar publishes only on its confirmations channel; kill notices it may only hear.
@@ -44,7 +50,7 @@ _LISTEN = "+subscribe +unsubscribe"
 _REGISTRY_CMDS = "+sadd +sscan +smembers +sismember +scard"
 # Everything a service or an operator needs, minus what could wipe or reconfigure the server.
 _SERVICE_CMDS = f"-@all +@read +@write +@scripting +@pubsub +@connection {_CONNECTION} " \
-    "-@dangerous -script|flush +info +config|get +wait +time"  # fmt: skip
+    "-@dangerous -script|flush -function|flush -function|delete -function|restore +info +config|get +wait +time"  # fmt: skip
 
 
 def sidecar_user(node: str, host: str) -> str:

@@ -2,8 +2,9 @@
 
 The reading of the replies is pure (`from_config`, `from_info`); `check()` is the thin Redis
 part. `CONFIG` is often disabled or renamed in production, so `INFO persistence` is the
-fallback. Hosts stay blocked after such a loss anyway (epoch fencing); this check exists so
-that people learn about the risk before it happens, not after.
+fallback. `run_id()` says which Redis process answers, so a restart is noticed. Hosts stay
+blocked after such a loss anyway (epoch fencing); this check exists so that people learn
+about the risk before it happens, not after.
 """
 
 from __future__ import annotations
@@ -54,6 +55,15 @@ async def check(redis: Redis) -> Durability:
     if enabled is None:
         return Durability(None, "info", "INFO persistence has no aof_enabled field")
     return Durability(enabled, "info", f"INFO persistence aof_enabled: {int(enabled)}")
+
+
+async def run_id(redis: Redis) -> str:
+    """The answering Redis process's `run_id` (new at every restart, and on a failover);
+    "" when this Redis will not say."""
+    try:
+        return str((await redis.info("server")).get("run_id", ""))
+    except ResponseError:
+        return ""
 
 
 def _yn(b: bool) -> str:

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from killswitch.core.node.bounds import MAX_EPOCH_JUMP
 from killswitch.store.keys import NODES_KEY
 from killswitch.store.scripts import NodeScripts
+
+RosterWrite = Literal["", "replaced", "created"]  # what `set_roster` found
+REPLACED: RosterWrite = "replaced"
+CREATED: RosterWrite = "created"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,13 +149,17 @@ class NodeWrites(NodeScripts):
         )  # fmt: skip
         return str(res[2])
 
-    async def set_roster(self, hosts: Sequence[str], actor: str) -> bool:
-        changed = await self._roster(
-            keys=[self.keys.roster, self.keys.audit, self.keys.audit_head],
-            args=[actor, *sorted(hosts)],
+    async def set_roster(self, hosts: Sequence[str], actor: str) -> RosterWrite:
+        """Store the roster; what the write found: `CREATED` when no roster was stored (a
+        first store, or Redis lost its data), `REPLACED` another one, "" the same one."""
+        res = int(
+            await self._roster(
+                keys=[self.keys.roster, self.keys.audit, self.keys.audit_head],
+                args=[actor, *sorted(hosts)],
+            )
         )
         await self.redis.sadd(NODES_KEY, self.node)
-        return bool(changed)
+        return CREATED if res == 2 else REPLACED if res == 1 else ""
 
     async def audit_event(self, action: str, **fields: object) -> str:
         """Append one chained audit entry (e.g. a refused attempt: who, what, why refused).

@@ -17,12 +17,17 @@ from killswitch.view.table import Col, table_lines
 
 if TYPE_CHECKING:  # annotations only: `status` shows the view without loading the rules
     from killswitch.core.rules.anomaly import Evaluation, MonitorConfig
+    from killswitch.core.rules.rule import Rule
 
 JSON_FIELDS = ("rules", "haunted")  # view fields that hold JSON; `decode_view` parses them
 # view fields that hold a JSON object (rule -> last evaluation ms; rule -> fault)
 JSON_MAPS = ("rules_last_evaluated", "rule_faults")
-# `rules.SHARE_CAUSES`, spelled out so `status` need not import the rules (a test keeps them equal).
+# How `status` shows a rule's value and limit is its `unit`, published with it in `rules`
+# (`core.rules.rule.UNITS`). A view published before the unit was shows these as before:
+# `rules.SHARE_CAUSES`, spelled out so `status` need not import the rules (a test keeps them
+# equal), and the runaway rule's growth.
 SHARE_RULES = ("host_share", "host_share_fast")
+_EARLIER_UNITS = {**dict.fromkeys(SHARE_RULES, "share"), "runaway": "growth"}
 
 
 def iso(ms: int) -> str:
@@ -34,21 +39,31 @@ def window_label(config: MonitorConfig) -> str:
     return f"{config.window_ms / 1000:g}s"
 
 
-def view_fields(config: MonitorConfig, ev: Evaluation | None) -> dict[str, str]:
-    """The rule part of the aggregator's view hash: flat strings, JSON for the lists."""
-    shadow = [c for c in config.causes if config.is_shadow(c)]
-    fields = {
-        "window_s": f"{config.window_ms / 1000:g}",
-        "max_orders": "" if config.max_orders is None else str(config.max_orders),
-        "fast_window_s": "" if config.fast_in_use is None else f"{config.fast_window_ms / 1000:g}",
-        "max_rate": "" if config.rate_cap is None else f"{config.rate_cap:g}",
-        "enforcing": ",".join(c for c in config.causes if not config.is_shadow(c)),
-        "shadow": ",".join(shadow),
+def view_fields(
+    config: MonitorConfig, ev: Evaluation | None, rules: tuple[Rule, ...] | None = None
+) -> dict[str, str]:
+    """The rule part of the aggregator's view hash: flat strings, JSON for the lists. `rules`
+    is the registry the evaluation came from (default `registry.RULES`): each rule adds its
+    own fields and the unit `status` shows its value in."""
+    if rules is None:
+        from killswitch.core.rules.registry import RULES  # the aggregator's side only
+
+        rules = RULES
+    on = [r for r in rules if r.enabled(config)]
+    fast = any(r.fast for r in on)
+    fields = {"window_s": f"{config.window_ms / 1000:g}"}
+    for rule in rules:
+        fields.update(rule.view(config))
+    fields |= {
+        "fast_window_s": f"{config.fast_window_ms / 1000:g}" if fast else "",
+        "enforcing": ",".join(r.cause for r in on if not config.is_shadow(r.cause)),
+        "shadow": ",".join(r.cause for r in on if config.is_shadow(r.cause)),
         "expected": "",
         "warm": "0",
         "rules": "[]",
         "haunted": "[]",
     }
+    unit = {r.cause: r.unit for r in rules}
     if ev is None:
         return fields
     fields["expected"] = "" if ev.expected is None else f"{ev.expected:.1f}"
@@ -64,6 +79,7 @@ def view_fields(config: MonitorConfig, ev: Evaluation | None) -> dict[str, str]:
                 "level": r.level,
                 "breach_windows": r.breach_windows,
                 "window_s": r.window_ms / 1000,
+                "unit": unit.get(r.cause, "orders"),
             }
             for r in ev.rules
         ],
@@ -301,10 +317,11 @@ def rule_lines(view: Mapping[str, Any]) -> list[str]:
     cells = []
     for r in rules:
         limit = r.get("limit")
-        if r.get("rule") in SHARE_RULES:
+        unit = r.get("unit") or _EARLIER_UNITS.get(str(r.get("rule")))
+        if unit == "share":
             value = f"top host {r.get('value', 0):.0%}"
             lim = "-" if limit is None else f"{limit:.0%}"
-        elif r.get("rule") == "runaway":  # growth per step, as a fraction
+        elif unit == "growth":  # growth per step, as a fraction
             value = f"+{r.get('value', 0):.0%}/step"
             lim = "-" if limit is None else f"+{limit:.0%}"
         else:

@@ -1,9 +1,10 @@
 """Redis ACL roles on a real redis-server loaded with the generated ACL file: each sidecar's
-credential gets NOPERM on everything but its own keys, and the fleet arms, trades, kills and
-proves containment with those credentials."""
+credential gets NOPERM on everything but its own keys and its pre-loaded functions (no Lua of
+its own), and the fleet arms, trades, kills and proves containment with those credentials."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,10 +14,12 @@ import pytest
 import redis as redis_sync
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
-from killswitch.sim.embedded import EmbeddedRedis
+from killswitch.sim.embedded import EmbeddedRedis, find_redis_server
 from killswitch.store import acl
 from killswitch.store.keys import NODES_KEY, NodeKeys
+from killswitch.store.scripts import sidecar_library
 from kstest import Fleet
+from kstest.cluster import find_redis_cli
 
 HOSTS = ["or-01", "or-02"]
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "users.acl"
@@ -32,7 +35,7 @@ def acl_server(node: str, tmp_path: Path) -> Iterator[EmbeddedRedis]:
     path = tmp_path / "users.acl"
     names = acl.users(node, HOSTS)
     path.write_text("\n".join(acl.acl_lines(node, HOSTS, {u: f"pw-{u}" for u in names})) + "\n")
-    server = EmbeddedRedis(extra_args=["--aclfile", str(path)])
+    server = EmbeddedRedis(extra_args=["--aclfile", str(path)], functions=False)
     server.start()
     try:
         yield server
@@ -52,6 +55,12 @@ class AclFleet(Fleet):
                 url(self.server, acl.sidecar_user(self.node, host))]  # fmt: skip
 
 
+def load_functions(server: EmbeddedRedis, node: str) -> None:
+    """The sidecars' library, loaded with the aggregator's credential (as it does at start)."""
+    with _client(server, acl.aggregator_user(node)) as c:
+        c.function_load(sidecar_library().code, replace=True)
+
+
 def _client_as(server: EmbeddedRedis, user: str, password: str) -> redis_sync.Redis:
     return redis_sync.Redis(
         port=server.port, username=user, password=password, decode_responses=True
@@ -69,6 +78,8 @@ class TestSidecarCredential:
         """Node state, roster, audit, lease, another host's keys: NOPERM, directly or by script."""
         k = NodeKeys(node)
         c = _client(acl_server, acl.sidecar_user(node, "or-01"))
+        lib = sidecar_library()
+        load_functions(acl_server, node)
         try:
             attempts = {
                 "state": lambda: c.hset(k.state, mapping={"state": "ARMED", "epoch": "100"}),
@@ -82,21 +93,54 @@ class TestSidecarCredential:
                 "script declared": lambda: c.eval(
                     "return redis.call('HSET', KEYS[1], 'state', 'ARMED')", 1, k.state),
                 "flushall": c.flushall,
+                # its own Lua, any way: EVAL, EVALSHA, SCRIPT LOAD, a library of its own
+                "eval": lambda: c.eval("return 1", 0),
+                "evalsha": lambda: c.evalsha("e0e1f9fabfc9d4800c877a703b823ac0578ff8db", 0),
+                "script load": lambda: c.script_load("return 1"),
+                "function load": lambda: c.function_load(
+                    "#!lua name=mine\nredis.register_function('mine', function() end)"),
+                "function delete": lambda: c.function_delete(lib.name),
+                "function flush": c.function_flush,
+                "function restore": lambda: c.function_restore(b"junk", "REPLACE"),
+                "function dump": c.function_dump,
+                "function kill": c.function_kill,
+                "function stats": c.function_stats,
+                # the library's round trip with the node state declared as its own key
+                "fcall state": lambda: c.fcall(lib.function("flush"), 1, k.state),
             }  # fmt: skip
             for what, attempt in attempts.items():
                 with pytest.raises(NoPermissionError):
                     attempt()
                     pytest.fail(what)
-            with pytest.raises(ResponseError, match="can't access"):
-                c.eval(f"return redis.call('HSET', 'ks:{{{node}}}:state', 'state', 'ARMED')", 0)
             op = _client(acl_server, acl.OPERATOR_USER)
             assert op.hgetall(k.state) == {} and op.exists(k.roster, k.audit, k.leader) == 0
             op.close()
             # its own keys and a read of the node state are what it may do
             assert c.hset(k.host("or-01").report, "gate", "closed") == 1
-            assert c.eval("return redis.call('HMGET', ARGV[1], 'state')", 0, k.state) == [None]
+            assert c.hmget(k.state, "state") == [None]
+            assert c.fcall_ro(lib.function("ping"), 1, k.state) == lib.name
+            # and reading the code loaded under its library's name (its integrity check)
+            listed = c.function_list(library=lib.name, withcode=True)
+            assert lib.code in listed[0]
         finally:
             c.close()
+
+    def test_a_busy_eval_is_refused(self, acl_server: EmbeddedRedis, node: str) -> None:
+        """`EVAL "while true do end" 0` with a sidecar's credential is NOPERM: a trading host
+        cannot hold the shared Redis in a busy script (every node's gates would close)."""
+        c = redis_sync.Redis.from_url(
+            url(acl_server, acl.sidecar_user(node, "or-01")), socket_timeout=3
+        )
+        op = _client(acl_server, acl.OPERATOR_USER)
+        try:
+            with pytest.raises(NoPermissionError):
+                c.eval("while true do end", 0)
+            assert op.ping() is True
+        finally:
+            with contextlib.suppress(ResponseError):
+                op.script_kill()  # only if the busy script ran after all
+            c.close()
+            op.close()
 
     def test_no_default_user(self, acl_server: EmbeddedRedis, node: str) -> None:
         """A connection without credentials can do nothing; a wrong password is refused."""
@@ -145,6 +189,29 @@ class TestRegistryAndNotices:
             c.close()
             op.close()
 
+    def test_aggregator_cannot_delete_the_library(
+        self, acl_server: EmbeddedRedis, node: str
+    ) -> None:
+        """An aggregator loads the sidecars' library; deleting, flushing or restoring
+        functions (every node's gates would close) is NOPERM, and the library stays."""
+        lib = sidecar_library()
+        c = _client(acl_server, acl.aggregator_user(node))
+        try:
+            assert c.function_load(lib.code, replace=True) == lib.name
+            dump = c.function_dump()
+            for what, attempt in {
+                "delete": lambda: c.function_delete(lib.name),
+                "flush": c.function_flush,
+                "restore": lambda: c.function_restore(dump, "FLUSH"),
+                "script flush": c.script_flush,
+            }.items():  # fmt: skip
+                with pytest.raises(NoPermissionError):
+                    attempt()
+                    pytest.fail(what)
+            assert c.fcall_ro(lib.function("ping"), 1, NodeKeys(node).state) == lib.name
+        finally:
+            c.close()
+
     def test_sidecar_cannot_publish_a_kill_notice(
         self, acl_server: EmbeddedRedis, node: str
     ) -> None:
@@ -188,10 +255,79 @@ class TestFleetWithAcl:
             for h in HOSTS:
                 assert f.order(h, "k1").startswith("BLOCK k1")
             assert "NOPERM" not in (f.workdir / "or-01.log").read_text()
+            assert f.aggregator is not None and f.aggregator.events("FUNCTIONS_LOADED")
             sidecar = acl.sidecar_user(node, "or-01")
             denied = f.cli("kill", "--reason", "x", "--redis", url(acl_server, sidecar))
             assert denied.returncode == 1 and "Traceback" not in denied.stderr
             assert f"pw-{sidecar}" not in denied.stderr + denied.stdout
+        finally:
+            f.stop()
+
+
+@pytest.fixture
+def hardened_server(node: str, tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """The generated ACL with `-function|load` for the aggregator (nodes of different trust
+    sharing one Redis: only the operator credential loads the sidecars' library)."""
+    path = tmp_path / "users.acl"
+    names = acl.users(node, HOSTS)
+    lines = acl.acl_lines(node, HOSTS, {u: f"pw-{u}" for u in names})
+    agg = f"user {acl.aggregator_user(node)} "
+    lines = [line + " -function|load" if line.startswith(agg) else line for line in lines]
+    path.write_text("\n".join(lines) + "\n")
+    server = EmbeddedRedis(extra_args=["--aclfile", str(path)], functions=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def admin_step(server: EmbeddedRedis) -> str:
+    """`python -m killswitch.store.scripts | redis-cli ... -x FUNCTION LOAD REPLACE` with the
+    operator's credential, as docs/DEPLOY.md says; the library name Redis answers."""
+    import subprocess
+
+    printed = subprocess.run(
+        [sys.executable, "-m", "killswitch.store.scripts"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert printed == sidecar_library().code
+    loaded = subprocess.run(
+        [find_redis_cli(find_redis_server()), "-p", str(server.port), "--user",
+         acl.OPERATOR_USER, "--pass", f"pw-{acl.OPERATOR_USER}", "--no-auth-warning",
+         "-x", "FUNCTION", "LOAD", "REPLACE"],
+        input=printed, capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return loaded.stdout.strip()
+
+
+class TestAdminStep:
+    """The library loaded by hand, for aggregators whose credential may not load it."""
+
+    def test_hardened_aggregator_and_the_admin_step(
+        self, hardened_server: EmbeddedRedis, node: str
+    ) -> None:
+        """The aggregator may not load (FUNCTIONS_NOT_LOADED, and it keeps running); sidecars
+        block naming the library; the operator's admin step loads it: arm, trade, kill."""
+        lib = sidecar_library()
+        f = AclFleet(url(hardened_server, acl.OPERATOR_USER), node, HOSTS, server=hardened_server)
+        try:
+            f.start()
+            agg = f.start_aggregator(
+                "--tick", "0.05", "--redis", url(hardened_server, acl.aggregator_user(node))
+            )
+            refused = agg.logged("FUNCTIONS_NOT_LOADED")
+            assert refused and "NoPermissionError" in refused[0]["reason"], refused
+            for h in HOSTS:
+                assert f.sidecars[h].logged("FUNCTIONS_MISSING")[0]["library"] == lib.name
+                assert f.order(h, "m1").startswith("BLOCK m1")
+            assert admin_step(hardened_server) == lib.name
+            f.wait_ready(30)
+            armed = f.arm()
+            assert f.order("or-01", "a1") == f"ALLOW a1 {armed['epoch']}"
+            code, rep = f.cli_json("kill", "--reason", "hardened")
+            assert code == 0 and rep["confirmed"] == HOSTS, rep
+            assert not agg.events("FUNCTIONS_LOADED")
         finally:
             f.stop()
 
@@ -208,7 +344,7 @@ class TestShippedFile:
     def test_a_real_redis_starts_on_it(self) -> None:
         """redis-server --aclfile loads the shipped file as is (Redis refuses a file with a
         comment in it), and the operator's demo credentials then work."""
-        server = EmbeddedRedis(extra_args=["--aclfile", str(SHIPPED)])
+        server = EmbeddedRedis(extra_args=["--aclfile", str(SHIPPED)], functions=False)
         server.start()
         try:
             with _client_as(server, "ks-operator", "demo-ks-operator") as c:

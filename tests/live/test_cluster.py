@@ -17,6 +17,7 @@ import redis as redis_sync
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.store.keys import NODES_KEY, NodeKeys
 from killswitch.store.redisconn import ClusterURL, parse_cluster_url
+from killswitch.store.scripts import sidecar_library
 from kstest import Fleet, GateClient, wait_until
 from kstest.cluster import RedisClusterHarness
 from kstest.hammer import Hammer, no_allow_after_first_block
@@ -150,6 +151,44 @@ class TestNodesOnACluster:
         for f in three:
             assert st["nodes"][f.node]["state"] == "KILLED"
             assert st["nodes"][f.node]["confirmed"] == HOSTS
+
+
+def _live(cluster: RedisClusterHarness) -> list[int]:
+    return [p for p, s in cluster.servers.items() if s.proc is not None and s.proc.poll() is None]
+
+
+def _holds(port: int, library: str) -> bool:
+    with redis_sync.Redis(port=port, socket_timeout=2, decode_responses=True) as c:
+        return bool(c.function_list(library=library))
+
+
+class TestFunctionsOnACluster:
+    """The sidecars' Functions library is on every primary of a Redis Cluster."""
+
+    def test_one_aggregator_loads_it_on_every_primary(
+        self, cluster: RedisClusterHarness, node: str
+    ) -> None:
+        """With the library flushed everywhere, one node's aggregator loads it on every
+        primary (and so, by replication, every replica); its sidecars then arm and trade."""
+        lib = sidecar_library()
+        for port in _live(cluster):
+            with redis_sync.Redis(port=port, socket_timeout=2, decode_responses=True) as c:
+                if c.info("replication")["role"] == "master":
+                    c.function_flush()
+        wait_until(lambda: not any(_holds(p, lib.name) for p in _live(cluster)), 10)
+        (name,) = spread_nodes(cluster, f"{node}l", 1)
+        f = Fleet(cluster.url, name, HOSTS)
+        try:
+            f.start()
+            f.start_aggregator("--tick", "0.05")
+            f.wait_ready(30)
+            wait_until(lambda: all(_holds(p, lib.name) for p in _live(cluster)), 10,
+                       what="the library on every server")  # fmt: skip
+            armed = f.arm()
+            assert f.order("or-01", "l1") == f"ALLOW l1 {armed['epoch']}"
+        finally:
+            f.stop()
+            forget(cluster, [name])
 
 
 class TestMasterFailover:

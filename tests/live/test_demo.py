@@ -17,11 +17,13 @@ from typing import Any
 import pytest
 
 from killswitch.cli.rulecli import counts_csv, rule_config
+from killswitch.core.enforce.recfmt import Entry
 from killswitch.core.rules.anomaly import BASELINE, HOST_SHARE, Monitor, MonitorConfig
 from killswitch.core.rules.backtest import FlowEvent
 from killswitch.runtime.config import ConfigError, Resolver
 from killswitch.sim.demo import COMPRESSED, REALTIME, Scenario
 from killswitch.sim.demoreport import render_table
+from killswitch.sim.fixsession import FixStats, outcome
 from killswitch.sim.whatif import orders_after, per_host_limit, prometheus_alert
 from killswitch.view.ruleview import EventLog, decode_view, rule_lines, shadow_banner, view_fields
 
@@ -70,6 +72,14 @@ class TestDemo:
         assert ks["resting_cancelled"] == sum(r["cancels_sent"] for r in routers.values()) > 0
         assert all(r["flat_epoch"] == ks_epoch(doc) for r in routers.values())
         assert by["per_host_limit"]["resting_left"] > 0 and ks["isolated"] == []
+        # or-08's legacy code sends on its FIX session, never asking the gate: its sidecar's
+        # gateway let it trade while armed and blocked it after the kill, and no order of it
+        # reached the venue that the gate had not allowed before the kill was confirmed.
+        fix = doc["fix"]
+        assert fix["host"] == "or-08" and fix["logged_on"] and fix["reached_venue"] > 0
+        assert fix["blocked"] >= fix["reasons"].get("killed", 0) > 0
+        assert fix["reached_venue_after_kill"] == 0 and fix["never_allowed_at_venue"] == 0
+        assert fix["reached_venue"] + fix["blocked"] <= fix["sent"]
         # Nothing left behind: no sidecar or redis-server of the demo still runs.
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
         assert "ks-demo-" not in ps.stdout
@@ -106,6 +116,8 @@ class TestDemo:
         r8 = doc["routers"]["or-08"]
         assert r8["resting_at_kill"] is not None and r8["cancels_sent"] >= r8["resting_at_kill"]
         assert r8["blocked"] > 0
+        fix = doc["fix"]  # its FIX session is blocked by the host's own gateway as well
+        assert fix["blocked"] > 0 and fix["reached_venue_after_kill"] == 0
 
 
 def ks_epoch(doc: dict[str, Any]) -> int:
@@ -120,6 +132,17 @@ class TestScenario:
         rates = [s.rate("or-08", t / 10) for t in range(int(s.end * 10))]
         assert max(rates) * 1.1 < 100  # one extra flush in a window still fits the cap
         assert max(s.rate("or-01", t / 10) for t in range(int(s.legacy_at * 10))) == 3 * s.pre
+
+    def test_only_the_haunted_host_sends_on_fix_and_only_on_the_legacy_path(self) -> None:
+        """The FIX session carries or-08's legacy flow alone, from the onset on; what goes
+        through the gate and over FIX adds up to the scenario's rate for every host."""
+        s = Scenario()
+        for t in (x / 10 for x in range(int(s.end * 10))):
+            for h in ("or-01", "or-08"):
+                assert s.gate_rate(h, t) + s.fix_rate(h, t) == s.rate(h, t)
+                assert s.gate_rate(h, t) > 0  # the normal flow never stops asking the gate
+            assert s.fix_rate("or-01", t) == 0
+            assert (s.fix_rate("or-08", t) > 0) == (t >= s.legacy_at)
 
     def test_realtime_is_the_same_day_four_times_as_long_at_production_windows(self) -> None:
         """`--realtime` runs the same rates on a 4x timeline (about two minutes) with 10 s
@@ -199,6 +222,43 @@ class TestDemoReport:
         text = " ".join(render_table(doc).split())  # the detail column wraps
         assert "the other hosts traded on" in text and "cancelled 260 resting orders" in text
         assert "reported FLAT" not in text  # the flat proof is a node kill's
+
+
+class TestFixOutcome:
+    def test_an_order_at_the_venue_counts_late_unless_allowed_before_the_confirmation(
+        self,
+    ) -> None:
+        """Only an order the gate allowed before the host confirmed the kill may be at the
+        venue: one allowed at or after it, or never allowed at all, counts as late."""
+        ms = 1_000
+        entries = [
+            _rec("pp-1", "allow", ms - 1), _rec("pp-2", "allow", ms), _rec("pp-3", "block", ms + 1),
+            _rec("or-08-1", "allow", ms - 5, source="line"),
+        ]  # fmt: skip
+        stats = FixStats(sent=4, acked=1, blocked=1, reasons={"killed": 1}, logged_on=True)
+        venue = [(0, b"pp-1")]
+        ok = outcome(stats, venue, entries, ms)
+        assert ok["reached_venue_after_kill"] == 0 and ok["never_allowed_at_venue"] == 0
+        late = outcome(stats, [*venue, (0, b"pp-2"), (0, b"pp-3"), (0, b"or-08-1")], entries, ms)
+        assert late["reached_venue_after_kill"] == 3 and late["never_allowed_at_venue"] == 2
+        assert outcome(stats, venue, entries, None)["reached_venue_after_kill"] is None
+
+    def test_table_has_the_gateway_row(self) -> None:
+        """The killswitch rows say what the FIX gateway blocked of the legacy session."""
+        doc = _doc(10.0)
+        doc["fix"] = {"host": "b", "sent": 1_354, "reached_venue": 121, "blocked": 1_232,
+                      "reached_venue_after_kill": 0}  # fmt: skip
+        lines = render_table(doc).splitlines()
+        text = " ".join(" ".join(lines).split())
+        assert "b's legacy code on its FIX session (it never asks the gate): 1,354 orders" in text
+        assert "1,232 blocked by the sidecar's FIX gateway; 0 reached the venue after" in text
+        assert max(len(line) for line in lines) <= 120
+
+
+def _rec(oid: str, decision: str, ms: int, source: str = "fix") -> Entry:
+    return Entry(t_ns=ms * 1_000_000, node="n", host="b", seq=1, source=source, order_id=oid,
+                 symbol="KCG", side="BUY", qty=100, price=0.0, decision=decision, reason="",
+                 epoch=1, release="", limits="")  # fmt: skip
 
 
 def steady(host: str, per_100ms: int, start: int, end: int) -> list[FlowEvent]:

@@ -19,7 +19,8 @@ from killswitch.core.enforce.gate import Gate
 from killswitch.core.node.state import HostView, NodeState
 from killswitch.runtime.config import ConfigError, ListenAddr
 from killswitch.runtime.convert import parse_fix_route
-from killswitch.sidecar.fixgateway import FixCollector, FixGateway
+from killswitch.sidecar.fixgateway import FixGateway
+from killswitch.sidecar.fixmetrics import FixCollector
 from killswitch.sim.embedded import free_port
 from killswitch.sim.fleet import wait_until_async
 

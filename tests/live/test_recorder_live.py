@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -261,9 +262,12 @@ class TestConfirmationFields:
         self, redis: Redis, node: str
     ) -> None:
         """Recorder fields reported for epoch 7 go into a confirmation of epoch 7 (also when
-        they arrive a round trip later); a confirmation of epoch 8 names no file."""
+        they arrive a round trip later), and the newly named file is published on the
+        confirms channel (a waiting `kill` wakes); a confirmation of epoch 8 names no file."""
         store = Store(redis, node)
         confirm = store.keys.host("or-01").confirm
+        pubsub = redis.pubsub()
+        await pubsub.subscribe(store.keys.confirms)
 
         def report(confirm_epoch: int, *rec: tuple[str, str]) -> FlushReport:
             return FlushReport(
@@ -279,6 +283,17 @@ class TestConfirmationFields:
         await store.flush("or-01", report(0, *frozen), "test")
         got = await redis.hmget(confirm, "recorder_file", "recorder_digest", "recorder_complete")
         assert got == ["/s/x.7.rec", "d7", "0"]
+        await store.flush("or-01", report(0, *frozen), "test")  # named already: no message
+        published: list[str] = []
+        deadline = time.monotonic() + 10
+        while len(published) < 3 and time.monotonic() < deadline:  # a third would be a bug
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if msg is not None:
+                published.append(msg["data"])
+            elif len(published) == 2:
+                break
+        await pubsub.aclose()
+        assert published == ["or-01 7 1", "or-01 7 recorder"]
         await store.flush("or-01", report(8, *frozen), "test")
         assert await redis.hget(confirm, "epoch") == "8"
         assert await redis.hget(confirm, "recorder_file") == ""

@@ -45,7 +45,7 @@ def tls_server(certs: Path) -> Iterator[EmbeddedRedis]:
         "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(certs / "server.pem"),
         "--tls-key-file", str(certs / "server.key"), "--tls-ca-cert-file", str(certs / "ca.pem"),
         "--tls-auth-clients", "no", "--requirepass", "tls-secret-pw",
-    ])  # fmt: skip
+    ], functions=False)  # fmt: skip
     server.start()
     try:
         yield server

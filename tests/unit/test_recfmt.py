@@ -162,6 +162,16 @@ class TestRing:
         d = decode(bytes(buf))
         assert [e.seq for e in d.entries] == [1, 3] and d.skipped == 1
 
+    @given(slots=st.integers(1, 9), n=st.integers(0, 40))
+    def test_ring_slots_lists_the_records_decode_reads(self, slots: int, n: int) -> None:
+        """Before and after any number of wraps: the same records as `decode`, oldest first,
+        each with its time and the offset of its slot."""
+        buf = bytes(ring_bytes(slots, [entry(s) for s in range(1, n + 1)]))
+        got = ring_slots(buf, read_header(buf))
+        assert got == [
+            (e.seq, e.t_ns, HEADER_SIZE + e.seq % slots * RECORD_SIZE) for e in decode(buf).entries
+        ]
+
     def test_ring_slots_and_frozen_file_keep_the_raw_records(self) -> None:
         """A frozen file of some ring records decodes to the same entries, header kept."""
         buf = bytes(ring_bytes(8, [entry(s) for s in range(1, 7)]))

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client import CollectorRegistry
 from structlog.testing import CapturingLogger
 
 from killswitch.core.enforce.gate import Gate
@@ -95,6 +96,18 @@ class TestRingFile:
         ring.record(INPROC, "late", "KCG", "BUY", 1, 1.0, ALLOW, "", 3)
         assert ring.dropped == 1
 
+    def test_a_new_symbol_or_side_word_is_recorded_the_first_time_and_after(
+        self, tmp_path: Path
+    ) -> None:
+        """A symbol and a side word the writer has not seen (a FIX side code): recorded at
+        once, and the same again once they are known (symbol kept, side none)."""
+        ring = Ring(str(tmp_path / "r.rec"), 5, "smars", "or-01")
+        for oid in ("a", "b"):
+            ring.record(INPROC, oid, "ESZ6", "7", 1, 1.0, ALLOW, "", 3)
+        got = [(e.order_id, e.symbol, e.side) for e in decode(ring.snapshot()).entries]
+        assert got == [("a", "ESZ6", ""), ("b", "ESZ6", "")]
+        ring.close()
+
     def test_a_snapshot_while_another_thread_writes_holds_only_whole_records(
         self, tmp_path: Path
     ) -> None:
@@ -150,6 +163,19 @@ class TestGateHook:
 
 
 class TestFreeze:
+    def test_a_freeze_copies_only_the_slots_written(self, tmp_path: Path) -> None:
+        """A ring of 100 slots holding 3 records (seq n in slot n): the freeze's snapshot is
+        the header and slots 0-4 (slot 4, the next, may be in flux), and freezes to the same
+        file as the whole ring's bytes."""
+        ring = Ring(str(tmp_path / "r.rec"), 100, "smars", "or-01")
+        fill(ring, 3)
+        part, whole = ring.snapshot(whole=False), ring.snapshot()
+        assert (len(part), len(whole)) == (256 + 5 * 160, 256 + 100 * 160)
+        assert whole[: len(part)] == part and not any(whole[len(part) :])
+        t = decode(whole).entries[1].t_ns
+        assert freeze(part, b"", 7, t, 60, True) == freeze(whole, b"", 7, t, 60, True)
+        ring.close()
+
     def test_a_flood_after_the_kill_cannot_erase_what_was_frozen_before_it(
         self, tmp_path: Path
     ) -> None:
@@ -164,10 +190,10 @@ class TestFreeze:
         ring = Ring(str(tmp_path / "r.rec"), 9, "smars", "or-01", clock_ns=now)
         fill(ring, 5)
         kill_ns = clock[0]
-        first = freeze(ring.snapshot(), b"", 7, kill_ns, 60, final=False)
+        first = freeze(ring.snapshot(whole=False), b"", 7, kill_ns, 60, final=False)
         assert ids(first) == [f"o{i}" for i in range(5)]
         fill(ring, 20, start=5)
-        done = decode(freeze(ring.snapshot(), first, 7, kill_ns, 60, final=True))
+        done = decode(freeze(ring.snapshot(whole=False), first, 7, kill_ns, 60, final=True))
         assert [e.order_id for e in done.entries] == [f"o{i}" for i in (*range(5), *range(17, 25))]
         assert (done.header.epoch, done.header.kill_ns, done.header.complete) == (7, kill_ns, True)
         ring.close()
@@ -209,7 +235,8 @@ class TestRecordingCollaborator:
         def sidecar(recorder: str | None) -> SimpleNamespace:
             s = SidecarSettings("smars", "or-01", "redis://x", state_dir=str(tmp_path / "st"),
                                 recorder=recorder, recorder_size=16)  # fmt: skip
-            return SimpleNamespace(s=s, gate=gate, log=CapturingLogger())
+            return SimpleNamespace(s=s, gate=gate, log=CapturingLogger(),
+                                   registry=CollectorRegistry())  # fmt: skip
 
         on = Recording(sidecar(None))  # type: ignore[arg-type]
         on.record(FIX, "f1", "KCG", "SELL", 7, 1.5, BLOCK, "limit", 9)

@@ -14,11 +14,12 @@ It must never produce a message that puts either leg's sequence numbers out of s
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
-from killswitch.core.enforce.fixwire import SOH, Field, begin_string, encode, fields, first
+from killswitch.core.enforce.fixwire import Field, begin_string, encode, fields, first
 
 ORDERS = frozenset({b"D", b"G", b"E", b"AB"})  # through the gate
 CANCELS = frozenset({b"F", b"q"})  # always pass: they reduce risk
@@ -69,6 +70,7 @@ class Order(NamedTuple):
 
 def read_order(msg: bytes, msgtype: bytes) -> Order:
     """What the gate and the relay need of an order message (its header only when blocked)."""
+    entry: tuple[Entry, ...]
     if msgtype == b"E":  # each ClOrdID starts a list entry
         entries: list[Entry] = []
         cur: dict[bytes, bytes] = {}
@@ -81,22 +83,22 @@ def read_order(msg: bytes, msgtype: bytes) -> Order:
         if cur:
             entries.append(_entry(cur))
         entry = tuple(entries) or (_entry({}),)
-    else:  # one order: the first occurrence of each field, found without splitting it all
-        entry = (Entry(_value(msg, b"\x0111="), _value(msg, b"\x0155="), _value(msg, b"\x0154="),
-                       _value(msg, b"\x0138="), _value(msg, b"\x0144=")),)  # fmt: skip
-    seq = _value(msg, b"\x0134=")
+    # The fields the relay needs, in one pass of the regex engine (nine `find`s cost twice as
+    # much); reversed, so that a field's first occurrence is the one kept.
+    got = dict(reversed(_ORDER_FIELDS.findall(msg)))
+    get = got.get
+    if msgtype != b"E":
+        entry = (Entry(get(b"11", b""), get(b"55", b""), get(b"54", b""), get(b"38", b""),
+                       get(b"44", b"")),)  # fmt: skip
+    seq = get(b"34", b"")
     return Order(
-        msgtype, int(seq) if seq.isdigit() else 0, _value(msg, b"\x0143=") == b"Y", entry,
-        _value(msg, b"\x0141="), _value(msg, b"\x0166="),
+        msgtype, int(seq) if seq.isdigit() else 0, get(b"43") == b"Y", entry,
+        get(b"41", b""), get(b"66", b""),
     )  # fmt: skip
 
 
-def _value(msg: bytes, key: bytes) -> bytes:
-    i = msg.find(key)
-    if i < 0:
-        return b""
-    i += len(key)
-    return msg[i : msg.find(SOH, i)]
+# ClOrdID, Symbol, Side, OrderQty, Price, MsgSeqNum, PossDupFlag, OrigClOrdID, ListID
+_ORDER_FIELDS = re.compile(rb"\x01(11|55|54|38|44|34|43|41|66)=([^\x01]*)")
 
 
 def header_of(msg: bytes) -> list[Field]:

@@ -19,14 +19,20 @@ from typing import Any
 import structlog
 
 from killswitch.core.enforce.limits import LimitChecker, Limits
-from killswitch.core.enforce.recfmt import ALLOW, ALLOWED, BLOCK, CANCEL, CANCELLED, INPROC, kind
+from killswitch.core.enforce.recfmt import ALLOW, BLOCK, CANCEL, INPROC, kind
 from killswitch.core.node.state import MAX_EPOCH, BlockReason, HostView, NodeState, boot_view
 
 Decision = tuple[bool, int, str]  # (allowed, epoch, block reason or "")
 # The flight recorder's append: (kind, order id, symbol, side, qty, price, epoch), `kind` from
 # `core.enforce.recfmt.kind` (decision, reason, source). It must not raise (`runtime.ring.Ring.write`).
 Recorder = Callable[[int, str, str, str, int, float, int], None]
-_ALLOWED_INPROC = ALLOWED[INPROC]
+
+
+# A decision's record kind for each source byte (`kind` keeps `source & 0xFF`), computed
+# once: the order path indexes a tuple instead of calling `kind`.
+_ALLOWED = tuple(kind(ALLOW, "", source) for source in range(256))
+_CANCELLED = tuple(kind(CANCEL, "", source) for source in range(256))
+_ALLOWED_INPROC = _ALLOWED[INPROC]
 LIMIT = "limit"  # the block reason of an order over a local pre-trade limit
 
 
@@ -135,8 +141,9 @@ class Gate:
         # The same decision as check(), inlined: this is the hot path of in-process callers.
         if self._open and self._plain and self._clock() < self._deadline:
             self.allowed += 1
-            if self._rec is not None:
-                self._rec(_ALLOWED_INPROC, order_id, symbol, side, qty, price, self.view.epoch)
+            rec = self._rec
+            if rec is not None:
+                rec(_ALLOWED_INPROC, order_id, symbol, side, qty, price, self._allow[1])
             return True
         return self.check(order_id, symbol, side, qty, price)[0]
 
@@ -165,9 +172,9 @@ class Gate:
                     if self._limits is not None and self._limits.check(symbol, qty, price, now):
                         return self._refuse(order_id, symbol, side, qty, LIMIT, price, source)
                 self.allowed += 1
-                if self._rec is not None:
-                    code = ALLOWED.get(source) or kind(ALLOW, "", source)
-                    self._rec(code, order_id, symbol, side, qty, price, self._allow[1])
+                rec = self._rec
+                if rec is not None:
+                    rec(_ALLOWED[source & 0xFF], order_id, symbol, side, qty, price, self._allow[1])
                 return self._allow
         return self._refuse(order_id, symbol, side, qty, "", price, source)
 
@@ -179,9 +186,7 @@ class Gate:
         self.cancels += 1
         epoch = self._held or self.view.epoch
         if self._rec is not None:
-            self._rec(
-                CANCELLED.get(source) or kind(CANCEL, "", source), order_id, "", "", 0, 0.0, epoch
-            )
+            self._rec(_CANCELLED[source & 0xFF], order_id, "", "", 0, 0.0, epoch)
         return epoch
 
     def _refuse(

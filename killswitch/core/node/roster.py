@@ -62,6 +62,9 @@ class HostStatus:
     recorder_file: str = ""
     recorder_digest: str = ""
     recorder_complete: bool = False
+    # why a host that is not alive cannot make its round trip: its Functions library is not
+    # loaded ("" none, and never shown for a live host)
+    functions: str = ""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -91,6 +94,7 @@ class HostStatus:
             "wire": self.wire,
             **({"fence": self.fence} if self.fence else {}),
             "metrics": self.metrics,
+            **({"functions": self.functions} if self.functions else {}),
             "recorder": {
                 "file": self.recorder_file,
                 "digest": self.recorder_digest,
@@ -190,6 +194,7 @@ def host_status(
         recorder_file=confirm.get("recorder_file", "")[:MAX_ATTEST],
         recorder_digest=confirm.get("recorder_digest", "")[:MAX_RELEASE],
         recorder_complete=confirm.get("recorder_complete") == "1",
+        functions="" if alive else report.get("functions", "")[:MAX_ATTEST],
     )
 
 

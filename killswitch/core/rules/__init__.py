@@ -1,2 +1,3 @@
-"""The trip rules: sliding windows, the learned baseline, the `Monitor` that composes them over
-time, the fleet cap and the limit burst, and the replay (`backtest`, `scenarios`) that tunes them."""
+"""The trip rules: sliding windows, the learned baseline, the registry of rules (`registry`,
+one module per rule in `trips`) and the `Monitor` that judges them over time, the fleet cap
+and the limit burst, and the replay (`backtest`, `scenarios`) that tunes them."""

@@ -3,14 +3,15 @@
 It takes numbers (Redis server time in ms, orders in the sliding window and in the fast
 window, per host) and returns frozen decisions. It must never read a clock, touch Redis,
 log, or act: the aggregator and the backtest feed it the same way and act on what it
-returns. The rules and their settings are described in `rules`; their conditions are in
-`readings`. Their public names are re-exported here.
+returns. The rules are the registry's (`core.rules.registry`, one module each in
+`core.rules.trips`), evaluated in its order; their settings are `config.MonitorConfig`.
+Their public names are re-exported here.
 
 Breach time: a slow rule trips once its breaching evaluations within the last
 `breach_span` windows cover (breach_windows - 1) x window_ms (`readings.Span`). So with the
 defaults a single spike leaves the window before it can trip, a sustained flood trips one
 window after the window sum crosses the line, and a pulse that dips under the line between
-its pulses still adds up. The fast rules hold for `fast_breach_ms` (one tick) instead:
+its pulses still adds up (`Rule.spans`). The fast rules hold for `fast_breach_ms` (one tick) instead:
 their high multiple is what keeps them quiet. `runaway` trips at once: its four steps of
 growth are their own confirmation.
 
@@ -27,16 +28,14 @@ window. A re-arm after any other rule's trip teaches nothing.
 
 from __future__ import annotations
 
-import bisect
 from collections import deque
 from collections.abc import Iterable, Mapping
 from statistics import median
 
-from killswitch.core.rules import readings
 from killswitch.core.rules.baseline import Baseline, BaselineTrip
+from killswitch.core.rules.breach import Span, Streak
 from killswitch.core.rules.config import (
     BASELINE,
-    BASELINE_CAUSES,
     BASELINE_FAST,
     CAUSES,
     FAST_CAUSES,
@@ -46,7 +45,6 @@ from killswitch.core.rules.config import (
     MAX_ORDERS,
     MAX_RATE,
     RUNAWAY,
-    SPAN_CAUSES,
     Evaluation,
     HauntedHost,
     LevelChange,
@@ -56,7 +54,8 @@ from killswitch.core.rules.config import (
     haunted_hosts,
     next_level,
 )
-from killswitch.core.rules.readings import Reading, Span, Streak
+from killswitch.core.rules.registry import RULES, by_cause
+from killswitch.core.rules.rule import History, Instant, Reading, Rule
 
 
 class Monitor:
@@ -68,6 +67,8 @@ class Monitor:
     nothing trips and nothing is learned (a killed node's silence is not its normal). Call
     `reset()` on re-arm. The last baseline trip is kept in `baseline.trip` (persisted with
     it) until a re-arm answers it. `roster` hosts missing from the host totals count as 0.
+    `rules` is the registry it evaluates (`registry.RULES`, in that order): those the config
+    turns on are judged.
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class Monitor:
         config: MonitorConfig | None = None,
         baseline: Baseline | None = None,
         roster: Iterable[str] = (),
+        rules: tuple[Rule, ...] = RULES,
     ) -> None:
         self.config = config or MonitorConfig()
         params = self.config.baseline_params()
@@ -82,12 +84,14 @@ class Monitor:
             raise ValueError("baseline was built for other parameters; use Baseline.from_dict")
         self.baseline = baseline if baseline is not None else Baseline(params)
         self.roster = tuple(sorted(roster))
-        self._streaks = {c: Streak() for c in self.config.causes}
-        self._spans = {c: Span() for c in self.config.causes if c in SPAN_CAUSES}
-        self._levels = dict.fromkeys(self.config.causes, 0)
+        self.rules = tuple(r for r in by_cause(rules).values() if r.enabled(self.config))
+        self._by_cause = {r.cause: r for r in self.rules}
+        self._streaks = {r.cause: Streak() for r in self.rules}
+        self._spans = {r.cause: Span() for r in self.rules if r.spans}
+        self._levels = {r.cause: 0 for r in self.rules}
         self._rearmed = False  # reset() was called; the next armed evaluation answers it
         self._other_trip = False  # a non-baseline rule tripped since the last reset
-        self._history = _History()  # window sums while armed, for the runaway rule
+        self._history = History()  # window sums while armed, for the runaway rule
         # Guarded learning: windows waiting to be confirmed normal (at, total, dt), and one
         # window sum per window during warm-up, whose median settles the warm-up's baseline.
         self._pending: deque[tuple[int, float, int]] = deque()
@@ -111,7 +115,7 @@ class Monitor:
         for cause in self._spans:
             self._spans[cause] = Span()
         # What is not stored with the baseline starts over, as after a restart.
-        self._history = _History()
+        self._history = History()
         self._pending.clear()
         self._warmup.clear()
         self._learned_to = 0
@@ -157,40 +161,29 @@ class Monitor:
             self._warmup.clear()
         expected = self.baseline.expected(now_ms)
         warm = warm and expected is not None
-        base = readings.baseline(cfg, node_total, expected, warm)
-        on = cfg.causes
-        found: dict[str, Reading] = {}
-        if MAX_ORDERS in on and cfg.max_orders is not None:
-            found[MAX_ORDERS] = readings.max_orders(cfg, node_total, cfg.max_orders)
-        if BASELINE in on:
-            found[BASELINE] = base
-        if HOST_SHARE in on and cfg.max_host_share is not None:
-            found[HOST_SHARE] = readings.host_share(cfg, node_total, hosts, cfg.max_host_share)
-        if MAX_RATE in on and (cap := cfg.rate_cap) is not None:
-            found[MAX_RATE] = readings.max_rate(cfg, fast_total, cap)
-        if BASELINE_FAST in on:
-            found[BASELINE_FAST] = readings.baseline_fast(cfg, fast_total, expected, warm)
-        if HOST_SHARE_FAST in on and cfg.max_host_share is not None:
-            found[HOST_SHARE_FAST] = readings.host_share(
-                cfg, fast_total, fhosts, cfg.max_host_share, fast=True
-            )
         if armed:
             self._history.add(now_ms, node_total, cfg.runaway_ms)
         else:
-            self._history = _History()
-        if RUNAWAY in on:
-            # The steps are read only when the window is high enough to breach: most ticks.
-            floor = readings.runaway_floor(cfg, expected)
-            high = armed and warm and floor is not None and node_total > floor
-            steps = self._history.steps(now_ms, cfg) if high else None
-            found[RUNAWAY] = readings.runaway(cfg, node_total, steps, expected, warm)
-        self._learn(now_ms, node_total, dt, armed, warm, base, found)
+            self._history = History()
+        at = Instant(
+            now_ms=now_ms,
+            armed=armed,
+            node_total=node_total,
+            hosts=hosts,
+            fast_total=fast_total,
+            fast_hosts=fhosts,
+            expected=expected,
+            warm=warm,
+            history=self._history,
+        )
+        found = [(rule, rule.read(cfg, at)) for rule in self.rules]
+        self._learn(now_ms, node_total, dt, armed, warm, found)
 
         trips: list[Trip] = []
         shadow_trips: list[Trip] = []
         warnings: list[LevelChange] = []
         rules: list[RuleStatus] = []
-        for r in found.values():
+        for rule, r in found:
             streak = self._streaks[r.cause]
             span = self._spans.get(r.cause)
             if span is not None:
@@ -200,7 +193,7 @@ class Monitor:
                 streak.count = 1 + covered // cfg.window_ms if armed and r.breach else 0
                 streak.start_ms = span.start_ms(now_ms, cfg.span_ms)
             else:
-                step_ms, needed = readings.hold(cfg, r.cause)
+                step_ms, needed = rule.hold(cfg)
                 fired = streak.judge(armed and r.breach, now_ms, step_ms, needed)
             shadow = cfg.is_shadow(r.cause)
             if fired and r.limit is not None:
@@ -211,9 +204,10 @@ class Monitor:
             new = self._levels[r.cause] = next_level(percent, old)
             if new != old:
                 warnings.append(LevelChange(r.cause, now_ms, old, new, r.value, r.limit or 0.0))
-            width = cfg.fast_window_ms if r.cause in FAST_CAUSES else cfg.window_ms
             rules.append(
-                RuleStatus(r.cause, shadow, r.active, r.value, r.limit, new, streak.count, width)
+                RuleStatus(
+                    r.cause, shadow, r.active, r.value, r.limit, new, streak.count, rule.width(cfg)
+                )
             )
         if trips:
             self._remember(trips, node_total)
@@ -238,8 +232,7 @@ class Monitor:
         dt: int,
         armed: bool,
         warm: bool,
-        base: Reading,
-        found: Mapping[str, Reading],
+        found: list[tuple[Rule, Reading]],
     ) -> None:
         """Learn what is normal. Never a killed node's silence, never an anomaly.
 
@@ -256,7 +249,8 @@ class Monitor:
             self._pending.clear()
             return
         if not cfg.guarded:
-            if not (warm and base.breach):
+            base = next((r for _, r in found if r.cause == BASELINE), None)
+            if not (warm and base is not None and base.breach):
                 self.baseline.learn(now_ms, float(total), dt)
             return
         if not warm:
@@ -272,7 +266,7 @@ class Monitor:
                 self._warmup_last = now_ms
             return
         self._pending.append((now_ms, float(total), dt))
-        if any(r.breach for r in found.values()):
+        if any(r.breach for _, r in found):
             self._pending.clear()
             return
         confirmed = now_ms - cfg.breach_windows * cfg.window_ms
@@ -285,15 +279,14 @@ class Monitor:
         """Keep a kill by the baseline rules alone for the re-arm to answer; forget it if any
         other rule trips before the re-arm (a static cap or a haunted host is not a level
         anyone should accept as normal)."""
-        if self._other_trip or any(t.cause not in BASELINE_CAUSES for t in trips):
+        cfg = self.config
+        levels = [self._by_cause[t.cause].teaches(cfg, t.value, node_total) for t in trips]
+        if self._other_trip or any(level is None for level in levels):
             self._other_trip = True
             self.baseline.trip = None
             return
-        first = trips[0]
-        # A fast trip's level is a rate: the window at that rate is what a re-arm accepts.
-        value = first.value * (self.config.fast_scale if first.cause == BASELINE_FAST else 1.0)
-        if first.cause == RUNAWAY:  # its value is a growth factor: accept the window
-            value = float(node_total)
+        first, value = trips[0], levels[0]
+        assert value is not None
         start = self._streaks[first.cause].start_ms
         if self.config.guarded:
             # The windows waiting for confirmation when the breach began were forgotten too:
@@ -301,45 +294,6 @@ class Monitor:
             wait = self.config.breach_windows * self.config.window_ms
             start = max(start - wait, min(self._learned_to, start))
         self.baseline.trip = BaselineTrip(start, first.at_ms, value)
-
-
-class _History:
-    """The window sums of the last few steps, by evaluation time, for the runaway rule."""
-
-    __slots__ = ("times", "totals")
-
-    def __init__(self) -> None:
-        self.times: list[int] = []
-        self.totals: list[int] = []
-
-    def add(self, now_ms: int, total: int, keep_ms: int) -> None:
-        self.times.append(now_ms)
-        self.totals.append(total)
-        drop = bisect.bisect_left(self.times, now_ms - keep_ms - 1)
-        if drop > len(self.times) // 2:  # trim in bulk: amortised O(1) per evaluation
-            del self.times[:drop], self.totals[:drop]
-
-    def at(self, t_ms: int) -> int | None:
-        """The window sum of the last evaluation at or before `t_ms` (None: not that old)."""
-        i = bisect.bisect_right(self.times, t_ms) - 1
-        return None if i < 0 else self.totals[i]
-
-    def steps(self, now_ms: int, cfg: MonitorConfig) -> list[int] | None:
-        """Orders in each of the last `runaway_steps + 1` steps, newest first; None until
-        the history reaches back that far (a step is `runaway_step` adjacent windows)."""
-        w = cfg.window_ms
-        if not self.times or self.times[0] > now_ms - cfg.runaway_ms + w:
-            return None
-        out = []
-        for k in range(cfg.runaway_steps + 1):
-            total = 0
-            for j in range(cfg.runaway_step):
-                v = self.at(now_ms - (k * cfg.runaway_step + j) * w)
-                if v is None:
-                    return None
-                total += v
-            out.append(total)
-        return out
 
 
 __all__ = [

@@ -41,7 +41,11 @@ from statistics import median
 from killswitch.core.rules.baseline import BaselineParams, BaselineTrip
 from killswitch.core.settings.options import (
     CAP_PER_HOST_PER_S,
+    OPTIONS,
     RATE_HEADROOM,
+    RULE_GROUP,
+    RULE_VERBS,
+    Option,
     bound,
     default,
     default_ms,
@@ -54,15 +58,13 @@ MAX_RATE = "max_rate"
 BASELINE_FAST = "baseline_fast"
 HOST_SHARE_FAST = "host_share_fast"
 RUNAWAY = "runaway"
-# Also the order rules are evaluated and reported; the slow rules come first so a tick where
-# both windows trip names the cause the node was killed for before this release.
+# The registry's rules (`core.rules.registry`), in its order: the names `--shadow` accepts and
+# the config turns on (`causes`), known here without loading the rules (a test keeps them equal).
 CAUSES = (MAX_ORDERS, BASELINE, HOST_SHARE, MAX_RATE, BASELINE_FAST, HOST_SHARE_FAST, RUNAWAY)
+# The rules that judge the fast window (`Rule.fast`): the aggregator keeps one when one is on.
 FAST_CAUSES = (MAX_RATE, BASELINE_FAST, HOST_SHARE_FAST)
+# The share rules of the releases whose view did not publish a rule's unit (`view.ruleview`).
 SHARE_CAUSES = (HOST_SHARE, HOST_SHARE_FAST)
-# Trips a re-arm answers by teaching the baseline the level that tripped.
-BASELINE_CAUSES = (BASELINE, BASELINE_FAST, RUNAWAY)
-# The slow rules whose breach is counted over `breach_span` windows.
-SPAN_CAUSES = (BASELINE, HOST_SHARE)
 
 # The derived rate cap (`RATE_HEADROOM`, in the table of options) is that many times the
 # average rate `max_orders` allows. A node may send its whole window's cap in one burst under
@@ -74,22 +76,22 @@ HYSTERESIS = 5  # percentage points below a level before it is left, so a value 
 # at 75% is logged once, not every tick
 
 
-# MonitorConfig field -> (its setting in the table, units of the field per unit of the setting).
-_BOUNDED = {
-    "max_orders": ("max-orders", 1), "window_ms": ("window", 1000),
-    "baseline_multiplier": ("baseline-multiplier", 1), "breach_windows": ("breach-windows", 1),
-    "min_orders": ("min-orders", 1), "warmup_ms": ("warmup", 1000),
-    "haunted_ratio": ("haunted-ratio", 1), "half_life_ms": ("half-life", 1000),
-    "profile_bucket_ms": ("profile-bucket", 1000),
-    "profile_half_life_ms": ("profile-half-life", 1000),
-    "fast_window_ms": ("fast-window", 1000), "fast_multiplier": ("fast-multiplier", 1),
-    "fast_breach_ms": ("fast-breach", 1000), "fast_min_orders": ("fast-min-orders", 1),
-    "max_rate": ("max-rate", 1), "baseline_band": ("baseline-band", 1),
-    "baseline_doubling_ms": ("baseline-doubling", 1000),
-    "baseline_slow_half_life_ms": ("baseline-slow-half-life", 1000),
-    "breach_span": ("breach-span", 1), "runaway_growth": ("runaway-growth", 1),
-    "runaway_step": ("runaway-step", 1), "runaway_steps": ("runaway-steps", 1),
-}  # fmt: skip
+def _field(o: Option) -> str:
+    """The `MonitorConfig` field a trip rule setting sets: its key, with `_ms` for a duration
+    (seconds in the table, milliseconds here)."""
+    return f"{o.key}_ms" if _per(o) == 1000 else o.key
+
+
+def _per(o: Option) -> int:
+    return 1000 if o.bound is not None and o.bound.unit == "s" else 1
+
+
+# Every option of the trip rules' group is one field of the same name (`_field`), so a rule's
+# new setting is one `Option` and one field; `cli.rulecli` builds the config from `SETTINGS`.
+_RULE_OPTIONS = tuple(o for o in OPTIONS if o.group == RULE_GROUP and o.verbs == RULE_VERBS)
+# MonitorConfig field -> (its setting in the table, units of the field per unit of the setting)
+SETTINGS: dict[str, tuple[str, int]] = {_field(o): (o.name, _per(o)) for o in _RULE_OPTIONS}
+_BOUNDED = {_field(o): (o.name, _per(o), o.bound) for o in _RULE_OPTIONS if o.bound is not None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,11 +146,10 @@ class MonitorConfig:
             return ValueError(f"{name}: {why}, got {getattr(self, name)!r}")
 
         # The ranges are the table's (`core.settings.options`), the one place they are written.
-        for field, (name, per) in _BOUNDED.items():
+        for field, (name, per, b) in _BOUNDED.items():
             value = getattr(self, field)
             if value is None:
                 continue
-            b = bound(name)
             if isinstance(value, bool) or not b.lo <= value / per <= b.hi:
                 raise bad(field, f"out of range: must be {b.describe()} (--{name})")
         if self.max_host_share is not None and not 0.0 < self.max_host_share < 1.0:

@@ -31,11 +31,16 @@ from killswitch.core.settings.option import (
     fmt_number,
     to_ms,
 )
-from killswitch.core.settings.serviceoptions import RULE_VERBS, SERVICE_OPTIONS, SERVICES
+from killswitch.core.settings.serviceoptions import (
+    RULE_GROUP,
+    RULE_VERBS,
+    SERVICE_OPTIONS,
+    SERVICES,
+)
 
 __all__ = [
-    "CAP_PER_HOST_PER_S", "ENV_PREFIX", "OPTIONS", "RATE_HEADROOM", "RULE_VERBS", "SERVICES",
-    "VERBS", "Bound", "Option", "bound", "closest", "config_keys", "default", "default_ms",
+    "CAP_PER_HOST_PER_S", "ENV_PREFIX", "OPTIONS", "RATE_HEADROOM", "RULE_GROUP", "RULE_VERBS",
+    "SERVICES", "VERBS", "Bound", "Option", "bound", "closest", "config_keys", "default", "default_ms",
     "fmt_number", "option", "options_of", "to_ms",
 ]  # fmt: skip
 

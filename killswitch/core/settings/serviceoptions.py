@@ -16,6 +16,8 @@ from killswitch.core.settings.option import (
 SERVICES = ("sidecar", "aggregator")
 RULE_VERBS = ("aggregator", "backtest")  # the trip rules' flags: one definition for both
 _AGG_RULES = "trip rules"
+# The trip rules' section: each option in it sets the `MonitorConfig` field of its name.
+RULE_GROUP = _AGG_RULES
 _BURST = "limit-burst rule"
 _FENCE = "network fence"
 

@@ -97,14 +97,18 @@ if confirm_epoch > 0 then
   redis.call('PUBLISH', ARGV[15], ARGV[16] .. ' ' .. confirm_epoch .. ' ' .. confirm_ver)
 end
 -- The flight recorder's frozen file of a kill (reported once it exists) belongs to that
--- kill's confirmation; a confirmation of another epoch names none. (HMGET and HSET only:
--- the commands a sidecar's ACL user has.)
+-- kill's confirmation; a confirmation of another epoch names none. (HMGET, HSET and PUBLISH
+-- only: the commands a sidecar's ACL user has.) A file newly named is published on the
+-- confirms channel too, so a `kill` waiting for it wakes at once.
 local rec = redis.call('HMGET', KEYS[1], 'recorder_epoch', 'recorder_file', 'recorder_digest',
   'recorder_complete')
 local named = redis.call('HMGET', KEYS[3], 'epoch', 'recorder_file')
 if rec[2] and rec[2] ~= '' and named[1] == rec[1] then
   redis.call('HSET', KEYS[3], 'recorder_file', rec[2], 'recorder_digest', rec[3] or '',
     'recorder_complete', rec[4] or '0')
+  if named[2] ~= rec[2] then
+    redis.call('PUBLISH', ARGV[15], ARGV[16] .. ' ' .. rec[1] .. ' recorder')
+  end
 elseif named[2] and named[2] ~= '' and named[1] ~= rec[1] then
   redis.call('HSET', KEYS[3], 'recorder_file', '', 'recorder_digest', '', 'recorder_complete', '0')
 end

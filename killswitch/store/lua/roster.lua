@@ -2,7 +2,10 @@
 -- Runs after prelude.lua (audit_append).
 -- KEYS: 1 roster set, 2 audit stream, 3 audit chain head
 -- ARGV: 1 actor, 2.. host names (sorted by the caller)
+-- Returns 0 unchanged, 1 replaced, 2 created: no roster was stored (as a set) before this
+-- write, which the caller tells apart from a first store (Redis lost its data).
 ks_own_type(KEYS[1], 'set')
+local existed = redis.call('EXISTS', KEYS[1]) == 1
 local current = redis.call('SMEMBERS', KEYS[1])
 table.sort(current)
 local wanted = {}
@@ -21,4 +24,5 @@ redis.call('SADD', KEYS[1], unpack(wanted))
 audit_append(KEYS[2], KEYS[3], {'action', 'roster', 'actor', ARGV[1],
   'reason', 'roster set to ' .. table.concat(wanted, ','), 'ts_ms', now,
   'prev_roster', table.concat(current, ',')})
-return 1
+if existed then return 1 end
+return 2
