@@ -2,7 +2,7 @@
 _killswitch() {
   local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
   if [ "$COMP_CWORD" -eq 1 ]; then
-    COMPREPLY=($(compgen -W "sidecar aggregator arm resume rollout kill status watch audit forget demo backtest export recorder loadgen config --help --version" -- "$cur")); return
+    COMPREPLY=($(compgen -W "sidecar aggregator arm resume rollout kill status watch audit forget demo backtest export recorder loadgen alertsink config --help --version" -- "$cur")); return
   fi
   case "${COMP_WORDS[1]}" in
     sidecar)
@@ -96,6 +96,12 @@ _killswitch() {
         --log-format) COMPREPLY=($(compgen -W 'json console' -- "$cur")); return;;
         --log-level) COMPREPLY=($(compgen -W 'debug info warning error' -- "$cur")); return;;
         *) COMPREPLY=($(compgen -W "--redis --node --config --operators --log-format --log-level --listen --rate --duration --name --help" -- "$cur"));;
+      esac;;
+    alertsink)
+      case "$prev" in
+        --log-format) COMPREPLY=($(compgen -W 'json console' -- "$cur")); return;;
+        --log-level) COMPREPLY=($(compgen -W 'debug info warning error' -- "$cur")); return;;
+        *) COMPREPLY=($(compgen -W "--redis --node --config --operators --log-format --log-level --port --bind --help" -- "$cur"));;
       esac;;
     config)
       case "$prev" in

@@ -1,8 +1,8 @@
 """`./dev stack up|test|check|down|build`: the compose stack on a real container engine.
 
 `test` drives the running stack from outside, as an operator would: the killswitch CLI in a
-container of the stack, order lines from a router container, Prometheus over its published
-port. It never reaches into a process, and it always tears the stack down. The engine, the
+container of the stack, order lines from a router container, Prometheus and the alert
+webhook receiver over their published ports. It never reaches into a process, and it always tears the stack down. The engine, the
 images and up/down are in stackengine.py.
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 
 from stackengine import (
     NOT_TESTED,
+    PORTS,
     Engine,
     StackError,
     build,
@@ -92,10 +93,28 @@ class Operator:
         return p.stdout.splitlines()
 
 
-def prom(eng: Engine, path: str) -> Any:
-    url = f"http://127.0.0.1:{eng.env['PROMETHEUS_PORT']}{path}"
+def get_json(eng: Engine, port_var: str, path: str) -> Any:
+    """GET a published port of the stack (PROMETHEUS_PORT, ...) on 127.0.0.1."""
+    url = f"http://127.0.0.1:{eng.env[port_var]}{path}"
     with urllib.request.urlopen(url, timeout=5) as r:
-        return json.load(r)["data"]
+        return json.load(r)
+
+
+def prom(eng: Engine, path: str) -> Any:
+    return get_json(eng, "PROMETHEUS_PORT", path)["data"]
+
+
+def delivered(eng: Engine, alertname: str, node: str) -> list[dict[str, Any]]:
+    """The firing `alertname` alerts for `node` that reached the stack's webhook receiver."""
+    notes = get_json(eng, "ALERT_RECEIVER_PORT", "/alerts")["notifications"]
+    return [
+        a
+        for n in notes
+        for a in n["alerts"]
+        if a["status"] == "firing"
+        and a["labels"].get("alertname") == alertname
+        and a["labels"].get("node") == node
+    ]
 
 
 def all_confirmed(rep: dict[str, Any], state: str) -> bool:
@@ -167,6 +186,13 @@ def drive(eng: Engine) -> Checks:
     c.ok(f"alert rules loaded: {len(rules)} rules, KillswitchNodeKilled among them")
     wait(lambda: not alert_firing(), "KillswitchNodeKilled not firing while armed", timeout=60)
     c.ok("KillswitchNodeKilled is not firing while the node is armed")
+    wait(
+        lambda: prom(eng, "/api/v1/alertmanagers")["activeAlertmanagers"],
+        "Prometheus connected to Alertmanager",
+    )
+    # On a fresh stack none; `check` on a used stack may find earlier kills' alerts.
+    seen = len(delivered(eng, "KillswitchNodeKilled", NODE))
+    c.ok(f"Prometheus sends to Alertmanager; kill alerts at the webhook receiver so far: {seen}")
 
     # 4. An automatic trip: a flood through sidecar-or-08 (Knight's eighth server) pushes the
     # node over --max-orders; every host confirms the kill.
@@ -183,6 +209,17 @@ def drive(eng: Engine) -> Checks:
 
     wait(alert_firing, "KillswitchNodeKilled firing", timeout=60)
     c.ok("Prometheus alert KillswitchNodeKilled is firing")
+    *_, alert = wait(
+        lambda: (got := delivered(eng, "KillswitchNodeKilled", NODE))[seen:] and got,
+        "KillswitchNodeKilled delivered by Alertmanager to the webhook receiver",
+        timeout=60,
+    )
+    assert alert["labels"]["severity"] == "critical", alert
+    assert alert["annotations"]["runbook_url"].endswith("#killswitchnodekilled"), alert
+    c.ok(
+        f"Alertmanager delivered KillswitchNodeKilled{{node={NODE}}} to the webhook receiver"
+        f" (runbook_url {alert['annotations']['runbook_url']})"
+    )
 
     # 5. Re-arm, then a manual kill, proven 8/8 by the kill command itself.
     rep = op.arm("stack test: re-arm after the trip")
@@ -235,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             down(eng)
             return 0
         if args.verb == "check":  # the checks of `test` against a stack that is already up
-            eng.env.setdefault("PROMETHEUS_PORT", "9090")
+            for var, port in PORTS.items():
+                eng.env.setdefault(var, port)
             say(f"PASSED {len(drive(eng).passed)} checks")
             return 0
         images = build(eng)
@@ -245,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verb == "up":
             up(eng, images, with_grafana=online)
             return 0
-        eng.env["PROMETHEUS_PORT"] = str(free_port())
+        for var in PORTS:
+            eng.env[var] = str(free_port())
         down(eng)  # a stack left over from an interrupted run would skew every check
         try:
             up(eng, images, with_grafana=False)

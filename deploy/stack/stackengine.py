@@ -4,12 +4,13 @@ touch a container, image or volume that is not this project's.
 
 Docker with a reachable daemon is used as it is; otherwise podman with this directory's
 containers.conf and podman-compose. With no registry reachable (or KILLSWITCH_STACK_OFFLINE=1)
-the images are built from Debian packages: an mmdebstrap base, Redis and Prometheus from
-Debian, and killswitch from wheels built on this machine. Built images are reused.
+the images are built from Debian packages: an mmdebstrap base, Redis, Prometheus and
+Alertmanager from Debian, and killswitch from wheels built on this machine. Built images are reused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -28,17 +29,25 @@ STACK_DIR = REPO / ".stack"
 WHEELS = STACK_DIR / "wheels"
 PROJECT = "killswitch"
 
-OFFLINE_BASE = "localhost/killswitch-base:bookworm"
-OFFLINE_IMAGES = {
-    "REDIS_IMAGE": ("localhost/killswitch-redis:bookworm", "redis.Containerfile"),
-    "PROMETHEUS_IMAGE": ("localhost/killswitch-prometheus:bookworm", "prometheus.Containerfile"),
-}
 # Debian packages of the offline base: the killswitch image needs python3 and its venv
-# module; the Redis and Prometheus images are this base with their own user and entrypoint.
-BASE_PACKAGES = "python3,python3-venv,redis-server,redis-tools,prometheus"
+# module; the Redis, Prometheus and Alertmanager images are this base with their own user and
+# entrypoint. The base's tag names this list, so a base made from an older list is not reused.
+BASE_PACKAGES = "python3,python3-venv,redis-server,redis-tools,prometheus,prometheus-alertmanager"
+_PACKAGES_ID = hashlib.sha256(BASE_PACKAGES.encode()).hexdigest()[:8]
+OFFLINE_BASE = f"localhost/killswitch-base:bookworm-{_PACKAGES_ID}"
+OFFLINE_IMAGES = {
+    name: (f"localhost/killswitch-{image}:bookworm-{_PACKAGES_ID}", f"{image}.Containerfile")
+    for name, image in (
+        ("REDIS_IMAGE", "redis"),
+        ("PROMETHEUS_IMAGE", "prometheus"),
+        ("ALERTMANAGER_IMAGE", "alertmanager"),
+    )
+}
 # Grafana has no Debian package to build an image from offline; it stays in compose.yaml for
 # users and is the one service the test does not run.
 NOT_TESTED = ("grafana",)
+# The ports compose.yaml publishes on 127.0.0.1 (variables of compose.yaml) and their defaults.
+PORTS = {"PROMETHEUS_PORT": "9090", "ALERTMANAGER_PORT": "9093", "ALERT_RECEIVER_PORT": "9095"}
 
 
 def say(msg: str) -> None:
@@ -201,7 +210,10 @@ def build_killswitch(eng: Engine, base: str | None) -> str:
 
 def build(eng: Engine) -> dict[str, str]:
     if registry_reachable():
-        say("a registry is reachable: upstream images (redis, prom/prometheus, python:3.11-slim)")
+        say(
+            "a registry is reachable: upstream images"
+            " (redis, prom/prometheus, prom/alertmanager, python:3.11-slim)"
+        )
         return {"KILLSWITCH_IMAGE": build_killswitch(eng, None)}
     say("no registry reachable: building the images from Debian packages")
     return build_offline(eng)
@@ -225,10 +237,15 @@ def services(eng: Engine, *, with_grafana: bool) -> list[str]:
 
 def up(eng: Engine, images: dict[str, str], *, with_grafana: bool) -> None:
     eng.env.update(images)
-    eng.env.setdefault("PROMETHEUS_PORT", "9090")
+    for var, port in PORTS.items():
+        eng.env.setdefault(var, port)
     todo = services(eng, with_grafana=with_grafana)
     eng.compose_run("up", "-d", "--no-build", *todo)
-    say(f"up: {', '.join(todo)}; Prometheus on http://127.0.0.1:{eng.env['PROMETHEUS_PORT']}")
+    say(
+        f"up: {', '.join(todo)}; Prometheus on http://127.0.0.1:{eng.env['PROMETHEUS_PORT']},"
+        f" Alertmanager on http://127.0.0.1:{eng.env['ALERTMANAGER_PORT']}, what it delivered"
+        f" on http://127.0.0.1:{eng.env['ALERT_RECEIVER_PORT']}/alerts"
+    )
 
 
 def down(eng: Engine) -> None:

@@ -62,6 +62,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "killswitch recorder --node smars --around 7 --host or-08     # pulled from the sidecars",
     ),
     "loadgen": ("killswitch loadgen --listen tcp:127.0.0.1:7000 --rate 50 --duration 10",),
+    "alertsink": (
+        "killswitch alertsink                  # GET http://127.0.0.1:9095/alerts: what arrived",
+        "killswitch alertsink --bind 0.0.0.0   # Alertmanager's webhook url: http://HOST:9095/alerts",
+    ),
     "config": (
         "killswitch config --check --config /etc/killswitch/killswitch.toml",
         "killswitch config --check sidecar     # one verb's settings and where they come from",

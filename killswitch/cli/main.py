@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING
 from killswitch.cli import operatorverbs, services
 from killswitch.cli.exits import fail
 from killswitch.cli.parser import build_parser
-from killswitch.cli.settings import aggregator_settings, loadgen_settings, sidecar_settings
+from killswitch.cli.settings import (
+    aggregator_settings,
+    alertsink_settings,
+    loadgen_settings,
+    sidecar_settings,
+)
 from killswitch.cli.transport import FAST_VERBS
 from killswitch.core.node.names import InvalidName
 from killswitch.ops.control import EXIT_FAILED, EXIT_USAGE
@@ -32,6 +37,7 @@ __all__ = ["build_parser", "main", "settings_from_args"]
 if TYPE_CHECKING:  # the services import redis/aiohttp: only loaded when one runs
     from killswitch.aggregator.settings import AggregatorSettings
     from killswitch.sidecar.settings import SidecarSettings
+    from killswitch.sim.alertsink import AlertSinkSettings
     from killswitch.sim.loadgen import LoadgenSettings
 
 
@@ -82,6 +88,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if cmd == "loadgen":
         return services.start_loadgen(r)
+    if cmd == "alertsink":
+        from killswitch.sim.alertsink import serve
+
+        return serve(alertsink_settings(r))
     if cmd == "backtest":
         from killswitch.cli import rulecli
 
@@ -129,7 +139,7 @@ def _resolve(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Resolver
     r = resolver(args, env)
     r.resolve()
     redis_url: str = r.get("redis")
-    if args.command not in ("demo", "backtest", "loadgen"):
+    if args.command not in ("demo", "backtest", "loadgen", "alertsink"):
         try:
             check_url(redis_url)
         except ValueError as e:
@@ -139,12 +149,14 @@ def _resolve(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Resolver
 
 def settings_from_args(
     args: argparse.Namespace, env: Mapping[str, str] | None = None
-) -> SidecarSettings | AggregatorSettings | LoadgenSettings:
-    """What `sidecar`, `aggregator` or `loadgen` would run with: resolved and validated
+) -> SidecarSettings | AggregatorSettings | LoadgenSettings | AlertSinkSettings:
+    """What `sidecar`, `aggregator`, `loadgen` or `alertsink` would run with: resolved and validated
     exactly as the command does (ConfigError / InvalidName on a bad value), nothing started."""
     r, redis_url = _resolve(args, os.environ if env is None else env)
     if args.command == "loadgen":
         return loadgen_settings(r)
+    if args.command == "alertsink":
+        return alertsink_settings(r)
     node = r.require("node")
     if args.command == "sidecar":
         return sidecar_settings(r, node, redis_url)

@@ -75,6 +75,8 @@ DESCRIPTIONS = {
     "every gate decision with its reason, epoch and release (docs/RECORDER.md). Without FILE, "
     "--node N pulls every host's ring from its sidecar's metrics port (GET /recorder).",
     "loadgen": "A simulated order router: sends ORDER lines to a sidecar's gate at a rate.",
+    "alertsink": "An Alertmanager webhook receiver (the compose stack's): keeps the "
+    "notifications it gets and serves them back on GET /alerts; logs ALERT_RECEIVED per alert.",
     "config": "Check the config file: every key known, every value valid for every verb (or "
     "VERB); prints each resolved setting and where it came from.",
 }

@@ -19,6 +19,7 @@ from killswitch.ops.control import (
     iso_time,
 )
 from killswitch.view import ruleview
+from killswitch.view.table import Col, table_lines
 from killswitch.view.text import escape, safe_text
 
 
@@ -143,36 +144,54 @@ def split_lines(rep: dict[str, Any]) -> list[str]:
     ]
 
 
+HOST_COLUMNS = (
+    Col("host", overflow="keep"),  # names may be 63 characters: never cut
+    Col("alive", overflow="keep"),
+    Col("age", "right", "keep"),
+    Col("gate", overflow="keep"),
+    Col("view", overflow="keep"),
+    Col("epoch", "right", "keep"),
+    Col("ord/s", "right", "keep"),
+    Col("confirmed", overflow="keep"),
+    Col("release", overflow="keep"),
+    Col(""),  # what is wrong with the host, folded to the terminal's width
+)
+
+
 def _hosts(rep: dict[str, Any]) -> list[str]:
-    w = max((len(h) for h in rep.get("hosts", {})), default=4)  # names may be 63 characters
-    out = [
-        f"  {'host':<{w}} {'alive':<6} {'age':>7} {'gate':<7} {'view':<8} {'epoch':>6} {'ord/s':>9} {'confirmed':<9} {'release':<12}"
-    ]
     odd = (rep.get("release_split") or {}).get("odd", {})
     confirmed = set(rep.get("confirmed", []))
+    rows = []
     for h, s in rep.get("hosts", {}).items():
-        age = "-" if s.get("age_s") is None else f"{s['age_s']:.2f}s"
-        mark = "yes" if h in confirmed else "NO"
-        line = (
-            f"  {h:<{w}} {('yes' if s.get('alive') else 'NO'):<6} {age:>7} {s.get('gate', '?'):<7} "
-            f"{s.get('view') or '?':<8} {s.get('epoch', 0):>6} {s.get('orders_per_s', 0):>9.1f} {mark:<9} "
-            f"{(s.get('release') or '-')[:12]:<12}"
-        )
+        notes = []
         if h in odd:
-            line += "  ! SPLIT: runs another release"
+            notes.append("! SPLIT: runs another release")
         if s.get("attest"):
-            line += f"  ! {escape(s['attest'])}"
+            notes.append(f"! {escape(s['attest'])}")
         if s.get("regression"):
-            line += f"  ! {escape(s['regression'])}"
+            notes.append(f"! {escape(s['regression'])}")
         if s.get("functions"):
-            line += f"  ! {escape(s['functions'])}"
+            notes.append(f"! {escape(s['functions'])}")
         if s.get("proof"):
-            line += f"  ! arm not accepted: {escape(s['proof'])}"
+            notes.append(f"! arm not accepted: {escape(s['proof'])}")
         if s.get("scope_kept"):
             kept = escape(" ".join(s["scope_kept"]))
-            line += f"  ! still enforces {kept}: no signed lift it could verify"
-        out.append(line)
-    return out
+            notes.append(f"! still enforces {kept}: no signed lift it could verify")
+        rows.append(
+            [
+                h,
+                "yes" if s.get("alive") else "NO",
+                "-" if s.get("age_s") is None else f"{s['age_s']:.2f}s",
+                str(s.get("gate", "?")),
+                str(s.get("view") or "?"),
+                str(s.get("epoch", 0)),
+                f"{s.get('orders_per_s', 0):.1f}",
+                "yes" if h in confirmed else "NO",
+                escape((s.get("release") or "-")[:12]),
+                "  ".join(notes),
+            ]
+        )
+    return table_lines(HOST_COLUMNS, rows, indent=2)
 
 
 def _field(k: str, v: str) -> str:
@@ -182,6 +201,8 @@ def _field(k: str, v: str) -> str:
     return f"{k}={v}"
 
 
+# The audit is records, one per line, sized here rather than drawn by rich.Table: a chain may
+# hold 100,000 entries, and rich spends about half a millisecond a row (docs/PERFORMANCE.md).
 def _audit(rep: dict[str, Any]) -> str:
     rows = rep.get("entries", [])
     if not rows:

@@ -97,6 +97,7 @@ def backtest_command(r: Resolver) -> tuple[int, str]:
     from killswitch.core.rules.backtest import CsvError, read_counts_csv, replay
     from killswitch.core.rules.config import with_static_cap
     from killswitch.view.ruleview import iso
+    from killswitch.view.table import Col, table_lines
 
     as_json = bool(r.get("json"))
     name = r.get("scenario")
@@ -150,9 +151,22 @@ def backtest_command(r: Resolver) -> tuple[int, str]:
         f"{tick_ms} ms, {sum(not t['shadow'] for t in trips)} trips, "
         f"{sum(bool(t['shadow']) for t in trips)} shadow trips"
     ]
-    for t in trips:
-        kind = "SHADOW (would have tripped)" if t["shadow"] else "TRIP"
-        lines.append(f"  {t['time']}  {kind:<27} {t['cause']:<15}  {t['detail']}")
+    rows = [
+        [
+            str(t["time"]),
+            "SHADOW (would have tripped)" if t["shadow"] else "TRIP",
+            str(t["cause"]),
+            str(t["detail"]),
+        ]
+        for t in trips
+    ]
+    cols = (
+        Col("time", overflow="keep"),
+        Col("kind", overflow="keep"),
+        Col("cause", overflow="keep"),
+        Col("detail"),
+    )
+    lines.extend(table_lines(cols, rows, indent=2, header=False) if rows else [])
     return 0, "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the services import redis/aiohttp: only loaded when one run
     from killswitch.aggregator.settings import AggregatorSettings
     from killswitch.core.enforce.fence import FenceSpec
     from killswitch.sidecar.settings import SidecarSettings
+    from killswitch.sim.alertsink import AlertSinkSettings
     from killswitch.sim.loadgen import LoadgenSettings
 
 
@@ -174,6 +175,12 @@ def check_state_dir(directory: str) -> None:
     problem = prepare_dir(directory)
     if problem:
         raise ConfigError(f"state-dir: {problem}")
+
+
+def alertsink_settings(r: Resolver) -> AlertSinkSettings:
+    from killswitch.sim.alertsink import AlertSinkSettings
+
+    return AlertSinkSettings(bind=r.get("bind"), port=r.get("port"))
 
 
 def loadgen_settings(r: Resolver) -> LoadgenSettings:

@@ -171,7 +171,8 @@ def _hosts(rep: Mapping[str, Any], agg: Mapping[str, Any]) -> RenderableType:
         ("view", "left"), ("epoch", "right"), ("orders/s", "right"), ("confirmed", "left"),
         ("release", "left"), ("", "left"),
     ):  # fmt: skip
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        # fold, never cut: a host name (up to 63 characters) is what an operator acts on
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     confirmed = set(rep.get("confirmed") or [])
     stale = set(rep.get("stale_hosts") or [])
     haunted = {h.get("host"): h for h in _list(agg.get("haunted"))}

@@ -19,6 +19,7 @@ from killswitch.core.node.names import InvalidName, check_name
 from killswitch.ops import control
 from killswitch.ops.control import EXIT_FAILED, EXIT_OK, EXIT_UNCONFIRMED, Outcome
 from killswitch.store.store import Store, fleet_nodes
+from killswitch.view.table import Col, table_lines
 
 
 async def _each(
@@ -117,33 +118,43 @@ async def status_fleet(redis: Redis) -> Outcome:
     return Outcome(EXIT_OK, report)
 
 
+FLEET_COLUMNS = (
+    Col("node", overflow="keep"),
+    Col("state", overflow="keep"),
+    Col("epoch", overflow="keep"),
+    Col("confirmed", overflow="keep"),
+    Col("detail"),  # what is wrong, folded to the terminal's width
+)
+
+
 def fleet_lines(report: dict[str, Any]) -> list[str]:
     """One line per node: the bad news first (missing, stale), then the rest by name."""
-    rows = []
+    rows: list[tuple[int, str, list[str]]] = []
     for n, rep in report["nodes"].items():
         if "error" in rep:
-            rows.append((0, f"{n:<20} ERROR {rep['error']}"))
+            rows.append((0, n, [n, "ERROR", "", "", str(rep["error"])]))
             continue
         roster, confirmed = rep.get("roster", []), rep.get("confirmed", [])
-        line = (
-            f"{n:<20} {rep.get('state', '?'):<8} epoch {rep.get('epoch', 0):<6} "
-            f"confirmed {len(confirmed)}/{len(roster)}"
-        )
-        worry = 1
+        notes = []
         if rep.get("missing"):
-            line += f"  MISSING: {', '.join(rep['missing'])}"
-            worry = 0
+            notes.append(f"MISSING: {', '.join(rep['missing'])}")
         if rep.get("stale_hosts"):
-            line += f"  STALE: {', '.join(rep['stale_hosts'])}"
-            worry = 0
+            notes.append(f"STALE: {', '.join(rep['stale_hosts'])}")
         others = sorted(
             set(rep.get("disagree", {})) - {*rep.get("missing", []), *rep.get("stale_hosts", [])}
         )
         if others:
-            line += f"  DISAGREE: {', '.join(others)}"
-            worry = 0
-        rows.append((worry, line))
-    lines = [text for _, text in sorted(rows)]
+            notes.append(f"DISAGREE: {', '.join(others)}")
+        cells = [
+            n,
+            str(rep.get("state", "?")),
+            f"epoch {rep.get('epoch', 0)}",
+            f"confirmed {len(confirmed)}/{len(roster)}",
+            "  ".join(notes),
+        ]
+        rows.append((0 if notes else 1, n, cells))
+    rows.sort(key=lambda row: row[:2])
+    lines = table_lines(FLEET_COLUMNS, [cells for *_, cells in rows], header=False) if rows else []
     if report.get("invalid_node_names"):
         lines.append(f"ignored invalid node names in the registry: {report['invalid_node_names']}")
     if not lines:

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from killswitch.view.table import Col, table_lines
+
 if TYPE_CHECKING:  # annotations only: `status` shows the view without loading the rules
     from killswitch.core.rules.anomaly import Evaluation, MonitorConfig
     from killswitch.core.rules.rule import Rule
@@ -277,6 +279,17 @@ def shadow_banner(view: Mapping[str, Any]) -> list[str]:
     ]
 
 
+RULE_COLUMNS = (
+    Col("rule", overflow="keep"),
+    Col("window", "right", "keep"),
+    Col("mode", overflow="keep"),
+    Col("value", overflow="keep"),
+    Col("limit", overflow="keep"),
+    Col("level", overflow="keep"),
+    Col("note"),
+)
+
+
 def rule_lines(view: Mapping[str, Any]) -> list[str]:
     """The aggregator's rules as `status` shows them: limit, level, baseline, haunted hosts."""
     if not view:
@@ -301,6 +314,7 @@ def rule_lines(view: Mapping[str, Any]) -> list[str]:
         rules = decode_view({"rules": rules})["rules"]
     if not any(r.get("active") and not r.get("shadow") for r in rules):
         out.append("  NO ACTIVE TRIP RULE: nothing would kill this node by itself now")
+    cells = []
     for r in rules:
         limit = r.get("limit")
         unit = r.get("unit") or _EARLIER_UNITS.get(str(r.get("rule")))
@@ -314,12 +328,13 @@ def rule_lines(view: Mapping[str, Any]) -> list[str]:
             value = f"{r.get('value', 0):.0f}"
             lim = "-" if limit is None else f"{limit:.0f}"
         mode = "SHADOW (not enforcing)" if r.get("shadow") else "enforcing"
-        active = "" if r.get("active") else "  (inactive: warming up or below --min-orders)"
+        active = "" if r.get("active") else "(inactive: warming up or below --min-orders)"
         win_s = f"{r['window_s']:g}s" if isinstance(r.get("window_s"), (int, float)) else ""
-        out.append(
-            f"  {r.get('rule', '?'):<15} {win_s:>4} {mode:<22} value {value:<14} "
-            f"limit {lim:<8} level {r.get('level', 0)}%{active}"
+        level = f"level {r.get('level', 0)}%"
+        cells.append(
+            [str(r.get("rule", "?")), win_s, mode, f"value {value}", f"limit {lim}", level, active]
         )
+    out.extend(table_lines(RULE_COLUMNS, cells, indent=2, header=False) if cells else [])
     haunted = view.get("haunted") or []
     if isinstance(haunted, str):
         haunted = decode_view({"haunted": haunted})["haunted"]

@@ -267,6 +267,16 @@ class TestImportBudget:
         assert res.returncode == 0 and "usage: killswitch" in res.stdout
         assert not imported(res.stderr) & set(HEAVY)
 
+    def test_status_table_piped_loads_no_rich(self, redis_url: str) -> None:
+        """`status` printing its host table (ASCII) to a pipe imports none of rich: rich
+        draws only tables folded to a terminal, and measures only text that is not ASCII."""
+        node = f"leantable{os.getpid()}"
+        add_roster(redis_url, node)
+        res = run_cli("status", "--redis", redis_url, "--node", node, importtime=True)
+        assert res.returncode == control.EXIT_UNCONFIRMED, res.stderr[-2000:]
+        assert re.search(r"^  host +alive +age", res.stdout, re.M), res.stdout
+        assert "rich" not in imported(res.stderr), sorted(imported(res.stderr))
+
     def test_other_verbs_still_load_their_parts(self) -> None:
         """`aggregator --help` still lists the trip-rule flags the fast verbs leave off."""
         res = run_cli("aggregator", "--help")

@@ -26,7 +26,8 @@ from killswitch.sim.embedded import EmbeddedRedis, free_port
 from killswitch.store.keys import NodeKeys
 from kstest import Fleet
 from kstest.promcheck import PER_HOST_METRICS, boolify, check_expr, grouping, selectors
-from kstest.promharness import PrometheusHarness, extract_exprs
+from kstest.promexprs import extract_exprs
+from kstest.promharness import PrometheusHarness
 
 HOSTS = ["or-01", "or-02", "or-03", "or-04"]
 

@@ -19,16 +19,15 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from kstest import promcheck
-from kstest.promharness import (
+from kstest.promexprs import (
     ALERT_RULES,
     DEFAULT_VARIABLES,
     REPO_ROOT,
-    PrometheusHarness,
     PromExpr,
-    PromQueryError,
     extract_exprs,
     substitute,
 )
+from kstest.promharness import PrometheusHarness, PromQueryError
 
 PROM_DIR = REPO_ROOT / "deploy" / "prometheus"
 DASHBOARD_FILES = sorted((REPO_ROOT / "dashboards").glob("*.json"))

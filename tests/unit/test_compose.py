@@ -20,6 +20,7 @@ from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.cli.main import build_parser, settings_from_args
 from killswitch.runtime.config import ConfigError
 from killswitch.sidecar.settings import SidecarSettings
+from killswitch.sim.alertsink import AlertSinkSettings
 from killswitch.sim.loadgen import LoadgenSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -105,6 +106,7 @@ class TestComposeFile:
             ("redis", "REDIS_IMAGE", "redis:7.2-alpine"),
             ("aggregator", "KILLSWITCH_IMAGE", "killswitch:dev"),
             ("prometheus", "PROMETHEUS_IMAGE", "prom/prometheus:v2.42.0"),
+            ("alertmanager", "ALERTMANAGER_IMAGE", "prom/alertmanager:v0.25.0"),
             ("grafana", "GRAFANA_IMAGE", "grafana/grafana-oss:10.4.2"),
         ],
     )
@@ -222,6 +224,52 @@ class TestComposeFile:
         assert (mounts["grafana"][dashboards_in] / "fleet-overview.json").is_file()
 
 
+class TestComposeAlerting:
+    """Prometheus -> Alertmanager -> the webhook receiver, wired by service name and port."""
+
+    def test_prometheus_sends_alerts_to_the_alertmanager_service(self) -> None:
+        """prometheus.yml's alerting target is the alertmanager service on its web port, on a
+        network both services join."""
+        services = load_compose()["services"]
+        config = yaml.safe_load((REPO_ROOT / "deploy/prometheus/prometheus.yml").read_text())
+        targets = [
+            t
+            for am in config["alerting"]["alertmanagers"]
+            for static in am["static_configs"]
+            for t in static["targets"]
+        ]
+        assert targets == ["alertmanager:9093"]
+        published = [p.rsplit(":", 1)[1] for p in services["alertmanager"]["ports"]]
+        assert published == ["9093"]
+        shared = set(services["prometheus"]["networks"]) & set(services["alertmanager"]["networks"])
+        assert shared
+
+    def test_alertmanager_routes_to_the_receiver_service(self) -> None:
+        """Every webhook of the mounted alertmanager.yml is the alert-receiver service's
+        /alerts on the port it listens on, on a network both join."""
+        services = load_compose()["services"]
+        mounts = dict(v.split(":")[:2][::-1] for v in services["alertmanager"]["volumes"])
+        am_dir = REPO_ROOT / mounts["/etc/alertmanager"]
+        argv = argv_of(services["alertmanager"]["command"])
+        assert "--config.file=/etc/alertmanager/alertmanager.yml" in argv
+        config = yaml.safe_load((am_dir / "alertmanager.yml").read_text())
+        receiver = argv_of(services["alert-receiver"]["command"])
+        assert receiver[:2] == ["killswitch", "alertsink"]
+        port = option(receiver, "--port")
+        hooks = [h["url"] for r in config["receivers"] for h in r.get("webhook_configs", [])]
+        assert hooks == [f"http://alert-receiver:{port}/alerts"]
+        assert config["route"]["receiver"] in {r["name"] for r in config["receivers"]}
+        shared = set(services["alertmanager"]["networks"]) & set(
+            services["alert-receiver"]["networks"]
+        )
+        assert shared
+
+    def test_the_receiver_listens_beyond_loopback(self) -> None:
+        """The receiver binds 0.0.0.0: Alertmanager reaches it from another container."""
+        argv = argv_of(load_compose()["services"]["alert-receiver"]["command"])
+        assert option(argv, "--bind") == "0.0.0.0"
+
+
 class TestComposeCommands:
     def test_lists_every_killswitch_command(self) -> None:
         """One aggregator, eight sidecars and eight routers: seventeen killswitch commands."""
@@ -310,6 +358,8 @@ class TestComposeCommandsInTheCli:
                 assert isinstance(settings, AggregatorSettings), cmd
                 assert settings.hosts == tuple(HOSTS) and settings.metrics_port == 9101
                 assert settings.monitor.max_orders == 2400
+            elif cmd.argv[1] == "alertsink":
+                assert settings == AlertSinkSettings(bind="0.0.0.0", port=9095), cmd
             else:
                 assert isinstance(settings, LoadgenSettings), cmd
                 assert settings.address == f"tcp:sidecar-{cmd.service.removeprefix('router-')}:7000"

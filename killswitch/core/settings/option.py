@@ -17,7 +17,7 @@ DAY = 86_400.0
 # Every verb, in the order `--help` lists them.
 VERBS = (
     "sidecar", "aggregator", "arm", "resume", "rollout", "kill", "status", "watch", "audit",
-    "forget", "demo", "backtest", "export", "recorder", "loadgen", "config",
+    "forget", "demo", "backtest", "export", "recorder", "loadgen", "alertsink", "config",
 )  # fmt: skip
 
 # The static cap an aggregator (and a backtest) enforces when no --max-orders is given: this

@@ -198,6 +198,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("duration", ("loadgen",), "stop after S seconds", kind="float",
            bound=S(0.001, 30 * DAY), metavar="S", unset="run until stopped"),
     Option("name", ("loadgen",), "prefix of order ids", default="router", metavar="NAME"),
+    # -- alertsink ------------------------------------------------------------------------
+    Option("port", ("alertsink",), "the port Alertmanager's webhook posts to", kind="int",
+           default=9095, bound=N(1, 65535), metavar="P", env=""),
+    Option("bind", ("alertsink",), "address to bind to (0.0.0.0 to receive from another "
+           "container)", kind="bind", default="127.0.0.1", metavar="ADDR", env=""),
     # -- config ---------------------------------------------------------------------------
     Option("check", ("config",), "validate the config file for every verb (or VERB): unknown "
            "keys and bad values exit 2, one line each; print every resolved setting and its "
