@@ -78,11 +78,9 @@ class Instruments:
         ).labels(node)
 
 
-class Aggregator(Protocol):
-    """What the collector reads of an aggregator (structural: the service is not imported)."""
+class Rules(Protocol):
+    """What the collector reads of the aggregator's trip rules (`trips.TripRules`)."""
 
-    @property
-    def s(self) -> AggregatorSettings: ...
     @property
     def window(self) -> SlidingWindow: ...
     @property
@@ -92,24 +90,40 @@ class Aggregator(Protocol):
     @property
     def evaluation(self) -> Evaluation | None: ...
     @property
+    def fleet(self) -> FleetRule | None: ...
+    @property
+    def release_split(self) -> Split | None: ...
+    @property
+    def limit_burst(self) -> LimitBurst | None: ...
+    @property
+    def rollouts(self) -> RolloutWatch: ...
+    @property
+    def rule_guard(self) -> RuleGuard: ...
+
+
+class Upkeep(Protocol):
+    """What the collector reads of the aggregator's upkeep (`upkeep.Upkeep`)."""
+
+    @property
     def durable(self) -> Durability | None: ...
+
+
+class Aggregator(Protocol):
+    """What the collector reads of an aggregator (structural: the service is not imported)."""
+
+    @property
+    def s(self) -> AggregatorSettings: ...
+    @property
+    def rules(self) -> Rules: ...
+    @property
+    def upkeep(self) -> Upkeep: ...
     @property
     def trust(self) -> Trust: ...
     @property
     def unlisted(self) -> tuple[str, ...]: ...
     @property
-    def fleet(self) -> FleetRule | None: ...
-    @property
     def inputs(self) -> InputGuard: ...
-    @property
-    def release_split(self) -> Split | None: ...
-    @property
-    def limit_burst(self) -> LimitBurst | None: ...
     def not_flat(self) -> Sequence[str]: ...
-    @property
-    def rollouts(self) -> RolloutWatch: ...
-    @property
-    def rule_guard(self) -> RuleGuard: ...
     @property
     def audit_mirror(self) -> AuditMirror | None: ...
     def is_leader(self) -> bool: ...
@@ -123,7 +137,7 @@ class AggregatorCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        a, n = self.agg, self.agg.s.node
+        a, r, n = self.agg, self.agg.rules, self.agg.s.node
         win = ruleview.window_label(a.s.monitor)
 
         def node_gauge(name: str, doc: str, value: float, **extra: str) -> GaugeMetricFamily:
@@ -143,7 +157,7 @@ class AggregatorCollector:
         yield node_gauge(
             "killswitch_node_orders",
             "Orders sent across all hosts of the node within the sliding window.",
-            a.window.total, window=win,
+            r.window.total, window=win,
         )  # fmt: skip
         if a.s.monitor.max_orders is not None:
             yield node_gauge(
@@ -152,7 +166,7 @@ class AggregatorCollector:
                 a.s.monitor.max_orders, window=win,
             )  # fmt: skip
         yield node_gauge("killswitch_node_killed", "1 while the node is KILLED.",
-                         float(a.state.state is NodeState.KILLED))  # fmt: skip
+                         float(r.state.state is NodeState.KILLED))  # fmt: skip
         if a.audit_mirror is not None:
             yield node_gauge(
                 "killswitch_audit_chain_ok",
@@ -160,7 +174,7 @@ class AggregatorCollector:
                 "entry it copied was rewritten, removed or cut off in Redis.",
                 float(a.audit_mirror.chain_ok),
             )  # fmt: skip
-        yield node_gauge("killswitch_node_epoch", "The node's current epoch.", a.state.epoch)
+        yield node_gauge("killswitch_node_epoch", "The node's current epoch.", r.state.epoch)
         yield node_gauge(
             "killswitch_roster_hosts", "Hosts on the node's roster.", len(a.trust.roster)
         )
@@ -177,9 +191,9 @@ class AggregatorCollector:
         yield node_gauge(
             "killswitch_release_split_hosts",
             "Roster hosts running another release than the rest (version vector split; 0 none).",
-            len(a.release_split.odd) if a.release_split else 0,
+            len(r.release_split.odd) if r.release_split else 0,
         )
-        ro = a.rollouts.active
+        ro = r.rollouts.active
         yield node_gauge(
             "killswitch_rollout_hosts",
             "Roster hosts a verified rollout lets run its new release (all once promoted; 0 none).",
@@ -189,14 +203,14 @@ class AggregatorCollector:
             "killswitch_rollout_unproven",
             "1 while the stored rollout claims to be in progress but does not verify (it exempts "
             "nothing).",
-            float(bool(a.rollouts.refusal)),
+            float(bool(r.rollouts.refusal)),
         )
         yield node_gauge(
             "killswitch_arm_unproven",
             "1 while the node is ARMED in Redis without two valid operator signatures.",
             float(bool(a.trust.refusal)),
         )
-        q = a.quorum
+        q = r.quorum
         yield node_gauge(
             "killswitch_confirmed_hosts",
             "Roster hosts that confirmed the node's current epoch.",
@@ -224,7 +238,7 @@ class AggregatorCollector:
             labels=["node", "host"],
         )
         for h in a.trust.roster:
-            per_host.add_metric([n, h, win], a.window.by_host.get(h, 0))
+            per_host.add_metric([n, h, win], r.window.by_host.get(h, 0))
             alive.add_metric([n, h], float(bool(q and q.hosts[h].alive)))
             confirmed.add_metric([n, h], float(bool(q and h in q.confirmed)))
             age = q.hosts[h].age_s if q else None
@@ -240,19 +254,19 @@ class AggregatorCollector:
         )
         lead.add_metric([n, a.s.instance], float(a.is_leader()))
         yield lead
-        if a.durable is not None and a.durable.enabled is not None:
+        if a.upkeep.durable is not None and a.upkeep.durable.enabled is not None:
             yield node_gauge(
                 "killswitch_redis_persistence_enabled",
                 "1 if the node's Redis runs with appendonly (a restart keeps kills), else 0.",
-                float(a.durable.enabled),
+                float(a.upkeep.durable.enabled),
             )
-        yield from containment_metrics(n, a.trust.roster, a.state, q, a.not_flat(), a.limit_burst)
-        if a.fleet is not None:
-            yield from fleet_metrics(a.fleet, win, a.s.instance)
+        yield from containment_metrics(n, a.trust.roster, r.state, q, a.not_flat(), r.limit_burst)
+        if r.fleet is not None:
+            yield from fleet_metrics(r.fleet, win, a.s.instance)
         yield from rule_metrics(
-            n, a.s.monitor, a.evaluation, a.trust.roster, a.window.by_host, a.window.total
+            n, a.s.monitor, r.evaluation, a.trust.roster, r.window.by_host, r.window.total
         )
-        yield from health_metrics(n, a.rule_guard, a.audit_mirror)
+        yield from health_metrics(n, r.rule_guard, a.audit_mirror)
 
 
 def rule_metrics(

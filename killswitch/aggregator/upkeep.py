@@ -1,28 +1,23 @@
-"""What keeps an aggregator fit to act: the leader lease, a check that Redis persists, the
-stored roster (re-asserted, and proven against the last signed arm), the sidecars' Functions
-library (loaded at start, again whenever it is gone or holds other code) and the learned baseline (restored at
-start, saved while leader).
-
-`Upkeep` holds the aggregator's shared state, declared here and set up by `Aggregator`; the
-trip rules (`trips`) and the tick loop (`service`) build on it.
+"""What keeps an aggregator fit to act: its leader lease (`Lease`); a check that Redis
+persists, the stored roster (re-asserted, and proven against the last signed arm) and the
+sidecars' Functions library (loaded at start, again whenever it is gone or holds other
+code) (`Upkeep`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from killswitch.aggregator.inputs import InputGuard
 from killswitch.aggregator.metrics import Instruments
 from killswitch.aggregator.settings import AggregatorSettings
 from killswitch.aggregator.trust import Trust
 from killswitch.core.node import leader
-from killswitch.core.node.state import NodeRead, NodeState
-from killswitch.core.rules.anomaly import Monitor
-from killswitch.core.rules.baseline import Baseline, BaselineStateError
 from killswitch.store import durability
 from killswitch.store.scripts import code_digest, library_codes, load_library, sidecar_library
 from killswitch.store.store import Store
@@ -35,29 +30,90 @@ class NotDurable(RuntimeError):
     """`require_durable` is set and Redis does not (or will not say that it does) persist."""
 
 
+class Lease:
+    """This instance's leader lease: renewed every tick, given up when a kill finds it
+    fenced, handed over at stop. Only the holder acts."""
+
+    def __init__(
+        self,
+        settings: AggregatorSettings,
+        store: Store,
+        inputs: InputGuard,
+        log: Any,
+        clock: Callable[[], float],
+    ) -> None:
+        self.s = settings
+        self.store = store
+        self.inputs = inputs
+        self.log = log
+        self.clock = clock
+        self.lead = leader.Leadership(
+            leader.make_token(settings.instance, uuid.uuid4().hex[:8]), settings.lease_ttl
+        )
+
+    def is_leader(self) -> bool:
+        return self.lead.is_leader(self.clock())
+
+    def fenced(self) -> None:
+        """A kill was refused: paused past the lease while another instance took over."""
+        self.lead = leader.on_fenced(self.lead)
+
+    async def hand_over(self) -> None:
+        """Release the lease if held, so a standby need not wait it out."""
+        if self.lead.is_leader(self.clock()):
+            with contextlib.suppress(Exception):
+                await self.store.lease(self.lead.token, 0)
+
+    async def renew(self) -> None:
+        sent = self.clock()
+        held, holder, ttl_ms, repaired = await self.store.lease(
+            self.lead.token, int(self.s.lease_ttl * 1000)
+        )
+        if repaired:
+            self.inputs.lease_repaired(repaired)
+        reply = leader.LeaseReply(held, holder, ttl_ms)
+        self.lead, change = leader.on_reply(self.lead, sent, reply)
+        if change:  # taking the lease is routine (info); losing it is worth a look (warning)
+            log = self.log.info if change == "LEADER_ACQUIRED" else self.log.warning
+            log(change, instance=self.s.instance, holder=leader.instance_of(holder))
+
+
 class Upkeep:
-    """The lease, durability, roster and baseline side of `Aggregator` (set up there)."""
+    """Checks that Redis persists (at start, then every `DURABILITY_CHECK_S`) and keeps the
+    stored roster: re-asserted every few seconds, the trusted one learned from the last signed
+    arm (`on_roster` is told of each new one); the sidecars' library is checked with it."""
 
-    s: AggregatorSettings
-    redis: Redis
-    store: Store
-    clock: Callable[[], float]
-    log: Any
-    lead: leader.Leadership
-    inputs: InputGuard
-    trust: Trust
-    monitor: Monitor
-    state: NodeRead
-    durable: durability.Durability | None
-    instruments: Instruments
-    _durability_at: float
-    _last_roster_check: float
-    _roster_seen: bool = False  # this instance has stored (or found) the roster
-    _redis_run: str = ""  # the run_id of the Redis process last checked
-    _functions_problem: str = ""  # why the last load of the sidecars' library failed
+    def __init__(
+        self,
+        settings: AggregatorSettings,
+        redis: Redis,
+        store: Store,
+        trust: Trust,
+        lease: Lease,
+        log: Any,
+        clock: Callable[[], float],
+        *,
+        instruments: Instruments,
+        on_roster: Callable[[tuple[str, ...]], None],
+    ) -> None:
+        self.s = settings
+        self.redis = redis
+        self.store = store
+        self.trust = trust
+        self.lease = lease
+        self.log = log
+        self.clock = clock
+        self.instruments = instruments
+        self.on_roster = on_roster
+        self.durable: durability.Durability | None = None
+        self._durability_at = -1e9
+        self._last_roster_check = -1e9
+        self._roster_seen = False  # this instance has stored (or found) the roster
+        self._redis_run = ""  # the run_id of the Redis process last checked
+        self._functions_problem = ""  # why the last load of the sidecars' library failed
 
-    async def _first_reads(self) -> None:
-        await self._check_durability()
+    async def first_reads(self) -> None:
+        await self.check_durability()
         if self.s.require_durable and not (self.durable and self.durable.enabled):
             why = self.durable.detail if self.durable else "not checked"
             raise NotDurable(
@@ -65,8 +121,11 @@ class Upkeep:
                 "appendonly yes (appendfsync always or everysec), or drop --require-durable."
             )
         await self._ensure_functions(force=True)
-        await self._ensure_roster(force=True)
-        await self._restore_baseline()
+        await self.ensure_roster(force=True)
+
+    async def recheck_durability(self) -> None:
+        if self.clock() - self._durability_at >= DURABILITY_CHECK_S:
+            await self.check_durability()
 
     async def _ensure_functions(self, force: bool = False) -> None:
         """The sidecars' Functions library on this node's Redis, with exactly its code. Checked
@@ -103,36 +162,7 @@ class Upkeep:
         self._functions_problem = ""
         self.log.info("FUNCTIONS_LOADED", library=lib.name, reason=reason)
 
-    async def _restore_baseline(self) -> None:
-        params = self.s.monitor.baseline_params()
-        try:
-            stored = await self.store.load_baseline()
-            if not stored:
-                self.log.info("BASELINE_COLD", reason="no stored baseline")
-                return
-            baseline = Baseline.from_dict(stored, params)
-        except (BaselineStateError, ResponseError) as e:
-            if isinstance(e, ResponseError) and "WRONGTYPE" not in str(e):
-                raise
-            # junk (or a key of another type, replaced at the first save) never stops a start
-            self.log.error("BASELINE_UNREADABLE", reason=str(e), action="starting cold")
-            return
-        self.monitor = Monitor(self.s.monitor, baseline, roster=self.trust.roster)
-        now = baseline.last_ms or 0
-        self.log.info(
-            "BASELINE_RESTORED", learned_s=baseline.learned_ms / 1000,
-            expected=baseline.expected(now), warm=baseline.learned_ms >= self.s.monitor.warmup_ms,
-        )  # fmt: skip
-
-    async def _save_baseline(self) -> None:
-        if self.monitor.baseline.last_ms is None or not self.is_leader():
-            return  # never observed anything (or a standby): keep whatever is stored
-        try:
-            await self.store.save_baseline(self.monitor.baseline.to_dict())
-        except Exception as e:  # a failed save costs a re-learn, never the kill loop
-            self.log.warning("BASELINE_SAVE_FAILED", error=f"{type(e).__name__}: {e}")
-
-    async def _ensure_roster(self, force: bool = False, *, gone: bool = False) -> None:
+    async def ensure_roster(self, force: bool = False, *, gone: bool = False) -> None:
         """Re-asserted every few seconds: a Redis that lost its data gets the roster back, and
         a stored roster edited by hand gets the signed one back. Whichever write puts back a
         roster that was gone says so (`ROSTER_MISSING`), however the check and the loss fall:
@@ -142,7 +172,7 @@ class Upkeep:
         if force or now - self._last_roster_check > 5.0:
             self._last_roster_check = now
             await self._ensure_functions()
-            self._learn_proof(await self.store.proof())
+            self.learn_proof(await self.store.proof())
             signed = bool(self.trust.signed_roster)
             actor = f"aggregator:{self.s.instance}" + (" (signed roster)" if signed else "")
             wrote = await self.store.set_roster(self.trust.roster, actor)
@@ -164,33 +194,13 @@ class Upkeep:
             state_gone=state_gone, action="roster stored again; hosts that knew a later epoch stay "
             "blocked until two operators arm",
         )  # fmt: skip
-        await self._check_durability()
+        await self.check_durability()
 
-    def _learn_proof(self, text: str) -> None:
+    def learn_proof(self, text: str) -> None:
         if self.trust.learn(text):
-            self.monitor.roster = tuple(sorted(self.trust.roster))
+            self.on_roster(tuple(sorted(self.trust.roster)))
 
-    def is_leader(self) -> bool:
-        return self.lead.is_leader(self.clock())
-
-    def is_armed(self) -> bool:
-        """ARMED in Redis and proven by two operators' signatures: only then can rules trip."""
-        return self.state.state is NodeState.ARMED and not self.trust.refusal
-
-    async def _renew_lease(self) -> None:
-        sent = self.clock()
-        held, holder, ttl_ms, repaired = await self.store.lease(
-            self.lead.token, int(self.s.lease_ttl * 1000)
-        )
-        if repaired:
-            self.inputs.lease_repaired(repaired)
-        reply = leader.LeaseReply(held, holder, ttl_ms)
-        self.lead, change = leader.on_reply(self.lead, sent, reply)
-        if change:  # taking the lease is routine (info); losing it is worth a look (warning)
-            log = self.log.info if change == "LEADER_ACQUIRED" else self.log.warning
-            log(change, instance=self.s.instance, holder=leader.instance_of(holder))
-
-    async def _check_durability(self) -> None:
+    async def check_durability(self) -> None:
         self._durability_at = self.clock()
         d = self.durable = await durability.check(self.redis)
         await self._check_restart(d)
@@ -217,13 +227,13 @@ class Upkeep:
             risk="the node's data is gone unless Redis persisted it" if lost else "",
         )  # fmt: skip
 
-    def _ha_view(self) -> dict[str, str]:
+    def ha_view(self) -> dict[str, str]:
         d = self.durable
         durable = "" if d is None or d.enabled is None else str(int(d.enabled))
         return {
             "leader": self.s.instance,
             # the lease token this view is published under: a holder without one is unknown
-            "lease": self.lead.token,
+            "lease": self.lease.lead.token,
             "lease_ttl_s": f"{self.s.lease_ttl:g}",
             "redis_durable": durable,
             "redis_durable_detail": d.detail if d else "",

@@ -1,17 +1,18 @@
 """What the sidecar does with each round trip's read: the arm proven (signatures, then the
-release attested, the host not claimed by a second live process), the local record of the highest epoch, the new state applied to the gate,
-the scoped kills applied (never backwards, never lifted without a verified signed lift), and
-each applied state confirmed.
-
-`ReadApplier` declares the sidecar's state it uses, set up by `Sidecar`.
+release attested, the host not claimed by a second live process), the local record of the
+highest epoch, the new state applied to the gate, and the scoped kills applied (never
+backwards, never lifted without a verified signed lift). The sidecar confirms what it applied.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
+from typing import Any
 
+from killswitch.core.enforce.gate import Gate
 from killswitch.core.node.duplicate import DuplicateWatch
-from killswitch.core.node.scope import Held, Scopes, enforce, held_from_json, held_json, newer
+from killswitch.core.node.scope import Scopes, enforce, held_from_json, held_json, newer
 from killswitch.core.node.state import (
     BlockReason,
     HostView,
@@ -22,34 +23,72 @@ from killswitch.core.node.state import (
 )
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
-from killswitch.sidecar.fence import Fence, NoFence, attach_fence
-
-__all__ = ["ReadApplier", "attach_fence"]  # the sidecar sets its fence up from here
-from killswitch.sidecar.notices import NoticeListener
+from killswitch.sidecar.fence import Fence, NoFence
+from killswitch.sidecar.memory import Memory
+from killswitch.sidecar.notify import StateNotifier
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.store.store import FlushReply
 
 
-class ReadApplier(NoticeListener):
-    """Applying what a round trip read, for `Sidecar` (set up there)."""
+class Recorder:
+    """Writes the highest epoch seen locally; a failed write closes the gate (see Memory)."""
 
-    s: SidecarSettings
-    attest: AttestLoop
-    confirmed: tuple[int, int]
-    regressions: int
-    scope_held: Held
-    arms: ArmCheck
-    fence: Fence | NoFence
-    _attest_refusal: str
-    boot: str
-    duplicate: DuplicateWatch | None = None  # made at the first round trip (needs `boot`)
-    dup: str = ""  # why this host blocks as a duplicate ("" it does not)
-    _local_problem: str
-    _problem_epoch: int | None
-    _scope_regressed: bool
-    scopes_read: bool
+    def __init__(self, memory: Memory, gate: Gate) -> None:
+        self.memory = memory
+        self.gate = gate
+        self.failures = 0  # writes that failed (each closed the gate)
 
-    def _judged(self, sent: HostView, read: NodeRead) -> HostView | None:
+    def __call__(self, epoch: int, state: NodeState | None) -> bool:
+        if self.memory.record(epoch, state):
+            return True
+        self.gate.close()
+        self.failures += 1
+        return False
+
+
+class ReadApplier:
+    """Applies each round trip's read to the gate: `judged()` says what it proves, `single()`
+    blocks a duplicate host, `apply_scopes()` and `apply()` enforce it. It starts with the
+    scoped kills the state file kept."""
+
+    def __init__(
+        self,
+        settings: SidecarSettings,
+        gate: Gate,
+        *,
+        memory: Memory,
+        record: Recorder,
+        arms: ArmCheck,
+        attest: AttestLoop,
+        fence: Fence | NoFence,
+        notify: StateNotifier,
+        log: Any,
+        wake: asyncio.Event,
+        boot: str,
+        local_problem: str,
+    ) -> None:
+        self.s = settings
+        self.gate = gate
+        self.memory = memory
+        self._record = record
+        self.arms = arms
+        self.attest = attest
+        self.fence = fence
+        self.notify = notify
+        self.log = log
+        self._wake = wake
+        self.boot = boot
+        self.local_problem = local_problem  # the state file was unreadable ("" it was read)
+        self._problem_epoch: int | None = None  # first epoch read while the file was unreadable
+        self._attest_refusal = ""
+        self.duplicate: DuplicateWatch | None = None  # made at the first round trip
+        self.dup = ""  # why this host blocks as a duplicate ("" it does not)
+        self.regressions = 0
+        self._scope_regressed = False
+        # the scoped kills enforced, and what this host knows of them (kept in the state file)
+        self._restore_scopes()
+
+    def judged(self, sent: HostView, read: NodeRead) -> HostView | None:
         """What a round trip's read (sent at view `sent`) proves, or None if it is outdated.
 
         Judged against the gate's view now: a kill notice may have moved it while the trip
@@ -67,7 +106,7 @@ class ReadApplier(NoticeListener):
         self._attest_refusal = problem
         return unproven(new, "unattested") if problem else new
 
-    def _single(self, new: HostView, reply: FlushReply) -> HostView:
+    def single(self, new: HostView, reply: FlushReply) -> HostView:
         """Another live process writing as this host: both block (`duplicate`), named."""
         if self.duplicate is None:  # one sighting blocks for three liveness bounds
             self.duplicate = DuplicateWatch(self.boot, 3 * int(self.s.stale_after * 1000))
@@ -81,18 +120,14 @@ class ReadApplier(NoticeListener):
         # before any other refusal: a second process is the first thing to fix
         return replace(new, state=NodeState.UNARMED, refusal=BlockReason.DUPLICATE.value)
 
-    def _confirmed(self, epoch: int, ver: int, state: str, blocked: int) -> None:
-        self.confirmed = (epoch, ver)
-        self.log.info("CONFIRMED", epoch=epoch, ver=ver, state=state, blocked=blocked)
-
-    def _apply(self, new: HostView | None, sent: float, fence: bool = False) -> None:
+    def apply(self, new: HostView | None, sent: float, fence: bool = False) -> None:
         """Enforce `new` (the lease from `sent`); `fence`: the read's kill asks for the
         network kill fence, which follows what the gate now enforces. None (an outdated
         read): nothing changes, a kill notice's hold stands until the next round trip."""
         if new is None:
             return
         old = self.gate.view
-        if self._local_problem:
+        if self.local_problem:
             # Without the file this host cannot tell an old ARMED from a new one. An arm made
             # after it started (above the first epoch it read) was made on purpose, by two
             # operators who saw this host report the problem: trust that one.
@@ -100,10 +135,10 @@ class ReadApplier(NoticeListener):
                 self._problem_epoch = new.epoch
             elif new.state is NodeState.ARMED and new.epoch > self._problem_epoch:
                 self.log.warning(
-                    "LOCAL_STATE_REPLACED", epoch=new.epoch, reason=self._local_problem,
+                    "LOCAL_STATE_REPLACED", epoch=new.epoch, reason=self.local_problem,
                     first_epoch_read=self._problem_epoch,
                 )  # fmt: skip
-                self._local_problem = ""
+                self.local_problem = ""
         if self.arms.accepted != self.memory.memo.accepted:  # kept before the gate opens on it
             self.memory.memo = replace(self.memory.memo, accepted=self.arms.accepted)
         if (
@@ -112,13 +147,13 @@ class ReadApplier(NoticeListener):
             or self.memory.unwritten
         ):
             self._record(new.max_epoch, new.max_state)
-        if self._local_problem or self.memory.problem:
+        if self.local_problem or self.memory.problem:
             new = HostView(
                 max_epoch=new.max_epoch,
                 max_state=new.max_state,
                 state=NodeState.STALE,
                 epoch=new.epoch,
-                regression=self._local_problem or self.memory.problem,
+                regression=self.local_problem or self.memory.problem,
             )
         if new.regression and new.regression != old.regression:
             self.regressions += 1
@@ -134,14 +169,6 @@ class ReadApplier(NoticeListener):
                 self._wake.set()  # confirm on the very next round trip, not a flush later
         self.fence.follow(self.gate.view.state, self.gate.view.epoch, fence)
 
-    @property
-    def refused_arms(self) -> int:
-        return self.arms.refused
-
-    @property
-    def verifications(self) -> int:
-        return self.arms.verifications
-
     def _restore_scopes(self) -> None:
         """The scoped kills the state file kept, enforced from the first answer (a restart
         forgets none); the first report then carries no scope version (see `notify`), so the
@@ -152,6 +179,16 @@ class ReadApplier(NoticeListener):
         if isolated or symbols:
             self.gate.set_scope(isolated, symbols, self.scope_held.scopes.ver)
 
+    def report_fields(self) -> tuple[tuple[str, str], ...]:
+        """What the host reports about the scoped kills it enforces."""
+        return (
+            # none before the first reply: the round trip then returns the lift proofs too (a
+            # restart kept its scopes in the state file, but not the proofs it needs)
+            ("scope_ver", str(self.gate.scope_ver) if self.scopes_read else ""),
+            # scopes still enforced although Redis no longer lists them (no verified lift)
+            ("scope_kept", " ".join(sorted(self.scope_held.kept))),
+        )
+
     @property
     def _enforced(self) -> set[str]:
         return {s.field for s in self.scope_held.scopes.active}
@@ -161,9 +198,10 @@ class ReadApplier(NoticeListener):
         """The scoped kills this host enforces (a read's, plus those kept without a lift)."""
         return self.scope_held.scopes
 
-    def _apply_scopes(self, read: Scopes) -> None:
+    def apply_scopes(self, read: Scopes) -> None:
         """Enforce the scoped kills read; a version below one applied is never a lift, and a
         scope gone from the read stays enforced unless the read proves its signed lift."""
+        self.scopes_read = True  # a read's scopes from now on, not only the file's
         if read.ver == self.scopes.ver and {s.field for s in read.active} <= self._enforced:
             # Same version, nothing new to close. (Redis that lost the hash can reach this
             # version again with other scopes: those are applied, closing needs no proof.)

@@ -66,6 +66,16 @@ class ArmCheck:
         self._last_refusal: tuple[int, str] = (0, "")
         self._lifts: dict[str, Verdict] = {}  # proof text -> verdict: each lift verified once
 
+    def announce(self) -> None:
+        """Log, once started, that this gate can never open (it has no operators file)."""
+        if self.operators is None:
+            self.log.error(
+                "NO_OPERATORS",
+                reason="no --operators file: this gate cannot verify any arm and will never "
+                "open (every order gets BLOCK unarmed). Give --operators PATH "
+                "(KILLSWITCH_OPERATORS), the operators' allowed-signers file",
+            )
+
     def hold(self, digest: str, proof: str) -> None:
         """A proof whose digest differs from the held one: verified at the next ARMED read."""
         self.digest, self._text, self._verdict = digest, proof, None

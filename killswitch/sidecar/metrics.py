@@ -7,13 +7,17 @@ collector turns them into metric families only when Prometheus scrapes.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from killswitch.core.enforce.gate import LIMIT, Gate
 from killswitch.core.node.state import BlockReason, NodeState
+from killswitch.sidecar.applying import ReadApplier
+from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
+from killswitch.sidecar.notices import NoticeListener
 from killswitch.sidecar.settings import SidecarSettings
 
 # Always exported, at 0 until used, so rate() and alert rules see the series from the start.
@@ -34,13 +38,13 @@ class Sidecar(Protocol):
     @property
     def idle_skips(self) -> int: ...
     @property
-    def regressions(self) -> int: ...
+    def applier(self) -> ReadApplier: ...
     @property
-    def refused_arms(self) -> int: ...
+    def arms(self) -> ArmCheck: ...
     @property
     def loop_errors(self) -> int: ...
     @property
-    def junk_inputs(self) -> int: ...
+    def notices(self) -> NoticeListener: ...
     @property
     def attest(self) -> AttestLoop: ...
     def sync_age(self) -> float | None: ...
@@ -174,7 +178,7 @@ class SidecarCollector:
             "Times this host read a node state older than one it had seen (data loss or rollback).",
             labels=["node", "host"],
         )
-        regr.add_metric([n, h], sc.regressions)
+        regr.add_metric([n, h], sc.applier.regressions)
         yield regr
         yield _gauge(
             "killswitch_gate_arm_unproven",
@@ -187,14 +191,14 @@ class SidecarCollector:
             "ARMED states this host refused to open for (once per epoch and reason).",
             labels=["node", "host"],
         )
-        arm_refusals.add_metric([n, h], sc.refused_arms)
+        arm_refusals.add_metric([n, h], sc.arms.refused)
         yield arm_refusals
         junk = CounterMetricFamily(
             "killswitch_junk_inputs",
             "Values read from Redis or pub/sub that are not what killswitch writes (ignored).",
             labels=["node", "host"],
         )
-        junk.add_metric([n, h], sc.junk_inputs)
+        junk.add_metric([n, h], sc.notices.junk_inputs)
         yield junk
         yield _gauge(
             "killswitch_attest_unreadable",
@@ -202,6 +206,17 @@ class SidecarCollector:
             "blocks; the log event ATTEST_FAILED names the file.",
             n, h, float(bool(sc.attest.current.problem)),
         )  # fmt: skip
+
+
+def roundtrip_seconds(registry: CollectorRegistry, node: str, host: str) -> Any:
+    """The histogram of the sidecar's Redis round trips (this host's child)."""
+    return Histogram(
+        "killswitch_redis_roundtrip_seconds",
+        "Duration of the sidecar's Redis round trip (report counts + read node state).",
+        ["node", "host"],
+        buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+        registry=registry,
+    ).labels(node, host)
 
 
 def _counter(name: str, doc: str, node: str, host: str, value: float) -> CounterMetricFamily:

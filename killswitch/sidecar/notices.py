@@ -1,14 +1,13 @@
 """Kill notices over pub/sub: `KILLED <epoch> <ver>` closes the gate at once and is recorded
 locally before the next round trip; junk is counted, never recorded. Losing a notice only
 costs latency: the sync loop's round trip decides the rest.
-
-`NoticeListener` declares the sidecar's state it uses, set up by `Sidecar`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -18,30 +17,43 @@ from killswitch.core.enforce.gate import Gate
 from killswitch.core.node.bounds import parse_uint, plausible_epoch
 from killswitch.core.node.state import NodeState
 from killswitch.sidecar.fence import Fence, NoFence
-from killswitch.sidecar.memory import Memory
 from killswitch.sidecar.notify import StateNotifier
-from killswitch.store.store import Store
+
+Record = Callable[[int, NodeState | None], bool]  # the local record (`applying.Recorder`)
 
 
 class NoticeListener:
-    """The pub/sub side of `Sidecar` (set up there)."""
+    """Listens on the node's event channel (`listen()`) and acts on each notice (`notice()`);
+    every notice sets `wake`, so the sync loop's round trip follows at once."""
 
-    redis: Redis
-    store: Store
-    log: Any
-    gate: Gate
-    memory: Memory
-    notify: StateNotifier
-    fence: Fence | NoFence
-    junk_inputs: int
-    loop_errors: int
-    _held_recorded: int
-    _wake: asyncio.Event
-    _stop: asyncio.Event
+    def __init__(
+        self,
+        redis: Redis,
+        channel: str,
+        gate: Gate,
+        *,
+        record: Record,
+        fence: Fence | NoFence,
+        notify: StateNotifier,
+        log: Any,
+        wake: asyncio.Event,
+        stop: asyncio.Event,
+    ) -> None:
+        self.redis = redis
+        self.channel = channel
+        self.gate = gate
+        self._record = record
+        self.fence = fence
+        self.notify = notify
+        self.log = log
+        self._wake = wake
+        self._stop = stop
+        self.junk_inputs = 0  # notices that are not a bounded `KILLED <epoch> <ver>`
+        self.held_recorded = 0  # epoch of a kill notice already recorded locally (0: none)
 
-    async def _listen_loop(self) -> None:
+    async def listen(self) -> None:
         """Kill notices over pub/sub wake the sync loop; losing them only costs latency."""
-        channel = self.store.keys.events
+        channel = self.channel
         while not self._stop.is_set():
             pubsub = self.redis.pubsub()
             try:
@@ -49,7 +61,7 @@ class NoticeListener:
                 while not self._stop.is_set():
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if msg is not None:
-                        self._notice(str(msg.get("data", "")))
+                        self.notice(str(msg.get("data", "")))
                         self._wake.set()
             except asyncio.CancelledError:
                 raise
@@ -60,7 +72,7 @@ class NoticeListener:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
-    def _notice(self, data: str) -> None:
+    def notice(self, data: str) -> None:
         """`KILLED <epoch> <ver>` closes the gate at once; the next round trip decides the rest.
 
         The notice's epoch is recorded locally (as KILLED) before that round trip, so the
@@ -91,13 +103,5 @@ class NoticeListener:
                 # Memory and file agree: a restart behaves like this process would.
                 self.gate.view = replace(view, max_epoch=epoch, max_state=NodeState.KILLED)
             if self._record(epoch, NodeState.KILLED):
-                self._held_recorded = epoch
+                self.held_recorded = epoch
             self.notify.changed()
-
-    def _record(self, epoch: int, state: NodeState | None) -> bool:
-        """Write the highest epoch seen locally; a failed write closes the gate (see Memory)."""
-        if self.memory.record(epoch, state):
-            return True
-        self.gate.close()
-        self.loop_errors += 1
-        return False

@@ -15,12 +15,13 @@ from typing import Any, Protocol
 
 from killswitch.core.enforce.gate import Gate
 from killswitch.core.enforce.protocol import state_line
-from killswitch.core.node.scope import Held
 from killswitch.core.node.state import NodeState
 from killswitch.sidecar.fence import Fence, NoFence
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.onkill import OnKill
 from killswitch.sidecar.settings import SidecarSettings
+from killswitch.store.redisconn import scrub
+from killswitch.store.store import FlushReport, Store
 
 StateCallback = Callable[[NodeState, int, str], None]
 
@@ -32,10 +33,6 @@ class _Sidecar(Protocol):
     def gate(self) -> Gate: ...
     @property
     def log(self) -> Any: ...
-    @property
-    def scope_held(self) -> Held: ...
-    @property
-    def scopes_read(self) -> bool: ...
     @property
     def fence(self) -> Fence | NoFence: ...
 
@@ -114,8 +111,8 @@ class StateNotifier:
             self._timer = loop.call_later(gate.lease_left() + 0.001, self.changed)
 
     def report_fields(self) -> tuple[tuple[str, str], ...]:
-        """What the host reports about its flatten proof, on-kill result, limits, scopes and
-        network fence."""
+        """What the host reports about its flatten proof, on-kill result, limits and network
+        fence."""
         flat = self.server.flat
         return (
             ("subscribers", str(len(self.server.subscribers))),
@@ -123,16 +120,24 @@ class StateNotifier:
             ("flat_owed", str(flat.owed)),
             *self.on_kill_fields(),
             ("limits_digest", self.sc.s.limits_digest),
-            # none before the first reply: the round trip then returns the lift proofs too (a
-            # restart kept its scopes in the state file, but not the proofs it needs)
-            ("scope_ver", str(self.sc.gate.scope_ver) if self.sc.scopes_read else ""),
-            # scopes still enforced although Redis no longer lists them (no verified lift)
-            ("scope_kept", " ".join(sorted(self.sc.scope_held.kept))),
             *self.sc.fence.report_fields(),
         )
 
     def on_kill_fields(self) -> tuple[tuple[str, str], ...]:
         return (("on_kill_epoch", str(self.on_kill_epoch)), ("on_kill_status", self.on_kill_status))
+
+    async def report_on_kill(self, store: Store, acked: FlushReport | None) -> None:
+        """Best effort, if no round trip reported it (`acked`: the last report Redis took): the
+        on-kill outcome into the host's last report, so the aggregator does not show `running`
+        for good (no lease is renewed)."""
+        fields = self.on_kill_fields()
+        if not self.on_kill_epoch or (acked and set(fields) <= set(acked.extra)):
+            return
+        try:
+            async with asyncio.timeout(self.sc.s.stale_after):
+                await store.report_fields(self.sc.s.host, fields)
+        except Exception as e:
+            self.sc.log.warning("ON_KILL_NOT_REPORTED", error=scrub(f"{type(e).__name__}: {e}"))
 
     async def close(self) -> bool:
         """Stop the lease timer and see a running on-kill command out (`OnKill.close`);

@@ -5,8 +5,8 @@ One Redis round trip per flush interval both reports counts and reads the node s
 round trip is the lease, so Redis cost never grows with order volume and the gate closes by
 itself when round trips stop succeeding. Pub/sub only wakes the sync loop early.
 
-The round trip's read is applied to the gate in `applying`; kill notices are handled in
-`notices`; this module sets the sidecar up and runs its sync loop.
+The round trip's read is applied to the gate by `applying.ReadApplier`; kill notices are
+handled by `notices.NoticeListener`; this module wires them up and runs the sync loop.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from dataclasses import replace
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from killswitch.core.enforce.gate import LIMIT, Gate
 from killswitch.core.node.heartbeat import idle_every, trip_due
-from killswitch.core.node.scope import parse_scopes
+from killswitch.core.node.scope import Scopes, parse_scopes
 from killswitch.core.node.state import NodeState, boot_view
 from killswitch.core.settings.options import to_ms
 from killswitch.core.version import __version__
@@ -36,15 +36,17 @@ from killswitch.runtime import logs
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled
-from killswitch.sidecar.applying import ReadApplier, attach_fence
+from killswitch.sidecar.applying import ReadApplier, Recorder
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.blocklog import BlockSummaries
+from killswitch.sidecar.fence import attach_fence
 from killswitch.sidecar.fixgateway import FixGateway
 from killswitch.sidecar.functions import FunctionsMissing, LibraryWatch
 from killswitch.sidecar.gateserver import GateServer
 from killswitch.sidecar.memory import open_memory
-from killswitch.sidecar.metrics import SidecarCollector
+from killswitch.sidecar.metrics import SidecarCollector, roundtrip_seconds
+from killswitch.sidecar.notices import NoticeListener
 from killswitch.sidecar.notify import StateNotifier
 from killswitch.sidecar.recording import Recording
 from killswitch.sidecar.settings import SidecarSettings
@@ -56,7 +58,7 @@ log = structlog.get_logger("killswitch.sidecar.service")
 CONFIRMABLE = (NodeState.ARMED, NodeState.KILLED)  # the states a host confirms it enforces
 
 
-class Sidecar(ReadApplier):
+class Sidecar:
     """`start()`, idempotent `stop()`, blocking `run()`; collaborators are passed in."""
 
     def __init__(
@@ -77,10 +79,7 @@ class Sidecar(ReadApplier):
         self.memory, (max_epoch, max_state), problem = open_memory(settings, self.log)
         self.boot_id = self.memory.memo.boot
         view = boot_view(max_epoch, max_state)
-        self._local_problem = problem
-        self._problem_epoch: int | None = None  # first epoch read while the file was unreadable
         self._fail_streak = 0
-        self._held_recorded = 0  # epoch of a kill notice already recorded locally (0: none)
         self.blocks = BlockSummaries(self.log, clock)
         self.gate = Gate(
             settings.node, settings.host, view=view, clock=clock, log=self.log,
@@ -103,8 +102,6 @@ class Sidecar(ReadApplier):
         self._acked_report: FlushReport | None = None  # last acknowledged (orders_per_s 0)
         self._last_trip: float | None = None  # send time of the last successful round trip
         self._idle_every = idle_every(settings.flush_interval, settings.stale_after)
-        self.regressions = 0
-        self.junk_inputs = 0  # notices that are not a bounded `KILLED <epoch> <ver>`
         self._rate: deque[tuple[float, int]] = deque(maxlen=64)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -113,36 +110,37 @@ class Sidecar(ReadApplier):
             settings.attest, settings.attest_interval, self.log, changed=self._wake.set,
             fixed={"(limits)": settings.limits_digest} if settings.limits_digest else {},
         )  # fmt: skip
-        self._attest_refusal = ""
         self._tasks: list[asyncio.Task[None]] = []
         self._server = GateServer(
             self.gate, settings.listen, logger=self.log, max_conns=settings.max_conns,
             line_timeout=settings.line_timeout, socket_mode=settings.socket_mode,
             socket_gid=settings.socket_gid, on_flat=self._wake.set,
         )  # fmt: skip
-        self.loop_errors = 0  # sync iterations that failed for any reason but Redis
+        self._sync_errors = 0  # sync iterations that failed for any reason but Redis
+        self.record = Recorder(self.memory, self.gate)  # each failed write counts as a loop error
         self._loop_problem = ""  # why the last sync iteration failed ("" once one succeeds)
         self.notify = StateNotifier(self, self._server)
         self.functions = LibraryWatch(self)  # its Functions library missing: fail closed
-        # the scoped kills enforced, and what this host knows of them (kept in the state file)
-        self._restore_scopes()
-        self._scope_regressed = False
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._rtt = Histogram(
-            "killswitch_redis_roundtrip_seconds",
-            "Duration of the sidecar's Redis round trip (report counts + read node state).",
-            ["node", "host"],
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
-            registry=self.registry,
-        ).labels(settings.node, settings.host)
+        self._rtt = roundtrip_seconds(self.registry, settings.node, settings.host)
         self.registry.register(SidecarCollector(self))
         self.fix = FixGateway.for_sidecar(self.gate, settings, self.log, self.registry)
         build_info(self.registry, "sidecar")
         self.fence = attach_fence(self)  # the network fence (--fence), a no-op without
+        self.applier = ReadApplier(
+            settings, self.gate, memory=self.memory, record=self.record, arms=self.arms,
+            attest=self.attest, fence=self.fence, notify=self.notify, log=self.log,
+            wake=self._wake, boot=self.boot, local_problem=problem,
+        )  # fmt: skip
+        self.notices = NoticeListener(
+            redis, self.store.keys.events, self.gate, record=self.record, fence=self.fence,
+            notify=self.notify, log=self.log, wake=self._wake, stop=self._stop,
+        )  # fmt: skip
         self._metrics = None if settings.metrics_port is None else MetricsServer(
             self.registry, settings.metrics_port, settings.metrics_listen, health=self.problem)  # fmt: skip
         self.rec = Recording(self, self._metrics)  # the flight recorder (sidecar.recording)
-        self._reporters = (self.notify, self.attest, self.fix, self.rec)  # their report fields
+        # each adds its own fields to the round trip's report (`report_fields()`)
+        self._reporters = (self.notify, self.applier, self.attest, self.fix, self.rec)
         self._started = False
         self._last_fail_log = -1e9
         if problem:
@@ -167,16 +165,10 @@ class Sidecar(ReadApplier):
             raise
         self._tasks = [
             asyncio.create_task(self._sync_loop(), name="sync"),
-            asyncio.create_task(self._listen_loop(), name="pubsub"),
+            asyncio.create_task(self.notices.listen(), name="pubsub"),
             asyncio.create_task(self.attest.run(), name="attest"),
         ]
-        if self.arms.operators is None:
-            self.log.error(
-                "NO_OPERATORS",
-                reason="no --operators file: this gate cannot verify any arm and will never "
-                "open (every order gets BLOCK unarmed). Give --operators PATH "
-                "(KILLSWITCH_OPERATORS), the operators' allowed-signers file",
-            )
+        self.arms.announce()
         self.memory.announce(self.gate.view.max_epoch)
         self.log.info(
             "SIDECAR_STARTED",
@@ -201,25 +193,13 @@ class Sidecar(ReadApplier):
         self._tasks = []
         await self.notify.close()  # a running on-kill command is seen out first
         await self.fence.close()  # its rules stay in place
-        await self._report_on_kill()
+        await self.notify.report_on_kill(self.store, self._acked_report)
         await self.fix.stop()
         await self._server.stop()
         await self.rec.close()
         if self._metrics:
             await self._metrics.stop()
         self.log.info("SIDECAR_STOPPED")
-
-    async def _report_on_kill(self) -> None:
-        """Best effort, if no round trip reported it: the on-kill outcome into the host's last
-        report, so the aggregator does not show `running` for good (no lease is renewed)."""
-        fields, acked = self.notify.on_kill_fields(), self._acked_report
-        if not self.notify.on_kill_epoch or (acked and set(fields) <= set(acked.extra)):
-            return
-        try:
-            async with asyncio.timeout(self.s.stale_after):
-                await self.store.report_fields(self.s.host, fields)
-        except Exception as e:
-            self.log.warning("ON_KILL_NOT_REPORTED", error=scrub(f"{type(e).__name__}: {e}"))
 
     async def run(self) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.attest.rehash)
@@ -236,6 +216,16 @@ class Sidecar(ReadApplier):
     def local(self, value: LocalState | None) -> None:
         self.memory.local = value
 
+    @property
+    def loop_errors(self) -> int:
+        """Sync iterations that failed for any reason but Redis, and failed local writes."""
+        return self._sync_errors + self.record.failures
+
+    @property
+    def scopes(self) -> Scopes:
+        """The scoped kills this host enforces (see `ReadApplier.scopes`)."""
+        return self.applier.scopes
+
     def gate_connections(self) -> tuple[int, int]:
         """(open now, closed by the server so far) on the gate sockets."""
         srv = self._server
@@ -247,8 +237,9 @@ class Sidecar(ReadApplier):
     def problem(self) -> str:
         """Why this sidecar cannot do its job right now ("" when it can); /healthz shows it.
         Redis being unreachable is not one: that is the lease running out, as designed."""
+        a = self.applier
         return (self._loop_problem or self.functions.problem or self.memory.problem
-                or self._local_problem or self.dup)  # fmt: skip
+                or a.local_problem or a.dup)  # fmt: skip
 
     async def _sync_loop(self) -> None:
         woken = True  # the first round trip is always made
@@ -299,7 +290,7 @@ class Sidecar(ReadApplier):
             regression=view.regression or self.problem(),
             confirm_epoch=view.epoch if want_confirm else 0,
             confirm_ver=view.ver if want_confirm else 0,
-            held_epoch=self.gate.held if self.gate.held == self._held_recorded else 0,
+            held_epoch=self.gate.held if self.gate.held == self.notices.held_recorded else 0,
             confirmed_epoch=self.confirmed[0],
             confirmed_ver=self.confirmed[1],
             cancels=cancels,
@@ -353,14 +344,17 @@ class Sidecar(ReadApplier):
             self.arms.hold(reply.proof_digest, reply.proof)
         scopes = parse_scopes(reply.scopes)
         self.arms.offer_admission(scopes.lifts.get(f"host:{self.s.host}"))
-        new = self._judged(view, reply.read)  # None: read before a kill notice applied since
-        new = None if new is None else self._single(new, reply)
+        new = self.applier.judged(view, reply.read)  # None: read before a notice applied since
+        new = None if new is None else self.applier.single(new, reply)
         if new is not None and reply.closed_confirm and new.state is NodeState.KILLED:
             self._confirmed(new.epoch, new.ver, new.state.value, blocked)
-        self.scopes_read = True
-        self._apply_scopes(scopes)  # before the state: never open, then close
-        self._apply(new, sent, reply.fence)
+        self.applier.apply_scopes(scopes)  # before the state: never open, then close
+        self.applier.apply(new, sent, reply.fence)
         return True
+
+    def _confirmed(self, epoch: int, ver: int, state: str, blocked: int) -> None:
+        self.confirmed = (epoch, ver)
+        self.log.info("CONFIRMED", epoch=epoch, ver=ver, state=state, blocked=blocked)
 
     def report_skipped_blocks(self) -> int:
         """Log the summary of blocked orders counted instead of logged (see BlockSummaries)."""
@@ -369,7 +363,7 @@ class Sidecar(ReadApplier):
     def _loop_failed(self, e: Exception) -> None:
         """Close the gate, count, log and remember why; the loop retries on its next turn."""
         self.gate.close()
-        self.loop_errors += 1
+        self._sync_errors += 1
         reason = f"sync loop failed: {type(e).__name__}: {e}"
         if reason != self._loop_problem or self.loop_errors % 100 == 1:
             self.log.error("SYNC_LOOP_ERROR", reason=reason, errors=self.loop_errors)

@@ -56,8 +56,13 @@ class NodeSnapshot:
 MAX_UNLISTED = 64  # off-roster hosts read per round trip: junk in the seen-set cannot grow it
 
 
-class NodeReads(NodeScripts):
-    """Reads of one node (see `Store`)."""
+class NodeReads:
+    """Reads of one node (`Store` offers each of them)."""
+
+    def __init__(self, scripts: NodeScripts) -> None:
+        self.redis = scripts.redis
+        self.keys = scripts.keys
+        self._read_node = scripts.read_node
 
     async def proof(self) -> str:
         """The stored proof of the last signed arm ("" none)."""

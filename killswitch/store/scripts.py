@@ -2,7 +2,7 @@
 
 Every state change is one of these scripts, so it is atomic and audited; `NodeScripts` is
 what the node's reads (`reads`), writes (`writes`) and the sidecar's round trip (`store`)
-share: the client, the node's keys and the registered scripts.
+are built from: the client, the node's keys and the registered scripts.
 
 The sidecar's round trip is a Redis Function of the library `sidecar_library()` (named by a
 digest of its code), never EVAL: a sidecar's credential may run only what the aggregator (or
@@ -182,26 +182,26 @@ async def load_library(redis: Redis, library: Library) -> None:
 
 
 class NodeScripts:
-    """One node's client, keys and registered scripts. The client is passed in
-    (decode_responses=True)."""
+    """One node's client, keys and registered scripts, registered once and handed to the
+    node's reads, writes and round trip. The client is passed in (decode_responses=True)."""
 
     def __init__(self, redis: Redis, node: str) -> None:
         self.redis = redis
         self.node = node
         self.keys = NodeKeys(node)
-        self._flush = SidecarFunction(redis, "flush")
-        self._kill: AsyncScript = redis.register_script(audited_script("kill"))
-        self._arm: AsyncScript = redis.register_script(audited_script("arm"))
-        self._roster: AsyncScript = redis.register_script(audited_script("roster"))
-        self._audit_event: AsyncScript = redis.register_script(audited_script("audit_event"))
-        self._lease: AsyncScript = redis.register_script(plain_script("lease"))
-        self._arm_request: AsyncScript = redis.register_script(audited_script("arm_request"))
-        self._read_node: AsyncScript = redis.register_script(plain_script("read"))
-        self._scope: AsyncScript = redis.register_script(audited_script("scope"))
+        self.flush = SidecarFunction(redis, "flush")
+        self.kill: AsyncScript = redis.register_script(audited_script("kill"))
+        self.arm: AsyncScript = redis.register_script(audited_script("arm"))
+        self.roster: AsyncScript = redis.register_script(audited_script("roster"))
+        self.audit_event: AsyncScript = redis.register_script(audited_script("audit_event"))
+        self.lease: AsyncScript = redis.register_script(plain_script("lease"))
+        self.arm_request: AsyncScript = redis.register_script(audited_script("arm_request"))
+        self.read_node: AsyncScript = redis.register_script(plain_script("read"))
+        self.scope: AsyncScript = redis.register_script(audited_script("scope"))
 
     def guard_functions(self, guard: Callable[[], Awaitable[None]]) -> None:
         """Run `guard` before every call of the sidecar's library (it raises to refuse one)."""
-        self._flush.guard = guard
+        self.flush.guard = guard
 
 
 def main() -> int:

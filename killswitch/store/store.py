@@ -2,17 +2,19 @@
 
 A thin shell: it formats no key itself (see `keys`), decides nothing (see `state`,
 `roster`), and every state change goes through a Lua script so it is atomic and audited.
-`Store` is a node's reads (`reads`) and writes (`writes`) plus what the sidecar's round
-trip and the operator commands' wait for confirmations need, defined here.
+`Store` holds a node's reads (`NodeReads`) and writes (`NodeWrites`), built over one set
+of registered scripts, and offers each of their methods as its own; what the sidecar's round
+trip and the operator commands' wait for confirmations need is defined here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from killswitch.core.node.state import NodeRead
 from killswitch.store.reads import (
@@ -22,7 +24,11 @@ from killswitch.store.reads import (
     NodeSnapshot,
     fleet_nodes,
 )
+from killswitch.store.scripts import NodeScripts
 from killswitch.store.writes import ChangeResult, NodeWrites, epoch_ceiling
+
+if TYPE_CHECKING:  # only annotations: `Store` also runs over the operator commands' lean client
+    from redis.asyncio import Redis
 
 __all__ = [
     "FLOW_RETENTION_MS",
@@ -39,6 +45,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 FLOW_RETENTION_MS = 15 * 60 * 1000  # long enough for any window and a restarted aggregator
 
@@ -115,8 +122,61 @@ class _EventWake:
             await asyncio.wait_for(self.event.wait(), timeout)
 
 
-class Store(NodeReads, NodeWrites):
+def _read(method: Callable[Concatenate[NodeReads, P], T]) -> Callable[Concatenate[Store, P], T]:
+    """`method` of the store's reads, offered as the store's own (same signature)."""
+
+    @functools.wraps(method)
+    def call(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return method(self.reads, *args, **kwargs)
+
+    return call
+
+
+def _write(method: Callable[Concatenate[NodeWrites, P], T]) -> Callable[Concatenate[Store, P], T]:
+    """`method` of the store's writes, offered as the store's own (same signature)."""
+
+    @functools.wraps(method)
+    def call(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return method(self.writes, *args, **kwargs)
+
+    return call
+
+
+class Store:
     """Redis operations of one node. The client is passed in (decode_responses=True)."""
+
+    def __init__(self, redis: Redis, node: str) -> None:
+        scripts = self.scripts = NodeScripts(redis, node)
+        self.redis = redis
+        self.node = node
+        self.keys = scripts.keys
+        self.reads = NodeReads(scripts)
+        self.writes = NodeWrites(scripts)
+        self._flush = scripts.flush
+
+    def guard_functions(self, guard: Callable[[], Awaitable[None]]) -> None:
+        """Run `guard` before every round trip (see `NodeScripts.guard_functions`)."""
+        self.scripts.guard_functions(guard)
+
+    # Callers ask the store; a subclass may override any of these like a method.
+    proof = _read(NodeReads.proof)
+    roster = _read(NodeReads.roster)
+    snapshot = _read(NodeReads.snapshot)
+    progress = _read(NodeReads.progress)
+    read_flows = _read(NodeReads.read_flows)
+    audit = _read(NodeReads.audit)
+    audit_chain = _read(NodeReads.audit_chain)
+    load_baseline = _read(NodeReads.load_baseline)
+    flow_entries = _read(NodeReads.flow_entries)
+    scope = _write(NodeWrites.scope)
+    kill = _write(NodeWrites.kill)
+    lease = _write(NodeWrites.lease)
+    arm = _write(NodeWrites.arm)
+    arm_request = _write(NodeWrites.arm_request)
+    set_roster = _write(NodeWrites.set_roster)
+    audit_event = _write(NodeWrites.audit_event)
+    publish_aggregator_view = _write(NodeWrites.publish_aggregator_view)
+    save_baseline = _write(NodeWrites.save_baseline)
 
     @contextlib.asynccontextmanager
     async def confirmations(self) -> AsyncIterator[Wake]:

@@ -30,8 +30,20 @@ class ChangeResult:
     refused: str = ""  # why nothing changed: "not_armed", "fenced" (lease lost) or ""
 
 
-class NodeWrites(NodeScripts):
-    """Writes of one node (see `Store`)."""
+class NodeWrites:
+    """Writes of one node (`Store` offers each of them)."""
+
+    def __init__(self, scripts: NodeScripts) -> None:
+        self.redis = scripts.redis
+        self.node = scripts.node
+        self.keys = scripts.keys
+        self._scope = scripts.scope
+        self._kill = scripts.kill
+        self._lease = scripts.lease
+        self._arm = scripts.arm
+        self._arm_request = scripts.arm_request
+        self._roster = scripts.roster
+        self._audit_event = scripts.audit_event
 
     async def scope(
         self,
@@ -161,7 +173,7 @@ class NodeWrites(NodeScripts):
         await self.redis.sadd(NODES_KEY, self.node)
         return CREATED if res == 2 else REPLACED if res == 1 else ""
 
-    async def audit_event(self, action: str, **fields: object) -> str:
+    async def audit_event(self, action: str, /, **fields: object) -> str:
         """Append one chained audit entry (e.g. a refused attempt: who, what, why refused).
 
         For decisions no state-changing script records; those append in their own script.

@@ -144,7 +144,7 @@ class TestRaisedByTheNotice:
             actor="op", reason="r", cause="manual", floor=1, net_fence=True
         )
         async with occupied(fence.tools):
-            sidecar._notice(f"FENCE {res.epoch}")
+            sidecar.notices.notice(f"FENCE {res.epoch}")
             assert kill_rules(pair) == 2  # out and in
             assert [e["epoch"] for e in logged(node, "FENCE_RAISED")] == [res.epoch]
         await wait_until_async(lambda: fence.fenced_epoch == res.epoch, 10.0, 0.02, "proven")
@@ -156,7 +156,7 @@ class TestRaisedByTheNotice:
         """With `--fence-on-kill`, a plain `KILLED <epoch> <ver>` notice raises the kill fence
         in its handler, before the round trip that reads the kill."""
         res = await Store(redis, node).kill(actor="op", reason="r", cause="manual", floor=1)
-        on_kill_sidecar._notice(f"KILLED {res.epoch} {res.ver}")
+        on_kill_sidecar.notices.notice(f"KILLED {res.epoch} {res.ver}")
         assert kill_rules(pair) == 2
         assert on_kill_sidecar.gate.check("o") == (False, res.epoch, "killed")
 
@@ -165,7 +165,7 @@ class TestRaisedByTheNotice:
     ) -> None:
         """Without `--fence-on-kill` a plain kill's notice closes the gate and raises no fence."""
         res = await Store(redis, node).kill(actor="op", reason="r", cause="manual", floor=1)
-        sidecar._notice(f"KILLED {res.epoch} {res.ver}")
+        sidecar.notices.notice(f"KILLED {res.epoch} {res.ver}")
         assert sidecar.gate.check("o") == (False, res.epoch, "killed")
         assert kill_rules(pair) == 0
 

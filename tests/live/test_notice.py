@@ -155,7 +155,7 @@ class TestSidecarNotice:
         round trip confirms the kill in the same call that reads it."""
         res = await Store(redis, node).kill(actor="op", reason="r", cause="manual", floor=1)
         assert (res.epoch, res.ver) == (2, 2)
-        sidecar._notice("KILLED 2 2")
+        sidecar.notices.notice("KILLED 2 2")
         assert sidecar.gate.check("o") == (False, 2, "killed")
         assert state_file(sidecar) == (2, "KILLED")
         assert (sidecar.gate.view.max_epoch, sidecar.gate.view.max_state) == (2, NodeState.KILLED)
@@ -178,7 +178,7 @@ class TestSidecarNotice:
         res = await store.kill(actor="op", reason="again", cause="manual", floor=2)
         assert (res.epoch, res.ver) == (2, 3)
         saves = sidecar.local.saves  # type: ignore[union-attr]
-        sidecar._notice("KILLED 2 3")
+        sidecar.notices.notice("KILLED 2 3")
         assert sidecar.gate.held == 2
         assert sidecar.local.saves == saves  # type: ignore[union-attr]  # nothing new to record
         await sidecar.sync_once()
@@ -195,7 +195,7 @@ class TestSidecarNotice:
         await sidecar.sync_once()
         assert sidecar.gate.status() == (NodeState.ARMED, 3)
         saves = sidecar.local.saves  # type: ignore[union-attr]
-        sidecar._notice("KILLED 2 2")
+        sidecar.notices.notice("KILLED 2 2")
         assert sidecar.gate.is_open
         assert sidecar.gate.held == 0
         assert (sidecar.gate.view.max_epoch, sidecar.gate.view.max_state) == (3, NodeState.ARMED)
@@ -212,7 +212,7 @@ class TestSidecarNotice:
         await sidecar.sync_once()  # confirms it
         assert sidecar.confirmed == (2, 2)
         await redis.delete(Store(redis, node).keys.host(HOST).confirm)
-        sidecar._notice("KILLED 2 2")
+        sidecar.notices.notice("KILLED 2 2")
         assert sidecar.gate.status() == (NodeState.KILLED, 2)
         assert state_file(sidecar) == (2, "KILLED")
         await sidecar.sync_once()
@@ -224,8 +224,8 @@ class TestSidecarNotice:
         """The same notice twice holds the gate once and writes the state file once."""
         await Store(redis, node).kill(actor="op", reason="r", cause="manual", floor=1)
         saves = sidecar.local.saves  # type: ignore[union-attr]
-        sidecar._notice("KILLED 2 2")
-        sidecar._notice("KILLED 2 2")
+        sidecar.notices.notice("KILLED 2 2")
+        sidecar.notices.notice("KILLED 2 2")
         assert sidecar.local.saves == saves + 1  # type: ignore[union-attr]
         assert sidecar.gate.held == 2
         assert state_file(sidecar) == (2, "KILLED")
@@ -235,7 +235,7 @@ class TestSidecarNotice:
     ) -> None:
         """A notice with no kill behind it blocks this host (closing is safe) and is remembered;
         the node's ARMED read below it is then a regression, until an arm above its epoch."""
-        sidecar._notice("KILLED 9 1")
+        sidecar.notices.notice("KILLED 9 1")
         assert not sidecar.gate.is_open
         assert state_file(sidecar) == (9, "KILLED")
         await sidecar.sync_once()
@@ -257,7 +257,7 @@ class TestSidecarNotice:
     ) -> None:
         """A KILLED notice at the epoch this host saw ARMED (no real kill keeps an armed epoch)
         blocks, and the ARMED read at that epoch is then refused as an overwrite."""
-        sidecar._notice("KILLED 1 7")
+        sidecar.notices.notice("KILLED 1 7")
         assert state_file(sidecar) == (1, "KILLED")
         await sidecar.sync_once()
         assert not sidecar.gate.is_open
@@ -289,7 +289,7 @@ class TestSidecarNotice:
         """A notice that is not `KILLED <epoch> <ver>` with a sane decimal epoch is ignored."""
         saves = sidecar.local.saves  # type: ignore[union-attr]
         view = sidecar.gate.view
-        sidecar._notice(data)
+        sidecar.notices.notice(data)
         assert sidecar.gate.is_open
         assert sidecar.gate.held == 0
         assert sidecar.gate.view == view
@@ -344,13 +344,13 @@ class TestNoticeAuthority:
         await signed_store_arm(store, operator_keys, reason="open", roster=[HOST])
         try:
             assert await sc.sync_once()
-            sc._notice("KILLED 3 1")
+            sc.notices.notice("KILLED 3 1")
             assert sc.gate.status() == (NodeState.KILLED, 3)
             assert sc.notify.on_kill_epoch == 0
             await sc.sync_once()  # reads the node: still ARMED at 1, nothing was killed
             assert sc.notify.on_kill_epoch == 0 and not sc.gate.is_open
             res = await store.kill(actor="op", reason="r", cause="manual", floor=3)
-            sc._notice(f"KILLED {res.epoch} {res.ver}")
+            sc.notices.notice(f"KILLED {res.epoch} {res.ver}")
             assert sc.notify.on_kill_epoch == 0  # the notice of the real kill: not yet either
             await sc.sync_once()
             assert sc.notify.on_kill_epoch == res.epoch
@@ -362,10 +362,10 @@ class TestNoticeAuthority:
     async def test_notice_jump_over_the_limit_is_refused(self, sidecar: Sidecar) -> None:
         """A notice more than MAX_EPOCH_JUMP above the seen epoch is junk: nothing held or kept."""
         seen = sidecar.gate.view.max_epoch
-        junk = sidecar.junk_inputs
-        sidecar._notice(f"KILLED {seen + MAX_EPOCH_JUMP + 1} 1")
+        junk = sidecar.notices.junk_inputs
+        sidecar.notices.notice(f"KILLED {seen + MAX_EPOCH_JUMP + 1} 1")
         assert sidecar.gate.is_open and sidecar.gate.held == 0
-        assert sidecar.junk_inputs == junk + 1
+        assert sidecar.notices.junk_inputs == junk + 1
         assert state_file(sidecar) == (seen, "ARMED")
-        sidecar._notice(f"KILLED {seen + MAX_EPOCH_JUMP} 1")  # at the limit: held
+        sidecar.notices.notice(f"KILLED {seen + MAX_EPOCH_JUMP} 1")  # at the limit: held
         assert sidecar.gate.held == seen + MAX_EPOCH_JUMP

@@ -104,7 +104,7 @@ async def trip_with_notice(
     await store.in_flight.wait()
     res = await Store(redis, node).kill(actor="op", reason="r", cause="manual", floor=1)
     assert res.epoch == 2
-    sc._notice(f"KILLED {res.epoch} {res.ver}")
+    sc.notices.notice(f"KILLED {res.epoch} {res.ver}")
     allowed = probes = 0
     allowed += sc.gate.allow("o-notice")
     probes += 1
@@ -140,7 +140,7 @@ class TestNoticeDuringRoundTrip:
         assert saved[before:] == [(2, NodeState.KILLED)]
         assert never_back(saved)
         assert (sidecar.gate.view.max_epoch, sidecar.gate.view.max_state) == (2, NodeState.KILLED)
-        assert sidecar.regressions == 0  # an outdated read is not Redis going back
+        assert sidecar.applier.regressions == 0  # an outdated read is not Redis going back
         assert await sidecar.sync_once()  # the next trip reads the kill and applies it
         assert sidecar.gate.held == 0
         assert sidecar.gate.status() == (NodeState.KILLED, 2)
@@ -170,7 +170,7 @@ class TestNoticeDuringRoundTrip:
         trip = asyncio.create_task(sidecar.sync_once())
         await store.in_flight.wait()
         await Store(redis, node).kill(actor="op", reason="r", cause="manual", floor=1)
-        sidecar._notice("KILLED 2 2")
+        sidecar.notices.notice("KILLED 2 2")
         assert not sidecar.gate.allow("o-notice")
         await signed_store_arm(
             Store(redis, node), operator_keys, reason="again", floor=2, roster=[HOST]

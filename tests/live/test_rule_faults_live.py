@@ -52,19 +52,19 @@ class FaultyFleet(FleetRule):
 
 
 def faulty_rollouts(agg: Aggregator) -> None:
-    w = agg.rollouts
-    agg.rollouts = FaultyRollouts(w.store, w.node, w.operators, w.log)
+    w = agg.rules.rollouts
+    agg.rules.rollouts = FaultyRollouts(w.store, w.node, w.operators, w.log)
 
 
 def faulty_monitor(agg: Aggregator) -> None:
-    m = agg.monitor
-    agg.monitor = FaultyMonitor(m.config, m.baseline, roster=m.roster)
+    m = agg.rules.monitor
+    agg.rules.monitor = FaultyMonitor(m.config, m.baseline, roster=m.roster)
 
 
 def faulty_fleet(agg: Aggregator) -> None:
-    f = agg.fleet
+    f = agg.rules.fleet
     assert f is not None
-    agg.fleet = FaultyFleet(
+    agg.rules.fleet = FaultyFleet(
         f.redis, cap=f.cap, window_ms=f.window_ms, instance=agg.s.instance,
         lease_ttl=f.lead.ttl_s, max_age_ms=f.max_age_ms, log=f.log, on_trip=f.on_trip,
     )  # fmt: skip
@@ -111,11 +111,11 @@ async def test_a_rule_that_raises_kills_or_is_named(two: Fleet, redis: Redis, ca
         await asyncio.to_thread(two.wait_ready, 60)
         armed = await asyncio.to_thread(two.arm)
         await asyncio.to_thread(two.wait_all, "PONG ARMED")
-        healthy = (agg.rollouts, agg.monitor, agg.fleet)
+        healthy = (agg.rules.rollouts, agg.rules.monitor, agg.rules.fleet)
         install(agg)
 
         def faulted() -> bool:
-            return set(rules) <= set(agg.rule_guard.faults)
+            return set(rules) <= set(agg.rules.rule_guard.faults)
 
         await wait_until_async(faulted, 20, 0.02, "the rule at fault")
 
@@ -150,15 +150,15 @@ async def test_a_rule_that_raises_kills_or_is_named(two: Fleet, redis: Redis, ca
         # logged once for the fault, not once a tick
         assert len([e for e in log.named("RULE_FAULT") if e["rule"] == rules[0]]) == 1
         # every other rule goes on being evaluated
-        others = [r for r in agg.rule_guard.last_ms if r not in agg.rule_guard.faults]
+        others = [r for r in agg.rules.rule_guard.last_ms if r not in agg.rules.rule_guard.faults]
         assert others
-        before = dict(agg.rule_guard.last_ms)
+        before = dict(agg.rules.rule_guard.last_ms)
         await wait_until_async(
-            lambda: all(agg.rule_guard.last_ms[r] > before[r] for r in others),
+            lambda: all(agg.rules.rule_guard.last_ms[r] > before[r] for r in others),
             20, 0.02, "the other rules evaluated again",
         )  # fmt: skip
-        agg.rollouts, agg.monitor, agg.fleet = healthy
-        await wait_until_async(lambda: not agg.rule_guard.faults, 20, 0.02, "recovered")
+        agg.rules.rollouts, agg.rules.monitor, agg.rules.fleet = healthy
+        await wait_until_async(lambda: not agg.rules.rule_guard.faults, 20, 0.02, "recovered")
         assert {e["rule"] for e in log.named("RULE_RECOVERED")} >= set(rules)
     finally:
         await agg.stop()

@@ -102,7 +102,7 @@ async def stray_lift(store: Store, proof: str | None) -> int:
 
 def held(sc: SidecarThread) -> Held:
     assert sc.sidecar is not None
-    return sc.sidecar.scope_held
+    return sc.sidecar.applier.scope_held
 
 
 async def kept_in_status(store: Store) -> list[str]:
