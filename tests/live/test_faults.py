@@ -358,9 +358,8 @@ class TestSidecarRestart:
             f.sidecars["or-01"].stop()
             LocalState(f.workdir / "state", node, "or-01").path.write_bytes(b"\xff{garbage")
             f.start_sidecar("or-01")
-            wait_until(
-                lambda: status(f, redis_url)["hosts"]["or-01"]["proof"] == "unproven", 10
-            )  # type: ignore[index]
+            host = lambda: status(f, redis_url)["hosts"]["or-01"]  # type: ignore[index]  # noqa: E731
+            wait_until(lambda: host()["proof"] == "unproven", 10)
             assert "unreadable" in status(f, redis_url)["hosts"]["or-01"]["regression"]
             assert f.ping("or-01") == f"PONG STALE {armed}"
             assert f.ping("or-02") == f"PONG ARMED {armed}"  # the rest of the node trades on
