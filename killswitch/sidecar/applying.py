@@ -128,12 +128,16 @@ class ReadApplier:
             return
         old = self.gate.view
         if self.local_problem:
-            # Without the file this host cannot tell an old ARMED from a new one. An arm made
-            # after it started (above the first epoch it read) was made on purpose, by two
-            # operators who saw this host report the problem: trust that one.
+            # Without the file this host cannot tell an old ARMED from a new one, so it started
+            # a new boot (`memory.new_boot`): no proof signed before names it. An ARMED that
+            # `judged` let through was signed for this boot by two operators who saw this host
+            # report the problem: a node arm after it started (above the first epoch it read)
+            # or an admission of this boot (`arm --host`). Trust that one.
             if self._problem_epoch is None:
                 self._problem_epoch = new.epoch
-            elif new.state is NodeState.ARMED and new.epoch > self._problem_epoch:
+            if new.state is NodeState.ARMED and (
+                new.epoch > self._problem_epoch or self.memory.new_boot
+            ):
                 self.log.warning(
                     "LOCAL_STATE_REPLACED", epoch=new.epoch, reason=self.local_problem,
                     first_epoch_read=self._problem_epoch,
@@ -154,6 +158,7 @@ class ReadApplier:
                 state=NodeState.STALE,
                 epoch=new.epoch,
                 regression=self.local_problem or self.memory.problem,
+                refusal=new.refusal,  # still reported: `unproven` is what `arm --host` admits
             )
         if new.regression and new.regression != old.regression:
             self.regressions += 1

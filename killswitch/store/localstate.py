@@ -7,8 +7,8 @@ scoped kills it enforces (so a restart cannot forget them).
 
 Written atomically (temp file, fsync, rename) and only when the epoch or its state changes,
 never on the order path. An unreadable file is treated as "seen a kill we cannot name":
-the sidecar then blocks (STALE) until an arm issued after it started (an epoch above the
-first one it read) proves that people re-armed the node on purpose; `load()` never raises
+the sidecar starts a new boot and blocks (STALE) until two operators sign for that boot
+(`arm --host`, or a node arm after it started); `load()` never raises
 for what is in the file, since a sidecar that cannot start cannot even answer PING.
 
 The file is `<node>@<host>.json`: `@` is not allowed in names, so no two (node, host)

@@ -344,6 +344,35 @@ class TestSidecarRestart:
         finally:
             f.stop()
 
+    def test_unreadable_state_file_is_admitted_by_arm_host(self, redis_url: str, node: str) -> None:
+        """A damaged state file is a new boot: `arm --host` (two operators admitting this boot)
+        reopens that host on the node's current arm, no kill of the whole node needed."""
+        f = Fleet(
+            redis_url, node, ["or-01", "or-02"], stale_after=STALE_AFTER, flush_interval=FLUSH
+        )
+        try:
+            f.start()
+            f.start_aggregator("--tick", "0.05")
+            wait_until(lambda: f.ready(redis_url), 20, 0.05)
+            armed = arm(f, redis_url)
+            f.sidecars["or-01"].stop()
+            LocalState(f.workdir / "state", node, "or-01").path.write_bytes(b"\xff{garbage")
+            f.start_sidecar("or-01")
+            host = lambda: status(f, redis_url)["hosts"]["or-01"]  # type: ignore[index]  # noqa: E731
+            wait_until(lambda: host()["proof"] == "unproven", 10)
+            assert "unreadable" in status(f, redis_url)["hosts"]["or-01"]["regression"]
+            assert f.ping("or-01") == f"PONG STALE {armed}"
+            assert f.ping("or-02") == f"PONG ARMED {armed}"  # the rest of the node trades on
+            out = f.arm("--host", "or-01", reason="state file replaced")
+            assert int(out["epoch"]) == armed, out
+            wait_until(lambda: f.ping("or-01") == f"PONG ARMED {armed}", 10, 0.02)
+            assert f.sidecars["or-01"].logged("LOCAL_STATE_REPLACED")
+            assert f.sidecars["or-01"].logged("ARM_ADMITTED")
+            saved = json.loads(LocalState(f.workdir / "state", node, "or-01").path.read_text())
+            assert (saved["max_epoch"], saved["max_state"]) == (armed, "ARMED")
+        finally:
+            f.stop()
+
 
 async def _kill_in_process(url: str, node: str) -> control.Outcome:
     redis = Redis.from_url(url, decode_responses=True)
