@@ -445,8 +445,9 @@ class TestRosterLua:
     """roster.lua: store and audit a change, leave an identical roster alone."""
 
     async def test_first_roster_is_stored_and_audited(self, redis: Redis, k: NodeKeys) -> None:
-        """No roster yet: the hosts are stored and one audit entry records the change."""
-        assert await roster(redis, k, "or-02", "or-01") == ["1"]
+        """No roster yet: the hosts are stored (reply 2, created) and one audit entry records
+        the change."""
+        assert await roster(redis, k, "or-02", "or-01") == ["2"]
         assert await redis.smembers(k.roster) == {"or-01", "or-02"}
         (entry,) = await chained(redis, k)
         assert (entry["action"], entry["actor"]) == ("roster", "agg")
@@ -465,7 +466,8 @@ class TestRosterLua:
     async def test_changed_roster_replaces_the_old_one(
         self, redis: Redis, k: NodeKeys, hosts: tuple[str, ...]
     ) -> None:
-        """A different host, or a different count, replaces the set and audits the previous one."""
+        """A different host, or a different count, replaces the set (reply 1) and audits the
+        previous one."""
         await roster(redis, k, "or-01", "or-02")
         assert await roster(redis, k, *hosts) == ["1"]
         assert await redis.smembers(k.roster) == set(hosts)
@@ -474,9 +476,10 @@ class TestRosterLua:
         assert entries[1]["prev_roster"] == "or-01,or-02"
 
     async def test_roster_of_another_type_is_replaced(self, redis: Redis, k: NodeKeys) -> None:
-        """A roster key that is no set is deleted and the hosts stored as a set."""
+        """A roster key that is no set is deleted and the hosts stored as a set (reply 2: no
+        roster was stored as a set before)."""
         await redis.set(k.roster, "junk")
-        assert await roster(redis, k, "or-01") == ["1"]
+        assert await roster(redis, k, "or-01") == ["2"]
         assert await redis.smembers(k.roster) == {"or-01"}
         (entry,) = await chained(redis, k)
         assert entry["prev_roster"] == ""
