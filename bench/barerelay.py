@@ -7,13 +7,16 @@ to wake per round trip), so the gateway's own part can be told apart from it.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import threading
 
 
 def pump(src: socket.socket, dst: socket.socket) -> None:
-    with src, dst:
+    """Copy one direction until it ends; then close both sockets, which ends the other
+    direction's thread too (its read fails on the closed socket: that is its way out)."""
+    with contextlib.suppress(OSError), src, dst:
         while data := src.recv(65536):
             dst.sendall(data)
 
