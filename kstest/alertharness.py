@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from killswitch.sim.embedded import free_port
+from killswitch.sim.embedded import free_port, stop_process
 from killswitch.sim.fleet import Proc
 from kstest.promexprs import REPO_ROOT
 
@@ -146,13 +146,8 @@ class AlertmanagerHarness:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_process(proc, 10.0)
         directory, self._dir = self._dir, None
         if directory is not None:
             directory.cleanup()

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from killswitch.sim.embedded import free_port
+from killswitch.sim.embedded import free_port, stop_process
 from kstest.promexprs import ALERT_RULES
 
 T = TypeVar("T")
@@ -185,13 +185,8 @@ class PrometheusHarness:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_process(proc, 10.0)
         directory, self._dir = self._dir, None
         if directory is not None:
             directory.cleanup()

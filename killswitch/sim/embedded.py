@@ -27,6 +27,17 @@ INSTALL_HINT = (
 )
 
 
+def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within `timeout` seconds; reaped either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class RedisServerMissing(RuntimeError):
     """No redis-server binary could be found."""
 
@@ -136,15 +147,8 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_process(proc, 5.0)
 
     def kill(self) -> None:
         """SIGKILL: what a crashed or OOM-killed Redis looks like to its clients."""
