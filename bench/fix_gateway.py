@@ -153,6 +153,25 @@ def relay_cpu_us(n: int = 50_000) -> float:
     return (time.process_time() - t0) / n * 1e6
 
 
+def relay_cpus(before: str | None) -> dict[str, float]:
+    """relay_cpu_us here and, alternating with it, in the checkout `before` (its own process:
+    the same measurement of that revision's code, on the same machine load)."""
+    if before is None:
+        return {"relay_cpu_us_per_order": round(relay_cpu_us(), 2)}
+    code = "from bench.fix_gateway import relay_cpu_us; print(relay_cpu_us())"
+    here: list[float] = []
+    there: list[float] = []
+    for _ in range(3):
+        here.append(relay_cpu_us())
+        out = subprocess.run([sys.executable, "-c", code], cwd=before, capture_output=True,
+                             text=True, check=True)  # fmt: skip
+        there.append(float(out.stdout))
+    return {
+        "relay_cpu_us_per_order": round(min(here), 2),
+        "before_relay_cpu_us_per_order": round(min(there), 2),
+    }
+
+
 def cpu_s(pid: int) -> float:
     """User plus system CPU seconds a process has used (/proc/PID/stat)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -214,7 +233,8 @@ def run() -> dict[str, Any]:
     bench_cpus = {"split": second, "one_core": first}
     os.sched_setaffinity(0, second)  # this thread is the client; the venue starts beside it
     venue = Venue()
-    relays = relays_of(os.environ.get("KILLSWITCH_BENCH_BEFORE"))
+    before = os.environ.get("KILLSWITCH_BENCH_BEFORE")
+    relays = relays_of(before)
     ports = {h: free_port() for h in relays}
     bare_port = free_port()
     bare = subprocess.Popen(
@@ -241,11 +261,14 @@ def run() -> dict[str, Any]:
                 pin(pids[h], first)  # the relays get the first core, in both placements
                 roundtrips(port, 200)  # warm-up (the byte relay's threads start here)
                 pin(pids[h], first)
-            return measure(venue, pids, ports, bench_cpus) | {
-                "relay_cpu_us_per_order": round(relay_cpu_us(), 2),
-                "cpus": len(cpus),
-                "load_average": os.getloadavg(),
-            }
+            return (
+                measure(venue, pids, ports, bench_cpus)
+                | relay_cpus(before)
+                | {
+                    "cpus": len(cpus),
+                    "load_average": os.getloadavg(),
+                }
+            )
         finally:
             f.stop()
 
