@@ -59,7 +59,9 @@ EARLY = "early_data"  # a client sent more than HOLD_MAX bytes before its venue 
 CONNECT_TIMEOUT = 5.0
 _RESET = b"\x01141=Y\x01"
 READ_SIZE = 64 * 1024  # bytes read from a peer at once
-HOLD_MAX = READ_SIZE  # a client's bytes held before its venue leg is up (one read: it pauses)
+# A client's bytes held before its venue leg is up: one read (up to READ_SIZE), after which
+# the leg is paused; the bound is for a loop that would read on regardless.
+HOLD_MAX = 16 * READ_SIZE
 
 
 class _Leg(asyncio.BufferedProtocol):

@@ -97,8 +97,11 @@ def run_on(loop: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
 @pytest.mark.parametrize("loop", LOOPS)
 class TestBeforeTheVenue:
     def test_orders_sent_before_the_venue_connects_reach_it_in_order(self, loop: str) -> None:
-        """Two orders written while the venue leg is still connecting (one before the
-        session exists, one after) reach the venue, in order, once it connects."""
+        """A burst larger than any one read (2,000 orders, about 290 KB) and one order more,
+        written while the venue leg is still connecting, reach the venue once it connects:
+        all of them, in order."""
+        burst = [nos(i + 2, b"early-%d" % i) for i in range(2000)]
+        last = nos(2002, b"early-last")
 
         async def main() -> None:
             venue = SlowVenue()
@@ -106,14 +109,13 @@ class TestBeforeTheVenue:
             await gw.start()
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.write(nos(2, b"early-1"))
+                writer.write(b"".join(burst))
                 await wait_until_async(lambda: gw.sessions, 5, what="the session")
-                writer.write(nos(3, b"early-2"))
-                await writer.drain()
+                writer.write(last)
                 venue.free()
                 conn = await venue.accept()
-                assert await read_messages(conn, 2) == [nos(2, b"early-1"), nos(3, b"early-2")]
-                assert gw.wire == 2
+                assert await read_messages(conn, 2001) == [*burst, last]
+                assert gw.wire == 2001
                 conn.close()
                 writer.close()
             finally:
