@@ -6,11 +6,12 @@ for speed (pre-encoded NewOrderSingles; the venue answers each with one framed m
 only counts). Beside them, a relay that only copies bytes (`bench.barerelay`, its own
 process): the cost of any process in the path on this machine.
 
-Two placements, measured in the same run, round by round:
-- `split`: the relays (sidecars, byte relay) pinned to the first CPU, the bench's client and
-  venue threads pinned to the second: every hop wakes a process on the other core.
-- `one_core`: the relays and the bench's client and venue threads all on the first CPU.
-Redis and the aggregator stay on the second CPU in both.
+Three placements, measured in the same run, round by round; the relays (sidecars, byte
+relay) are pinned to the first CPU in each, Redis and the aggregator to the second:
+- `split`: the bench's client and venue threads pinned to the second CPU: every hop wakes a
+  process on the other core.
+- `one_core`: the bench's client and venue threads on the first CPU too: no hop crosses.
+- `unpinned`: the bench's threads free to run on either CPU (the scheduler's choice).
 
 Latency: one order at a time, round trip through a relay minus round trip on a direct TCP
 connection to the same venue, same placement, same run, interleaved in rounds. Throughput:
@@ -222,7 +223,7 @@ def pid_of(f: Fleet, host: str) -> int:
     return proc.pid
 
 
-PLACEMENTS = ("split", "one_core")
+PLACEMENTS = ("split", "one_core", "unpinned")
 
 
 def run() -> dict[str, Any]:
@@ -230,7 +231,7 @@ def run() -> dict[str, Any]:
     if len(cpus) < 2:
         raise SystemExit("fix_gateway: needs two CPUs (the split placement)")
     first, second = {cpus[0]}, {cpus[1]}
-    bench_cpus = {"split": second, "one_core": first}
+    bench_cpus = {"split": second, "one_core": first, "unpinned": set(cpus)}
     os.sched_setaffinity(0, second)  # this thread is the client; the venue starts beside it
     venue = Venue()
     before = os.environ.get("KILLSWITCH_BENCH_BEFORE")
