@@ -63,6 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # the contract: never a traceback, one line saying what broke
         if os.environ.get("KILLSWITCH_DEBUG"):
             raise
+        from killswitch.store.noperm import denial, redis_user
+
+        if (refused := denial(e)) is not None:  # an ACL without a permission this verb needs
+            url = getattr(args, "redis", None) or os.environ.get("KILLSWITCH_REDIS_URL", "")
+            return fail(args.command, refused.line(redis_user(url)), EXIT_FAILED)
         return fail(
             args.command,
             f"failed: {type(e).__name__}: {e} (set KILLSWITCH_DEBUG=1 for the traceback)",
