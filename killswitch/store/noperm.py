@@ -61,7 +61,7 @@ class Denial:
         else:
             what = f"may not access a {self.kind} this command uses"
             fix = f"give it the {self.kind} patterns `python -m killswitch.store.acl` generates"
-        return f"Redis ACL refused it (NOPERM): user {user} {what}; {fix} ({GUIDE})"
+        return f"Redis user {user} {what} (NOPERM, its ACL): {fix} ({GUIDE})"
 
 
 def _one(text: str) -> Denial | None:
