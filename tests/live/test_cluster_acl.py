@@ -6,6 +6,7 @@ naming `cluster|slots`."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,6 +73,20 @@ class ShippedFleet(Fleet):
         return [*super().sidecar_args(host), "--redis", url(self.cluster, user)]
 
 
+def admin(port: int) -> redis_sync.Redis:
+    """A plain client of one cluster node as the harness's admin user."""
+    return redis_sync.Redis(host=HOST, port=port, username=ADMIN, password=f"pw-{ADMIN}",
+                            decode_responses=True)  # fmt: skip
+
+
+def owner(r: redis_sync.Redis, slot: int) -> int:
+    """The port of the master that serves `slot` (CLUSTER SLOTS)."""
+    for start, end, master, *_ in r.cluster("slots"):
+        if int(start) <= slot <= int(end):
+            return int(master[1])
+    raise AssertionError(f"slot {slot} not served")
+
+
 def sidecar_client(cluster: RedisClusterHarness, user: str) -> redis_sync.RedisCluster:
     return redis_sync.RedisCluster(
         host=HOST, port=cluster.ports[0], username=user, password=f"demo-{user}",
@@ -135,6 +150,40 @@ class TestShippedUsersOnCluster:
             assert lib.name in str(c.function_list(library=lib.name))
         finally:
             c.close()
+
+    def test_asking_follows_a_migrating_slot(self, cluster: RedisClusterHarness) -> None:
+        """While the node's slot migrates, a write to a new key of the sidecar's own is sent
+        to the importing master after ASKING: the shipped user may, one without `+asking` may
+        not (why the rule is in the set)."""
+        k = NodeKeys(NODE)
+        probe = f"{k.host('or-01').prefix}asking-probe"
+        user = acl.sidecar_user(NODE, "or-01")
+        bare = "ks-sidecar-smars-noasking"
+        line = next(x for x in SHIPPED.read_text().splitlines() if x.startswith(f"user {user} "))
+        _, args = rules(line.replace(" +asking", "", 1))
+        clients = {p: admin(p) for p in cluster.ports}
+        try:
+            for r in clients.values():
+                r.execute_command("ACL", "SETUSER", bare,
+                                  *(f">demo-{bare}" if a.startswith("#") else a for a in args))  # fmt: skip
+            slot = int(clients[cluster.ports[0]].cluster("keyslot", probe))
+            src = owner(clients[cluster.ports[0]], slot)
+            dst = next(p for p in cluster.ports if p != src)
+            ids = {p: clients[p].cluster("myid") for p in (src, dst)}
+            clients[dst].cluster("setslot", slot, "importing", ids[src])
+            clients[src].cluster("setslot", slot, "migrating", ids[dst])
+            with sidecar_client(cluster, bare) as c, pytest.raises(NoPermissionError):
+                c.hset(probe, "f", "1")
+            with sidecar_client(cluster, user) as c:
+                assert c.hset(probe, "f", "1") == 1
+            pipe = clients[dst].pipeline(transaction=False)  # one connection; ASKING: one command
+            pipe.execute_command("ASKING").exists(probe).execute_command("ASKING").delete(probe)
+            assert pipe.execute()[1::2] == [1, 1]  # it landed on the importing master
+        finally:
+            for r in clients.values():
+                with contextlib.suppress(redis_sync.RedisError):
+                    r.cluster("setslot", slot, "stable")
+                r.close()
 
     def test_a_pre_cluster_sidecar_user_blocks_naming_cluster_slots(
         self, cluster: RedisClusterHarness
