@@ -124,6 +124,7 @@ class TestSidecarDenied:
             assert denied["permission"] == "function|list"
             assert denied["rule"] == "+function|list" and denied["user"] == user
             assert f"pw-{user}" not in f.sidecars["or-01"].log_path.read_text()
+            assert not f.sidecars["or-01"].events("SYNC_FAILED")  # the cause, not a generic one
             for h in HOSTS:
                 assert f.order(h, "d1").startswith("BLOCK d1")
 
@@ -209,13 +210,15 @@ class TestCliDenied:
 
     @pytest.mark.parametrize(
         ("verb", "rule"),
-        [(("status",), "evalsha"), (("audit", "--limit", "5"), "xrevrange")],
-    )
+        [(("status",), "evalsha"), (("audit", "--limit", "5"), "xrevrange"),
+         (("status", "--fleet"), "sscan")],
+    )  # fmt: skip
     def test_one_line_exit_1(
         self, node: str, tmp_path: Path, verb: tuple[str, ...], rule: str
     ) -> None:
-        """`status` (the lean transport) and `audit` (redis-py) with a user lacking a command
-        they send: exit 1, one line naming the command and the rule, no traceback."""
+        """`status` (the lean transport), `audit` (redis-py) and `status --fleet` with a user
+        lacking a command they send: exit 1, one line naming the command and the rule, no
+        traceback."""
         server = acl_server(node, tmp_path, lambda line: line + f" -{rule}"
                             if line.startswith(f"user {acl.OPERATOR_USER} ") else line)  # fmt: skip
         f = Fleet(url(server, acl.OPERATOR_USER), node, HOSTS)
