@@ -161,6 +161,12 @@ class SidecarCollector:
             acl.add_metric([n, h, permission], count)
         yield acl
         yield _gauge(
+            "killswitch_acl_denied",
+            "1 while Redis's ACL refuses this host's round trip (NOPERM): it blocks; the log "
+            "event ACL_DENIED and `status` name the rule to add.",
+            n, h, float(bool(sc.acl.problem)),
+        )  # fmt: skip
+        yield _gauge(
             "killswitch_healthy",
             "1 while this sidecar can do its job; 0 with the reason on /healthz.",
             n, h, float(not sc.problem()),

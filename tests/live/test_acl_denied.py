@@ -111,8 +111,8 @@ class TestSidecarDenied:
         self, old_acl: EmbeddedRedis, node: str
     ) -> None:
         """Without `+function|list` every order blocks, and the log (ACL_DENIED), `status`
-        (hosts[H].acl, exit 3), /healthz and killswitch_acl_denials_total name the command
-        and the rule; once an admin adds the rule, the same sidecars arm and allow."""
+        (hosts[H].acl, exit 3), /healthz and the metrics name the command and the rule; once
+        an admin adds the rule, the same sidecars arm and allow."""
         port = free_port()
         f = AclFleet(url(old_acl, acl.OPERATOR_USER), node, HOSTS, server=old_acl,
                      metrics_ports={"or-01": port})  # fmt: skip
@@ -142,6 +142,8 @@ class TestSidecarDenied:
             assert "+function|list" in healthz(port)
             labels = {"node": node, "host": "or-01", "permission": "function|list"}
             assert (metric(port, "killswitch_acl_denials_total", **labels) or 0) >= 1
+            gauge = {"node": node, "host": "or-01"}
+            assert metric(port, "killswitch_acl_denied", **gauge) == 1.0
             with admin(old_acl) as a:
                 for h in HOSTS:
                     a.acl_setuser(acl.sidecar_user(node, h), enabled=True,
@@ -153,6 +155,7 @@ class TestSidecarDenied:
                 assert f.order(h, "a1") == f"ALLOW a1 {armed['epoch']}"
             assert f.sidecars["or-01"].logged("SYNC_RECOVERED")
             assert "+function|list" not in healthz(port)
+            assert metric(port, "killswitch_acl_denied", **gauge) == 0.0
         finally:
             f.stop()
             old_acl.cleanup()
