@@ -37,6 +37,7 @@ PER_HOST = PER_HOST_METRICS
 BOUNDED_LABELS = {
     "__name__", "node", "host", "decision", "state", "window", "rule", "cause", "le",
     "component", "version", "instance", "job", "reason", "msgtype",
+    "permission",  # a command killswitch sends, or key/channel/script (store.noperm)
 }  # fmt: skip
 
 
