@@ -36,7 +36,7 @@ PER_HOST = PER_HOST_METRICS
 # from the roster, the rest from fixed enums or the process's own configuration).
 BOUNDED_LABELS = {
     "__name__", "node", "host", "decision", "state", "window", "rule", "cause", "le",
-    "component", "version", "instance", "job", "reason", "msgtype",
+    "component", "version", "instance", "job", "reason", "msgtype", "writer",
 }  # fmt: skip
 
 
