@@ -5,14 +5,15 @@
  * same bytes (core/enforce/recfmt.py RECORD_FAST) and in the same commit order: the record's
  * 160 bytes first, then, after a release barrier, the one aligned 8-byte store of the
  * header's index. A writer killed at any instruction leaves at most the slot `index` points
- * at in flux, which the decoder skips. It never raises for what it is given: anything the
- * Python writer's fast path would not take (a symbol or side word not in the shared tables,
- * a value of an odd type or out of range, a closed writer) goes to the Python `slow`
- * callable with the same seq, exactly as the Python writer's `except` path does.
+ * at in flux, which the decoder skips. It never raises for what it is given: anything it
+ * does not write itself (a symbol or side that is not a str, a side word the Python writer
+ * has not kept, a lone surrogate, a number of another type or out of its field's range, a
+ * closed writer) goes to the Python writer's `slow` with the same seq, which records what
+ * the fast path would have, coercing only what cannot be packed, or counts a drop.
  *
- * No system call, no lock, no allocation on the common path (the wall time is
- * clock_gettime(CLOCK_REALTIME), a vDSO read on Linux). One writer thread at a time, as the
- * gate; the GIL is held throughout.
+ * No system call, no lock, and for ASCII text no allocation on the common path (the wall
+ * time is clock_gettime(CLOCK_REALTIME), what time.time_ns reads: a vDSO call on Linux).
+ * One writer thread at a time, as the gate; the GIL is held from the seq to the index.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -90,9 +91,9 @@ as_ll(PyObject *v, int *ok)
     return n;
 }
 
-/* The side's code: recfmt.SIDES ("" 0, "BUY" 1, "SELL" 2; tests/unit/test_ringwrite.py
- * checks the table), else the value the shared `sides` dict holds for the word; *ok cleared
- * when it holds none (the Python writer's KeyError). */
+/* The side's code: recfmt.SIDES ("" 0, "BUY" 1, "SELL" 2; the parity test in
+ * tests/unit/test_ringwrite.py holds it to the table), else the value the shared `sides` dict
+ * holds for the word; *ok cleared when it holds none (the Python writer's KeyError). */
 static inline long long
 side_code(Writer *w, PyObject *side, int *ok)
 {
