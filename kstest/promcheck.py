@@ -136,6 +136,7 @@ METRICS: dict[str, bool] = {
     "killswitch_rule_faults_total": False,
     "killswitch_audit_copy_rotations_total": False,
     "killswitch_functions_replaced_total": False,
+    "killswitch_acl_denied": True,
     "killswitch_audit_chain_ok": False,
 }
 KNOWN_METRICS = frozenset(METRICS)

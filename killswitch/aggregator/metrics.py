@@ -65,6 +65,13 @@ class Instruments:
             ["node"],
             registry=registry,
         ).labels(node)
+        self.acl_denials = Counter(
+            "killswitch_acl_denials",
+            "Ticks Redis's ACL refused (NOPERM), by the permission missing (a command, or "
+            "key/channel/script); the log event ACL_DENIED names the rule to add.",
+            ["node", "permission"],
+            registry=registry,
+        )
         for cause in trip_causes:
             self.trips.labels(node, cause)
         for cause in shadow_causes:

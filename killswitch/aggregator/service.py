@@ -49,6 +49,7 @@ from killswitch.runtime.config import ConfigError
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled, until_reachable
+from killswitch.store.noperm import denial, redis_user
 from killswitch.store.reads import NodeSnapshot
 from killswitch.store.redisconn import connect
 from killswitch.store.rollout import RolloutStore
@@ -155,8 +156,13 @@ class Aggregator:
         if self._metrics:
             await self._metrics.start()
         warn = functools.partial(self.log.warning, "redis_unreachable_at_start")
-        if not await until_reachable(self._first_reads, self._stop, lambda e: warn(error=e)):
-            return
+        try:
+            if not await until_reachable(self._first_reads, self._stop, lambda e: warn(error=e)):
+                return
+        except Exception as e:  # refused: it cannot start, and says which rule is missing
+            if denial(e) is not None:
+                self._tick_failed(e, "")
+            raise
         self._task = asyncio.create_task(self._loop(), name="aggregator")
         if self.audit_mirror is not None:
             # its own task: a slow disk (fsync) must never delay a tick or a lease renewal
@@ -221,14 +227,27 @@ class Aggregator:
             except Exception as e:
                 # Redis away (or refusing): no rule runs this tick, and each rule's
                 # last-evaluated time ages (status, the alert) until it answers again.
-                error = f"{type(e).__name__}: {e}"
-                if error != failing:
-                    self.log.error("TICK_FAILED", error=error)
+                error = self._tick_failed(e, failing)
                 failing = error
             wait = self._until_next_tick(started)
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), wait)
+
+    def _tick_failed(self, e: Exception, failing: str) -> str:
+        """Log why a tick failed (once per distinct cause); an ACL refusal names its rule."""
+        refused = denial(e)
+        if refused is None:
+            error = f"{type(e).__name__}: {e}"
+            if error != failing:
+                self.log.error("TICK_FAILED", error=error)
+            return error
+        self.instruments.acl_denials.labels(self.s.node, refused.permission).inc()
+        error = refused.line(redis_user(self.s.redis_url))
+        if error != failing:
+            self.log.error("ACL_DENIED", permission=refused.permission, rule=refused.rule,
+                           user=redis_user(self.s.redis_url), reason=error)  # fmt: skip
+        return error
 
     def _until_next_tick(self, started: float) -> float:
         """Seconds to sleep so the next read lands just after the next grid point of server

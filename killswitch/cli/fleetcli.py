@@ -50,8 +50,9 @@ def run(cmd: str, r: Resolver, redis_url: str, as_json: bool) -> int:
 async def _with_redis(
     redis_url: str, action: Callable[[Any], Awaitable[Outcome]], budget: float
 ) -> Outcome:
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 
+    from killswitch.store.noperm import denial, redis_user
     from killswitch.store.redisconn import connect
 
     redis = connect(redis_url, socket_timeout=3.0, client_name="ks-cli-fleet")
@@ -65,7 +66,9 @@ async def _with_redis(
             f"killswitch: gave up after {budget:g}s talking to Redis.\n"
             "Kills may or may not have been recorded: run `killswitch status --fleet` to see.",
         )
-    except (RedisError, OSError) as e:
+    except (RedisError, RedisClusterException, OSError) as e:
+        if (refused := denial(e)) is not None:  # reached, and refused: say what to add
+            return Outcome(EXIT_FAILED, {}, f"killswitch: {refused.line(redis_user(redis_url))}")
         return Outcome(
             EXIT_FAILED,
             {},

@@ -63,6 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # the contract: never a traceback, one line saying what broke
         if os.environ.get("KILLSWITCH_DEBUG"):
             raise
+        from killswitch.store.noperm import denial, redis_user
+
+        if (refused := denial(e)) is not None:  # an ACL without a permission this verb needs
+            try:
+                user = redis_user(_resolve(args, os.environ)[1])
+            except Exception:  # resolved once already; say it without the name otherwise
+                user = "(of --redis)"
+            return fail(args.command, refused.line(user), EXIT_FAILED)
         return fail(
             args.command,
             f"failed: {type(e).__name__}: {e} (set KILLSWITCH_DEBUG=1 for the traceback)",

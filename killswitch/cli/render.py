@@ -172,6 +172,8 @@ def _hosts(rep: dict[str, Any]) -> list[str]:
             notes.append(f"! {escape(s['regression'])}")
         if s.get("functions"):
             notes.append(f"! {escape(s['functions'])}")
+        if s.get("acl"):
+            notes.append(f"! {escape(s['acl'])}")
         if s.get("proof"):
             notes.append(f"! arm not accepted: {escape(s['proof'])}")
         if s.get("scope_kept"):

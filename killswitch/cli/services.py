@@ -52,6 +52,7 @@ def start_aggregator(r: Resolver, node: str, redis_url: str) -> int:
 
     from killswitch.aggregator.service import run_aggregator
     from killswitch.aggregator.upkeep import NotDurable
+    from killswitch.store.noperm import denial, redis_user
     from killswitch.store.redisconn import classify
 
     settings = aggregator_settings(r, node, redis_url)
@@ -59,7 +60,12 @@ def start_aggregator(r: Resolver, node: str, redis_url: str) -> int:
         asyncio.run(run_aggregator(settings))
     except NotDurable as e:
         return fail("aggregator", f"refused: {e}", EXIT_USAGE)
-    except (RedisError, OSError) as e:
+    except Exception as e:
+        if (refused := denial(e)) is not None:
+            return fail("aggregator", f"cannot start: {refused.line(redis_user(redis_url))}",
+                        EXIT_FAILED)  # fmt: skip
+        if not isinstance(e, RedisError | OSError):
+            raise
         problem = classify(e)
         return fail("aggregator", f"cannot start: {problem.line(redis_url)}", EXIT_FAILED)
     return EXIT_OK

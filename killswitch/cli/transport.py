@@ -56,11 +56,16 @@ def with_lean_store(
 
 def _redis_failure(redis_url: str, e: BaseException) -> Outcome:
     """Say which of "unreachable", "refused credentials" or "bad request" it was, and where."""
+    from killswitch.store.noperm import denial, redis_user
     from killswitch.store.redisconn import classify
     from killswitch.store.redisurl import endpoint
 
     problem = classify(e)
     where = endpoint(redis_url)
+    refused = denial(e)
+    if refused is not None:  # one permission missing: name it and the rule to add
+        line = refused.line(redis_user(redis_url))
+        return Outcome(EXIT_FAILED, {}, f"killswitch: Redis at {where}: {line}")
     if problem.kind == "refused credentials":
         return Outcome(
             EXIT_FAILED,
@@ -94,7 +99,7 @@ async def with_store(
 ) -> Outcome:
     import asyncio
 
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 
     from killswitch.store.redisconn import connect
     from killswitch.store.store import Store
@@ -108,7 +113,7 @@ async def with_store(
             return await action(Store(redis, node))
     except TimeoutError:
         return _gave_up(redis_url, budget)
-    except (RedisError, OSError) as e:
+    except (RedisError, RedisClusterException, OSError) as e:
         return _redis_failure(redis_url, e)
     finally:
         await redis.aclose()

@@ -18,6 +18,7 @@ from killswitch.sidecar.applying import ReadApplier
 from killswitch.sidecar.armcheck import ArmCheck
 from killswitch.sidecar.attest import AttestLoop
 from killswitch.sidecar.notices import NoticeListener
+from killswitch.sidecar.permissions import AclWatch
 from killswitch.sidecar.settings import SidecarSettings
 
 # Always exported, at 0 until used, so rate() and alert rules see the series from the start.
@@ -47,6 +48,8 @@ class Sidecar(Protocol):
     def notices(self) -> NoticeListener: ...
     @property
     def attest(self) -> AttestLoop: ...
+    @property
+    def acl(self) -> AclWatch: ...
     def sync_age(self) -> float | None: ...
     def problem(self) -> str: ...
     def gate_connections(self) -> tuple[int, int]: ...
@@ -147,6 +150,21 @@ class SidecarCollector:
             "Sync iterations that failed for a reason other than Redis (a bug, an unwritable "
             "state file); the gate is closed and the loop retries.",
             n, h, sc.loop_errors,
+        )  # fmt: skip
+        acl = CounterMetricFamily(
+            "killswitch_acl_denials",
+            "Round trips Redis's ACL refused (NOPERM), by the permission missing (a command, "
+            "or key/channel/script); the log event ACL_DENIED names the rule to add.",
+            labels=["node", "host", "permission"],
+        )
+        for permission, count in sorted(sc.acl.denials.items()):
+            acl.add_metric([n, h, permission], count)
+        yield acl
+        yield _gauge(
+            "killswitch_acl_denied",
+            "1 while Redis's ACL refuses this host's round trip (NOPERM): it blocks; the log "
+            "event ACL_DENIED and `status` name the rule to add.",
+            n, h, float(bool(sc.acl.problem)),
         )  # fmt: skip
         yield _gauge(
             "killswitch_healthy",

@@ -48,9 +48,11 @@ from killswitch.sidecar.memory import open_memory
 from killswitch.sidecar.metrics import SidecarCollector, roundtrip_seconds
 from killswitch.sidecar.notices import NoticeListener
 from killswitch.sidecar.notify import StateNotifier
+from killswitch.sidecar.permissions import AclWatch
 from killswitch.sidecar.recording import Recording
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.store.localstate import LocalState
+from killswitch.store.noperm import denial
 from killswitch.store.redisconn import classify, connect, endpoint, scrub
 from killswitch.store.store import FlushReport, Store
 
@@ -121,6 +123,7 @@ class Sidecar:
         self._loop_problem = ""  # why the last sync iteration failed ("" once one succeeds)
         self.notify = StateNotifier(self, self._server)
         self.functions = LibraryWatch(self)  # its Functions library missing: fail closed
+        self.acl = AclWatch(self)  # its Redis user refused a command (NOPERM): fail closed
         self.registry = registry if registry is not None else CollectorRegistry()
         self._rtt = roundtrip_seconds(self.registry, settings.node, settings.host)
         self.registry.register(SidecarCollector(self))
@@ -238,8 +241,8 @@ class Sidecar:
         """Why this sidecar cannot do its job right now ("" when it can); /healthz shows it.
         Redis being unreachable is not one: that is the lease running out, as designed."""
         a = self.applier
-        return (self._loop_problem or self.functions.problem or self.memory.problem
-                or a.local_problem or a.dup)  # fmt: skip
+        return (self._loop_problem or self.functions.problem or self.acl.problem
+                or self.memory.problem or a.local_problem or a.dup)  # fmt: skip
 
     async def _sync_loop(self) -> None:
         woken = True  # the first round trip is always made
@@ -320,6 +323,8 @@ class Sidecar:
             self._last_trip = self._acked_report = None
             if isinstance(e, FunctionsMissing):  # never EVAL instead: closed, said, retried
                 return await self.functions.missing(e)
+            if (refused := denial(e)) is not None:  # NOPERM: closed, the rule to add named
+                return await self.acl.denied(refused)
             if sent - self._last_fail_log > 1.0:
                 self._last_fail_log = sent
                 self.log.warning(
@@ -330,6 +335,7 @@ class Sidecar:
             return False
         self._rtt.observe(self.clock() - sent)
         await self.functions.found()
+        await self.acl.granted()
         if self._fail_streak:
             self.log.info("SYNC_RECOVERED", failed_round_trips=self._fail_streak)
             self._fail_streak = 0

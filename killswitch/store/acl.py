@@ -11,7 +11,8 @@ Roles (see docs/SECURITY.md):
   (how off-roster hosts are found) and it reads the state's signed arm `proof` with the
   state. It cannot write the node state, the roster, the audit chain,
   the leader lease or another host's keys, and it cannot publish on the events channel (a
-  forged kill notice): it only listens there.
+  forged kill notice): it only listens there. On Redis Cluster its client also needs
+  `CLUSTER SLOTS`, `COMMAND` and `ASKING` (the slot map, the command table, a migrating slot).
 - `ks-aggregator-<node>`: loads the sidecars' Functions library (`FUNCTION LOAD`, never
   FLUSH, DELETE or RESTORE) and runs its own scripts; every key and channel of its node and
   the fleet leader lease
@@ -37,11 +38,17 @@ from collections.abc import Mapping, Sequence
 from killswitch.store.keys import FLEET_LEADER_KEY, NODES_KEY, PREFIX, NodeKeys
 
 _CONNECTION = "+ping +client|setname +client|id +hello +auth"
+# What redis-py's Cluster client sends before and around a command (a no-op on one server):
+# CLUSTER SLOTS learns the slot map, COMMAND reads the command table to find each command's
+# keys (COMMAND GETKEYS where key specs are not enough), ASKING follows an ASK redirection
+# while a slot migrates. None touches data; the service users hold COMMAND and ASKING
+# already (@connection).
+_CLUSTER = "+cluster|slots +command +asking"
 # Only what a loaded library offers (no Lua of its own), and reading which code is loaded
 # under its library's name (its integrity check): never FUNCTION LOAD, DELETE or FLUSH.
 _FUNCTIONS = "+fcall +fcall_ro +function|list"
-_SIDECAR_CMDS = f"-@all {_CONNECTION} {_FUNCTIONS} +time +hmget +hgetall +hset +xadd +publish " \
-    "+sadd +subscribe +unsubscribe"  # fmt: skip
+_SIDECAR_CMDS = f"-@all {_CONNECTION} {_CLUSTER} {_FUNCTIONS} +time +hmget +hgetall +hset " \
+    "+xadd +publish +sadd +subscribe +unsubscribe"  # fmt: skip
 # Redis 7 ACL selectors: a command passes when the root rules or one selector allow it whole.
 # A sidecar publishes only on its confirmations channel; kill notices it may only hear.
 _LISTEN = "+subscribe +unsubscribe"
@@ -50,7 +57,8 @@ _LISTEN = "+subscribe +unsubscribe"
 _REGISTRY_CMDS = "+sadd +sscan +smembers +sismember +scard"
 # Everything a service or an operator needs, minus what could wipe or reconfigure the server.
 _SERVICE_CMDS = f"-@all +@read +@write +@scripting +@pubsub +@connection {_CONNECTION} " \
-    "-@dangerous -script|flush -function|flush -function|delete -function|restore +info +config|get +wait +time"  # fmt: skip
+    "-@dangerous -script|flush -function|flush -function|delete -function|restore +info +config|get +wait +time " \
+    "+cluster|slots"  # fmt: skip
 
 
 def sidecar_user(node: str, host: str) -> str:

@@ -36,7 +36,9 @@ PER_HOST = PER_HOST_METRICS
 # from the roster, the rest from fixed enums or the process's own configuration).
 BOUNDED_LABELS = {
     "__name__", "node", "host", "decision", "state", "window", "rule", "cause", "le",
-    "component", "version", "instance", "job", "reason", "msgtype", "writer",
+    "component", "version", "instance", "job", "reason", "msgtype",
+    "permission",  # a command killswitch sends, or key/channel/script (store.noperm)
+    "writer",  # the flight recorder's writer: native or python
 }  # fmt: skip
 
 

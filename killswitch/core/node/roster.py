@@ -65,6 +65,9 @@ class HostStatus:
     # why a host that is not alive cannot make its round trip: its Functions library is not
     # loaded ("" none, and never shown for a live host)
     functions: str = ""
+    # why a host that is not alive cannot make its round trip: its Redis user lacks a
+    # permission (NOPERM), and the ACL rule to add ("" none, never shown for a live host)
+    acl: str = ""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -95,6 +98,7 @@ class HostStatus:
             **({"fence": self.fence} if self.fence else {}),
             "metrics": self.metrics,
             **({"functions": self.functions} if self.functions else {}),
+            **({"acl": self.acl} if self.acl else {}),
             "recorder": {
                 "file": self.recorder_file,
                 "digest": self.recorder_digest,
@@ -195,6 +199,7 @@ def host_status(
         recorder_digest=confirm.get("recorder_digest", "")[:MAX_RELEASE],
         recorder_complete=confirm.get("recorder_complete") == "1",
         functions="" if alive else report.get("functions", "")[:MAX_ATTEST],
+        acl="" if alive else report.get("acl", "")[:MAX_ATTEST],
     )
 
 
