@@ -19,6 +19,10 @@ RUN command -v ssh-keygen >/dev/null 2>&1 || (apt-get update \
 # .dockerignore keeps the context to what the build needs: pyproject.toml, README.md (the
 # package readme), killswitch/ and any wheels in .stack/wheels.
 COPY . /src
+# The flight recorder's C writer (docs/RECORDER.md, "The writer") is optional at install:
+# python:3.11-slim has Python's headers but no C compiler, so the image built from source
+# runs the Python writer; the offline build installs the wheel built on the host, with the
+# C writer when the host's Python is the base's 3.11. `killswitch_recorder_writer_info` says.
 # A venv, not the system site-packages: Debian's python3 refuses system-wide pip installs.
 # /var/lib/killswitch belongs to nobody so that a volume mounted there (a sidecar's state
 # directory: the highest epoch it has seen) starts out writable by the service.

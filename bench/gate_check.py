@@ -1,6 +1,7 @@
 """The in-process gate check, per order, against one Redis round trip per order; what
 verifying a signed arm costs a host (once per new arm, never per order); and what the flight
-recorder adds per order (in-process and on the line protocol), on and off in the same run."""
+recorder adds per order (in-process and on the line protocol), off and on with each of its
+writers (C and Python) in the same run."""
 
 from __future__ import annotations
 
@@ -145,41 +146,53 @@ def _interleaved(fns: dict[str, Callable[[], object]], n: int, rounds: int) -> d
 
 
 def _recorder_in_process() -> dict[str, float]:
-    """The gate with the flight recorder on (a 65,536-record ring file) and off."""
+    """The gate with the flight recorder off and on (a 65,536-record ring file), with each of
+    its writers: the C writer and the Python writer, in the same run."""
     with tempfile.TemporaryDirectory() as d:
-        ring = Ring(str(Path(d) / "bench.rec"), 65_537, "bench", "h1")
-        ring.set_ids("ab" * 32, "cd" * 32)
-        off, on, hook = _armed(), _armed(), _armed()
-        on.set_recorder(ring.write)
-        hook.set_recorder(lambda *_: None)  # the hook alone: the call, no record written
+        rings = {w: Ring(str(Path(d) / f"{w}.rec"), 65_537, "bench", "h1", writer=w)
+                 for w in ("python", "native")}  # fmt: skip
+        gates = {"off": _armed(), "hook": _armed()}
+        gates["hook"].set_recorder(lambda *_: None)  # the hook alone: the call, no record
+        for w, ring in rings.items():
+            ring.set_ids("ab" * 32, "cd" * 32)
+            gates[w] = _armed()
+            gates[w].set_recorder(ring.write)
         lines = [f"ORDER o{i} KCG BUY 100 10.5".encode() for i in range(100)]
 
         def line_batch(g: Gate) -> Callable[[], object]:
             return lambda: [handle_line(x, g) for x in lines]
 
+        def allow(g: Gate) -> Callable[[], object]:
+            return lambda: g.allow("o-1", "AAPL", "BUY", 100, 187.5)
+
+        def check(g: Gate) -> Callable[[], object]:
+            return lambda: g.check("o-1", "AAPL", "BUY", 100, 187.5)
+
         per = _interleaved(
-            {
-                "allow_off": lambda: off.allow("o-1", "AAPL", "BUY", 100, 187.5),
-                "allow_on": lambda: on.allow("o-1", "AAPL", "BUY", 100, 187.5),
-                "allow_hook": lambda: hook.allow("o-1", "AAPL", "BUY", 100, 187.5),
-                "check_off": lambda: off.check("o-1", "AAPL", "BUY", 100, 187.5),
-                "check_on": lambda: on.check("o-1", "AAPL", "BUY", 100, 187.5),
-            },
+            {f"allow_{k}": allow(g) for k, g in gates.items()}
+            | {f"check_{k}": check(g) for k, g in gates.items() if k != "hook"},
             n=2000,
             rounds=300,
         )
-        lines_per = _interleaved({"off": line_batch(off), "on": line_batch(on)}, n=20, rounds=300)
-        ring.close()
-    return {
+        lines_per = _interleaved(
+            {k: line_batch(g) for k, g in gates.items() if k != "hook"}, n=20, rounds=300
+        )
+        for ring in rings.values():
+            ring.close()
+    res = {
         "recorder_allow_off_ns": round(per["allow_off"], 1),
-        "recorder_allow_on_ns": round(per["allow_on"], 1),
-        "recorder_allow_added_ns": round(per["allow_on"] - per["allow_off"], 1),
         "recorder_allow_hook_only_added_ns": round(per["allow_hook"] - per["allow_off"], 1),
-        "recorder_check_added_ns": round(per["check_on"] - per["check_off"], 1),
         "recorder_handle_line_off_ns": round(lines_per["off"] / len(lines), 1),
-        "recorder_handle_line_on_ns": round(lines_per["on"] / len(lines), 1),
-        "recorder_handle_line_throughput_ratio": round(lines_per["off"] / lines_per["on"], 3),
     }
+    for w in ("python", "native"):
+        res |= {
+            f"recorder_{w}_allow_on_ns": round(per[f"allow_{w}"], 1),
+            f"recorder_{w}_allow_added_ns": round(per[f"allow_{w}"] - per["allow_off"], 1),
+            f"recorder_{w}_check_added_ns": round(per[f"check_{w}"] - per["check_off"], 1),
+            f"recorder_{w}_handle_line_on_ns": round(lines_per[w] / len(lines), 1),
+            f"recorder_{w}_handle_line_throughput_ratio": round(lines_per["off"] / lines_per[w], 3),
+        }
+    return res
 
 
 async def _pipelined(address: str, seconds: float = 2.0, batch: int = 1000) -> tuple[int, float]:
@@ -208,14 +221,17 @@ def _cpu_s(pid: int) -> float:
 
 
 def _recorder_sidecars(url: str, rounds: int = 4) -> dict[str, float]:
-    """Line-protocol throughput of a real sidecar process with the recorder on (the default
-    ring) and off (`--recorder ''`), one pipelining client on a unix socket, alternating; and
-    the sidecar's own CPU time per order over the same runs, which other processes on a
-    shared machine do not inflate as they do wall time."""
+    """Line-protocol throughput of a real sidecar process with the recorder off (`--recorder
+    ''`) and on (the default ring) with each writer (`--recorder-writer`), one pipelining
+    client on a unix socket, alternating; and the sidecar's own CPU time per order over the
+    same runs, which other processes on a shared machine do not inflate as they do wall time."""
     fleets = {
-        "on": Fleet(url, "bench-rec-on", ["h1"]),
         "off": Fleet(url, "bench-rec-off", ["h1"], extra_sidecar_args=("--recorder", "")),
-    }
+        "python": Fleet(url, "bench-rec-py", ["h1"],
+                        extra_sidecar_args=("--recorder-writer", "python")),
+        "native": Fleet(url, "bench-rec-c", ["h1"],
+                        extra_sidecar_args=("--recorder-writer", "native")),
+    }  # fmt: skip
     best = dict.fromkeys(fleets, 0.0)
     cpu = dict.fromkeys(fleets, float("inf"))
     try:
@@ -236,11 +252,16 @@ def _recorder_sidecars(url: str, rounds: int = 4) -> dict[str, float]:
     finally:
         for f in fleets.values():
             f.stop()
-    return {
+    res = {
         "recorder_sidecar_orders_per_s_off": round(best["off"]),
-        "recorder_sidecar_orders_per_s_on": round(best["on"]),
-        "recorder_sidecar_throughput_ratio": round(best["on"] / best["off"], 3),
         "recorder_sidecar_cpu_ns_per_order_off": round(cpu["off"]),
-        "recorder_sidecar_cpu_ns_per_order_on": round(cpu["on"]),
-        "recorder_sidecar_cpu_ratio": round(cpu["off"] / cpu["on"], 3),
     }
+    for w in ("python", "native"):
+        res |= {
+            f"recorder_sidecar_{w}_orders_per_s": round(best[w]),
+            f"recorder_sidecar_{w}_throughput_ratio": round(best[w] / best["off"], 3),
+            f"recorder_sidecar_{w}_cpu_ns_per_order": round(cpu[w]),
+            f"recorder_sidecar_{w}_cpu_added_ns": round(cpu[w] - cpu["off"]),
+            f"recorder_sidecar_{w}_cpu_ratio": round(cpu["off"] / cpu[w], 3),
+        }
+    return res

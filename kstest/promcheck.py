@@ -130,6 +130,7 @@ METRICS: dict[str, bool] = {
     "killswitch_recorder_freezes_total": True,
     "killswitch_recorder_freeze_failures_total": True,
     "killswitch_recorder_frozen_bytes": True,
+    "killswitch_recorder_writer_info": True,
     "killswitch_rule_last_evaluated_seconds": False,
     "killswitch_rule_fault": False,
     "killswitch_rule_faults_total": False,

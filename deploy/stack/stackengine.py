@@ -192,7 +192,11 @@ def build_offline(eng: Engine) -> dict[str, str]:
     WHEELS.mkdir(parents=True)
     try:
         pip_wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(WHEELS)]
-        run([*pip_wheel, str(REPO), "async-timeout"])
+        # killswitch's wheel carries the flight recorder's C writer built for this Python:
+        # it installs in the image only when this is the image's Python (bookworm: 3.11);
+        # else a pure wheel, and the image runs the Python writer (docs/RECORDER.md).
+        pure = {} if sys.version_info[:2] == (3, 11) else {"KILLSWITCH_NO_NATIVE": "1"}
+        run([*pip_wheel, str(REPO), "async-timeout"], env={**os.environ, **pure})
         images["KILLSWITCH_IMAGE"] = build_killswitch(eng, OFFLINE_BASE)
     finally:
         shutil.rmtree(WHEELS, ignore_errors=True)

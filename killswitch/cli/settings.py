@@ -79,6 +79,7 @@ def sidecar_settings(r: Resolver, node: str, redis_url: str) -> SidecarSettings:
         recorder=r.get("recorder"),  # '' (any source): none; None: the default path
         recorder_size=r.get("recorder-size"),
         recorder_freeze=r.get("recorder-freeze"),
+        recorder_writer=r.get("recorder-writer"),
         extra={"warnings": warnings},
     )
     check_together(r)

@@ -1,12 +1,16 @@
 """The flight recorder's ring: gate decisions appended to a memory-mapped file.
 
-`Ring.write` (the gate's hook) is on the order path: one `struct.pack_into` into the mapped
-file and one 8-byte store of the header's index, no system call, no lock, and no allocation
-beyond the order id's bytes (and the wall time's int). The file's blocks are allocated when
-it is made, so a full disk fails the start, never a write. The kernel writes the pages
-back; a sidecar killed with SIGKILL leaves them in the page cache, so the file stays
-readable, with at most the one record in flux skipped (see `core.enforce.recfmt`). One writer
-thread at a time, as the gate.
+`Ring.write` (the gate's hook) is on the order path: the record's bytes into the mapped file,
+then one 8-byte store of the header's index; no system call, no lock. Two writers do exactly
+that, in the same bytes: the C extension `runtime._ringwrite` (built at install where a C
+compiler and Python's headers exist; it allocates nothing for an ASCII order id), and the
+Python writer below (one `struct.pack_into`; it allocates the order id's bytes and the wall
+time's int), which runs where the C writer is not built or the ring has an injected clock,
+takes whatever the C writer hands it (anything unusual), and is the reference the C writer
+is tested against. The file's blocks are allocated when it is made, so a full disk fails the
+start, never a write. The kernel writes the pages back; a sidecar killed with SIGKILL leaves
+them in the page cache, so the file stays readable, with at most the one record in flux
+skipped (see `core.enforce.recfmt`). One writer thread at a time, as the gate.
 """
 
 from __future__ import annotations
@@ -39,6 +43,14 @@ from killswitch.core.enforce.recfmt import (
     short_id,
 )
 
+try:
+    from killswitch.runtime import _ringwrite
+
+    NATIVE = True  # the C writer was built at install
+except ImportError:  # no C compiler or Python headers where it was installed
+    NATIVE = False
+
+WRITERS = ("auto", "native", "python")
 _MAX_SYMBOLS = 16_384  # symbols whose bytes are kept; past that a symbol takes the slow path
 
 
@@ -47,7 +59,9 @@ class Ring:
 
     Refuses (FormatError, one line) a file of another format version, or one that is not a
     recorder file: it never overwrites what it does not recognise. A ring of another size is
-    started anew with the old ring's newest records carried over.
+    started anew with the old ring's newest records carried over. `writer`: "native" (the C
+    writer; ValueError when it is not built, or with an injected `clock_ns`, which only the
+    Python writer calls), "python", or "auto" (native when it can); `self.writer` says which.
     """
 
     def __init__(
@@ -59,7 +73,9 @@ class Ring:
         *,
         freeze_s: int = 60,
         clock_ns: Callable[[], int] = time.time_ns,
+        writer: str = "auto",
     ) -> None:
+        self.writer = _which(writer, clock_ns)
         self.path = path
         self.slots = slots
         self._ids = [b"\0" * 16]  # the release and limits short ids every record carries
@@ -96,6 +112,12 @@ class Ring:
             self._mm[off : off + RECORD_SIZE] = raw
             _SEQ.pack_into(self._mm, off, seq)
             self._index[0] = seq + 1
+        self._native: _ringwrite.Writer | None = None
+        if self.writer == "native":
+            self._native = _ringwrite.Writer(
+                self._mm, slots, int(self._index[0]), self._ids[0], self._sides, self._slow
+            )  # fmt: skip
+            self.write = self._native  # from the seq the Python writer would have taken next
 
     @staticmethod
     def _existing(path: str, slots: int) -> list[bytes] | None:
@@ -171,7 +193,9 @@ class Ring:
               qty: object, price: object, epoch: object) -> None:  # fmt: skip
         """The writer's `except` path: a symbol or side word seen for the first time (kept,
         up to `_MAX_SYMBOLS` and 64), else whatever the caller passed, coerced; a ring that
-        cannot be written (closed) counts the record in `dropped`."""
+        cannot be written (closed) counts the record in `dropped`. A value the fast path
+        could pack is recorded as it would have (so a record's bytes do not depend on which
+        path, or which writer, took it); only what it could not is coerced."""
         try:
             if isinstance(symbol, str):
                 sym = symbol.encode()[:32]
@@ -183,10 +207,15 @@ class Ring:
                 self._sides[side] = 0  # another word for a side (e.g. a FIX code): none
             if not isinstance(order_id, str):
                 order_id = str(order_id)
+            side_code = SIDES.get(str(side), 0)
+            codes = code | side_code if isinstance(code, int) else -1
+            if not 0 <= codes <= _U32:
+                codes = (_clamp(code) & 0xFFFFFF00) | side_code
+            if not (isinstance(epoch, int) and 0 <= epoch <= _U64):
+                epoch = max(_clamp(epoch), 0)
             self._pack_fast(
                 self._mm, HEADER_SIZE + seq % self.slots * RECORD_SIZE, seq, self._clock_ns(),
-                max(_clamp(epoch), 0), _clamp(qty), _float(price), self._ids[0],
-                (_clamp(code) & 0xFFFFFF00) | SIDES.get(str(side), 0),
+                epoch, _clamp(qty), _float(price), self._ids[0], codes,
                 order_id.encode("utf-8", "replace"), sym,
             )  # fmt: skip
             self._index[0] = seq + 1
@@ -197,6 +226,8 @@ class Ring:
         """The release and limits digests the next records carry (their short ids)."""
         self._ids[0] = ids = short_id(release) + short_id(limits)
         self._set_ids(ids)
+        if self._native is not None:
+            self._native.set_ids(ids)
 
     def next_seq(self) -> int:
         """The seq the next record gets: records this process wrote are `next_seq() - started`
@@ -240,9 +271,26 @@ class Ring:
         """Unmap (the file stays). Later `record()` calls are counted in `dropped`."""
         if self._mm.closed:
             return
+        if self._native is not None:
+            self._native.close()  # its hold on the mapping first: an exported buffer blocks unmapping
         self._mm.flush()
         self._index.release()
         self._mm.close()
+
+
+def _which(writer: str, clock_ns: Callable[[], int]) -> str:
+    """The writer a ring runs: "native" or "python" (see `Ring`)."""
+    if writer not in WRITERS:
+        raise ValueError(f"recorder writer {writer!r}: one of {', '.join(WRITERS)}")
+    default_clock = clock_ns is time.time_ns
+    if writer == "native" and not NATIVE:
+        raise ValueError(
+            "the native recorder writer is not built here (no C compiler or Python headers "
+            "when killswitch was installed): use the python writer"
+        )
+    if writer == "native" and not default_clock:
+        raise ValueError("the native recorder writer reads the wall clock itself: no clock_ns")
+    return "native" if writer != "python" and NATIVE and default_clock else "python"
 
 
 def _reserve(fd: int, size: int) -> None:
@@ -279,5 +327,6 @@ def _float(v: Any) -> float:
         return 0.0
 
 
+_U32, _U64 = 2**32 - 1, 2**64 - 1
 _SEQ = struct.Struct("<Q")
 _TIME = struct.Struct("<q")  # a record's wall time, 8 bytes after its seq

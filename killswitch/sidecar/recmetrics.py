@@ -59,6 +59,9 @@ class RecorderCollector:
                 _one(CounterMetricFamily, "killswitch_recorder_wraps", "Times this sidecar's "
                      "writes went round the ring (each overwrote its oldest records).",
                      names, self.labels, wraps),
+                _one(GaugeMetricFamily, "killswitch_recorder_writer_info", "1, labelled with "
+                     "what writes each record: native (the C writer) or python.",
+                     [*names, "writer"], [*self.labels, ring.writer], 1),
                 _one(GaugeMetricFamily, "killswitch_recorder_span_seconds", "Wall time from the "
                      "oldest record the ring holds to the newest: below --recorder-freeze, a "
                      "kill's freeze cannot reach its whole span back.", names, self.labels,

@@ -89,14 +89,16 @@ class Recording:
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 self.ring = Ring(self.path, s.recorder_size + 1, s.node, s.host,
-                                 freeze_s=s.recorder_freeze)  # fmt: skip
-            except FormatError as e:
+                                 freeze_s=s.recorder_freeze, writer=s.recorder_writer)  # fmt: skip
+            except (FormatError, ValueError) as e:  # not a ring of ours; a writer not built
                 raise StartupError(f"recorder: {self.path}: {e}", 2) from None
             except OSError as e:
                 raise StartupError(
                     f"recorder: cannot map {self.path}: {e.strerror or e}", 2
                 ) from None
             sidecar.gate.set_recorder(self.ring.write)
+            sidecar.log.info("RECORDER_STARTED", path=self.path, records=s.recorder_size,
+                             writer=self.ring.writer, next_seq=self.ring.started)  # fmt: skip
         self.epoch = 0  # the last kill epoch frozen
         self.file = ""
         self.digest = ""

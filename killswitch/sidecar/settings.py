@@ -45,8 +45,9 @@ class SidecarSettings:
     fence_netns: str = ""  # the network namespace fenced ("": the sidecar's own)
     fence_on_kill: bool = default("fence-on-kill")  # every kill raises the kill fence
     # the flight recorder's ring file (None: <state-dir>/<node>@<host>.rec; "": none), its
-    # records, and the seconds before and after a kill that a freeze keeps
+    # records, the seconds before and after a kill that a freeze keeps, and its writer
     recorder: str | None = None
     recorder_size: int = default("recorder-size")
     recorder_freeze: int = default("recorder-freeze")
+    recorder_writer: str = default("recorder-writer")  # auto, native or python
     extra: dict[str, Any] = field(default_factory=dict)

@@ -38,6 +38,7 @@ BOUNDED_LABELS = {
     "__name__", "node", "host", "decision", "state", "window", "rule", "cause", "le",
     "component", "version", "instance", "job", "reason", "msgtype",
     "permission",  # a command killswitch sends, or key/channel/script (store.noperm)
+    "writer",  # the flight recorder's writer: native or python
 }  # fmt: skip
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -20,11 +21,19 @@ from redis.asyncio import Redis
 
 from killswitch.core.enforce.recfmt import HEADER_SIZE, INDEX_OFFSET, decode
 from killswitch.core.enforce.timeline import NS
+from killswitch.runtime import ring as ringmod
 from killswitch.sim.embedded import free_port
 from killswitch.store.store import FlushReport, Store
 from kstest import Fleet, GateClient, wait_until
 
 HOSTS = ["or-01", "or-02"]
+# The recorder's writers a sidecar here runs: the C one unless this machine is allowed
+# without it (tests/unit/test_ringwrite.py fails where it did not build).
+WRITERS = (
+    ["python"]
+    if os.environ.get("KILLSWITCH_ALLOW_PURE_RECORDER") == "1" and not ringmod.NATIVE
+    else ["native", "python"]
+)
 
 
 def status(f: Fleet) -> dict[str, Any]:
@@ -169,14 +178,19 @@ class TestRestart:
 class TestCrash:
     """Issue 25, must show 2: a sidecar SIGKILLed in the middle of a flood."""
 
+    @pytest.mark.parametrize("writer", WRITERS)
     def test_sigkill_mid_flood_leaves_a_readable_ring_with_at_most_one_record_skipped(
-        self, redis_url: str, node: str
+        self, redis_url: str, node: str, writer: str
     ) -> None:
         """Orders pipelined as fast as the client goes; SIGKILL once the ring wrapped: the
-        file decodes, its records are consecutive orders of the flood, at most one skipped."""
-        f = Fleet(redis_url, node, ["or-01"], extra_sidecar_args=("--recorder-size", "500"))
+        file decodes, its records are consecutive orders of the flood, at most one skipped.
+        With each writer the sidecar can run (the C writer: required where it can build)."""
+        args = ("--recorder-size", "500", "--recorder-writer", writer)
+        f = Fleet(redis_url, node, ["or-01"], extra_sidecar_args=args)
         try:
             f.start()
+            [started] = wait_until(lambda: f.sidecars["or-01"].events("RECORDER_STARTED"), 30)
+            assert started["writer"] == writer
             path = ring(f, "or-01")
             stop = threading.Event()
 

@@ -4,6 +4,7 @@ installed alone into a clean virtual environment as `pipx install` would, it run
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,7 +28,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     add or hide anything (and the tree is left untouched)."""
     tmp_path = tmp_path_factory.mktemp("wheel")
     src = tmp_path / "src"
-    skip = shutil.ignore_patterns(".*", "__pycache__", "build", "*.egg-info", "mutants")
+    skip = shutil.ignore_patterns(".*", "__pycache__", "build", "*.egg-info", "mutants", "*.so")
     shutil.copytree(ROOT, src, ignore=skip)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
@@ -52,6 +53,16 @@ def test_wheel_ships_no_test_code(wheel: Path) -> None:
     ]
     assert test_code == []
     assert not any("kstest" in n or "/testing/" in n for n in names)
+
+
+def test_wheel_carries_the_recorders_c_writer(wheel: Path) -> None:
+    """The flight recorder's C writer is compiled into the wheel with its type stub, its
+    source left out (unless this machine is allowed to build without it)."""
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "killswitch/runtime/_ringwrite.pyi" in names
+    assert not [n for n in names if n.endswith(".c")]
+    built = [n for n in names if re.fullmatch(r"killswitch/runtime/_ringwrite\..*\.so", n)]
+    assert len(built) == 1 or os.environ.get("KILLSWITCH_ALLOW_PURE_RECORDER") == "1", names
 
 
 def locked_pins() -> str:

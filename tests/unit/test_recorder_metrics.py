@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from killswitch.core.enforce.frozen import freezing
 from killswitch.core.enforce.recfmt import ALLOW, LINE
+from killswitch.runtime import ring as ringmod
 from killswitch.runtime.ring import Ring
 from killswitch.sidecar.recmetrics import RecorderCollector
 from killswitch.sidecar.recording import FREEZE_FAILURES, failure_reason
@@ -56,6 +57,7 @@ class TestCollector:
         assert scrape(registry, "killswitch_recorder_dropped_total") == 0
         assert scrape(registry, "killswitch_recorder_freezes_total") == 3
         assert scrape(registry, "killswitch_recorder_frozen_bytes") == 4096
+        assert scrape(registry, "killswitch_recorder_writer_info", writer="python") == 1
         for reason in FREEZE_FAILURES:
             want = 2 if reason == "no_space" else 0
             assert (
@@ -65,6 +67,23 @@ class TestCollector:
         rec.ring = None  # a stopped recording: the ring's figures are gone, the counts stay
         assert scrape(registry, "killswitch_recorder_records_total") is None
         assert scrape(registry, "killswitch_recorder_freezes_total") == 3
+
+    @pytest.mark.parametrize("writer", ["auto", "python"])
+    def test_the_writer_info_names_the_writer_the_ring_runs(
+        self, tmp_path: Path, writer: str
+    ) -> None:
+        """`killswitch_recorder_writer_info` is 1 under the writer the ring runs (native
+        where the C writer is built, for "auto") and under no other."""
+        ring = Ring(str(tmp_path / "r.rec"), 5, "smars", "or-01", writer=writer)
+        rec = SimpleNamespace(ring=ring, freezes=0, failures={}, frozen_bytes=0)
+        registry = CollectorRegistry()
+        registry.register(RecorderCollector(rec, "smars", "or-01"))  # type: ignore[arg-type]
+        want = ring.writer if writer == "auto" else "python"
+        assert want == ("native" if writer == "auto" and ringmod.NATIVE else "python")
+        for name in ("native", "python"):
+            got = scrape(registry, "killswitch_recorder_writer_info", writer=name)
+            assert got == (1 if name == want else None)
+        ring.close()
 
 
 class TestFailureReason:

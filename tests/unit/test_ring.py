@@ -14,6 +14,8 @@ from structlog.testing import CapturingLogger
 from killswitch.core.enforce.gate import Gate
 from killswitch.core.enforce.recfmt import ALLOW, BLOCK, FIX, INPROC, LINE, FormatError, decode
 from killswitch.core.node.state import HostView, NodeState
+from killswitch.runtime import ring as ringmod
+from killswitch.runtime.errors import StartupError
 from killswitch.runtime.ring import Ring
 from killswitch.sidecar.recording import Recording, freeze, ring_path
 from killswitch.sidecar.settings import SidecarSettings
@@ -255,6 +257,36 @@ class TestRecordingCollaborator:
         assert off.ring is None and ids((tmp_path / "st" / "smars@or-01.rec").read_bytes()) == [
             "f1"
         ]
+
+
+class TestWriterChoice:
+    @pytest.mark.parametrize("writer", ["auto", "python"])
+    async def test_the_start_event_names_the_writer(self, tmp_path: Path, writer: str) -> None:
+        """RECORDER_STARTED says which writer the ring runs: the C writer for "auto" where it
+        is built, else the Python writer."""
+        log = CapturingLogger()
+        s = SidecarSettings("smars", "or-01", "redis://x", state_dir=str(tmp_path),
+                            recorder_size=16, recorder_writer=writer)  # fmt: skip
+        sc = SimpleNamespace(s=s, gate=Gate("smars", "or-01", log=CapturingLogger()), log=log,
+                             registry=CollectorRegistry())  # fmt: skip
+        rec = Recording(sc)  # type: ignore[arg-type]
+        [call] = [c for c in log.calls if c.args == ("RECORDER_STARTED",)]
+        want = "native" if writer == "auto" and ringmod.NATIVE else "python"
+        assert call.kwargs["writer"] == want and call.kwargs["records"] == 16
+        await rec.close()
+
+    def test_a_native_writer_that_was_not_built_refuses_the_start(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """--recorder-writer native where the C writer did not build: exit 2, one line."""
+        monkeypatch.setattr(ringmod, "NATIVE", False)
+        s = SidecarSettings("smars", "or-01", "redis://x", state_dir=str(tmp_path),
+                            recorder_size=16, recorder_writer="native")  # fmt: skip
+        sc = SimpleNamespace(s=s, gate=Gate("smars", "or-01", log=CapturingLogger()),
+                             log=CapturingLogger(), registry=CollectorRegistry())  # fmt: skip
+        with pytest.raises(StartupError, match="not built") as e:
+            Recording(sc)  # type: ignore[arg-type]
+        assert e.value.code == 2 and "\n" not in str(e.value)
 
 
 class TestFixSource:

@@ -98,6 +98,9 @@ SERVICE_OPTIONS: tuple[Option, ...] = (
     Option("recorder-freeze", ("sidecar",), "a kill freezes the records from S seconds before "
            "it to S after it into <node>@<host>.<epoch>.rec beside the ring", kind="int",
            default=60, bound=Bound(1, 3600, "s", whole=True), metavar="S"),
+    Option("recorder-writer", ("sidecar",), "what writes each record: native (the C writer, "
+           "refused if it was not built at install), python, or auto (native where built)",
+           kind="choice", choices=("auto", "native", "python"), default="auto"),
     # -- aggregator -----------------------------------------------------------------------
     Option("hosts", ("aggregator",), "the node's roster: proposed until the first signed "
            "arm, then only a signed arm changes it", kind="roster", metavar="H1,H2,..."),
