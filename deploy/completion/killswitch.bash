@@ -9,8 +9,9 @@ _killswitch() {
       case "$prev" in
         --log-format) COMPREPLY=($(compgen -W 'json console' -- "$cur")); return;;
         --log-level) COMPREPLY=($(compgen -W 'debug info warning error' -- "$cur")); return;;
+        --event-loop) COMPREPLY=($(compgen -W 'asyncio uvloop' -- "$cur")); return;;
         --recorder-writer) COMPREPLY=($(compgen -W 'auto native python' -- "$cur")); return;;
-        *) COMPREPLY=($(compgen -W "--redis --node --config --operators --log-format --log-level --stale-after --metrics-port --metrics-listen --host --listen --flush-interval --state-dir --socket-mode --socket-group --max-conns --line-timeout --limits --on-kill --on-kill-grace --attest --attest-interval --fix --fence --fence-allow-uid --fence-netns --fence-on-kill --recorder --recorder-size --recorder-freeze --recorder-writer --help" -- "$cur"));;
+        *) COMPREPLY=($(compgen -W "--redis --node --config --operators --log-format --log-level --stale-after --metrics-port --metrics-listen --host --listen --flush-interval --state-dir --socket-mode --socket-group --max-conns --line-timeout --limits --on-kill --on-kill-grace --attest --attest-interval --fix --event-loop --fence --fence-allow-uid --fence-netns --fence-on-kill --recorder --recorder-size --recorder-freeze --recorder-writer --help" -- "$cur"));;
       esac;;
     aggregator)
       case "$prev" in

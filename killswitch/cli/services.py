@@ -20,8 +20,7 @@ from killswitch.runtime.config import Resolver
 
 
 def start_sidecar(r: Resolver, node: str, redis_url: str) -> int:
-    import asyncio
-
+    from killswitch.runtime.eventloop import run
     from killswitch.sidecar.service import run_sidecar
 
     settings = sidecar_settings(r, node, redis_url)
@@ -29,7 +28,7 @@ def start_sidecar(r: Resolver, node: str, redis_url: str) -> int:
         check_state_dir(settings.state_dir)
     for warning in settings.extra.get("warnings", ()):
         print(f"killswitch sidecar: WARNING: {warning}", file=sys.stderr)
-    asyncio.run(run_sidecar(settings))
+    run(run_sidecar(settings), r.get("event-loop"))
     return EXIT_OK
 
 

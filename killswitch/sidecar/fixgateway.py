@@ -18,7 +18,7 @@ import os
 import stat
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 
@@ -54,10 +54,14 @@ from killswitch.sidecar.settings import SidecarSettings
 # the common order and market-data ones); any other is counted as "other".
 MSGTYPES = frozenset(b"0 1 2 3 4 5 A D G E AB F q 8 9 j r H BE BF N K L M V W X Y R S Z AI".split())
 PARTIAL = "partial_timeout"
-TOO_MANY = "too_many_sessions"  # at --max-conns relayed sessions a newcomer is closed  # a peer held part of a message longer than the timeout
+TOO_MANY = "too_many_sessions"  # at --max-conns relayed sessions a newcomer is closed
+EARLY = "early_data"  # a client sent more than HOLD_MAX bytes before its venue leg was up
 CONNECT_TIMEOUT = 5.0
 _RESET = b"\x01141=Y\x01"
 READ_SIZE = 64 * 1024  # bytes read from a peer at once
+# A client's bytes held before its venue leg is up: one read (up to READ_SIZE), after which
+# the leg is paused; the bound is for a loop that would read on regardless.
+HOLD_MAX = 16 * READ_SIZE
 
 
 class _Leg(asyncio.BufferedProtocol):
@@ -78,8 +82,8 @@ class _Leg(asyncio.BufferedProtocol):
         self.paused = False  # not read while the other side's writes catch up
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: uvloop's transports are not asyncio.Transport's.
+        self.transport = cast(asyncio.Transport, transport)
         self.session.connected(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -92,6 +96,9 @@ class _Leg(asyncio.BufferedProtocol):
 
     def data_received(self, data: bytes) -> None:
         s = self.session
+        if self.client and s.v.transport is None:
+            s.hold(data)
+            return
         bad = self.framer.bad_checksums
         try:
             msgs = self.framer.feed(data)
@@ -140,6 +147,7 @@ class FixSession:
         self.peer = ""
         self.log = gw.log
         self.closed = False
+        self.early = b""  # what the client sent before the venue leg was up, in order
 
     def other(self, leg: _Leg) -> _Leg:
         return self.v if leg is self.c else self.c
@@ -158,8 +166,31 @@ class FixSession:
             assert leg.transport is not None
             leg.transport.close()
         else:
-            self.c.transport.resume_reading()
             self.log.info("FIX_SESSION_OPEN", peer=self.peer, upstream=str(self.upstream))
+            early, self.early = self.early, b""
+            if early:  # relayed first, in the order it came, before anything read later
+                self.c.data_received(early)
+            if not self.closed and not self.c.paused:  # (the replay may have filled the venue)
+                self.c.transport.resume_reading()
+
+    def hold(self, data: bytes) -> None:
+        """Keep what the client sent before its venue leg is up, and stop reading it.
+
+        asyncio reads nothing before the venue connects (connected() pauses the client leg),
+        but uvloop starts reading an accepted connection after `connection_made` whatever it
+        asked: that first read is kept here and relayed when the venue connects. Bounded:
+        pausing stops further reads, and a peer that gets more than HOLD_MAX bytes past
+        that is refused. Nothing a client sent is dropped without a log line.
+        """
+        if self.closed:  # no read after close() is expected: say so if one comes
+            self.log.warning("FIX_DROPPED", side="client", peer=self.peer, bytes=len(data),
+                             why="the session was closed")  # fmt: skip
+            return
+        self.early += data
+        if len(self.early) > HOLD_MAX:
+            self.refuse(self.c, EARLY, f"{len(self.early)} bytes sent before the venue was up")
+        elif self.c.transport is not None:
+            self.c.transport.pause_reading()
 
     async def _connect_venue(self) -> None:
         loop, up = asyncio.get_running_loop(), self.upstream
@@ -229,6 +260,10 @@ class FixSession:
             return
         self.closed = True
         self.gw.sessions.discard(self)
+        if self.early:  # the venue never connected: what the client sent goes nowhere
+            self.log.warning("FIX_DROPPED", side="client", peer=self.peer,
+                             bytes=len(self.early), why=why)  # fmt: skip
+            self.early = b""
         for leg in (self.c, self.v):
             if leg.transport is not None:
                 leg.transport.close()

@@ -19,7 +19,7 @@ import socket
 import stat
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -44,7 +44,7 @@ class GateProtocol(asyncio.Protocol):
         self.partial_since = 0.0  # monotonic time the pending partial line began (0: none)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
         if len(self.server.connections) >= self.server.max_conns and not self.server.evict():
             self.server.refused += 1
             transport.write(b"ERR too many connections; try again later\n")

@@ -32,7 +32,7 @@ from killswitch.core.node.scope import Scopes, parse_scopes
 from killswitch.core.node.state import NodeState, boot_view
 from killswitch.core.settings.options import to_ms
 from killswitch.core.version import __version__
-from killswitch.runtime import logs
+from killswitch.runtime import eventloop, logs
 from killswitch.runtime.metrics import MetricsServer, build_info
 from killswitch.runtime.operators import load_operators
 from killswitch.runtime.service import run_until_signalled
@@ -179,6 +179,7 @@ class Sidecar:
             epoch=self.gate.view.max_epoch,
             flush_interval=self.s.flush_interval,
             stale_after=self.s.stale_after,
+            event_loop=eventloop.running(),
         )
 
     async def stop(self) -> None:

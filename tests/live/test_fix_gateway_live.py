@@ -86,12 +86,16 @@ class Gateway:
         self.fleet.wait_all("PONG ARMED", 15)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
 def gateway(
-    redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+    redis_server: EmbeddedRedis,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Gateway]:
     """One sidecar relaying the three FIX versions, an aggregator, the node armed, every
-    client logged on through the relay."""
+    client logged on through the relay; every test runs with the sidecar on each event loop
+    (`--event-loop`)."""
+    loop: str = request.param
     build()  # compiled once (cached by the source's hash)
     url = redis_server.url
     work = tmp_path_factory.mktemp("fixgw")
@@ -101,13 +105,15 @@ def gateway(
     ]
     metrics_port = free_port()
     fleet = Fleet(url, f"fix{time.monotonic_ns() % 10**9}", [HOST], workdir=work,
-                  extra_sidecar_args=(*routes, "--line-timeout", "1"),
+                  extra_sidecar_args=(*routes, "--line-timeout", "1", "--event-loop", loop),
                   metrics_ports={HOST: metrics_port})  # fmt: skip
     legs: dict[str, Leg] = {}
     try:
         fleet.start()
         fleet.start_aggregator("--tick", "0.05")
         fleet.wait_ready(30)
+        started = fleet.sidecars[HOST].logged("SIDECAR_STARTED")
+        assert [e["event_loop"] for e in started] == [loop]
         fleet.arm()
         fleet.wait_all("PONG ARMED", 15)
         for b, (relay, venue) in ports.items():

@@ -59,6 +59,13 @@ class TestChecksum:
         """The checksum is the byte sum modulo 256."""
         assert checksum(data) == want
 
+    @given(st.binary(max_size=2000) | st.integers(0, 1100).map(lambda n: b"\xff" * n))
+    def test_is_the_byte_sum_at_every_length(self, data: bytes) -> None:
+        """Computed in 256-byte chunks, it is the plain byte sum modulo 256 at any length,
+        all-0xFF runs across the chunk edges included."""
+        assert checksum(data) == sum(data) % 256
+        assert checksum(memoryview(data)) == sum(data) % 256
+
     def test_agrees_with_simplefix(self) -> None:
         """The CheckSum simplefix writes is the one computed here."""
         msg = order()

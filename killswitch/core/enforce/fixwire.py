@@ -8,13 +8,21 @@ not verify, and never buffer more than one message's worth of a peer's bytes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
+from zlib import adler32
 
 SOH = b"\x01"
 MAX_BODY = 64 * 1024  # a FIX message larger than this is not an order: refused, not buffered
 # BeginStrings the gateway relays (FIXT.1.1 carries FIX.5.0 application messages).
 BEGIN_STRINGS = frozenset({b"FIX.4.2", b"FIX.4.3", b"FIX.4.4", b"FIXT.1.1"})
 _MAX_PREFIX = 32  # "8=FIXT.1.1\x019=65536\x01" fits with room to spare
+# A well-formed start of a message up to its MsgType tag, matched in one call; anything else
+# (garbage, or a start not complete yet) takes the field-by-field checks that say what is wrong.
+_HEAD = re.compile(
+    rb"8=(?:%s)\x019=([0-9]{1,7})\x0135=" % b"|".join(re.escape(b) for b in sorted(BEGIN_STRINGS))
+)
+_CHUNK = 256  # adler32's first sum of up to 256 bytes never wraps (1 + 256 * 255 < 65521)
 
 # Reason words of a refusal (log lines and metrics).
 GARBAGE = "garbage"  # not a FIX message at all: the stream cannot be resynchronised
@@ -32,8 +40,18 @@ class FrameError(ValueError):
 
 
 def checksum(data: bytes | bytearray | memoryview) -> int:
-    """FIX CheckSum: the sum of every byte before the `10=` field, modulo 256."""
-    return sum(data) & 0xFF
+    """FIX CheckSum: the sum of every byte before the `10=` field, modulo 256.
+
+    The sum is adler32's first half (1 + the byte sum, modulo 65521), exact for a chunk of up
+    to 256 bytes: a C loop, several times faster than `sum()` over the bytes (per message).
+    """
+    if len(data) <= _CHUNK:
+        return (adler32(data) - 1) & 0xFF
+    view = memoryview(data)
+    total = 0
+    for i in range(0, len(view), _CHUNK):
+        total += (adler32(view[i : i + _CHUNK]) & 0xFFFF) - 1
+    return total & 0xFF
 
 
 class Framer:
@@ -63,22 +81,16 @@ class Framer:
             data = self._buf + data
         out: list[bytes] = []
         pos, n = 0, len(data)
+        head_at, max_body = _HEAD.match, self.max_body
         while pos < n:
-            head = data.find(SOH, pos, pos + _MAX_PREFIX)  # end of BeginString
-            length_end = data.find(SOH, head + 1, pos + _MAX_PREFIX) if head >= 0 else -1
-            if length_end < 0:
-                self._check_prefix(data, pos, head, n)
-                break
-            if data[pos + 2 : head] not in BEGIN_STRINGS or data[pos : pos + 2] != b"8=":
-                raise FrameError(GARBAGE, f"not a FIX BeginString: {data[pos:head][:16]!r}")
-            if data[head + 1 : head + 3] != b"9=":
-                raise FrameError(GARBAGE, "the second field must be BodyLength (9=)")
-            digits = data[head + 3 : length_end]
-            if not digits.isdigit() or len(digits) > 7:
-                raise FrameError(GARBAGE, f"BodyLength {digits[:16]!r} is not a number")
-            length = int(digits)
-            if length > self.max_body:
-                raise FrameError(OVERSIZE, f"BodyLength {length} over {self.max_body}")
+            if (m := head_at(data, pos)) is not None:  # the usual case: a well-formed start
+                length, length_end = int(m[1]), m.end(1)
+            else:
+                length, length_end = self._head(data, pos, n)
+                if length_end < 0:
+                    break  # a start that is not complete yet
+            if length > max_body:
+                raise FrameError(OVERSIZE, f"BodyLength {length} over {max_body}")
             body_end = length_end + 1 + length  # the CheckSum field starts here
             end = body_end + 7
             if end > n:
@@ -90,13 +102,31 @@ class Framer:
             given = data[body_end + 3 : end - 1]
             if data[end - 1] != 1 or not given.isdigit():
                 raise FrameError(GARBAGE, "CheckSum is not three digits")
-            if sum(data[pos:body_end]) & 0xFF == int(given):
+            if checksum(data[pos:body_end]) == int(given):
                 out.append(data[pos:end])
             else:
                 self.bad_checksums += 1
             pos = end
         self._buf = data[pos:]
         return out
+
+    @classmethod
+    def _head(cls, data: bytes, pos: int, n: int) -> tuple[int, int]:
+        """The BodyLength of a message starting at `pos` and where its field ends (its SOH),
+        checking BeginString and BodyLength field by field; (0, -1): not all there yet."""
+        head = data.find(SOH, pos, pos + _MAX_PREFIX)  # end of BeginString
+        length_end = data.find(SOH, head + 1, pos + _MAX_PREFIX) if head >= 0 else -1
+        if length_end < 0:
+            cls._check_prefix(data, pos, head, n)
+            return 0, -1
+        if data[pos + 2 : head] not in BEGIN_STRINGS or data[pos : pos + 2] != b"8=":
+            raise FrameError(GARBAGE, f"not a FIX BeginString: {data[pos:head][:16]!r}")
+        if data[head + 1 : head + 3] != b"9=":
+            raise FrameError(GARBAGE, "the second field must be BodyLength (9=)")
+        digits = data[head + 3 : length_end]
+        if not digits.isdigit() or len(digits) > 7:
+            raise FrameError(GARBAGE, f"BodyLength {digits[:16]!r} is not a number")
+        return int(digits), length_end
 
     @staticmethod
     def _check_prefix(data: bytes, pos: int, head: int, n: int) -> None:

@@ -72,6 +72,10 @@ SERVICE_OPTIONS: tuple[Option, ...] = (
            "(35=D, G, E, AB) pass only when the gate allows them, a blocked one is answered "
            "with an ExecutionReport (39=8) and never reaches UPSTREAM; cancels (35=F, q) "
            "always pass", kind="fixroute", repeat=True, metavar="LISTEN=UPSTREAM"),
+    Option("event-loop", ("sidecar",), "the sidecar's event loop: asyncio's own, or uvloop "
+           "(libuv's; less interpreter work per message, so less latency added by the FIX "
+           "gateway: docs/PERFORMANCE.md)", kind="choice", choices=("asyncio", "uvloop"),
+           default="asyncio"),
     Option("fence", ("sidecar",), "a venue endpoint (repeatable; IPv6 as [ADDR]:PORT): "
            "connections to it from uids not allowed are refused and counted, and kill this "
            "host while ARMED (cause bypass); needs CAP_NET_ADMIN", kind="list", repeat=True,
