@@ -97,8 +97,6 @@ class Recording:
                     f"recorder: cannot map {self.path}: {e.strerror or e}", 2
                 ) from None
             sidecar.gate.set_recorder(self.ring.write)
-            sidecar.log.info("RECORDER_STARTED", path=self.path, records=s.recorder_size,
-                             writer=self.ring.writer, next_seq=self.ring.started)  # fmt: skip
         self.epoch = 0  # the last kill epoch frozen
         self.file = ""
         self.digest = ""
@@ -115,6 +113,12 @@ class Recording:
             metrics.routes["/recorder"] = self.serve  # beside /metrics, on its listen address
         if self.ring is not None:
             sidecar.registry.register(RecorderCollector(self, s.node, s.host))
+
+    def announce(self) -> None:
+        """RECORDER_STARTED, once the sidecar has started (a start that fails says one line)."""
+        if self.ring is not None:
+            self.sc.log.info("RECORDER_STARTED", path=self.path, records=self.sc.s.recorder_size,
+                             writer=self.ring.writer, next_seq=self.ring.started)  # fmt: skip
 
     def record(
         self,

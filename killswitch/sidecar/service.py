@@ -17,7 +17,6 @@ import os
 import signal
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -49,6 +48,7 @@ from killswitch.sidecar.metrics import SidecarCollector, roundtrip_seconds
 from killswitch.sidecar.notices import NoticeListener
 from killswitch.sidecar.notify import StateNotifier
 from killswitch.sidecar.permissions import AclWatch
+from killswitch.sidecar.rate import OrderRate
 from killswitch.sidecar.recording import Recording
 from killswitch.sidecar.settings import SidecarSettings
 from killswitch.store.localstate import LocalState
@@ -104,7 +104,7 @@ class Sidecar:
         self._acked_report: FlushReport | None = None  # last acknowledged (orders_per_s 0)
         self._last_trip: float | None = None  # send time of the last successful round trip
         self._idle_every = idle_every(settings.flush_interval, settings.stale_after)
-        self._rate: deque[tuple[float, int]] = deque(maxlen=64)
+        self.rate = OrderRate()  # orders a second, for the host report
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         # The --limits file is part of the release: its digest joins the attested files'.
@@ -172,6 +172,7 @@ class Sidecar:
             asyncio.create_task(self.attest.run(), name="attest"),
         ]
         self.arms.announce()
+        self.rec.announce()  # after the start succeeded: a failed start prints one line
         self.memory.announce(self.gate.view.max_epoch)
         self.log.info(
             "SIDECAR_STARTED",
@@ -289,7 +290,7 @@ class Sidecar:
             max_epoch=view.max_epoch,
             view=self.gate.status()[0].value,
             gate="open" if self.gate.is_open else "closed",
-            orders_per_s=self._orders_per_s(sent, allowed + blocked),
+            orders_per_s=self.rate.update(sent, allowed + blocked),
             stale_after_ms=to_ms(self.s.stale_after),
             regression=view.regression or self.problem(),
             confirm_epoch=view.epoch if want_confirm else 0,
@@ -375,13 +376,6 @@ class Sidecar:
         if reason != self._loop_problem or self.loop_errors % 100 == 1:
             self.log.error("SYNC_LOOP_ERROR", reason=reason, errors=self.loop_errors)
         self._loop_problem = reason
-
-    def _orders_per_s(self, now: float, total: int) -> float:
-        self._rate.append((now, total))
-        while len(self._rate) > 2 and now - self._rate[0][0] > 1.0:
-            self._rate.popleft()
-        t0, c0 = self._rate[0]
-        return (total - c0) / (now - t0) if now > t0 else 0.0
 
     def sync_age(self) -> float | None:
         return None if self.last_ok is None else self.clock() - self.last_ok

@@ -262,14 +262,16 @@ class TestRecordingCollaborator:
 class TestWriterChoice:
     @pytest.mark.parametrize("writer", ["auto", "python"])
     async def test_the_start_event_names_the_writer(self, tmp_path: Path, writer: str) -> None:
-        """RECORDER_STARTED says which writer the ring runs: the C writer for "auto" where it
-        is built, else the Python writer."""
+        """RECORDER_STARTED, said once the sidecar has started, names which writer the ring
+        runs: the C writer for "auto" where it is built, else the Python writer."""
         log = CapturingLogger()
         s = SidecarSettings("smars", "or-01", "redis://x", state_dir=str(tmp_path),
                             recorder_size=16, recorder_writer=writer)  # fmt: skip
         sc = SimpleNamespace(s=s, gate=Gate("smars", "or-01", log=CapturingLogger()), log=log,
                              registry=CollectorRegistry())  # fmt: skip
         rec = Recording(sc)  # type: ignore[arg-type]
+        assert not [c for c in log.calls if c.args == ("RECORDER_STARTED",)]  # not before start
+        rec.announce()
         [call] = [c for c in log.calls if c.args == ("RECORDER_STARTED",)]
         want = "native" if writer == "auto" and ringmod.NATIVE else "python"
         assert call.kwargs["writer"] == want and call.kwargs["records"] == 16
