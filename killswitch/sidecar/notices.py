@@ -18,6 +18,7 @@ from killswitch.core.node.bounds import parse_uint, plausible_epoch
 from killswitch.core.node.state import NodeState
 from killswitch.sidecar.fence import Fence, NoFence
 from killswitch.sidecar.notify import StateNotifier
+from killswitch.store.noperm import denial
 
 Record = Callable[[int, NodeState | None], bool]  # the local record (`applying.Recorder`)
 
@@ -50,6 +51,7 @@ class NoticeListener:
         self._stop = stop
         self.junk_inputs = 0  # notices that are not a bounded `KILLED <epoch> <ver>`
         self.held_recorded = 0  # epoch of a kill notice already recorded locally (0: none)
+        self.failing = ""  # the cause of the subscription's failure ("" while subscribed)
 
     async def listen(self) -> None:
         """Kill notices over pub/sub wake the sync loop; losing them only costs latency."""
@@ -60,17 +62,36 @@ class NoticeListener:
                 await pubsub.subscribe(channel)
                 while not self._stop.is_set():
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if self.failing:  # read without a refusal: the subscription stands
+                        self.log.info("NOTICES_RESTORED", channel=channel)
+                        self.failing = ""
                     if msg is not None:
                         self.notice(str(msg.get("data", "")))
                         self._wake.set()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as e:
+                self._failed(e)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), 0.5)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+
+    def _failed(self, e: Exception) -> None:
+        """Say once per cause that kill notices do not arrive (kills then wait for the next
+        round trip: latency, not safety); an ACL refusal names the channel rule to add."""
+        d = denial(e)
+        why = f"{type(e).__name__}: {str(e)[:200]}"
+        cause = f"acl:{d.permission}" if d is not None else type(e).__name__  # bounded
+        if cause == self.failing:
+            return
+        self.failing = cause
+        if d is not None:
+            self.log.error("NOTICES_UNAVAILABLE", channel=self.channel, error=why,
+                           permission=d.permission, rule=f"&{self.channel} and +subscribe")  # fmt: skip
+        else:
+            self.log.warning("NOTICES_UNAVAILABLE", channel=self.channel, error=why)
 
     def notice(self, data: str) -> None:
         """`KILLED <epoch> <ver>` closes the gate at once; the next round trip decides the rest.

@@ -237,3 +237,46 @@ class TestCliDenied:
             assert f"`+{rule}`" in res.stderr and "Traceback" not in res.stderr
         finally:
             server.cleanup()
+
+
+class TestNoticesDenied:
+    """A sidecar user that may not subscribe to the node's event channel: kills still reach
+    the host by its round trip, and the missing channel rule is named, not swallowed."""
+
+    def test_refused_subscription_is_named_and_kills_still_apply(
+        self, node: str, tmp_path: Path
+    ) -> None:
+        """Without the events-channel selector the sidecar logs NOTICES_UNAVAILABLE naming the
+        channel and the rule (once, not every retry), arms, and still blocks after a kill;
+        with the rule added back, NOTICES_RESTORED."""
+        selector = f" (&ks:{{{node}}}:events &ks:{{{node}}}:confirms +subscribe +unsubscribe)"
+        users = [acl.sidecar_user(node, h) for h in HOSTS]
+
+        def edit(line: str) -> str:
+            if line.split()[1] in users:
+                assert selector in line
+                return line.replace(selector, "", 1)
+            return line
+
+        server = acl_server(node, tmp_path, edit)
+        f = AclFleet(url(server, acl.OPERATOR_USER), node, HOSTS, server=server)
+        try:
+            f.start()
+            f.start_aggregator("--tick", "0.05", "--redis", url(server, acl.aggregator_user(node)))
+            f.wait_ready(60)
+            sc = f.sidecars["or-01"]
+            [event, *more] = wait_until(lambda: sc.events("NOTICES_UNAVAILABLE"), 30, 0.05,
+                                 "the refused subscription named")  # fmt: skip
+            assert event["permission"] == "channel" and event["level"] == "error", [event, *more]
+            assert f"ks:{{{node}}}:events" in event["rule"]
+            f.arm()
+            f.wait_all("PONG ARMED", 30)
+            assert len(sc.events("NOTICES_UNAVAILABLE")) == 1  # retried, not repeated
+            code, rep = f.cli_json("kill", "--reason", "notices refused")
+            assert code == 0 and rep["missing"] == [], rep  # confirmed by every round trip
+            f.wait_all("PONG KILLED", 30)
+            admin(server).execute_command("ACL", "SETUSER", users[0], selector.strip())
+            wait_until(lambda: sc.events("NOTICES_RESTORED"), 30, 0.05, "notices restored")
+        finally:
+            f.stop()
+            server.cleanup()
