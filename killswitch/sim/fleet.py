@@ -343,8 +343,14 @@ class Fleet:
             )
             # On a starved machine a live sidecar can miss its liveness window; arm is right
             # to refuse then, and the helper, which arms a healthy fleet, asks again.
-            late = code == 4 and all(
-                "not reporting" in str(why) for why in (rep.get("refused") or {"": ""}).values()
+            # `refused` names hosts (a dict) or the node's reason ("no roster"): only the
+            # first, every host merely late, is worth asking again
+            refused = rep.get("refused")
+            late = (
+                code == 4
+                and isinstance(refused, dict)
+                and bool(refused)
+                and all("not reporting" in str(why) for why in refused.values())
             )
             if not late or time.monotonic() > deadline:
                 break
