@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
 from redis.asyncio import Redis
 
+from killswitch.sim import fleet as fleetmod
 from killswitch.sim.embedded import EmbeddedRedis
 from killswitch.sim.operators import OperatorKeys, make_operators
 
@@ -54,6 +56,34 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Long files first; the sort is stable, so each file keeps its own order."""
     rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Each phase's report on the item (`_fleet_workdirs` keeps a failed test's files)."""
+    report = yield
+    item.stash.setdefault(_FAILED, False)
+    if getattr(report, "failed", False):
+        item.stash[_FAILED] = True
+    return report
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(autouse=True)
+def _fleet_workdirs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Remove the work directories of the fleets a passing test made (each host's flight
+    recorder ring is 10 MiB, written out: a whole run would otherwise leave tens of GB). A
+    failing test's stay, for its logs. Fleets of module- or class-scoped fixtures are made
+    before this fixture starts (pytest sets up wider scopes first), so they are left alone."""
+    made = len(fleetmod.MADE)
+    yield
+    mine = fleetmod.MADE[made:]
+    del fleetmod.MADE[made:]
+    if not request.node.stash.get(_FAILED, False):
+        for d in mine:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -170,6 +170,14 @@ class Proc:
         return self.events(name)
 
 
+MADE: list[Path] = []  # fleet work dirs made here (10 MiB of rings each): conftest removes them
+
+
+def _workdir() -> Path:
+    MADE.append(Path(tempfile.mkdtemp(prefix="ks-fleet-")))
+    return MADE[-1]
+
+
 @dataclass
 class Fleet:
     """Eight (or any number of) sidecar processes of one node, plus optionally its aggregator."""
@@ -177,7 +185,7 @@ class Fleet:
     redis_url: str
     node: str
     hosts: Sequence[str]
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ks-fleet-")))
+    workdir: Path = field(default_factory=_workdir)
     flush_interval: float = default("flush-interval")
     stale_after: float = default("stale-after")
     sidecars: dict[str, Proc] = field(default_factory=dict)
@@ -341,10 +349,8 @@ class Fleet:
             code, rep = self.cli_json(
                 "arm", "--key", self.ops.key("alice"), "--reason", reason, *args
             )
-            # On a starved machine a live sidecar can miss its liveness window; arm is right
-            # to refuse then, and the helper, which arms a healthy fleet, asks again.
-            # `refused` names hosts (a dict) or the node's reason ("no roster"): only the
-            # first, every host merely late, is worth asking again
+            # On a starved machine a live sidecar can miss its liveness window; arm is right to
+            # refuse then, and this helper asks again (not for a node's refusal: "no roster")
             refused = rep.get("refused")
             late = (
                 code == 4
