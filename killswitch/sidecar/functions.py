@@ -17,10 +17,9 @@ Between two checks a replaced library can run: that window is `CHECK_EVERY` (SEC
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from typing import Any, Protocol
+from typing import Protocol
 
+from killswitch.sidecar.episode import LOG_EVERY, BlockEpisode, Host
 from killswitch.store.scripts import (
     FunctionsMissing,
     FunctionsTampered,
@@ -28,35 +27,27 @@ from killswitch.store.scripts import (
     library_codes,
     sidecar_library,
 )
-from killswitch.store.store import Store
 
 __all__ = [
     "CHECK_EVERY", "FIELD", "LOG_EVERY", "FunctionsMissing", "FunctionsTampered", "LibraryWatch",
 ]  # fmt: skip
 
 FIELD = "functions"  # the host report's field that names the missing library ("" none)
-LOG_EVERY = 100  # rounds between repeats of the log event while the library stays missing
 CHECK_EVERY = 2.0  # seconds between checks of the library's code (each a FUNCTION LIST)
 
 
-class _Host(Protocol):
-    gate: Any
-    store: Store
-    log: Any
-    s: Any
-
+class _Host(Host, Protocol):
     def clock(self) -> float: ...
 
 
-class LibraryWatch:
+class LibraryWatch(BlockEpisode):
     """The sidecar's view of its Functions library: `problem` is "" while it answers. It
     guards every call of the library by `host.store` with `verify`."""
 
     def __init__(self, host: _Host, every: float = CHECK_EVERY) -> None:
-        self.host = host
+        super().__init__(host, FIELD)
+        self.host: _Host = host
         self.every = every
-        self.problem = ""
-        self.rounds = 0  # round trips refused for it in the current episode
         self.checks = 0  # reads of the library's code (FUNCTION LIST), for tests and benches
         self._checked_at: float | None = None  # when its code was last found right
         host.store.guard_functions(self.verify)
@@ -82,35 +73,19 @@ class LibraryWatch:
 
     async def missing(self, e: FunctionsMissing) -> bool:
         """Close the gate, log and report why; the caller's next round tries again."""
-        h = self.host
-        h.gate.close()
-        first = str(e) != self.problem
-        if first:
-            self.rounds = 0  # a new episode (or missing became tampered): logged at once
-        if self.rounds % LOG_EVERY == 0:
+        log = self.host.log
+
+        def said(rounds: int) -> None:
             if isinstance(e, FunctionsTampered):
-                h.log.error("FUNCTIONS_TAMPERED", library=e.library, found_sha1=e.digest,
-                            reason=str(e), rounds=self.rounds)  # fmt: skip
+                log.error("FUNCTIONS_TAMPERED", library=e.library, found_sha1=e.digest,
+                          reason=str(e), rounds=rounds)  # fmt: skip
             else:
-                h.log.error(
-                    "FUNCTIONS_MISSING", library=e.library, reason=str(e), rounds=self.rounds
-                )
-        self.rounds += 1
-        self.problem = str(e)
-        if first:  # best effort: this round trip is not possible, a plain write of its own is
-            await self._report(self.problem)
-        return False
+                log.error("FUNCTIONS_MISSING", library=e.library, reason=str(e), rounds=rounds)
+
+        return await self.block(str(e), said)
 
     async def found(self) -> None:
         """A round trip succeeded: the library answers again."""
-        if not self.problem:
-            return
-        self.host.log.info("FUNCTIONS_FOUND", rounds=self.rounds)
-        self.problem, self.rounds = "", 0
-        await self._report("")
-
-    async def _report(self, text: str) -> None:
-        h = self.host
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(h.s.stale_after):
-                await h.store.report_fields(h.s.host, [(FIELD, text)])
+        rounds = self.rounds
+        if await self.clear():
+            self.host.log.info("FUNCTIONS_FOUND", rounds=rounds)
