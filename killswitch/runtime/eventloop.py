@@ -8,10 +8,11 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from killswitch.core.settings.options import option
 from killswitch.runtime.errors import StartupError
 
 T = TypeVar("T")
-LOOPS = ("asyncio", "uvloop")
+LOOPS: tuple[str, ...] = option("event-loop").choices  # the one table's choices
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:

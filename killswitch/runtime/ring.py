@@ -42,6 +42,7 @@ from killswitch.core.enforce.recfmt import (
     read_header,
     short_id,
 )
+from killswitch.core.settings.options import option
 
 try:
     from killswitch.runtime import _ringwrite
@@ -50,7 +51,7 @@ try:
 except ImportError:  # no C compiler or Python headers where it was installed
     NATIVE = False
 
-WRITERS = ("auto", "native", "python")
+WRITERS: tuple[str, ...] = option("recorder-writer").choices  # the one table's choices
 _MAX_SYMBOLS = 16_384  # symbols whose bytes are kept; past that a symbol takes the slow path
 
 

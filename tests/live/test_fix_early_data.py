@@ -25,12 +25,10 @@ from killswitch.core.enforce.fixwire import Framer, encode
 from killswitch.core.enforce.gate import Gate
 from killswitch.core.node.state import HostView, NodeState
 from killswitch.runtime.config import ListenAddr
-from killswitch.runtime.eventloop import loop_factory, running
+from killswitch.runtime.eventloop import LOOPS, loop_factory, running
 from killswitch.sidecar.fixgateway import HOLD_MAX, FixGateway, FixSession
 from killswitch.sim.embedded import free_port
 from killswitch.sim.fleet import wait_until_async
-
-LOOPS = ("asyncio", "uvloop")
 
 
 def tcp(port: int) -> ListenAddr:
