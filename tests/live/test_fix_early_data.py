@@ -21,7 +21,7 @@ import structlog
 import uvloop
 from structlog.testing import capture_logs
 
-from killswitch.core.enforce.fixwire import Framer, encode
+from killswitch.core.enforce.fixwire import Framer, encode, msg_type
 from killswitch.core.enforce.gate import Gate
 from killswitch.core.node.state import HostView, NodeState
 from killswitch.runtime.config import ListenAddr
@@ -114,6 +114,35 @@ class TestBeforeTheVenue:
                 conn = await venue.accept()
                 assert await read_messages(conn, 2001) == [*burst, last]
                 assert gw.wire == 2001
+                conn.close()
+                writer.close()
+            finally:
+                await gw.stop()
+                venue.close()
+
+        run_on(loop, main)
+
+    def test_orders_held_across_a_kill_are_judged_when_relayed(self, loop: str) -> None:
+        """Orders read while the node was armed but held until the venue connects, with a
+        kill in between, are judged by the gate when relayed: none reaches the venue (each
+        slot carries the relay's TestRequest), every one is counted blocked."""
+        held = [nos(i + 2, b"held-%d" % i) for i in range(5)]
+
+        async def main() -> None:
+            venue = SlowVenue()
+            gw, port = armed_gateway(venue.port)
+            await gw.start()
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"".join(held))
+                await wait_until_async(lambda: gw.sessions, 5, what="the session")
+                assert gw.gate.hold(2)  # a kill notice while the orders wait for the venue
+                venue.free()
+                conn = await venue.accept()
+                got = await read_messages(conn, len(held))
+                assert [msg_type(m) for m in got] == [b"1"] * len(held), got
+                assert not any(b"held-" in m for m in got)
+                assert gw.wire == 0 and gw.gate.blocked == len(held)
                 conn.close()
                 writer.close()
             finally:
