@@ -174,14 +174,10 @@ class FixSession:
                 self.c.transport.resume_reading()
 
     def hold(self, data: bytes) -> None:
-        """Keep what the client sent before its venue leg is up, and stop reading it.
-
-        asyncio reads nothing before the venue connects (connected() pauses the client leg),
-        but uvloop starts reading an accepted connection after `connection_made` whatever it
-        asked: that first read is kept here and relayed when the venue connects. Bounded:
-        pausing stops further reads, and a peer that gets more than HOLD_MAX bytes past
-        that is refused. Nothing a client sent is dropped without a log line.
-        """
+        """Keep what the client sent before its venue leg is up, and stop reading it: uvloop
+        and Python 3.11.2's asyncio read an accepted connection whatever connection_made()
+        asked. Relayed, through the gate, when the venue connects; bounded (HOLD_MAX, then
+        refused). Nothing a client sent is dropped without a log line."""
         if self.closed:  # no read after close() is expected: say so if one comes
             self.log.warning("FIX_DROPPED", side="client", peer=self.peer, bytes=len(data),
                              why="the session was closed")  # fmt: skip
@@ -190,6 +186,10 @@ class FixSession:
         if len(self.early) > HOLD_MAX:
             self.refuse(self.c, EARLY, f"{len(self.early)} bytes sent before the venue was up")
         elif self.c.transport is not None:
+            # connected()'s pause was ignored (uvloop; Python 3.11.2's asyncio, which then takes
+            # a second pause for a no-op): resume and pause so reading stops for real, before
+            # the client's close is read and ends the session ahead of its orders.
+            self.c.transport.resume_reading()
             self.c.transport.pause_reading()
 
     async def _connect_venue(self) -> None:

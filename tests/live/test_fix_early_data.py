@@ -206,7 +206,8 @@ def test_held_bytes_are_named_when_the_venue_cannot_be_reached() -> None:
 
 
 class _Transport:
-    """A transport that ignores pause_reading: what a loop that read on regardless would do."""
+    """A transport that ignores pause_reading (and resume_reading): what a loop that read on
+    regardless would do."""
 
     def __init__(self) -> None:
         self.closed = False
@@ -215,6 +216,9 @@ class _Transport:
         return ("127.0.0.1", 1) if name == "peername" else None
 
     def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
         pass
 
     def close(self) -> None:
